@@ -1,0 +1,86 @@
+"""Per-segment position index: global offset -> byte position in the segment.
+
+File ``segments/<first>.pos``::
+
+    offset size     type   field
+    0      64       header magic b"LGPOSIDX"; a = first global offset of the segment; b = c = 0
+    64     4 * n    u32[n] byte position in the segment of the record with global offset first + i
+
+The file is only ever appended: the checkpoint records how many entries are
+valid (``n``) and the xxh3-64 of those ``4 * n`` bytes. Entries past ``n`` are
+left over from a run that did not reach its next checkpoint and are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from index.errors import FormatError
+from index.growable import Growable
+from index.header import HEADER_SIZE, MAGIC_POSITION, Header, decode_header, encode_header
+
+ENTRY = np.dtype("<u4")
+
+
+class PositionIndex:
+    """Record positions of one segment, in global-offset order.
+
+    The writer thread appends; readers call :meth:`position`. ``persisted`` is
+    the number of entries already in the file on disk.
+    """
+
+    __slots__ = ("first", "persisted", "positions")
+
+    def __init__(self, first: int, initial: npt.NDArray[Any] | None = None) -> None:
+        self.first = first
+        self.positions = Growable(ENTRY, initial)
+        self.persisted = 0 if initial is None else len(initial)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def position(self, global_offset: int) -> int:
+        arr, n = self.positions.state
+        i = global_offset - self.first
+        if not 0 <= i < n:
+            raise KeyError(global_offset)
+        return int(arr[i])
+
+    def checksum(self, count: int | None = None) -> int:
+        view = self.positions.view()
+        if count is not None:
+            view = view[:count]
+        return xxhash.xxh3_64_intdigest(view.tobytes())
+
+    def tail_bytes(self) -> tuple[int, bytes]:
+        """The entries not yet in the file: (byte position in the file, bytes)."""
+        view = self.positions.view()
+        return HEADER_SIZE + 4 * self.persisted, view[self.persisted :].tobytes()
+
+    @staticmethod
+    def file_header(store_id: bytes, first: int) -> bytes:
+        return encode_header(Header(MAGIC_POSITION, store_id, first, 0, 0))
+
+    @classmethod
+    def decode(
+        cls, buf: bytes | memoryview, store_id: bytes, first: int, count: int, checksum: int
+    ) -> PositionIndex:
+        """Decode the first ``count`` entries of a position file and check them."""
+        header = decode_header(buf, MAGIC_POSITION)
+        if header.store_id != store_id:
+            raise FormatError(16, "store id differs from the store's")
+        if header.a != first:
+            raise FormatError(32, f"first global offset is {header.a}, expected {first}")
+        end = HEADER_SIZE + 4 * count
+        if len(buf) < end:
+            raise FormatError(len(buf), f"file holds fewer than the {count} entries the checkpoint records")
+        body = np.frombuffer(buf, dtype=ENTRY, count=count, offset=HEADER_SIZE)
+        if xxhash.xxh3_64_intdigest(body.tobytes()) != checksum:
+            raise FormatError(HEADER_SIZE, f"checksum of the first {count} entries does not match the checkpoint")
+        if count > 1 and not bool(np.all(body[1:] > body[:-1])):
+            raise FormatError(HEADER_SIZE, "positions are not increasing")
+        return cls(first, body)

@@ -1,0 +1,235 @@
+"""Per-stream sparse run index: stream offset -> global offset.
+
+A *run* is a maximal range of a stream's offsets whose global offsets are
+consecutive too: ``global = run_global + (offset - run_offset)``. One append
+of ``k`` messages makes at most one run, and a stream written alone (one
+transaction after another, nothing in between) stays a single run however
+long it grows. A stream has one entry per run, not one per message.
+
+Small streams keep their runs inline in one shared table (three parallel
+numpy arrays sorted by stream id, then offset) that the catalog file stores.
+A stream with more than :data:`LARGE_RUNS` runs is *large* and gets a file of
+its own, ``streams/<id>.runs``::
+
+    offset  size      type       field
+    0       64        header     magic b"LGRUNIDX"; a = stream id; b = c = 0
+    64      16 * n    u64[n][2]  (stream offset, global offset) of each run, in order
+
+Like the position index, a run file is only appended; the catalog records how
+many entries are valid and their xxh3-64.
+
+Concurrency: the writer thread alone mutates. Readers take the ``snapshot``
+tuple once per lookup; runs added since the last merge sit in ``delta`` lists
+that only grow until the next merge replaces the whole snapshot.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from index.errors import FormatError
+from index.growable import Growable
+from index.header import HEADER_SIZE, MAGIC_RUNS, Header, decode_header, encode_header
+
+LARGE_RUNS = 128
+"""A stream with more runs than this moves out of the shared table into its own file."""
+
+U64 = np.dtype("<u8")
+U32 = np.dtype("<u4")
+
+_Delta = dict[int, tuple[list[int], list[int]]]
+
+
+class LargeRuns:
+    """The runs of one large stream, backed by ``streams/<id>.runs``."""
+
+    __slots__ = ("goffs", "persisted", "soffs")
+
+    def __init__(self, soffs: npt.NDArray[Any], goffs: npt.NDArray[Any], persisted: int) -> None:
+        self.soffs = Growable(U64, soffs)
+        self.goffs = Growable(U64, goffs)
+        self.persisted = persisted
+
+    def __len__(self) -> int:
+        return len(self.soffs)
+
+    def append(self, soff: int, goff: int) -> None:
+        # goffs first: a reader that sees a stream offset always finds its global offset.
+        self.goffs.append(goff)
+        self.soffs.append(soff)
+
+    def checksum(self, count: int | None = None) -> int:
+        n = len(self) if count is None else count
+        return xxhash.xxh3_64_intdigest(self.pairs(0, n))
+
+    def pairs(self, start: int, end: int) -> bytes:
+        s = self.soffs.view()[start:end]
+        g = self.goffs.view()[start:end]
+        return np.column_stack((s, g)).astype(U64).tobytes()
+
+    def tail_bytes(self) -> tuple[int, bytes]:
+        """The runs not yet in the file: (byte position in the file, bytes)."""
+        return HEADER_SIZE + 16 * self.persisted, self.pairs(self.persisted, len(self))
+
+    @staticmethod
+    def file_header(store_id: bytes, sid: int) -> bytes:
+        return encode_header(Header(MAGIC_RUNS, store_id, sid, 0, 0))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview, store_id: bytes, sid: int, count: int, checksum: int) -> LargeRuns:
+        header = decode_header(buf, MAGIC_RUNS)
+        if header.store_id != store_id:
+            raise FormatError(16, "store id differs from the store's")
+        if header.a != sid:
+            raise FormatError(32, f"stream id is {header.a}, expected {sid}")
+        end = HEADER_SIZE + 16 * count
+        if len(buf) < end:
+            raise FormatError(len(buf), f"file holds fewer than the {count} runs the catalog records")
+        body = bytes(buf[HEADER_SIZE:end])
+        if xxhash.xxh3_64_intdigest(body) != checksum:
+            raise FormatError(HEADER_SIZE, f"checksum of the first {count} runs does not match the catalog")
+        pairs = np.frombuffer(body, dtype=U64).reshape(-1, 2)
+        soffs, goffs = pairs[:, 0].copy(), pairs[:, 1].copy()
+        _check_runs(soffs, goffs, HEADER_SIZE)
+        return cls(soffs, goffs, count)
+
+
+def _check_runs(soffs: npt.NDArray[Any], goffs: npt.NDArray[Any], position: int) -> None:
+    if len(soffs) > 1 and not (bool(np.all(soffs[1:] > soffs[:-1])) and bool(np.all(goffs[1:] > goffs[:-1]))):
+        raise FormatError(position, "runs are not in increasing order")
+    if len(soffs) and not bool(np.all(goffs >= soffs)):
+        raise FormatError(position, "a run's global offset is below its stream offset")
+
+
+class RunIndex:
+    """All runs of all streams: a shared table for small streams, files for large ones."""
+
+    def __init__(
+        self,
+        sids: npt.NDArray[Any] | None = None,
+        soffs: npt.NDArray[Any] | None = None,
+        goffs: npt.NDArray[Any] | None = None,
+        large: dict[int, LargeRuns] | None = None,
+    ) -> None:
+        if sids is None or soffs is None or goffs is None:
+            sids = np.zeros(0, U32)
+            soffs = np.zeros(0, U64)
+            goffs = np.zeros(0, U64)
+        self.large: dict[int, LargeRuns] = {} if large is None else large
+        self.snapshot: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], _Delta]
+        self._set_base(sids, soffs, goffs, {})
+
+    def _set_base(
+        self, sids: npt.NDArray[Any], soffs: npt.NDArray[Any], goffs: npt.NDArray[Any], delta: _Delta
+    ) -> None:
+        nstreams = int(sids[-1]) + 1 if len(sids) else 0
+        starts = np.searchsorted(sids, np.arange(nstreams + 1, dtype=np.int64), side="left")
+        self.snapshot = (sids, soffs, goffs, starts, delta)
+
+    # -- writer side ---------------------------------------------------------
+
+    def add(self, sid: int, soff: int, goff: int) -> None:
+        """Record that stream ``sid`` starts a new run at ``soff`` -> ``goff``."""
+        big = self.large.get(sid)
+        if big is not None:
+            big.append(soff, goff)
+            return
+        delta = self.snapshot[4]
+        entry = delta.get(sid)
+        if entry is None:
+            delta[sid] = ([soff], [goff])
+        else:
+            entry[1].append(goff)
+            entry[0].append(soff)
+
+    def merge(self) -> list[int]:
+        """Fold the runs added since the last merge into the shared table.
+
+        Streams that now have more than :data:`LARGE_RUNS` runs move to
+        :attr:`large`; their ids are returned so that the caller creates
+        their files.
+        """
+        sids, soffs, goffs, _starts, delta = self.snapshot
+        if not delta:
+            return []
+        add_sid: list[int] = []
+        add_soff: list[int] = []
+        add_goff: list[int] = []
+        for sid, (so, go) in delta.items():
+            add_sid.extend([sid] * len(so))
+            add_soff.extend(so)
+            add_goff.extend(go)
+        all_sid = np.concatenate((sids, np.asarray(add_sid, dtype=U32)))
+        all_soff = np.concatenate((soffs, np.asarray(add_soff, dtype=U64)))
+        all_goff = np.concatenate((goffs, np.asarray(add_goff, dtype=U64)))
+        order = np.lexsort((all_soff, all_sid))
+        all_sid, all_soff, all_goff = all_sid[order], all_soff[order], all_goff[order]
+        counts = np.bincount(all_sid.astype(np.int64)) if len(all_sid) else np.zeros(0, np.int64)
+        promoted = [int(s) for s in np.flatnonzero(counts > LARGE_RUNS)]
+        if promoted:
+            for sid in promoted:
+                lo, hi = np.searchsorted(all_sid, [sid, sid + 1])
+                self.large[sid] = LargeRuns(all_soff[lo:hi].copy(), all_goff[lo:hi].copy(), 0)
+            keep = ~np.isin(all_sid, np.asarray(promoted, dtype=U32))
+            all_sid, all_soff, all_goff = all_sid[keep], all_soff[keep], all_goff[keep]
+        self._set_base(all_sid, all_soff, all_goff, {})
+        return promoted
+
+    # -- reader side ---------------------------------------------------------
+
+    def find(self, sid: int, soff: int) -> tuple[int, int, int]:
+        """The run of stream ``sid`` that holds offset ``soff``.
+
+        Returns ``(run offset, run global offset, next run's offset or -1)``;
+        raises ``KeyError`` if the stream has no run at or below ``soff``.
+        """
+        big = self.large.get(sid)
+        if big is not None:
+            s_arr, n = big.soffs.state
+            g_arr = big.goffs.state[0]
+            i = int(np.searchsorted(s_arr[:n], soff, side="right")) - 1
+            if i < 0:
+                raise KeyError((sid, soff))
+            nxt = int(s_arr[i + 1]) if i + 1 < n else -1
+            return int(s_arr[i]), int(g_arr[i]), nxt
+        sids, soffs, goffs, starts, delta = self.snapshot
+        entry = delta.get(sid)
+        if entry is not None:
+            dso, dgo = entry
+            n = len(dso)
+            if soff >= dso[0]:
+                i = bisect.bisect_right(dso, soff, 0, n) - 1
+                return dso[i], dgo[i], (dso[i + 1] if i + 1 < n else -1)
+        if sid + 1 >= len(starts):
+            raise KeyError((sid, soff))
+        lo, hi = int(starts[sid]), int(starts[sid + 1])
+        i = lo + int(np.searchsorted(soffs[lo:hi], soff, side="right")) - 1
+        if i < lo:
+            raise KeyError((sid, soff))
+        if i + 1 < hi:
+            nxt = int(soffs[i + 1])
+        elif entry is not None:
+            nxt = entry[0][0]
+        else:
+            nxt = -1
+        return int(soffs[i]), int(goffs[i]), nxt
+
+    def runs_of(self, sid: int) -> list[tuple[int, int]]:
+        """Every run of stream ``sid`` as (offset, global offset) pairs, in order (for checks)."""
+        big = self.large.get(sid)
+        if big is not None:
+            return list(zip(big.soffs.view().tolist(), big.goffs.view().tolist(), strict=True))
+        sids, soffs, goffs, starts, delta = self.snapshot
+        out: list[tuple[int, int]] = []
+        if sid + 1 < len(starts):
+            lo, hi = int(starts[sid]), int(starts[sid + 1])
+            out.extend(zip(soffs[lo:hi].tolist(), goffs[lo:hi].tolist(), strict=True))
+        entry = delta.get(sid)
+        if entry is not None:
+            out.extend(zip(entry[0], entry[1], strict=True))
+        return out

@@ -1,0 +1,58 @@
+"""logstore: an embedded, append-only, segmented message store.
+
+The public names; see README.md for a tour and docs/ for the format and design.
+"""
+
+from logstore.envelope import Envelope
+from logstore.errors import (
+    ConcurrencyError,
+    CorruptionError,
+    FormatVersionError,
+    LogStoreError,
+    MessageTooLargeError,
+    OffsetConflictError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreFailedError,
+    StoreLockedError,
+    StreamClosedError,
+)
+from logstore.fileio import FileIO
+from logstore.log import RecoveryReport
+from logstore.reader import GlobalReader, StreamReader
+from logstore.store import (
+    DEFAULT_SEGMENT_SIZE,
+    MAX_ENVELOPE_SIZE,
+    MAX_STREAM_NAME,
+    Store,
+    open,
+)
+from logstore.writer import Committer, Tx
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "MAX_ENVELOPE_SIZE",
+    "MAX_STREAM_NAME",
+    "Committer",
+    "ConcurrencyError",
+    "CorruptionError",
+    "Envelope",
+    "FileIO",
+    "FormatVersionError",
+    "GlobalReader",
+    "LogStoreError",
+    "MessageTooLargeError",
+    "OffsetConflictError",
+    "ReadOnlyError",
+    "RecoveryReport",
+    "Store",
+    "StoreClosedError",
+    "StoreFailedError",
+    "StoreLockedError",
+    "StreamClosedError",
+    "StreamReader",
+    "Tx",
+    "open",
+]

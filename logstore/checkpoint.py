@@ -1,0 +1,82 @@
+"""The checkpoint: how far the index files are complete, replaced atomically.
+
+File ``CHECKPOINT`` (written to ``CHECKPOINT.tmp``, fsynced, renamed, directory
+fsynced). Common header with magic ``b"LGCHKPNT"``; a = generation (the
+catalog file ``catalog.<generation>`` belongs to it); b = body length;
+c = xxh3-64 of the body; header flags bit 0 = CLEAN (written by ``close()``,
+nothing was appended after it). Body, little-endian::
+
+    offset      size    type  field
+    0           8       u64   next global offset (messages in the log up to the checkpoint)
+    8           8       u64   G, number of segments
+    16 + 32*i   8       u64   segment i: first global offset
+    24 + 32*i   8       u64   segment i: records in it up to the checkpoint
+    32 + 32*i   8       u64   segment i: byte position after its last such record
+    40 + 32*i   8       u64   segment i: xxh3-64 of its position file's first ``records`` entries
+
+Everything up to the end of the last segment listed is durable when the
+checkpoint is written; recovery scans only what lies after it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import xxhash
+
+from index.errors import FormatError
+from index.header import HEADER_SIZE, MAGIC_CHECKPOINT, Header, decode_header, encode_header
+
+FLAG_CLEAN = 1
+_HEAD = struct.Struct("<QQ")
+_SEG = struct.Struct("<QQQQ")
+
+
+class SegmentEntry(NamedTuple):
+    first: int
+    count: int
+    end: int
+    checksum: int
+
+
+class Checkpoint(NamedTuple):
+    generation: int
+    next_goff: int
+    segments: list[SegmentEntry]
+    clean: bool
+
+    def encode(self, store_id: bytes) -> bytes:
+        body = _HEAD.pack(self.next_goff, len(self.segments)) + b"".join(_SEG.pack(*s) for s in self.segments)
+        flags = FLAG_CLEAN if self.clean else 0
+        header = Header(MAGIC_CHECKPOINT, store_id, self.generation, len(body), xxhash.xxh3_64_intdigest(body), flags)
+        return encode_header(header) + body
+
+    @classmethod
+    def decode(cls, buf: bytes, store_id: bytes | None) -> tuple[Checkpoint, bytes]:
+        """Decode a checkpoint; returns it with the store id it names."""
+        header = decode_header(buf, MAGIC_CHECKPOINT)
+        if store_id is not None and header.store_id != store_id:
+            raise FormatError(16, "store id differs from the store's")
+        if len(buf) != HEADER_SIZE + header.b:
+            raise FormatError(40, f"body length is {header.b} but the file holds {len(buf) - HEADER_SIZE} bytes")
+        body = buf[HEADER_SIZE:]
+        if xxhash.xxh3_64_intdigest(body) != header.c:
+            raise FormatError(HEADER_SIZE, "body checksum mismatch")
+        if len(body) < _HEAD.size:
+            raise FormatError(HEADER_SIZE, "body is shorter than its fixed fields")
+        next_goff, g = _HEAD.unpack_from(body)
+        if len(body) != _HEAD.size + g * _SEG.size:
+            raise FormatError(HEADER_SIZE + 8, f"segment count {g} does not match the body length")
+        segments = [SegmentEntry(*_SEG.unpack_from(body, _HEAD.size + i * _SEG.size)) for i in range(g)]
+        expect = segments[0].first if segments else 0
+        for i, s in enumerate(segments):
+            at = HEADER_SIZE + _HEAD.size + i * _SEG.size
+            if s.first != expect:
+                raise FormatError(at, f"segment {i} starts at global offset {s.first}, expected {expect}")
+            if s.end < HEADER_SIZE:
+                raise FormatError(at + 16, f"segment {i} ends at byte {s.end}, inside its header")
+            expect = s.first + s.count
+        if expect != next_goff and segments:
+            raise FormatError(HEADER_SIZE, f"next global offset {next_goff} disagrees with the segments ({expect})")
+        return cls(header.a, next_goff, segments, bool(header.flags & FLAG_CLEAN)), header.store_id

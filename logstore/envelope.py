@@ -1,0 +1,110 @@
+"""The message envelope: Ax's ``ax.Envelope`` in Python form.
+
+On disk an envelope is one msgpack array of seven items, in field order::
+
+    [message_id: str, causation_id: str, correlation_id: str,
+     created_at: Timestamp, send_at: Timestamp, type: str, message: any]
+
+Datetimes use msgpack's Timestamp extension (type -1) and read back as
+timezone-aware UTC datetimes; ``message`` is any msgpack value whose types
+survive the round trip exactly (``dict``, ``list``, ``str``, ``bytes``, ``int``,
+``float``, ``bool``, ``None``, aware ``datetime``). Types that would come back
+as something else (a ``tuple`` would read as a ``list``, a ``str`` subclass as
+``str``) are refused at append time with ``TypeError``, so that a read
+envelope is always ``==`` to the one appended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgpack
+
+
+class Envelope(NamedTuple):
+    """A message with its identity and causality.
+
+    >>> root = Envelope.new("OrderPlaced", {"sku": "A1"})
+    >>> root.causation_id == root.correlation_id == root.message_id
+    True
+    >>> child = root.new_child("OrderShipped", {"sku": "A1"})
+    >>> (child.causation_id, child.correlation_id) == (root.message_id, root.message_id)
+    True
+    """
+
+    message_id: str
+    """A UUID string, unique to this message."""
+    causation_id: str
+    """The ``message_id`` of the message that caused this one (its own id for a root)."""
+    correlation_id: str
+    """The ``message_id`` of the root of the causal chain (its own id for a root)."""
+    created_at: datetime
+    """When the envelope was made (timezone-aware, UTC)."""
+    send_at: datetime
+    """When the message is meant to be handled (timezone-aware, UTC); ``created_at`` unless delayed."""
+    type: str
+    """The message type name, such as ``"OrderPlaced"``."""
+    message: Any
+    """The message itself: any msgpack-serializable value; ``bytes`` pass through untouched."""
+
+    @classmethod
+    def new(cls, type: str, message: Any, *, send_at: datetime | None = None) -> Envelope:
+        """A root envelope: causation and correlation ids equal its own new id."""
+        mid = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        return cls(mid, mid, mid, now, now if send_at is None else send_at, type, message)
+
+    def new_child(self, type: str, message: Any, *, send_at: datetime | None = None) -> Envelope:
+        """An envelope caused by this one, in the same correlation chain."""
+        now = datetime.now(UTC)
+        return Envelope(
+            str(uuid.uuid4()),
+            self.message_id,
+            self.correlation_id,
+            now,
+            now if send_at is None else send_at,
+            type,
+            message,
+        )
+
+    def with_delay(self, send_at: datetime) -> Envelope:
+        """The same envelope to be handled at ``send_at``."""
+        return self._replace(send_at=send_at)
+
+
+_packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, autoreset=True)
+_tuple_new = tuple.__new__
+
+
+def check_envelope(env: object, where: str) -> Envelope:
+    """Return ``env`` if it is a well-formed :class:`Envelope`, else raise ``TypeError``/``ValueError``."""
+    if type(env) is not Envelope:
+        raise TypeError(f"{where}: expected an Envelope, got {type(env).__name__}")
+    for name in ("message_id", "causation_id", "correlation_id", "type"):
+        if type(getattr(env, name)) is not str:
+            raise TypeError(f"{where}: {name} must be a str, got {type(getattr(env, name)).__name__}")
+    for name in ("created_at", "send_at"):
+        value = getattr(env, name)
+        if type(value) is not datetime:
+            raise TypeError(f"{where}: {name} must be a datetime, got {type(value).__name__}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{where}: {name} must be timezone-aware")
+    return env
+
+
+def encode(env: Envelope, where: str) -> bytes:
+    """Encode a checked envelope; ``where`` names it in error messages."""
+    try:
+        return _packer.pack(list(env))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{where}: message is not storable as msgpack without changing type: {exc}") from None
+
+
+def decode(payload: bytes | memoryview) -> Envelope:
+    """Decode an envelope. Raises ``ValueError`` if the bytes are not one."""
+    fields = msgpack.unpackb(payload, raw=False, timestamp=3, strict_map_key=False)
+    if type(fields) is not list or len(fields) != 7:
+        raise ValueError("payload is not a 7-item envelope array")
+    return _tuple_new(Envelope, fields)  # type: ignore[no-any-return]

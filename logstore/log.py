@@ -1,0 +1,552 @@
+"""The log: the ordered list of segments, the indexes derived from it, recovery and checkpoints.
+
+Directory layout of a store::
+
+    LOCK                        writer lock (flock); empty
+    CHECKPOINT                  how far the index files are complete (logstore.checkpoint)
+    catalog.<generation>        stream catalog and shared run table (index.catalog)
+    segments/<first>.log        segment files (logstore.segment)
+    segments/<first>.pos        their position indexes (index.position)
+    streams/<id>.runs           run files of large streams (index.runs)
+    lost+found/                 bytes cut by recovery, each with a .json manifest
+
+Threads: the writer thread alone calls the mutating methods (``roll``,
+``checkpoint``) and mutates the catalog, run index and position indexes.
+Readers call ``segment_for`` and read through segments; they are bounded by
+``visible_end`` and the catalog heads, which the writer publishes only after
+the data under them is written (and, with ``durability="fsync"``, fsynced).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from index.catalog import FLAG_LARGE, Catalog
+from index.errors import FormatError, UnsupportedVersionError
+from index.header import HEADER_SIZE
+from index.position import PositionIndex
+from index.runs import LargeRuns, RunIndex
+from logstore.checkpoint import Checkpoint, SegmentEntry
+from logstore.errors import CorruptionError, FormatVersionError
+from logstore.fileio import FileIO
+from logstore.segment import (
+    FLAG_SYNCED,
+    FLAG_TX_END,
+    BadRecord,
+    Record,
+    Segment,
+    create_segment,
+    find_next_record,
+    last_nonzero,
+    open_segment,
+    parse_record,
+    position_name,
+    segment_name,
+)
+
+log = logging.getLogger("logstore")
+
+REPAIR_HINT = "run `logstore repair` on the store"
+
+
+@dataclass
+class RecoveryReport:
+    """What ``open`` found and did. ``store.recovery_report`` holds the last one.
+
+    - ``checkpoint``: "clean" (closed cleanly), "used" (after a crash), or why it was not used.
+    - ``records_scanned``: log records read past the checkpoint.
+    - ``transactions_recovered``: whole transactions found past the checkpoint.
+    - ``cut``: where the log was cut (``"path@byte"``), or ``None``.
+    - ``bytes_cut``: bytes moved out of the log into ``lost+found/``.
+    - ``lost_found``: files written to ``lost+found/``.
+    - ``rebuilt``: index files that were missing or damaged and were rebuilt.
+    """
+
+    checkpoint: str = "none"
+    records_scanned: int = 0
+    transactions_recovered: int = 0
+    cut: str | None = None
+    cut_reason: str | None = None
+    bytes_cut: int = 0
+    lost_found: list[str] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return self.cut is None and not self.rebuilt
+
+    def summary(self) -> str:
+        parts = [f"checkpoint {self.checkpoint}", f"{self.records_scanned} records scanned"]
+        if self.transactions_recovered:
+            parts.append(f"{self.transactions_recovered} transactions recovered")
+        if self.cut:
+            parts.append(f"cut {self.bytes_cut} bytes at {self.cut} ({self.cut_reason}), saved in lost+found")
+        if self.rebuilt:
+            parts.append("rebuilt " + ", ".join(self.rebuilt))
+        return "; ".join(parts)
+
+
+@dataclass
+class _Damage:
+    index: int  # segment index
+    position: int
+    what: str
+
+
+class Log:
+    """Segments plus derived indexes; see the module docstring for the thread rules."""
+
+    def __init__(self, io: FileIO, directory: str, store_id: bytes, readonly: bool, segment_size: int) -> None:
+        self.io = io
+        self.directory = directory
+        self.seg_dir = os.path.join(directory, "segments")
+        self.stream_dir = os.path.join(directory, "streams")
+        self.store_id = store_id
+        self.readonly = readonly
+        self.segment_size = segment_size
+        self.segments: list[Segment] = []
+        self.firsts: list[int] = []
+        self.catalog = Catalog()
+        self.runs = RunIndex()
+        self.generation = 0
+        self.next_goff = 0
+        self.visible_end = 0
+        self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
+        self.report = RecoveryReport()
+        self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def active(self) -> Segment:
+        return self.segments[-1]
+
+    def segment_for(self, goff: int) -> Segment:
+        i = bisect.bisect_right(self.firsts, goff) - 1
+        if i < 0:
+            raise KeyError(goff)
+        return self.segments[i]
+
+    # -- creating ----------------------------------------------------------------
+
+    def create(self) -> None:
+        """Lay out a new, empty store."""
+        for d in (self.seg_dir, self.stream_dir):
+            if not self.io.exists(d):
+                self.io.mkdir(d)
+        self.io.fsync_dir(self.directory)
+        self._add_segment(create_segment(self.io, self.seg_dir, self.store_id, 0, self.segment_size))
+        self.checkpoint(clean=False)
+
+    def _add_segment(self, seg: Segment) -> None:
+        self.segments.append(seg)
+        self.firsts.append(seg.first)
+
+    def roll(self, first: int) -> Segment:
+        """Start a new active segment whose first global offset is ``first`` (writer thread)."""
+        seg = create_segment(self.io, self.seg_dir, self.store_id, first, self.segment_size)
+        self._add_segment(seg)
+        return seg
+
+    # -- checkpoint --------------------------------------------------------------
+
+    def checkpoint(self, clean: bool) -> None:
+        """Make the index files cover the whole log (writer thread; the log must be durable).
+
+        Steps, each durable before the next: (1) append new position entries
+        and new large-stream runs to their files, fsync them; (2) write
+        ``catalog.<g+1>`` through a temporary file and rename; (3) write
+        ``CHECKPOINT`` naming generation g+1 through a temporary file and
+        rename, fsync the directory; (4) remove ``catalog.<g>``. A crash
+        before (3) leaves the old checkpoint in force, whose files are intact:
+        appends only ever go past the counts it records.
+        """
+        io = self.io
+        created = False
+        entries = []
+        for seg in self.segments:
+            if seg._lazy is not None:
+                count, checksum = seg._lazy
+            else:
+                pos = seg.positions
+                count = len(pos)
+                if pos.persisted < count or not io.exists(seg.path[:-4] + ".pos"):
+                    created |= self._append_file(
+                        seg.path[:-4] + ".pos",
+                        PositionIndex.file_header(self.store_id, seg.first),
+                        *(pos.tail_bytes() if pos.persisted < count else (HEADER_SIZE, b"")),
+                    )
+                    pos.persisted = count
+                cached = self._ckpt_sums.get(seg.first)
+                if cached is not None and cached[0] == count:
+                    checksum = cached[1]
+                else:
+                    checksum = pos.checksum(count)
+                    self._ckpt_sums[seg.first] = (count, checksum)
+            entries.append(SegmentEntry(seg.first, count, seg.end, checksum))
+        for sid in self.runs.merge():
+            self.catalog.flags[sid] |= FLAG_LARGE
+        for sid, big in self.runs.large.items():
+            if big.persisted < len(big):
+                created |= self._append_file(
+                    os.path.join(self.stream_dir, f"{sid:010d}.runs"),
+                    LargeRuns.file_header(self.store_id, sid),
+                    *big.tail_bytes(),
+                )
+                big.persisted = len(big)
+        if created:
+            io.fsync_dir(self.seg_dir)
+            io.fsync_dir(self.stream_dir)
+        generation = self.generation + 1
+        io.write_file_atomic(self._catalog_path(generation), self.catalog.encode(self.runs, generation, self.store_id))
+        ckpt = Checkpoint(generation, self.next_goff, entries, clean)
+        io.write_file_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt.encode(self.store_id))
+        old = self._catalog_path(self.generation)
+        self.generation = generation
+        if io.exists(old):
+            io.unlink(old)
+        self.checkpointed_bytes = 0
+
+    def mark_unclean(self, ckpt: Checkpoint) -> None:
+        """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
+        self.io.write_file_atomic(
+            os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id)
+        )
+
+    def _remove_stale_catalogs(self) -> None:
+        """Remove catalog files of other generations (left by a crash during a checkpoint)."""
+        keep = os.path.basename(self._catalog_path(self.generation))
+        for name in self.io.listdir(self.directory):
+            if name.startswith("catalog.") and name != keep:
+                self.io.unlink(os.path.join(self.directory, name))
+
+    def _catalog_path(self, generation: int) -> str:
+        return os.path.join(self.directory, f"catalog.{generation:020d}")
+
+    def _append_file(self, path: str, header: bytes, position: int, data: bytes) -> bool:
+        """Write ``data`` at ``position`` of an index file (creating it with ``header``); fsync it."""
+        io = self.io
+        created = not io.exists(path)
+        fd = io.open(path, os.O_RDWR | os.O_CREAT)
+        try:
+            if created or io.size(fd) < HEADER_SIZE:
+                io.pwrite(fd, header, 0)
+            if data:
+                io.pwrite(fd, data, position)
+            io.fsync(fd)
+        finally:
+            io.close(fd)
+        return created
+
+    # -- opening and recovery ----------------------------------------------------
+
+    def load(self, ckpt: Checkpoint | None, ckpt_problem: str | None) -> Checkpoint | None:
+        """Open every segment, load the checkpointed indexes and scan the tail after them.
+
+        Returns the checkpoint that was used (``None`` if the indexes were rebuilt from the log).
+        """
+        started = time.perf_counter()
+        report = self.report
+        names = [n for n in self.io.listdir(self.seg_dir) if n.endswith(".log")]
+        if not self.readonly:
+            for n in self.io.listdir(self.seg_dir):
+                if n.endswith(".tmp"):  # a segment or index file whose creation did not finish
+                    self.io.unlink(os.path.join(self.seg_dir, n))
+        for n in names:
+            stem = n[:-4]
+            if len(stem) != 20 or not stem.isdigit():
+                raise CorruptionError(os.path.join(self.seg_dir, n), 0, "not a segment file name", REPAIR_HINT)
+            self._add_segment(open_segment(self.io, os.path.join(self.seg_dir, n), self.store_id, not self.readonly))
+        if not self.segments:
+            raise CorruptionError(self.seg_dir, 0, "the store has no segment files", REPAIR_HINT)
+        if ckpt is not None:
+            try:
+                self._load_indexes(ckpt)
+            except (OSError, FormatError, CorruptionError) as exc:
+                problem = f"index files unusable ({exc}); rebuilt from the log"
+                log.warning("%s: %s", self.directory, problem)
+                report.rebuilt.append("all indexes")
+                ckpt = None
+                ckpt_problem = problem
+        if ckpt is None:
+            report.checkpoint = ckpt_problem or "none"
+            self.catalog = Catalog()
+            self.runs = RunIndex()
+            for seg in self.segments:
+                seg._positions = PositionIndex(seg.first)
+                seg._lazy = None
+                seg.end = HEADER_SIZE
+            start = 0
+            self.next_goff = self.segments[0].first
+            if self.next_goff != 0:
+                raise CorruptionError(self.segments[0].path, 32, "the first segment does not start at 0", REPAIR_HINT)
+        else:
+            report.checkpoint = "clean" if ckpt.clean else "used"
+            start = len(ckpt.segments) - 1
+            self.next_goff = ckpt.next_goff
+            self.generation = ckpt.generation
+        if not self.readonly:
+            self._remove_stale_catalogs()
+        clean_end = ckpt is not None and ckpt.clean
+        self._scan(start, clean_end)
+        self.visible_end = self.next_goff
+        report.seconds = time.perf_counter() - started
+        return ckpt
+
+    def _load_indexes(self, ckpt: Checkpoint) -> None:
+        io = self.io
+        cat_path = self._catalog_path(ckpt.generation)
+        try:
+            catalog, runs, large = Catalog.decode(io.read_file(cat_path), self.store_id, ckpt.generation)
+        except UnsupportedVersionError as exc:
+            raise FormatVersionError(cat_path, exc.position, exc.what) from None
+        except FormatError as exc:
+            raise CorruptionError(cat_path, exc.position, exc.what) from None
+        for sid, count, checksum in large:
+            path = os.path.join(self.stream_dir, f"{sid:010d}.runs")
+            try:
+                runs.large[sid] = LargeRuns.decode(io.read_file(path), self.store_id, sid, count, checksum)
+            except FormatError as exc:
+                raise CorruptionError(path, exc.position, exc.what) from None
+        by_first = {seg.first: seg for seg in self.segments}
+        listed = {e.first for e in ckpt.segments}
+        for e in ckpt.segments:
+            seg = by_first.get(e.first)
+            if seg is None:
+                raise CorruptionError(
+                    os.path.join(self.seg_dir, segment_name(e.first)), 0, "segment named by the checkpoint is missing",
+                    REPAIR_HINT,
+                )
+            if e.end > seg.size:
+                raise CorruptionError(seg.path, seg.size, f"segment is shorter than the {e.end} bytes checkpointed",
+                                      REPAIR_HINT)
+            seg.end = e.end
+            seg.set_lazy_positions(e.count, e.checksum)
+            self._ckpt_sums[seg.first] = (e.count, e.checksum)
+        last = ckpt.segments[-1].first if ckpt.segments else -1
+        for seg in self.segments:
+            if seg.first not in listed and seg.first <= last:
+                raise CorruptionError(seg.path, 0, "segment is not named by the checkpoint", REPAIR_HINT)
+        if self.segments[0].first != (ckpt.segments[0].first if ckpt.segments else 0):
+            raise CorruptionError(self.segments[0].path, 0, "segment precedes the checkpoint's first", REPAIR_HINT)
+        # The last checkpointed segment is where the tail scan starts: load its positions now.
+        tail = by_first[last]
+        _ = tail.positions
+        self.catalog, self.runs = catalog, runs
+
+    def _scan(self, start: int, clean_end: bool) -> None:
+        """Apply every whole transaction past the checkpoint; cut or refuse what is damaged."""
+        cat = self.catalog
+        report = self.report
+        pending: list[tuple[int, Record]] = []
+        new_names: dict[str, int] = {}
+        tx_heads: dict[int, int] = {}
+        expected = self.next_goff
+        good = (start, self.segments[start].end)
+        damage: _Damage | None = None
+        scanned = 0
+        for i in range(start, len(self.segments)):
+            seg = self.segments[i]
+            if i > start:
+                if seg.first != expected:
+                    damage = _Damage(i, 0, f"segment starts at global offset {seg.first}, expected {expected}")
+                    break
+                pos = HEADER_SIZE
+                if not pending:
+                    good = (i, pos)
+            else:
+                pos = seg.end
+            buf = seg.view
+            while True:
+                try:
+                    rec = parse_record(buf, pos, seg.size)
+                except BadRecord as bad:
+                    if not bad.zero:
+                        damage = _Damage(i, pos, bad.what)
+                    break
+                scanned += 1
+                problem = self._check_record(rec, expected, new_names, tx_heads)
+                if problem:
+                    damage = _Damage(i, pos, problem)
+                    break
+                pending.append((i, rec))
+                if rec.name is not None and rec.sid >= len(cat) and rec.name not in new_names:
+                    new_names[rec.name] = rec.sid
+                tx_heads[rec.sid] = rec.soff + 1
+                pos += rec.length
+                expected += 1
+                if rec.flags & FLAG_TX_END:
+                    self._apply(pending)
+                    report.transactions_recovered += 1
+                    pending = []
+                    new_names = {}
+                    tx_heads = {}
+                    good = (i, pos)
+            if damage is not None:
+                break
+            # A zero length ends the segment's records; anything non-zero after it is damage.
+            is_last = i == len(self.segments) - 1
+            if is_last and clean_end and pos == seg.end and not pending:
+                break
+            nz = last_nonzero(buf, pos, seg.size)
+            if nz > pos:
+                damage = _Damage(i, pos, f"non-zero bytes up to byte {nz} after the last record")
+                break
+        self.io.records_read += scanned
+        report.records_scanned = scanned
+        if damage is None and not pending:
+            self._set_end(good)
+            return
+        if damage is None:
+            last_i, last_rec = pending[-1]
+            damage = _Damage(last_i, last_rec.position + last_rec.length, "transaction without its end record")
+        self._cut(good, damage)
+
+    def _check_record(
+        self, rec: Record, expected: int, new_names: dict[str, int], tx_heads: dict[int, int]
+    ) -> str | None:
+        cat = self.catalog
+        if rec.goff != expected:
+            return f"global offset {rec.goff}, expected {expected}"
+        if rec.sid < len(cat):
+            if rec.name is not None and rec.name != cat.names[rec.sid]:
+                return f"names stream id {rec.sid} {rec.name!r}, the log named it {cat.names[rec.sid]!r} before"
+            head = tx_heads.get(rec.sid, int(cat.head[rec.sid]))
+        else:
+            if rec.sid not in tx_heads:
+                if rec.name is None:
+                    return f"first record of stream id {rec.sid} carries no name"
+                if rec.sid != len(cat) + len(new_names) or rec.name in cat.ids or rec.name in new_names:
+                    return f"new stream id {rec.sid} ({rec.name!r}) is out of sequence"
+            head = tx_heads.get(rec.sid, 0)
+        if rec.soff != head:
+            return f"stream id {rec.sid} offset {rec.soff}, expected {head}"
+        return None
+
+    def _apply(self, pending: list[tuple[int, Record]]) -> None:
+        cat, runs = self.catalog, self.runs
+        for i, rec in pending:
+            sid = rec.sid
+            if sid == len(cat):
+                assert rec.name is not None
+                cat.add(rec.name)
+            diff = rec.goff - rec.soff
+            if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
+                runs.add(sid, rec.soff, rec.goff)
+                cat.nruns[sid] += 1
+                cat.run_diff[sid] = diff
+            cat.head[sid] = rec.soff + 1
+            seg = self.segments[i]
+            seg.positions.positions.append(rec.position)
+            seg.end = rec.position + rec.length
+        self.next_goff = pending[-1][1].goff + 1
+
+    def _set_end(self, good: tuple[int, int]) -> None:
+        gi, gpos = good
+        seg = self.segments[gi]
+        seg.end = gpos
+        # Later segments (if any) hold nothing the store keeps; _cut moved them away.
+        del self.segments[gi + 1 :]
+        del self.firsts[gi + 1 :]
+
+    def _durable_after(self, damage: _Damage) -> bool:
+        """Does a valid record marked SYNCED follow the damage? Then the damage was once durable."""
+        i, p = damage.index, damage.position + 1
+        while i < len(self.segments):
+            seg = self.segments[i]
+            q = find_next_record(seg.view, p, seg.size)
+            if q < 0:
+                i, p = i + 1, HEADER_SIZE
+                continue
+            rec = parse_record(seg.view, q, seg.size)
+            if rec.flags & FLAG_SYNCED:
+                return True
+            p = q + rec.length
+        return False
+
+    def _cut(self, good: tuple[int, int], damage: _Damage) -> None:
+        seg = self.segments[damage.index]
+        where = f"{seg.path}@{damage.position}"
+        if self._durable_after(damage):
+            raise CorruptionError(
+                seg.path, damage.position, damage.what + "; data after it was durable, so this is not a torn write",
+                REPAIR_HINT,
+            )
+        gi, gpos = good
+        report = self.report
+        report.cut = f"{self.segments[gi].path}@{gpos}"
+        report.cut_reason = f"{damage.what} at {where}"
+        if self.readonly:
+            log.info("%s: read-only open ignores the log past %s (%s)", self.directory, report.cut, report.cut_reason)
+            self._set_end(good)
+            return
+        lf_dir = os.path.join(self.directory, "lost+found")
+        if not self.io.exists(lf_dir):
+            self.io.mkdir(lf_dir)
+            self.io.fsync_dir(self.directory)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        # 1. Copy every byte to be cut into lost+found, with a manifest, and make that durable.
+        gseg = self.segments[gi]
+        nz = last_nonzero(gseg.view, gpos, gseg.size)
+        if nz > gpos:
+            base = f"{stamp}-{segment_name(gseg.first)}-{gpos}"
+            self._save_lost(lf_dir, base, bytes(gseg.view[gpos:nz]), gseg.path, gpos, report.cut_reason)
+        moved = self.segments[gi + 1 :]
+        for later in moved:
+            end = last_nonzero(later.view, HEADER_SIZE, later.size)
+            base = f"{stamp}-{segment_name(later.first)}-0"
+            self._save_lost(lf_dir, base, bytes(later.view[:end]), later.path, 0, report.cut_reason)
+        self.io.fsync_dir(lf_dir)
+        # 2. Zero the cut bytes in the kept segment, then remove the later segments.
+        if nz > gpos:
+            zero = bytes(min(nz - gpos, 1 << 20))
+            p = gpos
+            while p < nz:
+                n = min(len(zero), nz - p)
+                self.io.pwrite(gseg.fd, zero[:n], p)
+                p += n
+            self.io.fdatasync(gseg.fd)
+        for later in moved:
+            later.close()
+            self.io.unlink(later.path)
+            pos_path = later.path[:-4] + ".pos"
+            if self.io.exists(pos_path):
+                self.io.unlink(pos_path)
+        if moved:
+            self.io.fsync_dir(self.seg_dir)
+        log.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
+        self._set_end(good)
+        # Positions past the cut in the kept segment are not the store's any more.
+        gseg.positions.positions.truncate(self.next_goff - gseg.first)
+
+    def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
+        path = os.path.join(lf_dir, base + ".bin")
+        fd = self.io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            self.io.pwrite(fd, data, 0)
+            self.io.fsync(fd)
+        finally:
+            self.io.close(fd)
+        manifest: dict[str, Any] = {
+            "source": os.path.relpath(source, self.directory),
+            "position": position,
+            "length": len(data),
+            "reason": reason,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.io.write_file_atomic(os.path.join(lf_dir, base + ".json"), json.dumps(manifest, indent=2).encode())
+        self.report.bytes_cut += len(data)
+        self.report.lost_found += [path, path[:-4] + ".json"]
+
+    def close(self) -> None:
+        for seg in self.segments:
+            seg.close()
+        self.segments = []
+        self.firsts = []

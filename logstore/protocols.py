@@ -1,0 +1,74 @@
+"""Structural types mirroring Ax's interfaces, so that other backends can implement them.
+
+``DataStore``, ``Tx`` and ``Committer`` are Ax's ``persistence`` package;
+``Store``, ``GloballyOrderedStore`` and ``Stream`` are its ``messagestore``
+package. Go's ``ctx`` becomes ``timeout=`` plus cancellation by ``close()``.
+:class:`logstore.Store` satisfies all of the store protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from logstore.envelope import Envelope
+
+
+@runtime_checkable
+class Tx(Protocol):
+    """A transaction handle, opaque to its users (Ax ``persistence.Tx``)."""
+
+
+@runtime_checkable
+class Committer(Protocol):
+    """Commits or rolls back a transaction (Ax ``persistence.Committer``)."""
+
+    def commit(self) -> range: ...
+
+    def rollback(self) -> None: ...
+
+
+@runtime_checkable
+class DataStore(Protocol):
+    """Begins transactions (Ax ``persistence.DataStore``)."""
+
+    def begin_tx(self) -> tuple[Tx, Committer]: ...
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """An ordered stream of messages being read (Ax ``messagestore.Stream``)."""
+
+    def next(self, timeout: float | None = None) -> None:
+        """Advance to the next message; block until one is available, the timeout passes, or the stream closes."""
+
+    def try_next(self) -> bool:
+        """Advance to the next message; return False if there are no more messages right now."""
+
+    def get(self) -> Envelope:
+        """The message at the current offset in the stream."""
+
+    def offset(self) -> int:
+        """The offset of the message returned by ``get()``."""
+
+    def close(self) -> None:
+        """Close the stream."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persisted streams of messages (Ax ``messagestore.Store``)."""
+
+    def append_messages(self, tx: Tx, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
+        """Append messages to a named stream; ``offset`` must be the stream's next unused offset."""
+
+    def open_stream(self, ds: DataStore, stream: str, offset: int) -> tuple[Stream, bool]:
+        """Open a stream for reading from ``offset`` (may be beyond the end); False if it does not exist."""
+
+
+@runtime_checkable
+class GloballyOrderedStore(Store, Protocol):
+    """A store that keeps one global order across all streams (Ax ``messagestore.GloballyOrderedStore``)."""
+
+    def open_global(self, ds: DataStore, offset: int) -> Stream:
+        """Open the entire store for reading as a single stream (``offset`` may be beyond the end)."""

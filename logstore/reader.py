@@ -1,0 +1,251 @@
+"""Readers: Ax's ``messagestore.Stream`` over one stream or over the global log.
+
+A reader never blocks the writer: it reads the published bounds (a stream's
+head, or the log's ``visible_end``), then reads records below them through the
+segment's read-only mapping. ``next()`` waits on the store's condition
+variable, which the writer notifies after each published group and
+``close()`` notifies to wake a waiting reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from logstore.envelope import Envelope
+from logstore.errors import StreamClosedError
+
+if TYPE_CHECKING:
+    from logstore.segment import Segment
+    from logstore.store import Store
+
+
+class _Reader:
+    """What both kinds of stream share: position, current message, waiting, closing."""
+
+    __slots__ = ("_closed", "_current", "_env", "_store", "__weakref__")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._closed = False
+        self._current = -1  # offset of the message get() returns; -1 before the first
+        self._env: Envelope | None = None
+
+    # Subclasses provide these two.
+    def _available(self) -> bool:
+        raise NotImplementedError
+
+    def _advance(self) -> bool:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosedError("the stream is closed")
+
+    def try_next(self) -> bool:
+        """Advance to the next message if one is available now; return whether it did."""
+        self._check_open()
+        return self._advance()
+
+    def next(self, timeout: float | None = None) -> None:
+        """Advance to the next message, waiting for one to be committed if need be.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (``None`` waits for
+        ever) and :class:`~logstore.StreamClosedError` if the stream or its
+        store is closed, including from another thread while waiting.
+        """
+        self._check_open()
+        if self._advance():
+            return
+        cond = self._store._published
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with cond:
+            while True:
+                if self._closed:
+                    raise StreamClosedError("the stream was closed while waiting")
+                if self._available():
+                    break
+                if deadline is None:
+                    cond.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"no message within {timeout} s")
+                    cond.wait(remaining)
+        if not self._advance():  # pragma: no cover - _available() said there was one
+            raise AssertionError("a published message could not be read")
+
+    async def anext(self, timeout: float | None = None) -> Envelope:
+        """Await the next message and return it; cancel like any await.
+
+        ``timeout`` raises ``TimeoutError``; closing the stream raises
+        :class:`~logstore.StreamClosedError`.
+        """
+        self._check_open()
+        if self._advance():
+            return self.get()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = (loop, future)
+            self._store._async_waiters.add(waiter)
+            try:
+                self._check_open()
+                if self._advance():
+                    return self.get()
+                if deadline is None:
+                    await future
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError(f"no message within {timeout} s")
+                    try:
+                        await asyncio.wait_for(future, remaining)
+                    except TimeoutError:
+                        raise TimeoutError(f"no message within {timeout} s") from None
+            finally:
+                self._store._async_waiters.discard(waiter)
+            self._check_open()
+            if self._advance():
+                return self.get()
+
+    def __aiter__(self) -> _Reader:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        """``async for env in stream`` waits for each message and ends when the stream is closed."""
+        try:
+            return await self.anext()
+        except StreamClosedError:
+            raise StopAsyncIteration from None
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> Envelope:
+        """``for env in stream`` yields the messages available now, then stops."""
+        if not self.try_next():
+            raise StopIteration
+        return self.get()
+
+    def get(self) -> Envelope:
+        """The envelope at the current position (after a successful ``next``/``try_next``)."""
+        self._check_open()
+        if self._env is None:
+            raise ValueError("get() before a successful next() or try_next()")
+        return self._env
+
+    def offset(self) -> int:
+        """The offset of the envelope ``get()`` returns."""
+        self._check_open()
+        if self._current < 0:
+            raise ValueError("offset() before a successful next() or try_next()")
+        return self._current
+
+    def close(self) -> None:
+        """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._store._readers.discard(self)
+        self._store._wake_readers()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StreamReader(_Reader):
+    """Reads one named stream in offset order (``store.open_stream``)."""
+
+    __slots__ = ("_next", "_run", "_seg", "_sid", "name")
+
+    def __init__(self, store: Store, name: str, offset: int) -> None:
+        super().__init__(store)
+        self.name = name
+        self._next = offset
+        self._sid = store._log.catalog.ids.get(name)
+        # Cached run: (first offset, its global offset, offsets below this stay in the run).
+        self._run = (0, 0, 0)
+        self._seg: Segment | None = None
+
+    def _head(self) -> int:
+        sid = self._sid
+        cat = self._store._log.catalog
+        if sid is None:
+            sid = cat.ids.get(self.name)
+            if sid is None:
+                return 0
+            self._sid = sid
+        return int(cat.head[sid])
+
+    def _available(self) -> bool:
+        return self._next < self._head()
+
+    def _advance(self) -> bool:
+        want = self._next
+        head = self._head()
+        if want >= head:
+            return False
+        run_off, run_goff, limit = self._run
+        if not run_off <= want < limit:
+            assert self._sid is not None
+            run_off, run_goff, nxt = self._store._log.runs.find(self._sid, want)
+            limit = head if nxt < 0 else min(nxt, head)
+            self._run = (run_off, run_goff, limit)
+        goff = run_goff + (want - run_off)
+        seg = self._seg
+        if seg is None or not seg.first <= goff < seg.first + seg.count:
+            seg = self._seg = self._store._log.segment_for(goff)
+        _sid, soff, env = seg.read(goff)
+        if soff != want:
+            from logstore.errors import CorruptionError
+
+            raise CorruptionError(seg.path, seg.positions.position(goff),
+                                  f"stream {self.name!r}: record holds offset {soff}, expected {want}")
+        self._env = env
+        self._current = want
+        self._next = want + 1
+        return True
+
+    def __repr__(self) -> str:
+        return f"<logstore stream {self.name!r} next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+class GlobalReader(_Reader):
+    """Reads every stream in global (commit) order (``store.open_global``)."""
+
+    __slots__ = ("_next", "_seg")
+
+    def __init__(self, store: Store, offset: int) -> None:
+        super().__init__(store)
+        self._next = offset
+        self._seg: Segment | None = None
+
+    def _available(self) -> bool:
+        return self._next < self._store._log.visible_end
+
+    def _advance(self) -> bool:
+        want = self._next
+        lg = self._store._log
+        if want >= lg.visible_end:
+            return False
+        seg = self._seg
+        if seg is None or not seg.first <= want < seg.first + seg.count:
+            seg = self._seg = lg.segment_for(want)
+        _sid, _soff, env = seg.read(want)
+        self._env = env
+        self._current = want
+        self._next = want + 1
+        return True
+
+    def __repr__(self) -> str:
+        return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"

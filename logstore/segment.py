@@ -1,0 +1,329 @@
+"""Segment files and the record format.
+
+A segment is ``segments/<first global offset, 20 digits>.log``, preallocated
+to its capacity, starting with the common 64-byte header (magic
+``b"LGSEGMNT"``; a = first global offset, b = capacity in bytes, c = creation
+time in ns since the epoch) followed by records, back to back::
+
+    offset      size  type   field
+    0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
+    4           1     u8     kind: 1 = message (0 = never written; others reserved)
+    5           1     u8     flags: bit 0 TX_END, bit 1 NAMED, bit 2 SYNCED
+    6           2     u16    N, byte length of the stream name (0 unless NAMED)
+    8           4     u32    stream id
+    12          8     u64    stream offset
+    20          8     u64    global offset
+    28          N     utf-8  stream name (only when NAMED)
+    28+N        P     bytes  msgpack envelope (P = L - 36 - N)
+    L-8         8     u64    xxh3-64 of bytes 0 .. L-9 of the record
+
+TX_END marks the last record of a transaction. NAMED records carry their
+stream's name: the first record of each stream in each segment is NAMED, so
+every segment names the streams it holds. SYNCED says that every byte of the
+log before this record was fsynced before this record was written (the writer
+sets it on the first record it writes after an fsync). Recovery uses it to
+tell a torn tail from damage to data that was once durable: damage followed
+by a valid SYNCED record was durable, so it is not a torn write.
+
+The writer thread appends with ``pwrite``; readers use a read-only ``mmap``
+of the file, which sees those writes through the page cache.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+import xxhash
+
+from index.errors import FormatError
+from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from index.position import PositionIndex
+from logstore.envelope import Envelope, decode
+from logstore.errors import CorruptionError, FormatVersionError
+from logstore.fileio import FileIO
+
+RECORD_HEADER = struct.Struct("<IBBHIQQ")
+CHECKSUM = struct.Struct("<Q")
+RECORD_OVERHEAD = RECORD_HEADER.size + CHECKSUM.size  # 36
+KIND_MESSAGE = 1
+FLAG_TX_END = 1
+FLAG_NAMED = 2
+FLAG_SYNCED = 4
+_KNOWN_FLAGS = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
+
+_xxh = xxhash.xxh3_64_intdigest
+_hdr_pack = RECORD_HEADER.pack
+_hdr_unpack = RECORD_HEADER.unpack_from
+_sum_pack = CHECKSUM.pack
+_sum_unpack = CHECKSUM.unpack_from
+
+
+def segment_name(first: int) -> str:
+    return f"{first:020d}.log"
+
+
+def position_name(first: int) -> str:
+    return f"{first:020d}.pos"
+
+
+def frame(sid: int, soff: int, goff: int, flags: int, name: bytes, payload: bytes) -> bytes:
+    """One whole record, checksum included."""
+    body = _hdr_pack(RECORD_OVERHEAD + len(name) + len(payload), KIND_MESSAGE, flags, len(name), sid, soff, goff)
+    body = body + name + payload if name else body + payload
+    return body + _sum_pack(_xxh(body))
+
+
+class Record(NamedTuple):
+    """A record's header fields as parsed from a segment (the envelope is not decoded)."""
+
+    position: int
+    length: int
+    flags: int
+    sid: int
+    soff: int
+    goff: int
+    name: str | None
+    payload_start: int
+
+
+class BadRecord(Exception):
+    """The bytes at ``position`` are not a valid record."""
+
+    def __init__(self, position: int, what: str, zero: bool = False) -> None:
+        super().__init__(what)
+        self.position = position
+        self.what = what
+        self.zero = zero  # a length of 0: the never-written area, or a zeroed block
+
+
+def parse_record(buf: Any, position: int, end: int) -> Record:
+    """Parse and checksum the record at ``position``; raise :class:`BadRecord` if it is not one."""
+    if position + RECORD_HEADER.size > end:
+        if position >= end or not any(bytes(buf[position:end])):
+            raise BadRecord(position, "end of segment", zero=True)
+        raise BadRecord(position, "a partial record header at the end of the segment")
+    length, kind, flags, nlen, sid, soff, goff = _hdr_unpack(buf, position)
+    if length == 0:
+        raise BadRecord(position, "record length is 0 (never written)", zero=True)
+    if kind != KIND_MESSAGE:
+        raise BadRecord(position, f"record kind is {kind}, expected {KIND_MESSAGE}")
+    if flags & ~_KNOWN_FLAGS:
+        raise BadRecord(position, f"unknown record flags {flags:#x}")
+    if length < RECORD_OVERHEAD + nlen or position + length > end:
+        raise BadRecord(position, f"record length {length} does not fit (name {nlen} bytes, segment end {end})")
+    if bool(flags & FLAG_NAMED) != (nlen > 0):
+        raise BadRecord(position, "NAMED flag and name length disagree")
+    (checksum,) = _sum_unpack(buf, position + length - 8)
+    if _xxh(buf[position : position + length - 8]) != checksum:
+        raise BadRecord(position, "record checksum mismatch")
+    name = None
+    if nlen:
+        try:
+            name = bytes(buf[position + 28 : position + 28 + nlen]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRecord(position, "stream name is not valid UTF-8") from None
+    return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen)
+
+
+def find_next_record(buf: Any, start: int, end: int) -> int:
+    """The position of the first valid record at or after ``start``, or -1.
+
+    Candidates are found with numpy (a record has kind 1 at byte 4 and a
+    plausible length), then checked in full; used to resynchronise after
+    damage.
+    """
+    if end - start < RECORD_OVERHEAD:
+        return -1
+    chunk = 1 << 20
+    pos = start
+    while pos + RECORD_OVERHEAD <= end:
+        stop = min(end, pos + chunk + RECORD_OVERHEAD)
+        arr = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos)
+        if len(arr) <= 4:
+            break
+        candidates = np.flatnonzero(arr[4:] == KIND_MESSAGE)
+        for c in candidates.tolist():
+            p = pos + c
+            if p >= pos + chunk:
+                break
+            try:
+                parse_record(buf, p, end)
+            except BadRecord:
+                continue
+            return p
+        pos += chunk
+    return -1
+
+
+def last_nonzero(buf: Any, start: int, end: int) -> int:
+    """One past the last non-zero byte in ``buf[start:end]``, or ``start`` if all are zero."""
+    chunk = 1 << 22
+    hi = end
+    while hi > start:
+        lo = max(start, hi - chunk)
+        arr = np.frombuffer(buf, dtype=np.uint8, count=hi - lo, offset=lo)
+        nz = np.flatnonzero(arr)
+        if len(nz):
+            return lo + int(nz[-1]) + 1
+        hi = lo
+    return start
+
+
+class Segment:
+    """One segment file: its header facts, read mapping and position index.
+
+    ``end`` is the byte position after the last record the store holds;
+    the writer thread alone advances it. ``named`` (writer only) is the set
+    of stream ids already named in this segment.
+    """
+
+    def __init__(
+        self, io: FileIO, path: str, store_id: bytes, first: int, capacity: int, fd: int, size: int
+    ) -> None:
+        self.io = io
+        self.path = path
+        self.store_id = store_id
+        self.first = first
+        self.capacity = capacity
+        self.fd = fd
+        self.size = size  # bytes mapped (the file size, at most the capacity)
+        self.mm: mmap.mmap | None = io.mmap_read(fd, size) if size else None
+        self.view: memoryview = memoryview(self.mm) if self.mm is not None else memoryview(b"")
+        self.end = HEADER_SIZE
+        self.named: set[int] = set()
+        self._positions: PositionIndex | None = PositionIndex(first)
+        self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
+        self._lazy_lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        """Number of records in the segment (that the store holds)."""
+        if self._lazy is not None:
+            return self._lazy[0]
+        assert self._positions is not None
+        return len(self._positions)
+
+    @property
+    def next_goff(self) -> int:
+        return self.first + self.count
+
+    def set_lazy_positions(self, count: int, checksum: int) -> None:
+        self._positions = None
+        self._lazy = (count, checksum)
+
+    @property
+    def positions(self) -> PositionIndex:
+        pos = self._positions
+        if pos is not None:
+            return pos
+        with self._lazy_lock:
+            if self._positions is None:
+                self._positions = self._load_positions()
+                self._lazy = None
+            return self._positions
+
+    def _load_positions(self) -> PositionIndex:
+        assert self._lazy is not None
+        count, checksum = self._lazy
+        path = self.path[:-4] + ".pos"
+        try:
+            buf = self.io.read_file(path)
+            return PositionIndex.decode(buf, self.store_id, self.first, count, checksum)
+        except (OSError, FormatError):
+            # Derived data: rebuild it from the segment itself.
+            return self.rebuild_positions(count)
+
+    def rebuild_positions(self, count: int) -> PositionIndex:
+        index = PositionIndex(self.first)
+        position = HEADER_SIZE
+        found = []
+        for i in range(count):
+            try:
+                rec = parse_record(self.view, position, self.size)
+            except BadRecord as bad:
+                raise CorruptionError(self.path, bad.position, bad.what, "run logstore repair") from None
+            if rec.goff != self.first + i:
+                raise CorruptionError(self.path, position, f"global offset {rec.goff}, expected {self.first + i}")
+            found.append(position)
+            position += rec.length
+        self.io.records_read += count
+        index.positions.extend(found)
+        return index
+
+    def read(self, goff: int) -> tuple[int, int, Envelope]:
+        """The (stream id, stream offset, envelope) of the record with global offset ``goff``."""
+        position = self.positions.position(goff)
+        buf = self.view
+        self.io.records_read += 1
+        try:
+            length, kind, flags, nlen, sid, soff, rgoff = _hdr_unpack(buf, position)
+            if kind != KIND_MESSAGE or rgoff != goff or position + length > self.size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            end = position + length - 8
+            if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                raise BadRecord(position, "record checksum mismatch")
+            env = decode(buf[position + 28 + nlen : end])
+        except BadRecord as bad:
+            raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
+        except Exception as exc:
+            raise CorruptionError(self.path, position, f"global offset {goff}: envelope does not decode: {exc}") from None
+        return sid, soff, env
+
+    def close(self) -> None:
+        self.view.release()
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # a reader still holds a slice; the mapping goes with it
+        self.io.close(self.fd)
+
+
+def read_segment_header(io: FileIO, path: str, fd: int) -> Header:
+    raw = io.pread(fd, HEADER_SIZE, 0)
+    try:
+        return decode_header(raw, MAGIC_SEGMENT)
+    except FormatError as exc:
+        cls = FormatVersionError if exc.__class__.__name__ == "UnsupportedVersionError" else CorruptionError
+        raise cls(path, exc.position, f"segment header: {exc.what}", "run logstore repair") from None
+
+
+def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segment:
+    fd = io.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        header = read_segment_header(io, path, fd)
+        if header.store_id != store_id:
+            raise CorruptionError(path, 16, "segment belongs to another store (store id differs)")
+        expected = segment_name(header.a)
+        if os.path.basename(path) != expected:
+            raise CorruptionError(path, 32, f"header says first global offset {header.a}, file name disagrees")
+        size = min(io.size(fd), header.b)
+        return Segment(io, path, store_id, header.a, header.b, fd, size)
+    except BaseException:
+        io.close(fd)
+        raise
+
+
+def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capacity: int) -> Segment:
+    """Create a segment crash-safely: temporary file, header, preallocate, fsync, rename, fsync directory."""
+    path = os.path.join(directory, segment_name(first))
+    tmp = path + ".tmp"
+    if io.exists(tmp):
+        io.unlink(tmp)
+    fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        io.fallocate(fd, 0, capacity)
+        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, time.time_ns())), 0)
+        io.fsync(fd)
+        io.rename(tmp, path)
+        io.fsync_dir(directory)
+    except BaseException:
+        io.close(fd)
+        raise
+    return Segment(io, path, store_id, first, capacity, fd, capacity)

@@ -1,0 +1,439 @@
+"""The store: opening, the writer lock, and the messagestore API.
+
+>>> import logstore, tempfile
+>>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+...     with store.transaction() as tx:
+...         store.append_messages(tx, "order-42", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+...     stream, found = store.open_stream(store, "order-42", 0)
+...     stream.next(timeout=1)
+...     stream.get().type
+'OrderPlaced'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from index.errors import FormatError, UnsupportedVersionError
+from index.header import HEADER_SIZE
+from logstore.checkpoint import Checkpoint
+from logstore.envelope import Envelope, check_envelope, encode
+from logstore.errors import (
+    CorruptionError,
+    FormatVersionError,
+    MessageTooLargeError,
+    OffsetConflictError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreLockedError,
+)
+from logstore.fileio import FileIO
+from logstore.log import Log, RecoveryReport
+from logstore.reader import GlobalReader, StreamReader, _Reader
+from logstore.segment import RECORD_OVERHEAD
+from logstore.writer import Committer, Tx, Writer
+
+log = logging.getLogger("logstore")
+
+DURABILITY_MODES = ("fsync", "batch", "none")
+DEFAULT_SEGMENT_SIZE = 256 * 2**20
+"""Bytes preallocated per segment file (256 MiB)."""
+MIN_SEGMENT_SIZE = 64 * 2**10
+MAX_SEGMENT_SIZE = 2**32 - 1
+DEFAULT_FSYNC_INTERVAL = 0.01
+"""Seconds between fsyncs with ``durability="batch"``."""
+DEFAULT_CHECKPOINT_BYTES = 64 * 2**20
+"""Log bytes written between checkpoints (64 MiB); a segment roll and ``close()`` also checkpoint."""
+MAX_STREAM_NAME = 1024
+"""Longest stream name, in UTF-8 bytes."""
+MAX_ENVELOPE_SIZE = 16 * 2**20
+"""Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
+
+
+def open(  # noqa: A001 - the contract names it open
+    path: str | os.PathLike[str],
+    *,
+    durability: str = "fsync",
+    fsync_interval: float = DEFAULT_FSYNC_INTERVAL,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    readonly: bool = False,
+    checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+    io: FileIO | None = None,
+) -> Store:
+    """Open (creating if need be) the store in directory ``path``.
+
+    - ``durability``: ``"fsync"`` (commit returns once the group is on disk),
+      ``"batch"`` (fsync at most every ``fsync_interval`` seconds; commit
+      returns after the write) or ``"none"`` (the OS decides when to write).
+    - ``segment_size``: bytes preallocated per segment (default 256 MiB,
+      between 64 KiB and 4 GiB - 1); applies to segments created from now on.
+    - ``readonly``: open without the writer lock, beside a writer process;
+      sees the log as it was when opened (reopen to see later commits).
+    - ``checkpoint_bytes``: log bytes between index checkpoints.
+    - ``io``: the file-I/O layer (tests pass a fault-injecting one).
+
+    Raises :class:`StoreLockedError` if another process holds the writer
+    lock, :class:`CorruptionError` for damage that recovery must not cut
+    (``logstore repair`` fixes it), :class:`FormatVersionError` for files of
+    an unknown format version.
+    """
+    if durability not in DURABILITY_MODES:
+        raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+    if isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float) or not fsync_interval > 0:
+        raise ValueError(f"fsync_interval must be a positive number of seconds, got {fsync_interval!r}")
+    if isinstance(segment_size, bool) or not isinstance(segment_size, int):
+        raise TypeError(f"segment_size must be an int, got {type(segment_size).__name__}")
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise ValueError(f"segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {segment_size}")
+    if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes <= 0:
+        raise ValueError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
+    return Store(
+        os.fspath(path),
+        durability=durability,
+        fsync_interval=float(fsync_interval),
+        segment_size=segment_size,
+        readonly=bool(readonly),
+        checkpoint_bytes=checkpoint_bytes,
+        io=io or FileIO(),
+    )
+
+
+class Store:
+    """An open store: Ax's ``DataStore``, ``Store`` and ``GloballyOrderedStore`` in one.
+
+    Thread-safe: any number of threads may append, commit and read at once.
+    Use :func:`logstore.open` to get one.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str,
+        fsync_interval: float,
+        segment_size: int,
+        readonly: bool,
+        checkpoint_bytes: int,
+        io: FileIO,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.readonly = readonly
+        self._io = io
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._published = threading.Condition(threading.Lock())
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        self._writer: Writer
+        self._close_lock = threading.Lock()
+        self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
+        created = self._prepare_directory()
+        ckpt, ckpt_problem, store_id = self._read_checkpoint(created)
+        self._log = Log(io, path, store_id, readonly, segment_size)
+        try:
+            if created:
+                self._log.create()
+            else:
+                used = self._log.load(ckpt, ckpt_problem)
+                if not readonly:
+                    if self._log.report.records_scanned or used is None or self._log.report.cut:
+                        self._log.checkpoint(clean=False)
+                    elif used.clean:
+                        self._log.mark_unclean(used)
+            if not readonly:
+                self._writer = Writer(self._log, durability, fsync_interval, checkpoint_bytes, self._wake_readers)
+        except BaseException:
+            self._log.close()
+            self._release_lock()
+            raise
+        report = self._log.report
+        if not report.clean:
+            log.warning("%s: opened after recovery: %s", path, report.summary())
+
+    # -- opening -------------------------------------------------------------------
+
+    def _prepare_directory(self) -> bool:
+        """Create or check the directory and take the writer lock; returns whether the store is new."""
+        io, path = self._io, self.path
+        if not os.path.exists(path):
+            if self.readonly:
+                raise FileNotFoundError(f"{path}: no such store")
+            io.mkdir(path)
+            io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise NotADirectoryError(f"{path}: a store is a directory")
+        entries = set(io.listdir(path))
+        is_store = bool(entries & {"CHECKPOINT", "segments"})
+        if not is_store and entries - {"LOCK", "lost+found"}:
+            raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
+        if self.readonly:
+            if not is_store:
+                raise FileNotFoundError(f"{path}: not a logstore store")
+            return False
+        fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            io.close(fd)
+            raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
+        self._lock_fd = fd
+        return not is_store
+
+    def _read_checkpoint(self, created: bool) -> tuple[Checkpoint | None, str | None, bytes]:
+        if created:
+            return None, None, os.urandom(16)
+        path = os.path.join(self.path, "CHECKPOINT")
+        try:
+            raw = self._io.read_file(path)
+            ckpt, store_id = Checkpoint.decode(raw, None)
+            return ckpt, None, store_id
+        except FileNotFoundError:
+            problem = "CHECKPOINT is missing; indexes rebuilt from the log"
+        except UnsupportedVersionError as exc:
+            self._release_lock()
+            raise FormatVersionError(path, exc.position, exc.what) from None
+        except FormatError as exc:
+            problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
+        log.warning("%s: %s", self.path, problem)
+        return None, problem, self._store_id_from_segments()
+
+    def _store_id_from_segments(self) -> bytes:
+        from logstore.segment import read_segment_header
+
+        seg_dir = os.path.join(self.path, "segments")
+        names = [n for n in self._io.listdir(seg_dir) if n.endswith(".log")] if os.path.isdir(seg_dir) else []
+        if not names:
+            self._release_lock()
+            raise CorruptionError(seg_dir, 0, "no CHECKPOINT and no segment files", "run `logstore repair`")
+        first = os.path.join(seg_dir, names[0])
+        fd = self._io.open(first, os.O_RDONLY)
+        try:
+            return read_segment_header(self._io, first, fd).store_id
+        finally:
+            self._io.close(fd)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._io.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- public state --------------------------------------------------------------
+
+    @property
+    def recovery_report(self) -> RecoveryReport:
+        """What the last open found and did (see :class:`RecoveryReport`)."""
+        return self._log.report
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def max_envelope_size(self) -> int:
+        """The largest encoded envelope this store accepts, in bytes."""
+        return self._max_payload
+
+    def stream_names(self) -> list[str]:
+        """Every stream with at least one committed message, in order of first commit."""
+        cat = self._log.catalog
+        names = cat.names[: len(cat)]
+        return [n for i, n in enumerate(names) if cat.head[i] > 0]
+
+    def head(self, stream: str) -> int:
+        """The next unused offset of ``stream`` (0 if it has no committed message)."""
+        self._check_open()
+        return self._log.catalog.head_of(stream)
+
+    @property
+    def global_head(self) -> int:
+        """The next unused global offset (the number of messages committed)."""
+        return self._log.visible_end
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self.path}: the store is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path}: the store is open read-only")
+
+    def _check_ds(self, ds: object) -> None:
+        if ds is not self:
+            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
+
+    # -- DataStore ---------------------------------------------------------------------
+
+    def begin_tx(self) -> tuple[Tx, Committer]:
+        """Begin a transaction: Ax's ``DataStore.BeginTx``.
+
+        >>> tx, committer = store.begin_tx()  # doctest: +SKIP
+        >>> store.append_messages(tx, "s", 0, [Envelope.new("T", 1)])  # doctest: +SKIP
+        >>> committer.commit()  # doctest: +SKIP
+        range(0, 1)
+        """
+        self._check_writable()
+        tx = Tx(self)
+        return tx, Committer(tx)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits when the block ends and rolls back if it raises.
+
+        After the block, ``tx.global_offsets`` is the range of global offsets committed.
+        """
+        tx, committer = self.begin_tx()
+        try:
+            yield tx
+        except BaseException:
+            committer.rollback()
+            raise
+        committer.commit()
+
+    # -- Store -----------------------------------------------------------------------------
+
+    def append_messages(self, tx: Tx, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
+        """Append ``envs`` to ``stream`` at ``offset`` within ``tx``.
+
+        ``offset`` must be the stream's next unused offset (0 for a new stream),
+        counting this transaction's earlier appends; otherwise
+        :class:`OffsetConflictError` names the stream, the expected and the
+        given offset. The envelopes are checked and encoded here, in the
+        caller's thread; on any error nothing is added to the transaction.
+        """
+        self._check_writable()
+        if type(tx) is not Tx:
+            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
+        if tx._store is not self:
+            raise ValueError("the transaction belongs to another store")
+        tx._check_active()
+        nameb = check_stream_name(stream)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        if isinstance(envs, str | bytes) or not isinstance(envs, Sequence):
+            raise TypeError(f"envs must be a sequence of Envelope, got {type(envs).__name__}")
+        if not envs:
+            raise ValueError("envs must hold at least one envelope")
+        expected = tx._heads.get(stream)
+        if expected is None:
+            expected = self._log.catalog.head_of(stream)
+        if offset != expected:
+            raise OffsetConflictError(stream, expected, offset)
+        limit = self._max_payload
+        payloads = []
+        for i, env in enumerate(envs):
+            where = f"stream {stream!r} offset {offset + i}"
+            payload = encode(check_envelope(env, where), where)
+            if len(payload) > limit:
+                raise MessageTooLargeError(stream, offset + i, len(payload), limit)
+            payloads.append(payload)
+        tx._appends.append((stream, nameb, offset, payloads))
+        tx._heads[stream] = offset + len(payloads)
+
+    def open_stream(self, ds: Store, stream: str, offset: int) -> tuple[StreamReader, bool]:
+        """Open ``stream`` for reading from ``offset`` (which may be beyond its end).
+
+        Returns ``(stream, found)``; ``found`` is False if the stream has no
+        committed message yet. The stream works either way: ``next()`` waits
+        for its messages.
+        """
+        self._check_open()
+        self._check_ds(ds)
+        check_stream_name(stream)
+        _check_offset(offset)
+        reader = StreamReader(self, stream, offset)
+        self._readers.add(reader)
+        return reader, self._log.catalog.head_of(stream) > 0
+
+    def open_global(self, ds: Store, offset: int) -> GlobalReader:
+        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
+        self._check_open()
+        self._check_ds(ds)
+        _check_offset(offset)
+        reader = GlobalReader(self, offset)
+        self._readers.add(reader)
+        return reader
+
+    # -- waking readers ------------------------------------------------------------------------
+
+    def _wake_readers(self) -> None:
+        with self._published:
+            self._published.notify_all()
+        for loop, future in list(self._async_waiters):
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, future)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish queued commits, checkpoint, close every open stream and release the lock.
+
+        Idempotent. A ``next()`` waiting in another thread raises ``StreamClosedError``.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if not self.readonly:
+                self._writer.stop()
+        finally:
+            for reader in list(self._readers):
+                reader._closed = True
+            self._wake_readers()
+            self._log.close()
+            self._release_lock()
+        failed = None if self.readonly else self._writer.failed
+        if failed is not None:
+            raise failed
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)
+        return f"<logstore.Store {self.path!r} {state}>"
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def check_stream_name(stream: object) -> bytes:
+    """Return the UTF-8 bytes of a valid stream name, else raise ``TypeError``/``ValueError``."""
+    if type(stream) is not str:
+        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
+    if not stream:
+        raise ValueError("stream name must not be empty")
+    if "\x00" in stream:
+        raise ValueError(f"stream name {stream[:64]!r} contains a NUL character")
+    try:
+        raw = stream.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"stream name {stream[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
+    if len(raw) > MAX_STREAM_NAME:
+        raise ValueError(f"stream name is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
+    return raw
+
+
+def _check_offset(offset: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")

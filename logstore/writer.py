@@ -1,0 +1,346 @@
+"""The writer: Ax's transaction interface over a group-committing writer thread.
+
+Callers build a :class:`Tx` in their own thread (``append_messages`` checks the
+offset and encodes the envelopes there). ``Committer.commit()`` queues the
+transaction and waits. The writer thread takes every transaction waiting,
+checks each one's offsets against the stream heads, assigns global offsets,
+frames the records, writes the whole group with one ``pwrite`` and makes it
+durable with one ``fdatasync`` (group commit), then publishes it to readers
+and wakes blocked ``next()`` calls, and only then releases the committers.
+
+Lock rules: ``_cv`` guards ``_queue``, ``_stopping`` and ``failed``. The writer
+thread alone touches the log's files, the active segment and the indexes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from logstore.errors import OffsetConflictError, StoreClosedError, StoreFailedError
+from logstore.segment import FLAG_NAMED, FLAG_SYNCED, FLAG_TX_END, RECORD_OVERHEAD, frame
+
+if TYPE_CHECKING:
+    from logstore.log import Log
+    from logstore.store import Store
+
+log = logging.getLogger("logstore")
+
+_ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
+_STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back",
+                _FAILED: "failed"}
+
+# One append: (stream name, encoded name, first offset, encoded envelopes).
+Append = tuple[str, bytes, int, list[bytes]]
+
+
+class Tx:
+    """A transaction: Ax's ``persistence.Tx``. Get one from ``store.begin_tx()``.
+
+    After a successful commit, ``global_offsets`` is the ``range`` of global
+    offsets its messages occupy (empty if it appended nothing).
+    """
+
+    __slots__ = ("_appends", "_heads", "_state", "_store", "global_offsets")
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._appends: list[Append] = []
+        self._heads: dict[str, int] = {}  # stream -> next offset counting this transaction's appends
+        self._state = _ACTIVE
+        self.global_offsets: range | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._state == _ACTIVE
+
+    def _check_active(self) -> None:
+        if self._state != _ACTIVE:
+            raise ValueError(f"the transaction is already {_STATE_NAMES[self._state]}")
+
+    def __repr__(self) -> str:
+        state = "active" if self._state == _ACTIVE else _STATE_NAMES[self._state]
+        return f"<logstore.Tx {state}, {sum(len(a[3]) for a in self._appends)} messages>"
+
+
+class Committer:
+    """Ax's ``persistence.Committer``: commits or rolls back its transaction."""
+
+    __slots__ = ("_tx",)
+
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
+
+    def commit(self) -> range:
+        """Make the transaction's messages durable and visible, all together.
+
+        Returns the ``range`` of global offsets they occupy. Raises
+        :class:`~logstore.OffsetConflictError` (nothing is written) if another
+        transaction appended to one of its streams first, and
+        :class:`~logstore.StoreFailedError` if the write or fsync failed.
+        """
+        tx = self._tx
+        tx._check_active()
+        if not tx._appends:
+            tx._state = _COMMITTED
+            tx.global_offsets = range(0)
+            return tx.global_offsets
+        tx._state = _COMMITTING
+        try:
+            result = tx._store._writer.commit(tx)
+        except BaseException:
+            tx._state = _FAILED
+            raise
+        tx._state = _COMMITTED
+        tx.global_offsets = result
+        return result
+
+    def rollback(self) -> None:
+        """Discard the transaction. Rolling back a committed transaction does nothing."""
+        tx = self._tx
+        if tx._state == _ACTIVE:
+            tx._state = _ROLLED_BACK
+            tx._appends = []
+            tx._heads = {}
+
+
+class _Pending:
+    __slots__ = ("done", "error", "result", "tx")
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.result: range | None = None
+        self.error: BaseException | None = None
+
+
+class Writer:
+    """The writer thread and its queue; see the module docstring."""
+
+    def __init__(
+        self,
+        log_: Log,
+        durability: str,
+        fsync_interval: float,
+        checkpoint_bytes: int,
+        publish: Callable[[], None],
+    ) -> None:
+        self.log = log_
+        self.durability = durability
+        self.fsync_interval = fsync_interval
+        self.checkpoint_bytes = checkpoint_bytes
+        self._publish = publish
+        self._cv = threading.Condition(threading.Lock())
+        self._queue: list[_Pending] = []
+        self._stopping = False
+        self.failed: StoreFailedError | None = None
+        self._dirty = False  # bytes written but not yet fsynced
+        self._last_sync = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
+        self._thread.start()
+
+    # -- caller side ---------------------------------------------------------------
+
+    def commit(self, tx: Tx) -> range:
+        pending = _Pending(tx)
+        with self._cv:
+            if self.failed is not None:
+                raise self.failed
+            if self._stopping:
+                raise StoreClosedError("the store is closed")
+            self._queue.append(pending)
+            if len(self._queue) == 1:
+                self._cv.notify()
+        pending.done.acquire()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def stop(self) -> None:
+        """Finish queued commits, write a clean checkpoint and end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+
+    # -- writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch_mode = self.durability == "batch"
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    if batch_mode and self._dirty:
+                        remaining = self._last_sync + self.fsync_interval - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cv.wait(remaining)
+                    else:
+                        self._cv.wait()
+                batch, self._queue = self._queue, []
+                stopping = self._stopping
+            if self.failed is None:
+                try:
+                    if batch:
+                        committed = self._process(batch)
+                        for p in batch:
+                            p.done.release()
+                        batch = []
+                        if committed:
+                            self._publish()
+                    elif batch_mode and self._dirty:
+                        self._sync()
+                    if self.log.checkpointed_bytes >= self.checkpoint_bytes:
+                        self._sync()
+                        self.log.checkpoint(clean=False)
+                except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+                    self._fail(exc, batch)
+            else:
+                self._fail_batch(batch)
+            if stopping:
+                with self._cv:
+                    if self._queue:
+                        continue
+                break
+        if self.failed is None:
+            try:
+                self._sync()
+                self.log.checkpoint(clean=True)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(exc, [])
+
+    def _sync(self) -> None:
+        if self._dirty:
+            self.log.io.fdatasync(self.log.active.fd)
+            self._dirty = False
+            self._last_sync = time.monotonic()
+
+    def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
+        log.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
+        failed = StoreFailedError(
+            f"{self.log.directory}: a write or fsync failed ({exc!r}); "
+            "nothing after the last acknowledged commit is acknowledged; reopen the store to recover"
+        )
+        failed.__cause__ = exc
+        with self._cv:
+            self.failed = failed
+        self._fail_batch(batch)
+
+    def _fail_batch(self, batch: list[_Pending]) -> None:
+        for p in batch:
+            if not isinstance(p.error, OffsetConflictError):
+                p.error = self.failed
+                p.result = None
+            p.done.release()
+
+    def _process(self, batch: list[_Pending]) -> bool:
+        """Write, sync and publish one group; returns whether anything was committed."""
+        lg = self.log
+        cat = lg.catalog
+        runs = lg.runs
+        ids = cat.ids
+        seg = lg.active
+        named = seg.named
+        capacity = seg.capacity
+        goff = lg.next_goff
+        start_pos = pos = seg.end
+        parts: list[bytes] = []
+        positions: list[int] = []
+        heads: dict[int, int] = {}  # stream id -> head after this batch so far
+        accepted: list[_Pending] = []
+        synced_flag = 0 if self._dirty else FLAG_SYNCED
+        sync = self.durability == "fsync" or (
+            self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
+        )
+        written = 0
+        for p in batch:
+            appends = p.tx._appends
+            # Pass 1: every offset must still be its stream's next one.
+            local: dict[str, int] = {}
+            conflict = None
+            for name, _nb, first, payloads in appends:
+                h = local.get(name)
+                if h is None:
+                    sid = ids.get(name)
+                    h = 0 if sid is None else heads.get(sid, int(cat.head[sid]))
+                if first != h:
+                    conflict = OffsetConflictError(name, h, first)
+                    break
+                local[name] = h + len(payloads)
+            if conflict is not None:
+                p.error = conflict
+                continue
+            # Pass 2: frame the records.
+            tx_first = goff
+            last_append = len(appends) - 1
+            for k, (name, nameb, soff, payloads) in enumerate(appends):
+                sid = ids.get(name)
+                if sid is None:
+                    sid = cat.add(name)
+                diff = goff - soff
+                if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
+                    runs.add(sid, soff, goff)
+                    cat.nruns[sid] += 1
+                    cat.run_diff[sid] = diff
+                last_msg = len(payloads) - 1
+                for j, payload in enumerate(payloads):
+                    is_named = sid not in named
+                    size = RECORD_OVERHEAD + len(payload) + (len(nameb) if is_named else 0)
+                    if pos + size > capacity:
+                        # Roll: the full segment is written and fsynced before the next one gets data.
+                        if parts:
+                            lg.io.pwrite(seg.fd, b"".join(parts), start_pos)
+                            seg.positions.positions.extend(positions)
+                            written += pos - start_pos
+                        seg.end = pos
+                        lg.io.fdatasync(seg.fd)
+                        self._dirty = False
+                        seg = lg.roll(goff)
+                        lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
+                        named = seg.named
+                        capacity = seg.capacity
+                        start_pos = pos = seg.end
+                        parts = []
+                        positions = []
+                        synced_flag = FLAG_SYNCED
+                        is_named = True
+                        size = RECORD_OVERHEAD + len(payload) + len(nameb)
+                        if pos + size > capacity:
+                            raise AssertionError("append_messages admitted a record larger than a segment")
+                    flags = synced_flag
+                    synced_flag = 0
+                    if is_named:
+                        named.add(sid)
+                        flags |= FLAG_NAMED
+                    if j == last_msg and k == last_append:
+                        flags |= FLAG_TX_END
+                    rec = frame(sid, soff, goff, flags, nameb if is_named else b"", payload)
+                    parts.append(rec)
+                    positions.append(pos)
+                    pos += size
+                    soff += 1
+                    goff += 1
+                heads[sid] = soff
+            p.result = range(tx_first, goff)
+            accepted.append(p)
+        if parts:
+            lg.io.pwrite(seg.fd, b"".join(parts), start_pos)
+            seg.positions.positions.extend(positions)
+            written += pos - start_pos
+            self._dirty = True
+        seg.end = pos
+        if sync:
+            self._sync()
+        # Publish: heads first, then the global end; readers read them in the other order.
+        head = cat.head
+        for sid, h in heads.items():
+            head[sid] = h
+        lg.next_goff = goff
+        lg.visible_end = goff
+        lg.checkpointed_bytes += written
+        return bool(accepted)
