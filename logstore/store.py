@@ -399,6 +399,24 @@ class Store:
         if failed is not None:
             raise failed
 
+    def _abandon(self) -> None:
+        """Drop the store as if its process died: no final fsync, no checkpoint (crash tests).
+
+        Writes already handed to the OS stay in the files; the test then
+        removes what a crash could lose (past ``_writer.synced``).
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if not self.readonly:
+            self._writer.abandon()
+        for reader in list(self._readers):
+            reader._closed = True
+        self._wake_readers()
+        self._log.close()
+        self._release_lock()
+
     def __enter__(self) -> Store:
         return self
 

@@ -139,7 +139,11 @@ class Writer:
         self._stopping = False
         self.failed: StoreFailedError | None = None
         self._dirty = False  # bytes written but not yet fsynced
+        self._abandon = False
         self._last_sync = time.monotonic()
+        # (segment first global offset, byte position, next global offset) as of the last fsync:
+        # everything before it survives a crash. Tests use it to cut the log like a crash would.
+        self.synced = (log_.active.first, log_.active.end, log_.next_goff)
         self._thread = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
         self._thread.start()
 
@@ -160,6 +164,14 @@ class Writer:
             raise pending.error
         assert pending.result is not None
         return pending.result
+
+    def abandon(self) -> None:
+        """Stop at once without syncing or checkpointing, as if the process died (for crash tests)."""
+        with self._cv:
+            self._abandon = True
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
 
     def stop(self) -> None:
         """Finish queued commits, write a clean checkpoint and end the thread."""
@@ -184,6 +196,9 @@ class Writer:
                         self._cv.wait()
                 batch, self._queue = self._queue, []
                 stopping = self._stopping
+            if self._abandon:
+                self._fail_batch(batch, StoreClosedError("the store was abandoned"))
+                break
             if self.failed is None:
                 try:
                     if batch:
@@ -207,7 +222,7 @@ class Writer:
                     if self._queue:
                         continue
                 break
-        if self.failed is None:
+        if self.failed is None and not self._abandon:
             try:
                 self._sync()
                 self.log.checkpoint(clean=True)
@@ -216,9 +231,11 @@ class Writer:
 
     def _sync(self) -> None:
         if self._dirty:
-            self.log.io.fdatasync(self.log.active.fd)
+            active = self.log.active
+            self.log.io.fdatasync(active.fd)
             self._dirty = False
             self._last_sync = time.monotonic()
+            self.synced = (active.first, active.end, self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         log.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
@@ -231,10 +248,10 @@ class Writer:
             self.failed = failed
         self._fail_batch(batch)
 
-    def _fail_batch(self, batch: list[_Pending]) -> None:
+    def _fail_batch(self, batch: list[_Pending], error: BaseException | None = None) -> None:
         for p in batch:
             if not isinstance(p.error, OffsetConflictError):
-                p.error = self.failed
+                p.error = error or self.failed
                 p.result = None
             p.done.release()
 
@@ -300,6 +317,7 @@ class Writer:
                         seg.end = pos
                         lg.io.fdatasync(seg.fd)
                         self._dirty = False
+                        self.synced = (seg.first, seg.end, goff)
                         seg = lg.roll(goff)
                         lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
                         named = seg.named

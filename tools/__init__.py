@@ -1,0 +1,1 @@
+"""The maintenance commands behind the ``logstore`` console script, one module per command."""
