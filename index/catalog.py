@@ -159,7 +159,7 @@ class Catalog:
             raise FormatError(HEADER_SIZE, f"counts (S={s}, R={r}, K={k}, N={n}) need more bytes than the file has")
         try:
             names = msgpack.unpackb(buf[pos : pos + n], raw=False, use_list=True)
-        except Exception as exc:
+        except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
             raise FormatError(pos, f"names block does not decode: {exc}") from None
         if not isinstance(names, list) or len(names) != s or not all(isinstance(x, str) for x in names):
             raise FormatError(pos, f"names block is not an array of {s} strings")

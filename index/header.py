@@ -85,9 +85,7 @@ def decode_header(buf: bytes | memoryview, magic: bytes) -> Header:
     if found_magic != magic:
         raise FormatError(0, f"magic is {found_magic!r}, expected {magic!r}")
     if version != FORMAT_VERSION:
-        raise UnsupportedVersionError(
-            8, f"format version {version}, this code reads version {FORMAT_VERSION}", version
-        )
+        raise UnsupportedVersionError(8, f"format version {version}, this code reads version {FORMAT_VERSION}", version)
     if size != HEADER_SIZE:
         raise FormatError(10, f"header size is {size}, expected {HEADER_SIZE}")
     return Header(found_magic, store_id, a, b, c, flags)

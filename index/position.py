@@ -66,9 +66,7 @@ class PositionIndex:
         return encode_header(Header(MAGIC_POSITION, store_id, first, 0, 0))
 
     @classmethod
-    def decode(
-        cls, buf: bytes | memoryview, store_id: bytes, first: int, count: int, checksum: int
-    ) -> PositionIndex:
+    def decode(cls, buf: bytes | memoryview, store_id: bytes, first: int, count: int, checksum: int) -> PositionIndex:
         """Decode the first ``count`` entries of a position file and check them."""
         header = decode_header(buf, MAGIC_POSITION)
         if header.store_id != store_id:

@@ -197,7 +197,7 @@ class RunIndex:
                 raise KeyError((sid, soff))
             nxt = int(s_arr[i + 1]) if i + 1 < n else -1
             return int(s_arr[i]), int(g_arr[i]), nxt
-        sids, soffs, goffs, starts, delta = self.snapshot
+        _sids, soffs, goffs, starts, delta = self.snapshot
         entry = delta.get(sid)
         if entry is not None:
             dso, dgo = entry
@@ -224,7 +224,7 @@ class RunIndex:
         big = self.large.get(sid)
         if big is not None:
             return list(zip(big.soffs.view().tolist(), big.goffs.view().tolist(), strict=True))
-        sids, soffs, goffs, starts, delta = self.snapshot
+        _sids, soffs, goffs, starts, delta = self.snapshot
         out: list[tuple[int, int]] = []
         if sid + 1 < len(starts):
             lo, hi = int(starts[sid]), int(starts[sid + 1])

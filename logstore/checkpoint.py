@@ -35,7 +35,7 @@ _SEG = struct.Struct("<QQQQ")
 
 class SegmentEntry(NamedTuple):
     first: int
-    count: int
+    records: int
     end: int
     checksum: int
 
@@ -76,7 +76,7 @@ class Checkpoint(NamedTuple):
                 raise FormatError(at, f"segment {i} starts at global offset {s.first}, expected {expect}")
             if s.end < HEADER_SIZE:
                 raise FormatError(at + 16, f"segment {i} ends at byte {s.end}, inside its header")
-            expect = s.first + s.count
+            expect = s.first + s.records
         if expect != next_goff and segments:
             raise FormatError(HEADER_SIZE, f"next global offset {next_goff} disagrees with the segments ({expect})")
         return cls(header.a, next_goff, segments, bool(header.flags & FLAG_CLEAN)), header.store_id

@@ -97,7 +97,8 @@ def check_envelope(env: object, where: str) -> Envelope:
 def encode(env: Envelope, where: str) -> bytes:
     """Encode a checked envelope; ``where`` names it in error messages."""
     try:
-        return _packer.pack(list(env))
+        payload: bytes = _packer.pack(list(env))
+        return payload
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: message is not storable as msgpack without changing type: {exc}") from None
 
@@ -107,4 +108,5 @@ def decode(payload: bytes | memoryview) -> Envelope:
     fields = msgpack.unpackb(payload, raw=False, timestamp=3, strict_map_key=False)
     if type(fields) is not list or len(fields) != 7:
         raise ValueError("payload is not a 7-item envelope array")
-    return _tuple_new(Envelope, fields)  # type: ignore[no-any-return]
+    env: Envelope = _tuple_new(Envelope, fields)
+    return env

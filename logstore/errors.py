@@ -25,9 +25,7 @@ class OffsetConflictError(ConcurrencyError):
     """
 
     def __init__(self, stream: str, expected: int, given: int) -> None:
-        super().__init__(
-            f"stream {stream!r}: offset {given} is not the next unused offset, expected {expected}"
-        )
+        super().__init__(f"stream {stream!r}: offset {given} is not the next unused offset, expected {expected}")
         self.stream = stream
         self.expected = expected
         self.given = given

@@ -46,7 +46,6 @@ from logstore.segment import (
     last_nonzero,
     open_segment,
     parse_record,
-    position_name,
     segment_name,
 )
 
@@ -321,15 +320,18 @@ class Log:
             seg = by_first.get(e.first)
             if seg is None:
                 raise CorruptionError(
-                    os.path.join(self.seg_dir, segment_name(e.first)), 0, "segment named by the checkpoint is missing",
+                    os.path.join(self.seg_dir, segment_name(e.first)),
+                    0,
+                    "segment named by the checkpoint is missing",
                     REPAIR_HINT,
                 )
             if e.end > seg.size:
-                raise CorruptionError(seg.path, seg.size, f"segment is shorter than the {e.end} bytes checkpointed",
-                                      REPAIR_HINT)
+                raise CorruptionError(
+                    seg.path, seg.size, f"segment is shorter than the {e.end} bytes checkpointed", REPAIR_HINT
+                )
             seg.end = e.end
-            seg.set_lazy_positions(e.count, e.checksum)
-            self._ckpt_sums[seg.first] = (e.count, e.checksum)
+            seg.set_lazy_positions(e.records, e.checksum)
+            self._ckpt_sums[seg.first] = (e.records, e.checksum)
         last = ckpt.segments[-1].first if ckpt.segments else -1
         for seg in self.segments:
             if seg.first not in listed and seg.first <= last:
@@ -476,7 +478,9 @@ class Log:
         where = f"{seg.path}@{damage.position}"
         if self._durable_after(damage):
             raise CorruptionError(
-                seg.path, damage.position, damage.what + "; data after it was durable, so this is not a torn write",
+                seg.path,
+                damage.position,
+                damage.what + "; data after it was durable, so this is not a torn write",
                 REPAIR_HINT,
             )
         gi, gpos = good

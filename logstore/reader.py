@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from logstore.envelope import Envelope
-from logstore.errors import StreamClosedError
+from logstore.errors import CorruptionError, StreamClosedError
 
 if TYPE_CHECKING:
     from logstore.segment import Segment
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class _Reader:
     """What both kinds of stream share: position, current message, waiting, closing."""
 
-    __slots__ = ("_closed", "_current", "_env", "_store", "__weakref__")
+    __slots__ = ("__weakref__", "_closed", "_current", "_env", "_store")
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -207,10 +207,11 @@ class StreamReader(_Reader):
             seg = self._seg = self._store._log.segment_for(goff)
         _sid, soff, env = seg.read(goff)
         if soff != want:
-            from logstore.errors import CorruptionError
-
-            raise CorruptionError(seg.path, seg.positions.position(goff),
-                                  f"stream {self.name!r}: record holds offset {soff}, expected {want}")
+            raise CorruptionError(
+                seg.path,
+                seg.positions.position(goff),
+                f"stream {self.name!r}: record holds offset {soff}, expected {want}",
+            )
         self._env = env
         self._current = want
         self._next = want + 1

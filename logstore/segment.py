@@ -31,6 +31,7 @@ of the file, which sees those writes through the page cache.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -183,9 +184,7 @@ class Segment:
     of stream ids already named in this segment.
     """
 
-    def __init__(
-        self, io: FileIO, path: str, store_id: bytes, first: int, capacity: int, fd: int, size: int
-    ) -> None:
+    def __init__(self, io: FileIO, path: str, store_id: bytes, first: int, capacity: int, fd: int, size: int) -> None:
         self.io = io
         self.path = path
         self.store_id = store_id
@@ -262,8 +261,13 @@ class Segment:
         buf = self.view
         self.io.records_read += 1
         try:
-            length, kind, flags, nlen, sid, soff, rgoff = _hdr_unpack(buf, position)
-            if kind != KIND_MESSAGE or rgoff != goff or position + length > self.size or length < RECORD_OVERHEAD + nlen:
+            length, kind, _flags, nlen, sid, soff, rgoff = _hdr_unpack(buf, position)
+            if (
+                kind != KIND_MESSAGE
+                or rgoff != goff
+                or position + length > self.size
+                or length < RECORD_OVERHEAD + nlen
+            ):
                 raise BadRecord(position, "record header does not match the index")
             end = position + length - 8
             if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
@@ -271,17 +275,17 @@ class Segment:
             env = decode(buf[position + 28 + nlen : end])
         except BadRecord as bad:
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
-        except Exception as exc:
-            raise CorruptionError(self.path, position, f"global offset {goff}: envelope does not decode: {exc}") from None
+        except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
+            raise CorruptionError(
+                self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
+            ) from None
         return sid, soff, env
 
     def close(self) -> None:
         self.view.release()
         if self.mm is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a reader still holds a slice; the mapping goes with it
                 self.mm.close()
-            except BufferError:
-                pass  # a reader still holds a slice; the mapping goes with it
         self.io.close(self.fd)
 
 

@@ -38,7 +38,7 @@ from logstore.errors import (
 from logstore.fileio import FileIO
 from logstore.log import Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
-from logstore.segment import RECORD_OVERHEAD
+from logstore.segment import RECORD_OVERHEAD, read_segment_header
 from logstore.writer import Committer, Tx, Writer
 
 log = logging.getLogger("logstore")
@@ -58,7 +58,7 @@ MAX_ENVELOPE_SIZE = 16 * 2**20
 """Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
 
 
-def open(  # noqa: A001 - the contract names it open
+def open(
     path: str | os.PathLike[str],
     *,
     durability: str = "fsync",
@@ -92,7 +92,9 @@ def open(  # noqa: A001 - the contract names it open
     if isinstance(segment_size, bool) or not isinstance(segment_size, int):
         raise TypeError(f"segment_size must be an int, got {type(segment_size).__name__}")
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-        raise ValueError(f"segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {segment_size}")
+        raise ValueError(
+            f"segment_size must be between {MIN_SEGMENT_SIZE} and {MAX_SEGMENT_SIZE} bytes, got {segment_size}"
+        )
     if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes <= 0:
         raise ValueError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
     return Store(
@@ -207,8 +209,6 @@ class Store:
         return None, problem, self._store_id_from_segments()
 
     def _store_id_from_segments(self) -> bytes:
-        from logstore.segment import read_segment_header
-
         seg_dir = os.path.join(self.path, "segments")
         names = [n for n in self._io.listdir(seg_dir) if n.endswith(".log")] if os.path.isdir(seg_dir) else []
         if not names:
@@ -322,7 +322,7 @@ class Store:
             raise TypeError(f"offset must be an int, got {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        if isinstance(envs, str | bytes) or not isinstance(envs, Sequence):
+        if isinstance(envs, str | bytes) or not isinstance(envs, Sequence):  # type: ignore[unreachable]
             raise TypeError(f"envs must be a sequence of Envelope, got {type(envs).__name__}")
         if not envs:
             raise ValueError("envs must hold at least one envelope")

@@ -170,7 +170,9 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
                     if bad.zero:
                         nz = last_nonzero(buf, pos, seg.size)
                         if nz > pos:
-                            tail_problem = Problem(seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}")
+                            tail_problem = Problem(
+                                seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
+                            )
                             result.problems.append(tail_problem)
                         break
                     tail_problem = Problem(seg_path, pos, bad.what)
@@ -187,7 +189,9 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
                 if rec.sid < len(streams):
                     st = streams[rec.sid]
                     if rec.name is not None and rec.name != st.name:
-                        result.problem(seg_path, pos, f"{where}: stream id {rec.sid} named {rec.name!r}, was {st.name!r}")
+                        result.problem(
+                            seg_path, pos, f"{where}: stream id {rec.sid} named {rec.name!r}, was {st.name!r}"
+                        )
                 elif rec.sid == len(streams) and rec.name is not None and rec.name not in by_name:
                     st = _StreamState(rec.name)
                     by_name[rec.name] = rec.sid
@@ -247,11 +251,15 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
             result.problem(ckpt_path, HEADER_SIZE, f"checkpoint names segment {e.first}, which is missing")
             continue
         found = positions.get(e.first, [])
-        if e.count > len(found):
-            result.problem(ckpt_path, HEADER_SIZE, f"segment {e.first}: checkpoint counts {e.count} records, log has {len(found)}")
+        if e.records > len(found):
+            result.problem(
+                ckpt_path,
+                HEADER_SIZE,
+                f"segment {e.first}: checkpoint counts {e.records} records, log has {len(found)}",
+            )
             continue
-        want_end = found[e.count - 1] if e.count else HEADER_SIZE
-        if e.count:
+        want_end = found[e.records - 1] if e.records else HEADER_SIZE
+        if e.records:
             try:
                 seg_fd = io.open(sp, os.O_RDONLY)
                 try:
@@ -265,8 +273,8 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
             result.problem(ckpt_path, HEADER_SIZE, f"segment {e.first}: checkpoint end {e.end}, log says {want_end}")
         pos_path = sp[:-4] + ".pos"
         try:
-            pindex = PositionIndex.decode(io.read_file(pos_path), store_id, e.first, e.count, e.checksum)
-            if pindex.positions.view().tolist() != found[: e.count]:
+            pindex = PositionIndex.decode(io.read_file(pos_path), store_id, e.first, e.records, e.checksum)
+            if pindex.positions.view().tolist() != found[: e.records]:
                 result.problem(pos_path, HEADER_SIZE, "positions differ from the log's")
         except FileNotFoundError:
             result.problem(pos_path, 0, "position file is missing")
@@ -291,20 +299,32 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
             result.problem(rpath, exc.position, exc.what)
     heads, run_lists = at_ckpt if at_ckpt is not None else ([], [])
     if len(catalog) != len(heads):
-        result.problem(cat_path, HEADER_SIZE, f"catalog has {len(catalog)} streams, the log {len(heads)} at the checkpoint")
+        result.problem(
+            cat_path, HEADER_SIZE, f"catalog has {len(catalog)} streams, the log {len(heads)} at the checkpoint"
+        )
         return result
     cat_heads = catalog.head[: len(catalog)]
     if not np.array_equal(cat_heads, np.asarray(heads, dtype=cat_heads.dtype)):
-        bad = int(np.flatnonzero(cat_heads != np.asarray(heads, dtype=cat_heads.dtype))[0])
-        result.problem(cat_path, HEADER_SIZE, f"stream {catalog.names[bad]!r}: head {int(cat_heads[bad])}, log says {heads[bad]}")
+        first_bad = int(np.flatnonzero(cat_heads != np.asarray(heads, dtype=cat_heads.dtype))[0])
+        result.problem(
+            cat_path,
+            HEADER_SIZE,
+            f"stream {catalog.names[first_bad]!r}: head {int(cat_heads[first_bad])}, log says {heads[first_bad]}",
+        )
     for sid, name in enumerate(catalog.names):
         if streams[sid].name != name:
-            result.problem(cat_path, HEADER_SIZE, f"stream id {sid} is {name!r}, the log names it {streams[sid].name!r}")
+            result.problem(
+                cat_path, HEADER_SIZE, f"stream id {sid} is {name!r}, the log names it {streams[sid].name!r}"
+            )
             continue
         if runs.runs_of(sid) != run_lists[sid]:
             result.problem(cat_path, HEADER_SIZE, f"stream {name!r}: runs differ from the log's")
         if int(catalog.nruns[sid]) != len(run_lists[sid]):
-            result.problem(cat_path, HEADER_SIZE, f"stream {name!r}: run count {int(catalog.nruns[sid])}, log says {len(run_lists[sid])}")
+            result.problem(
+                cat_path,
+                HEADER_SIZE,
+                f"stream {name!r}: run count {int(catalog.nruns[sid])}, log says {len(run_lists[sid])}",
+            )
     for n in io.listdir(path):
         if n.startswith("catalog.") and n != os.path.basename(cat_path) and not result.live:
             result.notes.append(f"{os.path.join(path, n)}: stale catalog generation (removed at next open)")

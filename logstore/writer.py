@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("logstore")
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
-_STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back",
-                _FAILED: "failed"}
+_STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
 
 # One append: (stream name, encoded name, first offset, encoded envelopes).
 Append = tuple[str, bytes, int, list[bytes]]

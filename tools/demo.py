@@ -137,9 +137,12 @@ def run(args: argparse.Namespace) -> int:
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(args.dir) for f in fs)
     print(f"logstore demo in {args.dir} (durability={args.durability})")
     print(f"  placed   {args.orders:>9,} orders in {place_s:6.2f} s  {_rate(args.orders, place_s):>12} msgs")
-    print(f"  followed {written - args.orders:>9,} msgs   in {follow_s:6.2f} s  {_rate(written - args.orders, follow_s):>12} msgs")
+    followed = written - args.orders
+    print(f"  followed {followed:>9,} msgs   in {follow_s:6.2f} s  {_rate(followed, follow_s):>12} msgs")
     print(f"  tailed   {tail_seen:>9,} msgs   in the global stream while writing")
-    print(f"  loaded   {loads:>9,} order streams ({loaded:,} msgs) in {load_s:6.2f} s  {_rate(loaded, load_s):>12} msgs")
+    print(
+        f"  loaded   {loads:>9,} order streams ({loaded:,} msgs) in {load_s:6.2f} s  {_rate(loaded, load_s):>12} msgs"
+    )
     print(f"  scanned  {scanned:>9,} msgs   in {scan_s:6.2f} s  {_rate(scanned, scan_s):>12} msgs")
     print(f"  verified {result.records:>9,} records in {verify_s:6.2f} s: {'clean' if result.ok else 'PROBLEMS'}")
     print(f"  store    {size / 2**20:9.1f} MiB on disk (segments are preallocated)")
