@@ -219,7 +219,7 @@ class Log:
             os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id)
         )
 
-    def _remove_stale_catalogs(self) -> None:
+    def remove_stale_catalogs(self) -> None:
         """Remove catalog files of other generations (left by a crash during a checkpoint)."""
         keep = os.path.basename(self._catalog_path(self.generation))
         for name in self.io.listdir(self.directory):
@@ -266,6 +266,7 @@ class Log:
         if not self.segments:
             raise CorruptionError(self.seg_dir, 0, "the store has no segment files", REPAIR_HINT)
         if ckpt is not None:
+            self._check_segments(ckpt)
             try:
                 self._load_indexes(ckpt)
             except (OSError, FormatError, CorruptionError) as exc:
@@ -291,8 +292,6 @@ class Log:
             start = len(ckpt.segments) - 1
             self.next_goff = ckpt.next_goff
             self.generation = ckpt.generation
-        if not self.readonly:
-            self._remove_stale_catalogs()
         clean_end = ckpt is not None and ckpt.clean
         self._scan(start, clean_end)
         self.visible_end = self.next_goff
@@ -315,33 +314,34 @@ class Log:
             except FormatError as exc:
                 raise CorruptionError(path, exc.position, exc.what) from None
         by_first = {seg.first: seg for seg in self.segments}
+        for e in ckpt.segments:
+            seg = by_first[e.first]
+            seg.end = e.end
+            seg.set_lazy_positions(e.records, e.checksum)
+            self._ckpt_sums[seg.first] = (e.records, e.checksum)
+        # The last checkpointed segment is where the tail scan starts: load its positions now.
+        _ = by_first[ckpt.segments[-1].first].positions
+        self.catalog, self.runs = catalog, runs
+
+    def _check_segments(self, ckpt: Checkpoint) -> None:
+        """The segment files must be the checkpoint's, then only newer ones: anything else is log damage."""
+        by_first = {seg.first: seg for seg in self.segments}
         listed = {e.first for e in ckpt.segments}
+        if not ckpt.segments:
+            raise CorruptionError(os.path.join(self.directory, "CHECKPOINT"), HEADER_SIZE, "names no segment")
         for e in ckpt.segments:
             seg = by_first.get(e.first)
             if seg is None:
-                raise CorruptionError(
-                    os.path.join(self.seg_dir, segment_name(e.first)),
-                    0,
-                    "segment named by the checkpoint is missing",
-                    REPAIR_HINT,
-                )
+                path = os.path.join(self.seg_dir, segment_name(e.first))
+                raise CorruptionError(path, 0, "segment named by the checkpoint is missing", REPAIR_HINT)
             if e.end > seg.size:
                 raise CorruptionError(
                     seg.path, seg.size, f"segment is shorter than the {e.end} bytes checkpointed", REPAIR_HINT
                 )
-            seg.end = e.end
-            seg.set_lazy_positions(e.records, e.checksum)
-            self._ckpt_sums[seg.first] = (e.records, e.checksum)
-        last = ckpt.segments[-1].first if ckpt.segments else -1
+        last = ckpt.segments[-1].first
         for seg in self.segments:
             if seg.first not in listed and seg.first <= last:
                 raise CorruptionError(seg.path, 0, "segment is not named by the checkpoint", REPAIR_HINT)
-        if self.segments[0].first != (ckpt.segments[0].first if ckpt.segments else 0):
-            raise CorruptionError(self.segments[0].path, 0, "segment precedes the checkpoint's first", REPAIR_HINT)
-        # The last checkpointed segment is where the tail scan starts: load its positions now.
-        tail = by_first[last]
-        _ = tail.positions
-        self.catalog, self.runs = catalog, runs
 
     def _scan(self, start: int, clean_end: bool) -> None:
         """Apply every whole transaction past the checkpoint; cut or refuse what is damaged."""

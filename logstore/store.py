@@ -151,6 +151,7 @@ class Store:
                         self._log.checkpoint(clean=False)
                     elif used.clean:
                         self._log.mark_unclean(used)
+                    self._log.remove_stale_catalogs()
             if not readonly:
                 self._writer = Writer(self._log, durability, fsync_interval, checkpoint_bytes, self._wake_readers)
         except BaseException:

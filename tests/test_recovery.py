@@ -1,0 +1,259 @@
+"""Recovery on open: torn tails and unfinished transactions are cut into lost+found; other damage is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import logstore
+from index.header import HEADER_SIZE
+from logstore import CorruptionError, Envelope, FileIO
+from logstore.segment import BadRecord, parse_record
+from logstore.verify import verify
+from tests.conftest import assert_verified
+
+SEGMENT = 256 * 1024
+
+
+def _envs(tag: str, n: int) -> list[Envelope]:
+    return [Envelope.new("Event", {"tag": tag, "i": i, "pad": "x" * 50}) for i in range(n)]
+
+
+def _records(seg_path: str) -> list[tuple[int, int, int]]:
+    """(position, length, flags) of every record in a segment file."""
+    data = Path(seg_path).read_bytes()
+    out = []
+    pos = HEADER_SIZE
+    while True:
+        try:
+            rec = parse_record(data, pos, len(data))
+        except BadRecord:
+            return out
+        out.append((pos, rec.length, rec.flags))
+        pos += rec.length
+
+
+def _write(path: Path, durability: str, txs: list[tuple[str, int]]) -> tuple[str, list[range]]:
+    """Commit one transaction per (stream, count), then drop the store as a crash would (nothing lost)."""
+    store = logstore.open(path, durability=durability, segment_size=SEGMENT)
+    ranges = []
+    heads: dict[str, int] = {}
+    for stream, count in txs:
+        with store.transaction() as tx:
+            store.append_messages(tx, stream, heads.get(stream, 0), _envs(stream, count))
+        heads[stream] = heads.get(stream, 0) + count
+        assert tx.global_offsets is not None
+        ranges.append(tx.global_offsets)
+    seg_path = store._log.active.path
+    store._abandon()
+    return seg_path, ranges
+
+
+def _flip(path: str, position: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(position)
+        byte = f.read(1)[0]
+        f.seek(position)
+        f.write(bytes([byte ^ 0x40]))
+
+
+def _global(store: logstore.Store) -> list[int]:
+    with store.open_global(store, 0) as stream:
+        return [stream.offset() for _ in stream]
+
+
+def test_clean_tail_after_crash_is_kept_without_cut(store_dir: Path) -> None:
+    _write(store_dir, "fsync", [("a", 3), ("b", 2)])
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        assert report.checkpoint == "used"
+        assert report.records_scanned == 5
+        assert report.transactions_recovered == 2
+        assert report.cut is None and report.clean
+        assert _global(store) == [0, 1, 2, 3, 4]
+
+
+def test_torn_record_at_the_tail_is_cut_into_lost_and_found(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 3), ("b", 2)])
+    records = _records(seg)
+    end = records[-1][0] + records[-1][1]
+    garbage = b"\x99\x00\x00\x00\x01\x01" + os.urandom(40)  # a header claiming 153 bytes, then noise
+    with open(seg, "r+b") as f:
+        f.seek(end)
+        f.write(garbage)
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        assert report.cut == f"{seg}@{end}"
+        assert report.bytes_cut == len(garbage)
+        assert _global(store) == [0, 1, 2, 3, 4]
+        assert store.head("b") == 2
+    saved = [p for p in report.lost_found if p.endswith(".bin")]
+    assert len(saved) == 1
+    assert Path(saved[0]).read_bytes() == garbage
+    manifest = json.loads(Path(saved[0][:-4] + ".json").read_text())
+    assert manifest["source"] == os.path.join("segments", os.path.basename(seg))
+    assert manifest["position"] == end
+    assert manifest["length"] == len(garbage)
+    # The cut bytes are zero in the log now, and a new commit lands where they were.
+    with logstore.open(store_dir) as store:
+        assert store.recovery_report.cut is None
+        with store.transaction() as tx:
+            store.append_messages(tx, "b", 2, _envs("b", 1))
+        assert tx.global_offsets == range(5, 6)
+
+
+def test_transaction_without_its_end_record_is_cut(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 2), ("b", 4)])
+    records = _records(seg)
+    last_pos, last_len, last_flags = records[-1]
+    assert last_flags & 1  # TX_END
+    with open(seg, "r+b") as f:  # the transaction's last record never reached the disk
+        f.seek(last_pos)
+        f.write(bytes(last_len))
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        tx_start = records[2][0]
+        assert report.cut == f"{seg}@{tx_start}"
+        assert "transaction without its end record" in (report.cut_reason or "")
+        assert report.bytes_cut == last_pos - tx_start
+        assert _global(store) == [0, 1]
+        assert store.head("b") == 0
+        stream, found = store.open_stream(store, "b", 0)
+        assert not found
+        stream.close()
+
+
+def test_damage_followed_by_synced_data_is_refused_not_cut(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 3), ("b", 3)])
+    records = _records(seg)
+    assert records[3][2] & 4  # the second transaction's first record says what precedes it was fsynced
+    _flip(seg, records[1][0] + 30)  # inside the first transaction, which was durable
+    before = Path(seg).read_bytes()
+    with pytest.raises(CorruptionError) as info:
+        logstore.open(store_dir)
+    err = info.value
+    assert err.path == seg
+    assert err.position == records[1][0]
+    assert "repair" in str(err)
+    assert Path(seg).read_bytes() == before, "a refused open must not change the log"
+    assert not (store_dir / "lost+found").exists()
+    found = verify(str(store_dir)).problems
+    assert (found[0].path, found[0].position) == (seg, records[1][0])
+    _flip(seg, records[1][0] + 30)  # undo: the store verifies clean at teardown
+
+
+def test_damage_inside_the_last_unsynced_write_is_a_torn_tail(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 3), ("b", 4)])
+    records = _records(seg)
+    _flip(seg, records[4][0] + 30)  # second record of the last transaction; nothing synced follows it
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        assert report.cut == f"{seg}@{records[3][0]}"
+        assert "checksum" in (report.cut_reason or "")
+        assert _global(store) == [0, 1, 2]
+
+
+def test_unsynced_mode_cuts_at_the_first_damage(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "none", [("a", 2), ("b", 2), ("c", 2)])
+    records = _records(seg)
+    assert not any(flags & 4 for _p, _l, flags in records[1:]), "nothing was synced after the first write"
+    _flip(seg, records[2][0] + 30)
+    with logstore.open(store_dir) as store:
+        assert store.recovery_report.cut == f"{seg}@{records[2][0]}"
+        assert _global(store) == [0, 1]
+        assert store.head("c") == 0
+    saved = Path(next(p for p in store.recovery_report.lost_found if p.endswith(".bin"))).read_bytes()
+    end = records[-1][0] + records[-1][1]
+    assert len(saved) == end - records[2][0]
+
+
+def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SEGMENT) as store:
+        for i in range(3):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i, _envs("a", 1))
+        seg = store._log.active.path
+    records = _records(seg)
+    _flip(seg, records[1][0] + 40)
+    with logstore.open(store_dir) as store:
+        stream, _ = store.open_stream(store, "a", 0)
+        with stream:
+            assert stream.try_next()
+            with pytest.raises(CorruptionError) as info:
+                stream.try_next()
+        assert info.value.path == seg
+        assert info.value.position == records[1][0]
+        assert "checksum" in str(info.value)
+    found = verify(str(store_dir)).problems
+    assert (found[0].path, found[0].position) == (seg, records[1][0])
+    _flip(seg, records[1][0] + 40)  # undo: the store verifies clean at teardown
+
+
+@pytest.mark.parametrize("victim", ["CHECKPOINT", "catalog"])
+@pytest.mark.parametrize("how", ["missing", "damaged"])
+def test_missing_or_damaged_index_files_are_rebuilt_from_the_log(store_dir: Path, victim: str, how: str) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        for i in range(40):
+            with store.transaction() as tx:
+                store.append_messages(tx, f"s{i % 4}", (i // 4) * 3, _envs("s", 3))
+    target = next(p for p in store_dir.iterdir() if p.name.startswith(victim))
+    if how == "missing":
+        target.unlink()
+    else:
+        _flip(str(target), HEADER_SIZE + 3)
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        assert report.records_scanned == 120
+        assert "rebuilt" in report.checkpoint or report.rebuilt
+        assert [store.head(f"s{k}") for k in range(4)] == [30, 30, 30, 30]
+        assert len(_global(store)) == 120
+    assert_verified(store_dir)
+
+
+def test_damaged_position_file_is_rebuilt_and_rewritten(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        for i in range(200):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i * 3, _envs("a", 3))
+    assert len(list((store_dir / "segments").glob("*.log"))) >= 2
+    pos_file = store_dir / "segments" / "00000000000000000000.pos"
+    _flip(str(pos_file), HEADER_SIZE + 5)
+    io = FileIO()
+    with logstore.open(store_dir, io=io) as store:
+        assert io.records_read == 0
+        stream, _ = store.open_stream(store, "a", 0)
+        with stream:
+            assert [e.message["i"] for e in stream][:6] == [0, 1, 2, 0, 1, 2]
+        assert io.records_read > 0  # the first segment was rescanned to rebuild its positions
+    assert_verified(store_dir)
+
+
+def test_leftovers_of_an_interrupted_checkpoint_are_removed(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", 0, _envs("a", 2))
+    (store_dir / "catalog.99999999999999999999").write_bytes(b"half-written")
+    (store_dir / "segments" / "00000000000000000002.log.tmp").write_bytes(b"")
+    with logstore.open(store_dir) as store:
+        assert store.head("a") == 2
+    assert not (store_dir / "catalog.99999999999999999999").exists()
+    assert not (store_dir / "segments" / "00000000000000000002.log.tmp").exists()
+
+
+def test_missing_segment_in_the_middle_is_refused(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        for i in range(300):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i * 3, _envs("a", 3))
+    segments = sorted((store_dir / "segments").glob("*.log"))
+    assert len(segments) >= 3
+    hidden = segments[1].with_suffix(".hidden")
+    segments[1].rename(hidden)
+    with pytest.raises(CorruptionError) as info:
+        logstore.open(store_dir)
+    assert "missing" in str(info.value)
+    assert str(segments[1]) in str(info.value)
+    hidden.rename(segments[1])
