@@ -232,9 +232,8 @@ def test_damaged_position_file_is_rebuilt_and_rewritten(store_dir: Path) -> None
 
 
 def test_leftovers_of_an_interrupted_checkpoint_are_removed(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=64 * 1024) as store:
-        with store.transaction() as tx:
-            store.append_messages(tx, "a", 0, _envs("a", 2))
+    with logstore.open(store_dir, segment_size=64 * 1024) as store, store.transaction() as tx:
+        store.append_messages(tx, "a", 0, _envs("a", 2))
     (store_dir / "catalog.99999999999999999999").write_bytes(b"half-written")
     (store_dir / "segments" / "00000000000000000002.log.tmp").write_bytes(b"")
     with logstore.open(store_dir) as store:
