@@ -3,24 +3,28 @@
 On disk an envelope is one msgpack array of seven items, in field order::
 
     [message_id: str, causation_id: str, correlation_id: str,
-     created_at: Timestamp, send_at: Timestamp, type: str, message: any]
+     created_at: int, send_at: int, type: str, message: any]
 
-Datetimes use msgpack's Timestamp extension (type -1) and read back as
-timezone-aware UTC datetimes; ``message`` is any msgpack value whose types
+The two datetimes are stored as integer microseconds since the Unix epoch
+(UTC), which is exactly a ``datetime``'s resolution, and read back as
+timezone-aware UTC datetimes. ``message`` is any msgpack value whose types
 survive the round trip exactly (``dict``, ``list``, ``str``, ``bytes``, ``int``,
-``float``, ``bool``, ``None``, aware ``datetime``). Types that would come back
-as something else (a ``tuple`` would read as a ``list``, a ``str`` subclass as
-``str``) are refused at append time with ``TypeError``, so that a read
-envelope is always ``==`` to the one appended.
+``float``, ``bool``, ``None``, aware ``datetime`` as a msgpack Timestamp).
+Types that would come back as something else (a ``tuple`` would read as a
+``list``, a ``str`` subclass as ``str``) are refused at append time with
+``TypeError``, so that a read envelope is always ``==`` to the one appended.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import msgpack
+
+from logstore.errors import MessageTooLargeError
 
 
 class Envelope(NamedTuple):
@@ -76,6 +80,16 @@ class Envelope(NamedTuple):
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, autoreset=True)
 _tuple_new = tuple.__new__
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _pack(env: Envelope) -> bytes:
+    mid, cid, corr, created, send, name, message = env
+    created_us = (created - _EPOCH) // _MICROSECOND
+    send_us = created_us if send is created else (send - _EPOCH) // _MICROSECOND
+    payload: bytes = _packer.pack([mid, cid, corr, created_us, send_us, name, message])
+    return payload
 
 
 def check_envelope(env: object, where: str) -> Envelope:
@@ -97,16 +111,60 @@ def check_envelope(env: object, where: str) -> Envelope:
 def encode(env: Envelope, where: str) -> bytes:
     """Encode a checked envelope; ``where`` names it in error messages."""
     try:
-        payload: bytes = _packer.pack(list(env))
-        return payload
+        return _pack(env)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{where}: message is not storable as msgpack without changing type: {exc}") from None
 
 
+def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) -> list[bytes]:
+    """Check and encode the envelopes of one append (the caller's hot path).
+
+    The common case runs a single type test per field; any failure is re-run
+    through :func:`check_envelope` and :func:`encode` for a precise message.
+    """
+    payloads: list[bytes] = []
+    for env in envs:
+        if type(env) is Envelope:
+            mid, cid, corr, created, send, name, _message = env
+            if (
+                type(mid) is str
+                and type(cid) is str
+                and type(corr) is str
+                and type(name) is str
+                and type(created) is datetime
+                and type(send) is datetime
+                and created.tzinfo is not None
+                and send.tzinfo is not None
+            ):
+                try:
+                    payload = _pack(env)
+                except (TypeError, ValueError, OverflowError):
+                    pass
+                else:
+                    if len(payload) > limit:
+                        raise MessageTooLargeError(stream, offset + len(payloads), len(payload), limit)
+                    payloads.append(payload)
+                    continue
+        where = f"stream {stream!r} offset {offset + len(payloads)}"
+        payloads.append(encode(check_envelope(env, where), where))
+        raise AssertionError(f"{where}: envelope failed the fast check but passed the full one")  # pragma: no cover
+    return payloads
+
+
 def decode(payload: bytes | memoryview) -> Envelope:
-    """Decode an envelope. Raises ``ValueError`` if the bytes are not one."""
+    """Decode an envelope. Raises ``ValueError`` or ``TypeError`` if the bytes are not one."""
     fields = msgpack.unpackb(payload, raw=False, timestamp=3, strict_map_key=False)
     if type(fields) is not list or len(fields) != 7:
         raise ValueError("payload is not a 7-item envelope array")
+    created_us = fields[3]
+    send_us = fields[4]
+    if type(created_us) is not int or type(send_us) is not int:
+        raise ValueError("envelope datetimes are not integers")
+    try:
+        created = _EPOCH + timedelta(0, 0, created_us)
+        fields[3] = created
+        fields[4] = created if send_us == created_us else _EPOCH + timedelta(0, 0, send_us)
+    except OverflowError:
+        raise ValueError("envelope datetime out of range") from None
     env: Envelope = _tuple_new(Envelope, fields)
     return env

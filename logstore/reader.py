@@ -14,23 +14,50 @@ import time
 from typing import TYPE_CHECKING
 
 from logstore.envelope import Envelope
-from logstore.errors import CorruptionError, StreamClosedError
+from logstore.errors import StreamClosedError
 
 if TYPE_CHECKING:
     from logstore.segment import Segment
     from logstore.store import Store
 
+PREFETCH = 256
+"""Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
+
 
 class _Reader:
     """What both kinds of stream share: position, current message, waiting, closing."""
 
-    __slots__ = ("__weakref__", "_closed", "_current", "_env", "_store")
+    __slots__ = ("__weakref__", "_buf", "_bufi", "_closed", "_current", "_env", "_next", "_prefetch", "_store")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, offset: int) -> None:
         self._store = store
         self._closed = False
         self._current = -1  # offset of the message get() returns; -1 before the first
         self._env: Envelope | None = None
+        self._next = offset  # offset of the next message to return
+        # Envelopes decoded ahead (all committed and visible): _buf[_bufi:] are offsets _next, _next + 1, ...
+        self._buf: list[Envelope] = []
+        self._bufi = 0
+        self._prefetch = 4  # doubles up to PREFETCH while a reader keeps reading
+
+    def _take(self) -> bool:
+        """Step to the next envelope decoded ahead, if any."""
+        i = self._bufi
+        buf = self._buf
+        if i >= len(buf):
+            return False
+        self._env = buf[i]
+        self._bufi = i + 1
+        self._current = self._next
+        self._next += 1
+        return True
+
+    def _fill(self, buf: list[Envelope]) -> bool:
+        self._buf = buf
+        self._bufi = 0
+        if self._prefetch < PREFETCH:
+            self._prefetch *= 2
+        return self._take()
 
     # Subclasses provide these two.
     def _available(self) -> bool:
@@ -166,12 +193,11 @@ class _Reader:
 class StreamReader(_Reader):
     """Reads one named stream in offset order (``store.open_stream``)."""
 
-    __slots__ = ("_next", "_run", "_seg", "_sid", "name")
+    __slots__ = ("_run", "_seg", "_sid", "name")
 
     def __init__(self, store: Store, name: str, offset: int) -> None:
-        super().__init__(store)
+        super().__init__(store, offset)
         self.name = name
-        self._next = offset
         self._sid = store._log.catalog.ids.get(name)
         # Cached run: (first offset, its global offset, offsets below this stay in the run).
         self._run = (0, 0, 0)
@@ -188,34 +214,30 @@ class StreamReader(_Reader):
         return int(cat.head[sid])
 
     def _available(self) -> bool:
-        return self._next < self._head()
+        return self._bufi < len(self._buf) or self._next < self._head()
 
     def _advance(self) -> bool:
+        if self._take():
+            return True
         want = self._next
         head = self._head()
         if want >= head:
             return False
+        sid = self._sid
+        assert sid is not None
         run_off, run_goff, limit = self._run
         if not run_off <= want < limit:
-            assert self._sid is not None
-            run_off, run_goff, nxt = self._store._log.runs.find(self._sid, want)
+            run_off, run_goff, nxt = self._store._log.runs.find(sid, want)
             limit = head if nxt < 0 else min(nxt, head)
             self._run = (run_off, run_goff, limit)
         goff = run_goff + (want - run_off)
         seg = self._seg
         if seg is None or not seg.first <= goff < seg.first + seg.count:
             seg = self._seg = self._store._log.segment_for(goff)
-        _sid, soff, env = seg.read(goff)
-        if soff != want:
-            raise CorruptionError(
-                seg.path,
-                seg.positions.position(goff),
-                f"stream {self.name!r}: record holds offset {soff}, expected {want}",
-            )
-        self._env = env
-        self._current = want
-        self._next = want + 1
-        return True
+        stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
+        buf: list[Envelope] = []
+        seg.read_many(goff, stop, buf, sid, want)
+        return self._fill(buf)
 
     def __repr__(self) -> str:
         return f"<logstore stream {self.name!r} next offset {self._next}{' closed' if self._closed else ''}>"
@@ -224,29 +246,29 @@ class StreamReader(_Reader):
 class GlobalReader(_Reader):
     """Reads every stream in global (commit) order (``store.open_global``)."""
 
-    __slots__ = ("_next", "_seg")
+    __slots__ = ("_seg",)
 
     def __init__(self, store: Store, offset: int) -> None:
-        super().__init__(store)
-        self._next = offset
+        super().__init__(store, offset)
         self._seg: Segment | None = None
 
     def _available(self) -> bool:
-        return self._next < self._store._log.visible_end
+        return self._bufi < len(self._buf) or self._next < self._store._log.visible_end
 
     def _advance(self) -> bool:
+        if self._take():
+            return True
         want = self._next
         lg = self._store._log
-        if want >= lg.visible_end:
+        end = lg.visible_end
+        if want >= end:
             return False
         seg = self._seg
         if seg is None or not seg.first <= want < seg.first + seg.count:
             seg = self._seg = lg.segment_for(want)
-        _sid, _soff, env = seg.read(want)
-        self._env = env
-        self._current = want
-        self._next = want + 1
-        return True
+        buf: list[Envelope] = []
+        seg.read_many(want, min(end, seg.first + seg.count, want + self._prefetch), buf)
+        return self._fill(buf)
 
     def __repr__(self) -> str:
         return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"

@@ -255,31 +255,44 @@ class Segment:
         index.positions.extend(found)
         return index
 
-    def read(self, goff: int) -> tuple[int, int, Envelope]:
-        """The (stream id, stream offset, envelope) of the record with global offset ``goff``."""
+    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> None:
+        """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
+
+        They must all be in this segment; consecutive global offsets are
+        consecutive records, so only the first position is looked up. With
+        ``sid >= 0`` the records must also be stream ``sid``'s, from offset ``soff`` on.
+        """
         position = self.positions.position(goff)
         buf = self.view
-        self.io.records_read += 1
+        size = self.size
+        append = out.append
+        self.io.records_read += stop - goff
+        first = goff
         try:
-            length, kind, _flags, nlen, sid, soff, rgoff = _hdr_unpack(buf, position)
-            if (
-                kind != KIND_MESSAGE
-                or rgoff != goff
-                or position + length > self.size
-                or length < RECORD_OVERHEAD + nlen
-            ):
-                raise BadRecord(position, "record header does not match the index")
-            end = position + length - 8
-            if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
-                raise BadRecord(position, "record checksum mismatch")
-            env = decode(buf[position + 28 + nlen : end])
+            while goff < stop:
+                length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
+                end = position + length - 8
+                if kind != KIND_MESSAGE or rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                    raise BadRecord(position, "record header does not match the index")
+                if sid >= 0:
+                    if rsid != sid or rsoff != soff:
+                        raise BadRecord(position, f"record is stream id {rsid} offset {rsoff}, index says {sid}/{soff}")
+                    soff += 1
+                if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                    raise BadRecord(position, "record checksum mismatch")
+                append(decode(buf[position + 28 + nlen : end]))
+                position = end + 8
+                goff += 1
         except BadRecord as bad:
+            if goff > first:
+                return  # hand out what precedes the damage; reading the damaged record raises
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
+            if goff > first:
+                return
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
-        return sid, soff, env
 
     def close(self) -> None:
         self.view.release()

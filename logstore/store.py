@@ -25,11 +25,10 @@ from typing import Any
 from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE
 from logstore.checkpoint import Checkpoint
-from logstore.envelope import Envelope, check_envelope, encode
+from logstore.envelope import Envelope, encode_many
 from logstore.errors import (
     CorruptionError,
     FormatVersionError,
-    MessageTooLargeError,
     OffsetConflictError,
     ReadOnlyError,
     StoreClosedError,
@@ -332,14 +331,7 @@ class Store:
             expected = self._log.catalog.head_of(stream)
         if offset != expected:
             raise OffsetConflictError(stream, expected, offset)
-        limit = self._max_payload
-        payloads = []
-        for i, env in enumerate(envs):
-            where = f"stream {stream!r} offset {offset + i}"
-            payload = encode(check_envelope(env, where), where)
-            if len(payload) > limit:
-                raise MessageTooLargeError(stream, offset + i, len(payload), limit)
-            payloads.append(payload)
+        payloads = encode_many(envs, stream, offset, self._max_payload)
         tx._appends.append((stream, nameb, offset, payloads))
         tx._heads[stream] = offset + len(payloads)
 
