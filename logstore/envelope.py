@@ -3,13 +3,12 @@
 On disk an envelope is one msgpack array of seven items, in field order::
 
     [message_id: str, causation_id: str, correlation_id: str,
-     created_at: int, send_at: int, type: str, message: any]
+     created_at: Timestamp, send_at: Timestamp, type: str, message: any]
 
-The two datetimes are stored as integer microseconds since the Unix epoch
-(UTC), which is exactly a ``datetime``'s resolution, and read back as
-timezone-aware UTC datetimes. ``message`` is any msgpack value whose types
-survive the round trip exactly (``dict``, ``list``, ``str``, ``bytes``, ``int``,
-``float``, ``bool``, ``None``, aware ``datetime`` as a msgpack Timestamp).
+Datetimes use msgpack's Timestamp extension (type -1), which msgpack decodes
+in C, and read back as timezone-aware UTC datetimes. ``message`` is any
+msgpack value whose types survive the round trip exactly (``dict``, ``list``,
+``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, aware ``datetime``).
 Types that would come back as something else (a ``tuple`` would read as a
 ``list``, a ``str`` subclass as ``str``) are refused at append time with
 ``TypeError``, so that a read envelope is always ``==`` to the one appended.
@@ -19,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import msgpack
@@ -80,15 +79,10 @@ class Envelope(NamedTuple):
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, autoreset=True)
 _tuple_new = tuple.__new__
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _pack(env: Envelope) -> bytes:
-    mid, cid, corr, created, send, name, message = env
-    created_us = (created - _EPOCH) // _MICROSECOND
-    send_us = created_us if send is created else (send - _EPOCH) // _MICROSECOND
-    payload: bytes = _packer.pack([mid, cid, corr, created_us, send_us, name, message])
+    payload: bytes = _packer.pack(list(env))
     return payload
 
 
@@ -153,18 +147,11 @@ def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) ->
 
 def decode(payload: bytes | memoryview) -> Envelope:
     """Decode an envelope. Raises ``ValueError`` or ``TypeError`` if the bytes are not one."""
-    fields = msgpack.unpackb(payload, raw=False, timestamp=3, strict_map_key=False)
+    try:
+        fields = msgpack.unpackb(payload, raw=False, timestamp=3, strict_map_key=False)
+    except OverflowError:  # a Timestamp outside datetime's range
+        raise ValueError("envelope holds a timestamp outside the datetime range") from None
     if type(fields) is not list or len(fields) != 7:
         raise ValueError("payload is not a 7-item envelope array")
-    created_us = fields[3]
-    send_us = fields[4]
-    if type(created_us) is not int or type(send_us) is not int:
-        raise ValueError("envelope datetimes are not integers")
-    try:
-        created = _EPOCH + timedelta(0, 0, created_us)
-        fields[3] = created
-        fields[4] = created if send_us == created_us else _EPOCH + timedelta(0, 0, send_us)
-    except OverflowError:
-        raise ValueError("envelope datetime out of range") from None
     env: Envelope = _tuple_new(Envelope, fields)
     return env
