@@ -20,8 +20,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from logstore.errors import OffsetConflictError, StoreClosedError, StoreFailedError
-from logstore.segment import FLAG_NAMED, FLAG_SYNCED, FLAG_TX_END, RECORD_OVERHEAD, frame
+from logstore.segment import (
+    CHECKSUM,
+    FLAG_NAMED,
+    FLAG_SYNCED,
+    FLAG_TX_END,
+    KIND_MESSAGE,
+    RECORD_HEADER,
+    RECORD_OVERHEAD,
+    frame,
+)
 
 if TYPE_CHECKING:
     from logstore.log import Log
@@ -274,6 +285,9 @@ class Writer:
             self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
         )
         written = 0
+        hdr_pack = RECORD_HEADER.pack
+        sum_pack = CHECKSUM.pack
+        xxh = xxhash.xxh3_64_intdigest
         for p in batch:
             appends = p.tx._appends
             # Pass 1: every offset must still be its stream's next one.
@@ -304,7 +318,32 @@ class Writer:
                     cat.nruns[sid] += 1
                     cat.run_diff[sid] = diff
                 last_msg = len(payloads) - 1
+                end_flag = FLAG_TX_END if k == last_append else 0
                 for j, payload in enumerate(payloads):
+                    if sid in named:
+                        # Hot path: the stream is already named in this segment and the record fits.
+                        size = RECORD_OVERHEAD + len(payload)
+                        if pos + size <= capacity:
+                            body = (
+                                hdr_pack(
+                                    size,
+                                    KIND_MESSAGE,
+                                    synced_flag | (end_flag if j == last_msg else 0),
+                                    0,
+                                    sid,
+                                    soff,
+                                    goff,
+                                )
+                                + payload
+                            )
+                            synced_flag = 0
+                            parts.append(body)
+                            parts.append(sum_pack(xxh(body)))
+                            positions.append(pos)
+                            pos += size
+                            soff += 1
+                            goff += 1
+                            continue
                     is_named = sid not in named
                     size = RECORD_OVERHEAD + len(payload) + (len(nameb) if is_named else 0)
                     if pos + size > capacity:
