@@ -8,7 +8,9 @@ On disk an envelope is one msgpack array of seven items, in field order::
 Datetimes use msgpack's Timestamp extension (type -1), which msgpack decodes
 in C, and read back as timezone-aware UTC datetimes. ``message`` is any
 msgpack value whose types survive the round trip exactly (``dict``, ``list``,
-``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, aware ``datetime``).
+``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, aware ``datetime``
+whose instant lies within years 1-9999 in UTC); ``bytearray`` and
+``memoryview`` are stored as ``bytes`` and read back as ``bytes`` (equal).
 Types that would come back as something else (a ``tuple`` would read as a
 ``list``, a ``str`` subclass as ``str``) are refused at append time with
 ``TypeError``, so that a read envelope is always ``==`` to the one appended.
@@ -81,8 +83,18 @@ _packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, au
 _tuple_new = tuple.__new__
 
 
+_TIMESTAMP96 = b"\xc7\x0c\xff"  # msgpack's 96-bit Timestamp: instants before 1970 or after 2514
+
+
 def _pack(env: Envelope) -> bytes:
     payload: bytes = _packer.pack(list(env))
+    if _TIMESTAMP96 in payload:
+        # A rare, wide-range datetime: make sure it reads back (an aware datetime
+        # early in year 1 or late in year 9999 may have no UTC datetime at all).
+        try:
+            decode(payload)
+        except ValueError:
+            raise ValueError("holds a datetime whose UTC instant is outside years 1-9999") from None
     return payload
 
 
@@ -106,7 +118,9 @@ def encode(env: Envelope, where: str) -> bytes:
     """Encode a checked envelope; ``where`` names it in error messages."""
     try:
         return _pack(env)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except ValueError as exc:
+        raise ValueError(f"{where}: envelope {exc}") from None
+    except (TypeError, OverflowError) as exc:
         raise TypeError(f"{where}: message is not storable as msgpack without changing type: {exc}") from None
 
 
@@ -133,7 +147,7 @@ def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) ->
                 try:
                     payload = _pack(env)
                 except (TypeError, ValueError, OverflowError):
-                    pass
+                    pass  # the slow path below says precisely what is wrong
                 else:
                     if len(payload) > limit:
                         raise MessageTooLargeError(stream, offset + len(payloads), len(payload), limit)

@@ -24,6 +24,15 @@ PREFETCH = 256
 """Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
 
 
+def _check_timeout(timeout: object) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+
+
 class _Reader:
     """What both kinds of stream share: position, current message, waiting, closing."""
 
@@ -82,6 +91,7 @@ class _Reader:
         ever) and :class:`~logstore.StreamClosedError` if the stream or its
         store is closed, including from another thread while waiting.
         """
+        _check_timeout(timeout)
         self._check_open()
         if self._advance():
             return
@@ -109,6 +119,7 @@ class _Reader:
         ``timeout`` raises ``TimeoutError``; closing the stream raises
         :class:`~logstore.StreamClosedError`.
         """
+        _check_timeout(timeout)
         self._check_open()
         if self._advance():
             return self.get()

@@ -49,6 +49,8 @@ MIN_SEGMENT_SIZE = 64 * 2**10
 MAX_SEGMENT_SIZE = 2**32 - 1
 DEFAULT_FSYNC_INTERVAL = 0.01
 """Seconds between fsyncs with ``durability="batch"``."""
+MAX_FSYNC_INTERVAL = 3600.0
+"""Longest ``fsync_interval`` accepted (one hour)."""
 DEFAULT_CHECKPOINT_BYTES = 64 * 2**20
 """Log bytes written between checkpoints (64 MiB); a segment roll and ``close()`` also checkpoint."""
 MAX_STREAM_NAME = 1024
@@ -70,8 +72,9 @@ def open(
     """Open (creating if need be) the store in directory ``path``.
 
     - ``durability``: ``"fsync"`` (commit returns once the group is on disk),
-      ``"batch"`` (fsync at most every ``fsync_interval`` seconds; commit
-      returns after the write) or ``"none"`` (the OS decides when to write).
+      ``"batch"`` (fsync at most every ``fsync_interval`` seconds, 0.01 by
+      default, at most 3600; commit returns after the write) or ``"none"``
+      (the OS decides when to write).
     - ``segment_size``: bytes preallocated per segment (default 256 MiB,
       between 64 KiB and 4 GiB - 1); applies to segments created from now on.
     - ``readonly``: open without the writer lock, beside a writer process;
@@ -86,8 +89,10 @@ def open(
     """
     if durability not in DURABILITY_MODES:
         raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
-    if isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float) or not fsync_interval > 0:
-        raise ValueError(f"fsync_interval must be a positive number of seconds, got {fsync_interval!r}")
+    if isinstance(fsync_interval, bool) or not isinstance(fsync_interval, int | float):
+        raise TypeError(f"fsync_interval must be a number of seconds, got {type(fsync_interval).__name__}")
+    if not 0 < fsync_interval <= MAX_FSYNC_INTERVAL:
+        raise ValueError(f"fsync_interval must be > 0 and <= {MAX_FSYNC_INTERVAL} seconds, got {fsync_interval!r}")
     if isinstance(segment_size, bool) or not isinstance(segment_size, int):
         raise TypeError(f"segment_size must be an int, got {type(segment_size).__name__}")
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:

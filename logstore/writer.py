@@ -193,6 +193,12 @@ class Writer:
     # -- writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the thread must never die with commits waiting
+            self._fail(exc, [])
+
+    def _loop(self) -> None:
         batch_mode = self.durability == "batch"
         while True:
             with self._cv:
@@ -256,7 +262,8 @@ class Writer:
         failed.__cause__ = exc
         with self._cv:
             self.failed = failed
-        self._fail_batch(batch)
+            queued, self._queue = self._queue, []
+        self._fail_batch(batch + queued)
 
     def _fail_batch(self, batch: list[_Pending], error: BaseException | None = None) -> None:
         for p in batch:
