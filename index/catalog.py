@@ -17,10 +17,10 @@ is current. All integers little-endian::
     96      N       msgpack  array of S strings: the stream names, by stream id
     ...     pad     zero     to a multiple of 8 bytes from the start of the file
     ...     8 * S   u64[S]   head: next unused offset of each stream
-    ...     8 * S   u64[S]   first: first retained offset of each stream
+    ...     8 * S   u64[S]   first: first retained offset of each stream (0 until truncation exists)
     ...     8 * S   u64[S]   run_diff: global offset - offset of the stream's last run
     ...     4 * S   u32[S]   nruns: number of runs of each stream
-    ...     S       u8[S]    flags: bit 0 deleted, bit 1 large (runs in a file of its own)
+    ...     S       u8[S]    flags: bit 0 deleted (reserved; 0 until deletion exists), bit 1 large (own run file)
     ...     pad     zero     to a multiple of 8
     ...     4 * R   u32[R]   shared runs: stream id (sorted by stream id, then offset)
     ...     pad     zero     to a multiple of 8

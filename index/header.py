@@ -7,7 +7,7 @@ starts with the same layout, all integers little-endian::
     0      8    bytes  magic, names the file kind (b"LGSEGMNT", ...)
     8      2    u16    format version (FORMAT_VERSION)
     10     2    u16    header size in bytes (64)
-    12     4    u32    flags (0; reserved)
+    12     4    u32    flags (kind-specific: CHECKPOINT bit 0 = CLEAN; 0 in every other kind)
     16     16   bytes  store id: 16 random bytes chosen when the store was created
     32     8    u64    field a (kind-specific, see docs/FORMAT.md)
     40     8    u64    field b (kind-specific)

@@ -10,7 +10,8 @@ in C, and read back as timezone-aware UTC datetimes. ``message`` is any
 msgpack value whose types survive the round trip exactly (``dict``, ``list``,
 ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, aware ``datetime``
 whose instant lies within years 1-9999 in UTC); ``bytearray`` and
-``memoryview`` are stored as ``bytes`` and read back as ``bytes`` (equal).
+``memoryview`` are stored as ``bytes`` and read back as ``bytes`` (equal), and a
+``msgpack.Timestamp`` reads back as a ``datetime``.
 Types that would come back as something else (a ``tuple`` would read as a
 ``list``, a ``str`` subclass as ``str``) are refused at append time with
 ``TypeError``, so that a read envelope is always ``==`` to the one appended.

@@ -5,7 +5,7 @@ Directory layout of a store::
     LOCK                        writer lock (flock); empty
     CHECKPOINT                  how far the index files are complete (logstore.checkpoint)
     catalog.<generation>        stream catalog and shared run table (index.catalog)
-    segments/<first>.log        segment files (logstore.segment)
+    segments/<first>.log        segment files (logstore.segment); <first>.log.tmp while being created
     segments/<first>.pos        their position indexes (index.position)
     streams/<id>.runs           run files of large streams (index.runs)
     lost+found/                 bytes cut by recovery, each with a .json manifest
@@ -119,6 +119,7 @@ class Log:
         self.visible_end = 0
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
         self.report = RecoveryReport()
+        self._scan_start = 0
         self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
 
     # -- reading ---------------------------------------------------------------
@@ -213,6 +214,11 @@ class Log:
             io.unlink(old)
         self.checkpointed_bytes = 0
 
+    def sync_scanned(self) -> None:
+        """fdatasync the segments that recovery scanned, which a crashed writer may not have synced."""
+        for seg in self.segments[self._scan_start :]:
+            self.io.fdatasync(seg.fd)
+
     def mark_unclean(self, ckpt: Checkpoint) -> None:
         """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
         self.io.write_file_atomic(
@@ -235,8 +241,8 @@ class Log:
         created = not io.exists(path)
         fd = io.open(path, os.O_RDWR | os.O_CREAT)
         try:
-            if created or io.size(fd) < HEADER_SIZE:
-                io.pwrite(fd, header, 0)
+            if created or position == HEADER_SIZE or io.size(fd) < HEADER_SIZE:
+                io.pwrite(fd, header, 0)  # written from the start: a damaged old header is replaced too
             if data:
                 io.pwrite(fd, data, position)
             io.fsync(fd)
@@ -256,7 +262,7 @@ class Log:
         names = [n for n in self.io.listdir(self.seg_dir) if n.endswith(".log")]
         if not self.readonly:
             for n in self.io.listdir(self.seg_dir):
-                if n.endswith(".tmp"):  # a segment or index file whose creation did not finish
+                if n.endswith(".tmp"):  # a segment whose creation did not finish; it holds no data
                     self.io.unlink(os.path.join(self.seg_dir, n))
         for n in names:
             stem = n[:-4]
@@ -269,6 +275,8 @@ class Log:
             self._check_segments(ckpt)
             try:
                 self._load_indexes(ckpt)
+            except FormatVersionError:
+                raise
             except (OSError, FormatError, CorruptionError) as exc:
                 problem = f"index files unusable ({exc}); rebuilt from the log"
                 log.warning("%s: %s", self.directory, problem)
@@ -293,6 +301,7 @@ class Log:
             self.next_goff = ckpt.next_goff
             self.generation = ckpt.generation
         clean_end = ckpt is not None and ckpt.clean
+        self._scan_start = start
         self._scan(start, clean_end)
         self.visible_end = self.next_goff
         report.seconds = time.perf_counter() - started
@@ -311,6 +320,8 @@ class Log:
             path = os.path.join(self.stream_dir, f"{sid:010d}.runs")
             try:
                 runs.large[sid] = LargeRuns.decode(io.read_file(path), self.store_id, sid, count, checksum)
+            except UnsupportedVersionError as exc:
+                raise FormatVersionError(path, exc.position, exc.what) from None
             except FormatError as exc:
                 raise CorruptionError(path, exc.position, exc.what) from None
         by_first = {seg.first: seg for seg in self.segments}
@@ -532,6 +543,10 @@ class Log:
 
     def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
         path = os.path.join(lf_dir, base + ".bin")
+        n = 1
+        while self.io.exists(path) or self.io.exists(path[:-4] + ".json"):  # an earlier cut of the same bytes
+            n += 1
+            path = os.path.join(lf_dir, f"{base}.{n}.bin")
         fd = self.io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             self.io.pwrite(fd, data, 0)

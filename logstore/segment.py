@@ -7,7 +7,7 @@ time in ns since the epoch) followed by records, back to back::
 
     offset      size  type   field
     0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
-    4           1     u8     kind: 1 = message (0 = never written; others reserved)
+    4           1     u8     kind: 1 = message (others reserved; with a non-zero length, any other kind is damage)
     5           1     u8     flags: bit 0 TX_END, bit 1 NAMED, bit 2 SYNCED
     6           2     u16    N, byte length of the stream name (0 unless NAMED)
     8           4     u32    stream id
@@ -32,6 +32,7 @@ of the file, which sees those writes through the page cache.
 from __future__ import annotations
 
 import contextlib
+import logging
 import mmap
 import os
 import struct
@@ -42,7 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xxhash
 
-from index.errors import FormatError
+from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from index.position import PositionIndex
 from logstore.envelope import Envelope, decode
@@ -57,6 +58,8 @@ FLAG_TX_END = 1
 FLAG_NAMED = 2
 FLAG_SYNCED = 4
 _KNOWN_FLAGS = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
+
+log = logging.getLogger("logstore")
 
 _xxh = xxhash.xxh3_64_intdigest
 _hdr_pack = RECORD_HEADER.pack
@@ -234,8 +237,11 @@ class Segment:
         try:
             buf = self.io.read_file(path)
             return PositionIndex.decode(buf, self.store_id, self.first, count, checksum)
-        except (OSError, FormatError):
-            # Derived data: rebuild it from the segment itself.
+        except UnsupportedVersionError as exc:
+            raise FormatVersionError(path, exc.position, exc.what) from None
+        except (OSError, FormatError) as exc:
+            # Derived data: rebuild it from the segment itself; the next checkpoint rewrites the file.
+            log.warning("%s: position index unusable (%s); rebuilt from the segment", path, exc)
             return self.rebuild_positions(count)
 
     def rebuild_positions(self, count: int) -> PositionIndex:
@@ -306,9 +312,10 @@ def read_segment_header(io: FileIO, path: str, fd: int) -> Header:
     raw = io.pread(fd, HEADER_SIZE, 0)
     try:
         return decode_header(raw, MAGIC_SEGMENT)
+    except UnsupportedVersionError as exc:
+        raise FormatVersionError(path, exc.position, f"segment header: {exc.what}") from None
     except FormatError as exc:
-        cls = FormatVersionError if exc.__class__.__name__ == "UnsupportedVersionError" else CorruptionError
-        raise cls(path, exc.position, f"segment header: {exc.what}", "run logstore repair") from None
+        raise CorruptionError(path, exc.position, f"segment header: {exc.what}", "run logstore repair") from None
 
 
 def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segment:

@@ -84,8 +84,8 @@ def open(
 
     Raises :class:`StoreLockedError` if another process holds the writer
     lock, :class:`CorruptionError` for damage that recovery must not cut
-    (``logstore repair`` fixes it), :class:`FormatVersionError` for files of
-    an unknown format version.
+    (``logstore repair`` fixes it), :class:`FormatVersionError` for a file
+    (segment, checkpoint, catalog or index file) of an unknown format version.
     """
     if durability not in DURABILITY_MODES:
         raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
@@ -143,7 +143,11 @@ class Store:
         self._close_lock = threading.Lock()
         self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
         created = self._prepare_directory()
-        ckpt, ckpt_problem, store_id = self._read_checkpoint(created)
+        try:
+            ckpt, ckpt_problem, store_id = self._read_checkpoint(created)
+        except BaseException:
+            self._release_lock()
+            raise
         self._log = Log(io, path, store_id, readonly, segment_size)
         try:
             if created:
@@ -152,6 +156,9 @@ class Store:
                 used = self._log.load(ckpt, ckpt_problem)
                 if not readonly:
                     if self._log.report.records_scanned or used is None or self._log.report.cut:
+                        # The scanned tail may still be only in the page cache: make it durable
+                        # before a checkpoint says it is there.
+                        self._log.sync_scanned()
                         self._log.checkpoint(clean=False)
                     elif used.clean:
                         self._log.mark_unclean(used)
@@ -206,7 +213,6 @@ class Store:
         except FileNotFoundError:
             problem = "CHECKPOINT is missing; indexes rebuilt from the log"
         except UnsupportedVersionError as exc:
-            self._release_lock()
             raise FormatVersionError(path, exc.position, exc.what) from None
         except FormatError as exc:
             problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
@@ -217,7 +223,6 @@ class Store:
         seg_dir = os.path.join(self.path, "segments")
         names = [n for n in self._io.listdir(seg_dir) if n.endswith(".log")] if os.path.isdir(seg_dir) else []
         if not names:
-            self._release_lock()
             raise CorruptionError(seg_dir, 0, "no CHECKPOINT and no segment files", "run `logstore repair`")
         first = os.path.join(seg_dir, names[0])
         fd = self._io.open(first, os.O_RDONLY)

@@ -256,3 +256,94 @@ def test_missing_segment_in_the_middle_is_refused(store_dir: Path) -> None:
     assert "missing" in str(info.value)
     assert str(segments[1]) in str(info.value)
     hidden.rename(segments[1])
+
+
+def test_failed_open_releases_the_writer_lock(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store, store.transaction() as tx:
+        store.append_messages(tx, "a", 0, _envs("a", 1))
+    (store_dir / "CHECKPOINT").unlink()
+    seg = store_dir / "segments" / "00000000000000000000.log"
+    _flip(str(seg), 20)  # the first segment's header: the store id cannot be read
+    for _ in range(2):  # the second attempt must fail the same way, not with StoreLockedError
+        with pytest.raises(CorruptionError, match="segment header"):
+            logstore.open(store_dir)
+    _flip(str(seg), 20)
+    with logstore.open(store_dir) as store:
+        assert store.head("a") == 1
+
+
+def test_index_file_of_an_unknown_format_version_is_refused(store_dir: Path) -> None:
+    import struct
+
+    import xxhash
+
+    with logstore.open(store_dir, segment_size=64 * 1024) as store, store.transaction() as tx:
+        store.append_messages(tx, "a", 0, _envs("a", 1))
+    catalog = next(store_dir.glob("catalog.*"))
+    raw = bytearray(catalog.read_bytes())
+    struct.pack_into("<H", raw, 8, 2)
+    struct.pack_into("<Q", raw, 56, xxhash.xxh3_64_intdigest(bytes(raw[:56])))
+    original = catalog.read_bytes()
+    catalog.write_bytes(bytes(raw))
+    with pytest.raises(logstore.FormatVersionError, match="format version 2"):
+        logstore.open(store_dir)
+    assert catalog.read_bytes() == bytes(raw), "a refused open must not rewrite the file"
+    catalog.write_bytes(original)
+
+
+class _OrderIO(FileIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+        self.names: dict[int, str] = {}
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        self.names[fd] = os.path.basename(path)
+        return fd
+
+    def fdatasync(self, fd: int) -> None:
+        self.events.append("fdatasync " + self.names.get(fd, "?"))
+        super().fdatasync(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.events.append("rename " + os.path.basename(dst))
+        super().rename(src, dst)
+
+
+def test_recovered_tail_is_made_durable_before_the_checkpoint_covers_it(store_dir: Path) -> None:
+    _write(store_dir, "none", [("a", 3), ("b", 2)])
+    io = _OrderIO()
+    with logstore.open(store_dir, io=io) as store:
+        assert store.recovery_report.transactions_recovered == 2
+    first_checkpoint = io.events.index("rename CHECKPOINT")
+    assert "fdatasync 00000000000000000000.log" in io.events[:first_checkpoint]
+
+
+def test_damaged_position_file_header_is_rewritten(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        for i in range(200):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i * 3, _envs("a", 3))
+    pos_file = store_dir / "segments" / "00000000000000000000.pos"
+    _flip(str(pos_file), 20)
+    with logstore.open(store_dir) as store:
+        stream, _ = store.open_stream(store, "a", 0)
+        with stream:
+            assert sum(1 for _ in stream) == 600
+    assert_verified(store_dir)
+
+
+def test_cutting_the_same_bytes_twice_keeps_both_copies(store_dir: Path) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 2)])
+    records = _records(seg)
+    end = records[-1][0] + records[-1][1]
+    for _ in range(2):  # as if recovery were interrupted after saving and before zeroing
+        with open(seg, "r+b") as f:
+            f.seek(end)
+            f.write(b"\x77" * 30)
+        with logstore.open(store_dir) as store:
+            assert store.recovery_report.bytes_cut == 30
+    saved = sorted((store_dir / "lost+found").glob("*.bin"))
+    assert len(saved) == 2
+    assert all(p.read_bytes() == b"\x77" * 30 for p in saved)
