@@ -285,6 +285,8 @@ class Log:
                 ckpt_problem = problem
         if ckpt is None:
             report.checkpoint = ckpt_problem or "none"
+            if "all indexes" not in report.rebuilt:
+                report.rebuilt.append("all indexes")
             self.catalog = Catalog()
             self.runs = RunIndex()
             for seg in self.segments:

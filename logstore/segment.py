@@ -47,7 +47,7 @@ from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from index.position import PositionIndex
 from logstore.envelope import Envelope, decode
-from logstore.errors import CorruptionError, FormatVersionError
+from logstore.errors import CorruptionError, FormatVersionError, StreamClosedError
 from logstore.fileio import FileIO
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
@@ -202,6 +202,7 @@ class Segment:
         self._positions: PositionIndex | None = PositionIndex(first)
         self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
         self._lazy_lock = threading.Lock()
+        self.closed = False
 
     @property
     def count(self) -> int:
@@ -294,6 +295,8 @@ class Segment:
                 return  # hand out what precedes the damage; reading the damaged record raises
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
+            if self.closed:
+                raise StreamClosedError(f"{self.path}: the store was closed during the read") from None
             if goff > first:
                 return
             raise CorruptionError(
@@ -301,6 +304,7 @@ class Segment:
             ) from None
 
     def close(self) -> None:
+        self.closed = True
         self.view.release()
         if self.mm is not None:
             with contextlib.suppress(BufferError):  # a reader still holds a slice; the mapping goes with it
