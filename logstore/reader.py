@@ -81,7 +81,17 @@ class _Reader:
 
     def try_next(self) -> bool:
         """Advance to the next message if one is available now; return whether it did."""
-        self._check_open()
+        if self._closed:
+            raise StreamClosedError("the stream is closed")
+        # Inline _take(): the common case on a scan is an envelope already decoded.
+        i = self._bufi
+        buf = self._buf
+        if i < len(buf):
+            self._env = buf[i]
+            self._bufi = i + 1
+            self._current = self._next
+            self._next += 1
+            return True
         return self._advance()
 
     def next(self, timeout: float | None = None) -> None:
@@ -170,10 +180,11 @@ class _Reader:
 
     def get(self) -> Envelope:
         """The envelope at the current position (after a successful ``next``/``try_next``)."""
-        self._check_open()
-        if self._env is None:
+        env = self._env
+        if env is None or self._closed:
+            self._check_open()
             raise ValueError("get() before a successful next() or try_next()")
-        return self._env
+        return env
 
     def offset(self) -> int:
         """The offset of the envelope ``get()`` returns."""
