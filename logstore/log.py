@@ -562,7 +562,7 @@ class Log:
             "reason": reason,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.io.write_file_atomic(os.path.join(lf_dir, base + ".json"), json.dumps(manifest, indent=2).encode())
+        self.io.write_file_atomic(path[:-4] + ".json", json.dumps(manifest, indent=2).encode())
         self.report.bytes_cut += len(data)
         self.report.lost_found += [path, path[:-4] + ".json"]
 

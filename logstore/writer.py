@@ -397,13 +397,13 @@ class Writer:
             written += pos - start_pos
             self._dirty = True
         seg.end = pos
+        lg.next_goff = goff  # the writer's own position; readers go by visible_end, published below
         if sync:
             self._sync()
         # Publish: heads first, then the global end; readers read them in the other order.
         head = cat.head
         for sid, h in heads.items():
             head[sid] = h
-        lg.next_goff = goff
         lg.visible_end = goff
         lg.checkpointed_bytes += written
         return bool(accepted)

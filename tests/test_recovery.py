@@ -347,3 +347,15 @@ def test_cutting_the_same_bytes_twice_keeps_both_copies(store_dir: Path) -> None
     saved = sorted((store_dir / "lost+found").glob("*.bin"))
     assert len(saved) == 2
     assert all(p.read_bytes() == b"\x77" * 30 for p in saved)
+    manifests = sorted((store_dir / "lost+found").glob("*.json"))
+    assert [m.name[:-5] for m in manifests] == [b.name[:-4] for b in saved]
+    assert all(json.loads(m.read_text())["length"] == 30 for m in manifests)
+
+
+def test_regression_synced_position_counts_the_group_it_synced(store_dir: Path) -> None:
+    """The writer's record of what is durable once lagged one group behind in global offset."""
+    with logstore.open(store_dir, segment_size=SEGMENT) as store:
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", 0, _envs("a", 3))
+        first, position, next_goff = store._writer.synced
+        assert (first, position, next_goff) == (0, store._log.active.end, 3)
