@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  placed   {args.orders:>9,} orders in {place_s:6.2f} s  {_rate(args.orders, place_s):>12} msgs")
     followed = written - args.orders
     print(f"  followed {followed:>9,} msgs   in {follow_s:6.2f} s  {_rate(followed, follow_s):>12} msgs")
-    print(f"  tailed   {tail_seen:>9,} msgs   in the global stream while writing")
+    print(f"  tailed   {tail_seen:>9,} msgs   in the global stream, in a second thread, while writing")
     print(
         f"  loaded   {loads:>9,} order streams ({loaded:,} msgs) in {load_s:6.2f} s  {_rate(loaded, load_s):>12} msgs"
     )
