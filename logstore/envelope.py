@@ -75,10 +75,6 @@ class Envelope(NamedTuple):
             message,
         )
 
-    def with_delay(self, send_at: datetime) -> Envelope:
-        """The same envelope to be handled at ``send_at``."""
-        return self._replace(send_at=send_at)
-
 
 _packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, autoreset=True)
 _tuple_new = tuple.__new__

@@ -177,9 +177,9 @@ class Log:
             else:
                 pos = seg.positions
                 count = len(pos)
-                if pos.persisted < count or not io.exists(seg.path[:-4] + ".pos"):
+                if pos.persisted < count or not io.exists(seg.pos_path):
                     created |= self._append_file(
-                        seg.path[:-4] + ".pos",
+                        seg.pos_path,
                         PositionIndex.file_header(self.store_id, seg.first),
                         *(pos.tail_bytes() if pos.persisted < count else (HEADER_SIZE, b"")),
                     )
@@ -533,7 +533,7 @@ class Log:
         for later in moved:
             later.close()
             self.io.unlink(later.path)
-            pos_path = later.path[:-4] + ".pos"
+            pos_path = later.pos_path
             if self.io.exists(pos_path):
                 self.io.unlink(pos_path)
         if moved:

@@ -205,6 +205,11 @@ class Segment:
         self.closed = False
 
     @property
+    def pos_path(self) -> str:
+        """The path of this segment's position file."""
+        return os.path.join(os.path.dirname(self.path), position_name(self.first))
+
+    @property
     def count(self) -> int:
         """Number of records in the segment (that the store holds)."""
         if self._lazy is not None:
@@ -234,7 +239,7 @@ class Segment:
     def _load_positions(self) -> PositionIndex:
         assert self._lazy is not None
         count, checksum = self._lazy
-        path = self.path[:-4] + ".pos"
+        path = self.pos_path
         try:
             buf = self.io.read_file(path)
             return PositionIndex.decode(buf, self.store_id, self.first, count, checksum)

@@ -41,6 +41,7 @@ from logstore.segment import (
     last_nonzero,
     open_segment,
     parse_record,
+    position_name,
     read_segment_header,
 )
 
@@ -271,7 +272,7 @@ def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -
                 result.problem(sp, want_end, f"cannot read: {exc}")
         if e.end != want_end:
             result.problem(ckpt_path, HEADER_SIZE, f"segment {e.first}: checkpoint end {e.end}, log says {want_end}")
-        pos_path = sp[:-4] + ".pos"
+        pos_path = os.path.join(seg_dir, position_name(e.first))
         try:
             pindex = PositionIndex.decode(io.read_file(pos_path), store_id, e.first, e.records, e.checksum)
             if pindex.positions.view().tolist() != found[: e.records]:
