@@ -177,11 +177,12 @@ class Log:
             else:
                 pos = seg.positions
                 count = len(pos)
-                if pos.persisted < count or not io.exists(seg.pos_path):
+                missing = not io.exists(seg.pos_path)
+                if missing:
+                    pos.persisted = 0  # write every entry, not only the new ones
+                if missing or pos.persisted < count:
                     created |= self._append_file(
-                        seg.pos_path,
-                        PositionIndex.file_header(self.store_id, seg.first),
-                        *(pos.tail_bytes() if pos.persisted < count else (HEADER_SIZE, b"")),
+                        seg.pos_path, PositionIndex.file_header(self.store_id, seg.first), *pos.tail_bytes()
                     )
                     pos.persisted = count
                 cached = self._ckpt_sums.get(seg.first)

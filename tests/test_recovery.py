@@ -359,3 +359,15 @@ def test_regression_synced_position_counts_the_group_it_synced(store_dir: Path) 
             store.append_messages(tx, "a", 0, _envs("a", 3))
         first, position, next_goff = store._writer.synced
         assert (first, position, next_goff) == (0, store._log.active.end, 3)
+
+
+def test_position_file_removed_while_open_is_written_whole_at_the_next_checkpoint(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+        for i in range(20):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i, _envs("a", 1))
+        pos_file = Path(store._log.active.pos_path)
+        assert pos_file.exists()
+        pos_file.unlink()
+    assert pos_file.stat().st_size == HEADER_SIZE + 4 * 20
+    assert_verified(store_dir)
