@@ -362,7 +362,8 @@ def test_regression_synced_position_counts_the_group_it_synced(store_dir: Path) 
 
 
 def test_position_file_removed_while_open_is_written_whole_at_the_next_checkpoint(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=64 * 1024) as store:
+    # checkpoint_bytes=1: every commit is followed by a checkpoint, so the file holds all 20 entries.
+    with logstore.open(store_dir, segment_size=64 * 1024, checkpoint_bytes=1) as store:
         for i in range(20):
             with store.transaction() as tx:
                 store.append_messages(tx, "a", i, _envs("a", 1))
