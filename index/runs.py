@@ -189,14 +189,24 @@ class RunIndex:
         raises ``KeyError`` if the stream has no run at or below ``soff``.
         """
         big = self.large.get(sid)
-        if big is not None:
-            s_arr, n = big.soffs.state
-            g_arr = big.goffs.state[0]
-            i = int(np.searchsorted(s_arr[:n], soff, side="right")) - 1
-            if i < 0:
-                raise KeyError((sid, soff))
-            nxt = int(s_arr[i + 1]) if i + 1 < n else -1
-            return int(s_arr[i]), int(g_arr[i]), nxt
+        if big is None:
+            try:
+                return self._find_small(sid, soff)
+            except KeyError:
+                # A merge may have moved the stream to its own file between the two reads:
+                # it enters ``large`` before the shared table without it is published.
+                big = self.large.get(sid)
+                if big is None:
+                    raise
+        s_arr, n = big.soffs.state
+        g_arr = big.goffs.state[0]
+        i = int(np.searchsorted(s_arr[:n], soff, side="right")) - 1
+        if i < 0:
+            raise KeyError((sid, soff))
+        nxt = int(s_arr[i + 1]) if i + 1 < n else -1
+        return int(s_arr[i]), int(g_arr[i]), nxt
+
+    def _find_small(self, sid: int, soff: int) -> tuple[int, int, int]:
         _sids, soffs, goffs, starts, delta = self.snapshot
         entry = delta.get(sid)
         if entry is not None:

@@ -473,7 +473,13 @@ class Log:
         del self.firsts[gi + 1 :]
 
     def _durable_after(self, damage: _Damage) -> bool:
-        """Does a valid record marked SYNCED follow the damage? Then the damage was once durable."""
+        """Was the damaged data once durable, so that it is not a torn write?
+
+        Yes if a valid record marked SYNCED follows it. Without a usable
+        checkpoint nothing tells how far the log was durable, so then any
+        valid record after the damage counts.
+        """
+        strict = self.report.rebuilt != []
         i, p = damage.index, damage.position + 1
         while i < len(self.segments):
             seg = self.segments[i]
@@ -482,7 +488,7 @@ class Log:
                 i, p = i + 1, HEADER_SIZE
                 continue
             rec = parse_record(seg.view, q, seg.size)
-            if rec.flags & FLAG_SYNCED:
+            if strict or rec.flags & FLAG_SYNCED:
                 return True
             p = q + rec.length
         return False
@@ -494,7 +500,8 @@ class Log:
             raise CorruptionError(
                 seg.path,
                 damage.position,
-                damage.what + "; data after it was durable, so this is not a torn write",
+                damage.what + "; data after it was durable (or, with no usable checkpoint, may have been), "
+                "so this is not a torn write",
                 REPAIR_HINT,
             )
         gi, gpos = good
@@ -522,15 +529,9 @@ class Log:
             base = f"{stamp}-{segment_name(later.first)}-0"
             self._save_lost(lf_dir, base, bytes(later.view[:end]), later.path, 0, report.cut_reason)
         self.io.fsync_dir(lf_dir)
-        # 2. Zero the cut bytes in the kept segment, then remove the later segments.
-        if nz > gpos:
-            zero = bytes(min(nz - gpos, 1 << 20))
-            p = gpos
-            while p < nz:
-                n = min(len(zero), nz - p)
-                self.io.pwrite(gseg.fd, zero[:n], p)
-                p += n
-            self.io.fdatasync(gseg.fd)
+        # 2. Remove the later segments first: a crash from here on leaves the kept segment
+        #    as the last one, with a tail the next open cuts again.
+        self._set_end(good)
         for later in moved:
             later.close()
             self.io.unlink(later.path)
@@ -539,8 +540,16 @@ class Log:
                 self.io.unlink(pos_path)
         if moved:
             self.io.fsync_dir(self.seg_dir)
+        # 3. Zero the cut bytes in the kept segment.
+        if nz > gpos:
+            zero = bytes(min(nz - gpos, 1 << 20))
+            p = gpos
+            while p < nz:
+                n = min(len(zero), nz - p)
+                self.io.pwrite(gseg.fd, zero[:n], p)
+                p += n
+            self.io.fdatasync(gseg.fd)
         log.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
-        self._set_end(good)
         # Positions past the cut in the kept segment are not the store's any more.
         gseg.positions.positions.truncate(self.next_goff - gseg.first)
 
@@ -568,7 +577,7 @@ class Log:
         self.report.lost_found += [path, path[:-4] + ".json"]
 
     def close(self) -> None:
-        for seg in self.segments:
-            seg.close()
-        self.segments = []
+        segments, self.segments = self.segments, []
         self.firsts = []
+        for seg in segments:
+            seg.close()

@@ -309,6 +309,9 @@ class Segment:
             ) from None
 
     def close(self) -> None:
+        """Release the mapping and the descriptor; closing twice does nothing."""
+        if self.closed:
+            return
         self.closed = True
         self.view.release()
         if self.mm is not None:

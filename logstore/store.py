@@ -166,8 +166,10 @@ class Store:
             if not readonly:
                 self._writer = Writer(self._log, durability, fsync_interval, checkpoint_bytes, self._wake_readers)
         except BaseException:
-            self._log.close()
-            self._release_lock()
+            try:
+                self._log.close()
+            finally:
+                self._release_lock()
             raise
         report = self._log.report
         if not report.clean:

@@ -372,3 +372,135 @@ def test_position_file_removed_while_open_is_written_whole_at_the_next_checkpoin
         pos_file.unlink()
     assert pos_file.stat().st_size == HEADER_SIZE + 4 * 20
     assert_verified(store_dir)
+
+
+class _CrashAt(FileIO):
+    """Raises at the first call of ``op`` whose path or descriptor matches, as if the process died there."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.fired = False
+        self.segment_fds: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if path.endswith(".log"):
+            self.segment_fds.add(fd)
+        return fd
+
+    def _crash(self, op: str) -> None:
+        if op == self.op and not self.fired:
+            self.fired = True
+            raise OSError(5, f"simulated crash at {op}")
+
+    def unlink(self, path: str) -> None:
+        if path.endswith(".log"):
+            self._crash("unlink")
+        super().unlink(path)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if fd in self.segment_fds and not any(bytes(data[:64])):
+            self._crash("zero")
+        super().pwrite(fd, data, position)
+
+
+class _DiesWritingTheNewSegment(FileIO):
+    """Fails the first data write into a segment created after opening: the process 'dies' mid-roll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.new_fds: set[int] = set()
+        self.armed = False
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if self.armed and path.endswith(".log.tmp"):
+            self.new_fds.add(fd)
+        return fd
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if fd in self.new_fds and position >= HEADER_SIZE:
+            raise OSError(5, "the process died during this write")
+        super().pwrite(fd, data, position)
+
+
+def _torn_transaction_across_a_roll(path: Path) -> tuple[int, str]:
+    """A store whose last transaction began in one segment and died before the next got its records.
+
+    Returns the number of messages committed before it and the new segment's path.
+    """
+    io = _DiesWritingTheNewSegment()
+    store = logstore.open(path, segment_size=64 * 1024, io=io)
+    i = 0
+    while store._log.active.end < 60 * 1024:
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", i, _envs("a", 1))
+        i += 1
+    io.armed = True
+    with pytest.raises(logstore.StoreFailedError), store.transaction() as tx:
+        store.append_messages(tx, "b", 0, _envs("b", 100))  # about 12 KiB: needs the next segment
+    assert len(store._log.segments) == 2
+    second = store._log.active.path
+    store._abandon()
+    return i, second
+
+
+@pytest.mark.parametrize("crash_at", ["unlink", "zero"])
+def test_regression_crash_during_a_cut_leaves_a_store_that_opens(store_dir: Path, crash_at: str) -> None:
+    """A cut once zeroed the kept segment before removing later ones; a crash between left an unopenable store."""
+    kept, second = _torn_transaction_across_a_roll(store_dir)
+    io = _CrashAt(crash_at)
+    with pytest.raises(OSError, match="simulated crash"):
+        logstore.open(store_dir, io=io)
+    assert io.fired
+    if crash_at == "zero":
+        assert not os.path.exists(second)
+    with logstore.open(store_dir) as store:  # not StoreLockedError: the failed open released the lock
+        assert store.recovery_report.cut is not None
+        assert store.global_head == kept
+        assert store.head("b") == 0
+    assert_verified(store_dir)
+
+
+def test_regression_run_lookup_while_a_stream_moves_to_its_own_file() -> None:
+    """A reader that looked in ``large`` before a merge and in the shared table after it found nothing."""
+    from index.runs import LARGE_RUNS, RunIndex
+
+    index = RunIndex()
+    for i in range(LARGE_RUNS + 1):
+        index.add(0, i, 2 * i)
+    assert index.merge() == [0]
+
+    class StaleOnce(dict):  # type: ignore[type-arg]
+        stale = True
+
+        def get(self, key, default=None):  # type: ignore[no-untyped-def]
+            if self.stale:
+                self.stale = False
+                return default  # what a reader saw just before the merge published the stream
+            return super().get(key, default)
+
+    index.large = StaleOnce(index.large)
+    assert index.find(0, 5) == (5, 10, 6)
+
+
+def test_regression_damage_with_no_usable_checkpoint_is_refused_when_valid_data_follows(store_dir: Path) -> None:
+    """With the checkpoint unusable, damage before valid whole transactions was cut as a torn tail."""
+    with logstore.open(store_dir, durability="batch", fsync_interval=3600, segment_size=SEGMENT) as store:
+        for i in range(100):
+            with store.transaction() as tx:
+                store.append_messages(tx, "a", i, _envs("a", 1))
+        seg = store._log.active.path
+    records = _records(seg)
+    _flip(seg, records[50][0] + 40)
+    checkpoint = store_dir / "CHECKPOINT"
+    original = checkpoint.read_bytes()
+    _flip(str(checkpoint), HEADER_SIZE + 2)
+    before = Path(seg).read_bytes()
+    with pytest.raises(CorruptionError) as info:
+        logstore.open(store_dir)
+    assert (info.value.path, info.value.position) == (seg, records[50][0])
+    assert Path(seg).read_bytes() == before
+    checkpoint.write_bytes(original)
+    _flip(seg, records[50][0] + 40)
