@@ -75,6 +75,14 @@ class _Reader:
     def _advance(self) -> bool:
         raise NotImplementedError
 
+    def _segment_for(self, goff: int) -> Segment:
+        try:
+            return self._store._log.segment_for(goff)
+        except (KeyError, IndexError):
+            if self._store.closed:  # close() emptied the segment list under this read
+                raise StreamClosedError("the store was closed during the read") from None
+            raise
+
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosedError("the stream is closed")
@@ -255,7 +263,7 @@ class StreamReader(_Reader):
         goff = run_goff + (want - run_off)
         seg = self._seg
         if seg is None or not seg.first <= goff < seg.first + seg.count:
-            seg = self._seg = self._store._log.segment_for(goff)
+            seg = self._seg = self._segment_for(goff)
         stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
         buf: list[Envelope] = []
         seg.read_many(goff, stop, buf, sid, want)
@@ -287,7 +295,7 @@ class GlobalReader(_Reader):
             return False
         seg = self._seg
         if seg is None or not seg.first <= want < seg.first + seg.count:
-            seg = self._seg = lg.segment_for(want)
+            seg = self._seg = self._segment_for(want)
         buf: list[Envelope] = []
         seg.read_many(want, min(end, seg.first + seg.count, want + self._prefetch), buf)
         return self._fill(buf)
