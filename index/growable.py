@@ -56,8 +56,3 @@ class Growable:
             arr = bigger
         arr[n] = value
         self.state = (arr, n + 1)
-
-    def truncate(self, n: int) -> None:
-        arr, count = self.state
-        if n < count:
-            self.state = (arr, n)

@@ -151,7 +151,7 @@ def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) ->
                     payloads.append(payload)
                     continue
         where = f"stream {stream!r} offset {offset + len(payloads)}"
-        payloads.append(encode(check_envelope(env, where), where))
+        encode(check_envelope(env, where), where)  # raises, saying precisely what is wrong
         raise AssertionError(f"{where}: envelope failed the fast check but passed the full one")  # pragma: no cover
     return payloads
 

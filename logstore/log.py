@@ -550,8 +550,6 @@ class Log:
                 p += n
             self.io.fdatasync(gseg.fd)
         log.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
-        # Positions past the cut in the kept segment are not the store's any more.
-        gseg.positions.positions.truncate(self.next_goff - gseg.first)
 
     def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
         path = os.path.join(lf_dir, base + ".bin")

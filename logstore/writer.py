@@ -286,7 +286,7 @@ class Writer:
         parts: list[bytes] = []
         positions: list[int] = []
         heads: dict[int, int] = {}  # stream id -> head after this batch so far
-        accepted: list[_Pending] = []
+        committed = False
         synced_flag = 0 if self._dirty else FLAG_SYNCED
         sync = self.durability == "fsync" or (
             self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
@@ -390,7 +390,7 @@ class Writer:
                     goff += 1
                 heads[sid] = soff
             p.result = range(tx_first, goff)
-            accepted.append(p)
+            committed = True
         if parts:
             lg.io.pwrite(seg.fd, b"".join(parts), start_pos)
             seg.positions.positions.extend(positions)
@@ -406,4 +406,4 @@ class Writer:
             head[sid] = h
         lg.visible_end = goff
         lg.checkpointed_bytes += written
-        return bool(accepted)
+        return committed
