@@ -36,6 +36,14 @@ def _records(seg_path: str) -> list[tuple[int, int, int]]:
         pos += rec.length
 
 
+def _commit_singles(store: logstore.Store, n: int) -> None:
+    """Commit ``n`` one-message transactions to stream "a", from its head on."""
+    head = store.head("a")
+    for i in range(head, head + n):
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", i, _envs("a", 1))
+
+
 def _write(path: Path, durability: str, txs: list[tuple[str, int]]) -> tuple[str, list[range]]:
     """Commit one transaction per (stream, count), then drop the store as a crash would (nothing lost)."""
     store = logstore.open(path, durability=durability, segment_size=SEGMENT)
@@ -172,9 +180,7 @@ def test_unsynced_mode_cuts_at_the_first_damage(store_dir: Path) -> None:
 
 def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_dir: Path) -> None:
     with logstore.open(store_dir, segment_size=SEGMENT) as store:
-        for i in range(3):
-            with store.transaction() as tx:
-                store.append_messages(tx, "a", i, _envs("a", 1))
+        _commit_singles(store, 3)
         seg = store._log.active.path
     records = _records(seg)
     _flip(seg, records[1][0] + 40)
@@ -364,9 +370,7 @@ def test_regression_synced_position_counts_the_group_it_synced(store_dir: Path) 
 def test_position_file_removed_while_open_is_written_whole_at_the_next_checkpoint(store_dir: Path) -> None:
     # checkpoint_bytes=1: every commit is followed by a checkpoint, so the file holds all 20 entries.
     with logstore.open(store_dir, segment_size=64 * 1024, checkpoint_bytes=1) as store:
-        for i in range(20):
-            with store.transaction() as tx:
-                store.append_messages(tx, "a", i, _envs("a", 1))
+        _commit_singles(store, 20)
         pos_file = Path(store._log.active.pos_path)
         assert pos_file.exists()
         pos_file.unlink()
@@ -488,9 +492,7 @@ def test_regression_run_lookup_while_a_stream_moves_to_its_own_file() -> None:
 def test_regression_damage_with_no_usable_checkpoint_is_refused_when_valid_data_follows(store_dir: Path) -> None:
     """With the checkpoint unusable, damage before valid whole transactions was cut as a torn tail."""
     with logstore.open(store_dir, durability="batch", fsync_interval=3600, segment_size=SEGMENT) as store:
-        for i in range(100):
-            with store.transaction() as tx:
-                store.append_messages(tx, "a", i, _envs("a", 1))
+        _commit_singles(store, 100)
         seg = store._log.active.path
     records = _records(seg)
     _flip(seg, records[50][0] + 40)
