@@ -17,10 +17,11 @@ is current. All integers little-endian::
     96      N       msgpack  array of S strings: the stream names, by stream id
     ...     pad     zero     to a multiple of 8 bytes from the start of the file
     ...     8 * S   u64[S]   head: next unused offset of each stream
-    ...     8 * S   u64[S]   first: first retained offset of each stream (0 until truncation exists)
+    ...     8 * S   u64[S]   first: first retained offset of each stream (raised by truncation and deletion)
     ...     8 * S   u64[S]   run_diff: global offset - offset of the stream's last run
+    ...     8 * S   u64[S]   ctrl: 1 + global offset of the stream's last control record (0: none)
     ...     4 * S   u32[S]   nruns: number of runs of each stream
-    ...     S       u8[S]    flags: bit 0 deleted (reserved; 0 until deletion exists), bit 1 large (own run file)
+    ...     S       u8[S]    flags: bit 0 deleted (until the next append), bit 1 large (own run file)
     ...     pad     zero     to a multiple of 8
     ...     4 * R   u32[R]   shared runs: stream id (sorted by stream id, then offset)
     ...     pad     zero     to a multiple of 8
@@ -66,6 +67,7 @@ class Catalog:
         self.head: npt.NDArray[Any] = np.zeros(64, U64)
         self.first: npt.NDArray[Any] = np.zeros(64, U64)
         self.run_diff: npt.NDArray[Any] = np.zeros(64, U64)
+        self.ctrl: npt.NDArray[Any] = np.zeros(64, U64)
         self.nruns: npt.NDArray[Any] = np.zeros(64, U32)
         self.flags: npt.NDArray[Any] = np.zeros(64, _U8)
 
@@ -82,11 +84,28 @@ class Catalog:
         return sid
 
     def _grow(self, capacity: int) -> None:
-        for attr in ("head", "first", "run_diff", "nruns", "flags"):
+        for attr in ("head", "first", "run_diff", "ctrl", "nruns", "flags"):
             old = getattr(self, attr)
             new = np.zeros(capacity, old.dtype)
             new[: len(old)] = old
             setattr(self, attr, new)
+
+    def place(self, sid: int, name: str) -> None:
+        """Give ``name`` the id ``sid`` when a log that does not start at 0 is scanned.
+
+        Ids then need not appear in order; ids not yet named hold ``""``
+        (:meth:`unnamed` lists them) until their name is found.
+        """
+        if sid >= len(self.head):
+            self._grow(max(2 * len(self.head), sid + 1))
+        if sid >= len(self.names):
+            self.names.extend([""] * (sid + 1 - len(self.names)))
+        self.names[sid] = name
+        self.ids[name] = sid
+
+    def unnamed(self) -> list[int]:
+        """Ids below the highest known one that no name was placed at."""
+        return [i for i, n in enumerate(self.names) if not n]
 
     def head_of(self, name: str) -> int:
         sid = self.ids.get(name)
@@ -115,7 +134,7 @@ class Catalog:
                 add(bytes(8 - size % 8))
 
         pad()
-        for arr in (self.head, self.first, self.run_diff):
+        for arr in (self.head, self.first, self.run_diff, self.ctrl):
             add(arr[:s].astype(U64).tobytes())
         add(self.nruns[:s].astype(U32).tobytes())
         add(self.flags[:s].astype(_U8).tobytes())
@@ -154,7 +173,7 @@ class Catalog:
             raise FormatError(HEADER_SIZE, "body is shorter than its counts")
         s, r, k, n = _COUNTS.unpack_from(buf, HEADER_SIZE)
         pos = HEADER_SIZE + _COUNTS.size
-        need = n + 29 * s + 20 * r + 24 * k + 32
+        need = n + 37 * s + 20 * r + 24 * k + 32
         if need > len(buf):
             raise FormatError(HEADER_SIZE, f"counts (S={s}, R={r}, K={k}, N={n}) need more bytes than the file has")
         try:
@@ -188,6 +207,7 @@ class Catalog:
         cat.head[:s] = take(U64, s)
         cat.first[:s] = take(U64, s)
         cat.run_diff[:s] = take(U64, s)
+        cat.ctrl[:s] = take(U64, s)
         cat.nruns[:s] = take(U32, s)
         cat.flags[:s] = take(_U8, s)
         align()

@@ -7,12 +7,13 @@ c = xxh3-64 of the body; header flags bit 0 = CLEAN (written by ``close()``,
 nothing was appended after it). Body, little-endian::
 
     offset      size    type  field
-    0           8       u64   next global offset (messages in the log up to the checkpoint)
-    8           8       u64   G, number of segments
-    16 + 32*i   8       u64   segment i: first global offset
-    24 + 32*i   8       u64   segment i: records in it up to the checkpoint
-    32 + 32*i   8       u64   segment i: byte position after its last such record
-    40 + 32*i   8       u64   segment i: xxh3-64 of its position file's first ``records`` entries
+    0           8       u64   next global offset (records in the log up to the checkpoint)
+    8           8       u64   log start: the first global offset retention keeps (0 until retention drops any)
+    16          8       u64   G, number of segments
+    24 + 32*i   8       u64   segment i: first global offset
+    32 + 32*i   8       u64   segment i: records in it up to the checkpoint
+    40 + 32*i   8       u64   segment i: byte position after its last such record
+    48 + 32*i   8       u64   segment i: xxh3-64 of its position file's first ``records`` entries
 
 Everything up to the end of the last segment listed is durable when the
 checkpoint is written; recovery scans only what lies after it.
@@ -29,7 +30,7 @@ from index.errors import FormatError
 from index.header import HEADER_SIZE, MAGIC_CHECKPOINT, Header, decode_header, encode_header
 
 FLAG_CLEAN = 1
-_HEAD = struct.Struct("<QQ")
+_HEAD = struct.Struct("<QQQ")
 _SEG = struct.Struct("<QQQQ")
 
 
@@ -45,9 +46,11 @@ class Checkpoint(NamedTuple):
     next_goff: int
     segments: list[SegmentEntry]
     clean: bool
+    log_start: int = 0
 
     def encode(self, store_id: bytes) -> bytes:
-        body = _HEAD.pack(self.next_goff, len(self.segments)) + b"".join(_SEG.pack(*s) for s in self.segments)
+        body = _HEAD.pack(self.next_goff, self.log_start, len(self.segments))
+        body += b"".join(_SEG.pack(*s) for s in self.segments)
         flags = FLAG_CLEAN if self.clean else 0
         header = Header(MAGIC_CHECKPOINT, store_id, self.generation, len(body), xxhash.xxh3_64_intdigest(body), flags)
         return encode_header(header) + body
@@ -65,9 +68,11 @@ class Checkpoint(NamedTuple):
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
         if len(body) < _HEAD.size:
             raise FormatError(HEADER_SIZE, "body is shorter than its fixed fields")
-        next_goff, g = _HEAD.unpack_from(body)
+        next_goff, log_start, g = _HEAD.unpack_from(body)
         if len(body) != _HEAD.size + g * _SEG.size:
-            raise FormatError(HEADER_SIZE + 8, f"segment count {g} does not match the body length")
+            raise FormatError(HEADER_SIZE + 16, f"segment count {g} does not match the body length")
+        if log_start > next_goff:
+            raise FormatError(HEADER_SIZE + 8, f"log start {log_start} is past the next global offset {next_goff}")
         segments = [SegmentEntry(*_SEG.unpack_from(body, _HEAD.size + i * _SEG.size)) for i in range(g)]
         expect = segments[0].first if segments else 0
         for i, s in enumerate(segments):
@@ -79,4 +84,6 @@ class Checkpoint(NamedTuple):
             expect = s.first + s.records
         if expect != next_goff and segments:
             raise FormatError(HEADER_SIZE, f"next global offset {next_goff} disagrees with the segments ({expect})")
-        return cls(header.a, next_goff, segments, bool(header.flags & FLAG_CLEAN)), header.store_id
+        if segments and segments[0].first > log_start:
+            raise FormatError(HEADER_SIZE + 8, f"log start {log_start} is before the first segment {segments[0].first}")
+        return cls(header.a, next_goff, segments, bool(header.flags & FLAG_CLEAN), log_start), header.store_id

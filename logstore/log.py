@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from index.catalog import FLAG_LARGE, Catalog
+from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE
 from index.position import PositionIndex
@@ -38,6 +38,11 @@ from logstore.fileio import FileIO
 from logstore.segment import (
     FLAG_SYNCED,
     FLAG_TX_END,
+    KIND_DELETE,
+    KIND_MESSAGE,
+    KIND_REMOVED,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
     BadRecord,
     Record,
     Segment,
@@ -117,6 +122,9 @@ class Log:
         self.generation = 0
         self.next_goff = 0
         self.visible_end = 0
+        self.log_start = 0  # global offsets below it were dropped by retention
+        self.ckpt_last_first = 0  # first global offset of the last segment the last checkpoint names
+        self.relaxed = False  # scanning a log that does not start at 0: stream ids appear out of order
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
         self.report = RecoveryReport()
         self._scan_start = 0
@@ -129,10 +137,14 @@ class Log:
         return self.segments[-1]
 
     def segment_for(self, goff: int) -> Segment:
-        i = bisect.bisect_right(self.firsts, goff) - 1
-        if i < 0:
-            raise KeyError(goff)
-        return self.segments[i]
+        for _ in range(3):  # retention may replace both lists between the two reads: read again
+            firsts, segments = self.firsts, self.segments
+            i = bisect.bisect_right(firsts, goff) - 1
+            if i < 0:
+                raise KeyError(goff)
+            if i < len(segments) and segments[i].first == firsts[i]:
+                return segments[i]
+        raise KeyError(goff)
 
     # -- creating ----------------------------------------------------------------
 
@@ -154,6 +166,95 @@ class Log:
         seg = create_segment(self.io, self.seg_dir, self.store_id, first, self.segment_size)
         self._add_segment(seg)
         return seg
+
+    # -- retention and compaction ----------------------------------------------------
+
+    def droppable(self) -> list[Segment]:
+        """Sealed segments that lie wholly below the log start (retention dropped them)."""
+        out = []
+        for i, seg in enumerate(self.segments[:-1]):
+            if self.segments[i + 1].first <= self.log_start:
+                out.append(seg)
+        return out
+
+    def drop_segments(self) -> int:
+        """Remove the segments wholly below the log start (writer thread, or open); returns bytes freed.
+
+        Steps: (1) checkpoint without them, so that no checkpoint names a
+        segment about to disappear; (2) close, unlink them and their position
+        files, fsync the directory. A crash between the two leaves files that
+        the next open removes (they lie below the checkpoint's first segment).
+        """
+        gone = self.droppable()
+        if not gone:
+            return 0
+        keep = self.segments[len(gone) :]
+        self.segments, self.firsts = keep, [seg.first for seg in keep]
+        self.checkpoint(clean=False)
+        freed = 0
+        for seg in gone:
+            freed += seg.size
+            self._ckpt_sums.pop(seg.first, None)
+            seg.close()  # a reader holding it gets SegmentRetired and looks again
+            self._unlink_segment_files(seg.path)
+        self.io.fsync_dir(self.seg_dir)
+        return freed
+
+    def _unlink_segment_files(self, path: str) -> None:
+        self.io.unlink(path)
+        pos_path = path[: -len(".log")] + ".pos"
+        if self.io.exists(pos_path):
+            self.io.unlink(pos_path)
+
+    def retention_point(self, age: float | None, max_bytes: int | None, now_ns: int) -> int:
+        """The log start that ``retention_age`` and ``retention_bytes`` call for (whole sealed segments).
+
+        A sealed segment's age counts from when the next one was created,
+        which is after its last record was written. The active segment is
+        never dropped.
+        """
+        segs = self.segments
+        k = 0
+        if age is not None:
+            limit = now_ns - int(age * 1e9)
+            while k < len(segs) - 1 and segs[k + 1].created < limit:
+                k += 1
+        if max_bytes is not None:
+            total = sum(seg.size for seg in segs[k:])
+            while k < len(segs) - 1 and total > max_bytes:
+                total -= segs[k].size
+                k += 1
+        return max(self.log_start, segs[k].first)
+
+    def swap_segment(self, old: Segment, new_path: str, positions: list[int], end: int) -> int:
+        """Put a compacted copy in place of sealed segment ``old`` (writer thread); returns bytes freed.
+
+        ``new_path`` (``<first>.log.compact``) is complete and fsynced.
+        Steps: (1) unlink the old position file and fsync the directory, so
+        that no position file of the old bytes can be taken for the new ones;
+        (2) rename the copy over the segment and fsync the directory: the
+        swap happens here, atomically; (3) checkpoint, which writes the new
+        position file. A crash before (2) leaves the old segment (the next
+        open removes the ``.compact`` file and rebuilds the positions); a
+        crash after it leaves the new one, whose positions the next open
+        rebuilds from the segment itself.
+        """
+        io = self.io
+        i = self.segments.index(old)
+        if io.exists(old.pos_path):
+            io.unlink(old.pos_path)
+        io.fsync_dir(self.seg_dir)
+        io.rename(new_path, old.path)
+        io.fsync_dir(self.seg_dir)
+        seg = open_segment(io, old.path, self.store_id, not self.readonly)
+        seg.positions.positions.extend(positions)
+        seg.end = end
+        self.segments[i] = seg
+        self._ckpt_sums.pop(seg.first, None)
+        freed = old.size - seg.size
+        old.close()  # a reader holding it gets SegmentRetired and looks again
+        self.checkpoint(clean=False)
+        return freed
 
     # -- checkpoint --------------------------------------------------------------
 
@@ -207,7 +308,8 @@ class Log:
             io.fsync_dir(self.stream_dir)
         generation = self.generation + 1
         io.write_file_atomic(self._catalog_path(generation), self.catalog.encode(self.runs, generation, self.store_id))
-        ckpt = Checkpoint(generation, self.next_goff, entries, clean)
+        ckpt = Checkpoint(generation, self.next_goff, entries, clean, self.log_start)
+        self.ckpt_last_first = entries[-1].first
         io.write_file_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt.encode(self.store_id))
         old = self._catalog_path(self.generation)
         self.generation = generation
@@ -265,10 +367,19 @@ class Log:
             for n in self.io.listdir(self.seg_dir):
                 if n.endswith(".tmp"):  # a segment whose creation did not finish; it holds no data
                     self.io.unlink(os.path.join(self.seg_dir, n))
-        for n in names:
+        if not self.readonly:
+            for n in self.io.listdir(self.seg_dir):
+                if n.endswith(".compact"):  # a compaction that did not reach its swap: roll it back
+                    self.io.unlink(os.path.join(self.seg_dir, n))
+        for n in sorted(names):
             stem = n[:-4]
             if len(stem) != 20 or not stem.isdigit():
                 raise CorruptionError(os.path.join(self.seg_dir, n), 0, "not a segment file name", REPAIR_HINT)
+            if ckpt is not None and ckpt.segments and int(stem) < ckpt.segments[0].first:
+                # Dropped by retention, which the checkpoint already records: finish removing it.
+                if not self.readonly:
+                    self._unlink_segment_files(os.path.join(self.seg_dir, n))
+                continue
             self._add_segment(open_segment(self.io, os.path.join(self.seg_dir, n), self.store_id, not self.readonly))
         if not self.segments:
             raise CorruptionError(self.seg_dir, 0, "the store has no segment files", REPAIR_HINT)
@@ -295,17 +406,25 @@ class Log:
                 seg._lazy = None
                 seg.end = HEADER_SIZE
             start = 0
-            self.next_goff = self.segments[0].first
-            if self.next_goff != 0:
-                raise CorruptionError(self.segments[0].path, 32, "the first segment does not start at 0", REPAIR_HINT)
+            # A log that retention has shortened starts later; its streams then appear out of id order.
+            self.next_goff = self.log_start = self.segments[0].first
+            self.relaxed = self.log_start > 0
         else:
             report.checkpoint = "clean" if ckpt.clean else "used"
             start = len(ckpt.segments) - 1
             self.next_goff = ckpt.next_goff
+            self.log_start = ckpt.log_start
             self.generation = ckpt.generation
+            self.ckpt_last_first = ckpt.segments[-1].first
         clean_end = ckpt is not None and ckpt.clean
         self._scan_start = start
         self._scan(start, clean_end)
+        self.relaxed = False
+        unnamed = self.catalog.unnamed()
+        if unnamed:
+            raise CorruptionError(
+                self.segments[0].path, HEADER_SIZE, f"stream id {unnamed[0]} is named nowhere in the log", REPAIR_HINT
+            )
         self.visible_end = self.next_goff
         report.seconds = time.perf_counter() - started
         return ckpt
@@ -328,8 +447,17 @@ class Log:
             except FormatError as exc:
                 raise CorruptionError(path, exc.position, exc.what) from None
         by_first = {seg.first: seg for seg in self.segments}
+        last = ckpt.segments[-1]
         for e in ckpt.segments:
             seg = by_first[e.first]
+            if e is not last and (e.end > seg.size or not io.exists(seg.pos_path)):
+                # A compaction swapped this segment after the checkpoint (or its position file is
+                # gone): walk it now, which also finds where its records end.
+                log.warning("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                seg._lazy = None
+                seg._positions = seg.rebuild_positions(e.records)
+                self.report.rebuilt.append(os.path.relpath(seg.pos_path, self.directory))
+                continue
             seg.end = e.end
             seg.set_lazy_positions(e.records, e.checksum)
             self._ckpt_sums[seg.first] = (e.records, e.checksum)
@@ -348,7 +476,7 @@ class Log:
             if seg is None:
                 path = os.path.join(self.seg_dir, segment_name(e.first))
                 raise CorruptionError(path, 0, "segment named by the checkpoint is missing", REPAIR_HINT)
-            if e.end > seg.size:
+            if e.end > seg.size and e is ckpt.segments[-1]:
                 raise CorruptionError(
                     seg.path, seg.size, f"segment is shorter than the {e.end} bytes checkpointed", REPAIR_HINT
                 )
@@ -393,9 +521,13 @@ class Log:
                     damage = _Damage(i, pos, problem)
                     break
                 pending.append((i, rec))
-                if rec.name is not None and rec.sid >= len(cat) and rec.name not in new_names:
-                    new_names[rec.name] = rec.sid
-                tx_heads[rec.sid] = rec.soff + 1
+                if rec.kind != KIND_RETAIN:
+                    if rec.name is not None and rec.name not in cat.ids and rec.name not in new_names:
+                        new_names[rec.name] = rec.sid
+                    if rec.kind in (KIND_MESSAGE, KIND_REMOVED):
+                        tx_heads[rec.sid] = rec.soff + 1
+                    elif rec.sid not in tx_heads and (rec.sid >= len(cat) or cat.names[rec.sid] == ""):
+                        tx_heads[rec.sid] = rec.soff  # a stream that a control record names first
                 pos += rec.length
                 expected += 1
                 if rec.flags & FLAG_TX_END:
@@ -431,34 +563,65 @@ class Log:
         cat = self.catalog
         if rec.goff != expected:
             return f"global offset {rec.goff}, expected {expected}"
-        if rec.sid < len(cat):
+        kind = rec.kind
+        if kind == KIND_RETAIN:
+            return None if rec.soff <= rec.goff else f"retain record keeps from {rec.soff}, past itself"
+        known = rec.sid < len(cat) and (not self.relaxed or cat.names[rec.sid] != "")
+        if known:
             if rec.name is not None and rec.name != cat.names[rec.sid]:
                 return f"names stream id {rec.sid} {rec.name!r}, the log named it {cat.names[rec.sid]!r} before"
             head = tx_heads.get(rec.sid, int(cat.head[rec.sid]))
+        elif rec.sid not in tx_heads:
+            if rec.name is None:
+                return f"first record of stream id {rec.sid} carries no name"
+            if rec.name in cat.ids or rec.name in new_names:
+                return f"new stream id {rec.sid} ({rec.name!r}) reuses a name"
+            if self.relaxed:
+                return None  # its first record here may have any offset: earlier ones were dropped
+            if rec.sid != len(cat) + len(new_names) or kind in (KIND_TRUNCATE, KIND_DELETE):
+                return f"new stream id {rec.sid} ({rec.name!r}) is out of sequence"
+            head = 0
         else:
-            if rec.sid not in tx_heads:
-                if rec.name is None:
-                    return f"first record of stream id {rec.sid} carries no name"
-                if rec.sid != len(cat) + len(new_names) or rec.name in cat.ids or rec.name in new_names:
-                    return f"new stream id {rec.sid} ({rec.name!r}) is out of sequence"
-            head = tx_heads.get(rec.sid, 0)
+            head = tx_heads[rec.sid]
+        if kind == KIND_TRUNCATE:
+            if rec.soff > head:
+                return f"stream id {rec.sid} truncated before {rec.soff}, past its head {head}"
+            return None
         if rec.soff != head:
-            return f"stream id {rec.sid} offset {rec.soff}, expected {head}"
+            what = "deleted at" if kind == KIND_DELETE else "offset"
+            return f"stream id {rec.sid} {what} {rec.soff}, expected {head}"
         return None
 
     def _apply(self, pending: list[tuple[int, Record]]) -> None:
         cat, runs = self.catalog, self.runs
         for i, rec in pending:
             sid = rec.sid
-            if sid == len(cat):
-                assert rec.name is not None
-                cat.add(rec.name)
-            diff = rec.goff - rec.soff
-            if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
-                runs.add(sid, rec.soff, rec.goff)
-                cat.nruns[sid] += 1
-                cat.run_diff[sid] = diff
-            cat.head[sid] = rec.soff + 1
+            kind = rec.kind
+            if kind == KIND_RETAIN:
+                self.log_start = max(self.log_start, rec.soff)
+            else:
+                if sid >= len(cat) or (self.relaxed and cat.names[sid] == ""):
+                    assert rec.name is not None
+                    if self.relaxed:
+                        # The stream's earlier records were dropped: it starts here.
+                        cat.place(sid, rec.name)
+                        cat.head[sid] = cat.first[sid] = rec.soff
+                    else:
+                        cat.add(rec.name)
+                if kind in (KIND_MESSAGE, KIND_REMOVED):
+                    diff = rec.goff - rec.soff
+                    if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
+                        runs.add(sid, rec.soff, rec.goff)
+                        cat.nruns[sid] += 1
+                        cat.run_diff[sid] = diff
+                    cat.head[sid] = rec.soff + 1
+                    if kind == KIND_MESSAGE:
+                        cat.flags[sid] &= ~FLAG_DELETED & 0xFF
+                else:
+                    cat.first[sid] = max(int(cat.first[sid]), rec.soff)
+                    cat.ctrl[sid] = rec.goff + 1
+                    if kind == KIND_DELETE:
+                        cat.flags[sid] |= FLAG_DELETED
             seg = self.segments[i]
             seg.positions.positions.append(rec.position)
             seg.end = rec.position + rec.length
@@ -479,7 +642,7 @@ class Log:
         checkpoint nothing tells how far the log was durable, so then any
         valid record after the damage counts.
         """
-        strict = self.report.rebuilt != []
+        strict = "all indexes" in self.report.rebuilt
         i, p = damage.index, damage.position + 1
         while i < len(self.segments):
             seg = self.segments[i]

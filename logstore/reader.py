@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
+from logstore.segment import SegmentRetired
 
 if TYPE_CHECKING:
     from logstore.segment import Segment
@@ -36,34 +37,61 @@ def _check_timeout(timeout: object) -> None:
 class _Reader:
     """What both kinds of stream share: position, current message, waiting, closing."""
 
-    __slots__ = ("__weakref__", "_buf", "_bufi", "_closed", "_current", "_env", "_next", "_prefetch", "_store")
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_bufi",
+        "_closed",
+        "_current",
+        "_env",
+        "_epoch",
+        "_next",
+        "_offs",
+        "_prefetch",
+        "_store",
+    )
 
     def __init__(self, store: Store, offset: int) -> None:
         self._store = store
         self._closed = False
         self._current = -1  # offset of the message get() returns; -1 before the first
         self._env: Envelope | None = None
-        self._next = offset  # offset of the next message to return
-        # Envelopes decoded ahead (all committed and visible): _buf[_bufi:] are offsets _next, _next + 1, ...
+        self._next = offset  # where reading goes on once the envelopes decoded ahead are used up
+        # Envelopes decoded ahead (all committed and visible) and their offsets: _buf[_bufi:] are next.
         self._buf: list[Envelope] = []
+        self._offs: list[int] = []
         self._bufi = 0
         self._prefetch = 4  # doubles up to PREFETCH while a reader keeps reading
+        # The store's removal count when _buf was read: a truncation, deletion or retention since then
+        # drops what was decoded ahead, so that no removed message is returned after the removal.
+        self._epoch = store._removals
 
     def _take(self) -> bool:
-        """Step to the next envelope decoded ahead, if any."""
+        """Step to the next envelope decoded ahead, if any (and if nothing was removed since)."""
         i = self._bufi
         buf = self._buf
         if i >= len(buf):
             return False
+        if self._epoch != self._store._removals:
+            self._drop_ahead()
+            return False
         self._env = buf[i]
+        self._current = self._offs[i]
         self._bufi = i + 1
-        self._current = self._next
-        self._next += 1
         return True
 
-    def _fill(self, buf: list[Envelope]) -> bool:
-        self._buf = buf
+    def _drop_ahead(self) -> None:
+        if self._bufi < len(self._buf):
+            self._next = self._offs[self._bufi]
+        self._buf = []
+        self._offs = []
         self._bufi = 0
+
+    def _fill(self, buf: list[Envelope], offs: list[int], resume: int) -> bool:
+        self._buf = buf
+        self._offs = offs
+        self._bufi = 0
+        self._next = resume
         if self._prefetch < PREFETCH:
             self._prefetch *= 2
         return self._take()
@@ -83,6 +111,11 @@ class _Reader:
                 raise StreamClosedError("the store was closed during the read") from None
             raise
 
+    def _retired(self) -> None:
+        """The segment being read was closed under the read: by close(), or replaced by compaction."""
+        if self._store.closed:
+            raise StreamClosedError("the store was closed during the read")
+
     def _check_open(self) -> None:
         if self._closed:
             raise StreamClosedError("the stream is closed")
@@ -94,11 +127,10 @@ class _Reader:
         # Inline _take(): the common case on a scan is an envelope already decoded.
         i = self._bufi
         buf = self._buf
-        if i < len(buf):
+        if i < len(buf) and self._epoch == self._store._removals:
             self._env = buf[i]
             self._bufi = i + 1
-            self._current = self._next
-            self._next += 1
+            self._current = self._offs[i]
             return True
         return self._advance()
 
@@ -111,25 +143,24 @@ class _Reader:
         """
         _check_timeout(timeout)
         self._check_open()
-        if self._advance():
-            return
         cond = self._store._published
         deadline = None if timeout is None else time.monotonic() + timeout
-        with cond:
-            while True:
-                if self._closed:
-                    raise StreamClosedError("the stream was closed while waiting")
-                if self._available():
-                    break
-                if deadline is None:
-                    cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no message within {timeout} s")
-                    cond.wait(remaining)
-        if not self._advance():  # pragma: no cover - _available() said there was one
-            raise AssertionError("a published message could not be read")
+        # _advance() moves past whatever it skips (removed messages, control records), so
+        # when it finds nothing, _available() stays False until something new is published.
+        while not self._advance():
+            with cond:
+                while True:
+                    if self._closed:
+                        raise StreamClosedError("the stream was closed while waiting")
+                    if self._available():
+                        break
+                    if deadline is None:
+                        cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise TimeoutError(f"no message within {timeout} s")
+                        cond.wait(remaining)
 
     async def anext(self, timeout: float | None = None) -> Envelope:
         """Await the next message and return it; cancel like any await.
@@ -244,30 +275,47 @@ class StreamReader(_Reader):
         return int(cat.head[sid])
 
     def _available(self) -> bool:
-        return self._bufi < len(self._buf) or self._next < self._head()
+        if self._bufi < len(self._buf):
+            return True
+        head = self._head()
+        return self._sid is not None and max(self._next, int(self._store._log.catalog.first[self._sid])) < head
 
     def _advance(self) -> bool:
         if self._take():
             return True
-        want = self._next
+        store = self._store
+        lg = store._log
+        self._epoch = store._removals  # before reading the removal bounds below
         head = self._head()
-        if want >= head:
-            return False
         sid = self._sid
-        assert sid is not None
-        run_off, run_goff, limit = self._run
-        if not run_off <= want < limit:
-            run_off, run_goff, nxt = self._store._log.runs.find(sid, want)
-            limit = head if nxt < 0 else min(nxt, head)
-            self._run = (run_off, run_goff, limit)
-        goff = run_goff + (want - run_off)
-        seg = self._seg
-        if seg is None or not seg.first <= goff < seg.first + seg.count:
-            seg = self._seg = self._segment_for(goff)
-        stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
-        buf: list[Envelope] = []
-        seg.read_many(goff, stop, buf, sid, want)
-        return self._fill(buf)
+        if sid is None:
+            return False
+        want = max(self._next, int(lg.catalog.first[sid]))
+        while want < head:
+            run_off, run_goff, limit = self._run
+            if not run_off <= want < limit:
+                run_off, run_goff, nxt = lg.runs.find(sid, want)
+                limit = head if nxt < 0 else min(nxt, head)
+                self._run = (run_off, run_goff, limit)
+            goff = run_goff + (want - run_off)
+            start = lg.log_start
+            if goff < start:  # dropped by retention: skip to the first retained message of the run
+                want += min(start - goff, min(limit, head) - want)
+                continue
+            seg = self._seg
+            if seg is None or not seg.first <= goff < seg.first + seg.count:
+                seg = self._seg = self._segment_for(goff)
+            stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
+            buf: list[Envelope] = []
+            try:
+                seg.read_many(goff, stop, buf, sid, want)
+            except SegmentRetired:
+                self._retired()
+                self._seg = None
+                continue
+            return self._fill(buf, list(range(want, want + len(buf))), want + len(buf))
+        self._next = want
+        return False
 
     def __repr__(self) -> str:
         return f"<logstore stream {self.name!r} next offset {self._next}{' closed' if self._closed else ''}>"
@@ -283,22 +331,36 @@ class GlobalReader(_Reader):
         self._seg: Segment | None = None
 
     def _available(self) -> bool:
-        return self._bufi < len(self._buf) or self._next < self._store._log.visible_end
+        lg = self._store._log
+        return self._bufi < len(self._buf) or max(self._next, lg.log_start) < lg.visible_end
 
     def _advance(self) -> bool:
         if self._take():
             return True
-        want = self._next
-        lg = self._store._log
+        store = self._store
+        lg = store._log
+        self._epoch = store._removals  # before reading the removal bounds below
         end = lg.visible_end
-        if want >= end:
-            return False
-        seg = self._seg
-        if seg is None or not seg.first <= want < seg.first + seg.count:
-            seg = self._seg = self._segment_for(want)
-        buf: list[Envelope] = []
-        seg.read_many(want, min(end, seg.first + seg.count, want + self._prefetch), buf)
-        return self._fill(buf)
+        first = lg.catalog.first
+        want = max(self._next, lg.log_start)
+        while want < end:
+            seg = self._seg
+            if seg is None or not seg.first <= want < seg.first + seg.count:
+                seg = self._seg = self._segment_for(want)
+            buf: list[Envelope] = []
+            offs: list[int] = []
+            try:
+                nxt = seg.read_global(want, min(end, seg.first + seg.count, want + self._prefetch), buf, offs, first)
+            except SegmentRetired:
+                self._retired()
+                self._seg = None
+                continue
+            if buf:
+                return self._fill(buf, offs, nxt)
+            want = nxt
+            self._prefetch = PREFETCH  # skipping: read ahead in big steps
+        self._next = want
+        return False
 
     def __repr__(self) -> str:
         return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"

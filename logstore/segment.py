@@ -7,7 +7,7 @@ time in ns since the epoch) followed by records, back to back::
 
     offset      size  type   field
     0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
-    4           1     u8     kind: 1 = message (others reserved; with a non-zero length, any other kind is damage)
+    4           1     u8     kind: 1 message, 2 truncate, 3 delete, 4 retain, 5 removed (see below)
     5           1     u8     flags: bit 0 TX_END, bit 1 NAMED, bit 2 SYNCED
     6           2     u16    N, byte length of the stream name (0 unless NAMED)
     8           4     u32    stream id
@@ -16,6 +16,15 @@ time in ns since the epoch) followed by records, back to back::
     28          N     utf-8  stream name (only when NAMED)
     28+N        P     bytes  msgpack envelope (P = L - 36 - N)
     L-8         8     u64    xxh3-64 of bytes 0 .. L-9 of the record
+
+Kinds 2..5 are control records with no payload, each a transaction of its
+own that occupies a global offset readers skip: TRUNCATE (stream offset field
+= the stream's new first retained offset, always NAMED), DELETE (the same, at
+the stream's head, and the stream reads as deleted until its next append),
+RETAIN (stream id 0xFFFFFFFF, no name; stream offset field = the global offset
+where the log now starts) and REMOVED (written by compaction in place of a
+message that truncation or deletion removed: the message's header fields,
+flags and name, without its envelope).
 
 TX_END marks the last record of a transaction. NAMED records carry their
 stream's name: the first record of each stream in each segment is NAMED, so
@@ -47,13 +56,26 @@ from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from index.position import PositionIndex
 from logstore.envelope import Envelope, decode
-from logstore.errors import CorruptionError, FormatVersionError, StreamClosedError
+from logstore.errors import CorruptionError, FormatVersionError
 from logstore.fileio import FileIO
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
 CHECKSUM = struct.Struct("<Q")
 RECORD_OVERHEAD = RECORD_HEADER.size + CHECKSUM.size  # 36
 KIND_MESSAGE = 1
+KIND_TRUNCATE = 2
+KIND_DELETE = 3
+KIND_RETAIN = 4
+KIND_REMOVED = 5
+KIND_NAMES = {
+    KIND_MESSAGE: "message",
+    KIND_TRUNCATE: "truncate",
+    KIND_DELETE: "delete",
+    KIND_RETAIN: "retain",
+    KIND_REMOVED: "removed",
+}
+NO_STREAM = 0xFFFFFFFF
+"""The stream id field of a RETAIN record, which belongs to no stream."""
 FLAG_TX_END = 1
 FLAG_NAMED = 2
 FLAG_SYNCED = 4
@@ -76,11 +98,15 @@ def position_name(first: int) -> str:
     return f"{first:020d}.pos"
 
 
-def frame(sid: int, soff: int, goff: int, flags: int, name: bytes, payload: bytes) -> bytes:
+def frame(sid: int, soff: int, goff: int, flags: int, name: bytes, payload: bytes, kind: int = KIND_MESSAGE) -> bytes:
     """One whole record, checksum included."""
-    body = _hdr_pack(RECORD_OVERHEAD + len(name) + len(payload), KIND_MESSAGE, flags, len(name), sid, soff, goff)
+    body = _hdr_pack(RECORD_OVERHEAD + len(name) + len(payload), kind, flags, len(name), sid, soff, goff)
     body = body + name + payload if name else body + payload
     return body + _sum_pack(_xxh(body))
+
+
+class SegmentRetired(Exception):
+    """The segment was closed under a read: the store closed, or compaction or retention replaced it."""
 
 
 class Record(NamedTuple):
@@ -94,6 +120,7 @@ class Record(NamedTuple):
     goff: int
     name: str | None
     payload_start: int
+    kind: int = KIND_MESSAGE
 
 
 class BadRecord(Exception):
@@ -115,14 +142,26 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
     length, kind, flags, nlen, sid, soff, goff = _hdr_unpack(buf, position)
     if length == 0:
         raise BadRecord(position, "record length is 0 (never written)", zero=True)
-    if kind != KIND_MESSAGE:
-        raise BadRecord(position, f"record kind is {kind}, expected {KIND_MESSAGE}")
+    if kind not in KIND_NAMES:
+        raise BadRecord(position, f"record kind is {kind}, not one of 1..5")
     if flags & ~_KNOWN_FLAGS:
         raise BadRecord(position, f"unknown record flags {flags:#x}")
     if length < RECORD_OVERHEAD + nlen or position + length > end:
         raise BadRecord(position, f"record length {length} does not fit (name {nlen} bytes, segment end {end})")
     if bool(flags & FLAG_NAMED) != (nlen > 0):
         raise BadRecord(position, "NAMED flag and name length disagree")
+    if kind != KIND_MESSAGE:
+        if length != RECORD_OVERHEAD + nlen:
+            extra = length - RECORD_OVERHEAD - nlen
+            raise BadRecord(position, f"a {KIND_NAMES[kind]} record carries {extra} payload bytes")
+        if kind in (KIND_TRUNCATE, KIND_DELETE) and not nlen:
+            raise BadRecord(position, f"a {KIND_NAMES[kind]} record must carry its stream's name")
+        if kind == KIND_RETAIN and (nlen or sid != NO_STREAM):
+            raise BadRecord(position, "a retain record must have stream id 0xFFFFFFFF and no name")
+        if kind != KIND_RETAIN and sid == NO_STREAM:
+            raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
+    elif sid == NO_STREAM:
+        raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
     (checksum,) = _sum_unpack(buf, position + length - 8)
     if _xxh(buf[position : position + length - 8]) != checksum:
         raise BadRecord(position, "record checksum mismatch")
@@ -132,15 +171,14 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
             name = bytes(buf[position + 28 : position + 28 + nlen]).decode("utf-8")
         except UnicodeDecodeError:
             raise BadRecord(position, "stream name is not valid UTF-8") from None
-    return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen)
+    return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen, kind)
 
 
 def find_next_record(buf: Any, start: int, end: int) -> int:
     """The position of the first valid record at or after ``start``, or -1.
 
-    Candidates are found with numpy (a record has kind 1 at byte 4 and a
-    plausible length), then checked in full; used to resynchronise after
-    damage.
+    Candidates are found with numpy (a record has a kind from 1 to 5 at
+    byte 4), then checked in full; used to resynchronise after damage.
     """
     if end - start < RECORD_OVERHEAD:
         return -1
@@ -151,7 +189,8 @@ def find_next_record(buf: Any, start: int, end: int) -> int:
         arr = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos)
         if len(arr) <= 4:
             break
-        candidates = np.flatnonzero(arr[4:] == KIND_MESSAGE)
+        kinds = arr[4:]
+        candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_REMOVED))
         for c in candidates.tolist():
             p = pos + c
             if p >= pos + chunk:
@@ -198,6 +237,7 @@ class Segment:
         self.mm: mmap.mmap | None = io.mmap_read(fd, size) if size else None
         self.view: memoryview = memoryview(self.mm) if self.mm is not None else memoryview(b"")
         self.end = HEADER_SIZE
+        self.created = 0  # header field c: creation time in ns
         self.named: set[int] = set()
         self._positions: PositionIndex | None = PositionIndex(first)
         self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
@@ -265,6 +305,7 @@ class Segment:
             position += rec.length
         self.io.records_read += count
         index.positions.extend(found)
+        self.end = position
         return index
 
     def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> None:
@@ -301,12 +342,56 @@ class Segment:
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
             if self.closed:
-                raise StreamClosedError(f"{self.path}: the store was closed during the read") from None
+                raise SegmentRetired(self.path) from None
             if goff > first:
                 return
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
+
+    def read_global(self, goff: int, stop: int, out: list[Envelope], offs: list[int], first: Any) -> int:
+        """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``, and their offsets.
+
+        Control records, REMOVED records and messages below their stream's
+        first retained offset (``first[stream id]``) are skipped. Returns the
+        global offset after the last record examined: ``stop``, or less if
+        damage stopped the read after something was read.
+        """
+        position = self.positions.position(goff)
+        buf = self.view
+        size = self.size
+        start = goff
+        try:
+            while goff < stop:
+                length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
+                end = position + length - 8
+                if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                    raise BadRecord(position, "record header does not match the index")
+                if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                    raise BadRecord(position, "record checksum mismatch")
+                if kind == KIND_MESSAGE:
+                    if rsoff >= first[rsid]:
+                        out.append(decode(buf[position + 28 + nlen : end]))
+                        offs.append(goff)
+                elif kind not in KIND_NAMES:
+                    raise BadRecord(position, f"record kind is {kind}")
+                position = end + 8
+                goff += 1
+        except BadRecord as bad:
+            if out:
+                return goff
+            raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
+        except (ValueError, TypeError, IndexError) as exc:  # msgpack decoding errors are ValueError or TypeError
+            if self.closed:
+                raise SegmentRetired(self.path) from None
+            if out:
+                return goff
+            raise CorruptionError(
+                self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
+            ) from None
+        finally:
+            self.io.records_read += goff - start
+        return goff
 
     def close(self) -> None:
         """Release the mapping and the descriptor; closing twice does nothing."""
@@ -340,7 +425,9 @@ def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segm
         if os.path.basename(path) != expected:
             raise CorruptionError(path, 32, f"header says first global offset {header.a}, file name disagrees")
         size = min(io.size(fd), header.b)
-        return Segment(io, path, store_id, header.a, header.b, fd, size)
+        seg = Segment(io, path, store_id, header.a, header.b, fd, size)
+        seg.created = header.c
+        return seg
     except BaseException:
         io.close(fd)
         raise
@@ -355,11 +442,14 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
         io.fallocate(fd, 0, capacity)
-        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, time.time_ns())), 0)
+        created = time.time_ns()
+        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, created)), 0)
         io.fsync(fd)
         io.rename(tmp, path)
         io.fsync_dir(directory)
     except BaseException:
         io.close(fd)
         raise
-    return Segment(io, path, store_id, first, capacity, fd, capacity)
+    seg = Segment(io, path, store_id, first, capacity, fd, capacity)
+    seg.created = created
+    return seg

@@ -19,12 +19,14 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
+from index.catalog import FLAG_DELETED
 from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE
 from logstore.checkpoint import Checkpoint
+from logstore.compact import CompactReport, compact_store
 from logstore.envelope import Envelope, encode_many
 from logstore.errors import (
     CorruptionError,
@@ -37,7 +39,7 @@ from logstore.errors import (
 from logstore.fileio import FileIO
 from logstore.log import Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
-from logstore.segment import RECORD_OVERHEAD, read_segment_header
+from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
 from logstore.writer import Committer, Tx, Writer
 
 log = logging.getLogger("logstore")
@@ -59,6 +61,17 @@ MAX_ENVELOPE_SIZE = 16 * 2**20
 """Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
 
 
+class StreamInfo(NamedTuple):
+    """What ``store.stream_info`` returns."""
+
+    first: int
+    """The first readable offset."""
+    head: int
+    """The next unused offset."""
+    deleted: bool
+    """Deleted and not appended to since."""
+
+
 def open(
     path: str | os.PathLike[str],
     *,
@@ -67,6 +80,8 @@ def open(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     readonly: bool = False,
     checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+    retention_age: float | None = None,
+    retention_bytes: int | None = None,
     io: FileIO | None = None,
 ) -> Store:
     """Open (creating if need be) the store in directory ``path``.
@@ -80,6 +95,11 @@ def open(
     - ``readonly``: open without the writer lock, beside a writer process;
       sees the log as it was when opened (reopen to see later commits).
     - ``checkpoint_bytes``: log bytes between index checkpoints.
+    - ``retention_age`` (seconds) and ``retention_bytes``: drop whole sealed
+      segments older than that, or the oldest ones while the log is larger
+      than that. Checked at open and whenever a segment fills; what they
+      drop is unreadable at once and its files are removed. ``None`` (the
+      default) keeps everything.
     - ``io``: the file-I/O layer (tests pass a fault-injecting one).
 
     Raises :class:`StoreLockedError` if another process holds the writer
@@ -101,6 +121,18 @@ def open(
         )
     if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes <= 0:
         raise ValueError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
+    if retention_age is not None:
+        if isinstance(retention_age, bool) or not isinstance(retention_age, int | float):
+            raise TypeError(f"retention_age must be a number of seconds or None, got {type(retention_age).__name__}")
+        if not 0 < retention_age < float("inf"):
+            raise ValueError(f"retention_age must be > 0 seconds and finite, got {retention_age!r}")
+    if retention_bytes is not None:
+        if isinstance(retention_bytes, bool) or not isinstance(retention_bytes, int):
+            raise TypeError(f"retention_bytes must be an int or None, got {type(retention_bytes).__name__}")
+        if retention_bytes <= 0:
+            raise ValueError(f"retention_bytes must be > 0, got {retention_bytes}")
+    if readonly and (retention_age is not None or retention_bytes is not None):
+        raise ValueError("retention options need a writable store (readonly=True was given)")
     return Store(
         os.fspath(path),
         durability=durability,
@@ -108,6 +140,8 @@ def open(
         segment_size=segment_size,
         readonly=bool(readonly),
         checkpoint_bytes=checkpoint_bytes,
+        retention_age=None if retention_age is None else float(retention_age),
+        retention_bytes=retention_bytes,
         io=io or FileIO(),
     )
 
@@ -129,6 +163,8 @@ class Store:
         readonly: bool,
         checkpoint_bytes: int,
         io: FileIO,
+        retention_age: float | None = None,
+        retention_bytes: int | None = None,
     ) -> None:
         self.path = path
         self.durability = durability
@@ -141,6 +177,7 @@ class Store:
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
         self._writer: Writer
         self._close_lock = threading.Lock()
+        self._removals = 0  # truncations, deletions and retention moves published so far (writer thread)
         self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
         created = self._prepare_directory()
         try:
@@ -155,7 +192,8 @@ class Store:
             else:
                 used = self._log.load(ckpt, ckpt_problem)
                 if not readonly:
-                    if self._log.report.records_scanned or used is None or self._log.report.cut:
+                    report = self._log.report
+                    if report.records_scanned or used is None or report.cut or report.rebuilt:
                         # The scanned tail may still be only in the page cache: make it durable
                         # before a checkpoint says it is there.
                         self._log.sync_scanned()
@@ -164,7 +202,17 @@ class Store:
                         self._log.mark_unclean(used)
                     self._log.remove_stale_catalogs()
             if not readonly:
-                self._writer = Writer(self._log, durability, fsync_interval, checkpoint_bytes, self._wake_readers)
+                self._log.drop_segments()  # finish a retention that a crash interrupted
+                self._writer = Writer(
+                    self._log,
+                    durability,
+                    fsync_interval,
+                    checkpoint_bytes,
+                    self._wake_readers,
+                    self._count_removal,
+                    retention_age,
+                    retention_bytes,
+                )
         except BaseException:
             try:
                 self._log.close()
@@ -256,15 +304,55 @@ class Store:
         return self._max_payload
 
     def stream_names(self) -> list[str]:
-        """Every stream with at least one committed message, in order of first commit."""
+        """Every stream with a committed message that is not deleted, in order of first commit."""
         cat = self._log.catalog
         names = cat.names[: len(cat)]
-        return [n for i, n in enumerate(names) if cat.head[i] > 0]
+        return [n for i, n in enumerate(names) if cat.head[i] > 0 and not cat.flags[i] & FLAG_DELETED]
 
     def head(self, stream: str) -> int:
-        """The next unused offset of ``stream`` (0 if it has no committed message)."""
+        """The next unused offset of ``stream`` (0 if it has no committed message).
+
+        A deleted or truncated stream keeps its head: the next append goes there.
+        """
         self._check_open()
         return self._log.catalog.head_of(stream)
+
+    def stream_info(self, stream: str) -> StreamInfo | None:
+        """``(first, head, deleted)`` of ``stream``, or ``None`` if it has never been written.
+
+        ``first`` is its first readable offset: offsets below it were removed
+        by truncation, deletion or retention (``first == head`` when none is
+        left).
+        """
+        self._check_open()
+        check_stream_name(stream)
+        lg = self._log
+        cat = lg.catalog
+        sid = cat.ids.get(stream)
+        if sid is None:
+            return None
+        head = int(cat.head[sid])
+        first = int(cat.first[sid])
+        start = lg.log_start
+        if start and first < head:  # retention may have dropped more than truncation did
+            runs = lg.runs.runs_of(sid)
+            found = head
+            for k, (soff, goff) in enumerate(runs):
+                end = runs[k + 1][0] if k + 1 < len(runs) else head
+                lo = max(first, soff)
+                if lo >= end:
+                    continue
+                lo = max(lo, soff + (start - goff))  # the first offset of this run at or past the start
+                if lo < end:
+                    found = lo
+                    break
+            first = found
+        return StreamInfo(first, head, bool(cat.flags[sid] & FLAG_DELETED))
+
+    @property
+    def log_start(self) -> int:
+        """The first global offset retention keeps (0 until retention drops a segment)."""
+        return self._log.log_start
 
     @property
     def global_head(self) -> int:
@@ -347,12 +435,57 @@ class Store:
         tx._appends.append((stream, nameb, offset, payloads))
         tx._heads[stream] = offset + len(payloads)
 
+    # -- removal -------------------------------------------------------------------------------
+
+    def truncate_stream(self, stream: str, before: int) -> None:
+        """Make the offsets of ``stream`` below ``before`` unreadable, for good.
+
+        Recorded in the log (a TRUNCATE record), so it survives a crash and
+        every reopen; durable on return as ``durability`` says. Readers skip
+        the removed messages at once, whether or not ``compact()`` has
+        reclaimed their space. Offsets are never renumbered: the next append
+        still goes at the head. A ``before`` at or below what is already
+        removed does nothing. Raises ``ValueError`` if the stream has never
+        been written or ``before`` is past its head.
+        """
+        self._check_writable()
+        nameb = check_stream_name(stream)
+        _check_offset(before)
+        self._writer.control(KIND_TRUNCATE, stream, nameb, before)
+
+    def delete_stream(self, stream: str) -> None:
+        """Make every message of ``stream`` unreadable (a soft delete), for good.
+
+        Like ``truncate_stream(stream, head)``, and the stream also reads as
+        deleted: ``open_stream`` returns ``found=False`` and ``stream_names``
+        leaves it out, until a later append, which continues at the old head
+        (``append_messages(tx, stream, store.head(stream), ...)``). Deleting a
+        deleted stream does nothing. Raises ``ValueError`` if the stream has
+        never been written.
+        """
+        self._check_writable()
+        nameb = check_stream_name(stream)
+        self._writer.control(KIND_DELETE, stream, nameb, 0)
+
+    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactReport:
+        """Apply retention, then rewrite sealed segments without the messages removals left in them.
+
+        Readers and writers keep working meanwhile; see :mod:`logstore.compact`
+        for the crash-safe steps. ``progress(done, total)`` is called after
+        each sealed segment. Returns what was done and the bytes reclaimed.
+        """
+        self._check_writable()
+        return compact_store(self, progress)
+
+    def _count_removal(self) -> None:
+        self._removals += 1
+
     def open_stream(self, ds: Store, stream: str, offset: int) -> tuple[StreamReader, bool]:
         """Open ``stream`` for reading from ``offset`` (which may be beyond its end).
 
         Returns ``(stream, found)``; ``found`` is False if the stream has no
-        committed message yet. The stream works either way: ``next()`` waits
-        for its messages.
+        committed message yet, or is deleted. The stream works either way:
+        ``next()`` waits for its messages. Removed offsets are skipped.
         """
         self._check_open()
         self._check_ds(ds)
@@ -360,7 +493,9 @@ class Store:
         _check_offset(offset)
         reader = StreamReader(self, stream, offset)
         self._readers.add(reader)
-        return reader, self._log.catalog.head_of(stream) > 0
+        cat = self._log.catalog
+        sid = cat.ids.get(stream)
+        return reader, sid is not None and cat.head[sid] > 0 and not cat.flags[sid] & FLAG_DELETED
 
     def open_global(self, ds: Store, offset: int) -> GlobalReader:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""

@@ -20,15 +20,21 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import xxhash
 
-from logstore.errors import OffsetConflictError, StoreClosedError, StoreFailedError
+from index.catalog import FLAG_DELETED
+from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreFailedError
 from logstore.segment import (
     CHECKSUM,
     FLAG_NAMED,
     FLAG_SYNCED,
     FLAG_TX_END,
+    KIND_DELETE,
     KIND_MESSAGE,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
+    NO_STREAM,
     RECORD_HEADER,
     RECORD_OVERHEAD,
     frame,
@@ -117,14 +123,20 @@ class Committer:
             tx._heads = {}
 
 
-class _Pending:
-    __slots__ = ("done", "error", "result", "tx")
+# A control operation for the writer thread: (record kind, stream name, encoded name, offset), or a callable.
+Control = tuple[int, str, bytes, int]
 
-    def __init__(self, tx: Tx) -> None:
+
+class _Pending:
+    __slots__ = ("call", "control", "done", "error", "result", "tx")
+
+    def __init__(self, tx: Tx | None, control: Control | None = None, call: Callable[[], object] | None = None) -> None:
         self.tx = tx
+        self.control = control
+        self.call = call
         self.done = threading.Lock()
         self.done.acquire()
-        self.result: range | None = None
+        self.result: object = None
         self.error: BaseException | None = None
 
 
@@ -138,12 +150,19 @@ class Writer:
         fsync_interval: float,
         checkpoint_bytes: int,
         publish: Callable[[], None],
+        count_removal: Callable[[], None],
+        retention_age: float | None = None,
+        retention_bytes: int | None = None,
     ) -> None:
         self.log = log_
         self.durability = durability
         self.fsync_interval = fsync_interval
         self.checkpoint_bytes = checkpoint_bytes
         self._publish = publish
+        self._store_removals = count_removal
+        self.retention_age = retention_age
+        self.retention_bytes = retention_bytes
+        self._retention_due = retention_age is not None or retention_bytes is not None
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[_Pending] = []
         self._stopping = False
@@ -160,7 +179,25 @@ class Writer:
     # -- caller side ---------------------------------------------------------------
 
     def commit(self, tx: Tx) -> range:
-        pending = _Pending(tx)
+        result = self._submit(_Pending(tx))
+        assert isinstance(result, range)
+        return result
+
+    def control(self, kind: int, name: str, nameb: bytes, offset: int) -> range:
+        """Write one control record (truncate or delete) as a transaction of its own.
+
+        Returns the range of global offsets written: empty when there was
+        nothing to do.
+        """
+        result = self._submit(_Pending(None, (kind, name, nameb, offset)))
+        assert isinstance(result, range)
+        return result
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` in the writer thread between two groups and return its result."""
+        return self._submit(_Pending(None, call=fn))
+
+    def _submit(self, pending: _Pending) -> object:
         with self._cv:
             if self.failed is not None:
                 raise self.failed
@@ -172,7 +209,6 @@ class Writer:
         pending.done.acquire()
         if pending.error is not None:
             raise pending.error
-        assert pending.result is not None
         return pending.result
 
     def abandon(self) -> None:
@@ -218,14 +254,13 @@ class Writer:
             if self.failed is None:
                 try:
                     if batch:
-                        committed = self._process(batch)
-                        for p in batch:
-                            p.done.release()
+                        self._process_all(batch)
                         batch = []
-                        if committed:
-                            self._publish()
                     elif batch_mode and self._dirty:
                         self._sync()
+                    if self._retention_due:
+                        self._retention_due = False
+                        self.apply_retention()
                     if self.log.checkpointed_bytes >= self.checkpoint_bytes:
                         self._sync()
                         self.log.checkpoint(clean=False)
@@ -272,6 +307,163 @@ class Writer:
                 p.result = None
             p.done.release()
 
+    def _process_all(self, batch: list[_Pending]) -> None:
+        """Process a batch in order: runs of transactions as groups, control items one by one.
+
+        Each item is released as soon as its part is durable and published.
+        """
+        i = 0
+        while i < len(batch):
+            j = i
+            while j < len(batch) and batch[j].tx is not None:
+                j += 1
+            if j > i:
+                group = batch[i:j]
+                committed = self._process(group)
+                for p in group:
+                    p.done.release()
+                del batch[:j]  # what is left is what a failure must still fail
+                i = 0
+                if committed:
+                    self._publish()
+                continue
+            p = batch[0]
+            if p.call is not None:
+                try:
+                    p.result = p.call()
+                except (ValueError, LogStoreError) as exc:  # the call's own refusal; the store stays sound
+                    p.error = exc
+            else:
+                assert p.control is not None
+                self._control(p, p.control)
+            del batch[0]
+            p.done.release()
+
+    def _control(self, p: _Pending, control: Control) -> None:
+        kind, name, nameb, before = control
+        lg = self.log
+        cat = lg.catalog
+        sid = cat.ids.get(name)
+        if sid is None:
+            p.error = ValueError(f"no stream named {name!r}")
+            return
+        head = int(cat.head[sid])
+        first = int(cat.first[sid])
+        deleted = bool(cat.flags[sid] & FLAG_DELETED)
+        if kind == KIND_DELETE:
+            before = head
+            if deleted and first == head:
+                p.result = range(0)
+                return
+        elif before > head:
+            p.error = ValueError(f"stream {name!r}: cannot truncate before offset {before}, its head is {head}")
+            return
+        elif before <= first:
+            p.result = range(0)  # already removed
+            return
+        goff = lg.next_goff
+        self._write_records([(kind, sid, before, nameb)])
+        cat.first[sid] = before
+        if kind == KIND_DELETE:
+            cat.flags[sid] |= FLAG_DELETED
+        cat.ctrl[sid] = goff + 1
+        lg.visible_end = lg.next_goff
+        self._removed()
+        p.result = range(goff, goff + 1)
+
+    def apply_retention(self) -> int:
+        """Drop the old segments that the retention options no longer keep (writer thread).
+
+        Returns the log bytes freed. Steps: (1) write one transaction: a
+        RETAIN record naming the new log start, then a TRUNCATE (or DELETE,
+        for a deleted stream) at its head for every stream whose last record
+        lies below it, so that the log still names the stream and its head
+        once its records are gone; (2) fsync it, whatever the durability
+        mode, since what follows cannot be undone; (3) publish: readers skip
+        everything below the log start from here on; (4) checkpoint without
+        the dropped segments and remove them (``Log.drop_segments``).
+        Recovery replays (1) and finishes (4).
+        """
+        lg = self.log
+        if self.retention_age is None and self.retention_bytes is None:
+            return lg.drop_segments()
+        start = lg.retention_point(self.retention_age, self.retention_bytes, time.time_ns())
+        if start > lg.log_start:
+            cat = lg.catalog
+            n = len(cat)
+            head = cat.head[:n].astype(np.int64)
+            last = np.maximum(cat.run_diff[:n].astype(np.int64) + head - 1, cat.ctrl[:n].astype(np.int64) - 1)
+            carry = np.flatnonzero(last < start).tolist()
+            specs = [(KIND_RETAIN, NO_STREAM, start, b"")]
+            for sid in carry:
+                kind = KIND_DELETE if cat.flags[sid] & FLAG_DELETED else KIND_TRUNCATE
+                specs.append((kind, sid, int(cat.head[sid]), cat.names[sid].encode()))
+            goff = lg.next_goff
+            self._write_records(specs)
+            self._sync()
+            for k, sid in enumerate(carry, start=1):
+                cat.first[sid] = cat.head[sid]
+                cat.ctrl[sid] = goff + k + 1
+            lg.log_start = start
+            lg.visible_end = lg.next_goff
+            log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
+            self._removed()
+        return lg.drop_segments()
+
+    def _removed(self) -> None:
+        """Publish a removal: readers drop what they decoded ahead, then are woken."""
+        self._store_removals()
+        self._publish()
+
+    def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
+        """Write control records ``(kind, stream id, offset field, name)`` as one transaction.
+
+        The writer's slow path: each record is NAMED when it has a name, the
+        last one carries TX_END, and a full segment rolls as in ``_process``.
+        Durable on return as ``durability`` says.
+        """
+        lg = self.log
+        seg = lg.active
+        goff = lg.next_goff
+        parts: list[bytes] = []
+        positions: list[int] = []
+        start = pos = seg.end
+        synced_flag = 0 if self._dirty else FLAG_SYNCED
+        for k, (kind, sid, soff, nameb) in enumerate(specs):
+            size = RECORD_OVERHEAD + len(nameb)
+            if pos + size > seg.capacity:
+                if parts:
+                    lg.io.pwrite(seg.fd, b"".join(parts), start)
+                    seg.positions.positions.extend(positions)
+                seg.end = pos
+                lg.io.fdatasync(seg.fd)
+                self._dirty = False
+                self.synced = (seg.first, seg.end, goff)
+                seg = lg.roll(goff)
+                lg.checkpointed_bytes += self.checkpoint_bytes
+                self._retention_due = self.retention_age is not None or self.retention_bytes is not None
+                start = pos = seg.end
+                parts, positions = [], []
+                synced_flag = FLAG_SYNCED
+            flags = synced_flag | (FLAG_NAMED if nameb else 0) | (FLAG_TX_END if k == len(specs) - 1 else 0)
+            synced_flag = 0
+            if nameb:
+                seg.named.add(sid)
+            parts.append(frame(sid, soff, goff, flags, nameb, b"", kind))
+            positions.append(pos)
+            pos += size
+            goff += 1
+        lg.io.pwrite(seg.fd, b"".join(parts), start)
+        seg.positions.positions.extend(positions)
+        seg.end = pos
+        lg.checkpointed_bytes += pos - start
+        lg.next_goff = goff
+        self._dirty = True
+        if self.durability == "fsync" or (
+            self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
+        ):
+            self._sync()
+
     def _process(self, batch: list[_Pending]) -> bool:
         """Write, sync and publish one group; returns whether anything was committed."""
         lg = self.log
@@ -296,6 +488,7 @@ class Writer:
         sum_pack = CHECKSUM.pack
         xxh = xxhash.xxh3_64_intdigest
         for p in batch:
+            assert p.tx is not None
             appends = p.tx._appends
             # Pass 1: every offset must still be its stream's next one.
             local: dict[str, int] = {}
@@ -365,6 +558,7 @@ class Writer:
                         self.synced = (seg.first, seg.end, goff)
                         seg = lg.roll(goff)
                         lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
+                        self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                         named = seg.named
                         capacity = seg.capacity
                         start_pos = pos = seg.end
@@ -402,8 +596,11 @@ class Writer:
             self._sync()
         # Publish: heads first, then the global end; readers read them in the other order.
         head = cat.head
+        sflags = cat.flags
         for sid, h in heads.items():
             head[sid] = h
+            if sflags[sid] & FLAG_DELETED:  # an append brings a deleted stream back, from its old head on
+                sflags[sid] &= ~FLAG_DELETED & 0xFF
         lg.visible_end = goff
         lg.checkpointed_bytes += written
         return committed
