@@ -39,10 +39,12 @@ from logstore.segment import (
     FLAG_SYNCED,
     FLAG_TX_END,
     KIND_DELETE,
+    KIND_LOST,
     KIND_MESSAGE,
     KIND_REMOVED,
     KIND_RETAIN,
     KIND_TRUNCATE,
+    NO_STREAM,
     BadRecord,
     Record,
     Segment,
@@ -521,10 +523,10 @@ class Log:
                     damage = _Damage(i, pos, problem)
                     break
                 pending.append((i, rec))
-                if rec.kind != KIND_RETAIN:
+                if rec.sid != NO_STREAM:
                     if rec.name is not None and rec.name not in cat.ids and rec.name not in new_names:
                         new_names[rec.name] = rec.sid
-                    if rec.kind in (KIND_MESSAGE, KIND_REMOVED):
+                    if rec.kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                         tx_heads[rec.sid] = rec.soff + 1
                     elif rec.sid not in tx_heads and (rec.sid >= len(cat) or cat.names[rec.sid] == ""):
                         tx_heads[rec.sid] = rec.soff  # a stream that a control record names first
@@ -566,6 +568,8 @@ class Log:
         kind = rec.kind
         if kind == KIND_RETAIN:
             return None if rec.soff <= rec.goff else f"retain record keeps from {rec.soff}, past itself"
+        if rec.sid == NO_STREAM:  # a lost record of no known stream
+            return None
         known = rec.sid < len(cat) and (not self.relaxed or cat.names[rec.sid] != "")
         if known:
             if rec.name is not None and rec.name != cat.names[rec.sid]:
@@ -599,7 +603,7 @@ class Log:
             kind = rec.kind
             if kind == KIND_RETAIN:
                 self.log_start = max(self.log_start, rec.soff)
-            else:
+            elif sid != NO_STREAM:
                 if sid >= len(cat) or (self.relaxed and cat.names[sid] == ""):
                     assert rec.name is not None
                     if self.relaxed:
@@ -608,7 +612,7 @@ class Log:
                         cat.head[sid] = cat.first[sid] = rec.soff
                     else:
                         cat.add(rec.name)
-                if kind in (KIND_MESSAGE, KIND_REMOVED):
+                if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                     diff = rec.goff - rec.soff
                     if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
                         runs.add(sid, rec.soff, rec.goff)

@@ -307,13 +307,16 @@ class StreamReader(_Reader):
                 seg = self._seg = self._segment_for(goff)
             stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
             buf: list[Envelope] = []
+            offs: list[int] = []
             try:
-                seg.read_many(goff, stop, buf, sid, want)
+                seg.read_many(goff, stop, buf, sid, want, offs)
             except SegmentRetired:
                 self._retired()
                 self._seg = None
                 continue
-            return self._fill(buf, list(range(want, want + len(buf))), want + len(buf))
+            if buf:
+                return self._fill(buf, offs, offs[-1] + 1)
+            want += stop - goff  # only records that repair marked lost: skip them
         self._next = want
         return False
 

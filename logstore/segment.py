@@ -7,7 +7,7 @@ time in ns since the epoch) followed by records, back to back::
 
     offset      size  type   field
     0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
-    4           1     u8     kind: 1 message, 2 truncate, 3 delete, 4 retain, 5 removed (see below)
+    4           1     u8     kind: 1 message, 2 truncate, 3 delete, 4 retain, 5 removed, 6 lost (see below)
     5           1     u8     flags: bit 0 TX_END, bit 1 NAMED, bit 2 SYNCED
     6           2     u16    N, byte length of the stream name (0 unless NAMED)
     8           4     u32    stream id
@@ -24,7 +24,10 @@ the stream's head, and the stream reads as deleted until its next append),
 RETAIN (stream id 0xFFFFFFFF, no name; stream offset field = the global offset
 where the log now starts) and REMOVED (written by compaction in place of a
 message that truncation or deletion removed: the message's header fields,
-flags and name, without its envelope).
+flags and name, without its envelope) and LOST (written by ``logstore repair``
+in place of a record that damage destroyed: with the stream id and offset
+that the rest of the log shows it had, or with stream id 0xFFFFFFFF, no
+name and offset 0 when nothing tells). Readers skip REMOVED and LOST records.
 
 TX_END marks the last record of a transaction. NAMED records carry their
 stream's name: the first record of each stream in each segment is NAMED, so
@@ -67,12 +70,14 @@ KIND_TRUNCATE = 2
 KIND_DELETE = 3
 KIND_RETAIN = 4
 KIND_REMOVED = 5
+KIND_LOST = 6
 KIND_NAMES = {
     KIND_MESSAGE: "message",
     KIND_TRUNCATE: "truncate",
     KIND_DELETE: "delete",
     KIND_RETAIN: "retain",
     KIND_REMOVED: "removed",
+    KIND_LOST: "lost",
 }
 NO_STREAM = 0xFFFFFFFF
 """The stream id field of a RETAIN record, which belongs to no stream."""
@@ -158,7 +163,9 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
             raise BadRecord(position, f"a {KIND_NAMES[kind]} record must carry its stream's name")
         if kind == KIND_RETAIN and (nlen or sid != NO_STREAM):
             raise BadRecord(position, "a retain record must have stream id 0xFFFFFFFF and no name")
-        if kind != KIND_RETAIN and sid == NO_STREAM:
+        if kind == KIND_LOST and sid == NO_STREAM and (nlen or soff):
+            raise BadRecord(position, "a lost record of no stream must have no name and stream offset 0")
+        if kind not in (KIND_RETAIN, KIND_LOST) and sid == NO_STREAM:
             raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
     elif sid == NO_STREAM:
         raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
@@ -177,7 +184,7 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
 def find_next_record(buf: Any, start: int, end: int) -> int:
     """The position of the first valid record at or after ``start``, or -1.
 
-    Candidates are found with numpy (a record has a kind from 1 to 5 at
+    Candidates are found with numpy (a record has a kind from 1 to 6 at
     byte 4), then checked in full; used to resynchronise after damage.
     """
     if end - start < RECORD_OVERHEAD:
@@ -190,7 +197,7 @@ def find_next_record(buf: Any, start: int, end: int) -> int:
         if len(arr) <= 4:
             break
         kinds = arr[4:]
-        candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_REMOVED))
+        candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_LOST))
         for c in candidates.tolist():
             p = pos + c
             if p >= pos + chunk:
@@ -308,24 +315,28 @@ class Segment:
         self.end = position
         return index
 
-    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> None:
+    def read_many(
+        self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0, offsets: list[int] | None = None
+    ) -> None:
         """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
         They must all be in this segment; consecutive global offsets are
         consecutive records, so only the first position is looked up. With
-        ``sid >= 0`` the records must also be stream ``sid``'s, from offset ``soff`` on.
+        ``sid >= 0`` the records must also be stream ``sid``'s, from offset ``soff`` on;
+        REMOVED and LOST records among them are skipped, and ``offsets``, when
+        given, receives the stream offset of each envelope returned.
         """
         position = self.positions.position(goff)
         buf = self.view
         size = self.size
         append = out.append
         self.io.records_read += stop - goff
-        first = goff
+        had = len(out)
         try:
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
                 end = position + length - 8
-                if kind != KIND_MESSAGE or rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
                     raise BadRecord(position, "record header does not match the index")
                 if sid >= 0:
                     if rsid != sid or rsoff != soff:
@@ -333,17 +344,22 @@ class Segment:
                     soff += 1
                 if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
                     raise BadRecord(position, "record checksum mismatch")
-                append(decode(buf[position + 28 + nlen : end]))
+                if kind == KIND_MESSAGE:
+                    append(decode(buf[position + 28 + nlen : end]))
+                    if offsets is not None:
+                        offsets.append(rsoff)
+                elif kind not in (KIND_REMOVED, KIND_LOST):
+                    raise BadRecord(position, f"a {KIND_NAMES.get(kind, kind)} record where the index has a message")
                 position = end + 8
                 goff += 1
         except BadRecord as bad:
-            if goff > first:
+            if len(out) > had:
                 return  # hand out what precedes the damage; reading the damaged record raises
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
             if self.closed:
                 raise SegmentRetired(self.path) from None
-            if goff > first:
+            if len(out) > had:
                 return
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
