@@ -410,7 +410,7 @@ class Log:
             start = 0
             # A log that retention has shortened starts later; its streams then appear out of id order.
             self.next_goff = self.log_start = self.segments[0].first
-            self.relaxed = self.log_start > 0
+            self.relaxed = True  # damage repaired or segments dropped may leave ids out of order
         else:
             report.checkpoint = "clean" if ckpt.clean else "used"
             start = len(ckpt.segments) - 1

@@ -9,9 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tools import demo, verify
+from tools import compact, demo, repair, verify
 
-COMMANDS = (demo, verify)
+COMMANDS = (compact, demo, repair, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

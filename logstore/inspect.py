@@ -1,0 +1,304 @@
+"""Read-only views of an open store for tools: every record in global order, and store statistics.
+
+Nothing here writes a file or changes the store's state; both functions
+work on a store opened with ``readonly=True`` beside a live writer (they see
+that store's snapshot) and on a writable store in use (they see what was
+published when the walk started).
+
+- :func:`iter_records` walks the log record by record, control records and
+  REMOVED/LOST records included, and says for each message whether a reader
+  would return it: a message is readable unless its stream offset is below
+  the stream's first retained offset (truncation, deletion) or its global
+  offset is below the log start (retention).
+- :func:`store_stats` counts segments, streams, records by kind, readable
+  messages and holes, and reports the checkpoint and the last recovery.
+
+Damage raises :class:`~logstore.CorruptionError` with the segment file and
+byte position, as readers do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from index.catalog import FLAG_DELETED, FLAG_LARGE
+from index.header import HEADER_SIZE
+from logstore.envelope import Envelope, decode
+from logstore.errors import CorruptionError, StoreClosedError
+from logstore.segment import (
+    KIND_LOST,
+    KIND_MESSAGE,
+    KIND_NAMES,
+    NO_STREAM,
+    BadRecord,
+    Segment,
+    parse_record,
+)
+
+if TYPE_CHECKING:
+    from logstore.store import Store
+
+_CHUNK = 512
+"""Records read from a segment in one go (the segment may be replaced between two chunks)."""
+
+
+class RecordInfo(NamedTuple):
+    """One log record as :func:`iter_records` yields it."""
+
+    goff: int
+    """Its global offset."""
+    kind: str
+    """``"message"``, ``"truncate"``, ``"delete"``, ``"retain"``, ``"removed"`` or ``"lost"``."""
+    stream: str | None
+    """The stream's name; ``None`` for a RETAIN record and a LOST record of no known stream."""
+    offset: int | None
+    """The record's stream offset field: a message's offset; for TRUNCATE the stream's new first
+    retained offset, for DELETE its head; for RETAIN the global offset the log now starts at;
+    ``None`` for a LOST record of no known stream."""
+    envelope: Envelope | None
+    """The decoded envelope of a message record (``None`` for other kinds, or when not decoded)."""
+    readable: bool
+    """Whether readers return it: a message not removed by truncation, deletion or retention."""
+    payload_bytes: int
+    """The envelope's encoded size in bytes (0 for records of other kinds)."""
+
+
+def iter_records(
+    store: Store, start: int = 0, stream: str | None = None, *, envelopes: bool = True
+) -> Iterator[RecordInfo]:
+    """Yield every record from global offset ``start`` on, in global order.
+
+    With ``stream``, only the records of that stream (its messages, REMOVED
+    and LOST records, and its TRUNCATE and DELETE records); ``ValueError`` if
+    the store has never named it. ``envelopes=False`` skips decoding the
+    envelopes (checksums are still checked). Records below the log start are
+    skipped, as readers skip them. The walk ends at the global head published
+    when it starts.
+    """
+    lg = store._log
+    if store.closed:
+        raise StoreClosedError(f"{store.path}: the store is closed")
+    cat = lg.catalog
+    n = len(cat)
+    names = list(cat.names[:n])
+    firsts: list[int] = cat.first[:n].tolist()
+    want_sid = -1
+    if stream is not None:
+        sid = cat.ids.get(stream)
+        if sid is None:
+            raise ValueError(f"no stream named {stream!r}")
+        want_sid = sid
+        runs = lg.runs.runs_of(sid)
+        if runs:  # nothing of the stream comes before its first run
+            start = max(start, runs[0][1])
+    end = lg.visible_end
+    log_start = lg.log_start
+    goff = max(start, log_start)
+    while goff < end:
+        try:
+            seg = lg.segment_for(goff)
+        except (KeyError, IndexError):
+            if store.closed:
+                raise StoreClosedError(f"{store.path}: the store was closed during the walk") from None
+            raise CorruptionError(lg.seg_dir, 0, f"no segment holds global offset {goff}") from None
+        stop = min(end, seg.first + seg.count, goff + _CHUNK)
+        if stop <= goff:
+            raise CorruptionError(seg.path, seg.end, f"global offset {goff} is past the segment's records")
+        try:
+            chunk = _read_chunk(seg, goff, stop, want_sid, envelopes, names, firsts, log_start)
+        except _Retired:
+            if store.closed:
+                raise StoreClosedError(f"{store.path}: the store was closed during the walk") from None
+            continue  # compaction or retention replaced the segment: look it up again
+        yield from chunk
+        goff = stop
+
+
+class _Retired(Exception):
+    """The segment was closed while it was read."""
+
+
+def _read_chunk(
+    seg: Segment,
+    goff: int,
+    stop: int,
+    want_sid: int,
+    envelopes: bool,
+    names: list[str],
+    firsts: list[int],
+    log_start: int,
+) -> list[RecordInfo]:
+    out: list[RecordInfo] = []
+    try:
+        position = seg.positions.position(goff)
+        buf = seg.view
+        size = seg.size
+        while goff < stop:
+            rec = parse_record(buf, position, size)
+            if rec.goff != goff:
+                raise BadRecord(position, f"record has global offset {rec.goff}, the index says {goff}")
+            sid = rec.sid
+            if want_sid < 0 or sid == want_sid:
+                kind = rec.kind
+                if sid == NO_STREAM:
+                    name = None
+                    offset: int | None = rec.soff if kind != KIND_LOST else None
+                else:
+                    name = names[sid] if sid < len(names) and names[sid] else rec.name
+                    offset = rec.soff
+                env = None
+                readable = False
+                if kind == KIND_MESSAGE:
+                    readable = goff >= log_start and sid < len(firsts) and rec.soff >= firsts[sid]
+                    if envelopes:
+                        payload = buf[rec.payload_start : position + rec.length - 8]
+                        try:
+                            env = decode(payload)
+                        except (ValueError, TypeError) as exc:
+                            if seg.closed:
+                                raise _Retired from None
+                            raise CorruptionError(
+                                seg.path, position, f"global offset {goff}: envelope does not decode: {exc}"
+                            ) from None
+                nbytes = rec.position + rec.length - 8 - rec.payload_start
+                out.append(RecordInfo(goff, KIND_NAMES[kind], name, offset, env, readable, nbytes))
+            position += rec.length
+            goff += 1
+    except BadRecord as bad:
+        if seg.closed:
+            raise _Retired from None
+        raise CorruptionError(seg.path, bad.position, f"global offset {goff}: {bad.what}") from None
+    except (ValueError, KeyError, IndexError):  # a released mapping, or an index that lost the offset
+        if seg.closed:
+            raise _Retired from None
+        raise
+    return out
+
+
+def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Counts and facts about ``store``, as plain JSON-ready values.
+
+    Walks every record from the log start (checksums are checked, envelopes
+    are not decoded); ``progress(n)``, when given, is called now and then
+    with the number of records walked since its last call. Keys:
+
+    - ``path``, ``global_head`` (next global offset), ``log_start``;
+    - ``segments``: ``{file, first, records, bytes, capacity}`` per segment
+      (``bytes``: up to the end of its last record, header included);
+    - ``streams``: ``total`` ever named, ``live`` (listed by
+      ``stream_names``), ``deleted``, ``truncated`` (not deleted, with
+      removed offsets), ``with_removed`` (truncated or deleted), ``large``
+      (with a run file of their own);
+    - ``messages``: ``readable``;
+    - ``records``: count by kind name, and ``total``;
+    - ``holes``: ``awaiting_compaction`` (messages removed by truncation or
+      deletion whose bytes are still in the log), ``reclaimable_bytes``
+      (their envelope bytes, which compaction frees), ``removed`` and ``lost``
+      (REMOVED and LOST records);
+    - ``log_bytes`` (record bytes), ``disk_bytes`` (segment file bytes);
+    - ``checkpoint``: ``generation``, ``next_global_offset``, ``clean`` (the
+      ``CHECKPOINT`` file said the store was closed cleanly when it was opened);
+    - ``recovery``: the last :class:`~logstore.RecoveryReport` as a dict,
+      with its ``summary``.
+    """
+    lg = store._log
+    segments = list(lg.segments)
+    cat = lg.catalog
+    n = len(cat)
+    head = cat.head[:n]
+    first = cat.first[:n]
+    flags = cat.flags[:n]
+    deleted = (flags & FLAG_DELETED) != 0
+    removed_some = first > 0
+    kinds = dict.fromkeys(KIND_NAMES.values(), 0)
+    readable = awaiting = reclaimable = 0
+    step = 0
+    for rec in iter_records(store, envelopes=False):
+        kinds[rec.kind] += 1
+        if rec.kind == "message":
+            if rec.readable:
+                readable += 1
+            elif rec.stream is not None:
+                awaiting += 1
+                reclaimable += rec.payload_bytes
+        step += 1
+        if progress is not None and step == 4096:
+            progress(step)
+            step = 0
+    if progress is not None and step:
+        progress(step)
+    report = lg.report
+    recovery = dataclasses.asdict(report)
+    recovery["clean"] = report.clean
+    recovery["summary"] = report.summary()
+    return {
+        "path": store.path,
+        "global_head": int(lg.visible_end),
+        "log_start": int(lg.log_start),
+        "segments": [
+            {
+                "file": os.path.basename(seg.path),
+                "first": seg.first,
+                "records": seg.count,
+                "bytes": seg.end,
+                "capacity": seg.capacity,
+            }
+            for seg in segments
+        ],
+        "streams": {
+            "total": n,
+            "live": int(np.count_nonzero((head > 0) & ~deleted)),
+            "deleted": int(np.count_nonzero(deleted)),
+            "truncated": int(np.count_nonzero(removed_some & ~deleted)),
+            "with_removed": int(np.count_nonzero(removed_some | deleted)),
+            "large": int(np.count_nonzero(flags & FLAG_LARGE)),
+        },
+        "messages": {"readable": readable},
+        "records": {**kinds, "total": sum(kinds.values())},
+        "holes": {
+            "awaiting_compaction": awaiting,
+            "reclaimable_bytes": reclaimable,
+            "removed": kinds["removed"],
+            "lost": kinds["lost"],
+        },
+        "log_bytes": sum(max(0, seg.end - HEADER_SIZE) for seg in segments),
+        "disk_bytes": sum(seg.size for seg in segments),
+        "checkpoint": {
+            "generation": int(lg.generation),
+            "next_global_offset": int(lg.next_goff),
+            "clean": report.checkpoint == "clean",
+        },
+        "recovery": recovery,
+    }
+
+
+def stream_start(store: Store, stream: str, offset: int) -> int:
+    """The global offset to walk from to see ``stream``'s records from stream offset ``offset`` on.
+
+    That is the global offset of the record at ``offset`` (messages,
+    REMOVED and LOST records hold stream offsets), or, for an ``offset`` at
+    or past the stream's head, the one after its last such record (so that
+    control records written after it are seen). ``ValueError`` if the store
+    has never named the stream.
+    """
+    lg = store._log
+    cat = lg.catalog
+    sid = cat.ids.get(stream)
+    if sid is None:
+        raise ValueError(f"no stream named {stream!r}")
+    head = int(cat.head[sid])
+    if head == 0:
+        return 0
+    soff = min(offset, head - 1)
+    try:
+        run_off, run_goff, _next = lg.runs.find(sid, soff)
+    except KeyError:  # below the stream's first run (a log that retention shortened)
+        runs = lg.runs.runs_of(sid)
+        return runs[0][1] if runs else 0
+    goff = run_goff + (soff - run_off)
+    return goff + 1 if offset >= head else goff

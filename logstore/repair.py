@@ -1,0 +1,470 @@
+"""Repair: make a damaged store whole again, keeping every undamaged record at its offsets.
+
+``repair(path)`` takes the writer lock and then:
+
+1. Moves stray files (anything that is not part of the store's layout) into
+   ``lost+found/``.
+2. Reads every segment. A damaged header is rebuilt from the file name and
+   size; a segment of another store is moved to ``lost+found/``. Inside a
+   segment, every valid record is kept; after damage the walk resynchronises
+   on the next valid record (``find_next_record``). The damaged bytes are
+   copied to ``lost+found/`` with a JSON manifest (file, byte position,
+   length, the global offsets they held).
+3. Gives every global offset whose record was destroyed (inside a segment,
+   or a whole segment missing from the middle) a LOST record, so that global
+   offsets stay consecutive. Where the surviving records show which stream
+   offsets are missing (a stream that jumps from offset 4 to 7 lost 5 and 6
+   between those two records), the LOST records carry that stream and
+   offset, so stream offsets stay contiguous too; readers skip them.
+4. Cuts a trailing transaction that has no end record (as recovery does).
+5. Writes each segment that changed as a new file (``<name>.repair``,
+   fsynced, renamed over the old one, directory fsynced), deletes every
+   derived file (CHECKPOINT, catalogs, position and run files) and opens the
+   store, which rebuilds them from the log.
+
+A store that verifies clean is left untouched, so repairing twice gives the
+same store as repairing once. ``dry_run=True`` reports the plan and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from index.errors import FormatError, UnsupportedVersionError
+from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.checkpoint import Checkpoint
+from logstore.errors import FormatVersionError, StoreLockedError
+from logstore.fileio import FileIO
+from logstore.segment import (
+    FLAG_NAMED,
+    FLAG_TX_END,
+    KIND_DELETE,
+    KIND_LOST,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
+    NO_STREAM,
+    RECORD_OVERHEAD,
+    BadRecord,
+    Record,
+    find_next_record,
+    frame,
+    last_nonzero,
+    parse_record,
+    segment_name,
+)
+from logstore.store import open as open_store
+from logstore.verify import verify
+
+_TOP = {"LOCK", "CHECKPOINT", "CHECKPOINT.tmp", "segments", "streams", "lost+found"}
+
+
+@dataclass
+class RepairReport:
+    """What ``repair`` found and did (or, with ``dry_run``, would do)."""
+
+    path: str
+    dry_run: bool = False
+    actions: list[str] = field(default_factory=list)
+    lost_found: list[str] = field(default_factory=list)
+    records_kept: int = 0
+    records_lost: int = 0
+    bytes_moved: int = 0
+    lost_offsets: dict[str, list[int]] = field(default_factory=dict)  # stream -> offsets marked lost
+    changed: bool = False
+
+
+@dataclass
+class _Seg:
+    path: str
+    first: int
+    data: bytes
+    header_bad: str | None = None
+    records: list[Record] = field(default_factory=list)
+    damage: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, what)
+
+
+def _stray(name: str, where: str) -> bool:
+    if where == "top":
+        return name not in _TOP and not (name.startswith("catalog.") and name[8:].rstrip(".tmp").isdigit())
+    if where == "segments":
+        stem = name.split(".", 1)[0]
+        rest = name[len(stem) :]
+        return not (len(stem) == 20 and stem.isdigit() and rest in (".log", ".pos", ".log.tmp", ".log.compact"))
+    stem = name[: -len(".runs")]
+    return not (name.endswith(".runs") and len(stem) == 10 and stem.isdigit())
+
+
+def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> RepairReport:
+    """Repair the store in ``path``; see the module docstring. Raises ``StoreLockedError`` if a writer has it."""
+    io = io or FileIO()
+    report = RepairReport(path, dry_run)
+    seg_dir = os.path.join(path, "segments")
+    if not os.path.isdir(seg_dir):
+        raise FileNotFoundError(f"{path}: not a logstore store (no segments/ directory)")
+    lock_fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLockedError(f"{path}: a writer holds the store; close it before repairing") from None
+        _repair_locked(path, io, report)
+    finally:
+        io.close(lock_fd)  # closing the descriptor releases the lock
+    if not dry_run and report.changed:
+        with open_store(path) as store:
+            report.actions.append(f"rebuilt the indexes from the log: {store.recovery_report.summary()}")
+    return report
+
+
+def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
+    seg_dir = os.path.join(path, "segments")
+    stream_dir = os.path.join(path, "streams")
+    _check_versions(path, io)
+    result = verify(path, io)
+    if result.ok:
+        report.actions.append("verify finds no problem: nothing to repair")
+        return
+    report.changed = True
+    lf = _LostFound(path, io, report)
+    # 1. Stray files.
+    for where, d in (("top", path), ("segments", seg_dir), ("streams", stream_dir)):
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(io.listdir(d)):
+            if _stray(name, where):
+                lf.move(os.path.join(d, name), "stray file: not part of the store's layout")
+    # 2. Segments.
+    store_id = _store_id(path, io)
+    segs: list[_Seg] = []
+    for name in sorted(io.listdir(seg_dir)):
+        if not name.endswith(".log") or _stray(name, "segments"):
+            continue
+        p = os.path.join(seg_dir, name)
+        data = io.read_file(p)
+        seg = _Seg(p, int(name[:20]), data)
+        try:
+            header = decode_header(data, MAGIC_SEGMENT)
+            if header.store_id != store_id:
+                lf.move(p, "segment of another store (store id differs)")
+                continue
+            if header.a != seg.first:
+                seg.header_bad = f"header names global offset {header.a}"
+        except FormatError as exc:
+            seg.header_bad = f"header damaged at byte {exc.position}: {exc.what}"
+        segs.append(seg)
+    if not segs:
+        report.actions.append("no segment is left: the store holds nothing to repair")
+        return
+    for seg in segs:
+        _walk(seg)
+    # 3. Global offsets: find every one no record holds. The log starts at 0 unless retention moved it.
+    retained = max((r.soff for seg in segs for r in seg.records if r.kind == KIND_RETAIN), default=0)
+    expected = segs[0].first if segs[0].first <= retained else 0
+    gaps: list[tuple[int, int, int]] = []  # (segment index, first lost goff, count)
+    for si, seg in enumerate(segs):
+        if seg.first > expected:
+            gaps.append((si, expected, seg.first - expected))  # a segment missing from the middle
+            expected = seg.first
+        kept = []
+        for rec in seg.records:
+            if rec.goff < expected:
+                seg.damage.append((rec.position, rec.position + rec.length, f"global offset {rec.goff} repeats"))
+                continue
+            if rec.goff > expected:
+                gaps.append((si, expected, rec.goff - expected))
+            kept.append(rec)
+            expected = rec.goff + 1
+        seg.records = kept
+    # 4. A trailing transaction without its end record is cut, as recovery would.
+    last = segs[-1]
+    while last.records and not last.records[-1].flags & FLAG_TX_END:
+        rec = last.records.pop()
+        last.damage.append((rec.position, rec.position + rec.length, "transaction without its end record"))
+    while gaps and gaps[-1][0] == len(segs) - 1 and not any(r.goff > gaps[-1][1] for r in last.records):
+        gaps.pop()  # nothing survives after it: the tail is cut, not filled
+    # 5. Which stream offsets the gaps held.
+    lost, names = _attribute(segs, gaps)
+    report.records_kept = sum(len(s.records) for s in segs)
+    report.records_lost = sum(n for _si, _g, n in gaps)
+    for si, seg in enumerate(segs):
+        seg_gaps = [(g, n) for gi, g, n in gaps if gi == si]
+        if not seg_gaps and not seg.damage and seg.header_bad is None:
+            continue
+        why = seg.header_bad or (seg.damage[0][2] if seg.damage else "global offsets missing")
+        report.actions.append(
+            f"{seg.path}: rewrite ({why}); keep {len(seg.records)} records, "
+            f"mark {sum(n for _g, n in seg_gaps)} global offsets lost"
+        )
+        for start, end, what in seg.damage:
+            lf.save(seg.data[start:end], seg.path, start, what)
+        if seg.header_bad is not None:
+            lf.save(seg.data[:HEADER_SIZE], seg.path, 0, seg.header_bad)
+        _rewrite(seg, seg_gaps, lost, names, store_id, io, report)
+    if not report.dry_run:
+        io.fsync_dir(seg_dir)
+    for name, offs in sorted(_lost_by_stream(lost).items()):
+        report.lost_offsets[name] = offs
+    # 6. Derived files: the next open rebuilds them from the log.
+    derived = [os.path.join(path, n) for n in io.listdir(path) if n == "CHECKPOINT" or n.startswith("catalog.")]
+    derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(".pos")]
+    if os.path.isdir(stream_dir):
+        derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(".runs")]
+    report.actions.append(f"delete {len(derived)} derived index files (rebuilt from the log)")
+    if not report.dry_run:
+        for p in derived:
+            io.unlink(p)
+        io.fsync_dir(path)
+
+
+def _check_versions(path: str, io: FileIO) -> None:
+    """A file of an unknown format version stops the repair before anything changes."""
+    seg_dir = os.path.join(path, "segments")
+    for name in sorted(io.listdir(seg_dir)):
+        if name.endswith(".log") and not _stray(name, "segments"):
+            p = os.path.join(seg_dir, name)
+            try:
+                decode_header(io.read_file(p)[:HEADER_SIZE], MAGIC_SEGMENT)
+            except UnsupportedVersionError as exc:
+                raise FormatVersionError(p, exc.position, exc.what) from None
+            except FormatError:
+                pass
+    ckpt = os.path.join(path, "CHECKPOINT")
+    if io.exists(ckpt):
+        try:
+            Checkpoint.decode(io.read_file(ckpt), None)
+        except UnsupportedVersionError as exc:
+            raise FormatVersionError(ckpt, exc.position, exc.what) from None
+        except FormatError:
+            pass
+
+
+def _store_id(path: str, io: FileIO) -> bytes:
+    """The store id: the checkpoint's, else the one most segment headers carry."""
+    try:
+        return Checkpoint.decode(io.read_file(os.path.join(path, "CHECKPOINT")), None)[1]
+    except (OSError, FormatError):
+        pass
+    seg_dir = os.path.join(path, "segments")
+    votes: dict[bytes, int] = {}
+    for name in io.listdir(seg_dir):
+        if name.endswith(".log"):
+            try:
+                h = decode_header(io.read_file(os.path.join(seg_dir, name))[:HEADER_SIZE], MAGIC_SEGMENT)
+            except FormatError:
+                continue
+            votes[h.store_id] = votes.get(h.store_id, 0) + 1
+    if not votes:
+        raise FormatVersionError(seg_dir, 0, "no segment header is readable: the store id is unknown")
+    return max(votes, key=lambda k: votes[k])
+
+
+def _walk(seg: _Seg) -> None:
+    """Collect the valid records of a segment and the damaged byte ranges between them."""
+    buf = memoryview(seg.data)
+    size = len(buf)
+    pos = HEADER_SIZE
+    while pos < size:
+        try:
+            rec = parse_record(buf, pos, size)
+        except BadRecord as bad:
+            nxt = find_next_record(buf, pos + 1, size)
+            if bad.zero:
+                if nxt < 0:
+                    nz = last_nonzero(buf, pos, size)
+                    if nz > pos:
+                        seg.damage.append((pos, nz, "non-zero bytes after the last record"))
+                    break
+                seg.damage.append((pos, nxt, "zeroed bytes inside the records"))
+                pos = nxt
+                continue
+            end = nxt if nxt >= 0 else max(last_nonzero(buf, pos, size), pos + 1)
+            seg.damage.append((pos, end, bad.what))
+            if nxt < 0:
+                break
+            pos = nxt
+            continue
+        seg.records.append(rec)
+        pos += rec.length
+
+
+def _attribute(
+    segs: list[_Seg], gaps: list[tuple[int, int, int]]
+) -> tuple[dict[int, tuple[int, int, str]], dict[int, str]]:
+    """Map lost global offsets to the (stream id, stream offset, name) that the surviving records show.
+
+    A stream whose next surviving record is at a higher offset than its
+    head lost the offsets in between, between the global offsets of its two
+    records. Returns that map and every stream's name.
+    """
+    names: dict[int, str] = {}
+    for seg in segs:
+        for rec in seg.records:
+            if rec.name is not None and rec.sid != NO_STREAM:
+                names.setdefault(rec.sid, rec.name)
+    free = sorted(g for _si, g0, n in gaps for g in range(g0, g0 + n))
+    out: dict[int, tuple[int, int, str]] = {}
+    from_zero = segs[0].first == 0 or any(g0 == 0 for _si, g0, _n in gaps)
+    head: dict[int, tuple[int, int]] = {}  # stream id -> (next offset, global offset of its last record)
+    for seg in segs:
+        for rec in seg.records:
+            sid = rec.sid
+            if rec.kind == KIND_RETAIN or sid == NO_STREAM:
+                continue
+            at = rec.soff
+            nxt, last_g = head.get(sid, (0 if from_zero else at, -1))
+            if at > nxt:
+                lo = bisect.bisect_right(free, last_g)
+                hi = bisect.bisect_left(free, rec.goff)
+                take = free[lo : min(hi, lo + at - nxt)]
+                for k, g in enumerate(take):
+                    out[g] = (sid, nxt + k, names.get(sid, f"lost-stream-{sid}"))
+                del free[lo : lo + len(take)]
+            if rec.kind == KIND_TRUNCATE:
+                head[sid] = (max(nxt, at), rec.goff)
+            elif rec.kind == KIND_DELETE:
+                head[sid] = (at, rec.goff)
+            else:
+                head[sid] = (at + 1, rec.goff)
+    # Stream ids that no surviving record holds still need a name in the log.
+    known = set(head) | {sid for sid, _o, _n in out.values()}
+    for sid in range(max(known, default=-1) + 1):
+        if sid not in known and free:
+            name = names.get(sid, f"lost-stream-{sid}")
+            names[sid] = name
+            out[free.pop(0)] = (sid, 0, name)
+    for sid in known:
+        names.setdefault(sid, f"lost-stream-{sid}")
+    return out, names
+
+
+def _lost_by_stream(lost: dict[int, tuple[int, int, str]]) -> dict[str, list[int]]:
+    by: dict[str, list[int]] = {}
+    for _g, (_sid, soff, name) in sorted(lost.items()):
+        by.setdefault(name, []).append(soff)
+    return by
+
+
+def _rewrite(
+    seg: _Seg,
+    gaps: list[tuple[int, int]],
+    lost: dict[int, tuple[int, int, str]],
+    names: dict[int, str],
+    store_id: bytes,
+    io: FileIO,
+    report: RepairReport,
+) -> None:
+    """Write the segment anew: kept records and LOST records in global order, each stream named first."""
+    items: list[tuple[int, bytes | None, Record | None]] = [(r.goff, None, r) for r in seg.records]
+    for g, n in gaps:
+        items.extend((x, None, None) for x in range(g, g + n))
+    items.sort(key=lambda t: t[0])
+    first = min([seg.first, *(t[0] for t in items)]) if items else seg.first
+    named: set[int] = set()
+    parts: list[bytes] = []
+    for goff, _unused, rec in items:
+        if rec is None:
+            sid, soff, name = lost.get(goff, (NO_STREAM, 0, ""))
+            nameb = name.encode() if sid != NO_STREAM and sid not in named else b""
+            if sid != NO_STREAM:
+                named.add(sid)
+            parts.append(frame(sid, soff, goff, FLAG_TX_END | (FLAG_NAMED if nameb else 0), nameb, b"", KIND_LOST))
+            continue
+        raw = seg.data[rec.position : rec.position + rec.length]
+        if rec.sid != NO_STREAM and rec.sid not in named and rec.name is None:
+            name = names.get(rec.sid, f"lost-stream-{rec.sid}")
+            payload = raw[rec.payload_start - rec.position : rec.length - 8]
+            raw = frame(rec.sid, rec.soff, rec.goff, rec.flags | FLAG_NAMED, name.encode(), payload, rec.kind)
+        if rec.sid != NO_STREAM:
+            named.add(rec.sid)
+        parts.append(raw)
+    body = b"".join(parts)
+    assert all(len(p) >= RECORD_OVERHEAD for p in parts)
+    path = os.path.join(os.path.dirname(seg.path), segment_name(first))
+    if report.dry_run:
+        return
+    size = HEADER_SIZE + len(body)
+    tmp = path + ".repair"
+    fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, size, time.time_ns())) + body, 0)
+        io.fsync(fd)
+    finally:
+        io.close(fd)
+    io.rename(tmp, path)
+    if path != seg.path and io.exists(seg.path):
+        io.unlink(seg.path)  # its bytes are all in lost+found or in the new file
+
+
+class _LostFound:
+    """Saves bytes and moves files into ``lost+found/``, each with a JSON manifest."""
+
+    def __init__(self, path: str, io: FileIO, report: RepairReport) -> None:
+        self.path = path
+        self.io = io
+        self.report = report
+        self.dir = os.path.join(path, "lost+found")
+        self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+
+    def _ready(self) -> None:
+        if not self.io.exists(self.dir):
+            self.io.mkdir(self.dir)
+            self.io.fsync_dir(self.path)
+
+    def _base(self, source: str, position: int) -> str:
+        rel = os.path.relpath(source, self.path).replace(os.sep, "_")
+        base = os.path.join(self.dir, f"{self.stamp}-repair-{rel}-{position}")
+        n = 1
+        cand = base
+        while self.io.exists(cand + ".bin") or self.io.exists(cand + ".json"):
+            n += 1
+            cand = f"{base}.{n}"
+        return cand
+
+    def _manifest(self, base: str, source: str, position: int, length: int, reason: str) -> None:
+        manifest = {
+            "source": os.path.relpath(source, self.path),
+            "position": position,
+            "length": length,
+            "reason": reason,
+            "by": "logstore repair",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.io.write_file_atomic(base + ".json", json.dumps(manifest, indent=2).encode())
+        self.report.lost_found.append(base + ".json")
+
+    def save(self, data: bytes, source: str, position: int, reason: str) -> None:
+        self.report.actions.append(f"{source}@{position}: save {len(data)} bytes to lost+found ({reason})")
+        self.report.bytes_moved += len(data)
+        if self.report.dry_run or not data:
+            return
+        self._ready()
+        base = self._base(source, position)
+        fd = self.io.open(base + ".bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            self.io.pwrite(fd, data, 0)
+            self.io.fsync(fd)
+        finally:
+            self.io.close(fd)
+        self.report.lost_found.append(base + ".bin")
+        self._manifest(base, source, position, len(data), reason)
+        self.io.fsync_dir(self.dir)
+
+    def move(self, source: str, reason: str) -> None:
+        self.report.actions.append(f"{source}: move to lost+found ({reason})")
+        if self.report.dry_run:
+            return
+        self._ready()
+        base = self._base(source, 0)
+        length = os.path.getsize(source) if os.path.isfile(source) else 0
+        self.io.rename(source, base + ".bin")
+        self.report.lost_found.append(base + ".bin")
+        self.report.bytes_moved += length
+        self._manifest(base, source, 0, length, reason)
+        self.io.fsync_dir(self.dir)
+        self.io.fsync_dir(os.path.dirname(source))
