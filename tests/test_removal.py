@@ -101,9 +101,8 @@ def test_delete_then_append_continues_at_old_head(store_dir: Path) -> None:
         head = store.global_head
         store.delete_stream("a")  # already deleted: nothing written
         assert store.global_head == head
-        with pytest.raises(logstore.OffsetConflictError):
-            with store.transaction() as tx:
-                store.append_messages(tx, "a", 0, [Envelope.new("E", {"s": "a", "i": 0})])
+        with pytest.raises(logstore.OffsetConflictError), store.transaction() as tx:
+            store.append_messages(tx, "a", 0, [Envelope.new("E", {"s": "a", "i": 0})])
     with logstore.open(store_dir) as store:
         assert store.stream_info("a") == (7, 7, True)
         _fill(store, {"a": 2})
@@ -241,7 +240,7 @@ def test_retention_bytes_drops_whole_old_segments(store_dir: Path) -> None:
     with logstore.open(store_dir, retention_bytes=3 * SMALL_SEGMENT) as store:
         start = store.log_start
         kept = len(list((store_dir / "segments").glob("*.log")))
-        assert 0 < start and kept < nseg and kept <= 3
+        assert start > 0 and kept < nseg and kept <= 3
         readable = _global(store)
         assert readable == all_before[len(all_before) - len(readable) :]
         assert len(readable) < len(all_before)
