@@ -371,7 +371,7 @@ class Log:
                     self.io.unlink(os.path.join(self.seg_dir, n))
         if not self.readonly:
             for n in self.io.listdir(self.seg_dir):
-                if n.endswith(".compact"):  # a compaction that did not reach its swap: roll it back
+                if n.endswith((".compact", ".repair")):  # a rewrite that did not reach its swap: roll it back
                     self.io.unlink(os.path.join(self.seg_dir, n))
         for n in sorted(names):
             stem = n[:-4]

@@ -9,9 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tools import compact, demo, repair, verify
+from tools import compact, demo, dump, repair, stats, verify
 
-COMMANDS = (compact, demo, repair, verify)
+COMMANDS = (compact, demo, dump, repair, stats, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
