@@ -105,17 +105,22 @@ def iter_records(
         except (KeyError, IndexError):
             if store.closed:
                 raise StoreClosedError(f"{store.path}: the store was closed during the walk") from None
+            if goff < lg.log_start:  # retention dropped the segment meanwhile: go on where the log starts
+                goff = lg.log_start
+                continue
             raise CorruptionError(lg.seg_dir, 0, f"no segment holds global offset {goff}") from None
         stop = min(end, seg.first + seg.count, goff + _CHUNK)
         if stop <= goff:
             raise CorruptionError(seg.path, seg.end, f"global offset {goff} is past the segment's records")
         try:
-            chunk = _read_chunk(seg, goff, stop, want_sid, envelopes, names, firsts, log_start)
+            chunk, damage = _read_chunk(seg, goff, stop, want_sid, envelopes, names, firsts, log_start)
         except _Retired:
             if store.closed:
                 raise StoreClosedError(f"{store.path}: the store was closed during the walk") from None
             continue  # compaction or retention replaced the segment: look it up again
-        yield from chunk
+        yield from chunk  # what precedes damage is handed out before the damage is raised
+        if damage is not None:
+            raise damage
         goff = stop
 
 
@@ -132,7 +137,8 @@ def _read_chunk(
     names: list[str],
     firsts: list[int],
     log_start: int,
-) -> list[RecordInfo]:
+) -> tuple[list[RecordInfo], CorruptionError | None]:
+    """The records of global offsets ``goff`` .. ``stop - 1``, up to any damage, and that damage."""
     out: list[RecordInfo] = []
     try:
         position = seg.positions.position(goff)
@@ -162,9 +168,8 @@ def _read_chunk(
                         except (ValueError, TypeError) as exc:
                             if seg.closed:
                                 raise _Retired from None
-                            raise CorruptionError(
-                                seg.path, position, f"global offset {goff}: envelope does not decode: {exc}"
-                            ) from None
+                            what = f"global offset {goff}: envelope does not decode: {exc}"
+                            return out, CorruptionError(seg.path, position, what)
                 nbytes = rec.position + rec.length - 8 - rec.payload_start
                 out.append(RecordInfo(goff, KIND_NAMES[kind], name, offset, env, readable, nbytes))
             position += rec.length
@@ -172,12 +177,12 @@ def _read_chunk(
     except BadRecord as bad:
         if seg.closed:
             raise _Retired from None
-        raise CorruptionError(seg.path, bad.position, f"global offset {goff}: {bad.what}") from None
+        return out, CorruptionError(seg.path, bad.position, f"global offset {goff}: {bad.what}")
     except (ValueError, KeyError, IndexError):  # a released mapping, or an index that lost the offset
         if seg.closed:
             raise _Retired from None
         raise
-    return out
+    return out, None
 
 
 def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> dict[str, Any]:

@@ -107,13 +107,18 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
     seg_dir = os.path.join(path, "segments")
     if not os.path.isdir(seg_dir):
         raise FileNotFoundError(f"{path}: not a logstore store (no segments/ directory)")
+    _check_versions(path, io)
+    result = verify(path, io)  # before taking the lock: verify reads a held lock as a live writer
     lock_fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreLockedError(f"{path}: a writer holds the store; close it before repairing") from None
-        _repair_locked(path, io, report)
+        if result.ok:
+            report.actions.append("verify finds no problem: nothing to repair")
+        else:
+            _repair_locked(path, io, report)
     finally:
         io.close(lock_fd)  # closing the descriptor releases the lock
     if not dry_run and report.changed:
@@ -125,11 +130,6 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
 def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
     seg_dir = os.path.join(path, "segments")
     stream_dir = os.path.join(path, "streams")
-    _check_versions(path, io)
-    result = verify(path, io)
-    if result.ok:
-        report.actions.append("verify finds no problem: nothing to repair")
-        return
     report.changed = True
     lf = _LostFound(path, io, report)
     # 1. Stray files.
@@ -170,6 +170,12 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
     for si, seg in enumerate(segs):
         if seg.first > expected:
             gaps.append((si, expected, seg.first - expected))  # a segment missing from the middle
+            lf.save(
+                b"",
+                os.path.join(seg_dir, segment_name(expected)),
+                0,
+                f"segment missing: global offsets {expected}..{seg.first - 1} marked lost",
+            )
             expected = seg.first
         kept = []
         for rec in seg.records:
@@ -439,12 +445,17 @@ class _LostFound:
         self.report.lost_found.append(base + ".json")
 
     def save(self, data: bytes, source: str, position: int, reason: str) -> None:
+        """Copy ``data`` into lost+found with a manifest (only the manifest when there are no bytes left)."""
         self.report.actions.append(f"{source}@{position}: save {len(data)} bytes to lost+found ({reason})")
         self.report.bytes_moved += len(data)
-        if self.report.dry_run or not data:
+        if self.report.dry_run:
             return
         self._ready()
         base = self._base(source, position)
+        if not data:
+            self._manifest(base, source, position, 0, reason)
+            self.io.fsync_dir(self.dir)
+            return
         fd = self.io.open(base + ".bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             self.io.pwrite(fd, data, 0)

@@ -213,6 +213,12 @@ class Store:
                     retention_age,
                     retention_bytes,
                 )
+                if retention_age is not None or retention_bytes is not None:
+                    try:
+                        self._writer.call(self._writer.apply_retention)
+                    except BaseException:
+                        self._writer.abandon()
+                        raise
         except BaseException:
             try:
                 self._log.close()

@@ -1,42 +1,81 @@
 """The consistency checker behind ``logstore verify``; the tests run it on every store they write.
 
 It reads every file of a store without changing anything (safe on a live
-store) and checks, independently of the engine's own recovery code:
+store) and re-derives everything from the log with its own code, not the
+engine's recovery code. It checks:
 
-- every header and record checksum, record framing, and that the bytes after
-  each segment's last record are zero;
-- global offsets are 0, 1, 2, ... across segments, which start where the
-  previous one ended; stream offsets are contiguous per stream; stream ids are
-  assigned in order and every segment names each stream in its first record
-  of it; the log ends with a whole transaction;
-- the checkpoint is not past the end of the log, and the position files, the
-  catalog (names, heads, runs) and the run files equal what the log implies
+- the layout: only the store's own files and directories exist (``LOCK``,
+  ``CHECKPOINT``, ``catalog.*``, ``segments/`` with ``<20 digits>.log``,
+  ``.pos``, ``.log.tmp`` and ``.log.compact``, ``streams/`` with
+  ``<10 digits>.runs``, ``lost+found/``); leftovers of an interrupted
+  compaction or retention drop are problems unless a writer is active;
+- every checksum of every file it reads: headers, records, position files,
+  run files, catalog and checkpoint; record framing; that each segment file
+  is as large as its header says and that the bytes after its last record
+  are zero;
+- global offsets are consecutive across segments, which start where the
+  previous one ended; the log starts at 0, or (after retention dropped whole
+  segments) at a global offset that a RETAIN record allows; stream offsets
+  are contiguous per stream (MESSAGE, REMOVED and LOST records of a stream
+  each take one); stream ids are assigned in order and named in the first
+  record of each stream (in a log that retention shortened, in any order,
+  but every id up to the largest is named); every segment names each stream
+  in its first record of it; a TRUNCATE is not past its stream's head, a
+  DELETE is at it; a RETAIN keeps from a global offset not past itself and
+  begins its transaction; control records do not share a transaction with
+  messages; a REMOVED record lies below its stream's first retained offset
+  as of the end of the log; the log ends with a whole transaction;
+- the checkpoint is not past the log's last whole transaction and falls
+  between two transactions, its log start is the one the RETAIN records
+  set, its segment entries and the position files match the log, and the
+  catalog (names, heads, first retained offsets, deleted flags, last control
+  records, runs and run counts) and the run files equal what the log implies
   at the checkpoint.
 
 A store whose writer lock is held may have a transaction in flight at its
-tail; that is then reported as a note, not a problem.
+tail, a compaction swap or a retention drop half done; these are then
+reported as notes, not problems.
+
+Retention makes some catalog values underivable from the log: what it
+dropped may have raised a stream's first retained offset, set its last
+control record or started its runs. For a log that does not start at
+global offset 0 the checker therefore accepts the range of values that the
+dropped part could explain (and that a rebuild of the indexes from the
+shortened log produces), and demands exact equality only for what the
+records present determine.
 """
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
+import re
+import stat
+import struct
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from index.catalog import Catalog
+from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from index.errors import FormatError
-from index.header import HEADER_SIZE
+from index.header import HEADER_SIZE, MAGIC_POSITION, MAGIC_RUNS, decode_header
 from index.position import PositionIndex
-from index.runs import LargeRuns
+from index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
 from logstore.fileio import FileIO
 from logstore.segment import (
     FLAG_TX_END,
+    KIND_DELETE,
+    KIND_LOST,
+    KIND_MESSAGE,
+    KIND_NAMES,
+    KIND_REMOVED,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
+    NO_STREAM,
     BadRecord,
+    Record,
     find_next_record,
     last_nonzero,
     open_segment,
@@ -44,6 +83,14 @@ from logstore.segment import (
     position_name,
     read_segment_header,
 )
+
+_SEGMENT_FILE = re.compile(r"([0-9]{20})\.(log|pos|log\.tmp|log\.compact)")
+_RUN_FILE = re.compile(r"([0-9]{10})\.runs")
+_CONTROL = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
+_STREAM_CONTROL = (KIND_TRUNCATE, KIND_DELETE)
+_MESSAGE_LIKE = (KIND_MESSAGE, KIND_REMOVED, KIND_LOST)
+_CKPT_HEAD = 24  # CHECKPOINT body: next global offset, log start, segment count
+_CKPT_ENTRY = 32
 
 
 @dataclass
@@ -58,7 +105,16 @@ class Problem:
 
 @dataclass
 class VerifyResult:
-    """What ``verify`` found: ``problems`` (exit 1 if any), ``notes`` and counts."""
+    """What ``verify`` found: ``problems`` (exit 1 if any), ``notes`` and counts.
+
+    - ``records``: every valid record in the log, of any kind;
+    - ``messages``: MESSAGE records a reader returns: at or past the log start
+      and their stream's first retained offset (and, when envelopes are
+      decoded, whose envelope decodes);
+    - ``removed``, ``lost``: REMOVED and LOST records;
+    - ``control``: TRUNCATE, DELETE and RETAIN records;
+    - ``log_start``: the first global offset the log keeps (0 until retention drops a segment).
+    """
 
     path: str
     problems: list[Problem] = field(default_factory=list)
@@ -67,6 +123,11 @@ class VerifyResult:
     records: int = 0
     streams: int = 0
     transactions: int = 0
+    messages: int = 0
+    removed: int = 0
+    lost: int = 0
+    control: int = 0
+    log_start: int = 0
     live: bool = False
 
     @property
@@ -77,13 +138,42 @@ class VerifyResult:
         self.problems.append(Problem(path, position, what))
 
 
-class _StreamState:
-    __slots__ = ("head", "name", "runs")
+class _Stream:
+    """What the log says about one stream so far."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("ctrl", "deleted", "first", "fp", "head", "low", "msg_runs", "name", "runs")
+
+    def __init__(self, name: str, head: int | None, fp: int) -> None:
         self.name = name
-        self.head = 0
-        self.runs: list[tuple[int, int]] = []
+        self.head = head  # next stream offset; None: not known yet (a shortened log showed only truncations)
+        self.low = 0  # while the head is unknown: it is at least this
+        self.runs: list[tuple[int, int]] = []  # (stream offset, global offset) where each run starts
+        self.first = 0  # the largest TRUNCATE/DELETE offset seen
+        self.deleted = False
+        self.ctrl = 0  # 1 + global offset of the last TRUNCATE/DELETE seen
+        self.fp = fp  # stream offset of the stream's first record in the log
+        self.msg_runs: list[list[int]] = []  # [stream offset, global offset, count] of MESSAGE records
+
+    def snapshot(self) -> _Stream:
+        out = _Stream(self.name, self.head, self.fp)
+        out.low, out.runs, out.first = self.low, list(self.runs), self.first
+        out.deleted, out.ctrl = self.deleted, self.ctrl
+        return out
+
+
+@dataclass
+class _AtCheckpoint:
+    streams: dict[int, _Stream]
+    retain: int
+    in_tx: bool
+
+
+@dataclass
+class _SegmentScan:
+    path: str
+    first: int
+    positions: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
 
 
 def _writer_active(path: str) -> bool:
@@ -101,232 +191,792 @@ def _writer_active(path: str) -> bool:
     return False
 
 
-def verify(path: str, io: FileIO | None = None, decode_envelopes: bool = True) -> VerifyResult:
-    """Check the store in ``path``; raises ``OSError`` only if the directory cannot be read."""
-    io = io or FileIO()
-    result = VerifyResult(path)
-    result.live = _writer_active(path)
-    seg_dir = os.path.join(path, "segments")
-    names = [n for n in io.listdir(seg_dir) if n.endswith(".log")]
-    for n in io.listdir(seg_dir):
-        if not (n.endswith((".log", ".pos", ".tmp"))):
-            result.problem(os.path.join(seg_dir, n), 0, "stray file in segments/")
-    ckpt: Checkpoint | None = None
-    ckpt_path = os.path.join(path, "CHECKPOINT")
-    store_id: bytes | None = None
-    try:
-        ckpt, store_id = Checkpoint.decode(io.read_file(ckpt_path), None)
-    except FileNotFoundError:
-        result.problem(ckpt_path, 0, "CHECKPOINT is missing")
-    except FormatError as exc:
-        result.problem(ckpt_path, exc.position, f"CHECKPOINT: {exc.what}")
-    if store_id is None and names:
-        first = os.path.join(seg_dir, names[0])
-        fd = io.open(first, os.O_RDONLY)
-        try:
-            store_id = read_segment_header(io, first, fd).store_id
-        except CorruptionError as exc:
-            result.problem(first, exc.position, exc.what)
-        finally:
-            io.close(fd)
-    if store_id is None:
-        if not names:
-            result.problem(seg_dir, 0, "the store has no segment files")
-        return result
+def verify(
+    path: str, io: FileIO | None = None, decode_envelopes: bool = True, live: bool | None = None
+) -> VerifyResult:
+    """Check the store in ``path``; raises ``OSError`` only if a directory of the store cannot be read.
 
-    # -- the log -----------------------------------------------------------------
-    streams: list[_StreamState] = []
-    by_name: dict[str, int] = {}
-    positions: dict[int, list[int]] = {}
-    ends: dict[int, int] = {}
-    seg_paths: dict[int, str] = {}
-    at_ckpt: tuple[list[int], list[list[tuple[int, int]]]] | None = None
-    ckpt_goff = ckpt.next_goff if ckpt is not None else -1
-    expected = 0
-    open_tx: tuple[str, int] | None = None  # (path, position) of the first record of an unfinished transaction
-    tail_problem: Problem | None = None
-    for n in names:
-        seg_path = os.path.join(seg_dir, n)
-        try:
-            seg = open_segment(io, seg_path, store_id, writable=False)
-        except CorruptionError as exc:
-            result.problem(seg_path, exc.position, exc.what)
-            continue
-        try:
-            result.segments += 1
-            if seg.first != expected:
-                result.problem(seg_path, 32, f"segment starts at global offset {seg.first}, expected {expected}")
-                expected = seg.first
-            seg_paths[seg.first] = seg_path
-            pos_list = positions.setdefault(seg.first, [])
-            named: set[int] = set()
-            pos = HEADER_SIZE
-            buf = seg.view
-            while True:
-                if expected == ckpt_goff and at_ckpt is None:
-                    at_ckpt = ([s.head for s in streams], [list(s.runs) for s in streams])
-                try:
-                    rec = parse_record(buf, pos, seg.size)
-                except BadRecord as bad:
-                    if bad.zero:
-                        nz = last_nonzero(buf, pos, seg.size)
-                        if nz > pos:
-                            tail_problem = Problem(
-                                seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
-                            )
-                            result.problems.append(tail_problem)
-                        break
-                    tail_problem = Problem(seg_path, pos, bad.what)
-                    result.problems.append(tail_problem)
-                    nxt = find_next_record(buf, pos + 1, seg.size)
-                    if nxt < 0:
-                        break
-                    pos = nxt
-                    continue
-                result.records += 1
-                where = f"global offset {rec.goff}"
-                if rec.goff != expected:
-                    result.problem(seg_path, pos, f"{where}: expected global offset {expected}")
-                if rec.sid < len(streams):
-                    st = streams[rec.sid]
-                    if rec.name is not None and rec.name != st.name:
-                        result.problem(
-                            seg_path, pos, f"{where}: stream id {rec.sid} named {rec.name!r}, was {st.name!r}"
-                        )
-                elif rec.sid == len(streams) and rec.name is not None and rec.name not in by_name:
-                    st = _StreamState(rec.name)
-                    by_name[rec.name] = rec.sid
-                    streams.append(st)
+    ``live`` says whether a writer may be changing the store meanwhile; by
+    default, whether some process holds the writer lock. A caller that holds
+    the lock itself and writes nothing while verify runs (``logstore
+    repair``) passes ``live=False``, so that what would be a write in flight
+    on a live store is reported as the problem it is.
+    """
+    result = VerifyResult(path)
+    result.live = _writer_active(path) if live is None else live
+    _Verifier(path, io or FileIO(), result, decode_envelopes).run()
+    return result
+
+
+class _Verifier:
+    def __init__(self, path: str, io: FileIO, result: VerifyResult, decode_envelopes: bool) -> None:
+        self.path = path
+        self.io = io
+        self.result = result
+        self.decode_envelopes = decode_envelopes
+        self.seg_dir = os.path.join(path, "segments")
+        self.stream_dir = os.path.join(path, "streams")
+        self.ckpt_path = os.path.join(path, "CHECKPOINT")
+        self.logs: dict[int, str] = {}  # first global offset -> segment file
+        self.pos_files: set[int] = set()
+        self.run_files: dict[int, str] = {}
+        self.catalogs: list[str] = []
+        self.ckpt: Checkpoint | None = None
+        self.store_id: bytes | None = None
+        # The log scan.
+        self.scans: dict[int, _SegmentScan] = {}
+        self.streams: dict[int, _Stream] = {}
+        self.by_name: dict[str, int] = {}
+        self.next_new = 0  # the id a new stream must have in a log that starts at 0
+        self.bad_ids: set[int] = set()  # ids already reported as unusable
+        self.relaxed = False  # the log does not start at 0: retention dropped its beginning
+        self.log_first = 0
+        self.first_path = ""
+        self.expected = 0
+        self.retain = 0  # the largest RETAIN offset so far
+        self.open_tx: tuple[str, int] | None = None  # first record of an unfinished transaction
+        self.tx_kinds: set[int] = set()
+        self.tx_end = 0  # global offset after the last TX_END record
+        self.removed_at: list[tuple[str, int, Record]] = []
+        self.at_ckpt: _AtCheckpoint | None = None
+        self.large_ids: set[int] | None = None  # the catalog's large streams, once it is read
+
+    def problem(self, path: str, position: int, what: str) -> None:
+        self.result.problem(path, position, what)
+
+    def note(self, text: str) -> None:
+        self.result.notes.append(text)
+
+    # -- driver ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._layout()
+        self._read_checkpoint()
+        if self.store_id is None:
+            if not self.logs:
+                self.problem(self.seg_dir, 0, "the store has no segment files")
+            return
+        firsts = self._segments_to_scan()
+        self._scan_log(firsts)
+        self._log_end_checks()
+        if self.ckpt is not None and self._checkpoint_against_log():
+            self._catalog_against_log()
+        self._leftover_index_files()
+
+    # -- directory layout ----------------------------------------------------------------
+
+    def _layout(self) -> None:
+        io, path = self.io, self.path
+        for name in io.listdir(path):
+            p = os.path.join(path, name)
+            try:
+                mode = os.lstat(p).st_mode
+            except FileNotFoundError:
+                continue  # removed meanwhile (a live writer's temporary file)
+            if name in ("segments", "streams", "lost+found"):
+                if not stat.S_ISDIR(mode):
+                    self.problem(p, 0, f"{name} is not a directory")
+            elif name in ("LOCK", "CHECKPOINT"):
+                if not stat.S_ISREG(mode):
+                    self.problem(p, 0, f"{name} is not a regular file")
+            elif name == "CHECKPOINT.tmp":
+                self.note(
+                    f"{p}: left by a checkpoint that did not finish (never read; the next checkpoint replaces it)"
+                )
+            elif name.startswith("catalog."):
+                self.catalogs.append(name)
+            else:
+                self.problem(p, 0, "stray file in the store directory: not part of a store's layout")
+        for name in io.listdir(self.seg_dir):
+            p = os.path.join(self.seg_dir, name)
+            m = _SEGMENT_FILE.fullmatch(name)
+            if m is None:
+                if name.endswith(".log"):
+                    self.problem(p, 0, "not a segment file name (the stem must be 20 decimal digits)")
                 else:
-                    result.problem(seg_path, pos, f"{where}: stream id {rec.sid} is out of sequence or unnamed")
+                    self.problem(p, 0, "stray file in segments/: not part of a store's layout")
+                continue
+            first, ext = int(m[1]), m[2]
+            if ext == "log":
+                self.logs[first] = p
+            elif ext == "pos":
+                self.pos_files.add(first)
+            elif ext == "log.tmp":
+                if not self.result.live:
+                    self.note(
+                        f"{p}: left by a segment creation that did not finish (the next writable open removes it)"
+                    )
+            elif self.result.live:
+                self.note(f"{p}: a compaction in flight (a writer is active)")
+            else:
+                self.problem(p, 0, "leftover of an interrupted compaction; the next writable open removes it")
+        if os.path.isdir(self.stream_dir):
+            for name in io.listdir(self.stream_dir):
+                p = os.path.join(self.stream_dir, name)
+                m = _RUN_FILE.fullmatch(name)
+                if m is None:
+                    self.problem(p, 0, "stray file in streams/: not part of a store's layout")
+                else:
+                    self.run_files[int(m[1])] = p
+
+    # -- checkpoint and store id ------------------------------------------------------------
+
+    def _read_checkpoint(self) -> None:
+        try:
+            self.ckpt, self.store_id = Checkpoint.decode(self.io.read_file(self.ckpt_path), None)
+        except FileNotFoundError:
+            self.problem(self.ckpt_path, 0, "CHECKPOINT is missing")
+        except FormatError as exc:
+            self.problem(self.ckpt_path, exc.position, f"CHECKPOINT: {exc.what}")
+        except OSError as exc:
+            self.problem(self.ckpt_path, 0, f"CHECKPOINT cannot be read: {exc}")
+        if self.ckpt is not None and not self.ckpt.segments:
+            self.problem(self.ckpt_path, HEADER_SIZE + 16, "CHECKPOINT names no segment")
+            self.ckpt = None
+        if self.store_id is not None:
+            return
+        for first in sorted(self.logs):
+            p = self.logs[first]
+            try:
+                fd = self.io.open(p, os.O_RDONLY)
+            except OSError:
+                continue  # reported when the segment is read
+            try:
+                self.store_id = read_segment_header(self.io, p, fd).store_id
+                return
+            except CorruptionError:
+                continue  # reported when the segment is read
+            except OSError:
+                continue
+            finally:
+                self.io.close(fd)
+
+    def _segments_to_scan(self) -> list[int]:
+        firsts = sorted(self.logs)
+        if self.ckpt is None:
+            return firsts
+        ckpt_first = self.ckpt.segments[0].first
+        out = []
+        for first in firsts:
+            if first < ckpt_first:
+                p = self.logs[first]
+                if self.result.live:
+                    self.note(f"{p}: below the checkpoint's first segment: a retention drop in flight")
+                else:
+                    self.problem(
+                        p,
+                        0,
+                        f"segment lies below the checkpoint's first segment {ckpt_first}: left by a retention "
+                        "drop that did not finish; the next writable open removes it",
+                    )
+                continue
+            out.append(first)
+        return out
+
+    # -- the log ---------------------------------------------------------------------------
+
+    def _scan_log(self, firsts: list[int]) -> None:
+        assert self.store_id is not None
+        result = self.result
+        ckpt_goff = self.ckpt.next_goff if self.ckpt is not None else -1
+        tail_problem: Problem | None = None
+        started = False
+        for first in firsts:
+            seg_path = self.logs[first]
+            try:
+                seg = open_segment(self.io, seg_path, self.store_id, writable=False)
+            except CorruptionError as exc:
+                self.problem(seg_path, exc.position, exc.what)
+                continue
+            except OSError as exc:
+                self.problem(seg_path, 0, f"cannot read: {exc}")
+                continue
+            try:
+                result.segments += 1
+                file_size = self.io.size(seg.fd)
+                if file_size != seg.capacity:
+                    how = "shorter" if file_size < seg.capacity else "longer"
+                    self.problem(
+                        seg_path,
+                        min(file_size, seg.capacity),
+                        f"segment file is {file_size} bytes, {how} than the {seg.capacity} its header says",
+                    )
+                if not started:
+                    started = True
+                    self.expected = self.log_first = self.tx_end = seg.first
+                    self.first_path = seg_path
+                    self.relaxed = seg.first > 0
+                elif seg.first != self.expected:
+                    self.problem(seg_path, 32, f"segment starts at global offset {seg.first}, expected {self.expected}")
+                    self.expected = seg.first
+                scan = self.scans.setdefault(seg.first, _SegmentScan(seg_path, seg.first))
+                named: set[int] = set()
+                pos = HEADER_SIZE
+                buf = seg.view
+                while True:
+                    if self.expected == ckpt_goff and self.at_ckpt is None:
+                        self._snapshot()
+                    try:
+                        rec = parse_record(buf, pos, seg.size)
+                    except BadRecord as bad:
+                        if bad.zero:
+                            nz = last_nonzero(buf, pos, seg.size)
+                            if nz > pos:
+                                tail_problem = Problem(
+                                    seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
+                                )
+                                result.problems.append(tail_problem)
+                            break
+                        tail_problem = Problem(seg_path, pos, bad.what)
+                        result.problems.append(tail_problem)
+                        nxt = find_next_record(buf, pos + 1, seg.size)
+                        if nxt < 0:
+                            break
+                        pos = nxt
+                        continue
+                    self._record(seg_path, rec, named, buf)
+                    scan.positions.append(pos)
                     pos += rec.length
-                    expected = rec.goff + 1
-                    continue
-                if rec.sid not in named and rec.name is None:
-                    result.problem(seg_path, pos, f"{where}: first record of stream {st.name!r} in segment is unnamed")
-                named.add(rec.sid)
-                if rec.soff != st.head:
-                    result.problem(seg_path, pos, f"{where}: stream {st.name!r} offset {rec.soff}, expected {st.head}")
-                diff = rec.goff - rec.soff
-                if not st.runs or st.runs[-1][1] - st.runs[-1][0] != diff:
-                    st.runs.append((rec.soff, rec.goff))
-                st.head = rec.soff + 1
-                if decode_envelopes:
+                    scan.ends.append(pos)
+                    self.expected = rec.goff + 1
+            finally:
+                seg.close()
+        if self.expected == ckpt_goff and self.at_ckpt is None:
+            self._snapshot()
+        if self.open_tx is not None:
+            what = "the log ends inside a transaction (no TX_END record); recovery will cut it"
+            if result.live:
+                self.note(f"{self.open_tx[0]} at byte {self.open_tx[1]}: {what} (a writer is active)")
+            else:
+                self.problem(self.open_tx[0], self.open_tx[1], what)
+        if tail_problem is not None and result.live and tail_problem is result.problems[-1]:
+            result.problems.pop()
+            self.note(f"{tail_problem} (a writer is active; this may be a write in flight)")
+
+    def _snapshot(self) -> None:
+        streams = {sid: st.snapshot() for sid, st in self.streams.items()}
+        self.at_ckpt = _AtCheckpoint(streams, self.retain, self.open_tx is not None)
+
+    def _record(self, seg_path: str, rec: Record, named: set[int], buf: memoryview) -> None:
+        result = self.result
+        pos = rec.position
+        kind = rec.kind
+        result.records += 1
+        where = f"global offset {rec.goff}"
+        if rec.goff != self.expected:
+            self.problem(seg_path, pos, f"{where}: expected global offset {self.expected}")
+        # Transactions: control records stand apart from messages; a RETAIN record begins its transaction.
+        if self.open_tx is None:
+            self.open_tx = (seg_path, pos)
+            self.tx_kinds = set()
+        if kind == KIND_RETAIN and self.tx_kinds:
+            self.problem(seg_path, pos, f"{where}: a retain record must begin its transaction")
+        if kind in _CONTROL and self.tx_kinds & {KIND_MESSAGE, KIND_REMOVED}:
+            self.problem(seg_path, pos, f"{where}: a {KIND_NAMES[kind]} record shares its transaction with messages")
+        elif kind in (KIND_MESSAGE, KIND_REMOVED) and self.tx_kinds & set(_CONTROL):
+            self.problem(
+                seg_path, pos, f"{where}: a {KIND_NAMES[kind]} record shares its transaction with a control record"
+            )
+        self.tx_kinds.add(kind)
+        if rec.flags & FLAG_TX_END:
+            self.open_tx = None
+            result.transactions += 1
+            self.tx_end = rec.goff + 1
+        if kind in _CONTROL:
+            result.control += 1
+        elif kind == KIND_REMOVED:
+            result.removed += 1
+        elif kind == KIND_LOST:
+            result.lost += 1
+        if kind == KIND_RETAIN:
+            if rec.soff > rec.goff:
+                self.problem(seg_path, pos, f"{where}: retain record keeps from global offset {rec.soff}, past itself")
+            self.retain = max(self.retain, rec.soff)
+            return
+        if rec.sid == NO_STREAM:
+            return  # a LOST record of no stream
+        st = self._stream_of(seg_path, rec, where)
+        if st is None:
+            return
+        if rec.sid not in named:
+            if rec.name is None and kind != KIND_LOST:
+                self.problem(seg_path, pos, f"{where}: first record of stream {st.name!r} in segment is unnamed")
+            named.add(rec.sid)
+        soff = rec.soff
+        if kind in _MESSAGE_LIKE:
+            if st.head is None:
+                if soff < st.low:
+                    self.problem(
+                        seg_path, pos, f"{where}: stream {st.name!r} offset {soff}, below {st.low} (truncated before)"
+                    )
+            elif soff != st.head:
+                self.problem(seg_path, pos, f"{where}: stream {st.name!r} offset {soff}, expected {st.head}")
+            diff = rec.goff - soff
+            if not st.runs or st.runs[-1][1] - st.runs[-1][0] != diff:
+                st.runs.append((soff, rec.goff))
+            st.head = soff + 1
+            # REMOVED and LOST records stand for messages: an append ends a deletion.
+            st.deleted = False
+            if kind == KIND_REMOVED:
+                self.removed_at.append((seg_path, pos, rec))
+            elif kind == KIND_MESSAGE:
+                if self.decode_envelopes:
                     try:
                         decode(buf[rec.payload_start : pos + rec.length - 8])
                     except Exception as exc:  # noqa: BLE001 - any decoding failure is a finding
-                        result.problem(seg_path, pos, f"{where}: envelope does not decode: {exc}")
-                if open_tx is None:
-                    open_tx = (seg_path, pos)
-                if rec.flags & FLAG_TX_END:
-                    open_tx = None
-                    result.transactions += 1
-                pos_list.append(pos)
-                pos += rec.length
-                expected = rec.goff + 1
-            ends[seg.first] = pos
-        finally:
-            seg.close()
-    if expected == ckpt_goff and at_ckpt is None:
-        at_ckpt = ([s.head for s in streams], [list(s.runs) for s in streams])
-    result.streams = len(streams)
-    if open_tx is not None:
-        what = "the log ends inside a transaction (no TX_END record); recovery will cut it"
-        if result.live:
-            result.notes.append(f"{open_tx[0]} at byte {open_tx[1]}: {what} (a writer is active)")
+                        self.problem(seg_path, pos, f"{where}: envelope does not decode: {exc}")
+                        return
+                runs = st.msg_runs
+                if runs and runs[-1][0] + runs[-1][2] == soff and runs[-1][1] + runs[-1][2] == rec.goff:
+                    runs[-1][2] += 1
+                else:
+                    runs.append([soff, rec.goff, 1])
+            return
+        # TRUNCATE or DELETE
+        if kind == KIND_TRUNCATE:
+            if st.head is None:
+                st.low = max(st.low, soff)
+            elif soff > st.head:
+                self.problem(
+                    seg_path, pos, f"{where}: stream {st.name!r} truncated before {soff}, past its head {st.head}"
+                )
         else:
-            result.problem(open_tx[0], open_tx[1], what)
-    if tail_problem is not None and result.live and tail_problem is result.problems[-1]:
-        result.problems.pop()
-        result.notes.append(f"{tail_problem} (a writer is active; this may be a write in flight)")
+            if st.head is None:
+                if soff < st.low:
+                    self.problem(
+                        seg_path,
+                        pos,
+                        f"{where}: stream {st.name!r} deleted at {soff}, below {st.low} (truncated)",
+                    )
+                st.head = soff
+            elif soff != st.head:
+                self.problem(
+                    seg_path, pos, f"{where}: stream {st.name!r} deleted at {soff}, expected its head {st.head}"
+                )
+            st.deleted = True
+        st.first = max(st.first, soff)
+        st.ctrl = rec.goff + 1
 
-    # -- the indexes against the log ------------------------------------------------
-    if ckpt is None:
-        return result
-    if ckpt.next_goff > expected:
-        result.problem(ckpt_path, HEADER_SIZE, f"checkpoint covers {ckpt.next_goff} messages, the log holds {expected}")
-        return result
-    for e in ckpt.segments:
-        sp = seg_paths.get(e.first)
-        if sp is None:
-            result.problem(ckpt_path, HEADER_SIZE, f"checkpoint names segment {e.first}, which is missing")
-            continue
-        found = positions.get(e.first, [])
-        if e.records > len(found):
-            result.problem(
-                ckpt_path,
-                HEADER_SIZE,
-                f"segment {e.first}: checkpoint counts {e.records} records, log has {len(found)}",
+    def _stream_of(self, seg_path: str, rec: Record, where: str) -> _Stream | None:
+        """The stream of ``rec``, registering a new one; ``None`` (after a problem) if it cannot be."""
+        sid = rec.sid
+        st = self.streams.get(sid)
+        if st is not None:
+            if rec.name is not None and rec.name != st.name:
+                self.problem(seg_path, rec.position, f"{where}: stream id {sid} named {rec.name!r}, was {st.name!r}")
+            return st
+        if sid in self.bad_ids:
+            return None
+        what = None
+        other = self.by_name.get(rec.name) if rec.name is not None else None
+        if rec.name is None:
+            what = f"first record of stream id {sid} carries no name"
+        elif other is not None:
+            what = f"new stream id {sid} is named {rec.name!r}, the name of stream id {other}"
+        elif not self.relaxed and rec.kind in _STREAM_CONTROL:
+            what = f"a {KIND_NAMES[rec.kind]} record names stream id {sid} ({rec.name!r}) before any message of it"
+        if what is not None:
+            self.problem(seg_path, rec.position, f"{where}: {what}")
+            self.bad_ids.add(sid)
+            return None
+        assert rec.name is not None
+        if not self.relaxed and sid != self.next_new:
+            self.problem(
+                seg_path,
+                rec.position,
+                f"{where}: new stream id {sid} ({rec.name!r}) is out of sequence, expected {self.next_new}",
             )
-            continue
-        want_end = found[e.records - 1] if e.records else HEADER_SIZE
-        if e.records:
+        if self.relaxed:
+            # Its earlier records may have been dropped: it starts wherever its first record is.
+            head = None if rec.kind == KIND_TRUNCATE else rec.soff
+            st = _Stream(rec.name, head, rec.soff)
+        else:
+            st = _Stream(rec.name, 0, rec.soff)
+        self.streams[sid] = st
+        self.by_name[rec.name] = sid
+        while self.next_new in self.streams:
+            self.next_new += 1
+        return st
+
+    def _log_end_checks(self) -> None:
+        result = self.result
+        result.streams = len(self.streams)
+        for seg_path, pos, rec in self.removed_at:
+            st = self.streams[rec.sid]
+            if rec.soff >= st.first:
+                self.problem(
+                    seg_path,
+                    pos,
+                    f"global offset {rec.goff}: removed record of stream {st.name!r} at offset {rec.soff}, "
+                    f"which is not below the stream's first retained offset {st.first}",
+                )
+        if self.streams:
+            for sid in range(max(self.streams) + 1):
+                if sid not in self.streams and sid not in self.bad_ids:
+                    self.problem(self.first_path, HEADER_SIZE, f"stream id {sid} is named nowhere in the log")
+        if self.relaxed and self.log_first > self.retain:
+            self.problem(
+                self.first_path,
+                32,
+                f"the log starts at global offset {self.log_first}, but no retain record moves the log start "
+                f"there (the largest keeps from {self.retain})",
+            )
+        start = max(self.log_first, self.retain)
+        result.log_start = start
+        messages = 0
+        for st in self.streams.values():
+            for soff, goff, n in st.msg_runs:
+                lo = max(soff, st.first, soff + start - goff)
+                messages += max(0, soff + n - lo)
+        result.messages = messages
+        for first, scan in self.scans.items():
+            later = [f for f in self.scans if f > first]
+            if later and min(later) <= start:
+                self.note(f"{scan.path}: lies wholly below the log start {start}; retention removes it")
+
+    # -- the checkpoint and the position files against the log --------------------------------
+
+    def _checkpoint_against_log(self) -> bool:
+        """Check the checkpoint's counts, segments and position files; False if the catalog cannot be compared."""
+        ckpt = self.ckpt
+        assert ckpt is not None and self.store_id is not None
+        cp = self.ckpt_path
+        live = self.result.live
+        if ckpt.next_goff > self.tx_end:
+            self.problem(
+                cp,
+                HEADER_SIZE,
+                f"checkpoint covers global offsets up to {ckpt.next_goff}, "
+                f"the log's last whole transaction ends at {self.tx_end}",
+            )
+            return False
+        at = self.at_ckpt
+        if at is None:
+            self.problem(cp, HEADER_SIZE, f"no record ends at the checkpoint's global offset {ckpt.next_goff}")
+            return False
+        if at.in_tx:
+            self.problem(cp, HEADER_SIZE, f"the checkpoint's global offset {ckpt.next_goff} is inside a transaction")
+        want_start = max(self.log_first if self.relaxed else 0, at.retain)
+        if ckpt.log_start != want_start:
+            self.problem(cp, HEADER_SIZE + 8, f"log start {ckpt.log_start}, the log's retain records say {want_start}")
+        listed = {e.first for e in ckpt.segments}
+        last_listed = ckpt.segments[-1].first
+        for first, unlisted in sorted(self.scans.items()):
+            if first not in listed and first <= last_listed:
+                self.problem(
+                    unlisted.path, 0, f"segment is not named by the checkpoint (which lists up to {last_listed})"
+                )
+        for i, e in enumerate(ckpt.segments):
+            at_entry = HEADER_SIZE + _CKPT_HEAD + _CKPT_ENTRY * i
+            scan = self.scans.get(e.first)
+            if scan is None:
+                if e.first not in self.logs:
+                    self.problem(cp, at_entry, f"checkpoint names segment {e.first}, which is missing")
+                continue
+            if e.records > len(scan.positions):
+                self.problem(
+                    cp,
+                    at_entry + 8,
+                    f"segment {e.first}: checkpoint counts {e.records} records, the log has {len(scan.positions)}",
+                )
+                continue
+            want_end = scan.ends[e.records - 1] if e.records else HEADER_SIZE
+            pos_path = os.path.join(self.seg_dir, position_name(e.first))
+            missing = e.first not in self.pos_files
+            if e.end != want_end:
+                what = f"segment {e.first}: checkpoint end {e.end}, its records end at {want_end}"
+                if missing and live:
+                    self.note(f"{cp} at byte {at_entry + 16}: {what} (a compaction swap in flight)")
+                else:
+                    self.problem(cp, at_entry + 16, what)
+            if missing:
+                if live:
+                    self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
+                else:
+                    self.problem(pos_path, 0, "position file is missing")
+                continue
             try:
-                seg_fd = io.open(sp, os.O_RDONLY)
-                try:
-                    raw = io.pread(seg_fd, 4, want_end)
-                finally:
-                    io.close(seg_fd)
-                want_end += int.from_bytes(raw, "little")
+                pindex = PositionIndex.decode(
+                    self.io.read_file(pos_path), self.store_id, e.first, e.records, e.checksum
+                )
+            except FileNotFoundError:
+                if live:
+                    self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
+                else:
+                    self.problem(pos_path, 0, "position file is missing")
+                continue
+            except FormatError as exc:
+                self.problem(pos_path, exc.position, exc.what)
+                continue
             except OSError as exc:
-                result.problem(sp, want_end, f"cannot read: {exc}")
-        if e.end != want_end:
-            result.problem(ckpt_path, HEADER_SIZE, f"segment {e.first}: checkpoint end {e.end}, log says {want_end}")
-        pos_path = os.path.join(seg_dir, position_name(e.first))
+                self.problem(pos_path, 0, f"cannot read: {exc}")
+                continue
+            got = pindex.positions.view().tolist()
+            want = scan.positions[: e.records]
+            if got != want:
+                k = next(j for j in range(len(want)) if got[j] != want[j])
+                self.problem(
+                    pos_path,
+                    HEADER_SIZE + 4 * k,
+                    f"entry {k} (global offset {e.first + k}) is {got[k]}, the record is at {want[k]}",
+                )
+        return True
+
+    # -- the catalog and run files against the log ----------------------------------------------
+
+    def _catalog_against_log(self) -> None:
+        ckpt, at = self.ckpt, self.at_ckpt
+        assert ckpt is not None and at is not None and self.store_id is not None
+        cat_name = f"catalog.{ckpt.generation:020d}"
+        cat_path = os.path.join(self.path, cat_name)
+        for n in self.catalogs:
+            if n != cat_name and not self.result.live:
+                self.note(f"{os.path.join(self.path, n)}: stale catalog generation (removed at next open)")
         try:
-            pindex = PositionIndex.decode(io.read_file(pos_path), store_id, e.first, e.records, e.checksum)
-            if pindex.positions.view().tolist() != found[: e.records]:
-                result.problem(pos_path, HEADER_SIZE, "positions differ from the log's")
+            raw = self.io.read_file(cat_path)
+            catalog, runs, large = Catalog.decode(raw, self.store_id, ckpt.generation)
         except FileNotFoundError:
-            result.problem(pos_path, 0, "position file is missing")
+            self.problem(cat_path, 0, "catalog named by the checkpoint is missing")
+            return
         except FormatError as exc:
-            result.problem(pos_path, exc.position, exc.what)
-    cat_path = os.path.join(path, f"catalog.{ckpt.generation:020d}")
-    try:
-        catalog, runs, large = Catalog.decode(io.read_file(cat_path), store_id, ckpt.generation)
-    except FileNotFoundError:
-        result.problem(cat_path, 0, "catalog named by the checkpoint is missing")
-        return result
-    except FormatError as exc:
-        result.problem(cat_path, exc.position, exc.what)
-        return result
-    for sid, count, checksum in large:
-        rpath = os.path.join(path, "streams", f"{sid:010d}.runs")
-        try:
-            runs.large[sid] = LargeRuns.decode(io.read_file(rpath), store_id, sid, count, checksum)
-        except FileNotFoundError:
-            result.problem(rpath, 0, "run file named by the catalog is missing")
-        except FormatError as exc:
-            result.problem(rpath, exc.position, exc.what)
-    heads, run_lists = at_ckpt if at_ckpt is not None else ([], [])
-    if len(catalog) != len(heads):
-        result.problem(
-            cat_path, HEADER_SIZE, f"catalog has {len(catalog)} streams, the log {len(heads)} at the checkpoint"
-        )
-        return result
-    cat_heads = catalog.head[: len(catalog)]
-    if not np.array_equal(cat_heads, np.asarray(heads, dtype=cat_heads.dtype)):
-        first_bad = int(np.flatnonzero(cat_heads != np.asarray(heads, dtype=cat_heads.dtype))[0])
-        result.problem(
-            cat_path,
-            HEADER_SIZE,
-            f"stream {catalog.names[first_bad]!r}: head {int(cat_heads[first_bad])}, log says {heads[first_bad]}",
-        )
-    for sid, name in enumerate(catalog.names):
-        if streams[sid].name != name:
-            result.problem(
-                cat_path, HEADER_SIZE, f"stream id {sid} is {name!r}, the log names it {streams[sid].name!r}"
+            self.problem(cat_path, exc.position, exc.what)
+            return
+        except OSError as exc:
+            self.problem(cat_path, 0, f"cannot read: {exc}")
+            return
+        lay = _CatalogLayout(raw)
+        large_ids = self.large_ids = {sid for sid, _count, _sum in large}
+        unusable: set[int] = set()
+        for k, (sid, count, checksum) in enumerate(large):
+            rpath = os.path.join(self.stream_dir, f"{sid:010d}.runs")
+            try:
+                runs.large[sid] = LargeRuns.decode(self.io.read_file(rpath), self.store_id, sid, count, checksum)
+            except FileNotFoundError:
+                self.problem(rpath, 0, "run file named by the catalog is missing")
+                unusable.add(sid)
+            except FormatError as exc:
+                self.problem(rpath, exc.position, exc.what)
+                unusable.add(sid)
+            except OSError as exc:
+                self.problem(rpath, 0, f"cannot read: {exc}")
+                unusable.add(sid)
+            if k and sid <= large[k - 1][0]:
+                self.problem(cat_path, lay.large + 8 * k, "large stream ids are not in ascending order")
+        log_streams = at.streams
+        s_log = max(log_streams) + 1 if log_streams else 0
+        s = len(catalog)
+        if s != s_log:
+            self.problem(cat_path, HEADER_SIZE, f"catalog has {s} streams, the log {s_log} at the checkpoint")
+        for sid in range(min(s, s_log)):
+            self._stream_against_log(
+                cat_path, lay, catalog, runs, sid, log_streams.get(sid), sid in large_ids, unusable
             )
-            continue
-        if runs.runs_of(sid) != run_lists[sid]:
-            result.problem(cat_path, HEADER_SIZE, f"stream {name!r}: runs differ from the log's")
-        if int(catalog.nruns[sid]) != len(run_lists[sid]):
-            result.problem(
+
+    def _stream_against_log(
+        self,
+        cat_path: str,
+        lay: _CatalogLayout,
+        catalog: Catalog,
+        runs: RunIndex,
+        sid: int,
+        st: _Stream | None,
+        is_large: bool,
+        unusable: set[int],
+    ) -> None:
+        name = catalog.names[sid]
+        if st is None:
+            self.problem(
+                cat_path, lay.names, f"stream id {sid} is {name!r}; the log names no such id before the checkpoint"
+            )
+            return
+        if st.name != name:
+            self.problem(cat_path, lay.names, f"stream id {sid} is {name!r}, the log names it {st.name!r}")
+            return
+        relaxed = self.relaxed
+        log_first = self.log_first
+        head = int(catalog.head[sid])
+        if st.head is not None and head != st.head:
+            self.problem(cat_path, lay.head(sid), f"stream {name!r}: head {head}, the log says {st.head}")
+        elif st.head is None and head < st.low:
+            self.problem(cat_path, lay.head(sid), f"stream {name!r}: head {head}, below its truncation at {st.low}")
+        # First retained offset: the largest TRUNCATE/DELETE offset. Truncations that retention dropped
+        # may have set it up to the stream's first offset in the log (which a rebuild takes).
+        first = int(catalog.first[sid])
+        lo = st.first
+        hi = max(st.first, st.fp) if relaxed else st.first
+        if not lo <= first <= hi:
+            said = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            self.problem(cat_path, lay.first(sid), f"stream {name!r}: first retained offset {first}, log says {said}")
+        elif first > head:
+            self.problem(
+                cat_path, lay.first(sid), f"stream {name!r}: first retained offset {first} past its head {head}"
+            )
+        # Last control record: what the log shows, or (in a shortened log) one that retention dropped.
+        ctrl = int(catalog.ctrl[sid])
+        if ctrl != st.ctrl and not (relaxed and st.ctrl == 0 and ctrl <= log_first):
+            said = f"global offset {st.ctrl - 1}" if st.ctrl else "none"
+            mine = f"global offset {ctrl - 1}" if ctrl else "none"
+            self.problem(cat_path, lay.ctrl(sid), f"stream {name!r}: last control record {mine}, the log says {said}")
+        flags = int(catalog.flags[sid])
+        if bool(flags & FLAG_DELETED) != st.deleted:
+            self.problem(
                 cat_path,
-                HEADER_SIZE,
-                f"stream {name!r}: run count {int(catalog.nruns[sid])}, log says {len(run_lists[sid])}",
+                lay.flags(sid),
+                f"stream {name!r}: deleted flag is {'set' if flags & FLAG_DELETED else 'clear'}, "
+                f"the log says {'deleted' if st.deleted else 'not deleted'}",
             )
-    for n in io.listdir(path):
-        if n.startswith("catalog.") and n != os.path.basename(cat_path) and not result.live:
-            result.notes.append(f"{os.path.join(path, n)}: stale catalog generation (removed at next open)")
-    return result
+        if flags & ~(FLAG_DELETED | FLAG_LARGE):
+            self.problem(cat_path, lay.flags(sid), f"stream {name!r}: unknown flag bits {flags:#x}")
+        if bool(flags & FLAG_LARGE) != is_large:
+            self.problem(
+                cat_path,
+                lay.flags(sid),
+                f"stream {name!r}: large flag is {'set' if flags & FLAG_LARGE else 'clear'}, "
+                f"but the large-stream section {'lists' if is_large else 'does not list'} it",
+            )
+        if sid in unusable:
+            return
+        cat_runs = runs.runs_of(sid)
+        nruns = int(catalog.nruns[sid])
+        if is_large:
+            run_path, run_at = os.path.join(self.stream_dir, f"{sid:010d}.runs"), HEADER_SIZE
+        else:
+            run_path, run_at = cat_path, lay.shared_soff(runs, sid)
+            if nruns > LARGE_RUNS:
+                self.problem(cat_path, lay.nruns(sid), f"stream {name!r}: {nruns} runs, but not a large stream")
+        if relaxed:
+            bad = _runs_mismatch(cat_runs, st.runs, log_first, head)
+            if nruns != len(cat_runs):
+                self.problem(
+                    cat_path, lay.nruns(sid), f"stream {name!r}: run count {nruns}, it has {len(cat_runs)} runs"
+                )
+        else:
+            bad = None
+            if cat_runs != st.runs:
+                bad = next((j for j in range(min(len(cat_runs), len(st.runs))) if cat_runs[j] != st.runs[j]), None)
+                if bad is None:
+                    bad = min(len(cat_runs), len(st.runs))
+            if nruns != len(st.runs):
+                self.problem(cat_path, lay.nruns(sid), f"stream {name!r}: run count {nruns}, log says {len(st.runs)}")
+        if bad is not None:
+            self.problem(
+                run_path,
+                run_at + (16 if is_large else 8) * bad,
+                f"stream {name!r}: runs differ from the log's (from run {bad} on)",
+            )
+        want_diff = cat_runs[-1][1] - cat_runs[-1][0] if cat_runs else 0
+        if int(catalog.run_diff[sid]) != want_diff:
+            self.problem(
+                cat_path,
+                lay.run_diff(sid),
+                f"stream {name!r}: run_diff {int(catalog.run_diff[sid])}, its last run says {want_diff}",
+            )
+
+    # -- index files nothing refers to ---------------------------------------------------------
+
+    def _leftover_index_files(self) -> None:
+        """Position and run files the checkpoint does not cover: notes only (they are rewritten before use)."""
+        assert self.store_id is not None
+        listed = {e.first for e in self.ckpt.segments} if self.ckpt is not None else set()
+        for first in sorted(self.pos_files - listed):
+            p = os.path.join(self.seg_dir, position_name(first))
+            if first not in self.logs:
+                self.note(f"{p}: position file of no segment (left by an interrupted removal)")
+                continue
+            what = self._header_problem(p, MAGIC_POSITION, first)
+            if what:
+                self.note(f"{p}: {what} (not yet covered by the checkpoint; the next checkpoint rewrites it)")
+        if self.ckpt is not None and self.large_ids is None:
+            return  # the catalog is unusable (reported already): which run files it uses is unknown
+        for sid, p in sorted(self.run_files.items()):
+            if self.large_ids is not None and sid in self.large_ids:
+                continue
+            what = self._header_problem(p, MAGIC_RUNS, sid)
+            extra = f" ({what})" if what else ""
+            self.note(
+                f"{p}: run file of a stream the catalog does not list as large{extra}; rewritten if it becomes large"
+            )
+
+    def _header_problem(self, path: str, magic: bytes, a: int) -> str | None:
+        try:
+            header = decode_header(self.io.read_file(path), magic)
+        except FormatError as exc:
+            return f"header at byte {exc.position}: {exc.what}"
+        except OSError as exc:
+            return f"cannot read: {exc}"
+        if header.store_id != self.store_id:
+            return "header: store id differs from the store's"
+        if header.a != a:
+            return f"header names {header.a}, the file name {a}"
+        return None
+
+
+class _CatalogLayout:
+    """Byte positions of a catalog file's fields (docs/FORMAT.md, section 9), to name where a problem is."""
+
+    def __init__(self, raw: bytes) -> None:
+        s, r, _k, n = (int(x) for x in struct.unpack_from("<QQQQ", raw, HEADER_SIZE))
+        self.s, self.r = s, r
+        self.names = HEADER_SIZE + 32
+        h = _align8(self.names + n)
+        self.h = h
+        j = _align8(h + 37 * s)
+        q = _align8(j + 4 * r)
+        self.q = q
+        self.large = q + 16 * r
+
+    def head(self, sid: int) -> int:
+        return self.h + 8 * sid
+
+    def first(self, sid: int) -> int:
+        return self.h + 8 * self.s + 8 * sid
+
+    def run_diff(self, sid: int) -> int:
+        return self.h + 16 * self.s + 8 * sid
+
+    def ctrl(self, sid: int) -> int:
+        return self.h + 24 * self.s + 8 * sid
+
+    def nruns(self, sid: int) -> int:
+        return self.h + 32 * self.s + 4 * sid
+
+    def flags(self, sid: int) -> int:
+        return self.h + 36 * self.s + sid
+
+    def shared_soff(self, runs: RunIndex, sid: int) -> int:
+        """Position of stream ``sid``'s first run in the shared table's stream-offset column."""
+        starts = runs.snapshot[3]
+        i = int(starts[sid]) if sid < len(starts) else self.r
+        return self.q + 8 * i
+
+
+def _align8(x: int) -> int:
+    return x + (-x % 8)
+
+
+def _runs_mismatch(
+    cat_runs: list[tuple[int, int]], log_runs: list[tuple[int, int]], start: int, head: int
+) -> int | None:
+    """Compare a stream's catalog runs with the log's in a log that starts at global offset ``start`` > 0.
+
+    The catalog may keep runs (or the beginning of a run) that retention
+    dropped: those must lie wholly below ``start``. From the stream's first
+    record in the log on, the runs must be the log's. Returns the index of
+    the first catalog run that disagrees, or ``None``.
+    """
+
+    def end_goff(j: int) -> int:  # global offset after the last message of catalog run j
+        s, g = cat_runs[j]
+        nxt = cat_runs[j + 1][0] if j + 1 < len(cat_runs) else head
+        return g + (nxt - s)
+
+    if not log_runs:
+        return next((j for j in range(len(cat_runs)) if end_goff(j) > start), None)
+    s1, g1 = log_runs[0]
+    k = bisect.bisect_right([s for s, _g in cat_runs], s1) - 1
+    if k < 0:
+        return 0
+    s, g = cat_runs[k]
+    if g - s != g1 - s1 or (s < s1 and g1 != start) or cat_runs[k + 1 :] != log_runs[1:]:
+        return k
+    return next((j for j in range(k) if end_goff(j) > start), None)

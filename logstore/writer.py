@@ -162,7 +162,7 @@ class Writer:
         self._store_removals = count_removal
         self.retention_age = retention_age
         self.retention_bytes = retention_bytes
-        self._retention_due = retention_age is not None or retention_bytes is not None
+        self._retention_due = False  # set at each roll; the store applies retention once at open
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[_Pending] = []
         self._stopping = False

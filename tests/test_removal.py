@@ -232,7 +232,7 @@ def test_readers_run_during_compaction(store_dir: Path) -> None:
 def test_retention_bytes_drops_whole_old_segments(store_dir: Path) -> None:
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, {"old": 60}, pad=400)
-        _fill(store, {"new": 120, "old": 1}, pad=400)
+        _fill(store, {"new": 500, "old": 1}, pad=400)
         _fill(store, {"idle": 1})
         all_before = _global(store)
         head = store.global_head

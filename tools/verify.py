@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
             "records": result.records,
             "streams": result.streams,
             "transactions": result.transactions,
+            "messages": result.messages,
+            "removed": result.removed,
+            "lost": result.lost,
+            "control": result.control,
+            "log_start": result.log_start,
             "problems": [{"file": p.path, "position": p.position, "what": p.what} for p in result.problems],
             "notes": result.notes,
         }
@@ -52,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"note    {note}")
         state = "clean" if result.ok else f"{len(result.problems)} problem(s)"
         print(
-            f"{args.dir}: {state}: {result.segments} segments, {result.records} records, "
-            f"{result.transactions} transactions, {result.streams} streams"
+            f"{args.dir}: {state}: {result.segments} segments, {result.records} records "
+            f"({result.messages} readable messages, {result.removed} removed, {result.lost} lost, "
+            f"{result.control} control), {result.transactions} transactions, {result.streams} streams, "
+            f"log start {result.log_start}"
         )
     return 0 if result.ok else 1

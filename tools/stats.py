@@ -1,0 +1,111 @@
+"""``logstore stats DIR``: segments, streams, messages, records by kind and holes of a store, read-only.
+
+Opens the store with ``readonly=True`` (safe beside a live writer; it counts
+the log as it was when it started) and walks every record, checking each
+checksum without decoding envelopes. Prints a table, or with ``--json`` one
+JSON object (the keys of :func:`logstore.inspect.store_stats`). Exit 0, or 2
+with a message on stderr: not a store, damage (file and byte position) or an
+unknown format version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from logstore.errors import CorruptionError, LogStoreError
+from logstore.inspect import store_stats
+from tools.dump import ToolError, describe, open_readonly, quiet_broken_pipe
+from tools.progress import progress
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "stats", help="count segments, streams, messages and holes (read-only; safe on a live store)"
+    )
+    p.add_argument("dir", help="store directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        store = open_readonly(args.dir)
+    except ToolError as exc:
+        print(f"logstore stats: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with store, progress(store.global_head - store.log_start, "reading records") as bar:
+            stats = store_stats(store, bar.update)
+    except CorruptionError as exc:
+        print(f"logstore stats: {describe(exc)}", file=sys.stderr)
+        return 2
+    except LogStoreError as exc:
+        print(f"logstore stats: {args.dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            print(format_stats(stats))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    return 0
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    """The readable table of a :func:`store_stats` result."""
+    ck = s["checkpoint"]
+    st = s["streams"]
+    rec = s["records"]
+    holes = s["holes"]
+    segs = s["segments"]
+    start, head = s["log_start"], s["global_head"]
+    offsets = f"global offsets {_n(start)} to {_n(head - 1)}" if head > start else "no records"
+    kinds = ", ".join(f"{kind} {_n(count)}" for kind, count in rec.items() if kind != "total")
+    rows = [
+        ("store", s["path"]),
+        (
+            "checkpoint",
+            f"generation {ck['generation']}, next global offset {_n(ck['next_global_offset'])}, "
+            + ("clean" if ck["clean"] else "not clean (the store was open or did not close)"),
+        ),
+        ("recovery", s["recovery"]["summary"]),
+        (
+            "log",
+            f"{offsets}, {_n(s['log_bytes'])} record bytes in {len(segs)} segment(s), "
+            f"{_n(s['disk_bytes'])} bytes on disk",
+        ),
+        (
+            "streams",
+            f"{_n(st['total'])} total, {_n(st['live'])} live, {_n(st['deleted'])} deleted, "
+            f"{_n(st['truncated'])} truncated, {_n(st['large'])} large",
+        ),
+        ("messages", f"{_n(s['messages']['readable'])} readable"),
+        ("records", f"{_n(rec['total'])}: {kinds}"),
+        (
+            "holes",
+            f"{_n(holes['awaiting_compaction'])} removed messages awaiting compaction "
+            f"({_n(holes['reclaimable_bytes'])} bytes), {_n(holes['removed'])} removed records, "
+            f"{_n(holes['lost'])} lost records",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append("")
+    header = ("segment", "first", "records", "bytes", "capacity")
+    table = [header] + [
+        (seg["file"], _n(seg["first"]), _n(seg["records"]), _n(seg["bytes"]), _n(seg["capacity"])) for seg in segs
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
