@@ -1,6 +1,6 @@
 """Read-only views of an open store for tools: every record in global order, and store statistics.
 
-Nothing here writes a file or changes the store's state; both functions
+Nothing here writes a file or changes the store's state; the functions
 work on a store opened with ``readonly=True`` beside a live writer (they see
 that store's snapshot) and on a writable store in use (they see what was
 published when the walk started).
@@ -10,6 +10,8 @@ published when the walk started).
   would return it: a message is readable unless its stream offset is below
   the stream's first retained offset (truncation, deletion) or its global
   offset is below the log start (retention).
+- :func:`stream_start` maps a stream offset to the global offset to walk
+  from to see that stream from there on.
 - :func:`store_stats` counts segments, streams, records by kind, readable
   messages and holes, and reports the checkpoint and the last recovery.
 

@@ -148,7 +148,7 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
     if length == 0:
         raise BadRecord(position, "record length is 0 (never written)", zero=True)
     if kind not in KIND_NAMES:
-        raise BadRecord(position, f"record kind is {kind}, not one of 1..5")
+        raise BadRecord(position, f"record kind is {kind}, not one of 1..6")
     if flags & ~_KNOWN_FLAGS:
         raise BadRecord(position, f"unknown record flags {flags:#x}")
     if length < RECORD_OVERHEAD + nlen or position + length > end:

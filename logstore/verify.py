@@ -256,6 +256,11 @@ class _Verifier:
             if not self.logs:
                 self.problem(self.seg_dir, 0, "the store has no segment files")
             return
+        if not self.result.live:
+            current = f"catalog.{self.ckpt.generation:020d}" if self.ckpt is not None else None
+            for n in self.catalogs:
+                if n != current:
+                    self.note(f"{os.path.join(self.path, n)}: stale catalog generation (removed at next open)")
         firsts = self._segments_to_scan()
         self._scan_log(firsts)
         self._log_end_checks()
@@ -727,11 +732,7 @@ class _Verifier:
     def _catalog_against_log(self) -> None:
         ckpt, at = self.ckpt, self.at_ckpt
         assert ckpt is not None and at is not None and self.store_id is not None
-        cat_name = f"catalog.{ckpt.generation:020d}"
-        cat_path = os.path.join(self.path, cat_name)
-        for n in self.catalogs:
-            if n != cat_name and not self.result.live:
-                self.note(f"{os.path.join(self.path, n)}: stale catalog generation (removed at next open)")
+        cat_path = os.path.join(self.path, f"catalog.{ckpt.generation:020d}")
         try:
             raw = self.io.read_file(cat_path)
             catalog, runs, large = Catalog.decode(raw, self.store_id, ckpt.generation)
@@ -886,10 +887,10 @@ class _Verifier:
             what = self._header_problem(p, MAGIC_POSITION, first)
             if what:
                 self.note(f"{p}: {what} (not yet covered by the checkpoint; the next checkpoint rewrites it)")
-        if self.ckpt is not None and self.large_ids is None:
-            return  # the catalog is unusable (reported already): which run files it uses is unknown
+        if self.large_ids is None:
+            return  # no usable catalog: which run files it uses is unknown
         for sid, p in sorted(self.run_files.items()):
-            if self.large_ids is not None and sid in self.large_ids:
+            if sid in self.large_ids:
                 continue
             what = self._header_problem(p, MAGIC_RUNS, sid)
             extra = f" ({what})" if what else ""
