@@ -393,6 +393,12 @@ class _Verifier:
             except CorruptionError as exc:
                 self.problem(seg_path, exc.position, exc.what)
                 continue
+            except FileNotFoundError:
+                if result.live:
+                    self.note(f"{seg_path}: removed while verify ran (a writer is active)")
+                else:
+                    self.problem(seg_path, 0, "segment file disappeared while verify ran")
+                continue
             except OSError as exc:
                 self.problem(seg_path, 0, f"cannot read: {exc}")
                 continue
@@ -634,10 +640,10 @@ class _Verifier:
                 lo = max(soff, st.first, soff + start - goff)
                 messages += max(0, soff + n - lo)
         result.messages = messages
-        for first, scan in self.scans.items():
-            later = [f for f in self.scans if f > first]
-            if later and min(later) <= start:
-                self.note(f"{scan.path}: lies wholly below the log start {start}; retention removes it")
+        firsts = sorted(self.scans)
+        for first, nxt in zip(firsts, firsts[1:], strict=False):
+            if nxt <= start:
+                self.note(f"{self.scans[first].path}: lies wholly below the log start {start}; retention removes it")
 
     # -- the checkpoint and the position files against the log --------------------------------
 
