@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +128,9 @@ class Log:
         self.log_start = 0  # global offsets below it were dropped by retention
         self.ckpt_last_first = 0  # first global offset of the last segment the last checkpoint names
         self.relaxed = False  # scanning a log that does not start at 0: stream ids appear out of order
+        # Streams that a relaxed scan first met in a TRUNCATE record: their head is only known to be
+        # at least its offset until their next record (retention dropped the messages in between).
+        self._head_open: set[int] = set()
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
         self.report = RecoveryReport()
         self._scan_start = 0
@@ -285,7 +289,10 @@ class Log:
                     pos.persisted = 0  # write every entry, not only the new ones
                 if missing or pos.persisted < count:
                     created |= self._append_file(
-                        seg.pos_path, PositionIndex.file_header(self.store_id, seg.first), *pos.tail_bytes()
+                        seg.pos_path,
+                        PositionIndex.file_header(self.store_id, seg.first),
+                        *pos.tail_bytes(),
+                        lambda pos=pos: pos.positions.view().tobytes(),  # type: ignore[misc]
                     )
                     pos.persisted = count
                 cached = self._ckpt_sums.get(seg.first)
@@ -303,6 +310,7 @@ class Log:
                     os.path.join(self.stream_dir, f"{sid:010d}.runs"),
                     LargeRuns.file_header(self.store_id, sid),
                     *big.tail_bytes(),
+                    lambda big=big: big.pairs(0, len(big)),  # type: ignore[misc]
                 )
                 big.persisted = len(big)
         if created:
@@ -340,12 +348,20 @@ class Log:
     def _catalog_path(self, generation: int) -> str:
         return os.path.join(self.directory, f"catalog.{generation:020d}")
 
-    def _append_file(self, path: str, header: bytes, position: int, data: bytes) -> bool:
-        """Write ``data`` at ``position`` of an index file (creating it with ``header``); fsync it."""
+    def _append_file(
+        self, path: str, header: bytes, position: int, data: bytes, everything: Callable[[], bytes]
+    ) -> bool:
+        """Write ``data`` at ``position`` of an index file (creating it with ``header``); fsync it.
+
+        If the file is shorter than ``position`` (removed or cut while the
+        store was open), every entry is written again, from ``everything()``.
+        """
         io = self.io
         created = not io.exists(path)
         fd = io.open(path, os.O_RDWR | os.O_CREAT)
         try:
+            if io.size(fd) < position:
+                position, data = HEADER_SIZE, everything()
             if created or position == HEADER_SIZE or io.size(fd) < HEADER_SIZE:
                 io.pwrite(fd, header, 0)  # written from the start: a damaged old header is replaced too
             if data:
@@ -422,6 +438,7 @@ class Log:
         self._scan_start = start
         self._scan(start, clean_end)
         self.relaxed = False
+        self._head_open.clear()
         unnamed = self.catalog.unnamed()
         if unnamed:
             raise CorruptionError(
@@ -575,6 +592,8 @@ class Log:
             if rec.name is not None and rec.name != cat.names[rec.sid]:
                 return f"names stream id {rec.sid} {rec.name!r}, the log named it {cat.names[rec.sid]!r} before"
             head = tx_heads.get(rec.sid, int(cat.head[rec.sid]))
+            if rec.sid in self._head_open and rec.sid not in tx_heads:
+                return None if rec.soff >= head else f"stream id {rec.sid} offset {rec.soff}, below {head}"
         elif rec.sid not in tx_heads:
             if rec.name is None:
                 return f"first record of stream id {rec.sid} carries no name"
@@ -610,8 +629,15 @@ class Log:
                         # The stream's earlier records were dropped: it starts here.
                         cat.place(sid, rec.name)
                         cat.head[sid] = cat.first[sid] = rec.soff
+                        if kind == KIND_TRUNCATE:
+                            self._head_open.add(sid)
                     else:
                         cat.add(rec.name)
+                if sid in self._head_open and kind != KIND_TRUNCATE:
+                    # The first record after the truncation fixes the head; what lies between was dropped.
+                    self._head_open.discard(sid)
+                    if kind != KIND_DELETE:
+                        cat.first[sid] = max(int(cat.first[sid]), rec.soff)
                 if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                     diff = rec.goff - rec.soff
                     if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
@@ -619,9 +645,11 @@ class Log:
                         cat.nruns[sid] += 1
                         cat.run_diff[sid] = diff
                     cat.head[sid] = rec.soff + 1
-                    if kind == KIND_MESSAGE:
-                        cat.flags[sid] &= ~FLAG_DELETED & 0xFF
+                    # REMOVED and LOST records stand for messages, appended after any earlier delete.
+                    cat.flags[sid] &= ~FLAG_DELETED & 0xFF
                 else:
+                    if sid in self._head_open or kind == KIND_DELETE:
+                        cat.head[sid] = max(int(cat.head[sid]), rec.soff)
                     cat.first[sid] = max(int(cat.first[sid]), rec.soff)
                     cat.ctrl[sid] = rec.goff + 1
                     if kind == KIND_DELETE:

@@ -34,7 +34,13 @@ engine's recovery code. It checks:
 
 A store whose writer lock is held may have a transaction in flight at its
 tail, a compaction swap or a retention drop half done; these are then
-reported as notes, not problems.
+reported as notes, not problems. If the writer checkpoints while verify
+runs, verify looks again.
+
+A stream reads as deleted from its DELETE record until its next MESSAGE,
+REMOVED or LOST record: REMOVED and LOST records stand for messages that
+were appended (and later removed by compaction, or destroyed), and an
+append ends a deletion.
 
 Retention makes some catalog values underivable from the log: what it
 dropped may have raised a stream's first retained offset, set its last
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import itertools
 import os
 import re
 import stat
@@ -91,6 +98,7 @@ _STREAM_CONTROL = (KIND_TRUNCATE, KIND_DELETE)
 _MESSAGE_LIKE = (KIND_MESSAGE, KIND_REMOVED, KIND_LOST)
 _CKPT_HEAD = 24  # CHECKPOINT body: next global offset, log start, segment count
 _CKPT_ENTRY = 32
+_LIVE_ATTEMPTS = 4
 
 
 @dataclass
@@ -172,6 +180,7 @@ class _AtCheckpoint:
 class _SegmentScan:
     path: str
     first: int
+    size: int  # bytes of the file that hold records (the smaller of its size and capacity)
     positions: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
 
@@ -198,13 +207,25 @@ def verify(
 
     ``live`` says whether a writer may be changing the store meanwhile; by
     default, whether some process holds the writer lock. A caller that holds
-    the lock itself and writes nothing while verify runs (``logstore
-    repair``) passes ``live=False``, so that what would be a write in flight
-    on a live store is reported as the problem it is.
+    the lock itself and writes nothing while verify runs passes
+    ``live=False``, so that what would be a write in flight on a live store
+    is reported as the problem it is. On a live store whose ``CHECKPOINT``
+    changes while verify runs, the check is repeated (up to 4 times in all).
     """
-    result = VerifyResult(path)
-    result.live = _writer_active(path) if live is None else live
-    _Verifier(path, io or FileIO(), result, decode_envelopes).run()
+    io = io or FileIO()
+    is_live = _writer_active(path) if live is None else live
+    for attempt in range(_LIVE_ATTEMPTS):
+        result = VerifyResult(path, live=is_live)
+        checker = _Verifier(path, io, result, decode_envelopes)
+        checker.run()
+        if not is_live or not checker.checkpoint_moved():
+            return result
+        # A live writer checkpointed meanwhile (a roll, a compaction swap, a retention drop): the index
+        # files were compared with a log that had moved on. Look again.
+        if attempt == _LIVE_ATTEMPTS - 1:
+            moved = result.problems[checker.index_problems :]
+            del result.problems[checker.index_problems :]
+            result.notes += [f"{p} (the store checkpointed while verify ran)" for p in moved]
     return result
 
 
@@ -222,12 +243,13 @@ class _Verifier:
         self.run_files: dict[int, str] = {}
         self.catalogs: list[str] = []
         self.ckpt: Checkpoint | None = None
+        self.ckpt_raw: bytes | None = None
+        self.index_problems = 0  # problems found before the index files were compared with the log
         self.store_id: bytes | None = None
         # The log scan.
         self.scans: dict[int, _SegmentScan] = {}
         self.streams: dict[int, _Stream] = {}
         self.by_name: dict[str, int] = {}
-        self.next_new = 0  # the id a new stream must have in a log that starts at 0
         self.bad_ids: set[int] = set()  # ids already reported as unusable
         self.relaxed = False  # the log does not start at 0: retention dropped its beginning
         self.log_first = 0
@@ -264,6 +286,7 @@ class _Verifier:
         firsts = self._segments_to_scan()
         self._scan_log(firsts)
         self._log_end_checks()
+        self.index_problems = len(self.result.problems)
         if self.ckpt is not None and self._checkpoint_against_log():
             self._catalog_against_log()
         self._leftover_index_files()
@@ -326,9 +349,17 @@ class _Verifier:
 
     # -- checkpoint and store id ------------------------------------------------------------
 
+    def checkpoint_moved(self) -> bool:
+        """Whether ``CHECKPOINT`` changed since :meth:`run` read it."""
+        try:
+            return self.io.read_file(self.ckpt_path) != self.ckpt_raw
+        except OSError:
+            return self.ckpt_raw is not None
+
     def _read_checkpoint(self) -> None:
         try:
-            self.ckpt, self.store_id = Checkpoint.decode(self.io.read_file(self.ckpt_path), None)
+            self.ckpt_raw = self.io.read_file(self.ckpt_path)
+            self.ckpt, self.store_id = Checkpoint.decode(self.ckpt_raw, None)
         except FileNotFoundError:
             self.problem(self.ckpt_path, 0, "CHECKPOINT is missing")
         except FormatError as exc:
@@ -420,7 +451,7 @@ class _Verifier:
                 elif seg.first != self.expected:
                     self.problem(seg_path, 32, f"segment starts at global offset {seg.first}, expected {self.expected}")
                     self.expected = seg.first
-                scan = self.scans.setdefault(seg.first, _SegmentScan(seg_path, seg.first))
+                scan = self.scans.setdefault(seg.first, _SegmentScan(seg_path, seg.first, seg.size))
                 named: set[int] = set()
                 pos = HEADER_SIZE
                 buf = seg.view
@@ -431,7 +462,7 @@ class _Verifier:
                         rec = parse_record(buf, pos, seg.size)
                     except BadRecord as bad:
                         if bad.zero:
-                            nz = last_nonzero(buf, pos, seg.size)
+                            nz = _last_nonzero(buf, pos, seg.size)
                             if nz > pos:
                                 tail_problem = Problem(
                                     seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
@@ -440,7 +471,7 @@ class _Verifier:
                             break
                         tail_problem = Problem(seg_path, pos, bad.what)
                         result.problems.append(tail_problem)
-                        nxt = find_next_record(buf, pos + 1, seg.size)
+                        nxt = _find_next_record(buf, pos + 1, seg.size)
                         if nxt < 0:
                             break
                         pos = nxt
@@ -591,11 +622,13 @@ class _Verifier:
             self.bad_ids.add(sid)
             return None
         assert rec.name is not None
-        if not self.relaxed and sid != self.next_new:
+        expected = max(self.streams) + 1 if self.streams else 0
+        if not self.relaxed and sid != expected:
+            # Ids left out are reported at the end, once each, as named nowhere.
             self.problem(
                 seg_path,
                 rec.position,
-                f"{where}: new stream id {sid} ({rec.name!r}) is out of sequence, expected {self.next_new}",
+                f"{where}: new stream id {sid} ({rec.name!r}) is out of sequence, expected {expected}",
             )
         if self.relaxed:
             # Its earlier records may have been dropped: it starts wherever its first record is.
@@ -605,8 +638,6 @@ class _Verifier:
             st = _Stream(rec.name, 0, rec.soff)
         self.streams[sid] = st
         self.by_name[rec.name] = sid
-        while self.next_new in self.streams:
-            self.next_new += 1
         return st
 
     def _log_end_checks(self) -> None:
@@ -641,7 +672,7 @@ class _Verifier:
                 messages += max(0, soff + n - lo)
         result.messages = messages
         firsts = sorted(self.scans)
-        for first, nxt in zip(firsts, firsts[1:], strict=False):
+        for first, nxt in itertools.pairwise(firsts):
             if nxt <= start:
                 self.note(f"{self.scans[first].path}: lies wholly below the log start {start}; retention removes it")
 
@@ -694,12 +725,17 @@ class _Verifier:
             want_end = scan.ends[e.records - 1] if e.records else HEADER_SIZE
             pos_path = os.path.join(self.seg_dir, position_name(e.first))
             missing = e.first not in self.pos_files
+            # A sealed segment that compaction replaced after this checkpoint is smaller than the end the
+            # checkpoint recorded for it; its position file is gone or already rewritten for the new copy.
+            swapped = e.end > scan.size and i < len(ckpt.segments) - 1
             if e.end != want_end:
                 what = f"segment {e.first}: checkpoint end {e.end}, its records end at {want_end}"
-                if missing and live:
+                if live and (missing or swapped):
                     self.note(f"{cp} at byte {at_entry + 16}: {what} (a compaction swap in flight)")
-                else:
-                    self.problem(cp, at_entry + 16, what)
+                    continue
+                if swapped:
+                    what += " (the segment was replaced after the checkpoint; the next open rebuilds its positions)"
+                self.problem(cp, at_entry + 16, what)
             if missing:
                 if live:
                     self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
@@ -955,6 +991,26 @@ class _CatalogLayout:
         starts = runs.snapshot[3]
         i = int(starts[sid]) if sid < len(starts) else self.r
         return self.q + 8 * i
+
+
+def _last_nonzero(buf: memoryview, start: int, end: int) -> int:
+    """:func:`last_nonzero`, on bytes that a live writer may be writing meanwhile."""
+    for _ in range(3):
+        try:
+            return last_nonzero(buf, start, end)
+        except RuntimeError:  # numpy saw the bytes change under it
+            continue
+    return end
+
+
+def _find_next_record(buf: memoryview, start: int, end: int) -> int:
+    """:func:`find_next_record`, on bytes that a live writer may be writing meanwhile."""
+    for _ in range(3):
+        try:
+            return find_next_record(buf, start, end)
+        except RuntimeError:  # numpy saw the bytes change under it
+            continue
+    return -1
 
 
 def _align8(x: int) -> int:

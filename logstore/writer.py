@@ -392,8 +392,11 @@ class Writer:
             cat = lg.catalog
             n = len(cat)
             head = cat.head[:n].astype(np.int64)
-            last = np.maximum(cat.run_diff[:n].astype(np.int64) + head - 1, cat.ctrl[:n].astype(np.int64) - 1)
-            carry = np.flatnonzero(last < start).tolist()
+            last_msg = cat.run_diff[:n].astype(np.int64) + head - 1
+            # A stream whose messages all lie below the start needs a record that names it and its head
+            # past the start, unless it has one already: a control record there with first == head.
+            named_at_head = (cat.ctrl[:n].astype(np.int64) - 1 >= start) & (cat.first[:n].astype(np.int64) == head)
+            carry = np.flatnonzero((last_msg < start) & ~named_at_head).tolist()
             specs = [(KIND_RETAIN, NO_STREAM, start, b"")]
             for sid in carry:
                 kind = KIND_DELETE if cat.flags[sid] & FLAG_DELETED else KIND_TRUNCATE

@@ -348,3 +348,77 @@ def test_compaction_leftover_is_a_problem_without_a_writer(tmp_path: Path, capsy
     assert code == 1
     assert [(p["file"], p["position"]) for p in out["problems"]] == [(str(leftover), 0)]
     assert "interrupted compaction" in out["problems"][0]["what"]
+
+
+def test_live_false_reports_what_a_live_writer_would_excuse(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _store(path)
+    leftover = path / "segments" / "00000000000000000000.log.compact"
+    with logstore.open(path):
+        leftover.write_bytes(b"partial copy")
+        assert verify(str(path)).ok
+        found = verify(str(path), live=False).problems
+        assert [(p.path, p.position) for p in found] == [(str(leftover), 0)]
+
+
+# -- regressions: index rebuilds from a log that retention shortened or compaction rewrote ----------------------
+
+
+def _segments(path: Path) -> int:
+    return len(list((path / "segments").glob("*.log")))
+
+
+def _append(store: logstore.Store, name: str, n: int = 1) -> None:
+    for _ in range(n):
+        with store.transaction() as tx:
+            store.append_messages(tx, name, store.head(name), [Envelope.new("E", {"pad": "x" * 400})])
+
+
+def _truncated_then_dropped(path: Path, append_after: bool) -> None:
+    """Stream "x": 0..9 in segment 0, truncate(x, 5) in segment 1, (x 10 in segment 2); retention drops segment 0."""
+    with logstore.open(path, segment_size=64 * 1024) as store:
+        _append(store, "x", 10)
+        while _segments(path) < 2:
+            _append(store, "y")
+        store.truncate_stream("x", 5)
+        while _segments(path) < 3:
+            _append(store, "y")
+        if append_after:
+            _append(store, "x")
+    with logstore.open(path, retention_bytes=150 * 1024) as store:
+        _append(store, "y")
+    assert not (path / "segments" / "00000000000000000000.log").exists()
+    assert verify(str(path)).ok
+    (path / "CHECKPOINT").unlink()
+
+
+def test_engine_rebuilds_a_shortened_log_whose_stream_starts_with_a_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _truncated_then_dropped(path, append_after=True)
+    with logstore.open(path) as store:  # raised CorruptionError "stream id 0 offset 10, expected 5"
+        # Retention dropped offsets 5..9 with segment 0: the first readable offset is 10.
+        assert store.stream_info("x") == (10, 11, False)
+
+
+def test_engine_keeps_the_head_of_a_stream_truncated_below_it_after_a_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _truncated_then_dropped(path, append_after=False)
+    with logstore.open(path) as store:
+        assert store.head("x") == 10  # the rebuild said 5, and appends would have reused offsets
+
+
+def test_engine_rebuild_keeps_the_deleted_flag_after_compaction(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with logstore.open(path, segment_size=64 * 1024) as store:
+        _append(store, "x")
+        store.delete_stream("x")
+        _append(store, "x")  # ends the deletion
+        store.truncate_stream("x", 2)
+        while _segments(path) < 2:
+            _append(store, "y")
+        assert store.compact().messages_removed == 2
+        assert store.stream_info("x") == (2, 2, False)
+    assert verify(str(path)).ok
+    (path / "CHECKPOINT").unlink()
+    with logstore.open(path) as store:
+        assert store.stream_info("x") == (2, 2, False)  # the rebuild says deleted
