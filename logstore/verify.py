@@ -249,6 +249,7 @@ class _Verifier:
         # The log scan.
         self.scans: dict[int, _SegmentScan] = {}
         self.streams: dict[int, _Stream] = {}
+        self.max_sid = -1  # highest stream id met so far
         self.by_name: dict[str, int] = {}
         self.bad_ids: set[int] = set()  # ids already reported as unusable
         self.relaxed = False  # the log does not start at 0: retention dropped its beginning
@@ -622,7 +623,7 @@ class _Verifier:
             self.bad_ids.add(sid)
             return None
         assert rec.name is not None
-        expected = max(self.streams) + 1 if self.streams else 0
+        expected = self.max_sid + 1
         if not self.relaxed and sid != expected:
             # Ids left out are reported at the end, once each, as named nowhere.
             self.problem(
@@ -637,6 +638,7 @@ class _Verifier:
         else:
             st = _Stream(rec.name, 0, rec.soff)
         self.streams[sid] = st
+        self.max_sid = max(self.max_sid, sid)
         self.by_name[rec.name] = sid
         return st
 
