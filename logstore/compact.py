@@ -73,12 +73,17 @@ def _log_bytes(store: Store) -> int:
     return sum(seg.size for seg in store._log.segments)
 
 
-def compact_store(store: Store, progress: Callable[[int, int], None] | None = None) -> CompactReport:
+def compact_store(
+    store: Store,
+    progress: Callable[[int, int], None] | None = None,
+    retention_age: float | None = None,
+    retention_bytes: int | None = None,
+) -> CompactReport:
     lg = store._log
     writer = store._writer
     report = CompactReport(bytes_before=_log_bytes(store))
     before = len(lg.segments)
-    writer.call(writer.apply_retention)
+    writer.call(lambda: writer.apply_retention(retention_age, retention_bytes))
     report.segments_dropped = max(0, before - len(lg.segments))
     sealed = lg.segments[:-1]
     first = lg.catalog.first.copy()  # removals only ever grow: an older copy is safe

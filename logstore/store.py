@@ -121,16 +121,7 @@ def open(
         )
     if isinstance(checkpoint_bytes, bool) or not isinstance(checkpoint_bytes, int) or checkpoint_bytes <= 0:
         raise ValueError(f"checkpoint_bytes must be a positive int, got {checkpoint_bytes!r}")
-    if retention_age is not None:
-        if isinstance(retention_age, bool) or not isinstance(retention_age, int | float):
-            raise TypeError(f"retention_age must be a number of seconds or None, got {type(retention_age).__name__}")
-        if not 0 < retention_age < float("inf"):
-            raise ValueError(f"retention_age must be > 0 seconds and finite, got {retention_age!r}")
-    if retention_bytes is not None:
-        if isinstance(retention_bytes, bool) or not isinstance(retention_bytes, int):
-            raise TypeError(f"retention_bytes must be an int or None, got {type(retention_bytes).__name__}")
-        if retention_bytes <= 0:
-            raise ValueError(f"retention_bytes must be > 0, got {retention_bytes}")
+    check_retention(retention_age, retention_bytes)
     if readonly and (retention_age is not None or retention_bytes is not None):
         raise ValueError("retention options need a writable store (readonly=True was given)")
     return Store(
@@ -473,15 +464,24 @@ class Store:
         nameb = check_stream_name(stream)
         self._writer.control(KIND_DELETE, stream, nameb, 0)
 
-    def compact(self, progress: Callable[[int, int], None] | None = None) -> CompactReport:
+    def compact(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        retention_age: float | None = None,
+        retention_bytes: int | None = None,
+    ) -> CompactReport:
         """Apply retention, then rewrite sealed segments without the messages removals left in them.
 
         Readers and writers keep working meanwhile; see :mod:`logstore.compact`
         for the crash-safe steps. ``progress(done, total)`` is called after
-        each sealed segment. Returns what was done and the bytes reclaimed.
+        each sealed segment. ``retention_age`` and ``retention_bytes``, when
+        given, apply for this call in place of the store's options. Returns
+        what was done and the bytes reclaimed (dropped segments included).
         """
         self._check_writable()
-        return compact_store(self, progress)
+        check_retention(retention_age, retention_bytes)
+        return compact_store(self, progress, retention_age, retention_bytes)
 
     def _count_removal(self) -> None:
         self._removals += 1
@@ -577,6 +577,19 @@ class Store:
 def _resolve(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def check_retention(retention_age: object, retention_bytes: object) -> None:
+    if retention_age is not None:
+        if isinstance(retention_age, bool) or not isinstance(retention_age, int | float):
+            raise TypeError(f"retention_age must be a number of seconds or None, got {type(retention_age).__name__}")
+        if not 0 < retention_age < float("inf"):
+            raise ValueError(f"retention_age must be > 0 seconds and finite, got {retention_age!r}")
+    if retention_bytes is not None:
+        if isinstance(retention_bytes, bool) or not isinstance(retention_bytes, int):
+            raise TypeError(f"retention_bytes must be an int or None, got {type(retention_bytes).__name__}")
+        if retention_bytes <= 0:
+            raise ValueError(f"retention_bytes must be > 0, got {retention_bytes}")
 
 
 def check_stream_name(stream: object) -> bytes:

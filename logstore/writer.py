@@ -371,7 +371,7 @@ class Writer:
         self._removed()
         p.result = range(goff, goff + 1)
 
-    def apply_retention(self) -> int:
+    def apply_retention(self, age: float | None = None, max_bytes: int | None = None) -> int:
         """Drop the old segments that the retention options no longer keep (writer thread).
 
         Returns the log bytes freed. Steps: (1) write one transaction: a
@@ -382,12 +382,15 @@ class Writer:
         mode, since what follows cannot be undone; (3) publish: readers skip
         everything below the log start from here on; (4) checkpoint without
         the dropped segments and remove them (``Log.drop_segments``).
-        Recovery replays (1) and finishes (4).
+        Recovery replays (1) and finishes (4). ``age`` and ``max_bytes``
+        stand in for the store's retention options when given.
         """
         lg = self.log
-        if self.retention_age is None and self.retention_bytes is None:
+        age = self.retention_age if age is None else age
+        max_bytes = self.retention_bytes if max_bytes is None else max_bytes
+        if age is None and max_bytes is None:
             return lg.drop_segments()
-        start = lg.retention_point(self.retention_age, self.retention_bytes, time.time_ns())
+        start = lg.retention_point(age, max_bytes, time.time_ns())
         if start > lg.log_start:
             cat = lg.catalog
             n = len(cat)

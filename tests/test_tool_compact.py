@@ -57,3 +57,27 @@ def test_compact_refuses_an_unknown_format_version(tmp_path: Path, capsys: pytes
     assert main(["compact", str(path)]) == 2
     assert "version" in capsys.readouterr().err
     assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+
+
+def test_compact_with_retention_drops_old_segments(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _store(store_dir)
+    nseg = len(list((store_dir / "segments").glob("*.log")))
+    assert main(["compact", "--json", "--retention-bytes", str(SMALL_SEGMENT), str(store_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["segments_dropped"] >= 1
+    assert len(list((store_dir / "segments").glob("*.log"))) == nseg - report["segments_dropped"]
+    assert report["bytes_reclaimed"] >= (nseg - 1) * SMALL_SEGMENT // 2
+    with logstore.open(store_dir, readonly=True) as store:
+        assert store.log_start > 0
+        assert store.head("a") == 300
+
+
+@pytest.mark.parametrize("option", [["--retention-bytes", "0"], ["--retention-age", "-1"], ["--retention-age", "x"]])
+def test_compact_refuses_bad_retention_values(
+    store_dir: Path, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    _store(store_dir)
+    before = sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK")
+    assert main(["compact", *option, str(store_dir)]) == 2
+    assert "retention" in capsys.readouterr().err
+    assert sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK") == before

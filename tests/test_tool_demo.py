@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tools.cli import main
 
@@ -33,3 +36,11 @@ def test_demo_refuses_a_directory_with_files(tmp_path: Path) -> None:
 
 def test_demo_rejects_bad_counts(tmp_path: Path) -> None:
     assert main(["demo", str(tmp_path / "s"), "--orders", "0"]) == 2
+
+
+def test_demo_json_output(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", str(store_dir), "--orders", "100", "--batch", "25", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["clean"] is True and report["problems"] == []
+    assert report["orders"] == 100 and report["tailed"] == report["scanned"] == report["verified_records"]
+    assert report["disk_bytes"] > 0 and report["write_seconds"] > 0

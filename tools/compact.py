@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import logstore
+from logstore.store import check_retention
 from tools.progress import progress
 
 
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"logstore compact: {args.dir}: not a logstore store", file=sys.stderr)
         return 2
     try:
-        store = logstore.open(args.dir, retention_age=args.retention_age, retention_bytes=args.retention_bytes)
+        check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use
+        store = logstore.open(args.dir)
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
         print(f"logstore compact: {exc}", file=sys.stderr)
         return 2
@@ -47,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(n - done)
                 done = n
 
-            report = store.compact(step)
+            report = store.compact(step, retention_age=args.retention_age, retention_bytes=args.retention_bytes)
         store.close()
-    except (logstore.LogStoreError, OSError) as exc:
+    except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
         print(f"logstore compact: {exc}", file=sys.stderr)
         with contextlib.suppress(logstore.LogStoreError, OSError):
             store.close()

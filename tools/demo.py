@@ -10,6 +10,7 @@ whole time, as a projection would.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -28,6 +29,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--orders", type=int, default=20_000, help="order streams to write (default 20000)")
     p.add_argument("--batch", type=int, default=100, help="orders placed per transaction (default 100)")
     p.add_argument("--durability", choices=("fsync", "batch", "none"), default="fsync")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(run=run)
 
 
@@ -135,9 +137,34 @@ def run(args: argparse.Namespace) -> int:
     result = verify(args.dir)
     verify_s = time.perf_counter() - t4
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(args.dir) for f in fs)
+    ok = result.ok and tail_seen == written and scanned == written
+    followed = written - args.orders
+    if args.json:
+        out = {
+            "path": args.dir,
+            "durability": args.durability,
+            "ok": ok,
+            "orders": args.orders,
+            "place_seconds": place_s,
+            "followed": followed,
+            "follow_seconds": follow_s,
+            "tailed": tail_seen,
+            "streams_loaded": loads,
+            "messages_loaded": loaded,
+            "load_seconds": load_s,
+            "scanned": scanned,
+            "scan_seconds": scan_s,
+            "verified_records": result.records,
+            "verify_seconds": verify_s,
+            "clean": result.ok,
+            "problems": [str(p) for p in result.problems],
+            "disk_bytes": size,
+            "write_seconds": write_s,
+        }
+        print(json.dumps(out, indent=2))
+        return 0 if ok else 1
     print(f"logstore demo in {args.dir} (durability={args.durability})")
     print(f"  placed   {args.orders:>9,} orders in {place_s:6.2f} s  {_rate(args.orders, place_s):>12} msgs")
-    followed = written - args.orders
     print(f"  followed {followed:>9,} msgs   in {follow_s:6.2f} s  {_rate(followed, follow_s):>12} msgs")
     print(f"  tailed   {tail_seen:>9,} msgs   in the global stream, in a second thread, while writing")
     print(
@@ -149,5 +176,4 @@ def run(args: argparse.Namespace) -> int:
     print(f"  total write time {write_s:.2f} s")
     for p in result.problems:
         print(f"PROBLEM {p}")
-    ok = result.ok and tail_seen == written and scanned == written
     return 0 if ok else 1

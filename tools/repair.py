@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2))
     else:
-        prefix = "would " if report.dry_run else ""
+        prefix = "would " if report.dry_run and report.changed else ""
         for action in report.actions:
             print(f"{prefix}{action}")
         for name, offs in report.lost_offsets.items():
