@@ -70,6 +70,9 @@ class Catalog:
         self.ctrl: npt.NDArray[Any] = np.zeros(64, U64)
         self.nruns: npt.NDArray[Any] = np.zeros(64, U32)
         self.flags: npt.NDArray[Any] = np.zeros(64, _U8)
+        # Stream id -> first retained offset, for the streams where it is above 0: what the global
+        # reader checks per record (a dict lookup is cheaper than indexing a numpy array).
+        self.trimmed: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -106,6 +109,12 @@ class Catalog:
     def unnamed(self) -> list[int]:
         """Ids below the highest known one that no name was placed at."""
         return [i for i, n in enumerate(self.names) if not n]
+
+    def set_first(self, sid: int, first: int) -> None:
+        """Raise stream ``sid``'s first retained offset (writer thread)."""
+        self.first[sid] = first
+        if first:
+            self.trimmed[sid] = first
 
     def head_of(self, name: str) -> int:
         sid = self.ids.get(name)
@@ -206,6 +215,7 @@ class Catalog:
             raise FormatError(HEADER_SIZE + _COUNTS.size, "a stream name appears twice")
         cat.head[:s] = take(U64, s)
         cat.first[:s] = take(U64, s)
+        cat.trimmed = {int(i): int(cat.first[i]) for i in np.flatnonzero(cat.first[:s])}
         cat.run_diff[:s] = take(U64, s)
         cat.ctrl[:s] = take(U64, s)
         cat.nruns[:s] = take(U32, s)

@@ -628,7 +628,8 @@ class Log:
                     if self.relaxed:
                         # The stream's earlier records were dropped: it starts here.
                         cat.place(sid, rec.name)
-                        cat.head[sid] = cat.first[sid] = rec.soff
+                        cat.head[sid] = rec.soff
+                        cat.set_first(sid, rec.soff)
                         if kind == KIND_TRUNCATE:
                             self._head_open.add(sid)
                     else:
@@ -637,7 +638,7 @@ class Log:
                     # The first record after the truncation fixes the head; what lies between was dropped.
                     self._head_open.discard(sid)
                     if kind != KIND_DELETE:
-                        cat.first[sid] = max(int(cat.first[sid]), rec.soff)
+                        cat.set_first(sid, max(int(cat.first[sid]), rec.soff))
                 if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                     diff = rec.goff - rec.soff
                     if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
@@ -650,7 +651,7 @@ class Log:
                 else:
                     if sid in self._head_open or kind == KIND_DELETE:
                         cat.head[sid] = max(int(cat.head[sid]), rec.soff)
-                    cat.first[sid] = max(int(cat.first[sid]), rec.soff)
+                    cat.set_first(sid, max(int(cat.first[sid]), rec.soff))
                     cat.ctrl[sid] = rec.goff + 1
                     if kind == KIND_DELETE:
                         cat.flags[sid] |= FLAG_DELETED

@@ -39,6 +39,7 @@ class _Reader:
 
     __slots__ = (
         "__weakref__",
+        "_base",
         "_buf",
         "_bufi",
         "_closed",
@@ -59,7 +60,9 @@ class _Reader:
         self._next = offset  # where reading goes on once the envelopes decoded ahead are used up
         # Envelopes decoded ahead (all committed and visible) and their offsets: _buf[_bufi:] are next.
         self._buf: list[Envelope] = []
-        self._offs: list[int] = []
+        # Their offsets: _offs[i], or _base + i when _offs is None (nothing skipped in between).
+        self._offs: list[int] | None = None
+        self._base = 0
         self._bufi = 0
         self._prefetch = 4  # doubles up to PREFETCH while a reader keeps reading
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
@@ -76,20 +79,24 @@ class _Reader:
             self._drop_ahead()
             return False
         self._env = buf[i]
-        self._current = self._offs[i]
+        offs = self._offs
+        self._current = self._base + i if offs is None else offs[i]
         self._bufi = i + 1
         return True
 
     def _drop_ahead(self) -> None:
         if self._bufi < len(self._buf):
-            self._next = self._offs[self._bufi]
+            i = self._bufi
+            self._next = self._base + i if self._offs is None else self._offs[i]
         self._buf = []
-        self._offs = []
+        self._offs = None
         self._bufi = 0
 
-    def _fill(self, buf: list[Envelope], offs: list[int], resume: int) -> bool:
+    def _fill(self, buf: list[Envelope], offs: list[int] | None, base: int, resume: int) -> bool:
+        """Hand out ``buf``: offsets ``offs``, or ``base``, ``base + 1``, ... when ``offs`` is None."""
         self._buf = buf
         self._offs = offs
+        self._base = base
         self._bufi = 0
         self._next = resume
         if self._prefetch < PREFETCH:
@@ -130,7 +137,8 @@ class _Reader:
         if i < len(buf) and self._epoch == self._store._removals:
             self._env = buf[i]
             self._bufi = i + 1
-            self._current = self._offs[i]
+            offs = self._offs
+            self._current = self._base + i if offs is None else offs[i]
             return True
         return self._advance()
 
@@ -307,15 +315,14 @@ class StreamReader(_Reader):
                 seg = self._seg = self._segment_for(goff)
             stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
             buf: list[Envelope] = []
-            offs: list[int] = []
             try:
-                seg.read_many(goff, stop, buf, sid, want, offs)
+                offs = seg.read_many(goff, stop, buf, sid, want)
             except SegmentRetired:
                 self._retired()
                 self._seg = None
                 continue
             if buf:
-                return self._fill(buf, offs, offs[-1] + 1)
+                return self._fill(buf, offs, want, want + len(buf) if offs is None else offs[-1] + 1)
             want += stop - goff  # only records that repair marked lost: skip them
         self._next = want
         return False
@@ -344,22 +351,21 @@ class GlobalReader(_Reader):
         lg = store._log
         self._epoch = store._removals  # before reading the removal bounds below
         end = lg.visible_end
-        first = lg.catalog.first
+        trimmed = lg.catalog.trimmed
         want = max(self._next, lg.log_start)
         while want < end:
             seg = self._seg
             if seg is None or not seg.first <= want < seg.first + seg.count:
                 seg = self._seg = self._segment_for(want)
             buf: list[Envelope] = []
-            offs: list[int] = []
             try:
-                nxt = seg.read_global(want, min(end, seg.first + seg.count, want + self._prefetch), buf, offs, first)
+                nxt, offs = seg.read_global(want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed)
             except SegmentRetired:
                 self._retired()
                 self._seg = None
                 continue
             if buf:
-                return self._fill(buf, offs, nxt)
+                return self._fill(buf, offs, want, nxt)
             want = nxt
             self._prefetch = PREFETCH  # skipping: read ahead in big steps
         self._next = want

@@ -315,17 +315,17 @@ class Segment:
         self.end = position
         return index
 
-    def read_many(
-        self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0, offsets: list[int] | None = None
-    ) -> None:
+    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:
         """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
         They must all be in this segment; consecutive global offsets are
         consecutive records, so only the first position is looked up. With
         ``sid >= 0`` the records must also be stream ``sid``'s, from offset ``soff`` on;
-        REMOVED and LOST records among them are skipped, and ``offsets``, when
-        given, receives the stream offset of each envelope returned.
+        REMOVED and LOST records among them are skipped. Returns the stream
+        offset of each envelope appended if a record was skipped, else ``None``
+        (they are then ``soff``, ``soff + 1``, ...).
         """
+        offsets: list[int] | None = None
         position = self.positions.position(goff)
         buf = self.view
         size = self.size
@@ -348,35 +348,45 @@ class Segment:
                     append(decode(buf[position + 28 + nlen : end]))
                     if offsets is not None:
                         offsets.append(rsoff)
-                elif kind not in (KIND_REMOVED, KIND_LOST):
+                elif kind in (KIND_REMOVED, KIND_LOST):
+                    if offsets is None:  # everything before was handed out, at consecutive offsets
+                        offsets = list(range(rsoff - (len(out) - had), rsoff))
+                else:
                     raise BadRecord(position, f"a {KIND_NAMES.get(kind, kind)} record where the index has a message")
                 position = end + 8
                 goff += 1
         except BadRecord as bad:
             if len(out) > had:
-                return  # hand out what precedes the damage; reading the damaged record raises
+                return offsets  # hand out what precedes the damage; reading the damaged record raises
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
             if self.closed:
                 raise SegmentRetired(self.path) from None
             if len(out) > had:
-                return
+                return offsets
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
+        return offsets
 
-    def read_global(self, goff: int, stop: int, out: list[Envelope], offs: list[int], first: Any) -> int:
-        """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``, and their offsets.
+    def read_global(
+        self, goff: int, stop: int, out: list[Envelope], trimmed: dict[int, int]
+    ) -> tuple[int, list[int] | None]:
+        """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``.
 
         Control records, REMOVED records and messages below their stream's
-        first retained offset (``first[stream id]``) are skipped. Returns the
-        global offset after the last record examined: ``stop``, or less if
-        damage stopped the read after something was read.
+        first retained offset (``trimmed``: stream id -> first retained offset, for the
+        streams where it is above 0) are skipped. Returns the global offset
+        after the last record examined (``stop``, or less if damage stopped the
+        read after something was read), and the global offsets of the
+        envelopes appended if a record was skipped, else ``None`` (they are
+        then ``goff``, ``goff + 1``, ...).
         """
         position = self.positions.position(goff)
         buf = self.view
         size = self.size
         start = goff
+        offs: list[int] | None = None
         try:
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
@@ -385,29 +395,31 @@ class Segment:
                     raise BadRecord(position, "record header does not match the index")
                 if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
                     raise BadRecord(position, "record checksum mismatch")
-                if kind == KIND_MESSAGE:
-                    if rsoff >= first[rsid]:
-                        out.append(decode(buf[position + 28 + nlen : end]))
+                if kind == KIND_MESSAGE and (not trimmed or rsoff >= trimmed.get(rsid, 0)):
+                    out.append(decode(buf[position + 28 + nlen : end]))
+                    if offs is not None:
                         offs.append(goff)
                 elif kind not in KIND_NAMES:
                     raise BadRecord(position, f"record kind is {kind}")
+                elif offs is None:  # skipped; everything before was handed out, at consecutive offsets
+                    offs = list(range(start, goff))
                 position = end + 8
                 goff += 1
         except BadRecord as bad:
             if out:
-                return goff
+                return goff, offs
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
-        except (ValueError, TypeError, IndexError) as exc:  # msgpack decoding errors are ValueError or TypeError
+        except (ValueError, TypeError) as exc:  # msgpack decoding errors are ValueError or TypeError
             if self.closed:
                 raise SegmentRetired(self.path) from None
             if out:
-                return goff
+                return goff, offs
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
         finally:
             self.io.records_read += goff - start
-        return goff
+        return goff, offs
 
     def close(self) -> None:
         """Release the mapping and the descriptor; closing twice does nothing."""

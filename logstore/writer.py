@@ -363,7 +363,7 @@ class Writer:
             return
         goff = lg.next_goff
         self._write_records([(kind, sid, before, nameb)])
-        cat.first[sid] = before
+        cat.set_first(sid, before)
         if kind == KIND_DELETE:
             cat.flags[sid] |= FLAG_DELETED
         cat.ctrl[sid] = goff + 1
@@ -408,7 +408,7 @@ class Writer:
             self._write_records(specs)
             self._sync()
             for k, sid in enumerate(carry, start=1):
-                cat.first[sid] = cat.head[sid]
+                cat.set_first(sid, int(cat.head[sid]))
                 cat.ctrl[sid] = goff + k + 1
             lg.log_start = start
             lg.visible_end = lg.next_goff
