@@ -44,6 +44,7 @@ from logstore.segment import (
     RECORD_HEADER,
     RECORD_OVERHEAD,
     Segment,
+    SegmentRetired,
     frame,
 )
 
@@ -88,18 +89,28 @@ def compact_store(
     sealed = lg.segments[:-1]
     first = lg.catalog.first.copy()  # removals only ever grow: an older copy is safe
     for done, seg in enumerate(sealed, start=1):
-        removed = _removable(seg, first)
+        tmp = seg.path + ".compact"
+        try:
+            removed = _removable(seg, first)
+            if removed:
+                positions, end = _write_copy(store, seg, first, tmp)
+        except (ValueError, SegmentRetired):
+            if not seg.closed:
+                raise
+            removed = 0  # retention dropped it while it was read (a roll in another thread)
+            if lg.io.exists(tmp):
+                lg.io.unlink(tmp)
         if removed:
-            tmp = seg.path + ".compact"
-            positions, end = _write_copy(store, seg, first, tmp)
 
             def swap(seg: Segment = seg, tmp: str = tmp, positions: list[int] = positions, end: int = end) -> bool:
                 if seg not in lg.segments[:-1]:  # retention dropped it meanwhile
                     lg.io.unlink(tmp)
                     return False
+                # The removals that the copy applies, and everything the checkpoint below will
+                # cover, must be on disk before the copy replaces the segment.
+                writer._sync()
                 if seg.first >= lg.ckpt_last_first:
                     # Recovery walks only segments before the last checkpointed one: checkpoint first.
-                    writer._sync()
                     lg.checkpoint(clean=False)
                 lg.swap_segment(seg, tmp, positions, end)
                 return True

@@ -635,10 +635,9 @@ class Log:
                     else:
                         cat.add(rec.name)
                 if sid in self._head_open and kind != KIND_TRUNCATE:
-                    # The first record after the truncation fixes the head; what lies between was dropped.
+                    # The first record after the truncation fixes the head; what lies between was
+                    # dropped by retention (readers find no run there and start at the first run).
                     self._head_open.discard(sid)
-                    if kind != KIND_DELETE:
-                        cat.set_first(sid, max(int(cat.first[sid]), rec.soff))
                 if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                     diff = rec.goff - rec.soff
                     if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:

@@ -107,8 +107,18 @@ class _Reader:
     def _available(self) -> bool:
         raise NotImplementedError
 
-    def _advance(self) -> bool:
+    def _advance_once(self) -> bool:
         raise NotImplementedError
+
+    def _advance(self) -> bool:
+        """Step to the next readable message if one is available now."""
+        while True:
+            removals = self._store._removals
+            if self._advance_once():
+                return True
+            if self._store._removals == removals:
+                return False
+            # A removal during the read made _take drop what was read: read again.
 
     def _segment_for(self, goff: int) -> Segment:
         try:
@@ -288,7 +298,7 @@ class StreamReader(_Reader):
         head = self._head()
         return self._sid is not None and max(self._next, int(self._store._log.catalog.first[self._sid])) < head
 
-    def _advance(self) -> bool:
+    def _advance_once(self) -> bool:
         if self._take():
             return True
         store = self._store
@@ -302,7 +312,16 @@ class StreamReader(_Reader):
         while want < head:
             run_off, run_goff, limit = self._run
             if not run_off <= want < limit:
-                run_off, run_goff, nxt = lg.runs.find(sid, want)
+                try:
+                    run_off, run_goff, nxt = lg.runs.find(sid, want)
+                except KeyError:
+                    # Below the stream's first run: retention dropped those offsets before the
+                    # indexes were rebuilt from the log, which starts the stream at its first run.
+                    runs = lg.runs.runs_of(sid)
+                    if not runs or runs[0][0] <= want:
+                        raise
+                    want = runs[0][0]
+                    continue
                 limit = head if nxt < 0 else min(nxt, head)
                 self._run = (run_off, run_goff, limit)
             goff = run_goff + (want - run_off)
@@ -312,7 +331,12 @@ class StreamReader(_Reader):
                 continue
             seg = self._seg
             if seg is None or not seg.first <= goff < seg.first + seg.count:
-                seg = self._seg = self._segment_for(goff)
+                try:
+                    seg = self._seg = self._segment_for(goff)
+                except KeyError:
+                    if goff < lg.log_start:  # retention dropped its segment since log_start was read
+                        continue
+                    raise
             stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
             buf: list[Envelope] = []
             try:
@@ -344,7 +368,7 @@ class GlobalReader(_Reader):
         lg = self._store._log
         return self._bufi < len(self._buf) or max(self._next, lg.log_start) < lg.visible_end
 
-    def _advance(self) -> bool:
+    def _advance_once(self) -> bool:
         if self._take():
             return True
         store = self._store
@@ -356,7 +380,13 @@ class GlobalReader(_Reader):
         while want < end:
             seg = self._seg
             if seg is None or not seg.first <= want < seg.first + seg.count:
-                seg = self._seg = self._segment_for(want)
+                try:
+                    seg = self._seg = self._segment_for(want)
+                except KeyError:
+                    if want < lg.log_start:  # retention dropped its segment since log_start was read
+                        want = lg.log_start
+                        continue
+                    raise
             buf: list[Envelope] = []
             try:
                 nxt, offs = seg.read_global(want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed)

@@ -30,6 +30,7 @@ nothing.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import fcntl
 import json
 import os
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.checkpoint import Checkpoint
-from logstore.errors import FormatVersionError, StoreLockedError
+from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError
 from logstore.fileio import FileIO
 from logstore.segment import (
     FLAG_NAMED,
@@ -91,11 +92,12 @@ class _Seg:
 
 def _stray(name: str, where: str) -> bool:
     if where == "top":
-        return name not in _TOP and not (name.startswith("catalog.") and name[8:].rstrip(".tmp").isdigit())
+        return name not in _TOP and not (name.startswith("catalog.") and name[8:].removesuffix(".tmp").isdigit())
     if where == "segments":
         stem = name.split(".", 1)[0]
         rest = name[len(stem) :]
-        return not (len(stem) == 20 and stem.isdigit() and rest in (".log", ".pos", ".log.tmp", ".log.compact"))
+        rests = (".log", ".pos", ".log.tmp", ".log.compact", ".log.repair")
+        return not (len(stem) == 20 and stem.isdigit() and rest in rests)
     stem = name[: -len(".runs")]
     return not (name.endswith(".runs") and len(stem) == 10 and stem.isdigit())
 
@@ -163,9 +165,32 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
         return
     for seg in segs:
         _walk(seg)
-    # 3. Global offsets: find every one no record holds. The log starts at 0 unless retention moved it.
+    # 3. Global offsets: find every one no record holds. The log starts where the checkpoint's first
+    #    segment does (segments missing before ours are filled), or, with no readable checkpoint,
+    #    where our first segment does (retention may have dropped what lies below).
     retained = max((r.soff for seg in segs for r in seg.records if r.kind == KIND_RETAIN), default=0)
-    expected = segs[0].first if segs[0].first <= retained else 0
+    ckpt = _checkpoint(path, io)
+    if segs[0].first <= retained or ckpt is None or not ckpt.segments:
+        expected = segs[0].first
+        if segs[0].first > retained:
+            report.actions.append(
+                f"the log starts at global offset {segs[0].first} and nothing says why; "
+                "what lies below is taken as dropped"
+            )
+    else:
+        expected = min(segs[0].first, ckpt.segments[0].first)
+    # A segment whose records all repeat global offsets an earlier one holds (left by a repair that
+    # stopped between renaming a rewritten segment and removing the old one) goes to lost+found.
+    kept_segs = []
+    seen = expected
+    for seg in segs:
+        if seg.records and seg.records[-1].goff < seen:
+            lf.move(seg.path, f"its global offsets {seg.first}..{seg.records[-1].goff} repeat an earlier segment's")
+            continue
+        kept_segs.append(seg)
+        if seg.records:
+            seen = max(seen, seg.records[-1].goff + 1)
+    segs = kept_segs
     gaps: list[tuple[int, int, int]] = []  # (segment index, first lost goff, count)
     for si, seg in enumerate(segs):
         if seg.first > expected:
@@ -196,6 +221,12 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
         gaps.pop()  # nothing survives after it: the tail is cut, not filled
     # 5. Which stream offsets the gaps held.
     lost, names = _attribute(segs, gaps)
+    # From here on segments change: first remove the checkpoint, so that a crash in the middle
+    # leaves a store whose next open (or repair) reads the log itself, not indexes of the old one.
+    ckpt_path = os.path.join(path, "CHECKPOINT")
+    if not report.dry_run and io.exists(ckpt_path):
+        io.unlink(ckpt_path)
+        io.fsync_dir(path)
     report.records_kept = sum(len(s.records) for s in segs)
     report.records_lost = sum(n for _si, _g, n in gaps)
     for si, seg in enumerate(segs):
@@ -250,6 +281,13 @@ def _check_versions(path: str, io: FileIO) -> None:
             pass
 
 
+def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:
+    try:
+        return Checkpoint.decode(io.read_file(os.path.join(path, "CHECKPOINT")), None)[0]
+    except (OSError, FormatError):
+        return None
+
+
 def _store_id(path: str, io: FileIO) -> bytes:
     """The store id: the checkpoint's, else the one most segment headers carry."""
     try:
@@ -266,7 +304,7 @@ def _store_id(path: str, io: FileIO) -> bytes:
                 continue
             votes[h.store_id] = votes.get(h.store_id, 0) + 1
     if not votes:
-        raise FormatVersionError(seg_dir, 0, "no segment header is readable: the store id is unknown")
+        raise CorruptionError(seg_dir, 0, "no segment header is readable and no CHECKPOINT: the store id is unknown")
     return max(votes, key=lambda k: votes[k])
 
 
@@ -332,7 +370,9 @@ def _attribute(
                     out[g] = (sid, nxt + k, names.get(sid, f"lost-stream-{sid}"))
                 del free[lo : lo + len(take)]
             if rec.kind == KIND_TRUNCATE:
-                head[sid] = (max(nxt, at), rec.goff)
+                # A truncation below the head says nothing of the messages before it: a message lost
+                # just before it is still found from the stream's previous record.
+                head[sid] = (at, rec.goff) if at > nxt else (nxt, last_g)
             elif rec.kind == KIND_DELETE:
                 head[sid] = (at, rec.goff)
             else:
@@ -398,11 +438,15 @@ def _rewrite(
     tmp = path + ".repair"
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
-        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, size, time.time_ns())) + body, 0)
+        created = time.time_ns()
+        with contextlib.suppress(FormatError):  # keep the creation time, which age retention goes by
+            created = decode_header(seg.data[:HEADER_SIZE], MAGIC_SEGMENT).c
+        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, size, created)) + body, 0)
         io.fsync(fd)
     finally:
         io.close(fd)
     io.rename(tmp, path)
+    io.fsync_dir(os.path.dirname(path))  # the new segment is in place before the old name goes
     if path != seg.path and io.exists(seg.path):
         io.unlink(seg.path)  # its bytes are all in lost+found or in the new file
 

@@ -326,13 +326,14 @@ class Segment:
         (they are then ``soff``, ``soff + 1``, ...).
         """
         offsets: list[int] | None = None
-        position = self.positions.position(goff)
         buf = self.view
         size = self.size
         append = out.append
         self.io.records_read += stop - goff
         had = len(out)
+        position = HEADER_SIZE
         try:
+            position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
                 end = position + length - 8
@@ -382,12 +383,13 @@ class Segment:
         envelopes appended if a record was skipped, else ``None`` (they are
         then ``goff``, ``goff + 1``, ...).
         """
-        position = self.positions.position(goff)
         buf = self.view
         size = self.size
         start = goff
         offs: list[int] | None = None
+        position = HEADER_SIZE
         try:
+            position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
                 end = position + length - 8

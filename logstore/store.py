@@ -169,6 +169,7 @@ class Store:
         self._writer: Writer
         self._close_lock = threading.Lock()
         self._removals = 0  # truncations, deletions and retention moves published so far (writer thread)
+        self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
         self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
         created = self._prepare_directory()
         try:
@@ -181,7 +182,7 @@ class Store:
             if created:
                 self._log.create()
             else:
-                used = self._log.load(ckpt, ckpt_problem)
+                used = self._load(ckpt, ckpt_problem, store_id)
                 if not readonly:
                     report = self._log.report
                     if report.records_scanned or used is None or report.cut or report.rebuilt:
@@ -221,6 +222,25 @@ class Store:
             log.warning("%s: opened after recovery: %s", path, report.summary())
 
     # -- opening -------------------------------------------------------------------
+
+    def _load(self, ckpt: Checkpoint | None, ckpt_problem: str | None, store_id: bytes) -> Checkpoint | None:
+        """Load the log; a read-only open retries when a live writer changed the files under it."""
+        attempts = 3 if self.readonly else 1
+        for attempt in range(attempts):
+            try:
+                return self._log.load(ckpt, ckpt_problem)
+            except CorruptionError:
+                if attempt == attempts - 1:
+                    raise
+                # The writer may have checkpointed and removed files (retention, compaction)
+                # between our read of CHECKPOINT and of the directory: read both again.
+                again, problem, _sid = self._read_checkpoint(False)
+                if again == ckpt:
+                    raise
+                self._log.close()
+                self._log = Log(self._io, self.path, store_id, True, self._log.segment_size)
+                ckpt, ckpt_problem = again, problem
+        raise AssertionError("unreachable")
 
     def _prepare_directory(self) -> bool:
         """Create or check the directory and take the writer lock; returns whether the store is new."""
@@ -481,7 +501,8 @@ class Store:
         """
         self._check_writable()
         check_retention(retention_age, retention_bytes)
-        return compact_store(self, progress, retention_age, retention_bytes)
+        with self._compact_lock:
+            return compact_store(self, progress, retention_age, retention_bytes)
 
     def _count_removal(self) -> None:
         self._removals += 1

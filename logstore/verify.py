@@ -658,7 +658,8 @@ class _Verifier:
             for sid in range(max(self.streams) + 1):
                 if sid not in self.streams and sid not in self.bad_ids:
                     self.problem(self.first_path, HEADER_SIZE, f"stream id {sid} is named nowhere in the log")
-        if self.relaxed and self.log_first > self.retain:
+        recorded = self.ckpt is not None and self.ckpt.log_start >= self.log_first  # repair records it there
+        if self.relaxed and self.log_first > self.retain and not recorded:
             self.problem(
                 self.first_path,
                 32,

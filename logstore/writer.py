@@ -24,7 +24,7 @@ import numpy as np
 import xxhash
 
 from index.catalog import FLAG_DELETED
-from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreFailedError
+from logstore.errors import OffsetConflictError, StoreClosedError, StoreFailedError
 from logstore.segment import (
     CHECKSUM,
     FLAG_NAMED,
@@ -329,10 +329,7 @@ class Writer:
                 continue
             p = batch[0]
             if p.call is not None:
-                try:
-                    p.result = p.call()
-                except (ValueError, LogStoreError) as exc:  # the call's own refusal; the store stays sound
-                    p.error = exc
+                p.result = p.call()  # a failure here fails the store, like a failed commit
             else:
                 assert p.control is not None
                 self._control(p, p.control)
