@@ -207,17 +207,20 @@ class Log:
         return freed
 
     def _unlink_segment_files(self, path: str) -> None:
-        self.io.unlink(path)
+        # The position file first: a crash in between leaves a segment without one (rebuilt), never
+        # a position file without its segment.
         pos_path = path[: -len(".log")] + ".pos"
         if self.io.exists(pos_path):
             self.io.unlink(pos_path)
+        self.io.unlink(path)
 
     def retention_point(self, age: float | None, max_bytes: int | None, now_ns: int) -> int:
         """The log start that ``retention_age`` and ``retention_bytes`` call for (whole sealed segments).
 
         A sealed segment's age counts from when the next one was created,
-        which is after its last record was written. The active segment is
-        never dropped.
+        which is after its last record was written. The log's size counts
+        the sealed segment files and the bytes written to the active one
+        (not its preallocated rest). The active segment is never dropped.
         """
         segs = self.segments
         k = 0
@@ -226,7 +229,7 @@ class Log:
             while k < len(segs) - 1 and segs[k + 1].created < limit:
                 k += 1
         if max_bytes is not None:
-            total = sum(seg.size for seg in segs[k:])
+            total = sum(seg.size for seg in segs[k:-1]) + segs[-1].end
             while k < len(segs) - 1 and total > max_bytes:
                 total -= segs[k].size
                 k += 1
@@ -389,14 +392,20 @@ class Log:
             for n in self.io.listdir(self.seg_dir):
                 if n.endswith((".compact", ".repair")):  # a rewrite that did not reach its swap: roll it back
                     self.io.unlink(os.path.join(self.seg_dir, n))
+        # Files to remove once the open has succeeded (a refused open changes nothing).
+        leftovers: list[str] = []
+        present = set(names)
+        for n in self.io.listdir(self.seg_dir):
+            if n.endswith(".pos") and n[:-4] + ".log" not in present:  # its segment is gone
+                leftovers.append(os.path.join(self.seg_dir, n))
         for n in sorted(names):
             stem = n[:-4]
             if len(stem) != 20 or not stem.isdigit():
                 raise CorruptionError(os.path.join(self.seg_dir, n), 0, "not a segment file name", REPAIR_HINT)
             if ckpt is not None and ckpt.segments and int(stem) < ckpt.segments[0].first:
                 # Dropped by retention, which the checkpoint already records: finish removing it.
-                if not self.readonly:
-                    self._unlink_segment_files(os.path.join(self.seg_dir, n))
+                leftovers.append(os.path.join(self.seg_dir, n[:-4] + ".pos"))
+                leftovers.append(os.path.join(self.seg_dir, n))
                 continue
             self._add_segment(open_segment(self.io, os.path.join(self.seg_dir, n), self.store_id, not self.readonly))
         if not self.segments:
@@ -444,6 +453,11 @@ class Log:
             raise CorruptionError(
                 self.segments[0].path, HEADER_SIZE, f"stream id {unnamed[0]} is named nowhere in the log", REPAIR_HINT
             )
+        if leftovers and not self.readonly:
+            for p in leftovers:
+                if self.io.exists(p):
+                    self.io.unlink(p)
+            self.io.fsync_dir(self.seg_dir)
         self.visible_end = self.next_goff
         report.seconds = time.perf_counter() - started
         return ckpt
@@ -729,10 +743,7 @@ class Log:
         self._set_end(good)
         for later in moved:
             later.close()
-            self.io.unlink(later.path)
-            pos_path = later.pos_path
-            if self.io.exists(pos_path):
-                self.io.unlink(pos_path)
+            self._unlink_segment_files(later.path)
         if moved:
             self.io.fsync_dir(self.seg_dir)
         # 3. Zero the cut bytes in the kept segment.

@@ -62,6 +62,7 @@ from logstore.segment import (
 from logstore.store import open as open_store
 from logstore.verify import verify
 
+_NOTHING = "verify finds no problem: nothing to repair"
 _TOP = {"LOCK", "CHECKPOINT", "CHECKPOINT.tmp", "segments", "streams", "lost+found"}
 
 
@@ -111,14 +112,21 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         raise FileNotFoundError(f"{path}: not a logstore store (no segments/ directory)")
     _check_versions(path, io)
     result = verify(path, io)  # before taking the lock: verify reads a held lock as a live writer
-    lock_fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+    lock_path = os.path.join(path, "LOCK")
+    if dry_run and not io.exists(lock_path):  # a dry run creates nothing, and no writer can hold a missing lock
+        if result.ok:
+            report.actions.append(_NOTHING)
+        else:
+            _repair_locked(path, io, report)
+        return report
+    lock_fd = io.open(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreLockedError(f"{path}: a writer holds the store; close it before repairing") from None
         if result.ok:
-            report.actions.append("verify finds no problem: nothing to repair")
+            report.actions.append(_NOTHING)
         else:
             _repair_locked(path, io, report)
     finally:

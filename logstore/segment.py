@@ -17,14 +17,16 @@ time in ns since the epoch) followed by records, back to back::
     28+N        P     bytes  msgpack envelope (P = L - 36 - N)
     L-8         8     u64    xxh3-64 of bytes 0 .. L-9 of the record
 
-Kinds 2..5 are control records with no payload, each a transaction of its
-own that occupies a global offset readers skip: TRUNCATE (stream offset field
-= the stream's new first retained offset, always NAMED), DELETE (the same, at
-the stream's head, and the stream reads as deleted until its next append),
-RETAIN (stream id 0xFFFFFFFF, no name; stream offset field = the global offset
-where the log now starts) and REMOVED (written by compaction in place of a
-message that truncation or deletion removed: the message's header fields,
-flags and name, without its envelope) and LOST (written by ``logstore repair``
+Kinds 2..6 carry no payload and occupy a global offset that readers skip.
+The control records: TRUNCATE (stream offset field = the stream's new first
+retained offset, always NAMED), DELETE (the same, at the stream's head, and
+the stream reads as deleted until its next append), each a transaction of its
+own; RETAIN (stream id 0xFFFFFFFF, no name; stream offset field = the global
+offset where the log now starts), which begins the retention transaction with
+a TRUNCATE or DELETE for each stream it would otherwise forget. The markers:
+REMOVED (written by compaction in place of a message that truncation or
+deletion removed: the message's header fields, flags and name, without its
+envelope) and LOST (written by ``logstore repair``
 in place of a record that damage destroyed: with the stream id and offset
 that the rest of the log shows it had, or with stream id 0xFFFFFFFF, no
 name and offset 0 when nothing tells). Readers skip REMOVED and LOST records.

@@ -1,9 +1,9 @@
 """``logstore repair DIR``: cut torn tails, salvage what follows damage, rebuild every index.
 
 Takes the writer lock (exit 2 if a writer holds it). Everything removed goes
-to ``lost+found/`` with a manifest. Exit 0 when the store is whole
-afterwards (or was already), 2 for usage errors, a locked store, an unknown
-format version or an I/O error. ``--dry-run`` prints the plan and changes
+to ``lost+found/`` with a manifest. The store is verified afterwards: exit 0
+when it is whole (or was already), 1 when problems are left, 2 for usage
+errors, a locked store, an unknown format version or an I/O error. ``--dry-run`` prints the plan and changes
 nothing.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from logstore.errors import LogStoreError
 from logstore.repair import repair
+from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
@@ -33,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = repair(args.dir, dry_run=args.dry_run)
+        after = None if args.dry_run or not report.changed else verify(args.dir)
     except (LogStoreError, OSError) as exc:
         print(f"logstore repair: {exc}", file=sys.stderr)
         return 2
+    left = [] if after is None else [str(p) for p in after.problems]
     if args.json:
         out = {
             "path": report.path,
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             "bytes_moved": report.bytes_moved,
             "lost_offsets": report.lost_offsets,
             "lost_found": report.lost_found,
+            "problems_left": left,
         }
         print(json.dumps(out, indent=2))
     else:
@@ -60,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.dir}: {'plan' if report.dry_run else 'repaired'}: {report.records_kept} records kept, "
                 f"{report.records_lost} global offsets marked lost, {report.bytes_moved} bytes to lost+found"
             )
-    return 0
+        for p in left:
+            print(f"PROBLEM left after repair: {p}")
+    return 1 if left else 0
 
 
 def _ranges(offs: list[int]) -> str:
