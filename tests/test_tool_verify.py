@@ -385,7 +385,7 @@ def _truncated_then_dropped(path: Path, append_after: bool) -> None:
             _append(store, "y")
         if append_after:
             _append(store, "x")
-    with logstore.open(path, retention_bytes=150 * 1024) as store:
+    with logstore.open(path, retention_bytes=100 * 1024) as store:
         _append(store, "y")
     assert not (path / "segments" / "00000000000000000000.log").exists()
     assert verify(str(path)).ok
