@@ -9,10 +9,18 @@ past its stream's first retained offset and its global offset at or past the
 log start.
 
 Rules commit (also to deleted streams, which un-deletes them), conflict, roll
-back, truncate, delete, compact, reopen (with and without ``retention_bytes``,
-with and without the CHECKPOINT, so that the indexes are rebuilt from the log
-alone) and crash. Everything is ``durability="fsync"``, so every acknowledged
-commit, truncation and deletion survives a crash, and a crash changes nothing.
+back, truncate (in range, past the head, negative, unknown stream), delete,
+remove between a transaction's appends and its commit, compact (with the
+store's retention or one given for the call), read across a change with
+readers that decoded ahead, open read-only beside the writer, reopen (with and
+without ``retention_bytes``, with and without the CHECKPOINT, so that the
+indexes are rebuilt from the log alone) and crash (tests/crash.py). Everything
+is ``durability="fsync"``, so every acknowledged commit, truncation and
+deletion survives a crash, and a crash changes nothing. After every step the
+store must tell exactly what the model does: heads, ``stream_info``,
+``stream_names``, every stream read from 0 (offsets and envelopes, ``found``)
+and the global read from 0 (global offsets and envelopes). At teardown the
+closed store must verify clean.
 
 Global offsets of messages come from what ``commit()`` returns; the model
 also predicts every control record, so the store's ``global_head`` is checked
@@ -43,19 +51,22 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import NamedTuple
 from unittest import mock
 
 import pytest
 from conftest import SMALL_SEGMENT, assert_verified
 from crash import simulate_crash
-from hypothesis import event, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from strategies import stream_names, unique_name
 
 import logstore
 from logstore import Envelope, OffsetConflictError
+from logstore.compact import CompactReport
+from logstore.segment import KIND_RETAIN, segment_name
 from logstore.writer import Writer
 
 CHECKPOINT_BYTES = 16 * 1024
@@ -85,30 +96,37 @@ Plan = list[tuple[str, list[Envelope]]]
 retention_options = st.sampled_from([None, None, 1 * SMALL_SEGMENT, 2 * SMALL_SEGMENT, 3 * SMALL_SEGMENT])
 
 
-# -- recording the retention steps of the writer ------------------------------------------
+def _counted_bytes(store: logstore.Store) -> int:
+    """The log's size as retention counts it: the sealed segment files plus what the active segment holds."""
+    segments = store._log.segments
+    return sum(seg.size for seg in segments[:-1]) + segments[-1].end
+
+
+# -- recording the retention transactions of the writer -----------------------------------
 
 
 class RetentionStep(NamedTuple):
-    goff: int  # the next global offset before the step
-    start: int  # the log start it chose
-    end: int  # the next global offset after its RETAIN transaction
-    first: list[int]  # the catalog's first retained offset of each stream id before the step
+    goff: int  # the next global offset before its RETAIN transaction
+    start: int  # the log start it names
+    end: int  # the next global offset after it
+    first: list[int]  # the catalog's first retained offset of each stream id before it
 
 
-_apply_retention = Writer.apply_retention
+_write_records = Writer._write_records
 
 
-def _recording_apply_retention(writer: Writer, *args: Any, **kwargs: Any) -> int:
-    """``Writer.apply_retention`` that appends a :class:`RetentionStep` to ``writer.retention_steps``."""
+def _recording_write_records(writer: Writer, specs: list[tuple[int, int, int, bytes]]) -> None:
+    """``Writer._write_records`` that appends a :class:`RetentionStep` to ``writer.retention_steps``
+    for each RETAIN transaction (retention may write several in one go, when one rolls the segment)."""
+    if not specs or specs[0][0] != KIND_RETAIN:
+        return _write_records(writer, specs)
     lg = writer.log
-    start, goff = lg.log_start, lg.next_goff
+    goff = lg.next_goff
     first = lg.catalog.first[: len(lg.catalog)].tolist()
-    try:
-        return _apply_retention(writer, *args, **kwargs)
-    finally:
-        if lg.log_start != start:
-            steps = writer.__dict__.setdefault("retention_steps", [])
-            steps.append(RetentionStep(goff, lg.log_start, lg.next_goff, first))
+    _write_records(writer, specs)
+    steps = writer.__dict__.setdefault("retention_steps", [])
+    steps.append(RetentionStep(goff, specs[0][2], lg.next_goff, first))
+    return None
 
 
 # -- the model -----------------------------------------------------------------------
@@ -145,7 +163,7 @@ class _Boom(Exception):
 class RemovalModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self._patch = mock.patch.object(Writer, "apply_retention", _recording_apply_retention)
+        self._patch = mock.patch.object(Writer, "_write_records", _recording_write_records)
         self._patch.start()
         self.tmp = tempfile.mkdtemp(prefix="logstore-model-removal-")
         self.path = os.path.join(self.tmp, "store")
@@ -157,11 +175,14 @@ class RemovalModel(RuleBasedStateMachine):
         self.store: logstore.Store | None = None
         try:
             self._open(None)
-        except BaseException:
+            report = self.s.recovery_report
+            assert report.clean and report.cut is None, report
+        except BaseException:  # no teardown() after a failed __init__
+            if self.store is not None:
+                self.store.close()
             self._patch.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
             raise
-        report = self.s.recovery_report
-        assert report.clean and report.cut is None, report
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -236,7 +257,7 @@ class RemovalModel(RuleBasedStateMachine):
         self.next_goff = result.stop
         self._settle()
 
-    def _settle(self) -> None:
+    def _settle(self, retention_given: bool = False) -> None:
         """Wait for the retention the writer thread runs after a roll, then apply its steps to the model."""
         writer = self.s._writer
         if self.retention is not None:
@@ -244,9 +265,10 @@ class RemovalModel(RuleBasedStateMachine):
             while writer.call(lambda: writer._retention_due):
                 pass
         steps: list[RetentionStep] = writer.__dict__.pop("retention_steps", [])
-        assert self.retention is not None or not steps, "the log start moved without a retention option"
+        if not retention_given:
+            assert self.retention is not None or not steps, "the log start moved without a retention option"
         if len(steps) > 1:
-            event("retention: several steps at once (a RETAIN transaction rolled the segment)")
+            event("retention: several RETAIN transactions at once")
         for step in steps:
             self._retain(step)
         assert self.s.log_start == self.log_start, (self.s.log_start, self.log_start)
@@ -277,8 +299,11 @@ class RemovalModel(RuleBasedStateMachine):
         out.sort(key=lambda x: x[0])
         return out
 
-    def _read_stream(self, name: str, start: int) -> tuple[list[tuple[int, Envelope]], bool]:
-        stream, found = self.s.open_stream(self.s, name, start)
+    def _read_stream(
+        self, name: str, start: int, store: logstore.Store | None = None
+    ) -> tuple[list[tuple[int, Envelope]], bool]:
+        store = store or self.s
+        stream, found = store.open_stream(store, name, start)
         with stream:
             got = []
             while stream.try_next():
@@ -286,32 +311,34 @@ class RemovalModel(RuleBasedStateMachine):
             assert not stream.try_next()
         return got, found
 
-    def _read_global(self, start: int) -> list[tuple[int, Envelope]]:
-        with self.s.open_global(self.s, start) as stream:
+    def _read_global(self, start: int, store: logstore.Store | None = None) -> list[tuple[int, Envelope]]:
+        store = store or self.s
+        with store.open_global(store, start) as stream:
             got = []
             while stream.try_next():
                 got.append((stream.offset(), stream.get()))
             assert not stream.try_next()
         return got
 
-    def _check_stream(self, name: str, start: int = 0) -> None:
+    def _check_stream(self, name: str, start: int = 0, store: logstore.Store | None = None) -> None:
+        store = store or self.s
         m = self.streams.get(name)
-        got, found = self._read_stream(name, start)
+        got, found = self._read_stream(name, start, store)
         if m is None:
-            assert self.s.head(name) == 0
-            assert self.s.stream_info(name) is None
+            assert store.head(name) == 0
+            assert store.stream_info(name) is None
             assert not found and got == []
             return
-        assert self.s.head(name) == m.head, name
-        info = self.s.stream_info(name)
+        assert store.head(name) == m.head, name
+        info = store.stream_info(name)
         assert info == (m.readable_first(self.log_start), m.head, m.deleted), (name, info, m.first, self.log_start)
         assert found == (not m.deleted), name
         expected = [(o, env) for o, _, env in m.readable(self.log_start) if o >= start]
         assert got == expected, (name, [o for o, _ in got], [o for o, _ in expected])
 
-    def _check_catalog(self) -> None:
+    def _check_catalog(self, store: logstore.Store) -> None:
         """The catalog names the model's streams in id order; its first retained offsets lie within bounds."""
-        cat = self.s._log.catalog
+        cat = store._log.catalog
         assert cat.names[: len(cat)] == list(self.streams)
         for sid, (name, m) in enumerate(self.streams.items()):
             first = int(cat.first[sid])
@@ -319,15 +346,16 @@ class RemovalModel(RuleBasedStateMachine):
             assert m.first <= first <= m.readable_first(self.log_start), (name, first, m.first, self.log_start)
             assert cat.trimmed.get(sid, 0) == first, (name, cat.trimmed.get(sid), first)
 
-    def _check_all(self) -> None:
-        s = self.s
-        assert s.global_head == self.next_goff
-        assert s.log_start == self.log_start
-        assert s.stream_names() == [n for n, m in self.streams.items() if not m.deleted]
-        self._check_catalog()
+    def _check_all(self, store: logstore.Store | None = None) -> None:
+        """Everything the store tells equals the model: heads, stream info, names, every read."""
+        store = store or self.s
+        assert store.global_head == self.next_goff
+        assert store.log_start == self.log_start
+        assert store.stream_names() == [n for n, m in self.streams.items() if not m.deleted]
+        self._check_catalog(store)
         for name in self.streams:
-            self._check_stream(name)
-        got = self._read_global(0)
+            self._check_stream(name, 0, store)
+        got = self._read_global(0, store)
         expected = self._expected_global()
         assert got == expected, ([g for g, _ in got], [g for g, _ in expected])
 
@@ -385,8 +413,7 @@ class RemovalModel(RuleBasedStateMachine):
     def commit(self, data: st.DataObject) -> None:
         self._commit(data)
 
-    @rule(data=st.data())
-    def bulk(self, data: st.DataObject) -> None:
+    def _bulk(self, data: st.DataObject) -> None:
         """Many large envelopes to one stream: fills most of a segment in one commit."""
         name = self._any_name(data)
         count = data.draw(st.integers(5, 25), label="count")
@@ -396,6 +423,10 @@ class RemovalModel(RuleBasedStateMachine):
         offset = self._head(name)
         self.s.append_messages(tx, name, offset, envs)
         self._record([(name, offset + i, env) for i, env in enumerate(envs)], committer.commit())
+
+    @rule(data=st.data())
+    def bulk(self, data: st.DataObject) -> None:
+        self._bulk(data)
 
     @rule(data=st.data())
     def conflicting_append(self, data: st.DataObject) -> None:
@@ -482,10 +513,11 @@ class RemovalModel(RuleBasedStateMachine):
         name = self._any_name(data) if self.streams else self._unused_name(data)
         self._remove(name, None)
 
-    @precondition(lambda self: bool(self.streams))
     @rule(data=st.data())
     def remove_during_transaction(self, data: st.DataObject) -> None:
         """A removal between a transaction's appends and its commit: heads do not move, so it commits."""
+        if not self.streams:
+            self._commit(data)
         plan = self._plan(data)
         tx, committer = self.s.begin_tx()
         messages = self._append_plan(tx, plan)
@@ -496,49 +528,111 @@ class RemovalModel(RuleBasedStateMachine):
         if name in {n for n, _ in plan}:
             assert not self.streams[name].deleted
 
-    @precondition(lambda self: bool(self.streams))
     @rule(data=st.data())
-    def read_across_removal(self, data: st.DataObject) -> None:
-        """Readers that decoded ahead, then a removal: what they return after it is readable now."""
+    def read_across_change(self, data: st.DataObject) -> None:
+        """Readers that decoded ahead, then a removal, compaction or commit (and maybe retention).
+
+        What they return after it is exactly what is readable now past what they returned before.
+        """
+        if not self.streams:
+            self._commit(data)
         name = data.draw(st.sampled_from(list(self.streams)), label="stream")
+        m = self.streams[name]
         stream, _ = self.s.open_stream(self.s, name, 0)
         everything = self.s.open_global(self.s, 0)
         with stream, everything:
-            got_s = [stream.offset() for _ in range(data.draw(st.integers(0, 5), label="read")) if stream.try_next()]
-            got_g = [everything.offset() for _ in range(data.draw(st.integers(0, 5))) if everything.try_next()]
-            m = self.streams[name]
-            self._remove(name, None if data.draw(st.booleans(), label="delete") else data.draw(st.integers(0, m.head)))
+            n = data.draw(st.integers(0, 5), label="read from the stream")
+            got_s = [(stream.offset(), stream.get()) for _ in range(n) if stream.try_next()]
+            assert got_s == [(o, env) for o, _, env in m.readable(self.log_start)][:n]
+            n = data.draw(st.integers(0, 5), label="read from the global stream")
+            got_g = [(everything.offset(), everything.get()) for _ in range(n) if everything.try_next()]
+            assert got_g == self._expected_global()[:n]
+            change = data.draw(st.sampled_from(["truncate", "delete", "compact", "bulk", "commit"]), label="change")
+            if change == "truncate":
+                self._remove(name, data.draw(st.integers(0, m.head), label="before"))
+            elif change == "delete":
+                self._remove(name, None)
+            elif change == "compact":
+                self._compact(data)
+            elif change == "bulk":
+                self._bulk(data)  # in a retention session, this may drop the segment the readers are in
+            else:
+                self._commit(data)
             rest_s = []
             while stream.try_next():
                 rest_s.append((stream.offset(), stream.get()))
+            with pytest.raises(TimeoutError):
+                stream.next(timeout=0)
             rest_g = []
             while everything.try_next():
                 rest_g.append((everything.offset(), everything.get()))
-        after_s = got_s[-1] + 1 if got_s else 0
+            with pytest.raises(TimeoutError):
+                everything.next(timeout=0)
+        after_s = got_s[-1][0] + 1 if got_s else 0
         assert rest_s == [(o, env) for o, _, env in m.readable(self.log_start) if o >= after_s]
-        after_g = got_g[-1] + 1 if got_g else 0
+        after_g = got_g[-1][0] + 1 if got_g else 0
         assert rest_g == self._expected_global(after_g)
 
-    @rule(data=st.data())
-    def compact(self, data: st.DataObject) -> None:
-        report = self.s.compact()
-        self._settle()  # compaction applies the store's retention first
-        sealed_end = self.s._log.active.first  # the active segment is left alone
+    def _check_segment_files(self) -> None:
+        """The segments directory holds the store's segments and their position files, nothing else."""
+        names = {segment_name(seg.first)[: -len(".log")] for seg in self.s._log.segments}
+        files = os.listdir(os.path.join(self.path, "segments"))
+        assert {f for f in files if f.endswith(".log")} == {n + ".log" for n in names}, files
+        assert {f for f in files if not f.endswith(".log")} <= {n + ".pos" for n in names}, files
+
+    def _compact_once(self, retention: int | None) -> tuple[CompactReport, bool]:
+        """``compact(retention_bytes=retention)``; returns its report and whether another call must do nothing."""
+        before = [seg.first for seg in self.s._log.segments]
+        report = self.s.compact(retention_bytes=retention)
+        self._settle(retention is not None)
+        after = [seg.first for seg in self.s._log.segments]
+        self._check_segment_files()
+        # What compaction replaces: messages below their stream's first retained offset in the sealed
+        # segments (the active one is left alone) that no compaction has replaced yet.
         removed = {
             g
             for name, m in self.streams.items()
             for g in m.goffs[: self._catalog_first(name)]
-            if self.log_start <= g < sealed_end and g not in self.compacted
+            if self.log_start <= g < after[-1] and g not in self.compacted
         }
-        assert report.messages_removed == len(removed), (report, len(removed))
-        assert report.bytes_reclaimed >= 0
-        assert (report.segments_rewritten > 0) == bool(removed), report
         self.compacted |= removed
+        dropped = len(set(before) - set(after))
         event(f"compact: rewrote segments: {report.segments_rewritten > 0}")
+        event(f"compact: dropped segments: {dropped > 0}")
+        if after[-1] != before[-1]:
+            # The RETAIN transaction of its retention rolled the segment: in a store with retention
+            # the writer applies it again, racing the compaction, so the report is not predictable.
+            # The report also miscounts the segments dropped here and the log may be left above the
+            # limit (xfail: test_compact_report_counts_the_segment_retention_dropped_when_retain_rolls,
+            # test_compact_retention_leaves_the_log_within_the_limit_when_retain_rolls).
+            event("compact: its RETAIN transaction rolled the segment")
+            return report, False
+        assert report.messages_removed == len(removed), (report, len(removed))
+        assert (report.segments_rewritten > 0) == bool(removed), report
+        assert report.segments_dropped == dropped, (report, before, after)
+        if not dropped:  # (what retention frees, less the RETAIN transaction it writes, may be anything)
+            assert (report.bytes_reclaimed > 0) == bool(removed) and report.bytes_reclaimed >= 0, report
+        limit = self.retention if retention is None else retention
+        if limit is not None and _counted_bytes(self.s) > limit and len(after) > 1:
+            # Retention left the log above its limit (its own RETAIN transaction took it back over),
+            # so another call drops more: test_compact_retention_counts_its_own_retain_transaction (xfail).
+            event("compact: retention left the log above its limit")
+            return report, False
+        return report, True
+
+    def _compact(self, data: st.DataObject) -> None:
+        """Compaction, which applies retention first: the store's, or one given for this call."""
+        retention = data.draw(retention_options, label="retention_bytes for this compaction")
+        _, done = self._compact_once(retention)
         if data.draw(st.booleans(), label="compact again"):
-            again = self.s.compact()
-            self._settle()
-            assert (again.segments_rewritten, again.messages_removed, again.bytes_reclaimed) == (0, 0, 0), again
+            again, _ = self._compact_once(retention)
+            if done:  # nothing left to do
+                assert again.segments_rewritten == again.messages_removed == again.segments_dropped == 0, again
+                assert again.bytes_reclaimed == 0, again
+
+    @rule(data=st.data())
+    def compact(self, data: st.DataObject) -> None:
+        self._compact(data)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -548,6 +642,12 @@ class RemovalModel(RuleBasedStateMachine):
         self._check_stream(name, data.draw(st.integers(0, self._head(name) + 2), label="from offset"))
         start = data.draw(st.integers(0, self.next_goff + 2), label="from global offset")
         assert self._read_global(start) == self._expected_global(start)
+
+    @rule()
+    def read_only(self) -> None:
+        """A read-only open beside the writer sees the same store."""
+        with logstore.open(self.path, readonly=True) as ro:
+            self._check_all(ro)
 
     # -- closing, crashing -----------------------------------------------------------------
 
@@ -587,6 +687,7 @@ class RemovalModel(RuleBasedStateMachine):
             assert "CHECKPOINT is missing" in report.checkpoint, report
         else:
             assert report.checkpoint == "used", report
+        event(f"crash: retention {retention and retention // SMALL_SEGMENT}, rebuilt {drop_checkpoint}")
         self._check_all()
 
     # -- invariants, teardown ------------------------------------------------------------
@@ -607,4 +708,90 @@ class RemovalModel(RuleBasedStateMachine):
 
 
 TestRemovalModel = RemovalModel.TestCase
-TestRemovalModel.settings = settings(stateful_step_count=150 if LONG_RUN else 80)
+TestRemovalModel.settings = settings(
+    stateful_step_count=150 if LONG_RUN else 90,
+    # Long runs make big minimal examples (every step draws); that is the point of them.
+    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.large_base_example],
+)
+
+
+# -- what the machine found, narrowed down (engine bugs: strict xfail) ----------------------
+#
+# compact(retention_bytes=B) applies retention once, then counts the segments it dropped as
+# (segments before - segments after). Its RETAIN transaction (a RETAIN record and a TRUNCATE or
+# DELETE naming each stream it carries) is written after the log start is chosen: when it rolls
+# the active segment, the dropped segment is not counted (segments_dropped=0) and the log is left
+# above B; when its own bytes take the log back over B, the log is left above B too. Either way
+# the next compact() drops another segment.
+
+
+def _one(store: logstore.Store, name: str, size: int) -> None:
+    with store.transaction() as tx:
+        store.append_messages(tx, name, store.head(name), [Envelope.new("E", {"pad": b"p" * size})])
+
+
+def _fill_until_retain_rolls(store: logstore.Store) -> None:
+    """Two full segments; the second has too little room left for the RETAIN transaction of retention.
+
+    Eight streams with 1000-byte names have their only message in the first segment, so
+    retention that drops it writes a TRUNCATE naming each of them (over 8 KiB) after the RETAIN
+    record; those do not fit in the active segment, which rolls in the middle of the transaction.
+    """
+    for i in range(8):
+        _one(store, f"{i}-" + "n" * 1000, 10)
+    while len(store._log.segments) < 2:
+        _one(store, "filler", 2000)
+    while store._log.active.capacity - store._log.active.end > 3000:
+        _one(store, "filler", 2000)
+    assert store.log_start == 0 and len(store._log.segments) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compact() counts dropped segments as (segments before - segments after) its retention, but the "
+    "RETAIN transaction rolled a new segment: a dropped segment is reported as segments_dropped=0",
+)
+def test_compact_report_counts_the_segment_retention_dropped_when_retain_rolls(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill_until_retain_rolls(store)
+        before = {seg.first for seg in store._log.segments}
+        report = store.compact(retention_bytes=SMALL_SEGMENT)
+        dropped = before - {seg.first for seg in store._log.segments}
+        assert store.log_start > 0 and dropped  # retention dropped the first segment (at least)
+        assert report.segments_dropped == len(dropped), report  # actual: 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compact(retention_bytes=B) applies retention once: its RETAIN transaction rolled the segment and "
+    "the log is left above B with a sealed segment to drop, which the next compact() drops",
+)
+def test_compact_retention_leaves_the_log_within_the_limit_when_retain_rolls(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill_until_retain_rolls(store)
+        store.compact(retention_bytes=SMALL_SEGMENT)
+        # "Drop the oldest sealed segments while the log is larger than this": only the active
+        # segment may be left above the limit.
+        assert _counted_bytes(store) <= SMALL_SEGMENT or len(store._log.segments) == 1
+        again = store.compact(retention_bytes=SMALL_SEGMENT)
+        assert again.segments_dropped == 0, again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compact(retention_bytes=B) applies retention once: the bytes of its own RETAIN transaction take the "
+    "log back over B with a sealed segment to drop, which the next compact() drops",
+)
+def test_compact_retention_counts_its_own_retain_transaction(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _one(store, "old", 10)  # its only message is in the first segment: retention carries it
+        while len(store._log.segments) < 3:
+            _one(store, "filler", 2000)
+        segments = store._log.segments
+        # One byte more than the log without its first segment: dropping that one is enough,
+        # until the RETAIN transaction (a RETAIN record and a TRUNCATE naming "old") is written.
+        limit = segments[1].size + segments[2].end + 1
+        store.compact(retention_bytes=limit)
+        assert _counted_bytes(store) <= limit or len(store._log.segments) == 1
+        again = store.compact(retention_bytes=limit)
+        assert again.segments_dropped == 0, again
