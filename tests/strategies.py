@@ -7,7 +7,7 @@ integers outside the int64/uint64 range), envelope datetimes are aware.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -154,3 +154,20 @@ def transaction_plans(draw: st.DrawFn, existing: Sequence[str] = ()) -> Plan:
     extra = draw(st.lists(st.sampled_from(chosen), max_size=5 - count))
     order = draw(st.permutations(chosen + extra))
     return [(name, draw(envelope_batches)) for name in order]
+
+
+def append_plan(
+    store: logstore.Store, tx: logstore.Tx, plan: Plan, head: Callable[[str], int]
+) -> list[tuple[str, int, Envelope]]:
+    """Append ``plan`` to ``tx`` at each stream's next offset (``head(name)`` before this transaction).
+
+    Returns the appended messages as ``(stream, offset, envelope)`` in global order.
+    """
+    heads: dict[str, int] = {}
+    messages = []
+    for name, envs in plan:
+        offset = heads.get(name, head(name))
+        store.append_messages(tx, name, offset, envs)
+        heads[name] = offset + len(envs)
+        messages += [(name, offset + i, env) for i, env in enumerate(envs)]
+    return messages

@@ -25,7 +25,7 @@ from crash import simulate_crash
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from strategies import Plan, envelope_batches, stream_names, transaction_plans, unique_name
+from strategies import Plan, append_plan, envelope_batches, stream_names, transaction_plans, unique_name
 
 import logstore
 from logstore import Envelope, OffsetConflictError
@@ -75,14 +75,7 @@ class StoreModel(RuleBasedStateMachine):
 
     def _append_plan(self, tx: logstore.Tx, plan: Plan) -> list[tuple[str, int, Envelope]]:
         """Append ``plan`` to ``tx`` at the right offsets; return the messages in global order."""
-        heads: dict[str, int] = {}
-        messages = []
-        for name, envs in plan:
-            offset = heads.get(name, self._head(name))
-            self.s.append_messages(tx, name, offset, envs)
-            heads[name] = offset + len(envs)
-            messages += [(name, offset + i, env) for i, env in enumerate(envs)]
-        return messages
+        return append_plan(self.s, tx, plan, self._head)
 
     def _record(self, messages: list[tuple[str, int, Envelope]], result: range) -> None:
         """Check a successful commit's range and add its messages to the model."""

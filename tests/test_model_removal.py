@@ -61,7 +61,7 @@ from crash import simulate_crash
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from strategies import stream_names, unique_name
+from strategies import append_plan, stream_names, unique_name
 
 import logstore
 from logstore import Envelope, OffsetConflictError
@@ -236,14 +236,7 @@ class RemovalModel(RuleBasedStateMachine):
 
     def _append_plan(self, tx: logstore.Tx, plan: Plan) -> list[tuple[str, int, Envelope]]:
         """Append ``plan`` to ``tx`` at the right offsets; return its messages in global order."""
-        heads: dict[str, int] = {}
-        messages = []
-        for name, envs in plan:
-            offset = heads.get(name, self._head(name))
-            self.s.append_messages(tx, name, offset, envs)
-            heads[name] = offset + len(envs)
-            messages += [(name, offset + i, env) for i, env in enumerate(envs)]
-        return messages
+        return append_plan(self.s, tx, plan, self._head)
 
     def _record(self, messages: list[tuple[str, int, Envelope]], result: range) -> None:
         """Check a successful commit's range and add its messages to the model."""
