@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from logstore.verify import verify
+from tests.stress import STRESS
 
 settings.register_profile(
     "ci",
@@ -25,7 +26,7 @@ settings.register_profile(
     max_examples=2000,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.load_profile(os.environ.get("LOGSTORE_HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("LOGSTORE_HYPOTHESIS_PROFILE", "long" if STRESS else "ci"))
 
 SMALL_SEGMENT = 64 * 1024
 
