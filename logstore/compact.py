@@ -71,7 +71,9 @@ class CompactReport:
 
 
 def _log_bytes(store: Store) -> int:
-    return sum(seg.size for seg in store._log.segments)
+    """The log's size as retention counts it: the sealed segment files and what the active one holds."""
+    segments = store._log.segments
+    return sum(seg.size for seg in segments[:-1]) + segments[-1].end
 
 
 def compact_store(
@@ -83,9 +85,9 @@ def compact_store(
     lg = store._log
     writer = store._writer
     report = CompactReport(bytes_before=_log_bytes(store))
-    before = len(lg.segments)
+    before = {seg.first for seg in lg.segments}
     writer.call(lambda: writer.apply_retention(retention_age, retention_bytes))
-    report.segments_dropped = max(0, before - len(lg.segments))
+    report.segments_dropped = len(before - {seg.first for seg in lg.segments})
     sealed = lg.segments[:-1]
     first = lg.catalog.first.copy()  # removals only ever grow: an older copy is safe
     for done, seg in enumerate(sealed, start=1):

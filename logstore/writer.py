@@ -47,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("logstore")
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
+# Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
+# call for; later ones what the first one's own transaction added or sealed.
+_RETENTION_ROUNDS = 4
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
 
 # One append: (stream name, encoded name, first offset, encoded envelopes).
@@ -385,33 +388,46 @@ class Writer:
         lg = self.log
         age = self.retention_age if age is None else age
         max_bytes = self.retention_bytes if max_bytes is None else max_bytes
+        freed = lg.drop_segments()
         if age is None and max_bytes is None:
-            return lg.drop_segments()
-        start = lg.retention_point(age, max_bytes, time.time_ns())
-        if start > lg.log_start:
-            cat = lg.catalog
-            n = len(cat)
-            head = cat.head[:n].astype(np.int64)
-            last_msg = cat.run_diff[:n].astype(np.int64) + head - 1
-            # A stream whose messages all lie below the start needs a record that names it and its head
-            # past the start, unless it has one already: a control record there with first == head.
-            named_at_head = (cat.ctrl[:n].astype(np.int64) - 1 >= start) & (cat.first[:n].astype(np.int64) == head)
-            carry = np.flatnonzero((last_msg < start) & ~named_at_head).tolist()
-            specs = [(KIND_RETAIN, NO_STREAM, start, b"")]
-            for sid in carry:
-                kind = KIND_DELETE if cat.flags[sid] & FLAG_DELETED else KIND_TRUNCATE
-                specs.append((kind, sid, int(cat.head[sid]), cat.names[sid].encode()))
-            goff = lg.next_goff
-            self._write_records(specs)
-            self._sync()
-            for k, sid in enumerate(carry, start=1):
-                cat.set_first(sid, int(cat.head[sid]))
-                cat.ctrl[sid] = goff + k + 1
-            lg.log_start = start
-            lg.visible_end = lg.next_goff
-            log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
-            self._removed()
-        return lg.drop_segments()
+            return freed
+        # A round's own transaction can take the log back over ``max_bytes``, or roll the segment
+        # and leave one more sealed segment to drop: retention goes round again until the log start
+        # stays put. Each round drops at least one segment; the bound only stops a log whose carry
+        # records alone outgrow the limit from rolling for ever.
+        for _ in range(_RETENTION_ROUNDS):
+            start = lg.retention_point(age, max_bytes, time.time_ns())
+            if start <= lg.log_start:
+                break
+            self._retain(start)
+            freed += lg.drop_segments()
+        return freed
+
+    def _retain(self, start: int) -> None:
+        """Steps (1) to (3) of :meth:`apply_retention` for the new log start ``start``."""
+        lg = self.log
+        cat = lg.catalog
+        n = len(cat)
+        head = cat.head[:n].astype(np.int64)
+        last_msg = cat.run_diff[:n].astype(np.int64) + head - 1
+        # A stream whose messages all lie below the start needs a record that names it and its head
+        # past the start, unless it has one already: a control record there with first == head.
+        named_at_head = (cat.ctrl[:n].astype(np.int64) - 1 >= start) & (cat.first[:n].astype(np.int64) == head)
+        carry = np.flatnonzero((last_msg < start) & ~named_at_head).tolist()
+        specs = [(KIND_RETAIN, NO_STREAM, start, b"")]
+        for sid in carry:
+            kind = KIND_DELETE if cat.flags[sid] & FLAG_DELETED else KIND_TRUNCATE
+            specs.append((kind, sid, int(cat.head[sid]), cat.names[sid].encode()))
+        goff = lg.next_goff
+        self._write_records(specs)
+        self._sync()
+        for k, sid in enumerate(carry, start=1):
+            cat.set_first(sid, int(cat.head[sid]))
+            cat.ctrl[sid] = goff + k + 1
+        lg.log_start = start
+        lg.visible_end = lg.next_goff
+        log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
+        self._removed()
 
     def _removed(self) -> None:
         """Publish a removal: readers drop what they decoded ahead, then are woken."""
