@@ -4,12 +4,48 @@ Tests substitute a subclass to count operations, fail one, or drop what was
 not synced. The engine never calls ``os`` file functions directly.
 Files are created ``0600`` and directories ``0700``; paths are opened with
 ``O_NOFOLLOW`` so a planted symlink is refused, not followed.
+
+Kill points (crash testing). :func:`default_io` is what ``logstore.open``,
+``verify`` and ``repair`` use when no ``io`` is given. It returns a plain
+:class:`FileIO` unless the environment variable ``LOGSTORE_KILL_AT`` is set
+(non-empty) when it is called; then it returns a :class:`KillPointIO`, which
+sends the process ``SIGKILL`` at one chosen file operation. With the variable
+unset nothing changes and nothing is added to any file operation. Syntax::
+
+    LOGSTORE_KILL_AT=<site>[.<when>]:<n>[:<path-substring>]
+
+- ``<site>``: ``create`` (``open`` with ``O_CREAT``), ``pwrite``, ``fsync``,
+  ``fdatasync``, ``fallocate``, ``rename``, ``unlink``, ``mkdir``,
+  ``fsync_dir``, or ``any`` (each call of any of those counts). These are
+  every file operation of :class:`FileIO` that changes a file or a name.
+- ``<when>``: ``before`` (the default: the operation is not done), ``after``
+  (the operation returned), or, for ``pwrite`` and ``any`` only, ``torn``
+  (the first half of the bytes, ``len(data) // 2``, is written, then the
+  kill; with ``any``, operations other than ``pwrite`` are killed before).
+- ``<n>``: kill at the n-th counted call (1 for the first), counted across
+  the whole process from its first kill-point I/O object (every store, verify
+  and repair opened by the process with the same variable value share one
+  count), in every thread.
+- ``<path-substring>``: count only calls whose path contains it (the rest of
+  the value, ``:`` included). For ``rename`` either name may match; for
+  operations on a descriptor (``pwrite``, ``fsync``, ``fdatasync``,
+  ``fallocate``) the path the descriptor was opened with.
+
+Before dying, the process writes one line to its stderr:
+``logstore: LOGSTORE_KILL_AT=<value>: SIGKILL <when> <site> #<n> <path>``.
+A malformed value makes :func:`default_io` raise ``ValueError`` naming the
+variable. Examples: ``fdatasync:3`` (before the third fdatasync),
+``rename.after:2:CHECKPOINT`` (after the second rename to or from a path
+containing ``CHECKPOINT``), ``pwrite.torn:10:segments/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
+import signal
+import threading
 
 
 class FileIO:
@@ -114,3 +150,182 @@ class FileIO:
             self.close(fd)
         self.rename(tmp, path)
         self.fsync_dir(os.path.dirname(path) or ".")
+
+
+# -- kill points ---------------------------------------------------------------------
+
+KILL_AT_ENV = "LOGSTORE_KILL_AT"
+"""The environment variable that arms a kill point; see the module docstring."""
+KILL_SITES = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unlink", "mkdir", "fsync_dir", "any")
+"""The site names ``LOGSTORE_KILL_AT`` accepts (``any`` counts every one of the others)."""
+KILL_WHEN = ("before", "after", "torn")
+
+
+class KillPoint:
+    """A parsed ``LOGSTORE_KILL_AT`` value and its process-wide call count."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        head, sep, rest = spec.partition(":")
+        site, dot, when = head.partition(".")
+        if not dot:
+            when = "before"
+        count, _, substring = rest.partition(":")
+        problem = None
+        if not sep:
+            problem = "no ':<n>'"
+        elif site not in KILL_SITES:
+            problem = f"unknown site {site!r} (sites: {', '.join(KILL_SITES)})"
+        elif when not in KILL_WHEN:
+            problem = f"unknown moment {when!r} (before, after or torn)"
+        elif when == "torn" and site not in ("pwrite", "any"):
+            problem = "'torn' applies to pwrite (or any) only"
+        elif not (count.isascii() and count.isdigit() and int(count) >= 1):
+            problem = f"the call number must be an integer >= 1, got {count!r}"
+        elif ":" in rest and not substring:
+            problem = "empty path substring after the second ':'"
+        if problem is not None:
+            raise ValueError(
+                f"{KILL_AT_ENV}={spec!r}: {problem}; expected <site>[.before|.after|.torn]:<n>[:<path-substring>]"
+            )
+        self.site = site
+        self.when = when
+        self.n = int(count)
+        self.substring = substring
+        self.calls = 0
+        """Calls counted so far (of the site, on matching paths)."""
+        self.site_calls: dict[str, int] = dict.fromkeys(KILL_SITES[:-1], 0)
+        """Calls of every site on matching paths so far (tests use it to choose ``n``)."""
+        self._lock = threading.Lock()
+
+    def reached(self, site: str, paths: tuple[str, ...]) -> bool:
+        """Count one call of ``site`` on ``paths``; whether it is the one to kill at."""
+        if self.substring and not any(self.substring in p for p in paths):
+            return False
+        with self._lock:
+            self.site_calls[site] += 1
+            if self.site not in (site, "any"):
+                return False
+            self.calls += 1
+            return self.calls == self.n
+
+    def kill(self, when: str, site: str, paths: tuple[str, ...]) -> None:
+        """Write the stderr line and SIGKILL this process."""
+        line = f"logstore: {KILL_AT_ENV}={self.spec}: SIGKILL {when} {site} #{self.n} {' -> '.join(paths)}\n"
+        with contextlib.suppress(OSError):
+            os.write(2, line.encode("utf-8", "backslashreplace"))
+        os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(128 + signal.SIGKILL)  # not reached: SIGKILL cannot be caught
+
+
+_kill_point: KillPoint | None = None
+_kill_point_lock = threading.Lock()
+
+
+def kill_point(spec: str) -> KillPoint:
+    """The process's :class:`KillPoint` for ``spec`` (one shared count per value); ``ValueError`` if malformed."""
+    global _kill_point  # noqa: PLW0603 - one count per process, shared by every store it opens
+    with _kill_point_lock:
+        if _kill_point is None or _kill_point.spec != spec:
+            _kill_point = KillPoint(spec)
+        return _kill_point
+
+
+class KillPointIO(FileIO):
+    """:class:`FileIO` that SIGKILLs the process at the file operation ``point`` names (see the module docstring)."""
+
+    def __init__(self, point: KillPoint) -> None:
+        super().__init__()
+        self.point = point
+        self._paths: dict[int, str] = {}  # open descriptors -> the paths they were opened with
+
+    def _fd_path(self, fd: int) -> tuple[str]:
+        return (self._paths.get(fd, f"<fd {fd}>"),)
+
+    def _before(self, site: str, paths: tuple[str, ...]) -> bool:
+        """Count the call; kill now if it is the one and the moment is before; whether to kill after it."""
+        point = self.point
+        if not point.reached(site, paths):
+            return False
+        if point.when == "before" or (point.when == "torn" and site != "pwrite"):
+            point.kill("before", site, paths)
+        return True
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        kill = bool(flags & os.O_CREAT) and self._before("create", (path,))
+        fd = super().open(path, flags, mode)
+        self._paths[fd] = path
+        if kill:
+            self.point.kill("after", "create", (path,))
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._paths.pop(fd, None)
+        super().close(fd)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        paths = self._fd_path(fd)
+        if not self._before("pwrite", paths):
+            super().pwrite(fd, data, position)
+            return
+        if self.point.when == "torn":
+            super().pwrite(fd, memoryview(data)[: len(data) // 2], position)
+            self.point.kill("torn", "pwrite", paths)
+        super().pwrite(fd, data, position)
+        self.point.kill("after", "pwrite", paths)
+
+    def fdatasync(self, fd: int) -> None:
+        paths = self._fd_path(fd)
+        kill = self._before("fdatasync", paths)
+        super().fdatasync(fd)
+        if kill:
+            self.point.kill("after", "fdatasync", paths)
+
+    def fsync(self, fd: int) -> None:
+        paths = self._fd_path(fd)
+        kill = self._before("fsync", paths)
+        super().fsync(fd)
+        if kill:
+            self.point.kill("after", "fsync", paths)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        paths = self._fd_path(fd)
+        kill = self._before("fallocate", paths)
+        super().fallocate(fd, offset, length)
+        if kill:
+            self.point.kill("after", "fallocate", paths)
+
+    def rename(self, src: str, dst: str) -> None:
+        kill = self._before("rename", (src, dst))
+        super().rename(src, dst)
+        if kill:
+            self.point.kill("after", "rename", (src, dst))
+
+    def unlink(self, path: str) -> None:
+        kill = self._before("unlink", (path,))
+        super().unlink(path)
+        if kill:
+            self.point.kill("after", "unlink", (path,))
+
+    def mkdir(self, path: str) -> None:
+        kill = self._before("mkdir", (path,))
+        super().mkdir(path)
+        if kill:
+            self.point.kill("after", "mkdir", (path,))
+
+    def fsync_dir(self, path: str) -> None:
+        kill = self._before("fsync_dir", (path,))
+        super().fsync_dir(path)
+        if kill:
+            self.point.kill("after", "fsync_dir", (path,))
+
+
+def default_io() -> FileIO:
+    """The engine's I/O layer when the caller gives none: :class:`FileIO`, or :class:`KillPointIO` when armed.
+
+    Raises ``ValueError`` (naming ``LOGSTORE_KILL_AT``) if the variable is set to a malformed value.
+    """
+    spec = os.environ.get(KILL_AT_ENV, "")
+    if not spec:
+        return FileIO()
+    return KillPointIO(kill_point(spec))

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE
@@ -46,6 +48,7 @@ from logstore.segment import (
     KIND_RETAIN,
     KIND_TRUNCATE,
     NO_STREAM,
+    RECORD_OVERHEAD,
     BadRecord,
     Record,
     Segment,
@@ -100,6 +103,29 @@ class RecoveryReport:
         return "; ".join(parts)
 
 
+def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int) -> str | None:
+    """What maps a stream offset to a global offset at or past ``next_goff``, or ``None``.
+
+    The catalog and run files passed their checksums, but readers follow
+    them without further checks: a run, or a stream's last message (its head
+    within its last run), past the end of the log would send a read there.
+    """
+    _sids, soffs, goffs, starts, _delta = runs.snapshot
+    have = np.flatnonzero(starts[1:] > starts[:-1])  # stream ids with shared runs
+    last = starts[1:][have] - 1
+    tables = [(have, soffs[last], goffs[last], goffs)]  # ids, their last runs, every run's global offset
+    for sid, big in runs.large.items():
+        g_all = big.goffs.view()
+        tables.append((np.asarray([sid]), big.soffs.view()[-1:], g_all[-1:], g_all))
+    for ids, s_last, g_last, g_all in tables:
+        if len(g_all) and int(g_all.max()) >= next_goff:
+            return f"a run starts at global offset {int(g_all.max())}, the log ends at {next_goff}"
+        head = catalog.head[ids[: len(s_last)]]
+        if not bool(np.all(head > s_last)) or not bool(np.all(head - s_last <= next_goff - g_last)):
+            return f"a stream's head lies past its last run or the end of the log ({next_goff})"
+    return None
+
+
 @dataclass
 class _Damage:
     index: int  # segment index
@@ -131,6 +157,7 @@ class Log:
         # Streams that a relaxed scan first met in a TRUNCATE record: their head is only known to be
         # at least its offset until their next record (retention dropped the messages in between).
         self._head_open: set[int] = set()
+        self._sid_limit = 0  # in a relaxed scan: stream ids must be below it (each needs a NAMED record)
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
         self.report = RecoveryReport()
         self._scan_start = 0
@@ -432,10 +459,13 @@ class Log:
                 seg._positions = PositionIndex(seg.first)
                 seg._lazy = None
                 seg.end = HEADER_SIZE
+                # Stale or cut short by a crash (even empty): the checkpoint after the rebuild writes it afresh.
+                leftovers.append(seg.pos_path)
             start = 0
             # A log that retention has shortened starts later; its streams then appear out of id order.
             self.next_goff = self.log_start = self.segments[0].first
             self.relaxed = True  # damage repaired or segments dropped may leave ids out of order
+            self._sid_limit = sum(seg.size for seg in self.segments) // (RECORD_OVERHEAD + 1)
         else:
             report.checkpoint = "clean" if ckpt.clean else "used"
             start = len(ckpt.segments) - 1
@@ -479,6 +509,9 @@ class Log:
                 raise FormatVersionError(path, exc.position, exc.what) from None
             except FormatError as exc:
                 raise CorruptionError(path, exc.position, exc.what) from None
+        past = _runs_past_the_log(catalog, runs, ckpt.next_goff)
+        if past:  # checksummed, but readers would follow it past the end of the log: rebuild instead
+            raise CorruptionError(cat_path, HEADER_SIZE, past)
         by_first = {seg.first: seg for seg in self.segments}
         last = ckpt.segments[-1]
         for e in ckpt.segments:
@@ -614,6 +647,10 @@ class Log:
             if rec.name in cat.ids or rec.name in new_names:
                 return f"new stream id {rec.sid} ({rec.name!r}) reuses a name"
             if self.relaxed:
+                # Every id up to the highest is named by a record of its own: more ids than the log can
+                # hold records of is damage (and would make the catalog allocate up to that id).
+                if rec.sid >= self._sid_limit:
+                    return f"new stream id {rec.sid} ({rec.name!r}) is beyond what the log can name"
                 return None  # its first record here may have any offset: earlier ones were dropped
             if rec.sid != len(cat) + len(new_names) or kind in (KIND_TRUNCATE, KIND_DELETE):
                 return f"new stream id {rec.sid} ({rec.name!r}) is out of sequence"

@@ -41,7 +41,7 @@ from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.checkpoint import Checkpoint
 from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError
-from logstore.fileio import FileIO
+from logstore.fileio import FileIO, default_io
 from logstore.segment import (
     FLAG_NAMED,
     FLAG_TX_END,
@@ -60,6 +60,7 @@ from logstore.segment import (
     segment_name,
 )
 from logstore.store import open as open_store
+from logstore.store import resolve_store_path
 from logstore.verify import verify
 
 _NOTHING = "verify finds no problem: nothing to repair"
@@ -105,8 +106,9 @@ def _stray(name: str, where: str) -> bool:
 
 def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> RepairReport:
     """Repair the store in ``path``; see the module docstring. Raises ``StoreLockedError`` if a writer has it."""
-    io = io or FileIO()
+    io = io or default_io()
     report = RepairReport(path, dry_run)
+    path = resolve_store_path(path)
     seg_dir = os.path.join(path, "segments")
     if not os.path.isdir(seg_dir):
         raise FileNotFoundError(f"{path}: not a logstore store (no segments/ directory)")
@@ -388,7 +390,9 @@ def _attribute(
     # Stream ids that no surviving record holds still need a name in the log.
     known = set(head) | {sid for sid, _o, _n in out.values()}
     for sid in range(max(known, default=-1) + 1):
-        if sid not in known and free:
+        if not free:  # nothing left to give a name to (a damaged id in the billions must not be walked up to)
+            break
+        if sid not in known:
             name = names.get(sid, f"lost-stream-{sid}")
             names[sid] = name
             out[free.pop(0)] = (sid, 0, name)

@@ -183,6 +183,11 @@ def parse_record(buf: Any, position: int, end: int) -> Record:
     return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen, kind)
 
 
+def _as_bad_record(exc: BadRecord | struct.error, position: int, size: int) -> BadRecord:
+    """``exc``; or for a record header unpacked past the mapping (an index entry past the records), a BadRecord."""
+    return exc if isinstance(exc, BadRecord) else BadRecord(min(position, size), f"index points past it: {position}")
+
+
 def find_next_record(buf: Any, start: int, end: int) -> int:
     """The position of the first valid record at or after ``start``, or -1.
 
@@ -317,6 +322,18 @@ class Segment:
         self.end = position
         return index
 
+    def _check_mapped(self) -> None:
+        """Raise :class:`BadRecord` if the file is now shorter than its mapping (cut under the store).
+
+        Reading a mapped page past the end of its file kills the process with
+        SIGBUS; this turns a cut made before the read into ``CorruptionError``.
+        (A closed mapping raises ``ValueError``, which the callers treat as retired.)
+        """
+        if self.mm is not None:
+            now = self.mm.size()
+            if now < self.size:
+                raise BadRecord(now, f"segment file is {now} bytes, {self.size} are mapped: cut under the store")
+
     def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:
         """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
@@ -335,6 +352,7 @@ class Segment:
         had = len(out)
         position = HEADER_SIZE
         try:
+            self._check_mapped()
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
@@ -358,7 +376,8 @@ class Segment:
                     raise BadRecord(position, f"a {KIND_NAMES.get(kind, kind)} record where the index has a message")
                 position = end + 8
                 goff += 1
-        except BadRecord as bad:
+        except (BadRecord, struct.error) as exc:  # struct.error: an index entry past the mapped records
+            bad = _as_bad_record(exc, position, size)
             if len(out) > had:
                 return offsets  # hand out what precedes the damage; reading the damaged record raises
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
@@ -391,6 +410,7 @@ class Segment:
         offs: list[int] | None = None
         position = HEADER_SIZE
         try:
+            self._check_mapped()
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
@@ -409,7 +429,8 @@ class Segment:
                     offs = list(range(start, goff))
                 position = end + 8
                 goff += 1
-        except BadRecord as bad:
+        except (BadRecord, struct.error) as exc:  # struct.error: an index entry past the mapped records
+            bad = _as_bad_record(exc, position, size)
             if out:
                 return goff, offs
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None

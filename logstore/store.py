@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -36,7 +37,7 @@ from logstore.errors import (
     StoreClosedError,
     StoreLockedError,
 )
-from logstore.fileio import FileIO
+from logstore.fileio import FileIO, default_io
 from logstore.log import Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
@@ -133,7 +134,7 @@ def open(
         checkpoint_bytes=checkpoint_bytes,
         retention_age=None if retention_age is None else float(retention_age),
         retention_bytes=retention_bytes,
-        io=io or FileIO(),
+        io=io or default_io(),
     )
 
 
@@ -157,7 +158,7 @@ class Store:
         retention_age: float | None = None,
         retention_bytes: int | None = None,
     ) -> None:
-        self.path = path
+        self.path = path = resolve_store_path(path)
         self.durability = durability
         self.readonly = readonly
         self._io = io
@@ -267,7 +268,27 @@ class Store:
             io.close(fd)
             raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
         self._lock_fd = fd
+        if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
+            log.warning("%s: the store's creation did not finish (a crash); creating it again", path)
+            return True
         return not is_store
+
+    def _creation_unfinished(self, entries: set[str]) -> bool:
+        """Whether the directory holds only what a crash while creating the store can leave.
+
+        ``Log.create`` makes ``segments/`` and ``streams/``, then the first
+        segment as ``.log.tmp`` renamed into place, then the first checkpoint.
+        Before that rename nothing has been written; after it, the segment
+        names the store and the indexes are rebuilt from it.
+        """
+        if entries - {"LOCK", "lost+found", "segments", "streams"}:
+            return False
+        for sub, allowed in (("segments", ".log.tmp"), ("streams", None)):
+            if sub in entries:
+                names = self._io.listdir(os.path.join(self.path, sub))
+                if any(allowed is None or not n.endswith(allowed) for n in names):
+                    return False
+        return True
 
     def _read_checkpoint(self, created: bool) -> tuple[Checkpoint | None, str | None, bytes]:
         if created:
@@ -611,6 +632,27 @@ def check_retention(retention_age: object, retention_bytes: object) -> None:
             raise TypeError(f"retention_bytes must be an int or None, got {type(retention_bytes).__name__}")
         if retention_bytes <= 0:
             raise ValueError(f"retention_bytes must be > 0, got {retention_bytes}")
+
+
+STORE_DIRS = ("segments", "streams", "lost+found")
+"""The store's sub-directories: a symbolic link in place of one is refused."""
+
+
+def resolve_store_path(path: str) -> str:
+    """``path`` with a symbolic link that names the store directory itself resolved, once.
+
+    The caller chose that path, so a link there is theirs (every link on the way
+    to it is followed too). Nothing inside the store is followed: files are
+    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`STORE_DIRS`
+    raises ``OSError`` (``ELOOP``) here, before anything is read or written.
+    """
+    if os.path.islink(os.path.normpath(path)) and os.path.isdir(path):
+        path = os.path.realpath(path)
+    for name in STORE_DIRS:
+        sub = os.path.join(path, name)
+        if os.path.islink(sub):
+            raise OSError(errno.ELOOP, "a symbolic link in place of a store directory (logstore follows none)", sub)
+    return path
 
 
 def check_stream_name(stream: object) -> bytes:

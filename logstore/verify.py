@@ -70,7 +70,7 @@ from index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
-from logstore.fileio import FileIO
+from logstore.fileio import FileIO, default_io
 from logstore.segment import (
     FLAG_TX_END,
     KIND_DELETE,
@@ -212,7 +212,7 @@ def verify(
     is reported as the problem it is. On a live store whose ``CHECKPOINT``
     changes while verify runs, the check is repeated (up to 4 times in all).
     """
-    io = io or FileIO()
+    io = io or default_io()
     is_live = _writer_active(path) if live is None else live
     for attempt in range(_LIVE_ATTEMPTS):
         result = VerifyResult(path, live=is_live)
@@ -625,7 +625,7 @@ class _Verifier:
         assert rec.name is not None
         expected = self.max_sid + 1
         if not self.relaxed and sid != expected:
-            # Ids left out are reported at the end, once each, as named nowhere.
+            # Ids left out are reported at the end, each run of them once, as named nowhere.
             self.problem(
                 seg_path,
                 rec.position,
@@ -655,9 +655,13 @@ class _Verifier:
                     f"which is not below the stream's first retained offset {st.first}",
                 )
         if self.streams:
-            for sid in range(max(self.streams) + 1):
-                if sid not in self.streams and sid not in self.bad_ids:
-                    self.problem(self.first_path, HEADER_SIZE, f"stream id {sid} is named nowhere in the log")
+            # One problem per run of unnamed ids: one damaged record may carry an id in the billions.
+            top, after = max(self.streams), 0  # after: the id after the last one named (or unusable)
+            for sid in sorted(k for k in self.streams.keys() | self.bad_ids if k <= top):
+                if sid > after:
+                    ids = f"id {after} is" if sid == after + 1 else f"ids {after} to {sid - 1} are"
+                    self.problem(self.first_path, HEADER_SIZE, f"stream {ids} named nowhere in the log")
+                after = sid + 1
         recorded = self.ckpt is not None and self.ckpt.log_start >= self.log_first  # repair records it there
         if self.relaxed and self.log_first > self.retain and not recorded:
             self.problem(

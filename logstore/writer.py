@@ -450,7 +450,7 @@ class Writer:
         synced_flag = 0 if self._dirty else FLAG_SYNCED
         for k, (kind, sid, soff, nameb) in enumerate(specs):
             size = RECORD_OVERHEAD + len(nameb)
-            if pos + size > seg.capacity:
+            if pos + size > seg.size:  # the mapped bytes: a file cut short is not written past its end
                 if parts:
                     lg.io.pwrite(seg.fd, b"".join(parts), start)
                     seg.positions.positions.extend(positions)
@@ -491,7 +491,7 @@ class Writer:
         ids = cat.ids
         seg = lg.active
         named = seg.named
-        capacity = seg.capacity
+        capacity = seg.size  # the mapped bytes: a file cut short is not written past its end
         goff = lg.next_goff
         start_pos = pos = seg.end
         parts: list[bytes] = []
@@ -579,7 +579,7 @@ class Writer:
                         lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
                         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                         named = seg.named
-                        capacity = seg.capacity
+                        capacity = seg.size
                         start_pos = pos = seg.end
                         parts = []
                         positions = []

@@ -1,0 +1,587 @@
+"""A fault-injecting file system layer for crash and I/O-error tests.
+
+:class:`FaultFS` is a :class:`logstore.FileIO` (the engine's single I/O seam:
+``logstore.open(path, io=...)``, ``logstore.verify.verify(path, io=...)``,
+``logstore.repair.repair(path, io=...)``) in the style of RocksDB's
+``FaultInjectionTestFS`` and SQLite's crash-test VFS. It performs every
+operation on the real files, so the engine runs normally, and keeps beside
+them a *shadow model of what is durable*:
+
+- per file (followed through its open descriptors and its names): the content
+  as of its last ``fsync``/``fdatasync``, the current content, and the list of
+  writes and size changes (``pwrite``, ``fallocate``) made since;
+- per directory: the names it holds now and the names as of its last
+  ``fsync_dir``. A create, rename or unlink that its directory's
+  ``fsync_dir`` did not follow may be undone by a crash; a file whose unlink
+  is undone comes back with its durable content.
+
+Everything under the root directory when the FaultFS is made counts as
+durable (it is read into the model then). Operations on paths outside the
+root are passed through untouched and uncounted.
+
+Every operation that changes a file or a name is counted, from 1, and
+recorded as an :class:`Op` with a *site*: ``"<operation>:<file kind>"``, e.g.
+``"pwrite:segment"``, ``"rename:CHECKPOINT.tmp"``, ``"fsync_dir:segments"``
+(see :func:`file_kind`). The counted operations are ``create`` (``open`` with
+``O_CREAT``), ``pwrite``, ``fsync``, ``fdatasync``, ``fallocate``,
+``rename``, ``unlink``, ``mkdir`` and ``fsync_dir``: every mutating
+operation that :class:`~logstore.FileIO` has (``write_file_atomic`` is made
+of them; ``open`` without ``O_CREAT``, reads, ``size``, ``mmap_read``,
+``listdir``, ``exists`` and ``close`` change nothing durable).
+
+Faults:
+
+- ``crash_at=N``: raise :class:`Crash` (a ``BaseException``, so that no
+  ``except Exception`` of the engine swallows it) at operation N, after it
+  is done (``crash_when="after"``, the default) or instead of it
+  (``crash_when="before"``). From then on the FaultFS is *dead*: every
+  mutating operation raises :class:`Crash` without doing anything, as if
+  the process had been killed, while reads and ``close`` still work so that
+  the test can drop the store (``store._abandon()``) and its descriptors.
+- ``fail_at=N, errno=EIO|ENOSPC|..., persistent=False``: operation N (or,
+  with ``site``, the first operation at or after N of that site) raises
+  ``OSError(errno)`` without being done; with ``persistent=True`` every
+  such operation from then on fails too.
+- ``on_op``: a callback run after each counted operation (with the model
+  updated), for tests that enumerate crash states in one run: the state
+  after operation N is the state a crash after operation N leaves.
+  ``on_fault``: a callback run just before an injected error is raised.
+
+After a crash (or at any moment), :meth:`FaultFS.image` writes what a crash
+would leave into a fresh directory, in one of these modes:
+
+- ``"keep"``: a crash of the process only: everything written survives;
+- ``"drop"``: every unsynced write and size change is lost (names as now);
+- ``"pages"``: each dirty 4 KiB page of unsynced data is kept or lost
+  independently (``rng`` decides), and a grown file keeps its new size or
+  not;
+- ``"torn"``: every unsynced write survives except the last one, which is
+  cut to a random prefix, or a random prefix followed by non-zero garbage;
+- ``"names"``: like ``"drop"``, and every directory operation that no
+  ``fsync_dir`` of its directory followed is undone.
+
+With nothing unsynced, every mode gives the same image. Simplifications:
+``fdatasync`` counts as ``fsync`` (the engine relies on neither for
+metadata other than the size), "the last write" of ``"torn"`` is the last
+unsynced ``pwrite`` of any file, and the model follows files, not
+directories, through renames (the engine renames only files).
+
+Usage::
+
+    fs = FaultFS(store_dir, crash_at=57)           # store_dir exists (empty, or a store)
+    try:
+        store = logstore.open(store_dir, io=fs)
+        ...                                        # Crash, or StoreFailedError caused by it
+    except (Crash, StoreFailedError):
+        store._abandon()                           # nothing more is written
+    fs.image(crash_dir, "pages", random.Random(1))
+    logstore.open(crash_dir).close()               # recovery
+"""
+
+from __future__ import annotations
+
+import errno as errno_module
+import os
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from logstore import FileIO
+
+PAGE = 4096
+MODES = ("keep", "drop", "pages", "torn", "names")
+"""The crash-image modes of :meth:`FaultFS.image`, from the mildest crash to the harshest."""
+COUNTED = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unlink", "mkdir", "fsync_dir")
+"""The operations a FaultFS counts: every mutating operation of FileIO."""
+
+
+class Crash(BaseException):
+    """The simulated death of the process at one file operation (see :class:`FaultFS`)."""
+
+    def __init__(self, op: Op | None) -> None:
+        super().__init__(f"simulated crash at {op}" if op is not None else "the process has crashed")
+        self.op = op
+
+
+@dataclass(frozen=True)
+class Op:
+    """One counted operation: its number (from 1), name, path(s) relative to the root, and site."""
+
+    index: int
+    name: str
+    path: str
+    kind: str
+    target: str = ""  # rename: the new name
+    thread: str = ""  # the name of the thread that made the call
+
+    @property
+    def site(self) -> str:
+        return f"{self.name}:{self.kind}"
+
+    def __str__(self) -> str:
+        where = f"{self.path} -> {self.target}" if self.target else self.path
+        return f"op {self.index} {self.name} {where}"
+
+
+def file_kind(rel: str) -> str:
+    """The kind of a store file from its path relative to the store: ``segment``, ``CHECKPOINT.tmp``, ..."""
+    if rel in ("", "."):
+        return "root"
+    parts = rel.split(os.sep)
+    base = parts[-1]
+    if len(parts) == 1 and base in ("segments", "streams", "lost+found"):
+        return base
+    if parts[0] == "lost+found":
+        return "lost+found"
+    if base.startswith("catalog."):
+        return "catalog.tmp" if base.endswith(".tmp") else "catalog"
+    for suffix, kind in (
+        (".log.tmp", "segment.tmp"),
+        (".log.compact", "segment.compact"),
+        (".log.repair", "segment.repair"),
+        (".log", "segment"),
+        (".pos", "pos"),
+        (".runs", "runs"),
+    ):
+        if base.endswith(suffix):
+            return kind
+    return base  # CHECKPOINT, CHECKPOINT.tmp, LOCK, anything else by its name
+
+
+class _File:
+    """The model of one file: durable content, current content, and what changed since the last sync."""
+
+    __slots__ = ("current", "durable", "pending")
+
+    def __init__(self, content: bytes = b"") -> None:
+        self.durable = bytearray(content)
+        self.current = bytearray(content)
+        # (sequence number, byte position, data) for a write; (sequence number, new size, None) for a size change.
+        self.pending: list[tuple[int, int, bytes | None]] = []
+
+    def write(self, seq: int, position: int, data: bytes) -> None:
+        if not data:
+            return
+        end = position + len(data)
+        if end > len(self.current):
+            self.current.extend(bytes(end - len(self.current)))
+        self.current[position:end] = data
+        self.pending.append((seq, position, data))
+
+    def resize(self, seq: int, size: int) -> None:
+        if size == len(self.current):
+            return
+        if size > len(self.current):
+            self.current.extend(bytes(size - len(self.current)))
+        else:
+            del self.current[size:]
+        self.pending.append((seq, size, None))
+
+    def sync(self) -> None:
+        self.durable = bytearray(self.current)
+        self.pending = []
+
+    def last_write(self) -> int:
+        """The sequence number of the last unsynced write, or -1."""
+        for seq, _pos, data in reversed(self.pending):
+            if data is not None:
+                return seq
+        return -1
+
+    # -- what a crash leaves -------------------------------------------------------
+
+    def pages(self, rng: random.Random) -> bytes:
+        """Each dirty page kept or lost at random; a changed size kept or not."""
+        if not self.pending:
+            return bytes(self.durable)
+        size = len(self.current) if len(self.current) == len(self.durable) or rng.random() < 0.5 else len(self.durable)
+        out = bytearray(self.durable[:size])
+        out.extend(bytes(size - len(out)))
+        dirty: set[int] = set()
+        for _seq, pos, data in self.pending:
+            if data is not None:
+                dirty.update(range(pos // PAGE, (pos + len(data) - 1) // PAGE + 1))
+        for page in sorted(dirty):
+            if rng.random() < 0.5:
+                lo = page * PAGE
+                hi = min(lo + PAGE, size)
+                if lo < hi:
+                    out[lo:hi] = self.current[lo:hi]
+        return bytes(out)
+
+    def torn(self, rng: random.Random) -> bytes:
+        """Every unsynced change kept except the last write, cut to a prefix (maybe followed by garbage)."""
+        out = bytearray(self.durable)
+        last = max(range(len(self.pending)), key=lambda k: self.pending[k][0] if self.pending[k][2] else -1)
+        for k, (_seq, pos, data) in enumerate(self.pending):
+            if data is None:
+                if pos > len(out):
+                    out.extend(bytes(pos - len(out)))
+                else:
+                    del out[pos:]
+                continue
+            if k == last:
+                whole = len(data)
+                keep = rng.randrange(whole)  # a strict prefix: the write did not finish
+                data = data[:keep]
+                if rng.random() < 0.5:  # and garbage where the rest was going (never zero: not "unwritten")
+                    data += bytes(rng.randint(1, 255) for _ in range(rng.randint(1, min(whole - keep, 64))))
+            end = pos + len(data)
+            if end > len(out):
+                out.extend(bytes(end - len(out)))
+            out[pos:end] = data
+        return bytes(out)
+
+
+class _Dir:
+    """The model of one directory: the names it holds now and as of its last fsync."""
+
+    __slots__ = ("durable", "names")
+
+    def __init__(self) -> None:
+        self.names: dict[str, _File | _Dir] = {}
+        self.durable: dict[str, _File | _Dir] = {}
+
+
+@dataclass
+class _Fault:
+    at: int
+    errno: int
+    persistent: bool
+    site: str | None
+    fired: int = 0
+    failed: list[Op] = field(default_factory=list)
+
+
+class FaultFS(FileIO):
+    """A :class:`~logstore.FileIO` that models durability and injects crashes and errors (see the module doc).
+
+    ``root`` is the directory whose crash images :meth:`image` writes (the
+    store directory; it must exist). ``real_sync=False`` (the default) skips
+    the real ``fsync`` system calls: durability is what the model says, and
+    the real files never face a real crash, so a test runs faster.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        crash_at: int | None = None,
+        crash_when: str = "after",
+        fail_at: int | None = None,
+        errno: int = errno_module.EIO,
+        persistent: bool = False,
+        site: str | None = None,
+        on_op: Callable[[FaultFS, Op], None] | None = None,
+        on_fault: Callable[[FaultFS, Op], None] | None = None,
+        real_sync: bool = False,
+    ) -> None:
+        super().__init__()
+        if crash_when not in ("before", "after"):
+            raise ValueError(f"crash_when must be 'before' or 'after', got {crash_when!r}")
+        self.root = os.path.abspath(os.fspath(root))
+        if not os.path.isdir(self.root):
+            raise NotADirectoryError(f"{self.root}: the FaultFS root must be an existing directory")
+        self.crash_at = crash_at
+        self.crash_when = crash_when
+        self.fault = None if fail_at is None else _Fault(fail_at, errno, persistent, site)
+        self.on_op = on_op
+        self.on_fault = on_fault
+        self.real_sync = real_sync
+        self.count = 0
+        self.ops: list[Op] = []
+        self.crashed: Crash | None = None
+        self._seq = 0
+        self._lock = threading.RLock()
+        self._fds: dict[int, _File] = {}
+        self._paths: dict[int, str] = {}  # descriptor -> the file's current name (for the op's site)
+        self._root = self._snapshot(self.root)
+
+    # -- the model -------------------------------------------------------------------
+
+    def _snapshot(self, path: str) -> _Dir:
+        node = _Dir()
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isdir(full) and not os.path.islink(full):
+                node.names[name] = self._snapshot(full)
+            elif os.path.isfile(full) and not os.path.islink(full):
+                with open(full, "rb") as f:
+                    node.names[name] = _File(f.read())
+        node.durable = dict(node.names)
+        return node
+
+    def _rel(self, path: str) -> str | None:
+        """``path`` relative to the root, or ``None`` if it lies outside it."""
+        full = os.path.abspath(path)
+        if full == self.root:
+            return ""
+        if not full.startswith(self.root + os.sep):
+            return None
+        return full[len(self.root) + 1 :]
+
+    def _dir(self, rel: str) -> _Dir | None:
+        node: _File | _Dir = self._root
+        for part in rel.split(os.sep) if rel else []:
+            if not isinstance(node, _Dir) or part not in node.names:
+                return None
+            node = node.names[part]
+        return node if isinstance(node, _Dir) else None
+
+    def _parent(self, rel: str) -> tuple[_Dir | None, str]:
+        head, name = os.path.split(rel)
+        return self._dir(head), name
+
+    def _node(self, rel: str) -> _File | _Dir | None:
+        parent, name = self._parent(rel)
+        return None if parent is None else parent.names.get(name)
+
+    # -- counting, crashing, failing ---------------------------------------------------
+
+    def _begin(self, name: str, rel: str, target: str = "") -> Op:
+        if self.crashed is not None:
+            raise Crash(None)  # the process is dead: nothing more reaches the files
+        self.count += 1
+        op = Op(self.count, name, rel, file_kind(rel), target, threading.current_thread().name)
+        self.ops.append(op)
+        if self.crash_at == op.index and self.crash_when == "before":
+            self.crashed = Crash(op)
+            raise self.crashed
+        fault = self.fault
+        if (
+            fault is not None
+            and op.index >= fault.at
+            and (fault.persistent or not fault.fired)
+            and (fault.site is None or fault.site in (op.name, op.kind, op.site))
+        ):
+            fault.fired += 1
+            fault.failed.append(op)
+            if self.on_fault is not None:
+                self.on_fault(self, op)
+            raise OSError(fault.errno, f"{os.strerror(fault.errno)} (injected at {op})")
+        return op
+
+    def _end(self, op: Op) -> None:
+        if self.crash_at == op.index and self.crash_when == "after":
+            self.crashed = Crash(op)
+            raise self.crashed
+        if self.on_op is not None:
+            self.on_op(self, op)
+
+    @property
+    def failed_ops(self) -> list[Op]:
+        """The operations that an injected error failed."""
+        return [] if self.fault is None else list(self.fault.failed)
+
+    # -- FileIO: descriptors --------------------------------------------------------------
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        rel = self._rel(path)
+        if rel is None:
+            return super().open(path, flags, mode)
+        with self._lock:
+            op = self._begin("create", rel) if flags & os.O_CREAT else None
+            fd = super().open(path, flags, mode)
+            node = self._node(rel)
+            if node is None and flags & os.O_CREAT:
+                parent, name = self._parent(rel)
+                assert parent is not None, f"{rel}: created in a directory the model does not know"
+                node = parent.names[name] = _File()
+            if isinstance(node, _File):
+                if flags & os.O_TRUNC and flags & (os.O_WRONLY | os.O_RDWR):
+                    self._seq += 1
+                    node.resize(self._seq, 0)
+                self._fds[fd] = node
+                self._paths[fd] = rel
+            if op is not None:
+                self._end(op)
+            return fd
+
+    def close(self, fd: int) -> None:
+        with self._lock:
+            self._fds.pop(fd, None)
+            self._paths.pop(fd, None)
+        super().close(fd)
+
+    def _fd_rel(self, fd: int) -> str:
+        return self._paths.get(fd, f"<fd {fd}>")
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if fd not in self._fds:
+            super().pwrite(fd, data, position)
+            return
+        with self._lock:
+            op = self._begin("pwrite", self._fd_rel(fd))
+            super().pwrite(fd, data, position)
+            self._seq += 1
+            self._fds[fd].write(self._seq, position, bytes(data))
+            self._end(op)
+
+    def _sync(self, name: str, fd: int) -> None:
+        if fd not in self._fds:
+            getattr(super(), name)(fd)
+            return
+        with self._lock:
+            op = self._begin(name, self._fd_rel(fd))
+            if self.real_sync:
+                getattr(super(), name)(fd)
+            else:
+                self.syncs += 1
+            self._fds[fd].sync()
+            self._end(op)
+
+    def fsync(self, fd: int) -> None:
+        self._sync("fsync", fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self._sync("fdatasync", fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        if fd not in self._fds:
+            super().fallocate(fd, offset, length)
+            return
+        with self._lock:
+            op = self._begin("fallocate", self._fd_rel(fd))
+            super().fallocate(fd, offset, length)
+            node = self._fds[fd]
+            if offset + length > len(node.current):
+                self._seq += 1
+                node.resize(self._seq, offset + length)
+            self._end(op)
+
+    # -- FileIO: names ---------------------------------------------------------------------
+
+    def rename(self, src: str, dst: str) -> None:
+        rs, rd = self._rel(src), self._rel(dst)
+        if rs is None or rd is None:
+            assert rs is None and rd is None, f"rename across the FaultFS root: {src} -> {dst}"
+            super().rename(src, dst)
+            return
+        with self._lock:
+            op = self._begin("rename", rs, rd)
+            super().rename(src, dst)
+            sdir, sname = self._parent(rs)
+            ddir, dname = self._parent(rd)
+            assert sdir is not None and ddir is not None
+            node = ddir.names[dname] = sdir.names.pop(sname)
+            for fd, open_node in self._fds.items():  # descriptors follow their file to its new name
+                if open_node is node:
+                    self._paths[fd] = rd
+            self._end(op)
+
+    def unlink(self, path: str) -> None:
+        rel = self._rel(path)
+        if rel is None:
+            super().unlink(path)
+            return
+        with self._lock:
+            op = self._begin("unlink", rel)
+            super().unlink(path)
+            parent, name = self._parent(rel)
+            assert parent is not None
+            parent.names.pop(name, None)
+            self._end(op)
+
+    def mkdir(self, path: str) -> None:
+        rel = self._rel(path)
+        if rel is None or rel == "":
+            super().mkdir(path)
+            return
+        with self._lock:
+            op = self._begin("mkdir", rel)
+            super().mkdir(path)
+            parent, name = self._parent(rel)
+            assert parent is not None
+            parent.names[name] = _Dir()
+            self._end(op)
+
+    def fsync_dir(self, path: str) -> None:
+        rel = self._rel(path)
+        if rel is None:
+            super().fsync_dir(path)
+            return
+        with self._lock:
+            op = self._begin("fsync_dir", rel)
+            if self.real_sync:
+                super().fsync_dir(path)
+            else:
+                self.syncs += 1
+            node = self._dir(rel)
+            if node is not None:
+                node.durable = dict(node.names)
+            self._end(op)
+
+    # -- crash images --------------------------------------------------------------------
+
+    def _walk(self, node: _Dir, rel: str, durable: bool) -> Iterator[tuple[str, _File | _Dir]]:
+        """Every (path, node) under ``node``, parents first, by the durable or the current names."""
+        names = node.durable if durable else node.names
+        for name in sorted(names):
+            child = names[name]
+            path = os.path.join(rel, name) if rel else name
+            yield path, child
+            if isinstance(child, _Dir):
+                yield from self._walk(child, path, durable)
+
+    def image_files(self, mode: str, rng: random.Random | None = None) -> dict[str, bytes | None]:
+        """What a crash in ``mode`` leaves: relative path -> content (``None`` for a directory), parents first."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode in ("pages", "torn") and rng is None:
+            raise ValueError(f"mode {mode!r} needs an rng")
+        with self._lock:
+            entries = list(self._walk(self._root, "", durable=mode == "names"))
+            torn_file: _File | None = None
+            if mode == "torn":
+                last = -1
+                for _path, node in entries:
+                    if isinstance(node, _File) and node.last_write() > last:
+                        last, torn_file = node.last_write(), node
+            out: dict[str, bytes | None] = {}
+            for path, node in entries:
+                if isinstance(node, _Dir):
+                    out[path] = None
+                elif mode == "keep" or (mode == "torn" and node is not torn_file):
+                    out[path] = bytes(node.current)
+                elif mode in ("drop", "names"):
+                    out[path] = bytes(node.durable)
+                elif mode == "pages":
+                    assert rng is not None
+                    out[path] = node.pages(rng)
+                else:
+                    assert rng is not None
+                    out[path] = node.torn(rng)
+            return out
+
+    def image(
+        self, dest: str | os.PathLike[str], mode: str, rng: random.Random | None = None
+    ) -> dict[str, bytes | None]:
+        """Write the crash image of ``mode`` into ``dest`` (created; must not exist) and return its files."""
+        files = self.image_files(mode, rng)
+        write_image(dest, files)
+        return files
+
+    def unsynced(self) -> int:
+        """Bytes written and not yet synced, over every file the model knows."""
+        with self._lock:
+            seen: set[int] = set()
+            total = 0
+            for _path, node in self._walk(self._root, "", durable=False):
+                if isinstance(node, _File) and id(node) not in seen:
+                    seen.add(id(node))
+                    total += sum(len(data) for _seq, _pos, data in node.pending if data is not None)
+            return total
+
+
+def write_image(dest: str | os.PathLike[str], files: dict[str, bytes | None]) -> None:
+    """Write the files of :meth:`FaultFS.image_files` under ``dest``, which must not exist."""
+    dest = os.fspath(dest)
+    os.mkdir(dest, 0o700)
+    for rel, content in files.items():
+        path = os.path.join(dest, rel)
+        if content is None:
+            os.mkdir(path, 0o700)
+        else:
+            with open(path, "wb") as f:
+                f.write(content)
