@@ -88,6 +88,7 @@ class _Seg:
     first: int
     data: bytes
     header_bad: str | None = None
+    size_bad: str | None = None  # the file's size differs from the capacity its header gives
     records: list[Record] = field(default_factory=list)
     damage: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, what)
 
@@ -167,6 +168,8 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
                 continue
             if header.a != seg.first:
                 seg.header_bad = f"header names global offset {header.a}"
+            elif len(data) != header.b:
+                seg.size_bad = f"file is {len(data)} bytes, its header says {header.b}"
         except FormatError as exc:
             seg.header_bad = f"header damaged at byte {exc.position}: {exc.what}"
         segs.append(seg)
@@ -241,9 +244,9 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
     report.records_lost = sum(n for _si, _g, n in gaps)
     for si, seg in enumerate(segs):
         seg_gaps = [(g, n) for gi, g, n in gaps if gi == si]
-        if not seg_gaps and not seg.damage and seg.header_bad is None:
+        if not seg_gaps and not seg.damage and seg.header_bad is None and seg.size_bad is None:
             continue
-        why = seg.header_bad or (seg.damage[0][2] if seg.damage else "global offsets missing")
+        why = seg.header_bad or (seg.damage[0][2] if seg.damage else seg.size_bad or "global offsets missing")
         report.actions.append(
             f"{seg.path}: rewrite ({why}); keep {len(seg.records)} records, "
             f"mark {sum(n for _g, n in seg_gaps)} global offsets lost"

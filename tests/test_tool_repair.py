@@ -142,6 +142,15 @@ def _truncated_segment(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
     return seg.name, {g for (n, p, ln, g) in recs if n == seg.name and p + ln > cut}
 
 
+def _segment_cut_in_its_zero_tail(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
+    """The last segment cut short after its last record: no record is lost, the file is short of its capacity."""
+    seg = _seg(path, -1)
+    _name, pos, length, _goff = [r for r in recs if r[0] == seg.name][-1]
+    with open(seg, "r+b") as f:
+        f.truncate(pos + length + 100)
+    return seg.name, set()
+
+
 def _missing_pos(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
     pos = sorted((path / "segments").glob("*.pos"))[0]
     pos.unlink()
@@ -188,6 +197,7 @@ CASES: dict[str, Damage] = {
     "segment-header-bit-flip": _segment_header_flip,
     "zeroed-4k-block": _zeroed_block,
     "truncated-segment": _truncated_segment,
+    "segment-cut-in-its-zero-tail": _segment_cut_in_its_zero_tail,
     "missing-position-file": _missing_pos,
     "damaged-position-file": _damaged_pos,
     "missing-catalog": _missing_catalog,
