@@ -188,7 +188,12 @@ def main(argv: list[str]) -> int:
     corpus = args.corpus or os.path.join(scratch, "corpus")
     _seed_corpus(corpus, target, s, targets)
     inputs = [a for a in rest if not a.startswith("-")]
-    libfuzzer_args = [argv[0], *rest] if inputs else [argv[0], *rest, corpus]
+    # Mutate whole files: libFuzzer's default length control would cut the 64 KiB seeds to a few bytes.
+    largest = max(os.path.getsize(os.path.join(corpus, n)) for n in os.listdir(corpus))
+    defaults = [f"-max_len={largest + 4096}", "-len_control=0"]
+    given = {a.split("=")[0] for a in rest}
+    flags = [d for d in defaults if d.split("=")[0] not in given]
+    libfuzzer_args = [argv[0], *flags, *rest] if inputs else [argv[0], *flags, *rest, corpus]
     try:
         atheris.Setup(libfuzzer_args, test_one_input)
         atheris.Fuzz()

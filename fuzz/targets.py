@@ -46,6 +46,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import xxhash
 
@@ -79,6 +80,7 @@ from logstore.segment import (
 )
 
 SEGMENT_SIZE = 64 * 1024
+SEED_STORE_ID = b"logstore-fuzzing"
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -106,6 +108,9 @@ class Seeds:
     record_starts: list[int]  # byte positions of the first segment's records
     written: dict[str, list[Envelope]] = field(default_factory=dict)  # what the API wrote, per stream
     global_log: list[tuple[int, Envelope]] = field(default_factory=list)  # (global offset, envelope) readable
+
+    def __repr__(self) -> str:  # hypothesis prints the arguments of a failing example: keep it short
+        return f"Seeds({self.directory!r})"
 
     def position_count_and_checksum(self, data: bytes) -> tuple[int, int]:
         """The count the checkpoint records for the position file, and the checksum of ``data``'s entries."""
@@ -149,7 +154,10 @@ def build_seed_store(path: str) -> Seeds:
     """
     written: dict[str, list[Envelope]] = {}
     order: list[Envelope] = []
-    store = logstore.open(path, segment_size=SEGMENT_SIZE, durability="none")
+    # A fixed store id (it is the only random byte the parsers check), so that a finding's input
+    # reproduces in another run: the files of every seed store then differ only in creation times.
+    with mock.patch("os.urandom", lambda n: SEED_STORE_ID[:n]):
+        store = logstore.open(path, segment_size=SEGMENT_SIZE, durability="none")
     try:
 
         def commit(stream: str, envs: list[Envelope]) -> None:

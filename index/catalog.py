@@ -201,7 +201,7 @@ class Catalog:
             nonlocal pos
             end = pos + dtype.itemsize * count
             if end > len(buf):
-                raise FormatError(pos, "file ends inside an array")
+                raise FormatError(min(pos, len(buf)), "file ends inside an array")  # pos may be past it: padding
             arr = np.frombuffer(buf, dtype=dtype, count=count, offset=pos).copy()
             pos = end
             return arr

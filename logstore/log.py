@@ -634,6 +634,8 @@ class Log:
             return None if rec.soff <= rec.goff else f"retain record keeps from {rec.soff}, past itself"
         if rec.sid == NO_STREAM:  # a lost record of no known stream
             return None
+        if rec.soff > rec.goff:  # each earlier offset of the stream took a global offset of its own
+            return f"stream offset {rec.soff} is past its global offset {rec.goff}"
         known = rec.sid < len(cat) and (not self.relaxed or cat.names[rec.sid] != "")
         if known:
             if rec.name is not None and rec.name != cat.names[rec.sid]:
