@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,21 @@ settings.register_profile(
 settings.load_profile(os.environ.get("LOGSTORE_HYPOTHESIS_PROFILE", "long" if STRESS else "ci"))
 
 SMALL_SEGMENT = 64 * 1024
+
+
+@contextlib.contextmanager
+def quiet_logstore() -> Iterator[None]:
+    """Silence the ``logstore`` logger: campaigns recover thousands of stores, each logging what it cut.
+
+    Their findings are asserted, not logged.
+    """
+    logger = logging.getLogger("logstore")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def assert_verified(path: str | os.PathLike[str]) -> None:

@@ -39,7 +39,6 @@ every file.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -53,6 +52,7 @@ from fuzz import targets as T
 from index.header import HEADER_SIZE
 from logstore.errors import CorruptionError
 from logstore.verify import VerifyResult, verify
+from tests.conftest import quiet_logstore
 from tests.stress import STRESS
 
 SEGMENT = "segments/00000000000000000000.log"
@@ -154,15 +154,10 @@ def _classify(directory: str, s: T.Seeds, rel: str, pos: int, bit: int, ignored:
 
 
 @pytest.fixture(autouse=True)
-def quiet_logstore() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Recovery warnings for every flip would flood the log capture; the verdicts are what matter."""
-    logger = logging.getLogger("logstore")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
+    with quiet_logstore():
         yield
-    finally:
-        logger.setLevel(level)
 
 
 STEP_SEGMENT = 1 if STRESS else 61

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import random
 import shutil
@@ -73,7 +72,7 @@ import pytest
 import logstore
 from logstore import Envelope, OffsetConflictError, StoreFailedError
 from logstore.verify import verify
-from tests.conftest import SMALL_SEGMENT
+from tests.conftest import SMALL_SEGMENT, quiet_logstore
 from tests.faultfs import MODES, Crash, FaultFS, Op, write_image
 from tests.stress import SEED, STRESS, scale
 
@@ -586,18 +585,6 @@ def second_crashes(
 
 
 # -- the tests ----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def quiet_logstore() -> Iterator[None]:
-    """Thousands of recoveries each log what they cut: keep the logger quiet (findings are asserted, not logged)."""
-    logger = logging.getLogger("logstore")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 @pytest.fixture
