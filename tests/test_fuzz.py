@@ -803,15 +803,7 @@ def test_regression_a_position_entry_past_the_segment_made_reads_raise_struct_er
     bad = 0xFFFFFF00 if entry == "past the mapping" else T.SEGMENT_SIZE - 20
     struct.pack_into("<I", raw, HEADER_SIZE + 4 * (n - 1), bad)
     Path(pos_path).write_bytes(bytes(raw))
-    ckpt_path = os.path.join(directory, "CHECKPOINT")
-    ckpt, store_id = Checkpoint.decode(Path(ckpt_path).read_bytes(), None)
-    entries = [
-        e._replace(checksum=xxhash.xxh3_64_intdigest(bytes(raw[HEADER_SIZE : HEADER_SIZE + 4 * e.records])))
-        if e.first == 0
-        else e
-        for e in ckpt.segments
-    ]
-    Path(ckpt_path).write_bytes(ckpt._replace(segments=entries).encode(store_id))
+    T.forge_store_checksums(directory, "segments/00000000000000000000.pos")  # and its checksum in CHECKPOINT
     store = logstore.open(directory, readonly=True)
     try:
         segment = store._log.segments[0]
