@@ -1,9 +1,15 @@
-"""Benchmarks of logstore, each run side by side with its baselines in one process.
+"""The benchmark suite: logstore beside sqlite3 and LMDB, in one run, on identical envelopes.
 
-They live outside the test run and never gate it: ``python -m bench.quick``
-compares appends and a full global scan against sqlite3 (WAL,
-``synchronous=FULL``) on identical envelopes and prints medians, ranges,
-commit latency percentiles and the logstore/sqlite ratios, with the machine
-described at the top. ``tests/test_bench_smoke.py`` only checks that the quick
-run works (``--quick --json``), never how fast it is.
+``python -m bench`` runs workloads W1-W8 (``--quick`` for a smoke run of
+under a minute) and reports medians with min and max, commit latencies and
+the ratios logstore / peer, with the machine described; ``bench/RESULTS.md``
+holds the latest full run. The suite lives outside the test run and never
+gates it: ``tests/test_bench_smoke.py`` only checks that ``--quick`` runs and
+reports, never how fast anything is.
+
+- ``peers.py``: the three stores behind one interface.
+- ``envelopes.py``: the envelopes every store is given.
+- ``workloads.py``: each measurement, run in a process of its own.
+- ``machine.py``: the machine's description.
+- ``__main__.py``: the plan, the runs and the reports.
 """

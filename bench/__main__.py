@@ -1,0 +1,615 @@
+"""The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
+
+Runs the workloads W1-W8 (see ``bench/RESULTS.md`` for what each does) on
+logstore, sqlite3 and LMDB in one run, on identical envelopes, each
+measurement in a fresh process (``bench/workloads.py``), the stores taking
+turns going first. Prints a table of medians with min and max, commit
+latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
+Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
+measured. ``--quick`` is a smoke run of under a minute; the full run takes
+about a quarter of an hour on two cores and needs about 8 GB of disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.machine import machine_facts
+from bench.peers import PEERS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 300
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of one mode."""
+
+    repeat: int
+    w1_messages: int
+    w2_threads: int
+    w2_per_thread: int
+    w4_streams: int
+    w4_loads: int
+    w5_sizes: tuple[int, ...]
+    w5_tails: tuple[int, ...]
+    w8_streams: int
+    w8_loads: int
+    w8_repeat: int
+
+
+QUICK = Plan(
+    repeat=1,
+    w1_messages=20_000,
+    w2_threads=8,
+    w2_per_thread=100,
+    w4_streams=1_000,
+    w4_loads=250,
+    w5_sizes=(20_000, 100_000),
+    w5_tails=(1_000, 10_000),
+    w8_streams=20_000,
+    w8_loads=1_000,
+    w8_repeat=1,
+)
+FULL = Plan(
+    repeat=5,
+    w1_messages=200_000,
+    w2_threads=8,
+    w2_per_thread=1_000,
+    w4_streams=20_000,
+    w4_loads=5_000,
+    w5_sizes=(1_000_000, 10_000_000),
+    w5_tails=(10_000, 100_000, 1_000_000),
+    w8_streams=1_000_000,
+    w8_loads=10_000,
+    w8_repeat=1,
+)
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
+
+
+def human(n: int) -> str:
+    """1000000 -> "1M", 20000 -> "20k"."""
+    for unit, div in (("M", 1_000_000), ("k", 1_000)):
+        if n >= div and n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+@dataclass
+class Result:
+    """One named benchmark: its runs and what they mean."""
+
+    workload: str
+    name: str
+    store: str
+    unit: str
+    higher_is_better: bool
+    runs: list[float] = field(default_factory=list)
+    latency: list[dict[str, float]] = field(default_factory=list)  # per run: p50, p99, max (seconds)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.name.rsplit("/store=", 1)[0]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "workload": self.workload,
+            "name": self.name,
+            "store": self.store,
+            "unit": self.unit,
+            "higher_is_better": self.higher_is_better,
+            "runs": self.runs,
+            "median": statistics.median(self.runs),
+            "min": min(self.runs),
+            "max": max(self.runs),
+        }
+        if self.latency:
+            out["latency_p50"] = statistics.median(x["p50"] for x in self.latency)
+            out["latency_p99"] = statistics.median(x["p99"] for x in self.latency)
+            out["latency_max"] = max(x["max"] for x in self.latency)
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+
+class Runner:
+    """Runs workload processes and collects named results."""
+
+    def __init__(self, base: str, verbose: bool) -> None:
+        self.base = base
+        self.verbose = verbose
+        self.results: dict[str, Result] = {}
+        self._dirs = 0
+
+    def fresh_dir(self, label: str) -> str:
+        self._dirs += 1
+        return os.path.join(self.base, f"{self._dirs:03d}-{label}")
+
+    def run(self, spec: dict[str, Any], expect_kill: bool = False) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "bench.workloads", json.dumps(spec)]
+        if self.verbose:
+            print(f"  . {spec['workload']} {spec.get('store', 'logstore')} {spec.get('dir', '')}", file=sys.stderr)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if expect_kill:
+            if proc.returncode != -signal.SIGKILL:
+                raise RuntimeError(
+                    f"{spec['workload']}: expected to die by SIGKILL, exit {proc.returncode}\n{proc.stderr}"
+                )
+        elif proc.returncode != 0:
+            raise RuntimeError(f"{spec['workload']} on {spec.get('store')}: exit {proc.returncode}\n{proc.stderr}")
+        lines = proc.stdout.strip().splitlines()
+        if not lines:
+            raise RuntimeError(f"{spec['workload']}: printed nothing\n{proc.stderr}")
+        result: dict[str, Any] = json.loads(lines[-1])
+        return result
+
+    def record(
+        self,
+        workload: str,
+        name: str,
+        store: str,
+        unit: str,
+        value: float,
+        higher_is_better: bool = True,
+        latency: dict[str, float] | None = None,
+        **extra: Any,
+    ) -> None:
+        r = self.results.get(name)
+        if r is None:
+            r = self.results[name] = Result(workload, name, store, unit, higher_is_better)
+        r.runs.append(value)
+        if latency is not None:
+            r.latency.append(latency)
+        for key, val in extra.items():
+            r.extra.setdefault(key, []).append(val)
+
+
+def rotations(stores: Sequence[str], repeat: int) -> Iterator[tuple[int, str]]:
+    """(repetition, store) with the stores taking turns going first."""
+    for rep in range(repeat):
+        k = rep % len(stores)
+        for store in (*stores[k:], *stores[:k]):
+            yield rep, store
+
+
+def remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def per_message(result: dict[str, Any]) -> dict[str, float]:
+    disk = result["disk"]
+    n = result["messages"]
+    return {
+        "disk_bytes_per_message": disk["bytes"] / n,
+        "allocated_bytes_per_message": disk["allocated"] / n,
+        "envelope_bytes_per_message": result["envelope_bytes"] / n,
+        "rss_mib": result["rss_kb"] / 1024,
+        "base_rss_mib": result.get("base_rss_kb", 0) / 1024,
+    }
+
+
+# -- the workloads -----------------------------------------------------------------------------
+
+
+def w1_w3_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
+    """W1 append, then W3 scans of the store the last repetition wrote; W6's figures for W1."""
+    n = plan.w1_messages
+    kept: dict[str, str] = {}
+    for rep, store in rotations(stores, plan.repeat):
+        path = r.fresh_dir(f"w1-{store}")
+        res = r.run(
+            {
+                "workload": "append",
+                "store": store,
+                "dir": path,
+                "messages": n,
+                "batch": 100,
+                "size": SIZE,
+                "verify": rep == 0,
+            }
+        )
+        name = f"append/batch=100/size={SIZE}B/messages={human(n)}/store={store}"
+        if "W1" in want:
+            r.record("W1", name, store, "msg/s", n / res["seconds"], latency=res["latency"])
+        if "W6" in want:
+            r.record("W6", f"footprint/{name}", store, "MiB peak RSS", res["rss_kb"] / 1024, False, **per_message(res))
+        if "W3" in want and rep == plan.repeat - 1:
+            kept[store] = path
+        else:
+            remove(path)
+    for _rep, store in rotations(list(kept), plan.repeat):
+        res = r.run({"workload": "scan", "store": store, "dir": kept[store], "messages": n, "size": SIZE})
+        name = f"scan/decode=full/messages={human(n)}/size={SIZE}B/store={store}"
+        r.record("W3", name, store, "msg/s", n / res["seconds"])
+    for path in kept.values():
+        remove(path)
+
+
+def w2(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
+    t, per = plan.w2_threads, plan.w2_per_thread
+    for _rep, store in rotations(stores, plan.repeat):
+        path = r.fresh_dir(f"w2-{store}")
+        res = r.run({"workload": "threads", "store": store, "dir": path, "threads": t, "per_thread": per, "size": SIZE})
+        name = f"append/threads={t}/batch=1/size={SIZE}B/commits={human(t * per)}/store={store}"
+        r.record("W2", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
+        remove(path)
+
+
+def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
+    s, loads = plan.w4_streams, plan.w4_loads
+    for _rep, store in rotations(stores, plan.repeat):
+        path = r.fresh_dir(f"w4-{store}")
+        res = r.run(
+            {
+                "workload": "event_sourcing",
+                "store": store,
+                "dir": path,
+                "streams": s,
+                "per_stream": 5,
+                "loads": loads,
+                "size": SIZE,
+            }
+        )
+        base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
+        if "W4" in want:
+            r.record(
+                "W4",
+                f"es-write/{base}/store={store}",
+                store,
+                "msg/s",
+                res["messages"] / res["write_seconds"],
+                latency=res["latency"],
+            )
+            r.record(
+                "W4",
+                f"es-load/{base}/loads={human(loads)}/store={store}",
+                store,
+                "loads/s",
+                loads / res["load_seconds"],
+            )
+        if "W6" in want:
+            r.record(
+                "W6",
+                f"footprint/es-write/{base}/store={store}",
+                store,
+                "MiB peak RSS",
+                res["rss_kb"] / 1024,
+                False,
+                **per_message(res),
+            )
+        remove(path)
+
+
+def w5(r: Runner, plan: Plan, want: set[str]) -> None:
+    """Open time of logstore after a clean close and after a crash with an unsynced tail; W6 RSS by log size."""
+    for size in plan.w5_sizes:
+        path = r.fresh_dir(f"w5-{human(size)}")
+        built = r.run({"workload": "build", "dir": path, "messages": size, "batch": 1000, "size": SIZE})
+        if "W6" in want:
+            r.record(
+                "W6",
+                f"footprint/build/batch=1000/size={SIZE}B/messages={human(size)}/store=logstore",
+                "logstore",
+                "MiB peak RSS",
+                built["rss_kb"] / 1024,
+                False,
+                **per_message(built),
+            )
+        if "W5" in want:
+            for _ in range(plan.repeat):
+                res = r.run({"workload": "open_time", "dir": path})
+                r.record(
+                    "W5",
+                    f"open/after=close/messages={human(size)}/store=logstore",
+                    "logstore",
+                    "s",
+                    res["open_seconds"],
+                    False,
+                    first_read_seconds=res["first_read_seconds"],
+                    records_scanned=res["recovery"]["records_scanned"],
+                )
+            for tail in plan.w5_tails:
+                for _ in range(plan.repeat):
+                    r.run(
+                        {"workload": "crash_tail", "dir": path, "tail": tail, "batch": 1000, "size": SIZE},
+                        expect_kill=True,
+                    )
+                    res = r.run({"workload": "open_time", "dir": path})
+                    if res["recovery"]["checkpoint"] == "clean":
+                        raise RuntimeError(f"{path}: the open after a crash found a clean checkpoint")
+                    r.record(
+                        "W5",
+                        f"open/after=crash/messages={human(size)}/tail={human(tail)}/store=logstore",
+                        "logstore",
+                        "s",
+                        res["open_seconds"],
+                        False,
+                        records_scanned=res["recovery"]["records_scanned"],
+                    )
+        remove(path)
+
+
+def w7(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
+    n = plan.w1_messages
+    for batch in (100, 1):
+        count = n if batch == 100 else n // 10
+        for _rep, store in rotations(stores, plan.repeat):
+            path = r.fresh_dir(f"w7-{store}")
+            res = r.run(
+                {
+                    "workload": "append",
+                    "store": store,
+                    "dir": path,
+                    "messages": count,
+                    "batch": batch,
+                    "size": SIZE,
+                    "mode": "batch",
+                }
+            )
+            name = f"append/durability=batch/batch={batch}/size={SIZE}B/messages={human(count)}/store={store}"
+            r.record("W7", name, store, "msg/s", count / res["seconds"], latency=res["latency"])
+            remove(path)
+
+
+def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
+    s, loads = plan.w8_streams, plan.w8_loads
+    for _rep, store in rotations(stores, plan.w8_repeat):
+        path = r.fresh_dir(f"w8-{store}")
+        res = r.run(
+            {
+                "workload": "many_streams",
+                "store": store,
+                "dir": path,
+                "streams": s,
+                "per_tx": 1000,
+                "loads": loads,
+                "size": SIZE,
+            }
+        )
+        base = f"streams={human(s)}/per-tx=1000/size={SIZE}B"
+        r.record(
+            "W8",
+            f"streams-write/{base}/store={store}",
+            store,
+            "streams/s",
+            s / res["write_seconds"],
+            **per_message(res),
+        )
+        r.record(
+            "W8",
+            f"streams-load/{base}/loads={human(loads)}/store={store}",
+            store,
+            "loads/s",
+            loads / res["load_seconds"],
+        )
+        r.record(
+            "W8",
+            f"streams-reopen/{base}/store={store}",
+            store,
+            "s",
+            res["reopen_seconds"],
+            False,
+            close_seconds=res["close_seconds"],
+            first_load_seconds=res["first_load_seconds"],
+        )
+        remove(path)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """logstore against each peer, per benchmark family: how many times better logstore's median is."""
+    by_family: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in summaries:
+        by_family.setdefault(s["name"].rsplit("/store=", 1)[0], {})[s["store"]] = s
+    out = []
+    for family, stores in by_family.items():
+        ours = stores.get("logstore")
+        if ours is None or ours["workload"] == "W6":
+            continue
+        for peer, theirs in stores.items():
+            if peer == "logstore":
+                continue
+            a, b = ours["median"], theirs["median"]
+            ratio = a / b if ours["higher_is_better"] else b / a
+            out.append({"workload": ours["workload"], "benchmark": family, "peer": peer, "ratio": ratio})
+    return out
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1e3:,.1f} ms" if value < 10 else f"{value:,.1f} s"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def text_report(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"logstore benchmark suite ({report['mode']}): logstore, sqlite3 and LMDB on identical envelopes",
+        f"machine  {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, {m['memory']}, {m['platform']}",
+        f"storage  {m['filesystem']}, {m['disk']}",
+        f"versions Python {m['python']}, logstore {m['logstore']}, numpy {m['numpy']}, msgpack {m['msgpack']}, "
+        f"xxhash {m['xxhash']}, SQLite {m['sqlite']}, {m['lmdb']}",
+        "",
+    ]
+    width = max(len(s["name"]) for s in report["results"])
+    head = f"{'benchmark':<{width}}  {'median':>12}  {'min':>12}  {'max':>12}  unit        p50 ms   p99 ms"
+    workload = None
+    for s in report["results"]:
+        if s["workload"] != workload:
+            workload = s["workload"]
+            lines += ["", f"{workload}", head]
+        lat = f"  {_ms(s['latency_p50']):>7}  {_ms(s['latency_p99']):>7}" if "latency_p50" in s else ""
+        lines.append(
+            f"{s['name']:<{width}}  {_fmt(s['median'], s['unit']):>12}  {_fmt(s['min'], s['unit']):>12}  "
+            f"{_fmt(s['max'], s['unit']):>12}  {s['unit']:<10}{lat}"
+        )
+        extra = s.get("extra", {})
+        if "disk_bytes_per_message" in extra:
+            d = statistics.median(extra["disk_bytes_per_message"])
+            e = statistics.median(extra["envelope_bytes_per_message"])
+            a = statistics.median(extra["allocated_bytes_per_message"])
+            lines.append(f"{'':<{width}}  disk {d:,.1f} B/msg ({d / e:.2f}x envelope bytes), allocated {a:,.1f} B/msg")
+    lines += ["", "ratios logstore / peer (of the medians; above 1: logstore is better)"]
+    for x in report["ratios"]:
+        lines.append(f"{x['workload']}  {x['benchmark']:<{width}}  vs {x['peer']:<7} {x['ratio']:6.2f}x")
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    out = [
+        "| | |",
+        "|---|---|",
+        f"| CPU | {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']} |",
+        f"| memory | {m['memory']} |",
+        f"| system | {m['platform']} |",
+        f"| storage | {m['filesystem']}; {m['disk']} |",
+        f"| Python | {m['python']} |",
+        f"| libraries | logstore {m['logstore']}, numpy {m['numpy']}, msgpack {m['msgpack']}, xxhash {m['xxhash']} |",
+        f"| peers | SQLite {m['sqlite']} (Python's sqlite3), {m['lmdb']} |",
+        f"| run | `python -m bench{' --quick' if report['mode'] == 'quick' else ''}`, {report['started']}, "
+        f"{report['seconds'] / 60:.1f} min |",
+        "",
+        "### Ratios: logstore / peer",
+        "",
+        "Of the medians; above 1 means logstore is better (faster, or quicker to open).",
+        "",
+        "| workload | benchmark | vs sqlite3 | vs LMDB |",
+        "|---|---|---:|---:|",
+    ]
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for x in report["ratios"]:
+        rows.setdefault((x["workload"], x["benchmark"]), {})[x["peer"]] = x["ratio"]
+    for (w, bench), peers in rows.items():
+        cells = [f"{peers[p]:.2f}x" if p in peers else "" for p in ("sqlite", "lmdb")]
+        out.append(f"| {w} | `{bench}` | {cells[0]} | {cells[1]} |")
+    workload = None
+    for s in report["results"]:
+        if s["workload"] != workload:
+            workload = s["workload"]
+            out += [
+                "",
+                f"### {workload}",
+                "",
+                "| benchmark | median | min | max | unit | commit p50 | commit p99 |",
+                "|---|---:|---:|---:|---|---:|---:|",
+            ]
+        p50 = f"{_ms(s['latency_p50'])} ms" if "latency_p50" in s else ""
+        p99 = f"{_ms(s['latency_p99'])} ms" if "latency_p99" in s else ""
+        out.append(
+            f"| `{s['name']}` | {_fmt(s['median'], s['unit'])} | {_fmt(s['min'], s['unit'])} | "
+            f"{_fmt(s['max'], s['unit'])} | {s['unit']} | {p50} | {p99} |"
+        )
+    footprints = [s for s in report["results"] if "disk_bytes_per_message" in s.get("extra", {})]
+    if footprints:
+        out += [
+            "",
+            "### Disk and memory",
+            "",
+            "| benchmark | peak RSS | RSS before the store opened | disk B/msg | / envelope bytes | allocated B/msg |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for s in footprints:
+            e = s["extra"]
+            d = statistics.median(e["disk_bytes_per_message"])
+            env = statistics.median(e["envelope_bytes_per_message"])
+            base = statistics.median(e["base_rss_mib"]) if "base_rss_mib" in e else 0.0
+            rss = statistics.median(e["rss_mib"]) if "rss_mib" in e else statistics.median(e["peak_rss_mib"])
+            out.append(
+                f"| `{s['name']}` | {rss:,.0f} MiB | {base:,.0f} MiB | {d:,.1f} | {d / env:.2f}x | "
+                f"{statistics.median(e['allocated_bytes_per_message']):,.1f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (under a minute)")
+    parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3 (default: all)")
+    parser.add_argument("--stores", default=",".join(PEERS), help="comma-separated stores (default: all)")
+    parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 1 quick, 5 full)")
+    parser.add_argument("--dir", default=".", help="where to make the store directories (default: here, a real disk)")
+    parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
+    parser.add_argument("--markdown", help="also write the report as Markdown to this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="name each process as it starts (stderr)")
+    args = parser.parse_args(argv)
+    want = set(WORKLOADS) if args.only is None else {w.strip().upper() for w in args.only.split(",")}
+    unknown = want - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}; expected some of {', '.join(WORKLOADS)}")
+    stores = [s.strip() for s in args.stores.split(",")]
+    if "logstore" not in stores or set(stores) - set(PEERS):
+        parser.error(f"--stores must include logstore and name only {', '.join(PEERS)}")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    args.want, args.store_list = want, stores
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        plan = Plan(**{**plan.__dict__, "repeat": args.repeat})
+    os.makedirs(args.dir, exist_ok=True)
+    base = tempfile.mkdtemp(prefix="logstore-bench-", dir=args.dir)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    t0 = time.perf_counter()
+    r = Runner(base, args.verbose)
+    want, stores = args.want, args.store_list
+    try:
+        if want & {"W1", "W3", "W6"}:
+            w1_w3_w6(r, plan, stores, want)
+        if "W2" in want:
+            w2(r, plan, stores)
+        if want & {"W4", "W6"}:
+            w4_w6(r, plan, stores, want)
+        if want & {"W5", "W6"}:
+            w5(r, plan, want)
+        if "W7" in want:
+            w7(r, plan, stores)
+        if "W8" in want:
+            w8(r, plan, stores)
+        machine = machine_facts(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    summaries = sorted((res.summary() for res in r.results.values()), key=lambda s: WORKLOADS.index(s["workload"]))
+    report = {
+        "mode": "quick" if args.quick else "full",
+        "plan": plan.__dict__,
+        "started": started,
+        "seconds": time.perf_counter() - t0,
+        "machine": machine,
+        "results": summaries,
+        "ratios": ratios(summaries),
+    }
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(markdown_report(report))
+    print(json.dumps(report, indent=1) if args.json else text_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""The workloads, each run in a fresh process: ``python -m bench.workloads '<json spec>'``.
+
+The suite (``python -m bench``) starts one process per measurement so that
+peak RSS (``ru_maxrss``) belongs to that measurement alone and no store's
+caches or garbage help another. The process prints one JSON object: what it
+measured and what it checked. Every workload checks what it reads back
+against what was appended, outside the timed part, and fails loudly on a
+difference.
+
+Timed: the calls into the store (including encoding and decoding, which are
+part of the store's work). Not timed: making the envelopes, the checks,
+creating the store directory where said.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.envelopes import envelope_bytes, make_pool
+from bench.peers import LogstorePeer, Peer, open_peer
+from logstore import Envelope
+
+clock = time.perf_counter
+
+
+def rss_kb() -> int:
+    """Peak resident set size of this process so far, in KiB (Linux ``ru_maxrss``)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, float]:
+    """Nearest-rank p50, p99 and the maximum, in seconds."""
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, -(-int(p * n) // 100) - 1)] if n else 0.0
+
+    return {"p50": rank(50), "p99": rank(99), "max": ordered[-1] if n else 0.0, "count": n}
+
+
+def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
+    """Bytes of the store's files: ``bytes`` is their sizes less ``unused`` (preallocated, never written);
+    ``allocated`` is what the file system has given them (``st_blocks``)."""
+    size = allocated = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            size += st.st_size
+            allocated += st.st_blocks * 512
+    return {"bytes": size - unused, "allocated": allocated}
+
+
+def unused_preallocation(peer: Peer) -> int:
+    """The bytes logstore preallocated in its active segment and has not written yet (0 for the peers)."""
+    if isinstance(peer, LogstorePeer):
+        active = peer.store._log.active  # the benchmark may look inside its own engine
+        return active.size - active.end
+    return 0
+
+
+def _check(what: str, got: object, want: object) -> None:
+    if got != want:
+        raise RuntimeError(f"{what}: read back {got!r:.200}, expected {want!r:.200}")
+
+
+def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
+    n = len(pool)
+    count = 0
+    for i, env in enumerate(peer.scan()):
+        if env != pool[i % n]:
+            raise RuntimeError(f"{peer.name}: global offset {i} differs from the envelope appended")
+        count += 1
+    _check(f"{peer.name}: scanned message count", count, messages)
+
+
+# -- W1, W7: append, one thread ---------------------------------------------------------------
+
+
+def append(spec: dict[str, Any]) -> dict[str, Any]:
+    messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
+    pool = make_pool(messages, spec["size"])
+    base = rss_kb()
+    n = len(pool)
+    txs: list[tuple[str, int, list[Envelope]]] = []
+    heads: dict[str, int] = {}
+    for k, start in enumerate(range(0, messages, batch)):
+        name = f"stream-{k % streams}"
+        envs = [pool[i % n] for i in range(start, min(start + batch, messages))]
+        txs.append((name, heads.get(name, 0), envs))
+        heads[name] = heads.get(name, 0) + len(envs)
+    t0 = clock()
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    opened = clock()
+    lat = []
+    do = peer.append
+    for name, offset, envs in txs:
+        t = clock()
+        do(name, offset, envs)
+        lat.append(clock() - t)
+    seconds = clock() - opened
+    unused = unused_preallocation(peer)
+    t1 = clock()
+    peer.close()
+    closed = clock()
+    result = {
+        "seconds": seconds,
+        "messages": messages,
+        "commits": len(txs),
+        "latency": latency_summary(lat),
+        "open_seconds": opened - t0,
+        "close_seconds": closed - t1,
+        "rss_kb": rss_kb(),
+        "base_rss_kb": base,
+        "disk": disk_usage(spec["dir"], unused),
+        "envelope_bytes": envelope_bytes(pool, messages),
+    }
+    if spec.get("verify"):
+        peer = open_peer(spec["store"], spec["dir"])
+        try:
+            _verify_scan(peer, pool, messages)
+        finally:
+            peer.close()
+    return result
+
+
+# -- W2: one-envelope transactions from many threads -----------------------------------------
+
+
+def threads(spec: dict[str, Any]) -> dict[str, Any]:
+    nthreads, per_thread = spec["threads"], spec["per_thread"]
+    pool = make_pool(nthreads * per_thread, spec["size"])
+    n = len(pool)
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    start = threading.Barrier(nthreads + 1)
+    lats: list[list[float]] = [[] for _ in range(nthreads)]
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        lat = lats[t]
+        name = f"thread-{t}"
+        do = peer.append
+        try:
+            start.wait()
+            for i in range(per_thread):
+                env = pool[(t * per_thread + i) % n]
+                c = clock()
+                do(name, i, [env])
+                lat.append(clock() - c)
+        except BaseException as exc:  # noqa: BLE001 - reported after the join
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = clock()
+    for w in workers:
+        w.join()
+    seconds = clock() - t0
+    if errors:
+        raise errors[0]
+    for t in range(nthreads):
+        got = peer.load(f"thread-{t}")
+        _check(f"{peer.name}: thread-{t} length", len(got), per_thread)
+        _check(f"{peer.name}: thread-{t} envelopes", got, [pool[(t * per_thread + i) % n] for i in range(per_thread)])
+    peer.close()
+    return {
+        "seconds": seconds,
+        "messages": nthreads * per_thread,
+        "commits": nthreads * per_thread,
+        "latency": latency_summary([x for lat in lats for x in lat]),
+        "rss_kb": rss_kb(),
+    }
+
+
+# -- W3: global scan decoding every envelope --------------------------------------------------
+
+
+def scan(spec: dict[str, Any]) -> dict[str, Any]:
+    messages = spec["messages"]
+    pool = make_pool(messages, spec["size"])
+    t0 = clock()
+    peer = open_peer(spec["store"], spec["dir"])
+    opened = clock()
+    count = 0
+    last = None
+    for env in peer.scan():
+        last = env
+        count += 1
+    seconds = clock() - opened
+    _check(f"{peer.name}: scanned message count", count, messages)
+    _check(f"{peer.name}: last envelope", last, pool[(messages - 1) % len(pool)])
+    _verify_scan(peer, pool, messages)
+    peer.close()
+    return {"seconds": seconds, "messages": count, "open_seconds": opened - t0, "rss_kb": rss_kb()}
+
+
+# -- W4: event sourcing ------------------------------------------------------------------------
+
+
+def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
+    streams, per_stream, loads = spec["streams"], spec["per_stream"], spec["loads"]
+    messages = streams * per_stream
+    pool = make_pool(messages, spec["size"])
+    base = rss_kb()
+    n = len(pool)
+
+    def expected(s: int) -> list[Envelope]:
+        return [pool[(s * per_stream + j) % n] for j in range(per_stream)]
+
+    batches = [(f"order-{s:07d}", expected(s)) for s in range(streams)]
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    lat = []
+    do = peer.append
+    t0 = clock()
+    for name, envs in batches:
+        c = clock()
+        do(name, 0, envs)
+        lat.append(clock() - c)
+    write_seconds = clock() - t0
+    unused = unused_preallocation(peer)
+    peer.close()
+    write_rss = rss_kb()
+    disk = disk_usage(spec["dir"], unused)
+
+    picks = random.Random(spec.get("seed", 5)).choices(range(streams), k=loads)
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    load = peer.load
+    got: list[list[Envelope]] = []
+    t0 = clock()
+    for s in picks:
+        got.append(load(f"order-{s:07d}"))
+    load_seconds = clock() - t0
+    for s, envs in zip(picks, got, strict=True):
+        _check(f"{peer.name}: stream order-{s:07d}", envs, expected(s))
+    peer.close()
+    return {
+        "write_seconds": write_seconds,
+        "messages": messages,
+        "commits": streams,
+        "latency": latency_summary(lat),
+        "load_seconds": load_seconds,
+        "loads": loads,
+        "rss_kb": rss_kb(),
+        "write_rss_kb": write_rss,
+        "base_rss_kb": base,
+        "disk": disk,
+        "envelope_bytes": envelope_bytes(pool, messages),
+    }
+
+
+# -- W5: open time -----------------------------------------------------------------------------
+
+
+def build(spec: dict[str, Any]) -> dict[str, Any]:
+    """Append ``messages`` to a new logstore store (transactions of ``batch``) and close it cleanly."""
+    messages, batch = spec["messages"], spec["batch"]
+    pool = make_pool(messages, spec["size"])
+    base = rss_kb()
+    n = len(pool)
+    peer = open_peer("logstore", spec["dir"])
+    t0 = clock()
+    k = 0
+    for k, start in enumerate(range(0, messages, batch)):
+        peer.append(f"stream-{k % 1000}", (k // 1000) * batch, [pool[i % n] for i in range(start, start + batch)])
+    seconds = clock() - t0
+    unused = unused_preallocation(peer)
+    peer.close()
+    return {
+        "seconds": seconds,
+        "messages": messages,
+        "commits": k + 1,
+        "rss_kb": rss_kb(),
+        "base_rss_kb": base,
+        "disk": disk_usage(spec["dir"], unused),
+        "envelope_bytes": envelope_bytes(pool, messages),
+    }
+
+
+def crash_tail(spec: dict[str, Any]) -> dict[str, Any]:
+    """Reopen a built store, append ``tail`` messages past its last checkpoint, print, then SIGKILL itself.
+
+    Checkpoints are pushed out of the way (``checkpoint_bytes`` of 1 TiB) so
+    that everything appended here is the tail a recovery must read.
+    """
+    tail, batch = spec["tail"], spec["batch"]
+    pool = make_pool(tail, spec["size"])
+    n = len(pool)
+    peer = LogstorePeer(spec["dir"], checkpoint_bytes=1 << 40)
+    store = peer.store
+    for k, start in enumerate(range(0, tail, batch)):
+        name = f"tail-{k % 1000}"
+        store_head = store.head(name)
+        peer.append(name, store_head, [pool[i % n] for i in range(start, min(start + batch, tail))])
+    head = store.global_head
+    _emit({"tail": tail, "global_head": head})
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("still alive after SIGKILL")
+
+
+def open_time(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time ``logstore.open`` of an existing store, and one read from it."""
+    t0 = clock()
+    peer = LogstorePeer(spec["dir"])
+    opened = clock()
+    store = peer.store
+    report = store.recovery_report
+    with store.open_global(store, max(0, store.global_head - 1)) as reader:
+        last = next(reader, None)
+    first_read = clock() - opened
+    if last is None and store.global_head:
+        raise RuntimeError("the last message of the reopened store is not readable")
+    head = store.global_head
+    peer.close()
+    return {
+        "open_seconds": opened - t0,
+        "first_read_seconds": first_read,
+        "global_head": head,
+        "recovery": {
+            "checkpoint": report.checkpoint,
+            "records_scanned": report.records_scanned,
+            "transactions_recovered": report.transactions_recovered,
+            "seconds": report.seconds,
+        },
+        "rss_kb": rss_kb(),
+    }
+
+
+# -- W8: a million streams ---------------------------------------------------------------------
+
+
+def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
+    streams, per_tx, loads = spec["streams"], spec["per_tx"], spec["loads"]
+    pool = make_pool(streams, spec["size"])
+    base = rss_kb()
+    n = len(pool)
+    peer = open_peer(spec["store"], spec["dir"])
+    append_many = peer.append_many
+    t0 = clock()
+    for start in range(0, streams, per_tx):
+        append_many([(f"entity-{s:07d}", 0, [pool[s % n]]) for s in range(start, min(start + per_tx, streams))])
+    write_seconds = clock() - t0
+    write_rss = rss_kb()
+    unused = unused_preallocation(peer)
+    picks = random.Random(spec.get("seed", 8)).choices(range(streams), k=loads)
+    load = peer.load
+    got = []
+    t0 = clock()
+    for s in picks:
+        got.append(load(f"entity-{s:07d}"))
+    load_seconds = clock() - t0
+    for s, envs in zip(picks, got, strict=True):
+        _check(f"{peer.name}: stream entity-{s:07d}", envs, [pool[s % n]])
+    t0 = clock()
+    peer.close()
+    close_seconds = clock() - t0
+    disk = disk_usage(spec["dir"], unused)
+    t0 = clock()
+    peer = open_peer(spec["store"], spec["dir"])
+    reopen_seconds = clock() - t0
+    s = picks[0]
+    t0 = clock()
+    envs = peer.load(f"entity-{s:07d}")
+    first_load_seconds = clock() - t0
+    _check(f"{peer.name}: stream entity-{s:07d} after reopen", envs, [pool[s % n]])
+    peer.close()
+    return {
+        "write_seconds": write_seconds,
+        "messages": streams,
+        "commits": -(-streams // per_tx),
+        "load_seconds": load_seconds,
+        "loads": loads,
+        "close_seconds": close_seconds,
+        "reopen_seconds": reopen_seconds,
+        "first_load_seconds": first_load_seconds,
+        "rss_kb": rss_kb(),
+        "write_rss_kb": write_rss,
+        "base_rss_kb": base,
+        "disk": disk,
+        "envelope_bytes": envelope_bytes(pool, streams),
+    }
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "append": append,
+    "threads": threads,
+    "scan": scan,
+    "event_sourcing": event_sourcing,
+    "build": build,
+    "crash_tail": crash_tail,
+    "open_time": open_time,
+    "many_streams": many_streams,
+}
+
+
+def _emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m bench.workloads '<json spec>'")
+    spec = json.loads(args[0])
+    _emit(WORKLOADS[spec["workload"]](spec))
+
+
+if __name__ == "__main__":
+    main()
