@@ -543,6 +543,26 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def write_markdown(path: str, tables: str) -> None:
+    """Write ``tables`` to ``path``; into an existing file, between its ``BEGIN`` and ``END`` markers."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        text = f"{head}{BEGIN}\n{tables}{END}{tail}"
+    else:
+        text = tables
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (under a minute)")
@@ -551,7 +571,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 1 quick, 5 full)")
     parser.add_argument("--dir", default=".", help="where to make the store directories (default: here, a real disk)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
-    parser.add_argument("--markdown", help="also write the report as Markdown to this file")
+    parser.add_argument(
+        "--markdown",
+        help="also write the tables as Markdown to this file (between its results markers if it has them, "
+        "as bench/RESULTS.md does)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="name each process as it starts (stderr)")
     args = parser.parse_args(argv)
     want = set(WORKLOADS) if args.only is None else {w.strip().upper() for w in args.only.split(",")}
@@ -605,8 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratios(summaries),
     }
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(markdown_report(report))
+        write_markdown(args.markdown, markdown_report(report))
     print(json.dumps(report, indent=1) if args.json else text_report(report))
     return 0
 

@@ -1,15 +1,26 @@
-"""The writer: Ax's transaction interface over a group-committing writer thread.
+"""The writer: Ax's transaction interface over leader-based group commit.
 
 Callers build a :class:`Tx` in their own thread (``append_messages`` checks the
 offset and encodes the envelopes there). ``Committer.commit()`` queues the
-transaction and waits. The writer thread takes every transaction waiting,
-checks each one's offsets against the stream heads, assigns global offsets,
-frames the records, writes the whole group with one ``pwrite`` and makes it
-durable with one ``fdatasync`` (group commit), then publishes it to readers
-and wakes blocked ``next()`` calls, and only then releases the committers.
+transaction. If no thread holds the *writer role*, the committing thread takes
+it and works the queue itself: it takes every transaction waiting, checks each
+one's offsets against the stream heads, assigns global offsets, frames the
+records, writes the whole group with one ``pwrite`` and makes it durable with
+one ``fdatasync`` (group commit), then publishes it to readers, wakes blocked
+``next()`` calls and releases the committers. Commits that arrive meanwhile
+wait; the leader then hands the role to the oldest of them, whose thread works
+what has queued, so a leader only ever waits for its own group. A lone
+committer therefore never waits for another thread to be scheduled.
 
-Lock rules: ``_cv`` guards ``_queue``, ``_stopping`` and ``failed``. The writer
-thread alone touches the log's files, the active segment and the indexes.
+The writer thread takes the role only for what no commit does: the timed
+fsync of ``durability="batch"`` and the final sync and clean checkpoint at
+``close()``. Retention after a roll and the periodic checkpoint run in the
+role's holder after its group is released.
+
+Lock rules: ``_cv`` guards ``_queue``, ``_busy`` (the role is held),
+``_thread_turn`` (the role is handed to the writer thread), ``_timing``,
+``_stopping`` and ``failed``. Only the holder of the writer role touches the
+log's files, the active segment and the indexes.
 """
 
 from __future__ import annotations
@@ -131,20 +142,26 @@ Control = tuple[int, str, bytes, int]
 
 
 class _Pending:
-    __slots__ = ("call", "control", "done", "error", "result", "tx")
+    __slots__ = ("call", "control", "done", "error", "lead", "result", "tx")
 
     def __init__(self, tx: Tx | None, control: Control | None = None, call: Callable[[], object] | None = None) -> None:
         self.tx = tx
         self.control = control
         self.call = call
+        # Released once the item is done (or failed), or to hand the writer role to its thread (``lead``).
         self.done = threading.Lock()
         self.done.acquire()
+        self.lead = False
         self.result: object = None
         self.error: BaseException | None = None
 
 
+role = threading.local()
+"""``role.writer`` is true in the thread doing the writer's work at the moment (tests look at it)."""
+
+
 class Writer:
-    """The writer thread and its queue; see the module docstring."""
+    """The writer role, its queue and its thread; see the module docstring."""
 
     def __init__(
         self,
@@ -168,6 +185,9 @@ class Writer:
         self._retention_due = False  # set at each roll; the store applies retention once at open
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[_Pending] = []
+        self._busy = False  # some thread holds the writer role
+        self._thread_turn = False  # the role was handed to the writer thread
+        self._timing = False  # the writer thread waits for the next fsync of batch mode
         self._stopping = False
         self.failed: StoreFailedError | None = None
         self._dirty = False  # bytes written but not yet fsynced
@@ -197,19 +217,31 @@ class Writer:
         return result
 
     def call(self, fn: Callable[[], object]) -> object:
-        """Run ``fn`` in the writer thread between two groups and return its result."""
+        """Run ``fn`` with the writer role, between two groups, and return its result."""
         return self._submit(_Pending(None, call=fn))
 
     def _submit(self, pending: _Pending) -> object:
+        """Queue ``pending``; lead the group if no thread holds the writer role, else wait for the leader."""
         with self._cv:
             if self.failed is not None:
                 raise self.failed
             if self._stopping:
                 raise StoreClosedError("the store is closed")
             self._queue.append(pending)
-            if len(self._queue) == 1:
-                self._cv.notify()
-        pending.done.acquire()
+            lead = not self._busy
+            if lead:
+                self._busy = True
+                batch, self._queue = self._queue, []
+        if not lead:
+            pending.done.acquire()
+            if pending.lead:  # the last leader handed the role over: lead what is queued, this item first
+                pending.lead = False
+                lead = True
+                with self._cv:
+                    batch, self._queue = self._queue, []
+        if lead:
+            self._lead(batch)
+            pending.done.acquire()
         if pending.error is not None:
             raise pending.error
         return pending.result
@@ -219,15 +251,69 @@ class Writer:
         with self._cv:
             self._abandon = True
             self._stopping = True
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join()
 
     def stop(self) -> None:
         """Finish queued commits, write a clean checkpoint and end the thread."""
         with self._cv:
             self._stopping = True
-            self._cv.notify()
+            self._cv.notify_all()
         self._thread.join()
+
+    # -- the writer role ---------------------------------------------------------------
+
+    def _lead(self, batch: list[_Pending]) -> None:
+        """Process ``batch`` in this thread, then pass the writer role on."""
+        role.writer = True
+        try:
+            self._work(batch)
+            self._maintain()
+        finally:
+            role.writer = False
+        self._pass_on()
+
+    def _work(self, batch: list[_Pending]) -> None:
+        if self.failed is None:
+            try:
+                self._process_all(batch)
+            except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+                self._fail(exc, batch)
+        else:
+            self._fail_batch(batch)
+
+    def _maintenance_due(self) -> bool:
+        return self.failed is None and (self._retention_due or self.log.checkpointed_bytes >= self.checkpoint_bytes)
+
+    def _maintain(self) -> None:
+        """Apply retention after a roll, and checkpoint every ``checkpoint_bytes`` (writer role)."""
+        if not self._maintenance_due():
+            return
+        try:
+            if self._retention_due:
+                self._retention_due = False
+                self.apply_retention()
+            if self.log.checkpointed_bytes >= self.checkpoint_bytes:
+                self._sync()
+                self.log.checkpoint(clean=False)
+        except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+            self._fail(exc, [])
+
+    def _pass_on(self) -> None:
+        """Hand the writer role to the writer thread (to stop), to the oldest waiting item's thread
+        (which then leads what is queued), or release it."""
+        with self._cv:
+            if self._stopping:
+                self._thread_turn = True
+                self._cv.notify_all()
+            elif self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                nxt.done.release()
+            else:
+                self._busy = False
+                if self._dirty and self.durability == "batch" and not self._timing:
+                    self._cv.notify_all()  # the writer thread times the next fsync
 
     # -- writer thread ---------------------------------------------------------------
 
@@ -237,51 +323,65 @@ class Writer:
         except BaseException as exc:  # noqa: BLE001 - the thread must never die with commits waiting
             self._fail(exc, [])
 
-    def _loop(self) -> None:
+    def _take_turn(self) -> tuple[list[_Pending], bool]:
+        """Wait until the writer thread has something to do and the writer role; return the queue and
+        whether the store is stopping."""
         batch_mode = self.durability == "batch"
+        with self._cv:
+            while True:
+                if self._thread_turn:
+                    self._thread_turn = False
+                    break
+                if not self._busy and (self._stopping or self._queue or self._maintenance_due()):
+                    self._busy = True
+                    break
+                if batch_mode and self._dirty and self.failed is None:
+                    remaining = self._last_sync + self.fsync_interval - time.monotonic()
+                    if remaining <= 0 and not self._busy:
+                        self._busy = True
+                        break
+                    # Overdue while a leader works: the leader syncs when the interval has passed.
+                    self._timing = True
+                    self._cv.wait(remaining if remaining > 0 else self.fsync_interval)
+                    self._timing = False
+                    continue
+                self._cv.wait()
+            batch, self._queue = self._queue, []
+            return batch, self._stopping
+
+    def _loop(self) -> None:
         while True:
-            with self._cv:
-                while not self._queue and not self._stopping:
-                    if batch_mode and self._dirty:
-                        remaining = self._last_sync + self.fsync_interval - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._cv.wait(remaining)
-                    else:
-                        self._cv.wait()
-                batch, self._queue = self._queue, []
-                stopping = self._stopping
+            batch, stopping = self._take_turn()
             if self._abandon:
                 self._fail_batch(batch, StoreClosedError("the store was abandoned"))
-                break
-            if self.failed is None:
-                try:
-                    if batch:
-                        self._process_all(batch)
-                        batch = []
-                    elif batch_mode and self._dirty:
-                        self._sync()
-                    if self._retention_due:
-                        self._retention_due = False
-                        self.apply_retention()
-                    if self.log.checkpointed_bytes >= self.checkpoint_bytes:
-                        self._sync()
-                        self.log.checkpoint(clean=False)
-                except BaseException as exc:  # noqa: BLE001 - every failure fails the store
-                    self._fail(exc, batch)
-            else:
-                self._fail_batch(batch)
+                return
+            role.writer = True
+            try:
+                self._work(batch)
+                if self.failed is None and self.durability == "batch":
+                    try:
+                        self._sync_if_due()
+                    except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+                        self._fail(exc, [])
+                self._maintain()
+            finally:
+                role.writer = False
             if stopping:
-                with self._cv:
-                    if self._queue:
-                        continue
                 break
-        if self.failed is None and not self._abandon:
+            self._pass_on()
+        if self.failed is None:
+            role.writer = True
             try:
                 self._sync()
                 self.log.checkpoint(clean=True)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(exc, [])
+            finally:
+                role.writer = False
+
+    def _sync_if_due(self) -> None:
+        if self._dirty and time.monotonic() - self._last_sync >= self.fsync_interval:
+            self._sync()
 
     def _sync(self) -> None:
         if self._dirty:

@@ -88,6 +88,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from logstore import FileIO
+from logstore.writer import role as writer_role
 
 PAGE = 4096
 MODES = ("keep", "drop", "pages", "torn", "names")
@@ -113,7 +114,7 @@ class Op:
     path: str
     kind: str
     target: str = ""  # rename: the new name
-    thread: str = ""  # the name of the thread that made the call
+    thread: str = ""  # "logstore-writer" when made in the writer role (by any thread), else the thread's name
 
     @property
     def site(self) -> str:
@@ -343,7 +344,8 @@ class FaultFS(FileIO):
         if self.crashed is not None:
             raise Crash(None)  # the process is dead: nothing more reaches the files
         self.count += 1
-        op = Op(self.count, name, rel, file_kind(rel), target, threading.current_thread().name)
+        thread = "logstore-writer" if getattr(writer_role, "writer", False) else threading.current_thread().name
+        op = Op(self.count, name, rel, file_kind(rel), target, thread)
         self.ops.append(op)
         if self.crash_at == op.index and self.crash_when == "before":
             self.crashed = Crash(op)

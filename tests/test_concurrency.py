@@ -702,3 +702,88 @@ def test_store_close_ends_async_for_and_wakes_anext(store_dir):
     store = open_store(store_dir)
     asyncio.run(main(store))
     assert store.closed
+
+
+# -- leader-based group commit ---------------------------------------------------------------
+
+
+class HoldingIO(logstore.FileIO):
+    """Plain I/O that records which thread made each ``pwrite``, and can hold one ``pwrite`` until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.hold_next = threading.Event()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if self.hold_next.is_set():
+            self.hold_next.clear()
+            self.holding.set()
+            assert self.release.wait(WAIT), "the held pwrite was never released"
+        self.writes.append(threading.current_thread().name)
+        return super().pwrite(fd, data, offset)
+
+
+class SignallingList(list[Any]):
+    """A list that sets an event at each append (the writer's queue, watched by a test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended = threading.Event()
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.appended.set()
+
+
+def test_a_lone_commit_is_written_by_its_own_thread(store_dir):
+    io = HoldingIO()
+    with logstore.open(store_dir, io=io) as store:
+        before = len(io.writes)
+        commit(store, "solo", 0, [Envelope.new("E", 1)])
+        assert io.writes[before:] == [threading.current_thread().name]
+
+
+def test_commits_queued_behind_a_leader_are_led_by_the_oldest_waiter_as_one_group(store_dir):
+    """The leader writes its own group only; the transactions that queued meanwhile go out together,
+    written by the thread of the first of them, and every commit gets its own range."""
+    io = HoldingIO()
+    with logstore.open(store_dir, io=io) as store:
+        results: dict[str, range] = {}
+        errors: list[BaseException] = []
+
+        def run(name: str) -> None:
+            threading.current_thread().name = name
+            try:
+                results[name] = commit(store, name, 0, [Envelope.new("E", name)])
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        io.hold_next.set()
+        leader = threading.Thread(target=run, args=("leader",))
+        leader.start()
+        assert io.holding.wait(WAIT)  # the leader is inside its pwrite, holding the writer role
+        before = len(io.writes)
+        writer = store._writer
+        queue = SignallingList()
+        with writer._cv:
+            assert writer._busy and not writer._queue
+            writer._queue = queue  # the list the followers queue on while the leader holds the role
+        followers = [threading.Thread(target=run, args=(f"follower-{k}",)) for k in range(3)]
+        for t in followers:
+            queue.appended.clear()
+            t.start()
+            assert queue.appended.wait(WAIT), "a follower never queued"  # so the queue order is known
+        io.release.set()
+        for t in (leader, *followers):
+            t.join(WAIT)
+            assert not t.is_alive()
+        assert not errors, errors
+        # One pwrite for the leader's group, then one for the three queued transactions, by the oldest waiter.
+        assert io.writes[before:] == ["leader", "follower-0"]
+        assert results["leader"] == range(0, 1)
+        assert sorted(results[f"follower-{k}"].start for k in range(3)) == [1, 2, 3]
+        assert results["follower-0"] == range(1, 2)
+        assert store.global_head == 4

@@ -250,7 +250,7 @@ def perform(store: logstore.Store, wl: Workload, k: int) -> None:
 
 
 def perform_group(store: logstore.Store, wl: Workload, group: range) -> None:
-    """Commit the transactions of ``group`` as one group of the writer: queued together, then released at once.
+    """Commit the transactions of ``group`` as one group of the writer: led together, then released at once.
 
     A "conflict" action appends at an offset that an earlier transaction of the group takes: it must fail
     alone with ``OffsetConflictError`` and write nothing.
@@ -264,11 +264,8 @@ def perform_group(store: logstore.Store, wl: Workload, group: range) -> None:
             store.append_messages(tx, stream, offset, envelopes(wl.seed, k, stream, offset, n))
         pendings.append(_Pending(tx))
     writer = store._writer
-    with writer._cv:
-        if writer.failed is not None:
-            raise writer.failed
-        writer._queue.extend(pendings)
-        writer._cv.notify()
+    # With the writer role (as a committing thread takes it), work the whole group at once.
+    writer.call(lambda: writer._work(list(pendings)))
     for p in pendings:
         p.done.acquire()
     for k, p in zip(group, pendings, strict=True):
