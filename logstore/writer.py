@@ -61,6 +61,8 @@ _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 # Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
 # call for; later ones what the first one's own transaction added or sealed.
 _RETENTION_ROUNDS = 4
+# Above this many streams in one group, their heads are published with one numpy assignment.
+_VECTOR_HEADS = 32
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
 
 # One append: (stream name, encoded name, first offset, encoded envelopes).
@@ -629,10 +631,13 @@ class Writer:
             last_append = len(appends) - 1
             for k, (name, nameb, soff, payloads) in enumerate(appends):
                 sid = ids.get(name)
-                if sid is None:
-                    sid = cat.add(name)
                 diff = goff - soff
-                if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
+                if sid is None:  # a new stream: its first run starts here
+                    sid = cat.add(name)
+                    runs.add(sid, soff, goff)
+                    cat.nruns[sid] = 1
+                    cat.run_diff[sid] = diff
+                elif cat.nruns.item(sid) == 0 or cat.run_diff.item(sid) != diff:
                     runs.add(sid, soff, goff)
                     cat.nruns[sid] += 1
                     cat.run_diff[sid] = diff
@@ -716,10 +721,17 @@ class Writer:
         # Publish: heads first, then the global end; readers read them in the other order.
         head = cat.head
         sflags = cat.flags
-        for sid, h in heads.items():
-            head[sid] = h
-            if sflags[sid] & FLAG_DELETED:  # an append brings a deleted stream back, from its old head on
-                sflags[sid] &= ~FLAG_DELETED & 0xFF
+        if len(heads) > _VECTOR_HEADS:
+            sids = np.fromiter(heads.keys(), np.int64, len(heads))
+            head[sids] = np.fromiter(heads.values(), np.uint64, len(heads))
+            back = sids[(sflags[sids] & FLAG_DELETED) != 0]
+            if len(back):  # an append brings a deleted stream back, from its old head on
+                sflags[back] &= ~FLAG_DELETED & 0xFF
+        else:
+            for sid, h in heads.items():
+                head[sid] = h
+                if sflags.item(sid) & FLAG_DELETED:  # an append brings a deleted stream back, from its old head on
+                    sflags[sid] &= ~FLAG_DELETED & 0xFF
         lg.visible_end = goff
         lg.checkpointed_bytes += written
         return committed

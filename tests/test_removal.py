@@ -87,6 +87,27 @@ def test_truncate_is_monotonic_and_checked(store_dir: Path) -> None:
         assert store.stream_info("a") == (5, 5, False)
 
 
+@pytest.mark.parametrize("streams", [3, 40])  # 40: more than the writer publishes one by one
+def test_one_transaction_brings_many_deleted_streams_back(store_dir: Path, streams: int) -> None:
+    names = [f"s{k:02d}" for k in range(streams)]
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, dict.fromkeys(names, 2))
+        for name in names[::2]:
+            store.delete_stream(name)
+        assert store.stream_names() == names[1::2]
+        with store.transaction() as tx:
+            for name in names:
+                store.append_messages(tx, name, 2, [Envelope.new("E", {"s": name, "i": 2})])
+        for name in names:
+            deleted = name in names[::2]
+            assert store.stream_info(name) == ((2 if deleted else 0), 3, False), name
+            assert _read(store, name) == ([2] if deleted else [0, 1, 2]), name
+        assert store.stream_names() == names
+    with logstore.open(store_dir) as store:
+        assert store.stream_names() == names
+        assert all(not store.stream_info(name).deleted for name in names)
+
+
 def test_delete_then_append_continues_at_old_head(store_dir: Path) -> None:
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, {"a": 7, "b": 3})
