@@ -179,7 +179,7 @@ class Runner:
 
 def rotations(stores: Sequence[str], repeat: int) -> Iterator[tuple[int, str]]:
     """(repetition, store) with the stores taking turns going first."""
-    for rep in range(repeat):
+    for rep in range(repeat if stores else 0):
         k = rep % len(stores)
         for store in (*stores[k:], *stores[:k]):
             yield rep, store

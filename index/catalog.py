@@ -108,6 +108,8 @@ class Catalog:
 
     def unnamed(self) -> list[int]:
         """Ids below the highest known one that no name was placed at."""
+        if "" not in self.names:  # the usual case, checked at C speed
+            return []
         return [i for i, n in enumerate(self.names) if not n]
 
     def set_first(self, sid: int, first: int) -> None:
@@ -189,7 +191,7 @@ class Catalog:
             names = msgpack.unpackb(buf[pos : pos + n], raw=False, use_list=True)
         except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
             raise FormatError(pos, f"names block does not decode: {exc}") from None
-        if not isinstance(names, list) or len(names) != s or not all(isinstance(x, str) for x in names):
+        if not isinstance(names, list) or len(names) != s or not set(map(type, names)) <= {str}:
             raise FormatError(pos, f"names block is not an array of {s} strings")
         pos += n
 
@@ -210,7 +212,7 @@ class Catalog:
         cat = cls()
         cat._grow(max(64, 2 * s))
         cat.names = names
-        cat.ids = {name: i for i, name in enumerate(names)}
+        cat.ids = dict(zip(names, range(s), strict=True))
         if len(cat.ids) != s:
             raise FormatError(HEADER_SIZE + _COUNTS.size, "a stream name appears twice")
         cat.head[:s] = take(U64, s)

@@ -44,6 +44,9 @@ U32 = np.dtype("<u4")
 
 _Delta = dict[int, tuple[list[int], list[int]]]
 
+_LINEAR_RUNS = 8
+"""Streams with at most this many runs in the shared table are searched by a plain scan."""
+
 
 class LargeRuns:
     """The runs of one large stream, backed by ``streams/<id>.runs``."""
@@ -217,17 +220,24 @@ class RunIndex:
                 return dso[i], dgo[i], (dso[i + 1] if i + 1 < n else -1)
         if sid + 1 >= len(starts):
             raise KeyError((sid, soff))
-        lo, hi = int(starts[sid]), int(starts[sid + 1])
-        i = lo + int(np.searchsorted(soffs[lo:hi], soff, side="right")) - 1
+        lo, hi = starts.item(sid), starts.item(sid + 1)
+        if hi - lo <= _LINEAR_RUNS:  # few runs: a scan of Python ints beats numpy's per-call overhead
+            i = lo - 1
+            for j in range(lo, hi):
+                if soffs.item(j) > soff:
+                    break
+                i = j
+        else:
+            i = lo + int(np.searchsorted(soffs[lo:hi], soff, side="right")) - 1
         if i < lo:
             raise KeyError((sid, soff))
         if i + 1 < hi:
-            nxt = int(soffs[i + 1])
+            nxt = soffs.item(i + 1)
         elif entry is not None:
             nxt = entry[0][0]
         else:
             nxt = -1
-        return int(soffs[i]), int(goffs[i]), nxt
+        return soffs.item(i), goffs.item(i), nxt
 
     def runs_of(self, sid: int) -> list[tuple[int, int]]:
         """Every run of stream ``sid`` as (offset, global offset) pairs, in order (for checks)."""

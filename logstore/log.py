@@ -53,8 +53,8 @@ from logstore.segment import (
     Record,
     Segment,
     create_segment,
-    find_next_record,
-    last_nonzero,
+    find_next_record_in_file,
+    last_nonzero_in_file,
     open_segment,
     parse_record,
     segment_name,
@@ -308,6 +308,7 @@ class Log:
         io = self.io
         created = False
         entries = []
+        sealed = self.segments[:-1]
         for seg in self.segments:
             if seg._lazy is not None:
                 count, checksum = seg._lazy
@@ -356,6 +357,11 @@ class Log:
         if io.exists(old):
             io.unlink(old)
         self.checkpointed_bytes = 0
+        for seg, entry in zip(sealed, entries, strict=False):
+            if seg._lazy is None:
+                # A sealed segment's positions are in its file now: let them go, so that memory does not
+                # grow with the log. A reader holding the index keeps it; the next one loads the file.
+                seg.set_lazy_positions(entry.records, entry.checksum)
 
     def sync_scanned(self) -> None:
         """fdatasync the segments that recovery scanned, which a crashed writer may not have synced."""
@@ -527,8 +533,11 @@ class Log:
             seg.end = e.end
             seg.set_lazy_positions(e.records, e.checksum)
             self._ckpt_sums[seg.first] = (e.records, e.checksum)
-        # The last checkpointed segment is where the tail scan starts: load its positions now.
-        _ = by_first[ckpt.segments[-1].first].positions
+        # The last checkpointed segment is where the tail scan starts: load its positions now. After a
+        # clean close nothing follows the checkpoint, so they stay lazy (the first append or read loads
+        # them) and the open does not grow with how full that segment is.
+        if not ckpt.clean:
+            _ = by_first[ckpt.segments[-1].first].positions
         self.catalog, self.runs = catalog, runs
 
     def _check_segments(self, ckpt: Checkpoint) -> None:
@@ -605,11 +614,13 @@ class Log:
                     good = (i, pos)
             if damage is not None:
                 break
-            # A zero length ends the segment's records; anything non-zero after it is damage.
+            # A zero length ends the segment's records; anything non-zero after it is damage. The
+            # whole rest of the segment is checked, but its holes (the preallocated, never-written
+            # area) read as zeros and are skipped: the cost follows what was written.
             is_last = i == len(self.segments) - 1
             if is_last and clean_end and pos == seg.end and not pending:
                 break
-            nz = last_nonzero(buf, pos, seg.size)
+            nz = last_nonzero_in_file(buf, seg.fd, pos, seg.size)
             if nz > pos:
                 damage = _Damage(i, pos, f"non-zero bytes up to byte {nz} after the last record")
                 break
@@ -670,13 +681,24 @@ class Log:
 
     def _apply(self, pending: list[tuple[int, Record]]) -> None:
         cat, runs = self.catalog, self.runs
+        # Record positions go to each segment's index in one extend per segment (the hot loop of a
+        # long tail); .item() reads a numpy element as an int without making a numpy scalar.
+        seg_i, prev = pending[0]
+        found: list[int] = []
         for i, rec in pending:
+            if i != seg_i:  # the transaction goes on in the next segment: the previous one ends here
+                seg = self.segments[seg_i]
+                seg.positions.positions.extend(found)
+                seg.end = prev.position + prev.length
+                seg_i, found = i, []
+            prev = rec
+            found.append(rec.position)
             sid = rec.sid
             kind = rec.kind
             if kind == KIND_RETAIN:
                 self.log_start = max(self.log_start, rec.soff)
             elif sid != NO_STREAM:
-                if sid >= len(cat) or (self.relaxed and cat.names[sid] == ""):
+                if sid >= len(cat.names) or (self.relaxed and cat.names[sid] == ""):
                     assert rec.name is not None
                     if self.relaxed:
                         # The stream's earlier records were dropped: it starts here.
@@ -693,13 +715,14 @@ class Log:
                     self._head_open.discard(sid)
                 if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
                     diff = rec.goff - rec.soff
-                    if cat.nruns[sid] == 0 or int(cat.run_diff[sid]) != diff:
+                    if cat.nruns.item(sid) == 0 or cat.run_diff.item(sid) != diff:
                         runs.add(sid, rec.soff, rec.goff)
                         cat.nruns[sid] += 1
                         cat.run_diff[sid] = diff
                     cat.head[sid] = rec.soff + 1
                     # REMOVED and LOST records stand for messages, appended after any earlier delete.
-                    cat.flags[sid] &= ~FLAG_DELETED & 0xFF
+                    if cat.flags.item(sid) & FLAG_DELETED:
+                        cat.flags[sid] &= ~FLAG_DELETED & 0xFF
                 else:
                     if sid in self._head_open or kind == KIND_DELETE:
                         cat.head[sid] = max(int(cat.head[sid]), rec.soff)
@@ -707,10 +730,10 @@ class Log:
                     cat.ctrl[sid] = rec.goff + 1
                     if kind == KIND_DELETE:
                         cat.flags[sid] |= FLAG_DELETED
-            seg = self.segments[i]
-            seg.positions.positions.append(rec.position)
-            seg.end = rec.position + rec.length
-        self.next_goff = pending[-1][1].goff + 1
+        seg = self.segments[seg_i]
+        seg.positions.positions.extend(found)
+        seg.end = prev.position + prev.length
+        self.next_goff = prev.goff + 1
 
     def _set_end(self, good: tuple[int, int]) -> None:
         gi, gpos = good
@@ -731,7 +754,7 @@ class Log:
         i, p = damage.index, damage.position + 1
         while i < len(self.segments):
             seg = self.segments[i]
-            q = find_next_record(seg.view, p, seg.size)
+            q = find_next_record_in_file(seg.view, seg.fd, p, seg.size)
             if q < 0:
                 i, p = i + 1, HEADER_SIZE
                 continue
@@ -767,13 +790,13 @@ class Log:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         # 1. Copy every byte to be cut into lost+found, with a manifest, and make that durable.
         gseg = self.segments[gi]
-        nz = last_nonzero(gseg.view, gpos, gseg.size)
+        nz = last_nonzero_in_file(gseg.view, gseg.fd, gpos, gseg.size)
         if nz > gpos:
             base = f"{stamp}-{segment_name(gseg.first)}-{gpos}"
             self._save_lost(lf_dir, base, bytes(gseg.view[gpos:nz]), gseg.path, gpos, report.cut_reason)
         moved = self.segments[gi + 1 :]
         for later in moved:
-            end = last_nonzero(later.view, HEADER_SIZE, later.size)
+            end = last_nonzero_in_file(later.view, later.fd, HEADER_SIZE, later.size)
             base = f"{stamp}-{segment_name(later.first)}-0"
             self._save_lost(lf_dir, base, bytes(later.view[:end]), later.path, 0, report.cut_reason)
         self.io.fsync_dir(lf_dir)

@@ -37,6 +37,8 @@ def _check_timeout(timeout: object) -> None:
 class _Reader:
     """What both kinds of stream share: position, current message, waiting, closing."""
 
+    _FIRST_PREFETCH = 4
+
     __slots__ = (
         "__weakref__",
         "_base",
@@ -50,6 +52,7 @@ class _Reader:
         "_offs",
         "_prefetch",
         "_store",
+        "_waiting",
     )
 
     def __init__(self, store: Store, offset: int) -> None:
@@ -64,7 +67,8 @@ class _Reader:
         self._offs: list[int] | None = None
         self._base = 0
         self._bufi = 0
-        self._prefetch = 4  # doubles up to PREFETCH while a reader keeps reading
+        self._prefetch = self._FIRST_PREFETCH  # doubles up to PREFETCH while a reader keeps reading
+        self._waiting = 0  # threads waiting in next() on this reader (changed under store._published)
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
         # drops what was decoded ahead, so that no removed message is returned after the removal.
         self._epoch = store._removals
@@ -167,18 +171,24 @@ class _Reader:
         # when it finds nothing, _available() stays False until something new is published.
         while not self._advance():
             with cond:
-                while True:
-                    if self._closed:
-                        raise StreamClosedError("the stream was closed while waiting")
-                    if self._available():
-                        break
-                    if deadline is None:
-                        cond.wait()
-                    else:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TimeoutError(f"no message within {timeout} s")
-                        cond.wait(remaining)
+                # Counted before _closed is read: close() wakes the store's readers only when a
+                # thread waits here (or an anext() waits), and sets _closed before it looks.
+                self._waiting += 1
+                try:
+                    while True:
+                        if self._closed:
+                            raise StreamClosedError("the stream was closed while waiting")
+                        if self._available():
+                            break
+                        if deadline is None:
+                            cond.wait()
+                        else:
+                            remaining = deadline - time.monotonic()
+                            if remaining <= 0:
+                                raise TimeoutError(f"no message within {timeout} s")
+                            cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
 
     async def anext(self, timeout: float | None = None) -> Envelope:
         """Await the next message and return it; cancel like any await.
@@ -231,7 +241,18 @@ class _Reader:
 
     def __next__(self) -> Envelope:
         """``for env in stream`` yields the messages available now, then stops."""
-        if not self.try_next():
+        # Inline try_next() and get() for an envelope already decoded (and nothing removed since).
+        i = self._bufi
+        buf = self._buf
+        if i < len(buf) and self._epoch == self._store._removals and not self._closed:
+            env = buf[i]
+            self._env = env
+            self._bufi = i + 1
+            offs = self._offs
+            self._current = self._base + i if offs is None else offs[i]
+            return env
+        self._check_open()
+        if not self._advance():  # the rest of try_next(): nothing decoded ahead is left to take
             raise StopIteration
         return self.get()
 
@@ -255,8 +276,12 @@ class _Reader:
         if self._closed:
             return
         self._closed = True
-        self._store._readers.discard(self)
-        self._store._wake_readers()
+        store = self._store
+        store._readers.discard(self)
+        # Only a next() or anext() waiting on this reader cares that it closed. Both register
+        # (_waiting, store._async_waiters) before they read _closed, which is set above.
+        if self._waiting or store._async_waiters:
+            store._wake_readers()
 
     @property
     def closed(self) -> bool:
@@ -272,15 +297,21 @@ class _Reader:
 class StreamReader(_Reader):
     """Reads one named stream in offset order (``store.open_stream``)."""
 
-    __slots__ = ("_run", "_seg", "_sid", "name")
+    __slots__ = ("_run", "_seg", "_seg_end", "_sid", "name")
 
-    def __init__(self, store: Store, name: str, offset: int) -> None:
+    # A stream is mostly read whole from its start (loading an aggregate): the first read
+    # decodes up to 16 envelopes at once, so a short stream takes one read.
+    _FIRST_PREFETCH = 16
+
+    def __init__(self, store: Store, name: str, offset: int, sid: int | None = None) -> None:
         super().__init__(store, offset)
         self.name = name
-        self._sid = store._log.catalog.ids.get(name)
+        # The stream's id: ``sid`` as the caller just looked it up, or None when it has none yet.
+        self._sid = store._log.catalog.ids.get(name) if sid is None else sid
         # Cached run: (first offset, its global offset, offsets below this stay in the run).
         self._run = (0, 0, 0)
         self._seg: Segment | None = None
+        self._seg_end = 0  # _seg.first + _seg.count when last read (the active segment grows)
 
     def _head(self) -> int:
         sid = self._sid
@@ -299,16 +330,20 @@ class StreamReader(_Reader):
         return self._sid is not None and max(self._next, int(self._store._log.catalog.first[self._sid])) < head
 
     def _advance_once(self) -> bool:
-        if self._take():
+        if self._bufi < len(self._buf) and self._take():
             return True
         store = self._store
         lg = store._log
         self._epoch = store._removals  # before reading the removal bounds below
-        head = self._head()
+        cat = lg.catalog
         sid = self._sid
         if sid is None:
-            return False
-        want = max(self._next, int(lg.catalog.first[sid]))
+            sid = cat.ids.get(self.name)
+            if sid is None:
+                return False
+            self._sid = sid
+        head: int = cat.head.item(sid)  # the head before the first offset (as _head(), then first)
+        want = max(self._next, cat.first.item(sid))
         while want < head:
             run_off, run_goff, limit = self._run
             if not run_off <= want < limit:
@@ -324,20 +359,27 @@ class StreamReader(_Reader):
                     continue
                 limit = head if nxt < 0 else min(nxt, head)
                 self._run = (run_off, run_goff, limit)
+            elif limit > head:
+                limit = head
             goff = run_goff + (want - run_off)
             start = lg.log_start
             if goff < start:  # dropped by retention: skip to the first retained message of the run
-                want += min(start - goff, min(limit, head) - want)
+                want += min(start - goff, limit - want)
                 continue
             seg = self._seg
-            if seg is None or not seg.first <= goff < seg.first + seg.count:
-                try:
-                    seg = self._seg = self._segment_for(goff)
-                except KeyError:
-                    if goff < lg.log_start:  # retention dropped its segment since log_start was read
-                        continue
-                    raise
-            stop = min(goff + min(limit, head) - want, seg.first + seg.count, goff + self._prefetch)
+            seg_end = self._seg_end
+            if seg is None or not seg.first <= goff < seg_end:
+                if seg is not None and seg.first <= goff:
+                    seg_end = self._seg_end = seg.first + seg.count  # the active segment may have grown
+                if seg is None or not seg.first <= goff < seg_end:
+                    try:
+                        seg = self._seg = self._segment_for(goff)
+                    except KeyError:
+                        if goff < lg.log_start:  # retention dropped its segment since log_start was read
+                            continue
+                        raise
+                    seg_end = self._seg_end = seg.first + seg.count
+            stop = min(goff + limit - want, seg_end, goff + self._prefetch)
             buf: list[Envelope] = []
             try:
                 offs = seg.read_many(goff, stop, buf, sid, want)
@@ -369,7 +411,7 @@ class GlobalReader(_Reader):
         return self._bufi < len(self._buf) or max(self._next, lg.log_start) < lg.visible_end
 
     def _advance_once(self) -> bool:
-        if self._take():
+        if self._bufi < len(self._buf) and self._take():
             return True
         store = self._store
         lg = store._log

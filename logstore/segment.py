@@ -46,6 +46,7 @@ of the file, which sees those writes through the page cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -188,18 +189,21 @@ def _as_bad_record(exc: BadRecord | struct.error, position: int, size: int) -> B
     return exc if isinstance(exc, BadRecord) else BadRecord(min(position, size), f"index points past it: {position}")
 
 
-def find_next_record(buf: Any, start: int, end: int) -> int:
+def find_next_record(buf: Any, start: int, end: int, limit: int | None = None) -> int:
     """The position of the first valid record at or after ``start``, or -1.
 
     Candidates are found with numpy (a record has a kind from 1 to 6 at
     byte 4), then checked in full; used to resynchronise after damage.
+    With ``limit``, only positions before it are candidates (a record found
+    may still extend up to ``end``).
     """
     if end - start < RECORD_OVERHEAD:
         return -1
     chunk = 1 << 20
     pos = start
-    while pos + RECORD_OVERHEAD <= end:
-        stop = min(end, pos + chunk + RECORD_OVERHEAD)
+    below = end if limit is None else min(limit, end)
+    while pos + RECORD_OVERHEAD <= end and pos < below:
+        stop = min(end, pos + chunk + RECORD_OVERHEAD, below + RECORD_OVERHEAD)
         arr = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos)
         if len(arr) <= 4:
             break
@@ -207,7 +211,7 @@ def find_next_record(buf: Any, start: int, end: int) -> int:
         candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_LOST))
         for c in candidates.tolist():
             p = pos + c
-            if p >= pos + chunk:
+            if p >= pos + chunk or p >= below:
                 break
             try:
                 parse_record(buf, p, end)
@@ -230,6 +234,66 @@ def last_nonzero(buf: Any, start: int, end: int) -> int:
             return lo + int(nz[-1]) + 1
         hi = lo
     return start
+
+
+def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
+    """The ranges of ``[start, end)`` of the file ``fd`` that may hold non-zero bytes, in order.
+
+    Everything but the file's holes (``SEEK_DATA``/``SEEK_HOLE``): a hole
+    reads as zeros, so a search for non-zero bytes or records may skip it.
+    On Linux the never-written part of a preallocated segment (an unwritten
+    extent) is a hole unless the page cache holds pages of it, which count
+    as data; a file system that does not report holes gives the whole range.
+    """
+    regions: list[tuple[int, int]] = []
+    pos = start
+    while pos < end:
+        try:
+            lo = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from pos to the end of the file
+                break
+            regions.append((pos, end))  # no hole reporting: search everything
+            break
+        if lo >= end:
+            break
+        try:
+            hi = min(end, os.lseek(fd, lo, os.SEEK_HOLE))
+        except OSError:
+            hi = end
+        if hi <= lo:  # the file changed under us (or a broken report): search the rest
+            regions.append((lo, end))
+            break
+        regions.append((lo, hi))
+        pos = hi
+    return regions
+
+
+def last_nonzero_in_file(buf: Any, fd: int, start: int, end: int) -> int:
+    """:func:`last_nonzero` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
+
+    The same answer, without reading the holes of a preallocated segment:
+    the cost follows what was written, not the segment's size.
+    """
+    for lo, hi in reversed(data_regions(fd, start, end)):
+        nz = last_nonzero(buf, lo, hi)
+        if nz > lo:
+            return nz
+    return start
+
+
+def find_next_record_in_file(buf: Any, fd: int, start: int, end: int) -> int:
+    """:func:`find_next_record` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
+
+    A valid record has a non-zero length in its header, so it starts less
+    than a header's size before some data region (or inside one): the
+    candidates are those positions; a record may extend past its region.
+    """
+    for lo, hi in data_regions(fd, max(start, 0), end):
+        q = find_next_record(buf, max(start, lo - RECORD_HEADER.size + 1), end, hi)
+        if q >= 0:
+            return q
+    return -1
 
 
 class Segment:
@@ -276,8 +340,9 @@ class Segment:
         return self.first + self.count
 
     def set_lazy_positions(self, count: int, checksum: int) -> None:
+        """Drop the in-memory position index; the first use loads the first ``count`` entries from the file."""
+        self._lazy = (count, checksum)  # before the index goes: a concurrent reader then loads from the file
         self._positions = None
-        self._lazy = (count, checksum)
 
     @property
     def positions(self) -> PositionIndex:
@@ -352,7 +417,9 @@ class Segment:
         had = len(out)
         position = HEADER_SIZE
         try:
-            self._check_mapped()
+            mm = self.mm
+            if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
+                self._check_mapped()
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
@@ -407,10 +474,13 @@ class Segment:
         buf = self.view
         size = self.size
         start = goff
+        append = out.append
         offs: list[int] | None = None
         position = HEADER_SIZE
         try:
-            self._check_mapped()
+            mm = self.mm
+            if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
+                self._check_mapped()
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
@@ -420,7 +490,7 @@ class Segment:
                 if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
                     raise BadRecord(position, "record checksum mismatch")
                 if kind == KIND_MESSAGE and (not trimmed or rsoff >= trimmed.get(rsid, 0)):
-                    out.append(decode(buf[position + 28 + nlen : end]))
+                    append(decode(buf[position + 28 + nlen : end]))
                     if offs is not None:
                         offs.append(goff)
                 elif kind not in KIND_NAMES:

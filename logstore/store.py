@@ -539,11 +539,11 @@ class Store:
         self._check_ds(ds)
         check_stream_name(stream)
         _check_offset(offset)
-        reader = StreamReader(self, stream, offset)
-        self._readers.add(reader)
         cat = self._log.catalog
         sid = cat.ids.get(stream)
-        return reader, sid is not None and cat.head[sid] > 0 and not cat.flags[sid] & FLAG_DELETED
+        reader = StreamReader(self, stream, offset, sid)
+        self._readers.add(reader)
+        return reader, sid is not None and cat.head.item(sid) > 0 and not cat.flags.item(sid) & FLAG_DELETED
 
     def open_global(self, ds: Store, offset: int) -> GlobalReader:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""

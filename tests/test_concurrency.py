@@ -783,7 +783,7 @@ def test_commits_queued_behind_a_leader_are_led_by_the_oldest_waiter_as_one_grou
         assert not errors, errors
         # One pwrite for the leader's group, then one for the three queued transactions, by the oldest waiter.
         assert io.writes[before:] == ["leader", "follower-0"]
-        assert results["leader"] == range(0, 1)
+        assert results["leader"] == range(1)
         assert sorted(results[f"follower-{k}"].start for k in range(3)) == [1, 2, 3]
         assert results["follower-0"] == range(1, 2)
         assert store.global_head == 4
