@@ -198,6 +198,35 @@ def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_
     _flip(seg, records[1][0] + 40)  # undo: the store verifies clean at teardown
 
 
+@pytest.mark.parametrize("reader", ["stream", "global"])
+@pytest.mark.parametrize("where", ["payload", "header", "checksum"])
+def test_damage_inside_a_long_read_hands_out_what_precedes_it_then_names_the_record(
+    store_dir: Path, reader: str, where: str
+) -> None:
+    """Long reads check their records' headers in one go (Segment._read_batch); damage in the middle of
+    such a batch gives the same envelopes and the same error, at the same byte, as a record-by-record read."""
+    with logstore.open(store_dir, segment_size=SEGMENT) as store:
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", 0, _envs("a", 400))
+        seg = store._log.active.path
+    records = _records(seg)
+    victim = 300
+    pos, length, _flags = records[victim]
+    offset = {"payload": 60, "header": 14, "checksum": length - 3}[where]  # 14: inside the stream id
+    _flip(seg, pos + offset)
+    with logstore.open(store_dir) as store:
+        got = []
+        with pytest.raises(CorruptionError) as info:
+            it = store.open_stream(store, "a", 0)[0] if reader == "stream" else store.open_global(store, 0)
+            with it:
+                while it.try_next():
+                    got.append(it.get())
+        assert info.value.path == seg
+        assert info.value.position == pos
+        assert [e.message["i"] for e in got] == list(range(victim))
+    _flip(seg, pos + offset)  # undo: the store verifies clean at teardown
+
+
 @pytest.mark.parametrize("victim", ["CHECKPOINT", "catalog"])
 @pytest.mark.parametrize("how", ["missing", "damaged"])
 def test_missing_or_damaged_index_files_are_rebuilt_from_the_log(store_dir: Path, victim: str, how: str) -> None:
