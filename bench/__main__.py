@@ -506,20 +506,26 @@ def markdown_report(report: dict[str, Any]) -> str:
         out.append(f"| {w} | `{bench}` | {cells[0]} | {cells[1]} |")
     workload = None
     for s in report["results"]:
+        scanned = s.get("extra", {}).get("records_scanned")
         if s["workload"] != workload:
             workload = s["workload"]
+            last = "records scanned at open (median)" if scanned is not None else "commit p50 | commit p99"
             out += [
                 "",
                 f"### {workload}",
                 "",
-                "| benchmark | median | min | max | unit | commit p50 | commit p99 |",
-                "|---|---:|---:|---:|---|---:|---:|",
+                f"| benchmark | median | min | max | unit | {last} |",
+                "|---|---:|---:|---:|---|---:|" + ("" if scanned is not None else "---:|"),
             ]
-        p50 = f"{_ms(s['latency_p50'])} ms" if "latency_p50" in s else ""
-        p99 = f"{_ms(s['latency_p99'])} ms" if "latency_p99" in s else ""
+        if scanned is not None:
+            tail = f"{statistics.median(scanned):,.0f}"
+        else:
+            p50 = f"{_ms(s['latency_p50'])} ms" if "latency_p50" in s else ""
+            p99 = f"{_ms(s['latency_p99'])} ms" if "latency_p99" in s else ""
+            tail = f"{p50} | {p99}"
         out.append(
             f"| `{s['name']}` | {_fmt(s['median'], s['unit'])} | {_fmt(s['min'], s['unit'])} | "
-            f"{_fmt(s['max'], s['unit'])} | {s['unit']} | {p50} | {p99} |"
+            f"{_fmt(s['max'], s['unit'])} | {s['unit']} | {tail} |"
         )
     footprints = [s for s in report["results"] if "disk_bytes_per_message" in s.get("extra", {})]
     if footprints:
