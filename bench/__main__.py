@@ -438,6 +438,10 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.2f}"
 
 
+def _ratio(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
@@ -472,7 +476,7 @@ def text_report(report: dict[str, Any]) -> str:
             lines.append(f"{'':<{width}}  disk {d:,.1f} B/msg ({d / e:.2f}x envelope bytes), allocated {a:,.1f} B/msg")
     lines += ["", "ratios logstore / peer (of the medians; above 1: logstore is better)"]
     for x in report["ratios"]:
-        lines.append(f"{x['workload']}  {x['benchmark']:<{width}}  vs {x['peer']:<7} {x['ratio']:6.2f}x")
+        lines.append(f"{x['workload']}  {x['benchmark']:<{width}}  vs {x['peer']:<7} {_ratio(x['ratio']):>7}")
     return "\n".join(lines)
 
 
@@ -502,30 +506,34 @@ def markdown_report(report: dict[str, Any]) -> str:
     for x in report["ratios"]:
         rows.setdefault((x["workload"], x["benchmark"]), {})[x["peer"]] = x["ratio"]
     for (w, bench), peers in rows.items():
-        cells = [f"{peers[p]:.2f}x" if p in peers else "" for p in ("sqlite", "lmdb")]
+        cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb")]
         out.append(f"| {w} | `{bench}` | {cells[0]} | {cells[1]} |")
     workload = None
     for s in report["results"]:
         scanned = s.get("extra", {}).get("records_scanned")
         if s["workload"] != workload:
             workload = s["workload"]
-            last = "records scanned at open (median)" if scanned is not None else "commit p50 | commit p99"
+            same = [x for x in report["results"] if x["workload"] == workload]
+            latency = any("latency_p50" in x for x in same)
+            last = " records scanned at open (median) |" if scanned is not None else ""
+            last += " commit p50 | commit p99 |" if latency else ""
             out += [
                 "",
                 f"### {workload}",
                 "",
-                f"| benchmark | median | min | max | unit | {last} |",
-                "|---|---:|---:|---:|---|---:|" + ("" if scanned is not None else "---:|"),
+                f"| benchmark | median | min | max | unit |{last}",
+                "|---|---:|---:|---:|---|" + "---:|" * last.count("|"),
             ]
+        tail = ""
         if scanned is not None:
-            tail = f"{statistics.median(scanned):,.0f}"
-        else:
+            tail += f" {statistics.median(scanned):,.0f} |"
+        if latency:
             p50 = f"{_ms(s['latency_p50'])} ms" if "latency_p50" in s else ""
             p99 = f"{_ms(s['latency_p99'])} ms" if "latency_p99" in s else ""
-            tail = f"{p50} | {p99}"
+            tail += f" {p50} | {p99} |"
         out.append(
             f"| `{s['name']}` | {_fmt(s['median'], s['unit'])} | {_fmt(s['min'], s['unit'])} | "
-            f"{_fmt(s['max'], s['unit'])} | {s['unit']} | {tail} |"
+            f"{_fmt(s['max'], s['unit'])} | {s['unit']} |{tail}"
         )
     footprints = [s for s in report["results"] if "disk_bytes_per_message" in s.get("extra", {})]
     if footprints:
