@@ -144,7 +144,7 @@ Control = tuple[int, str, bytes, int]
 
 
 class _Pending:
-    __slots__ = ("call", "control", "done", "error", "lead", "result", "tx")
+    __slots__ = ("call", "control", "done", "error", "gone", "lead", "result", "tx")
 
     def __init__(self, tx: Tx | None, control: Control | None = None, call: Callable[[], object] | None = None) -> None:
         self.tx = tx
@@ -154,6 +154,7 @@ class _Pending:
         self.done = threading.Lock()
         self.done.acquire()
         self.lead = False
+        self.gone = False  # its caller stopped waiting (interrupted): never hand it the role
         self.result: object = None
         self.error: BaseException | None = None
 
@@ -235,7 +236,11 @@ class Writer:
                 self._busy = True
                 batch, self._queue = self._queue, []
         if not lead:
-            pending.done.acquire()
+            try:
+                pending.done.acquire()
+            except BaseException:  # interrupted (KeyboardInterrupt): the item still runs in its turn
+                self._stop_waiting(pending)
+                raise
             if pending.lead:  # the last leader handed the role over: lead what is queued, this item first
                 pending.lead = False
                 lead = True
@@ -247,6 +252,20 @@ class Writer:
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    def _stop_waiting(self, pending: _Pending) -> None:
+        """The caller of ``pending`` was interrupted while it waited. Its item stays queued and is
+        written in its turn, but is never handed the writer role; if it was handed it just now, lead
+        once here, so that the role always has a holder."""
+        with self._cv:
+            pending.gone = True
+            promoted = pending.lead
+            if promoted:
+                pending.lead = False
+                pending.done.acquire(blocking=False)  # the hand-over released it: lock it again
+                batch, self._queue = self._queue, []
+        if promoted:
+            self._lead(batch)
 
     def abandon(self) -> None:
         """Stop at once without syncing or checkpointing, as if the process died (for crash tests)."""
@@ -273,14 +292,18 @@ class Writer:
             self._maintain()
         finally:
             role.writer = False
-        self._pass_on()
+            self._pass_on()  # whatever happened, the role goes on
 
     def _work(self, batch: list[_Pending]) -> None:
+        """Process ``batch``; a failure fails the store. An interrupt (KeyboardInterrupt, SystemExit)
+        fails the store too, since the group may be half written, and then goes on to the caller."""
         if self.failed is None:
             try:
                 self._process_all(batch)
-            except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+            except BaseException as exc:  # every failure fails the store; an interrupt goes on up
                 self._fail(exc, batch)
+                if not isinstance(exc, Exception):
+                    raise
         else:
             self._fail_batch(batch)
 
@@ -298,8 +321,10 @@ class Writer:
             if self.log.checkpointed_bytes >= self.checkpoint_bytes:
                 self._sync()
                 self.log.checkpoint(clean=False)
-        except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+        except BaseException as exc:  # every failure fails the store; an interrupt goes on up
             self._fail(exc, [])
+            if not isinstance(exc, Exception):
+                raise
 
     def _pass_on(self) -> None:
         """Hand the writer role to the writer thread (to stop), to the oldest waiting item's thread
@@ -309,9 +334,13 @@ class Writer:
                 self._thread_turn = True
                 self._cv.notify_all()
             elif self._queue:
-                nxt = self._queue[0]
-                nxt.lead = True
-                nxt.done.release()
+                nxt = next((p for p in self._queue if not p.gone), None)
+                if nxt is None:  # only items whose callers stopped waiting: the writer thread writes them
+                    self._thread_turn = True
+                    self._cv.notify_all()
+                else:
+                    nxt.lead = True
+                    nxt.done.release()
             else:
                 self._busy = False
                 if self._dirty and self.durability == "batch" and not self._timing:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -787,3 +788,46 @@ def test_commits_queued_behind_a_leader_are_led_by_the_oldest_waiter_as_one_grou
         assert sorted(results[f"follower-{k}"].start for k in range(3)) == [1, 2, 3]
         assert results["follower-0"] == range(1, 2)
         assert store.global_head == 4
+
+
+def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_dir):
+    """KeyboardInterrupt in a thread waiting behind a leader: the caller gets it, its transaction is still
+    written in its turn, the writer role is never handed to it, and later commits go through."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")  # pytest runs tests in the main thread
+    io = HoldingIO()
+    with logstore.open(store_dir, io=io) as store:
+        io.hold_next.set()
+        leader = threading.Thread(target=commit, args=(store, "leader", 0, [Envelope.new("E", 0)]))
+        leader.start()
+        assert io.holding.wait(WAIT)
+        writer = store._writer
+        queue = SignallingList()
+        with writer._cv:
+            writer._queue = queue
+
+        def interrupt_when_queued() -> None:
+            assert queue.appended.wait(WAIT)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_when_queued)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            commit(store, "main", 0, [Envelope.new("E", "main")])
+        interrupter.join(WAIT)
+        io.release.set()
+        leader.join(WAIT)
+        assert not leader.is_alive()
+        # The interrupted transaction was written after all (its caller no longer waited for it) ...
+        got = threading.Event()
+
+        def later() -> None:
+            commit(store, "later", 0, [Envelope.new("E", "later")])
+            got.set()
+
+        t = threading.Thread(target=later)
+        t.start()
+        assert got.wait(WAIT), "a commit after the interrupt hung"
+        t.join(WAIT)
+        assert store.head("main") == 1 and store.head("leader") == 1 and store.head("later") == 1
+        assert commit(store, "main", 1, [Envelope.new("E", "again")]) == range(3, 4)
