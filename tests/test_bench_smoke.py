@@ -50,6 +50,8 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     w5 = {r["name"] for r in results if r["workload"] == "W5"}
     assert any("/after=close/" in n for n in w5)
     assert any("/after=crash/" in n for n in w5)
+    w6 = {r["name"].split("/", 2)[1] for r in results if r["workload"] == "W6"}
+    assert w6 == {"append", "es-write", "es-load", "build"}, w6
     for r in results:
         if r["workload"] == "W6":
             extra = r["extra"]
