@@ -7,7 +7,7 @@ turns going first. Prints a table of medians with min and max, commit
 latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
 Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
 measured. ``--quick`` is a smoke run of under a minute; the full run takes
-about a quarter of an hour on two cores and needs about 8 GB of disk.
+six to seven minutes on two cores and needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -99,10 +99,6 @@ class Result:
     runs: list[float] = field(default_factory=list)
     latency: list[dict[str, float]] = field(default_factory=list)  # per run: p50, p99, max (seconds)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def family(self) -> str:
-        return self.name.rsplit("/store=", 1)[0]
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -310,8 +310,9 @@ class Log:
         entries = []
         sealed = self.segments[:-1]
         for seg in self.segments:
-            if seg._lazy is not None:
-                count, checksum = seg._lazy
+            lazy = seg._lazy  # read once: a reader's first use may load the positions meanwhile
+            if lazy is not None:
+                count, checksum = lazy
             else:
                 pos = seg.positions
                 count = len(pos)

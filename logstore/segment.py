@@ -346,10 +346,10 @@ class Segment:
     @property
     def count(self) -> int:
         """Number of records in the segment (that the store holds)."""
-        if self._lazy is not None:
-            return self._lazy[0]
-        assert self._positions is not None
-        return len(self._positions)
+        lazy = self._lazy  # read once: a checkpoint (writer) or a first use (reader) may change it meanwhile
+        if lazy is not None:
+            return lazy[0]
+        return len(self.positions)
 
     @property
     def next_goff(self) -> int:

@@ -9,22 +9,28 @@ records, writes the whole group with one ``pwrite`` and makes it durable with
 one ``fdatasync`` (group commit), then publishes it to readers, wakes blocked
 ``next()`` calls and releases the committers. Commits that arrive meanwhile
 wait; the leader then hands the role to the oldest of them, whose thread works
-what has queued, so a leader only ever waits for its own group. A lone
-committer therefore never waits for another thread to be scheduled.
+everything queued by then. A leader thus writes its own group only (plus, when
+they fall due, retention after a roll and the periodic checkpoint, before its
+commit returns), and a lone committer never waits for another thread to be
+scheduled.
 
-The writer thread takes the role only for what no commit does: the timed
-fsync of ``durability="batch"`` and the final sync and clean checkpoint at
-``close()``. Retention after a roll and the periodic checkpoint run in the
-role's holder after its group is released.
+The writer thread takes the role for what no commit does: the timed fsync of
+``durability="batch"``, the final sync and clean checkpoint at ``close()``,
+maintenance that falls due while no commit comes, and the transactions of
+callers interrupted (``KeyboardInterrupt``) while they waited or led: their
+transactions are written in their turn, and an interrupted leader's role goes
+to the writer thread with whatever it had taken and not yet written.
 
 Lock rules: ``_cv`` guards ``_queue``, ``_busy`` (the role is held),
+``_holder`` (the item whose thread holds or was handed the role),
 ``_thread_turn`` (the role is handed to the writer thread), ``_timing``,
 ``_stopping`` and ``failed``. Only the holder of the writer role touches the
-log's files, the active segment and the indexes.
+log's files, the active segment, the indexes and ``_batch``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -63,6 +69,9 @@ _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 _RETENTION_ROUNDS = 4
 # Above this many streams in one group, their heads are published with one numpy assignment.
 _VECTOR_HEADS = 32
+# The writer thread looks at its conditions at least this often (seconds), notified or not: a
+# notification lost to an interrupt in the notifying thread then costs a delay, not a hang.
+_IDLE_CHECK = 1.0
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
 
 # One append: (stream name, encoded name, first offset, encoded envelopes).
@@ -189,6 +198,11 @@ class Writer:
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[_Pending] = []
         self._busy = False  # some thread holds the writer role
+        # The item whose caller's thread holds the role, or was handed it (None: the writer thread, or nobody).
+        self._holder: _Pending | None = None
+        # What the role's holder took from the queue and has not finished: finished items leave it, and
+        # the role takes whatever is left back to the queue when it passes on.
+        self._batch: list[_Pending] = []
         self._thread_turn = False  # the role was handed to the writer thread
         self._timing = False  # the writer thread waits for the next fsync of batch mode
         self._stopping = False
@@ -225,47 +239,46 @@ class Writer:
 
     def _submit(self, pending: _Pending) -> object:
         """Queue ``pending``; lead the group if no thread holds the writer role, else wait for the leader."""
-        with self._cv:
-            if self.failed is not None:
-                raise self.failed
-            if self._stopping:
-                raise StoreClosedError("the store is closed")
-            self._queue.append(pending)
-            lead = not self._busy
-            if lead:
-                self._busy = True
-                batch, self._queue = self._queue, []
-        if not lead:
-            try:
+        try:
+            with self._cv:
+                if self.failed is not None:
+                    raise self.failed
+                if self._stopping:
+                    raise StoreClosedError("the store is closed")
+                self._queue.append(pending)
+                if not self._busy:
+                    self._busy = True
+                    self._holder = pending
+                    pending.lead = True
+            if not pending.lead:
+                pending.done.acquire()  # released when the item is done, or to hand this thread the role
+            if pending.lead:
+                self._lead(pending)
                 pending.done.acquire()
-            except BaseException:  # interrupted (KeyboardInterrupt): the item still runs in its turn
-                self._stop_waiting(pending)
-                raise
-            if pending.lead:  # the last leader handed the role over: lead what is queued, this item first
-                pending.lead = False
-                lead = True
-                with self._cv:
-                    batch, self._queue = self._queue, []
-        if lead:
-            self._lead(batch)
-            pending.done.acquire()
+        except BaseException:  # interrupted (KeyboardInterrupt) anywhere from here on
+            self._stop_waiting(pending)
+            raise
         if pending.error is not None:
             raise pending.error
         return pending.result
 
     def _stop_waiting(self, pending: _Pending) -> None:
-        """The caller of ``pending`` was interrupted while it waited. Its item stays queued and is
-        written in its turn, but is never handed the writer role; if it was handed it just now, lead
-        once here, so that the role always has a holder."""
+        """The caller of ``pending`` stopped waiting (an interrupt). Its item, if queued, stays queued
+        and is written in its turn, but is never handed the writer role. If this thread holds the role
+        (taken or handed to it, and not passed on yet), the role goes to the writer thread with what
+        this thread took and had not finished, so that the role always has a holder at work."""
         with self._cv:
             pending.gone = True
-            promoted = pending.lead
-            if promoted:
+            if self._holder is not pending:
+                return
+            self._holder = None
+            if pending.lead:  # handed the role but not yet leading: the hand-over released it
                 pending.lead = False
-                pending.done.acquire(blocking=False)  # the hand-over released it: lock it again
-                batch, self._queue = self._queue, []
-        if promoted:
-            self._lead(batch)
+                pending.done.acquire(blocking=False)  # lock it again: it is done when it is written
+            self._queue[:0] = self._batch
+            self._batch = []
+            self._thread_turn = True
+            self._cv.notify_all()
 
     def abandon(self) -> None:
         """Stop at once without syncing or checkpointing, as if the process died (for crash tests)."""
@@ -284,10 +297,15 @@ class Writer:
 
     # -- the writer role ---------------------------------------------------------------
 
-    def _lead(self, batch: list[_Pending]) -> None:
-        """Process ``batch`` in this thread, then pass the writer role on."""
+    def _lead(self, pending: _Pending) -> None:
+        """``pending``'s thread holds the writer role: work what is queued (``pending`` among it), then
+        pass the role on."""
         role.writer = True
         try:
+            with self._cv:
+                pending.lead = False
+                self._batch = batch = self._queue
+                self._queue = []
             self._work(batch)
             self._maintain()
         finally:
@@ -306,6 +324,7 @@ class Writer:
                     raise
         else:
             self._fail_batch(batch)
+            batch.clear()
 
     def _maintenance_due(self) -> bool:
         return self.failed is None and (self._retention_due or self.log.checkpointed_bytes >= self.checkpoint_bytes)
@@ -330,21 +349,35 @@ class Writer:
         """Hand the writer role to the writer thread (to stop), to the oldest waiting item's thread
         (which then leads what is queued), or release it."""
         with self._cv:
-            if self._stopping:
+            # Taken but not written (an interrupt before the work began): back to the queue, first.
+            self._queue[:0] = self._batch
+            self._batch = []
+            nxt = None
+            if not self._stopping:
+                for p in self._queue:
+                    if not p.gone:
+                        nxt = p
+                        break
+            if nxt is not None:
+                self._holder = nxt
+                nxt.lead = True
+                nxt.done.release()
+            elif self._stopping or self._queue:
+                # Stopping, or only items whose callers stopped waiting: the writer thread writes them.
+                self._holder = None
                 self._thread_turn = True
                 self._cv.notify_all()
-            elif self._queue:
-                nxt = next((p for p in self._queue if not p.gone), None)
-                if nxt is None:  # only items whose callers stopped waiting: the writer thread writes them
-                    self._thread_turn = True
-                    self._cv.notify_all()
-                else:
-                    nxt.lead = True
-                    nxt.done.release()
             else:
+                self._holder = None
                 self._busy = False
-                if self._dirty and self.durability == "batch" and not self._timing:
-                    self._cv.notify_all()  # the writer thread times the next fsync
+                if (
+                    self._dirty
+                    and self.durability == "batch"
+                    and (not self._timing or time.monotonic() - self._last_sync >= self.fsync_interval)
+                ):
+                    # The writer thread times the next fsync; when the interval ran out while the role
+                    # was held, it is waiting out a whole interval more: wake it to sync now.
+                    self._cv.notify_all()
 
     # -- writer thread ---------------------------------------------------------------
 
@@ -371,13 +404,15 @@ class Writer:
                     if remaining <= 0 and not self._busy:
                         self._busy = True
                         break
-                    # Overdue while a leader works: the leader syncs when the interval has passed.
+                    # Overdue while a leader works: its next group syncs, or it wakes this thread
+                    # when it releases the role.
                     self._timing = True
-                    self._cv.wait(remaining if remaining > 0 else self.fsync_interval)
+                    self._cv.wait(min(remaining, _IDLE_CHECK) if remaining > 0 else self.fsync_interval)
                     self._timing = False
                     continue
-                self._cv.wait()
-            batch, self._queue = self._queue, []
+                self._cv.wait(_IDLE_CHECK)
+            self._batch = batch = self._queue
+            self._queue = []
             return batch, self._stopping
 
     def _loop(self) -> None:
@@ -433,13 +468,16 @@ class Writer:
             self.failed = failed
             queued, self._queue = self._queue, []
         self._fail_batch(batch + queued)
+        batch.clear()  # failed: nothing of it is left to write
 
     def _fail_batch(self, batch: list[_Pending], error: BaseException | None = None) -> None:
         for p in batch:
             if not isinstance(p.error, OffsetConflictError):
                 p.error = error or self.failed
                 p.result = None
-            p.done.release()
+            # RuntimeError: released already (an interrupt fell after its release, before it left the batch).
+            with contextlib.suppress(RuntimeError):
+                p.done.release()
 
     def _process_all(self, batch: list[_Pending]) -> None:
         """Process a batch in order: runs of transactions as groups, control items one by one.

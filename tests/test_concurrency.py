@@ -831,3 +831,125 @@ def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_d
         t.join(WAIT)
         assert store.head("main") == 1 and store.head("leader") == 1 and store.head("later") == 1
         assert commit(store, "main", 1, [Envelope.new("E", "again")]) == range(3, 4)
+
+
+def _commit_in_thread(store: logstore.Store, stream: str, offset: int, envs: list[Envelope]) -> threading.Event:
+    """Commit from a daemon thread; the event is set once the commit returned."""
+    returned = threading.Event()
+
+    def run() -> None:
+        commit(store, stream, offset, envs)
+        returned.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return returned
+
+
+def _messages(path: Any, stream: str) -> list[Any]:
+    with logstore.open(path) as store:
+        reader, _found = store.open_stream(store, stream, 0)
+        with reader:
+            return [env.message for env in reader]
+
+
+def test_a_committer_interrupted_as_it_takes_the_writer_role_hands_it_to_the_writer_thread(store_dir):
+    """KeyboardInterrupt in a lone committer right after it took the writer role, before it took the
+    queue: the caller gets the interrupt, the role goes to the writer thread, which writes the
+    transaction in its turn, and later commits and the close go through."""
+    store = logstore.open(store_dir)
+    writer = store._writer
+    lead = writer._lead
+
+    def interrupted(*args: Any) -> None:
+        writer._lead = lead  # once
+        raise KeyboardInterrupt
+
+    writer._lead = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        commit(store, "main", 0, [Envelope.new("E", "first")])
+    if not _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT):
+        pytest.fail("a commit after the interrupt hung")  # the store is left open: its close would hang too
+    store.close()
+    assert _messages(store_dir, "main") == ["first"]
+    assert _messages(store_dir, "later") == ["later"]
+
+
+def test_a_committer_interrupted_as_it_is_handed_the_writer_role_hands_it_to_the_writer_thread(store_dir):
+    """KeyboardInterrupt in a waiting committer just as the leader before it handed it the role: the
+    role goes to the writer thread, which writes the transaction, and nothing hangs."""
+    io = HoldingIO()
+    store = logstore.open(store_dir, io=io)
+    writer = store._writer
+    io.hold_next.set()
+    leader = threading.Thread(target=commit, args=(store, "leader", 0, [Envelope.new("E", 0)]), daemon=True)
+    leader.start()
+    assert io.holding.wait(WAIT)
+    queue = SignallingList()
+    with writer._cv:
+        writer._queue = queue
+    lead = writer._lead
+    main = threading.current_thread()
+
+    def interrupted(*args: Any) -> None:
+        if threading.current_thread() is main:
+            writer._lead = lead  # once
+            raise KeyboardInterrupt
+        lead(*args)
+
+    writer._lead = interrupted
+
+    def release_when_queued() -> None:
+        assert queue.appended.wait(WAIT)
+        io.release.set()
+
+    threading.Thread(target=release_when_queued, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        commit(store, "main", 0, [Envelope.new("E", "main")])
+    leader.join(WAIT)
+    assert not leader.is_alive()
+    if not _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT):
+        pytest.fail("a commit after the interrupt hung")  # the store is left open: its close would hang too
+    store.close()
+    assert _messages(store_dir, "main") == ["main"]
+    assert _messages(store_dir, "leader") == [0]
+    assert _messages(store_dir, "later") == ["later"]
+
+
+class SyncSignallingIO(logstore.FileIO):
+    """Plain I/O that sets an event at each ``fdatasync``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.synced = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        super().fdatasync(fd)
+        self.synced.set()
+
+
+def test_batch_mode_syncs_when_the_interval_ran_out_while_the_role_was_held(store_dir):
+    """durability="batch": when the fsync interval runs out while a thread holds the writer role, the
+    writer thread, waiting out the interval, is woken when the role is released and syncs then."""
+    io = SyncSignallingIO()
+    store = logstore.open(store_dir, io=io, durability="batch", fsync_interval=3600.0)
+    writer = store._writer
+    cv_wait = writer._cv.wait
+    timing = threading.Event()
+
+    def wait(timeout: float | None = None) -> bool:
+        if writer._timing:
+            timing.set()
+        return cv_wait(timeout)
+
+    writer._cv.wait = wait  # type: ignore[method-assign]
+    io.synced.clear()
+    commit(store, "s", 0, [Envelope.new("E", 1)])  # unsynced: the writer thread starts timing the fsync
+    assert timing.wait(WAIT)
+    assert not io.synced.is_set()
+
+    def run_out() -> None:  # the interval runs out while this thread holds the role
+        writer._last_sync -= 7200.0
+
+    writer.call(run_out)
+    assert io.synced.wait(WAIT), "the overdue fsync did not happen"
+    store.close()

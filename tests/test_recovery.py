@@ -199,7 +199,7 @@ def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_
 
 
 @pytest.mark.parametrize("reader", ["stream", "global"])
-@pytest.mark.parametrize("where", ["payload", "header", "checksum"])
+@pytest.mark.parametrize("where", ["payload", "stream-id", "stream-offset", "checksum"])
 def test_damage_inside_a_long_read_hands_out_what_precedes_it_then_names_the_record(
     store_dir: Path, reader: str, where: str
 ) -> None:
@@ -212,7 +212,8 @@ def test_damage_inside_a_long_read_hands_out_what_precedes_it_then_names_the_rec
     records = _records(seg)
     victim = 300
     pos, length, _flags = records[victim]
-    offset = {"payload": 60, "header": 14, "checksum": length - 3}[where]  # 14: inside the stream id
+    # The record header is <IBBHIQQ: the stream id is bytes 8-11, the stream offset bytes 12-19.
+    offset = {"payload": 60, "stream-id": 9, "stream-offset": 14, "checksum": length - 3}[where]
     _flip(seg, pos + offset)
     with logstore.open(store_dir) as store:
         got = []
