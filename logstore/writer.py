@@ -370,11 +370,7 @@ class Writer:
             else:
                 self._holder = None
                 self._busy = False
-                if (
-                    self._dirty
-                    and self.durability == "batch"
-                    and (not self._timing or time.monotonic() - self._last_sync >= self.fsync_interval)
-                ):
+                if self._dirty and self.durability == "batch" and (not self._timing or self._interval_passed()):
                     # The writer thread times the next fsync; when the interval ran out while the role
                     # was held, it is waiting out a whole interval more: wake it to sync now.
                     self._cv.notify_all()
@@ -445,8 +441,17 @@ class Writer:
             finally:
                 role.writer = False
 
+    def _interval_passed(self) -> bool:
+        """``fsync_interval`` has passed since the last fsync."""
+        return time.monotonic() - self._last_sync >= self.fsync_interval
+
+    def _group_syncs(self) -> bool:
+        """The group being written is made durable before it is published: always with
+        ``durability="fsync"``, and with ``"batch"`` once the interval has passed."""
+        return self.durability == "fsync" or (self.durability == "batch" and self._interval_passed())
+
     def _sync_if_due(self) -> None:
-        if self._dirty and time.monotonic() - self._last_sync >= self.fsync_interval:
+        if self._dirty and self._interval_passed():
             self._sync()
 
     def _sync(self) -> None:
@@ -647,9 +652,7 @@ class Writer:
         lg.checkpointed_bytes += pos - start
         lg.next_goff = goff
         self._dirty = True
-        if self.durability == "fsync" or (
-            self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
-        ):
+        if self._group_syncs():
             self._sync()
 
     def _process(self, batch: list[_Pending]) -> bool:
@@ -668,9 +671,7 @@ class Writer:
         heads: dict[int, int] = {}  # stream id -> head after this batch so far
         committed = False
         synced_flag = 0 if self._dirty else FLAG_SYNCED
-        sync = self.durability == "fsync" or (
-            self.durability == "batch" and time.monotonic() - self._last_sync >= self.fsync_interval
-        )
+        sync = self._group_syncs()
         written = 0
         hdr_pack = RECORD_HEADER.pack
         sum_pack = CHECKSUM.pack

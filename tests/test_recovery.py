@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import logstore
+import logstore.segment as segment_module
 from index.header import HEADER_SIZE
 from logstore import CorruptionError, Envelope, FileIO
-from logstore.segment import BadRecord, parse_record
+from logstore.segment import BadRecord, data_regions, parse_record
 from logstore.verify import verify
 from tests.conftest import assert_verified
 
@@ -536,3 +540,85 @@ def test_regression_damage_with_no_usable_checkpoint_is_refused_when_valid_data_
     assert Path(seg).read_bytes() == before
     checkpoint.write_bytes(original)
     _flip(seg, records[50][0] + 40)
+
+
+class _NoHoles:
+    """The ``os`` module as ``logstore.segment`` sees it, on a file system that reports no holes."""
+
+    def __init__(self, seek_data_errno: int = errno.EINVAL) -> None:
+        self.seek_data_errno = seek_data_errno
+
+    def lseek(self, fd: int, pos: int, how: int) -> int:
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(self.seek_data_errno, os.strerror(self.seek_data_errno))
+        return os.lseek(fd, pos, how)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def test_data_regions_cover_every_written_byte_and_skip_the_holes(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    size = 8 << 20
+    written = [(0, 4096), (4 << 20, (4 << 20) + 4096)]
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, size)  # all hole
+        for lo, hi in written:
+            os.pwrite(fd, b"\x07" * (hi - lo), lo)
+        regions = data_regions(fd, 0, size)
+        assert regions == sorted(regions)
+        assert all(0 <= lo < hi <= size for lo, hi in regions)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(regions))
+        for lo, hi in written:
+            assert any(a <= lo and hi <= b for a, b in regions), (lo, hi, regions)
+        assert sum(hi - lo for lo, hi in regions) < size // 2  # the holes are skipped
+        assert data_regions(fd, 4096, 4 << 20) == []  # nothing but hole between the two writes
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("fake", "expected"),
+    [
+        ({"data": OSError(errno.EINVAL, "unsupported")}, [(100, 1000)]),  # no hole reporting: everything
+        ({"data": OSError(errno.ENXIO, "past the data")}, []),  # a hole to the end of the file
+        ({"data": 200, "hole": OSError(errno.EINVAL, "unsupported")}, [(200, 1000)]),
+        ({"data": 200, "hole": 150}, [(200, 1000)]),  # a hole before its data: the file changed, search the rest
+        ({"data": 2000}, []),  # the data starts past the range
+    ],
+)
+def test_data_regions_falls_back_to_searching_when_hole_reports_fail(
+    monkeypatch: pytest.MonkeyPatch, fake: dict[str, Any], expected: list[tuple[int, int]]
+) -> None:
+    class FakeOS:
+        def lseek(self, fd: int, pos: int, how: int) -> int:
+            answer = fake["data" if how == os.SEEK_DATA else "hole"]
+            if isinstance(answer, OSError):
+                raise answer
+            return int(answer)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+    monkeypatch.setattr(segment_module, "os", FakeOS())
+    assert data_regions(-1, 100, 1000) == expected
+
+
+@pytest.mark.parametrize("seek_errno", [errno.EINVAL, errno.EOPNOTSUPP])
+def test_recovery_finds_the_tail_on_a_file_system_without_hole_reports(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, seek_errno: int
+) -> None:
+    seg, _ = _write(store_dir, "fsync", [("a", 3), ("b", 2)])
+    records = _records(seg)
+    end = records[-1][0] + records[-1][1]
+    garbage = b"\x99\x00\x00\x00\x01\x01" + os.urandom(40)  # a torn record after the last one
+    with open(seg, "r+b") as f:
+        f.seek(end)
+        f.write(garbage)
+    monkeypatch.setattr(segment_module, "os", _NoHoles(seek_errno))
+    with logstore.open(store_dir) as store:
+        report = store.recovery_report
+        assert report.records_scanned == 5
+        assert report.cut == f"{seg}@{end}"
+        assert _global(store) == [0, 1, 2, 3, 4]
