@@ -239,6 +239,7 @@ class Writer:
 
     def _submit(self, pending: _Pending) -> object:
         """Queue ``pending``; lead the group if no thread holds the writer role, else wait for the leader."""
+        leading = False
         try:
             with self._cv:
                 if self.failed is not None:
@@ -246,14 +247,20 @@ class Writer:
                 if self._stopping:
                     raise StoreClosedError("the store is closed")
                 self._queue.append(pending)
-                if not self._busy:
+                if not self._busy:  # the role is free: take it, and the queue with it
                     self._busy = True
                     self._holder = pending
-                    pending.lead = True
-            if not pending.lead:
+                    self._batch, self._queue = self._queue, []
+                    leading = True
+            if not leading:
                 pending.done.acquire()  # released when the item is done, or to hand this thread the role
-            if pending.lead:
-                self._lead(pending)
+                if pending.lead:  # handed the role: take what is queued, this item first
+                    with self._cv:
+                        pending.lead = False
+                        self._batch, self._queue = self._queue, []
+                    leading = True
+            if leading:
+                self._lead()
                 pending.done.acquire()
         except BaseException:  # interrupted (KeyboardInterrupt) anywhere from here on
             self._stop_waiting(pending)
@@ -297,16 +304,12 @@ class Writer:
 
     # -- the writer role ---------------------------------------------------------------
 
-    def _lead(self, pending: _Pending) -> None:
-        """``pending``'s thread holds the writer role: work what is queued (``pending`` among it), then
-        pass the role on."""
+    def _lead(self) -> None:
+        """This thread holds the writer role: work what it took from the queue (``_batch``), then pass
+        the role on."""
         role.writer = True
         try:
-            with self._cv:
-                pending.lead = False
-                self._batch = batch = self._queue
-                self._queue = []
-            self._work(batch)
+            self._work(self._batch)
             self._maintain()
         finally:
             role.writer = False
@@ -349,9 +352,9 @@ class Writer:
         """Hand the writer role to the writer thread (to stop), to the oldest waiting item's thread
         (which then leads what is queued), or release it."""
         with self._cv:
-            # Taken but not written (an interrupt before the work began): back to the queue, first.
-            self._queue[:0] = self._batch
-            self._batch = []
+            if self._batch:  # taken but not written (an interrupt before the work began): queue it again, first
+                self._queue[:0] = self._batch
+                self._batch = []
             nxt = None
             if not self._stopping:
                 for p in self._queue:
@@ -370,7 +373,11 @@ class Writer:
             else:
                 self._holder = None
                 self._busy = False
-                if self._dirty and self.durability == "batch" and (not self._timing or self._interval_passed()):
+                if (
+                    self._dirty
+                    and self.durability == "batch"
+                    and (not self._timing or time.monotonic() - self._last_sync >= self.fsync_interval)
+                ):
                     # The writer thread times the next fsync; when the interval ran out while the role
                     # was held, it is waiting out a whole interval more: wake it to sync now.
                     self._cv.notify_all()
@@ -444,11 +451,6 @@ class Writer:
     def _interval_passed(self) -> bool:
         """``fsync_interval`` has passed since the last fsync."""
         return time.monotonic() - self._last_sync >= self.fsync_interval
-
-    def _group_syncs(self) -> bool:
-        """The group being written is made durable before it is published: always with
-        ``durability="fsync"``, and with ``"batch"`` once the interval has passed."""
-        return self.durability == "fsync" or (self.durability == "batch" and self._interval_passed())
 
     def _sync_if_due(self) -> None:
         if self._dirty and self._interval_passed():
@@ -652,7 +654,7 @@ class Writer:
         lg.checkpointed_bytes += pos - start
         lg.next_goff = goff
         self._dirty = True
-        if self._group_syncs():
+        if self.durability == "fsync" or (self.durability == "batch" and self._interval_passed()):
             self._sync()
 
     def _process(self, batch: list[_Pending]) -> bool:
@@ -671,7 +673,7 @@ class Writer:
         heads: dict[int, int] = {}  # stream id -> head after this batch so far
         committed = False
         synced_flag = 0 if self._dirty else FLAG_SYNCED
-        sync = self._group_syncs()
+        sync = self.durability == "fsync" or (self.durability == "batch" and self._interval_passed())
         written = 0
         hdr_pack = RECORD_HEADER.pack
         sum_pack = CHECKSUM.pack
