@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +161,7 @@ class Runner:
         value: float,
         higher_is_better: bool = True,
         latency: dict[str, float] | None = None,
-        **extra: Any,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
         r = self.results.get(name)
         if r is None:
@@ -169,7 +169,7 @@ class Runner:
         r.runs.append(value)
         if latency is not None:
             r.latency.append(latency)
-        for key, val in extra.items():
+        for key, val in (extra or {}).items():
             r.extra.setdefault(key, []).append(val)
 
 
@@ -222,7 +222,9 @@ def w1_w3_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> No
         if "W1" in want:
             r.record("W1", name, store, "msg/s", n / res["seconds"], latency=res["latency"])
         if "W6" in want:
-            r.record("W6", f"footprint/{name}", store, "MiB peak RSS", res["rss_kb"] / 1024, False, **per_message(res))
+            r.record(
+                "W6", f"footprint/{name}", store, "MiB peak RSS", res["rss_kb"] / 1024, False, extra=per_message(res)
+            )
         if "W3" in want and rep == plan.repeat - 1:
             kept[store] = path
         else:
@@ -288,7 +290,7 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
                 "MiB peak RSS",
                 res["write_rss_kb"] / 1024,
                 False,
-                **per_message(res, "write_rss_kb"),
+                extra=per_message(res, "write_rss_kb"),
             )
             r.record(
                 "W6",
@@ -297,7 +299,7 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
                 "MiB peak RSS",
                 res["rss_kb"] / 1024,
                 False,
-                **per_message(res),
+                extra=per_message(res),
             )
         remove(path)
 
@@ -315,7 +317,7 @@ def w5(r: Runner, plan: Plan, want: set[str]) -> None:
                 "MiB peak RSS",
                 built["rss_kb"] / 1024,
                 False,
-                **per_message(built),
+                extra=per_message(built),
             )
         if "W5" in want:
             for _ in range(plan.repeat):
@@ -327,8 +329,10 @@ def w5(r: Runner, plan: Plan, want: set[str]) -> None:
                     "s",
                     res["open_seconds"],
                     False,
-                    first_read_seconds=res["first_read_seconds"],
-                    records_scanned=res["recovery"]["records_scanned"],
+                    extra={
+                        "first_read_seconds": res["first_read_seconds"],
+                        "records_scanned": res["recovery"]["records_scanned"],
+                    },
                 )
             for tail in plan.w5_tails:
                 for _ in range(plan.repeat):
@@ -346,7 +350,7 @@ def w5(r: Runner, plan: Plan, want: set[str]) -> None:
                         "s",
                         res["open_seconds"],
                         False,
-                        records_scanned=res["recovery"]["records_scanned"],
+                        extra={"records_scanned": res["recovery"]["records_scanned"]},
                     )
         remove(path)
 
@@ -395,7 +399,7 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
             store,
             "streams/s",
             s / res["write_seconds"],
-            **per_message(res),
+            extra=per_message(res),
         )
         r.record(
             "W8",
@@ -411,8 +415,7 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
             "s",
             res["reopen_seconds"],
             False,
-            close_seconds=res["close_seconds"],
-            first_load_seconds=res["first_load_seconds"],
+            extra={"close_seconds": res["close_seconds"], "first_load_seconds": res["first_load_seconds"]},
         )
         remove(path)
 

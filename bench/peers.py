@@ -74,7 +74,7 @@ _pack = msgpack.Packer(use_bin_type=True, datetime=True, autoreset=True).pack
 _u64 = struct.Struct(">Q")
 
 
-def _unpack(data: bytes) -> Any:
+def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, timestamp=3, strict_map_key=False)
 
 
@@ -252,7 +252,10 @@ class LmdbPeer(Peer):
                 for k, goff in scur:
                     if bytes(k[:n]) != key:
                         break
-                    out.append(Envelope(*_unpack(get(goff))[2:]))
+                    value = get(goff)
+                    if value is None:
+                        raise RuntimeError(f"lmdb: stream index entry {bytes(k)!r} names no message")
+                    out.append(Envelope(*_unpack(value)[2:]))
         return out
 
     def scan(self) -> Iterator[Envelope]:
