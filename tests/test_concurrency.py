@@ -709,7 +709,8 @@ def test_store_close_ends_async_for_and_wakes_anext(store_dir):
 
 
 class HoldingIO(logstore.FileIO):
-    """Plain I/O that records which thread made each ``pwrite``, and can hold one ``pwrite`` until released."""
+    """Plain I/O that records which thread made each ``pwrite``, can hold one ``pwrite`` until released,
+    and sets ``synced`` at each ``fdatasync``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -717,6 +718,11 @@ class HoldingIO(logstore.FileIO):
         self.hold_next = threading.Event()
         self.holding = threading.Event()
         self.release = threading.Event()
+        self.synced = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        super().fdatasync(fd)
+        self.synced.set()
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         if self.hold_next.is_set():
@@ -915,22 +921,10 @@ def test_a_committer_interrupted_as_it_is_handed_the_writer_role_hands_it_to_the
     assert _messages(store_dir, "later") == ["later"]
 
 
-class SyncSignallingIO(logstore.FileIO):
-    """Plain I/O that sets an event at each ``fdatasync``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.synced = threading.Event()
-
-    def fdatasync(self, fd: int) -> None:
-        super().fdatasync(fd)
-        self.synced.set()
-
-
 def test_batch_mode_syncs_when_the_interval_ran_out_while_the_role_was_held(store_dir):
     """durability="batch": when the fsync interval runs out while a thread holds the writer role, the
     writer thread, waiting out the interval, is woken when the role is released and syncs then."""
-    io = SyncSignallingIO()
+    io = HoldingIO()
     store = logstore.open(store_dir, io=io, durability="batch", fsync_interval=3600.0)
     writer = store._writer
     cv_wait = writer._cv.wait
