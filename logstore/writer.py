@@ -373,11 +373,7 @@ class Writer:
             else:
                 self._holder = None
                 self._busy = False
-                if (
-                    self._dirty
-                    and self.durability == "batch"
-                    and (not self._timing or time.monotonic() - self._last_sync >= self.fsync_interval)
-                ):
+                if self._dirty and self.durability == "batch" and (not self._timing or self._interval_passed()):
                     # The writer thread times the next fsync; when the interval ran out while the role
                     # was held, it is waiting out a whole interval more: wake it to sync now.
                     self._cv.notify_all()
