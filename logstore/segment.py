@@ -99,6 +99,7 @@ _sum_unpack = CHECKSUM.unpack_from
 
 # Batch reads of at least this many records check the record headers with numpy (Segment._read_batch).
 _BATCH_MIN = 32
+# RECORD_HEADER's fields as a numpy record, to read many headers at once.
 _HEADER_DTYPE = np.dtype(
     [
         ("length", "<u4"),
@@ -110,6 +111,7 @@ _HEADER_DTYPE = np.dtype(
         ("goff", "<u8"),
     ]
 )
+assert _HEADER_DTYPE.itemsize == RECORD_HEADER.size
 _HEADER_BYTES = np.arange(RECORD_HEADER.size)
 _SUM_BYTES = np.arange(CHECKSUM.size)
 
@@ -555,8 +557,7 @@ class Segment:
             if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
                 self._check_mapped()
             if not trimmed and stop - goff >= _BATCH_MIN and self._read_batch(goff, stop, out):
-                goff = stop
-                return goff, None
+                return stop, None
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
                 length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)

@@ -282,10 +282,17 @@ class Writer:
             if pending.lead:  # handed the role but not yet leading: the hand-over released it
                 pending.lead = False
                 pending.done.acquire(blocking=False)  # lock it again: it is done when it is written
+            self._give_to_thread()
+
+    def _give_to_thread(self) -> None:
+        """Hand the writer role to the writer thread, with whatever was taken and not written put back
+        at the front of the queue (under ``_cv``)."""
+        if self._batch:
             self._queue[:0] = self._batch
             self._batch = []
-            self._thread_turn = True
-            self._cv.notify_all()
+        self._holder = None
+        self._thread_turn = True
+        self._cv.notify_all()
 
     def abandon(self) -> None:
         """Stop at once without syncing or checkpointing, as if the process died (for crash tests)."""
@@ -366,10 +373,7 @@ class Writer:
                 nxt.lead = True
                 nxt.done.release()
             elif self._stopping or self._queue:
-                # Stopping, or only items whose callers stopped waiting: the writer thread writes them.
-                self._holder = None
-                self._thread_turn = True
-                self._cv.notify_all()
+                self._give_to_thread()  # stopping, or only items whose callers stopped waiting
             else:
                 self._holder = None
                 self._busy = False
@@ -406,7 +410,7 @@ class Writer:
                     # Overdue while a leader works: its next group syncs, or it wakes this thread
                     # when it releases the role.
                     self._timing = True
-                    self._cv.wait(min(remaining, _IDLE_CHECK) if remaining > 0 else self.fsync_interval)
+                    self._cv.wait(min(remaining if remaining > 0 else self.fsync_interval, _IDLE_CHECK))
                     self._timing = False
                     continue
                 self._cv.wait(_IDLE_CHECK)
@@ -447,6 +451,11 @@ class Writer:
     def _interval_passed(self) -> bool:
         """``fsync_interval`` has passed since the last fsync."""
         return time.monotonic() - self._last_sync >= self.fsync_interval
+
+    def _group_syncs(self) -> bool:
+        """The records being written are made durable at once: always with ``durability="fsync"``,
+        with ``"batch"`` once the interval has passed."""
+        return self.durability == "fsync" or (self.durability == "batch" and self._interval_passed())
 
     def _sync_if_due(self) -> None:
         if self._dirty and self._interval_passed():
@@ -650,7 +659,7 @@ class Writer:
         lg.checkpointed_bytes += pos - start
         lg.next_goff = goff
         self._dirty = True
-        if self.durability == "fsync" or (self.durability == "batch" and self._interval_passed()):
+        if self._group_syncs():
             self._sync()
 
     def _process(self, batch: list[_Pending]) -> bool:
@@ -669,7 +678,7 @@ class Writer:
         heads: dict[int, int] = {}  # stream id -> head after this batch so far
         committed = False
         synced_flag = 0 if self._dirty else FLAG_SYNCED
-        sync = self.durability == "fsync" or (self.durability == "batch" and self._interval_passed())
+        sync = self._group_syncs()
         written = 0
         hdr_pack = RECORD_HEADER.pack
         sum_pack = CHECKSUM.pack

@@ -796,6 +796,18 @@ def test_commits_queued_behind_a_leader_are_led_by_the_oldest_waiter_as_one_grou
         assert store.global_head == 4
 
 
+def _commit_in_thread(store: logstore.Store, stream: str, offset: int, envs: list[Envelope]) -> threading.Event:
+    """Commit from a daemon thread; the event is set once the commit returned."""
+    returned = threading.Event()
+
+    def run() -> None:
+        commit(store, stream, offset, envs)
+        returned.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return returned
+
+
 def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_dir):
     """KeyboardInterrupt in a thread waiting behind a leader: the caller gets it, its transaction is still
     written in its turn, the writer role is never handed to it, and later commits go through."""
@@ -825,30 +837,11 @@ def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_d
         leader.join(WAIT)
         assert not leader.is_alive()
         # The interrupted transaction was written after all (its caller no longer waited for it) ...
-        got = threading.Event()
-
-        def later() -> None:
-            commit(store, "later", 0, [Envelope.new("E", "later")])
-            got.set()
-
-        t = threading.Thread(target=later)
-        t.start()
-        assert got.wait(WAIT), "a commit after the interrupt hung"
-        t.join(WAIT)
+        assert _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT), (
+            "a commit after the interrupt hung"
+        )
         assert store.head("main") == 1 and store.head("leader") == 1 and store.head("later") == 1
         assert commit(store, "main", 1, [Envelope.new("E", "again")]) == range(3, 4)
-
-
-def _commit_in_thread(store: logstore.Store, stream: str, offset: int, envs: list[Envelope]) -> threading.Event:
-    """Commit from a daemon thread; the event is set once the commit returned."""
-    returned = threading.Event()
-
-    def run() -> None:
-        commit(store, stream, offset, envs)
-        returned.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    return returned
 
 
 def _messages(path: Any, stream: str) -> list[Any]:

@@ -542,16 +542,20 @@ def test_regression_damage_with_no_usable_checkpoint_is_refused_when_valid_data_
     _flip(seg, records[50][0] + 40)
 
 
-class _NoHoles:
-    """The ``os`` module as ``logstore.segment`` sees it, on a file system that reports no holes."""
+class _FakeOS:
+    """The ``os`` module as ``logstore.segment`` sees it, with ``lseek(SEEK_DATA)`` and
+    ``lseek(SEEK_HOLE)`` answering ``data`` and ``hole``: an offset, or an error to raise."""
 
-    def __init__(self, seek_data_errno: int = errno.EINVAL) -> None:
-        self.seek_data_errno = seek_data_errno
+    def __init__(self, data: int | OSError, hole: int | OSError) -> None:
+        self.answers = {os.SEEK_DATA: data, os.SEEK_HOLE: hole}
 
     def lseek(self, fd: int, pos: int, how: int) -> int:
-        if how in (os.SEEK_DATA, os.SEEK_HOLE):
-            raise OSError(self.seek_data_errno, os.strerror(self.seek_data_errno))
-        return os.lseek(fd, pos, how)
+        if how not in self.answers:
+            return os.lseek(fd, pos, how)
+        answer = self.answers[how]
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -591,17 +595,7 @@ def test_data_regions_cover_every_written_byte_and_skip_the_holes(tmp_path: Path
 def test_data_regions_falls_back_to_searching_when_hole_reports_fail(
     monkeypatch: pytest.MonkeyPatch, fake: dict[str, Any], expected: list[tuple[int, int]]
 ) -> None:
-    class FakeOS:
-        def lseek(self, fd: int, pos: int, how: int) -> int:
-            answer = fake["data" if how == os.SEEK_DATA else "hole"]
-            if isinstance(answer, OSError):
-                raise answer
-            return int(answer)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-    monkeypatch.setattr(segment_module, "os", FakeOS())
+    monkeypatch.setattr(segment_module, "os", _FakeOS(fake["data"], fake.get("hole", 0)))
     assert data_regions(-1, 100, 1000) == expected
 
 
@@ -616,7 +610,8 @@ def test_recovery_finds_the_tail_on_a_file_system_without_hole_reports(
     with open(seg, "r+b") as f:
         f.seek(end)
         f.write(garbage)
-    monkeypatch.setattr(segment_module, "os", _NoHoles(seek_errno))
+    unsupported = OSError(seek_errno, os.strerror(seek_errno))
+    monkeypatch.setattr(segment_module, "os", _FakeOS(unsupported, unsupported))
     with logstore.open(store_dir) as store:
         report = store.recovery_report
         assert report.records_scanned == 5
