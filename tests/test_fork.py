@@ -453,7 +453,9 @@ def test_fork_while_another_thread_is_mid_commit(store_dir):
 
 def _worker(store: logstore.Store, conn: Any) -> None:
     """A multiprocessing worker handed the parent's store (the ``fork`` start method copies it)."""
-    conn.send([outcome(lambda: commit(store, "worker", [env(1)])), outcome(store.close)])
+    refused = [outcome(lambda: commit(store, "worker", [env(1)])), outcome(store.close)]
+    with logstore.open(store.path, readonly=True) as own:  # what a worker does instead: open its own
+        conn.send([*refused, [e.message for e in read_stream(own, "s")]])
     conn.close()
 
 
@@ -478,6 +480,7 @@ def test_multiprocessing_fork_start_method(store_dir):
         assert process.exitcode == 0
         assert_forked_error(got[0], parent)
         assert got[1] == "ok"
+        assert got[2] == [{"i": 0}]
         assert open_elsewhere(store_dir) == "StoreLockedError"
         assert commit(store, "s", [env(2)]) == range(1, 2)
     finally:
