@@ -14,6 +14,7 @@ from logstore.errors import (
     ReadOnlyError,
     StoreClosedError,
     StoreFailedError,
+    StoreForkedError,
     StoreLockedError,
     StreamClosedError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Store",
     "StoreClosedError",
     "StoreFailedError",
+    "StoreForkedError",
     "StoreLockedError",
     "StreamClosedError",
     "StreamReader",

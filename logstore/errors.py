@@ -90,3 +90,17 @@ class StoreFailedError(LogStoreError):
 
 class ReadOnlyError(LogStoreError):
     """A write was attempted on a store opened with ``readonly=True``."""
+
+
+class StoreForkedError(LogStoreError):
+    """A store (or a stream, or a transaction of it) was used in a process other than the one that opened it.
+
+    A store does not cross ``fork()``: the child holds copies of the parent's
+    in-memory state (stream heads, the writer's queue and locks, what readers
+    decoded ahead) that go stale at the parent's next commit, and no writer
+    thread. Every method of the store, of its streams and of its transactions
+    raises this error in the child; ``close()`` there only drops the child's
+    copies of the descriptors and mappings. Open the store in the child after
+    the fork instead (with gunicorn ``--preload`` or multiprocessing's
+    ``fork`` start method: in each worker, not before the fork).
+    """

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from logstore.envelope import Envelope
-from logstore.errors import StreamClosedError
+from logstore.errors import LogStoreError, StreamClosedError
 from logstore.segment import SegmentRetired
 
 if TYPE_CHECKING:
@@ -139,12 +139,19 @@ class _Reader:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StreamClosedError("the stream is closed")
+            raise self._closed_error()
+
+    def _closed_error(self, what: str = "the stream is closed") -> LogStoreError:
+        """Why a closed reader refuses: closed, or carried into a forked child (the fork closes every reader)."""
+        store = self._store
+        if store._forked:
+            return store._forked_error()
+        return StreamClosedError(what)
 
     def try_next(self) -> bool:
         """Advance to the next message if one is available now; return whether it did."""
         if self._closed:
-            raise StreamClosedError("the stream is closed")
+            raise self._closed_error()
         # Inline _take(): the common case on a scan is an envelope already decoded.
         i = self._bufi
         buf = self._buf
@@ -177,7 +184,7 @@ class _Reader:
                 try:
                     while True:
                         if self._closed:
-                            raise StreamClosedError("the stream was closed while waiting")
+                            raise self._closed_error("the stream was closed while waiting")
                         if self._available():
                             break
                         if deadline is None:

@@ -35,6 +35,7 @@ from logstore.errors import (
     OffsetConflictError,
     ReadOnlyError,
     StoreClosedError,
+    StoreForkedError,
     StoreLockedError,
 )
 from logstore.fileio import FileIO, default_io
@@ -138,11 +139,31 @@ def open(
     )
 
 
+_live_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+"""Every store object of this process (from the start of its open until it is collected): the fork hook's list."""
+
+
+def _after_fork_in_child() -> None:
+    """Mark every store the parent held as forked, in the child, before ``os.fork()`` returns there.
+
+    Runs with only the forking thread alive: it takes no lock (another parent
+    thread may have held any of them at the fork, and would hold it for ever
+    here) and writes nothing.
+    """
+    for store in list(_live_stores):
+        store._leave_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Store:
     """An open store: Ax's ``DataStore``, ``Store`` and ``GloballyOrderedStore`` in one.
 
     Thread-safe: any number of threads may append, commit and read at once.
-    Use :func:`logstore.open` to get one.
+    Use :func:`logstore.open` to get one. A store belongs to the process that
+    opened it: in a child made by ``fork()`` it raises
+    :class:`~logstore.StoreForkedError` (open the store in the child instead).
     """
 
     def __init__(
@@ -162,7 +183,11 @@ class Store:
         self.durability = durability
         self.readonly = readonly
         self._io = io
+        # _closed is also set in a forked child (with _forked), so that the one closed test of the
+        # hot paths covers both; _check_open tells them apart.
         self._closed = False
+        self._forked = False
+        self._pid = os.getpid()  # the process that opened the store, for StoreForkedError
         self._lock_fd: int | None = None
         self._published = threading.Condition(threading.Lock())
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
@@ -172,6 +197,9 @@ class Store:
         self._removals = 0  # truncations, deletions and retention moves published so far (writer thread)
         self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
         self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
+        # Listed before the lock is taken: a fork from another thread during this open still
+        # leaves the child without the LOCK descriptor.
+        _live_stores.add(self)
         created = self._prepare_directory()
         try:
             ckpt, ckpt_problem, store_id = self._read_checkpoint(created)
@@ -325,6 +353,43 @@ class Store:
             self._io.close(self._lock_fd)
             self._lock_fd = None
 
+    # -- fork ------------------------------------------------------------------------
+
+    def _leave_in_child(self) -> None:
+        """In a forked child (``_after_fork_in_child``): make this store refuse all use, and drop the
+        child's copies of its descriptors and mappings.
+
+        Never ``flock(LOCK_UN)``: the LOCK descriptor's open file description is
+        shared with the parent, and an unlock through it releases the parent's
+        lock. Closing the child's descriptor leaves the lock with the parent, and
+        closing it here (rather than at the child's ``close()``, which may never
+        come) means the child no longer keeps the lock alive once the parent
+        closes the store, nor keeps removed segment files on disk. No lock is
+        taken, nothing is written, synced or removed.
+        """
+        self._forked = True
+        self._closed = True
+        for reader in list(self._readers):
+            reader._closed = True
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self._io.close(fd)
+        lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
+        if lg is not None:
+            segments, lg.segments, lg.firsts = lg.segments, [], []
+            for seg in segments:
+                with contextlib.suppress(Exception):  # one segment's trouble must not keep the others open
+                    seg.close()
+
+    def _forked_error(self) -> StoreForkedError:
+        return StoreForkedError(
+            f"{self.path}: this store was opened by process {self._pid} and is used in process {os.getpid()}, "
+            "a child made by fork(); a store does not cross fork() (the child's copy of its state goes stale "
+            "and its writer stays in the parent). Open the store in the child after the fork instead: with "
+            "gunicorn --preload or multiprocessing's fork start method, open it in each worker, not before the fork"
+        )
+
     # -- public state --------------------------------------------------------------
 
     @property
@@ -343,6 +408,7 @@ class Store:
 
     def stream_names(self) -> list[str]:
         """Every stream with a committed message that is not deleted, in order of first commit."""
+        self._check_open()
         cat = self._log.catalog
         names = cat.names[: len(cat)]
         return [n for i, n in enumerate(names) if cat.head[i] > 0 and not cat.flags[i] & FLAG_DELETED]
@@ -390,15 +456,19 @@ class Store:
     @property
     def log_start(self) -> int:
         """The first global offset retention keeps (0 until retention drops a segment)."""
+        self._check_open()
         return self._log.log_start
 
     @property
     def global_head(self) -> int:
         """The next unused global offset (the number of messages committed)."""
+        self._check_open()
         return self._log.visible_end
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise self._forked_error()
             raise StoreClosedError(f"{self.path}: the store is closed")
 
     def _check_writable(self) -> None:
@@ -569,7 +639,11 @@ class Store:
         """Finish queued commits, checkpoint, close every open stream and release the lock.
 
         Idempotent. A ``next()`` waiting in another thread raises ``StreamClosedError``.
+        In a child made by ``fork()`` it does nothing (the fork already dropped the
+        child's descriptors): the lock, the files and the writer are the parent's.
         """
+        if self._forked:  # before _close_lock: another parent thread may have held it at the fork
+            return
         with self._close_lock:
             if self._closed:
                 return
@@ -593,6 +667,8 @@ class Store:
         Writes already handed to the OS stay in the files; the test then
         removes what a crash could lose (past ``_writer.synced``).
         """
+        if self._forked:
+            return
         with self._close_lock:
             if self._closed:
                 return

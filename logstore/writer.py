@@ -124,6 +124,8 @@ class Committer:
         :class:`~logstore.StoreFailedError` if the write or fsync failed.
         """
         tx = self._tx
+        if tx._store._forked:  # the writer, its queue and its locks stayed in the parent
+            raise tx._store._forked_error()
         tx._check_active()
         if not tx._appends:
             tx._state = _COMMITTED
@@ -142,6 +144,8 @@ class Committer:
     def rollback(self) -> None:
         """Discard the transaction. Rolling back a committed transaction does nothing."""
         tx = self._tx
+        if tx._store._forked:
+            raise tx._store._forked_error()
         if tx._state == _ACTIVE:
             tx._state = _ROLLED_BACK
             tx._appends = []
