@@ -28,9 +28,17 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import logstore
+import logstore.log
+import logstore.segment
+from index.header import HEADER_SIZE
+from logstore import Envelope
+from logstore.fileio import FileIO
+from logstore.segment import BadRecord, Record, last_nonzero, parse_record
+from tests.conftest import SMALL_SEGMENT
 from tests.stress import SEED, scale
 from tools.cli import main
 
@@ -204,7 +212,6 @@ def _campaign(path: Path, durability: str, opens: int, tool_runs: int, seconds: 
     assert not errors, f"{len(errors)} failures in {done} opens: {kinds}; the first:\n{errors[0]}"
     assert not watch.records, f"{len(watch.records)} warnings, the first: {watch.records[0]}"
     assert not (path / "lost+found").exists(), "a read-only open wrote lost+found"
-    print(f"{durability}: {done} opens, {tools} tool runs, {checked} envelopes checked, {commits} commits")
     assert done >= min(opens, 100), f"only {done} opens in {seconds} s"
     assert tools >= min(tool_runs, 10) and checked > 0 and commits > 0
 
@@ -218,3 +225,242 @@ def test_readonly_opens_and_tools_beside_a_busy_writer(store_dir: Path, durabili
         tool_runs=scale(45, 1500),
         seconds=scale(40, 900),
     )
+
+
+# -- the cases one by one ----------------------------------------------------------------------------
+#
+# Each writes three transactions of two records to stream "a" with durability="fsync" (so the first
+# record of each transaction is SYNCED) and drops the store as a crash would: no checkpoint covers
+# them, and every open scans them.
+
+SEG0 = "segments/00000000000000000000.log"
+
+
+def _crashed_store(path: Path) -> list[Record]:
+    """The store of three two-record transactions, dropped without a checkpoint; returns its records."""
+    store = logstore.open(path, segment_size=SMALL_SEGMENT)
+    for t in range(3):
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", 2 * t, [Envelope.new("E", 2 * t), Envelope.new("E", 2 * t + 1)])
+    store._abandon()
+    buf = (path / SEG0).read_bytes()
+    records, pos = [], HEADER_SIZE
+    while True:
+        try:
+            rec = parse_record(buf, pos, len(buf))
+        except BadRecord:
+            return records
+        records.append(rec)
+        pos += rec.length
+
+
+def _zero(path: Path, start: int, end: int) -> bytes:
+    """Zero bytes ``start`` .. ``end - 1`` of segment 0 (not written yet, or torn); returns what was there."""
+    fd = os.open(path / SEG0, os.O_RDWR)
+    try:
+        old = os.pread(fd, end - start, start)
+        os.pwrite(fd, bytes(end - start), start)
+    finally:
+        os.close(fd)
+    return old
+
+
+def _write_back(path: Path, start: int, data: bytes) -> None:
+    """What the writer process does meanwhile: write ``data`` at ``start`` of segment 0."""
+    fd = os.open(path / SEG0, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, start)
+    finally:
+        os.close(fd)
+
+
+def _offsets(store: logstore.Store) -> list[int]:
+    with store.open_global(store, 0) as g:
+        out = []
+        while g.try_next():
+            out.append(g.get().message)
+        return out
+
+
+@pytest.mark.parametrize("tail", ["a torn record", "a transaction without its end"])
+def test_read_only_open_serves_the_whole_transactions_before_a_torn_tail_and_cuts_nothing(
+    store_dir: Path, tail: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recs = _crashed_store(store_dir)
+    last = recs[-1]
+    end = last.position + last.length
+    # The crashed writer got only half of its last record out, or none of it.
+    torn_from = last.position + last.length // 2 if tail == "a torn record" else last.position
+    _zero(store_dir, torn_from, end)
+    good = recs[3].position + recs[3].length  # the end of the second transaction
+    with caplog.at_level(logging.INFO, logger="logstore"), logstore.open(store_dir, readonly=True) as ro:
+        report = ro.recovery_report
+        assert _offsets(ro) == [0, 1, 2, 3] and ro.global_head == 4
+        assert report.cut is None and report.bytes_cut == 0 and report.lost_found == [] and report.clean
+        assert report.tail == f"{store_dir / SEG0}@{good}"
+        assert report.tail_bytes == torn_from - good
+        what = "record checksum mismatch" if tail == "a torn record" else "transaction without its end record"
+        assert report.tail_reason is not None and what in report.tail_reason
+        assert "the next writable open cuts" in report.summary() and "lost+found" not in report.summary()
+    assert [r.levelname for r in caplog.records if "read-only open reads up to" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not (store_dir / "lost+found").exists()
+    assert main(["stats", "--json", str(store_dir)]) == 0  # the tools say the same, and exit 0
+    assert main(["dump", "--json", str(store_dir)]) == 0
+    # The next writable open cuts the tail, saving it in lost+found.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as w:
+        assert w.recovery_report.cut == f"{store_dir / SEG0}@{good}"
+        assert w.recovery_report.tail is None and w.global_head == 4
+    assert (store_dir / "lost+found").is_dir()
+
+
+def test_read_only_open_still_refuses_damage_before_the_tail(store_dir: Path) -> None:
+    recs = _crashed_store(store_dir)
+    bad = recs[2]  # a whole record of the second transaction, followed by the SYNCED third
+    data = bytearray(_zero(store_dir, bad.position, bad.position + bad.length))
+    data[-12] ^= 0xFF
+    _write_back(store_dir, bad.position, bytes(data))
+    with pytest.raises(logstore.CorruptionError) as caught:
+        logstore.open(store_dir, readonly=True)
+    assert caught.value.path == str(store_dir / SEG0) and caught.value.position == bad.position
+    assert "record checksum mismatch" in str(caught.value)
+    assert not (store_dir / "lost+found").exists()
+    (store_dir / "segments").rename(store_dir / "damaged")  # not a store the fixture must find clean
+
+
+def test_a_record_the_writer_completes_while_the_scan_looks_past_it_is_read(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan found no record where the second transaction starts (not written yet), then looked
+    # for non-zero bytes after it: by then the writer had written it and the SYNCED third
+    # transaction. That read as "non-zero bytes after the last record" followed by durable data: a
+    # false CorruptionError on a healthy, live store.
+    recs = _crashed_store(store_dir)
+    start, end = recs[2].position, recs[-1].position + recs[-1].length
+    later = bytearray(_zero(store_dir, start, end))
+    real = logstore.log.last_nonzero_in_file
+
+    def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
+        if later:
+            _write_back(store_dir, start, bytes(later))
+            later.clear()
+        return real(buf, fd, lo, hi)
+
+    monkeypatch.setattr(logstore.log, "last_nonzero_in_file", writer_meanwhile)
+    with logstore.open(store_dir, readonly=True) as ro:
+        assert not later, "the scan did not look past the last record"
+        assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
+        assert ro.recovery_report.tail is None and ro.recovery_report.cut is None
+
+
+def test_a_transaction_the_writer_completes_before_the_scan_looks_for_synced_data_is_read(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The scan read the first record of the second transaction and stopped (its end not written
+    # yet); looking whether durable data followed, it found the writer's next, SYNCED transaction:
+    # "transaction without its end record; data after it was durable", a false alarm.
+    recs = _crashed_store(store_dir)
+    start, end = recs[3].position, recs[-1].position + recs[-1].length
+    later = bytearray(_zero(store_dir, start, end))
+    real = logstore.log.find_next_record_in_file
+
+    def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
+        if later:
+            _write_back(store_dir, start, bytes(later))
+            later.clear()
+        return real(buf, fd, lo, hi)
+
+    monkeypatch.setattr(logstore.log, "find_next_record_in_file", writer_meanwhile)
+    with logstore.open(store_dir, readonly=True) as ro:
+        assert not later, "the scan did not look for durable data"
+        assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
+        assert ro.recovery_report.tail is None and ro.recovery_report.cut is None
+
+
+def test_last_nonzero_answers_when_the_bytes_change_during_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    # numpy's flatnonzero counts, then collects, and raises RuntimeError when a live writer changed
+    # the count in between; the search then looks at a copy.
+    buf = bytearray(4096)
+    buf[1000] = 7
+    real = np.flatnonzero
+    raised = []
+
+    def changing(arr: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        if not arr.flags.owndata and not raised:  # the search on the mapping itself
+            raised.append(True)
+            raise RuntimeError("number of non-zero array elements changed during function execution")
+        return real(arr)
+
+    monkeypatch.setattr(logstore.segment.np, "flatnonzero", changing)
+    assert last_nonzero(memoryview(buf), 0, len(buf)) == 1001
+    assert raised
+
+
+def _checkpoint(w: logstore.Store) -> None:
+    w._writer.call(lambda: w._log.checkpoint(clean=False))
+
+
+class _Hook(FileIO):
+    """A file layer that runs ``action`` (the writer process at work) before the first matching call."""
+
+    def __init__(self, method: str, suffix: str, action: object) -> None:
+        super().__init__()
+        self.method, self.suffix, self.action = method, suffix, action
+        self.fired = 0
+
+    def _maybe(self, method: str, path: str) -> None:
+        if method == self.method and path.endswith(self.suffix) and not self.fired:
+            self.fired += 1
+            self.action()  # type: ignore[operator]
+
+    def read_file(self, path: str) -> bytes:
+        self._maybe("read_file", os.path.basename(path)[:8])
+        return super().read_file(path)
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        self._maybe("open", path)
+        return super().open(path, flags, mode)
+
+
+def test_read_only_open_loads_again_when_the_writer_checkpoints_under_it(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The open read CHECKPOINT generation g; before it read catalog.g, the writer checkpointed and
+    # removed catalog.g. That read as unusable index files: a WARNING and all indexes rebuilt.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as w:
+        with w.transaction() as tx:
+            w.append_messages(tx, "a", 0, [Envelope.new("E", 0)])
+        io = _Hook("read_file", "catalog.", lambda: _checkpoint(w))
+        with caplog.at_level(logging.INFO, logger="logstore"), logstore.open(store_dir, readonly=True, io=io) as ro:
+            assert io.fired
+            assert ro.recovery_report.rebuilt == [] and _offsets(ro) == [0]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_read_only_open_loads_again_when_retention_drops_a_segment_it_is_opening(store_dir: Path) -> None:
+    # The open listed segments/, then retention dropped the first segment before the open opened
+    # it: a raw FileNotFoundError.
+    w = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+    try:
+        for i in range(600):
+            with w.transaction() as tx:
+                w.append_messages(tx, "a", i, [Envelope.new("E", {"pad": "x" * 200})])
+        io = _Hook("open", SEG0[-24:], lambda: w.compact(retention_bytes=70000))
+        with logstore.open(store_dir, readonly=True, io=io) as ro:
+            assert io.fired and w.log_start > 0
+            assert ro.log_start == w.log_start and ro.global_head == w.global_head
+    finally:
+        w.close()
+
+
+def test_index_files_that_stay_unusable_are_rebuilt_and_said_at_warning(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as w, w.transaction() as tx:
+        w.append_messages(tx, "a", 0, [Envelope.new("E", 0)])
+    for p in store_dir.glob("catalog.*"):
+        p.unlink()
+    with logstore.open(store_dir, readonly=True) as ro:
+        assert ro.recovery_report.rebuilt == ["all indexes"] and _offsets(ro) == [0]
+    assert any("index files unusable" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    logstore.open(store_dir).close()  # the writable open rebuilds the files
