@@ -63,6 +63,8 @@ from logstore.segment import (
 log = logging.getLogger("logstore")
 
 REPAIR_HINT = "run `logstore repair` on the store"
+_REREADS = 64
+"""How many times a read-only open's scan reads again where it stopped, as a live writer completes records."""
 
 
 @dataclass
@@ -76,6 +78,16 @@ class RecoveryReport:
     - ``bytes_cut``: bytes moved out of the log into ``lost+found/``.
     - ``lost_found``: files written to ``lost+found/``.
     - ``rebuilt``: index files that were missing or damaged and were rebuilt.
+
+    A read-only open changes nothing, so it never cuts: it leaves what
+    follows the last complete transaction of the log to the writer.
+    ``tail`` says where that is (``"path@byte"``, or ``None`` when nothing
+    follows), ``tail_bytes`` how many non-zero bytes it saw there and
+    ``tail_reason`` what they were. Beside a live writer that is a
+    transaction in flight; after a crash, a torn tail that the next writable
+    open cuts. Neither makes the open unclean. ``notes`` lists what else a
+    read-only open read differently from the files (a position file that
+    the writer replaced since the checkpoint it read).
     """
 
     checkpoint: str = "none"
@@ -87,6 +99,10 @@ class RecoveryReport:
     lost_found: list[str] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tail: str | None = None
+    tail_bytes: int = 0
+    tail_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -98,9 +114,25 @@ class RecoveryReport:
             parts.append(f"{self.transactions_recovered} transactions recovered")
         if self.cut:
             parts.append(f"cut {self.bytes_cut} bytes at {self.cut} ({self.cut_reason}), saved in lost+found")
+        if self.tail:
+            parts.append(
+                f"left a tail of {self.tail_bytes} bytes past the last complete transaction at {self.tail} "
+                f"({self.tail_reason}) unread: a transaction a writer has in flight, or a torn tail that the "
+                "next writable open cuts"
+            )
         if self.rebuilt:
             parts.append("rebuilt " + ", ".join(self.rebuilt))
+        parts += self.notes
         return "; ".join(parts)
+
+
+class IndexesUnusable(Exception):
+    """A read-only open found an index file missing or unusable (raised only when ``Log.retry_changes``).
+
+    The writer may have replaced it since the open read ``CHECKPOINT``: the
+    store reads the checkpoint again and loads anew rather than rebuilding
+    the indexes from the log.
+    """
 
 
 def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int) -> str | None:
@@ -162,6 +194,8 @@ class Log:
         self.report = RecoveryReport()
         self._scan_start = 0
         self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
+        # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
+        self.retry_changes = False
 
     # -- reading ---------------------------------------------------------------
 
@@ -451,6 +485,8 @@ class Log:
             except FormatVersionError:
                 raise
             except (OSError, FormatError, CorruptionError) as exc:
+                if self.retry_changes:
+                    raise IndexesUnusable(str(exc)) from exc
                 problem = f"index files unusable ({exc}); rebuilt from the log"
                 log.warning("%s: %s", self.directory, problem)
                 report.rebuilt.append("all indexes")
@@ -526,10 +562,17 @@ class Log:
             if e is not last and (e.end > seg.size or not io.exists(seg.pos_path)):
                 # A compaction swapped this segment after the checkpoint (or its position file is
                 # gone): walk it now, which also finds where its records end.
-                log.warning("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
                 seg._lazy = None
                 seg._positions = seg.rebuild_positions(e.records)
-                self.report.rebuilt.append(os.path.relpath(seg.pos_path, self.directory))
+                rel = os.path.relpath(seg.pos_path, self.directory)
+                if self.readonly:
+                    # Beside a live writer this is a compaction between its swap and its checkpoint;
+                    # the positions are read from the segment, in memory, and no file changes.
+                    log.info("%s: position index missing or stale; read from the segment", seg.pos_path)
+                    self.report.notes.append(f"read the positions of {rel} from the segment")
+                    continue
+                log.warning("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                self.report.rebuilt.append(rel)
                 continue
             seg.end = e.end
             seg.set_lazy_positions(e.records, e.checksum)
@@ -562,7 +605,22 @@ class Log:
                 raise CorruptionError(seg.path, 0, "segment is not named by the checkpoint", REPAIR_HINT)
 
     def _scan(self, start: int, clean_end: bool) -> None:
-        """Apply every whole transaction past the checkpoint; cut or refuse what is damaged."""
+        """Apply every whole transaction past the checkpoint; cut or refuse what is damaged.
+
+        A read-only open may run beside a writer that is appending to the
+        last segment: where the scan stops (a record not yet whole, bytes
+        past the last record, a transaction without its end) may be a write
+        in flight rather than damage. So a read-only scan that stops reads
+        the bytes there again: if they now hold a whole record, the writer
+        finished it and the scan goes on (at most ``_REREADS`` times: the
+        reader does not chase the writer for ever). If they do not, and a
+        valid record that the writer wrote after a sync follows
+        (:meth:`_durable_after`), the writer had finished those bytes
+        before it wrote that record: a second read that still finds no
+        record is damage. Otherwise the rest is a tail it leaves unread
+        (:meth:`_leave_tail`). A writable open holds the writer lock, so
+        nothing changes under it and it decides at once.
+        """
         cat = self.catalog
         report = self.report
         pending: list[tuple[int, Record]] = []
@@ -572,68 +630,102 @@ class Log:
         good = (start, self.segments[start].end)
         damage: _Damage | None = None
         scanned = 0
-        for i in range(start, len(self.segments)):
-            seg = self.segments[i]
-            if i > start:
-                if seg.first != expected:
-                    damage = _Damage(i, 0, f"segment starts at global offset {seg.first}, expected {expected}")
-                    break
-                pos = HEADER_SIZE
-                if not pending:
-                    good = (i, pos)
-            else:
-                pos = seg.end
-            buf = seg.view
+        i, pos = start, self.segments[start].end
+        entering = False  # segment i is scanned from its header (not from the checkpoint, nor resumed)
+        rereads = 0
+        while True:
+            damage = None
+            in_flight = True  # the scan stopped at bytes a writer may still be writing
             while True:
-                try:
-                    rec = parse_record(buf, pos, seg.size)
-                except BadRecord as bad:
-                    if not bad.zero:
-                        damage = _Damage(i, pos, bad.what)
+                seg = self.segments[i]
+                if entering:
+                    entering = False
+                    if seg.first != expected:
+                        damage = _Damage(i, 0, f"segment starts at global offset {seg.first}, expected {expected}")
+                        in_flight = False
+                        break
+                    pos = HEADER_SIZE
+                    if not pending:
+                        good = (i, pos)
+                buf = seg.view
+                while True:
+                    try:
+                        rec = parse_record(buf, pos, seg.size)
+                    except BadRecord as bad:
+                        if not bad.zero:
+                            damage = _Damage(i, pos, bad.what)
+                        break
+                    scanned += 1
+                    problem = self._check_record(rec, expected, new_names, tx_heads)
+                    if problem:
+                        damage = _Damage(i, pos, problem)
+                        in_flight = False  # a whole, checksummed record: not a write in flight
+                        break
+                    pending.append((i, rec))
+                    if rec.sid != NO_STREAM:
+                        if rec.name is not None and rec.name not in cat.ids and rec.name not in new_names:
+                            new_names[rec.name] = rec.sid
+                        if rec.kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
+                            tx_heads[rec.sid] = rec.soff + 1
+                        elif rec.sid not in tx_heads and (rec.sid >= len(cat) or cat.names[rec.sid] == ""):
+                            tx_heads[rec.sid] = rec.soff  # a stream that a control record names first
+                    pos += rec.length
+                    expected += 1
+                    if rec.flags & FLAG_TX_END:
+                        self._apply(pending)
+                        report.transactions_recovered += 1
+                        pending = []
+                        new_names = {}
+                        tx_heads = {}
+                        good = (i, pos)
+                if damage is not None:
                     break
-                scanned += 1
-                problem = self._check_record(rec, expected, new_names, tx_heads)
-                if problem:
-                    damage = _Damage(i, pos, problem)
+                # A zero length ends the segment's records; anything non-zero after it is damage. The
+                # whole rest of the segment is checked, but its holes (the preallocated, never-written
+                # area) read as zeros and are skipped: the cost follows what was written.
+                is_last = i == len(self.segments) - 1
+                if is_last and clean_end and pos == seg.end and not pending:
                     break
-                pending.append((i, rec))
-                if rec.sid != NO_STREAM:
-                    if rec.name is not None and rec.name not in cat.ids and rec.name not in new_names:
-                        new_names[rec.name] = rec.sid
-                    if rec.kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
-                        tx_heads[rec.sid] = rec.soff + 1
-                    elif rec.sid not in tx_heads and (rec.sid >= len(cat) or cat.names[rec.sid] == ""):
-                        tx_heads[rec.sid] = rec.soff  # a stream that a control record names first
-                pos += rec.length
-                expected += 1
-                if rec.flags & FLAG_TX_END:
-                    self._apply(pending)
-                    report.transactions_recovered += 1
-                    pending = []
-                    new_names = {}
-                    tx_heads = {}
-                    good = (i, pos)
-            if damage is not None:
+                nz = last_nonzero_in_file(buf, seg.fd, pos, seg.size)
+                if nz > pos:
+                    damage = _Damage(i, pos, f"non-zero bytes up to byte {nz} after the last record")
+                    break
+                if is_last:
+                    break
+                i += 1
+                entering = True
+            # The scan stopped at byte ``pos`` of segment ``i``.
+            if damage is None and not pending:
                 break
-            # A zero length ends the segment's records; anything non-zero after it is damage. The
-            # whole rest of the segment is checked, but its holes (the preallocated, never-written
-            # area) read as zeros and are skipped: the cost follows what was written.
-            is_last = i == len(self.segments) - 1
-            if is_last and clean_end and pos == seg.end and not pending:
+            if damage is None:
+                last_i, last_rec = pending[-1]
+                damage = _Damage(last_i, last_rec.position + last_rec.length, "transaction without its end record")
+            if not self.readonly:
+                self._cut(good, damage)
                 break
-            nz = last_nonzero_in_file(buf, seg.fd, pos, seg.size)
-            if nz > pos:
-                damage = _Damage(i, pos, f"non-zero bytes up to byte {nz} after the last record")
+            if in_flight and rereads < _REREADS and self._record_at(i, pos):
+                rereads += 1  # the writer finished it meanwhile: go on reading
+                continue
+            if (in_flight and rereads >= _REREADS) or not self._durable_after(damage):
+                self._leave_tail(good, damage)
                 break
+            if in_flight and rereads < _REREADS and self._record_at(i, pos):
+                rereads += 1  # a record written after a sync follows, and this one is whole by now
+                continue
+            self._refuse(damage)
         self.io.records_read += scanned
         report.records_scanned = scanned
-        if damage is None and not pending:
-            self._set_end(good)
-            return
         if damage is None:
-            last_i, last_rec = pending[-1]
-            damage = _Damage(last_i, last_rec.position + last_rec.length, "transaction without its end record")
-        self._cut(good, damage)
+            self._set_end(good)
+
+    def _record_at(self, i: int, pos: int) -> bool:
+        """Whether a whole record lies at byte ``pos`` of segment ``i`` now (read-only opens read again)."""
+        seg = self.segments[i]
+        try:
+            parse_record(seg.view, pos, seg.size)
+        except BadRecord:
+            return False
+        return True
 
     def _check_record(
         self, rec: Record, expected: int, new_names: dict[str, int], tx_heads: dict[int, int]
@@ -740,7 +832,10 @@ class Log:
         gi, gpos = good
         seg = self.segments[gi]
         seg.end = gpos
-        # Later segments (if any) hold nothing the store keeps; _cut moved them away.
+        # Later segments (if any) hold nothing the store keeps; _cut moved them away, a read-only
+        # open leaves them to the writer.
+        for later in self.segments[gi + 1 :]:
+            later.close()
         del self.segments[gi + 1 :]
         del self.firsts[gi + 1 :]
 
@@ -759,31 +854,61 @@ class Log:
             if q < 0:
                 i, p = i + 1, HEADER_SIZE
                 continue
-            rec = parse_record(seg.view, q, seg.size)
+            try:
+                rec = parse_record(seg.view, q, seg.size)
+            except BadRecord:  # changed since it was found (a writable open beside a read-only one cut it)
+                p = q + 1
+                continue
             if strict or rec.flags & FLAG_SYNCED:
                 return True
             p = q + rec.length
         return False
 
+    def _refuse(self, damage: _Damage) -> None:
+        seg = self.segments[damage.index]
+        raise CorruptionError(
+            seg.path,
+            damage.position,
+            damage.what + "; data after it was durable (or, with no usable checkpoint, may have been), "
+            "so this is not a torn write",
+            REPAIR_HINT,
+        )
+
+    def _leave_tail(self, good: tuple[int, int], damage: _Damage) -> None:
+        """Read-only: serve the log up to ``good``, the end of its last whole transaction, and say what follows.
+
+        Nothing is cut or written: a live writer is still writing what
+        follows, or (after a crash) the next writable open cuts it.
+        """
+        gi, gpos = good
+        report = self.report
+        gseg = self.segments[gi]
+        seen = max(0, last_nonzero_in_file(gseg.view, gseg.fd, gpos, gseg.size) - gpos)
+        for later in self.segments[gi + 1 :]:
+            seen += max(0, last_nonzero_in_file(later.view, later.fd, HEADER_SIZE, later.size) - HEADER_SIZE)
+        report.tail = f"{gseg.path}@{gpos}"
+        report.tail_bytes = seen
+        report.tail_reason = f"{damage.what} at {self.segments[damage.index].path}@{damage.position}"
+        log.info(
+            "%s: read-only open reads up to %s, the end of the last complete transaction; %d bytes past it "
+            "(%s) are left to the writer: a transaction in flight, or a torn tail the next writable open cuts",
+            self.directory,
+            report.tail,
+            seen,
+            report.tail_reason,
+        )
+        self._set_end(good)
+
     def _cut(self, good: tuple[int, int], damage: _Damage) -> None:
+        """Writable open: cut the log after ``good``, saving the bytes in lost+found, or refuse durable damage."""
         seg = self.segments[damage.index]
         where = f"{seg.path}@{damage.position}"
         if self._durable_after(damage):
-            raise CorruptionError(
-                seg.path,
-                damage.position,
-                damage.what + "; data after it was durable (or, with no usable checkpoint, may have been), "
-                "so this is not a torn write",
-                REPAIR_HINT,
-            )
+            self._refuse(damage)
         gi, gpos = good
         report = self.report
         report.cut = f"{self.segments[gi].path}@{gpos}"
         report.cut_reason = f"{damage.what} at {where}"
-        if self.readonly:
-            log.info("%s: read-only open ignores the log past %s (%s)", self.directory, report.cut, report.cut_reason)
-            self._set_end(good)
-            return
         lf_dir = os.path.join(self.directory, "lost+found")
         if not self.io.exists(lf_dir):
             self.io.mkdir(lf_dir)

@@ -241,13 +241,23 @@ def find_next_record(buf: Any, start: int, end: int, limit: int | None = None) -
 
 
 def last_nonzero(buf: Any, start: int, end: int) -> int:
-    """One past the last non-zero byte in ``buf[start:end]``, or ``start`` if all are zero."""
+    """One past the last non-zero byte in ``buf[start:end]``, or ``start`` if all are zero.
+
+    ``buf`` may be the mapping of a segment that another process is writing:
+    numpy's ``flatnonzero`` counts the non-zero bytes, then collects them,
+    and raises ``RuntimeError`` if the count changed in between. A chunk
+    that changes is searched again in a private copy, so the answer is
+    what the bytes held at one moment, and no error.
+    """
     chunk = 1 << 22
     hi = end
     while hi > start:
         lo = max(start, hi - chunk)
         arr = np.frombuffer(buf, dtype=np.uint8, count=hi - lo, offset=lo)
-        nz = np.flatnonzero(arr)
+        try:
+            nz = np.flatnonzero(arr)
+        except RuntimeError:  # written meanwhile (a live writer): look at a copy
+            nz = np.flatnonzero(arr.copy())
         if len(nz):
             return lo + int(nz[-1]) + 1
         hi = lo
@@ -339,6 +349,7 @@ class Segment:
         self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
         self._lazy_lock = threading.Lock()
         self.closed = False
+        self.writable = True  # False when a read-only open mapped it (another process may be writing)
 
     @property
     def pos_path(self) -> str:
@@ -383,6 +394,12 @@ class Segment:
         except UnsupportedVersionError as exc:
             raise FormatVersionError(path, exc.position, exc.what) from None
         except (OSError, FormatError) as exc:
+            if not self.writable:
+                # A read-only opener's segment: a writer process compacted it (or retention dropped it)
+                # since the checkpoint this open read, and replaced or removed the file. This mapping
+                # still holds the bytes that the count and checksum describe: read them.
+                log.info("%s: position index replaced by the writer (%s); read from the segment", path, exc)
+                return self.rebuild_positions(count)
             # Derived data: rebuild it from the segment itself; the next checkpoint rewrites the file.
             log.warning("%s: position index unusable (%s); rebuilt from the segment", path, exc)
             return self.rebuild_positions(count)
@@ -627,6 +644,7 @@ def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segm
         size = min(io.size(fd), header.b)
         seg = Segment(io, path, store_id, header.a, header.b, fd, size)
         seg.created = header.c
+        seg.writable = writable
         return seg
     except BaseException:
         io.close(fd)

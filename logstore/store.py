@@ -39,7 +39,7 @@ from logstore.errors import (
     StoreLockedError,
 )
 from logstore.fileio import FileIO, default_io
-from logstore.log import Log, RecoveryReport
+from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
 from logstore.writer import Committer, Tx, Writer
@@ -61,6 +61,8 @@ MAX_STREAM_NAME = 1024
 """Longest stream name, in UTF-8 bytes."""
 MAX_ENVELOPE_SIZE = 16 * 2**20
 """Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
+READONLY_LOADS = 10
+"""How many times a read-only open loads the log when a live writer changes files under it."""
 
 
 class StreamInfo(NamedTuple):
@@ -253,19 +255,41 @@ class Store:
     # -- opening -------------------------------------------------------------------
 
     def _load(self, ckpt: Checkpoint | None, ckpt_problem: str | None, store_id: bytes) -> Checkpoint | None:
-        """Load the log; a read-only open retries when a live writer changed the files under it."""
-        attempts = 3 if self.readonly else 1
-        for attempt in range(attempts):
+        """Load the log; a read-only open loads again when a live writer changed the files under it.
+
+        A writer process replaces ``CHECKPOINT`` and the catalog by rename and
+        then removes the old catalog, drops segments (retention), renames a
+        compacted copy over a segment and appends to position and run files,
+        all without regard to read-only openers. A read-only open that meets
+        a file gone (``FileNotFoundError``), an index file that does not match
+        the checkpoint it read (:class:`IndexesUnusable`) or damage
+        (``CorruptionError``) reads ``CHECKPOINT`` again and loads anew, up
+        to :data:`READONLY_LOADS` times in all. It gives up at once on
+        damage that persists: the same error twice from the same checkpoint.
+        Index files that stay unusable are then rebuilt in memory from the
+        log, as a writable open would (and said at WARNING).
+        """
+        if not self.readonly:
+            return self._log.load(ckpt, ckpt_problem)
+        previous: str | None = None
+        rebuild = False
+        for attempt in range(READONLY_LOADS):
+            final = attempt == READONLY_LOADS - 1
+            self._log.retry_changes = not (rebuild or final)
             try:
                 return self._log.load(ckpt, ckpt_problem)
-            except CorruptionError:
-                if attempt == attempts - 1:
+            except FormatVersionError:
+                raise
+            except (CorruptionError, FileNotFoundError, IndexesUnusable) as exc:
+                if final:
                     raise
-                # The writer may have checkpointed and removed files (retention, compaction)
-                # between our read of CHECKPOINT and of the directory: read both again.
+                failure = f"{type(exc).__name__}: {exc}"
                 again, problem, _sid = self._read_checkpoint(False)
-                if again == ckpt:
-                    raise
+                if again == ckpt and problem == ckpt_problem and failure == previous:
+                    if not isinstance(exc, IndexesUnusable):
+                        raise
+                    rebuild = True  # the same files are unusable again: not a writer at work
+                previous = failure
                 self._log.close()
                 self._log = Log(self._io, self.path, store_id, True, self._log.segment_size)
                 ckpt, ckpt_problem = again, problem

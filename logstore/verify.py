@@ -35,7 +35,8 @@ engine's recovery code. It checks:
 A store whose writer lock is held may have a transaction in flight at its
 tail, a compaction swap or a retention drop half done; these are then
 reported as notes, not problems. If the writer checkpoints while verify
-runs, verify looks again.
+runs, or verify finds a problem (a checkpoint may be half written), verify
+looks again: a problem stands once two looks from the same checkpoint find it.
 
 A stream reads as deleted from its DELETE record until its next MESSAGE,
 REMOVED or LOST record: REMOVED and LOST records stand for messages that
@@ -210,19 +211,29 @@ def verify(
     the lock itself and writes nothing while verify runs passes
     ``live=False``, so that what would be a write in flight on a live store
     is reported as the problem it is. On a live store whose ``CHECKPOINT``
-    changes while verify runs, the check is repeated (up to 4 times in all).
+    changes while verify runs, or that shows a problem, the check is
+    repeated (up to 4 times in all): a problem on a live store is reported
+    once two checks from the same checkpoint find the same.
     """
     io = io or default_io()
     is_live = _writer_active(path) if live is None else live
+    previous: list[str] | None = None
     for attempt in range(_LIVE_ATTEMPTS):
         result = VerifyResult(path, live=is_live)
         checker = _Verifier(path, io, result, decode_envelopes)
         checker.run()
-        if not is_live or not checker.checkpoint_moved():
+        if not is_live:
             return result
-        # A live writer checkpointed meanwhile (a roll, a compaction swap, a retention drop): the index
-        # files were compared with a log that had moved on. Look again.
-        if attempt == _LIVE_ATTEMPTS - 1:
+        found = [str(p) for p in result.problems]
+        ckpt_moved = checker.checkpoint_moved()
+        if not ckpt_moved and (not found or found == previous):
+            return result
+        # A live writer checkpointed meanwhile (a roll, a compaction swap, a retention drop), or is in
+        # the middle of one (a checkpoint writes position files, then the catalog, then CHECKPOINT):
+        # the index files were compared with a log that had moved on. Look again; a problem stands
+        # once two looks from the same checkpoint find the same.
+        previous = found
+        if attempt == _LIVE_ATTEMPTS - 1 and ckpt_moved:
             moved = result.problems[checker.index_problems :]
             del result.problems[checker.index_problems :]
             result.notes += [f"{p} (the store checkpointed while verify ran)" for p in moved]
@@ -463,7 +474,7 @@ class _Verifier:
                         rec = parse_record(buf, pos, seg.size)
                     except BadRecord as bad:
                         if bad.zero:
-                            nz = _last_nonzero(buf, pos, seg.size)
+                            nz = last_nonzero(buf, pos, seg.size)  # safe on bytes a live writer is writing
                             if nz > pos:
                                 tail_problem = Problem(
                                     seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
@@ -472,7 +483,7 @@ class _Verifier:
                             break
                         tail_problem = Problem(seg_path, pos, bad.what)
                         result.problems.append(tail_problem)
-                        nxt = _find_next_record(buf, pos + 1, seg.size)
+                        nxt = find_next_record(buf, pos + 1, seg.size)
                         if nxt < 0:
                             break
                         pos = nxt
@@ -998,26 +1009,6 @@ class _CatalogLayout:
         starts = runs.snapshot[3]
         i = int(starts[sid]) if sid < len(starts) else self.r
         return self.q + 8 * i
-
-
-def _last_nonzero(buf: memoryview, start: int, end: int) -> int:
-    """:func:`last_nonzero`, on bytes that a live writer may be writing meanwhile."""
-    for _ in range(3):
-        try:
-            return last_nonzero(buf, start, end)
-        except RuntimeError:  # numpy saw the bytes change under it
-            continue
-    return end
-
-
-def _find_next_record(buf: memoryview, start: int, end: int) -> int:
-    """:func:`find_next_record`, on bytes that a live writer may be writing meanwhile."""
-    for _ in range(3):
-        try:
-            return find_next_record(buf, start, end)
-        except RuntimeError:  # numpy saw the bytes change under it
-            continue
-    return -1
 
 
 def _align8(x: int) -> int:
