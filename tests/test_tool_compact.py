@@ -104,6 +104,8 @@ def test_compact_rolls_the_active_segment_and_erases_it(store_dir: Path, capsys:
     assert "rewrote 1 segment(s) (rolled the active segment 00000000000000000000.log)" in out
     assert "removed 20 message(s)" in out and "not reached" not in out
     assert not _holds_secret(store_dir)
+    # The new active segment has the store's segment size, not the default of an open without options.
+    assert [p.stat().st_size for p in sorted((store_dir / "segments").glob("*.log"))][1] == 1 << 20
     assert main(["compact", "--json", str(store_dir)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["rolled"] is None and report["erased"] is True

@@ -18,7 +18,9 @@ import sys
 from typing import Any
 
 import logstore
-from logstore.store import check_retention
+from index.errors import FormatError
+from index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
+from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from tools.progress import progress
 
 
@@ -39,13 +41,32 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def _segment_size(directory: str) -> int | None:
+    """The capacity of the store's newest segment, or ``None`` if it cannot be read (the open then says why).
+
+    The store is opened with it, so that the segment a roll creates is like the store's others, not
+    of the default size.
+    """
+    seg_dir = os.path.join(directory, "segments")
+    try:
+        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(".log"))
+        if not names:
+            return None
+        with open(os.path.join(seg_dir, names[-1]), "rb") as f:
+            header = decode_header(f.read(HEADER_SIZE), MAGIC_SEGMENT)
+    except (OSError, FormatError):
+        return None
+    return header.b if MIN_SEGMENT_SIZE <= header.b <= MAX_SEGMENT_SIZE else None
+
+
 def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.join(args.dir, "segments")):
         print(f"logstore compact: {args.dir}: not a logstore store", file=sys.stderr)
         return 2
     try:
         check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use
-        store = logstore.open(args.dir)
+        size = _segment_size(args.dir)
+        store = logstore.open(args.dir) if size is None else logstore.open(args.dir, segment_size=size)
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
         print(f"logstore compact: {exc}", file=sys.stderr)
         return 2
