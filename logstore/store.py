@@ -530,7 +530,9 @@ class Store:
         ``unreached`` every segment file that still holds removed envelopes
         (removed after the pass began, or ``roll=False``), with the count and
         why; ``lost_found`` names the files of ``lost+found/``, which
-        compaction never touches.
+        compaction never touches. A read-only store raises ``ReadOnlyError``
+        and a closed one ``StoreClosedError``: neither can roll or rewrite
+        anything, so neither reports a partial pass.
 
         >>> report = store.compact()  # doctest: +SKIP
         >>> report.erased, report.bytes_reclaimed  # doctest: +SKIP
