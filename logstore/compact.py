@@ -1,31 +1,59 @@
-"""Compaction: rewrite sealed segments without the messages that removals left in them.
+"""Compaction: erase the envelopes of removed messages from the segment files.
 
 Truncation and deletion make messages unreadable at once (readers skip them);
-compaction reclaims their bytes. Each sealed segment that holds a removed
-message is copied to ``segments/<first>.log.compact`` with every removed
-message replaced by a REMOVED record: the same header fields, flags and
-name, without the envelope (36 bytes plus the name, where the message had its
-envelope too). Every global offset, stream offset and transaction boundary
-stays where it was, so the indexes other than the segment's position file do
-not change, and the copy has no preallocated tail. Retention runs first: it
-drops whole segments, which is cheaper than rewriting them.
+compaction erases their envelopes and reclaims their bytes. Each segment that
+holds a removed message is copied to ``segments/<first>.log.compact`` with
+every removed message replaced by a REMOVED record: the same header fields,
+flags and name, without the envelope (36 bytes plus the name, where the
+message had its envelope too). Every global offset, stream offset and
+transaction boundary stays where it was, so the indexes other than the
+segment's position file do not change, and the copy has no preallocated
+tail. Retention runs first: it drops whole segments, which is cheaper than
+rewriting them.
 
-Crash-safe steps for each segment (``Log.swap_segment`` does 3 to 5 in the
-writer thread, between two commit groups):
+Only sealed segments are rewritten. When the active segment holds a removed
+message, compaction first seals it through the writer role
+(``Writer.roll_now``: the roll a full segment gets, between two commit
+groups), then rewrites it like the others. It rolls only then: a store with
+nothing removed in its active segment gets no new segment. ``roll=False``
+leaves the active segment alone; the report then names it.
 
-1. Write the copy to ``<first>.log.compact``, in the calling thread, and
-   fsync it. The old segment is sealed, so nothing changes under the copy.
-2. Ask the writer thread to swap; it checks that the segment is still there.
-3. Unlink the old position file, fsync the directory.
-4. Rename the copy over ``<first>.log``, fsync the directory. This is the
+Crash-safe steps (``Log.swap_segment`` does 4 to 6 in the writer role,
+between two commit groups):
+
+1. If the active segment holds a removed message: roll. In the writer role,
+   fdatasync the active segment, create the next one (``.tmp``, renamed into
+   place, directory fsynced); the checkpoint that records the sealed segment
+   follows in the same turn of the role.
+2. For each sealed segment with removed messages: write the copy to
+   ``<first>.log.compact``, in the calling thread, and fsync it. The segment
+   is sealed, so nothing changes under the copy.
+3. Ask the writer role to swap; it checks that the segment is still there.
+4. Unlink the old position file, fsync the directory.
+5. Rename the copy over ``<first>.log``, fsync the directory. This is the
    moment of the swap.
-5. Checkpoint, which writes the new position file.
+6. Checkpoint, which writes the new position file.
 
-A crash before 4 leaves the old segment and a ``.compact`` file, which the
-next writable open deletes; a crash after 4 leaves the new segment, whose
+A crash during 1 is a crash during a roll: the next open removes a ``.tmp``
+file or finds the new, empty segment after the old one, which is then a
+sealed segment holding removed messages (the next compaction rewrites it).
+A crash before 5 leaves the old segment and a ``.compact`` file, which the
+next writable open deletes; a crash after 5 leaves the new segment, whose
 position file the next open rebuilds by walking it. Readers may run during
 compaction: one that holds the old segment keeps reading its mapping or, once
 it is closed, looks the segment up again.
+
+What compaction erases and what it cannot reach: after it, no segment file
+holds the envelope of a message removed before it began, and neither does
+any other file the store manages (the ``.compact`` copies never hold one;
+position files, run files, the catalog and the checkpoint hold offsets and
+names, never envelopes). The stream's name remains, in the catalog, in the
+TRUNCATE or DELETE record and in each REMOVED record. ``CompactReport.unreached``
+names every segment file that still holds removed envelopes after the pass
+(removed after the pass began, or the active segment with ``roll=False``),
+with the count and why; ``lost_found`` names the files of ``lost+found/``,
+which compaction never touches. A file replaced by rename frees its blocks
+without overwriting them: the device may still hold the old bytes.
 """
 
 from __future__ import annotations
@@ -54,9 +82,41 @@ if TYPE_CHECKING:
 _CHUNK = 4 << 20
 
 
+@dataclass(frozen=True)
+class Unreached:
+    """Removed messages whose envelopes a compaction left in a segment file, and why.
+
+    ``path`` is the segment file, ``messages`` how many removed messages
+    still have their envelope there, ``reason`` why this pass left them.
+    """
+
+    path: str
+    messages: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.messages} removed message(s) still there: {self.reason}"
+
+
+REASON_NO_ROLL = "the active segment, which compact(roll=False) does not rewrite"
+REASON_LATER = "removed after this compaction began; compact again"
+REASON_ACTIVE_LATER = "in the active segment, removed after this compaction began; compact again"
+
+
 @dataclass
 class CompactReport:
-    """What ``compact`` did."""
+    """What ``compact`` did, and what it left.
+
+    - ``rolled``: the active segment that compaction sealed in order to
+      rewrite it (``None``: the active segment held no removed message, or
+      ``roll=False``).
+    - ``unreached``: every segment file in which removed messages still have
+      their envelope after this pass, with their count and why
+      (:class:`Unreached`). Empty means that no segment file holds a removed
+      envelope any more.
+    - ``lost_found``: the files in ``lost+found/`` (paths), which hold bytes
+      that recovery or repair cut from the log; compaction never touches them.
+    """
 
     segments_rewritten: int = 0
     segments_dropped: int = 0
@@ -64,10 +124,18 @@ class CompactReport:
     bytes_before: int = 0
     bytes_after: int = 0
     rewritten: list[str] = field(default_factory=list)
+    rolled: str | None = None
+    unreached: list[Unreached] = field(default_factory=list)
+    lost_found: list[str] = field(default_factory=list)
 
     @property
     def bytes_reclaimed(self) -> int:
         return self.bytes_before - self.bytes_after
+
+    @property
+    def erased(self) -> bool:
+        """No segment file holds the envelope of a removed message (``lost+found/`` aside)."""
+        return not self.unreached
 
 
 def _log_bytes(store: Store) -> int:
@@ -81,6 +149,7 @@ def compact_store(
     progress: Callable[[int, int], None] | None = None,
     retention_age: float | None = None,
     retention_bytes: int | None = None,
+    roll: bool = True,
 ) -> CompactReport:
     lg = store._log
     writer = store._writer
@@ -88,8 +157,17 @@ def compact_store(
     before = {seg.first for seg in lg.segments}
     writer.call(lambda: writer.apply_retention(retention_age, retention_bytes))
     report.segments_dropped = len(before - {seg.first for seg in lg.segments})
-    sealed = lg.segments[:-1]
     first = lg.catalog.first.copy()  # removals only ever grow: an older copy is safe
+    # The active segment is walked outside the writer role, up to what readers may already read
+    # (those records never change), so that commits do not wait for the walk.
+    active = lg.active
+    if roll and _removable(active, first, lg.visible_end) and writer.call(lambda: writer.roll_now(active)):
+        report.rolled = active.path
+    sealed = lg.segments[:-1]
+    # Streams created since the copy (and maybe sealed in a segment meanwhile) have removed nothing
+    # as of the copy: their entries are 0. The catalog is read after the segment list, so every
+    # stream id in those segments is within it.
+    first = _widen(first, len(lg.catalog.first))
     for done, seg in enumerate(sealed, start=1):
         tmp = seg.path + ".compact"
         try:
@@ -123,19 +201,90 @@ def compact_store(
                 report.rewritten.append(seg.path)
         if progress is not None:
             progress(done, len(sealed))
+    report.unreached = _unreached(store, first, roll)
+    report.lost_found = _lost_found(store)
     report.bytes_after = _log_bytes(store)
     return report
 
 
-def _removable(seg: Segment, first: np.ndarray) -> int:
-    """How many messages of ``seg`` lie below their stream's first retained offset."""
+def _unreached(store: Store, first: np.ndarray, roll: bool) -> list[Unreached]:
+    """The segment files that still hold removed messages' envelopes after the pass, and why.
+
+    Removals after ``first`` was taken are the only way a sealed segment can
+    still hold one (compaction rewrote every other); without them only the
+    active segment can, and only with ``roll=False``.
+    """
+    lg = store._log
+    segments = lg.segments
+    end = lg.visible_end
+    now = lg.catalog.first.copy()  # after the segments and the end: it covers every stream in them
+    m = min(len(now), len(first))
+    later = bool(np.any(now[:m] != first[:m])) or bool(np.any(now[m:] != 0))
+    out = []
+    for seg in segments[:-1] if later else []:
+        try:
+            n = _removable(seg, now)
+        except (ValueError, SegmentRetired):
+            if not seg.closed:
+                raise
+            continue  # retention dropped it meanwhile: its bytes are gone with it
+        if n:
+            out.append(Unreached(seg.path, n, REASON_LATER))
+    if later or not roll:
+        active = segments[-1]
+        n = _removable(active, now, end)
+        if n:
+            out.append(Unreached(active.path, n, REASON_ACTIVE_LATER if roll else REASON_NO_ROLL))
+    return out
+
+
+def _widen(first: np.ndarray, n: int) -> np.ndarray:
+    """``first`` with zeros appended up to length ``n``."""
+    if len(first) >= n:
+        return first
+    out = np.zeros(n, first.dtype)
+    out[: len(first)] = first
+    return out
+
+
+def _lost_found(store: Store) -> list[str]:
+    """The files in ``lost+found/``: compaction does not look into them, so it names them."""
+    io = store._log.io
+    lf_dir = os.path.join(store._log.directory, "lost+found")
+    if not io.exists(lf_dir):
+        return []
+    return [os.path.join(lf_dir, n) for n in sorted(io.listdir(lf_dir))]
+
+
+def _removable(seg: Segment, first: np.ndarray, limit: int | None = None) -> int:
+    """How many messages of ``seg`` lie below their stream's first retained offset.
+
+    A sealed segment is walked over its ``count`` records. With ``limit``
+    (the active segment, walked outside the writer role) the walk stops at
+    that global offset, at the first never-written byte, or at the end of
+    the mapping, whichever comes first: only published records are read
+    (``limit`` is at most ``visible_end``).
+    """
     buf = seg.view
     pos = HEADER_SIZE
     n = 0
     unpack = RECORD_HEADER.unpack_from
-    for _ in range(seg.count):
+    if limit is None:
+        for _ in range(seg.count):
+            length, kind, _flags, _nlen, sid, soff, _goff = unpack(buf, pos)
+            if kind == KIND_MESSAGE and soff < first[sid]:
+                n += 1
+            pos += length
+        return n
+    size = len(buf)
+    # The records below ``limit`` are whole and never change; the one after them may be half written.
+    for _ in range(max(0, limit - seg.first)):
+        if pos + RECORD_OVERHEAD > size:
+            break
         length, kind, _flags, _nlen, sid, soff, _goff = unpack(buf, pos)
-        if kind == KIND_MESSAGE and soff < first[sid]:
+        if length == 0:  # the segment was sealed before ``limit`` was read: its records end here
+            break
+        if kind == KIND_MESSAGE and sid < len(first) and soff < first[sid]:
             n += 1
         pos += length
     return n

@@ -353,7 +353,10 @@ class Log:
                 missing = not io.exists(seg.pos_path)
                 if missing:
                     pos.persisted = 0  # write every entry, not only the new ones
-                if missing or pos.persisted < count:
+                # An empty segment (the active one right after a roll) gets its file's header at each
+                # checkpoint: a crash may have left the file created but empty, and no entry would
+                # ever be appended to repair it while the segment stays empty.
+                if missing or pos.persisted < count or count == 0:
                     created |= self._append_file(
                         seg.pos_path,
                         PositionIndex.file_header(self.store_id, seg.first),

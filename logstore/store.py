@@ -605,19 +605,39 @@ class Store:
         *,
         retention_age: float | None = None,
         retention_bytes: int | None = None,
+        roll: bool = True,
     ) -> CompactReport:
-        """Apply retention, then rewrite sealed segments without the messages removals left in them.
+        """Apply retention, then erase the envelopes of removed messages from every segment file.
 
-        Readers and writers keep working meanwhile; see :mod:`logstore.compact`
-        for the crash-safe steps. ``progress(done, total)`` is called after
-        each sealed segment. ``retention_age`` and ``retention_bytes``, when
-        given, apply for this call in place of the store's options. Returns
-        what was done and the bytes reclaimed (dropped segments included).
+        Each segment that holds a message removed by ``truncate_stream`` or
+        ``delete_stream`` is rewritten without its envelope. When the active
+        segment holds one, it is first sealed (rolled, as when it fills up)
+        so that it can be rewritten like any sealed segment; ``roll=False``
+        leaves the active segment as it is (and the report says so). Readers
+        and writers keep working meanwhile; see :mod:`logstore.compact` for
+        the crash-safe steps. ``progress(done, total)`` is called after each
+        sealed segment. ``retention_age`` and ``retention_bytes``, when
+        given, apply for this call in place of the store's options.
+
+        Returns a :class:`~logstore.compact.CompactReport`: what was done,
+        the bytes reclaimed (dropped segments included), and in
+        ``unreached`` every segment file that still holds removed envelopes
+        (removed after the pass began, or ``roll=False``), with the count and
+        why; ``lost_found`` names the files of ``lost+found/``, which
+        compaction never touches. A read-only store raises ``ReadOnlyError``
+        and a closed one ``StoreClosedError``: neither can roll or rewrite
+        anything, so neither reports a partial pass.
+
+        >>> report = store.compact()  # doctest: +SKIP
+        >>> report.erased, report.bytes_reclaimed  # doctest: +SKIP
+        (True, 61530)
         """
         self._check_writable()
         check_retention(retention_age, retention_bytes)
+        if not isinstance(roll, bool):
+            raise TypeError(f"roll must be True or False, not {roll!r}")
         with self._compact_lock:
-            return compact_store(self, progress, retention_age, retention_bytes)
+            return compact_store(self, progress, retention_age, retention_bytes, roll)
 
     def _count_removal(self) -> None:
         self._removals += 1

@@ -59,6 +59,7 @@ from logstore.segment import (
 
 if TYPE_CHECKING:
     from logstore.log import Log
+    from logstore.segment import Segment
     from logstore.store import Store
 
 log = logging.getLogger("logstore")
@@ -587,6 +588,29 @@ class Writer:
             self._retain(start)
             freed += lg.drop_segments()
         return freed
+
+    def roll_now(self, segment: Segment) -> bool:
+        """Seal ``segment`` now, if it is still the active segment and holds a record (writer role).
+
+        Returns whether it rolled. Compaction rewrites sealed segments only,
+        and calls this (through :meth:`call`, so that the roll falls between
+        two commit groups) to reach removed messages in the active one. The
+        steps are those of the roll in :meth:`_process`: fdatasync the
+        segment, start the next one at the next global offset
+        (``Log.roll``: created as ``.tmp``, renamed into place, directory
+        fsynced), then the checkpoint that records the sealed segment, which
+        runs when this turn of the role ends, and retention, as after any
+        roll. A crash anywhere in between leaves what a crash during an
+        ordinary roll leaves.
+        """
+        lg = self.log
+        if lg.active is not segment or lg.next_goff == segment.first:
+            return False  # rolled meanwhile by a commit, or empty: nothing to seal
+        self._sync()  # everything written before the new segment exists is durable, as in _process
+        lg.roll(lg.next_goff)
+        lg.checkpointed_bytes += self.checkpoint_bytes
+        self._retention_due = self.retention_age is not None or self.retention_bytes is not None
+        return True
 
     def _retain(self, start: int) -> None:
         """Steps (1) to (3) of :meth:`apply_retention` for the new log start ``start``."""

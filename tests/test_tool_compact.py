@@ -81,3 +81,68 @@ def test_compact_refuses_bad_retention_values(
     assert main(["compact", *option, str(store_dir)]) == 2
     assert "retention" in capsys.readouterr().err
     assert sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK") == before
+
+
+def _active_only(path: Path) -> None:
+    """A store whose messages, the removed ones included, all lie in the active segment."""
+    with logstore.open(path, segment_size=1 << 20) as store:
+        with store.transaction() as tx:
+            store.append_messages(tx, "user-9", 0, [Envelope.new("P", {"secret": "S3CRET"}) for _ in range(20)])
+            store.append_messages(tx, "keep", 0, [Envelope.new("K", i) for i in range(5)])
+        store.delete_stream("user-9")
+
+
+def _holds_secret(path: Path) -> bool:
+    return any(b"S3CRET" in p.read_bytes() for p in path.rglob("*") if p.is_file())
+
+
+def test_compact_rolls_the_active_segment_and_erases_it(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _active_only(store_dir)
+    assert _holds_secret(store_dir)
+    assert main(["compact", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "rewrote 1 segment(s) (rolled the active segment 00000000000000000000.log)" in out
+    assert "removed 20 message(s)" in out and "not reached" not in out
+    assert not _holds_secret(store_dir)
+    # The new active segment has the store's segment size, not the default of an open without options.
+    assert [p.stat().st_size for p in sorted((store_dir / "segments").glob("*.log"))][1] == 1 << 20
+    assert main(["compact", "--json", str(store_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rolled"] is None and report["erased"] is True
+    assert report["unreached"] == [] and report["lost_found"] == []
+
+
+def test_compact_no_roll_names_the_segment_it_did_not_reach(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _active_only(store_dir)
+    assert main(["compact", "--no-roll", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "rewrote 0 segment(s), dropped 0" in out
+    assert (
+        "not reached: segments/00000000000000000000.log: 20 removed message(s) still there: "
+        "the active segment, which compact(roll=False) does not rewrite"
+    ) in out
+    assert _holds_secret(store_dir)
+    assert main(["compact", "--no-roll", "--json", str(store_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["erased"] is False and report["rolled"] is None
+    assert report["unreached"] == [
+        {
+            "segment": "segments/00000000000000000000.log",
+            "messages": 20,
+            "reason": "the active segment, which compact(roll=False) does not rewrite",
+        }
+    ]
+
+
+def test_compact_says_lost_and_found_is_not_touched(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _active_only(store_dir)
+    (store_dir / "lost+found").mkdir()
+    (store_dir / "lost+found" / "cut.bin").write_bytes(b"S3CRET")
+    assert main(["compact", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "not reached: lost+found/ holds 1 file(s) cut from the log by recovery or repair" in out
+    assert (store_dir / "lost+found" / "cut.bin").read_bytes() == b"S3CRET"
+    assert main(["compact", "--json", str(store_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["lost_found"] == ["lost+found/cut.bin"]

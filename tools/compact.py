@@ -1,8 +1,11 @@
-"""``logstore compact DIR``: drop what truncation, deletion and retention removed; report bytes reclaimed.
+"""``logstore compact DIR``: erase what truncation, deletion and retention removed; report bytes reclaimed.
 
 Takes the writer lock (exit 2 if a writer holds it: on an open store, call
 ``store.compact()`` instead). Retention options given here apply before the
-rewrite, as they would at open.
+rewrite, as they would at open. The active segment is rolled first when it
+holds a removed message (``--no-roll`` leaves it). The report ends with every
+segment file that still holds removed envelopes, with the count and why, and
+the files of ``lost+found/``, which compaction does not touch.
 """
 
 from __future__ import annotations
@@ -15,19 +18,45 @@ import sys
 from typing import Any
 
 import logstore
-from logstore.store import check_retention
+from index.errors import FormatError
+from index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
+from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from tools.progress import progress
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "compact", help="rewrite sealed segments without removed messages (takes the writer lock)"
+        "compact", help="erase removed messages from the segment files (takes the writer lock)"
     )
     p.add_argument("dir", help="store directory")
     p.add_argument("--retention-age", type=float, metavar="SECONDS", help="also drop segments older than this")
     p.add_argument("--retention-bytes", type=int, metavar="BYTES", help="also drop the oldest segments past this size")
+    p.add_argument(
+        "--no-roll",
+        dest="roll",
+        action="store_false",
+        help="leave the active segment as it is, even if it holds removed messages (reported as not reached)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
+
+
+def _segment_size(directory: str) -> int | None:
+    """The capacity of the store's newest segment, or ``None`` if it cannot be read (the open then says why).
+
+    The store is opened with it, so that the segment a roll creates is like the store's others, not
+    of the default size.
+    """
+    seg_dir = os.path.join(directory, "segments")
+    try:
+        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(".log"))
+        if not names:
+            return None
+        with open(os.path.join(seg_dir, names[-1]), "rb") as f:
+            header = decode_header(f.read(HEADER_SIZE), MAGIC_SEGMENT)
+    except (OSError, FormatError):
+        return None
+    return header.b if MIN_SEGMENT_SIZE <= header.b <= MAX_SEGMENT_SIZE else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use
-        store = logstore.open(args.dir)
+        size = _segment_size(args.dir)
+        store = logstore.open(args.dir) if size is None else logstore.open(args.dir, segment_size=size)
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
         print(f"logstore compact: {exc}", file=sys.stderr)
         return 2
@@ -49,13 +79,20 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(n - done)
                 done = n
 
-            report = store.compact(step, retention_age=args.retention_age, retention_bytes=args.retention_bytes)
+            report = store.compact(
+                step, retention_age=args.retention_age, retention_bytes=args.retention_bytes, roll=args.roll
+            )
         store.close()
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
         print(f"logstore compact: {exc}", file=sys.stderr)
         with contextlib.suppress(logstore.LogStoreError, OSError):
             store.close()
         return 2
+    unreached = [
+        {"segment": os.path.relpath(u.path, args.dir), "messages": u.messages, "reason": u.reason}
+        for u in report.unreached
+    ]
+    lost_found = [os.path.relpath(p, args.dir) for p in report.lost_found]
     if args.json:
         out = {
             "path": args.dir,
@@ -65,12 +102,24 @@ def run(args: argparse.Namespace) -> int:
             "bytes_before": report.bytes_before,
             "bytes_after": report.bytes_after,
             "bytes_reclaimed": report.bytes_reclaimed,
+            "rolled": None if report.rolled is None else os.path.relpath(report.rolled, args.dir),
+            "erased": report.erased,
+            "unreached": unreached,
+            "lost_found": lost_found,
         }
         print(json.dumps(out, indent=2))
     else:
+        rolled = "" if report.rolled is None else f" (rolled the active segment {os.path.basename(report.rolled)})"
         print(
-            f"{args.dir}: rewrote {report.segments_rewritten} segment(s), dropped {report.segments_dropped}, "
+            f"{args.dir}: rewrote {report.segments_rewritten} segment(s){rolled}, dropped {report.segments_dropped}, "
             f"removed {report.messages_removed} message(s); {report.bytes_before} -> {report.bytes_after} bytes "
             f"({report.bytes_reclaimed} reclaimed)"
         )
+        for u in unreached:
+            print(f"not reached: {u['segment']}: {u['messages']} removed message(s) still there: {u['reason']}")
+        if lost_found:
+            print(
+                f"not reached: lost+found/ holds {len(lost_found)} file(s) cut from the log by recovery or repair; "
+                "compaction does not touch them (inspect, then delete them yourself)"
+            )
     return 0
