@@ -164,6 +164,8 @@ class Store:
         self._io = io
         self._closed = False
         self._lock_fd: int | None = None
+        self._made_dir = False  # this open made the store's directory
+        self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
         self._published = threading.Condition(threading.Lock())
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
@@ -181,7 +183,12 @@ class Store:
         self._log = Log(io, path, store_id, readonly, segment_size)
         try:
             if created:
-                self._log.create()
+                try:
+                    self._log.create()
+                except Exception:
+                    self._log.close()
+                    self._remove_created()
+                    raise
             else:
                 used = self._load(ckpt, ckpt_problem, store_id)
                 if not readonly:
@@ -250,10 +257,20 @@ class Store:
             if self.readonly:
                 raise FileNotFoundError(f"{path}: no such store")
             io.mkdir(path)
-            io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            self._made_dir = True
+            try:
+                io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            except Exception:
+                self._remove_created()
+                raise
         if not os.path.isdir(path) or os.path.islink(path):
             raise NotADirectoryError(f"{path}: a store is a directory")
         entries = set(io.listdir(path))
+        # What was there before this open created anything: a failed creation removes only the rest.
+        self._found = {(".", n) for n in entries}
+        for sub in ("segments", "streams"):
+            if sub in entries and os.path.isdir(os.path.join(path, sub)):
+                self._found |= {(sub, n) for n in io.listdir(os.path.join(path, sub))}
         is_store = bool(entries & {"CHECKPOINT", "segments"})
         if not is_store and entries - {"LOCK", "lost+found"}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
@@ -261,7 +278,11 @@ class Store:
             if not is_store:
                 raise FileNotFoundError(f"{path}: not a logstore store")
             return False
-        fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+        try:
+            fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+        except Exception:
+            self._remove_created()
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -272,6 +293,38 @@ class Store:
             log.warning("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
+
+    def _remove_created(self) -> None:
+        """Remove what this open created of a store whose creation failed (a full disk, say).
+
+        Only files and directories that were not there before the open go:
+        a directory the user made, and whatever it held, stay. The ``LOCK``
+        file of such a directory stays too, so that no other opener ever
+        locks a file that is about to disappear; a directory this open made
+        goes whole, its ``LOCK`` while still locked. Failures to remove are
+        logged: the error that failed the creation is the one raised.
+        """
+        io, path = self._io, self.path
+        found = self._found
+        try:
+            for sub in ("segments", "streams"):
+                d = os.path.join(path, sub)
+                if not os.path.isdir(d):
+                    continue
+                for n in io.listdir(d):
+                    if (sub, n) not in found:
+                        io.unlink(os.path.join(d, n))
+                if (".", sub) not in found:
+                    io.rmdir(d)
+            for n in io.listdir(path):
+                if (".", n) not in found and n not in ("LOCK", "segments", "streams"):
+                    io.unlink(os.path.join(path, n))
+            if self._made_dir:
+                if io.exists(os.path.join(path, "LOCK")):
+                    io.unlink(os.path.join(path, "LOCK"))
+                io.rmdir(path)
+        except OSError as exc:
+            log.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
 
     def _creation_unfinished(self, entries: set[str]) -> bool:
         """Whether the directory holds only what a crash while creating the store can leave.
