@@ -227,12 +227,14 @@ def test_recovery_takes_a_segment_file_of_any_size_between_its_records_and_its_c
 def test_a_crash_while_segments_grow_and_roll_keeps_every_acknowledged_commit(tmp_path: Path) -> None:
     rng = random.Random(7)
     path = tmp_path / "store"
+    mid_growth = 0  # crashes while the active segment's file was short of its capacity
     for round_ in range(10):
         store = logstore.open(path, segment_size=4 * MiB, durability="batch", fsync_interval=0.001)
         acked = store.head("s")
         for _ in range(rng.randint(100, 400)):
             commit(store, "s", acked, n=3, pad=rng.randint(100, 6000))
             acked += 3
+        mid_growth += os.path.getsize(store._log.active.path) < 4 * MiB
         crash = simulate_crash(store, rng)
         with logstore.open(path, segment_size=4 * MiB) as reopened:
             got = read_all(reopened, "s")
@@ -242,6 +244,7 @@ def test_a_crash_while_segments_grow_and_roll_keeps_every_acknowledged_commit(tm
         assert_verified(path)
     with logstore.open(path, segment_size=4 * MiB) as store:
         assert len(store._log.segments) >= 3  # it grew past several steps and rolled
+    assert mid_growth >= 3
 
 
 # -- out of space ----------------------------------------------------------------------------------------
