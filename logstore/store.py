@@ -47,7 +47,7 @@ log = logging.getLogger("logstore")
 
 DURABILITY_MODES = ("fsync", "batch", "none")
 DEFAULT_SEGMENT_SIZE = 256 * 2**20
-"""Bytes preallocated per segment file (256 MiB)."""
+"""The most bytes a segment file grows to before the next one begins (256 MiB)."""
 MIN_SEGMENT_SIZE = 64 * 2**10
 MAX_SEGMENT_SIZE = 2**32 - 1
 DEFAULT_FSYNC_INTERVAL = 0.01
@@ -91,8 +91,12 @@ def open(
       ``"batch"`` (fsync at most every ``fsync_interval`` seconds, 0.01 by
       default, at most 3600; commit returns after the write) or ``"none"``
       (the OS decides when to write).
-    - ``segment_size``: bytes preallocated per segment (default 256 MiB,
-      between 64 KiB and 4 GiB - 1); applies to segments created from now on.
+    - ``segment_size``: the most bytes a segment file grows to before the
+      next segment begins (default 256 MiB, between 64 KiB and 4 GiB - 1);
+      applies to segments created from now on. A segment file starts at
+      1 MiB (at most ``segment_size``) and grows ahead of the writer in
+      steps that double up to 16 MiB, so disk use follows what the store
+      holds.
     - ``readonly``: open without the writer lock, beside a writer process;
       sees the log as it was when opened (reopen to see later commits).
     - ``checkpoint_bytes``: log bytes between index checkpoints.
@@ -103,7 +107,9 @@ def open(
       default) keeps everything.
     - ``io``: the file-I/O layer (tests pass a fault-injecting one).
 
-    Raises :class:`StoreLockedError` if another process holds the writer
+    Raises :class:`OutOfSpaceError` if the file system has no room for a
+    new store's first segment or checkpoint (a new store's files are then
+    removed again), :class:`StoreLockedError` if another process holds the writer
     lock, :class:`CorruptionError` for damage that recovery must not cut
     (``logstore repair`` fixes it), :class:`FormatVersionError` for a file
     (segment, checkpoint, catalog or index file) of an unknown format version.
