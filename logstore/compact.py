@@ -7,7 +7,7 @@ message replaced by a REMOVED record: the same header fields, flags and
 name, without the envelope (36 bytes plus the name, where the message had its
 envelope too). Every global offset, stream offset and transaction boundary
 stays where it was, so the indexes other than the segment's position file do
-not change, and the copy has no preallocated tail. Retention runs first: it
+not change, and the copy has no reservation. Retention runs first: it
 drops whole segments, which is cheaper than rewriting them.
 
 Crash-safe steps for each segment (``Log.swap_segment`` does 3 to 5 in the

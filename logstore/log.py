@@ -250,7 +250,7 @@ class Log:
         A sealed segment's age counts from when the next one was created,
         which is after its last record was written. The log's size counts
         the sealed segment files and the bytes written to the active one
-        (not its preallocated rest). The active segment is never dropped.
+        (not its reservation). The active segment is never dropped.
         """
         segs = self.segments
         k = 0
@@ -374,9 +374,7 @@ class Log:
 
     def mark_unclean(self, ckpt: Checkpoint) -> None:
         """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
-        self.io.write_file_atomic(
-            os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id)
-        )
+        self._write_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id))
 
     def remove_stale_catalogs(self) -> None:
         """Remove catalog files of other generations (left by a crash during a checkpoint)."""
@@ -650,7 +648,7 @@ class Log:
             if damage is not None:
                 break
             # A zero length ends the segment's records; anything non-zero after it is damage. The
-            # whole rest of the segment is checked, but its holes (the preallocated, never-written
+            # whole rest of the segment is checked, but its holes (the reservation, never written
             # area) read as zeros and are skipped: the cost follows what was written.
             is_last = i == len(self.segments) - 1
             if is_last and clean_end and pos == seg.end and not pending:

@@ -276,7 +276,7 @@ def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
 
     Everything but the file's holes (``SEEK_DATA``/``SEEK_HOLE``): a hole
     reads as zeros, so a search for non-zero bytes or records may skip it.
-    On Linux the never-written part of a preallocated segment (an unwritten
+    On Linux the never-written reservation of a segment (an unwritten
     extent) is a hole unless the page cache holds pages of it, which count
     as data; a file system that does not report holes gives the whole range.
     """
@@ -307,7 +307,7 @@ def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
 def last_nonzero_in_file(buf: Any, fd: int, start: int, end: int) -> int:
     """:func:`last_nonzero` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
 
-    The same answer, without reading the holes of a preallocated segment:
+    The same answer, without reading the holes of a segment's reservation:
     the cost follows what was written, not the segment's size.
     """
     for lo, hi in reversed(data_regions(fd, start, end)):
