@@ -41,7 +41,7 @@ by a valid SYNCED record was durable, so it is not a torn write.
 
 The file's size is anywhere from the end of its records to its capacity: the
 bytes past the records are the *reservation*, allocated ahead of the writer
-(``posix_fallocate``) and never written, so they read as zeros. A new segment
+(``posix_fallocate``) and written with zeros, never with a record. A new segment
 starts with :data:`RESERVE_FIRST` bytes; :meth:`Segment.reserve` extends the
 reservation before any byte is written past it, by steps that double up to
 :data:`RESERVE_STEP_MAX`, never past the capacity. So a write inside the
@@ -433,11 +433,11 @@ class Segment:
         :class:`OutOfSpaceError`; then nothing changed that the store uses
         (a partly allocated range past ``size`` is reserved again later).
 
-        Crash safety: the new blocks read as zeros and hold no record; the
-        ``fdatasync`` that makes the first record written in them durable
-        also makes the new file size durable. A crash before that leaves the
-        old size (or a larger one, all zeros past the records): both are
-        files recovery reads as they are.
+        Crash safety: the new bytes are zeros and hold no record, and they
+        are synced with the new file size before any record goes there. A
+        crash before that leaves the old size or a larger one, all zeros
+        (or holes) past the records: both are files recovery reads as they
+        are.
         """
         if need <= self.size:
             return
@@ -445,8 +445,7 @@ class Segment:
             raise AssertionError(f"{self.path}: reservation to byte {need} past the capacity {self.capacity}")
         step = min(max(self.size, RESERVE_FIRST), RESERVE_STEP_MAX)
         target = min(self.capacity, max(need, self.size + step))
-        extend_file(self.io, self.fd, self.path, self.size, target, need, self.capacity)
-        self.remap(target)
+        self.remap(extend_file(self.io, self.fd, self.path, self.size, target, need, self.capacity))
 
     def remap(self, size: int) -> None:
         """Map the first ``size`` bytes of the file (which is at least that long) in place of the old mapping.
@@ -690,18 +689,39 @@ def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segm
         raise
 
 
-def extend_file(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> None:
-    """Allocate bytes ``size`` .. ``target`` of the segment file ``fd`` (at ``path``), growing the file.
+def extend_file(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> int:
+    """Reserve bytes ``size`` .. ``target`` of the segment file ``fd`` (at ``path``); returns the new file size.
 
     Every allocation of segment space goes through here (creation and
-    :meth:`Segment.reserve`). When the file system has no room for the
-    whole range, the range up to ``need`` is tried; if that fails too,
+    :meth:`Segment.reserve`). Two steps, PostgreSQL's way with its WAL:
+    ``posix_fallocate`` takes the blocks, so a full file system fails here
+    and never in a later write; then the range is written with zeros and
+    ``fdatasync``-ed, so that commits write and sync into blocks already
+    written (an unwritten extent costs a journal commit per sync when a
+    write converts it). When the file system has no room for the whole
+    range, the range up to ``need`` is tried; if that fails too,
     :class:`OutOfSpaceError` names the file, the bytes asked for and
     ``segment_size``, the option that bounds a segment's reservation.
     """
+    end = _allocate(io, fd, path, size, target, need, capacity)
+    zero = _ZEROS
+    p = size
+    while p < end:
+        n = min(len(zero), end - p)
+        io.pwrite(fd, zero if n == len(zero) else zero[:n], p)
+        p += n
+    io.fdatasync(fd)
+    return end
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _allocate(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> int:
+    """``posix_fallocate`` of ``size`` .. ``target``, else of ``size`` .. ``need``; the end allocated."""
     try:
         io.fallocate(fd, size, target - size)
-        return
+        return target
     except OSError as exc:
         if exc.errno not in NO_SPACE_ERRNOS:
             raise
@@ -709,7 +729,7 @@ def extend_file(io: FileIO, fd: int, path: str, size: int, target: int, need: in
     if size < need < target:
         try:
             io.fallocate(fd, size, need - size)
-            return
+            return need
         except OSError as exc:
             if exc.errno not in NO_SPACE_ERRNOS:
                 raise
@@ -742,7 +762,7 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
     size = min(capacity, max(RESERVE_FIRST, reserve))
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
-        extend_file(io, fd, tmp, 0, size, size, capacity)
+        extend_file(io, fd, tmp, 0, size, size, capacity)  # need == target: it is that size or raises
         created = time.time_ns()
         io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, created)), 0)
         io.fsync(fd)

@@ -63,6 +63,7 @@ class FullDisk(FileIO):
         self.where = where
         self.err = err
         self.full = False
+        self.largest: int | None = None  # with ``full``: only allocations above this many bytes fail
         self.refused: list[tuple[str, int]] = []
         self._paths: dict[int, str] = {}
 
@@ -76,8 +77,14 @@ class FullDisk(FileIO):
         raise OSError(self.err, os.strerror(self.err) + f" ({what}, injected)")
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
-        if self.full and (
-            self.where == "all" or (self.where == "extend" and offset > 0) or (self.where == "create" and offset == 0)
+        if (
+            self.full
+            and (self.largest is None or length > self.largest)
+            and (
+                self.where == "all"
+                or (self.where == "extend" and offset > 0)
+                or (self.where == "create" and offset == 0)
+            )
         ):
             self._refuse("fallocate", fd, length)
         super().fallocate(fd, offset, length)
@@ -134,7 +141,8 @@ def test_a_segment_grows_in_doubling_steps_then_rolls_at_segment_size(tmp_path: 
 
 
 class SparseIO(FileIO):
-    """Allocates by ``ftruncate`` (no blocks): records each allocation, so steps can be checked cheaply."""
+    """Allocates by ``ftruncate`` and skips writes of zeros (no blocks): records each allocation, so steps
+    can be checked cheaply."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -144,6 +152,10 @@ class SparseIO(FileIO):
         self.allocations.append((offset, length))
         if os.fstat(fd).st_size < offset + length:
             os.ftruncate(fd, offset + length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if bytes(data).count(0) != len(data):
+            super().pwrite(fd, data, position)
 
 
 def test_reservation_steps_double_up_to_their_cap_and_stop_at_the_capacity(tmp_path: Path) -> None:
@@ -326,6 +338,27 @@ def test_a_commit_that_cannot_extend_the_reservation_fails_alone_and_the_store_g
     with logstore.open(path, segment_size=8 * MiB) as store:
         assert read_all(store, "s") == list(range(n + 4))
         assert read_all(store, long_name) == [1]
+    assert_verified(path)
+
+
+def test_room_for_the_commit_but_not_for_a_whole_step_reserves_what_the_commit_needs(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    io = FullDisk("extend")
+    with logstore.open(path, segment_size=8 * MiB, io=io) as store:
+        n = 0
+        while store._log.active.end + 3 * 4100 < store._log.active.size:
+            commit(store, "s", n, pad=4000)
+            n += 1
+        seg = store._log.active
+        io.full, io.largest = True, 64 * 1024  # a whole step (1 MiB) does not fit, one commit does
+        for _ in range(3):
+            size = seg.size
+            commit(store, "s", n, n=4, pad=4000)
+            n += 4
+            assert size < seg.size <= size + 64 * 1024  # what the commit needed, not a step
+            assert os.path.getsize(seg.path) == seg.size and seg.end <= seg.size
+        assert len(io.refused) == 3 and all(length >= RESERVE_FIRST for _p, length in io.refused)  # the steps
+        assert read_all(store, "s") == list(range(n))
     assert_verified(path)
 
 
