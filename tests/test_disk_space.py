@@ -175,6 +175,62 @@ def test_reservation_steps_double_up_to_their_cap_and_stop_at_the_capacity(tmp_p
     assert ends[-1] == capacity
 
 
+class RecordingIO(FileIO):
+    """Records, in order, each allocation, write (whether all zeros) and data sync of the segment files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, int, int, bool]] = []
+        self._segments: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if path.endswith((".log", ".log.tmp")):
+            self._segments.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self._segments.discard(fd)
+        super().close(fd)
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        if fd in self._segments:
+            self.ops.append(("fallocate", offset, length, True))
+        super().fallocate(fd, offset, length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if fd in self._segments:
+            self.ops.append(("pwrite", position, len(data), bytes(data).count(0) == len(data)))
+        super().pwrite(fd, data, position)
+
+    def fdatasync(self, fd: int) -> None:
+        if fd in self._segments:
+            self.ops.append(("sync", 0, 0, True))
+        super().fdatasync(fd)
+
+
+def test_each_step_is_written_with_zeros_and_synced_before_records_go_there(tmp_path: Path) -> None:
+    io = RecordingIO()
+    path = tmp_path / "store"
+    with logstore.open(path, segment_size=4 * MiB, io=io) as store:
+        for i in range(300):
+            commit(store, "s", i, pad=8000)
+        assert len(store._log.segments) == 1 and store._log.active.size == 4 * MiB
+    steps = [(k, off, length) for k, (op, off, length, _z) in enumerate(io.ops) if op == "fallocate" and off > 0]
+    assert [(off, length) for _k, off, length in steps] == [(MiB, MiB), (2 * MiB, 2 * MiB)]
+    for k, off, length in steps:
+        after = io.ops[k + 1 :]
+        sync = next(j for j, op in enumerate(after) if op[0] == "sync")
+        zeros = sorted((o, n) for op, o, n, zero in after[:sync] if op == "pwrite" and zero)
+        covered = off
+        for o, n in zeros:
+            assert o == covered
+            covered += n
+        assert covered == off + length  # the whole step is written with zeros, then synced
+        assert not [op for op in after[:sync] if op[0] == "pwrite" and not op[3]]  # no record before that
+    assert_verified(path)
+
+
 def test_reads_holding_the_old_mapping_stay_valid_while_the_segment_grows(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with logstore.open(path, segment_size=8 * MiB, durability="none") as store:
