@@ -49,7 +49,7 @@ def latency_summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
-    """Bytes of the store's files: ``bytes`` is their sizes less ``unused`` (preallocated, never written);
+    """Bytes of the store's files: ``bytes`` is their sizes less ``unused`` (reserved, never written);
     ``allocated`` is what the file system has given them (``st_blocks``)."""
     size = allocated = 0
     for root, _dirs, files in os.walk(path):
@@ -61,7 +61,7 @@ def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
 
 
 def unused_preallocation(peer: Peer) -> int:
-    """The bytes logstore preallocated in its active segment and has not written yet (0 for the peers)."""
+    """The bytes logstore reserved in its active segment and has not written yet (0 for the peers)."""
     if isinstance(peer, LogstorePeer):
         active = peer.store._log.active  # the benchmark may look inside its own engine
         return active.size - active.end

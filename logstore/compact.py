@@ -7,8 +7,8 @@ every removed message replaced by a REMOVED record: the same header fields,
 flags and name, without the envelope (36 bytes plus the name, where the
 message had its envelope too). Every global offset, stream offset and
 transaction boundary stays where it was, so the indexes other than the
-segment's position file do not change, and the copy has no preallocated
-tail. Retention runs first: it drops whole segments, which is cheaper than
+segment's position file do not change, and the copy has no
+reservation. Retention runs first: it drops whole segments, which is cheaper than
 rewriting them.
 
 Only sealed segments are rewritten. When the active segment holds a removed

@@ -6,6 +6,9 @@ that says which argument is wrong and why.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class LogStoreError(Exception):
     """Base class of logstore's errors."""
@@ -104,3 +107,64 @@ class StoreForkedError(LogStoreError):
     the fork instead (with gunicorn ``--preload`` or multiprocessing's
     ``fork`` start method: in each worker, not before the fork).
     """
+
+
+class OutOfSpaceError(LogStoreError, OSError):
+    """The file system had no room (``ENOSPC``, or ``EDQUOT`` for a quota) for a file the store writes.
+
+    Raised when a segment is created or its reservation extended, and when
+    the checkpoint, the catalog or an index file is written. It is an
+    ``OSError`` too, with ``errno`` and ``filename`` kept, so code that
+    handles a full disk as an ``OSError`` still does. ``path`` is the file,
+    ``requested`` the bytes asked for, ``free`` the bytes free for this
+    user on that file system (``None`` if unknown), ``option`` the option
+    that changes the size asked for (``None`` if none does). The message
+    says all of it.
+
+    A commit whose reservation could not be extended raises it directly:
+    nothing of the commit was written and the store stays usable. Where
+    bytes were already written (a segment roll in the middle of a group, a
+    checkpoint) the store fails instead, and the commits raise
+    :class:`StoreFailedError` chained to this error.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        requested: int,
+        err: int,
+        what: str,
+        free: int | None = None,
+        option: str | None = None,
+        strerror: str | None = None,
+    ) -> None:
+        message = f"{path}: out of space {what}: {strerror or os.strerror(err)} ({errno_name(err)}); "
+        message += f"{requested} bytes asked for"
+        if free is not None:
+            message += f", {free} bytes free on that file system"
+        message += "; free some space"
+        if option is not None:
+            message += f", or open the store with a smaller {option}"
+        OSError.__init__(self, err, message, path)
+        self.message = message
+        self.what = what
+        self.path = path
+        self.requested = requested
+        self.free = free
+        self.option = option
+        self.strerror_text = strerror
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        args = (self.path, self.requested, self.errno, self.what, self.free, self.option, self.strerror_text)
+        return (type(self), args)
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errno values that mean "no room": :class:`OutOfSpaceError` is raised for them."""
+
+
+def errno_name(err: int) -> str:
+    return errno.errorcode.get(err, f"errno {err}")

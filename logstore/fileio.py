@@ -17,7 +17,8 @@ unset nothing changes and nothing is added to any file operation. Syntax::
 - ``<site>``: ``create`` (``open`` with ``O_CREAT``), ``pwrite``, ``fsync``,
   ``fdatasync``, ``fallocate``, ``rename``, ``unlink``, ``mkdir``,
   ``fsync_dir``, or ``any`` (each call of any of those counts). These are
-  every file operation of :class:`FileIO` that changes a file or a name.
+  every file operation of :class:`FileIO` that changes a file or a name,
+  but ``rmdir``, which only removes a new store whose creation failed.
 - ``<when>``: ``before`` (the default: the operation is not done), ``after``
   (the operation returned), or, for ``pwrite`` and ``any`` only, ``torn``
   (the first half of the bytes, ``len(data) // 2``, is written, then the
@@ -104,6 +105,17 @@ class FileIO:
 
     def mkdir(self, path: str) -> None:
         os.mkdir(path, 0o700)
+
+    def rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def free_space(self, path: str) -> int | None:
+        """Bytes free for this user on the file system of ``path``; ``None`` if that cannot be known."""
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)

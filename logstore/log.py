@@ -36,7 +36,7 @@ from index.header import HEADER_SIZE
 from index.position import PositionIndex
 from index.runs import LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint, SegmentEntry
-from logstore.errors import CorruptionError, FormatVersionError
+from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
 from logstore.fileio import FileIO
 from logstore.segment import (
     FLAG_SYNCED,
@@ -228,9 +228,12 @@ class Log:
         self.segments.append(seg)
         self.firsts.append(seg.first)
 
-    def roll(self, first: int) -> Segment:
-        """Start a new active segment whose first global offset is ``first`` (writer thread)."""
-        seg = create_segment(self.io, self.seg_dir, self.store_id, first, self.segment_size)
+    def roll(self, first: int, reserve: int = 0) -> Segment:
+        """Start a new active segment whose first global offset is ``first`` (writer thread).
+
+        Its file is allocated with at least ``reserve`` bytes (header included; at most ``segment_size``).
+        """
+        seg = create_segment(self.io, self.seg_dir, self.store_id, first, self.segment_size, reserve)
         self._add_segment(seg)
         return seg
 
@@ -281,7 +284,7 @@ class Log:
         A sealed segment's age counts from when the next one was created,
         which is after its last record was written. The log's size counts
         the sealed segment files and the bytes written to the active one
-        (not its preallocated rest). The active segment is never dropped.
+        (not its reservation). The active segment is never dropped.
         """
         segs = self.segments
         k = 0
@@ -386,10 +389,10 @@ class Log:
             io.fsync_dir(self.seg_dir)
             io.fsync_dir(self.stream_dir)
         generation = self.generation + 1
-        io.write_file_atomic(self._catalog_path(generation), self.catalog.encode(self.runs, generation, self.store_id))
+        self._write_atomic(self._catalog_path(generation), self.catalog.encode(self.runs, generation, self.store_id))
         ckpt = Checkpoint(generation, self.next_goff, entries, clean, self.log_start)
         self.ckpt_last_first = entries[-1].first
-        io.write_file_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt.encode(self.store_id))
+        self._write_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt.encode(self.store_id))
         old = self._catalog_path(self.generation)
         self.generation = generation
         if io.exists(old):
@@ -408,9 +411,7 @@ class Log:
 
     def mark_unclean(self, ckpt: Checkpoint) -> None:
         """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
-        self.io.write_file_atomic(
-            os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id)
-        )
+        self._write_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id))
 
     def remove_stale_catalogs(self) -> None:
         """Remove catalog files of other generations (left by a crash during a checkpoint)."""
@@ -422,6 +423,31 @@ class Log:
     def _catalog_path(self, generation: int) -> str:
         return os.path.join(self.directory, f"catalog.{generation:020d}")
 
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        """``write_file_atomic``, with a full file system reported as :class:`OutOfSpaceError`."""
+        try:
+            self.io.write_file_atomic(path, data)
+        except OSError as exc:
+            raise self._no_space(exc, path, len(data)) from exc
+
+    def _no_space(self, exc: OSError, path: str, size: int) -> OSError:
+        """``exc``, or for ``ENOSPC``/``EDQUOT`` an :class:`OutOfSpaceError` for writing ``size`` bytes of ``path``.
+
+        No option makes an index file smaller: the error says to free space
+        (``logstore compact`` and retention free the store's own).
+        """
+        if exc.errno not in NO_SPACE_ERRNOS or isinstance(exc, OutOfSpaceError):
+            return exc
+        return OutOfSpaceError(
+            path,
+            size,
+            exc.errno,
+            "writing an index file of the checkpoint",
+            self.io.free_space(self.directory),
+            None,
+            exc.strerror,
+        )
+
     def _append_file(
         self, path: str, header: bytes, position: int, data: bytes, everything: Callable[[], bytes]
     ) -> bool:
@@ -432,17 +458,23 @@ class Log:
         """
         io = self.io
         created = not io.exists(path)
-        fd = io.open(path, os.O_RDWR | os.O_CREAT)
+        asked = len(header) + len(data)
         try:
-            if io.size(fd) < position:
-                position, data = HEADER_SIZE, everything()
-            if created or position == HEADER_SIZE or io.size(fd) < HEADER_SIZE:
-                io.pwrite(fd, header, 0)  # written from the start: a damaged old header is replaced too
-            if data:
-                io.pwrite(fd, data, position)
-            io.fsync(fd)
-        finally:
-            io.close(fd)
+            fd = io.open(path, os.O_RDWR | os.O_CREAT)
+            try:
+                if io.size(fd) < position:
+                    position, data = HEADER_SIZE, everything()
+                asked = len(data)
+                if created or position == HEADER_SIZE or io.size(fd) < HEADER_SIZE:
+                    asked += len(header)
+                    io.pwrite(fd, header, 0)  # written from the start: a damaged old header is replaced too
+                if data:
+                    io.pwrite(fd, data, position)
+                io.fsync(fd)
+            finally:
+                io.close(fd)
+        except OSError as exc:
+            raise self._no_space(exc, path, asked) from exc
         return created
 
     # -- opening and recovery ----------------------------------------------------
@@ -684,7 +716,7 @@ class Log:
                 if damage is not None:
                     break
                 # A zero length ends the segment's records; anything non-zero after it is damage. The
-                # whole rest of the segment is checked, but its holes (the preallocated, never-written
+                # whole rest of the segment is checked, but its holes (the reservation, never written
                 # area) read as zeros and are skipped: the cost follows what was written.
                 is_last = i == len(self.segments) - 1
                 if is_last and clean_end and pos == seg.end and not pending:

@@ -88,7 +88,7 @@ class _Seg:
     first: int
     data: bytes
     header_bad: str | None = None
-    size_bad: str | None = None  # the file's size differs from the capacity its header gives
+    size_bad: str | None = None  # the file is longer than the capacity its header gives
     records: list[Record] = field(default_factory=list)
     damage: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, what)
 
@@ -168,8 +168,8 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
                 continue
             if header.a != seg.first:
                 seg.header_bad = f"header names global offset {header.a}"
-            elif len(data) != header.b:
-                seg.size_bad = f"file is {len(data)} bytes, its header says {header.b}"
+            elif len(data) > header.b:  # shorter is normal: a segment file grows up to its capacity
+                seg.size_bad = f"file is {len(data)} bytes, longer than the {header.b} its header says"
         except FormatError as exc:
             seg.header_bad = f"header damaged at byte {exc.position}: {exc.what}"
         segs.append(seg)

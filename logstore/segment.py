@@ -1,9 +1,9 @@
 """Segment files and the record format.
 
-A segment is ``segments/<first global offset, 20 digits>.log``, preallocated
-to its capacity, starting with the common 64-byte header (magic
-``b"LGSEGMNT"``; a = first global offset, b = capacity in bytes, c = creation
-time in ns since the epoch) followed by records, back to back::
+A segment is ``segments/<first global offset, 20 digits>.log``, starting with
+the common 64-byte header (magic ``b"LGSEGMNT"``; a = first global offset,
+b = capacity in bytes: the most the file may grow to, c = creation time in ns
+since the epoch) followed by records, back to back::
 
     offset      size  type   field
     0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
@@ -39,8 +39,20 @@ sets it on the first record it writes after an fsync). Recovery uses it to
 tell a torn tail from damage to data that was once durable: damage followed
 by a valid SYNCED record was durable, so it is not a torn write.
 
+The file's size is anywhere from the end of its records to its capacity: the
+bytes past the records are the *reservation*, allocated ahead of the writer
+(``posix_fallocate``) and written with zeros, never with a record. A new segment
+starts with :data:`RESERVE_FIRST` bytes; :meth:`Segment.reserve` extends the
+reservation before any byte is written past it, by steps that double up to
+:data:`RESERVE_STEP_MAX`, never past the capacity. So a write inside the
+reservation never fails for lack of space, and the disk a store uses follows
+what it holds.
+
 The writer thread appends with ``pwrite``; readers use a read-only ``mmap``
-of the file, which sees those writes through the page cache.
+of the file, which sees those writes through the page cache. The mapping
+covers the reservation; an extension maps the file again (``mmap`` refuses a
+length past the end of the file) and leaves the old mapping to the readers
+still holding it: its bytes stay valid, since the file only grows.
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from index.position import PositionIndex
 from logstore.envelope import Envelope, decode
-from logstore.errors import CorruptionError, FormatVersionError
+from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
 from logstore.fileio import FileIO
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
@@ -88,6 +100,11 @@ FLAG_TX_END = 1
 FLAG_NAMED = 2
 FLAG_SYNCED = 4
 _KNOWN_FLAGS = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
+
+RESERVE_FIRST = 1 << 20
+"""Bytes a new segment file is allocated with (1 MiB, or its capacity if smaller), header included."""
+RESERVE_STEP_MAX = 16 << 20
+"""The largest step by which a segment's reservation grows (16 MiB): steps double from 1 MiB up to it."""
 
 log = logging.getLogger("logstore")
 
@@ -269,7 +286,7 @@ def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
 
     Everything but the file's holes (``SEEK_DATA``/``SEEK_HOLE``): a hole
     reads as zeros, so a search for non-zero bytes or records may skip it.
-    On Linux the never-written part of a preallocated segment (an unwritten
+    On Linux the never-written reservation of a segment (an unwritten
     extent) is a hole unless the page cache holds pages of it, which count
     as data; a file system that does not report holes gives the whole range.
     """
@@ -300,7 +317,7 @@ def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
 def last_nonzero_in_file(buf: Any, fd: int, start: int, end: int) -> int:
     """:func:`last_nonzero` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
 
-    The same answer, without reading the holes of a preallocated segment:
+    The same answer, without reading the holes of a segment's reservation:
     the cost follows what was written, not the segment's size.
     """
     for lo, hi in reversed(data_regions(fd, start, end)):
@@ -421,6 +438,45 @@ class Segment:
         index.positions.extend(found)
         self.end = position
         return index
+
+    def reserve(self, need: int) -> None:
+        """Make the file (and its mapping) reach at least byte ``need``, at most the capacity (writer only).
+
+        The one place a segment file grows. The new size is ``need`` or one
+        step past the current size, whichever is more: the step is the
+        current size (doubling), between :data:`RESERVE_FIRST` and
+        :data:`RESERVE_STEP_MAX`. If the file system has no room for a
+        whole step, the exact need is tried before giving up with
+        :class:`OutOfSpaceError`; then nothing changed that the store uses
+        (a partly allocated range past ``size`` is reserved again later).
+
+        Crash safety: the new bytes are zeros and hold no record, and they
+        are synced with the new file size before any record goes there. A
+        crash before that leaves the old size or a larger one, all zeros
+        (or holes) past the records: both are files recovery reads as they
+        are.
+        """
+        if need <= self.size:
+            return
+        if need > self.capacity:
+            raise AssertionError(f"{self.path}: reservation to byte {need} past the capacity {self.capacity}")
+        step = min(max(self.size, RESERVE_FIRST), RESERVE_STEP_MAX)
+        target = min(self.capacity, max(need, self.size + step))
+        self.remap(extend_file(self.io, self.fd, self.path, self.size, target, need, self.capacity))
+
+    def remap(self, size: int) -> None:
+        """Map the first ``size`` bytes of the file (which is at least that long) in place of the old mapping.
+
+        Readers take ``view`` (or ``mm``) before ``size``, and the writer
+        maps before it publishes anything past the old size, so a reader
+        that found a record published holds a mapping that covers it. The
+        old mapping is not closed: a reader may still hold it, and it goes
+        when the last one lets go.
+        """
+        mm = self.io.mmap_read(self.fd, size)
+        self.mm = mm
+        self.view = memoryview(mm)
+        self.size = size
 
     def _check_mapped(self) -> None:
         """Raise :class:`BadRecord` if the file is now shorter than its mapping (cut under the store).
@@ -651,23 +707,96 @@ def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segm
         raise
 
 
-def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capacity: int) -> Segment:
-    """Create a segment crash-safely: temporary file, header, preallocate, fsync, rename, fsync directory."""
+def extend_file(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> int:
+    """Reserve bytes ``size`` .. ``target`` of the segment file ``fd`` (at ``path``); returns the new file size.
+
+    Every allocation of segment space goes through here (creation and
+    :meth:`Segment.reserve`). Two steps, PostgreSQL's way with its WAL:
+    ``posix_fallocate`` takes the blocks, so a full file system fails here
+    and never in a later write; then the range is written with zeros and
+    ``fdatasync``-ed, so that commits write and sync into blocks already
+    written (an unwritten extent costs a journal commit per sync when a
+    write converts it). When the file system has no room for the whole
+    range, the range up to ``need`` is tried; if that fails too,
+    :class:`OutOfSpaceError` names the file, the bytes asked for and
+    ``segment_size``, the option that bounds a segment's reservation.
+    """
+    end = _allocate(io, fd, path, size, target, need, capacity)
+    zero = _ZEROS
+    p = size
+    while p < end:
+        n = min(len(zero), end - p)
+        io.pwrite(fd, zero if n == len(zero) else zero[:n], p)
+        p += n
+    io.fdatasync(fd)
+    return end
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _allocate(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> int:
+    """``posix_fallocate`` of ``size`` .. ``target``, else of ``size`` .. ``need``; the end allocated."""
+    try:
+        io.fallocate(fd, size, target - size)
+        return target
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        err, text = exc.errno, exc.strerror
+    if size < need < target:
+        try:
+            io.fallocate(fd, size, need - size)
+            return need
+        except OSError as exc:
+            if exc.errno not in NO_SPACE_ERRNOS:
+                raise
+            err, text = exc.errno, exc.strerror
+    what = "creating the segment" if size == 0 else f"extending the segment from {size} bytes"
+    raise OutOfSpaceError(
+        path,
+        need - size,
+        err,
+        f"{what} (its reservation grows by steps of up to {RESERVE_STEP_MAX} bytes, "
+        f"up to its capacity of {capacity} bytes)",
+        io.free_space(os.path.dirname(path)),
+        "segment_size",
+        text,
+    ) from None
+
+
+def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capacity: int, reserve: int = 0) -> Segment:
+    """Create a segment crash-safely: temporary file, allocate, header, fsync, rename, fsync directory.
+
+    The file is allocated with :data:`RESERVE_FIRST` bytes, or ``reserve``
+    if more (at most ``capacity``); its header's capacity is ``capacity``.
+    A failed creation removes the temporary file (a crash leaves it for the
+    next open to remove).
+    """
     path = os.path.join(directory, segment_name(first))
     tmp = path + ".tmp"
     if io.exists(tmp):
         io.unlink(tmp)
+    size = min(capacity, max(RESERVE_FIRST, reserve))
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
-        io.fallocate(fd, 0, capacity)
+        extend_file(io, fd, tmp, 0, size, size, capacity)  # need == target: it is that size or raises
         created = time.time_ns()
         io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, created)), 0)
         io.fsync(fd)
         io.rename(tmp, path)
         io.fsync_dir(directory)
-    except BaseException:
+    except BaseException as exc:
         io.close(fd)
+        if isinstance(exc, OSError):  # out of space (or another error): give its space back now
+            with contextlib.suppress(OSError):
+                if io.exists(tmp):
+                    io.unlink(tmp)
+            if exc.errno in NO_SPACE_ERRNOS and not isinstance(exc, OutOfSpaceError):
+                free = io.free_space(directory)
+                what = "creating the segment"
+                raise OutOfSpaceError(tmp, size, exc.errno, what, free, "segment_size", exc.strerror) from exc
         raise
-    seg = Segment(io, path, store_id, first, capacity, fd, capacity)
+    seg = Segment(io, path, store_id, first, capacity, fd, size)
     seg.created = created
     return seg

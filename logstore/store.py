@@ -48,7 +48,7 @@ log = logging.getLogger("logstore")
 
 DURABILITY_MODES = ("fsync", "batch", "none")
 DEFAULT_SEGMENT_SIZE = 256 * 2**20
-"""Bytes preallocated per segment file (256 MiB)."""
+"""The most bytes a segment file grows to before the next one begins (256 MiB)."""
 MIN_SEGMENT_SIZE = 64 * 2**10
 MAX_SEGMENT_SIZE = 2**32 - 1
 DEFAULT_FSYNC_INTERVAL = 0.01
@@ -94,8 +94,12 @@ def open(
       ``"batch"`` (fsync at most every ``fsync_interval`` seconds, 0.01 by
       default, at most 3600; commit returns after the write) or ``"none"``
       (the OS decides when to write).
-    - ``segment_size``: bytes preallocated per segment (default 256 MiB,
-      between 64 KiB and 4 GiB - 1); applies to segments created from now on.
+    - ``segment_size``: the most bytes a segment file grows to before the
+      next segment begins (default 256 MiB, between 64 KiB and 4 GiB - 1);
+      applies to segments created from now on. A segment file starts at
+      1 MiB (at most ``segment_size``) and grows ahead of the writer in
+      steps that double up to 16 MiB, so disk use follows what the store
+      holds.
     - ``readonly``: open without the writer lock, beside a writer process;
       sees the log as it was when opened (reopen to see later commits).
     - ``checkpoint_bytes``: log bytes between index checkpoints.
@@ -106,7 +110,9 @@ def open(
       default) keeps everything.
     - ``io``: the file-I/O layer (tests pass a fault-injecting one).
 
-    Raises :class:`StoreLockedError` if another process holds the writer
+    Raises :class:`OutOfSpaceError` if the file system has no room for a
+    new store's first segment or checkpoint (a new store's files are then
+    removed again), :class:`StoreLockedError` if another process holds the writer
     lock, :class:`CorruptionError` for damage that recovery must not cut
     (``logstore repair`` fixes it), :class:`FormatVersionError` for a file
     (segment, checkpoint, catalog or index file) of an unknown format version.
@@ -191,6 +197,8 @@ class Store:
         self._forked = False
         self._pid = os.getpid()  # the process that opened the store, for StoreForkedError
         self._lock_fd: int | None = None
+        self._made_dir = False  # this open made the store's directory
+        self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
         self._published = threading.Condition(threading.Lock())
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
@@ -211,7 +219,12 @@ class Store:
         self._log = Log(io, path, store_id, readonly, segment_size)
         try:
             if created:
-                self._log.create()
+                try:
+                    self._log.create()
+                except Exception:
+                    self._log.close()
+                    self._remove_created()
+                    raise
             else:
                 used = self._load(ckpt, ckpt_problem, store_id)
                 if not readonly:
@@ -302,10 +315,20 @@ class Store:
             if self.readonly:
                 raise FileNotFoundError(f"{path}: no such store")
             io.mkdir(path)
-            io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            self._made_dir = True
+            try:
+                io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+            except Exception:
+                self._remove_created()
+                raise
         if not os.path.isdir(path) or os.path.islink(path):
             raise NotADirectoryError(f"{path}: a store is a directory")
         entries = set(io.listdir(path))
+        # What was there before this open created anything: a failed creation removes only the rest.
+        self._found = {(".", n) for n in entries}
+        for sub in ("segments", "streams"):
+            if sub in entries and os.path.isdir(os.path.join(path, sub)):
+                self._found |= {(sub, n) for n in io.listdir(os.path.join(path, sub))}
         is_store = bool(entries & {"CHECKPOINT", "segments"})
         if not is_store and entries - {"LOCK", "lost+found"}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
@@ -313,7 +336,11 @@ class Store:
             if not is_store:
                 raise FileNotFoundError(f"{path}: not a logstore store")
             return False
-        fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+        try:
+            fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+        except Exception:
+            self._remove_created()
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -324,6 +351,38 @@ class Store:
             log.warning("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
+
+    def _remove_created(self) -> None:
+        """Remove what this open created of a store whose creation failed (a full disk, say).
+
+        Only files and directories that were not there before the open go:
+        a directory the user made, and whatever it held, stay. The ``LOCK``
+        file of such a directory stays too, so that no other opener ever
+        locks a file that is about to disappear; a directory this open made
+        goes whole, its ``LOCK`` while still locked. Failures to remove are
+        logged: the error that failed the creation is the one raised.
+        """
+        io, path = self._io, self.path
+        found = self._found
+        try:
+            for sub in ("segments", "streams"):
+                d = os.path.join(path, sub)
+                if not os.path.isdir(d):
+                    continue
+                for n in io.listdir(d):
+                    if (sub, n) not in found:
+                        io.unlink(os.path.join(d, n))
+                if (".", sub) not in found:
+                    io.rmdir(d)
+            for n in io.listdir(path):
+                if (".", n) not in found and n not in ("LOCK", "segments", "streams"):
+                    io.unlink(os.path.join(path, n))
+            if self._made_dir:
+                if io.exists(os.path.join(path, "LOCK")):
+                    io.unlink(os.path.join(path, "LOCK"))
+                io.rmdir(path)
+        except OSError as exc:
+            log.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
 
     def _creation_unfinished(self, entries: set[str]) -> bool:
         """Whether the directory holds only what a crash while creating the store can leave.

@@ -41,7 +41,8 @@ import numpy as np
 import xxhash
 
 from index.catalog import FLAG_DELETED
-from logstore.errors import OffsetConflictError, StoreClosedError, StoreFailedError
+from index.header import HEADER_SIZE
+from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
 from logstore.segment import (
     CHECKSUM,
     FLAG_NAMED,
@@ -476,8 +477,9 @@ class Writer:
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         log.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
+        what = str(exc) if isinstance(exc, OutOfSpaceError) else repr(exc)  # its message names file, size, option
         failed = StoreFailedError(
-            f"{self.log.directory}: a write or fsync failed ({exc!r}); "
+            f"{self.log.directory}: a write or fsync failed ({what}); "
             "nothing after the last acknowledged commit is acknowledged; reopen the store to recover"
         )
         failed.__cause__ = exc
@@ -546,6 +548,12 @@ class Writer:
             return
         elif before <= first:
             p.result = range(0)  # already removed
+            return
+        seg = lg.active
+        try:  # room for the record first: a full file system then fails this call alone, nothing written
+            seg.reserve(min(seg.capacity, seg.end + RECORD_OVERHEAD + len(nameb)))
+        except OutOfSpaceError as exc:
+            p.error = exc
             return
         goff = lg.next_goff
         self._write_records([(kind, sid, before, nameb)])
@@ -656,10 +664,14 @@ class Writer:
         parts: list[bytes] = []
         positions: list[int] = []
         start = pos = seg.end
+        bound = sum(RECORD_OVERHEAD + len(spec[3]) for spec in specs)
+        seg.reserve(min(seg.capacity, start + bound))
         synced_flag = 0 if self._dirty else FLAG_SYNCED
         for k, (kind, sid, soff, nameb) in enumerate(specs):
             size = RECORD_OVERHEAD + len(nameb)
-            if pos + size > seg.size:  # the mapped bytes: a file cut short is not written past its end
+            if seg.size < pos + size <= seg.capacity:
+                seg.reserve(pos + size)
+            if pos + size > seg.size:  # past the segment's capacity: roll
                 if parts:
                     lg.io.pwrite(seg.fd, b"".join(parts), start)
                     seg.positions.positions.extend(positions)
@@ -667,7 +679,7 @@ class Writer:
                 lg.io.fdatasync(seg.fd)
                 self._dirty = False
                 self.synced = (seg.first, seg.end, goff)
-                seg = lg.roll(goff)
+                seg = lg.roll(goff, HEADER_SIZE + bound)
                 lg.checkpointed_bytes += self.checkpoint_bytes
                 self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                 start = pos = seg.end
@@ -698,9 +710,23 @@ class Writer:
         ids = cat.ids
         seg = lg.active
         named = seg.named
-        capacity = seg.size  # the mapped bytes: a file cut short is not written past its end
         goff = lg.next_goff
         start_pos = pos = seg.end
+        # Reserve the room the group can take before anything is framed: a full file system then fails
+        # the group cleanly (nothing written, no index changed) and the store stays usable. The bound
+        # names each append's stream once: a stream is NAMED at most once per segment.
+        bound = 0
+        for p in batch:
+            assert p.tx is not None
+            for _name, nb, _first, payloads in p.tx._appends:
+                bound += len(nb) + RECORD_OVERHEAD * len(payloads) + sum(map(len, payloads))
+        try:
+            seg.reserve(min(seg.capacity, pos + bound))
+        except OutOfSpaceError as exc:
+            for p in batch:
+                p.error = exc
+            return False
+        capacity = seg.size  # the reserved (and mapped) bytes
         parts: list[bytes] = []
         positions: list[int] = []
         heads: dict[int, int] = {}  # stream id -> head after this batch so far
@@ -773,6 +799,11 @@ class Writer:
                             continue
                     is_named = sid not in named
                     size = RECORD_OVERHEAD + len(payload) + (len(nameb) if is_named else 0)
+                    if capacity < pos + size <= seg.capacity:
+                        # Past the reservation, which the bound above makes rare; records are framed
+                        # already, so a failure here fails the store.
+                        seg.reserve(pos + size)
+                        capacity = seg.size
                     if pos + size > capacity:
                         # Roll: the full segment is written and fsynced before the next one gets data.
                         if parts:
@@ -783,19 +814,22 @@ class Writer:
                         lg.io.fdatasync(seg.fd)
                         self._dirty = False
                         self.synced = (seg.first, seg.end, goff)
-                        seg = lg.roll(goff)
+                        # The new segment is allocated with room for the rest of the group. A full file
+                        # system fails the store here: the group is written in part.
+                        seg = lg.roll(goff, HEADER_SIZE + bound)
                         lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
                         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                         named = seg.named
-                        capacity = seg.size
                         start_pos = pos = seg.end
                         parts = []
                         positions = []
                         synced_flag = FLAG_SYNCED
                         is_named = True
                         size = RECORD_OVERHEAD + len(payload) + len(nameb)
-                        if pos + size > capacity:
+                        if pos + size > seg.capacity:
                             raise AssertionError("append_messages admitted a record larger than a segment")
+                        seg.reserve(pos + size)
+                        capacity = seg.size
                     flags = synced_flag
                     synced_flag = 0
                     if is_named:

@@ -3,7 +3,7 @@
 Everything before the writer's last fsync (``store._writer.synced``) is
 durable. What was written after it may or may not have reached the disk; a
 crash keeps some prefix of it, and the rest reads as zeros (the segment file is
-preallocated, so zero means "never written"), or the last write is torn and
+reserved ahead of the writer, so zero means "never written"), or the last write is torn and
 leaves garbage where a record was being written.
 """
 

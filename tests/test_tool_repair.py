@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,12 +143,12 @@ def _truncated_segment(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
     return seg.name, {g for (n, p, ln, g) in recs if n == seg.name and p + ln > cut}
 
 
-def _segment_cut_in_its_zero_tail(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
-    """The last segment cut short after its last record: no record is lost, the file is short of its capacity."""
-    seg = _seg(path, -1)
-    _name, pos, length, _goff = [r for r in recs if r[0] == seg.name][-1]
+def _segment_past_its_capacity(path: Path, recs: list[Rec]) -> tuple[str, set[int]]:
+    """A segment file longer than the capacity its header gives (a file shorter than it is normal)."""
+    seg = _seg(path, 0)
+    (capacity,) = struct.unpack_from("<Q", seg.read_bytes()[:HEADER_SIZE], 40)
     with open(seg, "r+b") as f:
-        f.truncate(pos + length + 100)
+        f.truncate(capacity + 4096)
     return seg.name, set()
 
 
@@ -197,7 +198,7 @@ CASES: dict[str, Damage] = {
     "segment-header-bit-flip": _segment_header_flip,
     "zeroed-4k-block": _zeroed_block,
     "truncated-segment": _truncated_segment,
-    "segment-cut-in-its-zero-tail": _segment_cut_in_its_zero_tail,
+    "segment-past-its-capacity": _segment_past_its_capacity,
     "missing-position-file": _missing_pos,
     "damaged-position-file": _damaged_pos,
     "missing-catalog": _missing_catalog,

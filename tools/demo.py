@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  scanned  {scanned:>9,} msgs   in {scan_s:6.2f} s  {_rate(scanned, scan_s):>12} msgs")
     print(f"  verified {result.records:>9,} records in {verify_s:6.2f} s: {'clean' if result.ok else 'PROBLEMS'}")
-    print(f"  store    {size / 2**20:9.1f} MiB on disk (segments are preallocated)")
+    print(f"  store    {size / 2**20:9.1f} MiB on disk (segment files grow in steps ahead of the writer)")
     print(f"  total write time {write_s:.2f} s")
     for p in result.problems:
         print(f"PROBLEM {p}")
