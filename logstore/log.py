@@ -452,7 +452,10 @@ class Log:
                 raise
             except (OSError, FormatError, CorruptionError) as exc:
                 problem = f"index files unusable ({exc}); rebuilt from the log"
-                log.warning("%s: %s", self.directory, problem)
+                # A missing file is what a read-only open meets when a writer checkpointed and removed
+                # the old catalog meanwhile: derived data, rebuilt, nothing lost. A damaged one is news.
+                level = logging.INFO if isinstance(exc, FileNotFoundError) else logging.WARNING
+                log.log(level, "%s: %s", self.directory, problem)
                 report.rebuilt.append("all indexes")
                 ckpt = None
                 ckpt_problem = problem
@@ -526,7 +529,7 @@ class Log:
             if e is not last and (e.end > seg.size or not io.exists(seg.pos_path)):
                 # A compaction swapped this segment after the checkpoint (or its position file is
                 # gone): walk it now, which also finds where its records end.
-                log.warning("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                log.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
                 seg._lazy = None
                 seg._positions = seg.rebuild_positions(e.records)
                 self.report.rebuilt.append(os.path.relpath(seg.pos_path, self.directory))

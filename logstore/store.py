@@ -220,7 +220,10 @@ class Store:
             raise
         report = self._log.report
         if not report.clean:
-            log.warning("%s: opened after recovery: %s", path, report.summary())
+            # A cut moved bytes out of the log: the operator should know. Rebuilt indexes are derived
+            # data (after repair, compaction or a lost checkpoint) and lose nothing.
+            level = logging.WARNING if report.cut else logging.INFO
+            log.log(level, "%s: opened after recovery: %s", path, report.summary())
 
     # -- opening -------------------------------------------------------------------
 
@@ -269,7 +272,7 @@ class Store:
             raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
         self._lock_fd = fd
         if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
-            log.warning("%s: the store's creation did not finish (a crash); creating it again", path)
+            log.info("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
 
@@ -299,12 +302,14 @@ class Store:
             ckpt, store_id = Checkpoint.decode(raw, None)
             return ckpt, None, store_id
         except FileNotFoundError:
+            # Derived data, as after `logstore repair`: rebuilt from the log, nothing lost.
             problem = "CHECKPOINT is missing; indexes rebuilt from the log"
+            log.info("%s: %s", self.path, problem)
         except UnsupportedVersionError as exc:
             raise FormatVersionError(path, exc.position, exc.what) from None
         except FormatError as exc:
             problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
-        log.warning("%s: %s", self.path, problem)
+            log.warning("%s: %s", self.path, problem)
         return None, problem, self._store_id_from_segments()
 
     def _store_id_from_segments(self) -> bytes:

@@ -1,0 +1,154 @@
+"""Small engine-side rules: log levels, repair's dry run, the closed store, missing paths, the version.
+
+- The ``logstore`` logger says WARNING only for what an operator must act on
+  or know was lost or damaged; rebuilding derived data is INFO.
+- ``repair(dry_run=True)`` lists exactly the derived files the real run deletes.
+- Every member of :class:`logstore.Store` that reads the store raises
+  ``StoreClosedError`` once it is closed; a few stay readable (the table below).
+- ``logstore.open(path, readonly=True)`` tells a missing path, a file and a
+  directory without a store apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+import logstore
+from index.header import HEADER_SIZE
+from logstore import Envelope
+from logstore.repair import repair
+from logstore.segment import parse_record
+from tests.conftest import SMALL_SEGMENT
+
+
+def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:
+    for i in range(transactions):
+        name = f"s{i % 5}"
+        with store.transaction() as tx:
+            store.append_messages(tx, name, store.head(name), [Envelope.new("E", {"i": i, "pad": "x" * pad})])
+
+
+def _compactable(path: Path) -> None:
+    """A closed store of several segments whose stream ``s1`` is truncated, so compaction rewrites segments."""
+    with logstore.open(path, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 600)
+        store.truncate_stream("s1", 100)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "logstore" and r.levelno >= logging.WARNING]
+
+
+def _infos(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "logstore" and r.levelno == logging.INFO]
+
+
+def _read_all(store: logstore.Store) -> int:
+    with store.open_global(store, 0) as reader:
+        return sum(1 for _ in reader)
+
+
+# -- log levels ----------------------------------------------------------------------------------
+
+
+def test_read_only_store_opened_before_compaction_reads_after_it_without_warning(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _compactable(store_dir)
+    caplog.set_level(logging.INFO, logger="logstore")
+    with logstore.open(store_dir) as writer, logstore.open(store_dir, readonly=True) as reader:
+        report = writer.compact()
+        assert report.segments_rewritten >= 2
+        caplog.clear()
+        # The reader mapped the old segments; their new position files no longer match: rebuilt.
+        assert _read_all(reader) == 500
+    assert _warnings(caplog) == []
+    assert any("position index unusable" in m for m in _infos(caplog))
+
+
+def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_warning(
+    store_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The state a crash between the swap and its checkpoint leaves: old checkpoint, new segment, no .pos."""
+    _compactable(store_dir)
+    old = {
+        p.name: p.read_bytes() for p in store_dir.iterdir() if p.name == "CHECKPOINT" or p.name.startswith("catalog.")
+    }
+    with logstore.open(store_dir) as store:
+        rewritten = [Path(p) for p in store.compact().rewritten]
+    assert rewritten
+    for p in store_dir.glob("catalog.*"):
+        p.unlink()
+    for name, data in old.items():
+        (store_dir / name).write_bytes(data)
+    for seg in rewritten:
+        seg.with_suffix(".pos").unlink(missing_ok=True)
+    caplog.set_level(logging.INFO, logger="logstore")
+    with logstore.open(store_dir, readonly=True) as reader:
+        assert reader.recovery_report.rebuilt
+        assert _read_all(reader) == 500
+    assert _warnings(caplog) == []
+    assert any("position index missing or stale" in m for m in _infos(caplog))
+    with logstore.open(store_dir):  # the next writable open rewrites the position files
+        pass
+
+
+def _flip_middle_record(path: Path) -> None:
+    seg = sorted((path / "segments").glob("*.log"))[1]
+    data = bytearray(seg.read_bytes())
+    pos = HEADER_SIZE
+    positions = []
+    while True:
+        try:
+            rec = parse_record(data, pos, len(data))
+        except Exception:  # noqa: BLE001 - the end of the records
+            break
+        positions.append((pos, rec.length))
+        pos += rec.length
+    at, length = positions[len(positions) // 2]
+    data[at + length - 20] ^= 1
+    seg.write_bytes(bytes(data))
+
+
+def test_successful_repair_logs_no_warning(store_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 600)
+    _flip_middle_record(store_dir)
+    caplog.set_level(logging.INFO, logger="logstore")
+    report = repair(str(store_dir))
+    assert report.changed and report.records_lost == 1
+    assert _warnings(caplog) == []
+    assert any("CHECKPOINT is missing" in m for m in _infos(caplog))
+
+
+def test_what_was_lost_or_damaged_is_still_a_warning(store_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged CHECKPOINT, and a torn tail cut into lost+found, stay warnings."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 10)
+    ckpt = store_dir / "CHECKPOINT"
+    data = bytearray(ckpt.read_bytes())
+    data[HEADER_SIZE + 2] ^= 1
+    ckpt.write_bytes(bytes(data))
+    caplog.set_level(logging.INFO, logger="logstore")
+    with logstore.open(store_dir) as store:
+        assert store.global_head == 10
+    assert any("CHECKPOINT is damaged" in m for m in _warnings(caplog))
+    caplog.clear()
+    # A torn tail: a writer dies, leaving garbage after its last record.
+    seg = sorted((store_dir / "segments").glob("*.log"))[-1]
+    store = logstore.open(store_dir)
+    _fill(store, 3)
+    end = store._log.segments[-1].end
+    store._abandon()
+    with open(seg, "r+b") as f:
+        f.seek(end)
+        f.write(b"\x07" * 40)
+    with logstore.open(store_dir) as store:
+        assert store.recovery_report.cut is not None
+        assert store.global_head == 13
+    warned = _warnings(caplog)
+    assert any("recovery cut the log" in m for m in warned)
+    assert any("opened after recovery" in m for m in warned)
