@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from index.header import HEADER_SIZE
 from logstore import Envelope
 from logstore.repair import repair
 from logstore.segment import parse_record
-from tests.conftest import SMALL_SEGMENT
+from tests.conftest import SMALL_SEGMENT, quiet_logstore
 
 
 def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:
@@ -152,3 +154,65 @@ def test_what_was_lost_or_damaged_is_still_a_warning(store_dir: Path, caplog: py
     warned = _warnings(caplog)
     assert any("recovery cut the log" in m for m in warned)
     assert any("opened after recovery" in m for m in warned)
+
+
+# -- repair --dry-run names what the real run does ------------------------------------------------
+
+
+def _stray_files(path: Path) -> None:
+    (path / "notes.txt").write_text("not part of a store")
+    (path / "catalog.junk").write_text("a name like a catalog's, not one")
+    (path / "segments" / "x.pos").write_text("a name like a position file's, not one")
+    (path / "streams" / "abc.runs").write_text("a name like a run file's, not one")
+
+
+def _damaged_checkpoint(path: Path) -> None:
+    ckpt = path / "CHECKPOINT"
+    data = bytearray(ckpt.read_bytes())
+    data[HEADER_SIZE + 2] ^= 1
+    ckpt.write_bytes(bytes(data))
+
+
+def _missing_middle_segment(path: Path) -> None:
+    sorted((path / "segments").glob("*.log"))[1].unlink()
+
+
+STATES: dict[str, Callable[[Path], None]] = {
+    "damaged-record": _flip_middle_record,
+    "damaged-record-and-stray-files": lambda p: (_flip_middle_record(p), _stray_files(p)),
+    "stray-files": _stray_files,
+    "missing-checkpoint": lambda p: (p / "CHECKPOINT").unlink(),
+    "damaged-checkpoint": _damaged_checkpoint,
+    "missing-middle-segment": _missing_middle_segment,
+    "missing-position-file": lambda p: sorted((p / "segments").glob("*.pos"))[0].unlink(),
+}
+
+
+@pytest.fixture(scope="module")
+def repair_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closed store of several segments whose streams are large enough for run files of their own."""
+    path = tmp_path_factory.mktemp("dry-run") / "store"
+    with logstore.open(path, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 700, pad=20)
+    assert list((path / "streams").glob("*.runs"))
+    return path
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_dry_run_names_exactly_what_the_real_run_does(repair_template: Path, tmp_path: Path, state: str) -> None:
+    path = tmp_path / "store"
+    shutil.copytree(repair_template, path)
+    STATES[state](path)
+    before = {str(p) for p in path.rglob("*")}
+    with quiet_logstore():
+        plan = repair(str(path), dry_run=True)
+        assert {str(p) for p in path.rglob("*")} == before, "a dry run changes nothing"
+        done = repair(str(path))
+    assert plan.changed and done.changed
+    # The same plan line by line; the real run adds the rebuild's report at the end.
+    assert done.actions[-1].startswith("rebuilt the indexes from the log")
+    assert plan.actions == done.actions[:-1]
+    assert plan.derived == done.derived
+    assert set(done.derived) <= before, "only files that were there are deleted"
+    assert any(p.endswith("CHECKPOINT") for p in done.derived) == (str(path / "CHECKPOINT") in before)
+    assert f"delete {len(done.derived):,} derived index files (rebuilt from the log)" in done.actions
