@@ -334,7 +334,7 @@ class Store:
 
     @property
     def recovery_report(self) -> RecoveryReport:
-        """What the last open found and did (see :class:`RecoveryReport`)."""
+        """What the last open found and did (see :class:`RecoveryReport`); still readable after ``close()``."""
         return self._log.report
 
     @property
@@ -348,6 +348,7 @@ class Store:
 
     def stream_names(self) -> list[str]:
         """Every stream with a committed message that is not deleted, in order of first commit."""
+        self._check_open()
         cat = self._log.catalog
         names = cat.names[: len(cat)]
         return [n for i, n in enumerate(names) if cat.head[i] > 0 and not cat.flags[i] & FLAG_DELETED]
@@ -395,14 +396,19 @@ class Store:
     @property
     def log_start(self) -> int:
         """The first global offset retention keeps (0 until retention drops a segment)."""
+        self._check_open()
         return self._log.log_start
 
     @property
     def global_head(self) -> int:
         """The next unused global offset (the number of messages committed)."""
+        self._check_open()
         return self._log.visible_end
 
     def _check_open(self) -> None:
+        # Every member that reads or writes the store calls this first. What stays readable after
+        # close(): path, durability, readonly, closed, max_envelope_size (settings) and
+        # recovery_report (what the open did), and close() itself, which is idempotent.
         if self._closed:
             raise StoreClosedError(f"{self.path}: the store is closed")
 
@@ -611,6 +617,7 @@ class Store:
         self._release_lock()
 
     def __enter__(self) -> Store:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:

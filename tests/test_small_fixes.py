@@ -15,6 +15,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,72 @@ def test_dry_run_names_exactly_what_the_real_run_does(repair_template: Path, tmp
     assert set(done.derived) <= before, "only files that were there are deleted"
     assert any(p.endswith("CHECKPOINT") for p in done.derived) == (str(path / "CHECKPOINT") in before)
     assert f"delete {len(done.derived):,} derived index files (rebuilt from the log)" in done.actions
+
+
+# -- a closed store ------------------------------------------------------------------------------
+
+# Every public member of Store, and what it does once the store is closed. A member missing from
+# both tables fails the last test, so a new one must be classified here.
+STAYS_READABLE = ("path", "durability", "readonly", "closed", "max_envelope_size", "recovery_report")
+RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
+    "stream_names": lambda s: s.stream_names(),
+    "global_head": lambda s: s.global_head,
+    "log_start": lambda s: s.log_start,
+    "head": lambda s: s.head("s"),
+    "stream_info": lambda s: s.stream_info("s"),
+    "begin_tx": lambda s: s.begin_tx(),
+    "transaction": lambda s: s.transaction().__enter__(),
+    "append_messages": lambda s: s.append_messages(None, "s", 1, [Envelope.new("E", 1)]),  # type: ignore[arg-type]
+    "truncate_stream": lambda s: s.truncate_stream("s", 1),
+    "delete_stream": lambda s: s.delete_stream("s"),
+    "compact": lambda s: s.compact(),
+    "open_stream": lambda s: s.open_stream(s, "s", 0),
+    "open_global": lambda s: s.open_global(s, 0),
+}
+OTHER = ("close",)  # idempotent: closing a closed store does nothing
+
+
+def _closed_store(path: Path, readonly: bool) -> logstore.Store:
+    if not readonly:
+        store = logstore.open(path, segment_size=SMALL_SEGMENT)
+        _fill(store, 1)
+    else:
+        with logstore.open(path, segment_size=SMALL_SEGMENT) as writer:
+            _fill(writer, 1)
+        store = logstore.open(path, readonly=True)
+    store.close()
+    return store
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+@pytest.mark.parametrize("member", sorted(RAISES_WHEN_CLOSED))
+def test_members_that_read_the_store_raise_once_it_is_closed(store_dir: Path, member: str, readonly: bool) -> None:
+    store = _closed_store(store_dir, readonly)
+    with pytest.raises(logstore.StoreClosedError, match=r"store\b.*is closed"):
+        RAISES_WHEN_CLOSED[member](store)
+
+
+def test_a_closed_store_is_not_entered_again(store_dir: Path) -> None:
+    store = _closed_store(store_dir, False)
+    with pytest.raises(logstore.StoreClosedError), store:
+        pass
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+def test_settings_and_the_recovery_report_stay_readable_after_close(store_dir: Path, readonly: bool) -> None:
+    store = _closed_store(store_dir, readonly)
+    assert store.closed is True
+    assert store.path == str(store_dir)
+    assert store.readonly is readonly
+    assert store.durability == "fsync"
+    assert store.max_envelope_size > 0
+    assert store.recovery_report.summary()
+    store.close()  # again: nothing happens
+    assert "closed" in repr(store)
+
+
+def test_every_public_member_is_classified() -> None:
+    store_members = {n for n in dir(logstore.Store) if not n.startswith("_")}
+    instance = {"path", "durability", "readonly"}  # set in __init__
+    classified = set(STAYS_READABLE) | set(RAISES_WHEN_CLOSED) | set(OTHER)
+    assert store_members | instance == classified
