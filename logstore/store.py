@@ -251,18 +251,18 @@ class Store:
         io, path = self._io, self.path
         if not os.path.exists(path):
             if self.readonly:
-                raise FileNotFoundError(f"{path}: no such store")
+                raise FileNotFoundError(f"{path}: no such directory")
             io.mkdir(path)
             io.fsync_dir(os.path.dirname(os.path.abspath(path)))
         if not os.path.isdir(path) or os.path.islink(path):
-            raise NotADirectoryError(f"{path}: a store is a directory")
+            raise NotADirectoryError(f"{path}: not a directory")
         entries = set(io.listdir(path))
         is_store = bool(entries & {"CHECKPOINT", "segments"})
+        if self.readonly and not is_store:
+            raise FileNotFoundError(f"{path}: not a logstore store")
         if not is_store and entries - {"LOCK", "lost+found"}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
         if self.readonly:
-            if not is_store:
-                raise FileNotFoundError(f"{path}: not a logstore store")
             return False
         fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
         try:

@@ -286,3 +286,53 @@ def test_every_public_member_is_classified() -> None:
     instance = {"path", "durability", "readonly"}  # set in __init__
     classified = set(STAYS_READABLE) | set(RAISES_WHEN_CLOSED) | set(OTHER)
     assert store_members | instance == classified
+
+
+# -- a path that is not a store ------------------------------------------------------------------
+
+
+def _missing(tmp: Path) -> Path:
+    return tmp / "missing"
+
+
+def _file(tmp: Path) -> Path:
+    (tmp / "file").write_text("x")
+    return tmp / "file"
+
+
+def _empty(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def _other_files(tmp: Path) -> Path:
+    (tmp / "photos").mkdir()
+    (tmp / "photos" / "holiday.jpg").write_bytes(b"\xff\xd8")
+    return tmp / "photos"
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "said"),
+    [
+        (_missing, FileNotFoundError, "no such directory"),
+        (_file, NotADirectoryError, "not a directory"),
+        (_empty, FileNotFoundError, "not a logstore store"),
+        (_other_files, FileNotFoundError, "not a logstore store"),
+    ],
+    ids=["missing", "file", "empty-directory", "directory-of-other-files"],
+)
+def test_read_only_open_says_what_the_path_is(
+    tmp_path: Path, make: Callable[[Path], Path], error: type[Exception], said: str
+) -> None:
+    path = make(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(error) as info:
+        logstore.open(path, readonly=True)
+    assert str(info.value) == f"{path}: {said}"
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_writable_open_of_a_file_says_it_is_not_a_directory(tmp_path: Path) -> None:
+    path = _file(tmp_path)
+    with pytest.raises(NotADirectoryError, match=r": not a directory"):
+        logstore.open(path)

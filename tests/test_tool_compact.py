@@ -81,3 +81,15 @@ def test_compact_refuses_bad_retention_values(
     assert main(["compact", *option, str(store_dir)]) == 2
     assert "retention" in capsys.readouterr().err
     assert sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK") == before
+
+
+def test_compact_tells_a_missing_path_a_file_and_a_non_store_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["compact", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore compact: {tmp_path / target}: {message}\n"
+    assert not (tmp_path / "missing").exists()

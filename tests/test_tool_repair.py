@@ -281,6 +281,14 @@ def test_repair_and_compact_refuse_a_directory_that_is_not_a_store(
     assert sorted(os.listdir(tmp_path)) == ["x.txt"]
 
 
+def test_repair_tells_a_missing_path_and_a_file_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    for target, message in {"missing": "no such directory", "file": "not a directory"}.items():
+        assert main(["repair", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore repair: {tmp_path / target}: {message}\n"
+    assert not (tmp_path / "missing").exists()
+
+
 def test_repair_refuses_an_unknown_format_version(
     template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
     tmp_path: Path,

@@ -123,8 +123,12 @@ def test_empty_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_stats_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", str(tmp_path / "missing")]) == 2
-    assert "not a logstore store" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["stats", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore stats: {tmp_path / target}: {message}\n"
     assert main(["stats"]) == 2
     assert main(["stats", str(tmp_path), "extra"]) == 2
 

@@ -79,10 +79,12 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["verify", str(tmp_path / "missing")]) == 2
     (tmp_path / "plain").mkdir()
-    assert main(["verify", str(tmp_path / "plain")]) == 2
-    assert "not a logstore store" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["verify", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore verify: {tmp_path / target}: {message}\n"
 
 
 def test_live_store_is_safe_to_verify(store_dir: Path) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from typing import Any
 
 import logstore
 from logstore.store import check_retention
 from tools.progress import progress
+from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
@@ -31,8 +31,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isdir(os.path.join(args.dir, "segments")):
-        print(f"logstore compact: {args.dir}: not a logstore store", file=sys.stderr)
+    problem = store_dir_problem(args.dir)
+    if problem is not None:
+        print(f"logstore compact: {problem}", file=sys.stderr)
         return 2
     try:
         check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use

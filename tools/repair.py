@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from logstore.errors import LogStoreError
 from logstore.repair import repair
 from logstore.verify import verify
+from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
@@ -29,8 +29,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isdir(os.path.join(args.dir, "segments")):
-        print(f"logstore repair: {args.dir}: not a logstore store", file=sys.stderr)
+    problem = store_dir_problem(args.dir)
+    if problem is not None:
+        print(f"logstore repair: {problem}", file=sys.stderr)
         return 2
     try:
         report = repair(args.dir, dry_run=args.dry_run)

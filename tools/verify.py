@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from logstore.verify import verify
+from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
@@ -24,8 +24,9 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isdir(args.dir) or not os.path.isdir(os.path.join(args.dir, "segments")):
-        print(f"logstore verify: {args.dir}: not a logstore store", file=sys.stderr)
+    problem = store_dir_problem(args.dir)
+    if problem is not None:
+        print(f"logstore verify: {problem}", file=sys.stderr)
         return 2
     try:
         result = verify(args.dir, decode_envelopes=not args.no_decode)
