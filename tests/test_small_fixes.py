@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from logstore import Envelope
 from logstore.repair import repair
 from logstore.segment import parse_record
 from tests.conftest import SMALL_SEGMENT, quiet_logstore
+from tools.cli import main
 
 
 def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:
@@ -336,3 +340,16 @@ def test_writable_open_of_a_file_says_it_is_not_a_directory(tmp_path: Path) -> N
     path = _file(tmp_path)
     with pytest.raises(NotADirectoryError, match=r": not a directory"):
         logstore.open(path)
+
+
+# -- the version -----------------------------------------------------------------------------------
+
+
+def test_version_is_printed_by_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+", logstore.__version__)
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"logstore {logstore.__version__}\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "tools", "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"logstore {logstore.__version__}\n", "")
