@@ -257,8 +257,8 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
             continue
         why = seg.header_bad or (seg.damage[0][2] if seg.damage else seg.size_bad or "global offsets missing")
         report.actions.append(
-            f"{seg.path}: rewrite ({why}); keep {len(seg.records)} records, "
-            f"mark {sum(n for _g, n in seg_gaps)} global offsets lost"
+            f"{seg.path}: rewrite ({why}); keep {len(seg.records):,} records, "
+            f"mark {sum(n for _g, n in seg_gaps):,} global offsets lost"
         )
         for start, end, what in seg.damage:
             lf.save(seg.data[start:end], seg.path, start, what)
@@ -513,7 +513,7 @@ class _LostFound:
 
     def save(self, data: bytes, source: str, position: int, reason: str) -> None:
         """Copy ``data`` into lost+found with a manifest (only the manifest when there are no bytes left)."""
-        self.report.actions.append(f"{source}@{position}: save {len(data)} bytes to lost+found ({reason})")
+        self.report.actions.append(f"{source}@{position}: save {len(data):,} bytes to lost+found ({reason})")
         self.report.bytes_moved += len(data)
         if self.report.dry_run:
             return

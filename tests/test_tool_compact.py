@@ -93,3 +93,18 @@ def test_compact_tells_a_missing_path_a_file_and_a_non_store_apart(
         assert main(["compact", str(tmp_path / target)]) == 2
         assert capsys.readouterr().err == f"logstore compact: {tmp_path / target}: {message}\n"
     assert not (tmp_path / "missing").exists()
+
+
+def test_compact_text_has_thousands_separators_json_plain_ints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("text", "json"):
+        _store(tmp_path / name)
+    assert main(["compact", "--json", str(tmp_path / "json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(type(v) is int for k, v in report.items() if k != "path")
+    assert main(["compact", str(tmp_path / "text")]) == 0
+    out = capsys.readouterr().out
+    before, after, reclaimed = report["bytes_before"], report["bytes_after"], report["bytes_reclaimed"]
+    assert reclaimed >= 1000
+    assert f"; {before:,} -> {after:,} bytes ({reclaimed:,} reclaimed)" in out

@@ -424,3 +424,15 @@ def test_engine_rebuild_keeps_the_deleted_flag_after_compaction(tmp_path: Path) 
     (path / "CHECKPOINT").unlink()
     with logstore.open(path) as store:
         assert store.stream_info("x") == (2, 2, False)  # the rebuild says deleted
+
+
+def test_counts_have_thousands_separators_in_text_and_plain_ints_in_json(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store(store_dir, transactions=400)
+    assert main(["verify", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "1,200 records (1,200 readable messages," in out and "400 transactions, 401 streams" in out
+    assert main(["verify", "--json", str(store_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["records"], report["messages"], report["streams"]) == (1200, 1200, 401)

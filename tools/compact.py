@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            f"{args.dir}: rewrote {report.segments_rewritten} segment(s), dropped {report.segments_dropped}, "
-            f"removed {report.messages_removed} message(s); {report.bytes_before} -> {report.bytes_after} bytes "
-            f"({report.bytes_reclaimed} reclaimed)"
+            f"{args.dir}: rewrote {report.segments_rewritten:,} segment(s), dropped {report.segments_dropped:,}, "
+            f"removed {report.messages_removed:,} message(s); {report.bytes_before:,} -> {report.bytes_after:,} "
+            f"bytes ({report.bytes_reclaimed:,} reclaimed)"
         )
     return 0

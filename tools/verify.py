@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"PROBLEM {p}")
         for note in result.notes:
             print(f"note    {note}")
-        state = "clean" if result.ok else f"{len(result.problems)} problem(s)"
+        state = "clean" if result.ok else f"{len(result.problems):,} problem(s)"
         print(
-            f"{args.dir}: {state}: {result.segments} segments, {result.records} records "
-            f"({result.messages} readable messages, {result.removed} removed, {result.lost} lost, "
-            f"{result.control} control), {result.transactions} transactions, {result.streams} streams, "
-            f"log start {result.log_start}"
+            f"{args.dir}: {state}: {result.segments:,} segments, {result.records:,} records "
+            f"({result.messages:,} readable messages, {result.removed:,} removed, {result.lost:,} lost, "
+            f"{result.control:,} control), {result.transactions:,} transactions, {result.streams:,} streams, "
+            f"log start {result.log_start:,}"
         )
     return 0 if result.ok else 1
