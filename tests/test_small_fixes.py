@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -353,3 +354,18 @@ def test_version_is_printed_by_the_command(capsys: pytest.CaptureFixture[str]) -
         [sys.executable, "-m", "tools", "--version"], capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, f"logstore {logstore.__version__}\n", "")
+
+
+# -- the README names every run-time dependency ----------------------------------------------------
+
+
+def test_readme_dependency_sentence_names_every_runtime_dependency() -> None:
+    root = Path(__file__).resolve().parent.parent
+    with open(root / "pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    names = [re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0] for d in deps]
+    readme = (root / "README.md").read_text()
+    sentence = re.search(r"It depends on (.*?)runs on Linux", readme, flags=re.DOTALL)
+    assert sentence is not None, "the README's dependency sentence is gone"
+    missing = [n for n in names if n not in sentence.group(1)]
+    assert missing == [], f"the README's dependency sentence leaves out {missing}"

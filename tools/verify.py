@@ -1,7 +1,8 @@
 """``logstore verify DIR``: check every checksum and invariant of a store, read-only.
 
 Exit 0 clean, 1 problems found (each printed with file and byte position),
-2 usage or I/O error. Safe on a live store.
+2 usage or I/O error. Safe on a live store. On a terminal (stdout and stderr),
+and not with ``--json``, a progress bar counts the records walked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from typing import Any
 
 from logstore.verify import verify
+from tools.progress import progress
 from tools.storedir import store_dir_problem
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"logstore verify: {problem}", file=sys.stderr)
         return 2
     try:
-        result = verify(args.dir, decode_envelopes=not args.no_decode)
+        with progress(None, "verifying", enabled=False if args.json else None) as bar:
+            result = verify(args.dir, decode_envelopes=not args.no_decode, progress=bar.advance_to)
     except OSError as exc:
         print(f"logstore verify: {args.dir}: {exc}", file=sys.stderr)
         return 2
