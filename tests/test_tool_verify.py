@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import select
 import struct
 import subprocess
 import sys
-import termios
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +19,7 @@ from logstore import Envelope
 from logstore.envelope import encode
 from logstore.segment import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
 from logstore.verify import verify
+from tests.terminal import on_a_terminal
 from tools.cli import main
 
 
@@ -443,54 +439,15 @@ def test_counts_have_thousands_separators_in_text_and_plain_ints_in_json(
     assert (report["records"], report["messages"], report["streams"]) == (1200, 1200, 401)
 
 
-def _on_a_terminal(argv: list[str], stderr_too: bool = True) -> tuple[int, str, str]:
-    """Run ``python -m tools argv`` with stdout (and stderr) on a pseudo-terminal: (exit code, terminal, stderr)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tools", *argv],
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=slave if stderr_too else subprocess.PIPE,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _w, _x = select.select([master], [], [], 1.0)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        code = proc.wait(timeout=60)
-        err = proc.stderr.read().decode() if proc.stderr is not None else ""
-    finally:
-        os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-    return code, b"".join(chunks).decode(errors="replace"), err
-
-
 def test_progress_bar_on_a_terminal_only(store_dir: Path) -> None:
     _store(store_dir, transactions=1500)
-    code, screen, _err = _on_a_terminal(["verify", str(store_dir)])
+    code, screen, _err = on_a_terminal(["verify", str(store_dir)])
     assert code == 0 and ": clean: " in screen and "4,500 records" in screen
     assert "verifying:" in screen and "/4.50k" in screen  # the bar, with the checkpoint's count as its total
     # Not for --json, and not when stderr is not a terminal (a log file, a pipe).
-    code, screen, _err = _on_a_terminal(["verify", "--json", str(store_dir)])
+    code, screen, _err = on_a_terminal(["verify", "--json", str(store_dir)])
     assert code == 0 and json.loads(screen)["records"] == 4500 and "verifying" not in screen
-    code, screen, err = _on_a_terminal(["verify", str(store_dir)], stderr_too=False)
+    code, screen, err = on_a_terminal(["verify", str(store_dir)], stderr_too=False)
     assert code == 0 and "verifying" not in screen + err and err == ""
     # Nor when stdout is captured (every other test here).
     done = subprocess.run(
