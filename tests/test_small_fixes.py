@@ -7,6 +7,8 @@
   ``StoreClosedError`` once it is closed; a few stay readable (the table below).
 - ``logstore.open(path, readonly=True)`` tells a missing path, a file and a
   directory without a store apart.
+- ``logstore --version`` prints ``logstore.__version__``; the README names
+  every run-time dependency.
 """
 
 from __future__ import annotations
@@ -130,6 +132,37 @@ def test_successful_repair_logs_no_warning(store_dir: Path, caplog: pytest.LogCa
     assert report.changed and report.records_lost == 1
     assert _warnings(caplog) == []
     assert any("CHECKPOINT is missing" in m for m in _infos(caplog))
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
+def test_a_missing_catalog_is_rebuilt_quietly_a_damaged_one_is_a_warning(
+    store_dir: Path, caplog: pytest.LogCaptureFixture, readonly: bool
+) -> None:
+    """A missing catalog is what a read-only open meets when a writer's checkpoint removed it meanwhile."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 20)
+    (catalog,) = store_dir.glob("catalog.*")
+    saved = catalog.read_bytes()
+    catalog.unlink()
+    caplog.set_level(logging.INFO, logger="logstore")
+    with logstore.open(store_dir, readonly=readonly) as store:
+        assert store.global_head == 20 and "all indexes" in store.recovery_report.rebuilt
+    assert _warnings(caplog) == []
+    assert any("index files unusable" in m for m in _infos(caplog))
+    caplog.clear()
+    if readonly:  # the writable open above rewrote it; put back a damaged copy of the one it had
+        catalog.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+    else:
+        (catalog,) = store_dir.glob("catalog.*")
+        data = bytearray(catalog.read_bytes())
+        data[-1] ^= 1
+        catalog.write_bytes(bytes(data))
+    with logstore.open(store_dir, readonly=readonly) as store:
+        assert store.global_head == 20
+    assert any("index files unusable" in m for m in _warnings(caplog))
+    if readonly:
+        with logstore.open(store_dir):  # the next writable open rewrites the catalog
+            pass
 
 
 def test_what_was_lost_or_damaged_is_still_a_warning(store_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
