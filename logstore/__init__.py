@@ -32,6 +32,7 @@ from logstore.store import (
 from logstore.writer import Committer, Tx
 
 __version__ = "0.1.0"
+"""The package's version: the single place it is written (``logstore --version`` prints it)."""
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",

@@ -523,7 +523,10 @@ class Log:
                 if self.retry_changes:
                     raise IndexesUnusable(str(exc)) from exc
                 problem = f"index files unusable ({exc}); rebuilt from the log"
-                log.warning("%s: %s", self.directory, problem)
+                # A missing file is what a read-only open meets when a writer checkpointed and removed
+                # the old catalog meanwhile: derived data, rebuilt, nothing lost. A damaged one is news.
+                level = logging.INFO if isinstance(exc, FileNotFoundError) else logging.WARNING
+                log.log(level, "%s: %s", self.directory, problem)
                 report.rebuilt.append("all indexes")
                 ckpt = None
                 ckpt_problem = problem
@@ -606,7 +609,7 @@ class Log:
                     log.info("%s: position index missing or stale; read from the segment", seg.pos_path)
                     self.report.notes.append(f"read the positions of {rel} from the segment")
                     continue
-                log.warning("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                log.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
                 self.report.rebuilt.append(rel)
                 continue
             seg.end = e.end

@@ -80,6 +80,7 @@ class RepairReport:
     bytes_moved: int = 0
     lost_offsets: dict[str, list[int]] = field(default_factory=dict)  # stream -> offsets marked lost
     changed: bool = False
+    derived: list[str] = field(default_factory=list)  # derived index files deleted (to be rebuilt from the log)
 
 
 @dataclass
@@ -234,6 +235,14 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
         gaps.pop()  # nothing survives after it: the tail is cut, not filled
     # 5. Which stream offsets the gaps held.
     lost, names = _attribute(segs, gaps)
+    # The derived files the real run deletes, listed before anything is deleted, less what was moved
+    # to lost+found above (a dry run moved nothing, so it must not count those twice): the dry run
+    # and the real run then name the same files.
+    derived = [os.path.join(path, n) for n in io.listdir(path) if n == "CHECKPOINT" or n.startswith("catalog.")]
+    derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(".pos")]
+    if os.path.isdir(stream_dir):
+        derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(".runs")]
+    derived = sorted(p for p in derived if p not in lf.moved)
     # From here on segments change: first remove the checkpoint, so that a crash in the middle
     # leaves a store whose next open (or repair) reads the log itself, not indexes of the old one.
     ckpt_path = os.path.join(path, "CHECKPOINT")
@@ -248,8 +257,8 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
             continue
         why = seg.header_bad or (seg.damage[0][2] if seg.damage else seg.size_bad or "global offsets missing")
         report.actions.append(
-            f"{seg.path}: rewrite ({why}); keep {len(seg.records)} records, "
-            f"mark {sum(n for _g, n in seg_gaps)} global offsets lost"
+            f"{seg.path}: rewrite ({why}); keep {len(seg.records):,} records, "
+            f"mark {sum(n for _g, n in seg_gaps):,} global offsets lost"
         )
         for start, end, what in seg.damage:
             lf.save(seg.data[start:end], seg.path, start, what)
@@ -261,14 +270,12 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
     for name, offs in sorted(_lost_by_stream(lost).items()):
         report.lost_offsets[name] = offs
     # 6. Derived files: the next open rebuilds them from the log.
-    derived = [os.path.join(path, n) for n in io.listdir(path) if n == "CHECKPOINT" or n.startswith("catalog.")]
-    derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(".pos")]
-    if os.path.isdir(stream_dir):
-        derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(".runs")]
-    report.actions.append(f"delete {len(derived)} derived index files (rebuilt from the log)")
+    report.derived = derived
+    report.actions.append(f"delete {len(derived):,} derived index files (rebuilt from the log)")
     if not report.dry_run:
         for p in derived:
-            io.unlink(p)
+            if io.exists(p):  # CHECKPOINT went first, above
+                io.unlink(p)
         io.fsync_dir(path)
 
 
@@ -475,6 +482,7 @@ class _LostFound:
         self.report = report
         self.dir = os.path.join(path, "lost+found")
         self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.moved: set[str] = set()  # files moved here (or, in a dry run, that would be)
 
     def _ready(self) -> None:
         if not self.io.exists(self.dir):
@@ -505,7 +513,7 @@ class _LostFound:
 
     def save(self, data: bytes, source: str, position: int, reason: str) -> None:
         """Copy ``data`` into lost+found with a manifest (only the manifest when there are no bytes left)."""
-        self.report.actions.append(f"{source}@{position}: save {len(data)} bytes to lost+found ({reason})")
+        self.report.actions.append(f"{source}@{position}: save {len(data):,} bytes to lost+found ({reason})")
         self.report.bytes_moved += len(data)
         if self.report.dry_run:
             return
@@ -527,6 +535,7 @@ class _LostFound:
 
     def move(self, source: str, reason: str) -> None:
         self.report.actions.append(f"{source}: move to lost+found ({reason})")
+        self.moved.add(source)
         if self.report.dry_run:
             return
         self._ready()

@@ -418,7 +418,9 @@ class Segment:
                 log.info("%s: position index replaced by the writer (%s); read from the segment", path, exc)
                 return self.rebuild_positions(count)
             # Derived data: rebuild it from the segment itself; the next checkpoint rewrites the file.
-            log.warning("%s: position index unusable (%s); rebuilt from the segment", path, exc)
+            # A reader that mapped this segment before a compaction swapped it meets the new file's
+            # positions here: normal, hence INFO.
+            log.info("%s: position index unusable (%s); rebuilt from the segment", path, exc)
             return self.rebuild_positions(count)
 
     def rebuild_positions(self, count: int) -> PositionIndex:

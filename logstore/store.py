@@ -263,7 +263,10 @@ class Store:
             raise
         report = self._log.report
         if not report.clean:
-            log.warning("%s: opened after recovery: %s", path, report.summary())
+            # A cut moved bytes out of the log: the operator should know. Rebuilt indexes are derived
+            # data (after repair, compaction or a lost checkpoint) and lose nothing.
+            level = logging.WARNING if report.cut else logging.INFO
+            log.log(level, "%s: opened after recovery: %s", path, report.summary())
 
     # -- opening -------------------------------------------------------------------
 
@@ -313,7 +316,7 @@ class Store:
         io, path = self._io, self.path
         if not os.path.exists(path):
             if self.readonly:
-                raise FileNotFoundError(f"{path}: no such store")
+                raise FileNotFoundError(f"{path}: no such directory")
             io.mkdir(path)
             self._made_dir = True
             try:
@@ -322,7 +325,7 @@ class Store:
                 self._remove_created()
                 raise
         if not os.path.isdir(path) or os.path.islink(path):
-            raise NotADirectoryError(f"{path}: a store is a directory")
+            raise NotADirectoryError(f"{path}: not a directory")
         entries = set(io.listdir(path))
         # What was there before this open created anything: a failed creation removes only the rest.
         self._found = {(".", n) for n in entries}
@@ -330,11 +333,11 @@ class Store:
             if sub in entries and os.path.isdir(os.path.join(path, sub)):
                 self._found |= {(sub, n) for n in io.listdir(os.path.join(path, sub))}
         is_store = bool(entries & {"CHECKPOINT", "segments"})
+        if self.readonly and not is_store:
+            raise FileNotFoundError(f"{path}: not a logstore store")
         if not is_store and entries - {"LOCK", "lost+found"}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
         if self.readonly:
-            if not is_store:
-                raise FileNotFoundError(f"{path}: not a logstore store")
             return False
         try:
             fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
@@ -348,7 +351,7 @@ class Store:
             raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
         self._lock_fd = fd
         if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
-            log.warning("%s: the store's creation did not finish (a crash); creating it again", path)
+            log.info("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
 
@@ -410,12 +413,14 @@ class Store:
             ckpt, store_id = Checkpoint.decode(raw, None)
             return ckpt, None, store_id
         except FileNotFoundError:
+            # Derived data, as after `logstore repair`: rebuilt from the log, nothing lost.
             problem = "CHECKPOINT is missing; indexes rebuilt from the log"
+            log.info("%s: %s", self.path, problem)
         except UnsupportedVersionError as exc:
             raise FormatVersionError(path, exc.position, exc.what) from None
         except FormatError as exc:
             problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
-        log.warning("%s: %s", self.path, problem)
+            log.warning("%s: %s", self.path, problem)
         return None, problem, self._store_id_from_segments()
 
     def _store_id_from_segments(self) -> bytes:
@@ -477,7 +482,7 @@ class Store:
 
     @property
     def recovery_report(self) -> RecoveryReport:
-        """What the last open found and did (see :class:`RecoveryReport`)."""
+        """What the last open found and did (see :class:`RecoveryReport`); still readable after ``close()``."""
         return self._log.report
 
     @property
@@ -549,6 +554,9 @@ class Store:
         return self._log.visible_end
 
     def _check_open(self) -> None:
+        # Every member that reads or writes the store calls this first. What stays readable after
+        # close(): path, durability, readonly, closed, max_envelope_size (settings) and
+        # recovery_report (what the open did), and close() itself, which is idempotent.
         if self._closed:
             if self._forked:
                 raise self._forked_error()
@@ -785,6 +793,7 @@ class Store:
         self._release_lock()
 
     def __enter__(self) -> Store:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:

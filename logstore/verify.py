@@ -61,6 +61,7 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
@@ -201,10 +202,25 @@ def _writer_active(path: str) -> bool:
     return False
 
 
+Progress = Callable[[int, int | None], None]
+"""``progress(done, total)``: records walked so far, and how many the checkpoint expects (``None``: unknown)."""
+
+_PROGRESS_EVERY = 4096  # records between two progress calls: a call per record would slow the walk
+
+
 def verify(
-    path: str, io: FileIO | None = None, decode_envelopes: bool = True, live: bool | None = None
+    path: str,
+    io: FileIO | None = None,
+    decode_envelopes: bool = True,
+    live: bool | None = None,
+    progress: Progress | None = None,
 ) -> VerifyResult:
     """Check the store in ``path``; raises ``OSError`` only if a directory of the store cannot be read.
+
+    ``progress(done, total)``, when given, is called now and then while the
+    log is walked: ``done`` records so far, of about ``total`` (the
+    checkpoint's count; ``None`` without a usable checkpoint). A check that
+    is repeated on a live store starts again from ``done == 0``.
 
     ``live`` says whether a writer may be changing the store meanwhile; by
     default, whether some process holds the writer lock. A caller that holds
@@ -220,7 +236,7 @@ def verify(
     previous: list[str] | None = None
     for attempt in range(_LIVE_ATTEMPTS):
         result = VerifyResult(path, live=is_live)
-        checker = _Verifier(path, io, result, decode_envelopes)
+        checker = _Verifier(path, io, result, decode_envelopes, progress)
         checker.run()
         if not is_live:
             return result
@@ -241,8 +257,11 @@ def verify(
 
 
 class _Verifier:
-    def __init__(self, path: str, io: FileIO, result: VerifyResult, decode_envelopes: bool) -> None:
+    def __init__(
+        self, path: str, io: FileIO, result: VerifyResult, decode_envelopes: bool, progress: Progress | None = None
+    ) -> None:
         self.path = path
+        self.progress = progress
         self.io = io
         self.result = result
         self.decode_envelopes = decode_envelopes
@@ -429,6 +448,11 @@ class _Verifier:
         ckpt_goff = self.ckpt.next_goff if self.ckpt is not None else -1
         tail_problem: Problem | None = None
         started = False
+        progress = self.progress
+        total = ckpt_goff - firsts[0] if ckpt_goff >= 0 and firsts and ckpt_goff > firsts[0] else None
+        walked = 0
+        if progress is not None:
+            progress(0, total)
         for first in firsts:
             seg_path = self.logs[first]
             try:
@@ -494,8 +518,14 @@ class _Verifier:
                     pos += rec.length
                     scan.ends.append(pos)
                     self.expected = rec.goff + 1
+                    if progress is not None:
+                        walked += 1
+                        if walked % _PROGRESS_EVERY == 0:
+                            progress(walked, total)
             finally:
                 seg.close()
+            if progress is not None:
+                progress(walked, total)
         if self.expected == ckpt_goff and self.at_ckpt is None:
             self._snapshot()
         if self.open_tx is not None:

@@ -146,3 +146,31 @@ def test_compact_says_lost_and_found_is_not_touched(store_dir: Path, capsys: pyt
     assert (store_dir / "lost+found" / "cut.bin").read_bytes() == b"S3CRET"
     assert main(["compact", "--json", str(store_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["lost_found"] == ["lost+found/cut.bin"]
+
+
+def test_compact_tells_a_missing_path_a_file_and_a_non_store_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["compact", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore compact: {tmp_path / target}: {message}\n"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_compact_text_has_thousands_separators_json_plain_ints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("text", "json"):
+        _store(tmp_path / name)
+    assert main(["compact", "--json", str(tmp_path / "json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    counts = ("segments_rewritten", "segments_dropped", "messages_removed", "bytes_before", "bytes_after")
+    assert all(type(report[k]) is int for k in (*counts, "bytes_reclaimed"))
+    assert main(["compact", str(tmp_path / "text")]) == 0
+    out = capsys.readouterr().out
+    before, after, reclaimed = report["bytes_before"], report["bytes_after"], report["bytes_reclaimed"]
+    assert reclaimed >= 1000
+    assert f"; {before:,} -> {after:,} bytes ({reclaimed:,} reclaimed)" in out

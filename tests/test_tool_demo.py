@@ -34,6 +34,13 @@ def test_demo_refuses_a_directory_with_files(tmp_path: Path) -> None:
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 
 
+def test_demo_refuses_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("keep me")
+    assert main(["demo", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"logstore demo: {tmp_path / 'file'}: not a directory\n"
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
 def test_demo_rejects_bad_counts(tmp_path: Path) -> None:
     assert main(["demo", str(tmp_path / "s"), "--orders", "0"]) == 2
 

@@ -315,9 +315,10 @@ def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("keep")
     (tmp_path / "file").write_text("x")
-    for target in ("missing", "plain", "file"):
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
         assert main(["dump", str(tmp_path / target)]) == 2
-        assert f"{tmp_path / target}: not a logstore store" in capsys.readouterr().err
+        assert capsys.readouterr().err == f"logstore dump: {tmp_path / target}: {message}\n"
     assert not (tmp_path / "missing").exists()
     assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]
 

@@ -282,6 +282,14 @@ def test_repair_and_compact_refuse_a_directory_that_is_not_a_store(
     assert sorted(os.listdir(tmp_path)) == ["x.txt"]
 
 
+def test_repair_tells_a_missing_path_and_a_file_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("x")
+    for target, message in {"missing": "no such directory", "file": "not a directory"}.items():
+        assert main(["repair", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore repair: {tmp_path / target}: {message}\n"
+    assert not (tmp_path / "missing").exists()
+
+
 def test_repair_refuses_an_unknown_format_version(
     template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
     tmp_path: Path,
@@ -303,3 +311,29 @@ def test_repair_refuses_an_unknown_format_version(
     assert main(["repair", str(path)]) == 2
     assert "version" in capsys.readouterr().err
     assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+
+
+def test_dry_run_prints_the_real_runs_lines_with_thousands_separators(
+    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base, _unused, recs = template
+    for name in ("text", "json"):
+        shutil.copytree(base, tmp_path / name)
+        _zeroed_block(tmp_path / name, recs)
+    assert main(["repair", "--dry-run", "--json", str(tmp_path / "json")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert type(plan["bytes_moved"]) is int and plan["bytes_moved"] >= 1000
+    assert main(["repair", "--dry-run", str(tmp_path / "text")]) == 0
+    planned = capsys.readouterr().out.splitlines()
+    assert f"{plan['bytes_moved']:,} bytes to lost+found" in planned[-1]
+    assert main(["repair", str(tmp_path / "text")]) == 0
+    done = capsys.readouterr().out.splitlines()
+    assert [line.removeprefix("would ") for line in planned[:-1]] == [
+        line for line in done[:-1] if not line.startswith("rebuilt the indexes from the log")
+    ]
+    assert any(f"save {plan['bytes_moved']:,} bytes" in line for line in done)
+    assert main(["repair", "--json", str(tmp_path / "json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["derived"] == plan["derived"] and report["derived"]

@@ -12,6 +12,7 @@ import logstore
 from logstore import Envelope
 from logstore.inspect import store_stats
 from tests.conftest import SMALL_SEGMENT
+from tests.terminal import on_a_terminal
 from tools.cli import main
 from tools.progress import progress
 
@@ -123,8 +124,12 @@ def test_empty_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_stats_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stats", str(tmp_path / "missing")]) == 2
-    assert "not a logstore store" in capsys.readouterr().err
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["stats", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore stats: {tmp_path / target}: {message}\n"
     assert main(["stats"]) == 2
     assert main(["stats", str(tmp_path), "extra"]) == 2
 
@@ -147,3 +152,11 @@ def test_progress_enabled_draws_on_stderr(capsys: pytest.CaptureFixture[str]) ->
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "walking" in captured.err and "10" in captured.err
+
+
+def test_progress_bar_on_a_terminal_but_not_with_json(store_dir: Path) -> None:
+    _write(store_dir, {"a": 50, "b": 30})
+    code, screen, _err = on_a_terminal(["stats", str(store_dir)])
+    assert code == 0 and "reading records" in screen and "messages    80 readable" in screen
+    code, screen, _err = on_a_terminal(["stats", "--json", str(store_dir)])
+    assert code == 0 and "reading records" not in screen and json.loads(screen)["messages"]["readable"] == 80

@@ -19,6 +19,7 @@ from logstore import Envelope
 from logstore.envelope import encode
 from logstore.segment import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
 from logstore.verify import verify
+from tests.terminal import on_a_terminal
 from tools.cli import main
 
 
@@ -79,10 +80,12 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["verify", str(tmp_path / "missing")]) == 2
     (tmp_path / "plain").mkdir()
-    assert main(["verify", str(tmp_path / "plain")]) == 2
-    assert "not a logstore store" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main(["verify", str(tmp_path / target)]) == 2
+        assert capsys.readouterr().err == f"logstore verify: {tmp_path / target}: {message}\n"
 
 
 def test_live_store_is_safe_to_verify(store_dir: Path) -> None:
@@ -422,3 +425,36 @@ def test_engine_rebuild_keeps_the_deleted_flag_after_compaction(tmp_path: Path) 
     (path / "CHECKPOINT").unlink()
     with logstore.open(path) as store:
         assert store.stream_info("x") == (2, 2, False)  # the rebuild says deleted
+
+
+def test_counts_have_thousands_separators_in_text_and_plain_ints_in_json(
+    store_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _store(store_dir, transactions=400)
+    assert main(["verify", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "1,200 records (1,200 readable messages," in out and "400 transactions, 401 streams" in out
+    assert main(["verify", "--json", str(store_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["records"], report["messages"], report["streams"]) == (1200, 1200, 401)
+
+
+def test_progress_bar_on_a_terminal_only(store_dir: Path) -> None:
+    _store(store_dir, transactions=1500)
+    code, screen, _err = on_a_terminal(["verify", str(store_dir)])
+    assert code == 0 and ": clean: " in screen and "4,500 records" in screen
+    assert "verifying:" in screen and "/4.50k" in screen  # the bar, with the checkpoint's count as its total
+    # Not for --json, and not when stderr is not a terminal (a log file, a pipe).
+    code, screen, _err = on_a_terminal(["verify", "--json", str(store_dir)])
+    assert code == 0 and json.loads(screen)["records"] == 4500 and "verifying" not in screen
+    code, screen, err = on_a_terminal(["verify", str(store_dir)], stderr_too=False)
+    assert code == 0 and "verifying" not in screen + err and err == ""
+    # Nor when stdout is captured (every other test here).
+    done = subprocess.run(
+        [sys.executable, "-m", "tools", "verify", str(store_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stderr == ""

@@ -9,6 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import logstore
 from tools import compact, demo, dump, repair, stats, verify
 
 COMMANDS = (compact, demo, dump, repair, stats, verify)
@@ -16,6 +17,7 @@ COMMANDS = (compact, demo, dump, repair, stats, verify)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logstore", description="Embedded message store: tools.")
+    parser.add_argument("--version", action="version", version=f"logstore {logstore.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from typing import Any
 
@@ -22,6 +21,7 @@ from index.errors import FormatError
 from index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
 from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from tools.progress import progress
+from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
@@ -60,8 +60,9 @@ def _segment_size(directory: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isdir(os.path.join(args.dir, "segments")):
-        print(f"logstore compact: {args.dir}: not a logstore store", file=sys.stderr)
+    problem = store_dir_problem(args.dir)
+    if problem is not None:
+        print(f"logstore compact: {problem}", file=sys.stderr)
         return 2
     try:
         check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use
@@ -111,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         rolled = "" if report.rolled is None else f" (rolled the active segment {os.path.basename(report.rolled)})"
         print(
-            f"{args.dir}: rewrote {report.segments_rewritten} segment(s){rolled}, dropped {report.segments_dropped}, "
-            f"removed {report.messages_removed} message(s); {report.bytes_before} -> {report.bytes_after} bytes "
-            f"({report.bytes_reclaimed} reclaimed)"
+            f"{args.dir}: rewrote {report.segments_rewritten:,} segment(s){rolled}, dropped {report.segments_dropped:,}, "
+            f"removed {report.messages_removed:,} message(s); {report.bytes_before:,} -> {report.bytes_after:,} "
+            f"bytes ({report.bytes_reclaimed:,} reclaimed)"
         )
         for u in unreached:
-            print(f"not reached: {u['segment']}: {u['messages']} removed message(s) still there: {u['reason']}")
+            print(f"not reached: {u['segment']}: {u['messages']:,} removed message(s) still there: {u['reason']}")
         if lost_found:
             print(
                 f"not reached: lost+found/ holds {len(lost_found)} file(s) cut from the log by recovery or repair; "

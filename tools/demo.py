@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.orders <= 0 or args.batch <= 0:
         print("logstore demo: --orders and --batch must be positive", file=sys.stderr)
         return 2
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+        print(f"logstore demo: {args.dir}: not a directory", file=sys.stderr)
+        return 2
     if os.path.exists(args.dir) and os.listdir(args.dir):
         print(f"logstore demo: {args.dir} is not empty; give a new directory", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ import msgpack
 import logstore
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
 from logstore.inspect import RecordInfo, iter_records, stream_start
+from tools.storedir import store_dir_problem
 
 MESSAGE_WIDTH = 200
 """Longest rendering of a message in a human line; longer ones are cut with an ellipsis."""
@@ -73,10 +74,9 @@ def whole_number(text: str) -> int:
 
 def open_readonly(path: str) -> logstore.Store:
     """Open the store at ``path`` read-only, or raise :class:`ToolError` saying why not."""
-    if not os.path.isdir(path) or not (
-        os.path.isdir(os.path.join(path, "segments")) or os.path.exists(os.path.join(path, "CHECKPOINT"))
-    ):
-        raise ToolError(f"{path}: not a logstore store")
+    problem = store_dir_problem(path)
+    if problem is not None:
+        raise ToolError(problem)
     try:
         return logstore.open(path, readonly=True)
     except CorruptionError as exc:

@@ -6,9 +6,11 @@ of its own, and it already handles what a hand-written bar gets wrong
 second so that a tight loop is not slowed by its bar). The tools call
 :func:`progress` and nothing else, so tqdm stays replaceable.
 
-Bars are on by default only when standard output is a terminal: a tool whose
-output is piped or captured (``logstore stats DIR --json | jq``, a test)
-prints no bar. They are drawn on stderr, so they never mix into the output.
+Bars are on by default only when standard output and standard error are both
+terminals: a tool whose output is piped or captured (``logstore stats DIR |
+less``, a test) or whose stderr goes to a file prints no bar, and every
+command turns its bar off for ``--json``. They are drawn on stderr, so they
+never mix into the output.
 """
 
 from __future__ import annotations
@@ -45,6 +47,19 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
+    def advance_to(self, done: int, total: int | None) -> None:
+        """Show ``done`` of ``total``: a callback for work that reports where it is (``done`` may start over)."""
+        bar = self._bar
+        if bar is None:
+            return
+        total = None if total is None else max(total, done)
+        if done < bar.n:
+            bar.reset()
+        if total != bar.total:
+            bar.total = total
+            bar.refresh()  # show the new total now, not at the next timed redraw
+        bar.update(done - bar.n)
+
     def close(self) -> None:
         """Finish the bar (idempotent)."""
         bar, self._bar = self._bar, None
@@ -63,12 +78,12 @@ class Progress:
 def progress(total: int | None, desc: str, enabled: bool | None = None, unit: str = "records") -> Progress:
     """A bar counting ``unit`` to ``total`` (``None``: unknown), labelled ``desc``.
 
-    ``enabled`` defaults to whether standard output is a terminal; a
-    disabled bar does nothing at all.
+    ``enabled`` defaults to whether standard output and standard error are
+    both terminals; a disabled bar does nothing at all.
     """
     if enabled is None:
         try:
-            enabled = sys.stdout.isatty()
-        except (AttributeError, ValueError):  # no stdout, or a closed one
+            enabled = sys.stdout.isatty() and sys.stderr.isatty()
+        except (AttributeError, ValueError):  # no stdout or stderr, or a closed one
             enabled = False
     return Progress(total, desc, enabled, unit)

@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from logstore.errors import LogStoreError
 from logstore.repair import repair
 from logstore.verify import verify
+from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("repair", help="salvage a damaged store (takes the writer lock)")
     p.add_argument("dir", help="store directory")
     p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (counts as plain integers)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isdir(os.path.join(args.dir, "segments")):
-        print(f"logstore repair: {args.dir}: not a logstore store", file=sys.stderr)
+    problem = store_dir_problem(args.dir)
+    if problem is not None:
+        print(f"logstore repair: {problem}", file=sys.stderr)
         return 2
     try:
         report = repair(args.dir, dry_run=args.dry_run)
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             "bytes_moved": report.bytes_moved,
             "lost_offsets": report.lost_offsets,
             "lost_found": report.lost_found,
+            "derived": report.derived,
             "problems_left": left,
         }
         print(json.dumps(out, indent=2))
@@ -61,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"stream {name!r}: offsets {_ranges(offs)} lost (their bytes are in lost+found)")
         if report.changed:
             print(
-                f"{args.dir}: {'plan' if report.dry_run else 'repaired'}: {report.records_kept} records kept, "
-                f"{report.records_lost} global offsets marked lost, {report.bytes_moved} bytes to lost+found"
+                f"{args.dir}: {'plan' if report.dry_run else 'repaired'}: {report.records_kept:,} records kept, "
+                f"{report.records_lost:,} global offsets marked lost, {report.bytes_moved:,} bytes to lost+found"
             )
         for p in left:
             print(f"PROBLEM left after repair: {p}")

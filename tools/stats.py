@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"logstore stats: {exc}", file=sys.stderr)
         return 2
     try:
-        with store, progress(store.global_head - store.log_start, "reading records") as bar:
+        total = store.global_head - store.log_start
+        with store, progress(total, "reading records", enabled=False if args.json else None) as bar:
             stats = store_stats(store, bar.update)
     except CorruptionError as exc:
         print(f"logstore stats: {describe(exc)}", file=sys.stderr)
