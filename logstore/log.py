@@ -523,10 +523,9 @@ class Log:
                 if self.retry_changes:
                     raise IndexesUnusable(str(exc)) from exc
                 problem = f"index files unusable ({exc}); rebuilt from the log"
-                # A missing file is what a read-only open meets when a writer checkpointed and removed
-                # the old catalog meanwhile: derived data, rebuilt, nothing lost. A damaged one is news.
-                level = logging.INFO if isinstance(exc, FileNotFoundError) else logging.WARNING
-                log.log(level, "%s: %s", self.directory, problem)
+                # A read-only open meets files a live writer replaces (retry_changes) and loads again;
+                # only files that stay missing or damaged get here: nothing is lost, but it is news.
+                log.warning("%s: %s", self.directory, problem)
                 report.rebuilt.append("all indexes")
                 ckpt = None
                 ckpt_problem = problem

@@ -76,7 +76,7 @@ def test_read_only_store_opened_before_compaction_reads_after_it_without_warning
         # The reader mapped the old segments; their new position files no longer match: rebuilt.
         assert _read_all(reader) == 500
     assert _warnings(caplog) == []
-    assert any("position index unusable" in m for m in _infos(caplog))
+    assert any("position index" in m and "read from the segment" in m for m in _infos(caplog))
 
 
 def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_warning(
@@ -88,7 +88,9 @@ def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_w
         p.name: p.read_bytes() for p in store_dir.iterdir() if p.name == "CHECKPOINT" or p.name.startswith("catalog.")
     }
     with logstore.open(store_dir) as store:
-        rewritten = [Path(p) for p in store.compact().rewritten]
+        # Sealed segments only: a roll would checkpoint, and the state below is the one a crash between
+        # a swap and its checkpoint leaves.
+        rewritten = [Path(p) for p in store.compact(roll=False).rewritten]
     assert rewritten
     for p in store_dir.glob("catalog.*"):
         p.unlink()
@@ -98,7 +100,8 @@ def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_w
         seg.with_suffix(".pos").unlink(missing_ok=True)
     caplog.set_level(logging.INFO, logger="logstore")
     with logstore.open(store_dir, readonly=True) as reader:
-        assert reader.recovery_report.rebuilt
+        # A read-only open rebuilds nothing on disk: it reads those positions from the segments and notes it.
+        assert any("from the segment" in note for note in reader.recovery_report.notes)
         assert _read_all(reader) == 500
     assert _warnings(caplog) == []
     assert any("position index missing or stale" in m for m in _infos(caplog))
@@ -135,10 +138,11 @@ def test_successful_repair_logs_no_warning(store_dir: Path, caplog: pytest.LogCa
 
 
 @pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
-def test_a_missing_catalog_is_rebuilt_quietly_a_damaged_one_is_a_warning(
+def test_a_catalog_missing_or_damaged_for_good_is_rebuilt_with_a_warning(
     store_dir: Path, caplog: pytest.LogCaptureFixture, readonly: bool
 ) -> None:
-    """A missing catalog is what a read-only open meets when a writer's checkpoint removed it meanwhile."""
+    """A catalog a live writer replaced meanwhile is loaded again quietly (tests/test_live_readers.py);
+    one that stays missing or damaged is rebuilt from the log, and that is worth a warning."""
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, 20)
     (catalog,) = store_dir.glob("catalog.*")
@@ -147,12 +151,11 @@ def test_a_missing_catalog_is_rebuilt_quietly_a_damaged_one_is_a_warning(
     caplog.set_level(logging.INFO, logger="logstore")
     with logstore.open(store_dir, readonly=readonly) as store:
         assert store.global_head == 20 and "all indexes" in store.recovery_report.rebuilt
-    assert _warnings(caplog) == []
-    assert any("index files unusable" in m for m in _infos(caplog))
+    assert any("index files unusable" in m for m in _warnings(caplog))
     caplog.clear()
-    if readonly:  # the writable open above rewrote it; put back a damaged copy of the one it had
+    if readonly:  # put back a damaged copy of the catalog the checkpoint names
         catalog.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
-    else:
+    else:  # the writable open above wrote a new one
         (catalog,) = store_dir.glob("catalog.*")
         data = bytearray(catalog.read_bytes())
         data[-1] ^= 1
