@@ -4,7 +4,8 @@ Callers build a :class:`Tx` in their own thread (``append_messages`` checks the
 offset and encodes the envelopes there). ``Committer.commit()`` queues the
 transaction. If no thread holds the *writer role*, the committing thread takes
 it and works the queue itself: it takes every transaction waiting, checks each
-one's offsets against the stream heads, assigns global offsets, frames the
+one's offsets against the stream heads (an append at ``logstore.ANY`` is given
+the head there, see ``_assign_any``), assigns global offsets, frames the
 records, writes the whole group with one ``pwrite`` and makes it durable with
 one ``fdatasync`` (group commit), then publishes it to readers, wakes blocked
 ``next()`` calls and releases the committers. Commits that arrive meanwhile
