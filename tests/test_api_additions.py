@@ -414,6 +414,15 @@ class _AnyRules:
         assert tx.stream_offsets == {n: range(self._head(n), h) for n, h in heads.items()}
         self._record(messages, result)
 
+    def _read_located(self: Any, data: st.DataObject) -> None:
+        """A stream reader says each message's global offset as the model's log has it."""
+        if not self.streams:
+            return
+        name = data.draw(st.sampled_from(list(self.streams)), label="stream")
+        start = data.draw(st.integers(0, len(self.streams[name])), label="from offset")
+        expected = [(g, n, o, e) for g, (n, o, e) in enumerate(self.log) if n == name and o >= start]
+        assert _located_stream(self.s, name, start) == expected
+
     def _check_global(self: Any, start: int) -> None:
         got = _located_global(self.s, start)
         assert got == [(start + i, n, o, e) for i, (n, o, e) in enumerate(self.log[start:])]
@@ -424,11 +433,19 @@ class AnyFsyncModel(_AnyRules, FsyncModel):
     def commit_any(self, data: st.DataObject) -> None:
         self._commit_any(data)
 
+    @rule(data=st.data())
+    def read_located(self, data: st.DataObject) -> None:
+        self._read_located(data)
+
 
 class AnyNoSyncModel(_AnyRules, NoSyncModel):
     @rule(data=st.data())
     def commit_any(self, data: st.DataObject) -> None:
         self._commit_any(data)
+
+    @rule(data=st.data())
+    def read_located(self, data: st.DataObject) -> None:
+        self._read_located(data)
 
 
 TestAnyFsyncModel = AnyFsyncModel.TestCase
