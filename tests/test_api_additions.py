@@ -136,6 +136,20 @@ def test_current_message_keeps_its_place_when_a_removal_drops_what_was_read_ahea
         stream.close()
 
 
+def test_current_message_keeps_its_place_when_everything_read_ahead_is_removed(store_dir: Path) -> None:
+    with logstore.open(store_dir) as store:
+        with store.transaction() as tx:
+            tx.append("a", 0, _envs("a", 1))
+        with store.transaction() as tx:
+            tx.append("b", 0, _envs("b", 3))
+        with store.global_stream() as log:
+            assert log.try_next()  # decodes the three messages of "b" ahead
+            store.delete_stream("b")
+            assert not log.try_next()  # drops them: nothing left to read
+            assert (log.offset(), log.stream_name(), log.stream_offset()) == (0, "a", 0)
+            assert log.get().message["tag"] == "a"
+
+
 @pytest.mark.parametrize("method", ["stream_name", "stream_offset", "global_offset"])
 def test_location_methods_raise_like_offset(store_dir: Path, method: str) -> None:
     with logstore.open(store_dir) as store:
