@@ -29,15 +29,17 @@ from logstore.store import (
     Store,
     open,
 )
-from logstore.writer import Committer, Tx
+from logstore.writer import ANY, AnyOffset, Committer, Tx
 
 __version__ = "0.1.0"
 """The package's version: the single place it is written (``logstore --version`` prints it)."""
 
 __all__ = [
+    "ANY",
     "DEFAULT_SEGMENT_SIZE",
     "MAX_ENVELOPE_SIZE",
     "MAX_STREAM_NAME",
+    "AnyOffset",
     "Committer",
     "ConcurrencyError",
     "CorruptionError",

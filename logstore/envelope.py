@@ -20,7 +20,7 @@ Types that would come back as something else (a ``tuple`` would read as a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -95,10 +95,28 @@ def _pack(env: Envelope) -> bytes:
     return payload
 
 
+def check_envelopes(envs: object) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``envs`` is a non-empty sequence (not one envelope).
+
+    An :class:`Envelope` is a ``NamedTuple``, so a sequence itself: it is
+    refused by name, as are ``str``, ``bytes`` and mappings. The elements are
+    checked as they are encoded (:func:`encode_many`).
+    """
+    if type(envs) is list:  # the common case
+        if envs:
+            return
+    elif isinstance(envs, Envelope):
+        raise TypeError("envs must be a sequence of Envelope (a list), got one Envelope: wrap it in a list")
+    elif isinstance(envs, str | bytes | bytearray | Mapping) or not isinstance(envs, Sequence):
+        raise TypeError(f"envs must be a sequence of Envelope (a list), got {type(envs).__name__}")
+    if not envs:
+        raise ValueError("envs must hold at least one envelope")
+
+
 def check_envelope(env: object, where: str) -> Envelope:
     """Return ``env`` if it is a well-formed :class:`Envelope`, else raise ``TypeError``/``ValueError``."""
     if type(env) is not Envelope:
-        raise TypeError(f"{where}: expected an Envelope, got {type(env).__name__}")
+        raise TypeError(f"{where}: must be an Envelope, got {type(env).__name__}")
     for name in ("message_id", "causation_id", "correlation_id", "type"):
         if type(getattr(env, name)) is not str:
             raise TypeError(f"{where}: {name} must be a str, got {type(getattr(env, name)).__name__}")
@@ -121,11 +139,13 @@ def encode(env: Envelope, where: str) -> bytes:
         raise TypeError(f"{where}: message is not storable as msgpack without changing type: {exc}") from None
 
 
-def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) -> list[bytes]:
+def encode_many(envs: Sequence[object], stream: str, offset: int | None, limit: int) -> list[bytes]:
     """Check and encode the envelopes of one append (the caller's hot path).
 
     The common case runs a single type test per field; any failure is re-run
-    through :func:`check_envelope` and :func:`encode` for a precise message.
+    through :func:`check_envelope` and :func:`encode` for a precise message,
+    which names the envelope's index in ``envs`` and its stream offset
+    (``offset`` None: an append at ``logstore.ANY``, whose offsets are not known yet).
     """
     payloads: list[bytes] = []
     for env in envs:
@@ -147,10 +167,13 @@ def encode_many(envs: Sequence[object], stream: str, offset: int, limit: int) ->
                     pass  # the slow path below says precisely what is wrong
                 else:
                     if len(payload) > limit:
-                        raise MessageTooLargeError(stream, offset + len(payloads), len(payload), limit)
+                        k = len(payloads)
+                        raise MessageTooLargeError(stream, None if offset is None else offset + k, len(payload), limit)
                     payloads.append(payload)
                     continue
-        where = f"stream {stream!r} offset {offset + len(payloads)}"
+        k = len(payloads)
+        at = "at logstore.ANY" if offset is None else f"offset {offset + k}"
+        where = f"stream {stream!r} {at}, envs[{k}]"
         encode(check_envelope(env, where), where)  # raises, saying precisely what is wrong
         raise AssertionError(f"{where}: envelope failed the fast check but passed the full one")  # pragma: no cover
     return payloads

@@ -67,10 +67,9 @@ class StreamClosedError(LogStoreError):
 class MessageTooLargeError(LogStoreError, ValueError):
     """An encoded envelope is larger than the store accepts."""
 
-    def __init__(self, stream: str, offset: int, size: int, limit: int) -> None:
-        super().__init__(
-            f"stream {stream!r} offset {offset}: encoded envelope is {size} bytes, the limit is {limit} bytes"
-        )
+    def __init__(self, stream: str, offset: int | None, size: int, limit: int) -> None:
+        at = "at logstore.ANY" if offset is None else f"offset {offset}"
+        super().__init__(f"stream {stream!r} {at}: encoded envelope is {size} bytes, the limit is {limit} bytes")
         self.stream = stream
         self.offset = offset
         self.size = size

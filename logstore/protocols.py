@@ -72,3 +72,31 @@ class GloballyOrderedStore(Store, Protocol):
 
     def open_global(self, ds: DataStore, offset: int) -> Stream:
         """Open the entire store for reading as a single stream (``offset`` may be beyond the end)."""
+
+
+# The conveniences beside Ax's interfaces: apart, so that the protocols above stay Ax's.
+
+
+@runtime_checkable
+class LocatedStream(Stream, Protocol):
+    """A stream that also says where its current message is (both logstore readers are one)."""
+
+    def stream_name(self) -> str:
+        """The name of the stream the current message belongs to."""
+
+    def stream_offset(self) -> int:
+        """The current message's offset within its stream."""
+
+    def global_offset(self) -> int:
+        """The current message's global offset."""
+
+
+@runtime_checkable
+class ShortFormStore(Protocol):
+    """The short forms of :class:`GloballyOrderedStore`'s readers, on a store that is its own data store."""
+
+    def stream(self, stream: str, offset: int = 0) -> LocatedStream:
+        """``open_stream(self, stream, offset)``'s reader, with ``found`` as an attribute."""
+
+    def global_stream(self, offset: int = 0) -> LocatedStream:
+        """``open_global(self, offset)``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
@@ -20,6 +20,9 @@ from logstore.segment import SegmentRetired
 if TYPE_CHECKING:
     from logstore.segment import Segment
     from logstore.store import Store
+
+# Fields of a record header tuple (segment.RECORD_HEADER): stream id and stream offset.
+_SID, _SOFF = 4, 5
 
 PREFETCH = 256
 """Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
@@ -48,6 +51,7 @@ class _Reader:
         "_current",
         "_env",
         "_epoch",
+        "_meta",
         "_next",
         "_offs",
         "_prefetch",
@@ -67,6 +71,9 @@ class _Reader:
         self._offs: list[int] | None = None
         self._base = 0
         self._bufi = 0
+        # Where the messages of _buf came from, kept per read for stream_name() and the like
+        # (see the subclasses). Invariant: the current message is _buf[_bufi - 1], described by _meta.
+        self._meta: Any = None
         self._prefetch = self._FIRST_PREFETCH  # doubles up to PREFETCH while a reader keeps reading
         self._waiting = 0  # threads waiting in next() on this reader (changed under store._published)
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
@@ -89,23 +96,34 @@ class _Reader:
         return True
 
     def _drop_ahead(self) -> None:
-        if self._bufi < len(self._buf):
-            i = self._bufi
+        i = self._bufi
+        if i < len(self._buf):
             self._next = self._base + i if self._offs is None else self._offs[i]
-        self._buf = []
-        self._offs = None
-        self._bufi = 0
+            # Cut what was decoded ahead; the current message stays _buf[i - 1], with its _meta.
+            del self._buf[i:]
 
-    def _fill(self, buf: list[Envelope], offs: list[int] | None, base: int, resume: int) -> bool:
-        """Hand out ``buf``: offsets ``offs``, or ``base``, ``base + 1``, ... when ``offs`` is None."""
+    def _fill(self, buf: list[Envelope], offs: list[int] | None, base: int, resume: int, meta: object) -> bool:
+        """Hand out ``buf``: offsets ``offs``, or ``base``, ``base + 1``, ... when ``offs`` is None.
+
+        ``meta`` says where they came from (see the subclasses). A removal since
+        the read began (``_epoch``) drops them, and the read starts again at
+        their first offset; the current message then stays the one before.
+        """
+        if self._epoch != self._store._removals:
+            self._next = base if offs is None else offs[0]
+            return False
         self._buf = buf
         self._offs = offs
         self._base = base
-        self._bufi = 0
+        self._meta = meta
         self._next = resume
         if self._prefetch < PREFETCH:
             self._prefetch *= 2
-        return self._take()
+        # Take the first one: a removal from here on comes after this read, like one after the return.
+        self._env = buf[0]
+        self._current = base if offs is None else offs[0]
+        self._bufi = 1
+        return True
 
     # Subclasses provide these two.
     def _available(self) -> bool:
@@ -278,6 +296,24 @@ class _Reader:
             raise ValueError("offset() before a successful next() or try_next()")
         return self._current
 
+    def _check_current(self, what: str) -> None:
+        """Raise as ``offset()`` does when there is no current message (closed, or not advanced yet)."""
+        self._check_open()
+        if self._current < 0:
+            raise ValueError(f"{what}() before a successful next() or try_next()")
+
+    def stream_name(self) -> str:
+        """The name of the stream the current message belongs to."""
+        raise NotImplementedError
+
+    def stream_offset(self) -> int:
+        """The current message's offset within its stream."""
+        raise NotImplementedError
+
+    def global_offset(self) -> int:
+        """The current message's global offset (its position in the whole log)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
         if self._closed:
@@ -302,9 +338,21 @@ class _Reader:
 
 
 class StreamReader(_Reader):
-    """Reads one named stream in offset order (``store.open_stream``)."""
+    """Reads one named stream in offset order (``store.open_stream``, ``store.stream``).
 
-    __slots__ = ("_run", "_seg", "_seg_end", "_sid", "name")
+    ``name`` is the stream's name; ``found`` whether it existed (had a
+    committed message and was not deleted) when the reader was opened.
+
+    >>> import logstore, tempfile
+    >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+    ...     with store.transaction() as tx:
+    ...         tx.append("order-42", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+    ...     with store.stream("order-42") as stream:
+    ...         stream.found, stream.try_next(), stream.stream_offset(), stream.global_offset()
+    (True, True, 0, 0)
+    """
+
+    __slots__ = ("_run", "_seg", "_seg_end", "_sid", "found", "name")
 
     # A stream is mostly read whole from its start (loading an aggregate): the first read
     # decodes up to 16 envelopes at once, so a short stream takes one read.
@@ -319,6 +367,26 @@ class StreamReader(_Reader):
         self._run = (0, 0, 0)
         self._seg: Segment | None = None
         self._seg_end = 0  # _seg.first + _seg.count when last read (the active segment grows)
+        self.found = False  # set by the store when it opens the reader
+
+    # _meta: the global offset minus the stream offset of the records of _buf (one read is
+    # within one run of the stream, whose records have consecutive global offsets).
+
+    def stream_name(self) -> str:
+        """The stream's name (``name``), once there is a current message."""
+        self._check_current("stream_name")
+        return self.name
+
+    def stream_offset(self) -> int:
+        """The current message's offset in the stream: ``offset()``."""
+        self._check_current("stream_offset")
+        return self._current
+
+    def global_offset(self) -> int:
+        """The current message's global offset (its position in the whole log)."""
+        self._check_current("global_offset")
+        diff: int = self._meta
+        return self._current + diff
 
     def _head(self) -> int:
         sid = self._sid
@@ -395,7 +463,7 @@ class StreamReader(_Reader):
                 self._seg = None
                 continue
             if buf:
-                return self._fill(buf, offs, want, want + len(buf) if offs is None else offs[-1] + 1)
+                return self._fill(buf, offs, want, want + len(buf) if offs is None else offs[-1] + 1, goff - want)
             want += stop - goff  # only records that repair marked lost: skip them
         self._next = want
         return False
@@ -405,7 +473,22 @@ class StreamReader(_Reader):
 
 
 class GlobalReader(_Reader):
-    """Reads every stream in global (commit) order (``store.open_global``)."""
+    """Reads every stream in global (commit) order (``store.open_global``, ``store.global_stream``).
+
+    ``offset()`` is the global offset; ``stream_name()`` and ``stream_offset()``
+    say where the current message belongs.
+
+    >>> import logstore, tempfile
+    >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+    ...     with store.transaction() as tx:
+    ...         tx.append("order-42", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+    ...     with store.global_stream() as log:
+    ...         log.try_next(), log.offset(), log.stream_name(), log.stream_offset()
+    (True, 0, 'order-42', 0)
+    """
+
+    # _meta: the record headers of _buf's messages as the segment read them (Segment.read_global):
+    # a list of header tuples, or a numpy record array with fields "sid" and "soff".
 
     __slots__ = ("_seg",)
 
@@ -438,17 +521,43 @@ class GlobalReader(_Reader):
                     raise
             buf: list[Envelope] = []
             try:
-                nxt, offs = seg.read_global(want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed)
+                nxt, offs, meta = seg.read_global(
+                    want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed
+                )
             except SegmentRetired:
                 self._retired()
                 self._seg = None
                 continue
             if buf:
-                return self._fill(buf, offs, want, nxt)
+                return self._fill(buf, offs, want, nxt, meta)
             want = nxt
             self._prefetch = PREFETCH  # skipping: read ahead in big steps
         self._next = want
         return False
+
+    def _header(self) -> tuple[int, int]:
+        """(stream id, stream offset) of the current message, from the header its read kept."""
+        meta = self._meta
+        i = self._bufi - 1
+        if type(meta) is list:
+            header = meta[i]
+            return header[_SID], header[_SOFF]
+        return int(meta["sid"][i]), int(meta["soff"][i])
+
+    def stream_name(self) -> str:
+        """The name of the stream the current message belongs to."""
+        self._check_current("stream_name")
+        return self._store._log.catalog.names[self._header()[0]]
+
+    def stream_offset(self) -> int:
+        """The current message's offset within its stream."""
+        self._check_current("stream_offset")
+        return self._header()[1]
+
+    def global_offset(self) -> int:
+        """The current message's global offset: ``offset()``."""
+        self._check_current("global_offset")
+        return self._current
 
     def __repr__(self) -> str:
         return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"

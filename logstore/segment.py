@@ -492,14 +492,15 @@ class Segment:
             if now < self.size:
                 raise BadRecord(now, f"segment file is {now} bytes, {self.size} are mapped: cut under the store")
 
-    def _read_batch(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> bool:
+    def _read_batch(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> Any:
         """Append the envelopes of ``goff`` .. ``stop - 1`` if they are all plain, intact messages.
 
         The fast path of :meth:`read_many` and :meth:`read_global` for long
         reads: every record header is checked at once with numpy (global
         offsets, stream ids and offsets when ``sid >= 0``, kinds, lengths,
         records end to end), then each record's checksum is verified and its
-        envelope decoded. Returns False, with nothing appended, when anything
+        envelope decoded. Returns the record headers (a numpy record array of
+        ``_HEADER_DTYPE``, a copy), or None, with nothing appended, when anything
         is unusual (another record kind, damage, a mapping going away): the
         record-by-record path then reads the same records and says precisely
         what is wrong.
@@ -508,7 +509,7 @@ class Segment:
         arr, n = self.positions.positions.state
         i = goff - self.first
         if mm is None or i < 0 or stop - self.first > n:
-            return False
+            return None
         had = len(out)
         try:
             raw = np.frombuffer(mm, np.uint8)
@@ -530,7 +531,7 @@ class Segment:
                     (h["soff"] == np.arange(soff, soff + count, dtype=np.uint64)).all()
                 )
             if not ok:
-                return False
+                return None
             sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
             payloads = (starts + RECORD_HEADER.size + nlen).tolist()
             buf = self.view
@@ -538,14 +539,14 @@ class Segment:
             for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
                 if _xxh(buf[p:e]) != c:
                     del out[had:]
-                    return False
+                    return None
                 append(decode(buf[a:e]))
         except (ValueError, TypeError, IndexError, BufferError):
             # A mapping closed or cut under the read, or an envelope that does not decode: the
             # record-by-record path reads it again and reports it.
             del out[had:]
-            return False
-        return True
+            return None
+        return h
 
     def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:
         """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
@@ -568,7 +569,7 @@ class Segment:
             mm = self.mm
             if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
                 self._check_mapped()
-            if stop - goff >= _BATCH_MIN and self._read_batch(goff, stop, out, sid, soff):
+            if stop - goff >= _BATCH_MIN and self._read_batch(goff, stop, out, sid, soff) is not None:
                 return None
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
@@ -610,7 +611,7 @@ class Segment:
 
     def read_global(
         self, goff: int, stop: int, out: list[Envelope], trimmed: dict[int, int]
-    ) -> tuple[int, list[int] | None]:
+    ) -> tuple[int, list[int] | None, Any]:
         """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``.
 
         Control records, REMOVED records and messages below their stream's
@@ -619,23 +620,32 @@ class Segment:
         after the last record examined (``stop``, or less if damage stopped the
         read after something was read), and the global offsets of the
         envelopes appended if a record was skipped, else ``None`` (they are
-        then ``goff``, ``goff + 1``, ...).
+        then ``goff``, ``goff + 1``, ...), and the record headers of the
+        envelopes appended, one per envelope: a list of ``RECORD_HEADER``
+        tuples, or a numpy record array of ``_HEADER_DTYPE`` (fields ``sid``
+        and ``soff`` name each one's stream and stream offset). Both are
+        made by the read anyway: keeping them costs a list append per record.
         """
         buf = self.view
         size = self.size
         start = goff
         append = out.append
         offs: list[int] | None = None
+        headers: list[tuple[int, ...]] = []
+        keep = headers.append
         position = HEADER_SIZE
         try:
             mm = self.mm
             if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
                 self._check_mapped()
-            if not trimmed and stop - goff >= _BATCH_MIN and self._read_batch(goff, stop, out):
-                return stop, None
+            if not trimmed and stop - goff >= _BATCH_MIN:
+                batch = self._read_batch(goff, stop, out)
+                if batch is not None:
+                    return stop, None, batch
             position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
             while goff < stop:
-                length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
+                header = _hdr_unpack(buf, position)
+                length, kind, _flags, nlen, rsid, rsoff, rgoff = header
                 end = position + length - 8
                 if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
                     raise BadRecord(position, "record header does not match the index")
@@ -643,6 +653,7 @@ class Segment:
                     raise BadRecord(position, "record checksum mismatch")
                 if kind == KIND_MESSAGE and (not trimmed or rsoff >= trimmed.get(rsid, 0)):
                     append(decode(buf[position + 28 + nlen : end]))
+                    keep(header)
                     if offs is not None:
                         offs.append(goff)
                 elif kind not in KIND_NAMES:
@@ -654,19 +665,19 @@ class Segment:
         except (BadRecord, struct.error) as exc:  # struct.error: an index entry past the mapped records
             bad = _as_bad_record(exc, position, size)
             if out:
-                return goff, offs
+                return goff, offs, headers
             raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
         except (ValueError, TypeError) as exc:  # msgpack decoding errors are ValueError or TypeError
             if self.closed:
                 raise SegmentRetired(self.path) from None
             if out:
-                return goff, offs
+                return goff, offs, headers
             raise CorruptionError(
                 self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
         finally:
             self.io.records_read += goff - start
-        return goff, offs
+        return goff, offs, headers
 
     def close(self) -> None:
         """Release the mapping and the descriptor; closing twice does nothing."""

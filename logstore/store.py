@@ -28,7 +28,7 @@ from index.errors import FormatError, UnsupportedVersionError
 from index.header import HEADER_SIZE
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
-from logstore.envelope import Envelope, encode_many
+from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
     FormatVersionError,
@@ -42,7 +42,7 @@ from logstore.fileio import FileIO, default_io
 from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
-from logstore.writer import Committer, Tx, Writer
+from logstore.writer import ANY, ANY_OFFSET, AnyOffset, Committer, Tx, Writer
 
 log = logging.getLogger("logstore")
 
@@ -601,14 +601,24 @@ class Store:
 
     # -- Store -----------------------------------------------------------------------------
 
-    def append_messages(self, tx: Tx, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
-        """Append ``envs`` to ``stream`` at ``offset`` within ``tx``.
+    def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
+        """Append ``envs`` to ``stream`` at ``offset`` within ``tx`` (short form: ``tx.append(stream, offset, envs)``).
 
         ``offset`` must be the stream's next unused offset (0 for a new stream),
         counting this transaction's earlier appends; otherwise
         :class:`OffsetConflictError` names the stream, the expected and the
         given offset. The envelopes are checked and encoded here, in the
         caller's thread; on any error nothing is added to the transaction.
+
+        ``offset=logstore.ANY`` appends at the stream's head as it is at
+        commit, after whatever other transactions committed to it first (no
+        :class:`OffsetConflictError` for that stream); the writer assigns the
+        offsets and ``tx.stream_offsets`` has them after the commit. More
+        ``ANY`` appends to the stream in the transaction follow on; an exact
+        offset after an ``ANY`` one raises ``ValueError``.
+
+        ``envs`` is a sequence (a list) of :class:`Envelope`: a single
+        envelope, a ``str``, ``bytes`` or ``dict`` raises ``TypeError``.
         """
         self._check_writable()
         if type(tx) is not Tx:
@@ -617,18 +627,27 @@ class Store:
             raise ValueError("the transaction belongs to another store")
         tx._check_active()
         nameb = check_stream_name(stream)
+        if offset is ANY:
+            check_envelopes(envs)
+            payloads = encode_many(envs, stream, None, self._max_payload)
+            tx._appends.append((stream, nameb, ANY_OFFSET, payloads))
+            tx._heads[stream] = ANY_OFFSET
+            tx._any = True
+            return
         if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        if isinstance(envs, str | bytes) or not isinstance(envs, Sequence):  # type: ignore[unreachable]
-            raise TypeError(f"envs must be a sequence of Envelope, got {type(envs).__name__}")
-        if not envs:
-            raise ValueError("envs must hold at least one envelope")
+        check_envelopes(envs)
         expected = tx._heads.get(stream)
         if expected is None:
             expected = self._log.catalog.head_of(stream)
         if offset != expected:
+            if expected == ANY_OFFSET:
+                raise ValueError(
+                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
+                    " (its offsets are assigned at commit); append at logstore.ANY again"
+                )
             raise OffsetConflictError(stream, expected, offset)
         payloads = encode_many(envs, stream, offset, self._max_payload)
         tx._appends.append((stream, nameb, offset, payloads))
@@ -724,7 +743,9 @@ class Store:
         sid = cat.ids.get(stream)
         reader = StreamReader(self, stream, offset, sid)
         self._readers.add(reader)
-        return reader, sid is not None and cat.head.item(sid) > 0 and not cat.flags.item(sid) & FLAG_DELETED
+        found = sid is not None and cat.head.item(sid) > 0 and not cat.flags.item(sid) & FLAG_DELETED
+        reader.found = found
+        return reader, found
 
     def open_global(self, ds: Store, offset: int) -> GlobalReader:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
@@ -734,6 +755,25 @@ class Store:
         reader = GlobalReader(self, offset)
         self._readers.add(reader)
         return reader
+
+    def stream(self, stream: str, offset: int = 0) -> StreamReader:
+        """``open_stream(store, stream, offset)`` in short: the reader, whose ``found`` says whether it exists.
+
+        >>> reader = store.stream("order-42")  # doctest: +SKIP
+        >>> reader.found, [env.type for env in reader]  # doctest: +SKIP
+        (True, ['OrderPlaced'])
+        """
+        return self.open_stream(self, stream, offset)[0]
+
+    def global_stream(self, offset: int = 0) -> GlobalReader:
+        """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``.
+
+        >>> with store.global_stream() as log:  # doctest: +SKIP
+        ...     for env in log:
+        ...         print(log.offset(), log.stream_name(), log.stream_offset(), env.type)
+        0 order-42 0 OrderPlaced
+        """
+        return self.open_global(self, offset)
 
     # -- waking readers ------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Callers build a :class:`Tx` in their own thread (``append_messages`` checks the
 offset and encodes the envelopes there). ``Committer.commit()`` queues the
 transaction. If no thread holds the *writer role*, the committing thread takes
 it and works the queue itself: it takes every transaction waiting, checks each
-one's offsets against the stream heads, assigns global offsets, frames the
+one's offsets against the stream heads (an append at ``logstore.ANY`` is given
+the head there, see ``_assign_any``), assigns global offsets, frames the
 records, writes the whole group with one ``pwrite`` and makes it durable with
 one ``fdatasync`` (group commit), then publishes it to readers, wakes blocked
 ``next()`` calls and releases the committers. Commits that arrive meanwhile
@@ -31,10 +32,11 @@ log's files, the active segment, the indexes and ``_batch``.
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +61,7 @@ from logstore.segment import (
 )
 
 if TYPE_CHECKING:
+    from logstore.envelope import Envelope
     from logstore.log import Log
     from logstore.segment import Segment
     from logstore.store import Store
@@ -76,25 +79,82 @@ _VECTOR_HEADS = 32
 _IDLE_CHECK = 1.0
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
 
-# One append: (stream name, encoded name, first offset, encoded envelopes).
+# One append: (stream name, encoded name, first offset, encoded envelopes). The first offset is
+# ANY_OFFSET for an append at logstore.ANY until the writer assigns it at commit.
 Append = tuple[str, bytes, int, list[bytes]]
+ANY_OFFSET = -1
+
+
+class AnyOffset(enum.Enum):
+    """The type of :data:`ANY`: one member, so that no int can be mistaken for it."""
+
+    ANY = "ANY"
+
+    def __repr__(self) -> str:
+        return "logstore.ANY"
+
+
+ANY = AnyOffset.ANY
+"""Pass as the offset of ``append_messages``/``tx.append`` to append at the stream's head as it is at commit.
+
+No :class:`~logstore.OffsetConflictError` for that stream: whatever other
+transactions committed to it first, the messages go after them. The writer
+assigns their stream offsets at commit (``tx.stream_offsets`` has them).
+Within one transaction, more ``ANY`` appends to the stream follow on
+consecutively and an exact offset may come before them, but not after
+(``ValueError``: the head is not known until commit).
+"""
 
 
 class Tx:
     """A transaction: Ax's ``persistence.Tx``. Get one from ``store.begin_tx()``.
 
     After a successful commit, ``global_offsets`` is the ``range`` of global
-    offsets its messages occupy (empty if it appended nothing).
+    offsets its messages occupy (empty if it appended nothing), and
+    ``stream_offsets`` maps each stream it appended to to the ``range`` of
+    stream offsets its messages occupy there: the way to learn the offsets
+    that the writer assigned to appends at :data:`logstore.ANY`.
+
+    >>> import logstore, tempfile
+    >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+    ...     with store.transaction() as tx:
+    ...         tx.append("order-7", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+    ...         tx.append("outbox", logstore.ANY, [logstore.Envelope.new("SendMail", "a@example.com")])
+    ...     tx.global_offsets, tx.stream_offsets
+    (range(0, 2), {'order-7': range(0, 1), 'outbox': range(0, 1)})
     """
 
-    __slots__ = ("_appends", "_heads", "_state", "_store", "global_offsets")
+    __slots__ = ("_any", "_appends", "_heads", "_state", "_store", "global_offsets")
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._appends: list[Append] = []
-        self._heads: dict[str, int] = {}  # stream -> next offset counting this transaction's appends
+        # stream -> next offset counting this transaction's appends; ANY_OFFSET once it has an ANY append
+        self._heads: dict[str, int] = {}
+        self._any = False  # some append is at ANY: the writer assigns offsets at commit
         self._state = _ACTIVE
         self.global_offsets: range | None = None
+
+    def append(self, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
+        """``store.append_messages(tx, stream, offset, envs)`` in short: the same checks and errors."""
+        self._store.append_messages(self, stream, offset, envs)
+
+    @property
+    def stream_offsets(self) -> dict[str, range] | None:
+        """After a successful commit: stream -> ``range`` of the stream offsets written there; else None.
+
+        The ranges hold the offsets that the writer assigned at commit to
+        appends at :data:`logstore.ANY`, and the given ones of exact appends.
+        """
+        if self._state != _COMMITTED:
+            return None
+        spans: dict[str, range] = {}
+        for name, _nameb, first, payloads in self._appends:
+            done = spans.get(name)
+            # A transaction's appends to one stream are consecutive: exact ones by the offset check,
+            # ANY ones as the writer assigns them.
+            spans[name] = range(first if done is None else done.start, first + len(payloads))
+        return spans
 
     @property
     def active(self) -> bool:
@@ -152,6 +212,7 @@ class Committer:
             tx._state = _ROLLED_BACK
             tx._appends = []
             tx._heads = {}
+            tx._any = False
 
 
 # A control operation for the writer thread: (record kind, stream name, encoded name, offset), or a callable.
@@ -748,13 +809,15 @@ class Writer:
                 if h is None:
                     sid = ids.get(name)
                     h = 0 if sid is None else heads.get(sid, int(cat.head[sid]))
-                if first != h:
+                if first != h and first != ANY_OFFSET:  # noqa: PLR1714 - the common case tests one int
                     conflict = OffsetConflictError(name, h, first)
                     break
                 local[name] = h + len(payloads)
             if conflict is not None:
                 p.error = conflict
                 continue
+            if p.tx._any:
+                appends = p.tx._appends = _assign_any(appends, ids, heads, cat.head)
             # Pass 2: frame the records.
             tx_first = goff
             last_append = len(appends) - 1
@@ -872,3 +935,24 @@ class Writer:
         lg.visible_end = goff
         lg.checkpointed_bytes += written
         return committed
+
+
+def _assign_any(appends: list[Append], ids: dict[str, int], heads: dict[int, int], head: np.ndarray) -> list[Append]:
+    """``appends`` with each ANY offset replaced by the stream's head at this point of the group.
+
+    Writer role, after pass 1 found no conflict: ``heads`` holds the heads
+    that earlier transactions of the group reached, ``head`` the published
+    ones. The transaction's appends to a stream follow on from each other,
+    so an ANY after an exact append continues after it.
+    """
+    nxt: dict[str, int] = {}
+    out: list[Append] = []
+    for name, nameb, first, payloads in appends:
+        if first == ANY_OFFSET:
+            first = nxt.get(name, -1)
+            if first < 0:
+                sid = ids.get(name)
+                first = 0 if sid is None else heads.get(sid, int(head[sid]))
+        out.append((name, nameb, first, payloads))
+        nxt[name] = first + len(payloads)
+    return out

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 import logstore.envelope
+import logstore.reader
 import logstore.store
+import logstore.writer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def test_readme_api_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert store.global_head == 3
 
 
-@pytest.mark.parametrize("module", [logstore.envelope, logstore.store])
+@pytest.mark.parametrize("module", [logstore.envelope, logstore.store, logstore.reader, logstore.writer])
 def test_docstring_examples(module: object) -> None:
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert tried > 0
