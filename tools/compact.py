@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         rolled = "" if report.rolled is None else f" (rolled the active segment {os.path.basename(report.rolled)})"
         print(
-            f"{args.dir}: rewrote {report.segments_rewritten:,} segment(s){rolled}, dropped {report.segments_dropped:,}, "
-            f"removed {report.messages_removed:,} message(s); {report.bytes_before:,} -> {report.bytes_after:,} "
-            f"bytes ({report.bytes_reclaimed:,} reclaimed)"
+            f"{args.dir}: rewrote {report.segments_rewritten:,} segment(s){rolled}, "
+            f"dropped {report.segments_dropped:,}, removed {report.messages_removed:,} message(s); "
+            f"{report.bytes_before:,} -> {report.bytes_after:,} bytes ({report.bytes_reclaimed:,} reclaimed)"
         )
         for u in unreached:
             print(f"not reached: {u['segment']}: {u['messages']:,} removed message(s) still there: {u['reason']}")
