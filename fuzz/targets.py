@@ -51,9 +51,14 @@ from unittest import mock
 import xxhash
 
 import logstore
-from index.catalog import Catalog
-from index.errors import FormatError
-from index.header import (
+from logstore import Envelope
+from logstore.checkpoint import Checkpoint
+from logstore.envelope import decode
+from logstore.errors import CorruptionError
+from logstore.fileio import FileIO
+from logstore.index.catalog import Catalog
+from logstore.index.errors import FormatError
+from logstore.index.header import (
     HEADER_SIZE,
     MAGIC_CATALOG,
     MAGIC_CHECKPOINT,
@@ -62,13 +67,8 @@ from index.header import (
     MAGIC_SEGMENT,
     decode_header,
 )
-from index.position import PositionIndex
-from index.runs import LargeRuns
-from logstore import Envelope
-from logstore.checkpoint import Checkpoint
-from logstore.envelope import decode
-from logstore.errors import CorruptionError
-from logstore.fileio import FileIO
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LargeRuns
 from logstore.segment import (
     RECORD_OVERHEAD,
     BadRecord,

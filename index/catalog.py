@@ -42,9 +42,9 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from index.errors import FormatError
-from index.header import HEADER_SIZE, MAGIC_CATALOG, Header, decode_header, encode_header
-from index.runs import U32, U64, RunIndex
+from .errors import FormatError
+from .header import HEADER_SIZE, MAGIC_CATALOG, Header, decode_header, encode_header
+from .runs import U32, U64, RunIndex
 
 FLAG_DELETED = 1
 FLAG_LARGE = 2

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import xxhash
 
-from index.errors import FormatError, UnsupportedVersionError
+from .errors import FormatError, UnsupportedVersionError
 
 FORMAT_VERSION = 1
 HEADER_SIZE = 64

@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from index.errors import FormatError
-from index.growable import Growable
-from index.header import HEADER_SIZE, MAGIC_POSITION, Header, decode_header, encode_header
+from .errors import FormatError
+from .growable import Growable
+from .header import HEADER_SIZE, MAGIC_POSITION, Header, decode_header, encode_header
 
 ENTRY = np.dtype("<u4")
 

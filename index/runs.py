@@ -32,9 +32,9 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from index.errors import FormatError
-from index.growable import Growable
-from index.header import HEADER_SIZE, MAGIC_RUNS, Header, decode_header, encode_header
+from .errors import FormatError
+from .growable import Growable
+from .header import HEADER_SIZE, MAGIC_RUNS, Header, decode_header, encode_header
 
 LARGE_RUNS = 128
 """A stream with more runs than this moves out of the shared table into its own file."""

@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 import xxhash
 
-from index.errors import FormatError
-from index.header import HEADER_SIZE, MAGIC_CHECKPOINT, Header, decode_header, encode_header
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE, MAGIC_CHECKPOINT, Header, decode_header, encode_header
 
 FLAG_CLEAN = 1
 _HEAD = struct.Struct("<QQQ")

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.segment import (
     KIND_MESSAGE,
     KIND_REMOVED,

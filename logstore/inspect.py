@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from index.catalog import FLAG_DELETED, FLAG_LARGE
-from index.header import HEADER_SIZE
 from logstore.envelope import Envelope, decode
 from logstore.errors import CorruptionError, StoreClosedError
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import (
     KIND_LOST,
     KIND_MESSAGE,

@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
-from index.errors import FormatError, UnsupportedVersionError
-from index.header import HEADER_SIZE
-from index.position import PositionIndex
-from index.runs import LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint, SegmentEntry
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
 from logstore.fileio import FileIO
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LargeRuns, RunIndex
 from logstore.segment import (
     FLAG_SYNCED,
     FLAG_TX_END,

@@ -37,11 +37,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from index.errors import FormatError, UnsupportedVersionError
-from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.checkpoint import Checkpoint
 from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError
 from logstore.fileio import FileIO, default_io
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.segment import (
     FLAG_NAMED,
     FLAG_TX_END,

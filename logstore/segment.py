@@ -70,12 +70,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import xxhash
 
-from index.errors import FormatError, UnsupportedVersionError
-from index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
-from index.position import PositionIndex
 from logstore.envelope import Envelope, decode
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
 from logstore.fileio import FileIO
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.index.position import PositionIndex
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
 CHECKSUM = struct.Struct("<Q")

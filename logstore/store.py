@@ -23,9 +23,6 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from index.catalog import FLAG_DELETED
-from index.errors import FormatError, UnsupportedVersionError
-from index.header import HEADER_SIZE
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
 from logstore.envelope import Envelope, check_envelopes, encode_many
@@ -39,6 +36,9 @@ from logstore.errors import (
     StoreLockedError,
 )
 from logstore.fileio import FileIO, default_io
+from logstore.index.catalog import FLAG_DELETED
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE
 from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.reader import GlobalReader, StreamReader, _Reader
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header

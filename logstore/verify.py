@@ -64,15 +64,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
-from index.errors import FormatError
-from index.header import HEADER_SIZE, MAGIC_POSITION, MAGIC_RUNS, decode_header
-from index.position import PositionIndex
-from index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
 from logstore.fileio import FileIO, default_io
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE, MAGIC_POSITION, MAGIC_RUNS, decode_header
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.segment import (
     FLAG_TX_END,
     KIND_DELETE,

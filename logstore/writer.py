@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from index.catalog import FLAG_DELETED
-from index.header import HEADER_SIZE
 from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
+from logstore.index.catalog import FLAG_DELETED
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import (
     CHECKSUM,
     FLAG_NAMED,

@@ -16,8 +16,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from index.header import HEADER_SIZE
 from logstore import Store
+from logstore.index.header import HEADER_SIZE
 
 _LENGTH = struct.Struct("<I")  # record length, at byte 0 of a record (docs/FORMAT.md)
 _GOFF = struct.Struct("<Q")  # global offset, at byte 20 of a record

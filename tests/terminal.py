@@ -13,11 +13,11 @@ import time
 
 
 def on_a_terminal(argv: list[str], stderr_too: bool = True) -> tuple[int, str, str]:
-    """Run ``python -m tools argv`` with stdout (and stderr) on a pseudo-terminal: (exit code, terminal, stderr)."""
+    """Run ``python -m logstore argv`` with stdout (and stderr) on a pseudo-terminal: (exit code, terminal, stderr)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools", *argv],
+        [sys.executable, "-m", "logstore", *argv],
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=slave if stderr_too else subprocess.PIPE,

@@ -49,8 +49,8 @@ import pytest
 
 import logstore
 from fuzz import targets as T
-from index.header import HEADER_SIZE
 from logstore.errors import CorruptionError
+from logstore.index.header import HEADER_SIZE
 from logstore.verify import VerifyResult, verify
 from tests.conftest import quiet_logstore
 from tests.stress import STRESS

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope, FileIO, OutOfSpaceError, StoreFailedError
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import RESERVE_FIRST, RESERVE_STEP_MAX
 from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash

@@ -63,9 +63,11 @@ from hypothesis import strategies as st
 
 import logstore
 from fuzz import targets as T
-from index.catalog import Catalog
-from index.errors import FormatError
-from index.header import (
+from logstore.checkpoint import Checkpoint
+from logstore.envelope import decode
+from logstore.index.catalog import Catalog
+from logstore.index.errors import FormatError
+from logstore.index.header import (
     HEADER_SIZE,
     MAGIC_CATALOG,
     MAGIC_CHECKPOINT,
@@ -75,10 +77,8 @@ from index.header import (
     Header,
     encode_header,
 )
-from index.position import PositionIndex
-from index.runs import LargeRuns
-from logstore.checkpoint import Checkpoint
-from logstore.envelope import decode
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LargeRuns
 from logstore.segment import BadRecord, parse_record
 from logstore.verify import verify
 from tests.stress import SEED, STRESS, scale

@@ -27,8 +27,8 @@ import pytest
 from conftest import SMALL_SEGMENT, assert_verified
 
 import logstore
-from index.runs import LARGE_RUNS
 from logstore import Envelope
+from logstore.index.runs import LARGE_RUNS
 from logstore.repair import repair
 from logstore.verify import verify
 

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from index.catalog import FLAG_LARGE, Catalog
-from index.errors import FormatError, UnsupportedVersionError
-from index.header import HEADER_SIZE, MAGIC_CATALOG, MAGIC_POSITION, Header, decode_header, encode_header
-from index.position import PositionIndex
-from index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.checkpoint import Checkpoint, SegmentEntry
 from logstore.envelope import decode
+from logstore.index.catalog import FLAG_LARGE, Catalog
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE, MAGIC_CATALOG, MAGIC_POSITION, Header, decode_header, encode_header
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.segment import BadRecord, frame, parse_record
 
 STORE = bytes(range(16))

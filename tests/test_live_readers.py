@@ -35,14 +35,14 @@ import logstore
 import logstore.log
 import logstore.segment
 import logstore.verify
-from index.header import HEADER_SIZE
 from logstore import Envelope
 from logstore.fileio import FileIO
+from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records
 from logstore.segment import BadRecord, Record, last_nonzero, parse_record
+from logstore.tools.cli import main
 from tests.conftest import SMALL_SEGMENT
 from tests.stress import SEED, scale
-from tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ import pytest
 
 import logstore
 import logstore.segment as segment_module
-from index.header import HEADER_SIZE
 from logstore import CorruptionError, Envelope, FileIO
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import BadRecord, data_regions, parse_record
 from logstore.verify import verify
 from tests.conftest import assert_verified
@@ -503,7 +503,7 @@ def test_regression_crash_during_a_cut_leaves_a_store_that_opens(store_dir: Path
 
 def test_regression_run_lookup_while_a_stream_moves_to_its_own_file() -> None:
     """A reader that looked in ``large`` before a merge and in the shared table after it found nothing."""
-    from index.runs import LARGE_RUNS, RunIndex
+    from logstore.index.runs import LARGE_RUNS, RunIndex
 
     index = RunIndex()
     for i in range(LARGE_RUNS + 1):

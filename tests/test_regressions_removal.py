@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope, FileIO
 from logstore.compact import CompactReport
 from logstore.errors import CorruptionError
+from logstore.index.header import HEADER_SIZE
 from logstore.log import Log
 from logstore.repair import repair
 from logstore.segment import KIND_RETAIN, Segment, parse_record

@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope
+from logstore.index.header import HEADER_SIZE
 from logstore.repair import repair
 from logstore.segment import parse_record
+from logstore.tools.cli import main
 from tests.conftest import SMALL_SEGMENT, quiet_logstore
-from tools.cli import main
 
 
 def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:
@@ -387,7 +387,7 @@ def test_version_is_printed_by_the_command(capsys: pytest.CaptureFixture[str]) -
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"logstore {logstore.__version__}\n"
     done = subprocess.run(
-        [sys.executable, "-m", "tools", "--version"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "logstore", "--version"], capture_output=True, text=True, timeout=60, check=False
     )
     assert (done.returncode, done.stdout, done.stderr) == (0, f"logstore {logstore.__version__}\n", "")
 

@@ -11,8 +11,8 @@ import xxhash
 
 import logstore
 from logstore import Envelope
+from logstore.tools.cli import main
 from tests.conftest import SMALL_SEGMENT
-from tools.cli import main
 
 
 def _store(path: Path) -> None:

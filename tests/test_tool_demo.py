@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tools.cli import main
+from logstore.tools.cli import main
 
 
 def test_demo_writes_reads_and_verifies(store_dir: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tools", "demo", str(store_dir), "--orders", "300", "--batch", "50"],
+        [sys.executable, "-m", "logstore", "demo", str(store_dir), "--orders", "300", "--batch", "50"],
         check=False,
         capture_output=True,
         text=True,

@@ -16,12 +16,12 @@ import pytest
 import xxhash
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope
+from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records, stream_start
 from logstore.segment import parse_record
+from logstore.tools.cli import main
 from tests.conftest import SMALL_SEGMENT
-from tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ def test_dump_beside_an_open_writer(store_dir: Path, capsys: pytest.CaptureFixtu
         with store.transaction() as tx:  # the writer is unaffected
             store.append_messages(tx, "live", 1, [Envelope.new("Live", {"n": 2})])
         result = subprocess.run(
-            [sys.executable, "-m", "tools", "dump", "--json", "--stream", "live", str(store_dir)],
+            [sys.executable, "-m", "logstore", "dump", "--json", "--stream", "live", str(store_dir)],
             check=False,
             capture_output=True,
             text=True,
@@ -261,7 +261,7 @@ def test_a_closed_pipe_ends_the_dump_quietly(tmp_path: Path) -> None:
     path = tmp_path / "store"
     _write(path, PLAN)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools", "dump", "--json", str(path)],
+        [sys.executable, "-m", "logstore", "dump", "--json", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import parse_record
+from logstore.tools.cli import main
 from tests.conftest import SMALL_SEGMENT
-from tools.cli import main
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
 

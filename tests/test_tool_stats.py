@@ -11,10 +11,10 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.inspect import store_stats
+from logstore.tools.cli import main
+from logstore.tools.progress import progress
 from tests.conftest import SMALL_SEGMENT
 from tests.terminal import on_a_terminal
-from tools.cli import main
-from tools.progress import progress
 
 
 def _write(path: Path, counts: dict[str, int], pad: int = 200) -> None:

@@ -14,13 +14,13 @@ import pytest
 import xxhash
 
 import logstore
-from index.header import HEADER_SIZE
 from logstore import Envelope
 from logstore.envelope import encode
+from logstore.index.header import HEADER_SIZE
 from logstore.segment import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
+from logstore.tools.cli import main
 from logstore.verify import verify
 from tests.terminal import on_a_terminal
-from tools.cli import main
 
 
 def _store(path: Path, transactions: int = 5) -> None:
@@ -95,7 +95,7 @@ def test_live_store_is_safe_to_verify(store_dir: Path) -> None:
             store.append_messages(tx, "a", 10, [Envelope.new("E", 99)])
         before = sorted((p.name, p.stat().st_size) for p in (store_dir / "segments").iterdir())
         result = subprocess.run(
-            [sys.executable, "-m", "tools", "verify", "--json", str(store_dir)],
+            [sys.executable, "-m", "logstore", "verify", "--json", str(store_dir)],
             check=False,
             capture_output=True,
             text=True,
@@ -451,7 +451,7 @@ def test_progress_bar_on_a_terminal_only(store_dir: Path) -> None:
     assert code == 0 and "verifying" not in screen + err and err == ""
     # Nor when stdout is captured (every other test here).
     done = subprocess.run(
-        [sys.executable, "-m", "tools", "verify", str(store_dir)],
+        [sys.executable, "-m", "logstore", "verify", str(store_dir)],
         capture_output=True,
         text=True,
         timeout=120,

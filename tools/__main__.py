@@ -1,7 +1,7 @@
-"""``python -m tools`` runs the ``logstore`` command."""
+"""``python -m tools`` (from a checkout) runs the ``logstore`` command; installed, it is ``python -m logstore``."""
 
 import sys
 
-from tools.cli import main
+from logstore.tools.cli import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 import logstore
-from tools import compact, demo, dump, repair, stats, verify
+from logstore.tools import compact, demo, dump, repair, stats, verify
 
 COMMANDS = (compact, demo, dump, repair, stats, verify)
 

@@ -18,11 +18,11 @@ import sys
 from typing import Any
 
 import logstore
-from index.errors import FormatError
-from index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
 from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
-from tools.progress import progress
-from tools.storedir import store_dir_problem
+from logstore.tools.progress import progress
+from logstore.tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:

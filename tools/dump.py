@@ -27,7 +27,7 @@ import msgpack
 import logstore
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
 from logstore.inspect import RecordInfo, iter_records, stream_start
-from tools.storedir import store_dir_problem
+from logstore.tools.storedir import store_dir_problem
 
 MESSAGE_WIDTH = 200
 """Longest rendering of a message in a human line; longer ones are cut with an ellipsis."""

@@ -16,8 +16,8 @@ from typing import Any
 
 from logstore.errors import LogStoreError
 from logstore.repair import repair
+from logstore.tools.storedir import store_dir_problem
 from logstore.verify import verify
-from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:

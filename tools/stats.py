@@ -17,8 +17,8 @@ from typing import Any
 
 from logstore.errors import CorruptionError, LogStoreError
 from logstore.inspect import store_stats
-from tools.dump import ToolError, describe, open_readonly, quiet_broken_pipe
-from tools.progress import progress
+from logstore.tools.dump import ToolError, describe, open_readonly, quiet_broken_pipe
+from logstore.tools.progress import progress
 
 
 def add_parser(sub: Any) -> None:

@@ -12,9 +12,9 @@ import json
 import sys
 from typing import Any
 
+from logstore.tools.progress import progress
+from logstore.tools.storedir import store_dir_problem
 from logstore.verify import verify
-from tools.progress import progress
-from tools.storedir import store_dir_problem
 
 
 def add_parser(sub: Any) -> None:
