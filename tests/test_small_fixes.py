@@ -279,6 +279,8 @@ RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
     "compact": lambda s: s.compact(),
     "open_stream": lambda s: s.open_stream(s, "s", 0),
     "open_global": lambda s: s.open_global(s, 0),
+    "stream": lambda s: s.stream("s"),
+    "global_stream": lambda s: s.global_stream(),
 }
 OTHER = ("close",)  # idempotent: closing a closed store does nothing
 
