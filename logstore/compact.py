@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from logstore.errors import OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
 from logstore.segment import (
     KIND_MESSAGE,
@@ -161,8 +162,13 @@ def compact_store(
     # The active segment is walked outside the writer role, up to what readers may already read
     # (those records never change), so that commits do not wait for the walk.
     active = lg.active
-    if roll and _removable(active, first, lg.visible_end) and writer.call(lambda: writer.roll_now(active)):
-        report.rolled = active.path
+    no_space: OutOfSpaceError | None = None
+    if roll and _removable(active, first, lg.visible_end):
+        rolled = writer.call(lambda: writer.roll_now(active))
+        if isinstance(rolled, OutOfSpaceError):
+            no_space = rolled  # the file system is full: the sealed segments are still compacted
+        elif rolled:
+            report.rolled = active.path
     sealed = lg.segments[:-1]
     # Streams created since the copy (and maybe sealed in a segment meanwhile) have removed nothing
     # as of the copy: their entries are 0. The catalog is read after the segment list, so every
@@ -201,13 +207,13 @@ def compact_store(
                 report.rewritten.append(seg.path)
         if progress is not None:
             progress(done, len(sealed))
-    report.unreached = _unreached(store, first, roll)
+    report.unreached = _unreached(store, first, roll, no_space)
     report.lost_found = _lost_found(store)
     report.bytes_after = _log_bytes(store)
     return report
 
 
-def _unreached(store: Store, first: np.ndarray, roll: bool) -> list[Unreached]:
+def _unreached(store: Store, first: np.ndarray, roll: bool, no_space: OutOfSpaceError | None) -> list[Unreached]:
     """The segment files that still hold removed messages' envelopes after the pass, and why.
 
     Removals after ``first`` was taken are the only way a sealed segment can
@@ -230,11 +236,15 @@ def _unreached(store: Store, first: np.ndarray, roll: bool) -> list[Unreached]:
             continue  # retention dropped it meanwhile: its bytes are gone with it
         if n:
             out.append(Unreached(seg.path, n, REASON_LATER))
-    if later or not roll:
+    if later or not roll or no_space is not None:
         active = segments[-1]
         n = _removable(active, now, end)
         if n:
-            out.append(Unreached(active.path, n, REASON_ACTIVE_LATER if roll else REASON_NO_ROLL))
+            if no_space is not None:
+                reason = f"the active segment, not rolled: no space for the next segment ({no_space}); compact again"
+            else:
+                reason = REASON_ACTIVE_LATER if roll else REASON_NO_ROLL
+            out.append(Unreached(active.path, n, reason))
     return out
 
 

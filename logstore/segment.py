@@ -792,16 +792,20 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
         io.unlink(tmp)
     size = min(capacity, max(RESERVE_FIRST, reserve))
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    renamed = False
     try:
         extend_file(io, fd, tmp, 0, size, size, capacity)  # need == target: it is that size or raises
         created = time.time_ns()
         io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, created)), 0)
         io.fsync(fd)
         io.rename(tmp, path)
+        renamed = True
         io.fsync_dir(directory)
     except BaseException as exc:
         io.close(fd)
-        if isinstance(exc, OSError):  # out of space (or another error): give its space back now
+        # Before the rename nothing but the temporary file exists, so an OutOfSpaceError from here
+        # means the segment was never created (callers rely on that to go on without it).
+        if isinstance(exc, OSError) and not renamed:  # out of space (or another error): give its space back now
             with contextlib.suppress(OSError):
                 if io.exists(tmp):
                     io.unlink(tmp)

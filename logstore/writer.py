@@ -658,10 +658,13 @@ class Writer:
             freed += lg.drop_segments()
         return freed
 
-    def roll_now(self, segment: Segment) -> bool:
+    def roll_now(self, segment: Segment) -> bool | OutOfSpaceError:
         """Seal ``segment`` now, if it is still the active segment and holds a record (writer role).
 
-        Returns whether it rolled. Compaction rewrites sealed segments only,
+        Returns whether it rolled, or the :class:`OutOfSpaceError` that kept
+        the next segment from being created: nothing changed then (the new
+        file never got its name), so the store goes on, and compaction
+        reports the active segment as not reached. Compaction rewrites sealed segments only,
         and calls this (through :meth:`call`, so that the roll falls between
         two commit groups) to reach removed messages in the active one. The
         steps are those of the roll in :meth:`_process`: fdatasync the
@@ -676,7 +679,10 @@ class Writer:
         if lg.active is not segment or lg.next_goff == segment.first:
             return False  # rolled meanwhile by a commit, or empty: nothing to seal
         self._sync()  # everything written before the new segment exists is durable, as in _process
-        lg.roll(lg.next_goff)
+        try:
+            lg.roll(lg.next_goff)
+        except OutOfSpaceError as exc:
+            return exc
         lg.checkpointed_bytes += self.checkpoint_bytes
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return True

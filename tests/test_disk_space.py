@@ -462,3 +462,27 @@ def test_running_out_of_space_for_the_checkpoint_names_the_index_file(tmp_path: 
     with logstore.open(path) as store:
         assert read_all(store, "s") == list(range(len(read_all(store, "s"))))
     assert_verified(path)
+
+
+def test_compaction_on_a_full_disk_reports_the_active_segment_and_the_store_goes_on(tmp_path: Path) -> None:
+    """Deleting and compacting is how a user frees space: a roll that finds no room must not fail the store."""
+    path = tmp_path / "store"
+    io = FullDisk("create")
+    store = logstore.open(path, segment_size=SMALL_SEGMENT, io=io)
+    commit(store, "gone", 0, n=3, pad=200)
+    commit(store, "kept", 0, n=2)
+    store.delete_stream("gone")
+    io.full = True  # no room for the next segment the roll would create
+    report = store.compact()
+    assert report.rolled is None and not report.erased
+    (unreached,) = report.unreached
+    assert unreached.path == str(path / "segments" / "00000000000000000000.log") and unreached.messages == 3
+    assert "no space for the next segment" in unreached.reason and "segment_size" in unreached.reason
+    assert [p.name for p in (path / "segments").glob("*.tmp")] == []
+    commit(store, "kept", 2)  # the store goes on: the failed roll changed nothing
+    io.full = False
+    report = store.compact()  # with room again, the same call erases them
+    assert report.rolled is not None and report.erased and report.messages_removed == 3
+    assert read_all(store, "kept") == [0, 1, 2]
+    store.close()
+    assert_verified(path)
