@@ -750,17 +750,12 @@ _ZEROS = bytes(1 << 20)
 
 def _allocate(io: FileIO, fd: int, path: str, size: int, target: int, need: int, capacity: int) -> int:
     """``posix_fallocate`` of ``size`` .. ``target``, else of ``size`` .. ``need``; the end allocated."""
-    try:
-        io.fallocate(fd, size, target - size)
-        return target
-    except OSError as exc:
-        if exc.errno not in NO_SPACE_ERRNOS:
-            raise
-        err, text = exc.errno, exc.strerror
-    if size < need < target:
+    err: int = 0
+    text: str | None = None
+    for end in (target, need) if size < need < target else (target,):
         try:
-            io.fallocate(fd, size, need - size)
-            return need
+            io.fallocate(fd, size, end - size)
+            return end
         except OSError as exc:
             if exc.errno not in NO_SPACE_ERRNOS:
                 raise
