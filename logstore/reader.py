@@ -58,11 +58,15 @@ class _Reader:
         "_meta",
         "_next",
         "_offs",
+        "_owner",
         "_prefetch",
         "_pub",
     )
 
-    def __init__(self, published: Published, log: Log, offset: int) -> None:
+    def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
+        # The store: held (never used) so that it lives as long as its readers do, and the fork
+        # hook, which finds stores through a weak set, still closes them in a child.
+        self._owner = owner
         self._pub = published  # the bounds, heads and removal count it reads; where it waits
         self._log = log  # segments and run index: where the records below the bounds are
         self._closed = False
@@ -352,8 +356,10 @@ class StreamReader(_Reader):
     # decodes up to 16 envelopes at once, so a short stream takes one read.
     _FIRST_PREFETCH = 16
 
-    def __init__(self, published: Published, log: Log, name: str, offset: int, sid: int | None = None) -> None:
-        super().__init__(published, log, offset)
+    def __init__(
+        self, owner: object, published: Published, log: Log, name: str, offset: int, sid: int | None = None
+    ) -> None:
+        super().__init__(owner, published, log, offset)
         self.name = name
         # The stream's id: ``sid`` as the caller just looked it up, or None when it has none yet.
         self._sid = published.catalog.ids.get(name) if sid is None else sid
@@ -486,8 +492,8 @@ class GlobalReader(_Reader):
 
     __slots__ = ("_seg",)
 
-    def __init__(self, published: Published, log: Log, offset: int) -> None:
-        super().__init__(published, log, offset)
+    def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
+        super().__init__(owner, published, log, offset)
         self._seg: Segment | None = None
 
     def _available(self) -> bool:

@@ -725,7 +725,7 @@ class Store:
         pub = self._pub
         cat = pub.catalog
         sid = cat.ids.get(stream)
-        reader = StreamReader(pub, self._log, stream, offset, sid)
+        reader = StreamReader(self, pub, self._log, stream, offset, sid)
         pub.readers.add(reader)
         found = sid is not None and cat.head.item(sid) > 0 and not cat.flags.item(sid) & FLAG_DELETED
         reader.found = found
@@ -736,7 +736,7 @@ class Store:
         self._check_open()
         self._check_ds(ds)
         _check_offset(offset)
-        reader = GlobalReader(self._pub, self._log, offset)
+        reader = GlobalReader(self, self._pub, self._log, offset)
         self._pub.readers.add(reader)
         return reader
 
@@ -774,6 +774,7 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         try:
             if not self.readonly:
                 self._writer.stop()
@@ -797,6 +798,7 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()
@@ -806,7 +808,6 @@ class Store:
     def _close_readers(self) -> None:
         """Close every open reader and wake the waiting ones (``close()``, ``_abandon()``)."""
         pub = self._pub
-        pub.closed = True
         close_readers(pub.readers)
         pub.wake()
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import doctest
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -335,3 +337,17 @@ def test_a_store_publishes_through_one_published_state(tmp_path: Path) -> None:
 def test_the_published_modules_example_runs() -> None:
     failures, tried = doctest.testmod(logstore.published, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
+
+
+def test_a_reader_keeps_its_store_alive(tmp_path: Path) -> None:
+    """The fork hook finds stores through a weak set: a store whose only reference is a reader's must
+    stay in it, so that a child still closes that reader."""
+    store = logstore.open(tmp_path / "s", segment_size=1 << 20)
+    reader = store.global_stream()
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    kept = ref()
+    assert kept is not None and not reader.closed
+    kept.close()
+    assert reader.closed
