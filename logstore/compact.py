@@ -78,7 +78,8 @@ from logstore.segment import (
 )
 
 if TYPE_CHECKING:
-    from logstore.store import Store
+    from logstore.log import Log
+    from logstore.writer import Writer
 
 _CHUNK = 4 << 20
 
@@ -139,22 +140,22 @@ class CompactReport:
         return not self.unreached
 
 
-def _log_bytes(store: Store) -> int:
+def _log_bytes(lg: Log) -> int:
     """The log's size as retention counts it: the sealed segment files and what the active one holds."""
-    segments = store._log.segments
+    segments = lg.segments
     return sum(seg.size for seg in segments[:-1]) + segments[-1].end
 
 
 def compact_store(
-    store: Store,
+    lg: Log,
+    writer: Writer,
     progress: Callable[[int, int], None] | None = None,
     retention_age: float | None = None,
     retention_bytes: int | None = None,
     roll: bool = True,
 ) -> CompactReport:
-    lg = store._log
-    writer = store._writer
-    report = CompactReport(bytes_before=_log_bytes(store))
+    """Compact the store whose log is ``lg`` and whose writer is ``writer`` (``Store.compact``)."""
+    report = CompactReport(bytes_before=_log_bytes(lg))
     before = {seg.first for seg in lg.segments}
     writer.call(lambda: writer.apply_retention(retention_age, retention_bytes))
     report.segments_dropped = len(before - {seg.first for seg in lg.segments})
@@ -179,7 +180,7 @@ def compact_store(
         try:
             removed = _removable(seg, first)
             if removed:
-                positions, end = _write_copy(store, seg, first, tmp)
+                positions, end = _write_copy(lg, seg, first, tmp)
         except (ValueError, SegmentRetired):
             if not seg.closed:
                 raise
@@ -194,7 +195,7 @@ def compact_store(
                     return False
                 # The removals that the copy applies, and everything the checkpoint below will
                 # cover, must be on disk before the copy replaces the segment.
-                writer._sync()
+                writer.sync()
                 if seg.first >= lg.ckpt_last_first:
                     # Recovery walks only segments before the last checkpointed one: checkpoint first.
                     lg.checkpoint(clean=False)
@@ -207,20 +208,19 @@ def compact_store(
                 report.rewritten.append(seg.path)
         if progress is not None:
             progress(done, len(sealed))
-    report.unreached = _unreached(store, first, roll, no_space)
-    report.lost_found = _lost_found(store)
-    report.bytes_after = _log_bytes(store)
+    report.unreached = _unreached(lg, first, roll, no_space)
+    report.lost_found = _lost_found(lg)
+    report.bytes_after = _log_bytes(lg)
     return report
 
 
-def _unreached(store: Store, first: np.ndarray, roll: bool, no_space: OutOfSpaceError | None) -> list[Unreached]:
+def _unreached(lg: Log, first: np.ndarray, roll: bool, no_space: OutOfSpaceError | None) -> list[Unreached]:
     """The segment files that still hold removed messages' envelopes after the pass, and why.
 
     Removals after ``first`` was taken are the only way a sealed segment can
     still hold one (compaction rewrote every other); without them only the
     active segment can, and only with ``roll=False``.
     """
-    lg = store._log
     segments = lg.segments
     end = lg.visible_end
     now = lg.catalog.first.copy()  # after the segments and the end: it covers every stream in them
@@ -257,10 +257,10 @@ def _widen(first: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _lost_found(store: Store) -> list[str]:
+def _lost_found(lg: Log) -> list[str]:
     """The files in ``lost+found/``: compaction does not look into them, so it names them."""
-    io = store._log.io
-    lf_dir = os.path.join(store._log.directory, "lost+found")
+    io = lg.io
+    lf_dir = os.path.join(lg.directory, "lost+found")
     if not io.exists(lf_dir):
         return []
     return [os.path.join(lf_dir, n) for n in sorted(io.listdir(lf_dir))]
@@ -300,9 +300,9 @@ def _removable(seg: Segment, first: np.ndarray, limit: int | None = None) -> int
     return n
 
 
-def _write_copy(store: Store, seg: Segment, first: np.ndarray, path: str) -> tuple[list[int], int]:
+def _write_copy(lg: Log, seg: Segment, first: np.ndarray, path: str) -> tuple[list[int], int]:
     """Write the compacted copy of ``seg`` to ``path`` and fsync it; returns its positions and end."""
-    io = store._log.io
+    io = lg.io
     buf = seg.view
     old = decode_header(bytes(buf[:HEADER_SIZE]), MAGIC_SEGMENT)
     unpack = RECORD_HEADER.unpack_from

@@ -15,6 +15,10 @@ Threads: the writer thread alone calls the mutating methods (``roll``,
 Readers call ``segment_for`` and read through segments; they are bounded by
 ``visible_end`` and the catalog heads, which the writer publishes only after
 the data under them is written (and, with ``durability="fsync"``, fsynced).
+Those limits, ``log_start`` and the catalog belong to the store's
+:class:`~logstore.published.Published`: ``Log.visible_end``, ``log_start``
+and ``catalog`` are views of it, so that recovery and the writer set them
+where readers look.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
+from logstore.published import Published
 from logstore.segment import (
     FLAG_SYNCED,
     FLAG_TX_END,
@@ -168,7 +173,19 @@ class _Damage:
 class Log:
     """Segments plus derived indexes; see the module docstring for the thread rules."""
 
-    def __init__(self, io: FileIO, directory: str, store_id: bytes, readonly: bool, segment_size: int) -> None:
+    def __init__(
+        self,
+        io: FileIO,
+        directory: str,
+        store_id: bytes,
+        readonly: bool,
+        segment_size: int,
+        published: Published | None = None,
+    ) -> None:
+        # The read limits and the catalog live in ``published`` (a fresh one when the log is read alone).
+        self.published = published = Published() if published is None else published
+        published.catalog = Catalog()
+        published.visible_end = published.log_start = 0
         self.io = io
         self.directory = directory
         self.seg_dir = os.path.join(directory, "segments")
@@ -178,12 +195,9 @@ class Log:
         self.segment_size = segment_size
         self.segments: list[Segment] = []
         self.firsts: list[int] = []
-        self.catalog = Catalog()
         self.runs = RunIndex()
         self.generation = 0
         self.next_goff = 0
-        self.visible_end = 0
-        self.log_start = 0  # global offsets below it were dropped by retention
         self.ckpt_last_first = 0  # first global offset of the last segment the last checkpoint names
         self.relaxed = False  # scanning a log that does not start at 0: stream ids appear out of order
         # Streams that a relaxed scan first met in a TRUNCATE record: their head is only known to be
@@ -196,6 +210,34 @@ class Log:
         self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
         # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
         self.retry_changes = False
+
+    # -- the published state ---------------------------------------------------------
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.published.catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog) -> None:
+        self.published.catalog = catalog
+
+    @property
+    def visible_end(self) -> int:
+        """Global offsets below it are readable (``Published.visible_end``)."""
+        return self.published.visible_end
+
+    @visible_end.setter
+    def visible_end(self, end: int) -> None:
+        self.published.visible_end = end
+
+    @property
+    def log_start(self) -> int:
+        """Global offsets below it were dropped by retention (``Published.log_start``)."""
+        return self.published.log_start
+
+    @log_start.setter
+    def log_start(self, start: int) -> None:
+        self.published.log_start = start
 
     # -- reading ---------------------------------------------------------------
 

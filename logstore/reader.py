@@ -1,16 +1,18 @@
 """Readers: Ax's ``messagestore.Stream`` over one stream or over the global log.
 
 A reader never blocks the writer: it reads the published bounds (a stream's
-head, or the log's ``visible_end``), then reads records below them through the
-segment's read-only mapping. ``next()`` waits on the store's condition
-variable, which the writer notifies after each published group and
-``close()`` notifies to wake a waiting reader.
+head, or the log's ``visible_end``) from the store's
+:class:`~logstore.published.Published`, then reads records below them through
+the segment's read-only mapping (found through the :class:`~logstore.log.Log`).
+``next()`` waits in ``Published.wait``, which the writer wakes after each
+published group and ``close()`` wakes to end a waiting reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope
@@ -18,8 +20,9 @@ from logstore.errors import LogStoreError, StreamClosedError
 from logstore.segment import SegmentRetired
 
 if TYPE_CHECKING:
+    from logstore.log import Log
+    from logstore.published import Published
     from logstore.segment import Segment
-    from logstore.store import Store
 
 # Fields of a record header tuple (segment.RECORD_HEADER): stream id and stream offset.
 _SID, _SOFF = 4, 5
@@ -51,16 +54,21 @@ class _Reader:
         "_current",
         "_env",
         "_epoch",
+        "_log",
         "_meta",
         "_next",
         "_offs",
+        "_owner",
         "_prefetch",
-        "_store",
-        "_waiting",
+        "_pub",
     )
 
-    def __init__(self, store: Store, offset: int) -> None:
-        self._store = store
+    def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
+        # The store: held (never used) so that it lives as long as its readers do, and the fork
+        # hook, which finds stores through a weak set, still closes them in a child.
+        self._owner = owner
+        self._pub = published  # the bounds, heads and removal count it reads; where it waits
+        self._log = log  # segments and run index: where the records below the bounds are
         self._closed = False
         self._current = -1  # offset of the message get() returns; -1 before the first
         self._env: Envelope | None = None
@@ -75,10 +83,9 @@ class _Reader:
         # (see the subclasses). Invariant: the current message is _buf[_bufi - 1], described by _meta.
         self._meta: Any = None
         self._prefetch = self._FIRST_PREFETCH  # doubles up to PREFETCH while a reader keeps reading
-        self._waiting = 0  # threads waiting in next() on this reader (changed under store._published)
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
         # drops what was decoded ahead, so that no removed message is returned after the removal.
-        self._epoch = store._removals
+        self._epoch = published.removals
 
     def _take(self) -> bool:
         """Step to the next envelope decoded ahead, if any (and if nothing was removed since)."""
@@ -86,7 +93,7 @@ class _Reader:
         buf = self._buf
         if i >= len(buf):
             return False
-        if self._epoch != self._store._removals:
+        if self._epoch != self._pub.removals:
             self._drop_ahead()
             return False
         self._env = buf[i]
@@ -109,7 +116,7 @@ class _Reader:
         the read began (``_epoch``) drops them, and the read starts again at
         their first offset; the current message then stays the one before.
         """
-        if self._epoch != self._store._removals:
+        if self._epoch != self._pub.removals:
             self._next = base if offs is None else offs[0]
             return False
         self._buf = buf
@@ -135,24 +142,24 @@ class _Reader:
     def _advance(self) -> bool:
         """Step to the next readable message if one is available now."""
         while True:
-            removals = self._store._removals
+            removals = self._pub.removals
             if self._advance_once():
                 return True
-            if self._store._removals == removals:
+            if self._pub.removals == removals:
                 return False
             # A removal during the read made _take drop what was read: read again.
 
     def _segment_for(self, goff: int) -> Segment:
         try:
-            return self._store._log.segment_for(goff)
+            return self._log.segment_for(goff)
         except (KeyError, IndexError):
-            if self._store.closed:  # close() emptied the segment list under this read
+            if self._pub.closed:  # close() emptied the segment list under this read
                 raise StreamClosedError("the store was closed during the read") from None
             raise
 
     def _retired(self) -> None:
         """The segment being read was closed under the read: by close(), or replaced by compaction."""
-        if self._store.closed:
+        if self._pub.closed:
             raise StreamClosedError("the store was closed during the read")
 
     def _check_open(self) -> None:
@@ -161,9 +168,9 @@ class _Reader:
 
     def _closed_error(self, what: str = "the stream is closed") -> LogStoreError:
         """Why a closed reader refuses: closed, or carried into a forked child (the fork closes every reader)."""
-        store = self._store
-        if store._forked:
-            return store._forked_error()
+        forked = self._pub.forked_error
+        if forked is not None:
+            return forked()
         return StreamClosedError(what)
 
     def try_next(self) -> bool:
@@ -173,7 +180,7 @@ class _Reader:
         # Inline _take(): the common case on a scan is an envelope already decoded.
         i = self._bufi
         buf = self._buf
-        if i < len(buf) and self._epoch == self._store._removals:
+        if i < len(buf) and self._epoch == self._pub.removals:
             self._env = buf[i]
             self._bufi = i + 1
             offs = self._offs
@@ -190,30 +197,21 @@ class _Reader:
         """
         _check_timeout(timeout)
         self._check_open()
-        cond = self._store._published
+        pub = self._pub
         deadline = None if timeout is None else time.monotonic() + timeout
         # _advance() moves past whatever it skips (removed messages, control records), so
         # when it finds nothing, _available() stays False until something new is published.
         while not self._advance():
-            with cond:
-                # Counted before _closed is read: close() wakes the store's readers only when a
-                # thread waits here (or an anext() waits), and sets _closed before it looks.
-                self._waiting += 1
-                try:
-                    while True:
-                        if self._closed:
-                            raise self._closed_error("the stream was closed while waiting")
-                        if self._available():
-                            break
-                        if deadline is None:
-                            cond.wait()
-                        else:
-                            remaining = deadline - time.monotonic()
-                            if remaining <= 0:
-                                raise TimeoutError(f"no message within {timeout} s")
-                            cond.wait(remaining)
-                finally:
-                    self._waiting -= 1
+            # Published.wait counts this thread as waiting before it calls _ready, which reads
+            # _closed: close() sets _closed, then wakes only if some thread (or anext()) waits.
+            if not pub.wait(self._ready, deadline):
+                raise TimeoutError(f"no message within {timeout} s")
+            if self._closed:
+                raise self._closed_error("the stream was closed while waiting")
+
+    def _ready(self) -> bool:
+        """A waiting next() may go on: the reader was closed, or something new is available."""
+        return self._closed or self._available()
 
     async def anext(self, timeout: float | None = None) -> Envelope:
         """Await the next message and return it; cancel like any await.
@@ -230,7 +228,7 @@ class _Reader:
         while True:
             future: asyncio.Future[None] = loop.create_future()
             waiter = (loop, future)
-            self._store._async_waiters.add(waiter)
+            self._pub.add_async_waiter(waiter)
             try:
                 self._check_open()
                 if self._advance():
@@ -246,7 +244,7 @@ class _Reader:
                     except TimeoutError:
                         raise TimeoutError(f"no message within {timeout} s") from None
             finally:
-                self._store._async_waiters.discard(waiter)
+                self._pub.discard_async_waiter(waiter)
             self._check_open()
             if self._advance():
                 return self.get()
@@ -269,7 +267,7 @@ class _Reader:
         # Inline try_next() and get() for an envelope already decoded (and nothing removed since).
         i = self._bufi
         buf = self._buf
-        if i < len(buf) and self._epoch == self._store._removals and not self._closed:
+        if i < len(buf) and self._epoch == self._pub.removals and not self._closed:
             env = buf[i]
             self._env = env
             self._bufi = i + 1
@@ -319,12 +317,12 @@ class _Reader:
         if self._closed:
             return
         self._closed = True
-        store = self._store
-        store._readers.discard(self)
-        # Only a next() or anext() waiting on this reader cares that it closed. Both register
-        # (_waiting, store._async_waiters) before they read _closed, which is set above.
-        if self._waiting or store._async_waiters:
-            store._wake_readers()
+        pub = self._pub
+        pub.readers.discard(self)
+        # Only a waiting next() or anext() cares that it closed. Both register with the published
+        # state (Published.wait, add_async_waiter) before they read _closed, which is set above.
+        if pub.waiting():
+            pub.wake()
 
     @property
     def closed(self) -> bool:
@@ -358,11 +356,13 @@ class StreamReader(_Reader):
     # decodes up to 16 envelopes at once, so a short stream takes one read.
     _FIRST_PREFETCH = 16
 
-    def __init__(self, store: Store, name: str, offset: int, sid: int | None = None) -> None:
-        super().__init__(store, offset)
+    def __init__(
+        self, owner: object, published: Published, log: Log, name: str, offset: int, sid: int | None = None
+    ) -> None:
+        super().__init__(owner, published, log, offset)
         self.name = name
         # The stream's id: ``sid`` as the caller just looked it up, or None when it has none yet.
-        self._sid = store._log.catalog.ids.get(name) if sid is None else sid
+        self._sid = published.catalog.ids.get(name) if sid is None else sid
         # Cached run: (first offset, its global offset, offsets below this stay in the run).
         self._run = (0, 0, 0)
         self._seg: Segment | None = None
@@ -390,7 +390,7 @@ class StreamReader(_Reader):
 
     def _head(self) -> int:
         sid = self._sid
-        cat = self._store._log.catalog
+        cat = self._pub.catalog
         if sid is None:
             sid = cat.ids.get(self.name)
             if sid is None:
@@ -402,15 +402,15 @@ class StreamReader(_Reader):
         if self._bufi < len(self._buf):
             return True
         head = self._head()
-        return self._sid is not None and max(self._next, int(self._store._log.catalog.first[self._sid])) < head
+        return self._sid is not None and max(self._next, int(self._pub.catalog.first[self._sid])) < head
 
     def _advance_once(self) -> bool:
         if self._bufi < len(self._buf) and self._take():
             return True
-        store = self._store
-        lg = store._log
-        self._epoch = store._removals  # before reading the removal bounds below
-        cat = lg.catalog
+        pub = self._pub
+        lg = self._log
+        self._epoch = pub.removals  # before reading the removal bounds below
+        cat = pub.catalog
         sid = self._sid
         if sid is None:
             sid = cat.ids.get(self.name)
@@ -437,7 +437,7 @@ class StreamReader(_Reader):
             elif limit > head:
                 limit = head
             goff = run_goff + (want - run_off)
-            start = lg.log_start
+            start = pub.log_start
             if goff < start:  # dropped by retention: skip to the first retained message of the run
                 want += min(start - goff, limit - want)
                 continue
@@ -450,7 +450,7 @@ class StreamReader(_Reader):
                     try:
                         seg = self._seg = self._segment_for(goff)
                     except KeyError:
-                        if goff < lg.log_start:  # retention dropped its segment since log_start was read
+                        if goff < pub.log_start:  # retention dropped its segment since log_start was read
                             continue
                         raise
                     seg_end = self._seg_end = seg.first + seg.count
@@ -492,31 +492,30 @@ class GlobalReader(_Reader):
 
     __slots__ = ("_seg",)
 
-    def __init__(self, store: Store, offset: int) -> None:
-        super().__init__(store, offset)
+    def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
+        super().__init__(owner, published, log, offset)
         self._seg: Segment | None = None
 
     def _available(self) -> bool:
-        lg = self._store._log
-        return self._bufi < len(self._buf) or max(self._next, lg.log_start) < lg.visible_end
+        pub = self._pub
+        return self._bufi < len(self._buf) or max(self._next, pub.log_start) < pub.visible_end
 
     def _advance_once(self) -> bool:
         if self._bufi < len(self._buf) and self._take():
             return True
-        store = self._store
-        lg = store._log
-        self._epoch = store._removals  # before reading the removal bounds below
-        end = lg.visible_end
-        trimmed = lg.catalog.trimmed
-        want = max(self._next, lg.log_start)
+        pub = self._pub
+        self._epoch = pub.removals  # before reading the removal bounds below
+        end = pub.visible_end
+        trimmed = pub.catalog.trimmed
+        want = max(self._next, pub.log_start)
         while want < end:
             seg = self._seg
             if seg is None or not seg.first <= want < seg.first + seg.count:
                 try:
                     seg = self._seg = self._segment_for(want)
                 except KeyError:
-                    if want < lg.log_start:  # retention dropped its segment since log_start was read
-                        want = lg.log_start
+                    if want < pub.log_start:  # retention dropped its segment since log_start was read
+                        want = pub.log_start
                         continue
                     raise
             buf: list[Envelope] = []
@@ -547,7 +546,7 @@ class GlobalReader(_Reader):
     def stream_name(self) -> str:
         """The name of the stream the current message belongs to."""
         self._check_current("stream_name")
-        return self._store._log.catalog.names[self._header()[0]]
+        return self._pub.catalog.names[self._header()[0]]
 
     def stream_offset(self) -> int:
         """The current message's offset within its stream."""
@@ -561,3 +560,10 @@ class GlobalReader(_Reader):
 
     def __repr__(self) -> str:
         return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+def close_readers(readers: Iterable[_Reader]) -> None:
+    """Mark ``readers`` closed without waking anyone (the store's close, which wakes them next, and the
+    fork hook in a child, which takes no lock)."""
+    for reader in list(readers):
+        reader._closed = True

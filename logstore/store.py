@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -21,7 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
@@ -40,7 +39,8 @@ from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.index.header import HEADER_SIZE
 from logstore.log import IndexesUnusable, Log, RecoveryReport
-from logstore.reader import GlobalReader, StreamReader, _Reader
+from logstore.published import Published
+from logstore.reader import GlobalReader, StreamReader, close_readers
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
 from logstore.writer import ANY, ANY_OFFSET, AnyOffset, Committer, Tx, Writer
 
@@ -199,12 +199,10 @@ class Store:
         self._lock_fd: int | None = None
         self._made_dir = False  # this open made the store's directory
         self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
-        self._published = threading.Condition(threading.Lock())
-        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+        # What readers may see (limits, heads, removals), its waiting readers, and the open readers.
+        self._pub = Published()
         self._writer: Writer
         self._close_lock = threading.Lock()
-        self._removals = 0  # truncations, deletions and retention moves published so far (writer thread)
         self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
         self._max_payload = min(MAX_ENVELOPE_SIZE, segment_size - HEADER_SIZE - RECORD_OVERHEAD - MAX_STREAM_NAME)
         # Listed before the lock is taken: a fork from another thread during this open still
@@ -216,7 +214,7 @@ class Store:
         except BaseException:
             self._release_lock()
             raise
-        self._log = Log(io, path, store_id, readonly, segment_size)
+        self._log = Log(io, path, store_id, readonly, segment_size, self._pub)
         try:
             if created:
                 try:
@@ -240,14 +238,7 @@ class Store:
             if not readonly:
                 self._log.drop_segments()  # finish a retention that a crash interrupted
                 self._writer = Writer(
-                    self._log,
-                    durability,
-                    fsync_interval,
-                    checkpoint_bytes,
-                    self._wake_readers,
-                    self._count_removal,
-                    retention_age,
-                    retention_bytes,
+                    self._log, durability, fsync_interval, checkpoint_bytes, retention_age, retention_bytes
                 )
                 if retention_age is not None or retention_bytes is not None:
                     try:
@@ -307,7 +298,7 @@ class Store:
                     rebuild = True  # the same files are unusable again: not a writer at work
                 previous = failure
                 self._log.close()
-                self._log = Log(self._io, self.path, store_id, True, self._log.segment_size)
+                self._log = Log(self._io, self.path, store_id, True, self._log.segment_size, self._pub)
                 ckpt, ckpt_problem = again, problem
         raise AssertionError("unreachable")
 
@@ -457,8 +448,10 @@ class Store:
         """
         self._forked = True
         self._closed = True
-        for reader in list(self._readers):
-            reader._closed = True
+        pub = self._pub
+        pub.forked_error = self._forked_error  # a Committer made before the fork, and every reader, refuse
+        pub.closed = True
+        close_readers(pub.readers)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
@@ -497,7 +490,7 @@ class Store:
     def stream_names(self) -> list[str]:
         """Every stream with a committed message that is not deleted, in order of first commit."""
         self._check_open()
-        cat = self._log.catalog
+        cat = self._pub.catalog
         names = cat.names[: len(cat)]
         return [n for i, n in enumerate(names) if cat.head[i] > 0 and not cat.flags[i] & FLAG_DELETED]
 
@@ -507,7 +500,7 @@ class Store:
         A deleted or truncated stream keeps its head: the next append goes there.
         """
         self._check_open()
-        return self._log.catalog.head_of(stream)
+        return self._pub.catalog.head_of(stream)
 
     def stream_info(self, stream: str) -> StreamInfo | None:
         """``(first, head, deleted)`` of ``stream``, or ``None`` if it has never been written.
@@ -518,16 +511,16 @@ class Store:
         """
         self._check_open()
         check_stream_name(stream)
-        lg = self._log
-        cat = lg.catalog
+        pub = self._pub
+        cat = pub.catalog
         sid = cat.ids.get(stream)
         if sid is None:
             return None
         head = int(cat.head[sid])
         first = int(cat.first[sid])
-        start = lg.log_start
+        start = pub.log_start
         if start and first < head:  # retention may have dropped more than truncation did
-            runs = lg.runs.runs_of(sid)
+            runs = self._log.runs.runs_of(sid)
             found = head
             for k, (soff, goff) in enumerate(runs):
                 end = runs[k + 1][0] if k + 1 < len(runs) else head
@@ -545,13 +538,13 @@ class Store:
     def log_start(self) -> int:
         """The first global offset retention keeps (0 until retention drops a segment)."""
         self._check_open()
-        return self._log.log_start
+        return self._pub.log_start
 
     @property
     def global_head(self) -> int:
         """The next unused global offset (the number of messages committed)."""
         self._check_open()
-        return self._log.visible_end
+        return self._pub.visible_end
 
     def _check_open(self) -> None:
         # Every member that reads or writes the store calls this first. What stays readable after
@@ -582,7 +575,7 @@ class Store:
         range(0, 1)
         """
         self._check_writable()
-        tx = Tx(self)
+        tx = Tx(self, self._writer, self._pub)
         return tx, Committer(tx)
 
     @contextlib.contextmanager
@@ -623,25 +616,20 @@ class Store:
         self._check_writable()
         if type(tx) is not Tx:
             raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
-        if tx._store is not self:
-            raise ValueError("the transaction belongs to another store")
-        tx._check_active()
+        tx.check_appendable(self)
         nameb = check_stream_name(stream)
         if offset is ANY:
             check_envelopes(envs)
-            payloads = encode_many(envs, stream, None, self._max_payload)
-            tx._appends.append((stream, nameb, ANY_OFFSET, payloads))
-            tx._heads[stream] = ANY_OFFSET
-            tx._any = True
+            tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, self._max_payload))
             return
         if isinstance(offset, bool) or not isinstance(offset, int):
             raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         check_envelopes(envs)
-        expected = tx._heads.get(stream)
+        expected = tx.staged_head(stream)
         if expected is None:
-            expected = self._log.catalog.head_of(stream)
+            expected = self._pub.catalog.head_of(stream)
         if offset != expected:
             if expected == ANY_OFFSET:
                 raise ValueError(
@@ -649,9 +637,7 @@ class Store:
                     " (its offsets are assigned at commit); append at logstore.ANY again"
                 )
             raise OffsetConflictError(stream, expected, offset)
-        payloads = encode_many(envs, stream, offset, self._max_payload)
-        tx._appends.append((stream, nameb, offset, payloads))
-        tx._heads[stream] = offset + len(payloads)
+        tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload))
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -723,10 +709,7 @@ class Store:
         if not isinstance(roll, bool):
             raise TypeError(f"roll must be True or False, not {roll!r}")
         with self._compact_lock:
-            return compact_store(self, progress, retention_age, retention_bytes, roll)
-
-    def _count_removal(self) -> None:
-        self._removals += 1
+            return compact_store(self._log, self._writer, progress, retention_age, retention_bytes, roll)
 
     def open_stream(self, ds: Store, stream: str, offset: int) -> tuple[StreamReader, bool]:
         """Open ``stream`` for reading from ``offset`` (which may be beyond its end).
@@ -739,10 +722,11 @@ class Store:
         self._check_ds(ds)
         check_stream_name(stream)
         _check_offset(offset)
-        cat = self._log.catalog
+        pub = self._pub
+        cat = pub.catalog
         sid = cat.ids.get(stream)
-        reader = StreamReader(self, stream, offset, sid)
-        self._readers.add(reader)
+        reader = StreamReader(self, pub, self._log, stream, offset, sid)
+        pub.readers.add(reader)
         found = sid is not None and cat.head.item(sid) > 0 and not cat.flags.item(sid) & FLAG_DELETED
         reader.found = found
         return reader, found
@@ -752,8 +736,8 @@ class Store:
         self._check_open()
         self._check_ds(ds)
         _check_offset(offset)
-        reader = GlobalReader(self, offset)
-        self._readers.add(reader)
+        reader = GlobalReader(self, self._pub, self._log, offset)
+        self._pub.readers.add(reader)
         return reader
 
     def stream(self, stream: str, offset: int = 0) -> StreamReader:
@@ -775,15 +759,6 @@ class Store:
         """
         return self.open_global(self, offset)
 
-    # -- waking readers ------------------------------------------------------------------------
-
-    def _wake_readers(self) -> None:
-        with self._published:
-            self._published.notify_all()
-        for loop, future in list(self._async_waiters):
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(_resolve, future)
-
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -799,13 +774,12 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         try:
             if not self.readonly:
                 self._writer.stop()
         finally:
-            for reader in list(self._readers):
-                reader._closed = True
-            self._wake_readers()
+            self._close_readers()
             self._log.close()
             self._release_lock()
         failed = None if self.readonly else self._writer.failed
@@ -824,13 +798,18 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         if not self.readonly:
             self._writer.abandon()
-        for reader in list(self._readers):
-            reader._closed = True
-        self._wake_readers()
+        self._close_readers()
         self._log.close()
         self._release_lock()
+
+    def _close_readers(self) -> None:
+        """Close every open reader and wake the waiting ones (``close()``, ``_abandon()``)."""
+        pub = self._pub
+        close_readers(pub.readers)
+        pub.wake()
 
     def __enter__(self) -> Store:
         self._check_open()
@@ -842,11 +821,6 @@ class Store:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)
         return f"<logstore.Store {self.path!r} {state}>"
-
-
-def _resolve(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def check_retention(retention_age: object, retention_bytes: object) -> None:

@@ -26,7 +26,10 @@ Lock rules: ``_cv`` guards ``_queue``, ``_busy`` (the role is held),
 ``_holder`` (the item whose thread holds or was handed the role),
 ``_thread_turn`` (the role is handed to the writer thread), ``_timing``,
 ``_stopping`` and ``failed``. Only the holder of the writer role touches the
-log's files, the active segment, the indexes and ``_batch``.
+log's files, the active segment, the indexes and ``_batch``, and writes the
+published state (:class:`~logstore.published.Published`: the heads, then
+``visible_end``; ``removals`` after a removal's bounds), whose ``wake()`` it
+calls once a group's committers are released.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import xxhash
@@ -63,8 +66,8 @@ from logstore.segment import (
 if TYPE_CHECKING:
     from logstore.envelope import Envelope
     from logstore.log import Log
+    from logstore.published import Published
     from logstore.segment import Segment
-    from logstore.store import Store
 
 log = logging.getLogger("logstore")
 
@@ -106,6 +109,12 @@ consecutively and an exact offset may come before them, but not after
 """
 
 
+class _Owner(Protocol):
+    """The store a transaction belongs to, as ``Tx.append`` sees it."""
+
+    def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None: ...
+
+
 class Tx:
     """A transaction: Ax's ``persistence.Tx``. Get one from ``store.begin_tx()``.
 
@@ -124,10 +133,12 @@ class Tx:
     (range(0, 2), {'order-7': range(0, 1), 'outbox': range(0, 1)})
     """
 
-    __slots__ = ("_any", "_appends", "_heads", "_state", "_store", "global_offsets")
+    __slots__ = ("_any", "_appends", "_heads", "_published", "_state", "_store", "_writer", "global_offsets")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: _Owner, writer: Writer, published: Published) -> None:
         self._store = store
+        self._writer = writer  # the committer hands the transaction to it
+        self._published = published  # for the forked-child refusal
         self._appends: list[Append] = []
         # stream -> next offset counting this transaction's appends; ANY_OFFSET once it has an ANY append
         self._heads: dict[str, int] = {}
@@ -160,6 +171,29 @@ class Tx:
     def active(self) -> bool:
         return self._state == _ACTIVE
 
+    # The store's side of ``append_messages``: it checks and encodes, the transaction keeps the appends.
+
+    def check_appendable(self, store: object) -> None:
+        """Raise ``ValueError`` unless the transaction belongs to ``store`` and is still active."""
+        if self._store is not store:
+            raise ValueError("the transaction belongs to another store")
+        if self._state != _ACTIVE:
+            raise ValueError(f"the transaction is already {_STATE_NAMES[self._state]}")
+
+    def staged_head(self, stream: str) -> int | None:
+        """The next offset of ``stream`` counting this transaction's appends (``ANY_OFFSET`` after an
+        append at ``logstore.ANY``); None if the transaction has not appended to it."""
+        return self._heads.get(stream)
+
+    def stage(self, stream: str, nameb: bytes, first: int, payloads: list[bytes]) -> None:
+        """Add checked, encoded envelopes at stream offset ``first`` (``ANY_OFFSET``: assigned at commit)."""
+        self._appends.append((stream, nameb, first, payloads))
+        if first == ANY_OFFSET:
+            self._heads[stream] = ANY_OFFSET
+            self._any = True
+        else:
+            self._heads[stream] = first + len(payloads)
+
     def _check_active(self) -> None:
         if self._state != _ACTIVE:
             raise ValueError(f"the transaction is already {_STATE_NAMES[self._state]}")
@@ -186,8 +220,9 @@ class Committer:
         :class:`~logstore.StoreFailedError` if the write or fsync failed.
         """
         tx = self._tx
-        if tx._store._forked:  # the writer, its queue and its locks stayed in the parent
-            raise tx._store._forked_error()
+        forked = tx._published.forked_error
+        if forked is not None:  # the writer, its queue and its locks stayed in the parent
+            raise forked()
         tx._check_active()
         if not tx._appends:
             tx._state = _COMMITTED
@@ -195,7 +230,7 @@ class Committer:
             return tx.global_offsets
         tx._state = _COMMITTING
         try:
-            result = tx._store._writer.commit(tx)
+            result = tx._writer.commit(tx)
         except BaseException:
             tx._state = _FAILED
             raise
@@ -206,8 +241,9 @@ class Committer:
     def rollback(self) -> None:
         """Discard the transaction. Rolling back a committed transaction does nothing."""
         tx = self._tx
-        if tx._store._forked:
-            raise tx._store._forked_error()
+        forked = tx._published.forked_error
+        if forked is not None:
+            raise forked()
         if tx._state == _ACTIVE:
             tx._state = _ROLLED_BACK
             tx._appends = []
@@ -248,17 +284,15 @@ class Writer:
         durability: str,
         fsync_interval: float,
         checkpoint_bytes: int,
-        publish: Callable[[], None],
-        count_removal: Callable[[], None],
         retention_age: float | None = None,
         retention_bytes: int | None = None,
     ) -> None:
         self.log = log_
+        # Where the writer publishes heads, limits and removals, and wakes readers (``log_.published``).
+        self.published = log_.published
         self.durability = durability
         self.fsync_interval = fsync_interval
         self.checkpoint_bytes = checkpoint_bytes
-        self._publish = publish
-        self._store_removals = count_removal
         self.retention_age = retention_age
         self.retention_bytes = retention_bytes
         self._retention_due = False  # set at each roll; the store applies retention once at open
@@ -415,7 +449,7 @@ class Writer:
                 self._retention_due = False
                 self.apply_retention()
             if self.log.checkpointed_bytes >= self.checkpoint_bytes:
-                self._sync()
+                self.sync()
                 self.log.checkpoint(clean=False)
         except BaseException as exc:  # every failure fails the store; an interrupt goes on up
             self._fail(exc, [])
@@ -508,7 +542,7 @@ class Writer:
         if self.failed is None:
             role.writer = True
             try:
-                self._sync()
+                self.sync()
                 self.log.checkpoint(clean=True)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(exc, [])
@@ -526,9 +560,10 @@ class Writer:
 
     def _sync_if_due(self) -> None:
         if self._dirty and self._interval_passed():
-            self._sync()
+            self.sync()
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Make what was written durable: fdatasync the active segment if anything is unsynced (writer role)."""
         if self._dirty:
             active = self.log.active
             self.log.io.fdatasync(active.fd)
@@ -577,7 +612,7 @@ class Writer:
                 del batch[:j]  # what is left is what a failure must still fail
                 i = 0
                 if committed:
-                    self._publish()
+                    self.published.wake()
                 continue
             p = batch[0]
             if p.call is not None:
@@ -622,8 +657,9 @@ class Writer:
         if kind == KIND_DELETE:
             cat.flags[sid] |= FLAG_DELETED
         cat.ctrl[sid] = goff + 1
-        lg.visible_end = lg.next_goff
-        self._removed()
+        pub = self.published
+        pub.visible_end = lg.next_goff
+        pub.removed()  # readers drop what they decoded ahead, then are woken
         p.result = range(goff, goff + 1)
 
     def apply_retention(self, age: float | None = None, max_bytes: int | None = None) -> int:
@@ -678,7 +714,7 @@ class Writer:
         lg = self.log
         if lg.active is not segment or lg.next_goff == segment.first:
             return False  # rolled meanwhile by a commit, or empty: nothing to seal
-        self._sync()  # everything written before the new segment exists is durable, as in _process
+        self.sync()  # everything written before the new segment exists is durable, as in _process
         try:
             lg.roll(lg.next_goff)
         except OutOfSpaceError as exc:
@@ -704,19 +740,15 @@ class Writer:
             specs.append((kind, sid, int(cat.head[sid]), cat.names[sid].encode()))
         goff = lg.next_goff
         self._write_records(specs)
-        self._sync()
+        self.sync()
         for k, sid in enumerate(carry, start=1):
             cat.set_first(sid, int(cat.head[sid]))
             cat.ctrl[sid] = goff + k + 1
-        lg.log_start = start
-        lg.visible_end = lg.next_goff
+        pub = self.published
+        pub.log_start = start
+        pub.visible_end = lg.next_goff
         log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
-        self._removed()
-
-    def _removed(self) -> None:
-        """Publish a removal: readers drop what they decoded ahead, then are woken."""
-        self._store_removals()
-        self._publish()
+        pub.removed()  # readers drop what they decoded ahead, then are woken
 
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
         """Write control records ``(kind, stream id, offset field, name)`` as one transaction.
@@ -767,7 +799,7 @@ class Writer:
         lg.next_goff = goff
         self._dirty = True
         if self._group_syncs():
-            self._sync()
+            self.sync()
 
     def _process(self, batch: list[_Pending]) -> bool:
         """Write, sync and publish one group; returns whether anything was committed."""
@@ -923,7 +955,7 @@ class Writer:
         seg.end = pos
         lg.next_goff = goff  # the writer's own position; readers go by visible_end, published below
         if sync:
-            self._sync()
+            self.sync()
         # Publish: heads first, then the global end; readers read them in the other order.
         head = cat.head
         sflags = cat.flags
@@ -938,7 +970,7 @@ class Writer:
                 head[sid] = h
                 if sflags.item(sid) & FLAG_DELETED:  # an append brings a deleted stream back, from its old head on
                     sflags[sid] &= ~FLAG_DELETED & 0xFF
-        lg.visible_end = goff
+        self.published.visible_end = goff
         lg.checkpointed_bytes += written
         return committed
 

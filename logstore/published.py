@@ -1,0 +1,178 @@
+"""What readers of a store may see, and how they wait for more: one :class:`Published` per open store.
+
+The writer role moves the store forward; readers (``StreamReader``,
+``GlobalReader``, and the store's own read calls) look only at what it has
+published. Everything the two sides share goes through this object, so that
+``store``, ``writer``, ``reader``, ``compact`` and ``log`` depend on it and
+not on each other's insides (an arrow: imports)::
+
+    store  (opens the store and hands each part what it needs)
+      ├──> compact ──> writer, log
+      ├──> writer  ──> log, published
+      ├──> reader  ──> log, published
+      └──> log     ──> published
+    published  (imports none of them)
+
+What it owns:
+
+- the read limits: ``visible_end`` (global offsets below it are readable)
+  and ``log_start`` (global offsets below it were dropped by retention);
+- the stream heads: ``catalog.head[sid]`` (the stream's next offset) and
+  ``catalog.first[sid]`` (its first readable offset), with ``catalog.ids``
+  (name -> id) and ``catalog.names``; the writer updates them in place;
+- ``removals``: how many truncations, deletions and retention moves were
+  published; a reader that decoded messages ahead drops them when it changes;
+- the waiting readers: threads blocked in ``wait`` and the futures of
+  ``anext()`` calls (``add_async_waiter``), and :meth:`wake`, which releases
+  them all;
+- the open readers of the store (``readers``, so that closing the store or
+  a fork can close them) and whether the store is closed (``closed``) or
+  left behind in a forked child (``forked_error``).
+
+Lock rules. The limits, the heads and ``removals`` are written by the holder
+of the writer role only (and by the store's open, before any reader exists),
+and read without a lock. Publication order makes that safe: the writer puts
+records and index entries in place, then the heads, then ``visible_end``
+(and, for a removal, ``catalog.first`` and ``log_start`` before
+``removals``); a reader reads a limit first and only then what lies below
+it. ``_cond`` (a condition on its own lock) guards ``_sleepers``; ``wait``
+checks the caller's readiness under it, and :meth:`wake` notifies under it,
+so a wake-up between the check and the sleep is never lost. The set of async
+waiters is changed and copied under the interpreter lock only (one
+operation each). ``closed`` and ``forked_error`` are plain stores read
+without a lock; the fork hook sets them in the child taking no lock at all.
+No method does I/O or calls out while holding ``_cond``, except the
+caller's readiness test in ``wait``.
+
+A shared-memory implementation (several processes that each commit and
+tail one store) must provide the same names: ``visible_end``, ``log_start``
+and ``removals`` as words in shared memory (read with acquire, written with
+release ordering, for instance as properties over a mapped buffer); the
+heads (``catalog.head``/``first`` over shared arrays, written before
+``visible_end``); ``wake()`` as a cross-process signal (a futex word or an
+eventfd/pipe per waiting process, bumped by a sequence number) and
+``wait(ready, deadline)`` sleeping on it and re-checking ``ready`` after
+each wake-up and after any spurious return; ``add_async_waiter`` /
+``discard_async_waiter`` driven by a per-process thread that turns the
+cross-process signal into ``loop.call_soon_threadsafe``; ``waiting()``.
+``readers``, ``closed`` and ``forked_error`` stay per process.
+
+>>> import threading
+>>> pub = Published()
+>>> woke = threading.Thread(target=lambda: pub.wait(lambda: pub.visible_end > 0, None))
+>>> woke.start()
+>>> pub.visible_end = 1
+>>> pub.wake()
+>>> woke.join(5)
+>>> woke.is_alive()
+False
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from logstore.errors import LogStoreError
+from logstore.index.catalog import Catalog
+
+AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class Published:
+    """The published state of one store and its waiting readers; see the module docstring."""
+
+    __slots__ = (
+        "_async",
+        "_cond",
+        "_sleepers",
+        "catalog",
+        "closed",
+        "forked_error",
+        "log_start",
+        "readers",
+        "removals",
+        "visible_end",
+    )
+
+    def __init__(self) -> None:
+        self.visible_end = 0
+        """Global offsets below it are readable (writer role writes it after the heads)."""
+        self.log_start = 0
+        """Global offsets below it were dropped by retention."""
+        self.removals = 0
+        """Truncations, deletions and retention moves published so far."""
+        self.catalog = Catalog()
+        """The stream heads and names (the log loads it at open; the writer updates it in place)."""
+        self.closed = False
+        """The store is closed (or was left behind in a forked child)."""
+        self.forked_error: Callable[[], LogStoreError] | None = None
+        """In a forked child: makes the error that every use of the store raises there."""
+        self.readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        """The store's open readers (closed with the store, and in a forked child)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._sleepers = 0  # threads in wait() (under _cond)
+        self._async: set[AsyncWaiter] = set()
+
+    # -- the writer's side ---------------------------------------------------------------------
+
+    def removed(self) -> None:
+        """Count a published removal (writer role, after its bounds are in place) and wake every reader."""
+        self.removals += 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Release every thread in :meth:`wait` and resolve every async waiter's future."""
+        with self._cond:
+            self._cond.notify_all()
+        for loop, future in list(self._async):
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(_resolve, future)
+
+    # -- the readers' side ---------------------------------------------------------------------
+
+    def wait(self, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """Block until ``ready()`` is true; return False if ``deadline`` (``time.monotonic()``) passes first.
+
+        ``ready`` is called under the condition's lock, first before any
+        sleep and again after each wake-up, so a :meth:`wake` after a false
+        ``ready()`` always ends the sleep. It must be quick and must not
+        call back into this object.
+        """
+        cond = self._cond
+        with cond:
+            self._sleepers += 1
+            try:
+                while not ready():
+                    if deadline is None:
+                        cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        cond.wait(remaining)
+                return True
+            finally:
+                self._sleepers -= 1
+
+    def add_async_waiter(self, waiter: AsyncWaiter) -> None:
+        """Resolve ``waiter``'s future (in its loop) at the next :meth:`wake`, until discarded."""
+        self._async.add(waiter)
+
+    def discard_async_waiter(self, waiter: AsyncWaiter) -> None:
+        self._async.discard(waiter)
+
+    def waiting(self) -> bool:
+        """Whether some thread is in :meth:`wait` or some async waiter is registered (no lock: a hint
+        that is exact for a caller that changed what ``ready`` tests before asking)."""
+        return self._sleepers > 0 or bool(self._async)
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
