@@ -17,18 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_SEGMENT, quiet_logstore
-from crash import simulate_crash
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule
-from strategies import envelope_batches, transaction_plans
-from test_model import FsyncModel, NoSyncModel
 
 import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
 from logstore.repair import repair
+from tests.conftest import SMALL_SEGMENT, quiet_logstore
+from tests.crash import simulate_crash
+from tests.strategies import envelope_batches, transaction_plans
+from tests.test_model import FsyncModel, NoSyncModel
 
 WAIT = 30.0  # seconds a barrier waits before the test fails rather than hangs
 

@@ -11,10 +11,10 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
-from conftest import SMALL_SEGMENT
 
 import logstore
 from logstore import Envelope
+from tests.conftest import SMALL_SEGMENT
 
 # -- helpers ---------------------------------------------------------------------------
 

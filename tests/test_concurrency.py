@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import SMALL_SEGMENT
 
 import logstore
 from logstore import Envelope
+from tests.conftest import SMALL_SEGMENT
 
 DURABILITIES = ["fsync", "batch", "none"]
 PAD = "p" * 1000  # makes the tests below fill several 64 KiB segments while readers read

@@ -12,12 +12,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import SMALL_SEGMENT
 from hypothesis import given
 from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, protocols
+from tests.conftest import SMALL_SEGMENT
 
 # -- helpers ---------------------------------------------------------------------------
 

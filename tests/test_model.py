@@ -20,16 +20,16 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import pytest
-from conftest import SMALL_SEGMENT, assert_verified
-from crash import simulate_crash
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from strategies import Plan, append_plan, envelope_batches, stream_names, transaction_plans, unique_name
 
 import logstore
 from logstore import Envelope, OffsetConflictError
 from logstore.store import MAX_FSYNC_INTERVAL
+from tests.conftest import SMALL_SEGMENT, assert_verified
+from tests.crash import simulate_crash
+from tests.strategies import Plan, append_plan, envelope_batches, stream_names, transaction_plans, unique_name
 
 CHECKPOINT_BYTES = 16 * 1024
 

@@ -56,19 +56,19 @@ from typing import NamedTuple
 from unittest import mock
 
 import pytest
-from conftest import SMALL_SEGMENT, assert_verified
-from crash import simulate_crash
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from strategies import append_plan, stream_names, unique_name
-from stress import STRESS
 
 import logstore
 from logstore import Envelope, OffsetConflictError
 from logstore.compact import CompactReport
 from logstore.segment import KIND_RETAIN, segment_name
 from logstore.writer import Writer
+from tests.conftest import SMALL_SEGMENT, assert_verified
+from tests.crash import simulate_crash
+from tests.strategies import append_plan, stream_names, unique_name
+from tests.stress import STRESS
 
 CHECKPOINT_BYTES = 16 * 1024
 LONG_RUN = STRESS or os.environ.get("LOGSTORE_HYPOTHESIS_PROFILE", "ci") == "long"
