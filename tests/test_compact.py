@@ -2,67 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 import logstore
-from logstore import Envelope, FileIO
+from logstore import Envelope
 from tests.conftest import SMALL_SEGMENT, assert_verified
-
-
-class Crash(BaseException):
-    """Raised by :class:`CrashIO` to stop the process's work at one I/O step, like a kill."""
-
-
-class CrashIO(FileIO):
-    """Counts the mutating file operations once armed and raises :class:`Crash` at number ``at``."""
-
-    def __init__(self, at: int | None = None) -> None:
-        super().__init__()
-        self.at = at
-        self.armed = False
-        self.count = 0
-        self.ops: list[str] = []
-
-    def _step(self, what: str) -> None:
-        if not self.armed:
-            return
-        self.count += 1
-        self.ops.append(what)
-        if self.count == self.at:
-            raise Crash(what)
-
-    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
-        self._step("pwrite")
-        super().pwrite(fd, data, position)
-
-    def fsync(self, fd: int) -> None:
-        self._step("fsync")
-        super().fsync(fd)
-
-    def fdatasync(self, fd: int) -> None:
-        self._step("fdatasync")
-        super().fdatasync(fd)
-
-    def fsync_dir(self, path: str) -> None:
-        self._step(f"fsync_dir {os.path.basename(path)}")
-        super().fsync_dir(path)
-
-    def rename(self, src: str, dst: str) -> None:
-        self._step(f"rename {os.path.basename(src)}")
-        super().rename(src, dst)
-
-    def unlink(self, path: str) -> None:
-        self._step(f"unlink {os.path.basename(path)}")
-        super().unlink(path)
-
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        if flags & os.O_CREAT:
-            self._step(f"create {os.path.basename(path)}")
-        return super().open(path, flags, mode)
+from tests.faultfs import Crash, CrashIO
 
 
 def _build(path: Path) -> None:

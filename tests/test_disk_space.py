@@ -24,6 +24,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.segment import RESERVE_FIRST, RESERVE_STEP_MAX
 from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
+from tests.faultfs import FullDisk
 
 MiB = 1 << 20
 
@@ -48,53 +49,6 @@ def read_all(store: logstore.Store, stream: str) -> list[int]:
     assert found
     with reader:
         return [e.message["i"] for e in reader]
-
-
-class FullDisk(FileIO):
-    """A file system that runs out of space on demand: ``full`` makes the chosen operations raise ENOSPC.
-
-    ``where``: ``"extend"`` (a segment's reservation growing: ``fallocate`` past byte 0), ``"create"``
-    (a new segment's first allocation), ``"index"`` (a ``pwrite`` to a catalog, checkpoint or position
-    file), or ``"all"`` (every ``fallocate`` and ``pwrite``).
-    """
-
-    def __init__(self, where: str = "all", err: int = errno.ENOSPC) -> None:
-        super().__init__()
-        self.where = where
-        self.err = err
-        self.full = False
-        self.largest: int | None = None  # with ``full``: only allocations above this many bytes fail
-        self.refused: list[tuple[str, int]] = []
-        self._paths: dict[int, str] = {}
-
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        fd = super().open(path, flags, mode)
-        self._paths[fd] = path
-        return fd
-
-    def _refuse(self, what: str, fd: int, size: int) -> None:
-        self.refused.append((self._paths.get(fd, "?"), size))
-        raise OSError(self.err, os.strerror(self.err) + f" ({what}, injected)")
-
-    def fallocate(self, fd: int, offset: int, length: int) -> None:
-        if (
-            self.full
-            and (self.largest is None or length > self.largest)
-            and (
-                self.where == "all"
-                or (self.where == "extend" and offset > 0)
-                or (self.where == "create" and offset == 0)
-            )
-        ):
-            self._refuse("fallocate", fd, length)
-        super().fallocate(fd, offset, length)
-
-    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
-        path = self._paths.get(fd, "")
-        index = "catalog" in path or "CHECKPOINT" in path or path.endswith(".pos")
-        if self.full and (self.where == "all" or (self.where == "index" and index)):
-            self._refuse("pwrite", fd, len(data))
-        super().pwrite(fd, data, position)
 
 
 # -- disk use ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from logstore.segment import KIND_RETAIN, Segment, parse_record
 from logstore.verify import verify
 from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
-from tests.test_compact import Crash, CrashIO
+from tests.faultfs import Crash, CrashIO
 
 _DEADLOCK = 60.0  # seconds: only a guard against a hang, never part of the synchronisation
 

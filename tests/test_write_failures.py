@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import errno
-import os
 import threading
 from pathlib import Path
 
 import pytest
 
 import logstore
-from logstore import Envelope, FileIO, StoreFailedError
-
-
-class FailingIO(FileIO):
-    """Fails the chosen operation on segment files once ``armed`` is set."""
-
-    def __init__(self, op: str, code: int = errno.EIO) -> None:
-        super().__init__()
-        self.op = op
-        self.code = code
-        self.armed = threading.Event()
-        self.failures = 0
-        self.segment_fds: set[int] = set()
-
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        fd = super().open(path, flags, mode)
-        if ".log" in os.path.basename(path):
-            self.segment_fds.add(fd)
-        return fd
-
-    def _maybe_fail(self, op: str, fd: int) -> None:
-        if self.armed.is_set() and op == self.op and fd in self.segment_fds:
-            self.failures += 1
-            raise OSError(self.code, os.strerror(self.code))
-
-    def fdatasync(self, fd: int) -> None:
-        self._maybe_fail("fdatasync", fd)
-        super().fdatasync(fd)
-
-    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
-        self._maybe_fail("pwrite", fd)
-        super().pwrite(fd, data, position)
+from logstore import Envelope, StoreFailedError
+from tests.faultfs import FailingIO
 
 
 def _commit(store: logstore.Store, stream: str, offset: int, n: int = 2) -> range:
