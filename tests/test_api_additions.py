@@ -25,8 +25,8 @@ import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
 from logstore.repair import repair
-from tests.conftest import SMALL_SEGMENT, quiet_logstore
 from tests.crash import simulate_crash
+from tests.helpers import SMALL_SEGMENT, quiet_logstore
 from tests.strategies import envelope_batches, transaction_plans
 from tests.test_model import FsyncModel, NoSyncModel
 

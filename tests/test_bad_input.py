@@ -14,7 +14,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 # -- helpers ---------------------------------------------------------------------------
 

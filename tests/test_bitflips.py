@@ -52,7 +52,7 @@ from fuzz import targets as T
 from logstore.errors import CorruptionError
 from logstore.index.header import HEADER_SIZE
 from logstore.verify import VerifyResult, verify
-from tests.conftest import quiet_logstore
+from tests.helpers import quiet_logstore
 from tests.stress import STRESS
 
 SEGMENT = "segments/00000000000000000000.log"

@@ -9,8 +9,8 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.faultfs import Crash, CrashIO
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 
 def _build(path: Path) -> None:

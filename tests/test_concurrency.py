@@ -19,7 +19,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 DURABILITIES = ["fsync", "batch", "none"]
 PAD = "p" * 1000  # makes the tests below fill several 64 KiB segments while readers read

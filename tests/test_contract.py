@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, protocols
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 # -- helpers ---------------------------------------------------------------------------
 

@@ -72,8 +72,8 @@ import pytest
 import logstore
 from logstore import Envelope, OffsetConflictError, StoreFailedError
 from logstore.verify import verify
-from tests.conftest import SMALL_SEGMENT, quiet_logstore
 from tests.faultfs import MODES, Crash, FaultFS, Op, write_image
+from tests.helpers import SMALL_SEGMENT, quiet_logstore
 from tests.stress import SEED, STRESS, scale
 
 STREAMS = ("orders", "payments", "shipping", "audit", "outbox", "s" * 40)

@@ -22,9 +22,9 @@ import logstore
 from logstore import Envelope, FileIO, OutOfSpaceError, StoreFailedError
 from logstore.index.header import HEADER_SIZE
 from logstore.segment import RESERVE_FIRST, RESERVE_STEP_MAX
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
 from tests.faultfs import FullDisk
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 MiB = 1 << 20
 

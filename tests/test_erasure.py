@@ -22,8 +22,8 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.compact import REASON_ACTIVE_LATER, REASON_LATER, REASON_NO_ROLL
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.faultfs import MODES, Crash, FaultFS, write_image
+from tests.helpers import SMALL_SEGMENT, assert_verified
 from tests.test_crash_points import (
     Action,
     Campaign,

@@ -26,7 +26,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.conftest import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0  # upper bound for anything that should happen promptly; reached only if something hangs

@@ -30,7 +30,7 @@ from logstore import Envelope
 from logstore.index.runs import LARGE_RUNS
 from logstore.repair import repair
 from logstore.verify import verify
-from tests.conftest import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = f"{0:020d}"  # the first segment's stem

@@ -41,7 +41,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records
 from logstore.segment import BadRecord, Record, last_nonzero, parse_record
 from logstore.tools.cli import main
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 from tests.stress import SEED, scale
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,8 +27,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import logstore
 from logstore import Envelope, OffsetConflictError
 from logstore.store import MAX_FSYNC_INTERVAL
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
+from tests.helpers import SMALL_SEGMENT, assert_verified
 from tests.strategies import Plan, append_plan, envelope_batches, stream_names, transaction_plans, unique_name
 
 CHECKPOINT_BYTES = 16 * 1024

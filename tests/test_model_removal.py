@@ -65,8 +65,8 @@ from logstore import Envelope, OffsetConflictError
 from logstore.compact import CompactReport
 from logstore.segment import KIND_RETAIN, segment_name
 from logstore.writer import Writer
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
+from tests.helpers import SMALL_SEGMENT, assert_verified
 from tests.strategies import append_plan, stream_names, unique_name
 from tests.stress import STRESS
 

@@ -17,7 +17,7 @@ from logstore import CorruptionError, Envelope, FileIO
 from logstore.index.header import HEADER_SIZE
 from logstore.segment import BadRecord, data_regions, parse_record
 from logstore.verify import verify
-from tests.conftest import assert_verified
+from tests.helpers import assert_verified
 
 SEGMENT = 256 * 1024
 

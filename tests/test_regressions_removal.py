@@ -26,9 +26,9 @@ from logstore.log import Log
 from logstore.repair import repair
 from logstore.segment import KIND_RETAIN, Segment, parse_record
 from logstore.verify import verify
-from tests.conftest import SMALL_SEGMENT, assert_verified
 from tests.crash import simulate_crash
 from tests.faultfs import Crash, CrashIO
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 _DEADLOCK = 60.0  # seconds: only a guard against a hang, never part of the synchronisation
 

@@ -10,7 +10,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.conftest import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 
 def _fill(store: logstore.Store, streams: dict[str, int], pad: int = 200) -> None:

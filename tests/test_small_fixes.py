@@ -31,7 +31,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.repair import repair
 from logstore.segment import parse_record
 from logstore.tools.cli import main
-from tests.conftest import SMALL_SEGMENT, quiet_logstore
+from tests.helpers import SMALL_SEGMENT, quiet_logstore
 
 
 def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:

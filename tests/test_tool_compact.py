@@ -12,7 +12,7 @@ import xxhash
 import logstore
 from logstore import Envelope
 from logstore.tools.cli import main
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 
 def _store(path: Path) -> None:

@@ -21,7 +21,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records, stream_start
 from logstore.segment import parse_record
 from logstore.tools.cli import main
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 

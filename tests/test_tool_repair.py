@@ -22,7 +22,7 @@ from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
 from logstore.segment import parse_record
 from logstore.tools.cli import main
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
 

@@ -13,7 +13,7 @@ from logstore import Envelope
 from logstore.inspect import store_stats
 from logstore.tools.cli import main
 from logstore.tools.progress import progress
-from tests.conftest import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT
 from tests.terminal import on_a_terminal
 
 
