@@ -23,7 +23,7 @@ from logstore.segment import parse_record
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, plan: list[tuple[str, int]], pad: int = 150) -> list[tuple[str, int, Envelope]]:

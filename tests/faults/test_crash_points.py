@@ -48,7 +48,7 @@ crash states, which each test asserts. Each test prints a summary line
 (``crash states: N, distinct images: D, acknowledged lost: 0, partial: 0,
 ...``; run with ``-s`` to see it)::
 
-    LOGSTORE_STRESS=1 python -m pytest -q -s tests/test_crash_points.py
+    LOGSTORE_STRESS=1 python -m pytest -q -s tests/faults/test_crash_points.py
 """
 
 from __future__ import annotations

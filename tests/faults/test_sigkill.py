@@ -1,4 +1,4 @@
-"""SIGKILL campaigns: a real writer process (tests/killer.py) killed at random moments and at every I/O site.
+"""SIGKILL campaigns: a real writer process (tests/faults/killer.py) killed at random moments and at every I/O site.
 
 Each campaign runs the worker on one store directory again and again, kills
 it, reopens (recovers) the store in this process and checks, against what
@@ -6,7 +6,7 @@ the worker acknowledged on its stdout (a line printed after ``commit()``
 returned):
 
 - every acknowledged transaction is there, at the acknowledged global and
-  stream offsets, with the exact content (:func:`tests.killer.plan`);
+  stream offsets, with the exact content (:func:`tests.faults.killer.plan`);
 - no transaction is there in part: each is all of its messages, at
   consecutive global offsets, or none of them;
 - each worker thread's transactions are a prefix of what it committed, in
@@ -53,11 +53,11 @@ import pytest
 import logstore
 from logstore.fileio import KILL_AT_ENV, KILL_SITES
 from logstore.verify import verify
-from tests.killer import CHECKPOINT_BYTES, PROBE, SCRATCH, SCRATCH_THREAD, SEGMENT_SIZE, TYPE, plan
+from tests.faults.killer import CHECKPOINT_BYTES, PROBE, SCRATCH, SCRATCH_THREAD, SEGMENT_SIZE, TYPE, plan
 from tests.stress import SEED, scale
 
-REPO = Path(__file__).resolve().parent.parent
-KILLER = REPO / "tests" / "killer.py"
+REPO = Path(__file__).resolve().parents[2]
+KILLER = REPO / "tests" / "faults" / "killer.py"
 READ_TIMEOUT = 120.0  # seconds without a line from the worker before the test gives up (a hang is a finding)
 
 Key = tuple[int, int, int]  # (run, thread, seq); thread SCRATCH_THREAD for thread 0's scratch transactions
@@ -135,7 +135,7 @@ def run_worker(
     truncate_every: int = 4,
     compact_every: int = 3,
 ) -> Outcome:
-    """Run tests/killer.py on ``path`` and kill it as asked; returns when it has exited.
+    """Run tests/faults/killer.py on ``path`` and kill it as asked; returns when it has exited.
 
     ``kill_after_acks``: SIGKILL once that many ``ack`` lines have been read.
     ``kill_after_start``: SIGKILL that many seconds after the ``start`` line

@@ -141,7 +141,7 @@ def test_successful_repair_logs_no_warning(store_dir: Path, caplog: pytest.LogCa
 def test_a_catalog_missing_or_damaged_for_good_is_rebuilt_with_a_warning(
     store_dir: Path, caplog: pytest.LogCaptureFixture, readonly: bool
 ) -> None:
-    """A catalog a live writer replaced meanwhile is loaded again quietly (tests/test_live_readers.py);
+    """A catalog a live writer replaced meanwhile is loaded again quietly (tests/unit/test_live_readers.py);
     one that stays missing or damaged is rebuilt from the log, and that is worth a warning."""
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, 20)
@@ -398,7 +398,7 @@ def test_version_is_printed_by_the_command(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_readme_dependency_sentence_names_every_runtime_dependency() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     with open(root / "pyproject.toml", "rb") as f:
         deps = tomllib.load(f)["project"]["dependencies"]
     names = [re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0] for d in deps]

@@ -23,8 +23,7 @@ import logstore
 from logstore import Envelope
 from logstore.compact import REASON_ACTIVE_LATER, REASON_LATER, REASON_NO_ROLL
 from tests.faultfs import MODES, Crash, FaultFS, write_image
-from tests.helpers import SMALL_SEGMENT, assert_verified
-from tests.test_crash_points import (
+from tests.faults.test_crash_points import (
     Action,
     Campaign,
     Progress,
@@ -37,6 +36,7 @@ from tests.test_crash_points import (
     run_workload,
     scratch,  # noqa: F401 - the fixture
 )
+from tests.helpers import SMALL_SEGMENT, assert_verified
 
 SEGMENT = 1 << 20  # "a small store": everything below stays in the first, active segment
 MARK = b"ERASE-ME-"

@@ -1,6 +1,6 @@
-"""A writer process for SIGKILL tests (tests/test_sigkill.py): group-commit load, acknowledged on stdout.
+"""A writer process for SIGKILL tests (tests/faults/test_sigkill.py): group-commit load, acknowledged on stdout.
 
-Run as ``python tests/killer.py DIR --run R [--threads T] [--txs N] ...`` with
+Run as ``python tests/faults/killer.py DIR --run R [--threads T] [--txs N] ...`` with
 the repository root on ``PYTHONPATH``. It opens the store in ``DIR``
 (``durability="fsync"``, 64 KiB segments and a small ``checkpoint_bytes``, so
 that segment rolls and checkpoints happen often), then ``T`` threads each

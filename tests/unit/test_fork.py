@@ -28,7 +28,7 @@ import logstore
 from logstore import Envelope
 from tests.helpers import SMALL_SEGMENT, assert_verified
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # upper bound for anything that should happen promptly; reached only if something hangs
 
 

@@ -1,6 +1,6 @@
 """I/O errors at every file operation: nothing failed is acknowledged, the store refuses writes, the directory reopens.
 
-``tests/test_write_failures.py`` fails the segment ``pwrite`` or
+``tests/faults/test_write_failures.py`` fails the segment ``pwrite`` or
 ``fdatasync`` of a commit. Here a :class:`tests.faultfs.FaultFS` fails
 *each* counted file operation of a workload in turn (``fail_at=N``) with
 ``EIO`` or ``ENOSPC``, once or from then on: the operations of creating the
@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 import logstore
-import tests.test_crash_points as cp
+import tests.faults.test_crash_points as cp
 from logstore import StoreFailedError
 from tests.faultfs import FaultFS, Op, write_image
 from tests.stress import SEED, STRESS, scale

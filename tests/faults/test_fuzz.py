@@ -32,7 +32,7 @@ measures it), and envelope decoding bounds every length msgpack reads.
 
 ``test_random_mutation_loop`` is the plain ``random.Random`` loop: a few
 thousand inputs in CI, a million under ``LOGSTORE_STRESS=1``
-(``python -m pytest tests/test_fuzz.py -k loop -s`` prints the count).
+(``python -m pytest tests/faults/test_fuzz.py -k loop -s`` prints the count).
 
 The ``test_regression_*`` tests are the bugs this fuzzing found, each named
 after what broke.

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PROBE = "tests/test_compact.py"  # small; imports other modules of tests/ by name
+REPO = Path(__file__).resolve().parents[2]
+PROBE = "tests/faults/test_compact.py"  # small; imports other modules of tests/ by name
 
 # Runs pytest in the child and prints, for every module loaded from tests/, the names it was loaded under.
 CHILD = """

@@ -32,7 +32,7 @@ from logstore.repair import repair
 from logstore.verify import verify
 from tests.helpers import SMALL_SEGMENT, assert_verified
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIRST = f"{0:020d}"  # the first segment's stem
 OUTSIDE = b"precious bytes outside the store\n" * 64
 CHILD_TIMEOUT = 60  # seconds; a guard against a hang, never a wait

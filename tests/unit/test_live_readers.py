@@ -44,7 +44,7 @@ from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT
 from tests.stress import SEED, scale
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = r"""
 import random, select, sys, time

@@ -14,7 +14,7 @@ import logstore.reader
 import logstore.store
 import logstore.writer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python_blocks(path: Path) -> list[str]:

@@ -27,8 +27,8 @@ from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormSto
 from logstore.repair import repair
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
+from tests.model.test_model import FsyncModel, NoSyncModel
 from tests.strategies import envelope_batches, transaction_plans
-from tests.test_model import FsyncModel, NoSyncModel
 
 WAIT = 30.0  # seconds a barrier waits before the test fails rather than hangs
 
@@ -388,7 +388,7 @@ def test_any_offsets_survive_reopen_and_crash(store_dir: Path) -> None:
 
 
 class _AnyRules:
-    """Rules for the model machine of tests/test_model.py: transactions with ANY appends, some
+    """Rules for the model machine of tests/model/test_model.py: transactions with ANY appends, some
     interleaved with another transaction's commit; reads also check where each message belongs."""
 
     def _commit_any(self: Any, data: st.DataObject) -> None:
