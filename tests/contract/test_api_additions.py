@@ -25,6 +25,7 @@ import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
 from logstore.repair import repair
+from tests.contract.backends import OpenStore
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
 from tests.model.test_model import FsyncModel, NoSyncModel
@@ -77,8 +78,8 @@ def _write_mixed(store: logstore.Store, rounds: int, seed: int = 1) -> list[tupl
 # -- 6: where the current message belongs ------------------------------------------------------
 
 
-def test_readers_locate_messages_across_streams_and_segment_rolls(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_readers_locate_messages_across_streams_and_segment_rolls(open_store: OpenStore) -> None:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         written = _write_mixed(store, 150)
         assert len(store._log.segments) >= 3  # the reads cross segment rolls
         # Long scans (numpy header batches) and short ones (record by record) alike.
@@ -88,12 +89,12 @@ def test_readers_locate_messages_across_streams_and_segment_rolls(store_dir: Pat
             mine = [w for w in written if w[1] == name]
             assert _located_stream(store, name) == mine
             assert _located_stream(store, name, 3) == [w for w in mine if w[2] >= 3]
-    with logstore.open(store_dir, readonly=True) as store:
+    with open_store(readonly=True) as store:
         assert _located_global(store) == written
 
 
-def test_readers_locate_messages_after_removals_and_compaction(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_readers_locate_messages_after_removals_and_compaction(open_store: OpenStore) -> None:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         written = _write_mixed(store, 150, seed=2)
         store.truncate_stream("order-1", 5)
         store.delete_stream("customer-9")
@@ -104,13 +105,13 @@ def test_readers_locate_messages_after_removals_and_compaction(store_dir: Path) 
         assert _located_stream(store, "order-1") == [w for w in kept if w[1] == "order-1"]
         store.compact()
         assert _located_global(store) == kept
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert _located_global(store) == kept
         assert _located_stream(store, "outbox") == [w for w in kept if w[1] == "outbox"]
 
 
-def test_current_message_keeps_its_place_when_a_removal_drops_what_was_read_ahead(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_current_message_keeps_its_place_when_a_removal_drops_what_was_read_ahead(open_store: OpenStore) -> None:
+    with open_store() as store:
         for i in range(6):
             with store.transaction() as tx:
                 tx.append("a", i, _envs("a", 1))
@@ -136,8 +137,8 @@ def test_current_message_keeps_its_place_when_a_removal_drops_what_was_read_ahea
         stream.close()
 
 
-def test_current_message_keeps_its_place_when_everything_read_ahead_is_removed(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_current_message_keeps_its_place_when_everything_read_ahead_is_removed(open_store: OpenStore) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("a", 0, _envs("a", 1))
         with store.transaction() as tx:
@@ -151,8 +152,8 @@ def test_current_message_keeps_its_place_when_everything_read_ahead_is_removed(s
 
 
 @pytest.mark.parametrize("method", ["stream_name", "stream_offset", "global_offset"])
-def test_location_methods_raise_like_offset(store_dir: Path, method: str) -> None:
-    with logstore.open(store_dir) as store:
+def test_location_methods_raise_like_offset(open_store: OpenStore, method: str) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("a", 0, _envs("a", 2))
         for reader in (store.stream("a"), store.global_stream(), store.stream("nothing")):
@@ -170,8 +171,8 @@ def test_location_methods_raise_like_offset(store_dir: Path, method: str) -> Non
         getattr(reader, method)()
 
 
-def test_readers_satisfy_the_located_stream_protocol(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_readers_satisfy_the_located_stream_protocol(open_store: OpenStore) -> None:
+    with open_store() as store:
         assert isinstance(store, ShortFormStore) and isinstance(store, GloballyOrderedStore)
         with store.stream("a") as s, store.global_stream() as g:
             assert isinstance(s, LocatedStream) and isinstance(g, LocatedStream)
@@ -180,11 +181,11 @@ def test_readers_satisfy_the_located_stream_protocol(store_dir: Path) -> None:
 # -- 7: appends at logstore.ANY ---------------------------------------------------------------
 
 
-def test_any_is_a_sentinel_not_an_offset(store_dir: Path) -> None:
+def test_any_is_a_sentinel_not_an_offset(open_store: OpenStore) -> None:
     assert logstore.ANY is ANY and repr(ANY) == "logstore.ANY"
     assert isinstance(ANY, logstore.AnyOffset) and list(logstore.AnyOffset) == [ANY]
     assert not isinstance(ANY, int) and ANY not in (-1, 0)
-    with logstore.open(store_dir) as store:
+    with open_store() as store:
         tx, committer = store.begin_tx()
         with pytest.raises(ValueError, match="offset must be >= 0, got -1"):  # no int stands for ANY
             tx.append("s", -1, _envs("s", 1))
@@ -192,8 +193,8 @@ def test_any_is_a_sentinel_not_an_offset(store_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("bad", ["ANY", None, 1.0, True])
-def test_offsets_that_are_not_any_are_refused(store_dir: Path, bad: object) -> None:
-    with logstore.open(store_dir) as store:
+def test_offsets_that_are_not_any_are_refused(open_store: OpenStore, bad: object) -> None:
+    with open_store() as store:
         tx, committer = store.begin_tx()
         for append in (tx.append, lambda *a: store.append_messages(tx, *a)):
             with pytest.raises(TypeError, match=rf"offset must be an int or logstore\.ANY, got {type(bad).__name__}"):
@@ -201,8 +202,8 @@ def test_offsets_that_are_not_any_are_refused(store_dir: Path, bad: object) -> N
         assert committer.commit() == range(0)
 
 
-def test_any_appends_at_the_head_at_commit_without_conflict(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_any_appends_at_the_head_at_commit_without_conflict(open_store: OpenStore) -> None:
+    with open_store() as store:
         tx_a, commit_a = store.begin_tx()
         tx_a.append("outbox", ANY, _envs("a", 2))
         tx_a.append("order-1", 0, _envs("o", 1))
@@ -231,8 +232,8 @@ def test_any_appends_at_the_head_at_commit_without_conflict(store_dir: Path) -> 
         ]
 
 
-def test_any_rules_within_one_transaction(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_any_rules_within_one_transaction(open_store: OpenStore) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("s", 0, _envs("exact", 2))  # exact, then ANY: fine
             tx.append("s", ANY, _envs("any1", 1))
@@ -263,8 +264,8 @@ def test_any_rules_within_one_transaction(store_dir: Path) -> None:
         assert tx3.stream_offsets is None and store.head("s") == 5
 
 
-def test_any_on_a_deleted_stream_continues_at_its_old_head(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_any_on_a_deleted_stream_continues_at_its_old_head(open_store: OpenStore) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("s", 0, _envs("old", 3))
         store.delete_stream("s")
@@ -276,8 +277,8 @@ def test_any_on_a_deleted_stream_continues_at_its_old_head(store_dir: Path) -> N
         assert [(o, e.message["tag"]) for _, _, o, e in _located_stream(store, "s")] == [(3, "new"), (4, "new")]
 
 
-def test_any_to_a_new_stream_starts_at_zero_and_errors_name_any(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_any_to_a_new_stream_starts_at_zero_and_errors_name_any(open_store: OpenStore) -> None:
+    with open_store() as store:
         tx, committer = store.begin_tx()
         with pytest.raises(TypeError, match=r"stream 'n' at logstore\.ANY, envs\[1\]: must be an Envelope, got int"):
             tx.append("n", ANY, [*_envs("n", 1), 7])  # type: ignore[list-item]
@@ -289,7 +290,7 @@ def test_any_to_a_new_stream_starts_at_zero_and_errors_name_any(store_dir: Path)
         assert tx.stream_offsets == {"n": range(1)}
 
 
-def test_outbox_shared_by_concurrent_writers_commits_without_conflicts(store_dir: Path) -> None:
+def test_outbox_shared_by_concurrent_writers_commits_without_conflicts(open_store: OpenStore) -> None:
     """Four threads each commit ``order-<thread>-<n>`` (exact) plus the shared ``outbox`` (ANY).
 
     Each round every thread builds its transaction, then all meet at a barrier and commit at
@@ -300,7 +301,7 @@ def test_outbox_shared_by_concurrent_writers_commits_without_conflicts(store_dir
     results: dict[int, list[tuple[str, range, dict[str, range] | None]]] = {t: [] for t in range(threads)}
     errors: list[BaseException] = []
 
-    with logstore.open(store_dir, durability="batch") as store:
+    with open_store(durability="batch") as store:
 
         def work(t: int) -> None:
             try:
@@ -342,7 +343,7 @@ def test_outbox_shared_by_concurrent_writers_commits_without_conflicts(store_dir
                 assert by_goff[goff_outbox][0] == soff
                 assert by_goff[goff_outbox][1].message == {"t": t, "n": n}
                 assert [(g, o) for g, _, o, _ in _located_stream(store, order)] == [(goff_order, 0)]
-    with logstore.open(store_dir) as store:  # reopened: the same records
+    with open_store() as store:  # reopened: the same records
         assert _located_stream(store, "outbox") == outbox
 
 
@@ -471,8 +472,8 @@ TestAnyNoSyncModel.settings = settings(stateful_step_count=30, max_examples=20)
 # -- 8: short forms and what a wrong envs says ------------------------------------------------------
 
 
-def test_short_forms_are_the_long_forms(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_short_forms_are_the_long_forms(open_store: OpenStore) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("order-42", 0, _envs("o", 2))
             tx.append("gone", 0, _envs("g", 1))
@@ -502,9 +503,9 @@ def test_short_forms_are_the_long_forms(store_dir: Path) -> None:
     ],
 )
 def test_short_forms_check_like_the_long_forms(
-    store_dir: Path, args: tuple[Any, Any], error: type[Exception], match: str
+    open_store: OpenStore, args: tuple[Any, Any], error: type[Exception], match: str
 ) -> None:
-    with logstore.open(store_dir) as store:
+    with open_store() as store:
         name, offset = args
         with pytest.raises(error, match=match):
             store.stream(name, offset)
@@ -538,8 +539,10 @@ def test_short_forms_check_like_the_long_forms(
         ([{"type": "T"}], r"stream 's' offset 0, envs\[0\]: must be an Envelope, got dict"),
     ],
 )
-def test_wrong_envs_say_a_list_of_envelopes_is_needed(store_dir: Path, envs: object, match: str, short: bool) -> None:
-    with logstore.open(store_dir) as store:
+def test_wrong_envs_say_a_list_of_envelopes_is_needed(
+    open_store: OpenStore, envs: object, match: str, short: bool
+) -> None:
+    with open_store() as store:
         tx, committer = store.begin_tx()
         for offset in (0, ANY):
             # With ANY the stream offset is not known: the message says "at logstore.ANY" instead.
@@ -552,8 +555,8 @@ def test_wrong_envs_say_a_list_of_envelopes_is_needed(store_dir: Path, envs: obj
         assert committer.commit() == range(0)  # nothing was added
 
 
-def test_a_tuple_of_envelopes_is_still_accepted(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
+def test_a_tuple_of_envelopes_is_still_accepted(open_store: OpenStore) -> None:
+    with open_store() as store:
         with store.transaction() as tx:
             tx.append("s", 0, tuple(_envs("s", 2)))
         assert tx.global_offsets == range(2)

@@ -23,8 +23,8 @@ from tests.helpers import SMALL_SEGMENT
 
 
 @pytest.fixture
-def store(store_dir):
-    s = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+def store(open_store):
+    s = open_store(segment_size=SMALL_SEGMENT)
     yield s
     s.close()
 
@@ -99,13 +99,13 @@ def blocked_next(reader: Any, timeout: float = 20.0) -> tuple[threading.Thread, 
 # -- the Go package's doc comments, one sentence each ----------------------------------
 
 
-def test_seed_package_reads_and_writes_persisted_streams_of_messages(store_dir):
+def test_seed_package_reads_and_writes_persisted_streams_of_messages(open_store):
     """ "Package messagestore contains interfaces used by Ax to read and write from persisted streams of messages.\""""
     orders, payments = envs(3, "order"), envs(2, "payment")
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         commit(store, "order-1", 0, orders)
         commit(store, "payment-1", 0, payments)
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert read_stream(store, "order-1") == list(enumerate(orders))
         assert read_stream(store, "payment-1") == list(enumerate(payments))
         commit(store, "order-1", 3, envs(1, "order", 3))
@@ -262,17 +262,17 @@ def test_seed_open_stream_returns_false_if_the_stream_does_not_exist(store):
     reader.close()
 
 
-def test_seed_store_is_an_interface_for_manipulating_persisted_streams(store_dir):
+def test_seed_store_is_an_interface_for_manipulating_persisted_streams(open_store, store_dir):
     """ "Store is an interface for manipulating persisted streams of messages.\""""
     written: dict[str, list[Envelope]] = {}
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert isinstance(store, protocols.Store)
         for i in range(60):  # enough to fill several 64 KiB segments
             name = f"stream-{i % 7}"
             batch = [Envelope.new("Filled", {"i": i, "pad": "p" * 1500})]
             commit(store, name, len(written.get(name, [])), batch)
             written.setdefault(name, []).extend(batch)
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert len(list((store_dir / "segments").glob("*.log"))) > 1
         for name, batch in written.items():
             assert read_stream(store, name) == list(enumerate(batch))
@@ -465,8 +465,8 @@ def test_failed_append_adds_nothing_to_the_transaction(store):
     assert [env.type for _, env in read_stream(store, "s")] == ["kept.Happened"] * 2
 
 
-def test_commit_repeats_the_offset_check_and_writes_nothing_on_conflict(store_dir):
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_commit_repeats_the_offset_check_and_writes_nothing_on_conflict(open_store):
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         commit(store, "shared", 0, envs(1, "base"))
         loser_tx, loser = store.begin_tx()
         store.append_messages(loser_tx, "mine", 0, envs(2, "loser"))
@@ -491,7 +491,7 @@ def test_commit_repeats_the_offset_check_and_writes_nothing_on_conflict(store_di
         store.append_messages(tx, "mine", 0, envs(2, "retry"))
         store.append_messages(tx, "shared", 3, envs(1, "retry"))
         assert committer.commit() == range(3, 6)
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert [env.type for _, env in read_global(store)] == (
             ["base.Happened"] + ["winner.Happened"] * 2 + ["retry.Happened"] * 3
         )
@@ -609,8 +609,8 @@ def test_transaction_block_propagates_a_commit_conflict(store):
     assert [env.type for _, env in read_global(store)] == ["theirs.Happened"]
 
 
-def test_rollback_writes_nothing(store_dir):
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_rollback_writes_nothing(open_store):
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(1))
         tx, committer = store.begin_tx()
         store.append_messages(tx, "s", 1, envs(3))
@@ -621,7 +621,7 @@ def test_rollback_writes_nothing(store_dir):
         assert store.head("s") == 1
         assert store.head("other") == 0
         committer.rollback()  # twice is harmless
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert store.global_head == 1
         assert store.stream_names() == ["s"]
         assert store.open_stream(store, "other", 0)[1] is False
@@ -706,8 +706,8 @@ def test_get_and_offset_after_close_raise_a_clear_error(store, kind):
             call()
 
 
-def test_store_close_closes_its_streams(store_dir):
-    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+def test_store_close_closes_its_streams(open_store):
+    store = open_store(segment_size=SMALL_SEGMENT)
     commit(store, "s", 0, envs(2))
     reader, _ = store.open_stream(store, "s", 0)
     glob = store.open_global(store, 0)
@@ -802,16 +802,16 @@ ROUND_TRIP_MESSAGES = {
 
 
 @pytest.mark.parametrize("message", ROUND_TRIP_MESSAGES.values(), ids=ROUND_TRIP_MESSAGES.keys())
-def test_read_envelope_equals_the_appended_envelope(store_dir, message):
+def test_read_envelope_equals_the_appended_envelope(open_store, message):
     env = Envelope.new("Kind", message, send_at=datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=EAST))
     child = env.new_child("Child", message)
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, [env, child])
         for got in ([e for _, e in read_stream(store, "s")], [e for _, e in read_global(store)]):
             assert got == [env, child]
             for read, written in zip(got, [env, child], strict=True):
                 assert_same_types(read.message, written.message)
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         got = [e for _, e in read_stream(store, "s")]
         assert got == [env, child]
         assert_same_types(got[0].message, message)
@@ -853,8 +853,8 @@ messages = st.recursive(
 )
 
 
-def test_any_storable_message_reads_back_equal_with_the_same_types(store_dir):
-    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT, durability="none")
+def test_any_storable_message_reads_back_equal_with_the_same_types(open_store):
+    store = open_store(segment_size=SMALL_SEGMENT, durability="none")
     reader = store.open_global(store, 0)
 
     @given(message=messages, type_name=st.text(max_size=20), created=aware_datetimes)
@@ -879,25 +879,25 @@ def test_any_storable_message_reads_back_equal_with_the_same_types(store_dir):
 # -- context managers, close and reopen, protocols ---------------------------------------------
 
 
-def test_store_is_a_context_manager(store_dir):
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_store_is_a_context_manager(open_store):
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert store.closed is False
         commit(store, "s", 0, envs(1))
     assert store.closed is True
     with pytest.raises(logstore.StoreClosedError):
         store.begin_tx()
     # The lock was released: the store opens again at once.
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as again:
+    with open_store(segment_size=SMALL_SEGMENT) as again:
         assert again.global_head == 1
     store.close()  # closing a closed store is harmless
 
 
-def test_store_context_manager_closes_on_exception(store_dir):
-    with pytest.raises(RuntimeError), logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+def test_store_context_manager_closes_on_exception(open_store):
+    with pytest.raises(RuntimeError), open_store(segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(1))
         raise RuntimeError("boom")
     assert store.closed is True
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as again:
+    with open_store(segment_size=SMALL_SEGMENT) as again:
         assert again.head("s") == 1
 
 
@@ -916,11 +916,11 @@ def test_streams_are_context_managers(store):
         g.try_next()
 
 
-def test_close_and_reopen_keeps_everything(store_dir):
+def test_close_and_reopen_keeps_everything(open_store, store_dir):
     written: list[tuple[str, int, Envelope]] = []
     heads: dict[str, int] = {}
     ranges = []
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         for i in range(80):
             tx, committer = store.begin_tx()
             for name in (f"s{i % 5}", f"t{i % 3}")[: 1 + i % 2]:
@@ -932,7 +932,7 @@ def test_close_and_reopen_keeps_everything(store_dir):
         names = store.stream_names()
     assert len(list((store_dir / "segments").glob("*.log"))) > 1
     for _ in range(2):
-        with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        with open_store(segment_size=SMALL_SEGMENT) as store:
             assert store.global_head == len(written)
             assert store.stream_names() == names
             assert [e for _, e in read_global(store)] == [e for _, _, e in written]
@@ -940,7 +940,7 @@ def test_close_and_reopen_keeps_everything(store_dir):
                 assert store.head(name) == head
                 assert read_stream(store, name) == [(off, e) for n, off, e in written if n == name]
             assert read_global(store, ranges[40].start)[0][1] == written[ranges[40].start][2]
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+    with open_store(segment_size=SMALL_SEGMENT) as store:
         assert commit(store, "s0", heads["s0"], envs(1)) == range(len(written), len(written) + 1)
 
 

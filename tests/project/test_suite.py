@@ -51,3 +51,47 @@ def test_the_suite_collects_from_the_repository_root_and_imports_each_module_onc
     assert names.get(os.path.join("tests", "conftest.py")) == ["tests.conftest"], names
     twice = {path: found for path, found in names.items() if len(found) > 1}
     assert not twice, f"{command} imported modules of tests/ under more than one name: {twice}"
+
+
+# A second backend, registered by a plugin before the contract tier's conftest is loaded: logstore again,
+# behind a wrapper that records each open, so that the run shows the tests opened their stores through it.
+SECOND_BACKEND = """
+import os
+import logstore
+from tests.contract.backends import BACKENDS
+
+def _second(path, **options):
+    with open(os.environ["SECOND_BACKEND_LOG"], "a") as log:
+        log.write(os.fspath(path) + "\\n")
+    return logstore.open(path, **options)
+
+BACKENDS["second"] = _second
+"""
+
+
+def test_a_second_backend_runs_the_contract_tests_unchanged(tmp_path: Path) -> None:
+    (tmp_path / "second_backend.py").write_text(SECOND_BACKEND)
+    log = tmp_path / "opens.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "LOGSTORE"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    env["SECOND_BACKEND_LOG"] = str(log)
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "second_backend", "-p", "no:cacheprovider"]
+    target = "tests/contract/test_contract.py"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*base, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
+
+    collected = run("--collect-only", target)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    ids = [line for line in collected.stdout.splitlines() if "::" in line]
+    first = {i.replace("[logstore", "[") for i in ids if "[logstore" in i}
+    second = {i.replace("[second", "[") for i in ids if "[second" in i}
+    assert first, collected.stdout
+    assert second == first, "every test of the first backend runs for the second one"
+
+    ran = run("-k", "second", target)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"{len(second)} passed" in ran.stdout, ran.stdout
+    assert len(log.read_text().splitlines()) >= len(second)
