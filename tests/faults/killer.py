@@ -18,6 +18,8 @@ call it reports has returned):
 - ``ack <run> <thread> <seq> <first global offset> <stream>:<offset>:<count> ...``: ``commit()`` returned;
 - ``trunc <run> <before>``: ``truncate_stream("scratch", before)`` returned;
 - ``compact <bytes>``: ``store.compact()`` returned;
+- ``steps <step>=<calls> ...``: before ``done``, the calls of each protocol step (with
+  ``LOGSTORE_KILL_AT`` set; see ``KILL_STEPS`` in logstore/fileio.py);
 - ``done <site>=<calls> ...``: the store closed cleanly (with ``LOGSTORE_KILL_AT`` set,
   the kill point's counts of calls per I/O site; see ``logstore.fileio``).
 
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         return 1
     counts = io.point.site_calls if isinstance(io, KillPointIO) else {}
+    steps = io.point.step_calls if isinstance(io, KillPointIO) else {}
+    worker.say("steps " + " ".join(f"{step}={n}" for step, n in steps.items()))
     worker.say("done " + " ".join(f"{site}={n}" for site, n in counts.items()))
     return 0
 

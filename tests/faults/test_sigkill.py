@@ -51,7 +51,7 @@ from typing import Any
 import pytest
 
 import logstore
-from logstore.fileio import KILL_AT_ENV, KILL_SITES
+from logstore.fileio import KILL_AT_ENV, KILL_SITES, KILL_STEPS
 from logstore.verify import verify
 from tests.faults.killer import CHECKPOINT_BYTES, PROBE, SCRATCH, SCRATCH_THREAD, SEGMENT_SIZE, TYPE, plan
 from tests.stress import SEED, scale
@@ -85,6 +85,12 @@ class Outcome:
     @property
     def killed(self) -> bool:
         return self.returncode == -signal.SIGKILL
+
+    def step_counts(self) -> dict[str, int] | None:
+        for line in self.lines:
+            if line.startswith("steps"):
+                return {k: int(v) for k, v in (item.split("=") for item in line.split()[1:])}
+        return None
 
     def done_counts(self) -> dict[str, int] | None:
         for line in self.lines:
@@ -485,6 +491,58 @@ def test_sigkill_at_kill_points(tmp_path: Path) -> None:
     assert stats.kills >= n_points // 2
 
 
+# -- campaign (c): kill points named by protocol step ------------------------------------------------------
+
+
+# Steps the worker's small load does not reach: a segment grows past its first reservation only after
+# a megabyte, and none is dropped whole. test_kill_point_by_protocol_step_counts_that_step_only reaches them.
+_BEYOND_THE_SMALL_LOAD = {"grow_segment", "unlink_segment"}
+
+
+def test_sigkill_at_protocol_steps(tmp_path: Path) -> None:
+    """Every protocol step of KILL_STEPS the worker's load reaches, before and after, is survived."""
+    rng = random.Random(f"sigkill-steps/{SEED}")
+    rounds = scale(1, 10)
+
+    def small(path: Path, run: int, kill_at: str) -> Outcome:
+        return run_worker(path, run, kill_at=kill_at, threads=3, txs=12, truncate_every=2, compact_every=2)
+
+    stats = Stats()
+    path = tmp_path / "calibration"
+    outcome = small(path, 0, "before_sync_group:1000000000")
+    steps = outcome.step_counts()
+    assert outcome.returncode == 0 and steps is not None, outcome.stderr
+    assert set(steps) == set(KILL_STEPS)
+    unreached = {step for step, n in steps.items() if n == 0}
+    assert unreached <= _BEYOND_THE_SMALL_LOAD, f"protocol steps the worker's load never reaches: {unreached} ({steps})"
+    reached = [step for step in KILL_STEPS if step not in unreached]
+    run = 1
+    for r in range(rounds):
+        for step in reached:
+            for when in ("before", "after"):
+                # A fresh store per kill: the count then starts where the calibration run's did.
+                path = tmp_path / f"store-{r}-{step}-{when}"
+                model = Model()
+                spec = f"{when}_{step}:{rng.randint(1, steps[step])}"
+                outcome = small(path, run, spec)
+                what = f"run {run} ({KILL_AT_ENV}={spec})"
+                site = KILL_STEPS[step][0]
+                if not outcome.killed:
+                    stats.problems.append(f"{what}: exit status {outcome.returncode}, not SIGKILL")
+                elif f"{KILL_AT_ENV}={spec}: SIGKILL {when} {site} ({step}) #" not in outcome.stderr:
+                    stats.problems.append(f"{what}: killed, but not by its kill point")
+                else:
+                    stats.kills += 1
+                stats.acks += model.absorb(run, 3, outcome)
+                check_store(path, model, stats, what)
+                run += 1
+                if stats.problems:
+                    break
+    _report(stats, outcome, "protocol steps")
+    assert stats.lost == 0 and stats.partial == 0
+    assert stats.kills == rounds * 2 * len(reached)
+
+
 # -- regressions: each found by the campaigns above, named after what broke --------------------------
 
 
@@ -538,7 +596,10 @@ def test_kill_before_the_first_position_file_is_written_leaves_a_store_that_veri
 
 @pytest.mark.parametrize(
     "value",
-    ["fsync", "fsync:0", "fsync:x", "fsync:-1", "nosuch:1", "fsync.during:1", "fsync.torn:1", "fsync:1:", ":1"],
+    [
+        *("fsync", "fsync:0", "fsync:x", "fsync:-1", "nosuch:1", "fsync.during:1", "fsync.torn:1", "fsync:1:", ":1"),
+        *("before_nosuch:1", "after_sync_group", "after_sync_group:0", "before_sync_group.after:1"),
+    ],
 )
 def test_malformed_kill_point_is_a_value_error_naming_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
@@ -560,6 +621,33 @@ def test_kill_point_io_only_when_the_variable_is_set(monkeypatch: pytest.MonkeyP
     assert isinstance(io, KillPointIO)
     assert (io.point.site, io.point.when, io.point.n, io.point.substring) == ("rename", "after", 2, "CHECKPOINT")
     assert default_io().point is io.point  # one count per process
+
+
+def test_kill_point_by_protocol_step_counts_that_step_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from logstore.fileio import KillPointIO, default_io
+
+    monkeypatch.setenv(KILL_AT_ENV, "after_rename_catalog:1000000")
+    io = default_io()
+    assert isinstance(io, KillPointIO)
+    point = io.point
+    assert (point.step, point.site, point.when, point.n) == ("rename_catalog", "rename", "after", 1000000)
+    with logstore.open(tmp_path / "store", io=io, checkpoint_bytes=1) as store:
+        for i in range(3):
+            with store.transaction() as tx:
+                store.append_messages(tx, "s", i, [logstore.Envelope.new("T", {"i": i})])
+    big = {"segment_size": 2 << 20, "retention_bytes": 2 << 20, "durability": "none"}
+    with logstore.open(tmp_path / "big", io=io, **big) as store:
+        pad = "x" * 60_000
+        for _ in range(120):  # 7 MB: segments grow past their first reservation, roll, and retention drops some
+            with store.transaction() as tx:
+                store.append_messages(tx, "big", logstore.ANY, [logstore.Envelope.new("T", {"pad": pad})])
+    assert point.step_calls["grow_segment"] >= 1
+    assert point.step_calls["unlink_segment"] >= 1
+    catalogs = point.step_calls["rename_catalog"]
+    assert point.calls == catalogs >= 1
+    assert point.site_calls["rename"] > catalogs  # CHECKPOINT and segment renames are not counted for the step
+    assert point.step_calls["sync_group"] >= 3
+    assert point.step_calls["rename_checkpoint"] >= 1
 
 
 def test_kill_point_torn_pwrite_writes_half_then_dies(tmp_path: Path) -> None:
