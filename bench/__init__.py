@@ -4,7 +4,7 @@
 under a minute) and reports medians with min and max, commit latencies and
 the ratios logstore / peer, with the machine described; ``bench/RESULTS.md``
 holds the latest full run. The suite lives outside the test run and never
-gates it: ``tests/test_bench_smoke.py`` only checks that ``--quick`` runs and
+gates it: ``tests/project/test_bench_smoke.py`` only checks that ``--quick`` runs and
 reports, never how fast anything is.
 
 - ``peers.py``: the three stores behind one interface.

@@ -38,6 +38,19 @@ A malformed value makes :func:`default_io` raise ``ValueError`` naming the
 variable. Examples: ``fdatasync:3`` (before the third fdatasync),
 ``rename.after:2:CHECKPOINT`` (after the second rename to or from a path
 containing ``CHECKPOINT``), ``pwrite.torn:10:segments/``.
+
+Kill points may also be named by protocol step, like bbolt's failpoints::
+
+    LOGSTORE_KILL_AT=<before|after>_<step>:<n>[:<path-substring>]
+
+A step is one file operation on one kind of store file (:data:`KILL_STEPS`;
+for ``rename``, the kind of the new name; for an operation on a descriptor,
+the kind of the file's name now, so that a segment created as ``.log.tmp``
+is a ``segment`` once renamed into place); ``<n>`` counts the calls of that
+step only. Examples: ``before_sync_group:3`` (before the third ``fdatasync``
+of a segment: the third group commit's sync, or a roll's), ``after_rename_catalog:1``
+(the first new catalog in place, the checkpoint that names it not yet
+written), ``before_rename_checkpoint:2``.
 """
 
 from __future__ import annotations
@@ -171,6 +184,48 @@ KILL_AT_ENV = "LOGSTORE_KILL_AT"
 KILL_SITES = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unlink", "mkdir", "fsync_dir", "any")
 """The site names ``LOGSTORE_KILL_AT`` accepts (``any`` counts every one of the others)."""
 KILL_WHEN = ("before", "after", "torn")
+KILL_STEPS: dict[str, tuple[str, str]] = {
+    "create_segment": ("create", "segment.tmp"),  # a new segment (creation, roll), made under a temporary name
+    "rename_segment": ("rename", "segment"),  # a new, compacted or repaired segment put in place
+    "write_group": ("pwrite", "segment"),  # a commit group's records (and a segment's header)
+    "sync_group": ("fdatasync", "segment"),  # a group commit's sync; its commits are acknowledged after it
+    "grow_segment": ("fallocate", "segment"),  # a segment's reservation growing ahead of the writer
+    "unlink_segment": ("unlink", "segment"),  # retention, compaction or repair dropping a segment
+    "write_position": ("pwrite", "pos"),  # a position file's entries, at a checkpoint
+    "sync_position": ("fsync", "pos"),
+    "write_catalog": ("pwrite", "catalog.tmp"),  # the next catalog generation, before its rename
+    "sync_catalog": ("fsync", "catalog.tmp"),
+    "rename_catalog": ("rename", "catalog"),  # the new catalog in place; CHECKPOINT still names the old one
+    "write_checkpoint": ("pwrite", "CHECKPOINT.tmp"),
+    "sync_checkpoint": ("fsync", "CHECKPOINT.tmp"),
+    "rename_checkpoint": ("rename", "CHECKPOINT"),  # the checkpoint's commit point
+    "sync_dir_segments": ("fsync_dir", "segments"),  # a segment's creation, rename or removal made durable
+    "sync_dir_store": ("fsync_dir", "store"),  # a catalog or CHECKPOINT rename made durable
+}
+"""The protocol steps ``LOGSTORE_KILL_AT`` names as ``before_<step>`` or ``after_<step>``: step -> (site, file kind)."""
+
+
+def file_kind(path: str, directory: bool = False) -> str:
+    """The kind of store file ``path`` names, by its last component: ``segment``, ``catalog.tmp``, ``pos``, ...
+
+    A ``directory`` is ``segments``, ``streams`` or ``lost+found`` by name, else the ``store`` itself.
+    """
+    base = os.path.basename(path.rstrip(os.sep))
+    if directory:
+        return base if base in ("segments", "streams", "lost+found") else "store"
+    if base.startswith("catalog."):
+        return "catalog.tmp" if base.endswith(".tmp") else "catalog"
+    for suffix, kind in (
+        (".log.tmp", "segment.tmp"),
+        (".log.compact", "segment.compact"),
+        (".log.repair", "segment.repair"),
+        (".log", "segment"),
+        (".pos", "pos"),
+        (".runs", "runs"),
+    ):
+        if base.endswith(suffix):
+            return kind
+    return base if base in ("CHECKPOINT", "CHECKPOINT.tmp") else "other"
 
 
 class KillPoint:
@@ -182,11 +237,17 @@ class KillPoint:
         site, dot, when = head.partition(".")
         if not dot:
             when = "before"
+        step: str | None = None
+        moment, underscore, named = head.partition("_")
+        if underscore and moment in ("before", "after") and not dot:
+            step, when = named, moment
         count, _, substring = rest.partition(":")
         problem = None
         if not sep:
             problem = "no ':<n>'"
-        elif site not in KILL_SITES:
+        elif step is not None and step not in KILL_STEPS:
+            problem = f"unknown protocol step {step!r} (steps: {', '.join(KILL_STEPS)})"
+        elif step is None and site not in KILL_SITES:
             problem = f"unknown site {site!r} (sites: {', '.join(KILL_SITES)})"
         elif when not in KILL_WHEN:
             problem = f"unknown moment {when!r} (before, after or torn)"
@@ -199,8 +260,10 @@ class KillPoint:
         if problem is not None:
             raise ValueError(
                 f"{KILL_AT_ENV}={spec!r}: {problem}; expected <site>[.before|.after|.torn]:<n>[:<path-substring>]"
+                " or <before|after>_<step>:<n>[:<path-substring>]"
             )
-        self.site = site
+        self.step = step
+        self.site = site if step is None else KILL_STEPS[step][0]
         self.when = when
         self.n = int(count)
         self.substring = substring
@@ -208,22 +271,37 @@ class KillPoint:
         """Calls counted so far (of the site, on matching paths)."""
         self.site_calls: dict[str, int] = dict.fromkeys(KILL_SITES[:-1], 0)
         """Calls of every site on matching paths so far (tests use it to choose ``n``)."""
+        self.step_calls: dict[str, int] = dict.fromkeys(KILL_STEPS, 0)
+        """Calls of every protocol step on matching paths so far."""
         self._lock = threading.Lock()
 
-    def reached(self, site: str, paths: tuple[str, ...]) -> bool:
-        """Count one call of ``site`` on ``paths``; whether it is the one to kill at."""
+    def reached(self, site: str, paths: tuple[str, ...], name: str | None = None) -> bool:
+        """Count one call of ``site`` on ``paths``; whether it is the one to kill at.
+
+        ``name``: the file's name now, if not the last of ``paths`` (a descriptor's file renamed since its open).
+        """
         if self.substring and not any(self.substring in p for p in paths):
             return False
+        kind = file_kind(name or paths[-1], site in ("mkdir", "fsync_dir"))  # rename: the new name
         with self._lock:
             self.site_calls[site] += 1
-            if self.site not in (site, "any"):
+            hit = False
+            for step, (step_site, step_kind) in KILL_STEPS.items():
+                if step_site == site and step_kind == kind:
+                    self.step_calls[step] += 1
+                    hit = hit or step == self.step
+            if self.step is not None:
+                if not hit:
+                    return False
+            elif self.site not in (site, "any"):
                 return False
             self.calls += 1
             return self.calls == self.n
 
     def kill(self, when: str, site: str, paths: tuple[str, ...]) -> None:
         """Write the stderr line and SIGKILL this process."""
-        line = f"logstore: {KILL_AT_ENV}={self.spec}: SIGKILL {when} {site} #{self.n} {' -> '.join(paths)}\n"
+        what = site if self.step is None else f"{site} ({self.step})"
+        line = f"logstore: {KILL_AT_ENV}={self.spec}: SIGKILL {when} {what} #{self.n} {' -> '.join(paths)}\n"
         with contextlib.suppress(OSError):
             os.write(2, line.encode("utf-8", "backslashreplace"))
         os.kill(os.getpid(), signal.SIGKILL)
@@ -250,14 +328,15 @@ class KillPointIO(FileIO):
         super().__init__()
         self.point = point
         self._paths: dict[int, str] = {}  # open descriptors -> the paths they were opened with
+        self._names: dict[int, str] = {}  # open descriptors -> their files' names now (followed through renames)
 
     def _fd_path(self, fd: int) -> tuple[str]:
         return (self._paths.get(fd, f"<fd {fd}>"),)
 
-    def _before(self, site: str, paths: tuple[str, ...]) -> bool:
+    def _before(self, site: str, paths: tuple[str, ...], fd: int | None = None) -> bool:
         """Count the call; kill now if it is the one and the moment is before; whether to kill after it."""
         point = self.point
-        if not point.reached(site, paths):
+        if not point.reached(site, paths, None if fd is None else self._names.get(fd)):
             return False
         if point.when == "before" or (point.when == "torn" and site != "pwrite"):
             point.kill("before", site, paths)
@@ -266,18 +345,19 @@ class KillPointIO(FileIO):
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         kill = bool(flags & os.O_CREAT) and self._before("create", (path,))
         fd = super().open(path, flags, mode)
-        self._paths[fd] = path
+        self._paths[fd] = self._names[fd] = path
         if kill:
             self.point.kill("after", "create", (path,))
         return fd
 
     def close(self, fd: int) -> None:
         self._paths.pop(fd, None)
+        self._names.pop(fd, None)
         super().close(fd)
 
     def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
         paths = self._fd_path(fd)
-        if not self._before("pwrite", paths):
+        if not self._before("pwrite", paths, fd):
             super().pwrite(fd, data, position)
             return
         if self.point.when == "torn":
@@ -288,21 +368,21 @@ class KillPointIO(FileIO):
 
     def fdatasync(self, fd: int) -> None:
         paths = self._fd_path(fd)
-        kill = self._before("fdatasync", paths)
+        kill = self._before("fdatasync", paths, fd)
         super().fdatasync(fd)
         if kill:
             self.point.kill("after", "fdatasync", paths)
 
     def fsync(self, fd: int) -> None:
         paths = self._fd_path(fd)
-        kill = self._before("fsync", paths)
+        kill = self._before("fsync", paths, fd)
         super().fsync(fd)
         if kill:
             self.point.kill("after", "fsync", paths)
 
     def fallocate(self, fd: int, offset: int, length: int) -> None:
         paths = self._fd_path(fd)
-        kill = self._before("fallocate", paths)
+        kill = self._before("fallocate", paths, fd)
         super().fallocate(fd, offset, length)
         if kill:
             self.point.kill("after", "fallocate", paths)
@@ -310,6 +390,9 @@ class KillPointIO(FileIO):
     def rename(self, src: str, dst: str) -> None:
         kill = self._before("rename", (src, dst))
         super().rename(src, dst)
+        for fd, name in list(self._names.items()):
+            if name == src:
+                self._names[fd] = dst
         if kill:
             self.point.kill("after", "rename", (src, dst))
 

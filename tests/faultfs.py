@@ -1,4 +1,9 @@
-"""A fault-injecting file system layer for crash and I/O-error tests.
+"""The fault-injecting file system layers for crash and I/O-error tests.
+
+Four :class:`logstore.FileIO` subclasses: :class:`FaultFS` (below) models what is durable and
+enumerates crash states; :class:`CrashIO` counts the mutating operations of one piece of work and
+raises :class:`Crash` at a chosen one; :class:`FailingIO` fails one operation on segment files with
+an ``OSError``; :class:`FullDisk` runs out of space on demand.
 
 :class:`FaultFS` is a :class:`logstore.FileIO` (the engine's single I/O seam:
 ``logstore.open(path, io=...)``, ``logstore.verify.verify(path, io=...)``,
@@ -98,9 +103,12 @@ COUNTED = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unl
 
 
 class Crash(BaseException):
-    """The simulated death of the process at one file operation (see :class:`FaultFS`)."""
+    """The simulated death of the process at one file operation (see :class:`FaultFS`, :class:`CrashIO`).
 
-    def __init__(self, op: Op | None) -> None:
+    ``op``: the operation (an :class:`Op` of a FaultFS, the step name of a CrashIO), or None once dead.
+    """
+
+    def __init__(self, op: Op | str | None) -> None:
         super().__init__(f"simulated crash at {op}" if op is not None else "the process has crashed")
         self.op = op
 
@@ -587,3 +595,136 @@ def write_image(dest: str | os.PathLike[str], files: dict[str, bytes | None]) ->
         else:
             with open(path, "wb") as f:
                 f.write(content)
+
+
+# -- simpler layers: one fault each, no model of what is durable ---------------------------------------
+
+
+class CrashIO(FileIO):
+    """Counts the mutating file operations once armed and raises :class:`Crash` at number ``at``.
+
+    A plain counter, for tests that stop one operation (a compaction, a repair) at each of its steps
+    without a model of what is durable.
+    """
+
+    def __init__(self, at: int | None = None) -> None:
+        super().__init__()
+        self.at = at
+        self.armed = False
+        self.count = 0
+        self.ops: list[str] = []
+
+    def _step(self, what: str) -> None:
+        if not self.armed:
+            return
+        self.count += 1
+        self.ops.append(what)
+        if self.count == self.at:
+            raise Crash(what)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        self._step("pwrite")
+        super().pwrite(fd, data, position)
+
+    def fsync(self, fd: int) -> None:
+        self._step("fsync")
+        super().fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        self._step("fdatasync")
+        super().fdatasync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        self._step(f"fsync_dir {os.path.basename(path)}")
+        super().fsync_dir(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._step(f"rename {os.path.basename(src)}")
+        super().rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        self._step(f"unlink {os.path.basename(path)}")
+        super().unlink(path)
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if flags & os.O_CREAT:
+            self._step(f"create {os.path.basename(path)}")
+        return super().open(path, flags, mode)
+
+
+class FailingIO(FileIO):
+    """Fails the chosen operation on segment files once ``armed`` is set."""
+
+    def __init__(self, op: str, code: int = errno_module.EIO) -> None:
+        super().__init__()
+        self.op = op
+        self.code = code
+        self.armed = threading.Event()
+        self.failures = 0
+        self.segment_fds: set[int] = set()
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        if ".log" in os.path.basename(path):
+            self.segment_fds.add(fd)
+        return fd
+
+    def _maybe_fail(self, op: str, fd: int) -> None:
+        if self.armed.is_set() and op == self.op and fd in self.segment_fds:
+            self.failures += 1
+            raise OSError(self.code, os.strerror(self.code))
+
+    def fdatasync(self, fd: int) -> None:
+        self._maybe_fail("fdatasync", fd)
+        super().fdatasync(fd)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        self._maybe_fail("pwrite", fd)
+        super().pwrite(fd, data, position)
+
+
+class FullDisk(FileIO):
+    """A file system that runs out of space on demand: ``full`` makes the chosen operations raise ENOSPC.
+
+    ``where``: ``"extend"`` (a segment's reservation growing: ``fallocate`` past byte 0), ``"create"``
+    (a new segment's first allocation), ``"index"`` (a ``pwrite`` to a catalog, checkpoint or position
+    file), or ``"all"`` (every ``fallocate`` and ``pwrite``).
+    """
+
+    def __init__(self, where: str = "all", err: int = errno_module.ENOSPC) -> None:
+        super().__init__()
+        self.where = where
+        self.err = err
+        self.full = False
+        self.largest: int | None = None  # with ``full``: only allocations above this many bytes fail
+        self.refused: list[tuple[str, int]] = []
+        self._paths: dict[int, str] = {}
+
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        fd = super().open(path, flags, mode)
+        self._paths[fd] = path
+        return fd
+
+    def _refuse(self, what: str, fd: int, size: int) -> None:
+        self.refused.append((self._paths.get(fd, "?"), size))
+        raise OSError(self.err, os.strerror(self.err) + f" ({what}, injected)")
+
+    def fallocate(self, fd: int, offset: int, length: int) -> None:
+        if (
+            self.full
+            and (self.largest is None or length > self.largest)
+            and (
+                self.where == "all"
+                or (self.where == "extend" and offset > 0)
+                or (self.where == "create" and offset == 0)
+            )
+        ):
+            self._refuse("fallocate", fd, length)
+        super().fallocate(fd, offset, length)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        path = self._paths.get(fd, "")
+        index = "catalog" in path or "CHECKPOINT" in path or path.endswith(".pos")
+        if self.full and (self.where == "all" or (self.where == "index" and index)):
+            self._refuse("pwrite", fd, len(data))
+        super().pwrite(fd, data, position)

@@ -1,0 +1,70 @@
+"""Smoke test of ``python -m bench --quick``: every workload runs, on every store, and reports.
+
+Never asserts speed: how fast logstore is belongs to the benchmark's report,
+not to the test run. What it checks is that the suite measured what it says
+(each workload's benchmarks, named by their parameters, on all three stores),
+that its numbers are well-formed, and that it cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STORES = {"logstore", "sqlite", "lmdb"}
+
+
+def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
+    markdown = tmp_path / "results.md"
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", "--dir", str(work), "--markdown", str(markdown)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,  # a hang guard, not a speed limit
+        check=False,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    report = json.loads(proc.stdout)
+
+    assert report["mode"] == "quick"
+    results = report["results"]
+    by_workload: dict[str, set[str]] = {}
+    for r in results:
+        by_workload.setdefault(r["workload"], set()).add(r["store"])
+        assert r["name"].endswith(f"/store={r['store']}"), r["name"]
+        assert "batch=" in r["name"] or "streams=" in r["name"] or "messages=" in r["name"], r["name"]
+        assert len(r["runs"]) >= 1
+        assert all(v > 0 for v in r["runs"]), r
+        assert r["min"] <= r["median"] <= r["max"]
+        if "latency_p50" in r:
+            assert 0 < r["latency_p50"] <= r["latency_p99"] <= r["latency_max"]
+    assert set(by_workload) == {f"W{i}" for i in range(1, 9)}
+    for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8"):
+        assert by_workload[workload] == STORES, workload
+    assert by_workload["W5"] == {"logstore"}
+    w5 = {r["name"] for r in results if r["workload"] == "W5"}
+    assert any("/after=close/" in n for n in w5)
+    assert any("/after=crash/" in n for n in w5)
+    w6 = {r["name"].split("/", 2)[1] for r in results if r["workload"] == "W6"}
+    assert w6 == {"append", "es-write", "es-load", "build"}, w6
+    for r in results:
+        if r["workload"] == "W6":
+            extra = r["extra"]
+            assert extra["disk_bytes_per_message"][0] > 0
+            assert extra["envelope_bytes_per_message"][0] > 250  # envelopes of about 300 B
+
+    ratios = {(x["benchmark"], x["peer"]) for x in report["ratios"]}
+    assert all(x["ratio"] > 0 for x in report["ratios"])
+    w1 = next(r["name"] for r in results if r["workload"] == "W1" and r["store"] == "logstore")
+    assert {(w1.rsplit("/store=", 1)[0], p) for p in ("sqlite", "lmdb")} <= ratios
+    for key in ("cpus", "python", "logstore", "numpy", "msgpack", "xxhash", "sqlite", "lmdb"):
+        assert report["machine"][key], key
+
+    text = markdown.read_text()
+    assert "### Ratios: logstore / peer" in text and w1 in text
+    assert [p.name for p in work.iterdir()] == [], "the suite left store directories behind"

@@ -1,0 +1,1 @@
+"""Tools tier: one test module per command of the ``logstore`` CLI (tools/)."""

@@ -1,0 +1,715 @@
+"""Bad input gets a clear error, writes nothing, and leaves the store working."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+import threading
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+import pytest
+
+import logstore
+from logstore import Envelope
+from tests.helpers import SMALL_SEGMENT
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def envs(n: int, tag: str = "m") -> list[Envelope]:
+    return [Envelope.new(f"{tag}.Happened", {"i": i}) for i in range(n)]
+
+
+def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, stream, offset, batch)
+    return committer.commit()
+
+
+def snapshot(store: logstore.Store) -> tuple[int, dict[str, int], list[Envelope]]:
+    """Everything a reader can see: the global head, every stream's head, every envelope."""
+    with store.open_global(store, 0) as reader:
+        every = list(reader)
+    return store.global_head, {name: store.head(name) for name in store.stream_names()}, every
+
+
+def assert_unchanged_and_writable(store: logstore.Store, before: tuple[int, dict[str, int], list[Envelope]]) -> None:
+    assert snapshot(store) == before
+    global_head, heads, every = before
+    batch = envs(1, "after")
+    assert commit(store, "s", heads.get("s", 0), batch) == range(global_head, global_head + 1)
+    assert snapshot(store) == (global_head + 1, {**heads, "s": heads.get("s", 0) + 1}, [*every, *batch])
+
+
+@pytest.fixture
+def store(store_dir):
+    """A store holding stream "s" (offsets 0, 1) and stream "t" (offset 0)."""
+    s = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+    commit(s, "s", 0, envs(2, "s"))
+    commit(s, "t", 0, envs(1, "t"))
+    yield s
+    s.close()
+
+
+def make_env(**fields: Any) -> Envelope:
+    now = datetime.now(UTC)
+    mid = str(uuid.uuid4())
+    values = {
+        "message_id": mid,
+        "causation_id": mid,
+        "correlation_id": mid,
+        "created_at": now,
+        "send_at": now,
+        "type": "T",
+        "message": {"ok": True},
+    }
+    values.update(fields)
+    return Envelope(**values)
+
+
+def assert_bad_append(
+    store: logstore.Store,
+    stream: Any,
+    offset: Any,
+    batch: Any,
+    error: type[BaseException] | tuple[type[BaseException], ...],
+    *parts: str,
+) -> None:
+    """append_messages(stream, offset, batch) raises ``error`` naming ``parts``; the store and tx are untouched."""
+    before = snapshot(store)
+    tx, committer = store.begin_tx()
+    with pytest.raises(error) as info:
+        store.append_messages(tx, stream, offset, batch)
+    for part in parts:
+        assert part in str(info.value), f"{part!r} not in error message {str(info.value)!r}"
+    # Nothing was added to the transaction: it commits empty, and stays usable.
+    assert tx.active
+    assert snapshot(store) == before
+    store.append_messages(tx, "s", before[1].get("s", 0), envs(1, "same-tx"))
+    assert committer.commit() == range(before[0], before[0] + 1)
+    assert snapshot(store)[0] == before[0] + 1
+
+
+# -- argument types ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tx", [None, object(), "tx", 0, ("tx", "committer")], ids=repr)
+def test_append_messages_with_a_tx_of_the_wrong_type(store, tx):
+    before = snapshot(store)
+    with pytest.raises(TypeError, match="tx"):
+        store.append_messages(tx, "s", 2, envs(1))
+    assert_unchanged_and_writable(store, before)
+
+
+def test_append_messages_with_a_committer_or_a_begin_tx_pair_as_tx(store):
+    before = snapshot(store)
+    pair = store.begin_tx()
+    for wrong in (pair, pair[1]):
+        with pytest.raises(TypeError, match="tx"):
+            store.append_messages(wrong, "s", 2, envs(1))
+    pair[1].rollback()
+    assert_unchanged_and_writable(store, before)
+
+
+class Name(str):
+    pass
+
+
+@pytest.mark.parametrize("stream", [None, 1, b"s", ["s"], Name("s")], ids=repr)
+def test_append_messages_with_a_stream_name_of_the_wrong_type(store, stream):
+    assert_bad_append(store, stream, 2, envs(1), TypeError, "stream", type(stream).__name__)
+
+
+@pytest.mark.parametrize("offset", [None, 2.0, "2", [2], 2 + 0j], ids=repr)
+def test_append_messages_with_an_offset_of_the_wrong_type(store, offset):
+    assert_bad_append(store, "s", offset, envs(1), TypeError, "offset", type(offset).__name__)
+
+
+@pytest.mark.parametrize("offset", [True, False], ids=repr)
+def test_append_messages_refuses_a_bool_offset(store_dir, offset):
+    # True == 1 and False == 0: each is refused even where its int value would be the right offset.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        if offset:
+            commit(store, "s", 0, envs(1))
+        assert_bad_append(store, "s", offset, envs(1), TypeError, "offset", "bool")
+        with pytest.raises(TypeError, match="offset"):
+            store.open_stream(store, "s", offset)
+        with pytest.raises(TypeError, match="offset"):
+            store.open_global(store, offset)
+
+
+@pytest.mark.parametrize("offset", [-1, -(2**70)])
+def test_append_messages_refuses_a_negative_offset(store, offset):
+    assert_bad_append(store, "s", offset, envs(1), ValueError, "offset", str(offset))
+
+
+@pytest.mark.parametrize(
+    ("stream", "offset", "expected"),
+    [("s", 0, 2), ("s", 1, 2), ("s", 3, 2), ("t", 5, 1), ("new", 1, 0), ("s", 2**64, 2)],
+)
+def test_append_messages_at_a_wrong_offset(store, stream, offset, expected):
+    assert_bad_append(
+        store, stream, offset, envs(1), logstore.OffsetConflictError, repr(stream), str(offset), str(expected)
+    )
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [None, 5, "abc", b"abc", {"a": 1}, {1, 2}, (e for e in envs(2)), Envelope.new("T", 1)],
+    ids=["None", "int", "str", "bytes", "dict", "set", "generator", "one-envelope"],
+)
+def test_append_messages_with_envs_that_are_not_a_sequence_of_envelopes(store, batch):
+    assert_bad_append(store, "s", 2, batch, TypeError, "Envelope")
+
+
+def test_append_messages_with_no_envelopes(store):
+    assert_bad_append(store, "s", 2, [], ValueError, "envs", "at least one")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [None, {"type": "T"}, tuple(Envelope.new("T", 1)), "T", 7],
+    ids=["None", "dict", "plain-tuple", "str", "int"],
+)
+def test_append_messages_with_an_item_that_is_not_an_envelope(store, item):
+    # The bad item is the third one: the error names the stream and its offset.
+    assert_bad_append(store, "s", 2, [*envs(2), item], TypeError, "'s'", "offset 4", "Envelope", type(item).__name__)
+
+
+def test_append_messages_with_an_envelope_subclass(store):
+    class MyEnvelope(Envelope):
+        pass
+
+    env = MyEnvelope(*Envelope.new("T", 1))
+    assert_bad_append(store, "s", 2, [env], TypeError, "'s'", "offset 2", "MyEnvelope")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("message_id", 1),
+        ("message_id", uuid.uuid4()),
+        ("message_id", None),
+        ("causation_id", b"id"),
+        ("correlation_id", Name("id")),
+        ("type", None),
+        ("type", b"T"),
+        ("created_at", "2024-01-01T00:00:00Z"),
+        ("created_at", 1700000000.0),
+        ("created_at", date(2024, 1, 1)),
+        ("send_at", None),
+    ],
+    ids=repr,
+)
+def test_envelope_field_of_the_wrong_type(store, field, value):
+    assert_bad_append(store, "s", 2, [make_env(**{field: value})], TypeError, "'s'", "offset 2", field)
+
+
+class NoOffset(tzinfo):
+    """A tzinfo that does not know its offset: datetimes with it are naive."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "naive", [datetime(2024, 1, 1, 12, 0), datetime(2024, 1, 1, tzinfo=NoOffset())], ids=["no-tzinfo", "no-offset"]
+)
+@pytest.mark.parametrize("field", ["created_at", "send_at"])
+def test_envelope_with_a_naive_datetime(store, field, naive):
+    assert_bad_append(store, "t", 1, [make_env(**{field: naive})], ValueError, "'t'", "offset 1", field, "aware")
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Flt(float):
+    pass
+
+
+class Raw(bytes):
+    pass
+
+
+class Thing:
+    pass
+
+
+NOT_ROUND_TRIPPING = {
+    "tuple": (1, 2),
+    "nested-tuple": {"a": [1, (2, 3)]},
+    "str-subclass": Name("x"),
+    "bytes-subclass": Raw(b"x"),
+    "int-subclass": Colour.RED,
+    "float-subclass": Flt(1.5),
+    "set": {1, 2},
+    "frozenset": frozenset({1}),
+    "object": Thing(),
+    "complex": 1 + 2j,
+    "ordered-dict": collections.OrderedDict(a=1),
+    "tuple-key": {(1, 2): "v"},
+    "int-too-big": 2**64,
+    "int-too-small": -(2**63) - 1,
+    "naive-datetime": datetime(2024, 1, 1),
+    "date": date(2024, 1, 1),
+    "lone-surrogate": "a\ud800b",
+    "lone-surrogate-key": {"\udc80": 1},
+}
+
+
+@pytest.mark.parametrize("message", NOT_ROUND_TRIPPING.values(), ids=NOT_ROUND_TRIPPING.keys())
+def test_message_that_would_not_round_trip_is_refused(store, message):
+    assert_bad_append(store, "s", 2, [*envs(1), Envelope.new("T", message)], (TypeError, ValueError), "'s'", "offset 3")
+
+
+@pytest.mark.parametrize("message", [bytearray(b"abc"), memoryview(b"abc")], ids=["bytearray", "memoryview"])
+def test_bytes_like_message_is_stored_and_read_back_as_bytes(store, message):
+    env = Envelope.new("T", {"blob": message, "list": [message]})
+    commit(store, "s", 2, [env])
+    reader, _ = store.open_stream(store, "s", 2)
+    with reader:
+        assert reader.try_next()
+        got = reader.get()
+    assert type(got.message["blob"]) is bytes and type(got.message["list"][0]) is bytes
+    assert got.message == {"blob": b"abc", "list": [b"abc"]}
+    assert got == env
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+    ids=["before-year-1-in-utc", "after-year-9999-in-utc"],
+)
+@pytest.mark.parametrize("where", ["message", "created_at", "send_at"])
+def test_aware_datetime_outside_the_utc_range_is_refused(store, when, where):
+    # Read envelopes carry UTC datetimes; this instant has none, so it could not be read back.
+    env = make_env(message={"at": when}) if where == "message" else make_env(**{where: when})
+    assert_bad_append(store, "s", 2, [env], (TypeError, ValueError), "'s'", "offset 2")
+
+
+@pytest.mark.parametrize("field", ["message_id", "causation_id", "correlation_id", "type"])
+def test_envelope_string_field_with_a_lone_surrogate(store, field):
+    assert_bad_append(store, "s", 2, [make_env(**{field: "x\ud800"})], (TypeError, ValueError), "'s'", "offset 2")
+
+
+# -- stream names ---------------------------------------------------------------------------
+
+
+BAD_NAMES = {
+    "empty": ("", "empty"),
+    "nul": ("a\x00b", "NUL"),
+    "lone-surrogate": ("order-\ud800", "UTF-8"),
+    "too-long-ascii": ("x" * (logstore.MAX_STREAM_NAME + 1), str(logstore.MAX_STREAM_NAME + 1)),
+    "too-long-2-byte": ("é" * (logstore.MAX_STREAM_NAME // 2) + "x", str(logstore.MAX_STREAM_NAME + 1)),
+    "too-long-4-byte": ("🚀" * (logstore.MAX_STREAM_NAME // 4 + 1), str(logstore.MAX_STREAM_NAME + 4)),
+}
+
+
+@pytest.mark.parametrize(("name", "part"), BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_bad_stream_name_is_refused(store, name, part):
+    assert_bad_append(store, name, 0, envs(1), ValueError, "stream name", part)
+    with pytest.raises(ValueError, match="stream name") as info:
+        store.open_stream(store, name, 0)
+    assert part in str(info.value)
+
+
+def test_stream_name_over_the_limit_names_the_limit(store):
+    name = "x" * (logstore.MAX_STREAM_NAME + 1)
+    assert_bad_append(store, name, 0, envs(1), ValueError, str(logstore.MAX_STREAM_NAME), "UTF-8 bytes")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x" * logstore.MAX_STREAM_NAME, "é" * (logstore.MAX_STREAM_NAME // 2), "🚀" * (logstore.MAX_STREAM_NAME // 4)],
+    ids=["ascii", "2-byte", "4-byte"],
+)
+def test_stream_name_exactly_at_the_limit_is_accepted(store_dir, name):
+    assert len(name.encode()) == logstore.MAX_STREAM_NAME
+    batch = envs(3)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        commit(store, name, 0, batch[:2])
+        commit(store, name, 2, batch[2:])
+        reader, found = store.open_stream(store, name, 0)
+        assert found is True
+        assert list(reader) == batch
+        reader.close()
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.stream_names() == [name]
+        reader, _ = store.open_stream(store, name, 0)
+        assert list(reader) == batch
+        reader.close()
+
+
+# -- message size --------------------------------------------------------------------------
+
+
+def sized_envelope(size: int) -> Envelope:
+    """An envelope whose encoded size is exactly ``size`` bytes (for sizes in msgpack's bin16 range)."""
+    from logstore.envelope import encode
+
+    base = make_env(message=b"\x00" * 1000)
+    overhead = len(encode(base, "")) - 1000
+    env = base._replace(message=b"\x00" * (size - overhead))
+    assert len(encode(env, "")) == size
+    return env
+
+
+def test_message_over_the_size_limit(store):
+    limit = store.max_envelope_size
+    assert 0 < limit <= logstore.MAX_ENVELOPE_SIZE
+    big = sized_envelope(limit + 1)
+    before = snapshot(store)
+    tx, committer = store.begin_tx()
+    with pytest.raises(logstore.MessageTooLargeError) as info:
+        store.append_messages(tx, "s", 2, [*envs(1), big])
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert isinstance(err, logstore.LogStoreError)
+    assert (err.stream, err.offset, err.size, err.limit) == ("s", 3, limit + 1, limit)
+    for part in ("'s'", "offset 3", str(limit + 1), str(limit)):
+        assert part in str(err)
+    committer.rollback()
+    assert_unchanged_and_writable(store, before)
+
+
+def test_message_exactly_at_the_size_limit_is_accepted_even_with_the_longest_name(store_dir):
+    name = "n" * logstore.MAX_STREAM_NAME
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        biggest = sized_envelope(store.max_envelope_size)
+        commit(store, "small", 0, envs(1))
+        commit(store, name, 0, [biggest])
+        commit(store, name, 1, [biggest])
+        commit(store, "small", 1, envs(1))
+        reader, _ = store.open_stream(store, name, 0)
+        assert list(reader) == [biggest, biggest]
+        reader.close()
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.global_head == 4
+        reader, _ = store.open_stream(store, name, 0)
+        assert list(reader) == [biggest, biggest]
+        reader.close()
+
+
+# -- transactions in the wrong state or from the wrong store ---------------------------------
+
+
+def test_tx_from_another_store(store, tmp_path):
+    before = snapshot(store)
+    with logstore.open(tmp_path / "other", segment_size=SMALL_SEGMENT) as other:
+        other_before = snapshot(other)
+        tx, committer = other.begin_tx()
+        with pytest.raises(ValueError, match="another store"):
+            store.append_messages(tx, "s", 2, envs(1))
+        committer.rollback()
+        assert snapshot(other) == other_before
+    assert_unchanged_and_writable(store, before)
+
+
+def test_tx_used_after_commit(store):
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, "s", 2, envs(1))
+    committer.commit()
+    before = snapshot(store)
+    with pytest.raises(ValueError, match="committed"):
+        store.append_messages(tx, "s", 3, envs(1))
+    with pytest.raises(ValueError, match="committed"):
+        committer.commit()
+    committer.rollback()  # rolling back a committed transaction does nothing
+    assert tx.global_offsets == range(3, 4)
+    assert_unchanged_and_writable(store, before)
+
+
+def test_tx_used_after_rollback(store):
+    before = snapshot(store)
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, "s", 2, envs(1))
+    committer.rollback()
+    with pytest.raises(ValueError, match="rolled back"):
+        store.append_messages(tx, "s", 2, envs(1))
+    with pytest.raises(ValueError, match="rolled back"):
+        committer.commit()
+    assert tx.global_offsets is None
+    assert_unchanged_and_writable(store, before)
+
+
+def test_tx_used_after_a_failed_commit(store):
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, "s", 2, envs(1, "loser"))
+    commit(store, "s", 2, envs(1, "winner"))
+    with pytest.raises(logstore.OffsetConflictError):
+        committer.commit()
+    before = snapshot(store)
+    with pytest.raises(ValueError, match="transaction"):
+        store.append_messages(tx, "s", 3, envs(1))
+    with pytest.raises(ValueError, match="transaction"):
+        committer.commit()
+    assert_unchanged_and_writable(store, before)
+
+
+# -- data store argument of the readers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("ds", [None, "store", 0, object()], ids=repr)
+def test_open_with_a_data_store_that_is_not_this_store(store, ds):
+    with pytest.raises((TypeError, ValueError), match="data store"):
+        store.open_stream(ds, "s", 0)
+    with pytest.raises((TypeError, ValueError), match="data store"):
+        store.open_global(ds, 0)
+
+
+def test_open_with_another_store_as_data_store(store, tmp_path):
+    with logstore.open(tmp_path / "other", segment_size=SMALL_SEGMENT) as other:
+        with pytest.raises((TypeError, ValueError), match="data store"):
+            store.open_stream(other, "s", 0)
+        with pytest.raises((TypeError, ValueError), match="data store"):
+            other.open_global(store, 0)
+
+
+@pytest.mark.parametrize(
+    ("offset", "error"), [(None, TypeError), ("0", TypeError), (0.0, TypeError), (-1, ValueError)], ids=repr
+)
+def test_open_stream_and_open_global_with_a_bad_offset(store, offset, error):
+    with pytest.raises(error, match="offset"):
+        store.open_stream(store, "s", offset)
+    with pytest.raises(error, match="offset"):
+        store.open_global(store, offset)
+
+
+@pytest.mark.parametrize("stream", [None, 1, b"s"], ids=repr)
+def test_open_stream_with_a_stream_name_of_the_wrong_type(store, stream):
+    with pytest.raises(TypeError, match="stream"):
+        store.open_stream(store, stream, 0)
+
+
+@pytest.mark.parametrize("timeout", ["1", [1], object()], ids=["str", "list", "object"])
+def test_next_with_a_timeout_of_the_wrong_type(store, timeout):
+    reader, _ = store.open_stream(store, "empty", 0)
+    with pytest.raises(TypeError, match="timeout"):
+        reader.next(timeout=timeout)
+    reader.close()
+
+
+# -- closed and read-only stores -------------------------------------------------------------
+
+
+def test_store_used_after_close(store_dir):
+    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+    commit(store, "s", 0, envs(2))
+    before = snapshot(store)
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, "s", 2, envs(1, "queued"))
+    store.close()
+    calls = {
+        "begin_tx": store.begin_tx,
+        "transaction": lambda: store.transaction().__enter__(),
+        "append_messages": lambda: store.append_messages(tx, "s", 3, envs(1)),
+        "commit": committer.commit,
+        "open_stream": lambda: store.open_stream(store, "s", 0),
+        "open_global": lambda: store.open_global(store, 0),
+        "head": lambda: store.head("s"),
+    }
+    for call in calls.values():
+        with pytest.raises(logstore.StoreClosedError, match="closed"):
+            call()
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as again:
+        assert_unchanged_and_writable(again, before)
+
+
+def test_read_only_store_refuses_writes(store_dir):
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        commit(store, "s", 0, envs(2))
+        before = snapshot(store)
+        writable_tx, writable_committer = store.begin_tx()
+        with logstore.open(store_dir, readonly=True) as ro:
+            assert snapshot(ro) == before
+            with pytest.raises(logstore.ReadOnlyError, match="read-only"):
+                ro.begin_tx()
+            with pytest.raises(logstore.ReadOnlyError, match="read-only"):
+                ro.transaction().__enter__()
+            with pytest.raises(logstore.ReadOnlyError, match="read-only"):
+                ro.append_messages(writable_tx, "s", 2, envs(1))
+            assert snapshot(ro) == before
+        writable_committer.rollback()
+        assert_unchanged_and_writable(store, before)
+
+
+def test_read_only_store_alone_refuses_writes_and_changes_no_file(store_dir):
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        commit(store, "s", 0, envs(2))
+        before = snapshot(store)
+    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    with logstore.open(store_dir, readonly=True) as ro:
+        with pytest.raises(logstore.ReadOnlyError):
+            ro.begin_tx()
+        assert snapshot(ro) == before
+    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert_unchanged_and_writable(store, before)
+
+
+# -- logstore.open options -------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    ("durability", "FSYNC", ValueError),
+    ("durability", "sync", ValueError),
+    ("durability", "", ValueError),
+    ("durability", None, (TypeError, ValueError)),
+    ("durability", 1, (TypeError, ValueError)),
+    ("fsync_interval", 0, ValueError),
+    ("fsync_interval", -0.01, ValueError),
+    ("fsync_interval", float("nan"), ValueError),
+    ("fsync_interval", float("inf"), ValueError),
+    ("fsync_interval", "0.01", (TypeError, ValueError)),
+    ("fsync_interval", None, (TypeError, ValueError)),
+    ("fsync_interval", True, (TypeError, ValueError)),
+    ("segment_size", 0, ValueError),
+    ("segment_size", -1, ValueError),
+    ("segment_size", 1024, ValueError),
+    ("segment_size", SMALL_SEGMENT - 1, ValueError),
+    ("segment_size", 2**32, ValueError),
+    ("segment_size", float(SMALL_SEGMENT), TypeError),
+    ("segment_size", str(SMALL_SEGMENT), TypeError),
+    ("segment_size", True, TypeError),
+    ("segment_size", None, TypeError),
+    ("checkpoint_bytes", 0, ValueError),
+    ("checkpoint_bytes", -1, ValueError),
+    ("checkpoint_bytes", 1.5, (TypeError, ValueError)),
+    ("checkpoint_bytes", "1", (TypeError, ValueError)),
+    ("checkpoint_bytes", True, (TypeError, ValueError)),
+    ("checkpoint_bytes", None, (TypeError, ValueError)),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "error"), BAD_OPTIONS, ids=[f"{o}={v!r}" for o, v, _ in BAD_OPTIONS])
+def test_open_with_a_bad_option(store_dir, option, value, error):
+    try:
+        store = logstore.open(store_dir, **{option: value})
+    except error as exc:
+        assert option in str(exc)
+    else:
+        store.close()
+        pytest.fail(f"logstore.open accepted {option}={value!r}")
+    assert not store_dir.exists(), "a refused open must not create the store"
+
+
+@pytest.mark.parametrize("option", ["durability", "fsync_interval", "segment_size", "checkpoint_bytes"])
+def test_open_an_existing_store_with_a_bad_option_changes_nothing(store_dir, option):
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        commit(store, "s", 0, envs(2))
+        before = snapshot(store)
+    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    bad = {"durability": "always", "fsync_interval": -1, "segment_size": 10, "checkpoint_bytes": 0}[option]
+    with pytest.raises((TypeError, ValueError), match=option):
+        logstore.open(store_dir, **{option: bad})
+    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert_unchanged_and_writable(store, before)
+
+
+def test_open_with_an_unknown_option(store_dir):
+    with pytest.raises(TypeError, match="durabilty"):
+        logstore.open(store_dir, durabilty="none")
+    assert not store_dir.exists()
+
+
+def test_open_with_a_path_of_the_wrong_type():
+    with pytest.raises(TypeError):
+        logstore.open(12345)
+
+
+def test_batch_store_with_a_very_long_fsync_interval_is_refused_or_keeps_committing(store_dir):
+    # An interval longer than any wait the platform supports: refused up front, or honoured without harm.
+    try:
+        store = logstore.open(store_dir, durability="batch", fsync_interval=1e10, segment_size=SMALL_SEGMENT)
+    except ValueError as exc:
+        assert "fsync_interval" in str(exc)
+        return
+    done = threading.Event()
+    ranges = []
+
+    def commits() -> None:
+        for i in range(3):
+            ranges.append(commit(store, "s", i, envs(1)))
+        done.set()
+
+    threading.Thread(target=commits, daemon=True).start()
+    try:
+        assert done.wait(10), f"commits hung after {ranges}"
+        assert ranges == [range(i, i + 1) for i in range(3)]
+    finally:
+        store.close()
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.global_head == 3
+
+
+# -- directories and locking -------------------------------------------------------------------
+
+
+def test_open_a_non_empty_directory_that_is_not_a_store(tmp_path):
+    path = tmp_path / "photos"
+    path.mkdir()
+    (path / "holiday.jpg").write_bytes(b"\xff\xd8 not a store")
+    with pytest.raises(ValueError, match="not a logstore directory") as info:
+        logstore.open(path)
+    assert str(path) in str(info.value)
+    assert sorted(os.listdir(path)) == ["holiday.jpg"]
+    assert (path / "holiday.jpg").read_bytes() == b"\xff\xd8 not a store"
+    with pytest.raises((FileNotFoundError, ValueError)):
+        logstore.open(path, readonly=True)
+    assert sorted(os.listdir(path)) == ["holiday.jpg"]
+
+
+def test_open_a_file_as_a_store(tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(b"data")
+    with pytest.raises(NotADirectoryError) as info:
+        logstore.open(path)
+    assert str(path) in str(info.value)
+    assert path.read_bytes() == b"data"
+
+
+def test_open_read_only_where_there_is_no_store(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        logstore.open(tmp_path / "missing", readonly=True)
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError):
+        logstore.open(tmp_path / "empty", readonly=True)
+    assert os.listdir(tmp_path / "empty") == []
+
+
+def test_second_writer_on_the_same_directory(store_dir):
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        commit(store, "s", 0, envs(2))
+        before = snapshot(store)
+        with pytest.raises(logstore.StoreLockedError, match="lock") as info:
+            logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+        assert str(store_dir) in str(info.value)
+        assert isinstance(info.value, logstore.LogStoreError)
+        # A read-only open works alongside the writer, and sees what was committed.
+        with logstore.open(store_dir, readonly=True) as ro:
+            assert snapshot(ro) == before
+            reader, found = ro.open_stream(ro, "s", 0)
+            assert found is True
+            assert [e.type for e in reader] == ["m.Happened"] * 2
+            reader.close()
+        # The refused writer took nothing away from the first.
+        assert_unchanged_and_writable(store, before)
+        with pytest.raises(logstore.StoreLockedError):
+            logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+    # Once the writer closed, the next one gets the lock.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.global_head == 3
