@@ -16,7 +16,10 @@ of the final close. For each N:
   ``close()``, raise ``StoreFailedError`` whose message says that a write or
   fsync failed, carries the injected error and says to reopen; a failed
   ``open`` raises the ``OSError`` itself; a failed compaction copy (the
-  calling thread) leaves the store working;
+  calling thread) leaves the store working, and so does a full file system
+  (``ENOSPC``) while compaction's roll creates the next segment's file, up
+  to the rename that names it (nothing changed; the report names the
+  active segment as not reached);
 - reopened with plain I/O, the directory recovers to the model after K
   actions, acknowledged <= K <= handed over (so no partial transaction and
   every acknowledged one present), takes a new transaction, and verifies
@@ -139,8 +142,14 @@ def check_run(run: Run, fs: FaultFS, code: int, persistent: bool, wl: cp.Workloa
     def says_what_failed(exc: BaseException) -> bool:
         return all(part in str(exc) for part in message_parts)
 
-    in_writer = op.thread == "logstore-writer"
     k = run.fault_action
+    # Compaction's roll found no room for the next segment's file, up to and including the rename that
+    # names it (a failed rename changes nothing): the store goes on and the report names the active
+    # segment (ENOSPC only).
+    no_room_to_roll = (
+        code == errno.ENOSPC and k is not None and wl.actions[k].kind == "compact" and op.site.endswith(":segment.tmp")
+    )
+    in_writer = op.thread == "logstore-writer" and not no_room_to_roll
     if run.open_error is not None:
         if not isinstance(run.open_error, OSError | StoreFailedError):
             problems.append(f"open raised {run.open_error!r}")
@@ -159,7 +168,8 @@ def check_run(run: Run, fs: FaultFS, code: int, persistent: bool, wl: cp.Workloa
         if run.close_error is None and run.open_error is None:
             problems.append("close() did not report that the store had failed")
     elif k is not None and wl.actions[k].kind == "compact" and not persistent and run.after not in (None, "none"):
-        problems.append(f"a failed compaction copy ({op}) broke the store: the next commit raised {run.after!r}")
+        what = "roll" if no_room_to_roll else "copy"
+        problems.append(f"a failed compaction {what} ({op}) broke the store: the next commit raised {run.after!r}")
     # The directory reopens with plain I/O, consistent, with every acknowledged action and no partial one.
     rec = cp.recover(path, wl, new_stream="after-fault")
     if rec.problem is not None:
