@@ -1,7 +1,13 @@
 """The I/O seam: every file operation of the engine goes through :class:`FileIO`.
 
 Tests substitute a subclass to count operations, fail one, or drop what was
-not synced. The engine never calls ``os`` file functions directly.
+not synced. Every operation that reads or writes a file, syncs it, or makes,
+renames or removes a name goes through it. The engine calls ``os`` directly
+only for queries that change nothing and that no fault test needs to fail:
+whether a path exists or is a directory or a link (store.py, repair.py,
+verify.py), where a file's holes are (``SEEK_DATA``/``SEEK_HOLE`` in
+segment.py, on a descriptor opened through the seam), and verify's probe of
+the ``LOCK`` file for a live writer.
 Files are created ``0600`` and directories ``0700``; paths are opened with
 ``O_NOFOLLOW`` so a planted symlink is refused, not followed.
 
