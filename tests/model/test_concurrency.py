@@ -824,15 +824,33 @@ def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_d
         with writer._cv:
             writer._queue = queue
 
+        # CPython looks for a signal before a lock wait blocks, not while: a SIGINT that lands between
+        # that look and the wait is seen only at the wait's next wake-up. So the signal is sent until
+        # the handler has run, and the handler raises KeyboardInterrupt once (later ones do nothing).
+        interrupted = threading.Event()
+
+        def raise_once(_signum: int, _frame: Any) -> None:
+            if not interrupted.is_set():
+                interrupted.set()
+                raise KeyboardInterrupt
+
         def interrupt_when_queued() -> None:
             assert queue.appended.wait(WAIT)
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                if interrupted.wait(0.05):
+                    break
 
-        interrupter = threading.Thread(target=interrupt_when_queued)
-        interrupter.start()
-        with pytest.raises(KeyboardInterrupt):
-            commit(store, "main", 0, [Envelope.new("E", "main")])
-        interrupter.join(WAIT)
+        previous = signal.signal(signal.SIGINT, raise_once)
+        try:
+            interrupter = threading.Thread(target=interrupt_when_queued)
+            interrupter.start()
+            with pytest.raises(KeyboardInterrupt):
+                commit(store, "main", 0, [Envelope.new("E", "main")])
+            interrupter.join(WAIT)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         io.release.set()
         leader.join(WAIT)
         assert not leader.is_alive()
