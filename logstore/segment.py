@@ -74,7 +74,7 @@ from logstore.envelope import Envelope, decode
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
 from logstore.fileio import FileIO
 from logstore.index.errors import FormatError, UnsupportedVersionError
-from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
@@ -691,10 +691,10 @@ class Segment:
         self.io.close(self.fd)
 
 
-def read_segment_header(io: FileIO, path: str, fd: int) -> Header:
+def read_segment_header(io: FileIO, path: str, fd: int) -> SegmentHeader:
     raw = io.pread(fd, HEADER_SIZE, 0)
     try:
-        return decode_header(raw, MAGIC_SEGMENT)
+        return SegmentHeader.decode(raw)
     except UnsupportedVersionError as exc:
         raise FormatVersionError(path, exc.position, f"segment header: {exc.what}") from None
     except FormatError as exc:
@@ -707,12 +707,12 @@ def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segm
         header = read_segment_header(io, path, fd)
         if header.store_id != store_id:
             raise CorruptionError(path, 16, "segment belongs to another store (store id differs)")
-        expected = segment_name(header.a)
+        expected = segment_name(header.first)
         if os.path.basename(path) != expected:
-            raise CorruptionError(path, 32, f"header says first global offset {header.a}, file name disagrees")
-        size = min(io.size(fd), header.b)
-        seg = Segment(io, path, store_id, header.a, header.b, fd, size)
-        seg.created = header.c
+            raise CorruptionError(path, 32, f"header says first global offset {header.first}, file name disagrees")
+        size = min(io.size(fd), header.capacity)
+        seg = Segment(io, path, store_id, header.first, header.capacity, fd, size)
+        seg.created = header.created
         seg.writable = writable
         return seg
     except BaseException:
@@ -791,7 +791,7 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
     try:
         extend_file(io, fd, tmp, 0, size, size, capacity)  # need == target: it is that size or raises
         created = time.time_ns()
-        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, capacity, created)), 0)
+        io.pwrite(fd, SegmentHeader(store_id, first, capacity, created).encode(), 0)
         io.fsync(fd)
         io.rename(tmp, path)
         renamed = True

@@ -70,7 +70,7 @@ from logstore.errors import CorruptionError
 from logstore.fileio import FileIO, default_io
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, MAGIC_POSITION, MAGIC_RUNS, decode_header
+from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.segment import (
@@ -975,7 +975,7 @@ class _Verifier:
             if first not in self.logs:
                 self.note(f"{p}: position file of no segment (left by an interrupted removal)")
                 continue
-            what = self._header_problem(p, MAGIC_POSITION, first)
+            what = self._header_problem(p, PositionHeader, first)
             if what:
                 self.note(f"{p}: {what} (not yet covered by the checkpoint; the next checkpoint rewrites it)")
         if self.large_ids is None:
@@ -983,23 +983,26 @@ class _Verifier:
         for sid, p in sorted(self.run_files.items()):
             if sid in self.large_ids:
                 continue
-            what = self._header_problem(p, MAGIC_RUNS, sid)
+            what = self._header_problem(p, RunsHeader, sid)
             extra = f" ({what})" if what else ""
             self.note(
                 f"{p}: run file of a stream the catalog does not list as large{extra}; rewritten if it becomes large"
             )
 
-    def _header_problem(self, path: str, magic: bytes, a: int) -> str | None:
+    def _header_problem(self, path: str, kind: type[PositionHeader] | type[RunsHeader], expected: int) -> str | None:
+        """What is wrong with the header of a position file (naming segment ``expected``) or a run file
+        (naming stream ``expected``), or ``None``."""
         try:
-            header = decode_header(self.io.read_file(path), magic)
+            header = kind.decode(self.io.read_file(path))
         except FormatError as exc:
             return f"header at byte {exc.position}: {exc.what}"
         except OSError as exc:
             return f"cannot read: {exc}"
         if header.store_id != self.store_id:
             return "header: store id differs from the store's"
-        if header.a != a:
-            return f"header names {header.a}, the file name {a}"
+        named = header.first if isinstance(header, PositionHeader) else header.stream_id
+        if named != expected:
+            return f"header names {named}, the file name {expected}"
         return None
 
 
