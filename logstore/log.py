@@ -65,7 +65,7 @@ from logstore.segment import (
     segment_name,
 )
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
 
 REPAIR_HINT = "run `logstore repair` on the store"
 _REREADS = 64
@@ -567,7 +567,7 @@ class Log:
                 problem = f"index files unusable ({exc}); rebuilt from the log"
                 # A read-only open meets files a live writer replaces (retry_changes) and loads again;
                 # only files that stay missing or damaged get here: nothing is lost, but it is news.
-                log.warning("%s: %s", self.directory, problem)
+                logger.warning("%s: %s", self.directory, problem)
                 report.rebuilt.append("all indexes")
                 ckpt = None
                 ckpt_problem = problem
@@ -647,10 +647,10 @@ class Log:
                 if self.readonly:
                     # Beside a live writer this is a compaction between its swap and its checkpoint;
                     # the positions are read from the segment, in memory, and no file changes.
-                    log.info("%s: position index missing or stale; read from the segment", seg.pos_path)
+                    logger.info("%s: position index missing or stale; read from the segment", seg.pos_path)
                     self.report.notes.append(f"read the positions of {rel} from the segment")
                     continue
-                log.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                logger.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
                 self.report.rebuilt.append(rel)
                 continue
             seg.end = e.end
@@ -968,7 +968,7 @@ class Log:
         report.tail = f"{gseg.path}@{gpos}"
         report.tail_bytes = seen
         report.tail_reason = f"{damage.what} at {self.segments[damage.index].path}@{damage.position}"
-        log.info(
+        logger.info(
             "%s: read-only open reads up to %s, the end of the last complete transaction; %d bytes past it "
             "(%s) are left to the writer: a transaction in flight, or a torn tail the next writable open cuts",
             self.directory,
@@ -1022,7 +1022,7 @@ class Log:
                 self.io.pwrite(gseg.fd, zero[:n], p)
                 p += n
             self.io.fdatasync(gseg.fd)
-        log.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
+        logger.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
 
     def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
         path = os.path.join(lf_dir, base + ".bin")

@@ -106,7 +106,7 @@ RESERVE_FIRST = 1 << 20
 RESERVE_STEP_MAX = 16 << 20
 """The largest step by which a segment's reservation grows (16 MiB): steps double from 1 MiB up to it."""
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
 
 _xxh = xxhash.xxh3_64_intdigest
 _hdr_pack = RECORD_HEADER.pack
@@ -415,12 +415,12 @@ class Segment:
                 # A read-only opener's segment: a writer process compacted it (or retention dropped it)
                 # since the checkpoint this open read, and replaced or removed the file. This mapping
                 # still holds the bytes that the count and checksum describe: read them.
-                log.info("%s: position index replaced by the writer (%s); read from the segment", path, exc)
+                logger.info("%s: position index replaced by the writer (%s); read from the segment", path, exc)
                 return self.rebuild_positions(count)
             # Derived data: rebuild it from the segment itself; the next checkpoint rewrites the file.
             # A reader that mapped this segment before a compaction swapped it meets the new file's
             # positions here: normal, hence INFO.
-            log.info("%s: position index unusable (%s); rebuilt from the segment", path, exc)
+            logger.info("%s: position index unusable (%s); rebuilt from the segment", path, exc)
             return self.rebuild_positions(count)
 
     def rebuild_positions(self, count: int) -> PositionIndex:

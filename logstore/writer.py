@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from logstore.published import Published
     from logstore.segment import Segment
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 # Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
@@ -572,7 +572,7 @@ class Writer:
             self.synced = (active.first, active.end, self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
-        log.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
+        logger.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
         what = str(exc) if isinstance(exc, OutOfSpaceError) else repr(exc)  # its message names file, size, option
         failed = StoreFailedError(
             f"{self.log.directory}: a write or fsync failed ({what}); "
@@ -747,7 +747,7 @@ class Writer:
         pub = self.published
         pub.log_start = start
         pub.visible_end = lg.next_goff
-        log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
+        logger.info("%s: retention moved the log start to global offset %d", lg.directory, start)
         pub.removed()  # readers drop what they decoded ahead, then are woken
 
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
