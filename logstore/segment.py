@@ -65,7 +65,8 @@ import os
 import struct
 import threading
 import time
-from typing import Any, NamedTuple
+from enum import IntEnum, IntFlag
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import xxhash
@@ -80,26 +81,46 @@ from logstore.index.position import PositionIndex
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
 CHECKSUM = struct.Struct("<Q")
 RECORD_OVERHEAD = RECORD_HEADER.size + CHECKSUM.size  # 36
-KIND_MESSAGE = 1
-KIND_TRUNCATE = 2
-KIND_DELETE = 3
-KIND_RETAIN = 4
-KIND_REMOVED = 5
-KIND_LOST = 6
-KIND_NAMES = {
-    KIND_MESSAGE: "message",
-    KIND_TRUNCATE: "truncate",
-    KIND_DELETE: "delete",
-    KIND_RETAIN: "retain",
-    KIND_REMOVED: "removed",
-    KIND_LOST: "lost",
-}
+
+
+class Kind(IntEnum):
+    """A record's kind (byte 4 of its header; 0 is invalid). Records parsed from a file carry it as a plain int."""
+
+    MESSAGE = 1
+    TRUNCATE = 2
+    DELETE = 3
+    RETAIN = 4
+    REMOVED = 5
+    LOST = 6
+
+
+class RecordFlag(IntFlag):
+    """A record's flag bits (byte 5 of its header); any other bit set makes the record invalid."""
+
+    TX_END = 1  # the last record of its transaction
+    NAMED = 2  # the record carries its stream's name
+    SYNCED = 4  # everything before the record was fsynced before it was written
+
+
+# The short names are plain ints, for the per-record loops (framing, parsing, the writer's group loop,
+# recovery's scan, reads): ``int & IntFlag`` runs IntFlag.__rand__ in Python (0.64 against 0.016 us for
+# ``int & int``), and a numpy array compared with an IntEnum member takes 6.4 against 2.4 us (measured
+# on the benchmark machine). A plain int compared with a member costs the same, so either form may be
+# compared with a record's field.
+KIND_MESSAGE: Final = int(Kind.MESSAGE)
+KIND_TRUNCATE: Final = int(Kind.TRUNCATE)
+KIND_DELETE: Final = int(Kind.DELETE)
+KIND_RETAIN: Final = int(Kind.RETAIN)
+KIND_REMOVED: Final = int(Kind.REMOVED)
+KIND_LOST: Final = int(Kind.LOST)
+KIND_NAMES: Final = {int(k): k.name.lower() for k in Kind}
+"""The name of each valid kind, by its value, in value order."""
 NO_STREAM = 0xFFFFFFFF
 """The stream id field of a RETAIN record, which belongs to no stream."""
-FLAG_TX_END = 1
-FLAG_NAMED = 2
-FLAG_SYNCED = 4
-_KNOWN_FLAGS = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
+FLAG_TX_END: Final = int(RecordFlag.TX_END)
+FLAG_NAMED: Final = int(RecordFlag.NAMED)
+FLAG_SYNCED: Final = int(RecordFlag.SYNCED)
+_KNOWN_FLAGS: Final = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
 
 RESERVE_FIRST = 1 << 20
 """Bytes a new segment file is allocated with (1 MiB, or its capacity if smaller), header included."""
