@@ -70,8 +70,11 @@ class Catalog:
         self.ctrl: npt.NDArray[Any] = np.zeros(64, U64)
         self.nruns: npt.NDArray[Any] = np.zeros(64, U32)
         self.flags: npt.NDArray[Any] = np.zeros(64, _U8)
-        # Stream id -> first retained offset, for the streams where it is above 0: what the global
-        # reader checks per record (a dict lookup is cheaper than indexing a numpy array).
+        # Stream id -> first retained offset, for the streams where it is above 0. Derived from ``first``
+        # and kept beside it (set_first and decode are the only writers of ``first``; both keep it equal
+        # to ``{sid: first[sid] for each sid where first[sid] > 0}``) rather than computed: the global
+        # reader looks it up per record (a dict lookup is cheaper than indexing a numpy array) and takes
+        # it per read batch, and building it then would cost a pass over every stream per batch.
         self.trimmed: dict[int, int] = {}
 
     def __len__(self) -> int:

@@ -67,6 +67,12 @@ from logstore.segment import (
 
 logger = logging.getLogger("logstore")
 
+
+def _first(seg: Segment) -> int:
+    """The key ``Log.segments`` is sorted by."""
+    return seg.first
+
+
 REPAIR_HINT = "run `logstore repair` on the store"
 _REREADS = 64
 """How many times a read-only open's scan reads again where it stopped, as a live writer completes records."""
@@ -193,8 +199,9 @@ class Log:
         self.store_id = store_id
         self.readonly = readonly
         self.segment_size = segment_size
+        # In log order. Once readers may hold it, retention and close replace the list and a roll appends to
+        # it (recovery cuts it in place before that), so one read of it is a consistent list to search.
         self.segments: list[Segment] = []
-        self.firsts: list[int] = []
         self.runs = RunIndex()
         self.generation = 0
         self.next_goff = 0
@@ -246,14 +253,11 @@ class Log:
         return self.segments[-1]
 
     def segment_for(self, goff: int) -> Segment:
-        for _ in range(3):  # retention may replace both lists between the two reads: read again
-            firsts, segments = self.firsts, self.segments
-            i = bisect.bisect_right(firsts, goff) - 1
-            if i < 0:
-                raise KeyError(goff)
-            if i < len(segments) and segments[i].first == firsts[i]:
-                return segments[i]
-        raise KeyError(goff)
+        segments = self.segments  # read once: retention may replace the list meanwhile
+        i = bisect.bisect_right(segments, goff, key=_first) - 1
+        if i < 0:
+            raise KeyError(goff)
+        return segments[i]
 
     # -- creating ----------------------------------------------------------------
 
@@ -268,7 +272,6 @@ class Log:
 
     def _add_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
-        self.firsts.append(seg.first)
 
     def roll(self, first: int, reserve: int = 0) -> Segment:
         """Start a new active segment whose first global offset is ``first`` (writer thread).
@@ -301,7 +304,7 @@ class Log:
         if not gone:
             return 0
         keep = self.segments[len(gone) :]
-        self.segments, self.firsts = keep, [seg.first for seg in keep]
+        self.segments = keep
         self.checkpoint(clean=False)
         freed = 0
         for seg in gone:
@@ -916,7 +919,6 @@ class Log:
         for later in self.segments[gi + 1 :]:
             later.close()
         del self.segments[gi + 1 :]
-        del self.firsts[gi + 1 :]
 
     def _durable_after(self, damage: _Damage) -> bool:
         """Was the damaged data once durable, so that it is not a torn write?
@@ -1049,6 +1051,5 @@ class Log:
 
     def close(self) -> None:
         segments, self.segments = self.segments, []
-        self.firsts = []
         for seg in segments:
             seg.close()

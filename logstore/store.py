@@ -458,7 +458,7 @@ class Store:
                 self._io.close(fd)
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
-            segments, lg.segments, lg.firsts = lg.segments, [], []
+            segments, lg.segments = lg.segments, []
             for seg in segments:
                 with contextlib.suppress(Exception):  # one segment's trouble must not keep the others open
                     seg.close()
