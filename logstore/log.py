@@ -212,7 +212,11 @@ class Log:
         self._head_open: set[int] = set()
         self._sid_limit = 0  # in a relaxed scan: stream ids must be below it (each needs a NAMED record)
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
+        self.checkpoint_due = False  # a roll sealed a segment since the last checkpoint: checkpoint it
         self.report = RecoveryReport()
+        # Set by load when no checkpoint is usable: the indexes are rebuilt from the whole log, and nothing
+        # tells how far the log was durable.
+        self.without_checkpoint = False
         self._scan_start = 0
         self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
         # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
@@ -443,6 +447,7 @@ class Log:
         if io.exists(old):
             io.unlink(old)
         self.checkpointed_bytes = 0
+        self.checkpoint_due = False
         for seg, entry in zip(sealed, entries, strict=False):
             if seg._lazy is None:
                 # A sealed segment's positions are in its file now: let them go, so that memory does not
@@ -571,13 +576,12 @@ class Log:
                 # A read-only open meets files a live writer replaces (retry_changes) and loads again;
                 # only files that stay missing or damaged get here: nothing is lost, but it is news.
                 logger.warning("%s: %s", self.directory, problem)
-                report.rebuilt.append("all indexes")
                 ckpt = None
                 ckpt_problem = problem
         if ckpt is None:
             report.checkpoint = ckpt_problem or "none"
-            if "all indexes" not in report.rebuilt:
-                report.rebuilt.append("all indexes")
+            report.rebuilt.append("all indexes")
+            self.without_checkpoint = True
             self.catalog = Catalog()
             self.runs = RunIndex()
             for seg in self.segments:
@@ -927,7 +931,7 @@ class Log:
         checkpoint nothing tells how far the log was durable, so then any
         valid record after the damage counts.
         """
-        strict = "all indexes" in self.report.rebuilt
+        strict = self.without_checkpoint
         i, p = damage.index, damage.position + 1
         while i < len(self.segments):
             seg = self.segments[i]

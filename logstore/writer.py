@@ -438,7 +438,12 @@ class Writer:
             batch.clear()
 
     def _maintenance_due(self) -> bool:
-        return self.failed is None and (self._retention_due or self.log.checkpointed_bytes >= self.checkpoint_bytes)
+        return self.failed is None and (self._retention_due or self._checkpoint_due())
+
+    def _checkpoint_due(self) -> bool:
+        """A checkpoint is due every ``checkpoint_bytes`` of log, and after a roll (for the sealed segment)."""
+        lg = self.log
+        return lg.checkpoint_due or lg.checkpointed_bytes >= self.checkpoint_bytes
 
     def _maintain(self) -> None:
         """Apply retention after a roll, and checkpoint every ``checkpoint_bytes`` (writer role)."""
@@ -448,7 +453,7 @@ class Writer:
             if self._retention_due:
                 self._retention_due = False
                 self.apply_retention()
-            if self.log.checkpointed_bytes >= self.checkpoint_bytes:
+            if self._checkpoint_due():
                 self.sync()
                 self.log.checkpoint(clean=False)
         except BaseException as exc:  # every failure fails the store; an interrupt goes on up
@@ -719,7 +724,7 @@ class Writer:
             lg.roll(lg.next_goff)
         except OutOfSpaceError as exc:
             return exc
-        lg.checkpointed_bytes += self.checkpoint_bytes
+        lg.checkpoint_due = True
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return True
 
@@ -779,7 +784,7 @@ class Writer:
                 self._dirty = False
                 self.synced = (seg.first, seg.end, goff)
                 seg = lg.roll(goff, HEADER_SIZE + bound)
-                lg.checkpointed_bytes += self.checkpoint_bytes
+                lg.checkpoint_due = True
                 self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                 start = pos = seg.end
                 parts, positions = [], []
@@ -918,7 +923,7 @@ class Writer:
                         # The new segment is allocated with room for the rest of the group. A full file
                         # system fails the store here: the group is written in part.
                         seg = lg.roll(goff, HEADER_SIZE + bound)
-                        lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
+                        lg.checkpoint_due = True  # checkpoint the sealed segment
                         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                         named = seg.named
                         start_pos = pos = seg.end
