@@ -396,33 +396,9 @@ class Log:
         entries = []
         sealed = self.segments[:-1]
         for seg in self.segments:
-            lazy = seg._lazy  # read once: a reader's first use may load the positions meanwhile
-            if lazy is not None:
-                count, checksum = lazy
-            else:
-                pos = seg.positions
-                count = len(pos)
-                missing = not io.exists(seg.pos_path)
-                if missing:
-                    pos.persisted = 0  # write every entry, not only the new ones
-                # An empty segment (the active one right after a roll) gets its file's header at each
-                # checkpoint: a crash may have left the file created but empty, and no entry would
-                # ever be appended to repair it while the segment stays empty.
-                if missing or pos.persisted < count or count == 0:
-                    created |= self._append_file(
-                        seg.pos_path,
-                        PositionIndex.file_header(self.store_id, seg.first),
-                        *pos.tail_bytes(),
-                        lambda pos=pos: pos.positions.view().tobytes(),  # type: ignore[misc]
-                    )
-                    pos.persisted = count
-                cached = self._ckpt_sums.get(seg.first)
-                if cached is not None and cached[0] == count:
-                    checksum = cached[1]
-                else:
-                    checksum = pos.checksum(count)
-                    self._ckpt_sums[seg.first] = (count, checksum)
-            entries.append(SegmentEntry(seg.first, count, seg.end, checksum))
+            entry, made = self._position_entry(seg)
+            created |= made
+            entries.append(entry)
         for sid in self.runs.merge():
             self.catalog.flags[sid] |= FLAG_LARGE
         for sid, big in self.runs.large.items():
@@ -453,6 +429,40 @@ class Log:
                 # A sealed segment's positions are in its file now: let them go, so that memory does not
                 # grow with the log. A reader holding the index keeps it; the next one loads the file.
                 seg.set_lazy_positions(entry.records, entry.checksum)
+
+    def _position_entry(self, seg: Segment) -> tuple[SegmentEntry, bool]:
+        """Step (1) of a checkpoint for ``seg``: append its new position entries to its file and fsync it.
+
+        Returns the segment's checkpoint entry and whether its position file was created.
+        """
+        created = False
+        lazy = seg._lazy  # read once: a reader's first use may load the positions meanwhile
+        if lazy is not None:
+            count, checksum = lazy
+        else:
+            pos = seg.positions
+            count = len(pos)
+            missing = not self.io.exists(seg.pos_path)
+            if missing:
+                pos.persisted = 0  # write every entry, not only the new ones
+            # An empty segment (the active one right after a roll) gets its file's header at each
+            # checkpoint: a crash may have left the file created but empty, and no entry would
+            # ever be appended to repair it while the segment stays empty.
+            if missing or pos.persisted < count or count == 0:
+                created = self._append_file(
+                    seg.pos_path,
+                    PositionIndex.file_header(self.store_id, seg.first),
+                    *pos.tail_bytes(),
+                    lambda pos=pos: pos.positions.view().tobytes(),  # type: ignore[misc]
+                )
+                pos.persisted = count
+            cached = self._ckpt_sums.get(seg.first)
+            if cached is not None and cached[0] == count:
+                checksum = cached[1]
+            else:
+                checksum = pos.checksum(count)
+                self._ckpt_sums[seg.first] = (count, checksum)
+        return SegmentEntry(seg.first, count, seg.end, checksum), created
 
     def sync_scanned(self) -> None:
         """fdatasync the segments that recovery scanned, which a crashed writer may not have synced."""
@@ -529,7 +539,8 @@ class Log:
 
     # -- opening and recovery ----------------------------------------------------
 
-    def load(self, ckpt: Checkpoint | None, ckpt_problem: str | None) -> Checkpoint | None:
+    # Long on purpose: the open's steps in order, each branch one kind of damage it handles.
+    def load(self, ckpt: Checkpoint | None, ckpt_problem: str | None) -> Checkpoint | None:  # noqa: PLR0912, PLR0915
         """Open every segment, load the checkpointed indexes and scan the tail after them.
 
         Returns the checkpoint that was used (``None`` if the indexes were rebuilt from the log).
@@ -690,7 +701,8 @@ class Log:
             if seg.first not in listed and seg.first <= last:
                 raise CorruptionError(seg.path, 0, "segment is not named by the checkpoint", REPAIR_HINT)
 
-    def _scan(self, start: int, clean_end: bool) -> None:
+    # Long on purpose: recovery's single pass over the records, kept in one piece on purpose.
+    def _scan(self, start: int, clean_end: bool) -> None:  # noqa: PLR0912, PLR0915
         """Apply every whole transaction past the checkpoint; cut or refuse what is damaged.
 
         A read-only open may run beside a writer that is appending to the
@@ -813,7 +825,8 @@ class Log:
             return False
         return True
 
-    def _check_record(
+    # Long on purpose: one check per rule a record must meet, run on every record recovery scans.
+    def _check_record(  # noqa: PLR0912
         self, rec: Record, expected: int, new_names: dict[str, int], tx_heads: dict[int, int]
     ) -> str | None:
         cat = self.catalog
@@ -858,7 +871,8 @@ class Log:
             return f"stream id {rec.sid} {what} {rec.soff}, expected {head}"
         return None
 
-    def _apply(self, pending: list[tuple[int, Record]]) -> None:
+    # Long on purpose: recovery's per-record update of the indexes, one branch per record kind.
+    def _apply(self, pending: list[tuple[int, Record]]) -> None:  # noqa: PLR0912
         cat, runs = self.catalog, self.runs
         # Record positions go to each segment's index in one extend per segment (the hot loop of a
         # long tail); .item() reads a numpy element as an int without making a numpy scalar.

@@ -141,7 +141,8 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
     return report
 
 
-def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
+# Long on purpose: the repair's steps in order, as its docstring lists them.
+def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa: PLR0912, PLR0915
     seg_dir = os.path.join(path, "segments")
     stream_dir = os.path.join(path, "streams")
     report.changed = True
@@ -357,6 +358,16 @@ def _walk(seg: _Seg) -> None:
         pos += rec.length
 
 
+def _stream_names(segs: list[_Seg]) -> dict[int, str]:
+    """Every stream's name, from the first surviving record that carries it."""
+    names: dict[int, str] = {}
+    for seg in segs:
+        for rec in seg.records:
+            if rec.name is not None and rec.sid != NO_STREAM:
+                names.setdefault(rec.sid, rec.name)
+    return names
+
+
 def _attribute(
     segs: list[_Seg], gaps: list[tuple[int, int, int]]
 ) -> tuple[dict[int, tuple[int, int, str]], dict[int, str]]:
@@ -366,11 +377,7 @@ def _attribute(
     head lost the offsets in between, between the global offsets of its two
     records. Returns that map and every stream's name.
     """
-    names: dict[int, str] = {}
-    for seg in segs:
-        for rec in seg.records:
-            if rec.name is not None and rec.sid != NO_STREAM:
-                names.setdefault(rec.sid, rec.name)
+    names = _stream_names(segs)
     free = sorted(g for _si, g0, n in gaps for g in range(g0, g0 + n))
     out: dict[int, tuple[int, int, str]] = {}
     from_zero = segs[0].first == 0 or any(g0 == 0 for _si, g0, _n in gaps)

@@ -197,7 +197,8 @@ class BadRecord(Exception):
         self.zero = zero  # a length of 0: the never-written area, or a zeroed block
 
 
-def parse_record(buf: Any, position: int, end: int) -> Record:
+# Long on purpose: the per-record parser of every read and scan (hot path): one check per rule.
+def parse_record(buf: Any, position: int, end: int) -> Record:  # noqa: PLR0912
     """Parse and checksum the record at ``position``; raise :class:`BadRecord` if it is not one."""
     if position + RECORD_HEADER.size > end:
         if position >= end or not any(bytes(buf[position:end])):
@@ -569,7 +570,8 @@ class Segment:
             return None
         return h
 
-    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:
+    # Long on purpose: the stream read loop (hot path), record kinds handled inline.
+    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:  # noqa: PLR0912
         """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
         They must all be in this segment; consecutive global offsets are
@@ -630,7 +632,8 @@ class Segment:
             ) from None
         return offsets
 
-    def read_global(
+    # Long on purpose: the global read loop (hot path, bench W3), record kinds handled inline.
+    def read_global(  # noqa: PLR0912
         self, goff: int, stop: int, out: list[Envelope], trimmed: dict[int, int]
     ) -> tuple[int, list[int] | None, Any]:
         """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``.

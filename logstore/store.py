@@ -174,7 +174,8 @@ class Store:
     :class:`~logstore.StoreForkedError` (open the store in the child instead).
     """
 
-    def __init__(
+    # Long on purpose: the open's steps in order, with the cleanup each failure needs.
+    def __init__(  # noqa: PLR0912, PLR0915
         self,
         path: str,
         *,

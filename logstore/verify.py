@@ -324,7 +324,8 @@ class _Verifier:
 
     # -- directory layout ----------------------------------------------------------------
 
-    def _layout(self) -> None:
+    # Long on purpose: one check per rule of the store layout (docs/FORMAT.md), in order.
+    def _layout(self) -> None:  # noqa: PLR0912
         io, path = self.io, self.path
         for name in io.listdir(path):
             p = os.path.join(path, name)
@@ -442,7 +443,8 @@ class _Verifier:
 
     # -- the log ---------------------------------------------------------------------------
 
-    def _scan_log(self, firsts: list[int]) -> None:
+    # Long on purpose: verify's single pass over the records of every segment.
+    def _scan_log(self, firsts: list[int]) -> None:  # noqa: PLR0912, PLR0915
         assert self.store_id is not None
         result = self.result
         ckpt_goff = self.ckpt.next_goff if self.ckpt is not None else -1
@@ -542,7 +544,8 @@ class _Verifier:
         streams = {sid: st.snapshot() for sid, st in self.streams.items()}
         self.at_ckpt = _AtCheckpoint(streams, self.retain, self.open_tx is not None)
 
-    def _record(self, seg_path: str, rec: Record, named: set[int], buf: memoryview) -> None:
+    # Long on purpose: one check per rule a record must meet (docs/FORMAT.md), in order.
+    def _record(self, seg_path: str, rec: Record, named: set[int], buf: memoryview) -> None:  # noqa: PLR0912, PLR0915
         result = self.result
         pos = rec.position
         kind = rec.kind
@@ -727,7 +730,8 @@ class _Verifier:
 
     # -- the checkpoint and the position files against the log --------------------------------
 
-    def _checkpoint_against_log(self) -> bool:
+    # Long on purpose: one check per field of the checkpoint against the log, in order.
+    def _checkpoint_against_log(self) -> bool:  # noqa: PLR0912, PLR0915
         """Check the checkpoint's counts, segments and position files; False if the catalog cannot be compared."""
         ckpt = self.ckpt
         assert ckpt is not None and self.store_id is not None
@@ -864,7 +868,8 @@ class _Verifier:
                 cat_path, lay, catalog, runs, sid, log_streams.get(sid), sid in large_ids, unusable
             )
 
-    def _stream_against_log(
+    # Long on purpose: one check per catalog field of a stream against the log, in order.
+    def _stream_against_log(  # noqa: PLR0912, PLR0915
         self,
         cat_path: str,
         lay: _CatalogLayout,

@@ -806,7 +806,8 @@ class Writer:
         if self._group_syncs():
             self.sync()
 
-    def _process(self, batch: list[_Pending]) -> bool:
+    # Long on purpose: the commit group loop (hot path, bench W1), a single pass on purpose.
+    def _process(self, batch: list[_Pending]) -> bool:  # noqa: PLR0912, PLR0915
         """Write, sync and publish one group; returns whether anything was committed."""
         lg = self.log
         cat = lg.catalog
