@@ -43,7 +43,7 @@ import numpy.typing as npt
 import xxhash
 
 from .errors import FormatError
-from .header import HEADER_SIZE, MAGIC_CATALOG, Header, decode_header, encode_header
+from .header import HEADER_SIZE, CatalogHeader
 from .runs import U32, U64, RunIndex
 
 FLAG_DELETED = 1
@@ -70,8 +70,11 @@ class Catalog:
         self.ctrl: npt.NDArray[Any] = np.zeros(64, U64)
         self.nruns: npt.NDArray[Any] = np.zeros(64, U32)
         self.flags: npt.NDArray[Any] = np.zeros(64, _U8)
-        # Stream id -> first retained offset, for the streams where it is above 0: what the global
-        # reader checks per record (a dict lookup is cheaper than indexing a numpy array).
+        # Stream id -> first retained offset, for the streams where it is above 0. Derived from ``first``
+        # and kept beside it (set_first and decode are the only writers of ``first``; both keep it equal
+        # to ``{sid: first[sid] for each sid where first[sid] > 0}``) rather than computed: the global
+        # reader looks it up per record (a dict lookup is cheaper than indexing a numpy array) and takes
+        # it per read batch, and building it then would cost a pass over every stream per batch.
         self.trimmed: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -158,11 +161,12 @@ class Catalog:
         add(np.asarray([runs.large[sid].persisted for sid in large], U64).tobytes())
         add(np.asarray([runs.large[sid].checksum(runs.large[sid].persisted) for sid in large], U64).tobytes())
         body = b"".join(parts)
-        header = encode_header(Header(MAGIC_CATALOG, store_id, generation, len(body), xxhash.xxh3_64_intdigest(body)))
+        header = CatalogHeader(store_id, generation, len(body), xxhash.xxh3_64_intdigest(body)).encode()
         return header + body
 
+    # Long on purpose: a single pass over the file's fields in their on-disk order.
     @classmethod
-    def decode(
+    def decode(  # noqa: PLR0912, PLR0915
         cls, buf: bytes, store_id: bytes, generation: int
     ) -> tuple[Catalog, RunIndex, list[tuple[int, int, int]]]:
         """Decode a catalog file.
@@ -171,14 +175,16 @@ class Catalog:
         large streams as ``(stream id, valid runs, xxh3-64)`` whose run files
         the caller loads into ``RunIndex.large``.
         """
-        header = decode_header(buf, MAGIC_CATALOG)
+        header = CatalogHeader.decode(buf)
         if header.store_id != store_id:
             raise FormatError(16, "store id differs from the store's")
-        if header.a != generation:
-            raise FormatError(32, f"generation is {header.a}, the checkpoint names {generation}")
-        if len(buf) != HEADER_SIZE + header.b:
-            raise FormatError(40, f"body length is {header.b} but the file holds {len(buf) - HEADER_SIZE} bytes")
-        if xxhash.xxh3_64_intdigest(buf[HEADER_SIZE:]) != header.c:
+        if header.generation != generation:
+            raise FormatError(32, f"generation is {header.generation}, the checkpoint names {generation}")
+        if len(buf) != HEADER_SIZE + header.body_length:
+            raise FormatError(
+                40, f"body length is {header.body_length} but the file holds {len(buf) - HEADER_SIZE} bytes"
+            )
+        if xxhash.xxh3_64_intdigest(buf[HEADER_SIZE:]) != header.body_checksum:
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
         if len(buf) < HEADER_SIZE + _COUNTS.size:
             raise FormatError(HEADER_SIZE, "body is shorter than its counts")

@@ -15,6 +15,17 @@ starts with the same layout, all integers little-endian::
     56     8    u64    xxh3-64 of bytes 0..55
 
 A header of all zero bytes is "never written" and is reported as such.
+
+:class:`Header` is the layout's raw form, with the three kind-specific words as
+``a``, ``b`` and ``c``. Code that reads or writes one file kind uses that kind's
+class, which names the words:
+
+    kind        class              a             b              c
+    segment     SegmentHeader      first         capacity       created (ns)
+    position    PositionHeader     first         (0)            (0)
+    run file    RunsHeader         stream_id     (0)            (0)
+    catalog     CatalogHeader      generation    body_length    body_checksum
+    checkpoint  CheckpointHeader   generation    body_length    body_checksum (+ flags)
 """
 
 from __future__ import annotations
@@ -89,3 +100,89 @@ def decode_header(buf: bytes | memoryview, magic: bytes) -> Header:
     if size != HEADER_SIZE:
         raise FormatError(10, f"header size is {size}, expected {HEADER_SIZE}")
     return Header(found_magic, store_id, a, b, c, flags)
+
+
+class SegmentHeader(NamedTuple):
+    """A segment file's header (magic ``LGSEGMNT``; flags 0)."""
+
+    store_id: bytes
+    first: int  # field a: the global offset of the segment's first record; its file name says the same
+    capacity: int  # field b: the most bytes the file may grow to, header included
+    created: int  # field c: when the segment was created, ns since the epoch
+
+    def encode(self) -> bytes:
+        return encode_header(Header(MAGIC_SEGMENT, self.store_id, self.first, self.capacity, self.created))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> SegmentHeader:
+        h = decode_header(buf, MAGIC_SEGMENT)
+        return cls(h.store_id, h.a, h.b, h.c)
+
+
+class PositionHeader(NamedTuple):
+    """A position index file's header (magic ``LGPOSIDX``; fields b and c and flags 0)."""
+
+    store_id: bytes
+    first: int  # field a: the first global offset of the segment the file indexes
+
+    def encode(self) -> bytes:
+        return encode_header(Header(MAGIC_POSITION, self.store_id, self.first, 0, 0))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> PositionHeader:
+        h = decode_header(buf, MAGIC_POSITION)
+        return cls(h.store_id, h.a)
+
+
+class RunsHeader(NamedTuple):
+    """A run file's header (magic ``LGRUNIDX``; fields b and c and flags 0)."""
+
+    store_id: bytes
+    stream_id: int  # field a: the stream whose runs the file holds
+
+    def encode(self) -> bytes:
+        return encode_header(Header(MAGIC_RUNS, self.store_id, self.stream_id, 0, 0))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> RunsHeader:
+        h = decode_header(buf, MAGIC_RUNS)
+        return cls(h.store_id, h.a)
+
+
+class CatalogHeader(NamedTuple):
+    """A catalog file's header (magic ``LGCATALG``; flags 0)."""
+
+    store_id: bytes
+    generation: int  # field a: the catalog generation, as CHECKPOINT names it
+    body_length: int  # field b: the bytes after the header (the file's size - 64)
+    body_checksum: int  # field c: xxh3-64 of those bytes
+
+    def encode(self) -> bytes:
+        return encode_header(
+            Header(MAGIC_CATALOG, self.store_id, self.generation, self.body_length, self.body_checksum)
+        )
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> CatalogHeader:
+        h = decode_header(buf, MAGIC_CATALOG)
+        return cls(h.store_id, h.a, h.b, h.c)
+
+
+class CheckpointHeader(NamedTuple):
+    """The CHECKPOINT file's header (magic ``LGCHKPNT``)."""
+
+    store_id: bytes
+    generation: int  # field a: the catalog generation the checkpoint names
+    body_length: int  # field b: the bytes after the header
+    body_checksum: int  # field c: xxh3-64 of those bytes
+    flags: int = 0  # bit 0 = CLEAN (written by a close)
+
+    def encode(self) -> bytes:
+        return encode_header(
+            Header(MAGIC_CHECKPOINT, self.store_id, self.generation, self.body_length, self.body_checksum, self.flags)
+        )
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> CheckpointHeader:
+        h = decode_header(buf, MAGIC_CHECKPOINT)
+        return cls(h.store_id, h.a, h.b, h.c, h.flags)

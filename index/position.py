@@ -21,7 +21,7 @@ import xxhash
 
 from .errors import FormatError
 from .growable import Growable
-from .header import HEADER_SIZE, MAGIC_POSITION, Header, decode_header, encode_header
+from .header import HEADER_SIZE, PositionHeader
 
 ENTRY = np.dtype("<u4")
 
@@ -63,16 +63,16 @@ class PositionIndex:
 
     @staticmethod
     def file_header(store_id: bytes, first: int) -> bytes:
-        return encode_header(Header(MAGIC_POSITION, store_id, first, 0, 0))
+        return PositionHeader(store_id, first).encode()
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, store_id: bytes, first: int, count: int, checksum: int) -> PositionIndex:
         """Decode the first ``count`` entries of a position file and check them."""
-        header = decode_header(buf, MAGIC_POSITION)
+        header = PositionHeader.decode(buf)
         if header.store_id != store_id:
             raise FormatError(16, "store id differs from the store's")
-        if header.a != first:
-            raise FormatError(32, f"first global offset is {header.a}, expected {first}")
+        if header.first != first:
+            raise FormatError(32, f"first global offset is {header.first}, expected {first}")
         end = HEADER_SIZE + 4 * count
         if len(buf) < end:
             raise FormatError(len(buf), f"file holds fewer than the {count} entries the checkpoint records")

@@ -34,7 +34,7 @@ import xxhash
 
 from .errors import FormatError
 from .growable import Growable
-from .header import HEADER_SIZE, MAGIC_RUNS, Header, decode_header, encode_header
+from .header import HEADER_SIZE, RunsHeader
 
 LARGE_RUNS = 128
 """A stream with more runs than this moves out of the shared table into its own file."""
@@ -81,15 +81,15 @@ class LargeRuns:
 
     @staticmethod
     def file_header(store_id: bytes, sid: int) -> bytes:
-        return encode_header(Header(MAGIC_RUNS, store_id, sid, 0, 0))
+        return RunsHeader(store_id, sid).encode()
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, store_id: bytes, sid: int, count: int, checksum: int) -> LargeRuns:
-        header = decode_header(buf, MAGIC_RUNS)
+        header = RunsHeader.decode(buf)
         if header.store_id != store_id:
             raise FormatError(16, "store id differs from the store's")
-        if header.a != sid:
-            raise FormatError(32, f"stream id is {header.a}, expected {sid}")
+        if header.stream_id != sid:
+            raise FormatError(32, f"stream id is {header.stream_id}, expected {sid}")
         end = HEADER_SIZE + 16 * count
         if len(buf) < end:
             raise FormatError(len(buf), f"file holds fewer than the {count} runs the catalog records")

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import xxhash
 
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, MAGIC_CHECKPOINT, Header, decode_header, encode_header
+from logstore.index.header import HEADER_SIZE, CheckpointHeader
 
 FLAG_CLEAN = 1
 _HEAD = struct.Struct("<QQQ")
@@ -52,19 +52,21 @@ class Checkpoint(NamedTuple):
         body = _HEAD.pack(self.next_goff, self.log_start, len(self.segments))
         body += b"".join(_SEG.pack(*s) for s in self.segments)
         flags = FLAG_CLEAN if self.clean else 0
-        header = Header(MAGIC_CHECKPOINT, store_id, self.generation, len(body), xxhash.xxh3_64_intdigest(body), flags)
-        return encode_header(header) + body
+        header = CheckpointHeader(store_id, self.generation, len(body), xxhash.xxh3_64_intdigest(body), flags)
+        return header.encode() + body
 
     @classmethod
     def decode(cls, buf: bytes, store_id: bytes | None) -> tuple[Checkpoint, bytes]:
         """Decode a checkpoint; returns it with the store id it names."""
-        header = decode_header(buf, MAGIC_CHECKPOINT)
+        header = CheckpointHeader.decode(buf)
         if store_id is not None and header.store_id != store_id:
             raise FormatError(16, "store id differs from the store's")
-        if len(buf) != HEADER_SIZE + header.b:
-            raise FormatError(40, f"body length is {header.b} but the file holds {len(buf) - HEADER_SIZE} bytes")
+        if len(buf) != HEADER_SIZE + header.body_length:
+            raise FormatError(
+                40, f"body length is {header.body_length} but the file holds {len(buf) - HEADER_SIZE} bytes"
+            )
         body = buf[HEADER_SIZE:]
-        if xxhash.xxh3_64_intdigest(body) != header.c:
+        if xxhash.xxh3_64_intdigest(body) != header.body_checksum:
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
         if len(body) < _HEAD.size:
             raise FormatError(HEADER_SIZE, "body is shorter than its fixed fields")
@@ -86,4 +88,4 @@ class Checkpoint(NamedTuple):
             raise FormatError(HEADER_SIZE, f"next global offset {next_goff} disagrees with the segments ({expect})")
         if segments and segments[0].first > log_start:
             raise FormatError(HEADER_SIZE + 8, f"log start {log_start} is before the first segment {segments[0].first}")
-        return cls(header.a, next_goff, segments, bool(header.flags & FLAG_CLEAN), log_start), header.store_id
+        return cls(header.generation, next_goff, segments, bool(header.flags & FLAG_CLEAN), log_start), header.store_id

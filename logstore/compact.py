@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from logstore.errors import OutOfSpaceError
-from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.segment import (
     KIND_MESSAGE,
     KIND_REMOVED,
@@ -304,7 +304,7 @@ def _write_copy(lg: Log, seg: Segment, first: np.ndarray, path: str) -> tuple[li
     """Write the compacted copy of ``seg`` to ``path`` and fsync it; returns its positions and end."""
     io = lg.io
     buf = seg.view
-    old = decode_header(bytes(buf[:HEADER_SIZE]), MAGIC_SEGMENT)
+    old = SegmentHeader.decode(bytes(buf[:HEADER_SIZE]))
     unpack = RECORD_HEADER.unpack_from
     records: list[bytes] = []
     positions: list[int] = []
@@ -325,7 +325,7 @@ def _write_copy(lg: Log, seg: Segment, first: np.ndarray, path: str) -> tuple[li
         io.unlink(path)
     fd = io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
     try:
-        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, seg.store_id, seg.first, out, old.c)), 0)
+        io.pwrite(fd, SegmentHeader(seg.store_id, seg.first, out, old.created).encode(), 0)
         p = HEADER_SIZE
         chunk: list[bytes] = []
         size = 0

@@ -130,7 +130,8 @@ class _Retired(Exception):
     """The segment was closed while it was read."""
 
 
-def _read_chunk(
+# Long on purpose: one pass over a segment's records, each kind handled inline.
+def _read_chunk(  # noqa: PLR0912
     seg: Segment,
     goff: int,
     stop: int,

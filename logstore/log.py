@@ -65,7 +65,13 @@ from logstore.segment import (
     segment_name,
 )
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
+
+
+def _first(seg: Segment) -> int:
+    """The key ``Log.segments`` is sorted by."""
+    return seg.first
+
 
 REPAIR_HINT = "run `logstore repair` on the store"
 _REREADS = 64
@@ -193,8 +199,9 @@ class Log:
         self.store_id = store_id
         self.readonly = readonly
         self.segment_size = segment_size
+        # In log order. Once readers may hold it, retention and close replace the list and a roll appends to
+        # it (recovery cuts it in place before that), so one read of it is a consistent list to search.
         self.segments: list[Segment] = []
-        self.firsts: list[int] = []
         self.runs = RunIndex()
         self.generation = 0
         self.next_goff = 0
@@ -205,7 +212,11 @@ class Log:
         self._head_open: set[int] = set()
         self._sid_limit = 0  # in a relaxed scan: stream ids must be below it (each needs a NAMED record)
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
+        self.checkpoint_due = False  # a roll sealed a segment since the last checkpoint: checkpoint it
         self.report = RecoveryReport()
+        # Set by load when no checkpoint is usable: the indexes are rebuilt from the whole log, and nothing
+        # tells how far the log was durable.
+        self.without_checkpoint = False
         self._scan_start = 0
         self._ckpt_sums: dict[int, tuple[int, int]] = {}  # first -> (count, checksum) already hashed
         # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
@@ -246,14 +257,11 @@ class Log:
         return self.segments[-1]
 
     def segment_for(self, goff: int) -> Segment:
-        for _ in range(3):  # retention may replace both lists between the two reads: read again
-            firsts, segments = self.firsts, self.segments
-            i = bisect.bisect_right(firsts, goff) - 1
-            if i < 0:
-                raise KeyError(goff)
-            if i < len(segments) and segments[i].first == firsts[i]:
-                return segments[i]
-        raise KeyError(goff)
+        segments = self.segments  # read once: retention may replace the list meanwhile
+        i = bisect.bisect_right(segments, goff, key=_first) - 1
+        if i < 0:
+            raise KeyError(goff)
+        return segments[i]
 
     # -- creating ----------------------------------------------------------------
 
@@ -268,7 +276,6 @@ class Log:
 
     def _add_segment(self, seg: Segment) -> None:
         self.segments.append(seg)
-        self.firsts.append(seg.first)
 
     def roll(self, first: int, reserve: int = 0) -> Segment:
         """Start a new active segment whose first global offset is ``first`` (writer thread).
@@ -301,7 +308,7 @@ class Log:
         if not gone:
             return 0
         keep = self.segments[len(gone) :]
-        self.segments, self.firsts = keep, [seg.first for seg in keep]
+        self.segments = keep
         self.checkpoint(clean=False)
         freed = 0
         for seg in gone:
@@ -389,33 +396,9 @@ class Log:
         entries = []
         sealed = self.segments[:-1]
         for seg in self.segments:
-            lazy = seg._lazy  # read once: a reader's first use may load the positions meanwhile
-            if lazy is not None:
-                count, checksum = lazy
-            else:
-                pos = seg.positions
-                count = len(pos)
-                missing = not io.exists(seg.pos_path)
-                if missing:
-                    pos.persisted = 0  # write every entry, not only the new ones
-                # An empty segment (the active one right after a roll) gets its file's header at each
-                # checkpoint: a crash may have left the file created but empty, and no entry would
-                # ever be appended to repair it while the segment stays empty.
-                if missing or pos.persisted < count or count == 0:
-                    created |= self._append_file(
-                        seg.pos_path,
-                        PositionIndex.file_header(self.store_id, seg.first),
-                        *pos.tail_bytes(),
-                        lambda pos=pos: pos.positions.view().tobytes(),  # type: ignore[misc]
-                    )
-                    pos.persisted = count
-                cached = self._ckpt_sums.get(seg.first)
-                if cached is not None and cached[0] == count:
-                    checksum = cached[1]
-                else:
-                    checksum = pos.checksum(count)
-                    self._ckpt_sums[seg.first] = (count, checksum)
-            entries.append(SegmentEntry(seg.first, count, seg.end, checksum))
+            entry, made = self._position_entry(seg)
+            created |= made
+            entries.append(entry)
         for sid in self.runs.merge():
             self.catalog.flags[sid] |= FLAG_LARGE
         for sid, big in self.runs.large.items():
@@ -440,11 +423,46 @@ class Log:
         if io.exists(old):
             io.unlink(old)
         self.checkpointed_bytes = 0
+        self.checkpoint_due = False
         for seg, entry in zip(sealed, entries, strict=False):
             if seg._lazy is None:
                 # A sealed segment's positions are in its file now: let them go, so that memory does not
                 # grow with the log. A reader holding the index keeps it; the next one loads the file.
                 seg.set_lazy_positions(entry.records, entry.checksum)
+
+    def _position_entry(self, seg: Segment) -> tuple[SegmentEntry, bool]:
+        """Step (1) of a checkpoint for ``seg``: append its new position entries to its file and fsync it.
+
+        Returns the segment's checkpoint entry and whether its position file was created.
+        """
+        created = False
+        lazy = seg._lazy  # read once: a reader's first use may load the positions meanwhile
+        if lazy is not None:
+            count, checksum = lazy
+        else:
+            pos = seg.positions
+            count = len(pos)
+            missing = not self.io.exists(seg.pos_path)
+            if missing:
+                pos.persisted = 0  # write every entry, not only the new ones
+            # An empty segment (the active one right after a roll) gets its file's header at each
+            # checkpoint: a crash may have left the file created but empty, and no entry would
+            # ever be appended to repair it while the segment stays empty.
+            if missing or pos.persisted < count or count == 0:
+                created = self._append_file(
+                    seg.pos_path,
+                    PositionIndex.file_header(self.store_id, seg.first),
+                    *pos.tail_bytes(),
+                    lambda pos=pos: pos.positions.view().tobytes(),  # type: ignore[misc]
+                )
+                pos.persisted = count
+            cached = self._ckpt_sums.get(seg.first)
+            if cached is not None and cached[0] == count:
+                checksum = cached[1]
+            else:
+                checksum = pos.checksum(count)
+                self._ckpt_sums[seg.first] = (count, checksum)
+        return SegmentEntry(seg.first, count, seg.end, checksum), created
 
     def sync_scanned(self) -> None:
         """fdatasync the segments that recovery scanned, which a crashed writer may not have synced."""
@@ -521,7 +539,8 @@ class Log:
 
     # -- opening and recovery ----------------------------------------------------
 
-    def load(self, ckpt: Checkpoint | None, ckpt_problem: str | None) -> Checkpoint | None:
+    # Long on purpose: the open's steps in order, each branch one kind of damage it handles.
+    def load(self, ckpt: Checkpoint | None, ckpt_problem: str | None) -> Checkpoint | None:  # noqa: PLR0912, PLR0915
         """Open every segment, load the checkpointed indexes and scan the tail after them.
 
         Returns the checkpoint that was used (``None`` if the indexes were rebuilt from the log).
@@ -567,14 +586,13 @@ class Log:
                 problem = f"index files unusable ({exc}); rebuilt from the log"
                 # A read-only open meets files a live writer replaces (retry_changes) and loads again;
                 # only files that stay missing or damaged get here: nothing is lost, but it is news.
-                log.warning("%s: %s", self.directory, problem)
-                report.rebuilt.append("all indexes")
+                logger.warning("%s: %s", self.directory, problem)
                 ckpt = None
                 ckpt_problem = problem
         if ckpt is None:
             report.checkpoint = ckpt_problem or "none"
-            if "all indexes" not in report.rebuilt:
-                report.rebuilt.append("all indexes")
+            report.rebuilt.append("all indexes")
+            self.without_checkpoint = True
             self.catalog = Catalog()
             self.runs = RunIndex()
             for seg in self.segments:
@@ -647,10 +665,10 @@ class Log:
                 if self.readonly:
                     # Beside a live writer this is a compaction between its swap and its checkpoint;
                     # the positions are read from the segment, in memory, and no file changes.
-                    log.info("%s: position index missing or stale; read from the segment", seg.pos_path)
+                    logger.info("%s: position index missing or stale; read from the segment", seg.pos_path)
                     self.report.notes.append(f"read the positions of {rel} from the segment")
                     continue
-                log.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
+                logger.info("%s: position index missing or stale; rebuilt from the segment", seg.pos_path)
                 self.report.rebuilt.append(rel)
                 continue
             seg.end = e.end
@@ -683,7 +701,8 @@ class Log:
             if seg.first not in listed and seg.first <= last:
                 raise CorruptionError(seg.path, 0, "segment is not named by the checkpoint", REPAIR_HINT)
 
-    def _scan(self, start: int, clean_end: bool) -> None:
+    # Long on purpose: recovery's single pass over the records, kept in one piece on purpose.
+    def _scan(self, start: int, clean_end: bool) -> None:  # noqa: PLR0912, PLR0915
         """Apply every whole transaction past the checkpoint; cut or refuse what is damaged.
 
         A read-only open may run beside a writer that is appending to the
@@ -806,7 +825,8 @@ class Log:
             return False
         return True
 
-    def _check_record(
+    # Long on purpose: one check per rule a record must meet, run on every record recovery scans.
+    def _check_record(  # noqa: PLR0912
         self, rec: Record, expected: int, new_names: dict[str, int], tx_heads: dict[int, int]
     ) -> str | None:
         cat = self.catalog
@@ -851,7 +871,8 @@ class Log:
             return f"stream id {rec.sid} {what} {rec.soff}, expected {head}"
         return None
 
-    def _apply(self, pending: list[tuple[int, Record]]) -> None:
+    # Long on purpose: recovery's per-record update of the indexes, one branch per record kind.
+    def _apply(self, pending: list[tuple[int, Record]]) -> None:  # noqa: PLR0912
         cat, runs = self.catalog, self.runs
         # Record positions go to each segment's index in one extend per segment (the hot loop of a
         # long tail); .item() reads a numpy element as an int without making a numpy scalar.
@@ -916,7 +937,6 @@ class Log:
         for later in self.segments[gi + 1 :]:
             later.close()
         del self.segments[gi + 1 :]
-        del self.firsts[gi + 1 :]
 
     def _durable_after(self, damage: _Damage) -> bool:
         """Was the damaged data once durable, so that it is not a torn write?
@@ -925,7 +945,7 @@ class Log:
         checkpoint nothing tells how far the log was durable, so then any
         valid record after the damage counts.
         """
-        strict = "all indexes" in self.report.rebuilt
+        strict = self.without_checkpoint
         i, p = damage.index, damage.position + 1
         while i < len(self.segments):
             seg = self.segments[i]
@@ -968,7 +988,7 @@ class Log:
         report.tail = f"{gseg.path}@{gpos}"
         report.tail_bytes = seen
         report.tail_reason = f"{damage.what} at {self.segments[damage.index].path}@{damage.position}"
-        log.info(
+        logger.info(
             "%s: read-only open reads up to %s, the end of the last complete transaction; %d bytes past it "
             "(%s) are left to the writer: a transaction in flight, or a torn tail the next writable open cuts",
             self.directory,
@@ -1022,7 +1042,7 @@ class Log:
                 self.io.pwrite(gseg.fd, zero[:n], p)
                 p += n
             self.io.fdatasync(gseg.fd)
-        log.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
+        logger.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
 
     def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
         path = os.path.join(lf_dir, base + ".bin")
@@ -1049,6 +1069,5 @@ class Log:
 
     def close(self) -> None:
         segments, self.segments = self.segments, []
-        self.firsts = []
         for seg in segments:
             seg.close()

@@ -404,7 +404,8 @@ class StreamReader(_Reader):
         head = self._head()
         return self._sid is not None and max(self._next, int(self._pub.catalog.first[self._sid])) < head
 
-    def _advance_once(self) -> bool:
+    # Long on purpose: the global reader's read loop (hot path, bench W3), one pass on purpose.
+    def _advance_once(self) -> bool:  # noqa: PLR0912, PLR0915
         if self._bufi < len(self._buf) and self._take():
             return True
         pub = self._pub

@@ -41,7 +41,7 @@ from logstore.checkpoint import Checkpoint
 from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError
 from logstore.fileio import FileIO, default_io
 from logstore.index.errors import FormatError, UnsupportedVersionError
-from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, Header, decode_header, encode_header
+from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.segment import (
     FLAG_NAMED,
     FLAG_TX_END,
@@ -141,7 +141,8 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
     return report
 
 
-def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
+# Long on purpose: the repair's steps in order, as its docstring lists them.
+def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa: PLR0912, PLR0915
     seg_dir = os.path.join(path, "segments")
     stream_dir = os.path.join(path, "streams")
     report.changed = True
@@ -163,14 +164,14 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:
         data = io.read_file(p)
         seg = _Seg(p, int(name[:20]), data)
         try:
-            header = decode_header(data, MAGIC_SEGMENT)
+            header = SegmentHeader.decode(data)
             if header.store_id != store_id:
                 lf.move(p, "segment of another store (store id differs)")
                 continue
-            if header.a != seg.first:
-                seg.header_bad = f"header names global offset {header.a}"
-            elif len(data) > header.b:  # shorter is normal: a segment file grows up to its capacity
-                seg.size_bad = f"file is {len(data)} bytes, longer than the {header.b} its header says"
+            if header.first != seg.first:
+                seg.header_bad = f"header names global offset {header.first}"
+            elif len(data) > header.capacity:  # shorter is normal: a segment file grows up to its capacity
+                seg.size_bad = f"file is {len(data)} bytes, longer than the {header.capacity} its header says"
         except FormatError as exc:
             seg.header_bad = f"header damaged at byte {exc.position}: {exc.what}"
         segs.append(seg)
@@ -286,7 +287,7 @@ def _check_versions(path: str, io: FileIO) -> None:
         if name.endswith(".log") and not _stray(name, "segments"):
             p = os.path.join(seg_dir, name)
             try:
-                decode_header(io.read_file(p)[:HEADER_SIZE], MAGIC_SEGMENT)
+                SegmentHeader.decode(io.read_file(p)[:HEADER_SIZE])
             except UnsupportedVersionError as exc:
                 raise FormatVersionError(p, exc.position, exc.what) from None
             except FormatError:
@@ -319,7 +320,7 @@ def _store_id(path: str, io: FileIO) -> bytes:
     for name in io.listdir(seg_dir):
         if name.endswith(".log"):
             try:
-                h = decode_header(io.read_file(os.path.join(seg_dir, name))[:HEADER_SIZE], MAGIC_SEGMENT)
+                h = SegmentHeader.decode(io.read_file(os.path.join(seg_dir, name))[:HEADER_SIZE])
             except FormatError:
                 continue
             votes[h.store_id] = votes.get(h.store_id, 0) + 1
@@ -357,6 +358,16 @@ def _walk(seg: _Seg) -> None:
         pos += rec.length
 
 
+def _stream_names(segs: list[_Seg]) -> dict[int, str]:
+    """Every stream's name, from the first surviving record that carries it."""
+    names: dict[int, str] = {}
+    for seg in segs:
+        for rec in seg.records:
+            if rec.name is not None and rec.sid != NO_STREAM:
+                names.setdefault(rec.sid, rec.name)
+    return names
+
+
 def _attribute(
     segs: list[_Seg], gaps: list[tuple[int, int, int]]
 ) -> tuple[dict[int, tuple[int, int, str]], dict[int, str]]:
@@ -366,11 +377,7 @@ def _attribute(
     head lost the offsets in between, between the global offsets of its two
     records. Returns that map and every stream's name.
     """
-    names: dict[int, str] = {}
-    for seg in segs:
-        for rec in seg.records:
-            if rec.name is not None and rec.sid != NO_STREAM:
-                names.setdefault(rec.sid, rec.name)
+    names = _stream_names(segs)
     free = sorted(g for _si, g0, n in gaps for g in range(g0, g0 + n))
     out: dict[int, tuple[int, int, str]] = {}
     from_zero = segs[0].first == 0 or any(g0 == 0 for _si, g0, _n in gaps)
@@ -462,8 +469,8 @@ def _rewrite(
     try:
         created = time.time_ns()
         with contextlib.suppress(FormatError):  # keep the creation time, which age retention goes by
-            created = decode_header(seg.data[:HEADER_SIZE], MAGIC_SEGMENT).c
-        io.pwrite(fd, encode_header(Header(MAGIC_SEGMENT, store_id, first, size, created)) + body, 0)
+            created = SegmentHeader.decode(seg.data[:HEADER_SIZE]).created
+        io.pwrite(fd, SegmentHeader(store_id, first, size, created).encode() + body, 0)
         io.fsync(fd)
     finally:
         io.close(fd)

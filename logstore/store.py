@@ -44,7 +44,7 @@ from logstore.reader import GlobalReader, StreamReader, close_readers
 from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
 from logstore.writer import ANY, ANY_OFFSET, AnyOffset, Committer, Tx, Writer
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
 
 DURABILITY_MODES = ("fsync", "batch", "none")
 DEFAULT_SEGMENT_SIZE = 256 * 2**20
@@ -174,7 +174,8 @@ class Store:
     :class:`~logstore.StoreForkedError` (open the store in the child instead).
     """
 
-    def __init__(
+    # Long on purpose: the open's steps in order, with the cleanup each failure needs.
+    def __init__(  # noqa: PLR0912, PLR0915
         self,
         path: str,
         *,
@@ -257,7 +258,7 @@ class Store:
             # A cut moved bytes out of the log: the operator should know. Rebuilt indexes are derived
             # data (after repair, compaction or a lost checkpoint) and lose nothing.
             level = logging.WARNING if report.cut else logging.INFO
-            log.log(level, "%s: opened after recovery: %s", path, report.summary())
+            logger.log(level, "%s: opened after recovery: %s", path, report.summary())
 
     # -- opening -------------------------------------------------------------------
 
@@ -342,7 +343,7 @@ class Store:
             raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
         self._lock_fd = fd
         if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
-            log.info("%s: the store's creation did not finish (a crash); creating it again", path)
+            logger.info("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
 
@@ -376,7 +377,7 @@ class Store:
                     io.unlink(os.path.join(path, "LOCK"))
                 io.rmdir(path)
         except OSError as exc:
-            log.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
+            logger.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
 
     def _creation_unfinished(self, entries: set[str]) -> bool:
         """Whether the directory holds only what a crash while creating the store can leave.
@@ -406,12 +407,12 @@ class Store:
         except FileNotFoundError:
             # Derived data, as after `logstore repair`: rebuilt from the log, nothing lost.
             problem = "CHECKPOINT is missing; indexes rebuilt from the log"
-            log.info("%s: %s", self.path, problem)
+            logger.info("%s: %s", self.path, problem)
         except UnsupportedVersionError as exc:
             raise FormatVersionError(path, exc.position, exc.what) from None
         except FormatError as exc:
             problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
-            log.warning("%s: %s", self.path, problem)
+            logger.warning("%s: %s", self.path, problem)
         return None, problem, self._store_id_from_segments()
 
     def _store_id_from_segments(self) -> bytes:
@@ -458,7 +459,7 @@ class Store:
                 self._io.close(fd)
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
-            segments, lg.segments, lg.firsts = lg.segments, [], []
+            segments, lg.segments = lg.segments, []
             for seg in segments:
                 with contextlib.suppress(Exception):  # one segment's trouble must not keep the others open
                     seg.close()

@@ -70,7 +70,7 @@ from logstore.errors import CorruptionError
 from logstore.fileio import FileIO, default_io
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, MAGIC_POSITION, MAGIC_RUNS, decode_header
+from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.segment import (
@@ -324,7 +324,8 @@ class _Verifier:
 
     # -- directory layout ----------------------------------------------------------------
 
-    def _layout(self) -> None:
+    # Long on purpose: one check per rule of the store layout (docs/FORMAT.md), in order.
+    def _layout(self) -> None:  # noqa: PLR0912
         io, path = self.io, self.path
         for name in io.listdir(path):
             p = os.path.join(path, name)
@@ -442,7 +443,8 @@ class _Verifier:
 
     # -- the log ---------------------------------------------------------------------------
 
-    def _scan_log(self, firsts: list[int]) -> None:
+    # Long on purpose: verify's single pass over the records of every segment.
+    def _scan_log(self, firsts: list[int]) -> None:  # noqa: PLR0912, PLR0915
         assert self.store_id is not None
         result = self.result
         ckpt_goff = self.ckpt.next_goff if self.ckpt is not None else -1
@@ -542,7 +544,8 @@ class _Verifier:
         streams = {sid: st.snapshot() for sid, st in self.streams.items()}
         self.at_ckpt = _AtCheckpoint(streams, self.retain, self.open_tx is not None)
 
-    def _record(self, seg_path: str, rec: Record, named: set[int], buf: memoryview) -> None:
+    # Long on purpose: one check per rule a record must meet (docs/FORMAT.md), in order.
+    def _record(self, seg_path: str, rec: Record, named: set[int], buf: memoryview) -> None:  # noqa: PLR0912, PLR0915
         result = self.result
         pos = rec.position
         kind = rec.kind
@@ -727,7 +730,8 @@ class _Verifier:
 
     # -- the checkpoint and the position files against the log --------------------------------
 
-    def _checkpoint_against_log(self) -> bool:
+    # Long on purpose: one check per field of the checkpoint against the log, in order.
+    def _checkpoint_against_log(self) -> bool:  # noqa: PLR0912, PLR0915
         """Check the checkpoint's counts, segments and position files; False if the catalog cannot be compared."""
         ckpt = self.ckpt
         assert ckpt is not None and self.store_id is not None
@@ -864,7 +868,8 @@ class _Verifier:
                 cat_path, lay, catalog, runs, sid, log_streams.get(sid), sid in large_ids, unusable
             )
 
-    def _stream_against_log(
+    # Long on purpose: one check per catalog field of a stream against the log, in order.
+    def _stream_against_log(  # noqa: PLR0912, PLR0915
         self,
         cat_path: str,
         lay: _CatalogLayout,
@@ -975,7 +980,7 @@ class _Verifier:
             if first not in self.logs:
                 self.note(f"{p}: position file of no segment (left by an interrupted removal)")
                 continue
-            what = self._header_problem(p, MAGIC_POSITION, first)
+            what = self._header_problem(p, PositionHeader, first)
             if what:
                 self.note(f"{p}: {what} (not yet covered by the checkpoint; the next checkpoint rewrites it)")
         if self.large_ids is None:
@@ -983,23 +988,26 @@ class _Verifier:
         for sid, p in sorted(self.run_files.items()):
             if sid in self.large_ids:
                 continue
-            what = self._header_problem(p, MAGIC_RUNS, sid)
+            what = self._header_problem(p, RunsHeader, sid)
             extra = f" ({what})" if what else ""
             self.note(
                 f"{p}: run file of a stream the catalog does not list as large{extra}; rewritten if it becomes large"
             )
 
-    def _header_problem(self, path: str, magic: bytes, a: int) -> str | None:
+    def _header_problem(self, path: str, kind: type[PositionHeader] | type[RunsHeader], expected: int) -> str | None:
+        """What is wrong with the header of a position file (naming segment ``expected``) or a run file
+        (naming stream ``expected``), or ``None``."""
         try:
-            header = decode_header(self.io.read_file(path), magic)
+            header = kind.decode(self.io.read_file(path))
         except FormatError as exc:
             return f"header at byte {exc.position}: {exc.what}"
         except OSError as exc:
             return f"cannot read: {exc}"
         if header.store_id != self.store_id:
             return "header: store id differs from the store's"
-        if header.a != a:
-            return f"header names {header.a}, the file name {a}"
+        named = header.first if isinstance(header, PositionHeader) else header.stream_id
+        if named != expected:
+            return f"header names {named}, the file name {expected}"
         return None
 
 

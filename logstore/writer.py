@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from logstore.published import Published
     from logstore.segment import Segment
 
-log = logging.getLogger("logstore")
+logger = logging.getLogger("logstore")
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 # Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
@@ -438,7 +438,12 @@ class Writer:
             batch.clear()
 
     def _maintenance_due(self) -> bool:
-        return self.failed is None and (self._retention_due or self.log.checkpointed_bytes >= self.checkpoint_bytes)
+        return self.failed is None and (self._retention_due or self._checkpoint_due())
+
+    def _checkpoint_due(self) -> bool:
+        """A checkpoint is due every ``checkpoint_bytes`` of log, and after a roll (for the sealed segment)."""
+        lg = self.log
+        return lg.checkpoint_due or lg.checkpointed_bytes >= self.checkpoint_bytes
 
     def _maintain(self) -> None:
         """Apply retention after a roll, and checkpoint every ``checkpoint_bytes`` (writer role)."""
@@ -448,7 +453,7 @@ class Writer:
             if self._retention_due:
                 self._retention_due = False
                 self.apply_retention()
-            if self.log.checkpointed_bytes >= self.checkpoint_bytes:
+            if self._checkpoint_due():
                 self.sync()
                 self.log.checkpoint(clean=False)
         except BaseException as exc:  # every failure fails the store; an interrupt goes on up
@@ -572,7 +577,7 @@ class Writer:
             self.synced = (active.first, active.end, self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
-        log.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
+        logger.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
         what = str(exc) if isinstance(exc, OutOfSpaceError) else repr(exc)  # its message names file, size, option
         failed = StoreFailedError(
             f"{self.log.directory}: a write or fsync failed ({what}); "
@@ -719,7 +724,7 @@ class Writer:
             lg.roll(lg.next_goff)
         except OutOfSpaceError as exc:
             return exc
-        lg.checkpointed_bytes += self.checkpoint_bytes
+        lg.checkpoint_due = True
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return True
 
@@ -747,7 +752,7 @@ class Writer:
         pub = self.published
         pub.log_start = start
         pub.visible_end = lg.next_goff
-        log.info("%s: retention moved the log start to global offset %d", lg.directory, start)
+        logger.info("%s: retention moved the log start to global offset %d", lg.directory, start)
         pub.removed()  # readers drop what they decoded ahead, then are woken
 
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
@@ -779,7 +784,7 @@ class Writer:
                 self._dirty = False
                 self.synced = (seg.first, seg.end, goff)
                 seg = lg.roll(goff, HEADER_SIZE + bound)
-                lg.checkpointed_bytes += self.checkpoint_bytes
+                lg.checkpoint_due = True
                 self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                 start = pos = seg.end
                 parts, positions = [], []
@@ -801,7 +806,8 @@ class Writer:
         if self._group_syncs():
             self.sync()
 
-    def _process(self, batch: list[_Pending]) -> bool:
+    # Long on purpose: the commit group loop (hot path, bench W1), a single pass on purpose.
+    def _process(self, batch: list[_Pending]) -> bool:  # noqa: PLR0912, PLR0915
         """Write, sync and publish one group; returns whether anything was committed."""
         lg = self.log
         cat = lg.catalog
@@ -918,7 +924,7 @@ class Writer:
                         # The new segment is allocated with room for the rest of the group. A full file
                         # system fails the store here: the group is written in part.
                         seg = lg.roll(goff, HEADER_SIZE + bound)
-                        lg.checkpointed_bytes += self.checkpoint_bytes  # checkpoint the sealed segment
+                        lg.checkpoint_due = True  # checkpoint the sealed segment
                         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
                         named = seg.named
                         start_pos = pos = seg.end

@@ -19,7 +19,7 @@ from typing import Any
 
 import logstore
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, MAGIC_SEGMENT, decode_header
+from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from logstore.tools.progress import progress
 from logstore.tools.storedir import store_dir_problem
@@ -54,10 +54,10 @@ def _segment_size(directory: str) -> int | None:
         if not names:
             return None
         with open(os.path.join(seg_dir, names[-1]), "rb") as f:
-            header = decode_header(f.read(HEADER_SIZE), MAGIC_SEGMENT)
+            header = SegmentHeader.decode(f.read(HEADER_SIZE))
     except (OSError, FormatError):
         return None
-    return header.b if MIN_SEGMENT_SIZE <= header.b <= MAX_SEGMENT_SIZE else None
+    return header.capacity if MIN_SEGMENT_SIZE <= header.capacity <= MAX_SEGMENT_SIZE else None
 
 
 def run(args: argparse.Namespace) -> int:
