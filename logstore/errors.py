@@ -6,8 +6,12 @@ that says which argument is wrong and why.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
+
+from logstore.index.errors import FormatError, UnsupportedVersionError
 
 
 class LogStoreError(Exception):
@@ -54,6 +58,27 @@ class CorruptionError(LogStoreError):
 
 class FormatVersionError(CorruptionError):
     """A file written by a format version this code does not read."""
+
+
+@contextlib.contextmanager
+def as_corruption(path: str, prefix: str = "", hint: str = "", *, versions_only: bool = False) -> Iterator[None]:
+    """Re-raise the index layer's decoding errors for the file ``path`` as the engine's errors.
+
+    An :class:`~logstore.index.errors.UnsupportedVersionError` becomes :class:`FormatVersionError` (without
+    ``hint``: repair cannot make a newer format readable); any other
+    :class:`~logstore.index.errors.FormatError` becomes :class:`CorruptionError` with ``hint``, or, with
+    ``versions_only``, propagates unchanged for the caller to handle. ``prefix`` goes before the
+    decoder's description (``"segment header: "``). The position is the decoder's, which is a position in
+    ``path`` when the decoded buffer starts at the file's first byte.
+    """
+    try:
+        yield
+    except UnsupportedVersionError as exc:
+        raise FormatVersionError(path, exc.position, prefix + exc.what) from None
+    except FormatError as exc:
+        if versions_only:
+            raise
+        raise CorruptionError(path, exc.position, prefix + exc.what, hint) from None
 
 
 class StoreLockedError(LogStoreError):

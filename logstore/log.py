@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from logstore.checkpoint import Checkpoint, SegmentEntry
-from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
+from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError, as_corruption
 from logstore.fileio import FileIO
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
-from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
@@ -635,20 +635,12 @@ class Log:
     def _load_indexes(self, ckpt: Checkpoint) -> None:
         io = self.io
         cat_path = self._catalog_path(ckpt.generation)
-        try:
+        with as_corruption(cat_path):
             catalog, runs, large = Catalog.decode(io.read_file(cat_path), self.store_id, ckpt.generation)
-        except UnsupportedVersionError as exc:
-            raise FormatVersionError(cat_path, exc.position, exc.what) from None
-        except FormatError as exc:
-            raise CorruptionError(cat_path, exc.position, exc.what) from None
         for sid, count, checksum in large:
             path = os.path.join(self.stream_dir, f"{sid:010d}.runs")
-            try:
+            with as_corruption(path):
                 runs.large[sid] = LargeRuns.decode(io.read_file(path), self.store_id, sid, count, checksum)
-            except UnsupportedVersionError as exc:
-                raise FormatVersionError(path, exc.position, exc.what) from None
-            except FormatError as exc:
-                raise CorruptionError(path, exc.position, exc.what) from None
         past = _runs_past_the_log(catalog, runs, ckpt.next_goff)
         if past:  # checksummed, but readers would follow it past the end of the log: rebuild instead
             raise CorruptionError(cat_path, HEADER_SIZE, past)

@@ -38,9 +38,9 @@ import time
 from dataclasses import dataclass, field
 
 from logstore.checkpoint import Checkpoint
-from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError
+from logstore.errors import CorruptionError, StoreLockedError, as_corruption
 from logstore.fileio import FileIO, default_io
-from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.segment import (
     FLAG_NAMED,
@@ -286,20 +286,12 @@ def _check_versions(path: str, io: FileIO) -> None:
     for name in sorted(io.listdir(seg_dir)):
         if name.endswith(".log") and not _stray(name, "segments"):
             p = os.path.join(seg_dir, name)
-            try:
+            with contextlib.suppress(FormatError), as_corruption(p, versions_only=True):
                 SegmentHeader.decode(io.read_file(p)[:HEADER_SIZE])
-            except UnsupportedVersionError as exc:
-                raise FormatVersionError(p, exc.position, exc.what) from None
-            except FormatError:
-                pass
     ckpt = os.path.join(path, "CHECKPOINT")
     if io.exists(ckpt):
-        try:
+        with contextlib.suppress(FormatError), as_corruption(ckpt, versions_only=True):
             Checkpoint.decode(io.read_file(ckpt), None)
-        except UnsupportedVersionError as exc:
-            raise FormatVersionError(ckpt, exc.position, exc.what) from None
-        except FormatError:
-            pass
 
 
 def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:

@@ -72,9 +72,9 @@ import numpy as np
 import xxhash
 
 from logstore.envelope import Envelope, decode
-from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError
+from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
 from logstore.fileio import FileIO
-from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
 
@@ -429,9 +429,8 @@ class Segment:
         path = self.pos_path
         try:
             buf = self.io.read_file(path)
-            return PositionIndex.decode(buf, self.store_id, self.first, count, checksum)
-        except UnsupportedVersionError as exc:
-            raise FormatVersionError(path, exc.position, exc.what) from None
+            with as_corruption(path, versions_only=True):
+                return PositionIndex.decode(buf, self.store_id, self.first, count, checksum)
         except (OSError, FormatError) as exc:
             if not self.writable:
                 # A read-only opener's segment: a writer process compacted it (or retention dropped it)
@@ -717,12 +716,8 @@ class Segment:
 
 def read_segment_header(io: FileIO, path: str, fd: int) -> SegmentHeader:
     raw = io.pread(fd, HEADER_SIZE, 0)
-    try:
+    with as_corruption(path, "segment header: ", "run logstore repair"):
         return SegmentHeader.decode(raw)
-    except UnsupportedVersionError as exc:
-        raise FormatVersionError(path, exc.position, f"segment header: {exc.what}") from None
-    except FormatError as exc:
-        raise CorruptionError(path, exc.position, f"segment header: {exc.what}", "run logstore repair") from None
 
 
 def open_segment(io: FileIO, path: str, store_id: bytes, writable: bool) -> Segment:

@@ -33,10 +33,11 @@ from logstore.errors import (
     StoreClosedError,
     StoreForkedError,
     StoreLockedError,
+    as_corruption,
 )
 from logstore.fileio import FileIO, default_io
 from logstore.index.catalog import FLAG_DELETED
-from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.published import Published
@@ -402,14 +403,13 @@ class Store:
         path = os.path.join(self.path, "CHECKPOINT")
         try:
             raw = self._io.read_file(path)
-            ckpt, store_id = Checkpoint.decode(raw, None)
+            with as_corruption(path, versions_only=True):
+                ckpt, store_id = Checkpoint.decode(raw, None)
             return ckpt, None, store_id
         except FileNotFoundError:
             # Derived data, as after `logstore repair`: rebuilt from the log, nothing lost.
             problem = "CHECKPOINT is missing; indexes rebuilt from the log"
             logger.info("%s: %s", self.path, problem)
-        except UnsupportedVersionError as exc:
-            raise FormatVersionError(path, exc.position, exc.what) from None
         except FormatError as exc:
             problem = f"CHECKPOINT is damaged at byte {exc.position} ({exc.what}); indexes rebuilt from the log"
             logger.warning("%s: %s", self.path, problem)

@@ -1,0 +1,46 @@
+"""The modules that give each shared fact of the engine one home.
+
+- :func:`logstore.errors.as_corruption` turns the index layer's decoding
+  errors into the engine's: an unknown format version into
+  ``FormatVersionError``, other damage into ``CorruptionError`` with the
+  file's path, the decoder's position and the caller's prefix and hint.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from logstore.errors import CorruptionError, FormatVersionError, as_corruption
+from logstore.index.errors import FormatError, UnsupportedVersionError
+
+
+def test_as_corruption_names_the_file_the_position_and_the_hint() -> None:
+    with pytest.raises(CorruptionError) as info, as_corruption("/s/CHECKPOINT", "header: ", "run logstore repair"):
+        raise FormatError(24, "checksum mismatch")
+    assert type(info.value) is CorruptionError
+    assert str(info.value) == "/s/CHECKPOINT at byte 24: header: checksum mismatch (run logstore repair)"
+    assert (info.value.path, info.value.position, info.value.what) == ("/s/CHECKPOINT", 24, "header: checksum mismatch")
+    assert info.value.__suppress_context__
+
+
+def test_as_corruption_reports_an_unknown_version_without_the_repair_hint() -> None:
+    with pytest.raises(FormatVersionError) as info, as_corruption("/s/a.pos", "x: ", "run logstore repair"):
+        raise UnsupportedVersionError(4, "format version 9 is not supported", 9)
+    assert str(info.value) == "/s/a.pos at byte 4: x: format version 9 is not supported"
+
+
+def test_as_corruption_with_versions_only_lets_other_damage_through() -> None:
+    with pytest.raises(FormatError) as info, as_corruption("/s/a.pos", versions_only=True):
+        raise FormatError(7, "short")
+    assert not isinstance(info.value, CorruptionError)
+    assert (info.value.position, info.value.what) == (7, "short")
+    with pytest.raises(FormatVersionError), as_corruption("/s/a.pos", versions_only=True):
+        raise UnsupportedVersionError(4, "format version 9 is not supported", 9)
+
+
+def test_as_corruption_leaves_other_errors_and_success_alone() -> None:
+    with as_corruption("/s/x"):
+        value = 1
+    assert value == 1
+    with pytest.raises(OSError), as_corruption("/s/x"):
+        raise FileNotFoundError("/s/x")
