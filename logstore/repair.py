@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import json
 import os
 import time
 from dataclasses import dataclass, field
 
 from logstore.checkpoint import Checkpoint
-from logstore.errors import CorruptionError, StoreLockedError, as_corruption
+from logstore.errors import CorruptionError, as_corruption
 from logstore.fileio import FileIO, default_io
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
+from logstore.lock import release_writer_lock, take_writer_lock
 from logstore.segment import (
     FLAG_NAMED,
     FLAG_TX_END,
@@ -123,18 +123,14 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         else:
             _repair_locked(path, io, report)
         return report
-    lock_fd = io.open(lock_path, os.O_RDWR | os.O_CREAT)
+    lock_fd = take_writer_lock(io, path, "a writer holds the store; close it before repairing")
     try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(f"{path}: a writer holds the store; close it before repairing") from None
         if result.ok:
             report.actions.append(_NOTHING)
         else:
             _repair_locked(path, io, report)
     finally:
-        io.close(lock_fd)  # closing the descriptor releases the lock
+        release_writer_lock(io, lock_fd)
     if not dry_run and report.changed:
         with open_store(path) as store:
             report.actions.append(f"rebuilt the indexes from the log: {store.recovery_report.summary()}")

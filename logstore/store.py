@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -39,6 +38,7 @@ from logstore.fileio import FileIO, default_io
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
+from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock
 from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.published import Published
 from logstore.reader import GlobalReader, StreamReader, close_readers
@@ -333,16 +333,12 @@ class Store:
         if self.readonly:
             return False
         try:
-            fd = io.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT)
+            self._lock_fd = take_writer_lock(io, path, "another process (or open store) holds the writer lock")
+        except StoreLockedError:
+            raise
         except Exception:
             self._remove_created()
             raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            io.close(fd)
-            raise StoreLockedError(f"{path}: another process (or open store) holds the writer lock") from None
-        self._lock_fd = fd
         if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
             logger.info("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
@@ -429,9 +425,8 @@ class Store:
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            self._io.close(self._lock_fd)
-            self._lock_fd = None
+            fd, self._lock_fd = self._lock_fd, None
+            release_writer_lock(self._io, fd)
 
     # -- fork ------------------------------------------------------------------------
 
@@ -439,9 +434,9 @@ class Store:
         """In a forked child (``_after_fork_in_child``): make this store refuse all use, and drop the
         child's copies of its descriptors and mappings.
 
-        Never ``flock(LOCK_UN)``: the LOCK descriptor's open file description is
-        shared with the parent, and an unlock through it releases the parent's
-        lock. Closing the child's descriptor leaves the lock with the parent, and
+        Never ``flock(LOCK_UN)`` (``logstore/lock.py``): the LOCK descriptor's open
+        file description is shared with the parent, and an unlock through it releases
+        the parent's lock. Closing the child's descriptor leaves the lock with the parent, and
         closing it here (rather than at the child's ``close()``, which may never
         come) means the child no longer keeps the lock alive once the parent
         closes the store, nor keeps removed segment files on disk. No lock is
@@ -455,8 +450,7 @@ class Store:
         close_readers(pub.readers)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                self._io.close(fd)
+            drop_lock_in_child(self._io, fd)
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
             segments, lg.segments = lg.segments, []

@@ -55,7 +55,6 @@ records present determine.
 from __future__ import annotations
 
 import bisect
-import fcntl
 import itertools
 import os
 import re
@@ -73,6 +72,7 @@ from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
+from logstore.lock import writer_is_live
 from logstore.segment import (
     FLAG_TX_END,
     KIND_DELETE,
@@ -187,21 +187,6 @@ class _SegmentScan:
     ends: list[int] = field(default_factory=list)
 
 
-def _writer_active(path: str) -> bool:
-    lock = os.path.join(path, "LOCK")
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 Progress = Callable[[int, int | None], None]
 """``progress(done, total)``: records walked so far, and how many the checkpoint expects (``None``: unknown)."""
 
@@ -232,7 +217,7 @@ def verify(
     once two checks from the same checkpoint find the same.
     """
     io = io or default_io()
-    is_live = _writer_active(path) if live is None else live
+    is_live = writer_is_live(path) if live is None else live
     previous: list[str] | None = None
     for attempt in range(_LIVE_ATTEMPTS):
         result = VerifyResult(path, live=is_live)

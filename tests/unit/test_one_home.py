@@ -4,14 +4,22 @@
   errors into the engine's: an unknown format version into
   ``FormatVersionError``, other damage into ``CorruptionError`` with the
   file's path, the decoder's position and the caller's prefix and hint.
+- :mod:`logstore.lock` takes, probes and releases the writer lock; a copy of
+  the lock's descriptor (as a forked child holds) is dropped without
+  releasing the lock, and a release unlocks whatever copies remain.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from logstore.errors import CorruptionError, FormatVersionError, as_corruption
+from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError, as_corruption
+from logstore.fileio import default_io
 from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock, writer_is_live
 
 
 def test_as_corruption_names_the_file_the_position_and_the_hint() -> None:
@@ -44,3 +52,33 @@ def test_as_corruption_leaves_other_errors_and_success_alone() -> None:
     assert value == 1
     with pytest.raises(OSError), as_corruption("/s/x"):
         raise FileNotFoundError("/s/x")
+
+
+def test_the_writer_lock_is_taken_once_probed_and_released(tmp_path: Path) -> None:
+    io = default_io()
+    path = str(tmp_path)
+    assert not writer_is_live(path)
+    assert not (tmp_path / "LOCK").exists()  # the probe creates nothing
+    fd = take_writer_lock(io, path, "somebody has it")
+    assert (tmp_path / "LOCK").is_file()
+    assert writer_is_live(path)
+    with pytest.raises(StoreLockedError) as info:
+        take_writer_lock(io, path, "somebody has it")
+    assert str(info.value) == f"{path}: somebody has it"
+    assert writer_is_live(path)  # the failed attempt changed nothing
+    release_writer_lock(io, fd)
+    assert not writer_is_live(path)
+    release_writer_lock(io, take_writer_lock(io, path, "x"))
+
+
+def test_a_copy_of_the_lock_descriptor_is_dropped_without_unlocking(tmp_path: Path) -> None:
+    io = default_io()
+    path = str(tmp_path)
+    fd = take_writer_lock(io, path, "busy")
+    copy = os.dup(fd)  # shares the open file description, as a forked child's descriptor does
+    drop_lock_in_child(io, copy)
+    assert writer_is_live(path)
+    copy = os.dup(fd)
+    release_writer_lock(io, fd)  # the holder's release unlocks, though a copy stays open
+    assert not writer_is_live(path)
+    os.close(copy)
