@@ -24,13 +24,11 @@ where readers look.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -42,6 +40,7 @@ from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
+from logstore.lostfound import RECOVERY, LostFound
 from logstore.published import Published
 from logstore.segment import (
     FLAG_SYNCED,
@@ -1000,23 +999,18 @@ class Log:
         report = self.report
         report.cut = f"{self.segments[gi].path}@{gpos}"
         report.cut_reason = f"{damage.what} at {where}"
-        lf_dir = os.path.join(self.directory, "lost+found")
-        if not self.io.exists(lf_dir):
-            self.io.mkdir(lf_dir)
-            self.io.fsync_dir(self.directory)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        lf = LostFound(self.io, self.directory, RECOVERY)
+        lf.ready()
         # 1. Copy every byte to be cut into lost+found, with a manifest, and make that durable.
         gseg = self.segments[gi]
         nz = last_nonzero_in_file(gseg.view, gseg.fd, gpos, gseg.size)
         if nz > gpos:
-            base = f"{stamp}-{segment_name(gseg.first)}-{gpos}"
-            self._save_lost(lf_dir, base, bytes(gseg.view[gpos:nz]), gseg.path, gpos, report.cut_reason)
+            self._save_lost(lf, bytes(gseg.view[gpos:nz]), gseg.path, gpos, report.cut_reason)
         moved = self.segments[gi + 1 :]
         for later in moved:
             end = last_nonzero_in_file(later.view, later.fd, HEADER_SIZE, later.size)
-            base = f"{stamp}-{segment_name(later.first)}-0"
-            self._save_lost(lf_dir, base, bytes(later.view[:end]), later.path, 0, report.cut_reason)
-        self.io.fsync_dir(lf_dir)
+            self._save_lost(lf, bytes(later.view[:end]), later.path, 0, report.cut_reason)
+        lf.sync()
         # 2. Remove the later segments first: a crash from here on leaves the kept segment
         #    as the last one, with a tail the next open cuts again.
         self._set_end(good)
@@ -1036,28 +1030,9 @@ class Log:
             self.io.fdatasync(gseg.fd)
         logger.warning("%s: recovery cut the log at %s: %s", self.directory, report.cut, report.cut_reason)
 
-    def _save_lost(self, lf_dir: str, base: str, data: bytes, source: str, position: int, reason: str) -> None:
-        path = os.path.join(lf_dir, base + ".bin")
-        n = 1
-        while self.io.exists(path) or self.io.exists(path[:-4] + ".json"):  # an earlier cut of the same bytes
-            n += 1
-            path = os.path.join(lf_dir, f"{base}.{n}.bin")
-        fd = self.io.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            self.io.pwrite(fd, data, 0)
-            self.io.fsync(fd)
-        finally:
-            self.io.close(fd)
-        manifest: dict[str, Any] = {
-            "source": os.path.relpath(source, self.directory),
-            "position": position,
-            "length": len(data),
-            "reason": reason,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.io.write_file_atomic(path[:-4] + ".json", json.dumps(manifest, indent=2).encode())
+    def _save_lost(self, lf: LostFound, data: bytes, source: str, position: int, reason: str) -> None:
+        self.report.lost_found += lf.save(data, source, position, reason, sync=False)
         self.report.bytes_cut += len(data)
-        self.report.lost_found += [path, path[:-4] + ".json"]
 
     def close(self) -> None:
         segments, self.segments = self.segments, []

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from logstore.fileio import FileIO, default_io
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.lock import release_writer_lock, take_writer_lock
+from logstore.lostfound import REPAIR, LostFound
 from logstore.segment import (
     FLAG_NAMED,
     FLAG_TX_END,
@@ -469,42 +469,13 @@ def _rewrite(
 
 
 class _LostFound:
-    """Saves bytes and moves files into ``lost+found/``, each with a JSON manifest."""
+    """Repair's use of ``lost+found/``: each save or move is also an action of the report, and a dry run
+    writes nothing."""
 
     def __init__(self, path: str, io: FileIO, report: RepairReport) -> None:
-        self.path = path
-        self.io = io
         self.report = report
-        self.dir = os.path.join(path, "lost+found")
-        self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.lf = LostFound(io, path, REPAIR)
         self.moved: set[str] = set()  # files moved here (or, in a dry run, that would be)
-
-    def _ready(self) -> None:
-        if not self.io.exists(self.dir):
-            self.io.mkdir(self.dir)
-            self.io.fsync_dir(self.path)
-
-    def _base(self, source: str, position: int) -> str:
-        rel = os.path.relpath(source, self.path).replace(os.sep, "_")
-        base = os.path.join(self.dir, f"{self.stamp}-repair-{rel}-{position}")
-        n = 1
-        cand = base
-        while self.io.exists(cand + ".bin") or self.io.exists(cand + ".json"):
-            n += 1
-            cand = f"{base}.{n}"
-        return cand
-
-    def _manifest(self, base: str, source: str, position: int, length: int, reason: str) -> None:
-        manifest = {
-            "source": os.path.relpath(source, self.path),
-            "position": position,
-            "length": length,
-            "reason": reason,
-            "by": "logstore repair",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self.io.write_file_atomic(base + ".json", json.dumps(manifest, indent=2).encode())
-        self.report.lost_found.append(base + ".json")
 
     def save(self, data: bytes, source: str, position: int, reason: str) -> None:
         """Copy ``data`` into lost+found with a manifest (only the manifest when there are no bytes left)."""
@@ -512,33 +483,12 @@ class _LostFound:
         self.report.bytes_moved += len(data)
         if self.report.dry_run:
             return
-        self._ready()
-        base = self._base(source, position)
-        if not data:
-            self._manifest(base, source, position, 0, reason)
-            self.io.fsync_dir(self.dir)
-            return
-        fd = self.io.open(base + ".bin", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            self.io.pwrite(fd, data, 0)
-            self.io.fsync(fd)
-        finally:
-            self.io.close(fd)
-        self.report.lost_found.append(base + ".bin")
-        self._manifest(base, source, position, len(data), reason)
-        self.io.fsync_dir(self.dir)
+        self.report.lost_found += self.lf.save(data, source, position, reason)
 
     def move(self, source: str, reason: str) -> None:
         self.report.actions.append(f"{source}: move to lost+found ({reason})")
         self.moved.add(source)
         if self.report.dry_run:
             return
-        self._ready()
-        base = self._base(source, 0)
-        length = os.path.getsize(source) if os.path.isfile(source) else 0
-        self.io.rename(source, base + ".bin")
-        self.report.lost_found.append(base + ".bin")
-        self.report.bytes_moved += length
-        self._manifest(base, source, 0, length, reason)
-        self.io.fsync_dir(self.dir)
-        self.io.fsync_dir(os.path.dirname(source))
+        self.report.bytes_moved += os.path.getsize(source) if os.path.isfile(source) else 0
+        self.report.lost_found += self.lf.move(source, reason)

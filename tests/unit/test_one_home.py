@@ -7,11 +7,16 @@
 - :mod:`logstore.lock` takes, probes and releases the writer lock; a copy of
   the lock's descriptor (as a forked child holds) is dropped without
   releasing the lock, and a release unlocks whatever copies remain.
+- :class:`logstore.lostfound.LostFound` writes what recovery and repair take
+  out of the log: a ``.bin`` and a manifest with the same fields for both
+  producers, under names that are never reused.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,7 @@ from logstore.errors import CorruptionError, FormatVersionError, StoreLockedErro
 from logstore.fileio import default_io
 from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock, writer_is_live
+from logstore.lostfound import RECOVERY, REPAIR, LostFound
 
 
 def test_as_corruption_names_the_file_the_position_and_the_hint() -> None:
@@ -82,3 +88,42 @@ def test_a_copy_of_the_lock_descriptor_is_dropped_without_unlocking(tmp_path: Pa
     release_writer_lock(io, fd)  # the holder's release unlocks, though a copy stays open
     assert not writer_is_live(path)
     os.close(copy)
+
+
+MANIFEST_KEYS = ["source", "position", "length", "reason", "by", "time"]
+
+
+@pytest.mark.parametrize("by", [RECOVERY, REPAIR])
+def test_lost_found_saves_bytes_with_one_manifest_format(tmp_path: Path, by: str) -> None:
+    (tmp_path / "segments").mkdir()
+    source = str(tmp_path / "segments" / "00000000000000000007.log")
+    lf = LostFound(default_io(), str(tmp_path), by)
+    first = lf.save(b"torn", source, 99, "record checksum mismatch")
+    again = lf.save(b"torn!", source, 99, "record checksum mismatch")
+    assert [Path(p).suffix for p in first + again] == [".bin", ".json", ".bin", ".json"]
+    label = "00000000000000000007.log" if by == RECOVERY else "repair-segments_00000000000000000007.log"
+    assert re.fullmatch(rf"\d{{8}}T\d{{6}}-{re.escape(label)}-99\.bin", Path(first[0]).name)
+    assert Path(again[0]).name == Path(first[0]).name[: -len(".bin")] + ".2.bin"  # never overwritten
+    assert Path(first[0]).read_bytes() == b"torn" and Path(again[0]).read_bytes() == b"torn!"
+    manifest = json.loads(Path(again[1]).read_text())
+    assert list(manifest) == MANIFEST_KEYS
+    assert manifest["source"] == os.path.join("segments", "00000000000000000007.log")
+    assert (manifest["position"], manifest["length"], manifest["by"]) == (99, 5, by)
+    assert manifest["reason"] == "record checksum mismatch"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", manifest["time"])
+    assert (tmp_path / "lost+found").stat().st_mode & 0o777 == 0o700
+
+
+def test_lost_found_writes_only_a_manifest_when_no_bytes_are_left_and_moves_files_whole(tmp_path: Path) -> None:
+    lf = LostFound(default_io(), str(tmp_path), REPAIR)
+    only = lf.save(b"", str(tmp_path / "segments" / "00000000000000000005.log"), 0, "segment missing")
+    assert len(only) == 1 and only[0].endswith(".json")
+    assert json.loads(Path(only[0]).read_text())["length"] == 0
+    stray = tmp_path / "stray.txt"
+    stray.write_bytes(b"12345")
+    moved = lf.move(str(stray), "stray file")
+    assert not stray.exists() and Path(moved[0]).read_bytes() == b"12345"
+    manifest = json.loads(Path(moved[1]).read_text())
+    assert (manifest["source"], manifest["position"], manifest["length"]) == ("stray.txt", 0, 5)
+    with pytest.raises(ValueError, match="not a lost\\+found producer"):
+        LostFound(default_io(), str(tmp_path), "me")
