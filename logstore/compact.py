@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from logstore import layout
 from logstore.errors import OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.segment import (
@@ -176,7 +177,7 @@ def compact_store(
     # stream id in those segments is within it.
     first = _widen(first, len(lg.catalog.first))
     for done, seg in enumerate(sealed, start=1):
-        tmp = seg.path + ".compact"
+        tmp = seg.path + layout.COMPACT
         try:
             removed = _removable(seg, first)
             if removed:
@@ -260,7 +261,7 @@ def _widen(first: np.ndarray, n: int) -> np.ndarray:
 def _lost_found(lg: Log) -> list[str]:
     """The files in ``lost+found/``: compaction does not look into them, so it names them."""
     io = lg.io
-    lf_dir = os.path.join(lg.directory, "lost+found")
+    lf_dir = layout.lost_found_dir(lg.directory)
     if not io.exists(lf_dir):
         return []
     return [os.path.join(lf_dir, n) for n in sorted(io.listdir(lf_dir))]

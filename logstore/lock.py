@@ -19,10 +19,9 @@ import contextlib
 import fcntl
 import os
 
+from logstore import layout
 from logstore.errors import StoreLockedError
 from logstore.fileio import FileIO
-
-LOCK_NAME = "LOCK"
 
 
 def take_writer_lock(io: FileIO, path: str, busy: str) -> int:
@@ -31,7 +30,7 @@ def take_writer_lock(io: FileIO, path: str, busy: str) -> int:
     Raises :class:`StoreLockedError` ``"{path}: {busy}"`` if another open file description holds the
     lock; an ``OSError`` from opening the file propagates.
     """
-    fd = io.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT)
+    fd = io.open(layout.lock_path(path), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -64,7 +63,7 @@ def writer_is_live(path: str) -> bool:
     once; it never creates the file.
     """
     try:
-        fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(layout.lock_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:

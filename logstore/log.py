@@ -1,14 +1,6 @@
 """The log: the ordered list of segments, the indexes derived from it, recovery and checkpoints.
 
-Directory layout of a store::
-
-    LOCK                        writer lock (flock); empty
-    CHECKPOINT                  how far the index files are complete (logstore.checkpoint)
-    catalog.<generation>        stream catalog and shared run table (index.catalog)
-    segments/<first>.log        segment files (logstore.segment); <first>.log.tmp while being created
-    segments/<first>.pos        their position indexes (index.position)
-    streams/<id>.runs           run files of large streams (index.runs)
-    lost+found/                 bytes cut by recovery, each with a .json manifest
+The directory layout of a store is in :mod:`logstore.layout`.
 
 Threads: the writer thread alone calls the mutating methods (``roll``,
 ``checkpoint``) and mutates the catalog, run index and position indexes.
@@ -32,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from logstore import layout
 from logstore.checkpoint import Checkpoint, SegmentEntry
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, FormatVersionError, OutOfSpaceError, as_corruption
 from logstore.fileio import FileIO
@@ -61,7 +54,6 @@ from logstore.segment import (
     last_nonzero_in_file,
     open_segment,
     parse_record,
-    segment_name,
 )
 
 logger = logging.getLogger("logstore")
@@ -193,8 +185,8 @@ class Log:
         published.visible_end = published.log_start = 0
         self.io = io
         self.directory = directory
-        self.seg_dir = os.path.join(directory, "segments")
-        self.stream_dir = os.path.join(directory, "streams")
+        self.seg_dir = layout.segments_dir(directory)
+        self.stream_dir = layout.streams_dir(directory)
         self.store_id = store_id
         self.readonly = readonly
         self.segment_size = segment_size
@@ -321,7 +313,7 @@ class Log:
     def _unlink_segment_files(self, path: str) -> None:
         # The position file first: a crash in between leaves a segment without one (rebuilt), never
         # a position file without its segment.
-        pos_path = path[: -len(".log")] + ".pos"
+        pos_path = layout.position_path_of(path)
         if self.io.exists(pos_path):
             self.io.unlink(pos_path)
         self.io.unlink(path)
@@ -403,7 +395,7 @@ class Log:
         for sid, big in self.runs.large.items():
             if big.persisted < len(big):
                 created |= self._append_file(
-                    os.path.join(self.stream_dir, f"{sid:010d}.runs"),
+                    layout.runs_path(self.directory, sid),
                     LargeRuns.file_header(self.store_id, sid),
                     *big.tail_bytes(),
                     lambda big=big: big.pairs(0, len(big)),  # type: ignore[misc]
@@ -416,7 +408,7 @@ class Log:
         self._write_atomic(self._catalog_path(generation), self.catalog.encode(self.runs, generation, self.store_id))
         ckpt = Checkpoint(generation, self.next_goff, entries, clean, self.log_start)
         self.ckpt_last_first = entries[-1].first
-        self._write_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt.encode(self.store_id))
+        self._write_atomic(layout.checkpoint_path(self.directory), ckpt.encode(self.store_id))
         old = self._catalog_path(self.generation)
         self.generation = generation
         if io.exists(old):
@@ -470,17 +462,17 @@ class Log:
 
     def mark_unclean(self, ckpt: Checkpoint) -> None:
         """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
-        self._write_atomic(os.path.join(self.directory, "CHECKPOINT"), ckpt._replace(clean=False).encode(self.store_id))
+        self._write_atomic(layout.checkpoint_path(self.directory), ckpt._replace(clean=False).encode(self.store_id))
 
     def remove_stale_catalogs(self) -> None:
         """Remove catalog files of other generations (left by a crash during a checkpoint)."""
         keep = os.path.basename(self._catalog_path(self.generation))
         for name in self.io.listdir(self.directory):
-            if name.startswith("catalog.") and name != keep:
+            if name.startswith(layout.CATALOG_PREFIX) and name != keep:
                 self.io.unlink(os.path.join(self.directory, name))
 
     def _catalog_path(self, generation: int) -> str:
-        return os.path.join(self.directory, f"catalog.{generation:020d}")
+        return layout.catalog_path(self.directory, generation)
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         """``write_file_atomic``, with a full file system reported as :class:`OutOfSpaceError`."""
@@ -546,28 +538,27 @@ class Log:
         """
         started = time.perf_counter()
         report = self.report
-        names = [n for n in self.io.listdir(self.seg_dir) if n.endswith(".log")]
+        names = [n for n in self.io.listdir(self.seg_dir) if n.endswith(layout.SEGMENT_EXT)]
         if not self.readonly:
             for n in self.io.listdir(self.seg_dir):
-                if n.endswith(".tmp"):  # a segment whose creation did not finish; it holds no data
+                if n.endswith(layout.TMP):  # a segment whose creation did not finish; it holds no data
                     self.io.unlink(os.path.join(self.seg_dir, n))
         if not self.readonly:
             for n in self.io.listdir(self.seg_dir):
-                if n.endswith((".compact", ".repair")):  # a rewrite that did not reach its swap: roll it back
+                if n.endswith((layout.COMPACT, layout.REPAIR)):  # a rewrite that did not reach its swap: roll it back
                     self.io.unlink(os.path.join(self.seg_dir, n))
         # Files to remove once the open has succeeded (a refused open changes nothing).
         leftovers: list[str] = []
         present = set(names)
         for n in self.io.listdir(self.seg_dir):
-            if n.endswith(".pos") and n[:-4] + ".log" not in present:  # its segment is gone
+            if n.endswith(layout.POSITION_EXT) and layout.segment_path_of(n) not in present:  # its segment is gone
                 leftovers.append(os.path.join(self.seg_dir, n))
         for n in sorted(names):
-            stem = n[:-4]
-            if len(stem) != 20 or not stem.isdigit():
+            if not layout.is_segment_name(n):
                 raise CorruptionError(os.path.join(self.seg_dir, n), 0, "not a segment file name", REPAIR_HINT)
-            if ckpt is not None and ckpt.segments and int(stem) < ckpt.segments[0].first:
+            if ckpt is not None and ckpt.segments and layout.segment_first(n) < ckpt.segments[0].first:
                 # Dropped by retention, which the checkpoint already records: finish removing it.
-                leftovers.append(os.path.join(self.seg_dir, n[:-4] + ".pos"))
+                leftovers.append(os.path.join(self.seg_dir, layout.position_path_of(n)))
                 leftovers.append(os.path.join(self.seg_dir, n))
                 continue
             self._add_segment(open_segment(self.io, os.path.join(self.seg_dir, n), self.store_id, not self.readonly))
@@ -637,7 +628,7 @@ class Log:
         with as_corruption(cat_path):
             catalog, runs, large = Catalog.decode(io.read_file(cat_path), self.store_id, ckpt.generation)
         for sid, count, checksum in large:
-            path = os.path.join(self.stream_dir, f"{sid:010d}.runs")
+            path = layout.runs_path(self.directory, sid)
             with as_corruption(path):
                 runs.large[sid] = LargeRuns.decode(io.read_file(path), self.store_id, sid, count, checksum)
         past = _runs_past_the_log(catalog, runs, ckpt.next_goff)
@@ -677,11 +668,11 @@ class Log:
         by_first = {seg.first: seg for seg in self.segments}
         listed = {e.first for e in ckpt.segments}
         if not ckpt.segments:
-            raise CorruptionError(os.path.join(self.directory, "CHECKPOINT"), HEADER_SIZE, "names no segment")
+            raise CorruptionError(layout.checkpoint_path(self.directory), HEADER_SIZE, "names no segment")
         for e in ckpt.segments:
             seg = by_first.get(e.first)
             if seg is None:
-                path = os.path.join(self.seg_dir, segment_name(e.first))
+                path = layout.segment_path(self.directory, e.first)
                 raise CorruptionError(path, 0, "segment named by the checkpoint is missing", REPAIR_HINT)
             if e.end > seg.size and e is ckpt.segments[-1]:
                 raise CorruptionError(

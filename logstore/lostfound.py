@@ -16,9 +16,8 @@ import json
 import os
 import time
 
+from logstore import layout
 from logstore.fileio import FileIO
-
-LOST_FOUND = "lost+found"
 
 RECOVERY = "recovery"
 """The ``by`` of what recovery cuts at open; its files are named ``<stamp>-<segment file>-<position>``."""
@@ -37,7 +36,7 @@ class LostFound:
         self.io = io
         self.store_path = store_path
         self.by = by
-        self.dir = os.path.join(store_path, LOST_FOUND)
+        self.dir = layout.lost_found_dir(store_path)
         self.stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())  # one per cut or repair: its files sort together
 
     def ready(self) -> None:

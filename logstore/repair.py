@@ -35,6 +35,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.errors import CorruptionError, as_corruption
 from logstore.fileio import FileIO, default_io
@@ -57,14 +58,20 @@ from logstore.segment import (
     frame,
     last_nonzero,
     parse_record,
-    segment_name,
 )
 from logstore.store import open as open_store
 from logstore.store import resolve_store_path
 from logstore.verify import verify
 
 _NOTHING = "verify finds no problem: nothing to repair"
-_TOP = {"LOCK", "CHECKPOINT", "CHECKPOINT.tmp", "segments", "streams", "lost+found"}
+_TOP = {layout.LOCK, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}
+_SEGMENT_DIR_EXTS = (
+    layout.SEGMENT_EXT,
+    layout.POSITION_EXT,
+    layout.SEGMENT_EXT + layout.TMP,
+    layout.SEGMENT_EXT + layout.COMPACT,
+    layout.SEGMENT_EXT + layout.REPAIR,
+)
 
 
 @dataclass
@@ -96,14 +103,12 @@ class _Seg:
 
 def _stray(name: str, where: str) -> bool:
     if where == "top":
-        return name not in _TOP and not (name.startswith("catalog.") and name[8:].removesuffix(".tmp").isdigit())
-    if where == "segments":
+        return name not in _TOP and not layout.is_catalog_name(name)
+    if where == layout.SEGMENTS:
         stem = name.split(".", 1)[0]
         rest = name[len(stem) :]
-        rests = (".log", ".pos", ".log.tmp", ".log.compact", ".log.repair")
-        return not (len(stem) == 20 and stem.isdigit() and rest in rests)
-    stem = name[: -len(".runs")]
-    return not (name.endswith(".runs") and len(stem) == 10 and stem.isdigit())
+        return not (len(stem) == layout.FIRST_DIGITS and stem.isdigit() and rest in _SEGMENT_DIR_EXTS)
+    return not layout.is_runs_name(name)
 
 
 def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> RepairReport:
@@ -111,13 +116,13 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
     io = io or default_io()
     report = RepairReport(path, dry_run)
     path = resolve_store_path(path)
-    seg_dir = os.path.join(path, "segments")
+    seg_dir = layout.segments_dir(path)
     if not os.path.isdir(seg_dir):
         raise FileNotFoundError(f"{path}: not a logstore store (no segments/ directory)")
     _check_versions(path, io)
     result = verify(path, io)  # before taking the lock: verify reads a held lock as a live writer
-    lock_path = os.path.join(path, "LOCK")
-    if dry_run and not io.exists(lock_path):  # a dry run creates nothing, and no writer can hold a missing lock
+    # A dry run creates nothing, and no writer can hold a missing lock.
+    if dry_run and not io.exists(layout.lock_path(path)):
         if result.ok:
             report.actions.append(_NOTHING)
         else:
@@ -139,12 +144,12 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
 
 # Long on purpose: the repair's steps in order, as its docstring lists them.
 def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa: PLR0912, PLR0915
-    seg_dir = os.path.join(path, "segments")
-    stream_dir = os.path.join(path, "streams")
+    seg_dir = layout.segments_dir(path)
+    stream_dir = layout.streams_dir(path)
     report.changed = True
     lf = _LostFound(path, io, report)
     # 1. Stray files.
-    for where, d in (("top", path), ("segments", seg_dir), ("streams", stream_dir)):
+    for where, d in (("top", path), (layout.SEGMENTS, seg_dir), (layout.STREAMS, stream_dir)):
         if not os.path.isdir(d):
             continue
         for name in sorted(io.listdir(d)):
@@ -154,11 +159,11 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     store_id = _store_id(path, io)
     segs: list[_Seg] = []
     for name in sorted(io.listdir(seg_dir)):
-        if not name.endswith(".log") or _stray(name, "segments"):
+        if not name.endswith(layout.SEGMENT_EXT) or _stray(name, layout.SEGMENTS):
             continue
         p = os.path.join(seg_dir, name)
         data = io.read_file(p)
-        seg = _Seg(p, int(name[:20]), data)
+        seg = _Seg(p, layout.segment_first(name), data)
         try:
             header = SegmentHeader.decode(data)
             if header.store_id != store_id:
@@ -208,7 +213,7 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
             gaps.append((si, expected, seg.first - expected))  # a segment missing from the middle
             lf.save(
                 b"",
-                os.path.join(seg_dir, segment_name(expected)),
+                layout.segment_path(path, expected),
                 0,
                 f"segment missing: global offsets {expected}..{seg.first - 1} marked lost",
             )
@@ -235,14 +240,15 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     # The derived files the real run deletes, listed before anything is deleted, less what was moved
     # to lost+found above (a dry run moved nothing, so it must not count those twice): the dry run
     # and the real run then name the same files.
-    derived = [os.path.join(path, n) for n in io.listdir(path) if n == "CHECKPOINT" or n.startswith("catalog.")]
-    derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(".pos")]
+    top = io.listdir(path)
+    derived = [os.path.join(path, n) for n in top if n == layout.CHECKPOINT or n.startswith(layout.CATALOG_PREFIX)]
+    derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(layout.POSITION_EXT)]
     if os.path.isdir(stream_dir):
-        derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(".runs")]
+        derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(layout.RUNS_EXT)]
     derived = sorted(p for p in derived if p not in lf.moved)
     # From here on segments change: first remove the checkpoint, so that a crash in the middle
     # leaves a store whose next open (or repair) reads the log itself, not indexes of the old one.
-    ckpt_path = os.path.join(path, "CHECKPOINT")
+    ckpt_path = layout.checkpoint_path(path)
     if not report.dry_run and io.exists(ckpt_path):
         io.unlink(ckpt_path)
         io.fsync_dir(path)
@@ -278,13 +284,13 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
 
 def _check_versions(path: str, io: FileIO) -> None:
     """A file of an unknown format version stops the repair before anything changes."""
-    seg_dir = os.path.join(path, "segments")
+    seg_dir = layout.segments_dir(path)
     for name in sorted(io.listdir(seg_dir)):
-        if name.endswith(".log") and not _stray(name, "segments"):
+        if name.endswith(layout.SEGMENT_EXT) and not _stray(name, layout.SEGMENTS):
             p = os.path.join(seg_dir, name)
             with contextlib.suppress(FormatError), as_corruption(p, versions_only=True):
                 SegmentHeader.decode(io.read_file(p)[:HEADER_SIZE])
-    ckpt = os.path.join(path, "CHECKPOINT")
+    ckpt = layout.checkpoint_path(path)
     if io.exists(ckpt):
         with contextlib.suppress(FormatError), as_corruption(ckpt, versions_only=True):
             Checkpoint.decode(io.read_file(ckpt), None)
@@ -292,7 +298,7 @@ def _check_versions(path: str, io: FileIO) -> None:
 
 def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:
     try:
-        return Checkpoint.decode(io.read_file(os.path.join(path, "CHECKPOINT")), None)[0]
+        return Checkpoint.decode(io.read_file(layout.checkpoint_path(path)), None)[0]
     except (OSError, FormatError):
         return None
 
@@ -300,13 +306,13 @@ def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:
 def _store_id(path: str, io: FileIO) -> bytes:
     """The store id: the checkpoint's, else the one most segment headers carry."""
     try:
-        return Checkpoint.decode(io.read_file(os.path.join(path, "CHECKPOINT")), None)[1]
+        return Checkpoint.decode(io.read_file(layout.checkpoint_path(path)), None)[1]
     except (OSError, FormatError):
         pass
-    seg_dir = os.path.join(path, "segments")
+    seg_dir = layout.segments_dir(path)
     votes: dict[bytes, int] = {}
     for name in io.listdir(seg_dir):
-        if name.endswith(".log"):
+        if name.endswith(layout.SEGMENT_EXT):
             try:
                 h = SegmentHeader.decode(io.read_file(os.path.join(seg_dir, name))[:HEADER_SIZE])
             except FormatError:
@@ -448,11 +454,11 @@ def _rewrite(
         parts.append(raw)
     body = b"".join(parts)
     assert all(len(p) >= RECORD_OVERHEAD for p in parts)
-    path = os.path.join(os.path.dirname(seg.path), segment_name(first))
+    path = os.path.join(os.path.dirname(seg.path), layout.segment_name(first))
     if report.dry_run:
         return
     size = HEADER_SIZE + len(body)
-    tmp = path + ".repair"
+    tmp = path + layout.REPAIR
     fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         created = time.time_ns()

@@ -77,6 +77,7 @@ from logstore.fileio import FileIO
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
+from logstore.layout import TMP, position_name, segment_name
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
 CHECKSUM = struct.Struct("<Q")
@@ -152,14 +153,6 @@ _HEADER_DTYPE = np.dtype(
 assert _HEADER_DTYPE.itemsize == RECORD_HEADER.size
 _HEADER_BYTES = np.arange(RECORD_HEADER.size)
 _SUM_BYTES = np.arange(CHECKSUM.size)
-
-
-def segment_name(first: int) -> str:
-    return f"{first:020d}.log"
-
-
-def position_name(first: int) -> str:
-    return f"{first:020d}.pos"
 
 
 def frame(sid: int, soff: int, goff: int, flags: int, name: bytes, payload: bytes, kind: int = KIND_MESSAGE) -> bytes:
@@ -801,7 +794,7 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
     next open to remove).
     """
     path = os.path.join(directory, segment_name(first))
-    tmp = path + ".tmp"
+    tmp = path + TMP
     if io.exists(tmp):
         io.unlink(tmp)
     size = min(capacity, max(RESERVE_FIRST, reserve))

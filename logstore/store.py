@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
 from logstore.envelope import Envelope, check_envelopes, encode_many
@@ -322,13 +323,13 @@ class Store:
         entries = set(io.listdir(path))
         # What was there before this open created anything: a failed creation removes only the rest.
         self._found = {(".", n) for n in entries}
-        for sub in ("segments", "streams"):
+        for sub in (layout.SEGMENTS, layout.STREAMS):
             if sub in entries and os.path.isdir(os.path.join(path, sub)):
                 self._found |= {(sub, n) for n in io.listdir(os.path.join(path, sub))}
-        is_store = bool(entries & {"CHECKPOINT", "segments"})
+        is_store = bool(entries & {layout.CHECKPOINT, layout.SEGMENTS})
         if self.readonly and not is_store:
             raise FileNotFoundError(f"{path}: not a logstore store")
-        if not is_store and entries - {"LOCK", "lost+found"}:
+        if not is_store and entries - {layout.LOCK, layout.LOST_FOUND}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
         if self.readonly:
             return False
@@ -339,7 +340,7 @@ class Store:
         except Exception:
             self._remove_created()
             raise
-        if is_store and "CHECKPOINT" not in entries and self._creation_unfinished(entries):
+        if is_store and layout.CHECKPOINT not in entries and self._creation_unfinished(entries):
             logger.info("%s: the store's creation did not finish (a crash); creating it again", path)
             return True
         return not is_store
@@ -357,7 +358,7 @@ class Store:
         io, path = self._io, self.path
         found = self._found
         try:
-            for sub in ("segments", "streams"):
+            for sub in (layout.SEGMENTS, layout.STREAMS):
                 d = os.path.join(path, sub)
                 if not os.path.isdir(d):
                     continue
@@ -367,11 +368,11 @@ class Store:
                 if (".", sub) not in found:
                     io.rmdir(d)
             for n in io.listdir(path):
-                if (".", n) not in found and n not in ("LOCK", "segments", "streams"):
+                if (".", n) not in found and n not in (layout.LOCK, layout.SEGMENTS, layout.STREAMS):
                     io.unlink(os.path.join(path, n))
             if self._made_dir:
-                if io.exists(os.path.join(path, "LOCK")):
-                    io.unlink(os.path.join(path, "LOCK"))
+                if io.exists(layout.lock_path(path)):
+                    io.unlink(layout.lock_path(path))
                 io.rmdir(path)
         except OSError as exc:
             logger.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
@@ -384,9 +385,9 @@ class Store:
         Before that rename nothing has been written; after it, the segment
         names the store and the indexes are rebuilt from it.
         """
-        if entries - {"LOCK", "lost+found", "segments", "streams"}:
+        if entries - {layout.LOCK, *layout.STORE_DIRS}:
             return False
-        for sub, allowed in (("segments", ".log.tmp"), ("streams", None)):
+        for sub, allowed in ((layout.SEGMENTS, layout.SEGMENT_EXT + layout.TMP), (layout.STREAMS, None)):
             if sub in entries:
                 names = self._io.listdir(os.path.join(self.path, sub))
                 if any(allowed is None or not n.endswith(allowed) for n in names):
@@ -396,7 +397,7 @@ class Store:
     def _read_checkpoint(self, created: bool) -> tuple[Checkpoint | None, str | None, bytes]:
         if created:
             return None, None, os.urandom(16)
-        path = os.path.join(self.path, "CHECKPOINT")
+        path = layout.checkpoint_path(self.path)
         try:
             raw = self._io.read_file(path)
             with as_corruption(path, versions_only=True):
@@ -412,8 +413,10 @@ class Store:
         return None, problem, self._store_id_from_segments()
 
     def _store_id_from_segments(self) -> bytes:
-        seg_dir = os.path.join(self.path, "segments")
-        names = [n for n in self._io.listdir(seg_dir) if n.endswith(".log")] if os.path.isdir(seg_dir) else []
+        seg_dir = layout.segments_dir(self.path)
+        names = (
+            [n for n in self._io.listdir(seg_dir) if n.endswith(layout.SEGMENT_EXT)] if os.path.isdir(seg_dir) else []
+        )
         if not names:
             raise CorruptionError(seg_dir, 0, "no CHECKPOINT and no segment files", "run `logstore repair`")
         first = os.path.join(seg_dir, names[0])
@@ -831,21 +834,17 @@ def check_retention(retention_age: object, retention_bytes: object) -> None:
             raise ValueError(f"retention_bytes must be > 0, got {retention_bytes}")
 
 
-STORE_DIRS = ("segments", "streams", "lost+found")
-"""The store's sub-directories: a symbolic link in place of one is refused."""
-
-
 def resolve_store_path(path: str) -> str:
     """``path`` with a symbolic link that names the store directory itself resolved, once.
 
     The caller chose that path, so a link there is theirs (every link on the way
     to it is followed too). Nothing inside the store is followed: files are
-    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`STORE_DIRS`
+    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.layout.STORE_DIRS`
     raises ``OSError`` (``ELOOP``) here, before anything is read or written.
     """
     if os.path.islink(os.path.normpath(path)) and os.path.isdir(path):
         path = os.path.realpath(path)
-    for name in STORE_DIRS:
+    for name in layout.STORE_DIRS:  # a symbolic link in place of one is refused
         sub = os.path.join(path, name)
         if os.path.islink(sub):
             raise OSError(errno.ELOOP, "a symbolic link in place of a store directory (logstore follows none)", sub)

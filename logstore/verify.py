@@ -63,6 +63,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
@@ -89,12 +90,12 @@ from logstore.segment import (
     last_nonzero,
     open_segment,
     parse_record,
-    position_name,
     read_segment_header,
 )
 
-_SEGMENT_FILE = re.compile(r"([0-9]{20})\.(log|pos|log\.tmp|log\.compact)")
-_RUN_FILE = re.compile(r"([0-9]{10})\.runs")
+# The names logstore.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
+_SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tmp|log\.compact)")
+_RUN_FILE = re.compile(rf"([0-9]{{{layout.SID_DIGITS}}})\.runs")
 _CONTROL = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
 _STREAM_CONTROL = (KIND_TRUNCATE, KIND_DELETE)
 _MESSAGE_LIKE = (KIND_MESSAGE, KIND_REMOVED, KIND_LOST)
@@ -250,9 +251,9 @@ class _Verifier:
         self.io = io
         self.result = result
         self.decode_envelopes = decode_envelopes
-        self.seg_dir = os.path.join(path, "segments")
-        self.stream_dir = os.path.join(path, "streams")
-        self.ckpt_path = os.path.join(path, "CHECKPOINT")
+        self.seg_dir = layout.segments_dir(path)
+        self.stream_dir = layout.streams_dir(path)
+        self.ckpt_path = layout.checkpoint_path(path)
         self.logs: dict[int, str] = {}  # first global offset -> segment file
         self.pos_files: set[int] = set()
         self.run_files: dict[int, str] = {}
@@ -295,7 +296,7 @@ class _Verifier:
                 self.problem(self.seg_dir, 0, "the store has no segment files")
             return
         if not self.result.live:
-            current = f"catalog.{self.ckpt.generation:020d}" if self.ckpt is not None else None
+            current = layout.catalog_name(self.ckpt.generation) if self.ckpt is not None else None
             for n in self.catalogs:
                 if n != current:
                     self.note(f"{os.path.join(self.path, n)}: stale catalog generation (removed at next open)")
@@ -318,17 +319,17 @@ class _Verifier:
                 mode = os.lstat(p).st_mode
             except FileNotFoundError:
                 continue  # removed meanwhile (a live writer's temporary file)
-            if name in ("segments", "streams", "lost+found"):
+            if name in layout.STORE_DIRS:
                 if not stat.S_ISDIR(mode):
                     self.problem(p, 0, f"{name} is not a directory")
-            elif name in ("LOCK", "CHECKPOINT"):
+            elif name in (layout.LOCK, layout.CHECKPOINT):
                 if not stat.S_ISREG(mode):
                     self.problem(p, 0, f"{name} is not a regular file")
-            elif name == "CHECKPOINT.tmp":
+            elif name == layout.CHECKPOINT + layout.TMP:
                 self.note(
                     f"{p}: left by a checkpoint that did not finish (never read; the next checkpoint replaces it)"
                 )
-            elif name.startswith("catalog."):
+            elif name.startswith(layout.CATALOG_PREFIX):
                 self.catalogs.append(name)
             else:
                 self.problem(p, 0, "stray file in the store directory: not part of a store's layout")
@@ -336,7 +337,7 @@ class _Verifier:
             p = os.path.join(self.seg_dir, name)
             m = _SEGMENT_FILE.fullmatch(name)
             if m is None:
-                if name.endswith(".log"):
+                if name.endswith(layout.SEGMENT_EXT):
                     self.problem(p, 0, "not a segment file name (the stem must be 20 decimal digits)")
                 else:
                     self.problem(p, 0, "stray file in segments/: not part of a store's layout")
@@ -761,7 +762,7 @@ class _Verifier:
                 )
                 continue
             want_end = scan.ends[e.records - 1] if e.records else HEADER_SIZE
-            pos_path = os.path.join(self.seg_dir, position_name(e.first))
+            pos_path = os.path.join(self.seg_dir, layout.position_name(e.first))
             missing = e.first not in self.pos_files
             # A sealed segment that compaction replaced after this checkpoint is smaller than the end the
             # checkpoint recorded for it; its position file is gone or already rewritten for the new copy.
@@ -812,7 +813,7 @@ class _Verifier:
     def _catalog_against_log(self) -> None:
         ckpt, at = self.ckpt, self.at_ckpt
         assert ckpt is not None and at is not None and self.store_id is not None
-        cat_path = os.path.join(self.path, f"catalog.{ckpt.generation:020d}")
+        cat_path = layout.catalog_path(self.path, ckpt.generation)
         try:
             raw = self.io.read_file(cat_path)
             catalog, runs, large = Catalog.decode(raw, self.store_id, ckpt.generation)
@@ -829,7 +830,7 @@ class _Verifier:
         large_ids = self.large_ids = {sid for sid, _count, _sum in large}
         unusable: set[int] = set()
         for k, (sid, count, checksum) in enumerate(large):
-            rpath = os.path.join(self.stream_dir, f"{sid:010d}.runs")
+            rpath = layout.runs_path(self.path, sid)
             try:
                 runs.large[sid] = LargeRuns.decode(self.io.read_file(rpath), self.store_id, sid, count, checksum)
             except FileNotFoundError:
@@ -921,7 +922,7 @@ class _Verifier:
         cat_runs = runs.runs_of(sid)
         nruns = int(catalog.nruns[sid])
         if is_large:
-            run_path, run_at = os.path.join(self.stream_dir, f"{sid:010d}.runs"), HEADER_SIZE
+            run_path, run_at = layout.runs_path(self.path, sid), HEADER_SIZE
         else:
             run_path, run_at = cat_path, lay.shared_soff(runs, sid)
             if nruns > LARGE_RUNS:
@@ -961,7 +962,7 @@ class _Verifier:
         assert self.store_id is not None
         listed = {e.first for e in self.ckpt.segments} if self.ckpt is not None else set()
         for first in sorted(self.pos_files - listed):
-            p = os.path.join(self.seg_dir, position_name(first))
+            p = os.path.join(self.seg_dir, layout.position_name(first))
             if first not in self.logs:
                 self.note(f"{p}: position file of no segment (left by an interrupted removal)")
                 continue

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 import logstore
+from logstore import layout
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
@@ -48,9 +49,9 @@ def _segment_size(directory: str) -> int | None:
     The store is opened with it, so that the segment a roll creates is like the store's others, not
     of the default size.
     """
-    seg_dir = os.path.join(directory, "segments")
+    seg_dir = layout.segments_dir(directory)
     try:
-        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(".log"))
+        names = sorted(n for n in os.listdir(seg_dir) if n.endswith(layout.SEGMENT_EXT))
         if not names:
             return None
         with open(os.path.join(seg_dir, names[-1]), "rb") as f:

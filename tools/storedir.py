@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from logstore import layout
+
 
 def store_dir_problem(path: str) -> str | None:
     """Why ``path`` is not a store directory (a message starting with the path), or ``None`` if it is one."""
@@ -16,6 +18,6 @@ def store_dir_problem(path: str) -> str | None:
         return f"{path}: no such directory"
     if not os.path.isdir(path):
         return f"{path}: not a directory"
-    if not (os.path.isdir(os.path.join(path, "segments")) or os.path.exists(os.path.join(path, "CHECKPOINT"))):
+    if not (os.path.isdir(layout.segments_dir(path)) or os.path.exists(layout.checkpoint_path(path))):
         return f"{path}: not a logstore store"
     return None

@@ -10,6 +10,8 @@
 - :class:`logstore.lostfound.LostFound` writes what recovery and repair take
   out of the log: a ``.bin`` and a manifest with the same fields for both
   producers, under names that are never reused.
+- :mod:`logstore.layout` names the store's files as docs/FORMAT.md draws
+  them, and tells a segment's or run file's name from anything else.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from logstore import layout
 from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError, as_corruption
 from logstore.fileio import default_io
 from logstore.index.errors import FormatError, UnsupportedVersionError
@@ -127,3 +130,47 @@ def test_lost_found_writes_only_a_manifest_when_no_bytes_are_left_and_moves_file
     assert (manifest["source"], manifest["position"], manifest["length"]) == ("stray.txt", 0, 5)
     with pytest.raises(ValueError, match="not a lost\\+found producer"):
         LostFound(default_io(), str(tmp_path), "me")
+
+
+def test_layout_names_the_files_as_the_format_draws_them() -> None:
+    assert layout.segment_name(38) == "00000000000000000038.log"
+    assert layout.position_name(38) == "00000000000000000038.pos"
+    assert layout.runs_name(0) == "0000000000.runs"
+    assert layout.catalog_name(2) == "catalog.00000000000000000002"
+    assert layout.segment_path("/s", 2**64 - 1) == "/s/segments/18446744073709551615.log"
+    assert layout.runs_path("/s", 2**32 - 1) == "/s/streams/4294967295.runs"
+    assert layout.catalog_path("/s", 7) == "/s/catalog.00000000000000000007"
+    assert (layout.checkpoint_path("/s"), layout.lock_path("/s")) == ("/s/CHECKPOINT", "/s/LOCK")
+    assert (layout.segments_dir("/s"), layout.streams_dir("/s"), layout.lost_found_dir("/s")) == (
+        "/s/segments",
+        "/s/streams",
+        "/s/lost+found",
+    )
+    assert layout.position_path_of("/s/segments/00000000000000000038.log") == "/s/segments/00000000000000000038.pos"
+    assert layout.segment_path_of("00000000000000000038.pos") == "00000000000000000038.log"
+    assert layout.segment_first("00000000000000000038.log") == 38
+    assert layout.STORE_DIRS == ("segments", "streams", "lost+found")
+
+
+@pytest.mark.parametrize(
+    ("name", "segment", "runs", "catalog"),
+    [
+        ("00000000000000000038.log", True, False, False),
+        ("0000000000000000038.log", False, False, False),  # 19 digits
+        ("0000000000000000003x.log", False, False, False),
+        ("00000000000000000038.log.tmp", False, False, False),
+        ("00000000000000000038.pos", False, False, False),
+        ("0000000004.runs", False, True, False),
+        ("000000004.runs", False, False, False),
+        ("catalog.00000000000000000002", False, False, True),
+        ("catalog.00000000000000000002.tmp", False, False, True),
+        ("catalog.x", False, False, False),
+        ("CHECKPOINT", False, False, False),
+    ],
+)
+def test_layout_tells_the_store_s_file_names_apart(name: str, segment: bool, runs: bool, catalog: bool) -> None:
+    assert (layout.is_segment_name(name), layout.is_runs_name(name), layout.is_catalog_name(name)) == (
+        segment,
+        runs,
+        catalog,
+    )
