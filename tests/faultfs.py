@@ -93,6 +93,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from logstore import FileIO
+from logstore.fileio import file_kind as engine_file_kind
 from logstore.writer import role as writer_role
 
 PAGE = 4096
@@ -134,28 +135,21 @@ class Op:
 
 
 def file_kind(rel: str) -> str:
-    """The kind of a store file from its path relative to the store: ``segment``, ``CHECKPOINT.tmp``, ..."""
+    """The kind of a store file from its path relative to the store: ``segment``, ``CHECKPOINT.tmp``, ...
+
+    The engine's kill points name files the same way (:func:`logstore.fileio.file_kind`); here the store
+    directory itself is ``root``, everything inside ``lost+found/`` is ``lost+found``, and a file of no
+    known kind is named by its base name (``LOCK``, a stray file).
+    """
     if rel in ("", "."):
         return "root"
     parts = rel.split(os.sep)
-    base = parts[-1]
-    if len(parts) == 1 and base in ("segments", "streams", "lost+found"):
-        return base
+    if len(parts) == 1 and parts[0] in ("segments", "streams", "lost+found"):
+        return parts[0]
     if parts[0] == "lost+found":
         return "lost+found"
-    if base.startswith("catalog."):
-        return "catalog.tmp" if base.endswith(".tmp") else "catalog"
-    for suffix, kind in (
-        (".log.tmp", "segment.tmp"),
-        (".log.compact", "segment.compact"),
-        (".log.repair", "segment.repair"),
-        (".log", "segment"),
-        (".pos", "pos"),
-        (".runs", "runs"),
-    ):
-        if base.endswith(suffix):
-            return kind
-    return base  # CHECKPOINT, CHECKPOINT.tmp, LOCK, anything else by its name
+    kind = engine_file_kind(rel)
+    return parts[-1] if kind == "other" else kind
 
 
 class _File:
