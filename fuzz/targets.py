@@ -8,7 +8,7 @@ it. A target lets through only the exceptions the parser promises:
 target        engine code                                    may raise
 ============  =============================================  ==========================
 header        ``index.header.decode_header`` (every kind)    ``FormatError``
-record        ``logstore.segment.parse_record`` over a       ``BadRecord`` (the engine
+record        ``logstore.record.parse_record`` over a        ``BadRecord`` (the engine
               segment buffer, resynchronising with           turns it into
               ``find_next_record`` after damage              ``CorruptionError``)
 envelope      ``logstore.envelope.decode``                   ``ValueError``, ``TypeError``
@@ -69,15 +69,8 @@ from logstore.index.header import (
 )
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns
-from logstore.segment import (
-    RECORD_OVERHEAD,
-    BadRecord,
-    Segment,
-    find_next_record,
-    open_segment,
-    parse_record,
-    segment_name,
-)
+from logstore.record import RECORD_OVERHEAD, BadRecord, find_next_record, parse_record
+from logstore.segment import Segment, open_segment, segment_name
 
 SEGMENT_SIZE = 64 * 1024
 SEED_STORE_ID = b"logstore-fuzzing"

@@ -68,15 +68,8 @@ import numpy as np
 from logstore import layout
 from logstore.errors import OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
-from logstore.segment import (
-    KIND_MESSAGE,
-    KIND_REMOVED,
-    RECORD_HEADER,
-    RECORD_OVERHEAD,
-    Segment,
-    SegmentRetired,
-    frame,
-)
+from logstore.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
+from logstore.segment import Segment, SegmentRetired
 
 if TYPE_CHECKING:
     from logstore.log import Log

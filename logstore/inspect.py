@@ -32,15 +32,8 @@ from logstore.envelope import Envelope, decode
 from logstore.errors import CorruptionError, StoreClosedError
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import (
-    KIND_LOST,
-    KIND_MESSAGE,
-    KIND_NAMES,
-    NO_STREAM,
-    BadRecord,
-    Segment,
-    parse_record,
-)
+from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM, BadRecord, parse_record
+from logstore.segment import Segment
 
 if TYPE_CHECKING:
     from logstore.store import Store

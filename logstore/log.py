@@ -35,7 +35,7 @@ from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
 from logstore.lostfound import RECOVERY, LostFound
 from logstore.published import Published
-from logstore.segment import (
+from logstore.record import (
     FLAG_SYNCED,
     FLAG_TX_END,
     KIND_DELETE,
@@ -48,13 +48,9 @@ from logstore.segment import (
     RECORD_OVERHEAD,
     BadRecord,
     Record,
-    Segment,
-    create_segment,
-    find_next_record_in_file,
-    last_nonzero_in_file,
-    open_segment,
     parse_record,
 )
+from logstore.segment import Segment, create_segment, find_next_record_in_file, last_nonzero_in_file, open_segment
 
 logger = logging.getLogger("logstore")
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from logstore.published import Published
     from logstore.segment import Segment
 
-# Fields of a record header tuple (segment.RECORD_HEADER): stream id and stream offset.
+# Fields of a record header tuple (record.RECORD_HEADER): stream id and stream offset.
 _SID, _SOFF = 4, 5
 
 PREFETCH = 256

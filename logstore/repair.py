@@ -43,7 +43,7 @@ from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.lock import release_writer_lock, take_writer_lock
 from logstore.lostfound import REPAIR, LostFound
-from logstore.segment import (
+from logstore.record import (
     FLAG_NAMED,
     FLAG_TX_END,
     KIND_DELETE,
@@ -56,9 +56,9 @@ from logstore.segment import (
     Record,
     find_next_record,
     frame,
-    last_nonzero,
     parse_record,
 )
+from logstore.segment import last_nonzero
 from logstore.store import open as open_store
 from logstore.store import resolve_store_path
 from logstore.verify import verify

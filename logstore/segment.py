@@ -1,43 +1,10 @@
-"""Segment files and the record format.
+"""Segment files.
 
 A segment is ``segments/<first global offset, 20 digits>.log``, starting with
 the common 64-byte header (magic ``b"LGSEGMNT"``; a = first global offset,
 b = capacity in bytes: the most the file may grow to, c = creation time in ns
-since the epoch) followed by records, back to back::
-
-    offset      size  type   field
-    0           4     u32    length L of the whole record, this field and the checksum included; 0 = never written
-    4           1     u8     kind: 1 message, 2 truncate, 3 delete, 4 retain, 5 removed, 6 lost (see below)
-    5           1     u8     flags: bit 0 TX_END, bit 1 NAMED, bit 2 SYNCED
-    6           2     u16    N, byte length of the stream name (0 unless NAMED)
-    8           4     u32    stream id
-    12          8     u64    stream offset
-    20          8     u64    global offset
-    28          N     utf-8  stream name (only when NAMED)
-    28+N        P     bytes  msgpack envelope (P = L - 36 - N)
-    L-8         8     u64    xxh3-64 of bytes 0 .. L-9 of the record
-
-Kinds 2..6 carry no payload and occupy a global offset that readers skip.
-The control records: TRUNCATE (stream offset field = the stream's new first
-retained offset, always NAMED), DELETE (the same, at the stream's head, and
-the stream reads as deleted until its next append), each a transaction of its
-own; RETAIN (stream id 0xFFFFFFFF, no name; stream offset field = the global
-offset where the log now starts), which begins the retention transaction with
-a TRUNCATE or DELETE for each stream it would otherwise forget. The markers:
-REMOVED (written by compaction in place of a message that truncation or
-deletion removed: the message's header fields, flags and name, without its
-envelope) and LOST (written by ``logstore repair``
-in place of a record that damage destroyed: with the stream id and offset
-that the rest of the log shows it had, or with stream id 0xFFFFFFFF, no
-name and offset 0 when nothing tells). Readers skip REMOVED and LOST records.
-
-TX_END marks the last record of a transaction. NAMED records carry their
-stream's name: the first record of each stream in each segment is NAMED, so
-every segment names the streams it holds. SYNCED says that every byte of the
-log before this record was fsynced before this record was written (the writer
-sets it on the first record it writes after an fsync). Recovery uses it to
-tell a torn tail from damage to data that was once durable: damage followed
-by a valid SYNCED record was durable, so it is not a torn write.
+since the epoch) followed by records, back to back, in the format of
+:mod:`logstore.record`.
 
 The file's size is anywhere from the end of its records to its capacity: the
 bytes past the records are the *reservation*, allocated ahead of the writer
@@ -65,8 +32,7 @@ import os
 import struct
 import threading
 import time
-from enum import IntEnum, IntFlag
-from typing import Any, Final, NamedTuple
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -78,50 +44,18 @@ from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
 from logstore.layout import TMP, position_name, segment_name
-
-RECORD_HEADER = struct.Struct("<IBBHIQQ")
-CHECKSUM = struct.Struct("<Q")
-RECORD_OVERHEAD = RECORD_HEADER.size + CHECKSUM.size  # 36
-
-
-class Kind(IntEnum):
-    """A record's kind (byte 4 of its header; 0 is invalid). Records parsed from a file carry it as a plain int."""
-
-    MESSAGE = 1
-    TRUNCATE = 2
-    DELETE = 3
-    RETAIN = 4
-    REMOVED = 5
-    LOST = 6
-
-
-class RecordFlag(IntFlag):
-    """A record's flag bits (byte 5 of its header); any other bit set makes the record invalid."""
-
-    TX_END = 1  # the last record of its transaction
-    NAMED = 2  # the record carries its stream's name
-    SYNCED = 4  # everything before the record was fsynced before it was written
-
-
-# The short names are plain ints, for the per-record loops (framing, parsing, the writer's group loop,
-# recovery's scan, reads): ``int & IntFlag`` runs IntFlag.__rand__ in Python (0.64 against 0.016 us for
-# ``int & int``), and a numpy array compared with an IntEnum member takes 6.4 against 2.4 us (measured
-# on the benchmark machine). A plain int compared with a member costs the same, so either form may be
-# compared with a record's field.
-KIND_MESSAGE: Final = int(Kind.MESSAGE)
-KIND_TRUNCATE: Final = int(Kind.TRUNCATE)
-KIND_DELETE: Final = int(Kind.DELETE)
-KIND_RETAIN: Final = int(Kind.RETAIN)
-KIND_REMOVED: Final = int(Kind.REMOVED)
-KIND_LOST: Final = int(Kind.LOST)
-KIND_NAMES: Final = {int(k): k.name.lower() for k in Kind}
-"""The name of each valid kind, by its value, in value order."""
-NO_STREAM = 0xFFFFFFFF
-"""The stream id field of a RETAIN record, which belongs to no stream."""
-FLAG_TX_END: Final = int(RecordFlag.TX_END)
-FLAG_NAMED: Final = int(RecordFlag.NAMED)
-FLAG_SYNCED: Final = int(RecordFlag.SYNCED)
-_KNOWN_FLAGS: Final = FLAG_TX_END | FLAG_NAMED | FLAG_SYNCED
+from logstore.record import (
+    CHECKSUM,
+    KIND_LOST,
+    KIND_MESSAGE,
+    KIND_NAMES,
+    KIND_REMOVED,
+    RECORD_HEADER,
+    RECORD_OVERHEAD,
+    BadRecord,
+    find_next_record,
+    parse_record,
+)
 
 RESERVE_FIRST = 1 << 20
 """Bytes a new segment file is allocated with (1 MiB, or its capacity if smaller), header included."""
@@ -131,9 +65,7 @@ RESERVE_STEP_MAX = 16 << 20
 logger = logging.getLogger("logstore")
 
 _xxh = xxhash.xxh3_64_intdigest
-_hdr_pack = RECORD_HEADER.pack
 _hdr_unpack = RECORD_HEADER.unpack_from
-_sum_pack = CHECKSUM.pack
 _sum_unpack = CHECKSUM.unpack_from
 
 # Batch reads of at least this many records check the record headers with numpy (Segment._read_batch).
@@ -155,121 +87,13 @@ _HEADER_BYTES = np.arange(RECORD_HEADER.size)
 _SUM_BYTES = np.arange(CHECKSUM.size)
 
 
-def frame(sid: int, soff: int, goff: int, flags: int, name: bytes, payload: bytes, kind: int = KIND_MESSAGE) -> bytes:
-    """One whole record, checksum included."""
-    body = _hdr_pack(RECORD_OVERHEAD + len(name) + len(payload), kind, flags, len(name), sid, soff, goff)
-    body = body + name + payload if name else body + payload
-    return body + _sum_pack(_xxh(body))
-
-
 class SegmentRetired(Exception):
     """The segment was closed under a read: the store closed, or compaction or retention replaced it."""
-
-
-class Record(NamedTuple):
-    """A record's header fields as parsed from a segment (the envelope is not decoded)."""
-
-    position: int
-    length: int
-    flags: int
-    sid: int
-    soff: int
-    goff: int
-    name: str | None
-    payload_start: int
-    kind: int = KIND_MESSAGE
-
-
-class BadRecord(Exception):
-    """The bytes at ``position`` are not a valid record."""
-
-    def __init__(self, position: int, what: str, zero: bool = False) -> None:
-        super().__init__(what)
-        self.position = position
-        self.what = what
-        self.zero = zero  # a length of 0: the never-written area, or a zeroed block
-
-
-# Long on purpose: the per-record parser of every read and scan (hot path): one check per rule.
-def parse_record(buf: Any, position: int, end: int) -> Record:  # noqa: PLR0912
-    """Parse and checksum the record at ``position``; raise :class:`BadRecord` if it is not one."""
-    if position + RECORD_HEADER.size > end:
-        if position >= end or not any(bytes(buf[position:end])):
-            raise BadRecord(position, "end of segment", zero=True)
-        raise BadRecord(position, "a partial record header at the end of the segment")
-    length, kind, flags, nlen, sid, soff, goff = _hdr_unpack(buf, position)
-    if length == 0:
-        raise BadRecord(position, "record length is 0 (never written)", zero=True)
-    if kind not in KIND_NAMES:
-        raise BadRecord(position, f"record kind is {kind}, not one of 1..6")
-    if flags & ~_KNOWN_FLAGS:
-        raise BadRecord(position, f"unknown record flags {flags:#x}")
-    if length < RECORD_OVERHEAD + nlen or position + length > end:
-        raise BadRecord(position, f"record length {length} does not fit (name {nlen} bytes, segment end {end})")
-    if bool(flags & FLAG_NAMED) != (nlen > 0):
-        raise BadRecord(position, "NAMED flag and name length disagree")
-    if kind != KIND_MESSAGE:
-        if length != RECORD_OVERHEAD + nlen:
-            extra = length - RECORD_OVERHEAD - nlen
-            raise BadRecord(position, f"a {KIND_NAMES[kind]} record carries {extra} payload bytes")
-        if kind in (KIND_TRUNCATE, KIND_DELETE) and not nlen:
-            raise BadRecord(position, f"a {KIND_NAMES[kind]} record must carry its stream's name")
-        if kind == KIND_RETAIN and (nlen or sid != NO_STREAM):
-            raise BadRecord(position, "a retain record must have stream id 0xFFFFFFFF and no name")
-        if kind == KIND_LOST and sid == NO_STREAM and (nlen or soff):
-            raise BadRecord(position, "a lost record of no stream must have no name and stream offset 0")
-        if kind not in (KIND_RETAIN, KIND_LOST) and sid == NO_STREAM:
-            raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
-    elif sid == NO_STREAM:
-        raise BadRecord(position, "stream id 0xFFFFFFFF belongs to no stream")
-    (checksum,) = _sum_unpack(buf, position + length - 8)
-    if _xxh(buf[position : position + length - 8]) != checksum:
-        raise BadRecord(position, "record checksum mismatch")
-    name = None
-    if nlen:
-        try:
-            name = bytes(buf[position + 28 : position + 28 + nlen]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRecord(position, "stream name is not valid UTF-8") from None
-    return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen, kind)
 
 
 def _as_bad_record(exc: BadRecord | struct.error, position: int, size: int) -> BadRecord:
     """``exc``; or for a record header unpacked past the mapping (an index entry past the records), a BadRecord."""
     return exc if isinstance(exc, BadRecord) else BadRecord(min(position, size), f"index points past it: {position}")
-
-
-def find_next_record(buf: Any, start: int, end: int, limit: int | None = None) -> int:
-    """The position of the first valid record at or after ``start``, or -1.
-
-    Candidates are found with numpy (a record has a kind from 1 to 6 at
-    byte 4), then checked in full; used to resynchronise after damage.
-    With ``limit``, only positions before it are candidates (a record found
-    may still extend up to ``end``).
-    """
-    if end - start < RECORD_OVERHEAD:
-        return -1
-    chunk = 1 << 20
-    pos = start
-    below = end if limit is None else min(limit, end)
-    while pos + RECORD_OVERHEAD <= end and pos < below:
-        stop = min(end, pos + chunk + RECORD_OVERHEAD, below + RECORD_OVERHEAD)
-        arr = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos)
-        if len(arr) <= 4:
-            break
-        kinds = arr[4:]
-        candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_LOST))
-        for c in candidates.tolist():
-            p = pos + c
-            if p >= pos + chunk or p >= below:
-                break
-            try:
-                parse_record(buf, p, end)
-            except BadRecord:
-                continue
-            return p
-        pos += chunk
-    return -1
 
 
 def last_nonzero(buf: Any, start: int, end: int) -> int:

@@ -43,7 +43,8 @@ from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_l
 from logstore.log import IndexesUnusable, Log, RecoveryReport
 from logstore.published import Published
 from logstore.reader import GlobalReader, StreamReader, close_readers
-from logstore.segment import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD, read_segment_header
+from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
+from logstore.segment import read_segment_header
 from logstore.writer import ANY, ANY_OFFSET, AnyOffset, Committer, Tx, Writer
 
 logger = logging.getLogger("logstore")

@@ -74,7 +74,7 @@ from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 from logstore.lock import writer_is_live
-from logstore.segment import (
+from logstore.record import (
     FLAG_TX_END,
     KIND_DELETE,
     KIND_LOST,
@@ -87,11 +87,9 @@ from logstore.segment import (
     BadRecord,
     Record,
     find_next_record,
-    last_nonzero,
-    open_segment,
     parse_record,
-    read_segment_header,
 )
+from logstore.segment import last_nonzero, open_segment, read_segment_header
 
 # The names logstore.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
 _SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tmp|log\.compact)")

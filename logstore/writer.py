@@ -48,7 +48,7 @@ import xxhash
 from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import (
+from logstore.record import (
     CHECKSUM,
     FLAG_NAMED,
     FLAG_SYNCED,

@@ -79,7 +79,7 @@ from logstore.index.header import (
 )
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns
-from logstore.segment import BadRecord, parse_record
+from logstore.record import BadRecord, parse_record
 from logstore.verify import verify
 from tests.stress import SEED, STRESS, scale
 

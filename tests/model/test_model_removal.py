@@ -63,7 +63,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import logstore
 from logstore import Envelope, OffsetConflictError
 from logstore.compact import CompactReport
-from logstore.segment import KIND_RETAIN, segment_name
+from logstore.record import KIND_RETAIN
+from logstore.segment import segment_name
 from logstore.writer import Writer
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, assert_verified

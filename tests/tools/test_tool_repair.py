@@ -20,7 +20,7 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import parse_record
+from logstore.record import parse_record
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT
 

@@ -17,7 +17,7 @@ import logstore
 from logstore import Envelope
 from logstore.envelope import encode
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
+from logstore.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
 from logstore.tools.cli import main
 from logstore.verify import verify
 from tests.terminal import on_a_terminal

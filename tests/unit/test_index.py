@@ -17,7 +17,7 @@ from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.index.header import HEADER_SIZE, MAGIC_CATALOG, MAGIC_POSITION, Header, decode_header, encode_header
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
-from logstore.segment import BadRecord, frame, parse_record
+from logstore.record import BadRecord, frame, parse_record
 
 STORE = bytes(range(16))
 

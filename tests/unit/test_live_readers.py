@@ -39,7 +39,8 @@ from logstore import Envelope
 from logstore.fileio import FileIO
 from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records
-from logstore.segment import BadRecord, Record, last_nonzero, parse_record
+from logstore.record import BadRecord, Record, parse_record
+from logstore.segment import last_nonzero
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT
 from tests.stress import SEED, scale

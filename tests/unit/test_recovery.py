@@ -15,7 +15,8 @@ import logstore
 import logstore.segment as segment_module
 from logstore import CorruptionError, Envelope, FileIO
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import BadRecord, data_regions, parse_record
+from logstore.record import BadRecord, parse_record
+from logstore.segment import data_regions
 from logstore.verify import verify
 from tests.helpers import assert_verified
 

@@ -23,8 +23,9 @@ from logstore.compact import CompactReport
 from logstore.errors import CorruptionError
 from logstore.index.header import HEADER_SIZE
 from logstore.log import Log
+from logstore.record import KIND_RETAIN, parse_record
 from logstore.repair import repair
-from logstore.segment import KIND_RETAIN, Segment, parse_record
+from logstore.segment import Segment
 from logstore.verify import verify
 from tests.crash import simulate_crash
 from tests.faultfs import Crash, CrashIO

@@ -229,7 +229,7 @@ def _unsealed_removed(store: logstore.Store) -> int:
     g = active.first
     cat = store._log.catalog
     n = 0
-    from logstore.segment import KIND_MESSAGE, parse_record
+    from logstore.record import KIND_MESSAGE, parse_record
 
     pos = 64
     for _ in range(active.count):

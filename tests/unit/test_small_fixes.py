@@ -28,8 +28,8 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
+from logstore.record import parse_record
 from logstore.repair import repair
-from logstore.segment import parse_record
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
 
