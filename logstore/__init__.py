@@ -29,7 +29,7 @@ from logstore.store import (
     Store,
     open,
 )
-from logstore.writer import ANY, AnyOffset, Committer, Tx
+from logstore.tx import ANY, AnyOffset, Committer, Tx
 
 __version__ = "0.1.0"
 """The package's version: the single place it is written (``logstore --version`` prints it)."""

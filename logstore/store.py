@@ -45,7 +45,8 @@ from logstore.published import Published
 from logstore.reader import GlobalReader, StreamReader, close_readers
 from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
 from logstore.segment import read_segment_header
-from logstore.writer import ANY, ANY_OFFSET, AnyOffset, Committer, Tx, Writer
+from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
+from logstore.writer import Writer
 
 logger = logging.getLogger("logstore")
 

@@ -1,8 +1,8 @@
-"""The writer: Ax's transaction interface over leader-based group commit.
+"""The writer: leader-based group commit under Ax's transaction interface (:mod:`logstore.tx`).
 
-Callers build a :class:`Tx` in their own thread (``append_messages`` checks the
-offset and encodes the envelopes there). ``Committer.commit()`` queues the
-transaction. If no thread holds the *writer role*, the committing thread takes
+Callers build a :class:`~logstore.tx.Tx` in their own thread
+(``append_messages`` checks the offset and encodes the envelopes there).
+``Committer.commit()`` queues the transaction. If no thread holds the *writer role*, the committing thread takes
 it and works the queue itself: it takes every transaction waiting, checks each
 one's offsets against the stream heads (an append at ``logstore.ANY`` is given
 the head there, see ``_assign_any``), assigns global offsets, frames the
@@ -35,12 +35,11 @@ calls once a group's committers are released.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
@@ -62,16 +61,15 @@ from logstore.record import (
     RECORD_OVERHEAD,
     frame,
 )
+from logstore.tx import ANY_OFFSET, Append, Tx
 
 if TYPE_CHECKING:
-    from logstore.envelope import Envelope
     from logstore.log import Log
     from logstore.published import Published
     from logstore.segment import Segment
 
 logger = logging.getLogger("logstore")
 
-_ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 # Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
 # call for; later ones what the first one's own transaction added or sealed.
 _RETENTION_ROUNDS = 4
@@ -80,176 +78,6 @@ _VECTOR_HEADS = 32
 # The writer thread looks at its conditions at least this often (seconds), notified or not: a
 # notification lost to an interrupt in the notifying thread then costs a delay, not a hang.
 _IDLE_CHECK = 1.0
-_STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
-
-# One append: (stream name, encoded name, first offset, encoded envelopes). The first offset is
-# ANY_OFFSET for an append at logstore.ANY until the writer assigns it at commit.
-Append = tuple[str, bytes, int, list[bytes]]
-ANY_OFFSET = -1
-
-
-class AnyOffset(enum.Enum):
-    """The type of :data:`ANY`: one member, so that no int can be mistaken for it."""
-
-    ANY = "ANY"
-
-    def __repr__(self) -> str:
-        return "logstore.ANY"
-
-
-ANY = AnyOffset.ANY
-"""Pass as the offset of ``append_messages``/``tx.append`` to append at the stream's head as it is at commit.
-
-No :class:`~logstore.OffsetConflictError` for that stream: whatever other
-transactions committed to it first, the messages go after them. The writer
-assigns their stream offsets at commit (``tx.stream_offsets`` has them).
-Within one transaction, more ``ANY`` appends to the stream follow on
-consecutively and an exact offset may come before them, but not after
-(``ValueError``: the head is not known until commit).
-"""
-
-
-class _Owner(Protocol):
-    """The store a transaction belongs to, as ``Tx.append`` sees it."""
-
-    def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None: ...
-
-
-class Tx:
-    """A transaction: Ax's ``persistence.Tx``. Get one from ``store.begin_tx()``.
-
-    After a successful commit, ``global_offsets`` is the ``range`` of global
-    offsets its messages occupy (empty if it appended nothing), and
-    ``stream_offsets`` maps each stream it appended to to the ``range`` of
-    stream offsets its messages occupy there: the way to learn the offsets
-    that the writer assigned to appends at :data:`logstore.ANY`.
-
-    >>> import logstore, tempfile
-    >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
-    ...     with store.transaction() as tx:
-    ...         tx.append("order-7", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
-    ...         tx.append("outbox", logstore.ANY, [logstore.Envelope.new("SendMail", "a@example.com")])
-    ...     tx.global_offsets, tx.stream_offsets
-    (range(0, 2), {'order-7': range(0, 1), 'outbox': range(0, 1)})
-    """
-
-    __slots__ = ("_any", "_appends", "_heads", "_published", "_state", "_store", "_writer", "global_offsets")
-
-    def __init__(self, store: _Owner, writer: Writer, published: Published) -> None:
-        self._store = store
-        self._writer = writer  # the committer hands the transaction to it
-        self._published = published  # for the forked-child refusal
-        self._appends: list[Append] = []
-        # stream -> next offset counting this transaction's appends; ANY_OFFSET once it has an ANY append
-        self._heads: dict[str, int] = {}
-        self._any = False  # some append is at ANY: the writer assigns offsets at commit
-        self._state = _ACTIVE
-        self.global_offsets: range | None = None
-
-    def append(self, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
-        """``store.append_messages(tx, stream, offset, envs)`` in short: the same checks and errors."""
-        self._store.append_messages(self, stream, offset, envs)
-
-    @property
-    def stream_offsets(self) -> dict[str, range] | None:
-        """After a successful commit: stream -> ``range`` of the stream offsets written there; else None.
-
-        The ranges hold the offsets that the writer assigned at commit to
-        appends at :data:`logstore.ANY`, and the given ones of exact appends.
-        """
-        if self._state != _COMMITTED:
-            return None
-        spans: dict[str, range] = {}
-        for name, _nameb, first, payloads in self._appends:
-            done = spans.get(name)
-            # A transaction's appends to one stream are consecutive: exact ones by the offset check,
-            # ANY ones as the writer assigns them.
-            spans[name] = range(first if done is None else done.start, first + len(payloads))
-        return spans
-
-    @property
-    def active(self) -> bool:
-        return self._state == _ACTIVE
-
-    # The store's side of ``append_messages``: it checks and encodes, the transaction keeps the appends.
-
-    def check_appendable(self, store: object) -> None:
-        """Raise ``ValueError`` unless the transaction belongs to ``store`` and is still active."""
-        if self._store is not store:
-            raise ValueError("the transaction belongs to another store")
-        if self._state != _ACTIVE:
-            raise ValueError(f"the transaction is already {_STATE_NAMES[self._state]}")
-
-    def staged_head(self, stream: str) -> int | None:
-        """The next offset of ``stream`` counting this transaction's appends (``ANY_OFFSET`` after an
-        append at ``logstore.ANY``); None if the transaction has not appended to it."""
-        return self._heads.get(stream)
-
-    def stage(self, stream: str, nameb: bytes, first: int, payloads: list[bytes]) -> None:
-        """Add checked, encoded envelopes at stream offset ``first`` (``ANY_OFFSET``: assigned at commit)."""
-        self._appends.append((stream, nameb, first, payloads))
-        if first == ANY_OFFSET:
-            self._heads[stream] = ANY_OFFSET
-            self._any = True
-        else:
-            self._heads[stream] = first + len(payloads)
-
-    def _check_active(self) -> None:
-        if self._state != _ACTIVE:
-            raise ValueError(f"the transaction is already {_STATE_NAMES[self._state]}")
-
-    def __repr__(self) -> str:
-        state = "active" if self._state == _ACTIVE else _STATE_NAMES[self._state]
-        return f"<logstore.Tx {state}, {sum(len(a[3]) for a in self._appends)} messages>"
-
-
-class Committer:
-    """Ax's ``persistence.Committer``: commits or rolls back its transaction."""
-
-    __slots__ = ("_tx",)
-
-    def __init__(self, tx: Tx) -> None:
-        self._tx = tx
-
-    def commit(self) -> range:
-        """Make the transaction's messages durable and visible, all together.
-
-        Returns the ``range`` of global offsets they occupy. Raises
-        :class:`~logstore.OffsetConflictError` (nothing is written) if another
-        transaction appended to one of its streams first, and
-        :class:`~logstore.StoreFailedError` if the write or fsync failed.
-        """
-        tx = self._tx
-        forked = tx._published.forked_error
-        if forked is not None:  # the writer, its queue and its locks stayed in the parent
-            raise forked()
-        tx._check_active()
-        if not tx._appends:
-            tx._state = _COMMITTED
-            tx.global_offsets = range(0)
-            return tx.global_offsets
-        tx._state = _COMMITTING
-        try:
-            result = tx._writer.commit(tx)
-        except BaseException:
-            tx._state = _FAILED
-            raise
-        tx._state = _COMMITTED
-        tx.global_offsets = result
-        return result
-
-    def rollback(self) -> None:
-        """Discard the transaction. Rolling back a committed transaction does nothing."""
-        tx = self._tx
-        forked = tx._published.forked_error
-        if forked is not None:
-            raise forked()
-        if tx._state == _ACTIVE:
-            tx._state = _ROLLED_BACK
-            tx._appends = []
-            tx._heads = {}
-            tx._any = False
-
 
 # A control operation for the writer thread: (record kind, stream name, encoded name, offset), or a callable.
 Control = tuple[int, str, bytes, int]
@@ -289,7 +117,7 @@ class Writer:
     ) -> None:
         self.log = log_
         # Where the writer publishes heads, limits and removals, and wakes readers (``log_.published``).
-        self.published = log_.published
+        self.published: Published = log_.published
         self.durability = durability
         self.fsync_interval = fsync_interval
         self.checkpoint_bytes = checkpoint_bytes
@@ -823,7 +651,7 @@ class Writer:
         bound = 0
         for p in batch:
             assert p.tx is not None
-            for _name, nb, _first, payloads in p.tx._appends:
+            for _name, nb, _first, payloads in p.tx.appends:
                 bound += len(nb) + RECORD_OVERHEAD * len(payloads) + sum(map(len, payloads))
         try:
             seg.reserve(min(seg.capacity, pos + bound))
@@ -844,7 +672,7 @@ class Writer:
         xxh = xxhash.xxh3_64_intdigest
         for p in batch:
             assert p.tx is not None
-            appends = p.tx._appends
+            appends = p.tx.appends
             # Pass 1: every offset must still be its stream's next one.
             local: dict[str, int] = {}
             conflict = None
@@ -860,8 +688,9 @@ class Writer:
             if conflict is not None:
                 p.error = conflict
                 continue
-            if p.tx._any:
-                appends = p.tx._appends = _assign_any(appends, ids, heads, cat.head)
+            if p.tx.has_any:
+                appends = _assign_any(appends, ids, heads, cat.head)
+                p.tx.assign(appends)
             # Pass 2: frame the records.
             tx_first = goff
             last_append = len(appends) - 1

@@ -35,7 +35,7 @@ WAIT = 10.0  # seconds: a bound for joins; nothing waits this long when it works
 # The modules whose seams the published state replaced: none of them may use another module's
 # private names. (log.py still sets up segments' lazily loaded position indexes, and inspect.py
 # reads a store's log: seams of their own, not part of what readers may see.)
-SEAMED = ("store", "writer", "reader", "compact", "published")
+SEAMED = ("store", "tx", "writer", "reader", "compact", "published")
 
 
 def _modules() -> dict[str, ast.Module]:
