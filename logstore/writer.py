@@ -54,13 +54,11 @@ from logstore.record import (
     FLAG_TX_END,
     KIND_DELETE,
     KIND_MESSAGE,
-    KIND_RETAIN,
-    KIND_TRUNCATE,
-    NO_STREAM,
     RECORD_HEADER,
     RECORD_OVERHEAD,
     frame,
 )
+from logstore.retention import Retention
 from logstore.tx import ANY_OFFSET, Append, Tx
 
 if TYPE_CHECKING:
@@ -70,9 +68,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("logstore")
 
-# Rounds of retention in one call (``Writer.apply_retention``): the first drops what the options
-# call for; later ones what the first one's own transaction added or sealed.
-_RETENTION_ROUNDS = 4
 # Above this many streams in one group, their heads are published with one numpy assignment.
 _VECTOR_HEADS = 32
 # The writer thread looks at its conditions at least this often (seconds), notified or not: a
@@ -124,6 +119,8 @@ class Writer:
         self.retention_age = retention_age
         self.retention_bytes = retention_bytes
         self._retention_due = False  # set at each roll; the store applies retention once at open
+        # Retention writes its transaction through the framing of control records, and syncs it.
+        self._retention = Retention(log_, self.published, self._write_records, self.sync)
         self._cv = threading.Condition(threading.Lock())
         self._queue: list[_Pending] = []
         self._busy = False  # some thread holds the writer role
@@ -496,36 +493,14 @@ class Writer:
         p.result = range(goff, goff + 1)
 
     def apply_retention(self, age: float | None = None, max_bytes: int | None = None) -> int:
-        """Drop the old segments that the retention options no longer keep (writer thread).
+        """Drop the old segments that the retention options no longer keep (writer role); the log bytes freed.
 
-        Returns the log bytes freed. Steps: (1) write one transaction: a
-        RETAIN record naming the new log start, then a TRUNCATE (or DELETE,
-        for a deleted stream) at its head for every stream whose last record
-        lies below it, so that the log still names the stream and its head
-        once its records are gone; (2) fsync it, whatever the durability
-        mode, since what follows cannot be undone; (3) publish: readers skip
-        everything below the log start from here on; (4) checkpoint without
-        the dropped segments and remove them (``Log.drop_segments``).
-        Recovery replays (1) and finishes (4). ``age`` and ``max_bytes``
-        stand in for the store's retention options when given.
+        ``age`` and ``max_bytes`` stand in for the store's retention options
+        when given. The steps and their crash safety: :meth:`logstore.retention.Retention.apply`.
         """
-        lg = self.log
         age = self.retention_age if age is None else age
         max_bytes = self.retention_bytes if max_bytes is None else max_bytes
-        freed = lg.drop_segments()
-        if age is None and max_bytes is None:
-            return freed
-        # A round's own transaction can take the log back over ``max_bytes``, or roll the segment
-        # and leave one more sealed segment to drop: retention goes round again until the log start
-        # stays put. Each round drops at least one segment; the bound only stops a log whose carry
-        # records alone outgrow the limit from rolling for ever.
-        for _ in range(_RETENTION_ROUNDS):
-            start = lg.retention_point(age, max_bytes, time.time_ns())
-            if start <= lg.log_start:
-                break
-            self._retain(start)
-            freed += lg.drop_segments()
-        return freed
+        return self._retention.apply(age, max_bytes)
 
     def roll_now(self, segment: Segment) -> bool | OutOfSpaceError:
         """Seal ``segment`` now, if it is still the active segment and holds a record (writer role).
@@ -555,33 +530,6 @@ class Writer:
         lg.checkpoint_due = True
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return True
-
-    def _retain(self, start: int) -> None:
-        """Steps (1) to (3) of :meth:`apply_retention` for the new log start ``start``."""
-        lg = self.log
-        cat = lg.catalog
-        n = len(cat)
-        head = cat.head[:n].astype(np.int64)
-        last_msg = cat.run_diff[:n].astype(np.int64) + head - 1
-        # A stream whose messages all lie below the start needs a record that names it and its head
-        # past the start, unless it has one already: a control record there with first == head.
-        named_at_head = (cat.ctrl[:n].astype(np.int64) - 1 >= start) & (cat.first[:n].astype(np.int64) == head)
-        carry = np.flatnonzero((last_msg < start) & ~named_at_head).tolist()
-        specs = [(KIND_RETAIN, NO_STREAM, start, b"")]
-        for sid in carry:
-            kind = KIND_DELETE if cat.flags[sid] & FLAG_DELETED else KIND_TRUNCATE
-            specs.append((kind, sid, int(cat.head[sid]), cat.names[sid].encode()))
-        goff = lg.next_goff
-        self._write_records(specs)
-        self.sync()
-        for k, sid in enumerate(carry, start=1):
-            cat.set_first(sid, int(cat.head[sid]))
-            cat.ctrl[sid] = goff + k + 1
-        pub = self.published
-        pub.log_start = start
-        pub.visible_end = lg.next_goff
-        logger.info("%s: retention moved the log start to global offset %d", lg.directory, start)
-        pub.removed()  # readers drop what they decoded ahead, then are woken
 
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
         """Write control records ``(kind, stream id, offset field, name)`` as one transaction.
