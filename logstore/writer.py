@@ -524,12 +524,18 @@ class Writer:
             return False  # rolled meanwhile by a commit, or empty: nothing to seal
         self.sync()  # everything written before the new segment exists is durable, as in _process
         try:
-            lg.roll(lg.next_goff)
+            self._roll(lg.next_goff)
         except OutOfSpaceError as exc:
             return exc
-        lg.checkpoint_due = True
-        self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return True
+
+    def _roll(self, first: int, reserve: int = 0) -> Segment:
+        """Start the next segment at global offset ``first`` (``Log.roll``), then mark what every roll
+        makes due: the checkpoint that records the sealed segment, and retention (writer role)."""
+        seg = self.log.roll(first, reserve)
+        self.log.checkpoint_due = True
+        self._retention_due = self.retention_age is not None or self.retention_bytes is not None
+        return seg
 
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
         """Write control records ``(kind, stream id, offset field, name)`` as one transaction.
@@ -559,9 +565,7 @@ class Writer:
                 lg.io.fdatasync(seg.fd)
                 self._dirty = False
                 self.synced = (seg.first, seg.end, goff)
-                seg = lg.roll(goff, HEADER_SIZE + bound)
-                lg.checkpoint_due = True
-                self._retention_due = self.retention_age is not None or self.retention_bytes is not None
+                seg = self._roll(goff, HEADER_SIZE + bound)
                 start = pos = seg.end
                 parts, positions = [], []
                 synced_flag = FLAG_SYNCED
@@ -700,9 +704,7 @@ class Writer:
                         self.synced = (seg.first, seg.end, goff)
                         # The new segment is allocated with room for the rest of the group. A full file
                         # system fails the store here: the group is written in part.
-                        seg = lg.roll(goff, HEADER_SIZE + bound)
-                        lg.checkpoint_due = True  # checkpoint the sealed segment
-                        self._retention_due = self.retention_age is not None or self.retention_bytes is not None
+                        seg = self._roll(goff, HEADER_SIZE + bound)
                         named = seg.named
                         start_pos = pos = seg.end
                         parts = []
