@@ -69,8 +69,9 @@ from logstore.index.header import (
 )
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns
-from logstore.record import RECORD_OVERHEAD, BadRecord, find_next_record, parse_record
+from logstore.record import RECORD_OVERHEAD, BadRecord, parse_record
 from logstore.segment import Segment, open_segment, segment_name
+from logstore.walk import find_next_record
 
 SEGMENT_SIZE = 64 * 1024
 SEED_STORE_ID = b"logstore-fuzzing"

@@ -50,7 +50,8 @@ from logstore.record import (
     Record,
     parse_record,
 )
-from logstore.segment import Segment, create_segment, find_next_record_in_file, last_nonzero_in_file, open_segment
+from logstore.segment import Segment, create_segment, open_segment
+from logstore.walk import find_next_record_in_file, last_nonzero_in_file
 
 logger = logging.getLogger("logstore")
 

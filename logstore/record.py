@@ -44,7 +44,6 @@ import struct
 from enum import IntEnum, IntFlag
 from typing import Any, Final, NamedTuple
 
-import numpy as np
 import xxhash
 
 RECORD_HEADER = struct.Struct("<IBBHIQQ")
@@ -171,36 +170,3 @@ def parse_record(buf: Any, position: int, end: int) -> Record:  # noqa: PLR0912
         except UnicodeDecodeError:
             raise BadRecord(position, "stream name is not valid UTF-8") from None
     return Record(position, length, flags, sid, soff, goff, name, position + 28 + nlen, kind)
-
-
-def find_next_record(buf: Any, start: int, end: int, limit: int | None = None) -> int:
-    """The position of the first valid record at or after ``start``, or -1.
-
-    Candidates are found with numpy (a record has a kind from 1 to 6 at
-    byte 4), then checked in full; used to resynchronise after damage.
-    With ``limit``, only positions before it are candidates (a record found
-    may still extend up to ``end``).
-    """
-    if end - start < RECORD_OVERHEAD:
-        return -1
-    chunk = 1 << 20
-    pos = start
-    below = end if limit is None else min(limit, end)
-    while pos + RECORD_OVERHEAD <= end and pos < below:
-        stop = min(end, pos + chunk + RECORD_OVERHEAD, below + RECORD_OVERHEAD)
-        arr = np.frombuffer(buf, dtype=np.uint8, count=stop - pos, offset=pos)
-        if len(arr) <= 4:
-            break
-        kinds = arr[4:]
-        candidates = np.flatnonzero((kinds >= KIND_MESSAGE) & (kinds <= KIND_LOST))
-        for c in candidates.tolist():
-            p = pos + c
-            if p >= pos + chunk or p >= below:
-                break
-            try:
-                parse_record(buf, p, end)
-            except BadRecord:
-                continue
-            return p
-        pos += chunk
-    return -1

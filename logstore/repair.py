@@ -54,14 +54,13 @@ from logstore.record import (
     RECORD_OVERHEAD,
     BadRecord,
     Record,
-    find_next_record,
     frame,
     parse_record,
 )
-from logstore.segment import last_nonzero
 from logstore.store import open as open_store
 from logstore.store import resolve_store_path
 from logstore.verify import verify
+from logstore.walk import find_next_record, last_nonzero
 
 _NOTHING = "verify finds no problem: nothing to repair"
 _TOP = {layout.LOCK, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}

@@ -25,7 +25,6 @@ still holding it: its bytes stay valid, since the file only grows.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import mmap
 import os
@@ -53,7 +52,6 @@ from logstore.record import (
     RECORD_HEADER,
     RECORD_OVERHEAD,
     BadRecord,
-    find_next_record,
     parse_record,
 )
 
@@ -94,90 +92,6 @@ class SegmentRetired(Exception):
 def _as_bad_record(exc: BadRecord | struct.error, position: int, size: int) -> BadRecord:
     """``exc``; or for a record header unpacked past the mapping (an index entry past the records), a BadRecord."""
     return exc if isinstance(exc, BadRecord) else BadRecord(min(position, size), f"index points past it: {position}")
-
-
-def last_nonzero(buf: Any, start: int, end: int) -> int:
-    """One past the last non-zero byte in ``buf[start:end]``, or ``start`` if all are zero.
-
-    ``buf`` may be the mapping of a segment that another process is writing:
-    numpy's ``flatnonzero`` counts the non-zero bytes, then collects them,
-    and raises ``RuntimeError`` if the count changed in between. A chunk
-    that changes is searched again in a private copy, so the answer is
-    what the bytes held at one moment, and no error.
-    """
-    chunk = 1 << 22
-    hi = end
-    while hi > start:
-        lo = max(start, hi - chunk)
-        arr = np.frombuffer(buf, dtype=np.uint8, count=hi - lo, offset=lo)
-        try:
-            nz = np.flatnonzero(arr)
-        except RuntimeError:  # written meanwhile (a live writer): look at a copy
-            nz = np.flatnonzero(arr.copy())
-        if len(nz):
-            return lo + int(nz[-1]) + 1
-        hi = lo
-    return start
-
-
-def data_regions(fd: int, start: int, end: int) -> list[tuple[int, int]]:
-    """The ranges of ``[start, end)`` of the file ``fd`` that may hold non-zero bytes, in order.
-
-    Everything but the file's holes (``SEEK_DATA``/``SEEK_HOLE``): a hole
-    reads as zeros, so a search for non-zero bytes or records may skip it.
-    On Linux the never-written reservation of a segment (an unwritten
-    extent) is a hole unless the page cache holds pages of it, which count
-    as data; a file system that does not report holes gives the whole range.
-    """
-    regions: list[tuple[int, int]] = []
-    pos = start
-    while pos < end:
-        try:
-            lo = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole from pos to the end of the file
-                break
-            regions.append((pos, end))  # no hole reporting: search everything
-            break
-        if lo >= end:
-            break
-        try:
-            hi = min(end, os.lseek(fd, lo, os.SEEK_HOLE))
-        except OSError:
-            hi = end
-        if hi <= lo:  # the file changed under us (or a broken report): search the rest
-            regions.append((lo, end))
-            break
-        regions.append((lo, hi))
-        pos = hi
-    return regions
-
-
-def last_nonzero_in_file(buf: Any, fd: int, start: int, end: int) -> int:
-    """:func:`last_nonzero` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
-
-    The same answer, without reading the holes of a segment's reservation:
-    the cost follows what was written, not the segment's size.
-    """
-    for lo, hi in reversed(data_regions(fd, start, end)):
-        nz = last_nonzero(buf, lo, hi)
-        if nz > lo:
-            return nz
-    return start
-
-
-def find_next_record_in_file(buf: Any, fd: int, start: int, end: int) -> int:
-    """:func:`find_next_record` of ``buf`` (the mapping of file ``fd``), looking only at the file's data.
-
-    A valid record has a non-zero length in its header, so it starts less
-    than a header's size before some data region (or inside one): the
-    candidates are those positions; a record may extend past its region.
-    """
-    for lo, hi in data_regions(fd, max(start, 0), end):
-        q = find_next_record(buf, max(start, lo - RECORD_HEADER.size + 1), end, hi)
-        if q >= 0:
-            return q
-    return -1
 
 
 class Segment:

@@ -86,10 +86,10 @@ from logstore.record import (
     NO_STREAM,
     BadRecord,
     Record,
-    find_next_record,
     parse_record,
 )
-from logstore.segment import last_nonzero, open_segment, read_segment_header
+from logstore.segment import open_segment, read_segment_header
+from logstore.walk import find_next_record, last_nonzero
 
 # The names logstore.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
 _SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tmp|log\.compact)")

@@ -40,8 +40,8 @@ from logstore.fileio import FileIO
 from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records
 from logstore.record import BadRecord, Record, parse_record
-from logstore.segment import last_nonzero
 from logstore.tools.cli import main
+from logstore.walk import last_nonzero
 from tests.helpers import SMALL_SEGMENT
 from tests.stress import SEED, scale
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 import logstore
-import logstore.segment as segment_module
+import logstore.walk as walk_module
 from logstore import CorruptionError, Envelope, FileIO
 from logstore.index.header import HEADER_SIZE
 from logstore.record import BadRecord, parse_record
-from logstore.segment import data_regions
 from logstore.verify import verify
+from logstore.walk import data_regions
 from tests.helpers import assert_verified
 
 SEGMENT = 256 * 1024
@@ -596,7 +596,7 @@ def test_data_regions_cover_every_written_byte_and_skip_the_holes(tmp_path: Path
 def test_data_regions_falls_back_to_searching_when_hole_reports_fail(
     monkeypatch: pytest.MonkeyPatch, fake: dict[str, Any], expected: list[tuple[int, int]]
 ) -> None:
-    monkeypatch.setattr(segment_module, "os", _FakeOS(fake["data"], fake.get("hole", 0)))
+    monkeypatch.setattr(walk_module, "os", _FakeOS(fake["data"], fake.get("hole", 0)))
     assert data_regions(-1, 100, 1000) == expected
 
 
@@ -612,7 +612,7 @@ def test_recovery_finds_the_tail_on_a_file_system_without_hole_reports(
         f.seek(end)
         f.write(garbage)
     unsupported = OSError(seek_errno, os.strerror(seek_errno))
-    monkeypatch.setattr(segment_module, "os", _FakeOS(unsupported, unsupported))
+    monkeypatch.setattr(walk_module, "os", _FakeOS(unsupported, unsupported))
     with logstore.open(store_dir) as store:
         report = store.recovery_report
         assert report.records_scanned == 5
