@@ -20,8 +20,8 @@ from logstore.errors import (
     StreamClosedError,
 )
 from logstore.fileio import FileIO
-from logstore.log import RecoveryReport
 from logstore.reader import GlobalReader, StreamReader
+from logstore.recovery import RecoveryReport
 from logstore.store import (
     DEFAULT_SEGMENT_SIZE,
     MAX_ENVELOPE_SIZE,

@@ -233,7 +233,7 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
             step = 0
     if progress is not None and step:
         progress(step)
-    report = lg.report
+    report = store.recovery_report
     recovery = dataclasses.asdict(report)
     recovery["clean"] = report.clean
     recovery["summary"] = report.summary()

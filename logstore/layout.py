@@ -57,6 +57,11 @@ def catalog_name(generation: int) -> str:
     return f"{CATALOG_PREFIX}{generation:0{FIRST_DIGITS}d}"
 
 
+def index_path(store: str, prefix: str, generation: int) -> str:
+    """The generation file ``<store>/<prefix>.<generation>`` of a derived index (the catalog's: ``catalog``)."""
+    return os.path.join(store, f"{prefix}.{generation:0{FIRST_DIGITS}d}")
+
+
 def segments_dir(store: str) -> str:
     return os.path.join(store, SEGMENTS)
 
@@ -78,7 +83,7 @@ def lost_found_dir(store: str) -> str:
 
 
 def catalog_path(store: str, generation: int) -> str:
-    return os.path.join(store, catalog_name(generation))
+    return index_path(store, CATALOG_PREFIX.rstrip("."), generation)
 
 
 def segment_path(store: str, first: int) -> str:

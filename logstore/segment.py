@@ -144,6 +144,20 @@ class Segment:
         self._positions = None
 
     @property
+    def lazy_positions(self) -> tuple[int, int] | None:
+        """``(count, checksum)`` of the position file entries not loaded yet, or ``None`` when they are in memory."""
+        return self._lazy
+
+    def use_positions(self, index: PositionIndex) -> None:
+        """Hold ``index`` (rebuilt from the segment) as the in-memory position index."""
+        self._lazy = None
+        self._positions = index
+
+    def reset_positions(self) -> None:
+        """Start an empty position index (recovery then applies the segment's records to it)."""
+        self.use_positions(PositionIndex(self.first))
+
+    @property
     def positions(self) -> PositionIndex:
         pos = self._positions
         if pos is not None:

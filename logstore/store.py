@@ -40,10 +40,11 @@ from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock
-from logstore.log import IndexesUnusable, Log, RecoveryReport
+from logstore.log import Log
 from logstore.published import Published
 from logstore.reader import GlobalReader, StreamReader, close_readers
 from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
+from logstore.recovery import IndexesUnusable, Recovery, RecoveryReport
 from logstore.segment import read_segment_header
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 from logstore.writer import Writer
@@ -220,6 +221,7 @@ class Store:
             self._release_lock()
             raise
         self._log = Log(io, path, store_id, readonly, segment_size, self._pub)
+        self._report = RecoveryReport()  # what recovery found and did (a new store: nothing)
         try:
             if created:
                 try:
@@ -231,7 +233,7 @@ class Store:
             else:
                 used = self._load(ckpt, ckpt_problem, store_id)
                 if not readonly:
-                    report = self._log.report
+                    report = self._report
                     if report.records_scanned or used is None or report.cut or report.rebuilt:
                         # The scanned tail may still be only in the page cache: make it durable
                         # before a checkpoint says it is there.
@@ -239,7 +241,7 @@ class Store:
                         self._log.checkpoint(clean=False)
                     elif used.clean:
                         self._log.mark_unclean(used)
-                    self._log.remove_stale_catalogs()
+                    self._log.remove_stale_generations()
             if not readonly:
                 self._log.drop_segments()  # finish a retention that a crash interrupted
                 self._writer = Writer(
@@ -257,7 +259,7 @@ class Store:
             finally:
                 self._release_lock()
             raise
-        report = self._log.report
+        report = self._report
         if not report.clean:
             # A cut moved bytes out of the log: the operator should know. Rebuilt indexes are derived
             # data (after repair, compaction or a lost checkpoint) and lose nothing.
@@ -265,6 +267,12 @@ class Store:
             logger.log(level, "%s: opened after recovery: %s", path, report.summary())
 
     # -- opening -------------------------------------------------------------------
+
+    def _recover(self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool) -> Checkpoint | None:
+        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log; keep its report."""
+        recovery = Recovery(self._log, retry_changes)
+        self._report = recovery.report
+        return recovery.run(ckpt, ckpt_problem)
 
     def _load(self, ckpt: Checkpoint | None, ckpt_problem: str | None, store_id: bytes) -> Checkpoint | None:
         """Load the log; a read-only open loads again when a live writer changed the files under it.
@@ -282,14 +290,13 @@ class Store:
         log, as a writable open would (and said at WARNING).
         """
         if not self.readonly:
-            return self._log.load(ckpt, ckpt_problem)
+            return self._recover(ckpt, ckpt_problem, False)
         previous: str | None = None
         rebuild = False
         for attempt in range(READONLY_LOADS):
             final = attempt == READONLY_LOADS - 1
-            self._log.retry_changes = not (rebuild or final)
             try:
-                return self._log.load(ckpt, ckpt_problem)
+                return self._recover(ckpt, ckpt_problem, not (rebuild or final))
             except FormatVersionError:
                 raise
             except (CorruptionError, FileNotFoundError, IndexesUnusable) as exc:
@@ -476,7 +483,7 @@ class Store:
     @property
     def recovery_report(self) -> RecoveryReport:
         """What the last open found and did (see :class:`RecoveryReport`); still readable after ``close()``."""
-        return self._log.report
+        return self._report
 
     @property
     def closed(self) -> bool:

@@ -46,7 +46,14 @@ class Damage(NamedTuple):
 
 
 def walk(
-    buf: Any, start: int, end: int, *, fd: int | None = None, resync: bool = False, stop: int | None = None
+    buf: Any,
+    start: int,
+    end: int,
+    *,
+    fd: int | None = None,
+    resync: bool = False,
+    stop: int | None = None,
+    tail: bool = True,
 ) -> Iterator[Record | Damage]:
     """Yield the records of ``buf[start:end]`` in order, and :class:`Damage` where there is none.
 
@@ -55,7 +62,10 @@ def walk(
     It ends, with nothing more yielded, where the records end and only zeros
     follow, or at byte ``stop`` (a position known to end a record) without
     looking past it. ``fd`` is the file ``buf`` maps: its holes are then not
-    searched. The caller may stop iterating at any record.
+    searched. With ``tail=False`` a record length of 0 ends the walk without
+    a search for non-zero bytes after it (recovery after a clean close, whose
+    checkpoint says where the records end). The caller may stop iterating at
+    any record.
     """
     pos = start
     limit = end if stop is None else stop
@@ -63,6 +73,8 @@ def walk(
         try:
             rec = parse_record(buf, pos, end)
         except BadRecord as bad:
+            if bad.zero and not tail:
+                return
             damage, resume = _damage(buf, bad, pos, end, fd, resync)
             if damage is None:
                 return

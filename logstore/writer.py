@@ -56,10 +56,12 @@ from logstore.record import (
     KIND_MESSAGE,
     RECORD_HEADER,
     RECORD_OVERHEAD,
+    Record,
     frame,
 )
 from logstore.retention import Retention
 from logstore.tx import ANY_OFFSET, Append, Tx
+from logstore.walk import Damage, walk
 
 if TYPE_CHECKING:
     from logstore.log import Log
@@ -134,6 +136,7 @@ class Writer:
         self._stopping = False
         self.failed: StoreFailedError | None = None
         self._dirty = False  # bytes written but not yet fsynced
+        self._extra_pending: list[tuple[int, Record]] = []  # a transaction's records so far, for extra indexes
         self._abandon = False
         self._last_sync = time.monotonic()
         # (segment first global offset, byte position, next global offset) as of the last fsync:
@@ -483,10 +486,7 @@ class Writer:
             return
         goff = lg.next_goff
         self._write_records([(kind, sid, before, nameb)])
-        cat.set_first(sid, before)
-        if kind == KIND_DELETE:
-            cat.flags[sid] |= FLAG_DELETED
-        cat.ctrl[sid] = goff + 1
+        lg.streams.control(kind, sid, before, goff)
         pub = self.published
         pub.visible_end = lg.next_goff
         pub.removed()  # readers drop what they decoded ahead, then are woken
@@ -537,6 +537,48 @@ class Writer:
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return seg
 
+    def _write(self, seg: Segment, parts: list[bytes], positions: list[int], start: int, end: int) -> None:
+        """Write framed records ``parts`` at byte ``start`` of ``seg`` (up to ``end``) and index their positions.
+
+        Registered indexes (``Log.extra_indexes``) get each whole transaction among
+        them, read back with the walker; the engine's own indexes are kept inline.
+        """
+        self.log.io.pwrite(seg.fd, b"".join(parts), start)
+        seg.positions.positions.extend(positions)
+        if self.log.extra_indexes:
+            self._apply_extra(seg, start, end)
+
+    def _apply_extra(self, seg: Segment, start: int, end: int) -> None:
+        """Hand the whole transactions among the records at ``start`` .. ``end`` of ``seg`` to the extra indexes.
+
+        A transaction that goes on in the next segment waits for the rest of it.
+        """
+        index = len(self.log.segments) - 1 - self.log.segments[::-1].index(seg)
+        pending = self._extra_pending
+        for item in walk(seg.view, start, end, stop=end):
+            if type(item) is Damage:
+                raise StoreFailedError(f"{seg.path}@{item.position}: a record just written reads back as damaged")
+            rec: Record = item  # type: ignore[assignment]
+            pending.append((index, rec))
+            if rec.flags & FLAG_TX_END:
+                for ix in self.log.extra_indexes:
+                    ix.apply(pending)
+                pending.clear()
+
+    def _seal_and_roll(
+        self, seg: Segment, parts: list[bytes], positions: list[int], start: int, pos: int, goff: int, bound: int
+    ) -> Segment:
+        """Roll: write what is framed for ``seg`` (up to byte ``pos``), fdatasync it, and start the next
+        segment at global offset ``goff`` with room for ``bound`` more bytes. The full segment is durable
+        before the next one gets data."""
+        if parts:
+            self._write(seg, parts, positions, start, pos)
+        seg.end = pos
+        self.log.io.fdatasync(seg.fd)
+        self._dirty = False
+        self.synced = (seg.first, seg.end, goff)
+        return self._roll(goff, HEADER_SIZE + bound)
+
     def _write_records(self, specs: list[tuple[int, int, int, bytes]]) -> None:
         """Write control records ``(kind, stream id, offset field, name)`` as one transaction.
 
@@ -558,14 +600,7 @@ class Writer:
             if seg.size < pos + size <= seg.capacity:
                 seg.reserve(pos + size)
             if pos + size > seg.size:  # past the segment's capacity: roll
-                if parts:
-                    lg.io.pwrite(seg.fd, b"".join(parts), start)
-                    seg.positions.positions.extend(positions)
-                seg.end = pos
-                lg.io.fdatasync(seg.fd)
-                self._dirty = False
-                self.synced = (seg.first, seg.end, goff)
-                seg = self._roll(goff, HEADER_SIZE + bound)
+                seg = self._seal_and_roll(seg, parts, positions, start, pos, goff, bound)
                 start = pos = seg.end
                 parts, positions = [], []
                 synced_flag = FLAG_SYNCED
@@ -577,8 +612,7 @@ class Writer:
             positions.append(pos)
             pos += size
             goff += 1
-        lg.io.pwrite(seg.fd, b"".join(parts), start)
-        seg.positions.positions.extend(positions)
+        self._write(seg, parts, positions, start, pos)
         seg.end = pos
         lg.checkpointed_bytes += pos - start
         lg.next_goff = goff
@@ -591,7 +625,7 @@ class Writer:
         """Write, sync and publish one group; returns whether anything was committed."""
         lg = self.log
         cat = lg.catalog
-        runs = lg.runs
+        streams = lg.streams
         ids = cat.ids
         seg = lg.active
         named = seg.named
@@ -648,16 +682,9 @@ class Writer:
             last_append = len(appends) - 1
             for k, (name, nameb, soff, payloads) in enumerate(appends):
                 sid = ids.get(name)
-                diff = goff - soff
                 if sid is None:  # a new stream: its first run starts here
                     sid = cat.add(name)
-                    runs.add(sid, soff, goff)
-                    cat.nruns[sid] = 1
-                    cat.run_diff[sid] = diff
-                elif cat.nruns.item(sid) == 0 or cat.run_diff.item(sid) != diff:
-                    runs.add(sid, soff, goff)
-                    cat.nruns[sid] += 1
-                    cat.run_diff[sid] = diff
+                streams.run(sid, soff, goff)
                 last_msg = len(payloads) - 1
                 end_flag = FLAG_TX_END if k == last_append else 0
                 for j, payload in enumerate(payloads):
@@ -693,18 +720,10 @@ class Writer:
                         seg.reserve(pos + size)
                         capacity = seg.size
                     if pos + size > capacity:
-                        # Roll: the full segment is written and fsynced before the next one gets data.
-                        if parts:
-                            lg.io.pwrite(seg.fd, b"".join(parts), start_pos)
-                            seg.positions.positions.extend(positions)
-                            written += pos - start_pos
-                        seg.end = pos
-                        lg.io.fdatasync(seg.fd)
-                        self._dirty = False
-                        self.synced = (seg.first, seg.end, goff)
-                        # The new segment is allocated with room for the rest of the group. A full file
-                        # system fails the store here: the group is written in part.
-                        seg = self._roll(goff, HEADER_SIZE + bound)
+                        # Roll. The new segment is allocated with room for the rest of the group. A
+                        # full file system fails the store here: the group is written in part.
+                        written += pos - start_pos
+                        seg = self._seal_and_roll(seg, parts, positions, start_pos, pos, goff, bound)
                         named = seg.named
                         start_pos = pos = seg.end
                         parts = []
@@ -733,8 +752,7 @@ class Writer:
             p.result = range(tx_first, goff)
             committed = True
         if parts:
-            lg.io.pwrite(seg.fd, b"".join(parts), start_pos)
-            seg.positions.positions.extend(positions)
+            self._write(seg, parts, positions, start_pos, pos)
             written += pos - start_pos
             self._dirty = True
         seg.end = pos
@@ -742,19 +760,7 @@ class Writer:
         if sync:
             self.sync()
         # Publish: heads first, then the global end; readers read them in the other order.
-        head = cat.head
-        sflags = cat.flags
-        if len(heads) > _VECTOR_HEADS:
-            sids = np.fromiter(heads.keys(), np.int64, len(heads))
-            head[sids] = np.fromiter(heads.values(), np.uint64, len(heads))
-            back = sids[(sflags[sids] & FLAG_DELETED) != 0]
-            if len(back):  # an append brings a deleted stream back, from its old head on
-                sflags[back] &= ~FLAG_DELETED & 0xFF
-        else:
-            for sid, h in heads.items():
-                head[sid] = h
-                if sflags.item(sid) & FLAG_DELETED:  # an append brings a deleted stream back, from its old head on
-                    sflags[sid] &= ~FLAG_DELETED & 0xFF
+        streams.set_heads(heads)
         self.published.visible_end = goff
         lg.checkpointed_bytes += written
         return committed

@@ -32,9 +32,10 @@ import numpy as np
 import pytest
 
 import logstore
-import logstore.log
+import logstore.recovery
 import logstore.segment
 import logstore.verify
+import logstore.walk
 from logstore import Envelope
 from logstore.fileio import FileIO
 from logstore.index.header import HEADER_SIZE
@@ -351,7 +352,7 @@ def test_a_record_the_writer_completes_while_the_scan_looks_past_it_is_read(
     recs = _crashed_store(store_dir)
     start, end = recs[2].position, recs[-1].position + recs[-1].length
     later = bytearray(_zero(store_dir, start, end))
-    real = logstore.log.last_nonzero_in_file
+    real = logstore.walk.last_nonzero_in_file
 
     def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
         if later:
@@ -359,7 +360,7 @@ def test_a_record_the_writer_completes_while_the_scan_looks_past_it_is_read(
             later.clear()
         return real(buf, fd, lo, hi)
 
-    monkeypatch.setattr(logstore.log, "last_nonzero_in_file", writer_meanwhile)
+    monkeypatch.setattr(logstore.walk, "last_nonzero_in_file", writer_meanwhile)
     with logstore.open(store_dir, readonly=True) as ro:
         assert not later, "the scan did not look past the last record"
         assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
@@ -375,7 +376,7 @@ def test_a_transaction_the_writer_completes_before_the_scan_looks_for_synced_dat
     recs = _crashed_store(store_dir)
     start, end = recs[3].position, recs[-1].position + recs[-1].length
     later = bytearray(_zero(store_dir, start, end))
-    real = logstore.log.find_next_record_in_file
+    real = logstore.recovery.find_next_record_in_file
 
     def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
         if later:
@@ -383,7 +384,7 @@ def test_a_transaction_the_writer_completes_before_the_scan_looks_for_synced_dat
             later.clear()
         return real(buf, fd, lo, hi)
 
-    monkeypatch.setattr(logstore.log, "find_next_record_in_file", writer_meanwhile)
+    monkeypatch.setattr(logstore.recovery, "find_next_record_in_file", writer_meanwhile)
     with logstore.open(store_dir, readonly=True) as ro:
         assert not later, "the scan did not look for durable data"
         assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
