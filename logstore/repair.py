@@ -260,8 +260,8 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
             f"{seg.path}: rewrite ({why}); keep {len(seg.records):,} records, "
             f"mark {sum(n for _g, n in seg_gaps):,} global offsets lost"
         )
-        for d in seg.damage:
-            lf.save(seg.data[d.position : d.end], seg.path, d.position, d.what)
+        for damage in seg.damage:
+            lf.save(seg.data[damage.position : damage.end], seg.path, damage.position, damage.what)
         if seg.header_bad is not None:
             lf.save(seg.data[:HEADER_SIZE], seg.path, 0, seg.header_bad)
         _rewrite(seg, seg_gaps, lost, names, store_id, io, report)
