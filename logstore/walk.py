@@ -7,8 +7,24 @@ where it starts, where it ends and what is wrong. Recovery, ``verify``,
 ``repair``, ``dump``, compaction and the rebuild of a segment's positions walk
 records with it, each with its own judgement of what it sees: the walker
 parses and resynchronises, it does not decide whether a record belongs
-where it is. Readers go through records whose positions the index gives
-(:func:`read_indexed`), the hot path of every ``next()``.
+where it is. Who uses what:
+
+- :func:`walk` with ``resync``: ``verify`` (which reports each damage and
+  stops a segment's walk at a record length of 0 followed by non-zero bytes,
+  where a live writer may be writing) and ``repair`` (whose damage list is
+  the walker's :class:`Damage`); without: ``dump`` (``inspect.py``, from the
+  position the index gives, up to the records it needs) and compaction's
+  walk of the active segment's published records; recovery (``log.py``).
+- :func:`counted`: the walk of a segment's first ``count`` records, which
+  must all be there: the rebuild of a segment's position index
+  (``Segment.rebuild_positions``) and compaction's walks of sealed segments.
+  Damage raises :class:`~logstore.errors.CorruptionError`.
+- :func:`read_indexed`: the readers' one read of records whose positions
+  the index gives (``Segment.read``, called by the stream and the global
+  reader alike), the hot path of every ``next()``: it trusts the index for
+  where records start and checks each one's header against it, and its
+  checksum, without a generator per record; reads of 32 records or more
+  check all headers at once with numpy.
 
 Where the records end a record length of 0 follows (the never-written
 reservation, or zeros): the walk ends there if every byte after it up to
