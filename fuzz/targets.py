@@ -18,7 +18,7 @@ catalog       ``index.catalog.Catalog.decode``               ``FormatError``
 checkpoint    ``logstore.checkpoint.Checkpoint.decode``      ``FormatError``
 segment       a segment *file*: ``open_segment``, then       ``CorruptionError``
               ``Segment.rebuild_positions`` and
-              ``read_global`` / ``read_many``, as reads do
+              ``Segment.read`` (global and stream), as reads do
 ============  =============================================  ==========================
 
 ``FormatError`` includes ``UnsupportedVersionError``, ``CorruptionError``
@@ -433,13 +433,13 @@ def target_segment(data: bytes, s: Seeds, fixed: bool) -> None:
         out: list[Envelope] = []
         try:
             if n:
-                seg.read_global(0, n, out, {})
+                seg.read(0, n, out, trimmed={})
         except CorruptionError as exc:
             _check_segment_error(exc, path, data)
         for g in range(0, n, 7):
             try:
                 rec = parse_record(seg.view, seg.positions.position(g), seg.size)
-                seg.read_many(g, min(n, g + 3), [], rec.sid, rec.soff)
+                seg.read(g, min(n, g + 3), [], rec.sid, rec.soff)
             except BadRecord:
                 pass
             except CorruptionError as exc:

@@ -66,10 +66,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from logstore import layout
-from logstore.errors import OutOfSpaceError
+from logstore.errors import CorruptionError, OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
 from logstore.segment import Segment, SegmentRetired
+from logstore.walk import Damage, counted, walk
 
 if TYPE_CHECKING:
     from logstore.log import Log
@@ -267,53 +268,58 @@ def _removable(seg: Segment, first: np.ndarray, limit: int | None = None) -> int
     (the active segment, walked outside the writer role) the walk stops at
     that global offset, at the first never-written byte, or at the end of
     the mapping, whichever comes first: only published records are read
-    (``limit`` is at most ``visible_end``).
+    (``limit`` is at most ``visible_end``). Both walks check every record's
+    checksum: damage raises :class:`CorruptionError` naming the file and byte.
     """
-    buf = seg.view
-    pos = HEADER_SIZE
     n = 0
-    unpack = RECORD_HEADER.unpack_from
     if limit is None:
-        for _ in range(seg.count):
-            length, kind, _flags, _nlen, sid, soff, _goff = unpack(buf, pos)
-            if kind == KIND_MESSAGE and soff < first[sid]:
+        for rec in counted(seg.view, HEADER_SIZE, seg.size, seg.count, seg.path, seg.first, fd=seg.fd):
+            if rec.kind == KIND_MESSAGE and rec.soff < first[rec.sid]:
                 n += 1
-            pos += length
         return n
-    size = len(buf)
-    # The records below ``limit`` are whole and never change; the one after them may be half written.
-    for _ in range(max(0, limit - seg.first)):
-        if pos + RECORD_OVERHEAD > size:
-            break
-        length, kind, _flags, _nlen, sid, soff, _goff = unpack(buf, pos)
-        if length == 0:  # the segment was sealed before ``limit`` was read: its records end here
-            break
-        if kind == KIND_MESSAGE and sid < len(first) and soff < first[sid]:
+    todo = limit - seg.first
+    if todo <= 0:
+        return 0
+    # The records below ``limit`` are whole and never change; the one after them may be half written,
+    # so the walk stops before it. A record length of 0 ends it too: the segment was sealed before
+    # ``limit`` was read, and its records end there.
+    buf = seg.view
+    for item in walk(buf, HEADER_SIZE, len(buf), fd=seg.fd):
+        if isinstance(item, Damage):
+            if item.zero or item.position + RECORD_OVERHEAD > len(buf):  # the records end, or the mapping does
+                break
+            what = f"global offset {limit - todo}: {item.what}"
+            raise CorruptionError(seg.path, item.position, what, "run logstore repair")
+        if item.kind == KIND_MESSAGE and item.sid < len(first) and item.soff < first[item.sid]:
             n += 1
-        pos += length
+        todo -= 1
+        if not todo:
+            break
     return n
 
 
 def _write_copy(lg: Log, seg: Segment, first: np.ndarray, path: str) -> tuple[list[int], int]:
-    """Write the compacted copy of ``seg`` to ``path`` and fsync it; returns its positions and end."""
+    """Write the compacted copy of ``seg`` to ``path`` and fsync it; returns its positions and end.
+
+    The records are walked with their checksums checked: a damaged record is not copied, it raises
+    :class:`CorruptionError` naming the segment file and byte.
+    """
     io = lg.io
     buf = seg.view
     old = SegmentHeader.decode(bytes(buf[:HEADER_SIZE]))
-    unpack = RECORD_HEADER.unpack_from
     records: list[bytes] = []
     positions: list[int] = []
-    pos = HEADER_SIZE
     out = HEADER_SIZE
-    for _ in range(seg.count):
-        length, kind, flags, nlen, sid, soff, goff = unpack(buf, pos)
-        if kind == KIND_MESSAGE and soff < first[sid]:
-            rec = frame(sid, soff, goff, flags, bytes(buf[pos + 28 : pos + 28 + nlen]), b"", KIND_REMOVED)
+    for rec in counted(buf, HEADER_SIZE, seg.size, seg.count, seg.path, seg.first, fd=seg.fd):
+        pos = rec.position
+        if rec.kind == KIND_MESSAGE and rec.soff < first[rec.sid]:
+            name = bytes(buf[pos + RECORD_HEADER.size : rec.payload_start])
+            data = frame(rec.sid, rec.soff, rec.goff, rec.flags, name, b"", KIND_REMOVED)
         else:
-            rec = bytes(buf[pos : pos + length])
-        records.append(rec)
+            data = bytes(buf[pos : pos + rec.length])
+        records.append(data)
         positions.append(out)
-        out += len(rec)
-        pos += length
+        out += len(data)
     assert all(len(r) >= RECORD_OVERHEAD for r in records)
     if io.exists(path):
         io.unlink(path)
@@ -323,9 +329,9 @@ def _write_copy(lg: Log, seg: Segment, first: np.ndarray, path: str) -> tuple[li
         p = HEADER_SIZE
         chunk: list[bytes] = []
         size = 0
-        for rec in records:
-            chunk.append(rec)
-            size += len(rec)
+        for data in records:
+            chunk.append(data)
+            size += len(data)
             if size >= _CHUNK:
                 io.pwrite(fd, b"".join(chunk), p)
                 p += size

@@ -32,8 +32,9 @@ from logstore.envelope import Envelope, decode
 from logstore.errors import CorruptionError, StoreClosedError
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
-from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM, BadRecord, parse_record
+from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
 from logstore.segment import Segment
+from logstore.walk import Damage, walk
 
 if TYPE_CHECKING:
     from logstore.store import Store
@@ -134,16 +135,23 @@ def _read_chunk(  # noqa: PLR0912
     firsts: list[int],
     log_start: int,
 ) -> tuple[list[RecordInfo], CorruptionError | None]:
-    """The records of global offsets ``goff`` .. ``stop - 1``, up to any damage, and that damage."""
+    """The records of global offsets ``goff`` .. ``stop - 1``, up to any damage, and that damage.
+
+    The walker goes through them from the position the index gives for ``goff``.
+    """
     out: list[RecordInfo] = []
     try:
         position = seg.positions.position(goff)
         buf = seg.view
-        size = seg.size
-        while goff < stop:
-            rec = parse_record(buf, position, size)
+        for rec in walk(buf, position, seg.size, fd=seg.fd):
+            if isinstance(rec, Damage):
+                if seg.closed:
+                    raise _Retired from None
+                return out, CorruptionError(seg.path, rec.position, f"global offset {goff}: {rec.what}")
+            position = rec.position
             if rec.goff != goff:
-                raise BadRecord(position, f"record has global offset {rec.goff}, the index says {goff}")
+                what = f"global offset {goff}: record has global offset {rec.goff}, the index says {goff}"
+                return out, CorruptionError(seg.path, position, what)
             sid = rec.sid
             if want_sid < 0 or sid == want_sid:
                 kind = rec.kind
@@ -170,15 +178,17 @@ def _read_chunk(  # noqa: PLR0912
                 out.append(RecordInfo(goff, KIND_NAMES[kind], name, offset, env, readable, nbytes))
             position += rec.length
             goff += 1
-    except BadRecord as bad:
-        if seg.closed:
-            raise _Retired from None
-        return out, CorruptionError(seg.path, bad.position, f"global offset {goff}: {bad.what}")
+            if goff >= stop:
+                return out, None
     except (ValueError, KeyError, IndexError):  # a released mapping, or an index that lost the offset
         if seg.closed:
             raise _Retired from None
         raise
-    return out, None
+    # The walk ended at a record length of 0 (only zeros after it) where the index has a record.
+    if seg.closed:
+        raise _Retired from None
+    what = f"global offset {goff}: no record here (record length 0 or end of segment), the index has one"
+    return out, CorruptionError(seg.path, position, what)
 
 
 def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> dict[str, Any]:

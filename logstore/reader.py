@@ -458,13 +458,16 @@ class StreamReader(_Reader):
             stop = min(goff + limit - want, seg_end, goff + self._prefetch)
             buf: list[Envelope] = []
             try:
-                offs = seg.read_many(goff, stop, buf, sid, want)
+                offs = seg.read(goff, stop, buf, sid, want)[1]
             except SegmentRetired:
                 self._retired()
                 self._seg = None
                 continue
             if buf:
-                return self._fill(buf, offs, want, want + len(buf) if offs is None else offs[-1] + 1, goff - want)
+                diff = goff - want
+                if offs is not None:  # a record was skipped: the global offsets of the envelopes, as stream offsets
+                    offs = [g - diff for g in offs]
+                return self._fill(buf, offs, want, want + len(buf) if offs is None else offs[-1] + 1, diff)
             want += stop - goff  # only records that repair marked lost: skip them
         self._next = want
         return False
@@ -488,7 +491,7 @@ class GlobalReader(_Reader):
     (True, 0, 'order-42', 0)
     """
 
-    # _meta: the record headers of _buf's messages as the segment read them (Segment.read_global):
+    # _meta: the record headers of _buf's messages as the segment read them (Segment.read):
     # a list of header tuples, or a numpy record array with fields "sid" and "soff".
 
     __slots__ = ("_seg",)
@@ -521,8 +524,8 @@ class GlobalReader(_Reader):
                     raise
             buf: list[Envelope] = []
             try:
-                nxt, offs, meta = seg.read_global(
-                    want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed
+                nxt, offs, meta = seg.read(
+                    want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed=trimmed
                 )
             except SegmentRetired:
                 self._retired()

@@ -7,7 +7,7 @@
 2. Reads every segment. A damaged header is rebuilt from the file name and
    size; a segment of another store is moved to ``lost+found/``. Inside a
    segment, every valid record is kept; after damage the walk resynchronises
-   on the next valid record (``find_next_record``). The damaged bytes are
+   on the next valid record (the walker of :mod:`logstore.walk`). The damaged bytes are
    copied to ``lost+found/`` with a JSON manifest (file, byte position,
    length, the global offsets they held).
 3. Gives every global offset whose record was destroyed (inside a segment,
@@ -52,15 +52,13 @@ from logstore.record import (
     KIND_TRUNCATE,
     NO_STREAM,
     RECORD_OVERHEAD,
-    BadRecord,
     Record,
     frame,
-    parse_record,
 )
 from logstore.store import open as open_store
 from logstore.store import resolve_store_path
 from logstore.verify import verify
-from logstore.walk import find_next_record, last_nonzero
+from logstore.walk import Damage, walk
 
 _NOTHING = "verify finds no problem: nothing to repair"
 _TOP = {layout.LOCK, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}
@@ -97,7 +95,7 @@ class _Seg:
     header_bad: str | None = None
     size_bad: str | None = None  # the file is longer than the capacity its header gives
     records: list[Record] = field(default_factory=list)
-    damage: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, what)
+    damage: list[Damage] = field(default_factory=list)
 
 
 def _stray(name: str, where: str) -> bool:
@@ -220,7 +218,7 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
         kept = []
         for rec in seg.records:
             if rec.goff < expected:
-                seg.damage.append((rec.position, rec.position + rec.length, f"global offset {rec.goff} repeats"))
+                seg.damage.append(Damage(rec.position, rec.position + rec.length, f"global offset {rec.goff} repeats"))
                 continue
             if rec.goff > expected:
                 gaps.append((si, expected, rec.goff - expected))
@@ -231,7 +229,7 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     last = segs[-1]
     while last.records and not last.records[-1].flags & FLAG_TX_END:
         rec = last.records.pop()
-        last.damage.append((rec.position, rec.position + rec.length, "transaction without its end record"))
+        last.damage.append(Damage(rec.position, rec.position + rec.length, "transaction without its end record"))
     while gaps and gaps[-1][0] == len(segs) - 1 and not any(r.goff > gaps[-1][1] for r in last.records):
         gaps.pop()  # nothing survives after it: the tail is cut, not filled
     # 5. Which stream offsets the gaps held.
@@ -257,13 +255,13 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
         seg_gaps = [(g, n) for gi, g, n in gaps if gi == si]
         if not seg_gaps and not seg.damage and seg.header_bad is None and seg.size_bad is None:
             continue
-        why = seg.header_bad or (seg.damage[0][2] if seg.damage else seg.size_bad or "global offsets missing")
+        why = seg.header_bad or (seg.damage[0].what if seg.damage else seg.size_bad or "global offsets missing")
         report.actions.append(
             f"{seg.path}: rewrite ({why}); keep {len(seg.records):,} records, "
             f"mark {sum(n for _g, n in seg_gaps):,} global offsets lost"
         )
-        for start, end, what in seg.damage:
-            lf.save(seg.data[start:end], seg.path, start, what)
+        for damage in seg.damage:
+            lf.save(seg.data[damage.position : damage.end], seg.path, damage.position, damage.what)
         if seg.header_bad is not None:
             lf.save(seg.data[:HEADER_SIZE], seg.path, 0, seg.header_bad)
         _rewrite(seg, seg_gaps, lost, names, store_id, io, report)
@@ -323,32 +321,13 @@ def _store_id(path: str, io: FileIO) -> bytes:
 
 
 def _walk(seg: _Seg) -> None:
-    """Collect the valid records of a segment and the damaged byte ranges between them."""
+    """Collect the valid records of a segment and the damaged byte ranges between them (the walker's damage)."""
     buf = memoryview(seg.data)
-    size = len(buf)
-    pos = HEADER_SIZE
-    while pos < size:
-        try:
-            rec = parse_record(buf, pos, size)
-        except BadRecord as bad:
-            nxt = find_next_record(buf, pos + 1, size)
-            if bad.zero:
-                if nxt < 0:
-                    nz = last_nonzero(buf, pos, size)
-                    if nz > pos:
-                        seg.damage.append((pos, nz, "non-zero bytes after the last record"))
-                    break
-                seg.damage.append((pos, nxt, "zeroed bytes inside the records"))
-                pos = nxt
-                continue
-            end = nxt if nxt >= 0 else max(last_nonzero(buf, pos, size), pos + 1)
-            seg.damage.append((pos, end, bad.what))
-            if nxt < 0:
-                break
-            pos = nxt
-            continue
-        seg.records.append(rec)
-        pos += rec.length
+    for item in walk(buf, HEADER_SIZE, len(buf), resync=True):
+        if isinstance(item, Damage):
+            seg.damage.append(item)
+        else:
+            seg.records.append(item)
 
 
 def _stream_names(segs: list[_Seg]) -> dict[int, str]:

@@ -28,32 +28,19 @@ import contextlib
 import logging
 import mmap
 import os
-import struct
 import threading
 import time
 from typing import Any
 
-import numpy as np
-import xxhash
-
-from logstore.envelope import Envelope, decode
+from logstore.envelope import Envelope
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
 from logstore.fileio import FileIO
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
 from logstore.layout import TMP, position_name, segment_name
-from logstore.record import (
-    CHECKSUM,
-    KIND_LOST,
-    KIND_MESSAGE,
-    KIND_NAMES,
-    KIND_REMOVED,
-    RECORD_HEADER,
-    RECORD_OVERHEAD,
-    BadRecord,
-    parse_record,
-)
+from logstore.record import BadRecord
+from logstore.walk import Undecodable, counted, read_indexed
 
 RESERVE_FIRST = 1 << 20
 """Bytes a new segment file is allocated with (1 MiB, or its capacity if smaller), header included."""
@@ -62,36 +49,9 @@ RESERVE_STEP_MAX = 16 << 20
 
 logger = logging.getLogger("logstore")
 
-_xxh = xxhash.xxh3_64_intdigest
-_hdr_unpack = RECORD_HEADER.unpack_from
-_sum_unpack = CHECKSUM.unpack_from
-
-# Batch reads of at least this many records check the record headers with numpy (Segment._read_batch).
-_BATCH_MIN = 32
-# RECORD_HEADER's fields as a numpy record, to read many headers at once.
-_HEADER_DTYPE = np.dtype(
-    [
-        ("length", "<u4"),
-        ("kind", "u1"),
-        ("flags", "u1"),
-        ("nlen", "<u2"),
-        ("sid", "<u4"),
-        ("soff", "<u8"),
-        ("goff", "<u8"),
-    ]
-)
-assert _HEADER_DTYPE.itemsize == RECORD_HEADER.size
-_HEADER_BYTES = np.arange(RECORD_HEADER.size)
-_SUM_BYTES = np.arange(CHECKSUM.size)
-
 
 class SegmentRetired(Exception):
     """The segment was closed under a read: the store closed, or compaction or retention replaced it."""
-
-
-def _as_bad_record(exc: BadRecord | struct.error, position: int, size: int) -> BadRecord:
-    """``exc``; or for a record header unpacked past the mapping (an index entry past the records), a BadRecord."""
-    return exc if isinstance(exc, BadRecord) else BadRecord(min(position, size), f"index points past it: {position}")
 
 
 class Segment:
@@ -190,18 +150,13 @@ class Segment:
             return self.rebuild_positions(count)
 
     def rebuild_positions(self, count: int) -> PositionIndex:
+        """The position index of the first ``count`` records, walked from the segment itself; sets ``end``."""
         index = PositionIndex(self.first)
-        position = HEADER_SIZE
         found = []
-        for i in range(count):
-            try:
-                rec = parse_record(self.view, position, self.size)
-            except BadRecord as bad:
-                raise CorruptionError(self.path, bad.position, bad.what, "run logstore repair") from None
-            if rec.goff != self.first + i:
-                raise CorruptionError(self.path, position, f"global offset {rec.goff}, expected {self.first + i}")
-            found.append(position)
-            position += rec.length
+        position = HEADER_SIZE
+        for rec in counted(self.view, HEADER_SIZE, self.size, count, self.path, self.first, fd=self.fd):
+            found.append(rec.position)
+            position = rec.position + rec.length
         self.io.records_read += count
         index.positions.extend(found)
         self.end = position
@@ -258,194 +213,52 @@ class Segment:
             if now < self.size:
                 raise BadRecord(now, f"segment file is {now} bytes, {self.size} are mapped: cut under the store")
 
-    def _read_batch(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> Any:
-        """Append the envelopes of ``goff`` .. ``stop - 1`` if they are all plain, intact messages.
-
-        The fast path of :meth:`read_many` and :meth:`read_global` for long
-        reads: every record header is checked at once with numpy (global
-        offsets, stream ids and offsets when ``sid >= 0``, kinds, lengths,
-        records end to end), then each record's checksum is verified and its
-        envelope decoded. Returns the record headers (a numpy record array of
-        ``_HEADER_DTYPE``, a copy), or None, with nothing appended, when anything
-        is unusual (another record kind, damage, a mapping going away): the
-        record-by-record path then reads the same records and says precisely
-        what is wrong.
-        """
-        mm = self.mm
-        arr, n = self.positions.positions.state
-        i = goff - self.first
-        if mm is None or i < 0 or stop - self.first > n:
-            return None
-        had = len(out)
-        try:
-            raw = np.frombuffer(mm, np.uint8)
-            starts = arr[i : i + stop - goff].astype(np.int64)
-            h = raw[starts[:, None] + _HEADER_BYTES].view(_HEADER_DTYPE)[:, 0]
-            length = h["length"].astype(np.int64)
-            nlen = h["nlen"].astype(np.int64)
-            ends = starts + length - CHECKSUM.size
-            count = stop - goff
-            ok = (
-                bool((h["kind"] == KIND_MESSAGE).all())
-                and bool((length >= RECORD_OVERHEAD + nlen).all())
-                and int(ends[-1]) + CHECKSUM.size <= self.size
-                and bool((ends[:-1] + CHECKSUM.size == starts[1:]).all())
-                and bool((h["goff"] == np.arange(goff, stop, dtype=np.uint64)).all())
-            )
-            if ok and sid >= 0:
-                ok = bool((h["sid"] == sid).all()) and bool(
-                    (h["soff"] == np.arange(soff, soff + count, dtype=np.uint64)).all()
-                )
-            if not ok:
-                return None
-            sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
-            payloads = (starts + RECORD_HEADER.size + nlen).tolist()
-            buf = self.view
-            append = out.append
-            for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
-                if _xxh(buf[p:e]) != c:
-                    del out[had:]
-                    return None
-                append(decode(buf[a:e]))
-        except (ValueError, TypeError, IndexError, BufferError):
-            # A mapping closed or cut under the read, or an envelope that does not decode: the
-            # record-by-record path reads it again and reports it.
-            del out[had:]
-            return None
-        return h
-
-    # Long on purpose: the stream read loop (hot path), record kinds handled inline.
-    def read_many(self, goff: int, stop: int, out: list[Envelope], sid: int = -1, soff: int = 0) -> list[int] | None:  # noqa: PLR0912
-        """Append the envelopes of global offsets ``goff`` .. ``stop - 1`` to ``out``.
-
-        They must all be in this segment; consecutive global offsets are
-        consecutive records, so only the first position is looked up. With
-        ``sid >= 0`` the records must also be stream ``sid``'s, from offset ``soff`` on;
-        REMOVED and LOST records among them are skipped. Returns the stream
-        offset of each envelope appended if a record was skipped, else ``None``
-        (they are then ``soff``, ``soff + 1``, ...).
-        """
-        offsets: list[int] | None = None
-        buf = self.view
-        size = self.size
-        append = out.append
-        self.io.records_read += stop - goff
-        had = len(out)
-        position = HEADER_SIZE
-        try:
-            mm = self.mm
-            if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
-                self._check_mapped()
-            if stop - goff >= _BATCH_MIN and self._read_batch(goff, stop, out, sid, soff) is not None:
-                return None
-            position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
-            while goff < stop:
-                length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
-                end = position + length - 8
-                if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
-                    raise BadRecord(position, "record header does not match the index")
-                if sid >= 0:
-                    if rsid != sid or rsoff != soff:
-                        raise BadRecord(position, f"record is stream id {rsid} offset {rsoff}, index says {sid}/{soff}")
-                    soff += 1
-                if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
-                    raise BadRecord(position, "record checksum mismatch")
-                if kind == KIND_MESSAGE:
-                    append(decode(buf[position + 28 + nlen : end]))
-                    if offsets is not None:
-                        offsets.append(rsoff)
-                elif kind in (KIND_REMOVED, KIND_LOST):
-                    if offsets is None:  # everything before was handed out, at consecutive offsets
-                        offsets = list(range(rsoff - (len(out) - had), rsoff))
-                else:
-                    raise BadRecord(position, f"a {KIND_NAMES.get(kind, kind)} record where the index has a message")
-                position = end + 8
-                goff += 1
-        except (BadRecord, struct.error) as exc:  # struct.error: an index entry past the mapped records
-            bad = _as_bad_record(exc, position, size)
-            if len(out) > had:
-                return offsets  # hand out what precedes the damage; reading the damaged record raises
-            raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
-        except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these
-            if self.closed:
-                raise SegmentRetired(self.path) from None
-            if len(out) > had:
-                return offsets
-            raise CorruptionError(
-                self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
-            ) from None
-        return offsets
-
-    # Long on purpose: the global read loop (hot path, bench W3), record kinds handled inline.
-    def read_global(  # noqa: PLR0912
-        self, goff: int, stop: int, out: list[Envelope], trimmed: dict[int, int]
+    def read(
+        self,
+        goff: int,
+        stop: int,
+        out: list[Envelope],
+        sid: int = -1,
+        soff: int = 0,
+        trimmed: dict[int, int] | None = None,
     ) -> tuple[int, list[int] | None, Any]:
-        """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1``.
+        """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
-        Control records, REMOVED records and messages below their stream's
-        first retained offset (``trimmed``: stream id -> first retained offset, for the
-        streams where it is above 0) are skipped. Returns the global offset
-        after the last record examined (``stop``, or less if damage stopped the
-        read after something was read), and the global offsets of the
-        envelopes appended if a record was skipped, else ``None`` (they are
-        then ``goff``, ``goff + 1``, ...), and the record headers of the
-        envelopes appended, one per envelope: a list of ``RECORD_HEADER``
-        tuples, or a numpy record array of ``_HEADER_DTYPE`` (fields ``sid``
-        and ``soff`` name each one's stream and stream offset). Both are
-        made by the read anyway: keeping them costs a list append per record.
+        The one read of both readers: :func:`logstore.walk.read_indexed` on
+        this segment (a stream's read with ``sid >= 0`` from its offset
+        ``soff``, a global read with ``trimmed``; see there for what each
+        skips and returns). Returns the global offset after the last record
+        examined, the global offsets of the envelopes appended if a record
+        was skipped (else ``None``) and their record headers. Damage after
+        something was appended ends the read there (reading the damaged
+        record again raises); damage before raises :class:`CorruptionError`
+        naming the segment file, the byte and the global offset. A segment
+        closed under the read raises :class:`SegmentRetired`.
         """
-        buf = self.view
+        buf = self.view  # before the size: the view then covers at least that many bytes
         size = self.size
-        start = goff
-        append = out.append
-        offs: list[int] | None = None
-        headers: list[tuple[int, ...]] = []
-        keep = headers.append
-        position = HEADER_SIZE
         try:
             mm = self.mm
             if mm is not None and mm.size() < size:  # _check_mapped(), inline: one fstat per read
                 self._check_mapped()
-            if not trimmed and stop - goff >= _BATCH_MIN:
-                batch = self._read_batch(goff, stop, out)
-                if batch is not None:
-                    return stop, None, batch
-            position = self.positions.position(goff)  # may walk the segment: inside the try (closed under us)
-            while goff < stop:
-                header = _hdr_unpack(buf, position)
-                length, kind, _flags, nlen, rsid, rsoff, rgoff = header
-                end = position + length - 8
-                if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
-                    raise BadRecord(position, "record header does not match the index")
-                if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
-                    raise BadRecord(position, "record checksum mismatch")
-                if kind == KIND_MESSAGE and (not trimmed or rsoff >= trimmed.get(rsid, 0)):
-                    append(decode(buf[position + 28 + nlen : end]))
-                    keep(header)
-                    if offs is not None:
-                        offs.append(goff)
-                elif kind not in KIND_NAMES:
-                    raise BadRecord(position, f"record kind is {kind}")
-                elif offs is None:  # skipped; everything before was handed out, at consecutive offsets
-                    offs = list(range(start, goff))
-                position = end + 8
-                goff += 1
-        except (BadRecord, struct.error) as exc:  # struct.error: an index entry past the mapped records
-            bad = _as_bad_record(exc, position, size)
-            if out:
-                return goff, offs, headers
-            raise CorruptionError(self.path, bad.position, f"global offset {goff}: {bad.what}") from None
-        except (ValueError, TypeError) as exc:  # msgpack decoding errors are ValueError or TypeError
+            positions = self.positions  # may walk the segment: inside the try (closed under us)
+        except BadRecord as exc:
+            raise CorruptionError(self.path, exc.position, f"global offset {goff}: {exc.what}") from None
+        except (ValueError, TypeError) as exc:
             if self.closed:
                 raise SegmentRetired(self.path) from None
-            if out:
-                return goff, offs, headers
             raise CorruptionError(
-                self.path, position, f"global offset {goff}: envelope does not decode: {exc}"
+                self.path, HEADER_SIZE, f"global offset {goff}: envelope does not decode: {exc}"
             ) from None
-        finally:
-            self.io.records_read += goff - start
-        return goff, offs, headers
+        had = len(out)
+        nxt, offs, headers, bad = read_indexed(mm, buf, size, positions, goff, stop, out, sid, soff, trimmed)
+        self.io.records_read += nxt - goff
+        if bad is not None:
+            if type(bad) is Undecodable and self.closed:
+                raise SegmentRetired(self.path)
+            if len(out) == had:
+                raise CorruptionError(self.path, bad.position, f"global offset {nxt}: {bad.what}")
+        return nxt, offs, headers
 
     def close(self) -> None:
         """Release the mapping and the descriptor; closing twice does nothing."""

@@ -84,12 +84,10 @@ from logstore.record import (
     KIND_RETAIN,
     KIND_TRUNCATE,
     NO_STREAM,
-    BadRecord,
     Record,
-    parse_record,
 )
 from logstore.segment import open_segment, read_segment_header
-from logstore.walk import find_next_record, last_nonzero
+from logstore.walk import Damage, walk
 
 # The names logstore.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
 _SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tmp|log\.compact)")
@@ -476,38 +474,29 @@ class _Verifier:
                     self.expected = seg.first
                 scan = self.scans.setdefault(seg.first, _SegmentScan(seg_path, seg.first, seg.size))
                 named: set[int] = set()
-                pos = HEADER_SIZE
                 buf = seg.view
-                while True:
+                if self.expected == ckpt_goff and self.at_ckpt is None:
+                    self._snapshot()
+                # The walker parses and resynchronises; the rules below are verify's own. A record length of
+                # 0 followed by non-zero bytes ends the segment's scan: the records after it (if any) are
+                # not checked, since a live writer may be writing there.
+                for item in walk(buf, HEADER_SIZE, seg.size, fd=seg.fd, resync=True):
+                    if isinstance(item, Damage):
+                        tail_problem = Problem(seg_path, item.position, item.what)
+                        result.problems.append(tail_problem)
+                        if item.zero:
+                            break
+                    else:
+                        self._record(seg_path, item, named, buf)
+                        scan.positions.append(item.position)
+                        scan.ends.append(item.position + item.length)
+                        self.expected = item.goff + 1
+                        if progress is not None:
+                            walked += 1
+                            if walked % _PROGRESS_EVERY == 0:
+                                progress(walked, total)
                     if self.expected == ckpt_goff and self.at_ckpt is None:
                         self._snapshot()
-                    try:
-                        rec = parse_record(buf, pos, seg.size)
-                    except BadRecord as bad:
-                        if bad.zero:
-                            nz = last_nonzero(buf, pos, seg.size)  # safe on bytes a live writer is writing
-                            if nz > pos:
-                                tail_problem = Problem(
-                                    seg_path, pos, f"record length 0 but non-zero bytes follow up to {nz}"
-                                )
-                                result.problems.append(tail_problem)
-                            break
-                        tail_problem = Problem(seg_path, pos, bad.what)
-                        result.problems.append(tail_problem)
-                        nxt = find_next_record(buf, pos + 1, seg.size)
-                        if nxt < 0:
-                            break
-                        pos = nxt
-                        continue
-                    self._record(seg_path, rec, named, buf)
-                    scan.positions.append(pos)
-                    pos += rec.length
-                    scan.ends.append(pos)
-                    self.expected = rec.goff + 1
-                    if progress is not None:
-                        walked += 1
-                        if walked % _PROGRESS_EVERY == 0:
-                            progress(walked, total)
             finally:
                 seg.close()
             if progress is not None:

@@ -7,8 +7,24 @@ where it starts, where it ends and what is wrong. Recovery, ``verify``,
 ``repair``, ``dump``, compaction and the rebuild of a segment's positions walk
 records with it, each with its own judgement of what it sees: the walker
 parses and resynchronises, it does not decide whether a record belongs
-where it is. Readers go through records whose positions the index gives
-(:func:`read_indexed`), the hot path of every ``next()``.
+where it is. Who uses what:
+
+- :func:`walk` with ``resync``: ``verify`` (which reports each damage and
+  stops a segment's walk at a record length of 0 followed by non-zero bytes,
+  where a live writer may be writing) and ``repair`` (whose damage list is
+  the walker's :class:`Damage`); without: ``dump`` (``inspect.py``, from the
+  position the index gives, up to the records it needs) and compaction's
+  walk of the active segment's published records; recovery (``log.py``).
+- :func:`counted`: the walk of a segment's first ``count`` records, which
+  must all be there: the rebuild of a segment's position index
+  (``Segment.rebuild_positions``) and compaction's walks of sealed segments.
+  Damage raises :class:`~logstore.errors.CorruptionError`.
+- :func:`read_indexed`: the readers' one read of records whose positions
+  the index gives (``Segment.read``, called by the stream and the global
+  reader alike), the hot path of every ``next()``: it trusts the index for
+  where records start and checks each one's header against it, and its
+  checksum, without a generator per record; reads of 32 records or more
+  check all headers at once with numpy.
 
 Where the records end a record length of 0 follows (the never-written
 reservation, or zeros): the walk ends there if every byte after it up to
@@ -22,12 +38,28 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+import xxhash
 
-from logstore.record import KIND_LOST, KIND_MESSAGE, RECORD_HEADER, RECORD_OVERHEAD, BadRecord, Record, parse_record
+from logstore.envelope import Envelope, decode
+from logstore.errors import CorruptionError
+from logstore.index.position import PositionIndex
+from logstore.record import (
+    CHECKSUM,
+    KIND_LOST,
+    KIND_MESSAGE,
+    KIND_NAMES,
+    KIND_REMOVED,
+    RECORD_HEADER,
+    RECORD_OVERHEAD,
+    BadRecord,
+    Record,
+    parse_record,
+)
 
 
 class Damage(NamedTuple):
@@ -226,3 +258,204 @@ def find_next_record_in_file(buf: Any, fd: int, start: int, end: int) -> int:
         if q >= 0:
             return q
     return -1
+
+
+def counted(
+    buf: Any, start: int, end: int, count: int, path: str, first: int, *, fd: int | None = None
+) -> Iterator[Record]:
+    """The ``count`` records of ``buf`` from byte ``start``, of global offsets ``first`` .. ``first + count - 1``.
+
+    For a segment whose records the store already counted (a sealed
+    segment, a position index to rebuild): the walk stops after the
+    ``count``-th record without looking past it. Damage, a global offset out
+    of order, or records that end before ``count`` raise
+    :class:`~logstore.errors.CorruptionError` naming ``path`` and the byte.
+    """
+    if count <= 0:
+        return
+    i = 0
+    position = start
+    for item in walk(buf, start, end, fd=fd):
+        if isinstance(item, Damage):
+            raise CorruptionError(path, item.position, f"global offset {first + i}: {item.what}", "run logstore repair")
+        if item.goff != first + i:
+            raise CorruptionError(path, item.position, f"global offset {item.goff}, expected {first + i}")
+        yield item
+        i += 1
+        position = item.position + item.length
+        if i == count:
+            return
+    what = f"global offset {first + i}: the records end here (record length 0), {count} were expected"
+    raise CorruptionError(path, position, what, "run logstore repair")
+
+
+# -- indexed reads: the readers' hot path ------------------------------------------------------------
+
+_xxh = xxhash.xxh3_64_intdigest
+_hdr_unpack = RECORD_HEADER.unpack_from
+_sum_unpack = CHECKSUM.unpack_from
+
+BATCH_MIN = 32
+"""Reads of at least this many records check the record headers with numpy first (:func:`read_indexed`)."""
+# RECORD_HEADER's fields as a numpy record, to read many headers at once.
+HEADER_DTYPE = np.dtype(
+    [
+        ("length", "<u4"),
+        ("kind", "u1"),
+        ("flags", "u1"),
+        ("nlen", "<u2"),
+        ("sid", "<u4"),
+        ("soff", "<u8"),
+        ("goff", "<u8"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == RECORD_HEADER.size
+_HEADER_BYTES = np.arange(RECORD_HEADER.size)
+_SUM_BYTES = np.arange(CHECKSUM.size)
+# The record kinds a read may skip: a stream's REMOVED and LOST records; in global order every kind
+# (messages below their stream's first retained offset, the rest always).
+_SKIP_STREAM = frozenset((KIND_REMOVED, KIND_LOST))
+_SKIP_GLOBAL = frozenset(KIND_NAMES)
+
+
+class Undecodable(BadRecord):
+    """A whole record whose envelope does not decode (or a mapping released under the read)."""
+
+
+# Long on purpose: the one record loop of every read (hot path, bench W3), record kinds handled inline.
+def read_indexed(  # noqa: PLR0912
+    mm: Any,
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goff: int,
+    stop: int,
+    out: list[Envelope],
+    sid: int = -1,
+    soff: int = 0,
+    trimmed: dict[int, int] | None = None,
+) -> tuple[int, list[int] | None, Any, BadRecord | None]:
+    """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1`` of a segment to ``out``.
+
+    ``buf`` is the segment's mapping ``mm`` (as a memoryview), of which
+    ``size`` bytes are mapped; ``positions`` its position index, which
+    gives where the record of ``goff`` starts: consecutive global offsets
+    are consecutive records. Every record's header must match the index
+    and its checksum its bytes. In stream order (``sid >= 0``) the records
+    must also be stream ``sid``'s, from stream offset ``soff`` on; its
+    REMOVED and LOST records are skipped, any other kind of record is
+    damage. In global order (``sid < 0``) control records, REMOVED and LOST
+    records and messages below their stream's first retained offset
+    (``trimmed``: stream id -> first retained offset, where it is above 0)
+    are skipped.
+
+    Returns the global offset after the last record examined (``stop``,
+    unless damage stopped the read), the global offsets of the envelopes
+    appended if a record was skipped, else ``None`` (they are then ``goff``,
+    ``goff + 1``, ...), the record headers of the envelopes appended (a list
+    of ``RECORD_HEADER`` tuples, or a numpy record array of
+    :data:`HEADER_DTYPE`), and the damage that stopped the read, if any:
+    a :class:`~logstore.record.BadRecord`, :class:`Undecodable` for an
+    envelope that does not decode. Reads of :data:`BATCH_MIN` records or
+    more with nothing trimmed check all headers at once with numpy; anything
+    unusual there sends them through the record-by-record loop, which says
+    precisely what is wrong, and where.
+    """
+    if stop - goff >= BATCH_MIN and not trimmed and mm is not None:
+        arr, n = positions.positions.state
+        i = goff - positions.first
+        if i >= 0 and stop - positions.first <= n:
+            batch = _read_batch(mm, buf, size, arr[i : i + stop - goff], goff, stop, out, sid, soff)
+            if batch is not None:
+                return stop, None, batch, None
+    start = goff
+    append = out.append
+    offs: list[int] | None = None
+    headers: list[tuple[int, ...]] = []
+    keep = headers.append
+    skip = _SKIP_STREAM if sid >= 0 else _SKIP_GLOBAL
+    position = positions.position(goff)
+    try:
+        while goff < stop:
+            header = _hdr_unpack(buf, position)
+            length, kind, _flags, nlen, rsid, rsoff, rgoff = header
+            end = position + length - 8
+            if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            if sid >= 0:
+                if rsid != sid or rsoff != soff:
+                    raise BadRecord(position, f"record is stream id {rsid} offset {rsoff}, index says {sid}/{soff}")
+                soff += 1
+            if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                raise BadRecord(position, "record checksum mismatch")
+            if kind == KIND_MESSAGE and (not trimmed or rsoff >= trimmed.get(rsid, 0)):
+                append(decode(buf[position + 28 + nlen : end]))
+                keep(header)
+                if offs is not None:
+                    offs.append(goff)
+            elif kind not in skip:
+                if kind in KIND_NAMES:
+                    raise BadRecord(position, f"a {KIND_NAMES[kind]} record where the index has a message")
+                raise BadRecord(position, f"record kind is {kind}")
+            elif offs is None:  # skipped; everything before was handed out, at consecutive offsets
+                offs = list(range(start, goff))
+            position = end + 8
+            goff += 1
+    except BadRecord as bad:
+        return goff, offs, headers, bad
+    except struct.error:  # a record header unpacked past the mapping: an index entry past the records
+        return goff, offs, headers, BadRecord(min(position, size), f"index points past it: {position}")
+    except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
+        return goff, offs, headers, Undecodable(position, f"envelope does not decode: {exc}")
+    return goff, offs, headers, None
+
+
+def _read_batch(
+    mm: Any, buf: Any, size: int, starts: Any, goff: int, stop: int, out: list[Envelope], sid: int, soff: int
+) -> Any:
+    """Append the envelopes of ``goff`` .. ``stop - 1`` (at ``starts``) if they are all plain, intact messages.
+
+    The fast path of :func:`read_indexed` for long reads: every record
+    header is checked at once with numpy (global offsets, stream ids and
+    offsets when ``sid >= 0``, kinds, lengths, records end to end), then
+    each record's checksum is verified and its envelope decoded. Returns the
+    record headers (a numpy record array of :data:`HEADER_DTYPE`, a copy),
+    or None, with nothing appended, when anything is unusual (another record
+    kind, damage, a mapping going away).
+    """
+    had = len(out)
+    try:
+        raw = np.frombuffer(mm, np.uint8)
+        starts = starts.astype(np.int64)
+        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        length = h["length"].astype(np.int64)
+        nlen = h["nlen"].astype(np.int64)
+        ends = starts + length - CHECKSUM.size
+        count = stop - goff
+        ok = (
+            bool((h["kind"] == KIND_MESSAGE).all())
+            and bool((length >= RECORD_OVERHEAD + nlen).all())
+            and int(ends[-1]) + CHECKSUM.size <= size
+            and bool((ends[:-1] + CHECKSUM.size == starts[1:]).all())
+            and bool((h["goff"] == np.arange(goff, stop, dtype=np.uint64)).all())
+        )
+        if ok and sid >= 0:
+            ok = bool((h["sid"] == sid).all()) and bool(
+                (h["soff"] == np.arange(soff, soff + count, dtype=np.uint64)).all()
+            )
+        if not ok:
+            return None
+        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        payloads = (starts + RECORD_HEADER.size + nlen).tolist()
+        append = out.append
+        for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
+            if _xxh(buf[p:e]) != c:
+                del out[had:]
+                return None
+            append(decode(buf[a:e]))
+    except (ValueError, TypeError, IndexError, BufferError):
+        # A mapping closed or cut under the read, or an envelope that does not decode: the
+        # record-by-record loop reads it again and reports it.
+        del out[had:]
+        return None
+    return h

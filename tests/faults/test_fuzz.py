@@ -790,8 +790,9 @@ def test_regression_a_position_entry_past_the_segment_made_reads_raise_struct_er
 ) -> None:
     """A position file whose last entry points past the end of its segment, with the checksum in
     CHECKPOINT recomputed to match (a consistent forgery of two files, or a writer bug), made
-    ``Segment.read_many`` and ``read_global`` raise ``struct.error`` from unpacking a record header
-    outside the mapping. Reads now raise ``CorruptionError`` naming the segment and the position."""
+    ``Segment.read_many`` and ``read_global`` (now the one ``Segment.read``) raise ``struct.error``
+    from unpacking a record header outside the mapping. Reads now raise ``CorruptionError`` naming the
+    segment and the position."""
     s = seeds
     directory = str(scratch / "pos-forged")
     if os.path.exists(directory):
@@ -810,10 +811,10 @@ def test_regression_a_position_entry_past_the_segment_made_reads_raise_struct_er
         for read in ("stream", "global"):
             with pytest.raises(logstore.CorruptionError) as caught:
                 if read == "global":
-                    segment.read_global(n - 1, n, [], {})
+                    segment.read(n - 1, n, [], trimmed={})
                 else:
                     rec = parse_record(s.segment, s.record_starts[n - 1], len(s.segment))
-                    segment.read_many(n - 1, n, [], rec.sid, rec.soff)
+                    segment.read(n - 1, n, [], rec.sid, rec.soff)
             assert caught.value.path == segment.path and caught.value.position == min(bad, T.SEGMENT_SIZE)
             assert f"index points past it: {bad}" in str(caught.value)
         assert not T.read_everything(store, s)  # the public reads: CorruptionError, nothing wrong before it

@@ -405,7 +405,7 @@ def test_last_nonzero_answers_when_the_bytes_change_during_the_search(monkeypatc
             raise RuntimeError("number of non-zero array elements changed during function execution")
         return real(arr)
 
-    monkeypatch.setattr(logstore.segment.np, "flatnonzero", changing)
+    monkeypatch.setattr(logstore.walk.np, "flatnonzero", changing)
     assert last_nonzero(memoryview(buf), 0, len(buf)) == 1001
     assert raised
 

@@ -208,7 +208,7 @@ def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_
 def test_damage_inside_a_long_read_hands_out_what_precedes_it_then_names_the_record(
     store_dir: Path, reader: str, where: str
 ) -> None:
-    """Long reads check their records' headers in one go (Segment._read_batch); damage in the middle of
+    """Long reads check their records' headers in one go (logstore.walk.read_indexed); damage in the middle of
     such a batch gives the same envelopes and the same error, at the same byte, as a record-by-record read."""
     with logstore.open(store_dir, segment_size=SEGMENT) as store:
         with store.transaction() as tx:

@@ -272,10 +272,10 @@ def test_try_next_is_not_false_when_a_removal_races_the_read(store_dir: Path, mo
         with s.transaction() as tx:
             s.append_messages(tx, "a", 0, [Envelope.new("E", {"i": i}) for i in range(10)])
             s.append_messages(tx, "other", 0, [Envelope.new("E", {"i": i}) for i in range(3)])
-        orig = Segment.read_many
+        orig = Segment.read
         fired: list[int] = []
 
-        def read_many(self: Segment, *args: Any, **kwargs: Any) -> Any:
+        def read(self: Segment, *args: Any, **kwargs: Any) -> Any:
             result = orig(self, *args, **kwargs)
             if not fired:  # another thread truncates an unrelated stream right now
                 fired.append(1)
@@ -284,7 +284,7 @@ def test_try_next_is_not_false_when_a_removal_races_the_read(store_dir: Path, mo
                 s.truncate_stream("other", info.first + 1)
             return result
 
-        monkeypatch.setattr(Segment, "read_many", read_many)
+        monkeypatch.setattr(Segment, "read", read)
         st, found = s.open_stream(s, "a", 0)
         with st:
             assert found

@@ -10,6 +10,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.index.header import HEADER_SIZE
+from logstore.record import Record
+from logstore.walk import walk
 from tests.helpers import SMALL_SEGMENT, assert_verified
 
 
@@ -214,6 +217,32 @@ def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> No
         assert store.stream_info("b") == (150, 150, True)
         _fill(store, {"b": 1})
         assert _read(store, "b") == [150]
+
+
+def test_compaction_does_not_copy_a_damaged_record(store_dir: Path) -> None:
+    # Compaction walks a segment's records with their checksums checked: a damaged record in a sealed
+    # segment that holds removed messages is not copied into the new file, the pass raises
+    # CorruptionError naming the segment file and the record's byte, and the segment stays as it was.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, {"a": 150, "c": 150}, pad=300)
+    segments = sorted(n for n in os.listdir(store_dir / "segments") if n.endswith(".log"))
+    assert len(segments) > 2
+    seg = store_dir / "segments" / segments[0]
+    data = bytearray(seg.read_bytes())
+    recs = [r for r in walk(data, HEADER_SIZE, len(data)) if isinstance(r, Record)]
+    victim = next(r for r in recs if r.sid == 1 and r.soff > 0)  # a message of "c", kept by the truncation
+    data[victim.payload_start + 5] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        store.truncate_stream("a", 50)
+        with pytest.raises(logstore.CorruptionError) as caught:
+            store.compact(roll=False)
+        assert caught.value.path == str(seg) and caught.value.position == victim.position
+        assert "record checksum mismatch" in str(caught.value)
+        assert not os.path.exists(str(seg) + ".compact")
+    assert seg.read_bytes() == bytes(data)
+    data[victim.payload_start + 5] ^= 0xFF  # undo: the store verifies clean at teardown
+    seg.write_bytes(bytes(data))
 
 
 def _written_bytes(store: logstore.Store, path: Path) -> int:
