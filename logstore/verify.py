@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
+from logstore.derived import EXTRA_INDEXES, DerivedIndex
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
 from logstore.fileio import FileIO, default_io
@@ -275,6 +276,7 @@ class _Verifier:
         self.removed_at: list[tuple[str, int, Record]] = []
         self.at_ckpt: _AtCheckpoint | None = None
         self.large_ids: set[int] | None = None  # the catalog's large streams, once it is read
+        self.extras = _Extras(self)  # the registered indexes (logstore.derived.EXTRA_INDEXES)
 
     def problem(self, path: str, position: int, what: str) -> None:
         self.result.problem(path, position, what)
@@ -302,6 +304,7 @@ class _Verifier:
         self.index_problems = len(self.result.problems)
         if self.ckpt is not None and self._checkpoint_against_log():
             self._catalog_against_log()
+            self.extras.against_log()
         self._leftover_index_files()
 
     # -- directory layout ----------------------------------------------------------------
@@ -327,6 +330,8 @@ class _Verifier:
                 )
             elif name.startswith(layout.CATALOG_PREFIX):
                 self.catalogs.append(name)
+            elif self.extras.owns(name):
+                pass
             else:
                 self.problem(p, 0, "stray file in the store directory: not part of a store's layout")
         for name in io.listdir(self.seg_dir):
@@ -488,6 +493,7 @@ class _Verifier:
                             break
                     else:
                         self._record(seg_path, item, named, buf)
+                        self.extras.record(item, ckpt_goff)
                         scan.positions.append(item.position)
                         scan.ends.append(item.position + item.length)
                         self.expected = item.goff + 1
@@ -1053,3 +1059,65 @@ def _runs_mismatch(
     if g - s != g1 - s1 or (s < s1 and g1 != start) or cat_runs[k + 1 :] != log_runs[1:]:
         return k
     return next((j for j in range(k) if end_goff(j) > start), None)
+
+
+class _Extras:
+    """The registered indexes: each one's file of the checkpoint's generation against one rebuilt from the log.
+
+    The log's transactions up to the checkpoint are applied to a fresh
+    instance of each registered index, as recovery would apply them; the
+    index loaded from its file must not differ (``DerivedIndex.differences``).
+    The judgement is the index's own; verify supplies the walk.
+    """
+
+    def __init__(self, verifier: _Verifier) -> None:
+        self.v = verifier
+        self.rebuilt: list[DerivedIndex] = []
+        for cls in EXTRA_INDEXES:
+            ix = cls()
+            ix.reset()
+            self.rebuilt.append(ix)
+        self.pending: list[tuple[int, Record]] = []
+        self.files: dict[str, list[str]] = {}  # prefix -> generation files present
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is a generation file of a registered index (noted for :meth:`against_log`)."""
+        for ix in self.rebuilt:
+            if ix.file is not None and name.startswith(ix.file + "."):
+                self.files.setdefault(ix.file, []).append(name)
+                return True
+        return False
+
+    def record(self, rec: Record, ckpt_goff: int) -> None:
+        """A record the walk found; whole transactions below the checkpoint go to the rebuilt indexes."""
+        if not self.rebuilt or rec.goff >= ckpt_goff:
+            return
+        self.pending.append((0, rec))
+        if rec.flags & FLAG_TX_END:
+            for ix in self.rebuilt:
+                ix.apply(self.pending)
+            self.pending = []
+
+    def against_log(self) -> None:
+        v = self.v
+        ckpt = v.ckpt
+        assert ckpt is not None
+        for rebuilt in self.rebuilt:
+            if rebuilt.file is None:
+                continue
+            path = layout.index_path(v.path, rebuilt.file, ckpt.generation)
+            current = os.path.basename(path)
+            for name in self.files.get(rebuilt.file, []):
+                if name != current and not v.result.live:
+                    v.note(f"{os.path.join(v.path, name)}: stale {rebuilt.label} generation (removed at next open)")
+            loaded = type(rebuilt)()
+            try:
+                loaded.load(v.io.read_file(path), ckpt)
+            except FileNotFoundError:
+                v.problem(path, 0, f"{rebuilt.label} file of the checkpoint's generation is missing")
+                continue
+            except Exception as exc:  # noqa: BLE001 - an added index's own decoding errors: each one is a finding
+                v.problem(path, 0, f"{rebuilt.label} file is unusable: {exc}")
+                continue
+            for what in loaded.differences(rebuilt):
+                v.problem(path, 0, what)
