@@ -76,7 +76,7 @@ def iter_records(
     skipped, as readers skip them. The walk ends at the global head published
     when it starts.
     """
-    lg = store._log
+    lg = store.log
     if store.closed:
         raise StoreClosedError(f"{store.path}: the store is closed")
     cat = lg.catalog
@@ -217,7 +217,7 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
     - ``recovery``: the last :class:`~logstore.RecoveryReport` as a dict,
       with its ``summary``.
     """
-    lg = store._log
+    lg = store.log
     segments = list(lg.segments)
     cat = lg.catalog
     n = len(cat)
@@ -297,7 +297,7 @@ def stream_start(store: Store, stream: str, offset: int) -> int:
     control records written after it are seen). ``ValueError`` if the store
     has never named the stream.
     """
-    lg = store._log
+    lg = store.log
     cat = lg.catalog
     sid = cat.ids.get(stream)
     if sid is None:

@@ -490,6 +490,15 @@ class Store:
         return self._closed
 
     @property
+    def log(self) -> Log:
+        """The store's log (:class:`logstore.log.Log`), for the engine's own tools (``logstore.inspect``).
+
+        Not part of the messagestore API: its segments and indexes change
+        under the writer's rules (docs/ARCHITECTURE.md).
+        """
+        return self._log
+
+    @property
     def max_envelope_size(self) -> int:
         """The largest encoded envelope this store accepts, in bytes."""
         return self._max_payload
