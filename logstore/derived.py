@@ -41,16 +41,7 @@ from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
-from logstore.record import (
-    KIND_DELETE,
-    KIND_LOST,
-    KIND_MESSAGE,
-    KIND_REMOVED,
-    KIND_RETAIN,
-    KIND_TRUNCATE,
-    NO_STREAM,
-    Record,
-)
+from logstore.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, MESSAGE_KINDS, NO_STREAM, Record
 
 if TYPE_CHECKING:
     from logstore.fileio import FileIO
@@ -223,7 +214,7 @@ class StreamIndex(DerivedIndex):
                 # The first record after the truncation fixes the head; what lies between was
                 # dropped by retention (readers find no run there and start at the first run).
                 self.head_open.discard(sid)
-            if kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
+            if kind in MESSAGE_KINDS:
                 # REMOVED and LOST records stand for messages, appended after any earlier delete.
                 self.run(sid, rec.soff, rec.goff)
                 heads[sid] = rec.soff + 1

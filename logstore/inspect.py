@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,10 +34,8 @@ from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
 from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
 from logstore.segment import Segment
+from logstore.store import Store, log_of
 from logstore.walk import Damage, walk
-
-if TYPE_CHECKING:
-    from logstore.store import Store
 
 _CHUNK = 512
 """Records read from a segment in one go (the segment may be replaced between two chunks)."""
@@ -76,7 +74,7 @@ def iter_records(
     skipped, as readers skip them. The walk ends at the global head published
     when it starts.
     """
-    lg = store.log
+    lg = log_of(store)
     if store.closed:
         raise StoreClosedError(f"{store.path}: the store is closed")
     cat = lg.catalog
@@ -217,7 +215,7 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
     - ``recovery``: the last :class:`~logstore.RecoveryReport` as a dict,
       with its ``summary``.
     """
-    lg = store.log
+    lg = log_of(store)
     segments = list(lg.segments)
     cat = lg.catalog
     n = len(cat)
@@ -297,7 +295,7 @@ def stream_start(store: Store, stream: str, offset: int) -> int:
     control records written after it are seen). ``ValueError`` if the store
     has never named the stream.
     """
-    lg = store.log
+    lg = log_of(store)
     cat = lg.catalog
     sid = cat.ids.get(stream)
     if sid is None:

@@ -85,10 +85,6 @@ class Log:
     def catalog(self) -> Catalog:
         return self.published.catalog
 
-    @catalog.setter
-    def catalog(self, catalog: Catalog) -> None:
-        self.published.catalog = catalog
-
     @property
     def runs(self) -> RunIndex:
         """The run index (:class:`~logstore.derived.StreamIndex`)."""
@@ -99,18 +95,10 @@ class Log:
         """Global offsets below it are readable (``Published.visible_end``)."""
         return self.published.visible_end
 
-    @visible_end.setter
-    def visible_end(self, end: int) -> None:
-        self.published.visible_end = end
-
     @property
     def log_start(self) -> int:
         """Global offsets below it were dropped by retention (``Published.log_start``)."""
         return self.published.log_start
-
-    @log_start.setter
-    def log_start(self, start: int) -> None:
-        self.published.log_start = start
 
     # -- reading ---------------------------------------------------------------
 

@@ -81,6 +81,8 @@ KIND_DELETE: Final = int(Kind.DELETE)
 KIND_RETAIN: Final = int(Kind.RETAIN)
 KIND_REMOVED: Final = int(Kind.REMOVED)
 KIND_LOST: Final = int(Kind.LOST)
+MESSAGE_KINDS: Final = (KIND_MESSAGE, KIND_REMOVED, KIND_LOST)
+"""The kinds that stand at a message's stream offset (the message, or the marker in its place): they move the head."""
 KIND_NAMES: Final = {int(k): k.name.lower() for k in Kind}
 """The name of each valid kind, by its value, in value order."""
 NO_STREAM = 0xFFFFFFFF

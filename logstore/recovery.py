@@ -29,11 +29,9 @@ from logstore.record import (
     FLAG_SYNCED,
     FLAG_TX_END,
     KIND_DELETE,
-    KIND_LOST,
-    KIND_MESSAGE,
-    KIND_REMOVED,
     KIND_RETAIN,
     KIND_TRUNCATE,
+    MESSAGE_KINDS,
     NO_STREAM,
     RECORD_OVERHEAD,
     Record,
@@ -183,14 +181,14 @@ class Recovery:
                 leftovers.append(seg.pos_path)
             start = 0
             # A log that retention has shortened starts later; its streams then appear out of id order.
-            lg.next_goff = lg.log_start = lg.segments[0].first
+            lg.next_goff = lg.published.log_start = lg.segments[0].first
             streams.relaxed = True  # damage repaired or segments dropped may leave ids out of order
             self.sid_limit = sum(seg.size for seg in lg.segments) // (RECORD_OVERHEAD + 1)
         else:
             report.checkpoint = "clean" if ckpt.clean else "used"
             start = len(ckpt.segments) - 1
             lg.next_goff = ckpt.next_goff
-            lg.log_start = ckpt.log_start
+            lg.published.log_start = ckpt.log_start
             lg.generation = ckpt.generation
             lg.ckpt_last_first = ckpt.segments[-1].first
         clean_end = ckpt is not None and ckpt.clean
@@ -208,7 +206,7 @@ class Recovery:
                 if io.exists(p):
                     io.unlink(p)
             io.fsync_dir(lg.seg_dir)
-        lg.visible_end = lg.next_goff
+        lg.published.visible_end = lg.next_goff
         report.seconds = time.perf_counter() - started
         return ckpt
 
@@ -344,7 +342,7 @@ class Recovery:
                     if rec.sid != NO_STREAM:
                         if rec.name is not None and rec.name not in cat.ids and rec.name not in new_names:
                             new_names[rec.name] = rec.sid
-                        if rec.kind in (KIND_MESSAGE, KIND_REMOVED, KIND_LOST):
+                        if rec.kind in MESSAGE_KINDS:
                             tx_heads[rec.sid] = rec.soff + 1
                         elif rec.sid not in tx_heads and (rec.sid >= len(cat) or cat.names[rec.sid] == ""):
                             tx_heads[rec.sid] = rec.soff  # a stream that a control record names first
@@ -439,7 +437,7 @@ class Recovery:
             ix.apply(pending)
         first = pending[0][1]
         if first.kind == KIND_RETAIN:  # a retain record begins its transaction
-            lg.log_start = max(lg.log_start, first.soff)
+            lg.published.log_start = max(lg.log_start, first.soff)
         lg.next_goff = pending[-1][1].goff + 1
 
     def _set_end(self, good: tuple[int, int]) -> None:

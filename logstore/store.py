@@ -490,15 +490,6 @@ class Store:
         return self._closed
 
     @property
-    def log(self) -> Log:
-        """The store's log (:class:`logstore.log.Log`), for the engine's own tools (``logstore.inspect``).
-
-        Not part of the messagestore API: its segments and indexes change
-        under the writer's rules (docs/ARCHITECTURE.md).
-        """
-        return self._log
-
-    @property
     def max_envelope_size(self) -> int:
         """The largest encoded envelope this store accepts, in bytes."""
         return self._max_payload
@@ -784,13 +775,8 @@ class Store:
         In a child made by ``fork()`` it does nothing (the fork already dropped the
         child's descriptors): the lock, the files and the writer are the parent's.
         """
-        if self._forked:  # before _close_lock: another parent thread may have held it at the fork
+        if not self._mark_closed():
             return
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         try:
             if not self.readonly:
                 self._writer.stop()
@@ -802,19 +788,25 @@ class Store:
         if failed is not None:
             raise failed
 
+    def _mark_closed(self) -> bool:
+        """Mark the store closed; returns whether this call did (not closed before, and not a forked child)."""
+        if self._forked:  # before _close_lock: another parent thread may have held it at the fork
+            return False
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._pub.closed = True  # readers that lose a segment under a read from here on say so
+        return True
+
     def _abandon(self) -> None:
         """Drop the store as if its process died: no final fsync, no checkpoint (crash tests).
 
         Writes already handed to the OS stay in the files; the test then
         removes what a crash could lose (past ``_writer.synced``).
         """
-        if self._forked:
+        if not self._mark_closed():
             return
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._pub.closed = True  # readers that lose a segment under a read from here on say so
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()
@@ -891,3 +883,12 @@ def _check_offset(offset: object) -> None:
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def log_of(store: Store) -> Log:
+    """The log of ``store`` (:class:`logstore.log.Log`), for the engine's own tools (``logstore.inspect``).
+
+    Not part of the messagestore API: its segments and indexes change under
+    the writer's rules (docs/ARCHITECTURE.md).
+    """
+    return store._log

@@ -55,6 +55,7 @@ records present determine.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import os
 import re
@@ -62,6 +63,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
@@ -95,6 +97,7 @@ _SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tm
 _RUN_FILE = re.compile(rf"([0-9]{{{layout.SID_DIGITS}}})\.runs")
 _CONTROL = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
 _STREAM_CONTROL = (KIND_TRUNCATE, KIND_DELETE)
+_T = TypeVar("_T")
 _MESSAGE_LIKE = (KIND_MESSAGE, KIND_REMOVED, KIND_LOST)
 _CKPT_HEAD = 24  # CHECKPOINT body: next global offset, log start, segment count
 _CKPT_ENTRY = 32
@@ -768,27 +771,24 @@ class _Verifier:
                 if swapped:
                     what += " (the segment was replaced after the checkpoint; the next open rebuilds its positions)"
                 self.problem(cp, at_entry + 16, what)
+
+            def pos_missing(pos_path: str = pos_path) -> None:
+                if live:
+                    self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
+                else:
+                    self.problem(pos_path, 0, "position file is missing")
+
             if missing:
-                if live:
-                    self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
-                else:
-                    self.problem(pos_path, 0, "position file is missing")
+                pos_missing()
                 continue
-            try:
-                pindex = PositionIndex.decode(
-                    self.io.read_file(pos_path), self.store_id, e.first, e.records, e.checksum
-                )
-            except FileNotFoundError:
-                if live:
-                    self.note(f"{pos_path}: position file is missing (a compaction swap in flight)")
-                else:
-                    self.problem(pos_path, 0, "position file is missing")
-                continue
-            except FormatError as exc:
-                self.problem(pos_path, exc.position, exc.what)
-                continue
-            except OSError as exc:
-                self.problem(pos_path, 0, f"cannot read: {exc}")
+            pindex = self._read_decoded(
+                pos_path,
+                functools.partial(
+                    PositionIndex.decode, store_id=self.store_id, first=e.first, count=e.records, checksum=e.checksum
+                ),
+                pos_missing,
+            )
+            if pindex is None:
                 continue
             got = pindex.positions.view().tolist()
             want = scan.positions[: e.records]
@@ -807,18 +807,15 @@ class _Verifier:
         ckpt, at = self.ckpt, self.at_ckpt
         assert ckpt is not None and at is not None and self.store_id is not None
         cat_path = layout.catalog_path(self.path, ckpt.generation)
-        try:
-            raw = self.io.read_file(cat_path)
-            catalog, runs, large = Catalog.decode(raw, self.store_id, ckpt.generation)
-        except FileNotFoundError:
-            self.problem(cat_path, 0, "catalog named by the checkpoint is missing")
+        store_id = self.store_id
+        decoded = self._read_decoded(
+            cat_path,
+            lambda raw: (raw, *Catalog.decode(raw, store_id, ckpt.generation)),
+            lambda: self.problem(cat_path, 0, "catalog named by the checkpoint is missing"),
+        )
+        if decoded is None:
             return
-        except FormatError as exc:
-            self.problem(cat_path, exc.position, exc.what)
-            return
-        except OSError as exc:
-            self.problem(cat_path, 0, f"cannot read: {exc}")
-            return
+        raw, catalog, runs, large = decoded
         lay = _CatalogLayout(raw)
         large_ids = self.large_ids = {sid for sid, _count, _sum in large}
         unusable: set[int] = set()
@@ -949,6 +946,18 @@ class _Verifier:
             )
 
     # -- index files nothing refers to ---------------------------------------------------------
+
+    def _read_decoded(self, path: str, decode: Callable[[bytes], _T], missing: Callable[[], None]) -> _T | None:
+        """``decode`` of the bytes of file ``path``; or ``None``, once ``missing()`` or a problem said why not."""
+        try:
+            return decode(self.io.read_file(path))
+        except FileNotFoundError:
+            missing()
+        except FormatError as exc:
+            self.problem(path, exc.position, exc.what)
+        except OSError as exc:
+            self.problem(path, 0, f"cannot read: {exc}")
+        return None
 
     def _leftover_index_files(self) -> None:
         """Position and run files the checkpoint does not cover: notes only (they are rewritten before use)."""

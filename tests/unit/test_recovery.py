@@ -93,7 +93,8 @@ def test_torn_record_at_the_tail_is_cut_into_lost_and_found(store_dir: Path) -> 
     seg, _ = _write(store_dir, "fsync", [("a", 3), ("b", 2)])
     records = _records(seg)
     end = records[-1][0] + records[-1][1]
-    garbage = b"\x99\x00\x00\x00\x01\x01" + os.urandom(40)  # a header claiming 153 bytes, then noise
+    # A header claiming 153 bytes, then noise that ends in a non-zero byte (the cut goes to the last one).
+    garbage = b"\x99\x00\x00\x00\x01\x01" + os.urandom(39) + b"\x01"
     with open(seg, "r+b") as f:
         f.seek(end)
         f.write(garbage)
