@@ -70,12 +70,6 @@ class Catalog:
         self.ctrl: npt.NDArray[Any] = np.zeros(64, U64)
         self.nruns: npt.NDArray[Any] = np.zeros(64, U32)
         self.flags: npt.NDArray[Any] = np.zeros(64, _U8)
-        # Stream id -> first retained offset, for the streams where it is above 0. Derived from ``first``
-        # and kept beside it (set_first and decode are the only writers of ``first``; both keep it equal
-        # to ``{sid: first[sid] for each sid where first[sid] > 0}``) rather than computed: the global
-        # reader looks it up per record (a dict lookup is cheaper than indexing a numpy array) and takes
-        # it per read batch, and building it then would cost a pass over every stream per batch.
-        self.trimmed: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -118,8 +112,17 @@ class Catalog:
     def set_first(self, sid: int, first: int) -> None:
         """Raise stream ``sid``'s first retained offset (writer thread)."""
         self.first[sid] = first
-        if first:
-            self.trimmed[sid] = first
+
+    def trimmed(self) -> dict[int, int]:
+        """Stream id -> first retained offset, for the streams where it is above 0 (computed from ``first``).
+
+        One pass over every stream: a global reader takes it once per removal
+        (``Published.removals``) and then looks it up per record, where a dict
+        lookup is cheaper than indexing a numpy array.
+        """
+        first = self.first[: len(self.names)]
+        nz = np.flatnonzero(first)
+        return dict(zip(nz.tolist(), first[nz].tolist(), strict=True))
 
     def head_of(self, name: str) -> int:
         sid = self.ids.get(name)
@@ -223,7 +226,6 @@ class Catalog:
             raise FormatError(HEADER_SIZE + _COUNTS.size, "a stream name appears twice")
         cat.head[:s] = take(U64, s)
         cat.first[:s] = take(U64, s)
-        cat.trimmed = {int(i): int(cat.first[i]) for i in np.flatnonzero(cat.first[:s])}
         cat.run_diff[:s] = take(U64, s)
         cat.ctrl[:s] = take(U64, s)
         cat.nruns[:s] = take(U32, s)

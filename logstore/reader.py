@@ -494,11 +494,13 @@ class GlobalReader(_Reader):
     # _meta: the record headers of _buf's messages as the segment read them (Segment.read):
     # a list of header tuples, or a numpy record array with fields "sid" and "soff".
 
-    __slots__ = ("_seg",)
+    __slots__ = ("_seg", "_trim_key", "_trimmed")
 
     def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
         super().__init__(owner, published, log, offset)
         self._seg: Segment | None = None
+        self._trimmed: dict[int, int] = {}
+        self._trim_key: tuple[int, object] | None = None  # (removals, catalog) that _trimmed was taken at
 
     def _available(self) -> bool:
         pub = self._pub
@@ -510,7 +512,11 @@ class GlobalReader(_Reader):
         pub = self._pub
         self._epoch = pub.removals  # before reading the removal bounds below
         end = pub.visible_end
-        trimmed = pub.catalog.trimmed
+        cat = pub.catalog
+        if self._trim_key != (self._epoch, cat):  # a removal raised some stream's first offset
+            self._trimmed = cat.trimmed()
+            self._trim_key = (self._epoch, cat)
+        trimmed = self._trimmed
         want = max(self._next, pub.log_start)
         while want < end:
             seg = self._seg

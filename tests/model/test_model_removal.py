@@ -339,7 +339,7 @@ class RemovalModel(RuleBasedStateMachine):
             first = int(cat.first[sid])
             # The model's value, or after a rebuild from the log up to the first readable offset.
             assert m.first <= first <= m.readable_first(self.log_start), (name, first, m.first, self.log_start)
-            assert cat.trimmed.get(sid, 0) == first, (name, cat.trimmed.get(sid), first)
+            assert cat.trimmed().get(sid, 0) == first, (name, cat.trimmed().get(sid), first)
 
     def _check_all(self, store: logstore.Store | None = None) -> None:
         """Everything the store tells equals the model: heads, stream info, names, every read."""
