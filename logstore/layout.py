@@ -10,6 +10,7 @@
       segments/<first>.pos      their position indexes (index.position)
       streams/<id>.runs         run files of large streams (index.runs)
       lost+found/               what recovery and repair take out of the log (logstore.lostfound)
+      <file>.<generation>       generation files of registered indexes (logstore.derived)
 
 ``<first>`` and ``<generation>`` are 20 decimal digits, ``<id>`` 10, zero-padded, so that a
 plain listing sorts them in order. A file written whole is first written under its name plus
