@@ -435,9 +435,9 @@ class Recovery:
         lg = self.log
         for ix in lg.indexes:
             ix.apply(pending)
-        first = pending[0][1]
-        if first.kind == KIND_RETAIN:  # a retain record begins its transaction
-            lg.published.log_start = max(lg.log_start, first.soff)
+        for _i, rec in pending:
+            if rec.kind == KIND_RETAIN:  # the log now starts at its offset field
+                lg.published.log_start = max(lg.log_start, rec.soff)
         lg.next_goff = pending[-1][1].goff + 1
 
     def _set_end(self, good: tuple[int, int]) -> None:
