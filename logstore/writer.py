@@ -70,8 +70,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("logstore")
 
-# Above this many streams in one group, their heads are published with one numpy assignment.
-_VECTOR_HEADS = 32
 # The writer thread looks at its conditions at least this often (seconds), notified or not: a
 # notification lost to an interrupt in the notifying thread then costs a delay, not a hang.
 _IDLE_CHECK = 1.0
