@@ -1,4 +1,4 @@
-"""What every command says about a path that is not a store directory.
+"""What every command shares: its parser's start, how it fails, what it says about a path that is not a store.
 
 One wording for all of them: a missing path is "no such directory", a file
 is "not a directory", and a directory that holds no store (neither
@@ -7,9 +7,53 @@ is "not a directory", and a directory that holds no store (neither
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from logstore import layout
+
+
+def add_command(
+    sub: Any,
+    name: str,
+    summary: str,
+    run: Callable[[argparse.Namespace], int],
+    dir_help: str = "store directory",
+    *,
+    store_dir: bool = False,
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, which takes a directory and calls ``run``; the caller adds its options.
+
+    With ``store_dir``, a directory that is not a store is refused (exit 2) before ``run`` is called.
+    """
+    p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
+    p.add_argument("dir", help=dir_help)
+    if store_dir:
+
+        def run_on_store(args: argparse.Namespace) -> int:
+            if (problem := store_dir_problem(args.dir)) is not None:
+                return fail(name, problem)
+            return run(args)
+
+        p.set_defaults(run=run_on_store)
+    else:
+        p.set_defaults(run=run)
+    return p
+
+
+def print_json(obj: object, names: str, **computed: object) -> None:
+    """Print one JSON object: the attributes of ``obj`` named in ``names`` (in that order), or those ``computed``."""
+    print(json.dumps({n: computed[n] if n in computed else getattr(obj, n) for n in names.split()}, indent=2))
+
+
+def fail(command: str, message: object) -> int:
+    """Print ``logstore COMMAND: message`` on stderr; return the exit code of a usage or I/O error, 2."""
+    print(f"logstore {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def store_dir_problem(path: str) -> str | None:
