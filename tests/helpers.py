@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: sizes, the consistency check every store must pass, a quiet logger."""
+"""Helpers shared by test modules: sizes, the consistency check every store must pass, a quiet logger, filling
+stores and reading a segment's records."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import logging
 import os
 from collections.abc import Iterator
 
+import logstore
+from logstore import Envelope
+from logstore.index.header import HEADER_SIZE
+from logstore.record import BadRecord, Record, parse_record
 from logstore.verify import verify
 
 SMALL_SEGMENT = 64 * 1024
@@ -31,3 +36,29 @@ def assert_verified(path: str | os.PathLike[str]) -> None:
     """Run the consistency checker on a closed store and fail with its findings."""
     result = verify(os.fspath(path))
     assert result.ok, "verify found problems:\n" + "\n".join(str(p) for p in result.problems)
+
+
+def fill_interleaved(store: logstore.Store, streams: dict[str, int], pad: int) -> None:
+    """Append ``n`` messages to each stream, one transaction per message, interleaved."""
+    todo = dict(streams)
+    while todo:
+        for name in list(todo):
+            with store.transaction() as tx:
+                h = store.head(name)
+                store.append_messages(tx, name, h, [Envelope.new("E", {"s": name, "i": h, "pad": "x" * pad})])
+            todo[name] -= 1
+            if not todo[name]:
+                del todo[name]
+
+
+def segment_records(data: bytes | bytearray) -> list[tuple[int, Record]]:
+    """``(position, record)`` of each record of a segment file's bytes, up to the first that does not parse."""
+    out = []
+    pos = HEADER_SIZE
+    while True:
+        try:
+            rec = parse_record(data, pos, len(data))
+        except BadRecord:
+            return out
+        out.append((pos, rec))
+        pos += rec.length

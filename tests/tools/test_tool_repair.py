@@ -20,9 +20,8 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
-from logstore.record import parse_record
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, segment_records
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
 
@@ -61,15 +60,7 @@ def _content(path: Path) -> dict[int, tuple[str, int, Envelope]]:
 def _records(path: Path) -> list[Rec]:
     out = []
     for seg in sorted((path / "segments").glob("*.log")):
-        data = seg.read_bytes()
-        pos = HEADER_SIZE
-        while True:
-            try:
-                rec = parse_record(data, pos, len(data))
-            except Exception:  # noqa: BLE001 - the end of the records
-                break
-            out.append((seg.name, pos, rec.length, rec.goff))
-            pos += rec.length
+        out += [(seg.name, pos, rec.length, rec.goff) for pos, rec in segment_records(seg.read_bytes())]
     return out
 
 

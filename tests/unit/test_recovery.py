@@ -15,10 +15,9 @@ import logstore
 import logstore.walk as walk_module
 from logstore import CorruptionError, Envelope, FileIO
 from logstore.index.header import HEADER_SIZE
-from logstore.record import BadRecord, parse_record
 from logstore.verify import verify
 from logstore.walk import data_regions
-from tests.helpers import assert_verified
+from tests.helpers import assert_verified, segment_records
 
 SEGMENT = 256 * 1024
 
@@ -29,16 +28,7 @@ def _envs(tag: str, n: int) -> list[Envelope]:
 
 def _records(seg_path: str) -> list[tuple[int, int, int]]:
     """(position, length, flags) of every record in a segment file."""
-    data = Path(seg_path).read_bytes()
-    out = []
-    pos = HEADER_SIZE
-    while True:
-        try:
-            rec = parse_record(data, pos, len(data))
-        except BadRecord:
-            return out
-        out.append((pos, rec.length, rec.flags))
-        pos += rec.length
+    return [(pos, rec.length, rec.flags) for pos, rec in segment_records(Path(seg_path).read_bytes())]
 
 
 def _commit_singles(store: logstore.Store, n: int) -> None:
