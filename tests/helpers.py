@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import logstore
 from logstore import Envelope
@@ -36,6 +37,21 @@ def assert_verified(path: str | os.PathLike[str]) -> None:
     """Run the consistency checker on a closed store and fail with its findings."""
     result = verify(os.fspath(path))
     assert result.ok, "verify found problems:\n" + "\n".join(str(p) for p in result.problems)
+
+
+def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
+    """Append ``batch`` to ``stream`` at ``offset`` in a transaction of its own; returns the commit's global offsets."""
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, stream, offset, batch)
+    return committer.commit()
+
+
+def drain(reader: Any) -> list[tuple[int, Envelope]]:
+    """Every message available now, as (offset, envelope)."""
+    out = []
+    while reader.try_next():
+        out.append((reader.offset(), reader.get()))
+    return out
 
 
 def fill_interleaved(store: logstore.Store, streams: dict[str, int], pad: int) -> None:

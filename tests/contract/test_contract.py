@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, protocols
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, commit, drain
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -31,20 +31,6 @@ def store(open_store):
 
 def envs(n: int, tag: str = "m", start: int = 0) -> list[Envelope]:
     return [Envelope.new(f"{tag}.Happened", {"tag": tag, "i": start + i}) for i in range(n)]
-
-
-def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
-    tx, committer = store.begin_tx()
-    store.append_messages(tx, stream, offset, batch)
-    return committer.commit()
-
-
-def drain(reader: Any) -> list[tuple[int, Envelope]]:
-    """Every message available now, as (offset, envelope)."""
-    out = []
-    while reader.try_next():
-        out.append((reader.offset(), reader.get()))
-    return out
 
 
 def read_stream(store: logstore.Store, stream: str, offset: int = 0) -> list[tuple[int, Envelope]]:

@@ -14,19 +14,13 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, commit
 
 # -- helpers ---------------------------------------------------------------------------
 
 
 def envs(n: int, tag: str = "m") -> list[Envelope]:
     return [Envelope.new(f"{tag}.Happened", {"i": i}) for i in range(n)]
-
-
-def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
-    tx, committer = store.begin_tx()
-    store.append_messages(tx, stream, offset, batch)
-    return committer.commit()
 
 
 def snapshot(store: logstore.Store) -> tuple[int, dict[str, int], list[Envelope]]:
