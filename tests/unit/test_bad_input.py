@@ -412,15 +412,22 @@ def test_tx_from_another_store(store, tmp_path):
     assert_unchanged_and_writable(store, before)
 
 
+def assert_tx_refused(
+    store: logstore.Store, tx: logstore.Tx, committer: logstore.Committer, offset: int, match: str
+) -> None:
+    """A finished transaction takes no more appends and no second commit; both errors match ``match``."""
+    with pytest.raises(ValueError, match=match):
+        store.append_messages(tx, "s", offset, envs(1))
+    with pytest.raises(ValueError, match=match):
+        committer.commit()
+
+
 def test_tx_used_after_commit(store):
     tx, committer = store.begin_tx()
     store.append_messages(tx, "s", 2, envs(1))
     committer.commit()
     before = snapshot(store)
-    with pytest.raises(ValueError, match="committed"):
-        store.append_messages(tx, "s", 3, envs(1))
-    with pytest.raises(ValueError, match="committed"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 3, "committed")
     committer.rollback()  # rolling back a committed transaction does nothing
     assert tx.global_offsets == range(3, 4)
     assert_unchanged_and_writable(store, before)
@@ -431,10 +438,7 @@ def test_tx_used_after_rollback(store):
     tx, committer = store.begin_tx()
     store.append_messages(tx, "s", 2, envs(1))
     committer.rollback()
-    with pytest.raises(ValueError, match="rolled back"):
-        store.append_messages(tx, "s", 2, envs(1))
-    with pytest.raises(ValueError, match="rolled back"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 2, "rolled back")
     assert tx.global_offsets is None
     assert_unchanged_and_writable(store, before)
 
@@ -446,10 +450,7 @@ def test_tx_used_after_a_failed_commit(store):
     with pytest.raises(logstore.OffsetConflictError):
         committer.commit()
     before = snapshot(store)
-    with pytest.raises(ValueError, match="transaction"):
-        store.append_messages(tx, "s", 3, envs(1))
-    with pytest.raises(ValueError, match="transaction"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 3, "transaction")
     assert_unchanged_and_writable(store, before)
 
 
