@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import logstore
@@ -16,6 +19,8 @@ from logstore.record import BadRecord, Record, parse_record
 from logstore.verify import verify
 
 SMALL_SEGMENT = 64 * 1024
+ROOT = Path(__file__).resolve().parents[1]
+"""The checkout: what a child interpreter imports logstore from."""
 
 
 @contextlib.contextmanager
@@ -37,6 +42,26 @@ def assert_verified(path: str | os.PathLike[str]) -> None:
     """Run the consistency checker on a closed store and fail with its findings."""
     result = verify(os.fspath(path))
     assert result.ok, "verify found problems:\n" + "\n".join(str(p) for p in result.problems)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a fresh interpreter that imports this checkout's logstore, with no kill point armed."""
+    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
+    environ.pop("LOGSTORE_KILL_AT", None)
+    return environ
+
+
+def run_python(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (``child_env``); the timeout only guards against a hang."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
