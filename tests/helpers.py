@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 import logstore
 from logstore import Envelope
@@ -77,6 +80,21 @@ def drain(reader: Any) -> list[tuple[int, Envelope]]:
     while reader.try_next():
         out.append((reader.offset(), reader.get()))
     return out
+
+
+def store_files(path: Path, skip: Collection[str] = ()) -> dict[str, bytes]:
+    """The bytes of every file below ``path`` (but those named in ``skip``), by path relative to it."""
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name not in skip
+    }
+
+
+def with_format_version(data: bytes, version: int) -> bytes:
+    """A file's bytes with the format version in its header set to ``version`` and the header checksum to match."""
+    raw = bytearray(data)
+    struct.pack_into("<H", raw, 8, version)
+    struct.pack_into("<Q", raw, 56, xxhash.xxh3_64_intdigest(bytes(raw[:56])))
+    return bytes(raw)
 
 
 def fill_interleaved(store: logstore.Store, streams: dict[str, int], pad: int) -> None:

@@ -21,7 +21,7 @@ import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, segment_records
+from tests.helpers import SMALL_SEGMENT, segment_records, store_files, with_format_version
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
 
@@ -286,22 +286,15 @@ def test_repair_refuses_an_unknown_format_version(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import struct
-
-    import xxhash
-
     base, _c, _r = template
     path = tmp_path / "store"
     shutil.copytree(base, path)
     seg = _seg(path, 0)
-    data = bytearray(seg.read_bytes())
-    struct.pack_into("<H", data, 8, 2)
-    struct.pack_into("<Q", data, 56, xxhash.xxh3_64_intdigest(bytes(data[:56])))
-    seg.write_bytes(bytes(data))
-    before = sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    seg.write_bytes(with_format_version(seg.read_bytes(), 2))
+    before = store_files(path)
     assert main(["repair", str(path)]) == 2
     assert "version" in capsys.readouterr().err
-    assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert store_files(path) == before
 
 
 def test_dry_run_prints_the_real_runs_lines_with_thousands_separators(

@@ -14,7 +14,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.helpers import SMALL_SEGMENT, commit
+from tests.helpers import SMALL_SEGMENT, commit, store_files
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -545,12 +545,12 @@ def test_read_only_store_alone_refuses_writes_and_changes_no_file(store_dir):
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(2))
         before = snapshot(store)
-    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    files = store_files(store_dir)
     with logstore.open(store_dir, readonly=True) as ro:
         with pytest.raises(logstore.ReadOnlyError):
             ro.begin_tx()
         assert snapshot(ro) == before
-    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    assert store_files(store_dir) == files
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         assert_unchanged_and_writable(store, before)
 
@@ -605,11 +605,11 @@ def test_open_an_existing_store_with_a_bad_option_changes_nothing(store_dir, opt
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(2))
         before = snapshot(store)
-    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    files = store_files(store_dir)
     bad = {"durability": "always", "fsync_interval": -1, "segment_size": 10, "checkpoint_bytes": 0}[option]
     with pytest.raises((TypeError, ValueError), match=option):
         logstore.open(store_dir, **{option: bad})
-    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    assert store_files(store_dir) == files
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         assert_unchanged_and_writable(store, before)
 
