@@ -9,7 +9,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
 from logstore.record import BadRecord, Record, parse_record
+from logstore.tools.cli import main
 from logstore.verify import verify
 
 SMALL_SEGMENT = 64 * 1024
@@ -121,3 +122,17 @@ def segment_records(data: bytes | bytearray) -> list[tuple[int, Record]]:
             return out
         out.append((pos, rec))
         pos += rec.length
+
+
+def assert_not_stores_told_apart(command: str, tmp_path: Path, err: Callable[[], str]) -> None:
+    """``logstore COMMAND`` on a missing path, a file and a directory that holds no store: exit 2 and says
+    which (``err()`` returns what it printed on stderr); creates nothing and changes nothing."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("keep")
+    (tmp_path / "file").write_text("x")
+    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
+    for target, message in said.items():
+        assert main([command, str(tmp_path / target)]) == 2
+        assert err() == f"logstore {command}: {tmp_path / target}: {message}\n"
+    assert not (tmp_path / "missing").exists()
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]

@@ -10,7 +10,7 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, store_files, with_format_version
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
 
 
 def _store(path: Path) -> None:
@@ -146,13 +146,7 @@ def test_compact_says_lost_and_found_is_not_touched(store_dir: Path, capsys: pyt
 def test_compact_tells_a_missing_path_a_file_and_a_non_store_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["compact", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore compact: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
+    assert_not_stores_told_apart("compact", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_compact_text_has_thousands_separators_json_plain_ints(

@@ -19,7 +19,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records, stream_start
 from logstore.record import parse_record
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, store_files, with_format_version
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,15 +306,7 @@ def test_bad_arguments_exit_2_and_change_nothing(
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "notes.txt").write_text("keep")
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["dump", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore dump: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
-    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]
+    assert_not_stores_told_apart("dump", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_unknown_format_version_exits_2_and_changes_nothing(

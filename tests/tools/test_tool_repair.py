@@ -21,7 +21,7 @@ import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, segment_records, store_files, with_format_version
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, segment_records, store_files, with_format_version
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
 
@@ -274,11 +274,7 @@ def test_repair_and_compact_refuse_a_directory_that_is_not_a_store(
 
 
 def test_repair_tells_a_missing_path_and_a_file_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "file").write_text("x")
-    for target, message in {"missing": "no such directory", "file": "not a directory"}.items():
-        assert main(["repair", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore repair: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
+    assert_not_stores_told_apart("repair", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_repair_refuses_an_unknown_format_version(

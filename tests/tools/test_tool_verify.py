@@ -20,7 +20,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record, frame
 from logstore.tools.cli import main
 from logstore.verify import verify
-from tests.helpers import fill_interleaved, segment_records
+from tests.helpers import assert_not_stores_told_apart, fill_interleaved, segment_records
 from tests.terminal import on_a_terminal
 
 
@@ -81,12 +81,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["verify", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore verify: {tmp_path / target}: {message}\n"
+    assert_not_stores_told_apart("verify", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_live_store_is_safe_to_verify(store_dir: Path) -> None:
