@@ -24,6 +24,7 @@ from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, segment_records, store_files, with_format_version
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
+Template = tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]]  # the store, its content, its records
 
 
 def _build(path: Path) -> None:
@@ -64,8 +65,15 @@ def _records(path: Path) -> list[Rec]:
     return out
 
 
+def _copy(template: Template, path: Path) -> tuple[dict[int, tuple[str, int, Envelope]], list[Rec]]:
+    """A copy of the template store at ``path``; returns the template's content and records."""
+    base, content, recs = template
+    shutil.copytree(base, path)
+    return content, recs
+
+
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]]:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     base = tmp_path_factory.mktemp("repair") / "store"
     _build(base)
     return base, _content(base), _records(base)
@@ -203,13 +211,12 @@ CASES: dict[str, Damage] = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_damage_is_found_repaired_and_the_rest_survives(
     case: str,
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
+    template: Template,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    base, content, recs = template
     path = tmp_path / "store"
-    shutil.copytree(base, path)
+    content, recs = _copy(template, path)
     names, touched = CASES[case](path, recs)
     capsys.readouterr()
     assert main(["verify", "--json", str(path)]) == 1
@@ -237,20 +244,14 @@ def test_damage_is_found_repaired_and_the_rest_survives(
         assert manifests and all({"source", "position", "length", "reason"} <= set(m) for m in manifests)
 
 
-def test_dry_run_changes_nothing(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    base, _unused, recs = template
+def test_dry_run_changes_nothing(template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "store"
-    shutil.copytree(base, path)
-    _payload_flip(path, recs)
-    before = sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    _payload_flip(path, _copy(template, path)[1])
+    before = store_files(path)
     assert main(["repair", "--dry-run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "would " in out and "lost+found" in out
-    assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert store_files(path) == before
 
 
 def test_repair_refuses_a_locked_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,13 +279,10 @@ def test_repair_tells_a_missing_path_and_a_file_apart(tmp_path: Path, capsys: py
 
 
 def test_repair_refuses_an_unknown_format_version(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base, _c, _r = template
     path = tmp_path / "store"
-    shutil.copytree(base, path)
+    _copy(template, path)
     seg = _seg(path, 0)
     seg.write_bytes(with_format_version(seg.read_bytes(), 2))
     before = store_files(path)
@@ -294,14 +292,10 @@ def test_repair_refuses_an_unknown_format_version(
 
 
 def test_dry_run_prints_the_real_runs_lines_with_thousands_separators(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base, _unused, recs = template
     for name in ("text", "json"):
-        shutil.copytree(base, tmp_path / name)
-        _zeroed_block(tmp_path / name, recs)
+        _zeroed_block(tmp_path / name, _copy(template, tmp_path / name)[1])
     assert main(["repair", "--dry-run", "--json", str(tmp_path / "json")]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert type(plan["bytes_moved"]) is int and plan["bytes_moved"] >= 1000
