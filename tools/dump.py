@@ -27,14 +27,10 @@ import msgpack
 import logstore
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
 from logstore.inspect import RecordInfo, iter_records, stream_start
-from logstore.tools.storedir import add_command, fail, store_dir_problem
+from logstore.tools.storedir import ToolError, add_command, fail, store_dir_problem
 
 MESSAGE_WIDTH = 200
 """Longest rendering of a message in a human line; longer ones are cut with an ellipsis."""
-
-
-class ToolError(Exception):
-    """A condition the tool reports on stderr with exit code 2."""
 
 
 def add_parser(sub: Any) -> None:
@@ -101,10 +97,7 @@ def quiet_broken_pipe() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_readonly(args.dir)
-    except ToolError as exc:
-        return fail("dump", exc)
+    store = open_readonly(args.dir)
     try:
         with store:
             _dump(store, args)

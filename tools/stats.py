@@ -17,7 +17,7 @@ from typing import Any
 
 from logstore.errors import CorruptionError, LogStoreError
 from logstore.inspect import store_stats
-from logstore.tools.dump import ToolError, describe, open_readonly, quiet_broken_pipe
+from logstore.tools.dump import describe, open_readonly, quiet_broken_pipe
 from logstore.tools.progress import progress
 from logstore.tools.storedir import add_command, fail
 
@@ -28,10 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_readonly(args.dir)
-    except ToolError as exc:
-        return fail("stats", exc)
+    store = open_readonly(args.dir)
     try:
         total = store.global_head - store.log_start
         with store, progress(total, "reading records", enabled=False if args.json else None) as bar:

@@ -17,6 +17,10 @@ from typing import Any
 from logstore import layout
 
 
+class ToolError(Exception):
+    """A condition the tool reports on stderr with exit code 2."""
+
+
 def add_command(
     sub: Any,
     name: str,
@@ -28,20 +32,21 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name``, which takes a directory and calls ``run``; the caller adds its options.
 
-    With ``store_dir``, a directory that is not a store is refused (exit 2) before ``run`` is called.
+    A :class:`ToolError` out of ``run`` is reported (exit 2). With ``store_dir``, a directory that is not
+    a store is refused (exit 2) before ``run`` is called.
     """
     p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
     p.add_argument("dir", help=dir_help)
-    if store_dir:
 
-        def run_on_store(args: argparse.Namespace) -> int:
-            if (problem := store_dir_problem(args.dir)) is not None:
-                return fail(name, problem)
+    def run_command(args: argparse.Namespace) -> int:
+        try:
+            if store_dir and (problem := store_dir_problem(args.dir)) is not None:
+                raise ToolError(problem)
             return run(args)
+        except ToolError as exc:
+            return fail(name, exc)
 
-        p.set_defaults(run=run_on_store)
-    else:
-        p.set_defaults(run=run)
+    p.set_defaults(run=run_command)
     return p
 
 
