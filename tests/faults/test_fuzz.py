@@ -69,11 +69,6 @@ from logstore.index.catalog import Catalog
 from logstore.index.errors import FormatError
 from logstore.index.header import (
     HEADER_SIZE,
-    MAGIC_CATALOG,
-    MAGIC_CHECKPOINT,
-    MAGIC_POSITION,
-    MAGIC_RUNS,
-    MAGIC_SEGMENT,
     Header,
     encode_header,
 )
@@ -157,24 +152,12 @@ def apply_ops(data: bytes, ops: list[_Op], fields: list[tuple[int, int]]) -> byt
     return bytes(buf)
 
 
-_HEADER_OF = {
-    "header": (MAGIC_SEGMENT, 0),
-    "record": (MAGIC_SEGMENT, 0),
-    "segment": (MAGIC_SEGMENT, 0),
-    "position": (MAGIC_POSITION, 0),
-    "runs": (MAGIC_RUNS, None),
-    "catalog": (MAGIC_CATALOG, None),
-    "checkpoint": (MAGIC_CHECKPOINT, None),
-}
-
-
 def valid_header(name: str, s: T.Seeds, body_length: int) -> bytes:
     """The header a file of target ``name`` must start with (right magic, store id and field a)."""
-    magic, a = _HEADER_OF[name]
-    if a is None:
-        a = {"runs": s.runs_sid, "catalog": s.generation, "checkpoint": s.generation}[name]
-    b = 0x10000 if magic == MAGIC_SEGMENT else body_length
-    return encode_header(Header(magic, s.store_id, a, b, 0))
+    kind = "segment" if name in ("header", "record") else name  # the file those targets' bytes start
+    a = {"runs": s.runs_sid, "catalog": s.generation, "checkpoint": s.generation}.get(kind, 0)
+    b = 0x10000 if kind == "segment" else body_length
+    return encode_header(Header(T.MAGIC_OF[kind], s.store_id, a, b, 0))
 
 
 # -- arbitrary and mutated bytes, every parser ------------------------------------------------------
@@ -464,7 +447,10 @@ def test_a_store_with_one_mutated_file_opens_reads_and_verifies_without_a_wrong_
 ) -> None:
     files = T.store_files(seeds.directory)
     rel = files[file % len(files)]
-    directory = copy_seeds(seeds, scratch / "store")
+    directory = str(scratch / "store")
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    shutil.copytree(seeds.directory, directory)
     before, after = mutate_store_file(
         directory, seeds, rel, lambda data, fields: None if remove else apply_ops(data, ops, fields)
     )
