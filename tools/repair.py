@@ -19,9 +19,11 @@ from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "repair", "salvage a damaged store (takes the writer lock)", run, store_dir=True)
-    p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON object (counts as plain integers)")
+    flags = {
+        "--dry-run": "say what would be done; change nothing",
+        "--json": "print one JSON object (counts as plain integers)",
+    }
+    add_command(sub, "repair", "salvage a damaged store (takes the writer lock)", run, store_dir=True, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:

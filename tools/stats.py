@@ -23,8 +23,8 @@ from logstore.tools.storedir import add_command, fail
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "stats", "count segments, streams, messages and holes (read-only; safe on a live store)", run)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    what = "count segments, streams, messages and holes (read-only; safe on a live store)"
+    add_command(sub, "stats", what, run, flags={"--json": "print one JSON object"})
 
 
 def run(args: argparse.Namespace) -> int:

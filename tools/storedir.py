@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from logstore import layout
@@ -29,14 +29,18 @@ def add_command(
     dir_help: str = "store directory",
     *,
     store_dir: bool = False,
+    flags: Mapping[str, str] | None = None,
 ) -> argparse.ArgumentParser:
-    """Add the subcommand ``name``, which takes a directory and calls ``run``; the caller adds its options.
+    """Add the subcommand ``name``, which takes a directory, the on/off options ``flags`` (option: help) and
+    calls ``run``; the caller adds any other options.
 
     A :class:`ToolError` out of ``run`` is reported (exit 2). With ``store_dir``, a directory that is not
     a store is refused (exit 2) before ``run`` is called.
     """
     p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
     p.add_argument("dir", help=dir_help)
+    for option, option_help in (flags or {}).items():
+        p.add_argument(option, action="store_true", help=option_help)
 
     def run_command(args: argparse.Namespace) -> int:
         try:

@@ -16,9 +16,8 @@ from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "verify", "check every checksum and invariant (read-only)", run, store_dir=True)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding envelopes (checksums are still checked)")
+    flags = {"--json": "print one JSON object", "--no-decode": "skip decoding envelopes (checksums are still checked)"}
+    add_command(sub, "verify", "check every checksum and invariant (read-only)", run, store_dir=True, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
