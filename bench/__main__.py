@@ -185,6 +185,24 @@ def remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def runs_per_store(
+    r: Runner, stores: Sequence[str], repeat: int, label: str, workload: str, **params: Any
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``workload`` with ``params`` on each store in turn, ``repeat`` times: (store, result) of each run.
+
+    Each run writes a fresh directory, removed once the caller has recorded the run's result.
+    """
+    for _rep, store in rotations(stores, repeat):
+        path = r.fresh_dir(f"{label}-{store}")
+        yield store, r.run({"workload": workload, "store": store, "dir": path, **params, "size": SIZE})
+        remove(path)
+
+
+def record_loads(r: Runner, workload: str, name: str, store: str, loads: int, result: dict[str, Any]) -> None:
+    """The loads per second of a run that loaded ``loads`` streams after writing them."""
+    r.record(workload, f"{name}/loads={human(loads)}/store={store}", store, "loads/s", loads / result["load_seconds"])
+
+
 def per_message(result: dict[str, Any], rss: str = "rss_kb") -> dict[str, float]:
     """Disk bytes per message and the peak RSS ``result[rss]`` (KiB), for the footprint tables."""
     disk = result["disk"]
@@ -239,29 +257,15 @@ def w1_w3_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> No
 
 def w2(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     t, per = plan.w2_threads, plan.w2_per_thread
-    for _rep, store in rotations(stores, plan.repeat):
-        path = r.fresh_dir(f"w2-{store}")
-        res = r.run({"workload": "threads", "store": store, "dir": path, "threads": t, "per_thread": per, "size": SIZE})
+    for store, res in runs_per_store(r, stores, plan.repeat, "w2", "threads", threads=t, per_thread=per):
         name = f"append/threads={t}/batch=1/size={SIZE}B/commits={human(t * per)}/store={store}"
         r.record("W2", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
-        remove(path)
 
 
 def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
     s, loads = plan.w4_streams, plan.w4_loads
-    for _rep, store in rotations(stores, plan.repeat):
-        path = r.fresh_dir(f"w4-{store}")
-        res = r.run(
-            {
-                "workload": "event_sourcing",
-                "store": store,
-                "dir": path,
-                "streams": s,
-                "per_stream": 5,
-                "loads": loads,
-                "size": SIZE,
-            }
-        )
+    runs = runs_per_store(r, stores, plan.repeat, "w4", "event_sourcing", streams=s, per_stream=5, loads=loads)
+    for store, res in runs:
         base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
         if "W4" in want:
             r.record(
@@ -272,13 +276,7 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
                 res["messages"] / res["write_seconds"],
                 latency=res["latency"],
             )
-            r.record(
-                "W4",
-                f"es-load/{base}/loads={human(loads)}/store={store}",
-                store,
-                "loads/s",
-                loads / res["load_seconds"],
-            )
+            record_loads(r, "W4", f"es-load/{base}", store, loads, res)
         if "W6" in want:
             # The peak while writing (the store closed before the loads), then the peak over
             # the whole workload: the loads keep 25,000 decoded envelopes, and a store that
@@ -301,7 +299,6 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
                 False,
                 extra=per_message(res),
             )
-        remove(path)
 
 
 def w5(r: Runner, plan: Plan, want: set[str]) -> None:
@@ -359,39 +356,16 @@ def w7(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     n = plan.w1_messages
     for batch in (100, 1):
         count = n if batch == 100 else n // 10
-        for _rep, store in rotations(stores, plan.repeat):
-            path = r.fresh_dir(f"w7-{store}")
-            res = r.run(
-                {
-                    "workload": "append",
-                    "store": store,
-                    "dir": path,
-                    "messages": count,
-                    "batch": batch,
-                    "size": SIZE,
-                    "mode": "batch",
-                }
-            )
+        runs = runs_per_store(r, stores, plan.repeat, "w7", "append", messages=count, batch=batch, mode="batch")
+        for store, res in runs:
             name = f"append/durability=batch/batch={batch}/size={SIZE}B/messages={human(count)}/store={store}"
             r.record("W7", name, store, "msg/s", count / res["seconds"], latency=res["latency"])
-            remove(path)
 
 
 def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     s, loads = plan.w8_streams, plan.w8_loads
-    for _rep, store in rotations(stores, plan.w8_repeat):
-        path = r.fresh_dir(f"w8-{store}")
-        res = r.run(
-            {
-                "workload": "many_streams",
-                "store": store,
-                "dir": path,
-                "streams": s,
-                "per_tx": 1000,
-                "loads": loads,
-                "size": SIZE,
-            }
-        )
+    runs = runs_per_store(r, stores, plan.w8_repeat, "w8", "many_streams", streams=s, per_tx=1000, loads=loads)
+    for store, res in runs:
         base = f"streams={human(s)}/per-tx=1000/size={SIZE}B"
         r.record(
             "W8",
@@ -401,13 +375,7 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
             s / res["write_seconds"],
             extra=per_message(res),
         )
-        r.record(
-            "W8",
-            f"streams-load/{base}/loads={human(loads)}/store={store}",
-            store,
-            "loads/s",
-            loads / res["load_seconds"],
-        )
+        record_loads(r, "W8", f"streams-load/{base}", store, loads, res)
         r.record(
             "W8",
             f"streams-reopen/{base}/store={store}",
@@ -417,7 +385,6 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
             False,
             extra={"close_seconds": res["close_seconds"], "first_load_seconds": res["first_load_seconds"]},
         )
-        remove(path)
 
 
 # -- reporting ---------------------------------------------------------------------------------

@@ -302,7 +302,14 @@ def fix_checksums(kind: str, data: bytes) -> bytes:
 
 # -- targets -------------------------------------------------------------------------------------
 
-_MAGICS = (MAGIC_SEGMENT, MAGIC_POSITION, MAGIC_RUNS, MAGIC_CATALOG, MAGIC_CHECKPOINT)
+MAGIC_OF = {
+    "segment": MAGIC_SEGMENT,
+    "position": MAGIC_POSITION,
+    "runs": MAGIC_RUNS,
+    "catalog": MAGIC_CATALOG,
+    "checkpoint": MAGIC_CHECKPOINT,
+}
+"""The magic of each kind of file."""
 
 
 def check_format_error(exc: FormatError, data: bytes) -> None:
@@ -313,7 +320,7 @@ def check_format_error(exc: FormatError, data: bytes) -> None:
 
 
 def target_header(data: bytes, s: Seeds, fixed: bool) -> None:
-    for magic in _MAGICS:
+    for magic in MAGIC_OF.values():
         try:
             decode_header(data, magic)
         except FormatError as exc:

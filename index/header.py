@@ -102,6 +102,38 @@ def decode_header(buf: bytes | memoryview, magic: bytes) -> Header:
     return Header(found_magic, store_id, a, b, c, flags)
 
 
+def check_index_file(
+    buf: bytes | memoryview,
+    kind: type[PositionHeader] | type[RunsHeader],
+    expected: tuple[bytes, int],
+    word: str,
+    count: int,
+    entry_size: int,
+    entries: str,
+    recorder: str,
+    checksum: int,
+) -> int:
+    """Check an index file against what its ``recorder`` (checkpoint or catalog) says; return where its entries end.
+
+    Its header, of ``kind``, must hold the store id and field a ``expected`` (``word`` names field a);
+    the file must hold ``count`` entries of ``entry_size`` bytes after the header, whose
+    xxh3-64 is ``checksum``. Raises :class:`FormatError` at the byte position of the first that is not so.
+    """
+    store_id, a = kind.decode(buf)
+    if store_id != expected[0]:
+        raise FormatError(16, "store id differs from the store's")
+    if a != expected[1]:
+        raise FormatError(32, f"{word} is {a}, expected {expected[1]}")
+    end = HEADER_SIZE + entry_size * count
+    if len(buf) < end:
+        raise FormatError(len(buf), f"file holds fewer than the {count} {entries} the {recorder} records")
+    with memoryview(buf) as view, view[HEADER_SIZE:end] as body:
+        digest = xxhash.xxh3_64_intdigest(body)
+    if digest != checksum:
+        raise FormatError(HEADER_SIZE, f"checksum of the first {count} {entries} does not match the {recorder}")
+    return end
+
+
 class SegmentHeader(NamedTuple):
     """A segment file's header (magic ``LGSEGMNT``; flags 0)."""
 

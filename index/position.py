@@ -21,7 +21,7 @@ import xxhash
 
 from .errors import FormatError
 from .growable import Growable
-from .header import HEADER_SIZE, PositionHeader
+from .header import HEADER_SIZE, PositionHeader, check_index_file
 
 ENTRY = np.dtype("<u4")
 
@@ -68,17 +68,10 @@ class PositionIndex:
     @classmethod
     def decode(cls, buf: bytes | memoryview, store_id: bytes, first: int, count: int, checksum: int) -> PositionIndex:
         """Decode the first ``count`` entries of a position file and check them."""
-        header = PositionHeader.decode(buf)
-        if header.store_id != store_id:
-            raise FormatError(16, "store id differs from the store's")
-        if header.first != first:
-            raise FormatError(32, f"first global offset is {header.first}, expected {first}")
-        end = HEADER_SIZE + 4 * count
-        if len(buf) < end:
-            raise FormatError(len(buf), f"file holds fewer than the {count} entries the checkpoint records")
+        check_index_file(
+            buf, PositionHeader, (store_id, first), "first global offset", count, 4, "entries", "checkpoint", checksum
+        )
         body = np.frombuffer(buf, dtype=ENTRY, count=count, offset=HEADER_SIZE)
-        if xxhash.xxh3_64_intdigest(body.tobytes()) != checksum:
-            raise FormatError(HEADER_SIZE, f"checksum of the first {count} entries does not match the checkpoint")
         if count > 1 and not bool(np.all(body[1:] > body[:-1])):
             raise FormatError(HEADER_SIZE, "positions are not increasing")
         return cls(first, body)

@@ -34,7 +34,7 @@ import xxhash
 
 from .errors import FormatError
 from .growable import Growable
-from .header import HEADER_SIZE, RunsHeader
+from .header import HEADER_SIZE, RunsHeader, check_index_file
 
 LARGE_RUNS = 128
 """A stream with more runs than this moves out of the shared table into its own file."""
@@ -85,17 +85,8 @@ class LargeRuns:
 
     @classmethod
     def decode(cls, buf: bytes | memoryview, store_id: bytes, sid: int, count: int, checksum: int) -> LargeRuns:
-        header = RunsHeader.decode(buf)
-        if header.store_id != store_id:
-            raise FormatError(16, "store id differs from the store's")
-        if header.stream_id != sid:
-            raise FormatError(32, f"stream id is {header.stream_id}, expected {sid}")
-        end = HEADER_SIZE + 16 * count
-        if len(buf) < end:
-            raise FormatError(len(buf), f"file holds fewer than the {count} runs the catalog records")
+        end = check_index_file(buf, RunsHeader, (store_id, sid), "stream id", count, 16, "runs", "catalog", checksum)
         body = bytes(buf[HEADER_SIZE:end])
-        if xxhash.xxh3_64_intdigest(body) != checksum:
-            raise FormatError(HEADER_SIZE, f"checksum of the first {count} runs does not match the catalog")
         pairs = np.frombuffer(body, dtype=U64).reshape(-1, 2)
         soffs, goffs = pairs[:, 0].copy(), pairs[:, 1].copy()
         _check_runs(soffs, goffs, HEADER_SIZE)

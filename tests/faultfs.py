@@ -85,6 +85,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_module
 import os
 import random
@@ -366,6 +367,15 @@ class FaultFS(FileIO):
             raise OSError(fault.errno, f"{os.strerror(fault.errno)} (injected at {op})")
         return op
 
+    @contextlib.contextmanager
+    def _recorded(self, name: str, rel: str, target: str = "") -> Iterator[Op]:
+        """Operation ``name`` on ``rel``, under the lock: counted (it may crash or fail) before the body, which
+        does it and updates the model, and finished after it (it may crash there too)."""
+        with self._lock:
+            op = self._begin(name, rel, target)
+            yield op
+            self._end(op)
+
     def _end(self, op: Op) -> None:
         if self.crash_at == op.index and self.crash_when == "after":
             self.crashed = Crash(op)
@@ -415,25 +425,21 @@ class FaultFS(FileIO):
         if fd not in self._fds:
             super().pwrite(fd, data, position)
             return
-        with self._lock:
-            op = self._begin("pwrite", self._fd_rel(fd))
+        with self._recorded("pwrite", self._fd_rel(fd)):
             super().pwrite(fd, data, position)
             self._seq += 1
             self._fds[fd].write(self._seq, position, bytes(data))
-            self._end(op)
 
     def _sync(self, name: str, fd: int) -> None:
         if fd not in self._fds:
             getattr(super(), name)(fd)
             return
-        with self._lock:
-            op = self._begin(name, self._fd_rel(fd))
+        with self._recorded(name, self._fd_rel(fd)):
             if self.real_sync:
                 getattr(super(), name)(fd)
             else:
                 self.syncs += 1
             self._fds[fd].sync()
-            self._end(op)
 
     def fsync(self, fd: int) -> None:
         self._sync("fsync", fd)
@@ -445,14 +451,12 @@ class FaultFS(FileIO):
         if fd not in self._fds:
             super().fallocate(fd, offset, length)
             return
-        with self._lock:
-            op = self._begin("fallocate", self._fd_rel(fd))
+        with self._recorded("fallocate", self._fd_rel(fd)):
             super().fallocate(fd, offset, length)
             node = self._fds[fd]
             if offset + length > len(node.current):
                 self._seq += 1
                 node.resize(self._seq, offset + length)
-            self._end(op)
 
     # -- FileIO: names ---------------------------------------------------------------------
 
@@ -462,8 +466,7 @@ class FaultFS(FileIO):
             assert rs is None and rd is None, f"rename across the FaultFS root: {src} -> {dst}"
             super().rename(src, dst)
             return
-        with self._lock:
-            op = self._begin("rename", rs, rd)
+        with self._recorded("rename", rs, rd):
             super().rename(src, dst)
             sdir, sname = self._parent(rs)
             ddir, dname = self._parent(rd)
@@ -472,41 +475,34 @@ class FaultFS(FileIO):
             for fd, open_node in self._fds.items():  # descriptors follow their file to its new name
                 if open_node is node:
                     self._paths[fd] = rd
-            self._end(op)
 
-    def unlink(self, path: str) -> None:
-        rel = self._rel(path)
-        if rel is None:
-            super().unlink(path)
-            return
-        with self._lock:
-            op = self._begin("unlink", rel)
-            super().unlink(path)
-            parent, name = self._parent(rel)
-            assert parent is not None
-            parent.names.pop(name, None)
-            self._end(op)
-
-    def mkdir(self, path: str) -> None:
+    def _name_op(
+        self, name: str, path: str, real: Callable[[str], None], change: Callable[[_Dir, str], object]
+    ) -> None:
+        """``real(path)``, which adds or removes a name; within the root (not the root itself), recorded as operation
+        ``name`` and applied to the model by ``change(parent directory, name)``."""
         rel = self._rel(path)
         if rel is None or rel == "":
-            super().mkdir(path)
+            real(path)
             return
-        with self._lock:
-            op = self._begin("mkdir", rel)
-            super().mkdir(path)
-            parent, name = self._parent(rel)
+        with self._recorded(name, rel):
+            real(path)
+            parent, base = self._parent(rel)
             assert parent is not None
-            parent.names[name] = _Dir()
-            self._end(op)
+            change(parent, base)
+
+    def unlink(self, path: str) -> None:
+        self._name_op("unlink", path, super().unlink, lambda parent, name: parent.names.pop(name, None))
+
+    def mkdir(self, path: str) -> None:
+        self._name_op("mkdir", path, super().mkdir, lambda parent, name: parent.names.__setitem__(name, _Dir()))
 
     def fsync_dir(self, path: str) -> None:
         rel = self._rel(path)
         if rel is None:
             super().fsync_dir(path)
             return
-        with self._lock:
-            op = self._begin("fsync_dir", rel)
+        with self._recorded("fsync_dir", rel):
             if self.real_sync:
                 super().fsync_dir(path)
             else:
@@ -514,7 +510,6 @@ class FaultFS(FileIO):
             node = self._dir(rel)
             if node is not None:
                 node.durable = dict(node.names)
-            self._end(op)
 
     # -- crash images --------------------------------------------------------------------
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 from typing import Any
 
 import logstore
@@ -23,14 +21,13 @@ from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from logstore.tools.progress import progress
-from logstore.tools.storedir import store_dir_problem
+from logstore.tools.storedir import add_command, fail, print_json
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "compact", help="erase removed messages from the segment files (takes the writer lock)"
+    p = add_command(
+        sub, "compact", "erase removed messages from the segment files (takes the writer lock)", run, store_dir=True
     )
-    p.add_argument("dir", help="store directory")
     p.add_argument("--retention-age", type=float, metavar="SECONDS", help="also drop segments older than this")
     p.add_argument("--retention-bytes", type=int, metavar="BYTES", help="also drop the oldest segments past this size")
     p.add_argument(
@@ -40,7 +37,6 @@ def add_parser(sub: Any) -> None:
         help="leave the active segment as it is, even if it holds removed messages (reported as not reached)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run)
 
 
 def _segment_size(directory: str) -> int | None:
@@ -62,17 +58,12 @@ def _segment_size(directory: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = store_dir_problem(args.dir)
-    if problem is not None:
-        print(f"logstore compact: {problem}", file=sys.stderr)
-        return 2
     try:
         check_retention(args.retention_age, args.retention_bytes)  # before the open marks the store in use
         size = _segment_size(args.dir)
         store = logstore.open(args.dir) if size is None else logstore.open(args.dir, segment_size=size)
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
-        print(f"logstore compact: {exc}", file=sys.stderr)
-        return 2
+        return fail("compact", exc)
     try:
         with progress(max(0, len(store._log.segments) - 1), "compact", enabled=False if args.json else None) as bar:
             done = 0
@@ -87,30 +78,25 @@ def run(args: argparse.Namespace) -> int:
             )
         store.close()
     except (logstore.LogStoreError, OSError, ValueError, TypeError) as exc:
-        print(f"logstore compact: {exc}", file=sys.stderr)
+        code = fail("compact", exc)
         with contextlib.suppress(logstore.LogStoreError, OSError):
             store.close()
-        return 2
+        return code
     unreached = [
         {"segment": os.path.relpath(u.path, args.dir), "messages": u.messages, "reason": u.reason}
         for u in report.unreached
     ]
     lost_found = [os.path.relpath(p, args.dir) for p in report.lost_found]
     if args.json:
-        out = {
-            "path": args.dir,
-            "segments_rewritten": report.segments_rewritten,
-            "segments_dropped": report.segments_dropped,
-            "messages_removed": report.messages_removed,
-            "bytes_before": report.bytes_before,
-            "bytes_after": report.bytes_after,
-            "bytes_reclaimed": report.bytes_reclaimed,
-            "rolled": None if report.rolled is None else os.path.relpath(report.rolled, args.dir),
-            "erased": report.erased,
-            "unreached": unreached,
-            "lost_found": lost_found,
-        }
-        print(json.dumps(out, indent=2))
+        print_json(
+            report,
+            "path segments_rewritten segments_dropped messages_removed bytes_before bytes_after "
+            "bytes_reclaimed rolled erased unreached lost_found",
+            path=args.dir,
+            rolled=None if report.rolled is None else os.path.relpath(report.rolled, args.dir),
+            unreached=unreached,
+            lost_found=lost_found,
+        )
     else:
         rolled = "" if report.rolled is None else f" (rolled the active segment {os.path.basename(report.rolled)})"
         print(

@@ -20,17 +20,22 @@ from typing import Any
 
 import logstore
 from logstore import Envelope
+from logstore.tools.storedir import add_command, fail
 from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("demo", help="write a sample workload into DIR and report speeds")
-    p.add_argument("dir", help="store directory (created; must be new or empty)")
+    p = add_command(
+        sub,
+        "demo",
+        "write a sample workload into DIR and report speeds",
+        run,
+        "store directory (created; must be new or empty)",
+    )
     p.add_argument("--orders", type=int, default=20_000, help="order streams to write (default 20000)")
     p.add_argument("--batch", type=int, default=100, help="orders placed per transaction (default 100)")
     p.add_argument("--durability", choices=("fsync", "batch", "none"), default="fsync")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.set_defaults(run=run)
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -40,21 +45,17 @@ def _rate(n: int, seconds: float) -> str:
 # Long on purpose: the demo's steps, one after another as it prints them.
 def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915
     if args.orders <= 0 or args.batch <= 0:
-        print("logstore demo: --orders and --batch must be positive", file=sys.stderr)
-        return 2
+        return fail("demo", "--orders and --batch must be positive")
     if os.path.exists(args.dir) and not os.path.isdir(args.dir):
-        print(f"logstore demo: {args.dir}: not a directory", file=sys.stderr)
-        return 2
+        return fail("demo", f"{args.dir}: not a directory")
     if os.path.exists(args.dir) and os.listdir(args.dir):
-        print(f"logstore demo: {args.dir} is not empty; give a new directory", file=sys.stderr)
-        return 2
+        return fail("demo", f"{args.dir} is not empty; give a new directory")
     rng = random.Random(42)
     skus = [f"SKU-{i:04d}" for i in range(500)]
     try:
         store = logstore.open(args.dir, durability=args.durability, segment_size=64 * 2**20)
     except (OSError, logstore.LogStoreError, ValueError) as exc:
-        print(f"logstore demo: {exc}", file=sys.stderr)
-        return 2
+        return fail("demo", exc)
     tail_seen = 0
     tail_done = threading.Event()
     expected_total = [0]

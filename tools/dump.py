@@ -27,21 +27,14 @@ import msgpack
 import logstore
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
 from logstore.inspect import RecordInfo, iter_records, stream_start
-from logstore.tools.storedir import store_dir_problem
+from logstore.tools.storedir import ToolError, add_command, fail, store_dir_problem
 
 MESSAGE_WIDTH = 200
 """Longest rendering of a message in a human line; longer ones are cut with an ellipsis."""
 
 
-class ToolError(Exception):
-    """A condition the tool reports on stderr with exit code 2."""
-
-
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "dump", help="print messages, one per line (read-only; safe on a live store)"
-    )
-    p.add_argument("dir", help="store directory")
+    p = add_command(sub, "dump", "print messages, one per line (read-only; safe on a live store)", run)
     p.add_argument("--stream", metavar="S", help="only stream S (--from is then a stream offset)")
     p.add_argument(
         "--from",
@@ -58,7 +51,6 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="also list the records readers skip: control, removed and lost records, removed messages",
     )
-    p.set_defaults(run=run)
 
 
 def whole_number(text: str) -> int:
@@ -105,11 +97,7 @@ def quiet_broken_pipe() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_readonly(args.dir)
-    except ToolError as exc:
-        print(f"logstore dump: {exc}", file=sys.stderr)
-        return 2
+    store = open_readonly(args.dir)
     try:
         with store:
             _dump(store, args)
@@ -118,16 +106,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except ToolError as exc:
         _flush()
-        print(f"logstore dump: {exc}", file=sys.stderr)
-        return 2
+        return fail("dump", exc)
     except CorruptionError as exc:
         _flush()
-        print(f"logstore dump: {describe(exc)}", file=sys.stderr)
-        return 2
+        return fail("dump", describe(exc))
     except LogStoreError as exc:
         _flush()
-        print(f"logstore dump: {args.dir}: {exc}", file=sys.stderr)
-        return 2
+        return fail("dump", f"{args.dir}: {exc}")
     return 0
 
 

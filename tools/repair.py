@@ -10,51 +10,36 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from logstore.errors import LogStoreError
 from logstore.repair import repair
-from logstore.tools.storedir import store_dir_problem
+from logstore.tools.storedir import add_command, fail, print_json
 from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("repair", help="salvage a damaged store (takes the writer lock)")
-    p.add_argument("dir", help="store directory")
-    p.add_argument("--dry-run", action="store_true", help="say what would be done; change nothing")
-    p.add_argument("--json", action="store_true", help="print one JSON object (counts as plain integers)")
-    p.set_defaults(run=run)
+    flags = {
+        "--dry-run": "say what would be done; change nothing",
+        "--json": "print one JSON object (counts as plain integers)",
+    }
+    add_command(sub, "repair", "salvage a damaged store (takes the writer lock)", run, store_dir=True, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = store_dir_problem(args.dir)
-    if problem is not None:
-        print(f"logstore repair: {problem}", file=sys.stderr)
-        return 2
     try:
         report = repair(args.dir, dry_run=args.dry_run)
         after = None if args.dry_run or not report.changed else verify(args.dir)
     except (LogStoreError, OSError) as exc:
-        print(f"logstore repair: {exc}", file=sys.stderr)
-        return 2
+        return fail("repair", exc)
     left = [] if after is None else [str(p) for p in after.problems]
     if args.json:
-        out = {
-            "path": report.path,
-            "dry_run": report.dry_run,
-            "changed": report.changed,
-            "actions": report.actions,
-            "records_kept": report.records_kept,
-            "records_lost": report.records_lost,
-            "bytes_moved": report.bytes_moved,
-            "lost_offsets": report.lost_offsets,
-            "lost_found": report.lost_found,
-            "derived": report.derived,
-            "problems_left": left,
-        }
-        print(json.dumps(out, indent=2))
+        print_json(
+            report,
+            "path dry_run changed actions records_kept records_lost bytes_moved lost_offsets lost_found "
+            "derived problems_left",
+            problems_left=left,
+        )
     else:
         prefix = "would " if report.dry_run and report.changed else ""
         for action in report.actions:

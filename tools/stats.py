@@ -17,35 +17,26 @@ from typing import Any
 
 from logstore.errors import CorruptionError, LogStoreError
 from logstore.inspect import store_stats
-from logstore.tools.dump import ToolError, describe, open_readonly, quiet_broken_pipe
+from logstore.tools.dump import describe, open_readonly, quiet_broken_pipe
 from logstore.tools.progress import progress
+from logstore.tools.storedir import add_command, fail
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
-        "stats", help="count segments, streams, messages and holes (read-only; safe on a live store)"
-    )
-    p.add_argument("dir", help="store directory")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run)
+    what = "count segments, streams, messages and holes (read-only; safe on a live store)"
+    add_command(sub, "stats", what, run, flags={"--json": "print one JSON object"})
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        store = open_readonly(args.dir)
-    except ToolError as exc:
-        print(f"logstore stats: {exc}", file=sys.stderr)
-        return 2
+    store = open_readonly(args.dir)
     try:
         total = store.global_head - store.log_start
         with store, progress(total, "reading records", enabled=False if args.json else None) as bar:
             stats = store_stats(store, bar.update)
     except CorruptionError as exc:
-        print(f"logstore stats: {describe(exc)}", file=sys.stderr)
-        return 2
+        return fail("stats", describe(exc))
     except LogStoreError as exc:
-        print(f"logstore stats: {args.dir}: {exc}", file=sys.stderr)
-        return 2
+        return fail("stats", f"{args.dir}: {exc}")
     try:
         if args.json:
             print(json.dumps(stats, indent=2))

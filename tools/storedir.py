@@ -1,4 +1,4 @@
-"""What every command says about a path that is not a store directory.
+"""What every command shares: its parser's start, how it fails, what it says about a path that is not a store.
 
 One wording for all of them: a missing path is "no such directory", a file
 is "not a directory", and a directory that holds no store (neither
@@ -7,9 +7,62 @@ is "not a directory", and a directory that holds no store (neither
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from logstore import layout
+
+
+class ToolError(Exception):
+    """A condition the tool reports on stderr with exit code 2."""
+
+
+def add_command(
+    sub: Any,
+    name: str,
+    summary: str,
+    run: Callable[[argparse.Namespace], int],
+    dir_help: str = "store directory",
+    *,
+    store_dir: bool = False,
+    flags: Mapping[str, str] | None = None,
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``, which takes a directory, the on/off options ``flags`` (option: help) and
+    calls ``run``; the caller adds any other options.
+
+    A :class:`ToolError` out of ``run`` is reported (exit 2). With ``store_dir``, a directory that is not
+    a store is refused (exit 2) before ``run`` is called.
+    """
+    p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
+    p.add_argument("dir", help=dir_help)
+    for option, option_help in (flags or {}).items():
+        p.add_argument(option, action="store_true", help=option_help)
+
+    def run_command(args: argparse.Namespace) -> int:
+        try:
+            if store_dir and (problem := store_dir_problem(args.dir)) is not None:
+                raise ToolError(problem)
+            return run(args)
+        except ToolError as exc:
+            return fail(name, exc)
+
+    p.set_defaults(run=run_command)
+    return p
+
+
+def print_json(obj: object, names: str, **computed: object) -> None:
+    """Print one JSON object: the attributes of ``obj`` named in ``names`` (in that order), or those ``computed``."""
+    print(json.dumps({n: computed[n] if n in computed else getattr(obj, n) for n in names.split()}, indent=2))
+
+
+def fail(command: str, message: object) -> int:
+    """Print ``logstore COMMAND: message`` on stderr; return the exit code of a usage or I/O error, 2."""
+    print(f"logstore {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def store_dir_problem(path: str) -> str | None:

@@ -8,52 +8,30 @@ and not with ``--json``, a progress bar counts the records walked.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
 from logstore.tools.progress import progress
-from logstore.tools.storedir import store_dir_problem
+from logstore.tools.storedir import add_command, fail, print_json
 from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser("verify", help="check every checksum and invariant (read-only)")
-    p.add_argument("dir", help="store directory")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-decode", action="store_true", help="skip decoding envelopes (checksums are still checked)")
-    p.set_defaults(run=run)
+    flags = {"--json": "print one JSON object", "--no-decode": "skip decoding envelopes (checksums are still checked)"}
+    add_command(sub, "verify", "check every checksum and invariant (read-only)", run, store_dir=True, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    problem = store_dir_problem(args.dir)
-    if problem is not None:
-        print(f"logstore verify: {problem}", file=sys.stderr)
-        return 2
     try:
         with progress(None, "verifying", enabled=False if args.json else None) as bar:
             result = verify(args.dir, decode_envelopes=not args.no_decode, progress=bar.advance_to)
     except OSError as exc:
-        print(f"logstore verify: {args.dir}: {exc}", file=sys.stderr)
-        return 2
+        return fail("verify", f"{args.dir}: {exc}")
     if args.json:
-        out = {
-            "path": result.path,
-            "ok": result.ok,
-            "live": result.live,
-            "segments": result.segments,
-            "records": result.records,
-            "streams": result.streams,
-            "transactions": result.transactions,
-            "messages": result.messages,
-            "removed": result.removed,
-            "lost": result.lost,
-            "control": result.control,
-            "log_start": result.log_start,
-            "problems": [{"file": p.path, "position": p.position, "what": p.what} for p in result.problems],
-            "notes": result.notes,
-        }
-        print(json.dumps(out, indent=2))
+        print_json(
+            result,
+            "path ok live segments records streams transactions messages removed lost control log_start problems notes",
+            problems=[{"file": p.path, "position": p.position, "what": p.what} for p in result.problems],
+        )
     else:
         for p in result.problems:
             print(f"PROBLEM {p}")

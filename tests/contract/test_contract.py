@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, protocols
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, commit, drain
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -33,18 +33,11 @@ def envs(n: int, tag: str = "m", start: int = 0) -> list[Envelope]:
     return [Envelope.new(f"{tag}.Happened", {"tag": tag, "i": start + i}) for i in range(n)]
 
 
-def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
-    tx, committer = store.begin_tx()
-    store.append_messages(tx, stream, offset, batch)
-    return committer.commit()
-
-
-def drain(reader: Any) -> list[tuple[int, Envelope]]:
-    """Every message available now, as (offset, envelope)."""
-    out = []
-    while reader.try_next():
-        out.append((reader.offset(), reader.get()))
-    return out
+def open_found(store: logstore.Store, stream: str, offset: int) -> Any:
+    """``open_stream`` of a stream that exists: it says so (``found`` is True); returns the reader."""
+    reader, found = store.open_stream(store, stream, offset)
+    assert found is True
+    return reader
 
 
 def read_stream(store: logstore.Store, stream: str, offset: int = 0) -> list[tuple[int, Envelope]]:
@@ -221,8 +214,7 @@ def test_seed_open_stream_opens_a_stream_for_reading_from_a_specific_offset(stor
     """ "OpenStream opens a stream of messages for reading from a specific offset.\""""
     batch = envs(5)
     commit(store, "s", 0, batch)
-    reader, found = store.open_stream(store, "s", 3)
-    assert found is True
+    reader = open_found(store, "s", 3)
     assert drain(reader) == [(3, batch[3]), (4, batch[4])]
     reader.close()
 
@@ -230,8 +222,7 @@ def test_seed_open_stream_opens_a_stream_for_reading_from_a_specific_offset(stor
 def test_seed_open_stream_offset_may_be_beyond_the_end(store):
     """ "The offset may be beyond the end of the stream.\" (OpenStream)"""
     commit(store, "s", 0, envs(1))
-    reader, found = store.open_stream(store, "s", 3)
-    assert found is True
+    reader = open_found(store, "s", 3)
     assert reader.try_next() is False
     more = envs(4, "more", 1)
     commit(store, "s", 1, more[:2])  # offsets 1, 2
@@ -247,8 +238,7 @@ def test_seed_open_stream_returns_false_if_the_stream_does_not_exist(store):
     reader, found = store.open_stream(store, "missing", 0)
     assert found is False
     reader.close()
-    reader, found = store.open_stream(store, "exists", 0)
-    assert found is True
+    reader = open_found(store, "exists", 0)
     reader.close()
     # Appended but rolled back, or appended but not yet committed: still no such stream.
     tx, committer = store.begin_tx()

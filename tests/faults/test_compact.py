@@ -53,6 +53,17 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, objec
     return base, io.count, expected
 
 
+def _compact_and_drop(base: Path, path: Path, io: CrashIO, raises: tuple[type[Exception], ...]) -> None:
+    """Compact a copy of ``base`` at ``path`` through ``io``, which stops it with one of ``raises``; drop the store."""
+    shutil.copytree(base, path)
+    store = logstore.open(path, io=io)
+    io.armed = True
+    with pytest.raises(raises):
+        store.compact()
+    io.armed = False
+    store._abandon()
+
+
 def test_compaction_steps_are_counted(template: tuple[Path, int, object]) -> None:
     _base, steps, _expected = template
     assert steps > 10
@@ -64,14 +75,8 @@ def test_a_crash_at_every_step_of_compaction_leaves_a_sound_store(
     base, steps, expected = template
     for at in range(1, steps + 1):
         path = tmp_path / f"crash-{at}"
-        shutil.copytree(base, path)
         io = CrashIO(at)
-        store = logstore.open(path, io=io)
-        io.armed = True
-        with pytest.raises((Crash, logstore.StoreFailedError)):
-            store.compact()
-        io.armed = False
-        store._abandon()
+        _compact_and_drop(base, path, io, (Crash, logstore.StoreFailedError))
         with logstore.open(path) as reopened:
             assert _state(reopened) == expected, f"crash at step {at} ({io.ops[-1]})"
         assert not list((path / "segments").glob("*.compact")), f"crash at step {at}"
@@ -89,7 +94,6 @@ def test_a_failed_io_during_compaction_fails_cleanly(template: tuple[Path, int, 
     base, steps, expected = template
     for at in (1, steps // 2, steps):
         path = tmp_path / f"eio-{at}"
-        shutil.copytree(base, path)
 
         class EIO(CrashIO):
             def _step(self, what: str) -> None:
@@ -98,13 +102,7 @@ def test_a_failed_io_during_compaction_fails_cleanly(template: tuple[Path, int, 
                 except Crash:
                     raise OSError(5, f"injected EIO at {what}") from None
 
-        io = EIO(at)
-        store = logstore.open(path, io=io)
-        io.armed = True
-        with pytest.raises((OSError, logstore.StoreFailedError)):
-            store.compact()
-        io.armed = False
-        store._abandon()
+        _compact_and_drop(base, path, EIO(at), (OSError, logstore.StoreFailedError))
         with logstore.open(path) as reopened:
             assert _state(reopened) == expected
         assert_verified(path)

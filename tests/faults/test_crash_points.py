@@ -61,7 +61,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -597,45 +597,47 @@ def _report(campaign: Campaign) -> None:
     assert not campaign.failures, campaign.summary() + "\n" + "\n".join(campaign.failures)
 
 
+def _crash_campaign(
+    scratch: Path, workloads: Iterable[Workload], draws: int, least: int, few: int = 2
+) -> list[tuple[Workload, list[Op]]]:
+    """Check the crash state after every operation of each workload (``enumerate_crashes``); fail on any
+    finding, or if fewer than ``least`` states were checked. Returns each workload with its operations."""
+    campaign = Campaign()
+    runs = []
+    for wl in workloads:
+        runs.append((wl, enumerate_crashes(wl, scratch / f"work-{wl.seed}", scratch, campaign, STRESS, draws, few=few)))
+    _report(campaign)
+    assert campaign.states >= least
+    return runs
+
+
 @pytest.mark.slow
 def test_every_crash_point_of_multi_stream_transactions_recovers_a_prefix(scratch: Path) -> None:
-    campaign = Campaign()
-    seeds = range(SEED, SEED + scale(1, 12))
-    for seed in seeds:
-        wl = plain_workload(seed, scale(70, 110))
-        ops = enumerate_crashes(wl, scratch / f"work-{seed}", scratch, campaign, STRESS, scale(1, 3))
+    workloads = (plain_workload(seed, scale(70, 110)) for seed in range(SEED, SEED + scale(1, 12)))
+    for _wl, ops in _crash_campaign(scratch, workloads, scale(1, 3), scale(200, 30_000)):
         sites = {op.site for op in ops}
         # The workload reaches what it is meant to: rolls, checkpoints, the close.
         assert {"fallocate:segment.tmp", "rename:CHECKPOINT.tmp", "pwrite:pos", "unlink:catalog"} <= sites, sites
         assert sum(op.site == "rename:segment.tmp" for op in ops) >= 3
-    _report(campaign)
-    assert campaign.states >= scale(200, 30_000)
 
 
 @pytest.mark.slow
 def test_every_crash_point_with_truncation_deletion_compaction_and_retention(scratch: Path) -> None:
-    campaign = Campaign()
-    for seed in range(SEED + 100, SEED + 100 + scale(1, 10)):
-        wl = removal_workload(seed, scale(80, 120))
+    workloads = (removal_workload(seed, scale(80, 120)) for seed in range(SEED + 100, SEED + 100 + scale(1, 10)))
+    for wl, ops in _crash_campaign(scratch, workloads, scale(1, 3), scale(200, 30_000)):
         kinds = {a.kind for a in wl.actions}
         assert kinds == {"tx", "truncate", "delete", "compact"}, kinds
-        ops = enumerate_crashes(wl, scratch / f"work-{seed}", scratch, campaign, STRESS, scale(1, 3))
         sites = {op.site for op in ops}
         assert {"rename:segment.compact", "unlink:segment", "unlink:pos"} <= sites, sites
-    _report(campaign)
-    assert campaign.states >= scale(200, 30_000)
 
 
 @pytest.mark.slow
 def test_every_crash_point_without_fsync_keeps_whole_transactions_in_order(scratch: Path) -> None:
     """``durability="none"``: a machine crash may lose acknowledged commits, never order or atomicity."""
-    campaign = Campaign()
-    for seed in range(SEED + 150, SEED + 150 + scale(1, 6)):
-        wl = removal_workload(seed, scale(80, 120))
+    workloads = [removal_workload(seed, scale(80, 120)) for seed in range(SEED + 150, SEED + 150 + scale(1, 6))]
+    for wl in workloads:
         wl.options["durability"] = "none"
-        enumerate_crashes(wl, scratch / f"work-{seed}", scratch, campaign, STRESS, scale(1, 3))
-    _report(campaign)
-    assert campaign.states >= scale(150, 15_000)
+    _crash_campaign(scratch, workloads, scale(1, 3), scale(150, 15_000))
 
 
 def hot_stream_workload(seed: int, transactions: int) -> Workload:
@@ -657,13 +659,9 @@ def hot_stream_workload(seed: int, transactions: int) -> Workload:
 
 @pytest.mark.slow
 def test_every_crash_point_of_a_stream_with_its_own_run_file(scratch: Path) -> None:
-    campaign = Campaign()
-    for seed in range(SEED + 350, SEED + 350 + scale(1, 4)):
-        wl = hot_stream_workload(seed, scale(150, 220))
-        ops = enumerate_crashes(wl, scratch / f"work-{seed}", scratch, campaign, STRESS, scale(1, 2), few=1)
+    workloads = (hot_stream_workload(seed, scale(150, 220)) for seed in range(SEED + 350, SEED + 350 + scale(1, 4)))
+    for _wl, ops in _crash_campaign(scratch, workloads, scale(1, 2), scale(150, 8_000), few=1):
         assert {"create:runs", "pwrite:runs", "fsync:runs", "fsync_dir:streams"} <= {op.site for op in ops}
-    _report(campaign)
-    assert campaign.states >= scale(150, 8_000)
 
 
 def group_workload(seed: int, groups: int) -> Workload:
@@ -696,14 +694,11 @@ def group_workload(seed: int, groups: int) -> Workload:
 @pytest.mark.slow
 def test_every_crash_point_of_group_commits_with_a_conflict_recovers_whole_transactions(scratch: Path) -> None:
     """Several transactions in one write and one fsync; a crash inside keeps a prefix of them, whole."""
-    campaign = Campaign()
-    for seed in range(SEED + 250, SEED + 250 + scale(1, 6)):
-        wl = group_workload(seed, scale(30, 60))
+    workloads = [group_workload(seed, scale(30, 60)) for seed in range(SEED + 250, SEED + 250 + scale(1, 6))]
+    for wl in workloads:
         assert any(a.kind == "conflict" for a in wl.actions)
         assert any(len([k for k in g if wl.actions[k].kind == "tx"]) >= 3 for g in wl.steps)
-        enumerate_crashes(wl, scratch / f"work-{seed}", scratch, campaign, STRESS, scale(1, 3))
-    _report(campaign)
-    assert campaign.states >= scale(100, 10_000)
+    _crash_campaign(scratch, workloads, scale(1, 3), scale(100, 10_000))
 
 
 @pytest.mark.slow

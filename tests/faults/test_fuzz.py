@@ -69,11 +69,6 @@ from logstore.index.catalog import Catalog
 from logstore.index.errors import FormatError
 from logstore.index.header import (
     HEADER_SIZE,
-    MAGIC_CATALOG,
-    MAGIC_CHECKPOINT,
-    MAGIC_POSITION,
-    MAGIC_RUNS,
-    MAGIC_SEGMENT,
     Header,
     encode_header,
 )
@@ -157,24 +152,12 @@ def apply_ops(data: bytes, ops: list[_Op], fields: list[tuple[int, int]]) -> byt
     return bytes(buf)
 
 
-_HEADER_OF = {
-    "header": (MAGIC_SEGMENT, 0),
-    "record": (MAGIC_SEGMENT, 0),
-    "segment": (MAGIC_SEGMENT, 0),
-    "position": (MAGIC_POSITION, 0),
-    "runs": (MAGIC_RUNS, None),
-    "catalog": (MAGIC_CATALOG, None),
-    "checkpoint": (MAGIC_CHECKPOINT, None),
-}
-
-
 def valid_header(name: str, s: T.Seeds, body_length: int) -> bytes:
     """The header a file of target ``name`` must start with (right magic, store id and field a)."""
-    magic, a = _HEADER_OF[name]
-    if a is None:
-        a = {"runs": s.runs_sid, "catalog": s.generation, "checkpoint": s.generation}[name]
-    b = 0x10000 if magic == MAGIC_SEGMENT else body_length
-    return encode_header(Header(magic, s.store_id, a, b, 0))
+    kind = "segment" if name in ("header", "record") else name  # the file those targets' bytes start
+    a = {"runs": s.runs_sid, "catalog": s.generation, "checkpoint": s.generation}.get(kind, 0)
+    b = 0x10000 if kind == "segment" else body_length
+    return encode_header(Header(T.MAGIC_OF[kind], s.store_id, a, b, 0))
 
 
 # -- arbitrary and mutated bytes, every parser ------------------------------------------------------
@@ -409,6 +392,15 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def copy_seeds(s: T.Seeds, path: str | Path) -> str:
+    """A fresh copy of the seed store at ``path`` (replacing what is there); returns its directory."""
+    directory = str(path)
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    shutil.copytree(s.directory, directory)
+    return directory
+
+
 def mutate_store_file(
     directory: str, s: T.Seeds, rel: str, mutate: Callable[[bytes, list[tuple[int, int]]], bytes | None]
 ) -> tuple[bytes, bytes | None]:
@@ -477,10 +469,7 @@ def test_a_store_with_one_forged_file_opens_reads_and_verifies_without_crashing(
     not hang or run out of memory."""
     files = T.store_files(seeds.directory)
     rel = files[file % len(files)]
-    directory = str(scratch / "forged-store")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "forged-store")
     mutate_store_file(directory, seeds, rel, lambda data, fields: apply_ops(data, ops, fields))
     T.forge_store_checksums(directory, rel)
     with contextlib.suppress(T.WrongAnswer):
@@ -489,8 +478,7 @@ def test_a_store_with_one_forged_file_opens_reads_and_verifies_without_crashing(
 
 def test_a_store_untouched_reads_back_everything(seeds: T.Seeds, scratch: Path) -> None:
     """The control for the test above: the unmutated copy reads back whole and verifies clean."""
-    directory = str(scratch / "pristine")
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "pristine")
     assert verify(directory).ok
     assert T.check_store(directory, seeds, readonly=True) == "intact"
     assert T.check_store(directory, seeds, readonly=False) == "intact"
@@ -502,8 +490,7 @@ def test_a_wrong_answer_is_caught_by_the_whole_store_check(seeds: T.Seeds, scrat
     other = T.Seeds(**{**seeds.__dict__, "written": {k: list(v) for k, v in seeds.written.items()}})
     first = other.written["order-42"][0]
     other.written["order-42"][0] = first._replace(type="Tampered")
-    directory = str(scratch / "tampered")
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "tampered")
     with pytest.raises(T.WrongAnswer):
         T.check_store(directory, other, readonly=True)
 
@@ -535,10 +522,7 @@ def run_loop(s: T.Seeds, inputs: int, seed: int, scratch_dir: str) -> tuple[int,
             findings.append(f"input {i} (seed {seed}), target {name}, fix={fix}: took over {SLOW_INPUT_SECONDS} s")
         done += 1
         if i % STORE_EVERY == STORE_EVERY - 1:
-            directory = os.path.join(scratch_dir, "loop-store")
-            if os.path.exists(directory):
-                shutil.rmtree(directory)
-            shutil.copytree(s.directory, directory)
+            directory = copy_seeds(s, os.path.join(scratch_dir, "loop-store"))
             rel = rng.choice(files)
             kind = T.kind_of_store_file(rel)
             try:
@@ -616,10 +600,7 @@ def test_regression_a_catalog_whose_runs_reach_past_the_log_made_reads_raise_key
         else:
             struct.pack_into("<Q", raw, h + 8 * big, 2**40)
 
-    directory = str(scratch / "forged")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(s.directory, directory)
+    directory = copy_seeds(s, scratch / "forged")
     cat_path = _forge_catalog(s, directory, change)
     assert any(p.path == cat_path for p in verify(directory).problems)  # verify sees the catalog disagree
     store = logstore.open(directory, readonly=readonly)
@@ -736,10 +717,7 @@ def test_regression_a_rebuilding_open_of_a_record_with_stream_id_near_2_to_the_3
     that id: tens of GiB, and the process was killed. Found by the whole-store fuzz with recomputed
     checksums (the OOM killer stopped it at 22 GiB). Every id up to the highest must be named by a
     record of its own, so an id beyond what the log's bytes can hold is damage: open refuses it."""
-    directory = str(scratch / "sid")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "sid")
     position = _forge_stream_id(seeds, directory, sid)
     os.unlink(os.path.join(directory, "CHECKPOINT"))  # rebuild from the log, where ids may come in any order
     out = _run_limited(directory, "open")
@@ -754,10 +732,7 @@ def test_regression_verify_of_a_record_with_stream_id_near_2_to_the_32_reported_
     """verify reported "stream id N is named nowhere in the log" once for every id below a record's
     stream id: four billion problems for one damaged record, which ran out of memory. It now reports
     each run of unnamed ids as one problem."""
-    directory = str(scratch / "sid-verify")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "sid-verify")
     _forge_stream_id(seeds, directory, 2**32 - 2)
     if not checkpoint:
         os.unlink(os.path.join(directory, "CHECKPOINT"))
@@ -773,10 +748,7 @@ def test_regression_repair_of_a_record_with_stream_id_near_2_to_the_32_counted_u
     """``logstore repair`` looked for unnamed stream ids by counting from 0 to the highest id in the
     log, one Python iteration each, even after it had nothing left to name: for one damaged record
     with a stream id near 2**32, hours. It now stops when nothing is left to name."""
-    directory = str(scratch / "sid-repair")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(seeds.directory, directory)
+    directory = copy_seeds(seeds, scratch / "sid-repair")
     _forge_stream_id(seeds, directory, 2**32 - 2)
     started = time.perf_counter()
     out = _run_limited(directory, "repair", timeout=120)  # a hang raises TimeoutExpired
@@ -794,10 +766,7 @@ def test_regression_a_position_entry_past_the_segment_made_reads_raise_struct_er
     from unpacking a record header outside the mapping. Reads now raise ``CorruptionError`` naming the
     segment and the position."""
     s = seeds
-    directory = str(scratch / "pos-forged")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(s.directory, directory)
+    directory = copy_seeds(s, scratch / "pos-forged")
     pos_path = os.path.join(directory, "segments", "00000000000000000000.pos")
     raw = bytearray(Path(pos_path).read_bytes())
     n = s.segment_records
@@ -826,8 +795,7 @@ def test_forged_index_checksums_get_past_the_engines_checks(seeds: T.Seeds, scra
     """The control for the forged-store test: after ``forge_store_checksums`` the engine takes a changed
     position file and run file as they are (no rebuild), so the forged test reaches what lies behind."""
     s = seeds
-    directory = str(scratch / "forged-control")
-    shutil.copytree(s.directory, directory)
+    directory = copy_seeds(s, scratch / "forged-control")
     pos_rel = "segments/00000000000000000000.pos"
     runs_rel = f"streams/{s.runs_sid:010d}.runs"
     pos = bytearray(Path(directory, pos_rel).read_bytes())
@@ -862,10 +830,7 @@ def test_regression_a_rebuilding_open_of_a_record_with_stream_offset_past_its_gl
     uint64 ``run_diff``. Found by the forged-store test in the long tier. Every message of a stream
     takes a global offset of its own, so a stream offset past the global offset is damage."""
     s = seeds
-    directory = str(scratch / "soff")
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    shutil.copytree(s.directory, directory)
+    directory = copy_seeds(s, scratch / "soff")
     path = os.path.join(directory, "segments", "00000000000000000000.log")
     raw = bytearray(Path(path).read_bytes())
     position = s.record_starts[2]  # stream "gone", global offset 2, the only record of its transaction

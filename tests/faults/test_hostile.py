@@ -30,7 +30,7 @@ from logstore import Envelope
 from logstore.index.runs import LARGE_RUNS
 from logstore.repair import repair
 from logstore.verify import verify
-from tests.helpers import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified, child_env, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = f"{0:020d}"  # the first segment's stem
@@ -99,17 +99,7 @@ def assert_documented_layout(store_path: Path) -> None:
 
 def run_child(code: str, *args: str, timeout: float = CHILD_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter with this checkout importable; the timeout only guards against a hang."""
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environ.pop("LOGSTORE_KILL_AT", None)
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_python(code, *args, timeout=timeout)
 
 
 def last_json(out: str) -> dict[str, object]:
@@ -800,12 +790,10 @@ sys.stdin.read()  # hold the lock until killed
 
 def test_lock_of_a_writer_process_killed_by_sigkill_is_released(store_dir):
     written = make_store(store_dir)
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environ.pop("LOGSTORE_KILL_AT", None)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER_CHILD, str(store_dir)],
         cwd=ROOT,
-        env=environ,
+        env=child_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

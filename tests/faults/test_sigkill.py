@@ -54,6 +54,7 @@ import logstore
 from logstore.fileio import KILL_AT_ENV, KILL_SITES, KILL_STEPS
 from logstore.verify import verify
 from tests.faults.killer import CHECKPOINT_BYTES, PROBE, SCRATCH, SCRATCH_THREAD, SEGMENT_SIZE, TYPE, plan
+from tests.helpers import drain
 from tests.stress import SEED, scale
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,11 +239,8 @@ class Stats:
 
 
 def _read_all(reader: Any) -> list[tuple[int, logstore.Envelope]]:
-    out = []
     with reader:
-        while reader.try_next():
-            out.append((reader.offset(), reader.get()))
-    return out
+        return drain(reader)
 
 
 def check_store(path: Path, model: Model, stats: Stats, what: str) -> None:

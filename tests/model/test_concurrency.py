@@ -19,7 +19,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, commit, drain
 
 DURABILITIES = ["fsync", "batch", "none"]
 PAD = "p" * 1000  # makes the tests below fill several 64 KiB segments while readers read
@@ -28,19 +28,6 @@ WAIT = 20.0  # upper bound for anything that should happen promptly; reached onl
 
 def open_store(path: Any, durability: str = "fsync") -> logstore.Store:
     return logstore.open(path, durability=durability, fsync_interval=0.005, segment_size=SMALL_SEGMENT)
-
-
-def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
-    tx, committer = store.begin_tx()
-    store.append_messages(tx, stream, offset, batch)
-    return committer.commit()
-
-
-def read_all(reader: Any) -> list[tuple[int, Envelope]]:
-    out = []
-    while reader.try_next():
-        out.append((reader.offset(), reader.get()))
-    return out
 
 
 def run_thread(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -117,7 +104,7 @@ def check_log_against_commits(store: logstore.Store, attempts: list[Attempt]) ->
     assert store.global_head == total
     # Reading the global stream yields each transaction's messages together, in its range.
     with store.open_global(store, 0) as glob:
-        every = read_all(glob)
+        every = drain(glob)
     assert [g for g, _ in every] == list(range(total))
     for a in successes:
         assert len(a.result) == len(a.messages)
@@ -135,7 +122,7 @@ def check_log_against_commits(store: logstore.Store, attempts: list[Attempt]) ->
         reader, found = store.open_stream(store, name, 0)
         assert found is True
         with reader:
-            assert read_all(reader) == [(off, env) for _, off, env in entries]
+            assert drain(reader) == [(off, env) for _, off, env in entries]
         assert store.head(name) == len(entries)
 
 

@@ -14,43 +14,36 @@ that was synced; the model is cut back to what the store holds.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, ClassVar
 
 import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import invariant, rule
 
 import logstore
-from logstore import Envelope, OffsetConflictError
+from logstore import Envelope
 from logstore.store import MAX_FSYNC_INTERVAL
 from tests.crash import simulate_crash
-from tests.helpers import SMALL_SEGMENT, assert_verified
-from tests.strategies import Plan, append_plan, envelope_batches, stream_names, transaction_plans, unique_name
+from tests.helpers import SMALL_SEGMENT
+from tests.statemachine import StoreMachine
+from tests.strategies import Plan, envelope_batches, transaction_plans
 
 CHECKPOINT_BYTES = 16 * 1024
 
 
-class _Boom(Exception):
-    """Raised inside a ``with store.transaction()`` block to make it roll back."""
-
-
-class StoreModel(RuleBasedStateMachine):
+class StoreModel(StoreMachine):
     """The store against the model; subclasses choose the durability mode."""
 
     open_options: ClassVar[dict[str, Any]] = {"durability": "fsync"}
+    batches = envelope_batches
 
     def __init__(self) -> None:
-        super().__init__()
-        self.tmp = tempfile.mkdtemp(prefix="logstore-model-")
-        self.path = os.path.join(self.tmp, "store")
+        super().__init__("logstore-model-")
         self.streams: dict[str, list[Envelope]] = {}  # in order of first commit
         self.log: list[tuple[str, int, Envelope]] = []
         self.tx_ends: list[int] = []  # global end offset of each committed transaction
-        self.store: logstore.Store | None = None
         self.store = self._open()
         report = self.store.recovery_report
         assert report.clean and report.cut is None, report
@@ -62,20 +55,14 @@ class StoreModel(RuleBasedStateMachine):
             self.path, segment_size=SMALL_SEGMENT, checkpoint_bytes=CHECKPOINT_BYTES, **self.open_options
         )
 
-    @property
-    def s(self) -> logstore.Store:
-        assert self.store is not None
-        return self.store
-
     def _head(self, name: str) -> int:
         return len(self.streams.get(name, ()))
 
-    def _unused_name(self, data: st.DataObject) -> str:
-        return unique_name(data.draw(stream_names, label="unused stream"), self.streams)
+    def _known_names(self) -> Collection[str]:
+        return self.streams
 
-    def _append_plan(self, tx: logstore.Tx, plan: Plan) -> list[tuple[str, int, Envelope]]:
-        """Append ``plan`` to ``tx`` at the right offsets; return the messages in global order."""
-        return append_plan(self.s, tx, plan, self._head)
+    def _draw_plan(self, data: st.DataObject, label: str) -> Plan:
+        return data.draw(transaction_plans(list(self.streams)), label=label)
 
     def _record(self, messages: list[tuple[str, int, Envelope]], result: range) -> None:
         """Check a successful commit's range and add its messages to the model."""
@@ -118,44 +105,20 @@ class StoreModel(RuleBasedStateMachine):
     # -- writing -------------------------------------------------------------------------
 
     def _commit(self, data: st.DataObject) -> None:
-        plan = data.draw(transaction_plans(list(self.streams)), label="plan")
-        if data.draw(st.booleans(), label="context manager"):
-            with self.s.transaction() as tx:
-                messages = self._append_plan(tx, plan)
-            assert tx.global_offsets is not None
-            result = tx.global_offsets
-        else:
-            tx, committer = self.s.begin_tx()
-            messages = self._append_plan(tx, plan)
-            result = committer.commit()
-            assert tx.global_offsets == result
-        self._record(messages, result)
-
-    @rule(data=st.data())
-    def commit(self, data: st.DataObject) -> None:
-        self._commit(data)
+        self._record(*self._commit_plan(data, self._draw_plan(data, "plan")))
 
     @rule(data=st.data())
     def conflicting_append(self, data: st.DataObject) -> None:
         """An append at a wrong offset raises at once; it adds nothing to the transaction."""
-        tx, committer = self.s.begin_tx()
         plan = data.draw(st.just([]) | transaction_plans(list(self.streams)), label="valid appends first")
-        messages = self._append_plan(tx, plan)
-        heads = {name: offset + 1 for name, offset, _ in messages}  # counting this transaction's appends
+        tx, committer, messages, heads = self._begin_with(plan)
         candidates = sorted(set(self.streams) | set(heads))
         if candidates and data.draw(st.booleans(), label="known stream"):
             name = data.draw(st.sampled_from(candidates), label="stream")
         else:
             name = self._unused_name(data)
-        expected = heads.get(name, self._head(name))
-        given = data.draw(st.integers(0, expected + 2), label="wrong offset")
-        if given >= expected:  # anything but the expected offset: below it, or past it
-            given += 1
-        envs = data.draw(envelope_batches, label="envelopes")
-        with pytest.raises(OffsetConflictError) as info:
-            self.s.append_messages(tx, name, given, envs)
-        assert isinstance(info.value, logstore.ConcurrencyError)
-        assert (info.value.stream, info.value.expected, info.value.given) == (name, expected, given)
+        error = self._append_at_wrong_offset(data, tx, name, heads.get(name, self._head(name)))
+        assert isinstance(error, logstore.ConcurrencyError)
         self._check_heads([name, *heads])
         if data.draw(st.booleans(), label="commit the rest"):
             self._record(messages, committer.commit())
@@ -166,26 +129,7 @@ class StoreModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def conflicting_commit(self, data: st.DataObject) -> None:
         """Transaction B commits to a stream A appended to; A's commit then fails and writes nothing."""
-        plan_a = data.draw(transaction_plans(list(self.streams)), label="plan A")
-        target = data.draw(st.sampled_from(sorted({name for name, _ in plan_a})), label="contested stream")
-        plan_b = data.draw(transaction_plans(list(self.streams)), label="plan B")
-        if target not in {name for name, _ in plan_b}:
-            plan_b = [(target, data.draw(envelope_batches, label="B's contested append")), *plan_b]
-        pre_heads = {name: self._head(name) for name, _ in plan_a}
-        tx_a, committer_a = self.s.begin_tx()
-        self._append_plan(tx_a, plan_a)
-        tx_b, committer_b = self.s.begin_tx()
-        messages_b = self._append_plan(tx_b, plan_b)
-        self._record(messages_b, committer_b.commit())
-        streams_b = {name for name, _ in plan_b}
-        first_contested = next(name for name, _ in plan_a if name in streams_b)
-        with pytest.raises(OffsetConflictError) as info:
-            committer_a.commit()
-        assert (info.value.stream, info.value.expected, info.value.given) == (
-            first_contested,
-            self._head(first_contested),
-            pre_heads[first_contested],
-        )
+        tx_a, committer_a, pre_heads = self._lose_commit_race(data)
         self._check_heads(pre_heads)  # nothing of A, on any of its streams
         assert tx_a.global_offsets is None
         with pytest.raises(ValueError, match="failed"):
@@ -193,18 +137,11 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def rollback(self, data: st.DataObject) -> None:
-        plan = data.draw(transaction_plans(list(self.streams)), label="plan")
-        if data.draw(st.booleans(), label="context manager"):
-            with pytest.raises(_Boom), self.s.transaction() as tx:
-                self._append_plan(tx, plan)
-                raise _Boom
-        else:
-            tx, committer = self.s.begin_tx()
-            self._append_plan(tx, plan)
-            committer.rollback()
+        plan = self._draw_plan(data, "plan")
+        committer = self._roll_back_plan(data, plan)
+        if committer is not None:
             with pytest.raises(ValueError, match="rolled back"):
                 committer.commit()
-        assert not tx.active
         self._check_heads(name for name, _ in plan)
 
     # -- reading -------------------------------------------------------------------------
@@ -292,15 +229,6 @@ class StoreModel(RuleBasedStateMachine):
     @invariant()
     def heads_match(self) -> None:
         self._check_heads()
-
-    def teardown(self) -> None:
-        try:
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-                assert_verified(self.path)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class FsyncModel(StoreModel):

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -58,17 +58,18 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import invariant, rule
 
 import logstore
-from logstore import Envelope, OffsetConflictError
+from logstore import Envelope
 from logstore.compact import CompactReport
 from logstore.record import KIND_RETAIN
 from logstore.segment import segment_name
 from logstore.writer import Writer
 from tests.crash import simulate_crash
-from tests.helpers import SMALL_SEGMENT, assert_verified
-from tests.strategies import append_plan, stream_names, unique_name
+from tests.helpers import SMALL_SEGMENT
+from tests.statemachine import StoreMachine
+from tests.strategies import stream_names, unique_name
 from tests.stress import STRESS
 
 CHECKPOINT_BYTES = 16 * 1024
@@ -158,23 +159,18 @@ class StreamModel:
         return [(o, self.goffs[o], self.envs[o]) for o in range(self.readable_first(log_start), self.head)]
 
 
-class _Boom(Exception):
-    """Raised inside a ``with store.transaction()`` block to make it roll back."""
+class RemovalModel(StoreMachine):
+    batches = padded_batches
 
-
-class RemovalModel(RuleBasedStateMachine):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__("logstore-model-removal-")
         self._patch = mock.patch.object(Writer, "_write_records", _recording_write_records)
         self._patch.start()
-        self.tmp = tempfile.mkdtemp(prefix="logstore-model-removal-")
-        self.path = os.path.join(self.tmp, "store")
         self.streams: dict[str, StreamModel] = {}  # in order of first commit (= stream id order)
         self.next_goff = 0
         self.log_start = 0
         self.compacted: set[int] = set()  # global offsets of messages compaction replaced by REMOVED records
         self.retention: int | None = None
-        self.store: logstore.Store | None = None
         try:
             self._open(None)
             report = self.s.recovery_report
@@ -187,11 +183,6 @@ class RemovalModel(RuleBasedStateMachine):
             raise
 
     # -- helpers -------------------------------------------------------------------------
-
-    @property
-    def s(self) -> logstore.Store:
-        assert self.store is not None
-        return self.store
 
     def _open(self, retention: int | None) -> None:
         self.store = logstore.open(
@@ -213,8 +204,11 @@ class RemovalModel(RuleBasedStateMachine):
         m = self.streams.get(name)
         return 0 if m is None else m.head
 
-    def _unused_name(self, data: st.DataObject) -> str:
-        return unique_name(data.draw(stream_names, label="unused stream"), self.streams)
+    def _known_names(self) -> Collection[str]:
+        return self.streams
+
+    def _draw_plan(self, data: st.DataObject, label: str) -> Plan:
+        return self._plan(data)
 
     def _any_name(self, data: st.DataObject) -> str:
         """A known stream (deleted ones included) most of the time, else a new name."""
@@ -235,10 +229,6 @@ class RemovalModel(RuleBasedStateMachine):
         extra = data.draw(st.lists(st.sampled_from(chosen), max_size=4 - count), label="more appends")
         order = data.draw(st.permutations(chosen + extra), label="order")
         return [(name, data.draw(padded_batches, label="envelopes")) for name in order]
-
-    def _append_plan(self, tx: logstore.Tx, plan: Plan) -> list[tuple[str, int, Envelope]]:
-        """Append ``plan`` to ``tx`` at the right offsets; return its messages in global order."""
-        return append_plan(self.s, tx, plan, self._head)
 
     def _record(self, messages: list[tuple[str, int, Envelope]], result: range) -> None:
         """Check a successful commit's range and add its messages to the model."""
@@ -390,23 +380,10 @@ class RemovalModel(RuleBasedStateMachine):
 
     def _commit(self, data: st.DataObject) -> None:
         plan = self._plan(data)
-        if data.draw(st.booleans(), label="context manager"):
-            with self.s.transaction() as tx:
-                messages = self._append_plan(tx, plan)
-            assert tx.global_offsets is not None
-            result = tx.global_offsets
-        else:
-            tx, committer = self.s.begin_tx()
-            messages = self._append_plan(tx, plan)
-            result = committer.commit()
-            assert tx.global_offsets == result
+        messages, result = self._commit_plan(data, plan)
         if any(self.streams[n].deleted for n, _ in plan if n in self.streams):
             event("commit: appends to a deleted stream")
         self._record(messages, result)
-
-    @rule(data=st.data())
-    def commit(self, data: st.DataObject) -> None:
-        self._commit(data)
 
     def _bulk(self, data: st.DataObject) -> None:
         """Many large envelopes to one stream: fills most of a segment in one commit."""
@@ -426,18 +403,10 @@ class RemovalModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def conflicting_append(self, data: st.DataObject) -> None:
         """An append at a wrong offset (also 0 on a deleted stream) raises at once and adds nothing."""
-        tx, committer = self.s.begin_tx()
         plan = self._plan(data) if data.draw(st.booleans(), label="valid appends first") else []
-        messages = self._append_plan(tx, plan)
-        heads = {name: offset + 1 for name, offset, _ in messages}  # counting this transaction's appends
+        tx, committer, messages, heads = self._begin_with(plan)
         name = self._any_name(data)
-        expected = heads.get(name, self._head(name))
-        given = data.draw(st.integers(0, expected + 2), label="wrong offset")
-        if given >= expected:  # anything but the expected offset: below it, or past it
-            given += 1
-        with pytest.raises(OffsetConflictError) as info:
-            self.s.append_messages(tx, name, given, data.draw(padded_batches, label="envelopes"))
-        assert (info.value.stream, info.value.expected, info.value.given) == (name, expected, given)
+        self._append_at_wrong_offset(data, tx, name, heads.get(name, self._head(name)))
         if messages and data.draw(st.booleans(), label="commit the rest"):
             self._record(messages, committer.commit())
         else:
@@ -447,40 +416,14 @@ class RemovalModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def conflicting_commit(self, data: st.DataObject) -> None:
         """Transaction B commits to a stream A appended to; A's commit then fails and writes nothing."""
-        plan_a = self._plan(data)
-        target = data.draw(st.sampled_from(sorted({name for name, _ in plan_a})), label="contested stream")
-        plan_b = self._plan(data)
-        if target not in {name for name, _ in plan_b}:
-            plan_b = [(target, data.draw(padded_batches, label="B's contested append")), *plan_b]
-        pre_heads = {name: self._head(name) for name, _ in plan_a}
-        tx_a, committer_a = self.s.begin_tx()
-        self._append_plan(tx_a, plan_a)
-        tx_b, committer_b = self.s.begin_tx()
-        self._record(self._append_plan(tx_b, plan_b), committer_b.commit())
-        streams_b = {name for name, _ in plan_b}
-        first_contested = next(name for name, _ in plan_a if name in streams_b)
-        with pytest.raises(OffsetConflictError) as info:
-            committer_a.commit()
-        assert (info.value.stream, info.value.expected, info.value.given) == (
-            first_contested,
-            self._head(first_contested),
-            pre_heads[first_contested],
-        )
+        tx_a, _, _ = self._lose_commit_race(data)
         assert tx_a.global_offsets is None
         assert self.s.global_head == self.next_goff
 
     @rule(data=st.data())
     def rollback(self, data: st.DataObject) -> None:
         plan = self._plan(data)
-        if data.draw(st.booleans(), label="context manager"):
-            with pytest.raises(_Boom), self.s.transaction() as tx:
-                self._append_plan(tx, plan)
-                raise _Boom
-        else:
-            tx, committer = self.s.begin_tx()
-            self._append_plan(tx, plan)
-            committer.rollback()
-        assert not tx.active
+        self._roll_back_plan(data, plan)
         assert self.s.global_head == self.next_goff
         for name, _ in plan:
             assert self.s.head(name) == self._head(name)
@@ -688,15 +631,8 @@ class RemovalModel(RuleBasedStateMachine):
     def matches_model(self) -> None:
         self._check_all()
 
-    def teardown(self) -> None:
-        try:
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-                assert_verified(self.path)
-        finally:
-            self._patch.stop()
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    def _cleanup(self) -> None:
+        self._patch.stop()
 
 
 TestRemovalModel = RemovalModel.TestCase

@@ -45,11 +45,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_an_application_index_py_and_tools_package_do_not_shadow_logstore(tmp_path: Path) -> None:
-    app = _application_folder(tmp_path)
+def _run_in_application_folder(tmp_path: Path, *args: str) -> str:
+    """Run Python with ``args`` in an application's folder (``_application_folder``); returns what it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", USE_STORE, str(tmp_path / "store")],
-        cwd=app,
+        [sys.executable, *args],
+        cwd=_application_folder(tmp_path),
         env=_env(),
         capture_output=True,
         text=True,
@@ -57,22 +57,15 @@ def test_an_application_index_py_and_tools_package_do_not_shadow_logstore(tmp_pa
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    return done.stdout.strip()
+
+
+def test_an_application_index_py_and_tools_package_do_not_shadow_logstore(tmp_path: Path) -> None:
+    assert _run_in_application_folder(tmp_path, "-c", USE_STORE, str(tmp_path / "store")) == "1"
 
 
 def test_the_logstore_command_runs_beside_an_application_tools_package(tmp_path: Path) -> None:
-    app = _application_folder(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-m", "logstore", "--version"],
-        cwd=app,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().startswith("logstore ")
+    assert _run_in_application_folder(tmp_path, "-m", "logstore", "--version").startswith("logstore ")
 
 
 def test_the_engine_does_not_import_top_level_index_or_tools() -> None:

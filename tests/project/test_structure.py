@@ -208,6 +208,18 @@ def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]
     return thread, result
 
 
+def _waiter(pub: Published, ready: Callable[[], bool]) -> tuple[threading.Thread, list[object], threading.Semaphore]:
+    """A thread in ``pub.wait`` until ``ready()``: it, its result, a semaphore released at each readiness test."""
+    tests = threading.Semaphore(0)
+
+    def tested() -> bool:
+        tests.release()
+        return ready()
+
+    thread, result = _in_thread(lambda: pub.wait(tested, time.monotonic() + WAIT))
+    return thread, result, tests
+
+
 def test_a_new_published_state_shows_nothing_and_nobody_waits() -> None:
     pub = Published()
     assert (pub.visible_end, pub.log_start, pub.removals, pub.closed, pub.forked_error) == (0, 0, 0, False, None)
@@ -232,14 +244,8 @@ def test_wait_returns_at_once_when_ready_and_false_at_the_deadline() -> None:
 
 def test_wake_ends_a_wait_whose_readiness_changed_and_counts_the_waiter_meanwhile() -> None:
     pub = Published()
-    checked = threading.Event()
-
-    def ready() -> bool:
-        checked.set()
-        return pub.visible_end > 0
-
-    thread, result = _in_thread(lambda: pub.wait(ready, time.monotonic() + WAIT))
-    assert checked.wait(WAIT)
+    thread, result, tests = _waiter(pub, lambda: pub.visible_end > 0)
+    assert tests.acquire(timeout=WAIT)
     assert pub.waiting()  # counted before its first readiness test
     pub.visible_end = 1
     pub.wake()
@@ -249,13 +255,7 @@ def test_wake_ends_a_wait_whose_readiness_changed_and_counts_the_waiter_meanwhil
 
 def test_a_wake_with_nothing_new_leaves_the_waiter_waiting() -> None:
     pub = Published()
-    tests = threading.Semaphore(0)
-
-    def ready() -> bool:
-        tests.release()
-        return pub.visible_end > 0
-
-    thread, result = _in_thread(lambda: pub.wait(ready, time.monotonic() + WAIT))
+    thread, result, tests = _waiter(pub, lambda: pub.visible_end > 0)
     assert tests.acquire(timeout=WAIT)
     pub.wake()
     assert tests.acquire(timeout=WAIT)  # it tested again, found nothing, and went on waiting
@@ -268,14 +268,8 @@ def test_a_wake_with_nothing_new_leaves_the_waiter_waiting() -> None:
 
 def test_removed_counts_and_wakes() -> None:
     pub = Published()
-    seen = threading.Event()
-
-    def ready() -> bool:
-        seen.set()
-        return pub.removals > 0
-
-    thread, result = _in_thread(lambda: pub.wait(ready, time.monotonic() + WAIT))
-    assert seen.wait(WAIT)
+    thread, result, tests = _waiter(pub, lambda: pub.removals > 0)
+    assert tests.acquire(timeout=WAIT)
     pub.removed()
     thread.join(WAIT)
     assert result == [True] and pub.removals == 1

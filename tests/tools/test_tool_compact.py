@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pytest
-import xxhash
 
 import logstore
 from logstore import Envelope
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
 
 
 def _store(path: Path) -> None:
@@ -49,14 +47,11 @@ def test_compact_refuses_an_unknown_format_version(tmp_path: Path, capsys: pytes
     path = tmp_path / "store"
     _store(path)
     seg = sorted((path / "segments").glob("*.log"))[0]
-    raw = bytearray(seg.read_bytes())
-    struct.pack_into("<H", raw, 8, 2)
-    struct.pack_into("<Q", raw, 56, xxhash.xxh3_64_intdigest(bytes(raw[:56])))
-    seg.write_bytes(bytes(raw))
-    before = sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    seg.write_bytes(with_format_version(seg.read_bytes(), 2))
+    before = store_files(path)
     assert main(["compact", str(path)]) == 2
     assert "version" in capsys.readouterr().err
-    assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert store_files(path) == before
 
 
 def test_compact_with_retention_drops_old_segments(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,10 +72,10 @@ def test_compact_refuses_bad_retention_values(
     store_dir: Path, capsys: pytest.CaptureFixture[str], option: list[str]
 ) -> None:
     _store(store_dir)
-    before = sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK")
+    before = store_files(store_dir, skip={"LOCK"})
     assert main(["compact", *option, str(store_dir)]) == 2
     assert "retention" in capsys.readouterr().err
-    assert sorted((p.name, p.read_bytes()) for p in store_dir.rglob("*") if p.is_file() and p.name != "LOCK") == before
+    assert store_files(store_dir, skip={"LOCK"}) == before
 
 
 def _active_only(path: Path) -> None:
@@ -151,13 +146,7 @@ def test_compact_says_lost_and_found_is_not_touched(store_dir: Path, capsys: pyt
 def test_compact_tells_a_missing_path_a_file_and_a_non_store_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["compact", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore compact: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
+    assert_not_stores_told_apart("compact", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_compact_text_has_thousands_separators_json_plain_ints(

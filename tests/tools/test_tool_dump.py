@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,7 +12,6 @@ from typing import Any
 
 import msgpack
 import pytest
-import xxhash
 
 import logstore
 from logstore import Envelope
@@ -21,7 +19,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records, stream_start
 from logstore.record import parse_record
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,10 +55,6 @@ def _envelope(obj: dict[str, Any]) -> Envelope:
         obj["type"],
         obj["message"],
     )
-
-
-def _files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_global_dump_prints_every_message_in_commit_order(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -236,11 +230,11 @@ def test_dump_beside_an_open_writer(store_dir: Path, capsys: pytest.CaptureFixtu
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         with store.transaction() as tx:
             store.append_messages(tx, "live", 0, [Envelope.new("Live", {"n": 1})])
-        before = _files(store_dir)
+        before = store_files(store_dir)
         assert main(["dump", "--json", str(store_dir)]) == 0
         lines = _lines(capsys)
         assert len(lines) == len(written) + 1 and lines[-1]["stream"] == "live"
-        assert _files(store_dir) == before, "dump changed a file"
+        assert store_files(store_dir) == before, "dump changed a file"
         with store.transaction() as tx:  # the writer is unaffected
             store.append_messages(tx, "live", 1, [Envelope.new("Live", {"n": 2})])
         result = subprocess.run(
@@ -304,23 +298,15 @@ def test_bad_arguments_exit_2_and_change_nothing(
     store_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     _write(store_dir, PLAN[:5])
-    before = _files(store_dir)
+    before = store_files(store_dir)
     assert main(["dump", *argv, str(store_dir)]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
-    assert _files(store_dir) == before
+    assert store_files(store_dir) == before
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "plain" / "notes.txt").write_text("keep")
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["dump", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore dump: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
-    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["notes.txt"]
+    assert_not_stores_told_apart("dump", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_unknown_format_version_exits_2_and_changes_nothing(
@@ -329,17 +315,14 @@ def test_unknown_format_version_exits_2_and_changes_nothing(
     _write(store_dir, PLAN[:5])
     seg = store_dir / "segments" / "00000000000000000000.log"
     original = seg.read_bytes()
-    raw = bytearray(original)
-    struct.pack_into("<H", raw, 8, 2)  # format version 2, with a valid header checksum
-    struct.pack_into("<Q", raw, 56, xxhash.xxh3_64_intdigest(bytes(raw[:56])))
-    seg.write_bytes(bytes(raw))
-    before = _files(store_dir)
+    seg.write_bytes(with_format_version(original, 2))  # with a valid header checksum
+    before = store_files(store_dir)
     for command in ("dump", "stats"):
         assert main([command, str(store_dir)]) == 2
         err = capsys.readouterr().err
         assert f"logstore {command}: unsupported format: {seg} at byte 8" in err
         assert "format version 2" in err
-    assert _files(store_dir) == before
+    assert store_files(store_dir) == before
     seg.write_bytes(original)
 
 

@@ -20,11 +20,11 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
-from logstore.record import parse_record
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, segment_records, store_files, with_format_version
 
 Rec = tuple[str, int, int, int]  # (segment file name, byte position, length, global offset)
+Template = tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]]  # the store, its content, its records
 
 
 def _build(path: Path) -> None:
@@ -61,20 +61,19 @@ def _content(path: Path) -> dict[int, tuple[str, int, Envelope]]:
 def _records(path: Path) -> list[Rec]:
     out = []
     for seg in sorted((path / "segments").glob("*.log")):
-        data = seg.read_bytes()
-        pos = HEADER_SIZE
-        while True:
-            try:
-                rec = parse_record(data, pos, len(data))
-            except Exception:  # noqa: BLE001 - the end of the records
-                break
-            out.append((seg.name, pos, rec.length, rec.goff))
-            pos += rec.length
+        out += [(seg.name, pos, rec.length, rec.goff) for pos, rec in segment_records(seg.read_bytes())]
     return out
 
 
+def _copy(template: Template, path: Path) -> tuple[dict[int, tuple[str, int, Envelope]], list[Rec]]:
+    """A copy of the template store at ``path``; returns the template's content and records."""
+    base, content, recs = template
+    shutil.copytree(base, path)
+    return content, recs
+
+
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]]:
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     base = tmp_path_factory.mktemp("repair") / "store"
     _build(base)
     return base, _content(base), _records(base)
@@ -212,13 +211,12 @@ CASES: dict[str, Damage] = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_damage_is_found_repaired_and_the_rest_survives(
     case: str,
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
+    template: Template,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    base, content, recs = template
     path = tmp_path / "store"
-    shutil.copytree(base, path)
+    content, recs = _copy(template, path)
     names, touched = CASES[case](path, recs)
     capsys.readouterr()
     assert main(["verify", "--json", str(path)]) == 1
@@ -246,20 +244,14 @@ def test_damage_is_found_repaired_and_the_rest_survives(
         assert manifests and all({"source", "position", "length", "reason"} <= set(m) for m in manifests)
 
 
-def test_dry_run_changes_nothing(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    base, _unused, recs = template
+def test_dry_run_changes_nothing(template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "store"
-    shutil.copytree(base, path)
-    _payload_flip(path, recs)
-    before = sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    _payload_flip(path, _copy(template, path)[1])
+    before = store_files(path)
     assert main(["repair", "--dry-run", str(path)]) == 0
     out = capsys.readouterr().out
     assert "would " in out and "lost+found" in out
-    assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert store_files(path) == before
 
 
 def test_repair_refuses_a_locked_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,45 +275,27 @@ def test_repair_and_compact_refuse_a_directory_that_is_not_a_store(
 
 
 def test_repair_tells_a_missing_path_and_a_file_apart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "file").write_text("x")
-    for target, message in {"missing": "no such directory", "file": "not a directory"}.items():
-        assert main(["repair", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore repair: {tmp_path / target}: {message}\n"
-    assert not (tmp_path / "missing").exists()
+    assert_not_stores_told_apart("repair", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_repair_refuses_an_unknown_format_version(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import struct
-
-    import xxhash
-
-    base, _c, _r = template
     path = tmp_path / "store"
-    shutil.copytree(base, path)
+    _copy(template, path)
     seg = _seg(path, 0)
-    data = bytearray(seg.read_bytes())
-    struct.pack_into("<H", data, 8, 2)
-    struct.pack_into("<Q", data, 56, xxhash.xxh3_64_intdigest(bytes(data[:56])))
-    seg.write_bytes(bytes(data))
-    before = sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file())
+    seg.write_bytes(with_format_version(seg.read_bytes(), 2))
+    before = store_files(path)
     assert main(["repair", str(path)]) == 2
     assert "version" in capsys.readouterr().err
-    assert sorted((p.name, p.read_bytes()) for p in path.rglob("*") if p.is_file()) == before
+    assert store_files(path) == before
 
 
 def test_dry_run_prints_the_real_runs_lines_with_thousands_separators(
-    template: tuple[Path, dict[int, tuple[str, int, Envelope]], list[Rec]],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    template: Template, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base, _unused, recs = template
     for name in ("text", "json"):
-        shutil.copytree(base, tmp_path / name)
-        _zeroed_block(tmp_path / name, recs)
+        _zeroed_block(tmp_path / name, _copy(template, tmp_path / name)[1])
     assert main(["repair", "--dry-run", "--json", str(tmp_path / "json")]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert type(plan["bytes_moved"]) is int and plan["bytes_moved"] >= 1000

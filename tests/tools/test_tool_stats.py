@@ -13,7 +13,7 @@ from logstore import Envelope
 from logstore.inspect import store_stats
 from logstore.tools.cli import main
 from logstore.tools.progress import progress
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart
 from tests.terminal import on_a_terminal
 
 
@@ -124,12 +124,7 @@ def test_empty_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_stats_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["stats", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore stats: {tmp_path / target}: {message}\n"
+    assert_not_stores_told_apart("stats", tmp_path, lambda: capsys.readouterr().err)
     assert main(["stats"]) == 2
     assert main(["stats", str(tmp_path), "extra"]) == 2
 

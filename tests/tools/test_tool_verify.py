@@ -17,9 +17,10 @@ import logstore
 from logstore import Envelope
 from logstore.envelope import encode
 from logstore.index.header import HEADER_SIZE
-from logstore.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, BadRecord, Record, frame, parse_record
+from logstore.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record, frame
 from logstore.tools.cli import main
 from logstore.verify import verify
+from tests.helpers import assert_not_stores_told_apart, fill_interleaved, segment_records
 from tests.terminal import on_a_terminal
 
 
@@ -80,12 +81,7 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_not_a_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "file").write_text("x")
-    said = {"missing": "no such directory", "file": "not a directory", "plain": "not a logstore store"}
-    for target, message in said.items():
-        assert main(["verify", str(tmp_path / target)]) == 2
-        assert capsys.readouterr().err == f"logstore verify: {tmp_path / target}: {message}\n"
+    assert_not_stores_told_apart("verify", tmp_path, lambda: capsys.readouterr().err)
 
 
 def test_live_store_is_safe_to_verify(store_dir: Path) -> None:
@@ -114,16 +110,7 @@ WHEN = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 def _fill(store: logstore.Store, streams: dict[str, int], pad: int = 300) -> None:
-    """Append ``n`` messages to each stream, one transaction per message, interleaved."""
-    todo = dict(streams)
-    while todo:
-        for name in list(todo):
-            with store.transaction() as tx:
-                h = store.head(name)
-                store.append_messages(tx, name, h, [Envelope.new("E", {"s": name, "i": h, "pad": "x" * pad})])
-            todo[name] -= 1
-            if not todo[name]:
-                del todo[name]
+    fill_interleaved(store, streams, pad)
 
 
 def _json(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
@@ -148,15 +135,7 @@ def _catalog_field(data: bytes, column: str, sid: int) -> int:
 
 
 def _records_of(seg: Path) -> list[Record]:
-    data = seg.read_bytes()
-    out, pos = [], HEADER_SIZE
-    while True:
-        try:
-            rec = parse_record(data, pos, len(data))
-        except BadRecord:
-            return out
-        out.append(rec)
-        pos += rec.length
+    return [rec for _, rec in segment_records(seg.read_bytes())]
 
 
 def test_truncated_deleted_and_compacted_store_is_clean(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

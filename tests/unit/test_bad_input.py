@@ -14,19 +14,13 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, commit, store_files
 
 # -- helpers ---------------------------------------------------------------------------
 
 
 def envs(n: int, tag: str = "m") -> list[Envelope]:
     return [Envelope.new(f"{tag}.Happened", {"i": i}) for i in range(n)]
-
-
-def commit(store: logstore.Store, stream: str, offset: int, batch: list[Envelope]) -> range:
-    tx, committer = store.begin_tx()
-    store.append_messages(tx, stream, offset, batch)
-    return committer.commit()
 
 
 def snapshot(store: logstore.Store) -> tuple[int, dict[str, int], list[Envelope]]:
@@ -418,15 +412,22 @@ def test_tx_from_another_store(store, tmp_path):
     assert_unchanged_and_writable(store, before)
 
 
+def assert_tx_refused(
+    store: logstore.Store, tx: logstore.Tx, committer: logstore.Committer, offset: int, match: str
+) -> None:
+    """A finished transaction takes no more appends and no second commit; both errors match ``match``."""
+    with pytest.raises(ValueError, match=match):
+        store.append_messages(tx, "s", offset, envs(1))
+    with pytest.raises(ValueError, match=match):
+        committer.commit()
+
+
 def test_tx_used_after_commit(store):
     tx, committer = store.begin_tx()
     store.append_messages(tx, "s", 2, envs(1))
     committer.commit()
     before = snapshot(store)
-    with pytest.raises(ValueError, match="committed"):
-        store.append_messages(tx, "s", 3, envs(1))
-    with pytest.raises(ValueError, match="committed"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 3, "committed")
     committer.rollback()  # rolling back a committed transaction does nothing
     assert tx.global_offsets == range(3, 4)
     assert_unchanged_and_writable(store, before)
@@ -437,10 +438,7 @@ def test_tx_used_after_rollback(store):
     tx, committer = store.begin_tx()
     store.append_messages(tx, "s", 2, envs(1))
     committer.rollback()
-    with pytest.raises(ValueError, match="rolled back"):
-        store.append_messages(tx, "s", 2, envs(1))
-    with pytest.raises(ValueError, match="rolled back"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 2, "rolled back")
     assert tx.global_offsets is None
     assert_unchanged_and_writable(store, before)
 
@@ -452,10 +450,7 @@ def test_tx_used_after_a_failed_commit(store):
     with pytest.raises(logstore.OffsetConflictError):
         committer.commit()
     before = snapshot(store)
-    with pytest.raises(ValueError, match="transaction"):
-        store.append_messages(tx, "s", 3, envs(1))
-    with pytest.raises(ValueError, match="transaction"):
-        committer.commit()
+    assert_tx_refused(store, tx, committer, 3, "transaction")
     assert_unchanged_and_writable(store, before)
 
 
@@ -550,12 +545,12 @@ def test_read_only_store_alone_refuses_writes_and_changes_no_file(store_dir):
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(2))
         before = snapshot(store)
-    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    files = store_files(store_dir)
     with logstore.open(store_dir, readonly=True) as ro:
         with pytest.raises(logstore.ReadOnlyError):
             ro.begin_tx()
         assert snapshot(ro) == before
-    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    assert store_files(store_dir) == files
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         assert_unchanged_and_writable(store, before)
 
@@ -610,11 +605,11 @@ def test_open_an_existing_store_with_a_bad_option_changes_nothing(store_dir, opt
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(2))
         before = snapshot(store)
-    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    files = store_files(store_dir)
     bad = {"durability": "always", "fsync_interval": -1, "segment_size": 10, "checkpoint_bytes": 0}[option]
     with pytest.raises((TypeError, ValueError), match=option):
         logstore.open(store_dir, **{option: bad})
-    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == files
+    assert store_files(store_dir) == files
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         assert_unchanged_and_writable(store, before)
 

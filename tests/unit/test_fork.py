@@ -14,8 +14,6 @@ import multiprocessing
 import os
 import select
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from tests.helpers import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 20.0  # upper bound for anything that should happen promptly; reached only if something hangs
@@ -134,17 +132,7 @@ def open_elsewhere(path: Path, readonly: bool = False) -> str:
         "else:\n"
         "    print('opened')\n"
     )
-    environ = {**os.environ, "PYTHONPATH": str(ROOT)}
-    environ.pop("LOGSTORE_KILL_AT", None)
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(path)],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=WAIT * 3,
-        check=False,
-    )
+    done = run_python(code, str(path), timeout=WAIT * 3)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

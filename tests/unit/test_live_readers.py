@@ -40,10 +40,10 @@ from logstore import Envelope
 from logstore.fileio import FileIO
 from logstore.index.header import HEADER_SIZE
 from logstore.inspect import iter_records
-from logstore.record import BadRecord, Record, parse_record
+from logstore.record import Record
 from logstore.tools.cli import main
 from logstore.walk import last_nonzero
-from tests.helpers import SMALL_SEGMENT
+from tests.helpers import SMALL_SEGMENT, segment_records
 from tests.stress import SEED, scale
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,15 +257,7 @@ def _crashed_store(path: Path) -> list[Record]:
         with store.transaction() as tx:
             store.append_messages(tx, "a", 2 * t, [Envelope.new("E", 2 * t), Envelope.new("E", 2 * t + 1)])
     store._abandon()
-    buf = (path / SEG0).read_bytes()
-    records, pos = [], HEADER_SIZE
-    while True:
-        try:
-            rec = parse_record(buf, pos, len(buf))
-        except BadRecord:
-            return records
-        records.append(rec)
-        pos += rec.length
+    return [rec for _, rec in segment_records((path / SEG0).read_bytes())]
 
 
 def _zero(path: Path, start: int, end: int) -> bytes:

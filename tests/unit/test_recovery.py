@@ -15,10 +15,9 @@ import logstore
 import logstore.walk as walk_module
 from logstore import CorruptionError, Envelope, FileIO
 from logstore.index.header import HEADER_SIZE
-from logstore.record import BadRecord, parse_record
 from logstore.verify import verify
 from logstore.walk import data_regions
-from tests.helpers import assert_verified
+from tests.helpers import assert_verified, segment_records, with_format_version
 
 SEGMENT = 256 * 1024
 
@@ -29,16 +28,7 @@ def _envs(tag: str, n: int) -> list[Envelope]:
 
 def _records(seg_path: str) -> list[tuple[int, int, int]]:
     """(position, length, flags) of every record in a segment file."""
-    data = Path(seg_path).read_bytes()
-    out = []
-    pos = HEADER_SIZE
-    while True:
-        try:
-            rec = parse_record(data, pos, len(data))
-        except BadRecord:
-            return out
-        out.append((pos, rec.length, rec.flags))
-        pos += rec.length
+    return [(pos, rec.length, rec.flags) for pos, rec in segment_records(Path(seg_path).read_bytes())]
 
 
 def _commit_singles(store: logstore.Store, n: int) -> None:
@@ -315,21 +305,15 @@ def test_failed_open_releases_the_writer_lock(store_dir: Path) -> None:
 
 
 def test_index_file_of_an_unknown_format_version_is_refused(store_dir: Path) -> None:
-    import struct
-
-    import xxhash
-
     with logstore.open(store_dir, segment_size=64 * 1024) as store, store.transaction() as tx:
         store.append_messages(tx, "a", 0, _envs("a", 1))
     catalog = next(store_dir.glob("catalog.*"))
-    raw = bytearray(catalog.read_bytes())
-    struct.pack_into("<H", raw, 8, 2)
-    struct.pack_into("<Q", raw, 56, xxhash.xxh3_64_intdigest(bytes(raw[:56])))
     original = catalog.read_bytes()
-    catalog.write_bytes(bytes(raw))
+    raw = with_format_version(original, 2)
+    catalog.write_bytes(raw)
     with pytest.raises(logstore.FormatVersionError, match="format version 2"):
         logstore.open(store_dir)
-    assert catalog.read_bytes() == bytes(raw), "a refused open must not rewrite the file"
+    assert catalog.read_bytes() == raw, "a refused open must not rewrite the file"
     catalog.write_bytes(original)
 
 

@@ -21,15 +21,14 @@ import logstore
 from logstore import Envelope, FileIO
 from logstore.compact import CompactReport
 from logstore.errors import CorruptionError
-from logstore.index.header import HEADER_SIZE
 from logstore.log import Log
-from logstore.record import KIND_RETAIN, parse_record
+from logstore.record import KIND_RETAIN
 from logstore.repair import repair
 from logstore.segment import Segment
 from logstore.verify import verify
 from tests.crash import simulate_crash
 from tests.faultfs import Crash, CrashIO
-from tests.helpers import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified, segment_records
 
 _DEADLOCK = 60.0  # seconds: only a guard against a hang, never part of the synchronisation
 
@@ -63,16 +62,10 @@ def _damage_record(path: Path, match: Callable[[Any], bool], at: Callable[[int, 
     for name in _segment_names(path):
         f = path / "segments" / name
         data = bytearray(f.read_bytes())
-        pos = HEADER_SIZE
-        while pos < len(data):
-            try:
-                rec = parse_record(data, pos, len(data))
-            except Exception:  # noqa: BLE001 - the zeroed tail or the end of the records
-                break
+        for pos, rec in segment_records(data):
             if match(rec):
                 data[at(pos, rec)] ^= 0xFF
                 n += 1
-            pos += rec.length
         f.write_bytes(bytes(data))
     return n
 

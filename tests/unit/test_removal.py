@@ -13,20 +13,11 @@ from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
 from logstore.record import Record
 from logstore.walk import walk
-from tests.helpers import SMALL_SEGMENT, assert_verified
+from tests.helpers import SMALL_SEGMENT, assert_verified, fill_interleaved
 
 
 def _fill(store: logstore.Store, streams: dict[str, int], pad: int = 200) -> None:
-    """Append ``n`` messages to each stream, one transaction per message, interleaved."""
-    todo = dict(streams)
-    while todo:
-        for name in list(todo):
-            with store.transaction() as tx:
-                h = store.head(name)
-                store.append_messages(tx, name, h, [Envelope.new("E", {"s": name, "i": h, "pad": "x" * pad})])
-            todo[name] -= 1
-            if not todo[name]:
-                del todo[name]
+    fill_interleaved(store, streams, pad)
 
 
 def _read(store: logstore.Store, name: str, offset: int = 0) -> list[int]:

@@ -28,10 +28,9 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.index.header import HEADER_SIZE
-from logstore.record import parse_record
 from logstore.repair import repair
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, quiet_logstore
+from tests.helpers import SMALL_SEGMENT, quiet_logstore, segment_records
 
 
 def _fill(store: logstore.Store, transactions: int, pad: int = 100) -> None:
@@ -112,15 +111,7 @@ def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_w
 def _flip_middle_record(path: Path) -> None:
     seg = sorted((path / "segments").glob("*.log"))[1]
     data = bytearray(seg.read_bytes())
-    pos = HEADER_SIZE
-    positions = []
-    while True:
-        try:
-            rec = parse_record(data, pos, len(data))
-        except Exception:  # noqa: BLE001 - the end of the records
-            break
-        positions.append((pos, rec.length))
-        pos += rec.length
+    positions = [(pos, rec.length) for pos, rec in segment_records(data)]
     at, length = positions[len(positions) // 2]
     data[at + length - 20] ^= 1
     seg.write_bytes(bytes(data))
