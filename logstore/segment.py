@@ -363,7 +363,12 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
     if io.exists(tmp):
         io.unlink(tmp)
     size = min(capacity, max(RESERVE_FIRST, reserve))
-    fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    try:
+        fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+    except OSError as exc:  # no room for the file's name (its directory entry or inode)
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise _no_room_for_segment(io, directory, tmp, size, exc) from exc
+        raise
     renamed = False
     try:
         extend_file(io, fd, tmp, 0, size, size, capacity)  # need == target: it is that size or raises
@@ -382,10 +387,14 @@ def create_segment(io: FileIO, directory: str, store_id: bytes, first: int, capa
                 if io.exists(tmp):
                     io.unlink(tmp)
             if exc.errno in NO_SPACE_ERRNOS and not isinstance(exc, OutOfSpaceError):
-                free = io.free_space(directory)
-                what = "creating the segment"
-                raise OutOfSpaceError(tmp, size, exc.errno, what, free, "segment_size", exc.strerror) from exc
+                raise _no_room_for_segment(io, directory, tmp, size, exc) from exc
         raise
     seg = Segment(io, path, store_id, first, capacity, fd, size)
     seg.created = created
     return seg
+
+
+def _no_room_for_segment(io: FileIO, directory: str, tmp: str, size: int, exc: OSError) -> OutOfSpaceError:
+    """The :class:`OutOfSpaceError` of a segment creation that found no room (nothing was created)."""
+    free = io.free_space(directory)
+    return OutOfSpaceError(tmp, size, exc.errno or 0, "creating the segment", free, "segment_size", exc.strerror)

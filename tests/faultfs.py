@@ -676,8 +676,9 @@ class FullDisk(FileIO):
     """A file system that runs out of space on demand: ``full`` makes the chosen operations raise ENOSPC.
 
     ``where``: ``"extend"`` (a segment's reservation growing: ``fallocate`` past byte 0), ``"create"``
-    (a new segment's first allocation), ``"index"`` (a ``pwrite`` to a catalog, checkpoint or position
-    file), or ``"all"`` (every ``fallocate`` and ``pwrite``).
+    (a new segment's first allocation), ``"name"`` (creating a new segment file at all: no room for its
+    directory entry or inode), ``"index"`` (a ``pwrite`` to a catalog, checkpoint or position file), or
+    ``"all"`` (every ``fallocate`` and ``pwrite``).
     """
 
     def __init__(self, where: str = "all", err: int = errno_module.ENOSPC) -> None:
@@ -690,6 +691,9 @@ class FullDisk(FileIO):
         self._paths: dict[int, str] = {}
 
     def open(self, path: str, flags: int, mode: int = 0o600) -> int:
+        if self.full and self.where == "name" and flags & os.O_CREAT and path.endswith(".log.tmp"):
+            self.refused.append((path, 0))
+            raise OSError(self.err, os.strerror(self.err) + " (create, injected)", path)
         fd = super().open(path, flags, mode)
         self._paths[fd] = path
         return fd

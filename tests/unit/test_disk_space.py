@@ -418,10 +418,12 @@ def test_running_out_of_space_for_the_checkpoint_names_the_index_file(tmp_path: 
     assert_verified(path)
 
 
-def test_compaction_on_a_full_disk_reports_the_active_segment_and_the_store_goes_on(tmp_path: Path) -> None:
-    """Deleting and compacting is how a user frees space: a roll that finds no room must not fail the store."""
+@pytest.mark.parametrize("where", ["create", "name"])
+def test_compaction_on_a_full_disk_reports_the_active_segment_and_the_store_goes_on(tmp_path: Path, where: str) -> None:
+    """Deleting and compacting is how a user frees space: a roll that finds no room must not fail the store,
+    whether the new segment's file gets no blocks (``create``) or cannot be made at all (``name``)."""
     path = tmp_path / "store"
-    io = FullDisk("create")
+    io = FullDisk(where)
     store = logstore.open(path, segment_size=SMALL_SEGMENT, io=io)
     commit(store, "gone", 0, n=3, pad=200)
     commit(store, "kept", 0, n=2)
