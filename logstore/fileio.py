@@ -133,7 +133,7 @@ def unpack_flock(data: bytes) -> tuple[int, int, int, int, int]:
 def _ofd_fcntl(fd: int, command: str, lock_type: int, byte: int) -> None:
     """``fcntl(fd, F_OFD_<command>, flock)`` on one byte; :class:`UnsupportedPlatformError` without OFD locks."""
     if not OFD_LOCKS:
-        raise UnsupportedPlatformError(f"fd {fd}: {_NO_OFD}; this is {sys.platform}")
+        raise UnsupportedPlatformError(f"fd {fd}, byte {byte}: {_NO_OFD}; this is {sys.platform}")
     if byte < 0:
         raise ValueError(f"byte must be >= 0, got {byte}")
     try:
@@ -142,7 +142,8 @@ def _ofd_fcntl(fd: int, command: str, lock_type: int, byte: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_OFD_" + command), pack_flock(lock_type, byte))
     except OSError as exc:
         if exc.errno == errno.EINVAL:  # a kernel before 3.15 does not know the command
-            raise UnsupportedPlatformError(f"fd {fd}: {_NO_OFD}: F_OFD_{command} failed with EINVAL") from exc
+            where = f"fd {fd}, byte {byte}"
+            raise UnsupportedPlatformError(f"{where}: {_NO_OFD}: F_OFD_{command} failed with EINVAL") from exc
         raise
 
 

@@ -285,6 +285,9 @@ def test_a_lock_converts_in_place_both_ways(spawn: Callable[..., Proc], control_
         assert IO.lock_range(fd, control.LOCK_WRITE, exclusive=False, wait=False)  # the refusal left it shared
         child.send("unlock")
         child.expect("unlocked")
+        probe = _open(control_file)
+        assert not IO.lock_range(probe, control.LOCK_WRITE, exclusive=True, wait=False)  # still held, shared
+        os.close(probe)
         assert IO.lock_range(fd, control.LOCK_WRITE, exclusive=True, wait=False)  # shared -> exclusive
         child.send(("try", "shared"))
         assert child.expect("taken") == ("taken", False)
