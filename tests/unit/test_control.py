@@ -617,6 +617,26 @@ def test_the_futex_system_call_table_and_wake_op_encoding() -> None:
     assert control.available()
 
 
+def test_without_futexes_available_is_false_and_a_futex_says_why(
+    control_file: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")
+    assert control._probe() == (
+        None,
+        "no futex system call number known for machine 'riscv64' (known: x86_64, aarch64)",
+    )
+    monkeypatch.setattr(control, "_libc", None)
+    monkeypatch.setattr(control, "_libc_error", "no futex system call number known for machine 'riscv64'")
+    assert not control.available()
+    fd = _open(control_file)
+    try:
+        with pytest.raises(UnsupportedPlatformError, match="futex: no futex system call number known") as raised:
+            control.Futex(fd, WORD)
+        assert isinstance(raised.value, OSError)
+    finally:
+        os.close(fd)
+
+
 @FUTEX
 def test_a_python_mapping_of_the_file_closes_while_a_futex_maps_its_word(control_file: str) -> None:
     """The futex's address comes from its own mapping: no buffer export pins a Python ``mmap`` of the file."""
