@@ -192,3 +192,23 @@ NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 def errno_name(err: int) -> str:
     return errno.errorcode.get(err, f"errno {err}")
+
+
+class UnsupportedPlatformError(LogStoreError, OSError):
+    """This platform lacks a system facility that the store needs for what was asked.
+
+    Several processes sharing one store need Linux's open-file-description
+    locks (``F_OFD_SETLK``, Linux 3.15 or later, on a 64-bit machine). It is
+    an ``OSError`` too (``errno`` ``ENOTSUP``); the message says what is
+    missing and for which file.
+    """
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, errno.ENOTSUP, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.message,))

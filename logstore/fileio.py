@@ -11,6 +11,20 @@ the ``LOCK`` file for a live writer.
 Files are created ``0600`` and directories ``0700``; paths are opened with
 ``O_NOFOLLOW`` so a planted symlink is refused, not followed.
 
+Byte-range locks (for several processes sharing one store; nothing calls them
+yet). :meth:`FileIO.lock_range` and :meth:`FileIO.unlock_range` take and drop a
+Linux *open-file-description* lock (``F_OFD_SETLK``/``F_OFD_SETLKW``) on one
+byte of a file. Unlike POSIX record locks (``F_SETLK``) such a lock belongs
+to the open file description, not to the process: two ``open`` calls of one
+file conflict even in one process; closing some other descriptor of the file
+does not drop it; descriptors that share the description (``dup``, or a
+``fork``) share the lock, so an unlock through any of them releases it for
+all, while a close of one copy does not; the kernel drops it when the last
+descriptor of the description is closed, a ``SIGKILL`` included. Taking a
+lock of the other kind on a byte the same description holds converts it in
+place. There is no deadlock detection: callers take locks in a fixed order.
+A platform without OFD locks gets :class:`~logstore.errors.UnsupportedPlatformError`.
+
 Kill points (crash testing). :func:`default_io` is what ``logstore.open``,
 ``verify`` and ``repair`` use when no ``io`` is given. It returns a plain
 :class:`FileIO` unless the environment variable ``LOGSTORE_KILL_AT`` is set
@@ -22,9 +36,12 @@ unset nothing changes and nothing is added to any file operation. Syntax::
 
 - ``<site>``: ``create`` (``open`` with ``O_CREAT``), ``pwrite``, ``fsync``,
   ``fdatasync``, ``fallocate``, ``rename``, ``unlink``, ``mkdir``,
-  ``fsync_dir``, or ``any`` (each call of any of those counts). These are
-  every file operation of :class:`FileIO` that changes a file or a name,
-  but ``rmdir``, which only removes a new store whose creation failed.
+  ``fsync_dir``, ``lock``, ``unlock``, or ``any`` (each call of any of those
+  counts). These are every file operation of :class:`FileIO` that changes a
+  file or a name, but ``rmdir``, which only removes a new store whose
+  creation failed; and the byte-range lock operations
+  (:meth:`FileIO.lock_range`, counted whether or not the lock is granted,
+  and :meth:`FileIO.unlock_range`).
 - ``<when>``: ``before`` (the default: the operation is not done), ``after``
   (the operation returned), or, for ``pwrite`` and ``any`` only, ``torn``
   (the first half of the bytes, ``len(data) // 2``, is written, then the
@@ -36,7 +53,7 @@ unset nothing changes and nothing is added to any file operation. Syntax::
 - ``<path-substring>``: count only calls whose path contains it (the rest of
   the value, ``:`` included). For ``rename`` either name may match; for
   operations on a descriptor (``pwrite``, ``fsync``, ``fdatasync``,
-  ``fallocate``) the path the descriptor was opened with.
+  ``fallocate``, ``lock``, ``unlock``) the path the descriptor was opened with.
 
 Before dying, the process writes one line to its stderr:
 ``logstore: LOGSTORE_KILL_AT=<value>: SIGKILL <when> <site> #<n> <path>``.
@@ -62,22 +79,86 @@ written), ``before_rename_checkpoint:2``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import mmap
 import os
 import signal
+import struct
+import sys
 import threading
+
+from logstore.errors import UnsupportedPlatformError
+
+# -- open-file-description locks -------------------------------------------------------
+
+# ``struct flock`` as Linux declares it on x86_64, aarch64 and the other 64-bit machines of the generic
+# layout: ``short l_type; short l_whence; off_t l_start; off_t l_len; pid_t l_pid;`` with a 64-bit
+# ``off_t`` (``q``) and an ``int`` ``pid_t`` (``i``). ``@`` packs the fields with the platform's native
+# alignment (4 bytes of padding after ``l_whence``), and the struct ends padded to its alignment, that of
+# ``off_t``: 2 + 2 + 4 + 8 + 8 + 4 + 4 = 32 bytes on x86_64 and aarch64, derived here from ``struct``'s
+# sizes rather than written down, and checked against the kernel by the tests (``F_OFD_GETLK`` reads it back).
+_OFF_T_ALIGN = struct.calcsize("@bq") - struct.calcsize("@q")
+_FLOCK_FIELDS = "@hhqqi"
+FLOCK_FORMAT = _FLOCK_FIELDS + "x" * (-struct.calcsize(_FLOCK_FIELDS) % _OFF_T_ALIGN)
+"""The ``struct`` format of Linux's ``struct flock`` here (32 bytes on x86_64 and aarch64)."""
+
+OFD_LOCKS = (
+    sys.platform.startswith("linux")
+    and struct.calcsize("@l") == 8  # a 64-bit off_t with this layout: the 32-bit ABIs are not supported
+    and all(hasattr(fcntl, name) for name in ("F_OFD_GETLK", "F_OFD_SETLK", "F_OFD_SETLKW"))
+)
+"""Whether this platform has open-file-description locks (Linux >= 3.15 on a 64-bit machine)."""
+
+_NO_OFD = (
+    "several processes sharing one store need Linux open-file-description locks (F_OFD_SETLK, Linux 3.15 or"
+    " later, 64-bit)"
+)
+
+
+def pack_flock(lock_type: int, start: int, length: int = 1) -> bytes:
+    """A ``struct flock`` for an OFD command: ``lock_type`` (``F_RDLCK``, ``F_WRLCK``, ``F_UNLCK``) at ``start``.
+
+    ``length`` bytes from byte ``start``; ``l_whence`` is ``SEEK_SET`` and ``l_pid`` 0, as OFD commands require.
+    """
+    return struct.pack(FLOCK_FORMAT, lock_type, os.SEEK_SET, start, length, 0)
+
+
+def unpack_flock(data: bytes) -> tuple[int, int, int, int, int]:
+    """The fields of a ``struct flock``: (type, whence, start, length, pid); ``F_OFD_GETLK`` reports pid -1."""
+    l_type, whence, start, length, pid = struct.unpack(FLOCK_FORMAT, data)
+    return l_type, whence, start, length, pid
+
+
+def _ofd_fcntl(fd: int, command: str, lock_type: int, byte: int) -> None:
+    """``fcntl(fd, F_OFD_<command>, flock)`` on one byte; :class:`UnsupportedPlatformError` without OFD locks."""
+    if not OFD_LOCKS:
+        raise UnsupportedPlatformError(f"fd {fd}, byte {byte}: {_NO_OFD}; this is {sys.platform}")
+    if byte < 0:
+        raise ValueError(f"byte must be >= 0, got {byte}")
+    try:
+        # CPython's fcntl.fcntl retries on EINTR after running the signal handlers (PEP 475): a handler that
+        # raises (KeyboardInterrupt) ends a blocked F_OFD_SETLKW with its exception, the lock not taken.
+        fcntl.fcntl(fd, getattr(fcntl, "F_OFD_" + command), pack_flock(lock_type, byte))
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a kernel before 3.15 does not know the command
+            where = f"fd {fd}, byte {byte}"
+            raise UnsupportedPlatformError(f"{where}: {_NO_OFD}: F_OFD_{command} failed with EINVAL") from exc
+        raise
 
 
 class FileIO:
     """Plain POSIX file operations, with counters for tests and tools.
 
     ``records_read`` counts log records decoded (by recovery scans and reads);
-    ``syncs`` counts fsync/fdatasync calls.
+    ``syncs`` counts fsync/fdatasync calls; ``locks`` counts byte-range lock
+    calls (:meth:`lock_range` and :meth:`unlock_range`).
     """
 
     def __init__(self) -> None:
         self.records_read = 0
         self.syncs = 0
+        self.locks = 0
 
     # -- descriptors -------------------------------------------------------------
 
@@ -113,6 +194,36 @@ class FileIO:
 
     def mmap_read(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+
+    # -- byte-range locks ----------------------------------------------------------
+
+    def lock_range(self, fd: int, byte: int, exclusive: bool, wait: bool) -> bool:
+        """Lock byte ``byte`` of ``fd``'s file through its open file description (an OFD lock, see above).
+
+        ``exclusive``: a write lock, else a shared (read) lock; the description's own lock on that byte, if
+        any, is converted in place. ``wait``: block until the lock is granted (``F_OFD_SETLKW``; the GIL is
+        released meanwhile, and a signal handler that raises ends the wait with its exception). Returns
+        ``True`` once the lock is held; ``False`` only with ``wait=False`` when another open file
+        description holds a conflicting lock (never an exception for that). Raises
+        :class:`~logstore.errors.UnsupportedPlatformError` without OFD locks, ``OSError`` otherwise.
+        """
+        self.locks += 1
+        try:
+            _ofd_fcntl(fd, "SETLKW" if wait else "SETLK", fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK, byte)
+        except OSError as exc:
+            if not wait and exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def unlock_range(self, fd: int, byte: int) -> None:
+        """Drop the lock ``fd``'s open file description holds on byte ``byte`` (nothing if it holds none).
+
+        It drops it for every descriptor sharing the description: a forked child must close its copy
+        of a descriptor, never unlock through it.
+        """
+        self.locks += 1
+        _ofd_fcntl(fd, "SETLK", fcntl.F_UNLCK, byte)
 
     # -- names -----------------------------------------------------------------
 
@@ -187,7 +298,20 @@ class FileIO:
 
 KILL_AT_ENV = "LOGSTORE_KILL_AT"
 """The environment variable that arms a kill point; see the module docstring."""
-KILL_SITES = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unlink", "mkdir", "fsync_dir", "any")
+KILL_SITES = (
+    "create",
+    "pwrite",
+    "fsync",
+    "fdatasync",
+    "fallocate",
+    "rename",
+    "unlink",
+    "mkdir",
+    "fsync_dir",
+    "lock",
+    "unlock",
+    "any",
+)
 """The site names ``LOGSTORE_KILL_AT`` accepts (``any`` counts every one of the others)."""
 KILL_WHEN = ("before", "after", "torn")
 KILL_STEPS: dict[str, tuple[str, str]] = {
@@ -407,6 +531,21 @@ class KillPointIO(FileIO):
         super().unlink(path)
         if kill:
             self.point.kill("after", "unlink", (path,))
+
+    def lock_range(self, fd: int, byte: int, exclusive: bool, wait: bool) -> bool:
+        paths = self._fd_path(fd)
+        kill = self._before("lock", paths, fd)
+        taken = super().lock_range(fd, byte, exclusive, wait)
+        if kill:
+            self.point.kill("after", "lock", paths)
+        return taken
+
+    def unlock_range(self, fd: int, byte: int) -> None:
+        paths = self._fd_path(fd)
+        kill = self._before("unlock", paths, fd)
+        super().unlock_range(fd, byte)
+        if kill:
+            self.point.kill("after", "unlock", paths)
 
     def mkdir(self, path: str) -> None:
         kill = self._before("mkdir", (path,))

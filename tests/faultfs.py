@@ -32,7 +32,11 @@ recorded as an :class:`Op` with a *site*: ``"<operation>:<file kind>"``, e.g.
 ``rename``, ``unlink``, ``mkdir`` and ``fsync_dir``: every mutating
 operation that :class:`~logstore.FileIO` has (``write_file_atomic`` is made
 of them; ``open`` without ``O_CREAT``, reads, ``size``, ``mmap_read``,
-``listdir``, ``exists`` and ``close`` change nothing durable).
+``listdir``, ``exists`` and ``close`` change nothing durable); and the
+byte-range lock operations ``lock`` and ``unlock`` (they change nothing
+durable either, but where a crash or an error strikes among them matters).
+A lock that waits is taken outside the FaultFS's own lock, so that another
+thread's I/O (the holder's unlock among it) goes on meanwhile.
 
 Faults:
 
@@ -100,8 +104,20 @@ from logstore.writer import role as writer_role
 PAGE = 4096
 MODES = ("keep", "drop", "pages", "torn", "names")
 """The crash-image modes of :meth:`FaultFS.image`, from the mildest crash to the harshest."""
-COUNTED = ("create", "pwrite", "fsync", "fdatasync", "fallocate", "rename", "unlink", "mkdir", "fsync_dir")
-"""The operations a FaultFS counts: every mutating operation of FileIO."""
+COUNTED = (
+    "create",
+    "pwrite",
+    "fsync",
+    "fdatasync",
+    "fallocate",
+    "rename",
+    "unlink",
+    "mkdir",
+    "fsync_dir",
+    "lock",
+    "unlock",
+)
+"""The operations a FaultFS counts: every mutating operation of FileIO, and its byte-range lock operations."""
 
 
 class Crash(BaseException):
@@ -457,6 +473,25 @@ class FaultFS(FileIO):
             if offset + length > len(node.current):
                 self._seq += 1
                 node.resize(self._seq, offset + length)
+
+    def lock_range(self, fd: int, byte: int, exclusive: bool, wait: bool) -> bool:
+        if fd not in self._fds:
+            return super().lock_range(fd, byte, exclusive, wait)
+        with self._lock:
+            op = self._begin("lock", self._fd_rel(fd))
+        taken = super().lock_range(fd, byte, exclusive, wait)  # may block: not under self._lock
+        with self._lock:
+            self._end(op)
+        return taken
+
+    def unlock_range(self, fd: int, byte: int) -> None:
+        if fd not in self._fds:
+            super().unlock_range(fd, byte)
+            return
+        with self._lock:
+            op = self._begin("unlock", self._fd_rel(fd))
+            super().unlock_range(fd, byte)
+            self._end(op)
 
     # -- FileIO: names ---------------------------------------------------------------------
 
