@@ -417,8 +417,13 @@ _SUBSTRINGS = (None, None, None, "segments/", ".pos", "CHECKPOINT", "catalog.", 
 
 
 def _kill_points(rng: random.Random, counts: dict[str, int], n_points: int) -> list[tuple[str, str]]:
-    """``n_points`` (LOGSTORE_KILL_AT value, site) pairs, every site and moment in turn, ``n`` spread over its calls."""
-    combos = [(site, when) for site in KILL_SITES for when in ("before", "after")]
+    """``n_points`` (LOGSTORE_KILL_AT value, site) pairs, every site and moment in turn, ``n`` spread over its calls.
+
+    Only the sites the calibration run reached (``counts``) take turns: a site the engine does not
+    use in this workload would give kill points that never fire.
+    """
+    used = [site for site in KILL_SITES if site == "any" or counts.get(site, 0) > 0]
+    combos = [(site, when) for site in used for when in ("before", "after")]
     combos += [("pwrite", "torn"), ("any", "torn")]
     rng.shuffle(combos)
     out = []
