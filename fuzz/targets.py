@@ -578,12 +578,12 @@ def seed_for(kind: str, s: Seeds, rng: random.Random) -> bytes:
 
 
 def store_files(directory: str) -> list[str]:
-    """The files of a store that hold data (every file but ``LOCK``), relative to its directory."""
+    """The files of a store that hold data (every file but ``LOCK`` and ``CONTROL``), relative to its directory."""
     out = []
     for parent, _dirs, names in os.walk(directory):
         for name in names:
             rel = os.path.relpath(os.path.join(parent, name), directory)
-            if rel != "LOCK":
+            if rel not in ("LOCK", "CONTROL"):
                 out.append(rel)
     return sorted(out)
 

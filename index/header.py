@@ -26,6 +26,7 @@ class, which names the words:
     run file    RunsHeader         stream_id     (0)            (0)
     catalog     CatalogHeader      generation    body_length    body_checksum
     checkpoint  CheckpointHeader   generation    body_length    body_checksum (+ flags)
+    CONTROL     ControlHeader      instance      slot count     wake method
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ MAGIC_POSITION = b"LGPOSIDX"
 MAGIC_RUNS = b"LGRUNIDX"
 MAGIC_CATALOG = b"LGCATALG"
 MAGIC_CHECKPOINT = b"LGCHKPNT"
+MAGIC_CONTROL = b"LGCONTRL"
 
 _LAYOUT = struct.Struct("<8sHHI16sQQQ")
 _CHECKSUM = struct.Struct("<Q")
@@ -218,3 +220,20 @@ class CheckpointHeader(NamedTuple):
     def decode(cls, buf: bytes | memoryview) -> CheckpointHeader:
         h = decode_header(buf, MAGIC_CHECKPOINT)
         return cls(h.store_id, h.a, h.b, h.c, h.flags)
+
+
+class ControlHeader(NamedTuple):
+    """The CONTROL file's header (magic ``LGCONTRL``; flags 0). Written by the process that initializes the file."""
+
+    store_id: bytes
+    instance: int  # field a: random, chosen anew at each initialization of the file
+    slots: int  # field b: the number of process slots in the file's slot table
+    wake: int  # field c: how processes wake each other (0: they do not yet)
+
+    def encode(self) -> bytes:
+        return encode_header(Header(MAGIC_CONTROL, self.store_id, self.instance, self.slots, self.wake))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> ControlHeader:
+        h = decode_header(buf, MAGIC_CONTROL)
+        return cls(h.store_id, h.a, h.b, h.c)

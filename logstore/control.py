@@ -1,7 +1,7 @@
 """Coordination primitives for several processes sharing one store: lock bytes and a futex.
 
-Nothing in the engine uses this module yet. It holds what the shared control
-file ``CONTROL`` will be built on:
+It holds what the shared control file ``CONTROL`` (logstore/controlfile.py)
+is built on:
 
 - The OFD lock bytes (:data:`LOCK_DMS`, :data:`LOCK_WRITE`, :data:`LOCK_FLUSH`,
   :data:`LOCK_COMPACT`, and one byte per process slot from

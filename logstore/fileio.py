@@ -6,13 +6,15 @@ renames or removes a name goes through it. The engine calls ``os`` directly
 only for queries that change nothing and that no fault test needs to fail:
 whether a path exists or is a directory or a link (store.py, repair.py,
 verify.py), where a file's holes are (``SEEK_DATA``/``SEEK_HOLE`` in
-segment.py, on a descriptor opened through the seam), and verify's probe of
-the ``LOCK`` file for a live writer.
+segment.py, on a descriptor opened through the seam), verify's probe of the
+``LOCK`` file for a live writer, and the probes of ``CONTROL``'s lock bytes
+(``F_OFD_GETLK``, logstore/controlfile.py).
 Files are created ``0600`` and directories ``0700``; paths are opened with
 ``O_NOFOLLOW`` so a planted symlink is refused, not followed.
 
-Byte-range locks (for several processes sharing one store; nothing calls them
-yet). :meth:`FileIO.lock_range` and :meth:`FileIO.unlock_range` take and drop a
+Byte-range locks (for several processes sharing one store: ``CONTROL``'s
+dead-man switch and process slots, logstore/controlfile.py).
+:meth:`FileIO.lock_range` and :meth:`FileIO.unlock_range` take and drop a
 Linux *open-file-description* lock (``F_OFD_SETLK``/``F_OFD_SETLKW``) on one
 byte of a file. Unlike POSIX record locks (``F_SETLK``) such a lock belongs
 to the open file description, not to the process: two ``open`` calls of one
@@ -195,6 +197,15 @@ class FileIO:
     def mmap_read(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
 
+    def mmap_shared(self, fd: int, length: int) -> mmap.mmap:
+        """A shared read-write mapping of the first ``length`` bytes of ``fd``'s file (``CONTROL``).
+
+        Stores into it are memory shared with every process that maps the file, not file I/O: nothing
+        counts them, and they are never synced. The mapping keeps a duplicate of ``fd`` until it is
+        closed, and with it the open file description (and its byte-range locks).
+        """
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
     # -- byte-range locks ----------------------------------------------------------
 
     def lock_range(self, fd: int, byte: int, exclusive: bool, wait: bool) -> bool:
@@ -355,7 +366,7 @@ def file_kind(path: str, directory: bool = False) -> str:
     ):
         if base.endswith(suffix):
             return kind
-    return base if base in ("CHECKPOINT", "CHECKPOINT.tmp") else "other"
+    return base if base in ("CHECKPOINT", "CHECKPOINT.tmp", "CONTROL") else "other"
 
 
 class KillPoint:

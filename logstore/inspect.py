@@ -34,7 +34,7 @@ from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
 from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
 from logstore.segment import Segment
-from logstore.store import Store, log_of
+from logstore.store import Store, log_of, own_slot_of, processes_of
 from logstore.walk import Damage, walk
 
 _CHUNK = 512
@@ -213,7 +213,14 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
     - ``checkpoint``: ``generation``, ``next_global_offset``, ``clean`` (the
       ``CHECKPOINT`` file said the store was closed cleanly when it was opened);
     - ``recovery``: the last :class:`~logstore.RecoveryReport` as a dict,
-      with its ``summary``.
+      with its ``summary``;
+    - ``processes``: the processes that have the store open (from ``CONTROL``'s
+      slot table, this one included), each ``{slot, pid, mode, durability,
+      opened_ns, this}``: ``mode`` ``"writable"``, ``"read-only"``, ``"repair"``
+      or ``"opening"``, ``durability`` a writable opener's mode (else ``None``),
+      ``opened_ns`` when it opened the store (ns since the epoch), ``this``
+      whether it is this opener. Empty when this read-only opener could not
+      join ``CONTROL`` (a read-only file system).
     """
     lg = log_of(store)
     segments = list(lg.segments)
@@ -241,6 +248,8 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
             step = 0
     if progress is not None and step:
         progress(step)
+    processes = processes_of(store)
+    own = own_slot_of(store)
     report = store.recovery_report
     recovery = dataclasses.asdict(report)
     recovery["clean"] = report.clean
@@ -283,6 +292,17 @@ def store_stats(store: Store, progress: Callable[[int], None] | None = None) -> 
             "clean": report.checkpoint == "clean",
         },
         "recovery": recovery,
+        "processes": [
+            {
+                "slot": p.slot,
+                "pid": p.pid,
+                "mode": p.mode,
+                "durability": p.durability,
+                "opened_ns": p.opened_ns,
+                "this": p.slot == own,
+            }
+            for p in processes
+        ],
     }
 
 

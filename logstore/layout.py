@@ -4,6 +4,7 @@
 
     <store>/
       LOCK                      writer lock (flock); empty (logstore.lock)
+      CONTROL                   who has the store open, shared by its processes (logstore.controlfile)
       CHECKPOINT                how far the index files are complete (logstore.checkpoint)
       catalog.<generation>      stream catalog and shared run table (index.catalog)
       segments/<first>.log      segment files (logstore.segment); <first>.log.tmp while being created
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 
 LOCK = "LOCK"
+CONTROL = "CONTROL"
 CHECKPOINT = "CHECKPOINT"
 SEGMENTS = "segments"
 STREAMS = "streams"
@@ -77,6 +79,10 @@ def checkpoint_path(store: str) -> str:
 
 def lock_path(store: str) -> str:
     return os.path.join(store, LOCK)
+
+
+def control_path(store: str) -> str:
+    return os.path.join(store, CONTROL)
 
 
 def lost_found_dir(store: str) -> str:

@@ -1,6 +1,9 @@
 """Repair: make a damaged store whole again, keeping every undamaged record at its offsets.
 
-``repair(path)`` takes the writer lock and then:
+``repair(path)`` takes the writer lock, makes sure that no other process has
+the store open (read-only openers included: it joins the store's ``CONTROL``
+file as its first opener, else raises ``StoreLockedError`` naming the pids
+of the processes listed there), and then:
 
 1. Moves stray files (anything that is not part of the store's layout) into
    ``lost+found/``.
@@ -37,6 +40,7 @@ from dataclasses import dataclass, field
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
+from logstore.controlfile import Control, slot_flags
 from logstore.errors import CorruptionError, as_corruption
 from logstore.fileio import FileIO, default_io
 from logstore.index.errors import FormatError
@@ -61,7 +65,7 @@ from logstore.verify import verify
 from logstore.walk import Damage, walk
 
 _NOTHING = "verify finds no problem: nothing to repair"
-_TOP = {layout.LOCK, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}
+_TOP = {layout.LOCK, layout.CONTROL, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}
 _SEGMENT_DIR_EXTS = (
     layout.SEGMENT_EXT,
     layout.POSITION_EXT,
@@ -109,7 +113,11 @@ def _stray(name: str, where: str) -> bool:
 
 
 def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> RepairReport:
-    """Repair the store in ``path``; see the module docstring. Raises ``StoreLockedError`` if a writer has it."""
+    """Repair the store in ``path``; see the module docstring.
+
+    Raises ``StoreLockedError`` if a writer has the store open, or (unless ``dry_run``, which changes
+    nothing) any other process, read-only openers included: the message names their pids.
+    """
     io = io or default_io()
     report = RepairReport(path, dry_run)
     path = resolve_store_path(path)
@@ -126,13 +134,20 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
             _repair_locked(path, io, report)
         return report
     lock_fd = take_writer_lock(io, path, "a writer holds the store; close it before repairing")
+    control: Control | None = None
     try:
+        if not dry_run:
+            control = Control.join(io, path, _control_store_id(path, io), slot_flags(True, repair=True), alone=True)
         if result.ok:
             report.actions.append(_NOTHING)
         else:
             _repair_locked(path, io, report)
     finally:
-        release_writer_lock(io, lock_fd)
+        try:
+            if control is not None:
+                control.close()
+        finally:
+            release_writer_lock(io, lock_fd)
     if not dry_run and report.changed:
         with open_store(path) as store:
             report.actions.append(f"rebuilt the indexes from the log: {store.recovery_report.summary()}")
@@ -298,6 +313,17 @@ def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:
         return Checkpoint.decode(io.read_file(layout.checkpoint_path(path)), None)[0]
     except (OSError, FormatError):
         return None
+
+
+def _control_store_id(path: str, io: FileIO) -> bytes:
+    """The store id for the ``CONTROL`` header repair writes: :func:`_store_id`, or zeros when none is readable.
+
+    (Then repair stops at its step 2 with the error :func:`_store_id` raises; ``CONTROL`` holds no data.)
+    """
+    try:
+        return _store_id(path, io)
+    except CorruptionError:
+        return bytes(16)
 
 
 def _store_id(path: str, io: FileIO) -> bytes:

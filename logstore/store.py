@@ -24,6 +24,7 @@ from typing import NamedTuple
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
+from logstore.controlfile import Control, SlotInfo, slot_flags
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
@@ -66,6 +67,8 @@ MAX_STREAM_NAME = 1024
 """Longest stream name, in UTF-8 bytes."""
 MAX_ENVELOPE_SIZE = 16 * 2**20
 """Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
+_CONTROL_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
+"""Why a read-only opener may be unable to join ``CONTROL``; it then reads the store without it."""
 READONLY_LOADS = 10
 """How many times a read-only open loads the log when a live writer changes files under it."""
 
@@ -118,9 +121,11 @@ def open(
     Raises :class:`OutOfSpaceError` if the file system has no room for a
     new store's first segment or checkpoint (a new store's files are then
     removed again), :class:`StoreLockedError` if another process holds the writer
-    lock, :class:`CorruptionError` for damage that recovery must not cut
-    (``logstore repair`` fixes it), :class:`FormatVersionError` for a file
-    (segment, checkpoint, catalog or index file) of an unknown format version.
+    lock (or 256 opens already have the store open: the slots of its ``CONTROL``
+    file), :class:`CorruptionError` for damage that recovery must not cut
+    (``logstore repair`` fixes it; or a ``CONTROL`` file damaged while other
+    processes share it), :class:`FormatVersionError` for a file (segment,
+    checkpoint, catalog, index or ``CONTROL`` file) of an unknown format version.
     """
     if durability not in DURABILITY_MODES:
         raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
@@ -203,6 +208,7 @@ class Store:
         self._forked = False
         self._pid = os.getpid()  # the process that opened the store, for StoreForkedError
         self._lock_fd: int | None = None
+        self._control: Control | None = None  # this opener's slot in CONTROL (None: a read-only file system)
         self._made_dir = False  # this open made the store's directory
         self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
         # What readers may see (limits, heads, removals), its waiting readers, and the open readers.
@@ -242,6 +248,7 @@ class Store:
                     elif used.clean:
                         self._log.mark_unclean(used)
                     self._log.remove_stale_generations()
+            self._join_control(store_id)
             if not readonly:
                 self._log.drop_segments()  # finish a retention that a crash interrupted
                 self._writer = Writer(
@@ -257,7 +264,10 @@ class Store:
             try:
                 self._log.close()
             finally:
-                self._release_lock()
+                try:
+                    self._release_control(clear_slot=True)
+                finally:
+                    self._release_lock()
             raise
         report = self._report
         if not report.clean:
@@ -338,7 +348,7 @@ class Store:
         is_store = bool(entries & {layout.CHECKPOINT, layout.SEGMENTS})
         if self.readonly and not is_store:
             raise FileNotFoundError(f"{path}: not a logstore store")
-        if not is_store and entries - {layout.LOCK, layout.LOST_FOUND}:
+        if not is_store and entries - {layout.LOCK, layout.CONTROL, layout.LOST_FOUND}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
         if self.readonly:
             return False
@@ -359,9 +369,9 @@ class Store:
 
         Only files and directories that were not there before the open go:
         a directory the user made, and whatever it held, stay. The ``LOCK``
-        file of such a directory stays too, so that no other opener ever
-        locks a file that is about to disappear; a directory this open made
-        goes whole, its ``LOCK`` while still locked. Failures to remove are
+        (and ``CONTROL``) file of such a directory stays too, so that no other
+        opener ever locks a file that is about to disappear; a directory this
+        open made goes whole, its ``LOCK`` while still locked. Failures to remove are
         logged: the error that failed the creation is the one raised.
         """
         io, path = self._io, self.path
@@ -377,11 +387,12 @@ class Store:
                 if (".", sub) not in found:
                     io.rmdir(d)
             for n in io.listdir(path):
-                if (".", n) not in found and n not in (layout.LOCK, layout.SEGMENTS, layout.STREAMS):
+                if (".", n) not in found and n not in (layout.LOCK, layout.CONTROL, layout.SEGMENTS, layout.STREAMS):
                     io.unlink(os.path.join(path, n))
             if self._made_dir:
-                if io.exists(layout.lock_path(path)):
-                    io.unlink(layout.lock_path(path))
+                for name in (layout.CONTROL, layout.LOCK):
+                    if io.exists(os.path.join(path, name)):
+                        io.unlink(os.path.join(path, name))
                 io.rmdir(path)
         except OSError as exc:
             logger.error("%s: could not remove what the failed creation of the store left: %r", path, exc)
@@ -394,7 +405,7 @@ class Store:
         Before that rename nothing has been written; after it, the segment
         names the store and the indexes are rebuilt from it.
         """
-        if entries - {layout.LOCK, *layout.STORE_DIRS}:
+        if entries - {layout.LOCK, layout.CONTROL, *layout.STORE_DIRS}:
             return False
         for sub, allowed in ((layout.SEGMENTS, layout.SEGMENT_EXT + layout.TMP), (layout.STREAMS, None)):
             if sub in entries:
@@ -435,6 +446,26 @@ class Store:
         finally:
             self._io.close(fd)
 
+    def _join_control(self, store_id: bytes) -> None:
+        """Join ``CONTROL`` (logstore/controlfile.py): hold the dead-man switch and a slot while the store is open.
+
+        A read-only opener that may not create or write the file (a read-only file system, a directory or
+        file it may not write, no room for the file's bytes) reads the store without it, as every opener
+        did before ``CONTROL``: it is then not listed among the processes that have the store open.
+        """
+        flags = slot_flags(self.readonly, None if self.readonly else self.durability)
+        try:
+            self._control = Control.join(self._io, self.path, store_id, flags)
+        except OSError as exc:
+            if not self.readonly or exc.errno not in _CONTROL_UNWRITABLE:
+                raise
+            logger.info("%s: opened read-only without joining its control file: %s", self.path, exc)
+
+    def _release_control(self, clear_slot: bool) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close(clear_slot)
+
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
@@ -446,9 +477,11 @@ class Store:
         """In a forked child (``_after_fork_in_child``): make this store refuse all use, and drop the
         child's copies of its descriptors and mappings.
 
-        Never ``flock(LOCK_UN)`` (``logstore/lock.py``): the LOCK descriptor's open
-        file description is shared with the parent, and an unlock through it releases
-        the parent's lock. Closing the child's descriptor leaves the lock with the parent, and
+        Never ``flock(LOCK_UN)`` (``logstore/lock.py``) nor an OFD unlock of ``CONTROL``'s bytes
+        (``logstore/controlfile.py``): the descriptors' open file descriptions are shared with the
+        parent, and an unlock through them releases the parent's locks (its writer lock, its
+        dead-man switch and its slot). The ``CONTROL`` mapping holds a duplicate descriptor: it is
+        closed too. Closing the child's descriptor leaves the lock with the parent, and
         closing it here (rather than at the child's ``close()``, which may never
         come) means the child no longer keeps the lock alive once the parent
         closes the store, nor keeps removed segment files on disk. No lock is
@@ -463,6 +496,9 @@ class Store:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             drop_lock_in_child(self._io, fd)
+        control, self._control = self._control, None
+        if control is not None:
+            control.drop_in_child()
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
             segments, lg.segments = lg.segments, []
@@ -782,8 +818,13 @@ class Store:
                 self._writer.stop()
         finally:
             self._close_readers()
-            self._log.close()
-            self._release_lock()
+            try:
+                self._log.close()
+            finally:
+                try:
+                    self._release_control(clear_slot=True)
+                finally:
+                    self._release_lock()
         failed = None if self.readonly else self._writer.failed
         if failed is not None:
             raise failed
@@ -810,8 +851,11 @@ class Store:
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()
-        self._log.close()
-        self._release_lock()
+        try:
+            self._log.close()
+        finally:
+            self._release_control(clear_slot=False)  # as a death leaves it
+            self._release_lock()
 
     def _close_readers(self) -> None:
         """Close every open reader and wake the waiting ones (``close()``, ``_abandon()``)."""
@@ -883,6 +927,23 @@ def _check_offset(offset: object) -> None:
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def processes_of(store: Store) -> list[SlotInfo]:
+    """The processes that have ``store`` open now (this one included), from ``CONTROL``'s slot table.
+
+    For the engine's own tools (``logstore stats``). Empty if this read-only opener could not join the
+    file (``Store._join_control``).
+    """
+    store._check_open()
+    control = store._control
+    return [] if control is None else control.live_slots()
+
+
+def own_slot_of(store: Store) -> int:
+    """The slot of ``CONTROL`` that ``store`` holds (-1 if it could not join the file), for ``logstore stats``."""
+    control = store._control
+    return -1 if control is None else control.slot
 
 
 def log_of(store: Store) -> Log:

@@ -5,8 +5,8 @@ store) and re-derives everything from the log with its own code, not the
 engine's recovery code. It checks:
 
 - the layout: only the store's own files and directories exist (``LOCK``,
-  ``CHECKPOINT``, ``catalog.*``, ``segments/`` with ``<20 digits>.log``,
-  ``.pos``, ``.log.tmp`` and ``.log.compact``, ``streams/`` with
+  ``CONTROL`` (optional: it holds no data and is not read), ``CHECKPOINT``,
+  ``catalog.*``, ``segments/`` with ``<20 digits>.log``, ``.pos``, ``.log.tmp`` and ``.log.compact``, ``streams/`` with
   ``<10 digits>.runs``, ``lost+found/``); leftovers of an interrupted
   compaction or retention drop are problems unless a writer is active;
 - every checksum of every file it reads: headers, records, position files,
@@ -324,7 +324,7 @@ class _Verifier:
             if name in layout.STORE_DIRS:
                 if not stat.S_ISDIR(mode):
                     self.problem(p, 0, f"{name} is not a directory")
-            elif name in (layout.LOCK, layout.CHECKPOINT):
+            elif name in (layout.LOCK, layout.CONTROL, layout.CHECKPOINT):
                 if not stat.S_ISREG(mode):
                     self.problem(p, 0, f"{name} is not a regular file")
             elif name == layout.CHECKPOINT + layout.TMP:

@@ -84,7 +84,12 @@ def drain(reader: Any) -> list[tuple[int, Envelope]]:
 
 
 def store_files(path: Path, skip: Collection[str] = ()) -> dict[str, bytes]:
-    """The bytes of every file below ``path`` (but those named in ``skip``), by path relative to it."""
+    """The bytes of every file below ``path`` (but those named in ``skip``, and ``CONTROL``), by path relative to it.
+
+    ``CONTROL`` is the shared state of the processes that have the store open: every open, read-only
+    ones included, writes its slot there, and a first opener rebuilds it. It holds no data.
+    """
+    skip = {*skip, "CONTROL"}
     return {
         str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name not in skip
     }

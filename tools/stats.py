@@ -1,4 +1,4 @@
-"""``logstore stats DIR``: segments, streams, messages, records by kind and holes of a store, read-only.
+"""``logstore stats DIR``: segments, streams, messages, records by kind, holes and processes of a store, read-only.
 
 Opens the store with ``readonly=True`` (safe beside a live writer; it counts
 the log as it was when it started) and walks every record, checking each
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from logstore.errors import CorruptionError, LogStoreError
@@ -52,6 +53,18 @@ def _n(value: int) -> str:
     return f"{value:,}"
 
 
+def _processes(procs: list[dict[str, Any]]) -> str:
+    """The processes that have the store open, one phrase each (this command's own read-only open last)."""
+    if not procs:
+        return "unknown (the control file could not be joined)"
+    parts = []
+    for p in sorted(procs, key=lambda p: (p["this"], p["opened_ns"])):
+        mode = p["mode"] + (f" ({p['durability']})" if p["durability"] else "")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["opened_ns"] / 1e9))
+        parts.append(f"pid {p['pid']} {mode} since {since}" + (" (this command)" if p["this"] else ""))
+    return f"{len(procs)}: " + "; ".join(parts)
+
+
 def format_stats(s: dict[str, Any]) -> str:
     """The readable table of a :func:`store_stats` result."""
     ck = s["checkpoint"]
@@ -82,6 +95,7 @@ def format_stats(s: dict[str, Any]) -> str:
         ),
         ("messages", f"{_n(s['messages']['readable'])} readable"),
         ("records", f"{_n(rec['total'])}: {kinds}"),
+        ("processes", _processes(s.get("processes", []))),
         (
             "holes",
             f"{_n(holes['awaiting_compaction'])} removed messages awaiting compaction "

@@ -65,7 +65,7 @@ def snapshot_tree(root: Path, skip: Path | None = None) -> Snapshot:
 
 
 DOCUMENTED = re.compile(
-    r"LOCK|CHECKPOINT|catalog\.\d{20}|segments|streams|lost\+found"
+    r"LOCK|CONTROL|CHECKPOINT|catalog\.\d{20}|segments|streams|lost\+found"
     r"|segments/\d{20}\.(log|pos)"
     r"|streams/\d{10}\.runs"
     r"|lost\+found/\d{8}T\d{6}-(\d{20}\.log|repair-[^/]+)-\d+(\.\d+)?\.(bin|json)"

@@ -1,7 +1,8 @@
 """The coordination primitives for several processes: OFD byte-range locks, the futex, 8-byte words in a mapping.
 
-Nothing in the store uses them yet; these tests pin down the kernel facts the
-multi-process design relies on, in real processes. Each child is forked
+These tests pin down the kernel facts the multi-process design relies on, in
+real processes (the store's ``CONTROL`` file, built on them, is tested in
+test_control_file.py). Each child is forked
 (multiprocessing's ``fork`` start method) and talks to the test through a
 pipe; the test waits for its messages, never sleeps. Where a test must know
 that a child is blocked in the kernel (a lock wait, a futex wait) it watches

@@ -1,0 +1,348 @@
+"""The shared control file ``<store>/CONTROL``: which processes have the store open.
+
+Every opener of a store (writable, read-only, and ``logstore repair``) joins
+the file and stays joined until it closes the store. The layout is in
+docs/FORMAT.md ("The CONTROL file"); this version uses its header, its state
+word, who initialized it, and its slot table. The file holds no durable data:
+it is never synced, and whatever a previous life of the store left in it is
+rebuilt by the next opener that finds no other process there.
+
+Joining (:meth:`Control.join`), with the lock bytes of :mod:`logstore.control`
+taken through :meth:`logstore.FileIO.lock_range` (open-file-description locks,
+which the kernel drops when their holder dies):
+
+1. Open (create) ``CONTROL`` read-write.
+2. Try the dead-man switch (byte :data:`~logstore.control.LOCK_DMS`)
+   exclusively, without waiting. Granted: no live process has the store open,
+   so this opener is the *first opener*: it (re)initializes the file whatever
+   it holds (reserve its 20,480 bytes, zero them, state ``INITIALIZING``, the
+   header with a new random instance, who and when, and last state
+   ``READY``), then converts its lock to shared in place (an atomic
+   conversion: there is no moment without the lock).
+3. Not granted: take the switch shared, waiting while a first opener holds it
+   exclusively (initializing takes microseconds). Then check the file: size,
+   state ``READY``, header (magic, version, checksum), the store id, the slot
+   count. A state other than ``READY`` means the process that was initializing
+   the file died before it finished: release the switch, pause 1-10 ms and go
+   back to 2 (one of the late openers becomes the first). A ``READY`` file that
+   fails a check while other processes have the store open was damaged
+   under them: :class:`~logstore.errors.CorruptionError` naming ``CONTROL`` and
+   the byte (:class:`~logstore.errors.FormatVersionError` for another format
+   version, i.e. another version of logstore has the store open). It is never
+   rebuilt under live processes: they share it.
+4. Claim a slot: the first ``i`` whose byte ``1024 + i`` takes an exclusive
+   lock without waiting; write the slot's record (pid, flags, the process's
+   start time, when it opened). All 256 taken: :class:`StoreLockedError`.
+
+Holding the switch shared for as long as the store is open is what tells a
+later opener that it is not first. Both locks are released by closing the
+descriptor (and the mapping's duplicate of it): the kernel drops an OFD lock
+at the last close of its open file description, or when its holder dies. A
+forked child closes its copies at the fork (:meth:`Control.drop_in_child`)
+and never unlocks: an unlock through a descriptor the child shares with the
+parent would release the parent's locks.
+
+Who has the store open: a slot is live while its lock byte is held; the
+records of live slots say who holds them (:meth:`Control.live_slots`). An OFD
+lock does not say who holds it (``F_OFD_GETLK`` reports pid -1), so the pid
+comes from the slot's record, with the process's start time against pid reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import random
+import struct
+import time
+from typing import NamedTuple
+
+from logstore import layout
+from logstore.control import LOCK_DMS, slot_lock_byte
+from logstore.errors import CorruptionError, OutOfSpaceError, StoreLockedError, as_corruption
+from logstore.fileio import FileIO, pack_flock, unpack_flock
+from logstore.index.header import HEADER_SIZE, ControlHeader
+
+CONTROL_SIZE = 20480
+"""The bytes of ``CONTROL`` that are used (5 pages). A longer file is used up to there."""
+SLOTS = 256
+"""Process slots: at most this many openers at once."""
+SLOT_TABLE = 4096
+"""Byte position of slot 0's record; slot ``i``'s is at ``SLOT_TABLE + SLOT_SIZE * i``."""
+SLOT_SIZE = 64
+
+STATE_AT = 64
+"""Byte position of the state word (u64)."""
+INIT_PID_AT = 72
+INIT_TIME_AT = 80
+
+STATE_EMPTY = 0
+STATE_INITIALIZING = 1
+STATE_READY = 2
+"""Written last by the initializer: the header and every word are set."""
+
+WAKE_NONE = 0
+"""The header's wake method (field c): processes do not wake each other yet."""
+
+FLAG_IN_USE = 1 << 0
+FLAG_READONLY = 1 << 1
+FLAG_WRITABLE = 1 << 2
+FLAG_WANTS_WRITE = 1 << 3
+"""Reserved for the shared write lock (never set in this version)."""
+FLAG_REPAIR = 1 << 4
+"""The slot is held by ``logstore repair``."""
+DURABILITY_SHIFT = 8
+DURABILITY_CODES = {"fsync": 1, "batch": 2, "none": 3}
+"""A writable opener's durability in bits 8-9 of its flags (0: none, for read-only openers and repair)."""
+
+_SLOT = struct.Struct("<IIQQQQ24x")  # pid, flags, start time, opened ns, applied goff, socket id, reserved
+_WORD = struct.Struct("<Q")
+assert _SLOT.size == SLOT_SIZE
+assert SLOT_TABLE + SLOTS * SLOT_SIZE <= CONTROL_SIZE
+
+JOIN_ATTEMPTS = 100
+"""How many times an opener tries to join before giving up (each failed try met a dead initializer)."""
+
+_HINT = "every process that has the store open shares this file; it is rebuilt when all of them have closed the store"
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class SlotInfo(NamedTuple):
+    """One live slot of the table: who has the store open, how, and since when."""
+
+    slot: int
+    pid: int
+    flags: int
+    start_time: int
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22); 0 if unknown."""
+    opened_ns: int
+    """When it opened the store (ns since the epoch)."""
+
+    @property
+    def mode(self) -> str:
+        """``"writable"``, ``"read-only"``, ``"repair"``, or ``"opening"`` (its record is not written yet)."""
+        if self.flags & FLAG_REPAIR:
+            return "repair"
+        if self.flags & FLAG_WRITABLE:
+            return "writable"
+        if self.flags & FLAG_READONLY:
+            return "read-only"
+        return "opening"
+
+    @property
+    def durability(self) -> str | None:
+        code = (self.flags >> DURABILITY_SHIFT) & 3
+        return next((name for name, c in DURABILITY_CODES.items() if c == code), None)
+
+
+def process_start_time(pid: int | str = "self") -> int:
+    """Field 22 of ``/proc/<pid>/stat`` (the start time in clock ticks after boot); 0 where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        # Field 2 (the command name) is in parentheses and may hold anything: count fields after its end.
+        return int(raw[raw.rindex(b")") + 2 :].split()[22 - 3])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _locked_by_other(fd: int, byte: int) -> bool:
+    """Whether another open file description holds a lock on ``byte`` of ``fd``'s file (a query: changes nothing)."""
+    found = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, pack_flock(fcntl.F_WRLCK, byte))
+    return unpack_flock(found)[0] != fcntl.F_UNLCK
+
+
+class Control:
+    """This opener's membership of ``CONTROL``: its descriptor, mapping and slot. Made by :meth:`join`."""
+
+    def __init__(self, io: FileIO, store: str, fd: int) -> None:
+        self.io = io
+        self.store = store
+        self.path = layout.control_path(store)
+        self.fd: int | None = fd
+        self.mm: mmap.mmap | None = None
+        self.slot = -1
+        self.first = False
+        """Whether this opener initialized the file (it found no other process there)."""
+
+    # -- joining ----------------------------------------------------------------------------
+
+    @classmethod
+    def join(cls, io: FileIO, store: str, store_id: bytes, flags: int, alone: bool = False) -> Control:
+        """Join ``CONTROL`` of the store in directory ``store`` (see the module docstring); ``flags`` for the slot.
+
+        ``alone`` (``logstore repair``): the opener must be the first; if another process has the store
+        open, :class:`StoreLockedError` naming the pids found in the slot table. Raises
+        :class:`StoreLockedError` when every slot is taken, :class:`CorruptionError` for a damaged file
+        that live processes share, :class:`OutOfSpaceError` when the file's bytes cannot be reserved.
+        """
+        fd = io.open(layout.control_path(store), os.O_RDWR | os.O_CREAT)
+        control = cls(io, store, fd)
+        try:
+            control._take_switch(store_id, alone)
+            control._claim_slot(flags)
+        except BaseException:
+            control.close(clear_slot=False)
+            raise
+        return control
+
+    def _take_switch(self, store_id: bytes, alone: bool) -> None:
+        io, fd = self.io, self._fd()
+        for _attempt in range(JOIN_ATTEMPTS):
+            if io.lock_range(fd, LOCK_DMS, True, False):
+                self._initialize(store_id)
+                io.lock_range(fd, LOCK_DMS, False, False)  # converted in place: always granted
+                self.first = True
+                return
+            if alone:
+                raise StoreLockedError(f"{self.store}: {self._holders()}; repair needs the store to itself")
+            io.lock_range(fd, LOCK_DMS, False, True)  # waits while a first opener initializes
+            if self._ready(store_id):
+                return
+            # Its initializer died before it finished: let one of the late openers be the first.
+            io.unlock_range(fd, LOCK_DMS)
+            time.sleep(random.uniform(0.001, 0.01))
+        raise StoreLockedError(
+            f"{self.path}: could not join the processes that have the store open: the file was not ready "
+            f"after {JOIN_ATTEMPTS} tries (processes that set it up keep dying?)"
+        )
+
+    def _initialize(self, store_id: bytes) -> None:
+        """Rebuild the file from nothing (the switch held exclusively: no other process has the store open)."""
+        io, fd = self.io, self._fd()
+        try:
+            io.fallocate(fd, 0, CONTROL_SIZE)  # reserved, so that no store into the mapping meets a full disk
+        except OSError as exc:
+            if exc.errno in _NO_SPACE_ERRNOS:
+                free = io.free_space(self.store)
+                raise OutOfSpaceError(
+                    self.path, CONTROL_SIZE, exc.errno, "reserving the control file", free, None, exc.strerror
+                ) from exc
+            raise
+        mm = self._map()
+        mm[:CONTROL_SIZE] = bytes(CONTROL_SIZE)
+        _WORD.pack_into(mm, STATE_AT, STATE_INITIALIZING)
+        instance = int.from_bytes(os.urandom(8), "little")
+        mm[:HEADER_SIZE] = ControlHeader(store_id, instance, SLOTS, WAKE_NONE).encode()
+        _WORD.pack_into(mm, INIT_PID_AT, os.getpid())
+        _WORD.pack_into(mm, INIT_TIME_AT, time.time_ns())
+        _WORD.pack_into(mm, STATE_AT, STATE_READY)
+
+    def _ready(self, store_id: bytes) -> bool:
+        """Check the file the first opener set up (the switch held shared); False if it never finished."""
+        if self.io.size(self._fd()) < CONTROL_SIZE:
+            return False
+        mm = self._map()
+        (state,) = _WORD.unpack_from(mm, STATE_AT)
+        if state != STATE_READY:
+            self._unmap()
+            return False
+        with as_corruption(self.path, "control file header: ", _HINT):
+            header = ControlHeader.decode(mm[:HEADER_SIZE])
+        if header.store_id != store_id:
+            raise CorruptionError(self.path, 16, "control file's store id differs from the store's", _HINT)
+        if header.slots != SLOTS:
+            raise CorruptionError(self.path, 40, f"control file has {header.slots} slots, expected {SLOTS}", _HINT)
+        return True
+
+    def _claim_slot(self, flags: int) -> None:
+        io, fd = self.io, self._fd()
+        for i in range(SLOTS):
+            if io.lock_range(fd, slot_lock_byte(i), True, False):
+                break
+        else:
+            raise StoreLockedError(
+                f"{self.store}: {SLOTS} processes (or open stores) have the store open already, "
+                f"the most its control file has room for"
+            )
+        self.slot = i
+        record = (os.getpid(), flags | FLAG_IN_USE, process_start_time(), time.time_ns(), 0, 0)
+        _SLOT.pack_into(self._map(), SLOT_TABLE + SLOT_SIZE * i, *record)
+
+    def _holders(self) -> str:
+        """Who has the store open, for an error message: the pids of the live slots' records."""
+        slots = self.live_slots()
+        pids = sorted({s.pid for s in slots if s.pid})
+        if not pids:
+            return "another process has the store open (it is still opening: no process is listed yet)"
+        listed = ", ".join(f"{s.pid} ({s.mode})" for s in sorted(slots, key=lambda s: s.pid) if s.pid)
+        if len(pids) > 1:
+            return f"other processes have the store open: pids {listed}"
+        return f"process {listed} has the store open"
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def live_slots(self) -> list[SlotInfo]:
+        """The slots held now (this opener's included), in slot order; empty if the file is not set up."""
+        fd = self._fd()
+        if self.mm is None and self.io.size(fd) < CONTROL_SIZE:
+            return []
+        mm = self._map()
+        out = []
+        for i in range(SLOTS):
+            if i == self.slot or _locked_by_other(fd, slot_lock_byte(i)):
+                pid, flags, start, opened, _goff, _socket = _SLOT.unpack_from(mm, SLOT_TABLE + SLOT_SIZE * i)
+                out.append(SlotInfo(i, pid, flags, start, opened))
+        return out
+
+    # -- leaving ----------------------------------------------------------------------------
+
+    def close(self, clear_slot: bool = True) -> None:
+        """Leave: clear this opener's slot record (``clear_slot``), unmap, close; the kernel drops the locks.
+
+        ``clear_slot=False`` leaves the file as a death would (crash tests' ``_abandon``).
+        """
+        mm, self.mm = self.mm, None
+        fd, self.fd = self.fd, None
+        try:
+            if mm is not None:
+                if clear_slot and self.slot >= 0:
+                    _SLOT.pack_into(mm, SLOT_TABLE + SLOT_SIZE * self.slot, 0, 0, 0, 0, 0, 0)
+                mm.close()
+        finally:
+            if fd is not None:
+                self.io.close(fd)
+
+    def drop_in_child(self) -> None:
+        """In a forked child: close the child's copies of the mapping and descriptor; never unlock, never write.
+
+        The mapping holds a duplicate of the descriptor (the same open file description as the parent's), so
+        it is closed too, else the child would keep the parent's locks alive after the parent closed the store.
+        """
+        mm, self.mm = self.mm, None
+        fd, self.fd = self.fd, None
+        if mm is not None:
+            with contextlib.suppress(BufferError, ValueError, OSError):
+                mm.close()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                self.io.close(fd)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"{self.path}: used after close()")
+        return self.fd
+
+    def _map(self) -> mmap.mmap:
+        if self.mm is None:
+            self.mm = self.io.mmap_shared(self._fd(), CONTROL_SIZE)
+        return self.mm
+
+    def _unmap(self) -> None:
+        mm, self.mm = self.mm, None
+        if mm is not None:
+            mm.close()
+
+
+def slot_flags(readonly: bool, durability: str | None = None, repair: bool = False) -> int:
+    """The flags of an opener's slot record."""
+    if repair:
+        return FLAG_REPAIR
+    if readonly:
+        return FLAG_READONLY
+    return FLAG_WRITABLE | (DURABILITY_CODES.get(durability or "", 0) << DURABILITY_SHIFT)
