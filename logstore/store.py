@@ -185,7 +185,7 @@ class Store:
     """
 
     # Long on purpose: the open's steps in order, with the cleanup each failure needs.
-    def __init__(  # noqa: PLR0912, PLR0915
+    def __init__(  # noqa: PLR0915
         self,
         path: str,
         *,
@@ -261,13 +261,7 @@ class Store:
                         self._writer.abandon()
                         raise
         except BaseException:
-            try:
-                self._log.close()
-            finally:
-                try:
-                    self._release_control(clear_slot=True)
-                finally:
-                    self._release_lock()
+            self._release_files(clear_slot=True)
             raise
         report = self._report
         if not report.clean:
@@ -460,6 +454,17 @@ class Store:
             if not self.readonly or exc.errno not in _CONTROL_UNWRITABLE:
                 raise
             logger.info("%s: opened read-only without joining its control file: %s", self.path, exc)
+
+    def _release_files(self, clear_slot: bool) -> None:
+        """Close the log, leave ``CONTROL`` (clearing this opener's slot, or not: as a death leaves it)
+        and release the writer lock, each even if the one before fails."""
+        try:
+            self._log.close()
+        finally:
+            try:
+                self._release_control(clear_slot)
+            finally:
+                self._release_lock()
 
     def _release_control(self, clear_slot: bool) -> None:
         control, self._control = self._control, None
@@ -818,13 +823,7 @@ class Store:
                 self._writer.stop()
         finally:
             self._close_readers()
-            try:
-                self._log.close()
-            finally:
-                try:
-                    self._release_control(clear_slot=True)
-                finally:
-                    self._release_lock()
+            self._release_files(clear_slot=True)
         failed = None if self.readonly else self._writer.failed
         if failed is not None:
             raise failed
@@ -851,11 +850,7 @@ class Store:
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()
-        try:
-            self._log.close()
-        finally:
-            self._release_control(clear_slot=False)  # as a death leaves it
-            self._release_lock()
+        self._release_files(clear_slot=False)  # the slot stays filled, as a death leaves it
 
     def _close_readers(self) -> None:
         """Close every open reader and wake the waiting ones (``close()``, ``_abandon()``)."""

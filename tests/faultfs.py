@@ -98,25 +98,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from logstore import FileIO
+from logstore.fileio import KILL_SITES
 from logstore.fileio import file_kind as engine_file_kind
 from logstore.writer import role as writer_role
 
 PAGE = 4096
 MODES = ("keep", "drop", "pages", "torn", "names")
 """The crash-image modes of :meth:`FaultFS.image`, from the mildest crash to the harshest."""
-COUNTED = (
-    "create",
-    "pwrite",
-    "fsync",
-    "fdatasync",
-    "fallocate",
-    "rename",
-    "unlink",
-    "mkdir",
-    "fsync_dir",
-    "lock",
-    "unlock",
-)
+COUNTED = tuple(site for site in KILL_SITES if site != "any")
 """The operations a FaultFS counts: every mutating operation of FileIO, and its byte-range lock operations."""
 
 

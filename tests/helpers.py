@@ -55,6 +55,19 @@ def child_env() -> dict[str, str]:
     return environ
 
 
+def spawn_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh interpreter (``child_env``), talking through text pipes on stdin, stdout and stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_python(code: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (``child_env``); the timeout only guards against a hang."""
     return subprocess.run(

@@ -18,7 +18,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from logstore import Envelope
 from logstore.index.runs import LARGE_RUNS
 from logstore.repair import repair
 from logstore.verify import verify
-from tests.helpers import SMALL_SEGMENT, assert_verified, child_env, run_python
+from tests.helpers import SMALL_SEGMENT, assert_verified, run_python, spawn_python
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = f"{0:020d}"  # the first segment's stem
@@ -790,15 +789,7 @@ sys.stdin.read()  # hold the lock until killed
 
 def test_lock_of_a_writer_process_killed_by_sigkill_is_released(store_dir):
     written = make_store(store_dir)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER_CHILD, str(store_dir)],
-        cwd=ROOT,
-        env=child_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    holder = spawn_python(HOLDER_CHILD, str(store_dir))
     try:
         ready, _, _ = select.select([holder.stdout], [], [], CHILD_TIMEOUT)
         assert ready, "the holder did not start"

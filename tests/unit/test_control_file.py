@@ -16,8 +16,6 @@ import os
 import select
 import signal
 import struct
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +51,14 @@ from logstore.repair import repair
 from logstore.store import processes_of
 from logstore.tools.cli import main
 from logstore.verify import verify
-from tests.helpers import ROOT, SMALL_SEGMENT, assert_verified, child_env, commit, with_format_version
+from tests.helpers import (
+    SMALL_SEGMENT,
+    assert_verified,
+    commit,
+    run_python,
+    spawn_python,
+    with_format_version,
+)
 from tests.stress import scale
 
 pytestmark = pytest.mark.skipif(not OFD_LOCKS, reason="open-file-description locks are a Linux facility")
@@ -108,15 +113,7 @@ class Opener:
     """A fresh interpreter that opens the store (``mode`` ``"rw"`` or ``"ro"``) and answers commands."""
 
     def __init__(self, path: Path, mode: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _OPENER, str(path), mode],
-            cwd=ROOT,
-            env=child_env(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.proc = spawn_python(_OPENER, str(path), mode)
         words = self.expect("open")
         self.pid, self.slot, self.first = int(words[1]), int(words[2]), words[3] == "1"
         assert self.pid == self.proc.pid
@@ -177,15 +174,8 @@ def opener() -> Iterator[Any]:
 
 def probe(path: Path, *lock_bytes: int) -> list[str]:
     """From a new process, try each byte of ``path``'s CONTROL exclusively without waiting: "held" or "free"."""
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path / layout.CONTROL), *map(str, lock_bytes)],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        check=True,
-    )
+    done = run_python(_PROBE, str(path / layout.CONTROL), *map(str, lock_bytes), timeout=WAIT)
+    assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
 
