@@ -889,7 +889,8 @@ def resolve_store_path(path: str) -> str:
     The caller chose that path, so a link there is theirs (every link on the way
     to it is followed too). Nothing inside the store is followed: files are
     opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.layout.STORE_DIRS`
-    raises ``OSError`` (``ELOOP``) here, before anything is read or written.
+    or of ``CONTROL`` (which every open joins only after its recovery) raises ``OSError``
+    (``ELOOP``) here, before anything is read or written.
     """
     if os.path.islink(os.path.normpath(path)) and os.path.isdir(path):
         path = os.path.realpath(path)
@@ -897,6 +898,9 @@ def resolve_store_path(path: str) -> str:
         sub = os.path.join(path, name)
         if os.path.islink(sub):
             raise OSError(errno.ELOOP, "a symbolic link in place of a store directory (logstore follows none)", sub)
+    control = os.path.join(path, layout.CONTROL)
+    if os.path.islink(control):
+        raise OSError(errno.ELOOP, "a symbolic link in place of a store file (logstore follows none)", control)
     return path
 
 

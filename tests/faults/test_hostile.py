@@ -372,6 +372,7 @@ def current_catalog(path: Path) -> str:
 #  removed: the engine deletes or replaces the link itself (never its target) and works on
 LINK_CASES = {
     "LOCK": ("LOCK", "file", "refused"),
+    "CONTROL": ("CONTROL", "file", "refused"),
     "CHECKPOINT": ("CHECKPOINT", "file", "refused"),
     "segment": (f"segments/{FIRST}.log", "file", "refused"),
     "run-file": ("streams/0000000000.runs", "file", "refused"),
