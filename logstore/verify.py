@@ -445,7 +445,7 @@ class _Verifier:
         walked = 0
         if progress is not None:
             progress(0, total)
-        for first in firsts:
+        for seg_index, first in enumerate(firsts):
             seg_path = self.logs[first]
             try:
                 seg = open_segment(self.io, seg_path, self.store_id, writable=False)
@@ -496,7 +496,7 @@ class _Verifier:
                             break
                     else:
                         self._record(seg_path, item, named, buf)
-                        self.extras.record(item, ckpt_goff)
+                        self.extras.record(seg_index, item, ckpt_goff)
                         scan.positions.append(item.position)
                         scan.ends.append(item.position + item.length)
                         self.expected = item.goff + 1
@@ -1097,11 +1097,12 @@ class _Extras:
                 return True
         return False
 
-    def record(self, rec: Record, ckpt_goff: int) -> None:
-        """A record the walk found; whole transactions below the checkpoint go to the rebuilt indexes."""
+    def record(self, seg_index: int, rec: Record, ckpt_goff: int) -> None:
+        """A record the walk found in the ``seg_index``-th segment (as the log lists them from its start);
+        whole transactions below the checkpoint go to the rebuilt indexes."""
         if not self.rebuilt or rec.goff >= ckpt_goff:
             return
-        self.pending.append((0, rec))
+        self.pending.append((seg_index, rec))
         if rec.flags & FLAG_TX_END:
             for ix in self.rebuilt:
                 ix.apply(self.pending)
