@@ -212,3 +212,30 @@ class UnsupportedPlatformError(LogStoreError, OSError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.message,))
+
+
+class NetworkFileSystemError(LogStoreError):
+    """The store directory lies on a network file system (NFS, SMB, ...), where a store is refused.
+
+    Several processes of one store coordinate through a shared memory
+    mapping and kernel byte-range locks, which a network file system does not
+    share between machines. ``path`` is the store directory, ``fstype`` the
+    file-system type as the mount table writes it (``"nfs4"``),
+    ``mount_point`` where that file system is mounted. Found from
+    ``/proc/self/mountinfo`` (see logstore/mounts.py); without ``/proc`` the
+    check is skipped.
+    """
+
+    def __init__(self, path: str, fstype: str, mount_point: str) -> None:
+        super().__init__(
+            f"{path}: the store is on a network file system ({fstype}, mounted at {mount_point}); "
+            "several processes coordinate through shared memory and kernel byte-range locks, "
+            "which a network file system does not share across machines, so a store must live "
+            "on a local file system"
+        )
+        self.path = path
+        self.fstype = fstype
+        self.mount_point = mount_point
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.fstype, self.mount_point))
