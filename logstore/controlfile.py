@@ -60,8 +60,11 @@ import struct
 import time
 from typing import NamedTuple
 
+import xxhash
+
 from logstore import layout
-from logstore.control import LOCK_DMS, slot_lock_byte
+from logstore.control import LOCK_DMS, Futex, slot_lock_byte
+from logstore.control import available as futex_available
 from logstore.errors import CorruptionError, OutOfSpaceError, StoreLockedError, as_corruption
 from logstore.fileio import FileIO, pack_flock, unpack_flock
 from logstore.index.header import HEADER_SIZE, ControlHeader
@@ -85,7 +88,32 @@ STATE_READY = 2
 """Written last by the initializer: the header and every word are set."""
 
 WAKE_NONE = 0
-"""The header's wake method (field c): processes do not wake each other yet."""
+"""The header's wake method (field c) of a file made by an older version: processes do not wake each other."""
+WAKE_FUTEX = 1
+"""Wake method: a futex on the word at :data:`WAKE_AT` (``FUTEX_WAKE_OP``)."""
+WAKE_POLL = 2
+"""Wake method: waiters poll the tail (no futex here, or ``LOGSTORE_WAKE=poll``)."""
+
+# The shared words (u64 each, little-endian), written by the writing process, read by every other.
+WAKE_AT = 128
+"""The futex word (u32 in the low half of its u64): every publication adds 1 and wakes its waiters."""
+REMOVALS_AT = 136
+"""How many truncations, deletions and retention moves were published (readers drop what they decoded ahead)."""
+GENERATION_AT = 144
+"""The generation of the last checkpoint written (followers then let go of sealed segments' positions)."""
+EPOCH_AT = 152
+"""Bumped when a segment file is replaced or removed (compaction swap, retention drop)."""
+DURABLE_AT = 160
+"""Every transaction below this global offset is durable (synced)."""
+TAIL_A = 192
+"""Copy A of the tail record (written second); copy B at :data:`TAIL_B` (written first)."""
+TAIL_B = 256
+_TAIL = struct.Struct("<QQQQ")  # global offset after the last published transaction, its segment, byte end, seq
+_TAIL_SUM = struct.Struct("<Q")
+TAIL_SIZE = _TAIL.size + _TAIL_SUM.size
+_U64 = (1 << 64) - 1
+TAIL_READS = 1000
+"""How many times a reader reads the two tail copies before it decides the file is damaged."""
 
 FLAG_IN_USE = 1 << 0
 FLAG_READONLY = 1 << 1
@@ -108,6 +136,18 @@ JOIN_ATTEMPTS = 100
 
 _HINT = "every process that has the store open shares this file; it is rebuilt when all of them have closed the store"
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Tail(NamedTuple):
+    """What readers in every process may read: whole transactions below global offset ``goff``.
+
+    The last of them ends at byte ``position`` of the segment that starts at global offset ``segment``.
+    """
+
+    goff: int
+    segment: int
+    position: int
+    seq: int
 
 
 class SlotInfo(NamedTuple):
@@ -167,12 +207,23 @@ class Control:
         self.slot = -1
         self.first = False
         """Whether this opener initialized the file (it found no other process there)."""
+        self.holding = False
+        """A first opener that still holds the dead-man switch exclusively (``join(hold=True)``)."""
+        self.futex: Futex | None = None
+        """The wake-up word (None where the file's wake method is polling)."""
+        self.wake_method = WAKE_NONE
+        self._seq = 0
 
     # -- joining ----------------------------------------------------------------------------
 
     @classmethod
-    def join(cls, io: FileIO, store: str, store_id: bytes, flags: int, alone: bool = False) -> Control:
+    def join(
+        cls, io: FileIO, store: str, store_id: bytes, flags: int, alone: bool = False, hold: bool = False
+    ) -> Control:
         """Join ``CONTROL`` of the store in directory ``store`` (see the module docstring); ``flags`` for the slot.
+
+        ``hold``: a first opener keeps the dead-man switch exclusive until :meth:`open_to_others`, so that
+        later openers wait while it recovers the log and publishes its tail.
 
         ``alone`` (``logstore repair``): the opener must be the first; if another process has the store
         open, :class:`StoreLockedError` naming the pids found in the slot table. Raises
@@ -182,20 +233,23 @@ class Control:
         fd = io.open(layout.control_path(store), os.O_RDWR | os.O_CREAT)
         control = cls(io, store, fd)
         try:
-            control._take_switch(store_id, alone)
+            control._take_switch(store_id, alone, hold)
             control._claim_slot(flags)
+            control._make_futex()
         except BaseException:
             control.close(clear_slot=False)
             raise
         return control
 
-    def _take_switch(self, store_id: bytes, alone: bool) -> None:
+    def _take_switch(self, store_id: bytes, alone: bool, hold: bool) -> None:
         io, fd = self.io, self._fd()
         for _attempt in range(JOIN_ATTEMPTS):
             if io.lock_range(fd, LOCK_DMS, True, False):
                 self._initialize(store_id)
-                io.lock_range(fd, LOCK_DMS, False, False)  # converted in place: always granted
+                if not hold:
+                    io.lock_range(fd, LOCK_DMS, False, False)  # converted in place: always granted
                 self.first = True
+                self.holding = hold
                 return
             if alone:
                 raise StoreLockedError(f"{self.store}: {self._holders()}; repair needs the store to itself")
@@ -226,7 +280,8 @@ class Control:
         mm[:CONTROL_SIZE] = bytes(CONTROL_SIZE)
         _WORD.pack_into(mm, STATE_AT, STATE_INITIALIZING)
         instance = int.from_bytes(os.urandom(8), "little")
-        mm[:HEADER_SIZE] = ControlHeader(store_id, instance, SLOTS, WAKE_NONE).encode()
+        wake = WAKE_FUTEX if futex_available() and os.environ.get("LOGSTORE_WAKE") != "poll" else WAKE_POLL
+        mm[:HEADER_SIZE] = ControlHeader(store_id, instance, SLOTS, wake).encode()
         _WORD.pack_into(mm, INIT_PID_AT, os.getpid())
         _WORD.pack_into(mm, INIT_TIME_AT, time.time_ns())
         _WORD.pack_into(mm, STATE_AT, STATE_READY)
@@ -246,6 +301,8 @@ class Control:
             raise CorruptionError(self.path, 16, "control file's store id differs from the store's", _HINT)
         if header.slots != SLOTS:
             raise CorruptionError(self.path, 40, f"control file has {header.slots} slots, expected {SLOTS}", _HINT)
+        if header.wake not in (WAKE_FUTEX, WAKE_POLL):
+            raise CorruptionError(self.path, 48, f"control file names wake method {header.wake}", _HINT)
         return True
 
     def _claim_slot(self, flags: int) -> None:
@@ -273,6 +330,88 @@ class Control:
             return f"other processes have the store open: pids {listed}"
         return f"process {listed} has the store open"
 
+    def _make_futex(self) -> None:
+        """Take the wake method from the header; map the futex word when it is the futex."""
+        mm = self._map()
+        self.wake_method = ControlHeader.decode(mm[:HEADER_SIZE]).wake
+        if self.wake_method == WAKE_FUTEX:
+            if not futex_available():  # the file's initializer could use one and this process cannot
+                raise StoreLockedError(
+                    f"{self.path}: the processes that have the store open wake each other with a futex, "
+                    "which this process cannot use; open the store where they run"
+                )
+            self.futex = Futex(self._fd(), WAKE_AT)
+
+    def open_to_others(self) -> None:
+        """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
+        if self.holding:
+            self.io.lock_range(self._fd(), LOCK_DMS, False, False)  # converted in place: always granted
+            self.holding = False
+
+    # -- the shared words ---------------------------------------------------------------------
+
+    def word(self, at: int) -> int:
+        (value,) = _WORD.unpack_from(self._map(), at)
+        return int(value)
+
+    def set_word(self, at: int, value: int) -> None:
+        """Store one shared word (one aligned 8-byte store; only the writing process stores words)."""
+        _WORD.pack_into(self._map(), at, value)
+
+    def publish_tail(self, goff: int, segment: int, position: int) -> None:
+        """Publish the tail: copy B, then copy A, each with its checksum (writing process only)."""
+        mm = self._map()
+        self._seq += 1
+        raw = _TAIL.pack(goff, segment, position, self._seq)
+        rec = raw + _TAIL_SUM.pack(xxhash.xxh3_64_intdigest(raw))
+        mm[TAIL_B : TAIL_B + TAIL_SIZE] = rec
+        mm[TAIL_A : TAIL_A + TAIL_SIZE] = rec
+
+    def publish_removal(self) -> None:
+        """Count a published removal (after the tail that holds its record)."""
+        self.set_word(REMOVALS_AT, (self.word(REMOVALS_AT) + 1) & _U64)
+
+    def publish_durable(self, goff: int) -> None:
+        """Every transaction below ``goff`` is durable (after an fdatasync)."""
+        self.set_word(DURABLE_AT, goff)
+
+    def publish_generation(self, generation: int) -> None:
+        """A checkpoint of ``generation`` was written."""
+        self.set_word(GENERATION_AT, generation)
+
+    def tail_hint(self) -> int:
+        """Copy A's global offset, unchecked: a quick test of whether the tail moved (:meth:`tail` reads it)."""
+        (goff,) = _WORD.unpack_from(self._map(), TAIL_A)
+        return int(goff)
+
+    def tail(self) -> Tail | None:
+        """The published tail: copy A if its checksum holds, else copy B, else read again.
+
+        Either complete copy is a tail that was published: a prefix of the log of whole transactions.
+        ``None`` if none was ever published (both copies zero: only ``logstore repair`` has the file).
+        Raises :class:`CorruptionError` if neither copy holds after :data:`TAIL_READS` reads.
+        """
+        mm = self._map()
+        zero = bytes(TAIL_SIZE)
+        for _ in range(TAIL_READS):
+            blank = 0
+            for at in (TAIL_A, TAIL_B):
+                rec = mm[at : at + TAIL_SIZE]
+                (stored,) = _TAIL_SUM.unpack_from(rec, _TAIL.size)
+                if xxhash.xxh3_64_intdigest(rec[: _TAIL.size]) == stored:
+                    return Tail(*_TAIL.unpack_from(rec))
+                blank += rec == zero
+            if blank == 2:
+                return None
+            time.sleep(0)
+        raise CorruptionError(self.path, TAIL_A, "neither copy of the tail record passes its checksum", _HINT)
+
+    def wake(self) -> None:
+        """Wake every process waiting for a publication (a no-op with the polling method)."""
+        futex = self.futex
+        if futex is not None:
+            futex.wake()
+
     # -- reading ----------------------------------------------------------------------------
 
     def live_slots(self) -> list[SlotInfo]:
@@ -297,6 +436,9 @@ class Control:
         """
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
+        futex, self.futex = self.futex, None
+        if futex is not None:
+            futex.close()
         try:
             if mm is not None:
                 if clear_slot and self.slot >= 0:
@@ -314,6 +456,9 @@ class Control:
         """
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
+        futex, self.futex = self.futex, None
+        if futex is not None:
+            futex.close()  # an munmap of this process's page: the parent's mapping is its own
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):
                 mm.close()

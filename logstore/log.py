@@ -265,6 +265,9 @@ class Log:
         self.checkpointed_bytes = 0
         self.checkpoint_due = False
         self.positions.checkpointed()
+        shared = self.published.shared
+        if shared is not None:  # other processes may now let go of the sealed segments' positions
+            shared.publish_generation(generation)
 
     def sync_scanned(self) -> None:
         """fdatasync the segments that recovery scanned, which a crashed writer may not have synced."""

@@ -76,12 +76,36 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from logstore.errors import LogStoreError
 from logstore.index.catalog import Catalog
 
 AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class Shared(Protocol):
+    """What the writing process tells the other processes (``CONTROL``, :class:`logstore.controlfile.Control`)."""
+
+    def publish_tail(self, goff: int, segment: int, position: int) -> None: ...
+
+    def publish_removal(self) -> None: ...
+
+    def publish_durable(self, goff: int) -> None: ...
+
+    def publish_generation(self, generation: int) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Following(Protocol):
+    """A read-only store's follower of another process's tail (:class:`logstore.follow.Follower`)."""
+
+    def refresh(self) -> bool: ...
+
+    def removals_moved(self) -> bool: ...
+
+    def watch(self) -> None: ...
 
 
 class Published:
@@ -93,10 +117,12 @@ class Published:
         "_sleepers",
         "catalog",
         "closed",
+        "follower",
         "forked_error",
         "log_start",
         "readers",
         "removals",
+        "shared",
         "visible_end",
     )
 
@@ -115,15 +141,33 @@ class Published:
         """In a forked child: makes the error that every use of the store raises there."""
         self.readers: weakref.WeakSet[Any] = weakref.WeakSet()
         """The store's open readers (closed with the store, and in a forked child)."""
+        self.shared: Shared | None = None
+        """Where a writing store tells other processes what it published (``CONTROL``); None: nowhere."""
+        self.follower: Following | None = None
+        """A read-only store's follower of the process that writes (None: it reads what it loaded)."""
         self._cond = threading.Condition(threading.Lock())
         self._sleepers = 0  # threads in wait() (under _cond)
         self._async: set[AsyncWaiter] = set()
 
     # -- the writer's side ---------------------------------------------------------------------
 
+    def publish(self, end: int, segment: int, position: int) -> None:
+        """Make global offsets below ``end`` readable (writer role, after the heads); the last transaction
+        ends at byte ``position`` of the segment that starts at global offset ``segment``. Other processes
+        are told and woken at once; this process's readers by :meth:`wake`."""
+        self.visible_end = end
+        shared = self.shared
+        if shared is not None:
+            shared.publish_tail(end, segment, position)
+            shared.wake()
+
     def removed(self) -> None:
         """Count a published removal (writer role, after its bounds are in place) and wake every reader."""
         self.removals += 1
+        shared = self.shared
+        if shared is not None:
+            shared.publish_removal()
+            shared.wake()
         self.wake()
 
     def wake(self) -> None:
@@ -144,6 +188,9 @@ class Published:
         ``ready()`` always ends the sleep. It must be quick and must not
         call back into this object.
         """
+        follower = self.follower
+        if follower is not None:
+            return self._wait_following(follower, ready, deadline)
         cond = self._cond
         with cond:
             self._sleepers += 1
@@ -160,9 +207,39 @@ class Published:
             finally:
                 self._sleepers -= 1
 
+    def _wait_following(self, follower: Following, ready: Callable[[], bool], deadline: float | None) -> bool:
+        """:meth:`wait` in a store that follows another process: catch up before each look at ``ready``.
+
+        The follower's watcher thread wakes this condition once it caught up with a publication; a
+        failed catch-up raises here.
+        """
+        follower.watch()
+        cond = self._cond
+        while True:
+            follower.refresh()
+            with cond:
+                self._sleepers += 1
+                try:
+                    if ready():
+                        return True
+                    if deadline is None:
+                        cond.wait()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return False
+                        cond.wait(remaining)
+                    if ready():
+                        return True
+                finally:
+                    self._sleepers -= 1
+
     def add_async_waiter(self, waiter: AsyncWaiter) -> None:
         """Resolve ``waiter``'s future (in its loop) at the next :meth:`wake`, until discarded."""
         self._async.add(waiter)
+        follower = self.follower
+        if follower is not None:
+            follower.watch()
 
     def discard_async_waiter(self, waiter: AsyncWaiter) -> None:
         self._async.discard(waiter)

@@ -142,11 +142,15 @@ class _Reader:
     def _advance(self) -> bool:
         """Step to the next readable message if one is available now."""
         while True:
-            removals = self._pub.removals
+            pub = self._pub
+            removals = pub.removals
             if self._advance_once():
                 return True
-            if self._pub.removals == removals:
-                return False
+            if pub.removals == removals:
+                follower = pub.follower
+                if follower is None or not follower.refresh():
+                    return False
+                # Another process published more (a read-only store follows it): read on.
             # A removal during the read made _take drop what was read: read again.
 
     def _segment_for(self, goff: int) -> Segment:

@@ -129,8 +129,11 @@ class _Stop:
 class Recovery:
     """One open's recovery of ``log``: :meth:`run` does it, in the steps of the module docstring."""
 
-    def __init__(self, log: Log, retry_changes: bool = False) -> None:
+    def __init__(self, log: Log, retry_changes: bool = False, bound: int | None = None) -> None:
         self.log = log
+        # Read-only beside live processes: the walk stops at this global offset, the tail they publish
+        # (every transaction below it is whole; what lies past it may be in flight or not yet durable).
+        self.bound = bound
         self.report = RecoveryReport()
         # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
         self.retry_changes = retry_changes
@@ -307,7 +310,9 @@ class Recovery:
         i, pos = start, segments[start].end
         entering = False  # segment i is walked from its header (not from the checkpoint, nor resumed)
         rereads = 0
-        while True:
+        bound = self.bound
+        reached = bound is not None and expected >= bound
+        while not reached:
             stop = None
             in_flight = True  # the walk stopped at bytes a writer may still be writing
             while True:
@@ -356,7 +361,10 @@ class Recovery:
                         new_names = {}
                         tx_heads = {}
                         good = (i, pos)
-                if stop is not None or is_last:
+                        if bound is not None and expected >= bound:
+                            reached = True
+                            break
+                if stop is not None or is_last or reached:
                     break
                 i += 1
                 entering = True

@@ -37,11 +37,13 @@ from logstore.errors import (
     as_corruption,
 )
 from logstore.fileio import FileIO, default_io
+from logstore.follow import Follower, FollowingPublished
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock
 from logstore.log import Log
+from logstore.mounts import check_local
 from logstore.published import Published
 from logstore.reader import GlobalReader, StreamReader, close_readers
 from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
@@ -212,7 +214,8 @@ class Store:
         self._made_dir = False  # this open made the store's directory
         self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
         # What readers may see (limits, heads, removals), its waiting readers, and the open readers.
-        self._pub = Published()
+        self._pub = FollowingPublished() if readonly else Published()
+        self._follower: Follower | None = None  # a read-only store's follower of the writing process
         self._writer: Writer
         self._close_lock = threading.Lock()
         self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
@@ -229,26 +232,25 @@ class Store:
         self._log = Log(io, path, store_id, readonly, segment_size, self._pub)
         self._report = RecoveryReport()  # what recovery found and did (a new store: nothing)
         try:
+            try:
+                # Joined before the load: a first opener holds the dead-man switch exclusively until
+                # it has recovered the log and published its tail, and later openers wait for that.
+                self._control = self._join_control(store_id)
+            except BaseException:
+                if created:
+                    self._remove_created()
+                raise
             if created:
                 try:
                     self._log.create()
                 except Exception:
                     self._log.close()
+                    self._release_control(clear_slot=True)
                     self._remove_created()
                     raise
             else:
-                used = self._load(ckpt, ckpt_problem, store_id)
-                if not readonly:
-                    report = self._report
-                    if report.records_scanned or used is None or report.cut or report.rebuilt:
-                        # The scanned tail may still be only in the page cache: make it durable
-                        # before a checkpoint says it is there.
-                        self._log.sync_scanned()
-                        self._log.checkpoint(clean=False)
-                    elif used.clean:
-                        self._log.mark_unclean(used)
-                    self._log.remove_stale_generations()
-            self._join_control(store_id)
+                self._after_load(self._load(ckpt, ckpt_problem, store_id, self._bound()))
+            self._open_to_others()
             if not readonly:
                 self._log.drop_segments()  # finish a retention that a crash interrupted
                 self._writer = Writer(
@@ -272,13 +274,92 @@ class Store:
 
     # -- opening -------------------------------------------------------------------
 
-    def _recover(self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool) -> Checkpoint | None:
-        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log; keep its report."""
-        recovery = Recovery(self._log, retry_changes)
+    def _recover(
+        self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool, bound: int | None = None
+    ) -> Checkpoint | None:
+        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log, up to ``bound``; keep its report."""
+        recovery = Recovery(self._log, retry_changes, bound)
         self._report = recovery.report
         return recovery.run(ckpt, ckpt_problem)
 
-    def _load(self, ckpt: Checkpoint | None, ckpt_problem: str | None, store_id: bytes) -> Checkpoint | None:
+    def _after_load(self, used: Checkpoint | None) -> None:
+        """Make what the load found durable before anyone relies on it (``used``: the checkpoint it used)."""
+        lg = self._log
+        report = self._report
+        if not self.readonly:
+            if report.records_scanned or used is None or report.cut or report.rebuilt:
+                # The scanned tail may still be only in the page cache: make it durable
+                # before a checkpoint says it is there.
+                lg.sync_scanned()
+                lg.checkpoint(clean=False)
+            elif used.clean:
+                lg.mark_unclean(used)
+            lg.remove_stale_generations()
+        elif self._control is not None and self._control.first and report.records_scanned:
+            # No process writes (this one found no other): what it read past the checkpoint was
+            # written by one that died, perhaps not synced. Other processes' readers may read it
+            # once it is published, so it is made durable first (no byte changes).
+            lg.sync_scanned()
+
+    def _bound(self) -> int | None:
+        """Where a read-only open beside other processes stops reading: the tail they published.
+
+        ``None`` (read what the log holds) for a writable open, a first opener (no other process writes)
+        and a read-only open without ``CONTROL``.
+        """
+        control = self._control
+        if control is None or control.first or not self.readonly:
+            return None
+        tail = control.tail()
+        return None if tail is None else tail.goff
+
+    def _open_to_others(self) -> None:
+        """After the load: publish this opener's tail if it is the first or writes, let later openers in,
+        and set up how this store tells (writable) or follows (read-only) the other processes."""
+        control = self._control
+        if control is None:
+            return
+        lg = self._log
+        pub = self._pub
+        if control.first or not self.readonly:
+            active = lg.active
+            control.publish_tail(pub.visible_end, active.first, active.end)
+            control.publish_durable(pub.visible_end)
+            control.publish_generation(lg.generation)
+            control.wake()
+        control.open_to_others()
+        if not self.readonly:
+            pub.shared = control
+            return
+        follower = Follower(lg, control, self._fresh_log)
+        self._follower = follower
+        pub.follower = follower
+
+    def _fresh_log(self, bound: int) -> Log:
+        """A new log of this store loaded up to global offset ``bound`` (the follower's reload)."""
+        lg = self._log
+        for attempt in range(READONLY_LOADS):
+            ckpt, problem, _sid = self._read_checkpoint(False)
+            fresh = Log(self._io, self.path, lg.store_id, True, lg.segment_size, Published())
+            try:
+                Recovery(fresh, attempt < READONLY_LOADS - 1, bound).run(ckpt, problem)
+            except (CorruptionError, FileNotFoundError, IndexesUnusable):
+                fresh.close()
+                if attempt == READONLY_LOADS - 1:
+                    raise
+                continue
+            return fresh
+        raise AssertionError("unreachable")
+
+    def _follow(self) -> None:
+        """A read-only store beside a writing process: catch up with what it published."""
+        follower = self._follower
+        if follower is not None:
+            follower.refresh()
+
+    def _load(
+        self, ckpt: Checkpoint | None, ckpt_problem: str | None, store_id: bytes, bound: int | None = None
+    ) -> Checkpoint | None:
         """Load the log; a read-only open loads again when a live writer changed the files under it.
 
         A writer process replaces ``CHECKPOINT`` and the catalog by rename and
@@ -291,7 +372,8 @@ class Store:
         to :data:`READONLY_LOADS` times in all. It gives up at once on
         damage that persists: the same error twice from the same checkpoint.
         Index files that stay unusable are then rebuilt in memory from the
-        log, as a writable open would (and said at WARNING).
+        log, as a writable open would (and said at WARNING). ``bound`` (beside
+        live processes: the tail they published) is where the read stops.
         """
         if not self.readonly:
             return self._recover(ckpt, ckpt_problem, False)
@@ -300,7 +382,7 @@ class Store:
         for attempt in range(READONLY_LOADS):
             final = attempt == READONLY_LOADS - 1
             try:
-                return self._recover(ckpt, ckpt_problem, not (rebuild or final))
+                return self._recover(ckpt, ckpt_problem, not (rebuild or final), bound)
             except FormatVersionError:
                 raise
             except (CorruptionError, FileNotFoundError, IndexesUnusable) as exc:
@@ -321,6 +403,7 @@ class Store:
     def _prepare_directory(self) -> bool:
         """Create or check the directory and take the writer lock; returns whether the store is new."""
         io, path = self._io, self.path
+        check_local(path)  # several processes coordinate through shared memory and locks of one machine
         if not os.path.exists(path):
             if self.readonly:
                 raise FileNotFoundError(f"{path}: no such directory")
@@ -440,7 +523,7 @@ class Store:
         finally:
             self._io.close(fd)
 
-    def _join_control(self, store_id: bytes) -> None:
+    def _join_control(self, store_id: bytes) -> Control | None:
         """Join ``CONTROL`` (logstore/controlfile.py): hold the dead-man switch and a slot while the store is open.
 
         A read-only opener that may not create or write the file (a read-only file system, a directory or
@@ -449,16 +532,20 @@ class Store:
         """
         flags = slot_flags(self.readonly, None if self.readonly else self.durability)
         try:
-            self._control = Control.join(self._io, self.path, store_id, flags)
+            return Control.join(self._io, self.path, store_id, flags, hold=True)
         except OSError as exc:
             if not self.readonly or exc.errno not in _CONTROL_UNWRITABLE:
                 raise
             logger.info("%s: opened read-only without joining its control file: %s", self.path, exc)
+            return None
 
     def _release_files(self, clear_slot: bool) -> None:
-        """Close the log, leave ``CONTROL`` (clearing this opener's slot, or not: as a death leaves it)
-        and release the writer lock, each even if the one before fails."""
+        """Stop following, close the log, leave ``CONTROL`` (clearing this opener's slot, or not: as a death
+        leaves it) and release the writer lock, each even if the one before fails."""
+        follower, self._follower = self._follower, None
         try:
+            if follower is not None:
+                follower.close()
             self._log.close()
         finally:
             try:
@@ -501,6 +588,9 @@ class Store:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             drop_lock_in_child(self._io, fd)
+        follower, self._follower = getattr(self, "_follower", None), None
+        if follower is not None:
+            follower.drop_in_child()
         control, self._control = self._control, None
         if control is not None:
             control.drop_in_child()
@@ -538,6 +628,7 @@ class Store:
     def stream_names(self) -> list[str]:
         """Every stream with a committed message that is not deleted, in order of first commit."""
         self._check_open()
+        self._follow()
         cat = self._pub.catalog
         names = cat.names[: len(cat)]
         return [n for i, n in enumerate(names) if cat.head[i] > 0 and not cat.flags[i] & FLAG_DELETED]
@@ -548,6 +639,7 @@ class Store:
         A deleted or truncated stream keeps its head: the next append goes there.
         """
         self._check_open()
+        self._follow()
         return self._pub.catalog.head_of(stream)
 
     def stream_info(self, stream: str) -> StreamInfo | None:
@@ -558,6 +650,7 @@ class Store:
         left).
         """
         self._check_open()
+        self._follow()
         check_stream_name(stream)
         pub = self._pub
         cat = pub.catalog
@@ -586,12 +679,14 @@ class Store:
     def log_start(self) -> int:
         """The first global offset retention keeps (0 until retention drops a segment)."""
         self._check_open()
+        self._follow()
         return self._pub.log_start
 
     @property
     def global_head(self) -> int:
         """The next unused global offset (the number of messages committed)."""
         self._check_open()
+        self._follow()
         return self._pub.visible_end
 
     def _check_open(self) -> None:
@@ -767,6 +862,7 @@ class Store:
         ``next()`` waits for its messages. Removed offsets are skipped.
         """
         self._check_open()
+        self._follow()
         self._check_ds(ds)
         check_stream_name(stream)
         _check_offset(offset)

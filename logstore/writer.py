@@ -401,6 +401,9 @@ class Writer:
             self._dirty = False
             self._last_sync = time.monotonic()
             self.synced = (active.first, active.end, self.log.next_goff)
+            shared = self.published.shared
+            if shared is not None:
+                shared.publish_durable(self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         logger.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)
@@ -486,7 +489,7 @@ class Writer:
         self._write_records([(kind, sid, before, nameb)])
         lg.streams.control(kind, sid, before, goff)
         pub = self.published
-        pub.visible_end = lg.next_goff
+        pub.publish(lg.next_goff, lg.active.first, lg.active.end)
         pub.removed()  # readers drop what they decoded ahead, then are woken
         p.result = range(goff, goff + 1)
 
@@ -759,7 +762,7 @@ class Writer:
             self.sync()
         # Publish: heads first, then the global end; readers read them in the other order.
         streams.set_heads(heads)
-        self.published.visible_end = goff
+        self.published.publish(goff, seg.first, pos)
         lg.checkpointed_bytes += written
         return committed
 

@@ -40,6 +40,10 @@ from logstore.controlfile import (
     STATE_AT,
     STATE_INITIALIZING,
     STATE_READY,
+    TAIL_B,
+    TAIL_SIZE,
+    WAKE_AT,
+    WAKE_FUTEX,
     Control,
     process_start_time,
     slot_flags,
@@ -207,7 +211,7 @@ def test_the_first_opener_initializes_the_control_file(tmp_path: Path) -> None:
         data = read_control(path)
         assert len(data) == CONTROL_SIZE
         header = ControlHeader.decode(data)
-        assert header.store_id == store._log.store_id and header.slots == SLOTS and header.wake == 0
+        assert header.store_id == store._log.store_id and header.slots == SLOTS and header.wake == WAKE_FUTEX
         assert word(data, STATE_AT) == STATE_READY
         assert word(data, INIT_PID_AT) == os.getpid() and word(data, INIT_PID_AT + 8) > 0
         pid, flags, start, opened, goff, socket = slot_record(data, 0)
@@ -299,7 +303,10 @@ def test_a_garbage_control_file_is_rebuilt_by_a_first_opener(tmp_path: Path, gar
         data = read_control(path)
         assert ControlHeader.decode(data).store_id == store._log.store_id
         assert word(data, STATE_AT) == STATE_READY
-        assert data[88:SLOT_TABLE] == bytes(SLOT_TABLE - 88)
+        # Nothing of the garbage is left: zeros but for the words the writer published (its tail).
+        assert data[88:WAKE_AT] == bytes(WAKE_AT - 88)
+        assert data[TAIL_B + TAIL_SIZE : SLOT_TABLE] == bytes(SLOT_TABLE - TAIL_B - TAIL_SIZE)
+        assert store._control.tail() == (store.global_head, 0, store._log.active.end, 1)
         with logstore.open(path, readonly=True) as joined:
             assert joined._control is not None and not joined._control.first
     assert_verified(path)

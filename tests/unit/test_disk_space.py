@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, FileIO, OutOfSpaceError, StoreFailedError
+from logstore.controlfile import CONTROL_SIZE
 from logstore.index.header import HEADER_SIZE
 from logstore.segment import RESERVE_FIRST, RESERVE_STEP_MAX
 from tests.crash import simulate_crash
@@ -280,6 +281,7 @@ def test_open_of_a_new_store_on_a_full_disk_names_the_file_and_size_and_leaves_n
     path = tmp_path / "store"
     io = FullDisk("all", err)
     io.full = True
+    io.largest = CONTROL_SIZE  # CONTROL (joined first) fits; the segment does not
     with pytest.raises(OutOfSpaceError) as info:
         logstore.open(path, io=io)
     exc = info.value
@@ -292,6 +294,17 @@ def test_open_of_a_new_store_on_a_full_disk_names_the_file_and_size_and_leaves_n
     assert not path.exists()  # the half-created directory is gone
 
 
+def test_open_of_a_new_store_with_no_room_for_control_names_it_and_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    io = FullDisk("all")
+    io.full = True
+    with pytest.raises(OutOfSpaceError) as info:
+        logstore.open(path, io=io)
+    message = str(info.value)
+    assert info.value.filename == str(path / "CONTROL") and f"{CONTROL_SIZE} bytes asked for" in message
+    assert not path.exists()  # the directory this open made is gone, CONTROL with it
+
+
 def test_a_failed_creation_in_an_existing_directory_removes_only_what_it_made(tmp_path: Path) -> None:
     path = tmp_path / "store"
     (path / "lost+found").mkdir(parents=True)
@@ -301,7 +314,8 @@ def test_a_failed_creation_in_an_existing_directory_removes_only_what_it_made(tm
     with pytest.raises(OutOfSpaceError, match="out of space writing an index file") as info:
         logstore.open(path, io=io)
     assert info.value.path.endswith(".pos") and info.value.requested > 0  # the first index file written
-    assert sorted(p.name for p in path.iterdir()) == ["LOCK", "lost+found"]  # LOCK stays: see the docstring
+    # LOCK and CONTROL stay: see the docstring of Store._remove_created
+    assert sorted(p.name for p in path.iterdir()) == ["CONTROL", "LOCK", "lost+found"]
     assert (path / "lost+found" / "keep.bin").read_bytes() == b"mine"
     with logstore.open(path) as store:  # space again: the directory makes a store
         commit(store, "s", 0)

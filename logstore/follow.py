@@ -1,0 +1,358 @@
+"""Following a store that another process writes: the read-only opener's side of ``CONTROL``.
+
+A store opened with ``readonly=True`` beside a writing process is live: it
+sees each transaction that process publishes. The writing process publishes
+in ``CONTROL`` (logstore/controlfile.py) the *tail* (the global offset after
+the last transaction its own readers may see, and where that transaction
+ends), the count of removals and the last checkpoint's generation, and then
+adds 1 to the futex word, which wakes every process sleeping on it.
+
+A :class:`Follower` keeps this process's copy of the log's indexes in step
+with that tail. :meth:`Follower.refresh` (called by a reader that has read
+everything it knew of, by the store's ``head`` and the like, and by the
+watcher thread) compares the tail with ``visible_end`` and, when it moved,
+*catches up*: it walks the records from the end of what it knew to the tail
+(:func:`logstore.walk.walk`), opening the segments that a roll started,
+mapping again a segment file that grew, and applies each whole transaction
+to every index, as recovery applies the records past a checkpoint; then it
+publishes the new ``visible_end`` to this process's readers and wakes them.
+Every record below the tail is whole: the writer wrote it before it
+published the tail, so the walk never meets a write in flight, and nothing
+past the tail is read.
+
+Retention can remove a segment file before a follower that was not reading
+reached it, and only the checkpoint written with that removal holds what its
+records did to the indexes. Then, and whenever the walk meets something the
+log should not hold below the tail, the follower *reloads*: it loads the
+checkpoint into a fresh log bounded by the tail (as a read-only open does)
+and puts its segments and indexes in place of its own; readers holding a
+segment of the old log look again.
+
+Waiting. A reader blocked in ``next()`` waits on the store's condition
+(:class:`~logstore.published.Published`), as beside a writer thread in the
+same process. The follower's *watcher thread*, started by the first wait
+(or ``anext()``) and ended by ``close()``, sleeps on the futex word; each
+wake-up refreshes, which wakes the local waiters when something new is
+readable. It reads the word before it refreshes, so a publication between
+its refresh and its sleep changes the word and the sleep returns at once.
+A sleep ends after :data:`SAFETY_WAIT` seconds without a wake-up as well,
+so that a lost wake-up would cost a delay, not a hang: an idle process
+wakes once a second, and uses no measurable CPU. Where the futex cannot be
+used (``CONTROL``'s wake method is polling), the watcher polls the tail
+every :data:`POLL_INTERVAL` seconds instead.
+
+Removals: the writer adds 1 to the shared removal count after it published
+a truncation, deletion or retention move. A reader compares the count on
+every message it takes from what it decoded ahead
+(:class:`FollowingPublished`), and when it moved, catches up first, so no
+removed message is returned once ``truncate_stream`` returned in the writing
+process.
+
+Lock rules: ``_lock`` serialises catch-ups and reloads (the follower is this
+process's writer role for its indexes, with the writer's publication
+order: records and positions, runs, heads, then ``visible_end``). It is
+never held while waiting for the published state's condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from logstore import layout
+from logstore.checkpoint import Checkpoint
+from logstore.controlfile import GENERATION_AT, REMOVALS_AT, WAKE_FUTEX, Control, Tail
+from logstore.errors import CorruptionError, FormatVersionError, as_corruption
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE
+from logstore.published import Published
+from logstore.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
+from logstore.segment import open_segment
+from logstore.walk import Damage, walk
+
+if TYPE_CHECKING:
+    from logstore.log import Log
+    from logstore.segment import Segment
+
+logger = logging.getLogger("logstore")
+
+SAFETY_WAIT = 1.0
+"""Seconds a watcher sleeps on the futex word before it looks at the tail anyway."""
+POLL_INTERVAL = 0.002
+"""Seconds between two looks at the tail when the wake method is polling."""
+_REMOVAL_KINDS = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
+
+
+def _whole(item: Record | Damage, seg: Segment, expected: int) -> Record:
+    """``item`` if it is the record at global offset ``expected``; else the follower is behind (reload)."""
+    if type(item) is Damage:
+        raise _Behind(f"{seg.path}@{item.position}: {item.what}, below the published tail")
+    rec: Record = item  # type: ignore[assignment]
+    if rec.goff != expected:
+        raise _Behind(f"{seg.path}@{rec.position}: global offset {rec.goff}, expected {expected}")
+    return rec
+
+
+class _Behind(Exception):
+    """The walk cannot reach the tail from what this process holds: reload (see the module docstring)."""
+
+
+class FollowingPublished(Published):
+    """The published state of a read-only store that follows another process: ``removals`` also looks at
+    the shared removal count, and catches up when it moved, before it answers."""
+
+    __slots__ = ("_local_removals",)
+
+    def __init__(self) -> None:
+        self._local_removals = 0
+        super().__init__()
+
+    @property
+    def removals(self) -> int:
+        follower = self.follower
+        if follower is not None and follower.removals_moved():
+            follower.refresh()
+        return self._local_removals
+
+    @removals.setter
+    def removals(self, value: int) -> None:
+        self._local_removals = value
+
+    def removed(self) -> None:
+        """Count a removal that the follower applied (under its lock: the getter above is not used) and wake."""
+        self._local_removals += 1
+        self.wake()
+
+
+class Follower:
+    """Keeps a read-only store's log in step with the tail that the writing process publishes."""
+
+    def __init__(self, log: Log, control: Control, reload: Any) -> None:
+        self.log = log
+        self.control = control
+        self.pub = log.published
+        # Makes a fresh log of the store bounded by a tail: ``reload(bound) -> Log`` (the store's loader).
+        self._reload = reload
+        self._lock = threading.Lock()
+        assert control.mm is not None
+        self._words: memoryview | None = memoryview(control.mm).cast("Q")
+        self._removals_seen = self._word(REMOVALS_AT)
+        self._generation = self._word(GENERATION_AT)
+        self._watcher: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._watcher_failed = False
+
+    def _word(self, at: int) -> int:
+        words = self._words
+        return 0 if words is None else int(words[at // 8])
+
+    # -- catching up ---------------------------------------------------------------------
+
+    def removals_moved(self) -> bool:
+        words = self._words
+        return words is not None and words[REMOVALS_AT // 8] != self._removals_seen
+
+    def refresh(self) -> bool:
+        """Catch up with the published tail if it moved; returns whether anything new became readable."""
+        if self._words is None:
+            return False
+        control = self.control
+        if control.tail_hint() == self.pub.visible_end and not self.removals_moved():
+            return False
+        with self._lock:
+            if self._words is None or self.pub.closed:
+                return False
+            removals = self._word(REMOVALS_AT)
+            tail = control.tail()
+            before = self.pub.visible_end
+            if tail is not None and tail.goff > self.log.next_goff:
+                try:
+                    self._catch_up(tail)
+                except _Behind as why:
+                    logger.info("%s: loading the log again: %s", self.log.directory, why)
+                    self._reload_from(tail)
+            self._removals_seen = removals
+            generation = self._word(GENERATION_AT)
+            if generation != self._generation:
+                self._generation = generation
+                self._let_go_of_sealed_positions()
+            return self.pub.visible_end != before
+
+    def _catch_up(self, tail: Tail) -> None:
+        """Walk the records from the end of the log as this process knows it up to ``tail``; apply them."""
+        lg = self.log
+        seg = lg.active
+        index = len(lg.segments) - 1
+        pos = seg.end
+        expected = lg.next_goff
+        pending: list[tuple[int, Record]] = []
+        removed = False
+        while True:
+            last = seg.first >= tail.segment
+            self._cover(seg, tail, last)
+            for item in walk(seg.view, pos, seg.size, fd=seg.fd, stop=tail.position if last else None, tail=False):
+                rec = _whole(item, seg, expected)
+                pending.append((index, rec))
+                expected += 1
+                removed |= rec.kind in _REMOVAL_KINDS
+                if rec.flags & FLAG_TX_END:
+                    self._apply(pending)
+                    pending = []
+                    if expected >= tail.goff:
+                        break
+            if expected >= tail.goff:
+                break
+            if last:
+                raise _Behind(f"{seg.path}: the records end at global offset {expected}, the tail is {tail.goff}")
+            # The segment's records end here: the rest of the log is in the next one, which starts at ``expected``.
+            seg = self._open_next(expected)
+            index += 1
+            pos = HEADER_SIZE
+        if pending:
+            raise _Behind(f"the transaction at global offset {pending[0][1].goff} does not end below the tail")
+        self._publish(removed)
+
+    def _cover(self, seg: Segment, tail: Tail, last: bool) -> None:
+        """Map what the walk of ``seg`` needs: up to the tail in its segment, else the whole (sealed) file."""
+        if not last or seg.size < tail.position:
+            size = min(seg.io.size(seg.fd), seg.capacity)  # the writer grew the file since it was mapped
+            if size > seg.size:
+                seg.remap(size)
+        if last and seg.size < tail.position:
+            raise _Behind(f"{seg.path} is {seg.size} bytes, the tail ends at byte {tail.position}")
+
+    def _open_next(self, first: int) -> Segment:
+        """Open the segment that a roll started at global offset ``first`` and add it to the log."""
+        lg = self.log
+        path = layout.segment_path(lg.directory, first)
+        try:
+            seg = open_segment(lg.io, path, lg.store_id, False)
+        except FileNotFoundError:
+            raise _Behind(f"{path} is gone (retention dropped it before this process read it)") from None
+        seg.reset_positions()
+        lg.segments.append(seg)  # readers search the list they read; an append keeps it consistent
+        return seg
+
+    def _publish(self, removed: bool) -> None:
+        """Let go of the segments retention dropped, then show this process's readers the new end."""
+        lg = self.log
+        gone = lg.droppable()
+        if gone:
+            lg.segments = lg.segments[len(gone) :]
+            for old in gone:
+                old.close()  # a reader holding it gets SegmentRetired and looks again
+        self.pub.visible_end = lg.next_goff
+        if removed:
+            self.pub.removed()
+        else:
+            self.pub.wake()
+
+    def _apply(self, pending: list[tuple[int, Record]]) -> None:
+        """Apply one whole transaction to every index and to the log's own limits (as recovery does)."""
+        lg = self.log
+        for ix in lg.indexes:
+            ix.apply(pending)
+        for _i, rec in pending:
+            if rec.kind == KIND_RETAIN:
+                lg.published.log_start = max(lg.log_start, rec.soff)
+        lg.next_goff = pending[-1][1].goff + 1
+
+    def _reload_from(self, tail: Tail) -> None:
+        """Load the log afresh up to ``tail`` and put it in place of this process's (see the module docstring)."""
+        lg = self.log
+        fresh: Log = self._reload(tail.goff)
+        old = lg.segments
+        lg.segments = fresh.segments
+        fresh.segments = []
+        for i, ix in enumerate(fresh.indexes):
+            if i >= 2:  # the registered indexes are taken whole; the engine's own are bound to their log
+                lg.indexes[i] = ix
+        lg.extra_indexes = lg.indexes[2:]
+        lg.streams.runs = fresh.streams.runs
+        lg.positions.entries = fresh.positions.entries
+        lg.generation = fresh.generation
+        lg.next_goff = fresh.next_goff
+        pub = self.pub
+        pub.log_start = fresh.published.log_start
+        pub.catalog = fresh.published.catalog
+        pub.visible_end = fresh.next_goff
+        for seg in old:
+            seg.close()  # a reader holding one gets SegmentRetired and looks again
+        pub.removed()  # whatever a reader decoded ahead is read again from the new log
+
+    def _let_go_of_sealed_positions(self) -> None:
+        """A checkpoint was written: the sealed segments' positions are in their files now (memory stays bounded)."""
+        lg = self.log
+        path = layout.checkpoint_path(lg.directory)
+        try:
+            raw = lg.io.read_file(path)
+            with as_corruption(path, versions_only=True):
+                ckpt, _sid = Checkpoint.decode(raw, lg.store_id)
+        except (OSError, FormatError, CorruptionError, FormatVersionError) as exc:
+            logger.debug("%s: checkpoint not read (%s); positions stay in memory", path, exc)
+            return
+        entries = {e.first: e for e in ckpt.segments[:-1]}
+        for seg in lg.segments[:-1]:
+            e = entries.get(seg.first)
+            if e is not None and seg.lazy_positions is None and len(seg.positions) == e.records:
+                seg.set_lazy_positions(e.records, e.checksum)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Start the watcher thread if it is not running (a reader is about to wait)."""
+        if self._started():
+            return
+        with self._lock:
+            if self._started():
+                return
+            thread = threading.Thread(target=self._watch, name="logstore-follower", daemon=True)
+            self._watcher = thread
+        thread.start()
+
+    def _started(self) -> bool:
+        return self._watcher is not None or self._stopping
+
+    def _stop_asked(self) -> bool:
+        return self._stopping
+
+    def _watch(self) -> None:
+        control = self.control
+        futex = control.futex if control.wake_method == WAKE_FUTEX else None
+        try:
+            while not self._stop_asked():
+                if futex is None:
+                    self.refresh()
+                    self._stopped.wait(POLL_INTERVAL)
+                    continue
+                seen = futex.value
+                self.refresh()
+                if self._stop_asked():
+                    break
+                futex.wait(seen, SAFETY_WAIT)
+        except Exception as exc:  # noqa: BLE001 - any failed refresh: waiting readers refresh and meet it too
+            logger.error("%s: the follower's watcher stopped: %r", self.log.directory, exc)
+            self._watcher_failed = True
+            self.pub.wake()
+        finally:
+            self._stopped.set()
+
+    def close(self) -> None:
+        """Stop the watcher and let go of the shared words (before ``CONTROL`` is closed)."""
+        self._stopping = True
+        thread = self._watcher
+        if thread is not None:
+            self._stopped.set()
+            self.control.wake()  # ends its futex sleep (other processes' watchers look once and sleep again)
+            thread.join()
+        with self._lock:
+            words, self._words = self._words, None
+            if words is not None:
+                words.release()
+
+    def drop_in_child(self) -> None:
+        """In a forked child: no watcher runs here, and no lock may be taken (a parent thread may have held it)."""
+        self._stopping = True
+        self._words = None  # the mapping is dropped with CONTROL's (its close tolerates the export)
