@@ -105,6 +105,8 @@ EPOCH_AT = 152
 """Bumped when a segment file is replaced or removed (compaction swap, retention drop)."""
 DURABLE_AT = 160
 """Every transaction below this global offset is durable (synced)."""
+WATCHERS_AT = 168
+"""A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic) after it set or cleared :data:`FLAG_WATCHING`."""
 TAIL_A = 192
 """Copy A of the tail record (written second); copy B at :data:`TAIL_B` (written first)."""
 TAIL_B = 256
@@ -122,12 +124,15 @@ FLAG_WANTS_WRITE = 1 << 3
 """Reserved for the shared write lock (never set in this version)."""
 FLAG_REPAIR = 1 << 4
 """The slot is held by ``logstore repair``."""
+FLAG_WATCHING = 1 << 5
+"""The slot's process has a thread sleeping on the wake word (a follower's watcher): publications wake it."""
 DURABILITY_SHIFT = 8
 DURABILITY_CODES = {"fsync": 1, "batch": 2, "none": 3}
 """A writable opener's durability in bits 8-9 of its flags (0: none, for read-only openers and repair)."""
 
 _SLOT = struct.Struct("<IIQQQQ24x")  # pid, flags, start time, opened ns, applied goff, socket id, reserved
 _WORD = struct.Struct("<Q")
+_FLAGS = struct.Struct("<I")
 assert _SLOT.size == SLOT_SIZE
 assert SLOT_TABLE + SLOTS * SLOT_SIZE <= CONTROL_SIZE
 
@@ -213,6 +218,9 @@ class Control:
         """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
+        self._watchers_futex: Futex | None = None
+        self._watchers_seen = -1  # WATCHERS_AT when the slot table was last searched for watchers
+        self._watched = True  # whether some slot was watching then
 
     # -- joining ----------------------------------------------------------------------------
 
@@ -407,10 +415,49 @@ class Control:
         raise CorruptionError(self.path, TAIL_A, "neither copy of the tail record passes its checksum", _HINT)
 
     def wake(self) -> None:
-        """Wake every process waiting for a publication (a no-op with the polling method)."""
+        """Wake every process waiting for a publication (a no-op with the polling method, or when no
+        slot is watching: the writer's per-commit cost, a system call, is then spared).
+
+        Which slots watch is searched again only when :data:`WATCHERS_AT` changed, which a process
+        does after it set or cleared :data:`FLAG_WATCHING` in its own slot record. A watcher sets the
+        flag before its first sleep, and that sleep is short (:data:`logstore.follow.FIRST_WAIT`), so
+        a writer that read the old count just then delays it by that much at most, once.
+        """
+        futex = self.futex
+        if futex is None:
+            return
+        seen = self.word(WATCHERS_AT) & 0xFFFFFFFF
+        if seen != self._watchers_seen:
+            self._watchers_seen = seen
+            self._watched = self._someone_watching()
+        if self._watched:
+            futex.wake()
+
+    def wake_always(self) -> None:
+        """Wake every thread sleeping on the wake word, watching or not (a closing follower's own watcher)."""
         futex = self.futex
         if futex is not None:
             futex.wake()
+
+    def _someone_watching(self) -> bool:
+        mm = self._map()
+        for i in range(SLOTS):
+            (flags,) = _FLAGS.unpack_from(mm, SLOT_TABLE + SLOT_SIZE * i + 4)
+            if flags & FLAG_WATCHING:
+                return True
+        return False
+
+    def set_watching(self, on: bool) -> None:
+        """Set or clear :data:`FLAG_WATCHING` in this opener's slot, then count the change for writers."""
+        if self.futex is None or self.slot < 0:
+            return
+        mm = self._map()
+        at = SLOT_TABLE + SLOT_SIZE * self.slot + 4
+        (flags,) = _FLAGS.unpack_from(mm, at)
+        _FLAGS.pack_into(mm, at, flags | FLAG_WATCHING if on else flags & ~FLAG_WATCHING)
+        if self._watchers_futex is None:
+            self._watchers_futex = Futex(self._fd(), WATCHERS_AT)
+        self._watchers_futex.wake()  # an atomic +1 (a system call: every store above is visible first)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -436,9 +483,10 @@ class Control:
         """
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        futex, self.futex = self.futex, None
-        if futex is not None:
-            futex.close()
+        for futex in (self.futex, self._watchers_futex):
+            if futex is not None:
+                futex.close()
+        self.futex = self._watchers_futex = None
         try:
             if mm is not None:
                 if clear_slot and self.slot >= 0:
@@ -456,9 +504,10 @@ class Control:
         """
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        futex, self.futex = self.futex, None
-        if futex is not None:
-            futex.close()  # an munmap of this process's page: the parent's mapping is its own
+        for futex in (self.futex, self._watchers_futex):
+            if futex is not None:
+                futex.close()  # an munmap of this process's page: the parent's mapping is its own
+        self.futex = self._watchers_futex = None
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):
                 mm.close()

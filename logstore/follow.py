@@ -79,6 +79,9 @@ logger = logging.getLogger("logstore")
 
 SAFETY_WAIT = 1.0
 """Seconds a watcher sleeps on the futex word before it looks at the tail anyway."""
+FIRST_WAIT = 0.005
+"""Seconds of a watcher's first sleep: a writer that looked for watchers just before this one set its flag
+skips the wake-up of the publication it was making (``Control.wake``); the next look catches it."""
 POLL_INTERVAL = 0.002
 """Seconds between two looks at the tail when the wake method is polling."""
 _REMOVAL_KINDS = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
@@ -143,6 +146,7 @@ class Follower:
         self._stopping = False
         self._stopped = threading.Event()
         self._watcher_failed = False
+        self._child = False
 
     def _word(self, at: int) -> int:
         words = self._words
@@ -321,6 +325,8 @@ class Follower:
     def _watch(self) -> None:
         control = self.control
         futex = control.futex if control.wake_method == WAKE_FUTEX else None
+        control.set_watching(True)
+        wait = FIRST_WAIT
         try:
             while not self._stop_asked():
                 if futex is None:
@@ -331,13 +337,16 @@ class Follower:
                 self.refresh()
                 if self._stop_asked():
                     break
-                futex.wait(seen, SAFETY_WAIT)
+                futex.wait(seen, wait)
+                wait = SAFETY_WAIT
         except Exception as exc:  # noqa: BLE001 - any failed refresh: waiting readers refresh and meet it too
             logger.error("%s: the follower's watcher stopped: %r", self.log.directory, exc)
             self._watcher_failed = True
             self.pub.wake()
         finally:
             self._stopped.set()
+            if not self._child:
+                control.set_watching(False)
 
     def close(self) -> None:
         """Stop the watcher and let go of the shared words (before ``CONTROL`` is closed)."""
@@ -345,7 +354,7 @@ class Follower:
         thread = self._watcher
         if thread is not None:
             self._stopped.set()
-            self.control.wake()  # ends its futex sleep (other processes' watchers look once and sleep again)
+            self.control.wake_always()  # ends its sleep (other processes' watchers look once and sleep again)
             thread.join()
         with self._lock:
             words, self._words = self._words, None
@@ -354,5 +363,6 @@ class Follower:
 
     def drop_in_child(self) -> None:
         """In a forked child: no watcher runs here, and no lock may be taken (a parent thread may have held it)."""
+        self._child = True
         self._stopping = True
         self._words = None  # the mapping is dropped with CONTROL's (its close tolerates the export)

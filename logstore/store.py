@@ -110,8 +110,10 @@ def open(
       1 MiB (at most ``segment_size``) and grows ahead of the writer in
       steps that double up to 16 MiB, so disk use follows what the store
       holds.
-    - ``readonly``: open without the writer lock, beside a writer process;
-      sees the log as it was when opened (reopen to see later commits).
+    - ``readonly``: open without writing anything, beside a writer process
+      or alone. Live: it follows the process that writes (each transaction
+      it publishes, whole and in commit order; with ``"fsync"`` only once
+      durable), and a blocked ``next()`` wakes when that process commits.
     - ``checkpoint_bytes``: log bytes between index checkpoints.
     - ``retention_age`` (seconds) and ``retention_bytes``: drop whole sealed
       segments older than that, or the oldest ones while the log is larger
