@@ -383,6 +383,10 @@ class Control:
         """Every transaction below ``goff`` is durable (after an fdatasync)."""
         self.set_word(DURABLE_AT, goff)
 
+    def publish_epoch(self) -> None:
+        """A segment file was replaced (a compaction swap): followers open the new file in place of theirs."""
+        self.set_word(EPOCH_AT, (self.word(EPOCH_AT) + 1) & _U64)
+
     def publish_generation(self, generation: int) -> None:
         """A checkpoint of ``generation`` was written."""
         self.set_word(GENERATION_AT, generation)

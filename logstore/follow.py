@@ -57,12 +57,13 @@ never held while waiting for the published state's condition.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
-from logstore.controlfile import GENERATION_AT, REMOVALS_AT, WAKE_FUTEX, Control, Tail
+from logstore.controlfile import EPOCH_AT, GENERATION_AT, REMOVALS_AT, WAKE_FUTEX, Control, Tail
 from logstore.errors import CorruptionError, FormatVersionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
@@ -142,6 +143,7 @@ class Follower:
         self._words: memoryview | None = memoryview(control.mm).cast("Q")
         self._removals_seen = self._word(REMOVALS_AT)
         self._generation = self._word(GENERATION_AT)
+        self._epoch = self._word(EPOCH_AT)
         self._watcher: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
@@ -154,6 +156,10 @@ class Follower:
 
     # -- catching up ---------------------------------------------------------------------
 
+    def _swapped(self) -> bool:
+        words = self._words
+        return words is not None and words[EPOCH_AT // 8] != self._epoch
+
     def removals_moved(self) -> bool:
         words = self._words
         return words is not None and words[REMOVALS_AT // 8] != self._removals_seen
@@ -163,7 +169,7 @@ class Follower:
         if self._words is None:
             return False
         control = self.control
-        if control.tail_hint() == self.pub.visible_end and not self.removals_moved():
+        if control.tail_hint() == self.pub.visible_end and not self.removals_moved() and not self._swapped():
             return False
         with self._lock:
             if self._words is None or self.pub.closed:
@@ -178,6 +184,10 @@ class Follower:
                     logger.info("%s: loading the log again: %s", self.log.directory, why)
                     self._reload_from(tail)
             self._removals_seen = removals
+            epoch = self._word(EPOCH_AT)
+            if epoch != self._epoch:
+                self._epoch = epoch
+                self._follow_swaps()
             generation = self._word(GENERATION_AT)
             if generation != self._generation:
                 self._generation = generation
@@ -285,6 +295,28 @@ class Follower:
         for seg in old:
             seg.close()  # a reader holding one gets SegmentRetired and looks again
         pub.removed()  # whatever a reader decoded ahead is read again from the new log
+
+    def _follow_swaps(self) -> None:
+        """Compaction replaced sealed segment files: open the new ones in place of the old (whose bytes,
+        erased envelopes included, would otherwise stay on disk while this process holds them)."""
+        lg = self.log
+        segments = list(lg.segments)
+        old = []
+        for k, seg in enumerate(segments[:-1]):
+            try:
+                replaced = os.stat(seg.path).st_ino != os.fstat(seg.fd).st_ino
+            except FileNotFoundError:
+                continue  # dropped by retention: the catch-up lets go of it
+            if not replaced:
+                continue
+            new = open_segment(lg.io, seg.path, lg.store_id, False)
+            new.use_positions(new.rebuild_positions(seg.count))  # the same records, some of them erased
+            segments[k] = new
+            old.append(seg)
+        if old:
+            lg.segments = segments
+            for seg in old:
+                seg.close()  # a reader holding it gets SegmentRetired and looks again
 
     def _let_go_of_sealed_positions(self) -> None:
         """A checkpoint was written: the sealed segments' positions are in their files now (memory stays bounded)."""

@@ -222,6 +222,9 @@ class Log:
         self.positions.forget(seg.first)
         freed = old.size - seg.size
         old.close()  # a reader holding it gets SegmentRetired and looks again
+        shared = self.published.shared
+        if shared is not None:  # followers in other processes let go of the old file too
+            shared.publish_epoch()
         self.checkpoint(clean=False)
         return freed
 
