@@ -1,6 +1,6 @@
 """The benchmark suite: logstore beside sqlite3 and LMDB, in one run, on identical envelopes.
 
-``python -m bench`` runs workloads W1-W8 (``--quick`` for a smoke run of
+``python -m bench`` runs workloads W1-W8 and W10 (``--quick`` for a smoke run of
 under a minute) and reports medians with min and max, commit latencies and
 the ratios logstore / peer, with the machine described; ``bench/RESULTS.md``
 holds the latest full run. The suite lives outside the test run and never

@@ -1,13 +1,15 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
-Runs the workloads W1-W8 (see ``bench/RESULTS.md`` for what each does) on
-logstore, sqlite3 and LMDB in one run, on identical envelopes, each
-measurement in a fresh process (``bench/workloads.py``), the stores taking
-turns going first. Prints a table of medians with min and max, commit
+Runs the workloads W1-W8 and W10 (see ``bench/RESULTS.md`` for what each
+does) on logstore, sqlite3 and LMDB in one run, on identical envelopes, each
+measurement in a fresh process (``bench/workloads.py``; W10's readers are
+processes of their own beside the writer's), the stores taking turns going
+first. Prints a table of medians with min and max, commit and wake-up
 latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
 Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
 measured. ``--quick`` is a smoke run of under a minute; the full run takes
-six to seven minutes on two cores and needs about 8 GB of disk.
+seven to eight minutes on two cores (W10 under one) and needs about 8 GB of
+disk.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Plan:
     w8_streams: int
     w8_loads: int
     w8_repeat: int
+    w10_commits: int
+    w10_readers: tuple[int, ...]
+    w10_idle_seconds: float
+    w10_repeat: int
 
 
 QUICK = Plan(
@@ -62,6 +68,10 @@ QUICK = Plan(
     w8_streams=20_000,
     w8_loads=1_000,
     w8_repeat=1,
+    w10_commits=30,
+    w10_readers=(1, 8),
+    w10_idle_seconds=0.5,
+    w10_repeat=1,
 )
 FULL = Plan(
     repeat=5,
@@ -75,8 +85,14 @@ FULL = Plan(
     w8_streams=1_000_000,
     w8_loads=10_000,
     w8_repeat=1,
+    w10_commits=300,
+    w10_readers=(1, 8),
+    w10_idle_seconds=3.0,
+    w10_repeat=2,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W10")
+W10_WARMUP = 10
+"""Commits of a W10 run that readers take before the measured ones (the first wait starts logstore's watcher)."""
 
 
 def human(n: int) -> str:
@@ -387,11 +403,59 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
         )
 
 
+def w10(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
+    """Tailing from other processes: wake-up latency for each reader count, and the CPU of an idle reader.
+
+    One writer process per store and repetition runs the reader counts in turn on one store.
+    """
+    commits, idle = plan.w10_commits, plan.w10_idle_seconds
+    for _rep, store in rotations(stores, plan.w10_repeat):
+        path = r.fresh_dir(f"w10-{store}")
+        spec = {
+            "workload": "tail",
+            "store": store,
+            "dir": path,
+            "readers": list(plan.w10_readers),
+            "commits": commits,
+            "warmup": W10_WARMUP,
+            "size": SIZE,
+            "idle_seconds": idle,
+        }
+        res = r.run(spec)
+        remove(path)
+        for phase in res["phases"]:
+            lat = phase["latency"]
+            r.record(
+                "W10",
+                f"wake-up/readers={phase['readers']}/batch=1/size={SIZE}B/commits={human(commits)}/store={store}",
+                store,
+                "ms",
+                lat["p50"] * 1e3,
+                False,
+                latency=lat,
+                extra={"samples": lat["count"], "before_commit_returned": phase["before_commit_returned"]},
+            )
+            if "idle_cpu_fraction" in phase:
+                r.record(
+                    "W10",
+                    f"idle-reader/wait={idle:g}s/store={store}",
+                    store,
+                    "% of a core",
+                    phase["idle_cpu_fraction"] * 100,
+                    False,
+                )
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 
 def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """logstore against each peer, per benchmark family: how many times better logstore's median is."""
+    """logstore against each peer, per benchmark family: how many times better logstore's median is.
+
+    Where higher is better the ratio is logstore / peer, where lower is better (times, latencies, CPU)
+    peer / logstore: above 1, logstore is better either way. ``of`` names the figure compared: the
+    median of the runs; for W10's wake-up latencies, whose runs are each one p50, also the p99.
+    """
     by_family: dict[str, dict[str, dict[str, Any]]] = {}
     for s in summaries:
         by_family.setdefault(s["name"].rsplit("/store=", 1)[0], {})[s["store"]] = s
@@ -400,16 +464,38 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = stores.get("logstore")
         if ours is None or ours["workload"] == "W6":
             continue
+        wake = ours["workload"] == "W10" and "latency_p99" in ours
         for peer, theirs in stores.items():
             if peer == "logstore":
                 continue
-            a, b = ours["median"], theirs["median"]
-            ratio = a / b if ours["higher_is_better"] else b / a
-            out.append({"workload": ours["workload"], "benchmark": family, "peer": peer, "ratio": ratio})
+            figures = [("p50" if wake else "median", ours["median"], theirs["median"])]
+            if wake and "latency_p99" in theirs:
+                figures.append(("p99", ours["latency_p99"], theirs["latency_p99"]))
+            for of, a, b in figures:
+                if min(a, b) <= 0:
+                    continue  # nothing measurable (an idle reader's CPU can round to 0): no ratio
+                ratio = a / b if ours["higher_is_better"] else b / a
+                out.append(
+                    {
+                        "workload": ours["workload"],
+                        "benchmark": family,
+                        "of": of,
+                        "peer": peer,
+                        "ratio": ratio,
+                        "direction": "logstore / peer" if ours["higher_is_better"] else "peer / logstore",
+                    }
+                )
     return out
 
 
+def _label(x: dict[str, Any]) -> str:
+    """A ratio's benchmark, with the figure it compares when that is not simply the median."""
+    return x["benchmark"] if x["of"] == "median" else f"{x['benchmark']} [{x['of']}]"
+
+
 def _fmt(value: float, unit: str) -> str:
+    if unit in ("ms", "% of a core"):
+        return f"{value:,.3g}" if value < 100 else f"{value:,.0f}"
     if unit == "s":
         return f"{value * 1e3:,.1f} ms" if value < 10 else f"{value:,.1f} s"
     if value >= 100:
@@ -448,14 +534,24 @@ def text_report(report: dict[str, Any]) -> str:
             f"{_fmt(s['max'], s['unit']):>12}  {s['unit']:<10}{lat}"
         )
         extra = s.get("extra", {})
+        if "samples" in extra:
+            early = sum(extra["before_commit_returned"])
+            lines.append(
+                f"{'':<{width}}  wake-up max {_ms(s['latency_max'])} ms; {sum(extra['samples']):,} wake-ups "
+                f"(readers x commits, over {len(s['runs'])} run(s)), {early:,} before commit() returned in the writer"
+            )
         if "disk_bytes_per_message" in extra:
             d = statistics.median(extra["disk_bytes_per_message"])
             e = statistics.median(extra["envelope_bytes_per_message"])
             a = statistics.median(extra["allocated_bytes_per_message"])
             lines.append(f"{'':<{width}}  disk {d:,.1f} B/msg ({d / e:.2f}x envelope bytes), allocated {a:,.1f} B/msg")
-    lines += ["", "ratios logstore / peer (of the medians; above 1: logstore is better)"]
+    lines += [
+        "",
+        "ratios logstore / peer (of the medians; above 1: logstore is better; where lower is better,",
+        "open times, W10 wake-up latencies and idle CPU, the ratio is peer / logstore)",
+    ]
     for x in report["ratios"]:
-        lines.append(f"{x['workload']}  {x['benchmark']:<{width}}  vs {x['peer']:<7} {_ratio(x['ratio']):>7}")
+        lines.append(f"{x['workload']:<3}  {_label(x):<{width + 6}}  vs {x['peer']:<7} {_ratio(x['ratio']):>7}")
     return "\n".join(lines)
 
 
@@ -476,17 +572,20 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "### Ratios: logstore / peer",
         "",
-        "Of the medians; above 1 means logstore is better (faster, or quicker to open).",
+        "Of the medians; above 1 means logstore is better (faster, quicker to open, quicker to wake, or using",
+        "less CPU): where lower is better (times, latencies, CPU), the ratio is peer / logstore. W10's wake-up",
+        "rows compare the p50 (the median of the runs' p50) and the p99.",
         "",
         "| workload | benchmark | vs sqlite3 | vs LMDB |",
         "|---|---|---:|---:|",
     ]
-    rows: dict[tuple[str, str], dict[str, float]] = {}
+    rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for x in report["ratios"]:
-        rows.setdefault((x["workload"], x["benchmark"]), {})[x["peer"]] = x["ratio"]
-    for (w, bench), peers in rows.items():
+        rows.setdefault((x["workload"], x["benchmark"], x["of"]), {})[x["peer"]] = x["ratio"]
+    for (w, bench, of), peers in rows.items():
         cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb")]
-        out.append(f"| {w} | `{bench}` | {cells[0]} | {cells[1]} |")
+        figure = "" if of == "median" else f" {of}"
+        out.append(f"| {w} | `{bench}`{figure} | {cells[0]} | {cells[1]} |")
     workload = None
     for s in report["results"]:
         scanned = s.get("extra", {}).get("records_scanned")
@@ -495,7 +594,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             same = [x for x in report["results"] if x["workload"] == workload]
             latency = any("latency_p50" in x for x in same)
             last = " records scanned at open (median) |" if scanned is not None else ""
-            last += " commit p50 | commit p99 |" if latency else ""
+            wake = workload == "W10"
+            if latency:
+                last += " wake-up p50 | wake-up p99 | wake-up max |" if wake else " commit p50 | commit p99 |"
             out += [
                 "",
                 f"### {workload}",
@@ -510,6 +611,8 @@ def markdown_report(report: dict[str, Any]) -> str:
             p50 = f"{_ms(s['latency_p50'])} ms" if "latency_p50" in s else ""
             p99 = f"{_ms(s['latency_p99'])} ms" if "latency_p99" in s else ""
             tail += f" {p50} | {p99} |"
+            if wake:
+                tail += f" {_ms(s['latency_max'])} ms |" if "latency_max" in s else " |"
         out.append(
             f"| `{s['name']}` | {_fmt(s['median'], s['unit'])} | {_fmt(s['min'], s['unit'])} | "
             f"{_fmt(s['max'], s['unit'])} | {s['unit']} |{tail}"
@@ -608,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             w7(r, plan, stores)
         if "W8" in want:
             w8(r, plan, stores)
+        if "W10" in want:
+            w10(r, plan, stores)
         machine = machine_facts(base)
     finally:
         shutil.rmtree(base, ignore_errors=True)

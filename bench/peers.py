@@ -21,6 +21,15 @@ scan returns every envelope in commit (global) order.
   by ``stream + NUL + 8-byte big-endian stream offset``, holding the global
   offset. The stream's head is found by a cursor seek in the index.
 
+For W10 each store also has a *tail* (``open_tail``): a reader in a process
+of its own that follows the global order as another process commits.
+logstore's is a read-only store's ``open_global`` reader, whose ``next()``
+sleeps until the writer's commit wakes it; sqlite3 and LMDB have no way to
+wake another process, so theirs look for new rows every millisecond (sqlite:
+``SELECT max(rowid)`` on a connection of its own; LMDB: the entry count of
+the message table in a read transaction of a read-only environment) and
+then read and decode them.
+
 All three use one handle from every thread: logstore's store is thread-safe,
 sqlite's connection is shared under a ``threading.Lock`` (a Python lock hands
 the connection over faster than SQLite's own busy-wait between connections),
@@ -33,6 +42,7 @@ import os
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -69,6 +79,11 @@ SQLITE_INSERT = (
 _COLUMNS = "message_id, causation_id, correlation_id, created_at, send_at, type, data"
 SQLITE_SCAN = f"SELECT {_COLUMNS} FROM messages ORDER BY global_offset"
 SQLITE_LOAD = f"SELECT {_COLUMNS} FROM messages WHERE stream = ? ORDER BY stream_offset"
+# The global offset is the rowid less 1 (SQLite numbers an INTEGER PRIMARY KEY from 1).
+SQLITE_FROM = f"SELECT {_COLUMNS} FROM messages WHERE global_offset > ? ORDER BY global_offset"
+SQLITE_LAST = "SELECT max(rowid) FROM messages"
+POLL_INTERVAL = 0.001
+"""Seconds a polling tail (sqlite, LMDB) sleeps between two looks for new rows."""
 
 _pack = msgpack.Packer(use_bin_type=True, datetime=True, autoreset=True).pack
 _u64 = struct.Struct(">Q")
@@ -76,6 +91,13 @@ _u64 = struct.Struct(">Q")
 
 def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, timestamp=3, strict_map_key=False)
+
+
+def _sqlite_envelopes(cursor: sqlite3.Cursor) -> Iterator[Envelope]:
+    fromiso = datetime.fromisoformat
+    unpack = _unpack
+    for mid, cid, corr, created, send_at, typ, data in cursor:
+        yield Envelope(mid, cid, corr, fromiso(created), fromiso(send_at), typ, unpack(data))
 
 
 class Peer:
@@ -179,21 +201,15 @@ class SqlitePeer(Peer):
                 raise
             execute("COMMIT")
 
-    def _envelopes(self, cursor: sqlite3.Cursor) -> Iterator[Envelope]:
-        fromiso = datetime.fromisoformat
-        unpack = _unpack
-        for mid, cid, corr, created, send_at, typ, data in cursor:
-            yield Envelope(mid, cid, corr, fromiso(created), fromiso(send_at), typ, unpack(data))
-
     def load(self, stream: str) -> list[Envelope]:
         with self.lock:
-            return list(self._envelopes(self.conn.execute(SQLITE_LOAD, (stream,))))
+            return list(_sqlite_envelopes(self.conn.execute(SQLITE_LOAD, (stream,))))
 
     def scan(self) -> Iterator[Envelope]:
         # A connection of its own, so a long scan does not hold the writers' lock.
         conn = sqlite3.connect(self.db, isolation_level=None)
         try:
-            yield from self._envelopes(conn.execute(SQLITE_SCAN))
+            yield from _sqlite_envelopes(conn.execute(SQLITE_SCAN))
         finally:
             conn.close()
 
@@ -265,6 +281,129 @@ class LmdbPeer(Peer):
 
     def close(self) -> None:
         self.env.close()
+
+
+# -- tailing from another process (W10) ---------------------------------------------------------
+
+
+class Tail:
+    """A reader in another process than the writer's, following the store's global order from an offset."""
+
+    def next(self, timeout: float) -> Envelope:
+        """The next envelope, waiting up to ``timeout`` seconds for it to be committed (``TimeoutError``)."""
+        raise NotImplementedError
+
+    def idle(self, seconds: float) -> None:
+        """Wait ``seconds`` for a next envelope as :meth:`next` does; raise if one comes."""
+        try:
+            env = self.next(seconds)
+        except TimeoutError:
+            return
+        raise RuntimeError(f"{type(self).__name__}: a message came while nothing was committed: {env!r:.100}")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LogstoreTail(Tail):
+    """``logstore.open(path, readonly=True)`` and ``open_global``: ``next()`` sleeps until the writer's commit."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.store = logstore.open(path, readonly=True)
+        self.reader = self.store.open_global(self.store, start)
+
+    def next(self, timeout: float) -> Envelope:
+        reader = self.reader
+        reader.next(timeout)
+        return reader.get()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.store.close()
+
+
+class PollingTail(Tail):
+    """Looks at the number of rows every :data:`POLL_INTERVAL` seconds; reads and decodes the new ones."""
+
+    def __init__(self, start: int) -> None:
+        self.seen = start  # the next envelope's global offset
+        self.ahead: list[Envelope] = []  # read with an earlier one, not returned yet
+
+    def count(self) -> int:
+        """How many envelopes the store holds now."""
+        raise NotImplementedError
+
+    def read(self, start: int) -> list[Envelope]:
+        """The envelopes from global offset ``start`` on."""
+        raise NotImplementedError
+
+    def next(self, timeout: float) -> Envelope:
+        ahead = self.ahead
+        if not ahead:
+            count, sleep, clock = self.count, time.sleep, time.monotonic
+            deadline = clock() + timeout
+            while count() <= self.seen:
+                sleep(POLL_INTERVAL)
+                if clock() >= deadline:
+                    raise TimeoutError(f"no message within {timeout} s")
+            got = self.read(self.seen)
+            self.seen += len(got)
+            ahead.extend(reversed(got))
+        return ahead.pop()
+
+
+class SqliteTail(PollingTail):
+    """A connection of its own to the WAL database: ``SELECT max(rowid)`` per look, one query for the new rows."""
+
+    def __init__(self, path: str, start: int) -> None:
+        super().__init__(start)
+        self.conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None)
+
+    def count(self) -> int:
+        (last,) = self.conn.execute(SQLITE_LAST).fetchone()
+        return 0 if last is None else int(last)
+
+    def read(self, start: int) -> list[Envelope]:
+        return list(_sqlite_envelopes(self.conn.execute(SQLITE_FROM, (start,))))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class LmdbTail(PollingTail):
+    """A read-only environment: ``txn.stat(messages)['entries']`` per look, a cursor from the first new key."""
+
+    def __init__(self, path: str, start: int) -> None:
+        super().__init__(start)
+        import lmdb
+
+        self.env = lmdb.open(path, map_size=LMDB_MAP_SIZE, max_dbs=2, readonly=True, readahead=False)
+        self.messages = self.env.open_db(b"messages", create=False)
+
+    def count(self) -> int:
+        with self.env.begin() as txn:
+            return int(txn.stat(self.messages)["entries"])
+
+    def read(self, start: int) -> list[Envelope]:
+        with self.env.begin(db=self.messages, buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_u64.pack(start)):
+                return []
+            return [Envelope(*_unpack(value)[2:]) for _key, value in cursor]
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def open_tail(name: str, path: str, start: int = 0) -> Tail:
+    """A tail of the store at ``path`` from global offset ``start``."""
+    if name == "logstore":
+        return LogstoreTail(path, start)
+    if name == "sqlite":
+        return SqliteTail(path, start)
+    if name == "lmdb":
+        return LmdbTail(path, start)
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS)}")
 
 
 def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:

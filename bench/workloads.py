@@ -19,6 +19,7 @@ import os
 import random
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.envelopes import envelope_bytes, make_pool
-from bench.peers import LogstorePeer, Peer, open_peer
+from bench.peers import LogstorePeer, Peer, open_peer, open_tail
 from logstore import Envelope
 
 clock = time.perf_counter
@@ -391,6 +392,131 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- W10: tailing from other processes ------------------------------------------------------------
+
+
+def tail(spec: dict[str, Any]) -> dict[str, Any]:
+    """The writer: for each count in ``readers``, start that many tailing processes and commit to them.
+
+    The commits are one-envelope transactions, each alone in flight: after
+    it the writer sleeps 2-5 ms (drawn at random), so every reader has taken
+    it and waits again before the next one. The first ``warmup`` commits of
+    each phase are not measured. The wake-up latency is the time from
+    ``commit()`` returning here to ``next()`` returning in a reader: both
+    sides read ``time.monotonic_ns()`` (CLOCK_MONOTONIC, one clock for every
+    process of the machine) and the readers send their times once, at the
+    end. A reader can take a message before ``commit()`` has returned in the
+    writer (a commit is visible before the call returns): that latency is
+    negative, kept as it is and counted.
+
+    The readers of a phase start at the end of the log as it is then. With
+    ``idle_seconds``, the reader of a one-reader phase then waits that long
+    for a message that never comes and reports the CPU it used meanwhile.
+    """
+    commits, warmup = spec["commits"], spec["warmup"]
+    total = warmup + commits
+    pool = make_pool(total * len(spec["readers"]), spec["size"])
+    n = len(pool)
+    peer = open_peer(spec["store"], spec["dir"])
+    rng = random.Random(spec.get("seed", 10))
+    phases = []
+    start = 0
+    for readers in spec["readers"]:
+        reader_spec = {
+            "workload": "tail_reader",
+            "store": spec["store"],
+            "dir": spec["dir"],
+            "start": start,
+            "messages": total,
+            "size": spec["size"],
+            "idle_seconds": spec.get("idle_seconds", 0) if readers == 1 else 0,
+        }
+        pace = [rng.uniform(0.002, 0.005) for _ in range(total)]
+        stamps = [0] * total
+        cmd = [sys.executable, "-m", "bench.workloads", json.dumps(reader_spec)]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(readers)
+        ]
+        try:
+            for proc in procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if line.strip() != "ready":
+                    _, err = proc.communicate()
+                    raise RuntimeError(f"{spec['store']} tailing reader did not start: {line!r}\n{err}")
+            do, now, sleep = peer.append, time.monotonic_ns, time.sleep
+            for i in range(total):
+                do("tail", start + i, [pool[(start + i) % n]])
+                stamps[i] = now()
+                sleep(pace[i])
+            outs = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=120)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{spec['store']} tailing reader: exit {proc.returncode}\n{err}")
+                outs.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        lat = []
+        for got in outs:
+            _check(f"{spec['store']}: messages a tailing reader took", len(got["stamps"]), total)
+            lat += [(got["stamps"][i] - stamps[i]) / 1e9 for i in range(warmup, total)]
+        phase: dict[str, Any] = {
+            "readers": readers,
+            "commits": commits,
+            "latency": latency_summary(lat),
+            "before_commit_returned": sum(1 for x in lat if x < 0),
+        }
+        idle = [got["idle_cpu_seconds"] / got["idle_seconds"] for got in outs if "idle_seconds" in got]
+        if idle:
+            phase["idle_cpu_fraction"] = max(idle)
+        phases.append(phase)
+        start += total
+    peer.close()
+    return {"phases": phases, "rss_kb": rss_kb()}
+
+
+def tail_reader(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tailing reader (started by :func:`tail`): take every message as it is committed, noting when.
+
+    Opens the store, then a reader at global offset ``start``, prints
+    ``ready``, then takes ``messages`` envelopes with nothing in the loop but
+    the store's wait, the clock and two list stores; checks them against the
+    pool afterwards. With ``idle_seconds``, then waits that long for a
+    message that never comes and measures the CPU the process used meanwhile
+    (``getrusage``: user and system time of every thread).
+    """
+    start, total, idle_seconds = spec["start"], spec["messages"], spec["idle_seconds"]
+    pool = make_pool(start + total, spec["size"])
+    reader = open_tail(spec["store"], spec["dir"], start)
+    stamps = [0] * total
+    got: list[Envelope | None] = [None] * total
+    now, nxt = time.monotonic_ns, reader.next
+    _emit_line("ready")
+    for i in range(total):
+        env = nxt(60.0)
+        stamps[i] = now()
+        got[i] = env
+    result: dict[str, Any] = {"stamps": stamps}
+    if idle_seconds:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.monotonic()
+        reader.idle(idle_seconds)
+        seconds = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+        result.update(idle_seconds=seconds, idle_cpu_seconds=cpu)
+    reader.close()
+    n = len(pool)
+    for i, taken in enumerate(got):
+        if taken != pool[(start + i) % n]:
+            raise RuntimeError(f"{spec['store']} tailing reader: global offset {start + i} differs from the envelope")
+    return result
+
+
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "append": append,
     "threads": threads,
@@ -400,12 +526,18 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "crash_tail": crash_tail,
     "open_time": open_time,
     "many_streams": many_streams,
+    "tail": tail,
+    "tail_reader": tail_reader,
 }
 
 
-def _emit(result: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(result) + "\n")
+def _emit_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def _emit(result: dict[str, Any]) -> None:
+    _emit_line(json.dumps(result))
 
 
 def main(argv: list[str] | None = None) -> None:
