@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import resource
@@ -340,6 +341,8 @@ class Worker:
 
 
 def main() -> None:
+    # What the engine logs (a follower's reload, say) goes to stderr, where the test may look for it.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     worker = Worker()
     emit({"at": "started", "pid": os.getpid()})
     while True:
