@@ -153,6 +153,13 @@ class Proc:
         if code != 0:
             self.fail(f"exited with status {code}")
 
+    def remaining_lines(self) -> list[dict[str, Any]]:
+        """After the process died: every whole line it printed that was not read yet."""
+        assert self.popen.poll() is not None and self.popen.stdout is not None
+        self._buf += self.popen.stdout.read()
+        lines, _, self._buf = self._buf.rpartition(b"\n")
+        return [json.loads(raw) for raw in lines.split(b"\n") if raw]
+
     def kill(self) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, signal.SIGKILL)
@@ -534,11 +541,7 @@ def test_a_follower_outlives_a_killed_writer_and_follows_the_next_one(
         assert "ack" in line, line
         acks1.append(line)
     first.kill()  # SIGKILL, in the middle of its stream of commits
-    # What it printed before it died: the acks it got before the kill.
-    while b"\n" in first._buf:
-        line = first.line()
-        if "ack" in line:
-            acks1.append(line)
+    acks1 += [line for line in first.remaining_lines() if "ack" in line]  # printed before it died
 
     second = open_writer(spawn, store_dir, "second-writer", durability="batch")
     acks2 = commits(second, 0, 20, who=2, end=True)
