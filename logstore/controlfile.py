@@ -218,6 +218,7 @@ class Control:
         """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
+        self._leaving = False  # close() began: the file is not mapped again
         self._watchers_futex: Futex | None = None
         self._watchers_seen = -1  # WATCHERS_AT when the slot table was last searched for watchers
         self._watched = True  # whether some slot was watching then
@@ -253,7 +254,7 @@ class Control:
         io, fd = self.io, self._fd()
         for _attempt in range(JOIN_ATTEMPTS):
             if io.lock_range(fd, LOCK_DMS, True, False):
-                self._initialize(store_id)
+                self._initialize(store_id, ready=not hold)
                 if not hold:
                     io.lock_range(fd, LOCK_DMS, False, False)  # converted in place: always granted
                 self.first = True
@@ -272,7 +273,7 @@ class Control:
             f"after {JOIN_ATTEMPTS} tries (processes that set it up keep dying?)"
         )
 
-    def _initialize(self, store_id: bytes) -> None:
+    def _initialize(self, store_id: bytes, ready: bool) -> None:
         """Rebuild the file from nothing (the switch held exclusively: no other process has the store open)."""
         io, fd = self.io, self._fd()
         try:
@@ -292,7 +293,8 @@ class Control:
         mm[:HEADER_SIZE] = ControlHeader(store_id, instance, SLOTS, wake).encode()
         _WORD.pack_into(mm, INIT_PID_AT, os.getpid())
         _WORD.pack_into(mm, INIT_TIME_AT, time.time_ns())
-        _WORD.pack_into(mm, STATE_AT, STATE_READY)
+        if ready:
+            _WORD.pack_into(mm, STATE_AT, STATE_READY)
 
     def _ready(self, store_id: bytes) -> bool:
         """Check the file the first opener set up (the switch held shared); False if it never finished."""
@@ -353,6 +355,9 @@ class Control:
     def open_to_others(self) -> None:
         """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
         if self.holding:
+            # Ready only now: an opener that waited for the switch while this one recovered the log finds
+            # it so; if this one dies first, the state stays INITIALIZING and a waiter becomes the first.
+            _WORD.pack_into(self._map(), STATE_AT, STATE_READY)
             self.io.lock_range(self._fd(), LOCK_DMS, False, False)  # converted in place: always granted
             self.holding = False
 
@@ -485,6 +490,7 @@ class Control:
 
         ``clear_slot=False`` leaves the file as a death would (crash tests' ``_abandon``).
         """
+        self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
         for futex in (self.futex, self._watchers_futex):
@@ -506,6 +512,7 @@ class Control:
         The mapping holds a duplicate of the descriptor (the same open file description as the parent's), so
         it is closed too, else the child would keep the parent's locks alive after the parent closed the store.
         """
+        self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
         for futex in (self.futex, self._watchers_futex):
@@ -528,6 +535,8 @@ class Control:
 
     def _map(self) -> mmap.mmap:
         if self.mm is None:
+            if self._leaving:
+                raise ValueError(f"{self.path}: used after close()")
             self.mm = self.io.mmap_shared(self._fd(), CONTROL_SIZE)
         return self.mm
 

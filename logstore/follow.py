@@ -56,6 +56,7 @@ never held while waiting for the published state's condition.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -63,7 +64,17 @@ from typing import TYPE_CHECKING, Any
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
-from logstore.controlfile import EPOCH_AT, GENERATION_AT, REMOVALS_AT, WAKE_FUTEX, Control, Tail
+from logstore.controlfile import (
+    DURABLE_AT,
+    EPOCH_AT,
+    GENERATION_AT,
+    REMOVALS_AT,
+    TAIL_A,
+    TAIL_B,
+    WAKE_FUTEX,
+    Control,
+    Tail,
+)
 from logstore.errors import CorruptionError, FormatVersionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
@@ -132,8 +143,10 @@ class FollowingPublished(Published):
 class Follower:
     """Keeps a read-only store's log in step with the tail that the writing process publishes."""
 
-    def __init__(self, log: Log, control: Control, reload: Any) -> None:
+    def __init__(self, log: Log, control: Control, reload: Any, durable_only: bool) -> None:
         self.log = log
+        # ``durability="fsync"``: follow only what is durable (below the durable bound as well as the tail).
+        self.durable_only = durable_only
         self.control = control
         self.pub = log.published
         # Makes a fresh log of the store bounded by a tail: ``reload(bound) -> Log`` (the store's loader).
@@ -147,7 +160,6 @@ class Follower:
         self._watcher: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
-        self._watcher_failed = False
         self._child = False
 
     def _word(self, at: int) -> int:
@@ -156,46 +168,89 @@ class Follower:
 
     # -- catching up ---------------------------------------------------------------------
 
-    def _swapped(self) -> bool:
+    def _goal_hint(self, words: memoryview) -> int:
+        """Where catching up would go, from the words alone (unchecked: a torn copy only costs a full read)."""
+        a, b = words[TAIL_A // 8], words[TAIL_B // 8]
+        goal = int(a if a > b else b)
+        if self.durable_only:
+            durable = int(words[DURABLE_AT // 8])
+            goal = min(goal, durable)
+        return goal
+
+    def _moved(self) -> bool:
+        """Whether anything the follower acts on moved since it last looked (one read of each word)."""
         words = self._words
-        return words is not None and words[EPOCH_AT // 8] != self._epoch
+        if words is None:
+            return False
+        try:
+            return (
+                self._goal_hint(words) > self.pub.visible_end
+                or words[REMOVALS_AT // 8] != self._removals_seen
+                or words[EPOCH_AT // 8] != self._epoch
+                or words[GENERATION_AT // 8] != self._generation
+            )
+        except ValueError:  # close() let go of the words meanwhile
+            return False
 
     def removals_moved(self) -> bool:
         words = self._words
-        return words is not None and words[REMOVALS_AT // 8] != self._removals_seen
+        try:
+            return words is not None and words[REMOVALS_AT // 8] != self._removals_seen
+        except ValueError:  # close() let go of the words meanwhile
+            return False
 
     def refresh(self) -> bool:
         """Catch up with the published tail if it moved; returns whether anything new became readable."""
-        if self._words is None:
-            return False
-        control = self.control
-        if control.tail_hint() == self.pub.visible_end and not self.removals_moved() and not self._swapped():
+        if not self._moved():
             return False
         with self._lock:
-            if self._words is None or self.pub.closed:
+            if self._gone():
                 return False
-            removals = self._word(REMOVALS_AT)
-            tail = control.tail()
-            before = self.pub.visible_end
-            if tail is not None and tail.goff > self.log.next_goff:
-                try:
-                    self._catch_up(tail)
-                except _Behind as why:
-                    logger.info("%s: loading the log again: %s", self.log.directory, why)
-                    self._reload_from(tail)
-            self._removals_seen = removals
-            epoch = self._word(EPOCH_AT)
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._follow_swaps()
-            generation = self._word(GENERATION_AT)
-            if generation != self._generation:
-                self._generation = generation
-                self._let_go_of_sealed_positions()
-            return self.pub.visible_end != before
+            try:
+                return self._refresh_locked()
+            except ValueError:
+                if self._gone():  # closed meanwhile (CONTROL refuses use after close)
+                    return False
+                raise
 
-    def _catch_up(self, tail: Tail) -> None:
-        """Walk the records from the end of the log as this process knows it up to ``tail``; apply them."""
+    def _gone(self) -> bool:
+        return self._words is None or self.pub.closed
+
+    def _refresh_locked(self) -> bool:
+        lg = self.log
+        pub = self.pub
+        control = self.control
+        removals = self._word(REMOVALS_AT)
+        tail = control.tail()
+        before = pub.visible_end
+        try:
+            if tail is not None:
+                goal = min(tail.goff, self._word(DURABLE_AT)) if self.durable_only else tail.goff
+                if goal > lg.next_goff:
+                    try:
+                        self._catch_up(tail, goal)
+                    except _Behind as why:
+                        logger.info("%s: loading the log again: %s", lg.directory, why)
+                        self._reload_from(goal)
+        finally:
+            if lg.next_goff > pub.visible_end:
+                # A catch-up that failed after applying whole transactions: they are below the tail, show them.
+                pub.visible_end = lg.next_goff
+                pub.removed()
+        self._removals_seen = removals
+        epoch = self._word(EPOCH_AT)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._follow_swaps()
+        generation = self._word(GENERATION_AT)
+        if generation != self._generation:
+            self._generation = generation
+            self._let_go_of_sealed_positions()
+        return pub.visible_end != before
+
+    def _catch_up(self, tail: Tail, goal: int) -> None:
+        """Walk the records from the end of the log as this process knows it up to global offset ``goal``
+        (at most ``tail``'s, which says where the records up to it end); apply them."""
         lg = self.log
         seg = lg.active
         index = len(lg.segments) - 1
@@ -214,12 +269,12 @@ class Follower:
                 if rec.flags & FLAG_TX_END:
                     self._apply(pending)
                     pending = []
-                    if expected >= tail.goff:
+                    if expected >= goal:
                         break
-            if expected >= tail.goff:
+            if expected >= goal:
                 break
             if last:
-                raise _Behind(f"{seg.path}: the records end at global offset {expected}, the tail is {tail.goff}")
+                raise _Behind(f"{seg.path}: the records end at global offset {expected}, the goal is {goal}")
             # The segment's records end here: the rest of the log is in the next one, which starts at ``expected``.
             seg = self._open_next(expected)
             index += 1
@@ -273,10 +328,11 @@ class Follower:
                 lg.published.log_start = max(lg.log_start, rec.soff)
         lg.next_goff = pending[-1][1].goff + 1
 
-    def _reload_from(self, tail: Tail) -> None:
-        """Load the log afresh up to ``tail`` and put it in place of this process's (see the module docstring)."""
+    def _reload_from(self, goal: int) -> None:
+        """Load the log afresh up to global offset ``goal`` and put it in place of this process's (see the
+        module docstring)."""
         lg = self.log
-        fresh: Log = self._reload(tail.goff)
+        fresh: Log = self._reload(goal)
         old = lg.segments
         lg.segments = fresh.segments
         fresh.segments = []
@@ -332,7 +388,15 @@ class Follower:
         entries = {e.first: e for e in ckpt.segments[:-1]}
         for seg in lg.segments[:-1]:
             e = entries.get(seg.first)
-            if e is not None and seg.lazy_positions is None and len(seg.positions) == e.records:
+            if e is None or seg.lazy_positions is not None or len(seg.positions) != e.records:
+                continue
+            try:
+                same = os.stat(seg.path).st_ino == os.fstat(seg.fd).st_ino
+            except OSError:
+                continue
+            # Read after the checkpoint: a compaction that replaced the file since this process mapped it
+            # wrote positions of the new file, which the old mapping must not take.
+            if same:
                 seg.set_lazy_positions(e.records, e.checksum)
 
     # -- waiting ---------------------------------------------------------------------------
@@ -359,26 +423,34 @@ class Follower:
         futex = control.futex if control.wake_method == WAKE_FUTEX else None
         control.set_watching(True)
         wait = FIRST_WAIT
+        failed: str | None = None
         try:
             while not self._stop_asked():
-                if futex is None:
+                try:
+                    if futex is None:
+                        self.refresh()
+                        self._stopped.wait(POLL_INTERVAL)
+                        continue
+                    seen = futex.value
                     self.refresh()
-                    self._stopped.wait(POLL_INTERVAL)
-                    continue
-                seen = futex.value
-                self.refresh()
-                if self._stop_asked():
-                    break
-                futex.wait(seen, wait)
-                wait = SAFETY_WAIT
-        except Exception as exc:  # noqa: BLE001 - any failed refresh: waiting readers refresh and meet it too
-            logger.error("%s: the follower's watcher stopped: %r", self.log.directory, exc)
-            self._watcher_failed = True
-            self.pub.wake()
+                    if self._stop_asked():
+                        break
+                    futex.wait(seen, wait)
+                    wait = SAFETY_WAIT
+                    failed = None
+                except Exception as exc:  # noqa: BLE001 - the watcher goes on; waiting readers refresh and meet it
+                    if self._stop_asked():
+                        break
+                    if repr(exc) != failed:
+                        failed = repr(exc)
+                        logger.error("%s: the follower could not catch up: %r", self.log.directory, exc)
+                    self.pub.wake()
+                    self._stopped.wait(SAFETY_WAIT)
         finally:
             self._stopped.set()
             if not self._child:
-                control.set_watching(False)
+                with contextlib.suppress(ValueError, OSError):
+                    control.set_watching(False)
 
     def close(self) -> None:
         """Stop the watcher and let go of the shared words (before ``CONTROL`` is closed)."""

@@ -81,6 +81,10 @@ from typing import Any, Protocol
 from logstore.errors import LogStoreError
 from logstore.index.catalog import Catalog
 
+FOLLOWER_LOOK = 1.0
+"""Seconds a waiting reader of a following store sleeps at most before it catches up itself (the watcher
+thread wakes it sooner; this bounds the wait should the watcher fail)."""
+
 AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
@@ -225,12 +229,12 @@ class Published:
                     if ready():
                         return True
                     if deadline is None:
-                        cond.wait()
+                        cond.wait(FOLLOWER_LOOK)
                     else:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0:
                             return False
-                        cond.wait(remaining)
+                        cond.wait(min(remaining, FOLLOWER_LOOK))
                     if ready():
                         return True
                 finally:

@@ -244,6 +244,10 @@ class Segment:
             positions = self.positions  # may walk the segment: inside the try (closed under us)
         except BadRecord as exc:
             raise CorruptionError(self.path, exc.position, f"global offset {goff}: {exc.what}") from None
+        except OSError:
+            if self.closed:  # its descriptor closed under the read (the store closed, or a swap)
+                raise SegmentRetired(self.path) from None
+            raise
         except (ValueError, TypeError) as exc:
             if self.closed:
                 raise SegmentRetired(self.path) from None

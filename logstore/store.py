@@ -24,7 +24,7 @@ from typing import NamedTuple
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
-from logstore.controlfile import Control, SlotInfo, slot_flags
+from logstore.controlfile import DURABLE_AT, Control, SlotInfo, slot_flags
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
@@ -313,7 +313,11 @@ class Store:
         if control is None or control.first or not self.readonly:
             return None
         tail = control.tail()
-        return None if tail is None else tail.goff
+        if tail is None:
+            return None
+        if self.durability == "fsync":  # only what is durable (see Follower.durable_only)
+            return min(tail.goff, control.word(DURABLE_AT))
+        return tail.goff
 
     def _open_to_others(self) -> None:
         """After the load: publish this opener's tail if it is the first or writes, let later openers in,
@@ -333,7 +337,7 @@ class Store:
         if not self.readonly:
             pub.shared = control
             return
-        follower = Follower(lg, control, self._fresh_log)
+        follower = Follower(lg, control, self._fresh_log, self.durability == "fsync")
         self._follower = follower
         pub.follower = follower
 
