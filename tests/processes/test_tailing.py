@@ -203,9 +203,11 @@ def open_writer(spawn: Callable[[str], Proc], path: Path, name: str = "writer", 
     return proc
 
 
-def open_reader(spawn: Callable[[str], Proc], path: Path, name: str = "reader") -> Proc:
+def open_reader(spawn: Callable[[str], Proc], path: Path, name: str = "reader", **options: Any) -> Proc:
+    """A read-only store in a process of its own; ``options`` for ``logstore.open`` (its ``durability`` says
+    how far it follows: ``"fsync"``, the default, only what the writer synced)."""
     proc = spawn(name)
-    proc.call("open", path=str(path), options={"readonly": True})
+    proc.call("open", path=str(path), options={"readonly": True, **options})
     return proc
 
 
@@ -412,7 +414,7 @@ def test_truncation_and_deletion_in_the_writer_apply_at_once_to_a_reader_holding
     for stream in ("s", "d"):
         for first in range(0, 300, 100):
             writer.call("commit", appends=[[stream, first, [{"o": first + i} for i in range(100)]]])
-    reader = open_reader(spawn, store_dir)
+    reader = open_reader(spawn, store_dir, durability="none")  # follows what the "none" writer wrote
     reader.call("reader", rid="s", offset=0, stream="s")
     assert [r[2] for r in reader.call("take", rid="s", count=10)["recs"]] == list(range(10))
 
@@ -444,7 +446,7 @@ RETAINING: dict[str, Any] = {
 def test_a_follower_reads_through_retention_and_compaction(store_dir: Path, spawn: Callable[[str], Proc]) -> None:
     writer = open_writer(spawn, store_dir, **RETAINING)
     acks = commits(writer, 0, 1, pad=600)
-    reader = open_reader(spawn, store_dir)
+    reader = open_reader(spawn, store_dir, durability="none")  # follows what the "none" writer wrote
     reader.call("reader", rid="g", offset=0)
     reader.send("read", rid="g")
     reader.expect("reading")
@@ -481,7 +483,8 @@ def test_an_idle_follower_whose_segment_retention_dropped_loads_again(
 ) -> None:
     writer = open_writer(spawn, store_dir, **RETAINING)
     acks = commits(writer, 0, 5, pad=600)
-    reader = open_reader(spawn, store_dir)  # reads nothing and never waits until the end
+    # Reads nothing and never waits until the end; follows what the "none" writer wrote.
+    reader = open_reader(spawn, store_dir, durability="none")
     acks += commits(writer, 5, 400, pad=600)
     final = writer.call("info")
     assert final["log_start"] > acks[4]["ack"][1], "retention did not drop the segment the reader had open"
