@@ -267,7 +267,7 @@ class Follower:
                 expected += 1
                 removed |= rec.kind in _REMOVAL_KINDS
                 if rec.flags & FLAG_TX_END:
-                    self._apply(pending)
+                    self.log.apply(pending)
                     pending = []
                     if expected >= goal:
                         break
@@ -317,16 +317,6 @@ class Follower:
             self.pub.removed()
         else:
             self.pub.wake()
-
-    def _apply(self, pending: list[tuple[int, Record]]) -> None:
-        """Apply one whole transaction to every index and to the log's own limits (as recovery does)."""
-        lg = self.log
-        for ix in lg.indexes:
-            ix.apply(pending)
-        for _i, rec in pending:
-            if rec.kind == KIND_RETAIN:
-                lg.published.log_start = max(lg.log_start, rec.soff)
-        lg.next_goff = pending[-1][1].goff + 1
 
     def _reload_from(self, goal: int) -> None:
         """Load the log afresh up to global offset ``goal`` and put it in place of this process's (see the

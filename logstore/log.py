@@ -31,6 +31,7 @@ from logstore.index.catalog import Catalog
 from logstore.index.header import HEADER_SIZE
 from logstore.index.runs import RunIndex
 from logstore.published import Published
+from logstore.record import KIND_RETAIN, Record
 from logstore.segment import Segment, create_segment, open_segment
 
 logger = logging.getLogger("logstore")
@@ -112,6 +113,16 @@ class Log:
         if i < 0:
             raise KeyError(goff)
         return segments[i]
+
+    def apply(self, transaction: list[tuple[int, Record]]) -> None:
+        """Apply one whole transaction read from the log (``(segment index, record)`` pairs) to every index
+        and to the log's own limits: recovery's walk past the checkpoint and a follower's catch-up."""
+        for ix in self.indexes:
+            ix.apply(transaction)
+        for _i, rec in transaction:
+            if rec.kind == KIND_RETAIN:  # the log now starts at its offset field
+                self.published.log_start = max(self.log_start, rec.soff)
+        self.next_goff = transaction[-1][1].goff + 1
 
     # -- creating ----------------------------------------------------------------
 

@@ -354,7 +354,7 @@ class Recovery:
                     pos += rec.length
                     expected += 1
                     if rec.flags & FLAG_TX_END:
-                        self._apply(pending)
+                        self.log.apply(pending)
                         cat = lg.catalog
                         report.transactions_recovered += 1
                         pending = []
@@ -437,16 +437,6 @@ class Recovery:
             what = "deleted at" if kind == KIND_DELETE else "offset"
             return f"stream id {rec.sid} {what} {rec.soff}, expected {head}"
         return None
-
-    def _apply(self, pending: list[tuple[int, Record]]) -> None:
-        """Apply one whole transaction to every index, and to the log's own limits."""
-        lg = self.log
-        for ix in lg.indexes:
-            ix.apply(pending)
-        for _i, rec in pending:
-            if rec.kind == KIND_RETAIN:  # the log now starts at its offset field
-                lg.published.log_start = max(lg.log_start, rec.soff)
-        lg.next_goff = pending[-1][1].goff + 1
 
     def _set_end(self, good: tuple[int, int]) -> None:
         segments = self.log.segments
