@@ -137,10 +137,14 @@ class Worker:
         """``appends``: [stream, offset or null for ANY, [message, ...]] each, in one transaction."""
         s = self.s
         tx, committer = s.begin_tx()
-        for stream, offset, msgs in appends:
-            s.append_messages(
-                tx, stream, logstore.ANY if offset is None else offset, [Envelope.new(TYPE, m) for m in msgs]
-            )
+        try:
+            for stream, offset, msgs in appends:
+                s.append_messages(
+                    tx, stream, logstore.ANY if offset is None else offset, [Envelope.new(TYPE, m) for m in msgs]
+                )
+        except BaseException:
+            committer.rollback()  # an append that raised leaves no transaction open behind it
+            raise
         r = committer.commit()
         return {"range": [r.start, r.stop]}
 
@@ -184,6 +188,38 @@ class Worker:
         reader, found = s.open_stream(s, stream, offset)
         self.readers[rid] = reader
         return {"found": found}
+
+    def op_drop(self, rid: str) -> dict[str, Any]:
+        """Close reader ``rid`` and forget it."""
+        self.readers.pop(rid).close()
+        return {}
+
+    def op_snapshot(self, streams: list[str]) -> dict[str, Any]:
+        """Everything the store tells: the global log and each of ``streams`` read from 0 with ``try_next()``
+        (records as ``[global offset, stream, offset, message]``), heads, ``stream_info`` and names."""
+        s = self.s
+        log = []
+        with s.open_global(s, 0) as everything:
+            while everything.try_next():
+                log.append(self._record(everything))
+        reads: dict[str, Any] = {}
+        for name in streams:
+            reader, found = s.open_stream(s, name, 0)
+            recs = []
+            with reader:
+                while reader.try_next():
+                    recs.append(self._record(reader))
+            reads[name] = {"found": found, "recs": recs}
+        infos = {name: s.stream_info(name) for name in streams}
+        return {
+            "log": log,
+            "streams": reads,
+            "heads": {name: s.head(name) for name in streams},
+            "infos": {name: None if i is None else [i.first, i.head, i.deleted] for name, i in infos.items()},
+            "names": s.stream_names(),
+            "global_head": s.global_head,
+            "log_start": s.log_start,
+        }
 
     def _record(self, reader: Any) -> list[Any]:
         return [reader.global_offset(), reader.stream_name(), reader.stream_offset(), plain(reader.get().message)]
