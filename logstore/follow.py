@@ -60,7 +60,8 @@ import contextlib
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from logstore import layout
 from logstore.checkpoint import Checkpoint
@@ -143,7 +144,7 @@ class FollowingPublished(Published):
 class Follower:
     """Keeps a read-only store's log in step with the tail that the writing process publishes."""
 
-    def __init__(self, log: Log, control: Control, reload: Any, durable_only: bool) -> None:
+    def __init__(self, log: Log, control: Control, reload: Callable[[int], Log], durable_only: bool) -> None:
         self.log = log
         # ``durability="fsync"``: follow only what is durable (below the durable bound as well as the tail).
         self.durable_only = durable_only
