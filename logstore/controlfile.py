@@ -396,11 +396,6 @@ class Control:
         """A checkpoint of ``generation`` was written."""
         self.set_word(GENERATION_AT, generation)
 
-    def tail_hint(self) -> int:
-        """Copy A's global offset, unchecked: a quick test of whether the tail moved (:meth:`tail` reads it)."""
-        (goff,) = _WORD.unpack_from(self._map(), TAIL_A)
-        return int(goff)
-
     def tail(self) -> Tail | None:
         """The published tail: copy A if its checksum holds, else copy B, else read again.
 

@@ -44,18 +44,14 @@ without a lock; the fork hook sets them in the child taking no lock at all.
 No method does I/O or calls out while holding ``_cond``, except the
 caller's readiness test in ``wait``.
 
-A shared-memory implementation (several processes that each commit and
-tail one store) must provide the same names: ``visible_end``, ``log_start``
-and ``removals`` as words in shared memory (read with acquire, written with
-release ordering, for instance as properties over a mapped buffer); the
-heads (``catalog.head``/``first`` over shared arrays, written before
-``visible_end``); ``wake()`` as a cross-process signal (a futex word or an
-eventfd/pipe per waiting process, bumped by a sequence number) and
-``wait(ready, deadline)`` sleeping on it and re-checking ``ready`` after
-each wake-up and after any spurious return; ``add_async_waiter`` /
-``discard_async_waiter`` driven by a per-process thread that turns the
-cross-process signal into ``loop.call_soon_threadsafe``; ``waiting()``.
-``readers``, ``closed`` and ``forked_error`` stay per process.
+Other processes. A writing store's ``shared`` (its ``CONTROL``) is told
+each publication (:meth:`publish`: the tail, then a wake-up of the
+processes that wait) and each removal (:meth:`removed`); a read-only
+store's ``follower`` (:class:`logstore.follow.Follower`) catches up with
+what another process published when a reader has read all it knew of, when
+:meth:`wait` looks, and on its watcher thread's wake-ups, which it turns into
+this object's :meth:`wake`. ``readers``, ``closed`` and ``forked_error``
+stay per process.
 
 >>> import threading
 >>> pub = Published()
@@ -157,15 +153,17 @@ class Published:
 
     # -- the writer's side ---------------------------------------------------------------------
 
-    def publish(self, end: int, segment: int, position: int) -> None:
+    def publish(self, end: int, segment: int, position: int, wake: bool = True) -> None:
         """Make global offsets below ``end`` readable (writer role, after the heads); the last transaction
         ends at byte ``position`` of the segment that starts at global offset ``segment``. Other processes
-        are told and woken at once; this process's readers by :meth:`wake`."""
+        are told, and woken at once unless ``wake`` is false (a removal: :meth:`removed` wakes them once
+        its count is out); this process's readers by :meth:`wake`."""
         self.visible_end = end
         shared = self.shared
         if shared is not None:
             shared.publish_tail(end, segment, position)
-            shared.wake()
+            if wake:
+                shared.wake()
 
     def removed(self) -> None:
         """Count a published removal (writer role, after its bounds are in place) and wake every reader."""

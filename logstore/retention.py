@@ -100,6 +100,6 @@ class Retention:
             cat.ctrl[sid] = goff + k + 1
         pub = self.published
         pub.log_start = start
-        pub.publish(lg.next_goff, lg.active.first, lg.active.end)
+        pub.publish(lg.next_goff, lg.active.first, lg.active.end, wake=False)  # removed() below wakes
         logger.info("%s: retention moved the log start to global offset %d", lg.directory, start)
         pub.removed()  # readers drop what they decoded ahead, then are woken

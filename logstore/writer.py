@@ -489,7 +489,7 @@ class Writer:
         self._write_records([(kind, sid, before, nameb)])
         lg.streams.control(kind, sid, before, goff)
         pub = self.published
-        pub.publish(lg.next_goff, lg.active.first, lg.active.end)
+        pub.publish(lg.next_goff, lg.active.first, lg.active.end, wake=False)
         pub.removed()  # readers drop what they decoded ahead, then are woken
         p.result = range(goff, goff + 1)
 
