@@ -58,12 +58,13 @@ import os
 import random
 import struct
 import time
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import xxhash
 
 from logstore import layout
-from logstore.control import LOCK_DMS, Futex, slot_lock_byte
+from logstore.control import LOCK_COMPACT, LOCK_DMS, LOCK_WRITE, Futex, slot_lock_byte
 from logstore.control import available as futex_available
 from logstore.errors import CorruptionError, OutOfSpaceError, StoreLockedError, as_corruption
 from logstore.fileio import FileIO, pack_flock, unpack_flock
@@ -107,6 +108,14 @@ DURABLE_AT = 160
 """Every transaction below this global offset is durable (synced)."""
 WATCHERS_AT = 168
 """A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic) after it set or cleared :data:`FLAG_WATCHING`."""
+INTENT_AT = 176
+"""The pid of the write-lock holder while it is in the middle of a turn (0: no turn unfinished).
+
+Set once the holder has caught up, cleared before it releases the lock: the next holder that finds it set
+takes over from a holder that died or failed (:meth:`logstore.follow.Follower.take_over`)."""
+CLEAN_AT = 184
+"""1 while ``CHECKPOINT`` says the store was closed cleanly (a writer closed while another stays open clears it
+when it next writes: it rewrites the checkpoint as unclean first)."""
 TAIL_A = 192
 """Copy A of the tail record (written second); copy B at :data:`TAIL_B` (written first)."""
 TAIL_B = 256
@@ -385,8 +394,32 @@ class Control:
         self.set_word(REMOVALS_AT, (self.word(REMOVALS_AT) + 1) & _U64)
 
     def publish_durable(self, goff: int) -> None:
-        """Every transaction below ``goff`` is durable (after an fdatasync)."""
-        self.set_word(DURABLE_AT, goff)
+        """Every transaction below ``goff`` is durable (after an fdatasync); the bound never goes down."""
+        if goff > self.word(DURABLE_AT):
+            self.set_word(DURABLE_AT, goff)
+
+    # -- the write lock ----------------------------------------------------------------------
+
+    def lock_write(self) -> None:
+        """Take the write lock (byte :data:`~logstore.control.LOCK_WRITE`), waiting for its holder."""
+        self.io.lock_range(self._fd(), LOCK_WRITE, True, True)
+
+    def unlock_write(self) -> None:
+        self.io.unlock_range(self._fd(), LOCK_WRITE)
+
+    @contextlib.contextmanager
+    def compacting(self) -> Iterator[None]:
+        """Hold the compaction lock (byte :data:`~logstore.control.LOCK_COMPACT`): one compaction per store,
+        across processes (they share the ``.compact`` file names)."""
+        self.io.lock_range(self._fd(), LOCK_COMPACT, True, True)
+        try:
+            yield
+        finally:
+            self.io.unlock_range(self._fd(), LOCK_COMPACT)
+
+    def writers(self) -> int:
+        """How many live slots other than this opener's are writable stores."""
+        return sum(1 for s in self.live_slots() if s.flags & FLAG_WRITABLE and s.slot != self.slot)
 
     def publish_epoch(self) -> None:
         """A segment file was replaced (a compaction swap): followers open the new file in place of theirs."""

@@ -66,9 +66,11 @@ from typing import TYPE_CHECKING
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.controlfile import (
+    CLEAN_AT,
     DURABLE_AT,
     EPOCH_AT,
     GENERATION_AT,
+    INTENT_AT,
     REMOVALS_AT,
     TAIL_A,
     TAIL_B,
@@ -79,12 +81,14 @@ from logstore.controlfile import (
 from logstore.errors import CorruptionError, FormatVersionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
+from logstore.lostfound import RECOVERY, LostFound
 from logstore.published import Published
 from logstore.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
 from logstore.segment import open_segment
-from logstore.walk import Damage, walk
+from logstore.walk import Damage, last_nonzero_in_file, walk
 
 if TYPE_CHECKING:
+    from logstore.fileio import FileIO
     from logstore.log import Log
     from logstore.segment import Segment
 
@@ -108,6 +112,16 @@ def _whole(item: Record | Damage, seg: Segment, expected: int) -> Record:
     if rec.goff != expected:
         raise _Behind(f"{seg.path}@{rec.position}: global offset {rec.goff}, expected {expected}")
     return rec
+
+
+def _zero(io: FileIO, fd: int, start: int, end: int) -> None:
+    """Write zeros over bytes ``start`` .. ``end`` of ``fd``'s file."""
+    zero = bytes(min(end - start, 1 << 20))
+    p = start
+    while p < end:
+        n = min(len(zero), end - p)
+        io.pwrite(fd, zero[:n], p)
+        p += n
 
 
 class _Behind(Exception):
@@ -136,7 +150,16 @@ class FollowingPublished(Published):
         self._local_removals = value
 
     def removed(self) -> None:
-        """Count a removal that the follower applied (under its lock: the getter above is not used) and wake."""
+        """Count a removal that this process's writer published (writer role) and wake every reader."""
+        self._local_removals += 1
+        shared = self.shared
+        if shared is not None:
+            shared.publish_removal()
+            shared.wake()
+        self.wake()
+
+    def applied_removal(self) -> None:
+        """Count a removal that the follower applied from another process's records (under its lock) and wake."""
         self._local_removals += 1
         self.wake()
 
@@ -149,7 +172,9 @@ class Follower:
         # ``durability="fsync"``: follow only what is durable (below the durable bound as well as the tail).
         self.durable_only = durable_only
         self.control = control
-        self.pub = log.published
+        pub = log.published
+        assert isinstance(pub, FollowingPublished)
+        self.pub = pub
         # Makes a fresh log of the store bounded by a tail: ``reload(bound) -> Log`` (the store's loader).
         self._reload = reload
         self._lock = threading.Lock()
@@ -229,7 +254,7 @@ class Follower:
                 goal = min(tail.goff, self._word(DURABLE_AT)) if self.durable_only else tail.goff
                 if goal > lg.next_goff:
                     try:
-                        self._catch_up(tail, goal)
+                        self._publish(self._catch_up(tail, goal))
                     except _Behind as why:
                         logger.info("%s: loading the log again: %s", lg.directory, why)
                         self._reload_from(goal)
@@ -237,7 +262,7 @@ class Follower:
             if lg.next_goff > pub.visible_end:
                 # A catch-up that failed after applying whole transactions: they are below the tail, show them.
                 pub.visible_end = lg.next_goff
-                pub.removed()
+                pub.applied_removal()
         self._removals_seen = removals
         epoch = self._word(EPOCH_AT)
         if epoch != self._epoch:
@@ -249,9 +274,10 @@ class Follower:
             self._let_go_of_sealed_positions()
         return pub.visible_end != before
 
-    def _catch_up(self, tail: Tail, goal: int) -> None:
+    def _catch_up(self, tail: Tail, goal: int) -> bool:
         """Walk the records from the end of the log as this process knows it up to global offset ``goal``
-        (at most ``tail``'s, which says where the records up to it end); apply them."""
+        (at most ``tail``'s, which says where the records up to it end); apply them. Returns whether a
+        removal was among them; the caller publishes (:meth:`_publish`)."""
         lg = self.log
         seg = lg.active
         index = len(lg.segments) - 1
@@ -282,7 +308,12 @@ class Follower:
             pos = HEADER_SIZE
         if pending:
             raise _Behind(f"the transaction at global offset {pending[0][1].goff} does not end below the tail")
-        self._publish(removed)
+        if goal == tail.goff and seg.first < tail.segment:
+            # The tail is at the start of a segment that a roll made and no record reached yet.
+            if tail.segment != expected or tail.position != HEADER_SIZE:
+                raise _Behind(f"the tail is at {tail}, the records of {seg.path} end at global offset {expected}")
+            self._open_next(expected)
+        return removed
 
     def _cover(self, seg: Segment, tail: Tail, last: bool) -> None:
         """Map what the walk of ``seg`` needs: up to the tail in its segment, else the whole (sealed) file."""
@@ -298,7 +329,7 @@ class Follower:
         lg = self.log
         path = layout.segment_path(lg.directory, first)
         try:
-            seg = open_segment(lg.io, path, lg.store_id, False)
+            seg = open_segment(lg.io, path, lg.store_id, not lg.readonly)
         except FileNotFoundError:
             raise _Behind(f"{path} is gone (retention dropped it before this process read it)") from None
         seg.reset_positions()
@@ -315,7 +346,7 @@ class Follower:
                 old.close()  # a reader holding it gets SegmentRetired and looks again
         self.pub.visible_end = lg.next_goff
         if removed:
-            self.pub.removed()
+            self.pub.applied_removal()
         else:
             self.pub.wake()
 
@@ -341,7 +372,7 @@ class Follower:
         pub.visible_end = fresh.next_goff
         for seg in old:
             seg.close()  # a reader holding one gets SegmentRetired and looks again
-        pub.removed()  # whatever a reader decoded ahead is read again from the new log
+        pub.applied_removal()  # whatever a reader decoded ahead is read again from the new log
 
     def _follow_swaps(self) -> None:
         """Compaction replaced sealed segment files: open the new ones in place of the old (whose bytes,
@@ -356,7 +387,7 @@ class Follower:
                 continue  # dropped by retention: the catch-up lets go of it
             if not replaced:
                 continue
-            new = open_segment(lg.io, seg.path, lg.store_id, False)
+            new = open_segment(lg.io, seg.path, lg.store_id, not lg.readonly)
             new.use_positions(new.rebuild_positions(seg.count))  # the same records, some of them erased
             segments[k] = new
             old.append(seg)
@@ -389,6 +420,171 @@ class Follower:
             # wrote positions of the new file, which the old mapping must not take.
             if same:
                 seg.set_lazy_positions(e.records, e.checksum)
+
+    # -- the write lock (a writable store) -------------------------------------------------
+
+    def begin_turn(self) -> bool:
+        """The writer role starts a turn: take this follower's lock and the write lock, and catch up.
+
+        Steps, each before the next (docs/ARCHITECTURE.md, "Several writers"): (1) the follower's lock (no
+        reader's catch-up runs meanwhile); (2) the write lock, waiting for another process's turn to end;
+        (3) with ``durability="fsync"``, if the tail is not yet durable (another process writes with
+        ``"none"`` or ``"batch"``), ``fdatasync`` its segment, so this process's readers see only durable
+        commits; (4) catch up with the tail; (5) if the intent word is set, take over from the holder that
+        died or failed in its turn (:meth:`_take_over`); (6) map the whole active segment file, take the
+        checkpoint generation, and rewrite a clean checkpoint as unclean; (7) set the intent word. The
+        writer then writes at the tail, publishes, and calls :meth:`end_turn`. Returns whether commits
+        below the tail are not durable yet (the writer's next sync covers them; its next record must not
+        say that what precedes it is durable).
+        """
+        self._lock.acquire()
+        try:
+            self.control.lock_write()
+            try:
+                return self._prepare_turn()
+            except BaseException:
+                self.control.unlock_write()
+                raise
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def end_turn(self, finished: bool) -> None:
+        """End the turn: clear the intent word if the turn ``finished`` (else the next holder takes over),
+        release the write lock and the follower's lock."""
+        try:
+            if finished:
+                self.control.set_word(INTENT_AT, 0)
+            self.control.unlock_write()
+        finally:
+            self._lock.release()
+
+    def others_writing(self) -> bool:
+        """Whether another live opener of the store is writable (it may append after this one's last turn)."""
+        return self.control.writers() > 0
+
+    def mark_clean(self, clean: bool) -> None:
+        """Say in ``CONTROL`` whether ``CHECKPOINT`` now says the store was closed cleanly (write lock held)."""
+        self.control.set_word(CLEAN_AT, 1 if clean else 0)
+
+    def _prepare_turn(self) -> bool:
+        lg = self.log
+        control = self.control
+        io = lg.io
+        tail = control.tail()
+        if tail is None:
+            raise CorruptionError(control.path, TAIL_A, "no tail was ever published (the file was rebuilt under us)")
+        if self.durable_only and self._word(DURABLE_AT) < tail.goff:
+            path = layout.segment_path(lg.directory, tail.segment)
+            fd = io.open(path, os.O_RDONLY)
+            try:
+                io.fdatasync(fd)
+            finally:
+                io.close(fd)
+            control.publish_durable(tail.goff)
+        if tail.goff > lg.next_goff or tail.segment > lg.active.first:
+            try:
+                self._publish(self._catch_up(tail, tail.goff))
+            except _Behind as why:
+                logger.info("%s: loading the log again: %s", lg.directory, why)
+                self._reload_from(tail.goff)
+        if lg.next_goff != tail.goff or lg.active.first != tail.segment or lg.active.end != tail.position:
+            raise CorruptionError(
+                lg.active.path,
+                lg.active.end,
+                f"caught up to global offset {lg.next_goff}, the published tail is {tail}",
+            )
+        lg.generation = max(lg.generation, self._word(GENERATION_AT))
+        intent = self._word(INTENT_AT)
+        if intent:
+            self._take_over(tail, intent)
+        seg = lg.active
+        size = min(io.size(seg.fd), seg.capacity)
+        if size > seg.size:  # another process grew the file: this process's reserve() must start past it
+            seg.remap(size)
+        if self._word(CLEAN_AT):
+            lg.checkpoint(clean=False)  # an append follows: the checkpoint must not say the log ends here
+            control.set_word(CLEAN_AT, 0)
+        control.set_word(INTENT_AT, os.getpid())
+        return self._word(DURABLE_AT) < tail.goff
+
+    def _take_over(self, tail: Tail, pid: int) -> None:
+        """The last write-lock holder (``pid``) died or failed in its turn: undo what it left past the tail.
+
+        Everything past the tail was never acknowledged (a commit returns after its tail is published), so
+        it goes, as recovery cuts a torn tail: (1) save the bytes past the tail in the active segment and
+        every later segment file (a roll it began) in ``lost+found/``, with a manifest naming ``pid``;
+        (2) remove the later segment files (and a ``.tmp`` one of an unfinished roll) and sync the
+        directory; (3) zero the bytes past the tail and ``fdatasync`` them, before anything new is
+        written after the tail (a crash must not bring them back behind new records); (4) finish a
+        retention drop it began (checkpoint, then remove the segment files below the log start);
+        (5) bump the segment epoch. Its checkpoint or compaction swap needs no finishing: each is one
+        atomic rename, done or not.
+        """
+        lg = self.log
+        io = lg.io
+        seg = lg.active
+        reason = f"written past the published tail by process {pid}, which died or failed holding the write lock"
+        later, unfinished, dropped = self._leftovers()
+        size = io.size(seg.fd)
+        if size > seg.size:
+            seg.remap(min(size, seg.capacity))
+        nz = last_nonzero_in_file(seg.view, seg.fd, seg.end, seg.size)
+        saved = 0
+        if nz > seg.end or later:
+            lf = LostFound(io, lg.directory, RECOVERY)
+            lf.ready()
+            if nz > seg.end:
+                lf.save(bytes(seg.view[seg.end : nz]), seg.path, seg.end, reason, sync=False)
+                saved += nz - seg.end
+            for path in later:
+                data = io.read_file(path)
+                lf.save(data, path, 0, reason, sync=False)
+                saved += len(data)
+            lf.sync()
+        for path in unfinished:
+            io.unlink(path)
+        for path in later:
+            lg.unlink_segment_files(path)
+        if later or unfinished:
+            io.fsync_dir(lg.seg_dir)
+        if nz > seg.end:
+            _zero(io, seg.fd, seg.end, nz)
+            io.fdatasync(seg.fd)
+        if dropped:
+            io.fdatasync(seg.fd)  # a checkpoint covers a durable log
+            lg.checkpoint(clean=False)  # one that names none of them, before they go
+            for path in dropped:
+                lg.unlink_segment_files(path)
+            io.fsync_dir(lg.seg_dir)
+        self.control.publish_epoch()
+        logger.warning(
+            "%s: process %d died or failed holding the write lock; took over at %s@%d (%d bytes past the tail saved"
+            " in lost+found)",
+            lg.directory,
+            pid,
+            seg.path,
+            seg.end,
+            saved,
+        )
+
+    def _leftovers(self) -> tuple[list[str], list[str], list[str]]:
+        """Segment files a write-lock holder may leave: later than the active segment (a roll), a ``.tmp``
+        (a roll's file not yet named), and below the log start (a retention drop not finished)."""
+        lg = self.log
+        later, unfinished, dropped = [], [], []
+        active, start = lg.active.first, lg.segments[0].first
+        for name in sorted(lg.io.listdir(lg.seg_dir)):
+            path = os.path.join(lg.seg_dir, name)
+            if name.endswith(layout.SEGMENT_EXT + layout.TMP):
+                unfinished.append(path)
+            elif layout.is_segment_name(name):
+                first = layout.segment_first(name)
+                if first > active:
+                    later.append(path)
+                elif first < start:
+                    dropped.append(path)
+        return later, unfinished, dropped
 
     # -- waiting ---------------------------------------------------------------------------
 

@@ -129,11 +129,14 @@ class _Stop:
 class Recovery:
     """One open's recovery of ``log``: :meth:`run` does it, in the steps of the module docstring."""
 
-    def __init__(self, log: Log, retry_changes: bool = False, bound: int | None = None) -> None:
+    def __init__(self, log: Log, retry_changes: bool = False, bound: int | None = None, shared: bool = False) -> None:
         self.log = log
-        # Read-only beside live processes: the walk stops at this global offset, the tail they publish
+        # Beside live processes: the walk stops at this global offset, the tail they publish
         # (every transaction below it is whole; what lies past it may be in flight or not yet durable).
         self.bound = bound
+        # Whether this recovery may change files: a writable open that no other process has open. Beside
+        # live processes (``shared``) even a writable open reads as a read-only one does: no cut, no removal.
+        self.writes = not log.readonly and not shared
         self.report = RecoveryReport()
         # Read-only: raise IndexesUnusable rather than rebuild the indexes (the store loads again).
         self.retry_changes = retry_changes
@@ -204,7 +207,7 @@ class Recovery:
             raise CorruptionError(
                 lg.segments[0].path, HEADER_SIZE, f"stream id {unnamed[0]} is named nowhere in the log", REPAIR_HINT
             )
-        if leftovers and not lg.readonly:
+        if leftovers and self.writes:
             for p in leftovers:
                 if io.exists(p):
                     io.unlink(p)
@@ -221,7 +224,7 @@ class Recovery:
         lg = self.log
         io = lg.io
         names = [n for n in io.listdir(lg.seg_dir) if n.endswith(layout.SEGMENT_EXT)]
-        if not lg.readonly:
+        if self.writes:
             for n in io.listdir(lg.seg_dir):
                 # A segment whose creation did not finish holds no data; a rewrite that did not reach
                 # its swap is rolled back.
@@ -374,7 +377,7 @@ class Recovery:
             if stop is None:
                 last_i, last_rec = pending[-1]
                 stop = _Stop(last_i, last_rec.position + last_rec.length, "transaction without its end record")
-            if not lg.readonly:
+            if self.writes:
                 self._cut(good, stop)
                 break
             if in_flight and rereads < _REREADS and record_at(segments[i].view, pos, segments[i].size):

@@ -41,7 +41,7 @@ from logstore.follow import Follower, FollowingPublished
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock
+from logstore.lock import drop_lock_in_child, release_writer_lock, share_store_lock, take_store_lock
 from logstore.log import Log
 from logstore.mounts import check_local
 from logstore.published import Published
@@ -212,12 +212,13 @@ class Store:
         self._forked = False
         self._pid = os.getpid()  # the process that opened the store, for StoreForkedError
         self._lock_fd: int | None = None
+        self._lock_exclusive = False  # LOCK is held exclusively (while this open creates the store)
         self._control: Control | None = None  # this opener's slot in CONTROL (None: a read-only file system)
         self._made_dir = False  # this open made the store's directory
         self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
         # What readers may see (limits, heads, removals), its waiting readers, and the open readers.
-        self._pub = FollowingPublished() if readonly else Published()
-        self._follower: Follower | None = None  # a read-only store's follower of the writing process
+        self._pub: Published = FollowingPublished()
+        self._follower: Follower | None = None  # follows what other processes write (None without CONTROL)
         self._writer: Writer
         self._close_lock = threading.Lock()
         self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
@@ -252,11 +253,18 @@ class Store:
                     raise
             else:
                 self._after_load(self._load(ckpt, ckpt_problem, store_id, self._bound()))
+            if not readonly and self._first():
+                self._log.drop_segments()  # finish a retention that a crash interrupted
             self._open_to_others()
             if not readonly:
-                self._log.drop_segments()  # finish a retention that a crash interrupted
                 self._writer = Writer(
-                    self._log, durability, fsync_interval, checkpoint_bytes, retention_age, retention_bytes
+                    self._log,
+                    durability,
+                    fsync_interval,
+                    checkpoint_bytes,
+                    retention_age,
+                    retention_bytes,
+                    self._follower,
                 )
                 if retention_age is not None or retention_bytes is not None:
                     try:
@@ -276,11 +284,17 @@ class Store:
 
     # -- opening -------------------------------------------------------------------
 
+    def _first(self) -> bool:
+        """Whether no other process had the store open when this one joined (or it has no ``CONTROL``)."""
+        return self._control is None or self._control.first
+
     def _recover(
         self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool, bound: int | None = None
     ) -> Checkpoint | None:
-        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log, up to ``bound``; keep its report."""
-        recovery = Recovery(self._log, retry_changes, bound)
+        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log, up to ``bound``; keep its report.
+
+        Beside other processes it changes no file (they may be writing)."""
+        recovery = Recovery(self._log, retry_changes, bound, shared=not self._first())
         self._report = recovery.report
         return recovery.run(ckpt, ckpt_problem)
 
@@ -288,6 +302,8 @@ class Store:
         """Make what the load found durable before anyone relies on it (``used``: the checkpoint it used)."""
         lg = self._log
         report = self._report
+        if not self._first():
+            return  # other processes have the store open: the write lock's holders change its files
         if not self.readonly:
             if report.records_scanned or used is None or report.cut or report.rebuilt:
                 # The scanned tail may still be only in the page cache: make it durable
@@ -297,20 +313,21 @@ class Store:
             elif used.clean:
                 lg.mark_unclean(used)
             lg.remove_stale_generations()
-        elif self._control is not None and self._control.first and report.records_scanned:
+        elif self._control is not None and report.records_scanned:
             # No process writes (this one found no other): what it read past the checkpoint was
             # written by one that died, perhaps not synced. Other processes' readers may read it
             # once it is published, so it is made durable first (no byte changes).
             lg.sync_scanned()
 
     def _bound(self) -> int | None:
-        """Where a read-only open beside other processes stops reading: the tail they published.
+        """Where an open beside other processes stops reading: the tail they published (with
+        ``durability="fsync"``, only what is durable; a writer catches up with the rest in its first turn).
 
-        ``None`` (read what the log holds) for a writable open, a first opener (no other process writes)
-        and a read-only open without ``CONTROL``.
+        ``None`` (read what the log holds) for a first opener (no other process writes) and a read-only
+        open without ``CONTROL``.
         """
         control = self._control
-        if control is None or control.first or not self.readonly:
+        if control is None or control.first:
             return None
         tail = control.tail()
         if tail is None:
@@ -320,35 +337,37 @@ class Store:
         return tail.goff
 
     def _open_to_others(self) -> None:
-        """After the load: publish this opener's tail if it is the first or writes, let later openers in,
-        and set up how this store tells (writable) or follows (read-only) the other processes."""
+        """After the load: publish the tail if this is the first opener, let later openers in, and set up how
+        this store tells (writable) and follows (every opener) the other processes."""
+        if self._lock_exclusive and self._lock_fd is not None:
+            share_store_lock(self._lock_fd)  # the store exists now: other writable openers may come in
+            self._lock_exclusive = False
         control = self._control
         if control is None:
             return
         lg = self._log
         pub = self._pub
-        if control.first or not self.readonly:
+        if control.first:
             active = lg.active
             control.publish_tail(pub.visible_end, active.first, active.end)
             control.publish_durable(pub.visible_end)
             control.publish_generation(lg.generation)
             control.wake()
         control.open_to_others()
-        if not self.readonly:
-            pub.shared = control
-            return
         follower = Follower(lg, control, self._fresh_log, self.durability == "fsync")
         self._follower = follower
         pub.follower = follower
+        if not self.readonly:
+            pub.shared = control
 
     def _fresh_log(self, bound: int) -> Log:
         """A new log of this store loaded up to global offset ``bound`` (the follower's reload)."""
         lg = self._log
         for attempt in range(READONLY_LOADS):
             ckpt, problem, _sid = self._read_checkpoint(False)
-            fresh = Log(self._io, self.path, lg.store_id, True, lg.segment_size, Published())
+            fresh = Log(self._io, self.path, lg.store_id, self.readonly, lg.segment_size, FollowingPublished())
             try:
-                Recovery(fresh, attempt < READONLY_LOADS - 1, bound).run(ckpt, problem)
+                Recovery(fresh, attempt < READONLY_LOADS - 1, bound, shared=True).run(ckpt, problem)
             except (CorruptionError, FileNotFoundError, IndexesUnusable):
                 fresh.close()
                 if attempt == READONLY_LOADS - 1:
@@ -358,7 +377,7 @@ class Store:
         raise AssertionError("unreachable")
 
     def _follow(self) -> None:
-        """A read-only store beside a writing process: catch up with what it published."""
+        """Catch up with what other processes published."""
         follower = self._follower
         if follower is not None:
             follower.refresh()
@@ -381,7 +400,7 @@ class Store:
         log, as a writable open would (and said at WARNING). ``bound`` (beside
         live processes: the tail they published) is where the read stops.
         """
-        if not self.readonly:
+        if not self.readonly and self._first():
             return self._recover(ckpt, ckpt_problem, False)
         previous: str | None = None
         rebuild = False
@@ -402,50 +421,89 @@ class Store:
                     rebuild = True  # the same files are unusable again: not a writer at work
                 previous = failure
                 self._log.close()
-                self._log = Log(self._io, self.path, store_id, True, self._log.segment_size, self._pub)
+                self._log = Log(self._io, self.path, store_id, self.readonly, self._log.segment_size, self._pub)
                 ckpt, ckpt_problem = again, problem
         raise AssertionError("unreachable")
 
     def _prepare_directory(self) -> bool:
-        """Create or check the directory and take the writer lock; returns whether the store is new."""
+        """Create or check the directory and take the store lock; returns whether the store is new.
+
+        A writable open holds ``LOCK`` shared (other writable processes may have the store open), or
+        exclusively while it creates the store: two processes that open a new directory at once
+        create it once. The directory is looked at again under the lock.
+        """
         io, path = self._io, self.path
         check_local(path)  # several processes coordinate through shared memory and locks of one machine
         if not os.path.exists(path):
+            self._make_directory()
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise NotADirectoryError(f"{path}: not a directory")
+        while True:
+            entries = self._look(io, path)
+            is_store = bool(entries & {layout.CHECKPOINT, layout.SEGMENTS})
             if self.readonly:
-                raise FileNotFoundError(f"{path}: no such directory")
-            io.mkdir(path)
-            self._made_dir = True
+                if not is_store:
+                    raise FileNotFoundError(f"{path}: not a logstore store")
+                return False
+            creating = not is_store or (layout.CHECKPOINT not in entries and self._creation_unfinished(entries))
             try:
-                io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+                fd = take_store_lock(
+                    io,
+                    path,
+                    creating,
+                    "the store is held exclusively (by `logstore repair`, or by an older"
+                    " logstore version that allows one writer process)",
+                )
+            except StoreLockedError:
+                raise
             except Exception:
                 self._remove_created()
                 raise
-        if not os.path.isdir(path) or os.path.islink(path):
-            raise NotADirectoryError(f"{path}: not a directory")
+            self._lock_fd = fd
+            self._lock_exclusive = creating
+            try:
+                again = self._look(io, path)  # under the lock: what another opener did before it is done
+            except BaseException:
+                self._release_lock()
+                raise
+            is_store = bool(again & {layout.CHECKPOINT, layout.SEGMENTS})
+            still = not is_store or (layout.CHECKPOINT not in again and self._creation_unfinished(again))
+            if still == creating:
+                break
+            self._release_lock()  # another process created the store meanwhile: take the shared lock
+        if creating and is_store:
+            logger.info("%s: the store's creation did not finish (a crash); creating it again", path)
+        return creating
+
+    def _make_directory(self) -> None:
+        io, path = self._io, self.path
+        if self.readonly:
+            raise FileNotFoundError(f"{path}: no such directory")
+        try:
+            io.mkdir(path)
+        except FileExistsError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                return  # another process made it meanwhile
+            raise
+        self._made_dir = True
+        try:
+            io.fsync_dir(os.path.dirname(os.path.abspath(path)))
+        except Exception:
+            self._remove_created()
+            raise
+
+    def _look(self, io: FileIO, path: str) -> set[str]:
+        """The directory's entries, noted as there before the open (a failed creation removes only the rest);
+        raises if the directory holds other files and is no store."""
         entries = set(io.listdir(path))
-        # What was there before this open created anything: a failed creation removes only the rest.
         self._found = {(".", n) for n in entries}
         for sub in (layout.SEGMENTS, layout.STREAMS):
             if sub in entries and os.path.isdir(os.path.join(path, sub)):
                 self._found |= {(sub, n) for n in io.listdir(os.path.join(path, sub))}
         is_store = bool(entries & {layout.CHECKPOINT, layout.SEGMENTS})
-        if self.readonly and not is_store:
-            raise FileNotFoundError(f"{path}: not a logstore store")
-        if not is_store and entries - {layout.LOCK, layout.CONTROL, layout.LOST_FOUND}:
+        if not is_store and not self.readonly and entries - {layout.LOCK, layout.CONTROL, layout.LOST_FOUND}:
             raise ValueError(f"{path}: not a logstore directory (it holds other files); use an empty or new directory")
-        if self.readonly:
-            return False
-        try:
-            self._lock_fd = take_writer_lock(io, path, "another process (or open store) holds the writer lock")
-        except StoreLockedError:
-            raise
-        except Exception:
-            self._remove_created()
-            raise
-        if is_store and layout.CHECKPOINT not in entries and self._creation_unfinished(entries):
-            logger.info("%s: the store's creation did not finish (a crash); creating it again", path)
-            return True
-        return not is_store
+        return entries
 
     def _remove_created(self) -> None:
         """Remove what this open created of a store whose creation failed (a full disk, say).
@@ -779,6 +837,8 @@ class Store:
         expected = tx.staged_head(stream)
         if expected is None:
             expected = self._pub.catalog.head_of(stream)
+            if offset > expected:
+                expected = self._head_beside_others(stream, offset)
         if offset != expected:
             if expected == ANY_OFFSET:
                 raise ValueError(
@@ -787,6 +847,20 @@ class Store:
                 )
             raise OffsetConflictError(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload))
+
+    def _head_beside_others(self, stream: str, offset: int) -> int:
+        """The head of ``stream`` for an append at ``offset``, past the head this process knew: another process
+        may have committed since. Catch up and look again; if commits of other processes are still not
+        readable here (not durable yet, with ``durability="fsync"``), take ``offset``: the commit checks
+        it against the latest commit of every process (a head only grows, so a lower offset is a conflict
+        at once)."""
+        self._follow()
+        head = self._pub.catalog.head_of(stream)
+        if offset > head and self._control is not None:
+            tail = self._control.tail()
+            if tail is not None and tail.goff > self._pub.visible_end:
+                return offset
+        return head
 
     # -- removal -------------------------------------------------------------------------------
 
@@ -857,7 +931,8 @@ class Store:
         check_retention(retention_age, retention_bytes)
         if not isinstance(roll, bool):
             raise TypeError(f"roll must be True or False, not {roll!r}")
-        with self._compact_lock:
+        control = self._control
+        with self._compact_lock, control.compacting() if control is not None else contextlib.nullcontext():
             return compact_store(self._log, self._writer, progress, retention_age, retention_bytes, roll)
 
     def open_stream(self, ds: Store, stream: str, offset: int) -> tuple[StreamReader, bool]:

@@ -35,11 +35,12 @@ calls once a group's committers are released.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import xxhash
@@ -78,6 +79,15 @@ _IDLE_CHECK = 1.0
 Control = tuple[int, str, bytes, int]
 
 
+class Sharing(Protocol):
+    """How a writer takes turns with the writers of other processes (:class:`logstore.follow.Follower`)."""
+
+    def begin_turn(self) -> bool: ...
+    def end_turn(self, finished: bool) -> None: ...
+    def others_writing(self) -> bool: ...
+    def mark_clean(self, clean: bool) -> None: ...
+
+
 class _Pending:
     __slots__ = ("call", "control", "done", "error", "gone", "lead", "result", "tx")
 
@@ -109,8 +119,11 @@ class Writer:
         checkpoint_bytes: int,
         retention_age: float | None = None,
         retention_bytes: int | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.log = log_
+        # Other processes may write the store: each turn of the writer role holds the write lock (``_turn``).
+        self.sharing = sharing
         # Where the writer publishes heads, limits and removals, and wakes readers (``log_.published``).
         self.published: Published = log_.published
         self.durability = durability
@@ -243,11 +256,41 @@ class Writer:
         the role on."""
         role.writer = True
         try:
-            self._work(self._batch)
-            self._maintain()
+            self._turn(self._batch, self._lead_turn)
         finally:
             role.writer = False
             self._pass_on()  # whatever happened, the role goes on
+
+    def _lead_turn(self) -> None:
+        self._work(self._batch)
+        self._maintain()
+
+    def _turn(self, batch: list[_Pending], body: Callable[[], None]) -> None:
+        """Run ``body`` (the work of one turn of the writer role) holding the write lock when other processes
+        may write: the turn begins caught up with their tail (``Sharing.begin_turn``) and ends with the
+        intent cleared unless the store failed meanwhile. A turn that cannot begin fails the store, and
+        ``batch`` with it."""
+        sharing = self.sharing
+        if sharing is None or self.failed is not None:
+            body()
+            return
+        try:
+            if sharing.begin_turn():
+                self._dirty = True  # another process's commits below the tail are not synced yet
+        except BaseException as exc:  # every failure fails the store; an interrupt goes on up
+            self._fail(exc, batch)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        try:
+            body()
+        finally:
+            try:
+                sharing.end_turn(self.failed is None)
+            except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
+                self._fail(exc, [])
+                if not isinstance(exc, Exception):
+                    raise
 
     def _work(self, batch: list[_Pending]) -> None:
         """Process ``batch``; a failure fails the store. An interrupt (KeyboardInterrupt, SystemExit)
@@ -358,13 +401,7 @@ class Writer:
                 return
             role.writer = True
             try:
-                self._work(batch)
-                if self.failed is None and self.durability == "batch":
-                    try:
-                        self._sync_if_due()
-                    except BaseException as exc:  # noqa: BLE001 - every failure fails the store
-                        self._fail(exc, [])
-                self._maintain()
+                self._turn(batch, functools.partial(self._thread_turn_work, batch))
             finally:
                 role.writer = False
             if stopping:
@@ -373,12 +410,35 @@ class Writer:
         if self.failed is None:
             role.writer = True
             try:
-                self.sync()
-                self.log.checkpoint(clean=True)
+                self._turn([], self._close_turn)
             except BaseException as exc:  # noqa: BLE001
                 self._fail(exc, [])
             finally:
                 role.writer = False
+
+    def _thread_turn_work(self, batch: list[_Pending]) -> None:
+        self._work(batch)
+        if self.failed is None and self.durability == "batch":
+            try:
+                self._sync_if_due()
+            except BaseException as exc:  # noqa: BLE001 - every failure fails the store
+                self._fail(exc, [])
+        self._maintain()
+
+    def _close_turn(self) -> None:
+        """The last turn: sync and checkpoint; the checkpoint says the log ends here (clean) only if no other
+        process has the store open for writing (it may append after this)."""
+        if self.failed is not None:
+            return
+        try:
+            self.sync()
+            sharing = self.sharing
+            clean = sharing is None or not sharing.others_writing()
+            self.log.checkpoint(clean=clean)
+            if sharing is not None:
+                sharing.mark_clean(clean)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(exc, [])
 
     def _interval_passed(self) -> bool:
         """``fsync_interval`` has passed since the last fsync."""
@@ -525,9 +585,11 @@ class Writer:
             return False  # rolled meanwhile by a commit, or empty: nothing to seal
         self.sync()  # everything written before the new segment exists is durable, as in _process
         try:
-            self._roll(lg.next_goff)
+            seg = self._roll(lg.next_goff)
         except OutOfSpaceError as exc:
             return exc
+        # Other writers then write in the new segment (the tail says where the log goes on).
+        self.published.publish(lg.next_goff, seg.first, seg.end, wake=False)
         return True
 
     def _roll(self, first: int, reserve: int = 0) -> Segment:
