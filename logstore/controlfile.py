@@ -64,7 +64,7 @@ from typing import NamedTuple
 import xxhash
 
 from logstore import layout
-from logstore.control import LOCK_COMPACT, LOCK_DMS, LOCK_WRITE, Futex, slot_lock_byte
+from logstore.control import LOCK_COMPACT, LOCK_DMS, LOCK_FLUSH, LOCK_WRITE, Futex, slot_lock_byte
 from logstore.control import available as futex_available
 from logstore.errors import CorruptionError, OutOfSpaceError, StoreLockedError, as_corruption
 from logstore.fileio import FileIO, pack_flock, unpack_flock
@@ -406,6 +406,13 @@ class Control:
 
     def unlock_write(self) -> None:
         self.io.unlock_range(self._fd(), LOCK_WRITE)
+
+    def lock_flush(self) -> None:
+        """Take the flush lock (byte :data:`~logstore.control.LOCK_FLUSH`), waiting while another process syncs."""
+        self.io.lock_range(self._fd(), LOCK_FLUSH, True, True)
+
+    def unlock_flush(self) -> None:
+        self.io.unlock_range(self._fd(), LOCK_FLUSH)
 
     @contextlib.contextmanager
     def compacting(self) -> Iterator[None]:

@@ -249,6 +249,7 @@ class Follower:
         removals = self._word(REMOVALS_AT)
         tail = control.tail()
         before = pub.visible_end
+        start = lg.next_goff
         try:
             if tail is not None:
                 goal = min(tail.goff, self._word(DURABLE_AT)) if self.durable_only else tail.goff
@@ -258,8 +259,11 @@ class Follower:
                     except _Behind as why:
                         logger.info("%s: loading the log again: %s", lg.directory, why)
                         self._reload_from(goal)
+                elif goal > pub.visible_end:  # a writer's turn applied it before it was durable; now it is
+                    pub.visible_end = goal
+                    pub.wake()
         finally:
-            if lg.next_goff > pub.visible_end:
+            if lg.next_goff > max(pub.visible_end, start):
                 # A catch-up that failed after applying whole transactions: they are below the tail, show them.
                 pub.visible_end = lg.next_goff
                 pub.applied_removal()
@@ -336,15 +340,17 @@ class Follower:
         lg.segments.append(seg)  # readers search the list they read; an append keeps it consistent
         return seg
 
-    def _publish(self, removed: bool) -> None:
-        """Let go of the segments retention dropped, then show this process's readers the new end."""
+    def _publish(self, removed: bool, cap: int | None = None) -> None:
+        """Let go of the segments retention dropped, then show this process's readers the new end (at most
+        ``cap``: a writer's turn catches up past what is durable)."""
         lg = self.log
         gone = lg.droppable()
         if gone:
             lg.segments = lg.segments[len(gone) :]
             for old in gone:
                 old.close()  # a reader holding it gets SegmentRetired and looks again
-        self.pub.visible_end = lg.next_goff
+        end = lg.next_goff if cap is None else min(lg.next_goff, cap)
+        self.pub.visible_end = max(self.pub.visible_end, end)
         if removed:
             self.pub.applied_removal()
         else:
@@ -428,11 +434,11 @@ class Follower:
 
         Steps, each before the next (docs/ARCHITECTURE.md, "Several writers"): (1) the follower's lock (no
         reader's catch-up runs meanwhile); (2) the write lock, waiting for another process's turn to end;
-        (3) with ``durability="fsync"``, if the tail is not yet durable (another process writes with
-        ``"none"`` or ``"batch"``), ``fdatasync`` its segment, so this process's readers see only durable
-        commits; (4) catch up with the tail; (5) if the intent word is set, take over from the holder that
-        died or failed in its turn (:meth:`_take_over`); (6) map the whole active segment file, take the
-        checkpoint generation, and rewrite a clean checkpoint as unclean; (7) set the intent word. The
+        (3) catch up with the tail (with ``durability="fsync"``, this process's readers see only the
+        durable part: the visible end stops at the durable bound); (4) if the intent word is set, take
+        over from the holder that died or failed in its turn (:meth:`_take_over`); (5) map the whole
+        active segment file, take the checkpoint generation, and rewrite a clean checkpoint as unclean;
+        (6) set the intent word. The
         writer then writes at the tail, publishes, and calls :meth:`end_turn`. Returns whether commits
         below the tail are not durable yet (the writer's next sync covers them; its next record must not
         say that what precedes it is durable).
@@ -449,15 +455,47 @@ class Follower:
             self._lock.release()
             raise
 
-    def end_turn(self, finished: bool) -> None:
+    def end_turn(self, finished: bool, after: Callable[[], None]) -> None:
         """End the turn: clear the intent word if the turn ``finished`` (else the next holder takes over),
-        release the write lock and the follower's lock."""
+        release the write lock, call ``after`` (the writer's flush: another process's turn runs meanwhile),
+        and release the follower's lock."""
         try:
             if finished:
                 self.control.set_word(INTENT_AT, 0)
             self.control.unlock_write()
+            after()
         finally:
             self._lock.release()
+
+    def flush(self, goal: int) -> None:
+        """Make every commit below global offset ``goal`` durable, sharing the ``fdatasync`` with other
+        processes (group commit across processes, as PostgreSQL's ``XLogFlush``).
+
+        Called by the writer after its turn, holding this follower's lock (the log does not move). Steps:
+        (1) if the durable bound has reached ``goal`` (another process's sync covered it), done; (2) take
+        the flush lock, waiting while another process syncs, and look again; (3) read the tail, then
+        ``fdatasync`` this process's active segment: every record of that file below the tail is then
+        durable, whoever wrote it, and earlier segments were synced at their roll; (4) raise the durable
+        bound to the tail if it is in that segment (else to ``goal``); (5) release the lock and wake the
+        processes that wait for durable commits.
+        """
+        control = self.control
+        if self._word(DURABLE_AT) >= goal:
+            return
+        control.lock_flush()
+        try:
+            if self._word(DURABLE_AT) >= goal:
+                return
+            tail = control.tail()
+            seg = self.log.active
+            self.log.io.fdatasync(seg.fd)
+            target = goal
+            if tail is not None and tail.segment == seg.first and tail.goff > goal:
+                target = tail.goff
+            control.publish_durable(target)
+        finally:
+            control.unlock_flush()
+        control.wake()
 
     def others_writing(self) -> bool:
         """Whether another live opener of the store is writable (it may append after this one's last turn)."""
@@ -474,17 +512,11 @@ class Follower:
         tail = control.tail()
         if tail is None:
             raise CorruptionError(control.path, TAIL_A, "no tail was ever published (the file was rebuilt under us)")
-        if self.durable_only and self._word(DURABLE_AT) < tail.goff:
-            path = layout.segment_path(lg.directory, tail.segment)
-            fd = io.open(path, os.O_RDONLY)
-            try:
-                io.fdatasync(fd)
-            finally:
-                io.close(fd)
-            control.publish_durable(tail.goff)
         if tail.goff > lg.next_goff or tail.segment > lg.active.first:
             try:
-                self._publish(self._catch_up(tail, tail.goff))
+                # With durability="fsync" this process's readers see only what is durable (the rest when a
+                # sync covers it: this writer's, or another process's).
+                self._publish(self._catch_up(tail, tail.goff), self._word(DURABLE_AT) if self.durable_only else None)
             except _Behind as why:
                 logger.info("%s: loading the log again: %s", lg.directory, why)
                 self._reload_from(tail.goff)

@@ -354,7 +354,7 @@ class StreamReader(_Reader):
     (True, True, 0, 0)
     """
 
-    __slots__ = ("_run", "_seg", "_seg_end", "_sid", "found", "name")
+    __slots__ = ("_held", "_run", "_seg", "_seg_end", "_sid", "found", "name")
 
     # A stream is mostly read whole from its start (loading an aggregate): the first read
     # decodes up to 16 envelopes at once, so a short stream takes one read.
@@ -371,6 +371,10 @@ class StreamReader(_Reader):
         self._run = (0, 0, 0)
         self._seg: Segment | None = None
         self._seg_end = 0  # _seg.first + _seg.count when last read (the active segment grows)
+        # The global offset of the next message when the visible end held the read back (-1: not held). The
+        # heads may count commits not yet readable: another process's, applied by this process's writer
+        # before they are durable (durability="fsync").
+        self._held = -1
         self.found = False  # set by the store when it opens the reader
 
     # _meta: the global offset minus the stream offset of the records of _buf (one read is
@@ -406,7 +410,10 @@ class StreamReader(_Reader):
         if self._bufi < len(self._buf):
             return True
         head = self._head()
-        return self._sid is not None and max(self._next, int(self._pub.catalog.first[self._sid])) < head
+        if self._sid is None or max(self._next, int(self._pub.catalog.first[self._sid])) >= head:
+            return False
+        held = self._held
+        return held < 0 or self._pub.visible_end > held
 
     # Long on purpose: the global reader's read loop (hot path, bench W3), one pass on purpose.
     def _advance_once(self) -> bool:  # noqa: PLR0912, PLR0915
@@ -424,6 +431,7 @@ class StreamReader(_Reader):
             self._sid = sid
         head: int = cat.head.item(sid)  # the head before the first offset (as _head(), then first)
         want = max(self._next, cat.first.item(sid))
+        self._held = -1
         while want < head:
             run_off, run_goff, limit = self._run
             if not run_off <= want < limit:
@@ -446,6 +454,10 @@ class StreamReader(_Reader):
             if goff < start:  # dropped by retention: skip to the first retained message of the run
                 want += min(start - goff, limit - want)
                 continue
+            visible = pub.visible_end
+            if goff >= visible:  # counted in the head, not readable yet (see _held)
+                self._held = goff
+                break
             seg = self._seg
             seg_end = self._seg_end
             if seg is None or not seg.first <= goff < seg_end:
@@ -459,7 +471,7 @@ class StreamReader(_Reader):
                             continue
                         raise
                     seg_end = self._seg_end = seg.first + seg.count
-            stop = min(goff + limit - want, seg_end, goff + self._prefetch)
+            stop = min(goff + limit - want, seg_end, goff + self._prefetch, visible)
             buf: list[Envelope] = []
             try:
                 offs = seg.read(goff, stop, buf, sid, want)[1]

@@ -83,7 +83,8 @@ class Sharing(Protocol):
     """How a writer takes turns with the writers of other processes (:class:`logstore.follow.Follower`)."""
 
     def begin_turn(self) -> bool: ...
-    def end_turn(self, finished: bool) -> None: ...
+    def end_turn(self, finished: bool, after: Callable[[], None]) -> None: ...
+    def flush(self, goal: int) -> None: ...
     def others_writing(self) -> bool: ...
     def mark_clean(self, clean: bool) -> None: ...
 
@@ -148,6 +149,13 @@ class Writer:
         self.failed: StoreFailedError | None = None
         self._dirty = False  # bytes written but not yet fsynced
         self._extra_pending: list[tuple[int, Record]] = []  # a transaction's records so far, for extra indexes
+        # Beside other writer processes with durability="fsync", a turn writes its groups and publishes their
+        # tail, and the sync comes after the write lock is released, under the flush lock (``_flush_turn``):
+        # until then the groups' items, heads and end wait here.
+        self._defer_sync = sharing is not None and durability == "fsync"
+        self._unflushed: list[_Pending] = []
+        self._unflushed_heads: dict[int, int] = {}
+        self._unflushed_end: int | None = None
         self._abandon = False
         self._last_sync = time.monotonic()
         # (segment first global offset, byte position, next global offset) as of the last fsync:
@@ -286,11 +294,57 @@ class Writer:
             body()
         finally:
             try:
-                sharing.end_turn(self.failed is None)
+                sharing.end_turn(self.failed is None, self._flush_turn)
             except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
                 self._fail(exc, [])
                 if not isinstance(exc, Exception):
                     raise
+
+    def _flush_turn(self) -> None:
+        """After a turn's write lock is released: make its groups durable under the flush lock (one
+        ``fdatasync`` shared with the other processes that wait for one), then show them to this process's
+        readers and release their committers."""
+        end = self._unflushed_end
+        if end is None:
+            return
+        sharing = self.sharing
+        assert sharing is not None
+        try:
+            sharing.flush(end)
+        except BaseException as exc:  # every failure fails the store; an interrupt goes on up
+            self._fail(exc, [])
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._dirty = False
+        self._last_sync = time.monotonic()
+        active = self.log.active
+        self.synced = (active.first, active.end, self.log.next_goff)
+        self._show_unflushed()
+
+    def _settle(self) -> None:
+        """Sync the turn's groups now, inside the write lock, and show them (before a removal, a call or
+        maintenance, which go by the heads)."""
+        if self._unflushed_end is not None:
+            self.sync()
+            self._show_unflushed()
+
+    def _show_unflushed(self) -> None:
+        """The deferred groups are durable: publish their heads and end to this process's readers, release
+        their committers and wake every waiter."""
+        end = self._unflushed_end
+        if end is None:
+            return
+        self.log.streams.set_heads(self._unflushed_heads)
+        self._unflushed_heads = {}
+        pub = self.published
+        pub.visible_end = max(pub.visible_end, end)
+        self._unflushed_end = None
+        items, self._unflushed = self._unflushed, []
+        for p in items:
+            with contextlib.suppress(RuntimeError):
+                p.done.release()
+        pub.wake()
 
     def _work(self, batch: list[_Pending]) -> None:
         """Process ``batch``; a failure fails the store. An interrupt (KeyboardInterrupt, SystemExit)
@@ -319,6 +373,7 @@ class Writer:
         if not self._maintenance_due():
             return
         try:
+            self._settle()
             if self._retention_due:
                 self._retention_due = False
                 self.apply_retention()
@@ -476,7 +531,10 @@ class Writer:
         with self._cv:
             self.failed = failed
             queued, self._queue = self._queue, []
-        self._fail_batch(batch + queued)
+        unflushed, self._unflushed = self._unflushed, []
+        self._unflushed_end = None
+        self._unflushed_heads = {}
+        self._fail_batch(unflushed + batch + queued)
         batch.clear()  # failed: nothing of it is left to write
 
     def _fail_batch(self, batch: list[_Pending], error: BaseException | None = None) -> None:
@@ -501,13 +559,17 @@ class Writer:
             if j > i:
                 group = batch[i:j]
                 committed = self._process(group)
-                for p in group:
-                    p.done.release()
                 del batch[:j]  # what is left is what a failure must still fail
                 i = 0
+                if self._unflushed_end is not None:
+                    self._unflushed += group  # released once synced, after the turn (_flush_turn)
+                    continue
+                for p in group:
+                    p.done.release()
                 if committed:
                     self.published.wake()
                 continue
+            self._settle()
             p = batch[0]
             if p.call is not None:
                 p.result = p.call()  # a failure here fails the store, like a failed commit
@@ -711,10 +773,12 @@ class Writer:
         capacity = seg.size  # the reserved (and mapped) bytes
         parts: list[bytes] = []
         positions: list[int] = []
-        heads: dict[int, int] = {}  # stream id -> head after this batch so far
+        defer = self._defer_sync
+        # stream id -> head after this batch so far (and after the turn's earlier groups, not yet shown)
+        heads: dict[int, int] = self._unflushed_heads if defer else {}
         committed = False
         synced_flag = 0 if self._dirty else FLAG_SYNCED
-        sync = self._group_syncs()
+        sync = self._group_syncs() and not defer
         written = 0
         hdr_pack = RECORD_HEADER.pack
         sum_pack = CHECKSUM.pack
@@ -820,12 +884,19 @@ class Writer:
             self._dirty = True
         seg.end = pos
         lg.next_goff = goff  # the writer's own position; readers go by visible_end, published below
+        lg.checkpointed_bytes += written
+        if defer:
+            # Other writers go on after this tail; this process's readers and committers wait for the sync.
+            shared = self.published.shared
+            assert shared is not None
+            shared.publish_tail(goff, seg.first, pos)
+            self._unflushed_end = goff
+            return committed
         if sync:
             self.sync()
         # Publish: heads first, then the global end; readers read them in the other order.
         streams.set_heads(heads)
         self.published.publish(goff, seg.first, pos)
-        lg.checkpointed_bytes += written
         return committed
 
 
