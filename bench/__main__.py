@@ -1,6 +1,6 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
-Runs the workloads W1-W8 and W10 (see ``bench/RESULTS.md`` for what each
+Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
 does) on logstore, sqlite3 and LMDB in one run, on identical envelopes, each
 measurement in a fresh process (``bench/workloads.py``; W10's readers are
 processes of their own beside the writer's), the stores taking turns going
@@ -50,6 +50,9 @@ class Plan:
     w8_streams: int
     w8_loads: int
     w8_repeat: int
+    w9_commits: int
+    w9_procs: tuple[int, ...]
+    w9_repeat: int
     w10_commits: int
     w10_readers: tuple[int, ...]
     w10_idle_seconds: float
@@ -68,6 +71,9 @@ QUICK = Plan(
     w8_streams=20_000,
     w8_loads=1_000,
     w8_repeat=1,
+    w9_commits=40,
+    w9_procs=(1, 4),
+    w9_repeat=1,
     w10_commits=30,
     w10_readers=(1, 8),
     w10_idle_seconds=0.5,
@@ -85,12 +91,15 @@ FULL = Plan(
     w8_streams=1_000_000,
     w8_loads=10_000,
     w8_repeat=1,
+    w9_commits=400,
+    w9_procs=(1, 2, 4, 8),
+    w9_repeat=3,
     w10_commits=300,
     w10_readers=(1, 8),
     w10_idle_seconds=3.0,
     w10_repeat=2,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W10")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
 W10_WARMUP = 10
 """Commits of a W10 run that readers take before the measured ones (the first wait starts logstore's watcher)."""
 
@@ -403,6 +412,20 @@ def w8(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
         )
 
 
+def w9(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
+    """Several writer processes on one store: aggregate commits per second and commit latency, for 1- and
+    100-envelope transactions (``durability="fsync"``; sqlite3 ``synchronous=FULL``; LMDB ``sync=True``)."""
+    for batch in (1, 100):
+        commits = plan.w9_commits if batch == 1 else max(plan.w9_commits // 10, 10)
+        for procs in plan.w9_procs:
+            runs = runs_per_store(
+                r, stores, plan.w9_repeat, f"w9-{procs}", "procs", procs=procs, commits=commits, batch=batch
+            )
+            for store, res in runs:
+                name = f"processes={procs}/batch={batch}/size={SIZE}B/commits={human(commits)}-each/store={store}"
+                r.record("W9", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
+
+
 def w10(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     """Tailing from other processes: wake-up latency for each reader count, and the CPU of an idle reader.
 
@@ -711,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             w7(r, plan, stores)
         if "W8" in want:
             w8(r, plan, stores)
+        if "W9" in want:
+            w9(r, plan, stores)
         if "W10" in want:
             w10(r, plan, stores)
         machine = machine_facts(base)

@@ -392,6 +392,94 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- W9: several writer processes ------------------------------------------------------------------
+
+
+def procs(spec: dict[str, Any]) -> dict[str, Any]:
+    """W9's driver: ``procs`` writer processes commit to one store at once (:func:`procs_writer`).
+
+    The store is made first (one open and close), then every writer
+    process opens it, prints ``ready`` and waits; once all are ready, each
+    is sent ``go`` and commits ``commits`` transactions of ``batch``
+    envelopes to a stream of its own (exact offsets), one at a time. The
+    aggregate rate is every commit over the time from the first writer's
+    start to the last writer's end (``time.monotonic_ns()``: one clock for
+    every process of the machine); the latency of each commit is the time
+    ``commit()`` (sqlite3: ``COMMIT``, LMDB: the write transaction) took.
+    Afterwards the driver counts the envelopes in the store.
+    """
+    writers, commits, batch = spec["procs"], spec["commits"], spec["batch"]
+    open_peer(spec["store"], spec["dir"]).close()
+    cmd = [sys.executable, "-m", "bench.workloads"]
+    children = []
+    try:
+        for w in range(writers):
+            child = {**spec, "workload": "procs_writer", "writer": w}
+            children.append(
+                subprocess.Popen(
+                    [*cmd, json.dumps(child)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in children:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                _, err = proc.communicate()
+                raise RuntimeError(f"{spec['store']} writer process did not start: {line!r}\n{err}")
+        for proc in children:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outs = []
+        for proc in children:
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{spec['store']} writer process: exit {proc.returncode}\n{err}")
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in children:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    first = min(o["start_ns"] for o in outs)
+    last = max(o["end_ns"] for o in outs)
+    latencies = [x for o in outs for x in o["latencies"]]
+    peer = open_peer(spec["store"], spec["dir"])
+    try:
+        found = sum(1 for _ in peer.scan())
+    finally:
+        peer.close()
+    _check(f"{spec['store']}: envelopes in the store after W9", found, writers * commits * batch)
+    return {"seconds": (last - first) / 1e9, "commits": writers * commits, "latency": latency_summary(latencies)}
+
+
+def procs_writer(spec: dict[str, Any]) -> dict[str, Any]:
+    """One writer process of :func:`procs`: open, say ``ready``, wait for ``go``, commit, report."""
+    commits, batch, w = spec["commits"], spec["batch"], spec["writer"]
+    pool = make_pool(commits * batch, spec["size"])
+    peer = open_peer(spec["store"], spec["dir"])
+    stream = f"writer-{w}"
+    txs = [[pool[(k * batch + j) % len(pool)] for j in range(batch)] for k in range(commits)]
+    _emit_line("ready")
+    if sys.stdin.readline().strip() != "go":
+        raise RuntimeError("procs_writer: expected go")
+    latencies = []
+    now = time.monotonic_ns
+    append = peer.append
+    start = now()
+    for k, envs in enumerate(txs):
+        t0 = now()
+        append(stream, k * batch, envs)
+        latencies.append((now() - t0) / 1e9)
+    end = now()
+    peer.close()
+    return {"start_ns": start, "end_ns": end, "latencies": latencies}
+
+
 # -- W10: tailing from other processes ------------------------------------------------------------
 
 
@@ -526,6 +614,8 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "crash_tail": crash_tail,
     "open_time": open_time,
     "many_streams": many_streams,
+    "procs": procs,
+    "procs_writer": procs_writer,
     "tail": tail,
     "tail_reader": tail_reader,
 }
