@@ -1,8 +1,11 @@
-"""`logstore compact DIR`: reclaims removed messages, exit 0; a locked, foreign or unknown-version store: exit 2."""
+"""`logstore compact DIR`: reclaims removed messages, exit 0, beside writers too; a store repair holds, a foreign or
+unknown-version store: exit 2."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,13 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.tools.cli import main
-from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
+from tests.helpers import (
+    SMALL_SEGMENT,
+    assert_not_stores_told_apart,
+    assert_verified,
+    store_files,
+    with_format_version,
+)
 
 
 def _store(path: Path) -> None:
@@ -36,11 +45,80 @@ def test_compact_reports_bytes_reclaimed(store_dir: Path, capsys: pytest.Capture
     assert "rewrote 0 segment(s)" in capsys.readouterr().out
 
 
-def test_compact_refuses_a_locked_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _read(store: logstore.Store, stream: str) -> list[tuple[int, object]]:
+    reader, _found = store.open_stream(store, stream, 0)
+    with reader:
+        out = []
+        while reader.try_next():
+            out.append((reader.offset(), reader.get().message))
+        return out
+
+
+def _compact_beside_a_writer(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Compact ``path`` with the tool while another writable store has it open; that writer checks what it sees."""
+    _store(path)
+    with logstore.open(path, segment_size=SMALL_SEGMENT) as writer:
+        expected_a = [(i, {"i": i, "pad": "x" * 300}) for i in range(250, 300)]
+        assert _read(writer, "a") == expected_a
+        size = sum(f.stat().st_size for f in (path / "segments").glob("*.log"))
+        assert main(["compact", "--json", str(path)]) == 0  # just another writer: no lock refuses it
+        report = json.loads(capsys.readouterr().out)
+        assert report["messages_removed"] == 250 and report["bytes_reclaimed"] > 0
+        assert sum(f.stat().st_size for f in (path / "segments").glob("*.log")) < size
+        # The writer reads the rewritten segments and goes on committing after the compaction.
+        assert writer.global_head == 601  # 600 messages and the truncation
+        assert writer.stream_info("a") == (250, 300, False)
+        assert _read(writer, "a") == expected_a
+        assert [_read(writer, f"b{i}") for i in (0, 150, 299)] == [[(0, 0)], [(0, 150)], [(0, 299)]]
+        with writer.transaction() as tx:
+            writer.append_messages(tx, "a", 300, [Envelope.new("E", {"i": 300})])
+        assert writer.global_head == 602
+        assert _read(writer, "a") == [*expected_a, (300, {"i": 300})]
+        with logstore.open(path, readonly=True) as reader:  # a fresh opener beside the writer sees both
+            assert reader.stream_info("a") == (250, 301, False)
+            assert _read(reader, "a") == _read(writer, "a")
+    with logstore.open(path, segment_size=SMALL_SEGMENT) as store:
+        assert store.global_head == 602
+        assert _read(store, "a") == [*expected_a, (300, {"i": 300})]
+        assert all(store.head(f"b{i}") == 1 for i in range(300))
+
+
+def test_compact_works_beside_a_live_writer_which_sees_the_result_and_goes_on_committing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # tmp_path, not store_dir: whether the store verifies clean afterwards is the next test's (an xfail).
+    _compact_beside_a_writer(tmp_path / "store", capsys)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a writable store open while another participant compacts keeps its positions of the rewritten "
+    "segments: its close writes a CHECKPOINT (segment ends) and .pos files that do not match them, and "
+    "verify reports it (checksum of the .pos entries does not match the checkpoint)",
+)
+def test_a_store_compacted_beside_a_live_writer_verifies_clean_once_closed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "store"
+    _compact_beside_a_writer(path, capsys)
+    assert_verified(path)
+
+
+def test_compact_refuses_a_store_that_repair_holds(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _store(store_dir)
-    with logstore.open(store_dir):
+    before = store_files(store_dir)
+    fd = os.open(store_dir / "LOCK", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what `logstore repair` holds while it works
         assert main(["compact", str(store_dir)]) == 2
-        assert "writer lock" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith(f"logstore compact: {store_dir}: the store is held exclusively"), err
+        assert "logstore repair" in err
+        assert store_files(store_dir) == before
+    finally:
+        os.close(fd)
+    assert main(["compact", str(store_dir)]) == 0
+    assert "removed 250 message(s)" in capsys.readouterr().out
 
 
 def test_compact_refuses_an_unknown_format_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

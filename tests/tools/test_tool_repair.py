@@ -254,14 +254,26 @@ def test_dry_run_changes_nothing(template: Template, tmp_path: Path, capsys: pyt
     assert store_files(path) == before
 
 
-def test_repair_refuses_a_locked_store(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_repair_refuses_while_a_writer_has_the_store_open(store_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with logstore.open(store_dir) as store:
         with store.transaction() as tx:
             store.append_messages(tx, "a", 0, [Envelope.new("E", 1)])
+        with logstore.open(store_dir) as other:  # two writers, as two processes would be
+            with other.transaction() as tx:
+                other.append_messages(tx, "a", 1, [Envelope.new("E", 2)])
+            before = store_files(store_dir)
+            assert main(["repair", str(store_dir)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"logstore repair: {store_dir}: a writer holds the store"), err
+            assert store_files(store_dir) == before
+        # One writer left: still refused, and the writer goes on.
         assert main(["repair", str(store_dir)]) == 2
         assert "writer holds" in capsys.readouterr().err
-        assert main(["compact", str(store_dir)]) == 2
-        assert "lock" in capsys.readouterr().err
+        with store.transaction() as tx:
+            store.append_messages(tx, "a", 2, [Envelope.new("E", 3)])
+    assert main(["repair", str(store_dir)]) == 0
+    with logstore.open(store_dir, readonly=True) as ro:
+        assert ro.head("a") == 3
 
 
 def test_repair_and_compact_refuse_a_directory_that_is_not_a_store(

@@ -686,25 +686,45 @@ def test_open_read_only_where_there_is_no_store(tmp_path):
     assert os.listdir(tmp_path / "empty") == []
 
 
-def test_second_writer_on_the_same_directory(store_dir):
+def test_two_writers_on_the_same_directory_both_commit_and_a_conflict_between_them_raises(store_dir):
+    """Each writable open is a participant of its own, in one process as in two: both commit, each checks its
+    offsets against the other's commits, and the loser of a race writes nothing."""
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         commit(store, "s", 0, envs(2))
-        before = snapshot(store)
-        with pytest.raises(logstore.StoreLockedError, match="lock") as info:
-            logstore.open(store_dir, segment_size=SMALL_SEGMENT)
-        assert str(store_dir) in str(info.value)
-        assert isinstance(info.value, logstore.LogStoreError)
-        # A read-only open works alongside the writer, and sees what was committed.
-        with logstore.open(store_dir, readonly=True) as ro:
-            assert snapshot(ro) == before
-            reader, found = ro.open_stream(ro, "s", 0)
-            assert found is True
-            assert [e.type for e in reader] == ["m.Happened"] * 2
-            reader.close()
-        # The refused writer took nothing away from the first.
-        assert_unchanged_and_writable(store, before)
-        with pytest.raises(logstore.StoreLockedError):
-            logstore.open(store_dir, segment_size=SMALL_SEGMENT)
-    # Once the writer closed, the next one gets the lock.
+        with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as other:
+            assert snapshot(other) == snapshot(store)
+            assert commit(other, "s", 2, envs(1, "other")) == range(2, 3)
+            assert store.head("s") == 3  # the first sees the second's commit
+            # An offset below the head the store knows: refused at once, in either store.
+            for who in (store, other):
+                tx, committer = who.begin_tx()
+                with pytest.raises(logstore.OffsetConflictError) as info:
+                    who.append_messages(tx, "s", 2, envs(1, "late"))
+                assert (info.value.stream, info.value.expected, info.value.given) == ("s", 3, 2)
+                assert isinstance(info.value, logstore.LogStoreError)
+                committer.rollback()
+            # Both append at the head both know; the first to commit wins, the other's commit raises.
+            tx_a, commit_a = store.begin_tx()
+            store.append_messages(tx_a, "s", 3, envs(1, "a"))
+            store.append_messages(tx_a, "t", 0, envs(1, "a"))
+            tx_b, commit_b = other.begin_tx()
+            other.append_messages(tx_b, "s", 3, envs(1, "b"))
+            other.append_messages(tx_b, "u", 0, envs(1, "b"))
+            assert commit_b.commit() == range(3, 5)
+            before = snapshot(store)
+            with pytest.raises(logstore.OffsetConflictError) as info:
+                commit_a.commit()
+            assert (info.value.stream, info.value.given) == ("s", 3)
+            # Nothing of the losing transaction was written, in either store's view.
+            assert snapshot(store) == before == snapshot(other)
+            assert before[1] == {"s": 4, "u": 1}
+            assert [e.type for e in before[2]] == ["m.Happened"] * 2 + ["other.Happened", "b.Happened", "b.Happened"]
+            # A read-only open works beside both writers and sees what both committed.
+            with logstore.open(store_dir, readonly=True) as ro:
+                assert snapshot(ro) == before
+            # The conflict took nothing away from either writer.
+            assert_unchanged_and_writable(store, before)
+            assert commit(other, "u", 1, envs(1, "other")) == range(6, 7)
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        assert store.global_head == 3
+        assert store.global_head == 7
+        assert {n: store.head(n) for n in store.stream_names()} == {"s": 5, "u": 2}

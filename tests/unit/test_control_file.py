@@ -52,7 +52,7 @@ from logstore.errors import CorruptionError, FormatVersionError
 from logstore.fileio import OFD_LOCKS, FileIO
 from logstore.index.header import ControlHeader
 from logstore.repair import repair
-from logstore.store import processes_of
+from logstore.store import own_slot_of, processes_of
 from logstore.tools.cli import main
 from logstore.verify import verify
 from tests.helpers import (
@@ -73,7 +73,7 @@ _OPENER = textwrap.dedent(
     """
     import json, os, sys
     import logstore
-    from logstore.store import processes_of
+    from logstore.store import own_slot_of, processes_of
 
     path, mode = sys.argv[1], sys.argv[2]
     store = logstore.open(path, readonly=mode == "ro")
@@ -419,16 +419,33 @@ def test_the_257th_opener_is_refused_with_a_clear_error(tmp_path: Path) -> None:
         io.close(fd)
 
 
-def test_the_single_writer_rule_is_unchanged(tmp_path: Path, opener: Any) -> None:
+def test_writable_opens_in_several_processes_share_the_store_and_repair_refuses_while_any_is_open(
+    tmp_path: Path, opener: Any
+) -> None:
     path = new_store(tmp_path / "store")
     writer = opener(path, "rw")
-    with pytest.raises(StoreLockedError, match=str(path)):
-        logstore.open(path)
-    with logstore.open(path, readonly=True) as store:
-        assert [p["mode"] for p in writer.procs()] == ["writable", "read-only"]
-        assert store.head("s") == 1
+    with logstore.open(path, segment_size=SMALL_SEGMENT) as store:  # a second writer, beside the first
+        commit(store, "s", 1, [logstore.Envelope.new("E", {"i": 1})])
+        procs = writer.procs()
+        assert [(p["pid"], p["mode"]) for p in procs] == [(writer.pid, "writable"), (os.getpid(), "writable")]
+        assert sorted(p["slot"] for p in procs) == sorted([writer.slot, own_slot_of(store)])
+        with logstore.open(path, readonly=True) as ro:
+            assert [p["mode"] for p in writer.procs()] == ["writable", "writable", "read-only"]
+            assert ro.head("s") == 2
+        before = sorted(p.name for p in path.rglob("*"))
+        with pytest.raises(StoreLockedError, match="a writer holds the store") as info:
+            repair(str(path))
+        assert str(path) in str(info.value)
+        assert main(["repair", str(path)]) == 2  # the tool refuses too
+        assert sorted(p.name for p in path.rglob("*")) == before  # nothing done
+    # One writer left, in another process: still refused.
+    with pytest.raises(StoreLockedError, match="a writer holds the store"):
+        repair(str(path))
+    assert [(p["pid"], p["mode"]) for p in writer.procs()] == [(writer.pid, "writable")]
     writer.close()
-    logstore.open(path).close()
+    assert not repair(str(path)).changed  # the store to itself at last
+    with logstore.open(path) as store:
+        assert store.head("s") == 2
 
 
 # -- repair -------------------------------------------------------------------------------------------

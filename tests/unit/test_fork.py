@@ -24,6 +24,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.lock import writer_is_live
+from logstore.repair import repair
+from logstore.store import processes_of
 from tests.helpers import SMALL_SEGMENT, assert_verified, run_python
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +140,15 @@ def open_elsewhere(path: Path, readonly: bool = False) -> str:
     return done.stdout.strip()
 
 
+def assert_parent_holds(store: logstore.Store) -> None:
+    """The parent's writable ``store`` still holds ``LOCK`` (shared) and its slot of ``CONTROL``, and no other
+    process has the store open: ``LOCK`` cannot be taken exclusively, and ``logstore repair`` refuses."""
+    assert writer_is_live(store.path)
+    assert [(p.pid, p.mode) for p in processes_of(store)] == [(os.getpid(), "writable")]
+    with pytest.raises(logstore.StoreLockedError, match="a writer holds the store"):
+        repair(store.path)
+
+
 def assert_forked_error(report: str, parent: int) -> None:
     assert report.startswith("StoreForkedError: "), report
     assert f"opened by process {parent}" in report
@@ -235,19 +247,23 @@ def test_a_child_never_releases_the_parents_lock(store_dir, leave):
             assert got == ["ok", "ok", "ok"]  # quiet and idempotent
         elif leave == "with":
             assert got == ["ok"]
-        assert open_elsewhere(store_dir) == "StoreLockedError"
+        assert_parent_holds(store)
+        assert open_elsewhere(store_dir) == "opened"  # another writer process opens and closes beside it
+        assert_parent_holds(store)
         assert commit(store, "s", [env(1)]) == range(1, 2)
         assert reader.try_next() and reader.offset() == 0
         assert reader.try_next() and reader.offset() == 1
         reader.close()
     finally:
         store.close()
-    assert open_elsewhere(store_dir) == "opened"
+    assert not writer_is_live(str(store_dir))
+    assert not repair(str(store_dir)).changed  # the store to itself: nothing holds CONTROL either
 
 
 def test_a_living_child_keeps_no_hold_on_the_lock_and_may_open_the_store_once_the_parent_closed_it(store_dir):
-    """The child drops its copy of the LOCK descriptor at the fork: once the parent closes the store, another
-    process can open it for writing while the child still lives, and so can the child itself."""
+    """The child drops its copies of the LOCK and CONTROL descriptors at the fork: once the parent closes the
+    store, nothing holds either while the child still lives (``logstore repair`` may take the store), and the
+    child may open the store itself."""
     store = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
     gate = Gate()
     try:
@@ -259,9 +275,11 @@ def test_a_living_child_keeps_no_hold_on_the_lock_and_may_open_the_store_once_th
                 return [list(commit(own, "child", [env(1)])), outcome(lambda: store.head("parent"))]
 
         c = Child(child)
-        assert open_elsewhere(store_dir) == "StoreLockedError"
+        assert_parent_holds(store)
         store.close()
-        assert open_elsewhere(store_dir) == "opened"  # the child lives on, waiting at the gate
+        # The child lives on, waiting at the gate.
+        assert not writer_is_live(str(store_dir))
+        assert not repair(str(store_dir)).changed  # repair needs the store to itself: nothing holds it
         gate.open()
         got = c.report()["result"]
         assert got[0] == [1]  # range(1, 2)
@@ -372,7 +390,7 @@ def test_a_readonly_store_raises_in_a_child_and_goes_on_in_the_parent(store_dir)
             assert ro.head("s") == 2
         finally:
             ro.close()
-        assert open_elsewhere(store_dir) == "StoreLockedError"
+        assert_parent_holds(writer)
         commit(writer, "s", [env(2)])
     finally:
         writer.close()
@@ -467,7 +485,7 @@ def test_multiprocessing_fork_start_method(store_dir):
         assert_forked_error(got[0], parent)
         assert got[1] == "ok"
         assert got[2] == [{"i": 0}]
-        assert open_elsewhere(store_dir) == "StoreLockedError"
+        assert_parent_holds(store)
         assert commit(store, "s", [env(2)]) == range(1, 2)
     finally:
         store.close()
