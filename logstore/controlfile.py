@@ -96,6 +96,9 @@ WAKE_POLL = 2
 """Wake method: waiters poll the tail (no futex here, or ``LOGSTORE_WAKE=poll``)."""
 
 # The shared words (u64 each, little-endian), written by the writing process, read by every other.
+TURNS_AT = 88
+"""How many write-lock turns finished (each holder adds 1 before it releases the lock): a holder that finds
+the count its own last turn left knows nobody else changed the log or the words since."""
 WAKE_AT = 128
 """The futex word (u32 in the low half of its u64): every publication adds 1 and wakes its waiters."""
 REMOVALS_AT = 136

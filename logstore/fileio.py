@@ -132,16 +132,24 @@ def unpack_flock(data: bytes) -> tuple[int, int, int, int, int]:
     return l_type, whence, start, length, pid
 
 
+_FLOCKS: dict[tuple[str, int, int], tuple[int, bytes]] = {}
+"""(command, lock type, byte) -> the fcntl command and its packed ``struct flock`` (a few bytes are ever locked)."""
+
+
 def _ofd_fcntl(fd: int, command: str, lock_type: int, byte: int) -> None:
     """``fcntl(fd, F_OFD_<command>, flock)`` on one byte; :class:`UnsupportedPlatformError` without OFD locks."""
     if not OFD_LOCKS:
         raise UnsupportedPlatformError(f"fd {fd}, byte {byte}: {_NO_OFD}; this is {sys.platform}")
     if byte < 0:
         raise ValueError(f"byte must be >= 0, got {byte}")
+    key = (command, lock_type, byte)
+    args = _FLOCKS.get(key)
+    if args is None:
+        args = _FLOCKS[key] = (getattr(fcntl, "F_OFD_" + command), pack_flock(lock_type, byte))
     try:
         # CPython's fcntl.fcntl retries on EINTR after running the signal handlers (PEP 475): a handler that
         # raises (KeyboardInterrupt) ends a blocked F_OFD_SETLKW with its exception, the lock not taken.
-        fcntl.fcntl(fd, getattr(fcntl, "F_OFD_" + command), pack_flock(lock_type, byte))
+        fcntl.fcntl(fd, *args)
     except OSError as exc:
         if exc.errno == errno.EINVAL:  # a kernel before 3.15 does not know the command
             where = f"fd {fd}, byte {byte}"

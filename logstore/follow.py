@@ -74,6 +74,7 @@ from logstore.controlfile import (
     REMOVALS_AT,
     TAIL_A,
     TAIL_B,
+    TURNS_AT,
     WAKE_FUTEX,
     Control,
     Tail,
@@ -93,6 +94,7 @@ if TYPE_CHECKING:
     from logstore.segment import Segment
 
 logger = logging.getLogger("logstore")
+_U64 = (1 << 64) - 1
 
 SAFETY_WAIT = 1.0
 """Seconds a watcher sleeps on the futex word before it looks at the tail anyway."""
@@ -183,6 +185,8 @@ class Follower:
         self._removals_seen = self._word(REMOVALS_AT)
         self._generation = self._word(GENERATION_AT)
         self._epoch = self._word(EPOCH_AT)
+        self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
+        self._pid = os.getpid()
         self._watcher: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
@@ -395,6 +399,7 @@ class Follower:
                 continue
             new = open_segment(lg.io, seg.path, lg.store_id, not lg.readonly)
             new.use_positions(new.rebuild_positions(seg.count))  # the same records, some of them erased
+            lg.positions.forget(seg.first)  # its checkpoint entry (end, checksum) is the new file's
             segments[k] = new
             old.append(seg)
         if old:
@@ -461,7 +466,11 @@ class Follower:
         and release the follower's lock."""
         try:
             if finished:
-                self.control.set_word(INTENT_AT, 0)
+                words = self._words
+                assert words is not None
+                self._turns = (words[TURNS_AT // 8] + 1) & _U64
+                words[TURNS_AT // 8] = self._turns
+                words[INTENT_AT // 8] = 0
             self.control.unlock_write()
             after()
         finally:
@@ -506,6 +515,13 @@ class Follower:
         self.control.set_word(CLEAN_AT, 1 if clean else 0)
 
     def _prepare_turn(self) -> bool:
+        words = self._words
+        assert words is not None
+        if words[TURNS_AT // 8] == self._turns and not words[INTENT_AT // 8]:
+            # No other turn since this process's last one (which left the tail, the files and the words as
+            # this process knows them): nothing to catch up with.
+            words[INTENT_AT // 8] = self._pid
+            return words[DURABLE_AT // 8] < self.log.next_goff
         lg = self.log
         control = self.control
         io = lg.io
@@ -537,7 +553,7 @@ class Follower:
         if self._word(CLEAN_AT):
             lg.checkpoint(clean=False)  # an append follows: the checkpoint must not say the log ends here
             control.set_word(CLEAN_AT, 0)
-        control.set_word(INTENT_AT, os.getpid())
+        words[INTENT_AT // 8] = self._pid
         return self._word(DURABLE_AT) < tail.goff
 
     def _take_over(self, tail: Tail, pid: int) -> None:

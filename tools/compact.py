@@ -1,7 +1,8 @@
 """``logstore compact DIR``: erase what truncation, deletion and retention removed; report bytes reclaimed.
 
-Takes the writer lock (exit 2 if a writer holds it: on an open store, call
-``store.compact()`` instead). Retention options given here apply before the
+Opens the store for writing, beside any other writer processes (exit 2 while
+``logstore repair`` holds it); one compaction runs at a time across processes.
+Retention options given here apply before the
 rewrite, as they would at open. The active segment is rolled first when it
 holds a removed message (``--no-roll`` leaves it). The report ends with every
 segment file that still holds removed envelopes, with the count and why, and
@@ -26,7 +27,7 @@ from logstore.tools.storedir import add_command, fail, print_json
 
 def add_parser(sub: Any) -> None:
     p = add_command(
-        sub, "compact", "erase removed messages from the segment files (takes the writer lock)", run, store_dir=True
+        sub, "compact", "erase removed messages from the segment files (beside live writers)", run, store_dir=True
     )
     p.add_argument("--retention-age", type=float, metavar="SECONDS", help="also drop segments older than this")
     p.add_argument("--retention-bytes", type=int, metavar="BYTES", help="also drop the oldest segments past this size")

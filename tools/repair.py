@@ -1,6 +1,6 @@
 """``logstore repair DIR``: cut torn tails, salvage what follows damage, rebuild every index.
 
-Takes the writer lock (exit 2 if a writer holds it). Everything removed goes
+Takes ``LOCK`` exclusively (exit 2 while any process has the store open). Everything removed goes
 to ``lost+found/`` with a manifest. The store is verified afterwards: exit 0
 when it is whole (or was already), 1 when problems are left, 2 for usage
 errors, a locked store, an unknown format version or an I/O error. ``--dry-run`` prints the plan and changes
@@ -23,7 +23,7 @@ def add_parser(sub: Any) -> None:
         "--dry-run": "say what would be done; change nothing",
         "--json": "print one JSON object (counts as plain integers)",
     }
-    add_command(sub, "repair", "salvage a damaged store (takes the writer lock)", run, store_dir=True, flags=flags)
+    add_command(sub, "repair", "salvage a damaged store (needs the store to itself)", run, store_dir=True, flags=flags)
 
 
 def run(args: argparse.Namespace) -> int:

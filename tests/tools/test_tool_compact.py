@@ -86,16 +86,10 @@ def _compact_beside_a_writer(path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_compact_works_beside_a_live_writer_which_sees_the_result_and_goes_on_committing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # tmp_path, not store_dir: whether the store verifies clean afterwards is the next test's (an xfail).
+    # tmp_path, not store_dir: whether the store verifies clean afterwards is the next test's.
     _compact_beside_a_writer(tmp_path / "store", capsys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a writable store open while another participant compacts keeps its positions of the rewritten "
-    "segments: its close writes a CHECKPOINT (segment ends) and .pos files that do not match them, and "
-    "verify reports it (checksum of the .pos entries does not match the checkpoint)",
-)
 def test_a_store_compacted_beside_a_live_writer_verifies_clean_once_closed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
