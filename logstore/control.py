@@ -280,6 +280,14 @@ class Futex:
             raise OSError(err, f"FUTEX_WAKE_OP on the word at byte {self.offset}: {os.strerror(err)}")
         return int(result)
 
+    def wake_waiters(self) -> int:
+        """Wake every process and thread waiting on the word, leaving it as it is (``FUTEX_WAKE``)."""
+        addr = self._addr()
+        result, err = self._libc.futex(addr, FUTEX_WAKE, _INT_MAX, None)
+        if result < 0:
+            raise OSError(err, f"FUTEX_WAKE on the word at byte {self.offset}: {os.strerror(err)}")
+        return int(result)
+
     def close(self) -> None:
         """Unmap the word's page (idempotent). No thread of this process may be waiting on it."""
         if self._base:

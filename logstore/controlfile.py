@@ -99,6 +99,12 @@ WAKE_POLL = 2
 TURNS_AT = 88
 """How many write-lock turns finished (each holder adds 1 before it releases the lock): a holder that finds
 the count its own last turn left knows nobody else changed the log or the words since."""
+ASKED_AT = 96
+"""A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic, and it wakes the holder's yielder thread) before
+it waits for the write lock, which another process holds."""
+SERVED_AT = 104
+"""How many of those waits ended with the lock (the waiter adds 1 once it holds the lock). While it equals
+:data:`ASKED_AT` (mod 2**32) nobody waits, and a writer may keep the lock between its turns."""
 WAKE_AT = 128
 """The futex word (u32 in the low half of its u64): every publication adds 1 and wakes its waiters."""
 REMOVALS_AT = 136
@@ -227,6 +233,7 @@ class Control:
         self.holding = False
         """A first opener that still holds the dead-man switch exclusively (``join(hold=True)``)."""
         self.futex: Futex | None = None
+        self.asks: Futex | None = None  # the word a writer waiting for the write lock adds 1 to (ASKED_AT)
         """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
@@ -363,6 +370,7 @@ class Control:
                     "which this process cannot use; open the store where they run"
                 )
             self.futex = Futex(self._fd(), WAKE_AT)
+            self.asks = Futex(self._fd(), ASKED_AT)
 
     def open_to_others(self) -> None:
         """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
@@ -403,9 +411,25 @@ class Control:
 
     # -- the write lock ----------------------------------------------------------------------
 
-    def lock_write(self) -> None:
-        """Take the write lock (byte :data:`~logstore.control.LOCK_WRITE`), waiting for its holder."""
-        self.io.lock_range(self._fd(), LOCK_WRITE, True, True)
+    def lock_write(self) -> bool:
+        """Take the write lock (byte :data:`~logstore.control.LOCK_WRITE`), waiting for its holder; returns
+        whether it had to wait. Before waiting, ask for it (:data:`ASKED_AT`: a holder that keeps the lock
+        between its turns lets go); once it holds the lock after asking, count the ask served."""
+        fd = self._fd()
+        if self.io.lock_range(fd, LOCK_WRITE, True, False):
+            return False
+        asks = self.asks
+        if asks is not None:
+            asks.wake()
+        self.io.lock_range(fd, LOCK_WRITE, True, True)
+        if asks is not None:
+            self.set_word(SERVED_AT, (self.word(SERVED_AT) + 1) & 0xFFFFFFFF)
+        return True
+
+    def nobody_asks(self) -> bool:
+        """No process waits for the write lock (the holder may keep it); false without the futex."""
+        asks = self.asks
+        return asks is not None and asks.value == self.word(SERVED_AT)
 
     def unlock_write(self) -> None:
         self.io.unlock_range(self._fd(), LOCK_WRITE)
@@ -531,10 +555,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex):
+        for futex in (self.futex, self._watchers_futex, self.asks):
             if futex is not None:
                 futex.close()
-        self.futex = self._watchers_futex = None
+        self.futex = self._watchers_futex = self.asks = None
         try:
             if mm is not None:
                 if clear_slot and self.slot >= 0:
@@ -553,10 +577,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex):
+        for futex in (self.futex, self._watchers_futex, self.asks):
             if futex is not None:
                 futex.close()  # an munmap of this process's page: the parent's mapping is its own
-        self.futex = self._watchers_futex = None
+        self.futex = self._watchers_futex = self.asks = None
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):
                 mm.close()

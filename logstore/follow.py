@@ -186,6 +186,8 @@ class Follower:
         self._generation = self._word(GENERATION_AT)
         self._epoch = self._word(EPOCH_AT)
         self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
+        self._holding = False  # this process keeps the write lock between turns (end_turn's keep)
+        self._yielder: threading.Thread | None = None
         self._pid = os.getpid()
         self._watcher: threading.Thread | None = None
         self._stopping = False
@@ -450,7 +452,9 @@ class Follower:
         """
         self._lock.acquire()
         try:
-            self.control.lock_write()
+            if not self._holding:
+                self.control.lock_write()
+            self._holding = False  # until end_turn keeps it
             try:
                 return self._prepare_turn()
             except BaseException:
@@ -460,21 +464,57 @@ class Follower:
             self._lock.release()
             raise
 
-    def end_turn(self, finished: bool, after: Callable[[], None]) -> None:
+    def end_turn(self, finished: bool, after: Callable[[], None], keep: bool = False) -> None:
         """End the turn: clear the intent word if the turn ``finished`` (else the next holder takes over),
         release the write lock, call ``after`` (the writer's flush: another process's turn runs meanwhile),
-        and release the follower's lock."""
+        and release the follower's lock.
+
+        With ``keep`` (no flush follows), the lock is kept if no other process asks for it: the next turn
+        then needs no lock call at all. The yielder thread lets go of it as soon as a process asks
+        (:meth:`logstore.controlfile.Control.lock_write`).
+        """
         try:
+            control = self.control
             if finished:
                 words = self._words
                 assert words is not None
                 self._turns = (words[TURNS_AT // 8] + 1) & _U64
                 words[TURNS_AT // 8] = self._turns
                 words[INTENT_AT // 8] = 0
-            self.control.unlock_write()
+            if finished and keep and control.nobody_asks():
+                self._holding = True
+                if self._yielder is None:
+                    self._start_yielder()
+            else:
+                control.unlock_write()
             after()
         finally:
             self._lock.release()
+
+    def _start_yielder(self) -> None:
+        thread = threading.Thread(target=self._yield_when_asked, name="logstore-write-lock", daemon=True)
+        self._yielder = thread
+        thread.start()
+
+    def _yield_when_asked(self) -> None:
+        """The yielder thread: while this process keeps the write lock between turns, let go of it once
+        another process asks for it (it adds 1 to the word this thread sleeps on)."""
+        control = self.control
+        asks = control.asks
+        assert asks is not None
+        while not self._stop_asked():
+            try:
+                seen = asks.value
+                if self._holding and not control.nobody_asks():
+                    with self._lock:
+                        if self._holding and not self._stop_asked():
+                            self._holding = False
+                            control.unlock_write()
+                asks.wait(seen, SAFETY_WAIT)
+            except (ValueError, OSError):  # closed meanwhile
+                if self._stop_asked():
+                    break
+                self._stopped.wait(SAFETY_WAIT)
 
     def flush(self, goal: int) -> None:
         """Make every commit below global offset ``goal`` durable, sharing the ``fdatasync`` with other
@@ -688,13 +728,21 @@ class Follower:
                     control.set_watching(False)
 
     def close(self) -> None:
-        """Stop the watcher and let go of the shared words (before ``CONTROL`` is closed)."""
+        """Stop the watcher and the yielder and let go of the shared words (before ``CONTROL`` is closed, which
+        releases a write lock kept between turns)."""
         self._stopping = True
         thread = self._watcher
         if thread is not None:
             self._stopped.set()
             self.control.wake_always()  # ends its sleep (other processes' watchers look once and sleep again)
             thread.join()
+        yielder = self._yielder
+        if yielder is not None:
+            self._stopped.set()
+            asks = self.control.asks
+            if asks is not None:
+                asks.wake_waiters()  # ends its sleep (without asking for the lock)
+            yielder.join()
         with self._lock:
             words, self._words = self._words, None
             if words is not None:

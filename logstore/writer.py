@@ -83,7 +83,7 @@ class Sharing(Protocol):
     """How a writer takes turns with the writers of other processes (:class:`logstore.follow.Follower`)."""
 
     def begin_turn(self) -> bool: ...
-    def end_turn(self, finished: bool, after: Callable[[], None]) -> None: ...
+    def end_turn(self, finished: bool, after: Callable[[], None], keep: bool = False) -> None: ...
     def flush(self, goal: int) -> None: ...
     def others_writing(self) -> bool: ...
     def mark_clean(self, clean: bool) -> None: ...
@@ -294,7 +294,9 @@ class Writer:
             body()
         finally:
             try:
-                sharing.end_turn(self.failed is None, self._flush_turn)
+                # Keep the write lock between turns only when no flush follows (a flush outside the lock is
+                # where other processes' turns overlap this one's sync).
+                sharing.end_turn(self.failed is None, self._flush_turn, self._unflushed_end is None)
             except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
                 self._fail(exc, [])
                 if not isinstance(exc, Exception):
