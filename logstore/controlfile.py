@@ -122,6 +122,9 @@ INTENT_AT = 176
 
 Set once the holder has caught up, cleared before it releases the lock: the next holder that finds it set
 takes over from a holder that died or failed (:meth:`logstore.follow.Follower.take_over`)."""
+UNCHECKED = 1 << 63
+"""The intent a read-only first opener leaves: it published the tail without cutting what lies past it (it may
+not write), so the first write-lock holder takes over as from a dead one."""
 CLEAN_AT = 184
 """1 while ``CHECKPOINT`` says the store was closed cleanly (a writer closed while another stays open clears it
 when it next writes: it rewrites the checkpoint as unclean first)."""

@@ -75,6 +75,7 @@ from logstore.controlfile import (
     TAIL_A,
     TAIL_B,
     TURNS_AT,
+    UNCHECKED,
     WAKE_FUTEX,
     Control,
     Tail,
@@ -612,7 +613,11 @@ class Follower:
         lg = self.log
         io = lg.io
         seg = lg.active
-        reason = f"written past the published tail by process {pid}, which died or failed holding the write lock"
+        if pid == UNCHECKED:
+            who = "a read-only first opener published the tail without cutting what lies past it"
+        else:
+            who = f"process {pid} died or failed holding the write lock"
+        reason = f"past the published tail: {who}"
         later, unfinished, dropped = self._leftovers()
         size = io.size(seg.fd)
         if size > seg.size:
@@ -646,11 +651,11 @@ class Follower:
                 lg.unlink_segment_files(path)
             io.fsync_dir(lg.seg_dir)
         self.control.publish_epoch()
-        logger.warning(
-            "%s: process %d died or failed holding the write lock; took over at %s@%d (%d bytes past the tail saved"
-            " in lost+found)",
+        logger.log(
+            logging.WARNING if saved else logging.INFO,
+            "%s: %s; took over at %s@%d (%d bytes past the tail saved in lost+found)",
             lg.directory,
-            pid,
+            who,
             seg.path,
             seg.end,
             saved,

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.compact import CompactReport, compact_store
-from logstore.controlfile import DURABLE_AT, Control, SlotInfo, slot_flags
+from logstore.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
@@ -213,6 +213,7 @@ class Store:
         self._pid = os.getpid()  # the process that opened the store, for StoreForkedError
         self._lock_fd: int | None = None
         self._lock_exclusive = False  # LOCK is held exclusively (while this open creates the store)
+        self._loaded_clean = False  # the checkpoint the load used says the store was closed cleanly
         self._control: Control | None = None  # this opener's slot in CONTROL (None: a read-only file system)
         self._made_dir = False  # this open made the store's directory
         self._found: set[tuple[str, str]] = set()  # (".", name) and (subdirectory, name) there before the open
@@ -302,6 +303,7 @@ class Store:
         """Make what the load found durable before anyone relies on it (``used``: the checkpoint it used)."""
         lg = self._log
         report = self._report
+        self._loaded_clean = used is not None and used.clean
         if not self._first():
             return  # other processes have the store open: the write lock's holders change its files
         if not self.readonly:
@@ -352,6 +354,10 @@ class Store:
             control.publish_tail(pub.visible_end, active.first, active.end)
             control.publish_durable(pub.visible_end)
             control.publish_generation(lg.generation)
+            if self.readonly:  # it cut nothing: the first writer's turn cuts what lies past the tail
+                control.set_word(INTENT_AT, UNCHECKED)
+                # and marks a clean checkpoint unclean before it appends
+                control.set_word(CLEAN_AT, 1 if self._loaded_clean else 0)
             control.wake()
         control.open_to_others()
         follower = Follower(lg, control, self._fresh_log, self.durability == "fsync")
