@@ -537,6 +537,40 @@ def test_a_writer_killed_mid_write_is_taken_over_by_a_live_writer(store_dir: Pat
     assert_clean(store_dir)
 
 
+@pytest.mark.parametrize("kill_at", ["before_rename_segment:1", "after_rename_segment:1"])
+def test_a_writer_killed_in_a_roll_is_taken_over_by_a_live_writer(store_dir: Path, spawn: Spawn, kill_at: str) -> None:
+    b = opened(spawn, store_dir, "b", segment_size=SMALL_SEGMENT)
+    acks: list[dict[str, Any]] = []
+    b.call("series", who="b", stream="b", first=0, count=2, into=acks)
+    a = spawn("a", env={"LOGSTORE_KILL_AT": kill_at})
+    a.call("open", path=str(store_dir), options={"segment_size": SMALL_SEGMENT})
+    a.send("series", who="a", stream="a", first=0, count=1000, pad=1000)  # rolls within 64 KiB
+    assert a.died() == -signal.SIGKILL
+    acks += [line for line in a.remaining_lines() if "ack" in line]
+    assert f"SIGKILL {kill_at.partition('_')[0]} rename (rename_segment)" in a.stderr()
+    names_at_death = sorted(p.name for p in (store_dir / "segments").iterdir() if ".log" in p.name)
+    assert len(names_at_death) == 2 and names_at_death[0] == f"{0:020d}.log", names_at_death
+    assert names_at_death[1].endswith(".log.tmp" if kill_at.startswith("before") else ".log"), names_at_death
+
+    b.call("series", who="b", stream="b", first=2, count=3, into=acks)  # takes over, then writes
+    # b's own commits roll too (the active segment is full), to a segment of the same first offset: a new file.
+    segments = sorted(p.name for p in (store_dir / "segments").iterdir() if ".log" in p.name)
+    assert segments == [f"{0:020d}.log", names_at_death[1].removesuffix(".tmp")], segments
+    manifests = [json.loads(p.read_text()) for p in sorted((store_dir / "lost+found").glob("*.json"))]
+    if kill_at.startswith("after"):  # a named segment past the tail: saved whole, then removed
+        assert len(manifests) == 1, manifests
+        assert f"process {a.pid}" in manifests[0]["reason"]
+        assert manifests[0]["source"] == f"segments/{names_at_death[-1]}"
+    else:  # an unnamed roll's file: removed; nothing was written past the tail
+        assert manifests == []
+    b.stop()
+
+    log, _ = read_all(store_dir)
+    acked = sorted((ack["ack"][0], ack["stream"], ack["msg"]) for ack in acks)
+    assert [(r[0], r[1], r[3]) for r in log] == acked, "an acknowledged commit is lost or one not acknowledged kept"
+    assert_clean(store_dir)
+
+
 def test_a_writer_killed_right_after_taking_the_write_lock_blocks_no_one(store_dir: Path, spawn: Spawn) -> None:
     b = opened(spawn, store_dir, "b")
     b.call("commit", appends=[["b", 0, [msg("b", 0)]]])
