@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -78,7 +78,7 @@ class Proc:
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         pytest.fail(f"{self.name} (pid {self.popen.pid}): {what}\n--- its stderr:\n{self.stderr()}")
 
     def send(self, op: str, **args: Any) -> None:
@@ -153,7 +153,6 @@ class Proc:
             return self.popen.wait(WAIT)
         except subprocess.TimeoutExpired:
             self.fail(f"still running after {WAIT} s")
-            raise
 
     def remaining_lines(self) -> list[dict[str, Any]]:
         """After the process ended: every whole line it printed that was not read yet."""
@@ -264,9 +263,7 @@ def checkpoint_clean(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("durability", ["fsync", "none"])
-def test_writer_processes_share_one_gap_free_order(
-    store_dir: Path, spawn: Spawn, durability: str, tmp_path: Path
-) -> None:
+def test_writer_processes_share_one_gap_free_order(store_dir: Path, spawn: Spawn, durability: str) -> None:
     writers, count, pad = 3, 200, 300
     gate = Gate()
     procs = [
