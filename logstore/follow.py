@@ -84,7 +84,7 @@ from logstore.errors import CorruptionError, FormatVersionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.lostfound import RECOVERY, LostFound
-from logstore.published import Published
+from logstore.published import REMOVALS_WORD, Published
 from logstore.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
 from logstore.segment import open_segment
 from logstore.walk import Damage, last_nonzero_in_file, walk
@@ -157,13 +157,17 @@ class FollowingPublished(Published):
         self._local_removals += 1
         shared = self.shared
         if shared is not None:
-            shared.publish_removal()
+            shared.publish_removal()  # the shared count is this object's counter: readers see it move
             shared.wake()
+        else:
+            self.counter[REMOVALS_WORD] += 1
         self.wake()
 
     def applied_removal(self) -> None:
         """Count a removal that the follower applied from another process's records (under its lock) and wake."""
         self._local_removals += 1
+        if self.follower is None:
+            self.counter[REMOVALS_WORD] += 1
         self.wake()
 
 
@@ -194,6 +198,12 @@ class Follower:
         self._stopping = False
         self._stopped = threading.Event()
         self._child = False
+
+    @property
+    def words(self) -> memoryview:
+        """``CONTROL``'s 8-byte words (released by :meth:`close`)."""
+        assert self._words is not None
+        return self._words
 
     def _word(self, at: int) -> int:
         words = self._words
@@ -583,7 +593,17 @@ class Follower:
                 lg.active.end,
                 f"caught up to global offset {lg.next_goff}, the published tail is {tail}",
             )
-        lg.generation = max(lg.generation, self._word(GENERATION_AT))
+        epoch = self._word(EPOCH_AT)
+        if epoch != self._epoch:  # another process's compaction swapped segments: their positions changed
+            self._epoch = epoch
+            self._follow_swaps()
+        generation = self._word(GENERATION_AT)
+        if generation != self._generation:
+            self._generation = generation
+            self._let_go_of_sealed_positions()
+        if generation > lg.generation:  # another process checkpointed: this one counts the log from there
+            lg.generation = generation
+            lg.checkpointed_bytes = 0
         intent = self._word(INTENT_AT)
         if intent:
             self._take_over(tail, intent)
@@ -751,6 +771,7 @@ class Follower:
         with self._lock:
             words, self._words = self._words, None
             if words is not None:
+                self.pub.counter = [0] * REMOVALS_WORD + [int(words[REMOVALS_WORD]) + 1]  # moved: readers look again
                 words.release()
 
     def drop_in_child(self) -> None:

@@ -77,6 +77,8 @@ from typing import Any, Protocol
 from logstore.errors import LogStoreError
 from logstore.index.catalog import Catalog
 
+REMOVALS_WORD = 17
+"""The index of the removal count among ``CONTROL``'s 8-byte words (byte 136), and in :attr:`Published.counter`."""
 FOLLOWER_LOOK = 1.0
 """Seconds a waiting reader of a following store sleeps at most before it catches up itself (the watcher
 thread wakes it sooner; this bounds the wait should the watcher fail)."""
@@ -119,6 +121,7 @@ class Published:
         "_sleepers",
         "catalog",
         "closed",
+        "counter",
         "follower",
         "forked_error",
         "log_start",
@@ -135,6 +138,10 @@ class Published:
         """Global offsets below it were dropped by retention."""
         self.removals = 0
         """Truncations, deletions and retention moves published so far."""
+        self.counter: Any = [0] * (REMOVALS_WORD + 1)
+        """``counter[REMOVALS_WORD]`` changes at every removal that any process publishes: readers compare it
+        before they hand out a message decoded ahead (one index, no call). A list here; the shared words of
+        ``CONTROL`` in a store that follows other processes (:class:`logstore.follow.FollowingPublished`)."""
         self.catalog = Catalog()
         """The stream heads and names (the log loads it at open; the writer updates it in place)."""
         self.closed = False
@@ -168,6 +175,7 @@ class Published:
     def removed(self) -> None:
         """Count a published removal (writer role, after its bounds are in place) and wake every reader."""
         self.removals += 1
+        self.counter[REMOVALS_WORD] += 1
         shared = self.shared
         if shared is not None:
             shared.publish_removal()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
+from logstore.published import REMOVALS_WORD
 from logstore.segment import SegmentRetired
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class _Reader:
         "_owner",
         "_prefetch",
         "_pub",
+        "_sepoch",
     )
 
     def __init__(self, owner: object, published: Published, log: Log, offset: int) -> None:
@@ -85,6 +87,9 @@ class _Reader:
         self._prefetch = self._FIRST_PREFETCH  # doubles up to PREFETCH while a reader keeps reading
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
         # drops what was decoded ahead, so that no removed message is returned after the removal.
+        # _sepoch: published.counter's count then (any process's removal moves it), which the hot paths
+        # compare; when it moved, _take() looks at the removal count (catching up with other processes).
+        self._sepoch = published.counter[REMOVALS_WORD]
         self._epoch = published.removals
 
     def _take(self) -> bool:
@@ -93,9 +98,12 @@ class _Reader:
         buf = self._buf
         if i >= len(buf):
             return False
-        if self._epoch != self._pub.removals:
+        pub = self._pub
+        seen = pub.counter[REMOVALS_WORD]  # before the count: a removal from here on moves it again
+        if self._epoch != pub.removals:
             self._drop_ahead()
             return False
+        self._sepoch = seen
         self._env = buf[i]
         offs = self._offs
         self._current = self._base + i if offs is None else offs[i]
@@ -184,7 +192,7 @@ class _Reader:
         # Inline _take(): the common case on a scan is an envelope already decoded.
         i = self._bufi
         buf = self._buf
-        if i < len(buf) and self._epoch == self._pub.removals:
+        if i < len(buf) and self._sepoch == self._pub.counter[REMOVALS_WORD]:
             self._env = buf[i]
             self._bufi = i + 1
             offs = self._offs
@@ -271,7 +279,7 @@ class _Reader:
         # Inline try_next() and get() for an envelope already decoded (and nothing removed since).
         i = self._bufi
         buf = self._buf
-        if i < len(buf) and self._epoch == self._pub.removals and not self._closed:
+        if i < len(buf) and not self._closed and self._sepoch == self._pub.counter[REMOVALS_WORD]:
             env = buf[i]
             self._env = env
             self._bufi = i + 1
@@ -421,6 +429,7 @@ class StreamReader(_Reader):
             return True
         pub = self._pub
         lg = self._log
+        self._sepoch = pub.counter[REMOVALS_WORD]
         self._epoch = pub.removals  # before reading the removal bounds below
         cat = pub.catalog
         sid = self._sid
@@ -526,6 +535,7 @@ class GlobalReader(_Reader):
         if self._bufi < len(self._buf) and self._take():
             return True
         pub = self._pub
+        self._sepoch = pub.counter[REMOVALS_WORD]
         self._epoch = pub.removals  # before reading the removal bounds below
         end = pub.visible_end
         cat = pub.catalog

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -41,7 +42,14 @@ from logstore.follow import Follower, FollowingPublished
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.lock import drop_lock_in_child, release_writer_lock, share_store_lock, take_store_lock
+from logstore.lock import (
+    LOCK_PAUSE,
+    LOCK_WAIT,
+    drop_lock_in_child,
+    release_writer_lock,
+    share_store_lock,
+    take_store_lock,
+)
 from logstore.log import Log
 from logstore.mounts import check_local
 from logstore.published import Published
@@ -363,6 +371,7 @@ class Store:
         follower = Follower(lg, control, self._fresh_log, self.durability == "fsync")
         self._follower = follower
         pub.follower = follower
+        pub.counter = follower.words  # removals of every process move the shared count
         if not self.readonly:
             pub.shared = control
 
@@ -444,6 +453,7 @@ class Store:
             self._make_directory()
         if not os.path.isdir(path) or os.path.islink(path):
             raise NotADirectoryError(f"{path}: not a directory")
+        deadline = time.monotonic() + LOCK_WAIT
         while True:
             entries = self._look(io, path)
             is_store = bool(entries & {layout.CHECKPOINT, layout.SEGMENTS})
@@ -453,14 +463,20 @@ class Store:
                 return False
             creating = not is_store or (layout.CHECKPOINT not in entries and self._creation_unfinished(entries))
             try:
+                # To create, one try: another process holding LOCK is creating the store (look again: once
+                # it exists, the shared lock serves) or has it open already.
                 fd = take_store_lock(
                     io,
                     path,
                     creating,
                     "the store is held exclusively (by `logstore repair`, or by an older"
                     " logstore version that allows one writer process)",
+                    0.0 if creating else max(0.0, deadline - time.monotonic()),
                 )
             except StoreLockedError:
+                if creating and time.monotonic() < deadline:
+                    time.sleep(LOCK_PAUSE)
+                    continue
                 raise
             except Exception:
                 self._remove_created()

@@ -277,7 +277,7 @@ class Writer:
         """Run ``body`` (the work of one turn of the writer role) holding the write lock when other processes
         may write: the turn begins caught up with their tail (``Sharing.begin_turn``) and ends with the
         intent cleared unless the store failed meanwhile. A turn that cannot begin fails the store, and
-        ``batch`` with it."""
+        ``batch`` with it (an interrupt goes on up instead, and the batch stays queued)."""
         sharing = self.sharing
         if sharing is None or self.failed is not None:
             body()
@@ -285,11 +285,11 @@ class Writer:
         try:
             if sharing.begin_turn():
                 self._dirty = True  # another process's commits below the tail are not synced yet
-        except BaseException as exc:  # every failure fails the store; an interrupt goes on up
+        except Exception as exc:  # noqa: BLE001 - every failure fails the store
             self._fail(exc, batch)
-            if not isinstance(exc, Exception):
-                raise
             return
+        # An interrupt (KeyboardInterrupt) while waiting for the lock or catching up goes on up with nothing
+        # written: the batch goes back to the queue (_pass_on) and the store stays usable.
         try:
             body()
         finally:
