@@ -1,8 +1,8 @@
 """SIGKILL campaign with several writer processes and tailing reader processes on one store.
 
 Each round makes a fresh store (64 KiB segments, so that rolls are frequent; ``durability`` ``"fsync"``
-or ``"none"`` for the round), starts two reader processes and 2-3 writer processes
-(tests/faults/multiwriter.py, 1-2 threads each), and then:
+or ``"none"`` for the round, or each writer its own and one reader of each), starts two reader processes
+and 2-3 writer processes (tests/faults/multiwriter.py, 1-2 threads each), and then:
 
 1. lets the writers commit (multi-stream transactions: shared streams at ``logstore.ANY``, each thread's
    own stream at exact offsets, now and then a new stream) and kills one of them, the *victim*: either
@@ -215,6 +215,10 @@ def kill_specs(counts: dict[str, int]) -> list[tuple[str, int]]:
     return [(spec, n) for spec, n in out if n]
 
 
+HOT = ("pwrite.torn", "before_write_group", "after_write_group", "before_sync_group", "after_sync_group", "lock.after")
+"""Kill points inside a turn of the writer role (intent set, or write lock just taken): drawn more often."""
+
+
 def spec_with_n(spec: str, n: int) -> str:
     head, _, substring = spec.partition(":")
     return f"{head}:{n}" + (f":{substring}" if substring else "")
@@ -359,7 +363,7 @@ class Plan:
     """What a round does (all drawn from its seed)."""
 
     seed: str
-    durability: str
+    durability: str  # "fsync", "none", or "mixed": each writer and reader its own (the victim's restart keeps its)
     threads: list[int]  # per writer
     victim: int | None  # None: a calibration round (no kill)
     kill_at: str | None = None  # the victim's LOGSTORE_KILL_AT (None: SIGKILL from the test)
@@ -368,19 +372,33 @@ class Plan:
     after_kill: int = 0  # acknowledgements by the survivors after the kill
     after_restart: int = 0  # acknowledgements by the restarted victim
 
+    def of_writer(self, n: int) -> str:
+        if self.durability != "mixed":
+            return self.durability
+        return random.Random(f"{self.seed}/writer/{n}").choice(("fsync", "none"))
+
+    def of_reader(self, n: int) -> str:
+        return self.durability if self.durability != "mixed" else ("fsync", "none")[n % 2]
+
     def describe(self) -> str:
         how = f"{KILL_AT_ENV}={self.kill_at}" if self.kill_at else f"SIGKILL after {self.kill_after} acks"
         kill = "no kill" if self.victim is None else f"victim writer {self.victim}, {how}"
-        return f"round {self.seed}: durability={self.durability}, threads {self.threads}, {kill}"
+        mixed = (
+            f" (writers {[self.of_writer(n) for n in range(len(self.threads))]})" if self.durability == "mixed" else ""
+        )
+        return f"round {self.seed}: durability={self.durability}{mixed}, threads {self.threads}, {kill}"
 
 
 def draw_plan(seed: str, specs: dict[str, list[tuple[str, int]]]) -> Plan:
     rng = random.Random(seed)
-    durability = rng.choice(("fsync", "none"))
+    durability = rng.choice(("fsync", "none", "mixed"))
     threads = [rng.randint(1, 2) for _ in range(rng.randint(2, 3))]
-    p = Plan(seed, durability, threads, rng.randrange(len(threads)))
+    victim = rng.randrange(len(threads))
+    p = Plan(seed, durability, threads, victim)
     if rng.random() < 0.6:
-        spec, calls = rng.choice(specs[durability])
+        choices = specs[p.of_writer(victim)]
+        hot = [c for c in choices if c[0].split(":")[0] in HOT]
+        spec, calls = rng.choice(hot if hot and rng.random() < 0.4 else choices)
         p.kill_at = spec_with_n(spec, rng.randint(1, max(1, calls + calls // 10)))
     else:
         p.kill_after = rng.randint(0, 40)
@@ -396,17 +414,17 @@ def run_round(path: Path, p: Plan, stats: Stats) -> dict[str, int]:
     Returns the kill-point calls per site and step of the round's writers (most of any life), for calibration.
     """
     t0 = time.monotonic()
-    logstore.open(path, durability=p.durability, segment_size=SEGMENT_SIZE, checkpoint_bytes=CHECKPOINT_BYTES).close()
+    logstore.open(path, segment_size=SEGMENT_SIZE, checkpoint_bytes=CHECKPOINT_BYTES).close()
     readers: list[tuple[subprocess.Popen[str], Path]] = []
     lives: list[WriterProc] = []
     killed: set[tuple[int, int]] = set()
     problems: list[str] = []
     calibrating = p.victim is None
     try:
-        readers = [start_reader(path, n, p.durability) for n in range(2)]
+        readers = [start_reader(path, n, p.of_reader(n)) for n in range(2)]
         for number, threads in enumerate(p.threads):
             arm = "any:1000000000" if calibrating else (p.kill_at if number == p.victim else None)
-            lives.append(start_writer(path, number, 0, threads, p.durability, arm))
+            lives.append(start_writer(path, number, 0, threads, p.of_writer(number), arm))
         writers = list(lives)
 
         def acks() -> int:
@@ -460,7 +478,7 @@ def run_round(path: Path, p: Plan, stats: Stats) -> dict[str, int]:
                 if w.eof:
                     raise RoundFailed(f"{w.name} exited with status {w.proc.returncode}:\n{w.stderr()[-3000:]}")
             # The victim again, as a new life: it reopens beside the survivors and commits.
-            again = start_writer(path, victim.writer, 1, victim.threads, p.durability)
+            again = start_writer(path, victim.writer, 1, victim.threads, p.of_writer(victim.writer))
             lives.append(again)
             base = {id(w): len(w.acks) for w in survivors}
             pump(
