@@ -103,8 +103,8 @@ ASKED_AT = 96
 """A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic, and it wakes the holder's yielder thread) before
 it waits for the write lock, which another process holds."""
 SERVED_AT = 104
-"""How many of those waits ended with the lock (the waiter adds 1 once it holds the lock). While it equals
-:data:`ASKED_AT` (mod 2**32) nobody waits, and a writer may keep the lock between its turns."""
+"""A u32: how many of those waits ended (the waiter adds 1, atomically, once it holds the lock or gave up). While
+it equals :data:`ASKED_AT` (mod 2**32) nobody waits, and a writer may keep the lock between its turns."""
 WAKE_AT = 128
 """The futex word (u32 in the low half of its u64): every publication adds 1 and wakes its waiters."""
 REMOVALS_AT = 136
@@ -112,7 +112,7 @@ REMOVALS_AT = 136
 GENERATION_AT = 144
 """The generation of the last checkpoint written (followers then let go of sealed segments' positions)."""
 EPOCH_AT = 152
-"""Bumped when a segment file is replaced or removed (compaction swap, retention drop)."""
+"""Bumped when a segment file is replaced (compaction swap) or a takeover changed segment files."""
 DURABLE_AT = 160
 """Every transaction below this global offset is durable (synced)."""
 WATCHERS_AT = 168
@@ -121,7 +121,7 @@ INTENT_AT = 176
 """The pid of the write-lock holder while it is in the middle of a turn (0: no turn unfinished).
 
 Set once the holder has caught up, cleared before it releases the lock: the next holder that finds it set
-takes over from a holder that died or failed (:meth:`logstore.follow.Follower.take_over`)."""
+takes over from a holder that died or failed (:meth:`logstore.follow.Follower._take_over`)."""
 UNCHECKED = 1 << 63
 """The intent a read-only first opener leaves: it published the tail without cutting what lies past it (it may
 not write), so the first write-lock holder takes over as from a dead one."""
@@ -237,6 +237,7 @@ class Control:
         """A first opener that still holds the dead-man switch exclusively (``join(hold=True)``)."""
         self.futex: Futex | None = None
         self.asks: Futex | None = None  # the word a writer waiting for the write lock adds 1 to (ASKED_AT)
+        self.served: Futex | None = None  # the word it adds 1 to when it stops waiting (SERVED_AT)
         """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
@@ -374,6 +375,7 @@ class Control:
                 )
             self.futex = Futex(self._fd(), WAKE_AT)
             self.asks = Futex(self._fd(), ASKED_AT)
+            self.served = Futex(self._fd(), SERVED_AT)
 
     def open_to_others(self) -> None:
         """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
@@ -421,18 +423,21 @@ class Control:
         fd = self._fd()
         if self.io.lock_range(fd, LOCK_WRITE, True, False):
             return False
-        asks = self.asks
-        if asks is not None:
-            asks.wake()
-        self.io.lock_range(fd, LOCK_WRITE, True, True)
-        if asks is not None:
-            self.set_word(SERVED_AT, (self.word(SERVED_AT) + 1) & 0xFFFFFFFF)
+        asks, served = self.asks, self.served
+        if asks is None or served is None:
+            self.io.lock_range(fd, LOCK_WRITE, True, True)
+            return True
+        asks.wake()
+        try:
+            self.io.lock_range(fd, LOCK_WRITE, True, True)
+        finally:
+            served.wake()  # granted, or given up (an interrupt): no longer waiting either way
         return True
 
     def nobody_asks(self) -> bool:
         """No process waits for the write lock (the holder may keep it); false without the futex."""
-        asks = self.asks
-        return asks is not None and asks.value == self.word(SERVED_AT)
+        asks, served = self.asks, self.served
+        return asks is not None and served is not None and asks.value == served.value
 
     def unlock_write(self) -> None:
         self.io.unlock_range(self._fd(), LOCK_WRITE)
@@ -558,10 +563,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served):
             if futex is not None:
                 futex.close()
-        self.futex = self._watchers_futex = self.asks = None
+        self.futex = self._watchers_futex = self.asks = self.served = None
         try:
             if mm is not None:
                 if clear_slot and self.slot >= 0:
@@ -580,10 +585,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served):
             if futex is not None:
                 futex.close()  # an munmap of this process's page: the parent's mapping is its own
-        self.futex = self._watchers_futex = self.asks = None
+        self.futex = self._watchers_futex = self.asks = self.served = None
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):
                 mm.close()

@@ -192,6 +192,7 @@ class Follower:
         self._epoch = self._word(EPOCH_AT)
         self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
         self._holding = False  # this process keeps the write lock between turns (end_turn's keep)
+        self._stale = False  # this process's writer failed: the next catch-up reloads
         self._yielder: threading.Thread | None = None
         self._pid = os.getpid()
         self._watcher: threading.Thread | None = None
@@ -270,7 +271,12 @@ class Follower:
         try:
             if tail is not None:
                 goal = min(tail.goff, self._word(DURABLE_AT)) if self.durable_only else tail.goff
-                if goal > lg.next_goff:
+                if self._stale:
+                    # This process's writer failed after it wrote past the published tail: what its log
+                    # holds there was never published (and the next holder cut it). Load afresh.
+                    self._stale = False
+                    self._reload_from(goal)
+                elif goal > lg.next_goff:
                     try:
                         self._publish(self._catch_up(tail, goal))
                     except _Behind as why:
@@ -450,8 +456,9 @@ class Follower:
     def begin_turn(self) -> bool:
         """The writer role starts a turn: take this follower's lock and the write lock, and catch up.
 
-        Steps, each before the next (docs/ARCHITECTURE.md, "Several writers"): (1) the follower's lock (no
-        reader's catch-up runs meanwhile); (2) the write lock, waiting for another process's turn to end;
+        Steps, each before the next (docs/ARCHITECTURE.md, "Several writers"): (1) the write lock, waiting
+        for another process's turn to end (this process's readers catch up meanwhile), unless this process
+        kept it since its last turn; (2) the follower's lock (no reader's catch-up runs during the turn);
         (3) catch up with the tail (with ``durability="fsync"``, this process's readers see only the
         durable part: the visible end stops at the durable bound); (4) if the intent word is set, take
         over from the holder that died or failed in its turn (:meth:`_take_over`); (5) map the whole
@@ -461,17 +468,29 @@ class Follower:
         below the tail are not durable yet (the writer's next sync covers them; its next record must not
         say that what precedes it is durable).
         """
-        self._lock.acquire()
-        try:
+        control = self.control
+        while True:
+            took = False
             if not self._holding:
-                self.control.lock_write()
-            self._holding = False  # until end_turn keeps it
+                control.lock_write()  # the follower's lock is not held while waiting: readers catch up meanwhile
+                took = True
             try:
-                return self._prepare_turn()
+                self._lock.acquire()
             except BaseException:
-                self.control.unlock_write()
+                if took:
+                    control.unlock_write()
                 raise
+            if took or self._holding:
+                break
+            self._lock.release()  # the yielder let go of the kept lock meanwhile: take it again
+        self._holding = False  # until end_turn keeps it
+        try:
+            return self._prepare_turn()
         except BaseException:
+            words = self._words
+            if words is not None and words[INTENT_AT // 8] == self._pid:
+                words[INTENT_AT // 8] = 0  # interrupted after setting it: nothing was written
+            control.unlock_write()
             self._lock.release()
             raise
 
@@ -492,11 +511,14 @@ class Follower:
                 self._turns = (words[TURNS_AT // 8] + 1) & _U64
                 words[TURNS_AT // 8] = self._turns
                 words[INTENT_AT // 8] = 0
-            if finished and keep and control.nobody_asks():
-                self._holding = True
+            # Holding first, then the look at the asks: an ask after the look wakes the yielder, which then
+            # finds the lock held (it takes the follower's lock, so it acts once this turn is over).
+            self._holding = finished and keep
+            if self._holding and control.nobody_asks():
                 if self._yielder is None:
                     self._start_yielder()
             else:
+                self._holding = False
                 control.unlock_write()
             after()
         finally:
@@ -556,6 +578,11 @@ class Follower:
         finally:
             control.unlock_flush()
         control.wake()
+
+    def writer_failed(self) -> None:
+        """This process's writer failed: its log may hold records past the published tail; the next catch-up
+        loads the log afresh instead."""
+        self._stale = True
 
     def others_writing(self) -> bool:
         """Whether another live opener of the store is writable (it may append after this one's last turn)."""
@@ -778,4 +805,8 @@ class Follower:
         """In a forked child: no watcher runs here, and no lock may be taken (a parent thread may have held it)."""
         self._child = True
         self._stopping = True
-        self._words = None  # the mapping is dropped with CONTROL's (its close tolerates the export)
+        self.pub.counter = [0] * (REMOVALS_WORD + 1)  # the child's readers are closed: let go of the mapping
+        words, self._words = self._words, None
+        if words is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                words.release()  # else CONTROL's mapping, its descriptor and the parent's locks stay in the child

@@ -8,14 +8,19 @@ tests/processes/ and tests/faults/ kill real processes at the same moments.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 from pathlib import Path
 
+import pytest
+
 import logstore
 from logstore import Envelope, layout
 from logstore.controlfile import INTENT_AT
-from tests.helpers import assert_verified, drain
+from logstore.fileio import FileIO
+from tests.helpers import assert_verified, drain, quiet_logstore
 
 
 def _commit(store: logstore.Store, stream: str, n: int = 1) -> range:
@@ -126,4 +131,49 @@ def test_a_clean_checkpoint_is_rewritten_unclean_before_another_writer_appends(t
     with logstore.open(path) as d:
         assert d.head("s") == 3
     assert os.path.exists(path / layout.CHECKPOINT)
+    assert_verified(path)
+
+
+class _FailOneWrite(FileIO):
+    """Fails the next ``pwrite`` once ``armed`` is set (an EIO of the disk)."""
+
+    armed = False
+
+    def pwrite(self, fd: int, data: bytes | memoryview, position: int) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError(errno.EIO, "injected EIO")
+        super().pwrite(fd, data, position)
+
+
+def test_a_failed_writer_shows_its_readers_the_next_writer_commits_not_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    io = _FailOneWrite()
+    with quiet_logstore():
+        b = logstore.open(path, durability="none", io=io)
+        c = logstore.open(path)
+        try:
+            with b.transaction() as tx:
+                tx.append("b", 0, [Envelope.new("B0", {})])
+            io.armed = True
+            # Its write failed: never acknowledged; its framing gave stream "lost" an id in b's catalog.
+            with pytest.raises(logstore.StoreFailedError), b.transaction() as tx:
+                tx.append("lost", 0, [Envelope.new("LOST", {"x": "x" * 50}) for _ in range(3)])
+            with c.transaction() as tx:  # the next holder: its new stream takes the id "lost" had in b
+                tx.append("c", 0, [Envelope.new("C0", {"y": "z" * 300}), Envelope.new("C1", {})])
+            want = ["B0", "C0", "C1"]
+            with c.global_stream() as g:
+                assert [e.type for e in g] == want
+            with b.global_stream() as g:  # the failed store still reads, and reads what was published
+                assert [e.type for e in g] == want
+            with b.global_stream(2) as g:
+                assert [e.type for e in g] == ["C1"]
+            assert (b.head("c"), b.head("b"), b.head("lost")) == (2, 1, 0)
+            assert b.stream_names() == ["b", "c"]
+            with b.stream("c") as r:
+                assert [e.type for _o, e in drain(r)] == ["C0", "C1"]
+        finally:
+            with contextlib.suppress(logstore.StoreFailedError):
+                b.close()
+            c.close()
     assert_verified(path)
