@@ -31,8 +31,9 @@ Rules (any writable worker commits or removes; any worker reads):
   offset with ``next(timeout)`` and ``get()`` (global or one stream) what the model has there, and
   then times out at the end; a worker blocks in ``next()`` at the end of the log (global or one
   stream) and a commit in another worker wakes it with its first message;
-- a worker is killed with SIGKILL (a writer idle, right after a commit was sent, or with its commit
-  written and an fdatasync held; a reader idle) and restarts; a commit it had in flight is kept whole
+- a worker is killed with SIGKILL (a writer idle, right after a commit was sent, with its commit
+  written and an fdatasync held, or at the end of the commit's turn right before it drops the write
+  lock; a reader idle) and restarts; a commit it had in flight is kept whole
   or lost whole (both are modelled: a surviving process tells which), one it acknowledged is kept;
 - a worker closes its store and opens it again, writable or read-only.
 
@@ -479,13 +480,14 @@ class ProcessModel(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         i=WORKER,
-        when=st.sampled_from(["idle", "commit sent", "fdatasync held"]),
+        when=st.sampled_from(["idle", "commit sent", "fdatasync held", "lock dropped"]),
         look_first=st.booleans(),
         writable=st.booleans(),
     )
     def kill(self, data: st.DataObject, i: int, when: str, look_first: bool, writable: bool) -> None:
-        """SIGKILL a worker (a writer idle, right after a commit was sent, or with the commit written and an
-        fdatasync held); it restarts, writable or read-only.
+        """SIGKILL a worker (a writer idle, right after a commit was sent, with the commit written and an
+        fdatasync held, or right before it drops the write lock at the end of the commit's turn); it
+        restarts, writable or read-only.
 
         A commit that was acknowledged is kept; one in flight is kept whole or not at all.
         """
@@ -496,10 +498,14 @@ class ProcessModel(RuleBasedStateMachine):
             sent, appends = self._commit_valid(data)
             if when == "fdatasync held":
                 proc.call("arm", armed=True)
+            elif when == "lock dropped":
+                proc.call("arm", armed=False, die_at_unlock=True)
             proc.send("commit", appends=sent)
             pending = appends, self._size(appends)
             if when == "fdatasync held":
                 proc.expect("fdatasync-held")
+            elif when == "lock dropped":
+                proc.popen.wait(FOLLOW_WAIT)  # it kills itself as its turn ends
         proc.kill()
         acked = [line for line in proc.remaining_lines() if "ok" in line]
         assert all(line["ok"] for line in acked), acked
