@@ -82,11 +82,10 @@ BLOCKING_TIMEOUT = 10
 FOLLOW_WAIT = 5.0
 """Seconds within which a commit acknowledged in one process is seen in every other one."""
 COMPACT_BESIDE_WRITERS = False
-"""Whether ``compact()`` runs while other workers have the store open writable. Off while a writer's turn
-does not follow another process's compaction swap: its checkpoint and position files then describe the
-replaced segment file and the store fails verification (see
-``test_a_writer_closing_after_another_writers_compaction_leaves_a_store_that_verifies``); beside
-read-only workers it runs."""
+"""Whether ``compact()`` runs while other workers have the store open writable. Off while writers closing
+after another process's compaction leave a ``CHECKPOINT`` and position files that describe the replaced
+segment file, or disagree with each other, so that the store fails verification (the strict xfail tests
+below); every read and head stays right meanwhile. Beside read-only workers it runs."""
 CONFLICT = re.compile(r"stream '(\w+)': offset (\d+) is not the next unused offset, expected (\d+)")
 
 Appends = list[tuple[str, list[dict[str, Any]]]]
@@ -567,6 +566,37 @@ def test_a_writer_closing_after_another_writers_compaction_leaves_a_store_that_v
         a.call("compact")
         a.call("close")
         b.call("close")
+    finally:
+        a.finish()
+        b.finish()
+    assert_verified(path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after another writer's compaction, closing leaves segment 0's .pos file and CHECKPOINT disagreeing "
+    "even when every process looked at the store (global_head) after the compaction",
+)
+@pytest.mark.parametrize("last", ["a", "b"])
+def test_writers_closing_after_a_compaction_they_looked_at_leave_a_store_that_verifies(
+    tmp_path: Path, last: str
+) -> None:
+    """Writers A and B commit in turn; A truncates, B compacts (replacing segment 0); both then ask
+    ``global_head`` (which follows the swap) and close, ``last`` closing last."""
+    path = tmp_path / "store"
+    procs = {"a": Proc(tmp_path, "a"), "b": Proc(tmp_path, "b")}
+    a, b = procs["a"], procs["b"]
+    try:
+        for proc in (a, b):
+            proc.call("open", path=str(path), options=WRITER_OPTIONS)
+        for k in range(4):
+            (a, b)[k % 2].call("commit", appends=[["s", None, [message(k, 10)]]])
+        a.call("truncate", stream="s", before=2)
+        b.call("compact")
+        for proc in (a, b):
+            assert proc.call("info", streams=[])["global_head"] == 5
+        procs["b" if last == "a" else "a"].call("close")
+        procs[last].call("close")
     finally:
         a.finish()
         b.finish()
