@@ -32,9 +32,10 @@ Rules (any writable worker commits or removes; any worker reads):
   then times out at the end; a worker blocks in ``next()`` at the end of the log (global or one
   stream) and a commit in another worker wakes it with its first message;
 - a worker is killed with SIGKILL (a writer idle, right after a commit was sent, with its commit
-  written and an fdatasync held, or at the end of the commit's turn right before it drops the write
-  lock; a reader idle) and restarts; a commit it had in flight is kept whole
-  or lost whole (both are modelled: a surviving process tells which), one it acknowledged is kept;
+  written and an fdatasync held, at the end of the commit's turn right before it drops the write
+  lock, or right after a ``delete_stream`` was sent; a reader idle) and restarts; a commit or
+  removal it had in flight is kept whole or lost whole (both are modelled: a surviving process tells
+  which), one it acknowledged is kept;
 - a worker closes its store and opens it again, writable or read-only.
 
 Invariant after every step: every worker's ``global_head`` equals the model's end (a commit
@@ -479,21 +480,24 @@ class ProcessModel(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         i=WORKER,
-        when=st.sampled_from(["idle", "commit sent", "fdatasync held", "lock dropped"]),
+        when=st.sampled_from(["idle", "commit sent", "fdatasync held", "lock dropped", "delete sent"]),
+        name=st.sampled_from(POOL),
         look_first=st.booleans(),
         writable=st.booleans(),
     )
-    def kill(self, data: st.DataObject, i: int, when: str, look_first: bool, writable: bool) -> None:
+    def kill(self, data: st.DataObject, i: int, when: str, name: str, look_first: bool, writable: bool) -> None:
         """SIGKILL a worker (a writer idle, right after a commit was sent, with the commit written and an
-        fdatasync held, or right before it drops the write lock at the end of the commit's turn); it
-        restarts, writable or read-only.
+        fdatasync held, right before it drops the write lock at the end of the commit's turn, or right
+        after a ``delete_stream`` was sent); it restarts, writable or read-only.
 
         A commit that was acknowledged is kept; one in flight is kept whole or not at all.
         """
         worker = self._worker(i)
         proc = worker.proc
         pending: tuple[Appends, int] | None = None
-        if worker.writable and when != "idle":
+        if worker.writable and when == "delete sent":
+            self._kill_deleting(worker, name)
+        elif worker.writable and when != "idle":
             sent, appends = self._commit_valid(data)
             if when == "fdatasync held":
                 proc.call("arm", armed=True)
@@ -511,13 +515,38 @@ class ProcessModel(RuleBasedStateMachine):
         if pending is not None and acked:
             self._apply(pending[0], acked[0]["range"][0])
             pending = None
-        others = [w for w in self.workers if w is not worker]
+        others = self._others(worker)
         if pending is not None:  # a survivor tells whether it was kept
             self._settle(pending, self._global_head(others[0]), when)
         if look_first:
             self._check_snapshot(others[-1])  # with the worker dead: everything acknowledged is there
         mode = self._mode(worker, writable)
         worker.proc, worker.writable, worker.seen = self._open(mode), mode, 0
+
+    def _others(self, worker: Worker) -> list[Worker]:
+        return [w for w in self.workers if w is not worker]
+
+    def _kill_deleting(self, worker: Worker, name: str) -> None:
+        """SIGKILL ``worker`` right after it was sent ``delete_stream(name)``: the DELETE record is kept or
+        lost (the stream deleted or not), and a surviving process tells which."""
+        m = self.streams.get(name)
+        worker.proc.send("delete", stream=name)
+        worker.proc.kill()
+        told = [line for line in worker.proc.remaining_lines() if "ok" in line]
+        writes = m is not None and not m.deleted
+        if told:
+            assert told[0]["ok"] == (m is not None), told
+        head = self._global_head(self._others(worker)[0])
+        if not writes:
+            assert head == self.next_goff, (head, self.next_goff)
+            return
+        assert m is not None
+        assert head in (self.next_goff, self.next_goff + 1) and (head == self.next_goff + 1 or not told), (head, told)
+        kept = head == self.next_goff + 1
+        event(f"kill writer, delete sent: {'kept' if kept else 'lost'}")
+        if kept:
+            m.first, m.deleted = m.head, True
+            self.next_goff += 1
 
     @rule(i=WORKER, writable=st.booleans())
     def reopen(self, i: int, writable: bool) -> None:
