@@ -1,9 +1,12 @@
-"""A writing process and read-only processes following it, against a plain Python model of the store.
+"""Several writing and reading processes on one store, against a plain Python model of the store.
 
-Every store user here is a process of its own (tests/processes/worker.py): one writer
-(``durability="fsync"``, 64 KiB segments, a small ``checkpoint_bytes`` so that segments roll and
-checkpoints are written within a run) and two readers opened ``readonly=True`` beside it (the default
-durability: they follow what is durable, which with a fsync writer is everything acknowledged).
+Every store user here is a worker process of its own (tests/processes/worker.py), driven over pipes.
+An example starts 2-4 workers; the first two open the store writable, each other one writable or
+``readonly=True`` as drawn, and every later open (a restart after a kill, a reopen) draws its mode
+again (at least one worker stays writable). Writable workers use ``durability="fsync"``, 64 KiB
+segments and a small ``checkpoint_bytes``, so that segments roll and checkpoints are written within a
+run; read-only ones the default durability (they follow what is durable, which with fsync writers is
+everything acknowledged).
 
 The model holds, per stream (in order of first commit), its messages with their global offsets, the
 first offset not removed by truncation or deletion, and its deleted flag; and the next global offset.
@@ -11,46 +14,83 @@ It predicts every control record: ``truncate_stream(s, before)`` writes one when
 the stream's first retained offset, ``delete_stream(s)`` one unless ``s`` is deleted. No retention is
 configured, so the log start stays 0 and compaction changes nothing a reader can see.
 
-Rules: the writer commits (at the expected offsets, at ``ANY``, or with one append at a wrong offset,
-which raises ``OffsetConflictError`` and writes nothing), truncates, deletes and compacts; a reader
-reads everything (the global log and every stream from 0, heads, ``stream_info``, names) and must
-tell exactly what the model does; a reader blocks in ``next()`` at the end of the log and the writer's
-next commit wakes it; the writer is killed with SIGKILL (idle, or with a commit in flight) and a new
-writer process opens the store, while the readers stay open and follow the new one; a reader is
-killed and a new one opens beside the writer; a reader closes its store and opens it again. After
-every step each reader's ``global_head`` equals the model's end and never moved backwards.
+Rules (any writable worker commits or removes; any worker reads):
+
+- a commit at the expected offsets (some at ``ANY``): acknowledged with the model's next global offsets;
+- a commit with one append at a stale or future exact offset: ``OffsetConflictError`` naming that
+  stream, the given and the model's expected offset, and nothing written;
+- two writers commit at once, each at the offsets that were expected before either: both are
+  acknowledged, in some order, when neither conflicts with the other once that one is in; otherwise
+  exactly one is, and the other raises ``OffsetConflictError`` for an append that conflicts with the
+  first (any ``ANY`` append never conflicts);
+- ``truncate_stream`` / ``delete_stream`` (valid, already done, past the head, negative, unknown
+  stream) from any writer, and ``compact()`` from a writer (while it is the only writable one:
+  ``COMPACT_BESIDE_WRITERS``);
+- a worker reads everything with ``try_next()`` (the global log and every stream from 0, heads,
+  ``stream_info``, names) and must tell exactly what the model does; a worker reads from a drawn
+  offset with ``next(timeout)`` and ``get()`` (global or one stream) what the model has there, and
+  then times out at the end; a worker blocks in ``next()`` at the end of the log (global or one
+  stream) and a commit in another worker wakes it with its first message;
+- a worker is killed with SIGKILL (a writer idle, right after a commit was sent, with its commit
+  written and an fdatasync held, at the end of the commit's turn right before it drops the write
+  lock, or right after a ``delete_stream`` was sent; a reader idle) and restarts; a commit or
+  removal it had in flight is kept whole or lost whole (both are modelled: a surviving process tells
+  which), one it acknowledged is kept;
+- a worker closes its store and opens it again, writable or read-only.
+
+Invariant after every step: every worker's ``global_head`` equals the model's end (a commit
+acknowledged in one process is seen by every other within a bounded wait, polled with a deadline)
+and never moved backwards. At the end every worker closes cleanly and the store verifies clean.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from tests.helpers import SMALL_SEGMENT, assert_verified
 from tests.processes.test_tailing import Proc
 from tests.stress import scale
 
 POOL = ["a", "b", "c", "d"]
-"""Stream names the transactions use (two of them lie outside what most transactions pick)."""
+"""Stream names the transactions use."""
 CHECKPOINT_BYTES = 16 * 1024
 WRITER_OPTIONS: dict[str, Any] = {
     "durability": "fsync",
     "segment_size": SMALL_SEGMENT,
     "checkpoint_bytes": CHECKPOINT_BYTES,
 }
-READERS = 2
+READER_OPTIONS: dict[str, Any] = {"readonly": True}
+MAX_WORKERS = 4
+WORKER = st.integers(0, MAX_WORKERS - 1)
+"""Which worker: taken modulo the number of workers (or of writable ones) there are."""
 SPREAD = st.integers(0, 1023)
-"""What an offset is drawn from, then taken modulo its range. Draws never depend on the model: after a
-writer was killed with a commit in flight, whether the commit survived varies from run to run, and so
-do the heads, but what Hypothesis draws must not."""
+"""What an offset is drawn from, then taken modulo its range. Draws never depend on the model's heads:
+after a writer was killed with a commit in flight, whether the commit survived varies from run to run,
+and so do the heads, but what Hypothesis draws must not. (Which workers are writable depends on draws
+only, so choosing among them is fine.)"""
 BLOCKING_TIMEOUT = 10
+FOLLOW_WAIT = 5.0
+"""Seconds within which a commit acknowledged in one process is seen in every other one."""
+COMPACT_BESIDE_WRITERS = False
+"""Whether ``compact()`` runs while other workers have the store open writable. Off while writers closing
+after another process's compaction leave a ``CHECKPOINT`` and position files that describe the replaced
+segment file, or disagree with each other, so that the store fails verification (the strict xfail tests
+below); every read and head stays right meanwhile. Beside read-only workers it runs."""
+CONFLICT = re.compile(r"stream '(\w+)': offset (\d+) is not the next unused offset, expected (\d+)")
+
+Appends = list[tuple[str, list[dict[str, Any]]]]
+Sent = list[list[Any]]  # [stream, offset or None for ANY, messages] per append
 
 
 def message(tag: int, pad: int) -> dict[str, Any]:
@@ -73,14 +113,25 @@ class StreamModel:
     def head(self) -> int:
         return len(self.msgs)
 
-    def records(self, name: str) -> list[list[Any]]:
-        """The readable messages as a reader reports them: [global offset, stream, offset, message]."""
-        return [[self.goffs[o], name, o, self.msgs[o]] for o in range(self.first, self.head)]
+    def records(self, name: str, start: int = 0) -> list[list[Any]]:
+        """The readable messages from ``start`` as a reader reports them: [global offset, stream, offset, message]."""
+        return [[self.goffs[o], name, o, self.msgs[o]] for o in range(max(start, self.first), self.head)]
+
+
+@dataclass
+class Worker:
+    proc: Proc
+    writable: bool
+    seen: int = 0  # the highest global_head it told
 
 
 def answer(proc: Proc, op: str, **args: Any) -> dict[str, Any]:
     """Send ``op``; its last line, ``ok`` or not (a worker that reports steps before it must not)."""
     proc.send(op, **args)
+    return last_line(proc, op)
+
+
+def last_line(proc: Proc, op: str) -> dict[str, Any]:
     got = proc.line()
     if "ok" not in got:
         proc.fail(f"unexpected line {got!r} for {op}")
@@ -93,54 +144,62 @@ class ProcessModel(RuleBasedStateMachine):
         self.tmp = Path(tempfile.mkdtemp(prefix="logstore-procmodel-"))
         self.path = self.tmp / "store"
         self.procs: list[Proc] = []
+        self.workers: list[Worker] = []
         self.streams: dict[str, StreamModel] = {}
         self.next_goff = 0
         self.tag = 0
         self.spawned = 0
-        self.readers: list[Proc] = []
-        self.seen: list[int] = []  # the highest global_head each reader told
-        try:
-            self.writer = self._open_writer()
-            for _ in range(READERS):
-                self.readers.append(self._open_reader())
-                self.seen.append(0)
-        except BaseException:  # no teardown() after a failed __init__
-            self._finish()
-            raise
+
+    @initialize(count=st.integers(2, MAX_WORKERS), modes=st.lists(st.booleans(), min_size=2, max_size=2))
+    def start(self, count: int, modes: list[bool]) -> None:
+        writable = [True, True, *modes][:count]
+        event(f"start: {sum(writable)} writers, {count - sum(writable)} readers")
+        for w in writable:
+            self.workers.append(Worker(self._open(w), w))
 
     # -- processes -----------------------------------------------------------------------
 
-    def _spawn(self, role: str) -> Proc:
+    def _spawn(self, writable: bool) -> Proc:
         self.spawned += 1
-        proc = Proc(self.tmp, f"{role}-{self.spawned}")
+        proc = Proc(self.tmp, f"{'writer' if writable else 'reader'}-{self.spawned}")
         self.procs.append(proc)
         return proc
 
-    def _open_writer(self) -> Proc:
-        proc = self._spawn("writer")
-        info = proc.call("open", path=str(self.path), options=WRITER_OPTIONS, gated=True)
-        assert info["global_head"] == self.next_goff, (info, self.next_goff)
+    def _open(self, writable: bool, proc: Proc | None = None) -> Proc:
+        """Open the store writable or read-only (in ``proc``, else in a new worker): it loads the model's end."""
+        if proc is None:
+            proc = self._spawn(writable)
+        if writable:
+            info = proc.call("open", path=str(self.path), options=WRITER_OPTIONS, gated=True)
+        else:
+            info = proc.call("open", path=str(self.path), options=READER_OPTIONS)
+        assert info["global_head"] == self.next_goff, (proc.name, info, self.next_goff)
         return proc
 
-    def _open_reader(self) -> Proc:
-        proc = self._spawn("reader")
-        info = proc.call("open", path=str(self.path), options={"readonly": True})
-        assert info["global_head"] == self.next_goff, (info, self.next_goff)
-        return proc
+    def _writers(self) -> list[Worker]:
+        return [w for w in self.workers if w.writable]
 
-    def _finish(self) -> None:
-        for proc in self.procs:
-            proc.finish()
+    def _writer(self, i: int) -> Worker:
+        writers = self._writers()
+        return writers[i % len(writers)]
+
+    def _worker(self, i: int) -> Worker:
+        return self.workers[i % len(self.workers)]
+
+    def _mode(self, worker: Worker, writable: bool) -> bool:
+        """The mode drawn for a new open of ``worker``'s store; writable if it is the only writer left."""
+        return writable or self._writers() == [worker]
 
     def teardown(self) -> None:
         try:
-            self._finish()
             for proc in self.procs:
-                assert proc.popen.poll() is not None, f"{proc.name} still runs"
-            if self.writer.popen.returncode == 0:  # it closed the store
+                proc.finish()
+            for worker in self.workers:
+                code = worker.proc.popen.returncode
+                if code != 0:
+                    worker.proc.fail(f"exited with status {code}")
+            if self.workers:
                 assert_verified(self.path)
-            else:
-                self.writer.fail(f"exited with status {self.writer.popen.returncode}")
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -150,7 +209,7 @@ class ProcessModel(RuleBasedStateMachine):
         m = self.streams.get(name)
         return 0 if m is None else m.head
 
-    def _apply(self, appends: list[tuple[str, list[dict[str, Any]]]], start: int) -> None:
+    def _apply(self, appends: Appends, start: int) -> None:
         """Add a committed transaction, whose messages start at global offset ``start``."""
         assert start == self.next_goff, (start, self.next_goff)
         goff = start
@@ -163,12 +222,16 @@ class ProcessModel(RuleBasedStateMachine):
             m.deleted = False  # an append brings a deleted stream back
         self.next_goff = goff
 
-    def _expected_log(self) -> list[list[Any]]:
-        out = [rec for name, m in self.streams.items() for rec in m.records(name)]
+    def _conflicts(self, sent: Sent) -> list[tuple[str, int, int]]:
+        """The appends of ``sent`` that conflict with the model now: (stream, given, expected) each."""
+        return [(name, off, self._head(name)) for name, off, _ in sent if off is not None and off != self._head(name)]
+
+    def _expected_log(self, start: int = 0) -> list[list[Any]]:
+        out = [rec for name, m in self.streams.items() for rec in m.records(name) if rec[0] >= start]
         out.sort(key=lambda rec: rec[0])
         return out
 
-    def _draw_appends(self, data: st.DataObject) -> list[tuple[str, list[dict[str, Any]]]]:
+    def _draw_appends(self, data: st.DataObject) -> Appends:
         names = data.draw(st.lists(st.sampled_from(POOL), min_size=1, max_size=3, unique=True), label="streams")
         out = []
         for name in names:
@@ -180,53 +243,99 @@ class ProcessModel(RuleBasedStateMachine):
             out.append((name, msgs))
         return out
 
-    def _commit_valid(self, data: st.DataObject, writer: Proc) -> tuple[list[Any], list[tuple[str, Any]]]:
+    def _commit_valid(self, data: st.DataObject) -> tuple[Sent, Appends]:
         """A transaction at the expected offsets (some at ``ANY``): what to send, and its appends."""
         appends = self._draw_appends(data)
-        sent = []
+        sent: Sent = []
         for name, msgs in appends:
             offset = None if data.draw(st.integers(0, 3), label="ANY") == 0 else self._head(name)
             sent.append([name, offset, msgs])
         return sent, appends
 
-    def _writer_head(self) -> int:
-        head: int = self.writer.call("info", streams=[])["global_head"]
+    def _size(self, appends: Appends) -> int:
+        return sum(len(msgs) for _, msgs in appends)
+
+    def _global_head(self, worker: Worker) -> int:
+        head: int = worker.proc.call("info", streams=[])["global_head"]
         return head
+
+    def _check_conflict(self, got: dict[str, Any], allowed: list[tuple[str, int, int]]) -> None:
+        assert not got["ok"] and got["error"] == "OffsetConflictError", got
+        found = CONFLICT.search(got["message"])
+        assert found is not None, got
+        told = (found[1], int(found[2]), int(found[3]))
+        assert told in allowed, (told, allowed)
 
     # -- writing -------------------------------------------------------------------------
 
-    @rule(data=st.data())
-    def commit(self, data: st.DataObject) -> None:
-        sent, appends = self._commit_valid(data, self.writer)
-        got = answer(self.writer, "commit", appends=sent)
+    @rule(data=st.data(), i=WORKER)
+    def commit(self, data: st.DataObject, i: int) -> None:
+        writer = self._writer(i)
+        sent, appends = self._commit_valid(data)
+        got = answer(writer.proc, "commit", appends=sent)
         assert got["ok"], got
-        size = sum(len(msgs) for _, msgs in appends)
-        assert got["range"] == [self.next_goff, self.next_goff + size], (got, self.next_goff)
+        assert got["range"] == [self.next_goff, self.next_goff + self._size(appends)], (got, self.next_goff)
         self._apply(appends, got["range"][0])
 
-    @rule(data=st.data())
-    def commit_at_wrong_offset(self, data: st.DataObject) -> None:
-        """One append of the transaction at a wrong offset: ``OffsetConflictError``, and nothing is written."""
-        sent, _ = self._commit_valid(data, self.writer)
+    @rule(data=st.data(), i=WORKER)
+    def commit_at_wrong_offset(self, data: st.DataObject, i: int) -> None:
+        """One append of the transaction at a stale or future offset: ``OffsetConflictError``, nothing written."""
+        writer = self._writer(i)
+        sent, _ = self._commit_valid(data)
         k = data.draw(st.integers(0, len(sent) - 1), label="wrong append")
         name = sent[k][0]
         expected = self._head(name)
         given = data.draw(SPREAD, label="wrong offset") % (expected + 3)
-        if given >= expected:  # anything but the expected offset: below it, or past it
+        if given >= expected:  # anything but the expected offset: below it (stale), or past it
             given += 1
+        event(f"conflict: {'stale' if given < expected else 'future'} offset")
         sent[k][1] = given
-        got = answer(self.writer, "commit", appends=sent)
-        assert not got["ok"] and got["error"] == "OffsetConflictError", got
-        assert f"offset {given} is not the next unused offset, expected {expected}" in got["message"], got
-        assert self._writer_head() == self.next_goff
+        got = answer(writer.proc, "commit", appends=sent)
+        self._check_conflict(got, [(name, given, expected)])
+        assert self._global_head(writer) == self.next_goff
 
-    def _remove(self, name: str, before: int | None) -> None:
+    @rule(data=st.data(), i=WORKER, j=st.integers(1, MAX_WORKERS - 1))
+    def racing_commits(self, data: st.DataObject, i: int, j: int) -> None:
+        """Two writers are sent a commit each before either answers, both at the offsets expected now."""
+        writers = self._writers()
+        if len(writers) < 2:
+            event("race: one writer only")
+            self.commit(data, i)
+            return
+        first = writers[i % len(writers)]
+        second = writers[(i + j) % len(writers)]
+        if first is second:
+            second = writers[(i + 1) % len(writers)]
+        one = self._commit_valid(data)
+        two = self._commit_valid(data)
+        first.proc.send("commit", appends=one[0])
+        second.proc.send("commit", appends=two[0])
+        got = [last_line(first.proc, "commit"), last_line(second.proc, "commit")]
+        txs = [one, two]
+        oks = [k for k in (0, 1) if got[k]["ok"]]
+        assert oks, got  # both at the expected offsets: the first to commit cannot conflict
+        oks.sort(key=lambda k: got[k]["range"][0])
+        for k in oks:
+            sent, appends = txs[k]
+            assert not self._conflicts(sent), (sent, got)
+            assert got[k]["range"] == [self.next_goff, self.next_goff + self._size(appends)], (got, self.next_goff)
+            self._apply(appends, got[k]["range"][0])
+        if len(oks) == 2:
+            event("race: both committed")
+        else:
+            event("race: one conflicted")
+            loser = 1 - oks[0]
+            conflicts = self._conflicts(txs[loser][0])
+            assert conflicts, (txs[loser][0], got)
+            self._check_conflict(got[loser], conflicts)
+
+    def _remove(self, writer: Worker, name: str, before: int | None) -> None:
         """``truncate_stream(name, before)``, or ``delete_stream(name)`` when ``before`` is None."""
         m = self.streams.get(name)
         if before is None:
-            got = answer(self.writer, "delete", stream=name)
+            got = answer(writer.proc, "delete", stream=name)
         else:
-            got = answer(self.writer, "truncate", stream=name, before=before)
+            got = answer(writer.proc, "truncate", stream=name, before=before)
         if before is not None and before < 0:  # checked first, whether the stream exists or not
             assert not got["ok"] and got["error"] == "ValueError" and ">= 0" in got["message"], got
         elif m is None:
@@ -245,10 +354,10 @@ class ProcessModel(RuleBasedStateMachine):
             if before > m.first:
                 m.first = before
                 self.next_goff += 1  # its TRUNCATE record
-        assert self._writer_head() == self.next_goff
+        assert self._global_head(writer) == self.next_goff
 
-    @rule(data=st.data())
-    def truncate_stream(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), i=WORKER)
+    def truncate_stream(self, data: st.DataObject, i: int) -> None:
         name = data.draw(st.sampled_from(POOL), label="stream")
         head = self._head(name)
         kind = data.draw(st.sampled_from(["in range"] * 6 + ["past the head", "negative"]), label="before is")
@@ -258,25 +367,29 @@ class ProcessModel(RuleBasedStateMachine):
             before = head + data.draw(st.integers(1, 3), label="past the head by")
         else:
             before = data.draw(st.integers(-3, -1), label="before")
-        self._remove(name, before)
+        self._remove(self._writer(i), name, before)
 
-    @rule(name=st.sampled_from(POOL))
-    def delete_stream(self, name: str) -> None:
-        self._remove(name, None)
+    @rule(name=st.sampled_from(POOL), i=WORKER)
+    def delete_stream(self, name: str, i: int) -> None:
+        self._remove(self._writer(i), name, None)
 
-    @rule()
-    def compact(self) -> None:
-        got = self.writer.call("compact")
+    @rule(i=WORKER)
+    def compact(self, i: int) -> None:
+        writer = self._writer(i)
+        if not COMPACT_BESIDE_WRITERS and len(self._writers()) > 1:
+            event("compact: not beside other writers")
+            return
+        got = writer.proc.call("compact")
         assert got["ok"]
         event(f"compact: segments {min(len(list((self.path / 'segments').glob('*.log'))), 4)}")
-        assert self._writer_head() == self.next_goff
+        assert self._global_head(writer) == self.next_goff
 
     # -- reading -------------------------------------------------------------------------
 
-    def _check_reader(self, i: int) -> None:
-        """Reader ``i`` tells exactly what the model does."""
-        snap = self.readers[i].call("snapshot", streams=POOL)
-        assert snap["global_head"] == self.next_goff, (snap["global_head"], self.next_goff)
+    def _check_snapshot(self, worker: Worker) -> None:
+        """``worker`` tells exactly what the model does."""
+        snap = worker.proc.call("snapshot", streams=POOL)
+        assert snap["global_head"] == self.next_goff, (worker.proc.name, snap["global_head"], self.next_goff)
         assert snap["log_start"] == 0, snap["log_start"]
         assert snap["log"] == self._expected_log(), (
             [rec[0] for rec in snap["log"]],
@@ -294,97 +407,234 @@ class ProcessModel(RuleBasedStateMachine):
             assert snap["infos"][name] == [m.first, m.head, m.deleted], (name, snap["infos"][name])
             assert got["found"] == (not m.deleted), (name, got["found"])
             assert got["recs"] == m.records(name), (name, [r[2] for r in got["recs"]], m.first, m.head)
-        self.seen[i] = max(self.seen[i], snap["global_head"])
+        worker.seen = max(worker.seen, snap["global_head"])
 
-    @rule(i=st.integers(0, READERS - 1))
-    def read(self, i: int) -> None:
-        self._check_reader(i)
+    @rule(i=WORKER)
+    def read_everything(self, i: int) -> None:
+        self._check_snapshot(self._worker(i))
 
-    @rule(data=st.data(), i=st.integers(0, READERS - 1), asleep=st.booleans())
-    def blocking_read(self, data: st.DataObject, i: int, asleep: bool) -> None:
-        """A reader blocks in ``next()`` at the end of the log; the writer's commit wakes it with its first message."""
-        reader = self.readers[i]
-        reader.call("reader", rid="end", offset=self.next_goff)
-        reader.send("next", rid="end", timeout=BLOCKING_TIMEOUT)
-        reader.expect("waiting")
+    @rule(data=st.data(), i=WORKER, stream=st.sampled_from([None, *POOL]), count=st.integers(1, 6))
+    def read_from(self, data: st.DataObject, i: int, stream: str | None, count: int) -> None:
+        """``next(timeout)`` and ``get()`` from a drawn offset of the global log or of one stream: the model's
+        records there; at the end, ``next`` times out."""
+        proc = self._worker(i).proc
+        if stream is None:
+            offset = data.draw(SPREAD, label="offset") % (self.next_goff + 1)
+            proc.call("reader", rid="from", offset=offset)
+            expected = self._expected_log(offset)
+        else:
+            m = self.streams.get(stream, StreamModel())
+            offset = data.draw(SPREAD, label="offset") % (m.head + 1)
+            got = proc.call("reader", rid="from", offset=offset, stream=stream)
+            assert got["found"] == (stream in self.streams and not m.deleted), (stream, got)
+            expected = m.records(stream, offset)
+        take = min(count, len(expected))
+        if take:
+            got = proc.call("take", rid="from", count=take)
+            assert got["recs"] == expected[:take], ([r[0] for r in got["recs"]], [r[0] for r in expected[:take]])
+        if take == len(expected):
+            got = proc.call("next", rid="from", timeout=0.05)
+            assert got.get("raised") == "TimeoutError", got
+            event("read from: to the end")
+        proc.call("drop", rid="from")
+
+    @rule(data=st.data(), i=WORKER, j=WORKER, whole_log=st.booleans(), asleep=st.booleans())
+    def blocking_read(self, data: st.DataObject, i: int, j: int, whole_log: bool, asleep: bool) -> None:
+        """A worker blocks in ``next()`` at the end of the log (or of a stream); another worker's commit wakes
+        it with the commit's first message."""
+        reader = self._worker(i)
+        writers = [w for w in self._writers() if w is not reader]
+        if not writers:
+            event("blocking read: no other writer")
+            return
+        writer = writers[j % len(writers)]
+        sent, appends = self._commit_valid(data)
+        name, msgs = appends[0]
+        if whole_log:
+            reader.proc.call("reader", rid="end", offset=self.next_goff)
+        else:
+            reader.proc.call("reader", rid="end", offset=self._head(name), stream=name)
+        reader.proc.send("next", rid="end", timeout=BLOCKING_TIMEOUT)
+        reader.proc.expect("waiting")
         if asleep:
-            reader.wait_asleep(threads=2)  # in next(), and the follower's watcher
-        sent, appends = self._commit_valid(data, self.writer)
-        got = self.writer.call("commit", appends=sent)
+            reader.proc.wait_asleep(threads=2)  # in next(), and the follower's watcher
+        got = writer.proc.call("commit", appends=sent)
         first = got["range"][0]
         self._apply(appends, first)
-        woke = reader.result()
-        name, msgs = appends[0]
+        woke = reader.proc.result()
         assert woke.get("rec") == [first, name, self.streams[name].goffs.index(first), plain(msgs[0])], woke
         assert woke["elapsed"] < BLOCKING_TIMEOUT / 2, woke
-        reader.call("drop", rid="end")
+        reader.proc.call("drop", rid="end")
 
     # -- killing, reopening ----------------------------------------------------------------
 
-    @rule(data=st.data(), when=st.sampled_from(["idle", "commit sent", "fdatasync held"]), look_first=st.booleans())
-    def kill_writer(self, data: st.DataObject, when: str, look_first: bool) -> None:
-        """SIGKILL the writer (idle, right after a commit was sent, or with the commit written and its
-        fdatasync held); a new writer process opens the store.
+    def _settle(self, pending: tuple[Appends, int], head: int, what: str) -> None:
+        """A commit in flight in a killed writer, whose survivors tell ``head``: kept whole or lost whole."""
+        appends, size = pending
+        assert head in (self.next_goff, self.next_goff + size), (head, self.next_goff, size)
+        kept = head == self.next_goff + size
+        event(f"kill writer, {what}: commit {'kept' if kept else 'lost'}")
+        if kept:
+            self._apply(appends, self.next_goff)
+
+    @rule(
+        data=st.data(),
+        i=WORKER,
+        when=st.sampled_from(["idle", "commit sent", "fdatasync held", "lock dropped", "delete sent"]),
+        name=st.sampled_from(POOL),
+        look_first=st.booleans(),
+        writable=st.booleans(),
+    )
+    def kill(self, data: st.DataObject, i: int, when: str, name: str, look_first: bool, writable: bool) -> None:
+        """SIGKILL a worker (a writer idle, right after a commit was sent, with the commit written and an
+        fdatasync held, right before it drops the write lock at the end of the commit's turn, or right
+        after a ``delete_stream`` was sent); it restarts, writable or read-only.
 
         A commit that was acknowledged is kept; one in flight is kept whole or not at all.
         """
-        pending: tuple[list[tuple[str, Any]], int] | None = None
-        if when != "idle":
-            sent, appends = self._commit_valid(data, self.writer)
+        worker = self._worker(i)
+        proc = worker.proc
+        pending: tuple[Appends, int] | None = None
+        if worker.writable and when == "delete sent":
+            self._kill_deleting(worker, name)
+        elif worker.writable and when != "idle":
+            sent, appends = self._commit_valid(data)
             if when == "fdatasync held":
-                self.writer.call("arm", armed=True)
-            self.writer.send("commit", appends=sent)
-            pending = appends, sum(len(msgs) for _, msgs in appends)
+                proc.call("arm", armed=True)
+            elif when == "lock dropped":
+                proc.call("arm", armed=False, die_at_unlock=True)
+            proc.send("commit", appends=sent)
+            pending = appends, self._size(appends)
             if when == "fdatasync held":
-                self.writer.expect("fdatasync-held")
-        self.writer.kill()
-        acked = [line for line in self.writer.remaining_lines() if "ok" in line]
+                proc.expect("fdatasync-held")
+            elif when == "lock dropped":
+                proc.popen.wait(FOLLOW_WAIT)  # it kills itself as its turn ends
+        proc.kill()
+        acked = [line for line in proc.remaining_lines() if "ok" in line]
         assert all(line["ok"] for line in acked), acked
         if pending is not None and acked:
             self._apply(pending[0], acked[0]["range"][0])
             pending = None
-        if look_first and pending is None:
-            self._check_reader(0)  # with no writer: everything acknowledged is still there
-        self.writer = self._spawn("writer")
-        info = self.writer.call("open", path=str(self.path), options=WRITER_OPTIONS, gated=True)
-        if pending is not None:
-            appends, size = pending
-            assert info["global_head"] in (self.next_goff, self.next_goff + size), (info, self.next_goff, size)
-            kept = info["global_head"] == self.next_goff + size
-            event(f"kill writer, {when}: commit {'kept' if kept else 'lost'}")
-            if kept:
-                self._apply(appends, self.next_goff)
-        assert info["global_head"] == self.next_goff, (info, self.next_goff)
+        others = self._others(worker)
+        if pending is not None:  # a survivor tells whether it was kept
+            self._settle(pending, self._global_head(others[0]), when)
+        if look_first:
+            self._check_snapshot(others[-1])  # with the worker dead: everything acknowledged is there
+        mode = self._mode(worker, writable)
+        worker.proc, worker.writable, worker.seen = self._open(mode), mode, 0
 
-    @rule(i=st.integers(0, READERS - 1))
-    def kill_reader(self, i: int) -> None:
-        self.readers[i].kill()
-        self.readers[i] = self._open_reader()
-        self.seen[i] = 0
+    def _others(self, worker: Worker) -> list[Worker]:
+        return [w for w in self.workers if w is not worker]
 
-    @rule(i=st.integers(0, READERS - 1), writable_first=st.booleans())
-    def reopen_reader(self, i: int, writable_first: bool) -> None:
-        """The reader closes its store and opens it again (after a writable open the live writer's lock refuses)."""
-        reader = self.readers[i]
-        reader.call("close")
-        if writable_first:
-            got = answer(reader, "open", path=str(self.path), options=WRITER_OPTIONS)
-            assert not got["ok"] and got["error"] == "StoreLockedError", got
-        info = reader.call("open", path=str(self.path), options={"readonly": True})
-        assert info["global_head"] == self.next_goff, (info, self.next_goff)
+    def _kill_deleting(self, worker: Worker, name: str) -> None:
+        """SIGKILL ``worker`` right after it was sent ``delete_stream(name)``: the DELETE record is kept or
+        lost (the stream deleted or not), and a surviving process tells which."""
+        m = self.streams.get(name)
+        worker.proc.send("delete", stream=name)
+        worker.proc.kill()
+        told = [line for line in worker.proc.remaining_lines() if "ok" in line]
+        writes = m is not None and not m.deleted
+        if told:
+            assert told[0]["ok"] == (m is not None), told
+        head = self._global_head(self._others(worker)[0])
+        if not writes:
+            assert head == self.next_goff, (head, self.next_goff)
+            return
+        assert m is not None
+        assert head in (self.next_goff, self.next_goff + 1) and (head == self.next_goff + 1 or not told), (head, told)
+        kept = head == self.next_goff + 1
+        event(f"kill writer, delete sent: {'kept' if kept else 'lost'}")
+        if kept:
+            m.first, m.deleted = m.head, True
+            self.next_goff += 1
+
+    @rule(i=WORKER, writable=st.booleans())
+    def reopen(self, i: int, writable: bool) -> None:
+        """A worker closes its store and opens it again in the same process, writable or read-only."""
+        worker = self._worker(i)
+        worker.proc.call("close")
+        mode = self._mode(worker, writable)
+        event(f"reopen: {'writable' if worker.writable else 'read-only'} to {'writable' if mode else 'read-only'}")
+        self._open(mode, worker.proc)
+        worker.writable = mode
 
     # -- invariants ----------------------------------------------------------------------
 
     @invariant()
-    def readers_follow(self) -> None:
-        for i, reader in enumerate(self.readers):
-            head = reader.call("info", streams=[])["global_head"]
-            assert head >= self.seen[i], (i, head, self.seen[i])
-            assert head == self.next_goff, (i, head, self.next_goff)
-            self.seen[i] = head
+    def every_worker_follows(self) -> None:
+        """Every worker's ``global_head`` reaches the model's end within ``FOLLOW_WAIT`` and never goes back."""
+        for worker in self.workers:
+            deadline = time.monotonic() + FOLLOW_WAIT
+            while True:
+                head = self._global_head(worker)
+                assert head >= worker.seen, (worker.proc.name, head, worker.seen)
+                assert head <= self.next_goff, (worker.proc.name, head, self.next_goff)
+                worker.seen = head
+                if head == self.next_goff:
+                    break
+                assert time.monotonic() < deadline, (worker.proc.name, head, self.next_goff)
+                time.sleep(0.01)  # polling a condition with a deadline
 
 
-# Each example starts three processes or more: far fewer examples and steps than the in-process models.
+@pytest.mark.xfail(
+    strict=True,
+    reason="Follower._prepare_turn catches up with the tail but does not follow a compaction's swap "
+    "(segments epoch): the closing checkpoint and .pos file keep the replaced file's positions",
+)
+def test_a_writer_closing_after_another_writers_compaction_leaves_a_store_that_verifies(tmp_path: Path) -> None:
+    """Writer A truncates and compacts (replacing segment 0); writer B, which has not looked at the store
+    since, closes last: its closing checkpoint must describe the compacted file."""
+    path = tmp_path / "store"
+    a, b = Proc(tmp_path, "a"), Proc(tmp_path, "b")
+    try:
+        for proc in (a, b):
+            proc.call("open", path=str(path), options=WRITER_OPTIONS)
+        a.call("commit", appends=[["a", 0, [message(1, 0)]]])
+        b.call("commit", appends=[["a", 1, [message(2, 0)]]])
+        a.call("truncate", stream="a", before=1)
+        a.call("compact")
+        a.call("close")
+        b.call("close")
+    finally:
+        a.finish()
+        b.finish()
+    assert_verified(path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Follower._refresh_locked catches up only when the tail's global offset moved; a compaction's roll "
+    "moves only the tail's segment, so the compacted segment stays this process's active one, which "
+    "_follow_swaps skips (segments[:-1]), and the epoch is marked seen: the close turn then catches up "
+    "across the roll and checkpoints the replaced file",
+)
+@pytest.mark.parametrize("last", ["a", "b"])
+def test_writers_closing_after_a_compaction_they_looked_at_leave_a_store_that_verifies(
+    tmp_path: Path, last: str
+) -> None:
+    """Writers A and B commit in turn; A truncates, B compacts (replacing segment 0); both then ask
+    ``global_head`` (which follows the swap) and close, ``last`` closing last."""
+    path = tmp_path / "store"
+    procs = {"a": Proc(tmp_path, "a"), "b": Proc(tmp_path, "b")}
+    a, b = procs["a"], procs["b"]
+    try:
+        for proc in (a, b):
+            proc.call("open", path=str(path), options=WRITER_OPTIONS)
+        for k in range(4):
+            (a, b)[k % 2].call("commit", appends=[["s", None, [message(k, 10)]]])
+        a.call("truncate", stream="s", before=2)
+        b.call("compact")
+        for proc in (a, b):
+            assert proc.call("info", streams=[])["global_head"] == 5
+        procs["b" if last == "a" else "a"].call("close")
+        procs[last].call("close")
+    finally:
+        a.finish()
+        b.finish()
+    assert_verified(path)
+
+
+# Each example starts two processes or more: far fewer examples and steps than the in-process models.
 TestProcessModel = ProcessModel.TestCase
 TestProcessModel.settings = settings(
     max_examples=scale(8, 60),

@@ -21,6 +21,7 @@ import os
 import random
 import resource
 import select
+import signal
 import sys
 import threading
 import time
@@ -82,11 +83,19 @@ def plain(msg: Any) -> Any:
 
 
 class GatedIO(logstore.FileIO):
-    """The real file I/O, but while ``armed`` each fdatasync first says so and waits for a line on stdin."""
+    """The real file I/O, but while ``armed`` each fdatasync first says so and waits for a line on stdin;
+    while ``die_at_unlock``, the process kills itself with SIGKILL right before it drops a byte-range lock
+    (at the end of a turn of the writer role: the commit published, the write lock still held)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.armed = False
+        self.die_at_unlock = False
+
+    def unlock_range(self, fd: int, byte: int) -> None:
+        if self.die_at_unlock:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().unlock_range(fd, byte)
 
     def fdatasync(self, fd: int) -> None:
         if self.armed:
@@ -126,9 +135,10 @@ class Worker:
         self.s.close()
         return {}
 
-    def op_arm(self, armed: bool) -> dict[str, Any]:
+    def op_arm(self, armed: bool, die_at_unlock: bool = False) -> dict[str, Any]:
         assert self.io is not None
         self.io.armed = armed
+        self.io.die_at_unlock = die_at_unlock
         return {}
 
     # -- writing ---------------------------------------------------------------------
