@@ -449,6 +449,14 @@ class Control:
     def unlock_flush(self) -> None:
         self.io.unlock_range(self._fd(), LOCK_FLUSH)
 
+    def try_lock_flush(self) -> bool:
+        """Take the flush lock if no one holds it; whether it did."""
+        return self.io.lock_range(self._fd(), LOCK_FLUSH, True, False)
+
+    def write_held(self) -> bool:
+        """Whether another opener holds the write lock now (a query: changes nothing)."""
+        return _locked_by_other(self._fd(), LOCK_WRITE)
+
     @contextlib.contextmanager
     def compacting(self) -> Iterator[None]:
         """Hold the compaction lock (byte :data:`~logstore.control.LOCK_COMPACT`): one compaction per store,

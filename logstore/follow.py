@@ -213,13 +213,11 @@ class Follower:
     # -- catching up ---------------------------------------------------------------------
 
     def _goal_hint(self, words: memoryview) -> int:
-        """Where catching up would go, from the words alone (unchecked: a torn copy only costs a full read)."""
+        """Where catching up would go, from the words alone (unchecked: a torn copy only costs a full read).
+        With ``durable_only``, a tail past the durable bound counts as the goal: the refresh then looks
+        whether it may make it durable (:meth:`_help_flush`)."""
         a, b = words[TAIL_A // 8], words[TAIL_B // 8]
-        goal = int(a if a > b else b)
-        if self.durable_only:
-            durable = int(words[DURABLE_AT // 8])
-            goal = min(goal, durable)
-        return goal
+        return int(a if a > b else b)
 
     def _moved(self) -> bool:
         """Whether anything the follower acts on moved since it last looked (one read of each word)."""
@@ -270,13 +268,16 @@ class Follower:
         start = lg.next_goff
         try:
             if tail is not None:
+                if self.durable_only and self._word(DURABLE_AT) < tail.goff:
+                    self._help_flush(tail)
                 goal = min(tail.goff, self._word(DURABLE_AT)) if self.durable_only else tail.goff
                 if self._stale:
                     # This process's writer failed after it wrote past the published tail: what its log
                     # holds there was never published (and the next holder cut it). Load afresh.
                     self._stale = False
                     self._reload_from(goal)
-                elif goal > lg.next_goff:
+                elif goal > lg.next_goff or (goal == tail.goff and tail.segment > lg.active.first):
+                    # (the second: a roll with nothing after it yet, compaction's: follow it before a swap)
                     try:
                         self._publish(self._catch_up(tail, goal))
                     except _Behind as why:
@@ -300,6 +301,35 @@ class Follower:
             self._generation = generation
             self._let_go_of_sealed_positions()
         return pub.visible_end != before
+
+    def _help_flush(self, tail: Tail) -> None:
+        """Make the published tail durable when nobody is about to: no turn runs (the intent is clear, or its
+        holder is gone) and no one holds the flush lock. A writer that died after it published its tail
+        and before its sync leaves such a tail (its commits were never acknowledged, but they are in the
+        log, below the tail, for good); so does a writer with ``durability="none"`` or ``"batch"``, whose
+        commits a ``"fsync"`` reader then sees once this makes them durable."""
+        control = self.control
+        if self._word(INTENT_AT) and control.write_held():
+            return  # a turn is running: its writer publishes (and, with "fsync", syncs) after it
+        if not control.try_lock_flush():
+            return  # a sync is running: it raises the durable bound and wakes everyone
+        lg = self.log
+        io = lg.io
+        try:
+            if self._word(DURABLE_AT) >= tail.goff:
+                return
+            try:
+                fd = io.open(layout.segment_path(lg.directory, tail.segment), os.O_RDONLY)
+            except FileNotFoundError:
+                return  # retention dropped it meanwhile: the tail moved on
+            try:
+                io.fdatasync(fd)  # every record of the tail's segment below the tail; earlier ones at their roll
+            finally:
+                io.close(fd)
+            control.publish_durable(tail.goff)
+        finally:
+            control.unlock_flush()
+        control.wake()
 
     def _catch_up(self, tail: Tail, goal: int) -> bool:
         """Walk the records from the end of the log as this process knows it up to global offset ``goal``

@@ -24,8 +24,7 @@ Rules (any writable worker commits or removes; any worker reads):
   exactly one is, and the other raises ``OffsetConflictError`` for an append that conflicts with the
   first (any ``ANY`` append never conflicts);
 - ``truncate_stream`` / ``delete_stream`` (valid, already done, past the head, negative, unknown
-  stream) from any writer, and ``compact()`` from a writer (while it is the only writable one:
-  ``COMPACT_BESIDE_WRITERS``);
+  stream) from any writer, and ``compact()`` from any writer;
 - a worker reads everything with ``try_next()`` (the global log and every stream from 0, heads,
   ``stream_info``, names) and must tell exactly what the model does; a worker reads from a drawn
   offset with ``next(timeout)`` and ``get()`` (global or one stream) what the model has there, and
@@ -82,11 +81,6 @@ only, so choosing among them is fine.)"""
 BLOCKING_TIMEOUT = 10
 FOLLOW_WAIT = 5.0
 """Seconds within which a commit acknowledged in one process is seen in every other one."""
-COMPACT_BESIDE_WRITERS = False
-"""Whether ``compact()`` runs while other workers have the store open writable. Off while writers closing
-after another process's compaction leave a ``CHECKPOINT`` and position files that describe the replaced
-segment file, or disagree with each other, so that the store fails verification (the strict xfail tests
-below); every read and head stays right meanwhile. Beside read-only workers it runs."""
 CONFLICT = re.compile(r"stream '(\w+)': offset (\d+) is not the next unused offset, expected (\d+)")
 
 Appends = list[tuple[str, list[dict[str, Any]]]]
@@ -376,9 +370,7 @@ class ProcessModel(RuleBasedStateMachine):
     @rule(i=WORKER)
     def compact(self, i: int) -> None:
         writer = self._writer(i)
-        if not COMPACT_BESIDE_WRITERS and len(self._writers()) > 1:
-            event("compact: not beside other writers")
-            return
+        event(f"compact beside {len(self._writers()) - 1} other writers")
         got = writer.proc.call("compact")
         assert got["ok"]
         event(f"compact: segments {min(len(list((self.path / 'segments').glob('*.log'))), 4)}")
@@ -576,11 +568,6 @@ class ProcessModel(RuleBasedStateMachine):
                 time.sleep(0.01)  # polling a condition with a deadline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Follower._prepare_turn catches up with the tail but does not follow a compaction's swap "
-    "(segments epoch): the closing checkpoint and .pos file keep the replaced file's positions",
-)
 def test_a_writer_closing_after_another_writers_compaction_leaves_a_store_that_verifies(tmp_path: Path) -> None:
     """Writer A truncates and compacts (replacing segment 0); writer B, which has not looked at the store
     since, closes last: its closing checkpoint must describe the compacted file."""
@@ -601,13 +588,6 @@ def test_a_writer_closing_after_another_writers_compaction_leaves_a_store_that_v
     assert_verified(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Follower._refresh_locked catches up only when the tail's global offset moved; a compaction's roll "
-    "moves only the tail's segment, so the compacted segment stays this process's active one, which "
-    "_follow_swaps skips (segments[:-1]), and the epoch is marked seen: the close turn then catches up "
-    "across the roll and checkpoints the replaced file",
-)
 @pytest.mark.parametrize("last", ["a", "b"])
 def test_writers_closing_after_a_compaction_they_looked_at_leave_a_store_that_verifies(
     tmp_path: Path, last: str

@@ -15,7 +15,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from logstore.controlfile import STATE_AT, STATE_INITIALIZING, Control, slot_flags
+from logstore.controlfile import DURABLE_AT, STATE_AT, STATE_INITIALIZING, Control, slot_flags
 from logstore.fileio import FileIO
 from logstore.follow import Follower
 
@@ -28,7 +28,7 @@ def _commit(store: logstore.Store, stream: str, n: int = 1, pad: int = 0) -> ran
     return tx.global_offsets
 
 
-def test_a_fsync_reader_sees_only_what_the_writer_synced_and_a_none_reader_what_it_wrote(tmp_path: Path) -> None:
+def test_a_fsync_reader_sees_only_what_is_durable_and_makes_a_none_writers_commits_durable(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with logstore.open(path, durability="none", checkpoint_bytes=1 << 30) as writer:
         _commit(writer, "a")
@@ -37,13 +37,19 @@ def test_a_fsync_reader_sees_only_what_the_writer_synced_and_a_none_reader_what_
         written = logstore.open(path, readonly=True, durability="none")
         try:
             assert durable.global_head == written.global_head == 1
+            control = writer._control
+            assert control is not None
             _commit(writer, "a", 3)
-            assert written.global_head == 4  # written and published, not synced
-            assert durable.global_head == 1
+            syncs = written._io.syncs
+            assert written.global_head == 4  # written and published, not synced: a "none" reader takes it
+            assert written._io.syncs == syncs and control.word(DURABLE_AT) == 1
+            # A "fsync" reader takes only what is durable. No process is syncing it (no turn runs, nobody
+            # holds the flush lock): the reader makes the tail durable itself, then takes it.
+            syncs = durable._io.syncs
             with durable.open_global(durable, 1) as g:
-                assert not g.try_next()
-                writer._writer.call(writer._writer.sync)
-                assert g.try_next() and g.offset() == 1  # synced now
+                assert g.try_next() and g.offset() == 1
+            assert durable._io.syncs == syncs + 1
+            assert control.word(DURABLE_AT) == 4
             assert durable.global_head == 4
         finally:
             durable.close()
@@ -57,8 +63,9 @@ def test_a_new_read_only_open_beside_a_none_writer_loads_only_what_is_durable(tm
         writer._writer.call(writer._writer.sync)
         _commit(writer, "a", 5)
         with logstore.open(path, readonly=True) as durable, logstore.open(path, readonly=True, durability="none") as w:
-            assert durable.global_head == 2 and durable.head("a") == 2
+            assert durable._log.next_goff == 2  # loaded up to the durable bound
             assert w.global_head == 7 and w.head("a") == 7
+            assert durable.global_head == 7 and durable.head("a") == 7  # after making the tail durable
 
 
 def test_a_watcher_that_fails_once_keeps_waking_waiters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -260,11 +260,14 @@ def test_a_child_never_releases_the_parents_lock(store_dir, leave):
     assert not repair(str(store_dir)).changed  # the store to itself: nothing holds CONTROL either
 
 
-def test_a_living_child_keeps_no_hold_on_the_lock_and_may_open_the_store_once_the_parent_closed_it(store_dir):
-    """The child drops its copies of the LOCK and CONTROL descriptors at the fork: once the parent closes the
-    store, nothing holds either while the child still lives (``logstore repair`` may take the store), and the
-    child may open the store itself."""
-    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT)
+@pytest.mark.parametrize("durability", ["fsync", "none"])  # "none": the parent keeps the write lock between turns
+def test_a_living_child_keeps_no_hold_on_the_lock_and_may_open_the_store_once_the_parent_closed_it(
+    store_dir, durability
+):
+    """The child drops its copies of the LOCK and CONTROL descriptors (and CONTROL's mapping) at the fork: once
+    the parent closes the store, nothing holds either while the child still lives (``logstore repair`` may take
+    the store), and the child may open the store itself and write."""
+    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT, durability=durability)
     gate = Gate()
     try:
         commit(store, "parent", [env(0)])
