@@ -464,8 +464,11 @@ class Control:
         self.io.lock_range(self._fd(), LOCK_COMPACT, True, True)
         try:
             yield
-        finally:
-            self.io.unlock_range(self._fd(), LOCK_COMPACT)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the compaction's error is the one to report
+                self.io.unlock_range(self._fd(), LOCK_COMPACT)
+            raise
+        self.io.unlock_range(self._fd(), LOCK_COMPACT)
 
     def writers(self) -> int:
         """How many live slots other than this opener's are writable stores."""

@@ -308,6 +308,12 @@ class Follower:
         and before its sync leaves such a tail (its commits were never acknowledged, but they are in the
         log, below the tail, for good); so does a writer with ``durability="none"`` or ``"batch"``, whose
         commits a ``"fsync"`` reader then sees once this makes them durable."""
+        try:
+            self._try_to_flush(tail)
+        except OSError as exc:  # a reader does not fail for it: the bound stays, and it reads what is durable
+            logger.warning("%s: could not make the tail durable: %r", self.log.directory, exc)
+
+    def _try_to_flush(self, tail: Tail) -> None:
         control = self.control
         if self._word(INTENT_AT) and control.write_held():
             return  # a turn is running: its writer publishes (and, with "fsync", syncs) after it
@@ -520,8 +526,11 @@ class Follower:
             words = self._words
             if words is not None and words[INTENT_AT // 8] == self._pid:
                 words[INTENT_AT // 8] = 0  # interrupted after setting it: nothing was written
-            control.unlock_write()
-            self._lock.release()
+            try:
+                with contextlib.suppress(OSError):  # the first error is the one to report
+                    control.unlock_write()
+            finally:
+                self._lock.release()
             raise
 
     def end_turn(self, finished: bool, after: Callable[[], None], keep: bool = False) -> None:
@@ -596,17 +605,19 @@ class Follower:
             return
         control.lock_flush()
         try:
-            if self._word(DURABLE_AT) >= goal:
-                return
-            tail = control.tail()
-            seg = self.log.active
-            self.log.io.fdatasync(seg.fd)
-            target = goal
-            if tail is not None and tail.segment == seg.first and tail.goff > goal:
-                target = tail.goff
-            control.publish_durable(target)
-        finally:
-            control.unlock_flush()
+            if self._word(DURABLE_AT) < goal:
+                tail = control.tail()
+                seg = self.log.active
+                self.log.io.fdatasync(seg.fd)
+                target = goal
+                if tail is not None and tail.segment == seg.first and tail.goff > goal:
+                    target = tail.goff
+                control.publish_durable(target)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the sync's error is the one to report
+                control.unlock_flush()
+            raise
+        control.unlock_flush()
         control.wake()
 
     def writer_failed(self) -> None:

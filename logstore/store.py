@@ -953,6 +953,9 @@ class Store:
         check_retention(retention_age, retention_bytes)
         if not isinstance(roll, bool):
             raise TypeError(f"roll must be True or False, not {roll!r}")
+        failed = self._writer.failed
+        if failed is not None:
+            raise failed  # before any lock: the store refuses writes until reopened, and says why
         control = self._control
         with self._compact_lock, control.compacting() if control is not None else contextlib.nullcontext():
             return compact_store(self._log, self._writer, progress, retention_age, retention_bytes, roll)

@@ -532,7 +532,8 @@ class Writer:
         )
         failed.__cause__ = exc
         with self._cv:
-            self.failed = failed
+            if self.failed is None:  # the first failure is what every later call reports
+                self.failed = failed
             queued, self._queue = self._queue, []
         unflushed, self._unflushed = self._unflushed, []
         self._unflushed_end = None

@@ -46,8 +46,8 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
         assert r["min"] <= r["median"] <= r["max"]
         if "latency_p50" in r:
             assert 0 < r["latency_p50"] <= r["latency_p99"] <= r["latency_max"]
-    assert set(by_workload) == {f"W{i}" for i in (*range(1, 9), 10)}
-    for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W10"):
+    assert set(by_workload) == {f"W{i}" for i in range(1, 11)}
+    for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
     assert by_workload["W5"] == {"logstore"}
     w5 = {r["name"] for r in results if r["workload"] == "W5"}
@@ -60,6 +60,13 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
             extra = r["extra"]
             assert extra["disk_bytes_per_message"][0] > 0
             assert extra["envelope_bytes_per_message"][0] > 250  # envelopes of about 300 B
+
+    w9 = {r["name"].rsplit("/store=", 1)[0]: r for r in results if r["workload"] == "W9"}
+    assert set(w9) == {
+        f"processes={p}/batch={b}/size=300B/commits={c}-each" for p in (1, 4) for b, c in ((1, 40), (100, 10))
+    }, set(w9)
+    for r in w9.values():
+        assert r["unit"] == "commits/s" and r["higher_is_better"] and "latency_p50" in r
 
     w10 = {r["name"].rsplit("/store=", 1)[0]: r for r in results if r["workload"] == "W10"}
     assert set(w10) == {
