@@ -292,15 +292,24 @@ class Follower:
                 pub.visible_end = lg.next_goff
                 pub.applied_removal()
         self._removals_seen = removals
+        self._follow_maintenance()
+        return pub.visible_end != before
+
+    def _follow_maintenance(self) -> None:
+        """Follow what other processes did to the files since the last look: compaction swaps (the segment
+        epoch) and checkpoints (the generation: the sealed segments' positions are in their files now)."""
+        lg = self.log
         epoch = self._word(EPOCH_AT)
-        if epoch != self._epoch:
+        if epoch != self._epoch:  # another process's compaction swapped segments: their positions changed
             self._epoch = epoch
             self._follow_swaps()
         generation = self._word(GENERATION_AT)
         if generation != self._generation:
             self._generation = generation
             self._let_go_of_sealed_positions()
-        return pub.visible_end != before
+        if generation > lg.generation:  # another process checkpointed: this one counts the log from there
+            lg.generation = generation
+            lg.checkpointed_bytes = 0
 
     def _help_flush(self, tail: Tail) -> None:
         """Make the published tail durable when nobody is about to: no turn runs (the intent is clear, or its
@@ -661,17 +670,7 @@ class Follower:
                 lg.active.end,
                 f"caught up to global offset {lg.next_goff}, the published tail is {tail}",
             )
-        epoch = self._word(EPOCH_AT)
-        if epoch != self._epoch:  # another process's compaction swapped segments: their positions changed
-            self._epoch = epoch
-            self._follow_swaps()
-        generation = self._word(GENERATION_AT)
-        if generation != self._generation:
-            self._generation = generation
-            self._let_go_of_sealed_positions()
-        if generation > lg.generation:  # another process checkpointed: this one counts the log from there
-            lg.generation = generation
-            lg.checkpointed_bytes = 0
+        self._follow_maintenance()
         intent = self._word(INTENT_AT)
         if intent:
             self._take_over(tail, intent)

@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -40,19 +40,32 @@ def worker_env() -> dict[str, str]:
 
 
 class Proc:
-    """A worker process (tests/processes/worker.py) and the lines it prints."""
+    """A worker process (tests/processes/worker.py, or ``MODULE`` of a subclass) and the lines it prints."""
 
-    def __init__(self, tmp_path: Path, name: str) -> None:
+    MODULE = "tests.processes.worker"
+    PROGRESS: tuple[str, ...] = ("waiting", "reading")
+    """The ``at`` of lines a command may print before its result (``result`` skips them)."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        name: str,
+        *,
+        args: Sequence[str] = (),
+        pass_fds: Sequence[int] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.err_path = tmp_path / f"{name}.stderr"
         with open(self.err_path, "wb") as err:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "tests.processes.worker"],
+                [sys.executable, "-m", self.MODULE, *args],
                 cwd=ROOT,
-                env=worker_env(),
+                env={**worker_env(), **(env or {})},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
+                pass_fds=pass_fds,
             )
         self._buf = b""
         self.pid: int = self.line()["pid"]
@@ -60,7 +73,7 @@ class Proc:
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
 
-    def fail(self, what: str) -> None:
+    def fail(self, what: str) -> NoReturn:
         pytest.fail(f"{self.name} (pid {self.popen.pid}): {what}\n--- its stderr:\n{self.stderr()}")
 
     def send(self, op: str, **args: Any) -> None:
@@ -112,7 +125,7 @@ class Proc:
                 return got
             if steps is not None:
                 steps.append(got)
-            elif got.get("at") not in ("waiting", "reading"):
+            elif got.get("at") not in self.PROGRESS:
                 self.fail(f"unexpected line {got!r}")
 
     def call(

@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
 import logstore
 from logstore.checkpoint import Checkpoint
 from logstore.verify import verify
-from tests.helpers import ROOT, SMALL_SEGMENT, child_env
+from tests.helpers import SMALL_SEGMENT
+from tests.processes.test_tailing import Proc as TailingProc
 
 WAIT = 30.0
 """Seconds within which anything that should happen promptly happens; reached only when something hangs."""
@@ -51,101 +50,15 @@ class Gate:
             self.r = -1
 
 
-class Proc:
+class Proc(TailingProc):
     """A writer process (tests/processes/writer_child.py) and the lines it prints."""
 
+    MODULE = "tests.processes.writer_child"
+    PROGRESS = ("waiting", "gated", "lock-open")
+
     def __init__(self, tmp_path: Path, name: str, gate: Gate | None, env: dict[str, str] | None) -> None:
-        self.name = name
-        self.err_path = tmp_path / f"{name}.stderr"
-        args = [sys.executable, "-m", "tests.processes.writer_child"]
-        fds: tuple[int, ...] = ()
-        if gate is not None:
-            args.append(str(gate.r))
-            fds = (gate.r,)
-        with open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                args,
-                cwd=ROOT,
-                env={**child_env(), "OPENBLAS_NUM_THREADS": "1", **(env or {})},
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                pass_fds=fds,
-            )
-        self._buf = b""
-        self.pid: int = self.line()["pid"]
-
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def fail(self, what: str) -> NoReturn:
-        pytest.fail(f"{self.name} (pid {self.popen.pid}): {what}\n--- its stderr:\n{self.stderr()}")
-
-    def send(self, op: str, **args: Any) -> None:
-        assert self.popen.stdin is not None
-        self.popen.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
-        self.popen.stdin.flush()
-
-    def _fill(self, deadline: float) -> bool:
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return False
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            self.popen.wait(WAIT)
-            self.fail(f"exited with status {self.popen.returncode} before it printed a whole line")
-        self._buf += chunk
-        return True
-
-    def line(self, timeout: float = WAIT) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            if not self._fill(deadline) and time.monotonic() >= deadline:
-                self.fail(f"printed no line within {timeout} s")
-        raw, _, self._buf = self._buf.partition(b"\n")
-        out: dict[str, Any] = json.loads(raw)
-        return out
-
-    def expect(self, at: str) -> dict[str, Any]:
-        got = self.line()
-        if got.get("at") != at:
-            self.fail(f"expected {at!r}, got {got!r}")
-        return got
-
-    def result(self, steps: list[dict[str, Any]] | None = None, timeout: float = WAIT) -> dict[str, Any]:
-        """The command's last line (``ok``); the lines before it go to ``steps``. A failed command fails the test."""
-        while True:
-            got = self.line(timeout)
-            if "ok" in got:
-                if not got["ok"]:
-                    self.fail(f"{got['error']}: {got['message']}\n{got['trace']}")
-                return got
-            if steps is not None:
-                steps.append(got)
-            elif got.get("at") not in ("waiting", "gated", "lock-open"):
-                self.fail(f"unexpected line {got!r}")
-
-    def call(self, op: str, *, into: list[dict[str, Any]] | None = None, **args: Any) -> dict[str, Any]:
-        self.send(op, **args)
-        return self.result(into)
-
-    def wait_asleep(self) -> None:
-        """Until every thread of the process sleeps in the kernel (polls ``/proc``: a condition, not a delay)."""
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            states = []
-            for task in os.listdir(f"/proc/{self.pid}/task"):
-                try:
-                    with open(f"/proc/{self.pid}/task/{task}/stat") as f:
-                        states.append(f.read().rsplit(")", 1)[1].split()[0])
-                except FileNotFoundError:
-                    continue
-            if states and all(s == "S" for s in states):
-                return
-            time.sleep(0.005)
-        self.fail(f"its threads did not all go to sleep within {WAIT} s")
+        fds = () if gate is None else (gate.r,)
+        super().__init__(tmp_path, name, args=[str(fd) for fd in fds], pass_fds=fds, env=env)
 
     def died(self) -> int:
         """Wait for the process to end by itself (a kill point); its exit status."""
