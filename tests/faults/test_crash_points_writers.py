@@ -213,6 +213,7 @@ class Scenario:
     options: dict[str, Any]
     dead: int | None = None  # A's action that dies in its turn
     dead_published: bool = False  # whether the dead action's tail was published before it died
+    same_size: bool = False  # every message of the same size (a fixed pad)
     with_dead: list[State] = field(init=False)
     without_dead: list[State] = field(init=False)
     ends: list[int] = field(init=False)  # ends[k]: the global offset after actions < k (the dead one applied)
@@ -345,33 +346,47 @@ def hand_over_scenario(seed: int, rounds: int) -> Scenario:
 
 
 DEATHS = {
-    # where A dies in its turn: (site/n/when of its dying action, whether its tail was published, big group)
-    "group past the tail": ("pwrite:segment/1/after", False, False),
-    "in a roll": ("rename:segment.tmp/1/after", False, True),
-    "after the roll": ("pwrite:segment/2/after", False, True),
-    "before its sync": ("fdatasync:segment/1/before", True, False),
+    # where A dies in its turn: (site/n/when of its dying action, whether its tail was published, its group)
+    "group past the tail": ("pwrite:segment/1/after", False, "small"),
+    "group past the tail, written back": ("pwrite:segment/1/after", False, "shaped"),
+    "in a roll": ("rename:segment.tmp/1/after", False, "big"),
+    "after the roll": ("pwrite:segment/2/after", False, "big"),
+    "before its sync": ("fdatasync:segment/1/before", True, "small"),
 }
 
 
 def takeover_scenario(seed: int, death: str, before: int, after: int) -> Scenario:
     """A and B alternate ``before`` commits; A dies in its next turn (``DEATHS``); B commits ``after`` times."""
     gen = _Gen(seed)
-    site, published, big = DEATHS[death]
+    site, published, group = DEATHS[death]
     moves: list[Move] = []
     for _ in range(before):
         moves.append(Move("do", gen.tx("A")))
         moves.append(Move("do", gen.tx("B")))
-    # A big group (about 45 KiB) does not fit in what the 64 KiB segment has left: it rolls.
-    k = gen.tx("A", ["orders", "audit"], sizes=(30, 30)) if big else gen.tx("A")
+    if group == "big":  # about 45 KiB: it does not fit in what the 64 KiB segment has left, it rolls
+        k = gen.tx("A", ["orders", "audit"], sizes=(30, 30))
+    elif group == "shaped":  # three messages of one size; B's next commit is one like the first of them
+        k = gen.tx("A", ["orders"], sizes=(3, 3))
+    else:
+        k = gen.tx("A")
     moves.append(Move("die", k, how=site))
+    if group == "shaped":
+        # The system writes the dead group's pages back before the next turn: they are on the disk, and
+        # only the takeover's zeroing (synced before B writes) keeps its second and third records from
+        # reading as a transaction after B's shorter one.
+        moves.append(Move("writeback"))
     if not published:
         # The dead group's offsets were never taken: the next commits go where it was.
         for stream, offset, _n in gen.actions[k].appends:
             gen.heads[stream] = offset
+    if group == "shaped":
+        moves.append(Move("do", gen.tx("B", ["orders"], sizes=(1, 1))))
     for _ in range(after):
         moves.append(Move("do", gen.tx("B")))
     moves.append(Move("close", who="B"))
-    return Scenario(f"takeover {death}", seed, gen.actions, gen.who, gen.anys, moves, dict(FSYNC), k, published)
+    return Scenario(
+        f"takeover {death}", seed, gen.actions, gen.who, gen.anys, moves, dict(FSYNC), k, published, group == "shaped"
+    )
 
 
 # -- running a scenario --------------------------------------------------------------------------
@@ -412,7 +427,7 @@ def _perform(store: logstore.Store, sc: Scenario, k: int, progress: Progress) ->
             tx, committer = store.begin_tx()
             for stream, offset, n in action.appends:
                 at = logstore.ANY if stream in sc.anys[k] else offset
-                store.append_messages(tx, stream, at, envelopes(sc.seed, k, stream, offset, n))
+                store.append_messages(tx, stream, at, _envelopes(sc, k, stream, offset, n))
             got = committer.commit()
         except OffsetConflictError:
             if action.kind != "conflict":
@@ -492,6 +507,17 @@ def _pair(
     return synced["A" if how == "B syncs A" else "B"] == 0
 
 
+def _write_back(fs: FaultFS, workdir: Path) -> None:
+    """The system writes the segments' dirty pages back (recorded as an fdatasync of each: they are durable)."""
+    seg_dir = workdir / layout.SEGMENTS
+    for name in sorted(os.listdir(seg_dir)):
+        fd = fs.open(os.fspath(seg_dir / name), os.O_RDONLY)
+        try:
+            fs.fdatasync(fd)
+        finally:
+            fs.close(fd)
+
+
 def run_scenario(sc: Scenario, workdir: Path, fs: FaultFS, progress: Progress) -> list[Op]:
     ios = {who: Participant(fs, who) for who in ("A", "B")}
     stores: dict[str, logstore.Store] = {}
@@ -505,6 +531,8 @@ def run_scenario(sc: Scenario, workdir: Path, fs: FaultFS, progress: Progress) -
             elif move.kind == "pair":
                 if _pair(stores, ios, sc, move.k, move.how, progress):
                     progress.shared.append(move.how)
+            elif move.kind == "writeback":
+                _write_back(fs, workdir)
             elif move.kind == "close":
                 stores.pop(move.who).close()
             else:  # die
@@ -536,10 +564,15 @@ class Recovered:
 def _ids(sc: Scenario, k: int) -> list[bytes]:
     action = sc.actions[k]
     return [
-        env.message_id.encode()
-        for stream, offset, n in action.appends
-        for env in envelopes(sc.seed, k, stream, offset, n)
+        env.message_id.encode() for stream, offset, n in action.appends for env in _envelopes(sc, k, stream, offset, n)
     ]
+
+
+def _envelopes(sc: Scenario, k: int, stream: str, offset: int, n: int) -> list[Envelope]:
+    envs = envelopes(sc.seed, k, stream, offset, n)
+    if sc.same_size:
+        envs = [env._replace(message={**env.message, "pad": "x" * 300}) for env in envs]
+    return envs
 
 
 def recover_image(image: Path, sc: Scenario) -> Recovered:
