@@ -35,7 +35,7 @@ The workloads (``durability="fsync"``, 64 KiB segments):
    zeroed and synced) and B goes on. A dead group that was never published may come back after a power loss
    only as long as nothing was committed after it; one that was published counts like any commit in flight.
 
-Sized by ``tests.stress.scale``: the CI tier checks every operation of one seed per workload with two modes in
+Sized by ``tests.stress.scale``: the CI tier checks every operation of one or two seeds per workload with two modes in
 rotation; ``LOGSTORE_STRESS=1`` checks every mode (three draws of ``pages`` and ``torn``) at every operation
 of more seeds. Each test prints a summary line (``-s``)::
 
@@ -751,7 +751,7 @@ def _sites(ops: list[Op]) -> set[str]:
 @pytest.mark.slow
 def test_every_crash_point_of_two_writers_catching_up_with_each_other(scratch: Path) -> None:
     """A and B alternate commits across rolls; pairs at once share one participant's flush."""
-    scenarios = [catch_up_scenario(seed, scale(16, 40)) for seed in range(SEED, SEED + scale(1, 6))]
+    scenarios = [catch_up_scenario(seed, scale(16, 40)) for seed in range(SEED, SEED + scale(2, 6))]
     shared: set[str] = set()
     for sc, ops, pairs in _campaign(scratch, scenarios, scale(300, 20_000), scale(1, 3)):
         shared.update(pairs)
@@ -766,7 +766,7 @@ def test_every_crash_point_of_two_writers_catching_up_with_each_other(scratch: P
 @pytest.mark.slow
 def test_every_crash_point_of_the_write_lock_handed_over_between_writers(scratch: Path) -> None:
     """A commits, B commits, A truncates or deletes, B checkpoints; A closes unclean, B goes on, closes."""
-    scenarios = [hand_over_scenario(seed, scale(6, 12)) for seed in range(SEED + 100, SEED + 100 + scale(1, 6))]
+    scenarios = [hand_over_scenario(seed, scale(6, 12)) for seed in range(SEED + 100, SEED + 100 + scale(2, 6))]
     for sc, ops, _pairs in _campaign(scratch, scenarios, scale(300, 20_000), scale(1, 3)):
         assert {"truncate", "delete"} <= {a.kind for a in sc.actions}
         assert {"rename:CHECKPOINT.tmp", "unlink:catalog"} <= _sites(ops)
