@@ -66,12 +66,14 @@ from typing import TYPE_CHECKING
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.controlfile import (
+    ASKED_AT,
     CLEAN_AT,
     DURABLE_AT,
     EPOCH_AT,
     GENERATION_AT,
     INTENT_AT,
     REMOVALS_AT,
+    SERVED_AT,
     TAIL_A,
     TAIL_B,
     TURNS_AT,
@@ -192,6 +194,7 @@ class Follower:
         self._epoch = self._word(EPOCH_AT)
         self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
         self._holding = False  # this process keeps the write lock between turns (end_turn's keep)
+        self._asks = control.asks is not None  # the asks and served words work here (a futex)
         self._stale = False  # this process's writer failed: the next catch-up reloads
         self._yielder: threading.Thread | None = None
         self._pid = os.getpid()
@@ -547,7 +550,7 @@ class Follower:
         release the write lock, call ``after`` (the writer's flush: another process's turn runs meanwhile),
         and release the follower's lock.
 
-        With ``keep`` (no flush follows), the lock is kept if no other process asks for it: the next turn
+        With ``keep`` (no sync follows), the lock is kept if no other process asks for it: the next turn
         then needs no lock call at all. The yielder thread lets go of it as soon as a process asks
         (:meth:`logstore.controlfile.Control.lock_write`).
         """
@@ -562,7 +565,8 @@ class Follower:
             # Holding first, then the look at the asks: an ask after the look wakes the yielder, which then
             # finds the lock held (it takes the follower's lock, so it acts once this turn is over).
             self._holding = finished and keep
-            if self._holding and control.nobody_asks():
+            words = self._words
+            if self._holding and words is not None and words[ASKED_AT // 8] == words[SERVED_AT // 8] and self._asks:
                 if self._yielder is None:
                     self._start_yielder()
             else:

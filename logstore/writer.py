@@ -295,8 +295,8 @@ class Writer:
             body()
         finally:
             try:
-                # Keep the write lock between turns only when no flush follows (a flush outside the lock is
-                # where other processes' turns overlap this one's sync).
+                # Keep the write lock between turns only when no sync follows (a sync after the turn, under the
+                # flush lock, is where other processes' turns overlap this one's).
                 sharing.end_turn(self.failed is None, self._flush_turn, self._unflushed_end is None)
             except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
                 self._fail(exc, [])
