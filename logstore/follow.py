@@ -520,6 +520,7 @@ class Follower:
         while True:
             took = False
             if not self._holding:
+                self._catch_up_before_turn()
                 control.lock_write()  # the follower's lock is not held while waiting: readers catch up meanwhile
                 took = True
             try:
@@ -646,6 +647,31 @@ class Follower:
         """Say in ``CONTROL`` whether ``CHECKPOINT`` now says the store was closed cleanly (write lock held)."""
         self.control.set_word(CLEAN_AT, 1 if clean else 0)
 
+    def _catch_up_to(self, tail: Tail) -> None:
+        """Catch up with ``tail`` whole, durable or not (a writer writes after it); with ``durability="fsync"``
+        this process's readers still see only what is durable (the rest when a sync covers it)."""
+        lg = self.log
+        if tail.goff > lg.next_goff or tail.segment > lg.active.first:
+            try:
+                self._publish(self._catch_up(tail, tail.goff), self._word(DURABLE_AT) if self.durable_only else None)
+            except _Behind as why:
+                logger.info("%s: loading the log again: %s", lg.directory, why)
+                self._reload_from(tail.goff)
+
+    def _catch_up_before_turn(self) -> None:
+        """Before waiting for the write lock: catch up with the tail as it is now, so that the turn itself
+        (which other processes wait for) has only the rest to read. An error here is met again in the turn."""
+        words = self._words
+        if words is None or words[TURNS_AT // 8] == self._turns or self._stale:
+            return
+        with self._lock:
+            try:
+                tail = self.control.tail()
+                if tail is not None:
+                    self._catch_up_to(tail)
+            except Exception as exc:  # noqa: BLE001 - the turn catches up again, under the lock, and raises
+                logger.debug("%s: catching up before the turn: %r", self.log.directory, exc)
+
     def _prepare_turn(self) -> bool:
         words = self._words
         assert words is not None
@@ -660,14 +686,7 @@ class Follower:
         tail = control.tail()
         if tail is None:
             raise CorruptionError(control.path, TAIL_A, "no tail was ever published (the file was rebuilt under us)")
-        if tail.goff > lg.next_goff or tail.segment > lg.active.first:
-            try:
-                # With durability="fsync" this process's readers see only what is durable (the rest when a
-                # sync covers it: this writer's, or another process's).
-                self._publish(self._catch_up(tail, tail.goff), self._word(DURABLE_AT) if self.durable_only else None)
-            except _Behind as why:
-                logger.info("%s: loading the log again: %s", lg.directory, why)
-                self._reload_from(tail.goff)
+        self._catch_up_to(tail)
         if lg.next_goff != tail.goff or lg.active.first != tail.segment or lg.active.end != tail.position:
             raise CorruptionError(
                 lg.active.path,
