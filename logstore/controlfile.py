@@ -421,9 +421,12 @@ class Control:
         whether it had to wait. Before waiting, ask for it (:data:`ASKED_AT`: a holder that keeps the lock
         between its turns lets go); once it holds the lock after asking, count the ask served."""
         fd = self._fd()
-        if self.io.lock_range(fd, LOCK_WRITE, True, False):
-            return False
         asks, served = self.asks, self.served
+        # While another process waits for the lock, queue behind it rather than take the lock the moment it
+        # is free: a busy writer that let go of it would otherwise take it again before the waiter wakes.
+        queued = asks is not None and served is not None and asks.value != served.value
+        if not queued and self.io.lock_range(fd, LOCK_WRITE, True, False):
+            return False
         if asks is None or served is None:
             self.io.lock_range(fd, LOCK_WRITE, True, True)
             return True
