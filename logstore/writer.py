@@ -295,9 +295,10 @@ class Writer:
             body()
         finally:
             try:
-                # Keep the write lock between turns only when no sync follows (a sync after the turn, under the
-                # flush lock, is where other processes' turns overlap this one's).
-                sharing.end_turn(self.failed is None, self._flush_turn, self._unflushed_end is None)
+                # The write lock is released at the end of every turn. (Keeping it between turns while no other
+                # process asks, Follower.end_turn's ``keep``, is off: the SIGKILL campaign's stress tier caught
+                # two processes in turns at once with it, see docs/PROCESSES.md.)
+                sharing.end_turn(self.failed is None, self._flush_turn, keep=False)
             except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
                 self._fail(exc, [])
                 if not isinstance(exc, Exception):
