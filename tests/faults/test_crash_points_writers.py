@@ -25,8 +25,8 @@ The workloads (``durability="fsync"``, 64 KiB segments):
    rolls; and pairs of commits run at once in two threads, held at the flush lock so that one
    participant's ``fdatasync`` makes the other's commit durable (A's commit synced by B's flush, and B's
    by A's);
-2. *hand-over*: A commits, B commits, A truncates and deletes (its turn keeps the write lock: B's next turn
-   asks for it and A's yielder thread lets go), B's commits pass ``checkpoint_bytes``; A closes (an unclean
+2. *hand-over*: A commits, B commits, A truncates and deletes (the write lock goes from one to the other at
+   each turn), B's commits pass ``checkpoint_bytes``; A closes (an unclean
    checkpoint: B is still open), B goes on, B closes;
 3. *takeover*: A dies in its turn (its Participant raises :class:`~tests.faultfs.Crash` at a chosen
    operation, A's store fails with the intent word set and is abandoned): after writing its group past the

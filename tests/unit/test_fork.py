@@ -260,7 +260,7 @@ def test_a_child_never_releases_the_parents_lock(store_dir, leave):
     assert not repair(str(store_dir)).changed  # the store to itself: nothing holds CONTROL either
 
 
-@pytest.mark.parametrize("durability", ["fsync", "none"])  # "none": the parent keeps the write lock between turns
+@pytest.mark.parametrize("durability", ["fsync", "none"])  # each: its own sync path (after the turn, or none)
 def test_a_living_child_keeps_no_hold_on_the_lock_and_may_open_the_store_once_the_parent_closed_it(
     store_dir, durability
 ):
