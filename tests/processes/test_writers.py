@@ -67,41 +67,6 @@ class Proc(TailingProc):
         except subprocess.TimeoutExpired:
             self.fail(f"still running after {WAIT} s")
 
-    def remaining_lines(self) -> list[dict[str, Any]]:
-        """After the process ended: every whole line it printed that was not read yet."""
-        assert self.popen.poll() is not None and self.popen.stdout is not None
-        self._buf += self.popen.stdout.read()
-        lines, _, self._buf = self._buf.rpartition(b"\n")
-        return [json.loads(raw) for raw in lines.split(b"\n") if raw]
-
-    def stop(self) -> None:
-        """Ask it to close its store and exit; it must exit cleanly."""
-        if self.popen.poll() is None:
-            self.send("exit")
-        try:
-            code = self.popen.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            self.fail(f"did not exit within {WAIT} s")
-        if code != 0:
-            self.fail(f"exited with status {code}")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait(WAIT)
-
-    def finish(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                self.send("exit")
-                self.popen.wait(WAIT)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
-        for pipe in (self.popen.stdin, self.popen.stdout):
-            if pipe is not None:
-                pipe.close()
-
 
 Spawn = Callable[..., Proc]
 
