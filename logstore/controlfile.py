@@ -100,11 +100,21 @@ TURNS_AT = 88
 """How many write-lock turns finished (each holder adds 1 before it releases the lock): a holder that finds
 the count its own last turn left knows nobody else changed the log or the words since."""
 ASKED_AT = 96
-"""A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic, and it wakes the holder's yielder thread) before
-it waits for the write lock, which another process holds."""
+"""A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic) before it waits for the write lock, which another
+process holds."""
 SERVED_AT = 104
 """A u32: how many of those waits ended (the waiter adds 1, atomically, once it holds the lock or gave up). While
-it equals :data:`ASKED_AT` (mod 2**32) nobody waits, and a writer may keep the lock between its turns."""
+it differs from :data:`ASKED_AT` (mod 2**32) a process waits, and a writer that wants the lock queues behind it
+rather than take it the moment it is free (:meth:`Control.lock_write`)."""
+FLUSHED_AT = 112
+"""A u32: how many holders of the flush lock let go of it while another process waited (the holder adds 1 with
+``FUTEX_WAKE_OP``, atomic, waking them). Processes that wait for their commits to be durable sleep on it instead of
+queueing for the lock, and look at the durable bound again when it changes (:meth:`logstore.follow.Follower.flush`)."""
+FLUSH_ASKED_AT = 120
+"""A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic) before it sleeps on :data:`FLUSHED_AT`."""
+FLUSH_SERVED_AT = 296
+"""A u32: how many of those sleeps ended (the sleeper adds 1 afterwards). While it equals :data:`FLUSH_ASKED_AT`
+(mod 2**32) nobody sleeps, and the holder of the flush lock lets go of it without a wake-up (a system call)."""
 WAKE_AT = 128
 """The futex word (u32 in the low half of its u64): every publication adds 1 and wakes its waiters."""
 REMOVALS_AT = 136
@@ -137,6 +147,9 @@ TAIL_SIZE = _TAIL.size + _TAIL_SUM.size
 _U64 = (1 << 64) - 1
 TAIL_READS = 1000
 """How many times a reader reads the two tail copies before it decides the file is damaged."""
+FLUSH_WAIT = 0.01
+"""The longest wait for a sync to end before looking at the flush lock again (:meth:`Control.wait_flush`): only a
+holder that died without counting its sync makes a waiter wait that long."""
 
 FLAG_IN_USE = 1 << 0
 FLAG_READONLY = 1 << 1
@@ -238,6 +251,9 @@ class Control:
         self.futex: Futex | None = None
         self.asks: Futex | None = None  # the word a writer waiting for the write lock adds 1 to (ASKED_AT)
         self.served: Futex | None = None  # the word it adds 1 to when it stops waiting (SERVED_AT)
+        self.flushed: Futex | None = None  # the word the flush lock's holder adds 1 to when it let go (FLUSHED_AT)
+        self._flush_asks: Futex | None = None  # FLUSH_ASKED_AT
+        self._flush_served: Futex | None = None  # FLUSH_SERVED_AT
         """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
@@ -376,6 +392,9 @@ class Control:
             self.futex = Futex(self._fd(), WAKE_AT)
             self.asks = Futex(self._fd(), ASKED_AT)
             self.served = Futex(self._fd(), SERVED_AT)
+            self.flushed = Futex(self._fd(), FLUSHED_AT)
+            self._flush_asks = Futex(self._fd(), FLUSH_ASKED_AT)
+            self._flush_served = Futex(self._fd(), FLUSH_SERVED_AT)
 
     def open_to_others(self) -> None:
         """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
@@ -418,8 +437,8 @@ class Control:
 
     def lock_write(self) -> bool:
         """Take the write lock (byte :data:`~logstore.control.LOCK_WRITE`), waiting for its holder; returns
-        whether it had to wait. Before waiting, ask for it (:data:`ASKED_AT`: a holder that keeps the lock
-        between its turns lets go); once it holds the lock after asking, count the ask served."""
+        whether it had to wait. Before waiting, ask for it (:data:`ASKED_AT`); once it holds the lock after
+        asking, count the ask served (:data:`SERVED_AT`)."""
         fd = self._fd()
         asks, served = self.asks, self.served
         # While another process waits for the lock, queue behind it rather than take the lock the moment it
@@ -437,11 +456,6 @@ class Control:
             served.wake()  # granted, or given up (an interrupt): no longer waiting either way
         return True
 
-    def nobody_asks(self) -> bool:
-        """No process waits for the write lock (the holder may keep it); false without the futex."""
-        asks, served = self.asks, self.served
-        return asks is not None and served is not None and asks.value == served.value
-
     def unlock_write(self) -> None:
         self.io.unlock_range(self._fd(), LOCK_WRITE)
 
@@ -450,7 +464,41 @@ class Control:
         self.io.lock_range(self._fd(), LOCK_FLUSH, True, True)
 
     def unlock_flush(self) -> None:
+        """Release the flush lock; if a process sleeps in :meth:`wait_flush`, count the sync and wake it."""
         self.io.unlock_range(self._fd(), LOCK_FLUSH)
+        flushed, asks, served = self.flushed, self._flush_asks, self._flush_served
+        if flushed is not None and asks is not None and served is not None and asks.value != served.value:
+            flushed.wake()
+
+    def flushes(self) -> int | None:
+        """The count of syncs that ended (:data:`FLUSHED_AT`), to give :meth:`wait_flush`; None without the futex."""
+        flushed = self.flushed
+        return None if flushed is None else flushed.value
+
+    def wait_flush(self, seen: int | None) -> None:
+        """Sleep until the holder of the flush lock lets go of it, unless it is free now.
+
+        ``seen`` is :meth:`flushes` as the caller read it before it found the lock held. Steps: (1) ask (add 1
+        to :data:`FLUSH_ASKED_AT`), so that a holder that lets go after this wakes this process; (2) if the
+        lock is free now (the holder let go before it could see the ask), return; (3) sleep while the count
+        equals ``seen``, at most :data:`FLUSH_WAIT` (a holder that died lets go without a wake-up); (4) count
+        the ask served. Without the futex: wait for the lock itself and let go of it.
+        """
+        fd = self._fd()
+        flushed, asks, served = self.flushed, self._flush_asks, self._flush_served
+        if flushed is None or asks is None or served is None or seen is None:
+            self.io.lock_range(fd, LOCK_FLUSH, True, True)
+            self.io.unlock_range(fd, LOCK_FLUSH)
+            return
+        asks.wake()
+        try:
+            if _locked_by_other(fd, LOCK_FLUSH):
+                flushed.wait(seen, FLUSH_WAIT)
+        finally:
+            served.wake()
+
+    def _flush_words(self) -> tuple[Futex | None, Futex | None, Futex | None]:
+        return self.flushed, self._flush_asks, self._flush_served
 
     def try_lock_flush(self) -> bool:
         """Take the flush lock if no one holds it; whether it did."""
@@ -577,10 +625,11 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks, self.served):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served, *self._flush_words()):
             if futex is not None:
                 futex.close()
         self.futex = self._watchers_futex = self.asks = self.served = None
+        self.flushed = self._flush_asks = self._flush_served = None
         try:
             if mm is not None:
                 if clear_slot and self.slot >= 0:
@@ -599,10 +648,11 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks, self.served):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served, *self._flush_words()):
             if futex is not None:
                 futex.close()  # an munmap of this process's page: the parent's mapping is its own
         self.futex = self._watchers_futex = self.asks = self.served = None
+        self.flushed = self._flush_asks = self._flush_served = None
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):
                 mm.close()

@@ -66,14 +66,12 @@ from typing import TYPE_CHECKING
 from logstore import layout
 from logstore.checkpoint import Checkpoint
 from logstore.controlfile import (
-    ASKED_AT,
     CLEAN_AT,
     DURABLE_AT,
     EPOCH_AT,
     GENERATION_AT,
     INTENT_AT,
     REMOVALS_AT,
-    SERVED_AT,
     TAIL_A,
     TAIL_B,
     TURNS_AT,
@@ -127,6 +125,10 @@ def _zero(io: FileIO, fd: int, start: int, end: int) -> None:
         n = min(len(zero), end - p)
         io.pwrite(fd, zero[:n], p)
         p += n
+
+
+_APPLY_AT = 4096
+"""A catch-up applies what it read once this many records of whole transactions wait (memory stays bounded)."""
 
 
 class _Behind(Exception):
@@ -193,10 +195,7 @@ class Follower:
         self._generation = self._word(GENERATION_AT)
         self._epoch = self._word(EPOCH_AT)
         self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
-        self._holding = False  # this process keeps the write lock between turns (end_turn's keep)
-        self._asks = control.asks is not None  # the asks and served words work here (a futex)
         self._stale = False  # this process's writer failed: the next catch-up reloads
-        self._yielder: threading.Thread | None = None
         self._pid = os.getpid()
         self._watcher: threading.Thread | None = None
         self._stopping = False
@@ -359,6 +358,7 @@ class Follower:
         pos = seg.end
         expected = lg.next_goff
         pending: list[tuple[int, Record]] = []
+        ends: list[int] = []  # where each whole transaction of ``pending`` ends
         removed = False
         while True:
             last = seg.first >= tail.segment
@@ -369,26 +369,39 @@ class Follower:
                 expected += 1
                 removed |= rec.kind in _REMOVAL_KINDS
                 if rec.flags & FLAG_TX_END:
-                    self.log.apply(pending)
-                    pending = []
+                    ends.append(len(pending))
                     if expected >= goal:
                         break
+                    if len(pending) >= _APPLY_AT:
+                        pending, ends = self._apply(pending, ends)
             if expected >= goal:
                 break
             if last:
                 raise _Behind(f"{seg.path}: the records end at global offset {expected}, the goal is {goal}")
             # The segment's records end here: the rest of the log is in the next one, which starts at ``expected``.
+            pending, ends = self._apply(pending, ends)
             seg = self._open_next(expected)
             index += 1
             pos = HEADER_SIZE
-        if pending:
-            raise _Behind(f"the transaction at global offset {pending[0][1].goff} does not end below the tail")
+        done = ends[-1] if ends else 0
+        if len(pending) != done:
+            raise _Behind(f"the transaction at global offset {pending[done][1].goff} does not end below the tail")
+        self._apply(pending, ends)
         if goal == tail.goff and seg.first < tail.segment:
             # The tail is at the start of a segment that a roll made and no record reached yet.
             if tail.segment != expected or tail.position != HEADER_SIZE:
                 raise _Behind(f"the tail is at {tail}, the records of {seg.path} end at global offset {expected}")
             self._open_next(expected)
         return removed
+
+    def _apply(self, pending: list[tuple[int, Record]], ends: list[int]) -> tuple[list[tuple[int, Record]], list[int]]:
+        """Apply the whole transactions of ``pending`` (the k-th ends before index ``ends[k]``) in one call;
+        return what is left (the start of a transaction that goes on in the next segment) and no ends."""
+        if not ends:
+            return pending, ends
+        done = ends[-1]
+        self.log.apply(pending if done == len(pending) else pending[:done], ends)
+        return pending[done:], []
 
     def _cover(self, seg: Segment, tail: Tail, last: bool) -> None:
         """Map what the walk of ``seg`` needs: up to the tail in its segment, else the whole (sealed) file."""
@@ -502,37 +515,27 @@ class Follower:
     # -- the write lock (a writable store) -------------------------------------------------
 
     def begin_turn(self) -> bool:
-        """The writer role starts a turn: take this follower's lock and the write lock, and catch up.
+        """The writer role starts a turn: take the write lock and this follower's lock, and catch up.
 
         Steps, each before the next (docs/ARCHITECTURE.md, "Several writers"): (1) the write lock, waiting
-        for another process's turn to end (this process's readers catch up meanwhile), unless this process
-        kept it since its last turn; (2) the follower's lock (no reader's catch-up runs during the turn);
-        (3) catch up with the tail (with ``durability="fsync"``, this process's readers see only the
-        durable part: the visible end stops at the durable bound); (4) if the intent word is set, take
-        over from the holder that died or failed in its turn (:meth:`_take_over`); (5) map the whole
-        active segment file, take the checkpoint generation, and rewrite a clean checkpoint as unclean;
-        (6) set the intent word. The
-        writer then writes at the tail, publishes, and calls :meth:`end_turn`. Returns whether commits
-        below the tail are not durable yet (the writer's next sync covers them; its next record must not
-        say that what precedes it is durable).
+        for another process's turn to end (this process's readers catch up meanwhile); (2) the follower's
+        lock (no reader's catch-up runs during the turn); (3) catch up with the tail (with
+        ``durability="fsync"``, this process's readers see only the durable part: the visible end stops at
+        the durable bound); (4) if the intent word is set, take over from the holder that died or failed in
+        its turn (:meth:`_take_over`); (5) map the whole active segment file, take the checkpoint
+        generation, and rewrite a clean checkpoint as unclean; (6) set the intent word. The writer then
+        writes at the tail, publishes, and calls :meth:`end_turn`. Returns whether commits below the tail
+        are not durable yet (the writer's next sync covers them; its next record must not say that what
+        precedes it is durable).
         """
         control = self.control
-        while True:
-            took = False
-            if not self._holding:
-                self._catch_up_before_turn()
-                control.lock_write()  # the follower's lock is not held while waiting: readers catch up meanwhile
-                took = True
-            try:
-                self._lock.acquire()
-            except BaseException:
-                if took:
-                    control.unlock_write()
-                raise
-            if took or self._holding:
-                break
-            self._lock.release()  # the yielder let go of the kept lock meanwhile: take it again
-        self._holding = False  # until end_turn keeps it
+        self._catch_up_before_turn()
+        control.lock_write()  # the follower's lock is not held while waiting: readers catch up meanwhile
+        try:
+            self._lock.acquire()
+        except BaseException:
+            control.unlock_write()
+            raise
         try:
             return self._prepare_turn()
         except BaseException:
@@ -546,61 +549,21 @@ class Follower:
                 self._lock.release()
             raise
 
-    def end_turn(self, finished: bool, after: Callable[[], None], keep: bool = False) -> None:
-        """End the turn: clear the intent word if the turn ``finished`` (else the next holder takes over),
-        release the write lock, call ``after`` (the writer's flush: another process's turn runs meanwhile),
-        and release the follower's lock.
-
-        With ``keep`` (no sync follows), the lock is kept if no other process asks for it: the next turn
-        then needs no lock call at all. The yielder thread lets go of it as soon as a process asks
-        (:meth:`logstore.controlfile.Control.lock_write`).
-        """
+    def end_turn(self, finished: bool, after: Callable[[], None]) -> None:
+        """End the turn: count it and clear the intent word if it ``finished`` (else the next holder takes
+        over), release the write lock, call ``after`` (the writer's flush: another process's turn runs
+        meanwhile), and release the follower's lock."""
         try:
-            control = self.control
             if finished:
                 words = self._words
                 assert words is not None
                 self._turns = (words[TURNS_AT // 8] + 1) & _U64
                 words[TURNS_AT // 8] = self._turns
                 words[INTENT_AT // 8] = 0
-            # Holding first, then the look at the asks: an ask after the look wakes the yielder, which then
-            # finds the lock held (it takes the follower's lock, so it acts once this turn is over).
-            self._holding = finished and keep
-            words = self._words
-            if self._holding and words is not None and words[ASKED_AT // 8] == words[SERVED_AT // 8] and self._asks:
-                if self._yielder is None:
-                    self._start_yielder()
-            else:
-                self._holding = False
-                control.unlock_write()
+            self.control.unlock_write()
             after()
         finally:
             self._lock.release()
-
-    def _start_yielder(self) -> None:
-        thread = threading.Thread(target=self._yield_when_asked, name="logstore-write-lock", daemon=True)
-        self._yielder = thread
-        thread.start()
-
-    def _yield_when_asked(self) -> None:
-        """The yielder thread: while this process keeps the write lock between turns, let go of it once
-        another process asks for it (it adds 1 to the word this thread sleeps on)."""
-        control = self.control
-        asks = control.asks
-        assert asks is not None
-        while not self._stop_asked():
-            try:
-                seen = asks.value
-                if self._holding and not control.nobody_asks():
-                    with self._lock:
-                        if self._holding and not self._stop_asked():
-                            self._holding = False
-                            control.unlock_write()
-                asks.wait(seen, SAFETY_WAIT)
-            except (ValueError, OSError):  # closed meanwhile
-                if self._stop_asked():
-                    break
-                self._stopped.wait(SAFETY_WAIT)
 
     def flush(self, goal: int) -> None:
         """Make every commit below global offset ``goal`` durable, sharing the ``fdatasync`` with other
@@ -608,16 +571,22 @@ class Follower:
 
         Called by the writer after its turn, holding this follower's lock (the log does not move). Steps:
         (1) if the durable bound has reached ``goal`` (another process's sync covered it), done; (2) take
-        the flush lock, waiting while another process syncs, and look again; (3) read the tail, then
-        ``fdatasync`` this process's active segment: every record of that file below the tail is then
-        durable, whoever wrote it, and earlier segments were synced at their roll; (4) raise the durable
-        bound to the tail if it is in that segment (else to ``goal``); (5) release the lock and wake the
-        processes that wait for durable commits.
+        the flush lock if it is free; else sleep until its holder lets go (the count of ended syncs moves)
+        and go back to (1): the waiters of one sync all look at once, and most find their commit covered;
+        (3) look again, then read the tail and ``fdatasync`` this process's active segment: every record
+        of that file below the tail is then durable, whoever wrote it, and earlier segments were synced at
+        their roll; (4) raise the durable bound to the tail if it is in that segment (else to ``goal``);
+        (5) release the lock, count the sync and wake its waiters, and wake the processes that wait for
+        durable commits.
         """
         control = self.control
-        if self._word(DURABLE_AT) >= goal:
-            return
-        control.lock_flush()
+        while True:
+            if self._word(DURABLE_AT) >= goal:
+                return
+            seen = control.flushes()
+            if control.try_lock_flush():
+                break
+            control.wait_flush(seen)
         try:
             if self._word(DURABLE_AT) < goal:
                 tail = control.tail()
@@ -843,21 +812,13 @@ class Follower:
                     control.set_watching(False)
 
     def close(self) -> None:
-        """Stop the watcher and the yielder and let go of the shared words (before ``CONTROL`` is closed, which
-        releases a write lock kept between turns)."""
+        """Stop the watcher and let go of the shared words (before ``CONTROL`` is closed)."""
         self._stopping = True
         thread = self._watcher
         if thread is not None:
             self._stopped.set()
             self.control.wake_always()  # ends its sleep (other processes' watchers look once and sleep again)
             thread.join()
-        yielder = self._yielder
-        if yielder is not None:
-            self._stopped.set()
-            asks = self.control.asks
-            if asks is not None:
-                asks.wake_waiters()  # ends its sleep (without asking for the lock)
-            yielder.join()
         with self._lock:
             words, self._words = self._words, None
             if words is not None:

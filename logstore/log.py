@@ -114,15 +114,30 @@ class Log:
             raise KeyError(goff)
         return segments[i]
 
-    def apply(self, transaction: list[tuple[int, Record]]) -> None:
-        """Apply one whole transaction read from the log (``(segment index, record)`` pairs) to every index
-        and to the log's own limits: recovery's walk past the checkpoint and a follower's catch-up."""
-        for ix in self.indexes:
-            ix.apply(transaction)
-        for _i, rec in transaction:
+    def apply(self, records: list[tuple[int, Record]], ends: list[int] | None = None) -> None:
+        """Apply whole transactions read from the log (``(segment index, record)`` pairs) to every index
+        and to the log's own limits: recovery's walk past the checkpoint and a follower's catch-up.
+
+        ``records`` is one transaction, or with ``ends`` several, the k-th ending before index ``ends[k]``:
+        the engine's own indexes take them in one call (their rules go record by record), each registered
+        index one transaction at a time, as its contract says."""
+        for ix in self.indexes[:2]:
+            ix.apply(records)
+        if self.extra_indexes:
+            if ends is None:
+                for ix in self.extra_indexes:
+                    ix.apply(records)
+            else:
+                start = 0
+                for end in ends:
+                    one = records[start:end]
+                    for ix in self.extra_indexes:
+                        ix.apply(one)
+                    start = end
+        for _i, rec in records:
             if rec.kind == KIND_RETAIN:  # the log now starts at its offset field
                 self.published.log_start = max(self.log_start, rec.soff)
-        self.next_goff = transaction[-1][1].goff + 1
+        self.next_goff = records[-1][1].goff + 1
 
     # -- creating ----------------------------------------------------------------
 

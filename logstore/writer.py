@@ -83,7 +83,7 @@ class Sharing(Protocol):
     """How a writer takes turns with the writers of other processes (:class:`logstore.follow.Follower`)."""
 
     def begin_turn(self) -> bool: ...
-    def end_turn(self, finished: bool, after: Callable[[], None], keep: bool = False) -> None: ...
+    def end_turn(self, finished: bool, after: Callable[[], None]) -> None: ...
     def flush(self, goal: int) -> None: ...
     def writer_failed(self) -> None: ...
     def others_writing(self) -> bool: ...
@@ -295,10 +295,7 @@ class Writer:
             body()
         finally:
             try:
-                # The write lock is released at the end of every turn. (Keeping it between turns while no other
-                # process asks, Follower.end_turn's ``keep``, is off: the SIGKILL campaign's stress tier caught
-                # two processes in turns at once with it, see docs/PROCESSES.md.)
-                sharing.end_turn(self.failed is None, self._flush_turn, keep=False)
+                sharing.end_turn(self.failed is None, self._flush_turn)  # the write lock goes at every turn's end
             except BaseException as exc:  # the write lock may still be held: the store fails (close releases it)
                 self._fail(exc, [])
                 if not isinstance(exc, Exception):

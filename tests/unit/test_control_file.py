@@ -17,6 +17,7 @@ import select
 import signal
 import struct
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,16 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import StoreLockedError, layout
-from logstore.control import LOCK_DMS, slot_lock_byte
+from logstore.control import LOCK_DMS, LOCK_FLUSH, slot_lock_byte
 from logstore.controlfile import (
     CONTROL_SIZE,
     FLAG_IN_USE,
     FLAG_READONLY,
     FLAG_WRITABLE,
+    FLUSH_ASKED_AT,
+    FLUSH_SERVED_AT,
+    FLUSH_WAIT,
+    FLUSHED_AT,
     INIT_PID_AT,
     SLOT_SIZE,
     SLOT_TABLE,
@@ -668,3 +673,72 @@ def test_any_file_is_rebuilt_by_a_first_opener(fuzz_dir: Path, data: bytes, stat
         assert rebuilt[SLOT_TABLE + SLOT_SIZE : CONTROL_SIZE] == bytes(CONTROL_SIZE - SLOT_TABLE - SLOT_SIZE)
     finally:
         control.close()
+
+
+def test_a_process_waiting_for_a_sync_wakes_when_the_flush_lock_is_let_go(tmp_path: Path) -> None:
+    """The flush lock's "acquire or wait": a waiter sleeps on the flushed word and the holder wakes it."""
+    path = new_store(tmp_path / "store")
+    with logstore.open(path) as a, logstore.open(path) as b:
+        ca, cb = a._control, b._control
+        assert ca is not None and cb is not None and ca.flushed is not None
+        before = ca.word(FLUSHED_AT)
+        assert ca.try_lock_flush()
+        ca.unlock_flush()
+        assert ca.word(FLUSHED_AT) == before  # nobody slept: no wake-up, the count stays
+
+        assert ca.try_lock_flush()
+        seen = cb.flushes()
+        assert not cb.try_lock_flush()
+        asked = threading.Event()
+        done = threading.Event()
+        real_wait = cb.flushed.wait if cb.flushed is not None else None
+        assert real_wait is not None
+
+        def wait(expected: int, timeout: float | None) -> object:
+            asked.set()  # the ask is counted by now: the holder's let-go wakes this sleep
+            return real_wait(expected, 60.0)  # a wake-up, never the safety timeout, must end it
+
+        cb.flushed.wait = wait  # type: ignore[method-assign, union-attr]
+        waiter = threading.Thread(target=lambda: (cb.wait_flush(seen), done.set()))
+        waiter.start()
+        assert asked.wait(10)
+        assert not done.is_set()
+        ca.unlock_flush()
+        assert done.wait(10), "the waiter was not woken when the flush lock was let go"
+        waiter.join()
+        assert ca.word(FLUSHED_AT) == (before + 1) & 0xFFFFFFFF
+        assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)  # the ask is served: no more wake-ups
+        assert cb.try_lock_flush()
+        cb.unlock_flush()
+
+
+def test_a_waiter_for_a_sync_whose_holder_let_go_without_waking_looks_again(tmp_path: Path) -> None:
+    """A holder that dies releases the flush lock without a wake-up: the waiter's sleep ends by itself."""
+    path = new_store(tmp_path / "store")
+    with logstore.open(path) as a, logstore.open(path) as b:
+        ca, cb = a._control, b._control
+        assert ca is not None and cb is not None and cb.flushed is not None
+        before = ca.word(FLUSHED_AT)
+        assert ca.try_lock_flush()
+        seen = cb.flushes()
+        sleeping = threading.Event()
+        timeouts: list[float | None] = []
+        real_wait = cb.flushed.wait
+
+        def wait(expected: int, timeout: float | None) -> object:
+            timeouts.append(timeout)
+            sleeping.set()
+            return real_wait(expected, timeout)
+
+        cb.flushed.wait = wait  # type: ignore[method-assign]
+        waiter = threading.Thread(target=cb.wait_flush, args=(seen,))
+        waiter.start()
+        assert sleeping.wait(10)
+        ca.io.unlock_range(ca._fd(), LOCK_FLUSH)  # let go as a death does: no count, no wake-up
+        waiter.join(10)
+        assert not waiter.is_alive(), "the waiter slept on after the holder died"
+        assert timeouts == [FLUSH_WAIT]
+        assert ca.word(FLUSHED_AT) == before
+        assert cb.try_lock_flush()
+        cb.unlock_flush()
+        assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)
