@@ -429,9 +429,21 @@ class Control:
         self.set_word(REMOVALS_AT, (self.word(REMOVALS_AT) + 1) & _U64)
 
     def publish_durable(self, goff: int) -> None:
-        """Every transaction below ``goff`` is durable (after an fdatasync); the bound never goes down."""
+        """Every transaction below ``goff`` is durable (after an fdatasync); the bound never goes down.
+
+        A read, a comparison and a store: the caller holds the flush lock (or no other process has the store
+        open yet), so no other process raises the bound between them. A writer that synced in its turn
+        without the flush lock calls :meth:`raise_durable`."""
         if goff > self.word(DURABLE_AT):
             self.set_word(DURABLE_AT, goff)
+
+    def raise_durable(self, goff: int) -> None:
+        """:meth:`publish_durable` under the flush lock (a sync made in a write-lock turn, outside it)."""
+        self.lock_flush()
+        try:
+            self.publish_durable(goff)
+        finally:
+            self.unlock_flush()
 
     # -- the write lock ----------------------------------------------------------------------
 

@@ -519,7 +519,7 @@ class Writer:
             self.synced = (active.first, active.end, self.log.next_goff)
             shared = self.published.shared
             if shared is not None:
-                shared.publish_durable(self.log.next_goff)
+                shared.raise_durable(self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         logger.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)

@@ -88,7 +88,8 @@ class Participant(FileIO):
     from then on, after it is done or instead of it: :class:`Crash` is raised, and from then on every
     operation that changes something raises :class:`Crash` without reaching the files (an ``unlock`` drops
     the lock, as the kernel does for a process that died). ``gate``: called with ``("before"|"after", byte)``
-    around each waiting lock of a ``CONTROL`` byte, for tests that hold a participant at one step of its turn.
+    around each waiting lock of a ``CONTROL`` byte and each try of the flush lock, for tests that hold a participant
+    at one step of its turn.
     """
 
     def __init__(self, fs: FaultFS, name: str) -> None:
@@ -147,10 +148,10 @@ class Participant(FileIO):
         self._do(f"fallocate:{self._kind(fd)}", lambda: self.fs.fallocate(fd, offset, length))
 
     def lock_range(self, fd: int, byte: int, exclusive: bool, wait: bool) -> bool:
-        gate = self.gate if wait else None
+        gate = self.gate if wait or byte == LOCK_FLUSH else None  # the flush lock is tried, then waited for
         if gate is not None and self.dead is None:
             gate("before", byte)
-        site = "lock:FLUSH" if wait and byte == LOCK_FLUSH else f"lock:{self._kind(fd)}"
+        site = "lock:FLUSH" if byte == LOCK_FLUSH else f"lock:{self._kind(fd)}"
         taken = bool(self._do(site, lambda: self.fs.lock_range(fd, byte, exclusive, wait)))
         if gate is not None:
             gate("after", byte)
