@@ -194,7 +194,9 @@ class Follower:
         self._removals_seen = self._word(REMOVALS_AT)
         self._generation = self._word(GENERATION_AT)
         self._epoch = self._word(EPOCH_AT)
-        self._turns = -1  # the turn count this process's last finished turn left (TURNS_AT); -1: none yet
+        # The turn count (TURNS_AT) up to which this process knows the log, the files and the words: its own
+        # last turn's, or the one its catch-up before a turn read (_catch_up_before_turn); -1: none yet.
+        self._turns = -1
         self._stale = False  # this process's writer failed: the next catch-up reloads
         self._pid = os.getpid()
         self._watcher: threading.Thread | None = None
@@ -629,34 +631,60 @@ class Follower:
 
     def _catch_up_before_turn(self) -> None:
         """Before waiting for the write lock: catch up with the tail as it is now, so that the turn itself
-        (which other processes wait for) has only the rest to read. An error here is met again in the turn."""
+        (which other processes wait for) has only the rest to read, or nothing. An error here is met again in
+        the turn.
+
+        The turn count is read before the tail. If the turn finds the count unchanged (and no intent set),
+        no turn ended since, and any turn that ran when the count was read had ended before the tail was
+        read (it would have added 1, or left its intent): what this catch-up saw is the state the turn
+        starts from, and the turn skips its own look (:meth:`_prepare_turn`)."""
         words = self._words
-        if words is None or words[TURNS_AT // 8] == self._turns or self._stale:
+        if words is None or self._stale:
+            return
+        turns = words[TURNS_AT // 8]
+        if turns == self._turns:
             return
         with self._lock:
             try:
                 tail = self.control.tail()
-                if tail is not None:
-                    self._catch_up_to(tail)
+                if tail is None:
+                    return
+                self._catch_up_to(tail)
+                if self._caught_up_with(tail):
+                    self._follow_maintenance()
+                    self._see_growth()
+                    if not self._word(CLEAN_AT):  # else the turn rewrites the checkpoint first
+                        self._turns = turns
             except Exception as exc:  # noqa: BLE001 - the turn catches up again, under the lock, and raises
                 logger.debug("%s: catching up before the turn: %r", self.log.directory, exc)
+
+    def _caught_up_with(self, tail: Tail) -> bool:
+        lg = self.log
+        return lg.next_goff == tail.goff and lg.active.first == tail.segment and lg.active.end == tail.position
+
+    def _see_growth(self) -> None:
+        """Map the active segment file up to its size: another process may have grown it (this process's
+        ``reserve()`` must start past that)."""
+        seg = self.log.active
+        size = min(seg.io.size(seg.fd), seg.capacity)
+        if size > seg.size:
+            seg.remap(size)
 
     def _prepare_turn(self) -> bool:
         words = self._words
         assert words is not None
         if words[TURNS_AT // 8] == self._turns and not words[INTENT_AT // 8]:
-            # No other turn since this process's last one (which left the tail, the files and the words as
-            # this process knows them): nothing to catch up with.
+            # No other turn since this process's last one, or since the catch-up before this turn read the
+            # count (the tail, the files and the words are as this process knows them): nothing to read.
             words[INTENT_AT // 8] = self._pid
             return words[DURABLE_AT // 8] < self.log.next_goff
         lg = self.log
         control = self.control
-        io = lg.io
         tail = control.tail()
         if tail is None:
             raise CorruptionError(control.path, TAIL_A, "no tail was ever published (the file was rebuilt under us)")
         self._catch_up_to(tail)
-        if lg.next_goff != tail.goff or lg.active.first != tail.segment or lg.active.end != tail.position:
+        if not self._caught_up_with(tail):
             raise CorruptionError(
                 lg.active.path,
                 lg.active.end,
@@ -666,10 +694,7 @@ class Follower:
         intent = self._word(INTENT_AT)
         if intent:
             self._take_over(tail, intent)
-        seg = lg.active
-        size = min(io.size(seg.fd), seg.capacity)
-        if size > seg.size:  # another process grew the file: this process's reserve() must start past it
-            seg.remap(size)
+        self._see_growth()
         if self._word(CLEAN_AT):
             lg.checkpoint(clean=False)  # an append follows: the checkpoint must not say the log ends here
             control.set_word(CLEAN_AT, 0)
