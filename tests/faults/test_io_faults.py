@@ -58,6 +58,9 @@ class Run:
     open_error: BaseException | None = None
     close_error: BaseException | None = None
     after: BaseException | str | None = "none"  # what the next action after the failure did (None: succeeded)
+    # The first phase's store had failed when it was abandoned (a failure after its last action returned, such as
+    # releasing the write lock at the end of that action's turn: the process dies before anything reports it).
+    failed_at_abandon: StoreFailedError | None = None
 
 
 def run_with_fault(path: Path, wl: cp.Workload, fs: FaultFS) -> Run:
@@ -104,6 +107,7 @@ def run_with_fault(path: Path, wl: cp.Workload, fs: FaultFS) -> Run:
             state["inflight"] = None
         progress.store = None
         if phase == 0:
+            run.failed_at_abandon = store._writer.failed
             store._abandon()  # the process dies: the reopen recovers
         else:
             _close(store, run)
@@ -162,10 +166,14 @@ def check_run(run: Run, fs: FaultFS, code: int, persistent: bool, wl: cp.Workloa
         # The writer failed: the store refuses every write from now on, and says why.
         if run.after is None:
             problems.append(f"the action after the failure of {op} was acknowledged")
-        for what, exc in (("the next action", run.after), ("close", run.close_error)):
+        for what, exc in (
+            ("the next action", run.after),
+            ("close", run.close_error),
+            ("the abandoned store", run.failed_at_abandon),
+        ):
             if isinstance(exc, BaseException) and not (isinstance(exc, StoreFailedError) and says_what_failed(exc)):
                 problems.append(f"{what} raised {exc!r}, which does not say what failed")
-        if run.close_error is None and run.open_error is None:
+        if run.close_error is None and run.open_error is None and run.failed_at_abandon is None:
             problems.append("close() did not report that the store had failed")
     elif k is not None and wl.actions[k].kind == "compact" and not persistent and run.after not in (None, "none"):
         what = "roll" if no_room_to_roll else "copy"
