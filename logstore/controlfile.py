@@ -249,12 +249,12 @@ class Control:
         self.holding = False
         """A first opener that still holds the dead-man switch exclusively (``join(hold=True)``)."""
         self.futex: Futex | None = None
+        """The wake-up word (None where the file's wake method is polling)."""
         self.asks: Futex | None = None  # the word a writer waiting for the write lock adds 1 to (ASKED_AT)
         self.served: Futex | None = None  # the word it adds 1 to when it stops waiting (SERVED_AT)
         self.flushed: Futex | None = None  # the word the flush lock's holder adds 1 to when it let go (FLUSHED_AT)
         self._flush_asks: Futex | None = None  # FLUSH_ASKED_AT
         self._flush_served: Futex | None = None  # FLUSH_SERVED_AT
-        """The wake-up word (None where the file's wake method is polling)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
         self._leaving = False  # close() began: the file is not mapped again

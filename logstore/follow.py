@@ -305,8 +305,8 @@ class Follower:
         lg = self.log
         epoch = self._word(EPOCH_AT)
         if epoch != self._epoch:  # another process's compaction swapped segments: their positions changed
+            self._follow_swaps()  # (looks at every file again: after a failure, the next look does the rest)
             self._epoch = epoch
-            self._follow_swaps()
         generation = self._word(GENERATION_AT)
         if generation != self._generation:
             self._generation = generation
