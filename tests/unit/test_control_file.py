@@ -675,70 +675,78 @@ def test_any_file_is_rebuilt_by_a_first_opener(fuzz_dir: Path, data: bytes, stat
         control.close()
 
 
-def test_a_process_waiting_for_a_sync_wakes_when_the_flush_lock_is_let_go(tmp_path: Path) -> None:
+def _spy_on_flush_sleep(control: Control, timeout: float | None = None) -> tuple[threading.Event, list[float | None]]:
+    """Make ``control``'s sleeps on the flushed word set the returned event (the ask is counted by then) and
+    record the timeout each was given; with ``timeout``, sleep that long instead."""
+    flushed = control.flushed
+    assert flushed is not None
+    sleeping = threading.Event()
+    timeouts: list[float | None] = []
+    real_wait = flushed.wait
+
+    def wait(expected: int, given: float | None) -> object:
+        timeouts.append(given)
+        sleeping.set()
+        return real_wait(expected, given if timeout is None else timeout)
+
+    flushed.wait = wait  # type: ignore[method-assign]
+    return sleeping, timeouts
+
+
+@pytest.fixture
+def two_controls(tmp_path: Path) -> Iterator[tuple[Control, Control]]:
+    """The ``CONTROL`` memberships of two writable stores of one directory (two open file descriptions)."""
+    path = new_store(tmp_path / "store")
+    with logstore.open(path) as a, logstore.open(path) as b:
+        assert a._control is not None and b._control is not None
+        yield a._control, b._control
+
+
+def test_a_process_waiting_for_a_sync_wakes_when_the_flush_lock_is_let_go(
+    two_controls: tuple[Control, Control],
+) -> None:
     """The flush lock's "acquire or wait": a waiter sleeps on the flushed word and the holder wakes it."""
-    path = new_store(tmp_path / "store")
-    with logstore.open(path) as a, logstore.open(path) as b:
-        ca, cb = a._control, b._control
-        assert ca is not None and cb is not None and ca.flushed is not None
-        before = ca.word(FLUSHED_AT)
-        assert ca.try_lock_flush()
-        ca.unlock_flush()
-        assert ca.word(FLUSHED_AT) == before  # nobody slept: no wake-up, the count stays
+    ca, cb = two_controls
+    before = ca.word(FLUSHED_AT)
+    assert ca.try_lock_flush()
+    ca.unlock_flush()
+    assert ca.word(FLUSHED_AT) == before  # nobody slept: no wake-up, the count stays
 
-        assert ca.try_lock_flush()
-        seen = cb.flushes()
-        assert not cb.try_lock_flush()
-        asked = threading.Event()
-        done = threading.Event()
-        real_wait = cb.flushed.wait if cb.flushed is not None else None
-        assert real_wait is not None
-
-        def wait(expected: int, timeout: float | None) -> object:
-            asked.set()  # the ask is counted by now: the holder's let-go wakes this sleep
-            return real_wait(expected, 60.0)  # a wake-up, never the safety timeout, must end it
-
-        cb.flushed.wait = wait  # type: ignore[method-assign, union-attr]
-        waiter = threading.Thread(target=lambda: (cb.wait_flush(seen), done.set()))
-        waiter.start()
-        assert asked.wait(10)
-        assert not done.is_set()
-        ca.unlock_flush()
-        assert done.wait(10), "the waiter was not woken when the flush lock was let go"
-        waiter.join()
-        assert ca.word(FLUSHED_AT) == (before + 1) & 0xFFFFFFFF
-        assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)  # the ask is served: no more wake-ups
-        assert cb.try_lock_flush()
-        cb.unlock_flush()
+    assert ca.try_lock_flush()
+    seen = cb.flushes()
+    assert not cb.try_lock_flush()
+    sleeping, _ = _spy_on_flush_sleep(cb, timeout=60.0)  # a wake-up, never the safety timeout, must end it
+    done = threading.Event()
+    waiter = threading.Thread(target=lambda: (cb.wait_flush(seen), done.set()))
+    waiter.start()
+    assert sleeping.wait(10)
+    assert not done.is_set()
+    ca.unlock_flush()
+    assert done.wait(10), "the waiter was not woken when the flush lock was let go"
+    waiter.join()
+    assert ca.word(FLUSHED_AT) == (before + 1) & 0xFFFFFFFF
+    assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)  # the ask is served: no more wake-ups
+    assert cb.try_lock_flush()
+    cb.unlock_flush()
 
 
-def test_a_waiter_for_a_sync_whose_holder_let_go_without_waking_looks_again(tmp_path: Path) -> None:
+def test_a_waiter_for_a_sync_whose_holder_let_go_without_waking_looks_again(
+    two_controls: tuple[Control, Control],
+) -> None:
     """A holder that dies releases the flush lock without a wake-up: the waiter's sleep ends by itself."""
-    path = new_store(tmp_path / "store")
-    with logstore.open(path) as a, logstore.open(path) as b:
-        ca, cb = a._control, b._control
-        assert ca is not None and cb is not None and cb.flushed is not None
-        before = ca.word(FLUSHED_AT)
-        assert ca.try_lock_flush()
-        seen = cb.flushes()
-        sleeping = threading.Event()
-        timeouts: list[float | None] = []
-        real_wait = cb.flushed.wait
-
-        def wait(expected: int, timeout: float | None) -> object:
-            timeouts.append(timeout)
-            sleeping.set()
-            return real_wait(expected, timeout)
-
-        cb.flushed.wait = wait  # type: ignore[method-assign]
-        waiter = threading.Thread(target=cb.wait_flush, args=(seen,))
-        waiter.start()
-        assert sleeping.wait(10)
-        ca.io.unlock_range(ca._fd(), LOCK_FLUSH)  # let go as a death does: no count, no wake-up
-        waiter.join(10)
-        assert not waiter.is_alive(), "the waiter slept on after the holder died"
-        assert timeouts == [FLUSH_WAIT]
-        assert ca.word(FLUSHED_AT) == before
-        assert cb.try_lock_flush()
-        cb.unlock_flush()
-        assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)
+    ca, cb = two_controls
+    before = ca.word(FLUSHED_AT)
+    assert ca.try_lock_flush()
+    seen = cb.flushes()
+    sleeping, timeouts = _spy_on_flush_sleep(cb)
+    waiter = threading.Thread(target=cb.wait_flush, args=(seen,))
+    waiter.start()
+    assert sleeping.wait(10)
+    ca.io.unlock_range(ca._fd(), LOCK_FLUSH)  # let go as a death does: no count, no wake-up
+    waiter.join(10)
+    assert not waiter.is_alive(), "the waiter slept on after the holder died"
+    assert timeouts == [FLUSH_WAIT]
+    assert ca.word(FLUSHED_AT) == before
+    assert cb.try_lock_flush()
+    cb.unlock_flush()
+    assert ca.word(FLUSH_ASKED_AT) == ca.word(FLUSH_SERVED_AT)
