@@ -1,0 +1,43 @@
+"""The errors of the PostgreSQL backend, beside logstore's own (:mod:`logstore.errors`).
+
+Both derive from :class:`~logstore.LogStoreError` and neither from the other: code that retries after a
+:class:`ConnectionLostError` must not retry a commit whose outcome is unknown without looking first.
+"""
+
+from __future__ import annotations
+
+from logstore.errors import LogStoreError
+
+
+class ConnectionLostError(LogStoreError):
+    """The PostgreSQL server could not be reached, or the connection broke, and the operation took no effect.
+
+    Raised when no connection could be made or borrowed (at ``open``, or when the server is down), and
+    when a read, or a commit that certainly was not committed, lost its connection. Nothing of the
+    operation happened: a read may be retried as it is (a reader's position did not move), and so may
+    a commit. The ``__cause__`` is psycopg's error.
+    """
+
+
+class CommitOutcomeUnknownError(LogStoreError):
+    """The connection broke while the server may have been committing: the commit may or may not have landed.
+
+    Either the whole transaction committed or none of it did (PostgreSQL commits atomically); the
+    client cannot tell which. ``message_ids`` lists the message ids of the transaction's envelopes
+    (empty for a ``truncate_stream``/``delete_stream``), ``streams`` the streams it appended to; look
+    one id up with ``store.locate(message_id)`` once the server is reachable again: an empty list means
+    that the transaction did not commit. The ``__cause__`` is psycopg's error.
+    """
+
+    def __init__(self, what: str, message_ids: list[str], streams: list[str]) -> None:
+        hint = (
+            f"; look up message id {message_ids[0]!r} with store.locate() to find out whether it did"
+            if message_ids
+            else ""
+        )
+        super().__init__(
+            f"{what}: the connection to PostgreSQL broke during the commit, which may or may not have "
+            f"committed (all of it or none of it){hint}"
+        )
+        self.message_ids = message_ids
+        self.streams = streams

@@ -1,0 +1,705 @@
+"""The PostgreSQL store: the embedded store's API over tables in a PostgreSQL schema.
+
+>>> store = logstore.open("postgresql://postgres@127.0.0.1/test", schema="logstore")  # doctest: +SKIP
+>>> with store.transaction() as tx:  # doctest: +SKIP
+...     tx.append("order-42", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+>>> tx.global_offsets  # doctest: +SKIP
+range(0, 1)
+
+Transactions are built on the client, as in the embedded store (:class:`logstore.Tx`: the envelopes
+are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction in one
+pipeline, ``BEGIN ISOLATION LEVEL READ COMMITTED; SELECT append_tx(...); COMMIT``: one round trip,
+in which the server takes the streams' locks, checks their heads, takes the global lock last and
+holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
+
+Connections come from a pool (``psycopg_pool``); each query is one statement in autocommit, or the
+commit's explicit transaction. One more connection per store LISTENs for commits
+(:mod:`logstore.postgres.listener`).
+
+Lock rules: ``_heads_lock`` guards ``_heads`` (stream heads this client knows; they only grow, so a
+known head is a lower bound of the real one); ``_close_lock`` guards ``_closed``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+import psycopg
+import psycopg_pool
+from psycopg import sql
+
+from logstore.compact import CompactReport
+from logstore.envelope import Envelope, check_envelopes, encode_many
+from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError
+from logstore.postgres import schema as ddl
+from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError
+from logstore.postgres.listener import Listener, Signal
+from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
+from logstore.published import Published
+from logstore.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
+from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+"""The prefixes of a connection URL that ``logstore.open`` hands to this backend."""
+DEFAULT_SCHEMA = "logstore"
+DURABILITY_MODES = ("fsync", "batch", "none")
+DEFAULT_MAX_CONNECTIONS = 10
+"""Most pooled connections of one store (the listening connection aside)."""
+DEFAULT_TIMEOUT = 30.0
+"""Seconds to wait for a connection (at open, and when every pooled one is busy)."""
+MAX_SCHEMA_NAME = 63
+"""PostgreSQL's longest identifier, in bytes."""
+HEADS_KEPT = 100_000
+"""Most stream heads a store remembers for ``append_messages``'s check (then it forgets them all)."""
+
+DISK_ONLY_OPTIONS = {
+    "segment_size": "segment files",
+    "checkpoint_bytes": "checkpoints",
+    "fsync_interval": "an fsync schedule (the server's wal_writer_delay plays its part)",
+    "io": "a file-I/O layer",
+    "retention_age": "retention by segment (delete with truncate_stream/delete_stream)",
+    "retention_bytes": "retention by segment (delete with truncate_stream/delete_stream)",
+}
+"""Options of ``logstore.open`` that mean something only for a store directory, with what they are about."""
+
+
+class Location(NamedTuple):
+    """One place a message is: what ``store.locate`` returns a list of."""
+
+    stream: str
+    offset: int
+    global_offset: int
+
+
+def is_url(path: object) -> bool:
+    """Whether ``logstore.open``'s ``path`` is a PostgreSQL connection URL."""
+    return isinstance(path, str) and path.startswith(URL_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for messages and ``repr``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def open_postgres(url: str, **options: Any) -> PostgresStore:
+    """``logstore.open(url, schema=..., ...)`` for a ``postgresql://`` URL (see :class:`PostgresStore`)."""
+    for name in options:
+        if name in DISK_ONLY_OPTIONS:
+            raise ValueError(
+                f"{name} is an option of a store directory ({DISK_ONLY_OPTIONS[name]});"
+                " a PostgreSQL store has no use for it: leave it out"
+            )
+    known = {"schema", "durability", "readonly", "max_connections", "timeout"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"logstore.open() got unexpected keyword arguments for a PostgreSQL store: {unknown}")
+    return PostgresStore(url, **options)
+
+
+def _message_id(payload: bytes) -> str:
+    """The message id of an encoded envelope (its first field) without decoding the rest."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(payload[:512])
+    unpacker.read_array_header()
+    mid = unpacker.unpack()
+    assert isinstance(mid, str)
+    return mid
+
+
+def _check_offset(offset: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def _is_broken(conn: psycopg.Connection[Any]) -> bool:
+    return bool(conn.closed or conn.broken)
+
+
+def _check_idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on lending a connection, without a round trip: a server that closed an idle
+    connection (a restart, ``pg_terminate_backend``) has left its goodbye in the socket; reading it
+    makes libpq see the connection is gone, and the pool takes another. A commit then never starts on
+    a connection known dead (which would make its outcome look unknown)."""
+    if _is_broken(conn):
+        raise psycopg.OperationalError("the connection is closed")
+    pgconn = conn.pgconn
+    ready, _, _ = select.select([pgconn.socket], [], [], 0)
+    if ready:
+        pgconn.consume_input()
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            raise psycopg.OperationalError("the server closed the connection")
+
+
+_live_stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_live_stores):
+        store._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _PgWriter:
+    """What :class:`logstore.Committer` commits a transaction through."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    def commit(self, tx: Tx) -> range:
+        return self._store._commit(tx)
+
+
+class PostgresStore:
+    """A store in a PostgreSQL schema: the same API, semantics and errors as :class:`logstore.Store`.
+
+    Get one from ``logstore.open("postgresql://user@host:5432/db", schema="logstore")``. Options:
+
+    - ``schema``: the schema that holds the store's tables (created on first open, with the schema
+      if need be; default ``"logstore"``). Several stores live side by side in several schemas.
+    - ``durability``: ``"fsync"`` (default: commit returns once the server has flushed the commit
+      to its WAL; a server whose ``synchronous_commit`` is ``off`` is set to ``on`` for this store's
+      connections, any other setting is kept) or ``"batch"``/``"none"`` (``synchronous_commit = off``:
+      commit returns before the flush; a server crash may lose the last commits, about three times
+      ``wal_writer_delay``, never half of one).
+    - ``readonly``: never write (and never create the tables); writes raise ``ReadOnlyError``.
+    - ``max_connections``: most pooled connections (default 10), beside the one that listens.
+    - ``timeout``: seconds to wait for a connection (default 30).
+
+    The options of a store directory (``segment_size``, ``checkpoint_bytes``, ``fsync_interval``,
+    ``io``, ``retention_age``, ``retention_bytes``) raise ``ValueError``.
+
+    Thread-safe, like the embedded store. Errors of its own:
+    :class:`~logstore.postgres.ConnectionLostError` (the server could not be reached; nothing took
+    effect) and :class:`~logstore.postgres.CommitOutcomeUnknownError` (the connection broke while
+    the commit may have landed; find out with :meth:`locate`).
+    """
+
+    # Long on purpose: the open's steps in order, with the cleanup each failure needs.
+    def __init__(  # noqa: PLR0915
+        self,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        durability: str = "fsync",
+        readonly: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if type(schema) is not str or not schema:
+            raise TypeError(f"schema must be a non-empty str, got {schema!r}")
+        if "\x00" in schema or len(schema.encode("utf-8", "surrogatepass")) > MAX_SCHEMA_NAME:
+            raise ValueError(f"schema must be at most {MAX_SCHEMA_NAME} UTF-8 bytes without NUL, got {schema!r}")
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise ValueError(f"max_connections must be an int >= 1, got {max_connections!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.url = redact(url)
+        self.schema = schema
+        self.path = f"{self.url} schema {schema!r}"
+        """Where the store is, for messages (the URL without its password, and the schema)."""
+        self.durability = durability
+        self.readonly = bool(readonly)
+        self._timeout = float(timeout)
+        self._closed = False
+        self._forked = False
+        self._close_lock = threading.Lock()
+        self._signal = Signal()
+        self._readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._heads: dict[str, int] = {}
+        self._heads_lock = threading.Lock()
+        self._published = Published()  # what Tx reads (forked_error); nothing else of it is used here
+        self._writer = _PgWriter(self)
+        self._listener: Listener | None = None
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._kwargs: dict[str, Any] = {"connect_timeout": max(1, int(timeout)), "client_encoding": "UTF8"}
+        try:
+            first = psycopg.connect(url, autocommit=True, **self._kwargs)
+        except psycopg.Error as exc:
+            raise ConnectionLostError(f"{self.path}: could not connect: {exc}") from exc
+        try:
+            with first:
+                self._setup(first)
+                store_id = ddl.ensure(first, schema, self.path, create=not self.readonly)
+        except psycopg.Error as exc:
+            raise ConnectionLostError(f"{self.path}: could not open the store: {exc}") from exc
+        if store_id is None:
+            raise FileNotFoundError(f"{self.path}: no logstore store there (readonly=True creates none)")
+        self.store_id = store_id
+        self._sql = _Statements(schema)
+        _live_stores.add(self)
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max_connections,
+                kwargs={"autocommit": True, **self._kwargs},
+                configure=self._setup,
+                check=_check_idle,
+                timeout=self._timeout,
+                name=f"logstore {schema}",
+                open=False,
+            )
+            self._pool.open(wait=True, timeout=self._timeout)
+            self._listener = Listener(url, self._kwargs, ddl.channel_of(store_id), self._signal)
+            if not self._listener.listening.wait(self._timeout):
+                raise ConnectionLostError(f"{self.path}: could not LISTEN within {self._timeout} s")
+        except BaseException:
+            self._release()
+            raise
+
+    def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        """Settings of every connection: READ COMMITTED, the durability's ``synchronous_commit``, read-only."""
+        row = conn.execute(
+            "SELECT current_setting('server_encoding'), current_setting('synchronous_commit')"
+        ).fetchone()
+        assert row is not None
+        encoding, sync = row
+        if encoding != "UTF8":
+            raise ValueError(f"{self.path}: the database's encoding is {encoding}; a logstore store needs UTF8")
+        conn.execute("SET default_transaction_isolation = 'read committed'")
+        if self.durability != "fsync":
+            conn.execute("SET synchronous_commit = off")
+        elif sync == "off":
+            conn.execute("SET synchronous_commit = on")
+        if self.readonly:
+            conn.execute("SET default_transaction_read_only = on")
+
+    # -- connections -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        pool = self._pool
+        if pool is None:
+            raise StoreClosedError(f"{self.path}: the store is closed")
+        try:
+            conn = pool.getconn()
+        except psycopg_pool.PoolClosed:
+            raise StoreClosedError(f"{self.path}: the store is closed") from None
+        except psycopg_pool.PoolTimeout as exc:
+            raise ConnectionLostError(
+                f"{self.path}: no connection to the server within {self._timeout} s (is it running?)"
+            ) from exc
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)  # a broken connection is discarded by the pool
+
+    def _query(self, query: sql.Composed, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
+        """Run a read-only statement (its own snapshot) and return its rows; retried once on a lost connection."""
+        for attempt in range(2):
+            with self._connection() as conn:
+                try:
+                    rows: list[Any] = conn.execute(query, params, binary=binary).fetchall()
+                    return rows
+                except psycopg.OperationalError as exc:
+                    if not _is_broken(conn):
+                        raise
+                    if attempt == 1:
+                        raise ConnectionLostError(f"{self.path}: the connection to the server broke: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _run_commit(
+        self, query: sql.Composed, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
+    ) -> Any:
+        """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT.
+
+        A server error (the connection alive) means nothing was committed: it is raised (psycopg's,
+        for the callers to translate). A connection that broke once the pipeline was sent raises
+        :class:`CommitOutcomeUnknownError`: the server may have committed before the break.
+        """
+        with self._connection() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    cur = conn.execute(query, params, binary=True)
+                    conn.execute("COMMIT")
+                row = cur.fetchone()
+            except psycopg.Error as exc:
+                if _is_broken(conn):
+                    raise CommitOutcomeUnknownError(f"{self.path}: {what}", message_ids, streams) from exc
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            assert row is not None
+            return row[0]
+
+    # -- the messagestore API ----------------------------------------------------------------
+
+    def begin_tx(self) -> tuple[Tx, Committer]:
+        """Begin a transaction: Ax's ``DataStore.BeginTx``."""
+        self._check_writable()
+        tx = Tx(self, self._writer, self._published)
+        return tx, Committer(tx)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits when the block ends and rolls back if it raises."""
+        tx, committer = self.begin_tx()
+        try:
+            yield tx
+        except BaseException:
+            committer.rollback()
+            raise
+        committer.commit()
+
+    def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
+        """Append ``envs`` to ``stream`` at ``offset`` within ``tx``: as :meth:`logstore.Store.append_messages`.
+
+        The offset is checked against the head this client knows when it matches (the check is repeated
+        at commit, against every client's commits), and against the server's head otherwise.
+        """
+        self._check_writable()
+        if type(tx) is not Tx:
+            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
+        tx.check_appendable(self)
+        nameb = check_stream_name(stream)
+        if offset is ANY:
+            check_envelopes(envs)
+            tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
+            return
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        check_envelopes(envs)
+        expected = tx.staged_head(stream)
+        if expected is None:
+            with self._heads_lock:
+                expected = self._heads.get(stream)
+            if expected != offset:
+                expected = self.head(stream)
+        if offset != expected:
+            if expected == ANY_OFFSET:
+                raise ValueError(
+                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
+                    " (its offsets are assigned at commit); append at logstore.ANY again"
+                )
+            raise OffsetConflictError(stream, expected, offset)
+        tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
+
+    def _commit(self, tx: Tx) -> range:
+        """Commit ``tx`` (through :class:`logstore.Committer`): one pipeline, ``append_tx`` and COMMIT."""
+        self._check_writable()
+        appends = tx.appends
+        names = [a[0] for a in appends]
+        offsets = [None if a[2] == ANY_OFFSET else a[2] for a in appends]
+        counts = [len(a[3]) for a in appends]
+        payloads = [p for a in appends for p in a[3]]
+        ids = [_message_id(p) for p in payloads]
+        try:
+            result = self._run_commit(
+                self._sql.append,
+                (names, offsets, counts, ids, payloads),
+                f"commit of {len(payloads)} messages",
+                ids,
+                sorted(set(names)),
+            )
+        except psycopg.Error as exc:
+            if exc.sqlstate == ddl.CONFLICT_STATE:
+                detail = ddl.parse_detail(exc.diag.message_detail)
+                stream, expected, given = str(detail["stream"]), detail["expected"], detail["given"]
+                assert isinstance(expected, int) and isinstance(given, int)
+                self._saw_head(stream, expected)
+                raise OffsetConflictError(stream, expected, given) from None
+            raise
+        goff = int(result[0])
+        firsts = [int(f) for f in result[1:]]
+        tx.assign([(n, nb, first, p) for (n, nb, _f, p), first in zip(appends, firsts, strict=True)])
+        for (name, _nb, _f, p), first in zip(appends, firsts, strict=True):
+            self._saw_head(name, first + len(p))
+        self._signal.bump()  # this process's readers need not wait for the notification
+        return range(goff, goff + len(payloads))
+
+    def _saw_head(self, stream: str, head: int | None) -> None:
+        """Note that ``stream``'s head is at least ``head``."""
+        if head is None:
+            return
+        with self._heads_lock:
+            if len(self._heads) >= HEADS_KEPT:
+                self._heads.clear()
+            if self._heads.get(stream, -1) < head:
+                self._heads[stream] = head
+
+    # -- removal ---------------------------------------------------------------------------
+
+    def truncate_stream(self, stream: str, before: int) -> None:
+        """Make the offsets of ``stream`` below ``before`` unreadable, for good: as the embedded store.
+
+        Recorded as a row of the log (it takes a global offset, as the embedded TRUNCATE record does);
+        readers skip the removed messages at once and :meth:`compact` deletes their rows. Raises
+        ``ValueError`` if the stream has never been written or ``before`` is past its head.
+        """
+        self._check_writable()
+        check_stream_name(stream)
+        _check_offset(before)
+        self._remove(stream, ddl.KIND_TRUNCATE, before)
+
+    def delete_stream(self, stream: str) -> None:
+        """Make every message of ``stream`` unreadable (a soft delete), for good: as the embedded store.
+
+        ``open_stream`` then returns ``found=False`` and ``stream_names`` leaves it out until a later
+        append, which continues at the old head. Raises ``ValueError`` if the stream has never been written.
+        """
+        self._check_writable()
+        check_stream_name(stream)
+        self._remove(stream, ddl.KIND_DELETE, 0)
+
+    def _remove(self, stream: str, kind: int, before: int) -> None:
+        try:
+            goff = self._run_commit(
+                self._sql.remove, (stream, kind, before), f"removal in stream {stream!r}", [], [stream]
+            )
+        except psycopg.Error as exc:
+            detail = ddl.parse_detail(exc.diag.message_detail) if exc.sqlstate else {}
+            if exc.sqlstate == ddl.NO_STREAM_STATE:
+                raise ValueError(f"no stream named {stream!r}") from None
+            if exc.sqlstate == ddl.PAST_HEAD_STATE:
+                raise ValueError(
+                    f"stream {stream!r}: cannot truncate before offset {detail['before']}, its head is {detail['head']}"
+                ) from None
+            raise
+        if goff >= 0:
+            self._signal.bump(removal=True)  # this process's readers drop what they fetched ahead, at once
+
+    def compact(
+        self,
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        retention_age: float | None = None,
+        retention_bytes: int | None = None,
+        roll: bool = True,
+    ) -> CompactReport:
+        """Delete the rows of the messages that truncation and deletion removed (VACUUM then reclaims them).
+
+        Readers and writers go on meanwhile (it takes no lock that they wait for). ``roll`` has no
+        meaning here (there are no segments); retention is not available on PostgreSQL, so
+        ``retention_age``/``retention_bytes`` raise ``ValueError``. The report's ``messages_removed``
+        counts the rows deleted. ``progress(done, total)`` is called once, at the end.
+        """
+        self._check_writable()
+        if retention_age is not None or retention_bytes is not None:
+            raise ValueError("retention is not available on a PostgreSQL store; use truncate_stream/delete_stream")
+        if not isinstance(roll, bool):
+            raise TypeError(f"roll must be True or False, not {roll!r}")
+        with self._connection() as conn:
+            try:
+                removed = conn.execute(self._sql.compact).rowcount
+            except psycopg.OperationalError as exc:
+                if not _is_broken(conn):
+                    raise
+                raise ConnectionLostError(f"{self.path}: the connection broke during compact: {exc}") from exc
+        if progress is not None:
+            progress(1, 1)
+        return CompactReport(messages_removed=max(0, removed))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def open_stream(self, ds: PostgresStore, stream: str, offset: int) -> tuple[PgStreamReader, bool]:
+        """Open ``stream`` for reading from ``offset`` (which may be beyond its end).
+
+        Returns ``(stream, found)``; ``found`` is False if the stream has no committed message yet, or
+        is deleted. The stream works either way: ``next()`` waits for its messages.
+        """
+        self._check_open()
+        self._check_ds(ds)
+        check_stream_name(stream)
+        _check_offset(offset)
+        rows = self._query(self._sql.found, (stream,))
+        found = bool(rows and rows[0][0])
+        reader = PgStreamReader(self, stream, offset, found)
+        self._readers.add(reader)
+        return reader, found
+
+    def open_global(self, ds: PostgresStore, offset: int) -> PgGlobalReader:
+        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
+        self._check_open()
+        self._check_ds(ds)
+        _check_offset(offset)
+        reader = PgGlobalReader(self, offset)
+        self._readers.add(reader)
+        return reader
+
+    def stream(self, stream: str, offset: int = 0) -> PgStreamReader:
+        """``open_stream(store, stream, offset)`` in short: the reader, whose ``found`` says whether it exists."""
+        return self.open_stream(self, stream, offset)[0]
+
+    def global_stream(self, offset: int = 0) -> PgGlobalReader:
+        """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``."""
+        return self.open_global(self, offset)
+
+    def _read_stream(self, name: str, start: int, limit: int) -> list[tuple[int, int, bytes]]:
+        self._check_open()
+        return self._query(self._sql.read_stream, (name, start, limit), binary=True)
+
+    def _read_global(self, start: int, limit: int) -> tuple[int, list[tuple[int, str, int, bytes]]]:
+        self._check_open()
+        rows = self._query(self._sql.read_global, (start, limit), binary=True)
+        end = int(rows[0][0]) if rows else 0
+        return end, [(goff, name, soff, env) for _end, goff, name, soff, env in rows if goff is not None]
+
+    # -- state -----------------------------------------------------------------------------
+
+    def head(self, stream: str) -> int:
+        """The next unused offset of ``stream`` (0 if it has no committed message); as the embedded store."""
+        self._check_open()
+        check_stream_name(stream)
+        rows = self._query(self._sql.head, (stream,))
+        head = int(rows[0][0]) if rows else 0
+        self._saw_head(stream, head)
+        return head
+
+    def stream_info(self, stream: str) -> StreamInfo | None:
+        """``(first, head, deleted)`` of ``stream``, or ``None`` if it has never been written."""
+        self._check_open()
+        check_stream_name(stream)
+        rows = self._query(self._sql.info, (stream,))
+        if not rows:
+            return None
+        first, head, deleted = rows[0]
+        return StreamInfo(int(first), int(head), bool(deleted))
+
+    def stream_names(self) -> list[str]:
+        """Every stream with a committed message that is not deleted, in order of first commit."""
+        self._check_open()
+        return [row[0] for row in self._query(self._sql.names)]
+
+    @property
+    def global_head(self) -> int:
+        """The next unused global offset (messages, truncations and deletions committed)."""
+        self._check_open()
+        return int(self._query(self._sql.global_head)[0][0])
+
+    @property
+    def log_start(self) -> int:
+        """The first global offset kept: always 0 (no retention on PostgreSQL)."""
+        self._check_open()
+        return 0
+
+    @property
+    def max_envelope_size(self) -> int:
+        """The largest encoded envelope this store accepts, in bytes (16 MiB, as the embedded store)."""
+        return MAX_ENVELOPE_SIZE
+
+    def locate(self, message_id: str) -> list[Location]:
+        """Every place the message with ``message_id`` is readable: ``(stream, offset, global_offset)``.
+
+        Empty if no committed, unremoved message has that id: after a
+        :class:`~logstore.postgres.CommitOutcomeUnknownError`, the way to learn whether the commit
+        landed (all of its messages did, or none).
+        """
+        self._check_open()
+        if type(message_id) is not str:
+            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        return [Location(n, int(o), int(g)) for n, o, g in self._query(self._sql.locate, (message_id,))]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every open stream (a ``next()`` waiting in another thread raises ``StreamClosedError``),
+        stop listening and close the connections. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        close_readers(self._readers)
+        self._signal.bump()
+        self._release()
+
+    def _release(self) -> None:
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        try:
+            if listener is not None:
+                listener.stop()
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"{self.path}: the store is closed")
+        if self._forked:
+            raise StoreClosedError(
+                f"{self.path}: this store was opened in another process and is used in a child made by fork();"
+                " its connections cannot be shared: open the store in the child instead"
+            )
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path}: the store is open read-only")
+
+    def _check_ds(self, ds: object) -> None:
+        if ds is not self:
+            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
+
+    def __enter__(self) -> PostgresStore:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)
+        return f"<logstore.PostgresStore {self.path} {state}>"
+
+
+class _Statements:
+    """The store's statements, composed once for its schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = sql.Identifier(schema)
+
+        def q(text: str) -> sql.Composed:
+            return sql.SQL(text).format(s=s)
+
+        self.append = q("SELECT {s}.append_tx(%s, %s, %s, %s, %b)")
+        self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
+        self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
+        self.found = q("SELECT head > 0 AND NOT deleted FROM {s}.streams WHERE name = %s")
+        self.info = q("SELECT first, head, deleted FROM {s}.streams WHERE name = %s")
+        self.names = q("SELECT name FROM {s}.streams WHERE head > 0 AND NOT deleted ORDER BY first_goff")
+        self.global_head = q("SELECT next_goff FROM {s}.head")
+        self.locate = q(
+            "SELECT s.name, l.soff, l.goff FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
+            " WHERE l.message_id = %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff"
+        )
+        self.read_stream = q(
+            "SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
+            " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"
+            " ORDER BY l.soff LIMIT %s"
+        )
+        # One statement, one snapshot: the end (head row) and the messages below it agree.
+        self.read_global = q(
+            "SELECT h.next_goff, m.goff, m.name, m.soff, m.envelope FROM {s}.head h LEFT JOIN LATERAL ("
+            " SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
+            " WHERE l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s"
+            ") m ON true ORDER BY m.goff"
+        )
+        self.compact = q(
+            "DELETE FROM {s}.log l USING {s}.streams s WHERE l.stream_id = s.id AND l.kind = 0 AND l.soff < s.first"
+        )
