@@ -106,6 +106,8 @@ class Listener:
         """Set once the first LISTEN is in place."""
         self.connections = 0
         """How many times the listener has connected (reconnections show as more than one)."""
+        self.pid = 0
+        """The server process of the listening connection (0 before the first)."""
         self._thread = threading.Thread(target=self._run, name=f"logstore listener {channel}", daemon=True)
         self._thread.start()
 
@@ -115,6 +117,7 @@ class Listener:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, **self._kwargs) as conn:
                     conn.execute(f"LISTEN {self._channel}")
+                    self.pid = conn.info.backend_pid
                     self.connections += 1
                     pause = 0.05
                     self.listening.set()

@@ -219,6 +219,7 @@ class PostgresStore:
         self.durability = durability
         self.readonly = bool(readonly)
         self._timeout = float(timeout)
+        self._max_connections = max_connections
         self._closed = False
         self._forked = False
         self._close_lock = threading.Lock()
@@ -230,7 +231,12 @@ class PostgresStore:
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
-        self._kwargs: dict[str, Any] = {"connect_timeout": max(1, int(timeout)), "client_encoding": "UTF8"}
+        self._kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, int(timeout)),
+            "client_encoding": "UTF8",
+            # What pg_stat_activity shows for the store's connections (operators find them by it).
+            "application_name": f"logstore {schema}"[:MAX_SCHEMA_NAME],
+        }
         try:
             first = psycopg.connect(url, autocommit=True, **self._kwargs)
         except psycopg.Error as exc:
@@ -304,8 +310,13 @@ class PostgresStore:
             pool.putconn(conn)  # a broken connection is discarded by the pool
 
     def _query(self, query: sql.Composed, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
-        """Run a read-only statement (its own snapshot) and return its rows; retried once on a lost connection."""
-        for attempt in range(2):
+        """Run a read-only statement (its own snapshot) and return its rows.
+
+        A connection that broke is dropped and the statement runs again on another, as many times as the
+        pool may hold connections (a server restart breaks them all), plus one on a new connection.
+        """
+        attempts = self._max_connections + 1
+        for attempt in range(attempts):
             with self._connection() as conn:
                 try:
                     rows: list[Any] = conn.execute(query, params, binary=binary).fetchall()
@@ -313,7 +324,7 @@ class PostgresStore:
                 except psycopg.OperationalError as exc:
                     if not _is_broken(conn):
                         raise
-                    if attempt == 1:
+                    if attempt == attempts - 1:
                         raise ConnectionLostError(f"{self.path}: the connection to the server broke: {exc}") from exc
         raise AssertionError("unreachable")
 
@@ -328,10 +339,12 @@ class PostgresStore:
         """
         with self._connection() as conn:
             try:
+                # prepare=False: a statement prepared in a pipeline that a server error aborts is lost,
+                # while psycopg's cache would name it in the next pipeline.
                 with conn.pipeline():
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    cur = conn.execute(query, params, binary=True)
-                    conn.execute("COMMIT")
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
+                    cur = conn.execute(query, params, prepare=False, binary=True)
+                    conn.execute("COMMIT", prepare=False)
                 row = cur.fetchone()
             except psycopg.Error as exc:
                 if _is_broken(conn):
