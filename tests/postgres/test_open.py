@@ -143,3 +143,29 @@ def test_transactions_over_streams_in_opposite_orders_never_deadlock(open_pg):
         t.join(120)
     assert errors == []
     assert (store.head("A"), store.head("B"), store.global_head) == (2 * rounds, 2 * rounds, 4 * rounds)
+
+
+def test_docs_show_the_tables_as_they_are_created():
+    """docs/POSTGRES.md shows the DDL of logstore/postgres/schema.py, for ``schema="logstore"``."""
+    from logstore.postgres import schema as ddl
+    from tests.helpers import ROOT
+
+    doc = (ROOT / "docs" / "POSTGRES.md").read_text(encoding="utf-8")
+    statements = [s.strip() for s in ddl._CREATE_TABLES.replace("{s}", "logstore").split(";") if s.strip()]
+    assert len(statements) == 6
+    for statement in statements:
+        assert statement + ";" in doc
+
+
+def test_the_embedded_store_never_imports_the_driver():
+    """psycopg is an optional extra: ``import logstore`` and a directory store do without it."""
+    from tests.helpers import run_python
+
+    code = (
+        "import sys, tempfile, logstore\n"
+        "logstore.open(tempfile.mkdtemp() + '/s').close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_pool')))\n"
+    )
+    done = run_python(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
