@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -133,13 +133,15 @@ class Listener:
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         pgconn = conn.pgconn
-        sock = pgconn.socket
-        while not self._stopping.is_set():
-            self._drain(pgconn)
-            ready, _, _ = select.select([sock, self._wake_r], [], [])
-            if self._wake_r in ready:
-                return
-            pgconn.consume_input()  # raises psycopg.OperationalError once the connection is gone
+        with selectors.DefaultSelector() as selector:
+            selector.register(pgconn.socket, selectors.EVENT_READ, "server")
+            selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while not self._stopping.is_set():
+                self._drain(pgconn)
+                ready = selector.select()
+                if any(key.data == "wake" for key, _ in ready):
+                    return
+                pgconn.consume_input()  # raises psycopg.OperationalError once the connection is gone
 
     def _drain(self, pgconn: Any) -> None:
         while True:
@@ -149,7 +151,9 @@ class Listener:
             self._signal.bump(removal=bytes(note.extra).startswith(b"r"))
 
     def _sleep(self, seconds: float) -> None:
-        select.select([self._wake_r], [], [], seconds)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.select(seconds)
 
     def stop(self) -> None:
         """Stop the thread and close its connection (waits for it, briefly)."""

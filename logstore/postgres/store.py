@@ -38,7 +38,7 @@ from psycopg import sql
 
 from logstore.compact import CompactReport
 from logstore.envelope import Envelope, check_envelopes, encode_many
-from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError
+from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError
 from logstore.postgres.listener import Listener, Signal
@@ -138,8 +138,9 @@ def _check_idle(conn: psycopg.Connection[Any]) -> None:
     if _is_broken(conn):
         raise psycopg.OperationalError("the connection is closed")
     pgconn = conn.pgconn
-    ready, _, _ = select.select([pgconn.socket], [], [], 0)
-    if ready:
+    poller = select.poll()  # not select(): descriptors past 1023 are common in a busy application
+    poller.register(pgconn.socket, select.POLLIN)
+    if poller.poll(0):
         pgconn.consume_input()
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("the server closed the connection")
@@ -655,7 +656,7 @@ class PostgresStore:
         if self._closed:
             raise StoreClosedError(f"{self.path}: the store is closed")
         if self._forked:
-            raise StoreClosedError(
+            raise StoreForkedError(
                 f"{self.path}: this store was opened in another process and is used in a child made by fork();"
                 " its connections cannot be shared: open the store in the child instead"
             )
