@@ -4,7 +4,7 @@ Needs the optional extra ``logstore[postgres]`` (psycopg 3 and psycopg_pool). do
 tables, the locking, why global offsets are gap-free and in commit order, and how to run it.
 """
 
-from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError
+from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader
 from logstore.postgres.schema import SCHEMA_VERSION
 from logstore.postgres.store import DEFAULT_SCHEMA, Location, PostgresStore, is_url, open_postgres
@@ -18,6 +18,7 @@ __all__ = [
     "PgGlobalReader",
     "PgStreamReader",
     "PostgresStore",
+    "ServerError",
     "is_url",
     "open_postgres",
 ]

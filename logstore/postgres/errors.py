@@ -41,3 +41,16 @@ class CommitOutcomeUnknownError(LogStoreError):
         )
         self.message_ids = message_ids
         self.streams = streams
+
+
+class ServerError(LogStoreError):
+    """The server refused an operation with an error of its own, and the operation took no effect.
+
+    For example a permission the role lacks, a ``statement_timeout`` or ``lock_timeout`` that ran
+    out, or a full disk on the server. ``sqlstate`` is PostgreSQL's error code (``"42501"``, say);
+    the message has the server's; the ``__cause__`` is psycopg's error.
+    """
+
+    def __init__(self, what: str, sqlstate: str | None) -> None:
+        super().__init__(what)
+        self.sqlstate = sqlstate

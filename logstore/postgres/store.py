@@ -40,7 +40,7 @@ from logstore.compact import CompactReport
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
-from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError
+from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
 from logstore.published import Published
@@ -247,7 +247,7 @@ class PostgresStore:
                 self._setup(first)
                 store_id = ddl.ensure(first, schema, self.path, create=not self.readonly)
         except psycopg.Error as exc:
-            raise ConnectionLostError(f"{self.path}: could not open the store: {exc}") from exc
+            raise self._translate(exc, first, "could not open the store") from exc
         if store_id is None:
             raise FileNotFoundError(f"{self.path}: no logstore store there (readonly=True creates none)")
         self.store_id = store_id
@@ -322,21 +322,26 @@ class PostgresStore:
                 try:
                     rows: list[Any] = conn.execute(query, params, binary=binary).fetchall()
                     return rows
-                except psycopg.OperationalError as exc:
-                    if not _is_broken(conn):
-                        raise
-                    if attempt == attempts - 1:
-                        raise ConnectionLostError(f"{self.path}: the connection to the server broke: {exc}") from exc
+                except psycopg.Error as exc:
+                    if not _is_broken(conn) or attempt == attempts - 1:
+                        raise self._translate(exc, conn, "the read failed") from exc
         raise AssertionError("unreachable")
+
+    def _translate(self, exc: psycopg.Error, conn: psycopg.Connection[Any], what: str) -> Exception:
+        """The error to raise for psycopg's ``exc`` on ``conn``: the connection broke, or the server refused."""
+        if _is_broken(conn):
+            return ConnectionLostError(f"{self.path}: {what}: the connection to the server broke: {exc}")
+        return ServerError(f"{self.path}: {what}: the server refused: {exc}", exc.sqlstate)
 
     def _run_commit(
         self, query: sql.Composed, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
     ) -> Any:
         """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT.
 
-        A server error (the connection alive) means nothing was committed: it is raised (psycopg's,
-        for the callers to translate). A connection that broke once the pipeline was sent raises
-        :class:`CommitOutcomeUnknownError`: the server may have committed before the break.
+        A server error (the connection alive) means nothing was committed: psycopg's error is raised,
+        for the callers to translate (their functions' SQLSTATEs, else :class:`ServerError`). A
+        connection that broke once the pipeline was sent raises :class:`CommitOutcomeUnknownError`:
+        the server may have committed before the break.
         """
         with self._connection() as conn:
             try:
@@ -434,7 +439,7 @@ class PostgresStore:
                 assert isinstance(expected, int) and isinstance(given, int)
                 self._saw_head(stream, expected)
                 raise OffsetConflictError(stream, expected, given) from None
-            raise
+            raise ServerError(f"{self.path}: the commit failed: the server refused: {exc}", exc.sqlstate) from exc
         goff = int(result[0])
         firsts = [int(f) for f in result[1:]]
         tx.assign([(n, nb, first, p) for (n, nb, _f, p), first in zip(appends, firsts, strict=True)])
@@ -490,7 +495,7 @@ class PostgresStore:
                 raise ValueError(
                     f"stream {stream!r}: cannot truncate before offset {detail['before']}, its head is {detail['head']}"
                 ) from None
-            raise
+            raise ServerError(f"{self.path}: the removal failed: the server refused: {exc}", exc.sqlstate) from exc
         if goff >= 0:
             self._signal.bump(removal=True)  # this process's readers drop what they fetched ahead, at once
 
@@ -517,10 +522,8 @@ class PostgresStore:
         with self._connection() as conn:
             try:
                 removed = conn.execute(self._sql.compact).rowcount
-            except psycopg.OperationalError as exc:
-                if not _is_broken(conn):
-                    raise
-                raise ConnectionLostError(f"{self.path}: the connection broke during compact: {exc}") from exc
+            except psycopg.Error as exc:
+                raise self._translate(exc, conn, "compact failed") from exc
         if progress is not None:
             progress(1, 1)
         return CompactReport(messages_removed=max(0, removed))

@@ -17,7 +17,7 @@ from psycopg import sql
 
 import logstore
 from logstore import Envelope
-from logstore.postgres import CommitOutcomeUnknownError, ConnectionLostError
+from logstore.postgres import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 
 WAIT = 30.0
 
@@ -176,3 +176,24 @@ def test_a_blocked_next_wakes_after_the_listener_connection_is_killed(open_pg, a
 def test_an_unreachable_server_gives_a_clear_error_at_open():
     with pytest.raises(ConnectionLostError, match="could not connect"):
         logstore.open("postgresql://postgres@127.0.0.1:1/test", schema="nowhere", timeout=2)
+
+
+def test_a_server_error_is_a_logstore_error_and_commits_nothing(open_pg, schema, admin):
+    """A lock_timeout that runs out while the commit waits for the head row: the server refuses, nothing lands."""
+    store = open_pg()
+    blocker = psycopg.connect(admin.info.dsn)
+    blocker.execute(sql.SQL("SELECT * FROM {}.head FOR UPDATE").format(sql.Identifier(schema)))
+    try:
+        with store._connection() as conn:  # the pool holds this one connection: the commit borrows it next
+            conn.execute("SET lock_timeout = '50ms'")
+        assert store._pool is not None and store._pool.get_stats()["pool_size"] == 1
+        envs = _envs("refused", 2)
+        with pytest.raises(ServerError, match="lock timeout") as info, store.transaction() as tx:
+            tx.append("s", 0, envs)
+        assert info.value.sqlstate == "55P03"
+        assert isinstance(info.value, logstore.LogStoreError)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert [store.locate(e.message_id) for e in envs] == [[], []]
+    assert store.global_head == 0
