@@ -111,12 +111,17 @@ def open_postgres(url: str, **options: Any) -> PostgresStore:
 
 def _message_id(payload: bytes) -> str:
     """The message id of an encoded envelope (its first field) without decoding the rest."""
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(payload[:512])
-    unpacker.read_array_header()
-    mid = unpacker.unpack()
-    assert isinstance(mid, str)
-    return mid
+    for head in (payload[:512], payload):  # an id longer than the first 512 bytes is rare
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(head)
+        try:
+            unpacker.read_array_header()
+            mid = unpacker.unpack()
+        except msgpack.OutOfData:
+            continue
+        assert isinstance(mid, str)
+        return mid
+    raise AssertionError("an encoded envelope without its message id")
 
 
 def _check_offset(offset: object) -> None:
@@ -637,6 +642,12 @@ class PostgresStore:
     def close(self) -> None:
         """Close every open stream (a ``next()`` waiting in another thread raises ``StreamClosedError``),
         stop listening and close the connections. Idempotent."""
+        if self._forked:
+            # In a child made by fork(): the connections are the parent's. Closing one would send the
+            # server a goodbye on the parent's socket; psycopg never closes them in a child either.
+            self._closed = True
+            close_readers(self._readers)
+            return
         with self._close_lock:
             if self._closed:
                 return
@@ -656,13 +667,13 @@ class PostgresStore:
                 pool.close()
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError(f"{self.path}: the store is closed")
         if self._forked:
             raise StoreForkedError(
                 f"{self.path}: this store was opened in another process and is used in a child made by fork();"
                 " its connections cannot be shared: open the store in the child instead"
             )
+        if self._closed:
+            raise StoreClosedError(f"{self.path}: the store is closed")
 
     def _check_writable(self) -> None:
         self._check_open()
