@@ -6,6 +6,8 @@ Both derive from :class:`~logstore.LogStoreError` and neither from the other: co
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from logstore.errors import LogStoreError
 
 
@@ -24,23 +26,33 @@ class CommitOutcomeUnknownError(LogStoreError):
 
     Either the whole transaction committed or none of it did (PostgreSQL commits atomically); the
     client cannot tell which. ``message_ids`` lists the message ids of the transaction's envelopes
-    (empty for a ``truncate_stream``/``delete_stream``), ``streams`` the streams it appended to; look
-    one id up with ``store.locate(message_id)`` once the server is reachable again: an empty list means
-    that the transaction did not commit. The ``__cause__`` is psycopg's error.
+    (empty for a ``truncate_stream``/``delete_stream``), ``streams`` the streams it appended to, and
+    ``backend_pid``/``backend_start`` the server process of the broken connection (None if unknown).
+
+    ``store.commit_outcome(error)`` finds out once the server is reachable: it ends that server process
+    if it is still there (so that the transaction can no longer commit), then looks the messages up
+    and returns their global offsets, or None if the transaction did not commit. A bare
+    ``store.locate(message_id)`` says where a message is, but only once the old server process has
+    ended is an empty answer final. The ``__cause__`` is psycopg's error.
     """
 
-    def __init__(self, what: str, message_ids: list[str], streams: list[str]) -> None:
-        hint = (
-            f"; look up message id {message_ids[0]!r} with store.locate() to find out whether it did"
-            if message_ids
-            else ""
-        )
+    def __init__(
+        self,
+        what: str,
+        message_ids: list[str],
+        streams: list[str],
+        backend_pid: int | None = None,
+        backend_start: datetime | None = None,
+    ) -> None:
+        hint = "; store.commit_outcome(error) finds out whether it did" if message_ids else ""
         super().__init__(
             f"{what}: the connection to PostgreSQL broke during the commit, which may or may not have "
             f"committed (all of it or none of it){hint}"
         )
         self.message_ids = message_ids
         self.streams = streams
+        self.backend_pid = backend_pid
+        self.backend_start = backend_start
 
 
 class ServerError(LogStoreError):

@@ -26,9 +26,11 @@ import contextlib
 import os
 import select
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import msgpack
@@ -236,6 +238,10 @@ class PostgresStore:
         self._published = Published()  # what Tx reads (forked_error); nothing else of it is used here
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
+        # Each connection's server process (pid, backend_start): where a commit that broke may still run.
+        self._sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, datetime]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._kwargs: dict[str, Any] = {
             "connect_timeout": max(1, int(timeout)),
@@ -281,10 +287,12 @@ class PostgresStore:
     def _setup(self, conn: psycopg.Connection[Any]) -> None:
         """Settings of every connection: READ COMMITTED, the durability's ``synchronous_commit``, read-only."""
         row = conn.execute(
-            "SELECT current_setting('server_encoding'), current_setting('synchronous_commit')"
+            "SELECT current_setting('server_encoding'), current_setting('synchronous_commit'),"
+            " pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
         ).fetchone()
         assert row is not None
-        encoding, sync = row
+        encoding, sync, pid, start = row
+        self._sessions[conn] = (pid, start)
         if encoding != "UTF8":
             raise ValueError(f"{self.path}: the database's encoding is {encoding}; a logstore store needs UTF8")
         conn.execute("SET default_transaction_isolation = 'read committed'")
@@ -359,7 +367,8 @@ class PostgresStore:
                 row = cur.fetchone()
             except psycopg.Error as exc:
                 if _is_broken(conn):
-                    raise CommitOutcomeUnknownError(f"{self.path}: {what}", message_ids, streams) from exc
+                    pid, start = self._sessions.get(conn, (None, None))
+                    raise CommitOutcomeUnknownError(f"{self.path}: {what}", message_ids, streams, pid, start) from exc
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 raise
@@ -633,6 +642,41 @@ class PostgresStore:
             raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
         return [Location(n, int(o), int(g)) for n, o, g in self._query(self._sql.locate, (message_id,))]
 
+    def commit_outcome(self, error: CommitOutcomeUnknownError, timeout: float | None = None) -> range | None:
+        """Whether the commit that raised ``error`` landed: its global offsets, or None if it did not.
+
+        First makes sure the transaction can no longer commit: the server process of the broken
+        connection is ended (``pg_terminate_backend``, if it is still there: the client is gone) and
+        waited for, up to ``timeout`` seconds (the store's ``timeout`` by default). Then the messages are
+        looked up by id: a commit is all there or not at all. A retry after None is safe.
+
+        Raises ``error`` again if the answer cannot be known: the old server process did not end in
+        time, or the server process is unknown (a connection made before the error's
+        ``backend_pid`` was recorded). A truncation or deletion (no message ids) raises ``ValueError``:
+        ``stream_info`` shows whether it happened. :class:`ConnectionLostError` if the server is
+        still unreachable.
+        """
+        self._check_open()
+        if not isinstance(error, CommitOutcomeUnknownError):
+            raise TypeError(f"error must be a CommitOutcomeUnknownError, got {type(error).__name__}")
+        if not error.message_ids:
+            raise ValueError("a removal has no message ids to look up: stream_info() shows whether it happened")
+        if error.backend_pid is None or error.backend_start is None:
+            raise error
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        session = (error.backend_pid, error.backend_start)
+        while self._query(self._sql.end_session, session)[0][0]:
+            if time.monotonic() >= deadline:
+                raise error
+            time.sleep(0.01)  # the server's own view is polled: there is no event for a process's end
+        ids = error.message_ids
+        located = self._query(self._sql.locate_any, (ids[0],))
+        for (goff,) in located:
+            rows = self._query(self._sql.ids_at, (goff, goff + len(ids)))
+            if [r[0] for r in rows] == ids:
+                return range(goff, goff + len(ids))
+        return None
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -716,6 +760,12 @@ class _Statements:
             "SELECT s.name, l.soff, l.goff FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
             " WHERE l.message_id = %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff"
         )
+        # Ends a broken commit's server process if it is still there; true while it still is.
+        self.end_session = q(
+            "SELECT count(pg_terminate_backend(pid)) > 0 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s"
+        )
+        self.locate_any = q("SELECT goff FROM {s}.log WHERE message_id = %s AND kind = 0 ORDER BY goff")
+        self.ids_at = q("SELECT message_id FROM {s}.log WHERE goff >= %s AND goff < %s ORDER BY goff")
         self.read_stream = q(
             "SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
             " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"

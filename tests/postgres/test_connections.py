@@ -90,8 +90,10 @@ def test_a_backend_killed_mid_commit_gives_a_clear_error_and_no_half_transaction
     assert "may or may not have committed" in str(error)
     assert error.message_ids == [e.message_id for e in envs + other]
     assert error.streams == ["a", "b"]
-    # The application finds out by message id: here nothing landed (the commit was stopped before COMMIT),
-    # and nothing of it is anywhere: no half transaction.
+    # The application finds out: here nothing landed (the commit was stopped before COMMIT), and nothing
+    # of it is anywhere: no half transaction.
+    assert error.backend_pid == pid
+    assert store.commit_outcome(error) is None
     assert [store.locate(mid) for mid in error.message_ids] == [[]] * 4
     assert (store.global_head, store.head("a"), store.head("b"), store.stream_names()) == (1, 1, 0, ["a"])
     # The store goes on: the retry commits whole.
@@ -197,3 +199,36 @@ def test_a_server_error_is_a_logstore_error_and_commits_nothing(open_pg, schema,
         blocker.close()
     assert [store.locate(e.message_id) for e in envs] == [[], []]
     assert store.global_head == 0
+
+
+def test_commit_outcome_ends_the_old_session_then_finds_a_commit_that_landed(open_pg, admin):
+    """The outcome of a commit whose connection broke after the server committed: its global offsets.
+
+    The break is made by hand: the error names a live session (as a server that has not yet noticed the
+    client is gone would hold one); commit_outcome ends it, then finds the messages.
+    """
+    store = open_pg()
+    with store.transaction() as tx:
+        tx.append("s", 0, _envs("first", 1))
+    envs = _envs("landed", 3)
+    with store.transaction() as tx:
+        tx.append("s", 1, envs[:2])
+        tx.append("t", 0, envs[2:])
+    ids = [e.message_id for e in envs]
+    lingering = psycopg.connect(admin.info.dsn, autocommit=True)
+    row = lingering.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()").fetchone()
+    assert row is not None
+    error = CommitOutcomeUnknownError("commit", ids, ["s", "t"], row[0], row[1])
+    assert store.commit_outcome(error) == range(1, 4) == tx.global_offsets
+    gone = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (row[0],)).fetchone()
+    assert gone == (0,)
+    lingering.close()
+    # Messages that never landed: None, and a retry is safe.
+    missing = CommitOutcomeUnknownError("commit", [e.message_id for e in _envs("never", 2)], ["s"], row[0], row[1])
+    assert store.commit_outcome(missing) is None
+    # A removal has no ids to look up; an error without its session cannot be decided.
+    with pytest.raises(ValueError, match="no message ids"):
+        store.commit_outcome(CommitOutcomeUnknownError("removal", [], ["s"], row[0], row[1]))
+    unknown = CommitOutcomeUnknownError("commit", ids, ["s"])
+    with pytest.raises(CommitOutcomeUnknownError):
+        store.commit_outcome(unknown)
