@@ -87,13 +87,15 @@ def is_url(path: object) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and ``repr``."""
+    """``url`` without its password (in the user part or a ``password=`` parameter), for messages and ``repr``."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    if parts.password is not None:
+        user, host = parts.netloc.rsplit("@", 1)
+        parts = parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}")
+    if parts.query:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query="&".join(f"{k}={'***' if k == 'password' else v}" for k, v in query))
+    return urllib.parse.urlunsplit(parts)
 
 
 def open_postgres(url: str, **options: Any) -> PostgresStore:

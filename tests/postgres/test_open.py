@@ -169,3 +169,17 @@ def test_the_embedded_store_never_imports_the_driver():
     done = run_python(code, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_password_never_shows_in_messages(schema):
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    url = POSTGRES_URL.replace("postgres@", "postgres:s3cret@", 1) + f"{sep}password=s3cret"
+    with logstore.open(url, schema=schema) as store:
+        assert "s3cret" not in repr(store) and "s3cret" not in store.path
+        assert "***" in store.path
+        with pytest.raises(ValueError, match="no stream named") as info:
+            store.delete_stream("missing")
+        assert "s3cret" not in str(info.value)
+    with pytest.raises(logstore.StoreClosedError) as closed:
+        store.head("s")
+    assert "s3cret" not in str(closed.value)
