@@ -298,6 +298,9 @@ class PostgresStore:
         if encoding != "UTF8":
             raise ValueError(f"{self.path}: the database's encoding is {encoding}; a logstore store needs UTF8")
         conn.execute("SET default_transaction_isolation = 'read committed'")
+        # Every statement of the store is a short index lookup: compiling one never pays, and a poor row
+        # estimate (a table not analyzed yet) must not make the planner try.
+        conn.execute("SET jit = off")
         if self.durability != "fsync":
             conn.execute("SET synchronous_commit = off")
         elif sync == "off":
@@ -586,8 +589,8 @@ class PostgresStore:
     def _read_global(self, start: int, limit: int) -> tuple[int, list[tuple[int, str, int, bytes]]]:
         self._check_open()
         rows = self._query(self._sql.read_global, (start, limit), binary=True)
-        end = int(rows[0][0]) if rows else 0
-        return end, [(goff, name, soff, env) for _end, goff, name, soff, env in rows if goff is not None]
+        end = next(int(soff) for goff, _name, soff, _env in rows if goff == -1)
+        return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
 
     # -- state -----------------------------------------------------------------------------
 
@@ -773,12 +776,13 @@ class _Statements:
             " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"
             " ORDER BY l.soff LIMIT %s"
         )
-        # One statement, one snapshot: the end (head row) and the messages below it agree.
+        # One statement, one snapshot: the end (head row, marked by goff -1, its next_goff as soff) and the
+        # messages below it agree. A union rather than a join: the head table's row estimate then does not
+        # multiply the plan's cost (which made the planner JIT-compile a 256-row read).
         self.read_global = q(
-            "SELECT h.next_goff, m.goff, m.name, m.soff, m.envelope FROM {s}.head h LEFT JOIN LATERAL ("
-            " SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
-            " WHERE l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s"
-            ") m ON true ORDER BY m.goff"
+            "(SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
+            " WHERE l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s)"
+            " UNION ALL (SELECT -1, NULL, next_goff, NULL FROM {s}.head)"
         )
         self.compact = q(
             "DELETE FROM {s}.log l USING {s}.streams s WHERE l.stream_id = s.id AND l.kind = 0 AND l.soff < s.first"
