@@ -94,8 +94,15 @@ class _Reader:
     def _advance(self) -> bool:
         if self._take():
             return True
-        self._fetch()
-        return self._take()
+        while True:
+            self._fetch()
+            fetched = bool(self._buf)
+            if self._take():
+                return True
+            if not fetched:
+                return False
+            # _take dropped the batch: a removal came in during the query (a removal of this process also
+            # counts again when its own notification arrives). Query again.
 
     # -- the Stream protocol ------------------------------------------------------------------
 
