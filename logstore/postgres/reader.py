@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope, decode
 from logstore.errors import StreamClosedError
-from logstore.reader import _check_timeout
 
 if TYPE_CHECKING:
     from logstore.postgres.store import PostgresStore
@@ -36,6 +35,16 @@ PREFETCH = 256
 
 # One fetched message: (offset, global offset, stream name, stream offset, envelope).
 Row = tuple[int, int, str, int, Envelope]
+
+
+def _check_timeout(timeout: object) -> None:
+    """Raise as the embedded readers do for a ``timeout`` that is not None or a number of seconds >= 0."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
 
 
 class _Reader:
