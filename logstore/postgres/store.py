@@ -139,20 +139,48 @@ def _is_broken(conn: psycopg.Connection[Any]) -> bool:
     return bool(conn.closed or conn.broken)
 
 
+_ENDING = frozenset({"FATAL", "PANIC"})
+"""Severities of a server message that ends the connection."""
+
+
+def _watch_for_goodbye(conn: psycopg.Connection[Any]) -> None:
+    """Mark ``conn`` ended when the server says it ends it (see :func:`_check_idle`)."""
+    ref = weakref.ref(conn)
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        target = ref()
+        if target is not None and diag.severity_nonlocalized in _ENDING:
+            _ended.add(target)
+
+    conn.add_notice_handler(on_notice)
+
+
+_ended: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+"""Pooled connections whose server said it ends them, while they sat idle."""
+
+
 def _check_idle(conn: psycopg.Connection[Any]) -> None:
-    """The pool's check on lending a connection, without a round trip: a server that closed an idle
-    connection (a restart, ``pg_terminate_backend``) has left its goodbye in the socket; reading it
-    makes libpq see the connection is gone, and the pool takes another. A commit then never starts on
-    a connection known dead (which would make its outcome look unknown)."""
-    if _is_broken(conn):
+    """The pool's check on lending a connection, without a round trip: a server that ended an idle
+    connection (a restart, ``pg_terminate_backend``, an idle timeout) has left its reason, and then the
+    end, in the socket. Reading them makes the pool take another connection, so a commit never starts
+    on a connection known dead (which would make its outcome look unknown). Only a connection ended
+    in the instant between this check and the commit can still be met by a commit."""
+    if _is_broken(conn) or conn in _ended:
         raise psycopg.OperationalError("the connection is closed")
     pgconn = conn.pgconn
     poller = select.poll()  # not select(): descriptors past 1023 are common in a busy application
     poller.register(pgconn.socket, select.POLLIN)
-    if poller.poll(0):
+    # The reason arrives first: libpq hands it to the notice handler of an idle connection when it parses
+    # the input (is_busy() parses); the end, if it came too, makes consume_input raise.
+    for _ in range(8):
+        if not poller.poll(0):
+            break
         pgconn.consume_input()
+        pgconn.is_busy()
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("the server closed the connection")
+    if conn in _ended:
+        raise psycopg.OperationalError("the server ended the connection")
 
 
 _live_stores: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
@@ -295,6 +323,7 @@ class PostgresStore:
         assert row is not None
         encoding, sync, pid, start = row
         self._sessions[conn] = (pid, start)
+        _watch_for_goodbye(conn)
         if encoding != "UTF8":
             raise ValueError(f"{self.path}: the database's encoding is {encoding}; a logstore store needs UTF8")
         conn.execute("SET default_transaction_isolation = 'read committed'")

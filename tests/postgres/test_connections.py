@@ -232,3 +232,48 @@ def test_commit_outcome_ends_the_old_session_then_finds_a_commit_that_landed(ope
     unknown = CommitOutcomeUnknownError("commit", ids, ["s"])
     with pytest.raises(CommitOutcomeUnknownError):
         store.commit_outcome(unknown)
+
+
+def test_after_every_connection_of_the_store_is_killed_it_goes_on_as_after_a_server_restart(open_pg, schema, admin):
+    """What a server restart does to a client: every connection, pooled and listening, is gone. The next commit
+    must not run on a dead connection (which would make its outcome unknown), reads go on from their position,
+    and a blocked next() still wakes."""
+    store = open_pg()
+    other = open_pg(schema=schema)  # another client of the same store, killed too
+    with store.transaction() as tx:
+        tx.append("s", 0, _envs("before", 2))
+    reader = store.global_stream()
+    assert reader.try_next() and reader.offset() == 0
+    with store._connection(), store._connection():  # two pooled connections, so that there is more than one
+        pass
+    pids = [
+        r[0]
+        for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (_app(schema),)
+        ).fetchall()
+    ]
+    assert len(pids) >= 4  # pooled and listening connections of both clients
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+    deadline = time.monotonic() + WAIT
+    while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone() != (0,):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # the server's own view is polled: there is no event for a process's end
+    with store.transaction() as tx:  # no CommitOutcomeUnknownError: the dead connections are not used
+        tx.append("s", 2, _envs("after", 1))
+    assert tx.global_offsets == range(2, 3)
+    assert [reader.offset() for _ in iter(reader)] == [1, 2]
+    got: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            reader.next(timeout=WAIT)
+            got["offset"] = reader.offset()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            got["error"] = exc
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    with other.transaction() as tx:
+        tx.append("s", 3, _envs("other", 1))
+    thread.join(WAIT)
+    assert got == {"offset": 3}
