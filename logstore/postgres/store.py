@@ -166,6 +166,7 @@ def _check_idle(conn: psycopg.Connection[Any]) -> None:
     on a connection known dead (which would make its outcome look unknown). Only a connection ended
     in the instant between this check and the commit can still be met by a commit."""
     if _is_broken(conn) or conn in _ended:
+        conn.close()
         raise psycopg.OperationalError("the connection is closed")
     pgconn = conn.pgconn
     poller = select.poll()  # not select(): descriptors past 1023 are common in a busy application
@@ -180,6 +181,7 @@ def _check_idle(conn: psycopg.Connection[Any]) -> None:
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("the server closed the connection")
     if conn in _ended:
+        conn.close()  # the pool puts back a connection that failed its check unless it is closed
         raise psycopg.OperationalError("the server ended the connection")
 
 
