@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from logstore.postgres import PostgresStore
 
 URL_SCHEMES = ("postgresql://", "postgres://")
+"""The prefixes of a connection URL, which ``open`` hands to the PostgreSQL backend."""
 
 
 @overload

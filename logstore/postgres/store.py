@@ -41,6 +41,7 @@ from psycopg import sql
 from logstore.compact import CompactReport
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
+from logstore.opener import URL_SCHEMES
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
@@ -49,8 +50,6 @@ from logstore.published import Published
 from logstore.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
-URL_SCHEMES = ("postgresql://", "postgres://")
-"""The prefixes of a connection URL that ``logstore.open`` hands to this backend."""
 DEFAULT_SCHEMA = "logstore"
 DURABILITY_MODES = ("fsync", "batch", "none")
 DEFAULT_MAX_CONNECTIONS = 10
