@@ -70,7 +70,7 @@ CREATE TABLE {s}.log (
     kind       smallint NOT NULL,
     stream_id  bigint NOT NULL,
     soff       bigint NOT NULL,
-    message_id text,
+    message_id bytea,
     envelope   bytea
 );
 CREATE UNIQUE INDEX log_stream_offset ON {s}.log (stream_id, soff) WHERE kind = 0;
@@ -193,7 +193,7 @@ def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
     return [
         sql.SQL(
             "CREATE FUNCTION {s}.append_tx(p_names text[], p_offsets bigint[], p_counts integer[],"
-            " p_ids text[], p_envelopes bytea[]) RETURNS bigint[] LANGUAGE plpgsql {path} AS {body}"
+            " p_ids bytea[], p_envelopes bytea[]) RETURNS bigint[] LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(append_body)),
         sql.SQL(
             "CREATE FUNCTION {s}.remove_stream(p_name text, p_kind smallint, p_before bigint)"

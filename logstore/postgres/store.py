@@ -476,7 +476,7 @@ class PostgresStore:
         try:
             result = self._run_commit(
                 self._sql.append,
-                (names, offsets, counts, ids, payloads),
+                (names, offsets, counts, [i.encode("utf-8") for i in ids], payloads),
                 f"commit of {len(payloads)} messages",
                 ids,
                 sorted(set(names)),
@@ -675,7 +675,8 @@ class PostgresStore:
         self._check_open()
         if type(message_id) is not str:
             raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
-        return [Location(n, int(o), int(g)) for n, o, g in self._query(self._sql.locate, (message_id,))]
+        rows = self._query(self._sql.locate, (message_id.encode("utf-8"),), binary=True)
+        return [Location(n, int(o), int(g)) for n, o, g in rows]
 
     def commit_outcome(self, error: CommitOutcomeUnknownError, timeout: float | None = None) -> range | None:
         """Whether the commit that raised ``error`` landed: its global offsets, or None if it did not.
@@ -704,11 +705,11 @@ class PostgresStore:
             if time.monotonic() >= deadline:
                 raise error
             time.sleep(0.01)  # the server's own view is polled: there is no event for a process's end
-        ids = error.message_ids
-        located = self._query(self._sql.locate_any, (ids[0],))
+        ids = [i.encode("utf-8") for i in error.message_ids]
+        located = self._query(self._sql.locate_any, (ids[0],), binary=True)
         for (goff,) in located:
-            rows = self._query(self._sql.ids_at, (goff, goff + len(ids)))
-            if [r[0] for r in rows] == ids:
+            rows = self._query(self._sql.ids_at, (goff, goff + len(ids)), binary=True)
+            if [bytes(r[0]) for r in rows] == ids:
                 return range(goff, goff + len(ids))
         return None
 
@@ -784,7 +785,7 @@ class _Statements:
         def q(text: str) -> sql.Composed:
             return sql.SQL(text).format(s=s)
 
-        self.append = q("SELECT {s}.append_tx(%s, %s, %s, %s, %b)")
+        self.append = q("SELECT {s}.append_tx(%s, %s, %s, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
         self.found = q("SELECT head > 0 AND NOT deleted FROM {s}.streams WHERE name = %s")

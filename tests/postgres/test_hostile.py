@@ -98,3 +98,17 @@ def test_the_largest_envelope_round_trips_and_a_larger_one_is_refused(open_pg):
     with pytest.raises(MessageTooLargeError, match=f"the limit is {limit} bytes"):
         tx.append("big", 2, [too_big])
     assert committer.commit() == range(0)
+
+
+def test_hostile_message_ids_are_stored_read_and_located(open_pg):
+    """A message id is any str (the envelope does not insist on a UUID): NUL, quotes and long ones included."""
+    store = open_pg()
+    base = Envelope.new("T", 0)
+    ids = ["with\x00nul", "'; DROP TABLE log; --", "ü" * 600, "", "%s"]
+    envs = [base._replace(message_id=mid, message=i) for i, mid in enumerate(ids)]
+    with store.transaction() as tx:
+        tx.append("s", 0, envs)
+    assert list(store.stream("s")) == envs
+    for offset, mid in enumerate(ids):
+        assert store.locate(mid) == [("s", offset, offset)]
+    assert store.locate("with") == []
