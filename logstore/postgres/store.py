@@ -58,6 +58,8 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for a connection (at open, and when every pooled one is busy)."""
 MAX_SCHEMA_NAME = 63
 """PostgreSQL's longest identifier, in bytes."""
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+"""TCP keepalives of every connection: probes after 30 s of silence, every 10 s, 3 unanswered end it."""
 HEADS_KEPT = 100_000
 """Most stream heads a store remembers for ``append_messages``'s check (then it forgets them all)."""
 
@@ -279,6 +281,12 @@ class PostgresStore:
             "client_encoding": "UTF8",
             # What pg_stat_activity shows for the store's connections (operators find them by it).
             "application_name": f"logstore {schema}"[:MAX_SCHEMA_NAME],
+            # A server that vanished without closing its connections (a failover, a cut network) is found
+            # within about a minute, not never: the listening connection would otherwise wait for ever.
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE_IDLE,
+            "keepalives_interval": KEEPALIVE_INTERVAL,
+            "keepalives_count": KEEPALIVE_COUNT,
         }
         try:
             first = psycopg.connect(url, autocommit=True, **self._kwargs)
