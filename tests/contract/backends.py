@@ -43,13 +43,30 @@ def schema_for(path: str | os.PathLike[str]) -> str:
     return "test_" + hashlib.sha256(os.fsencode(os.path.abspath(path))).hexdigest()[:24]
 
 
+NO_SERVER_HINT = (
+    "the PostgreSQL backend's tests need a server at $LOGSTORE_TEST_POSTGRES"
+    f" ({POSTGRES_URL}): start one (.ci/run does: pg_ctlcluster --skip-systemctl-redirect"
+    " <version> main start) or point the variable at one"
+)
+
+
+def open_postgres(schema: str, **options: Any) -> Any:
+    """``logstore.open`` of the test server's store in ``schema``; an unreachable server says how to get one."""
+    from logstore.postgres import ConnectionLostError
+
+    try:
+        return logstore.open(POSTGRES_URL, schema=schema, **options)
+    except ConnectionLostError as exc:
+        raise ConnectionLostError(f"{exc}\n{NO_SERVER_HINT}") from exc
+
+
 class _Postgres:
     """Opens the store of a test directory in its own schema; ``drop`` removes the schema."""
 
     def __call__(self, path: str | os.PathLike[str], **options: Any) -> Any:
         for name in DISK_ONLY:
             options.pop(name, None)
-        return logstore.open(POSTGRES_URL, schema=schema_for(path), **options)
+        return open_postgres(schema_for(path), **options)
 
     def drop(self, path: str | os.PathLike[str]) -> None:
         import psycopg

@@ -8,8 +8,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import logstore
-from tests.contract.backends import POSTGRES_URL
+from tests.contract.backends import POSTGRES_URL, open_postgres
 
 
 def drop_schema(schema: str) -> None:
@@ -31,7 +30,7 @@ def open_pg(schema: str) -> Iterator[Callable[..., Any]]:
     opened: list[Any] = []
 
     def open_pg(**options: Any) -> Any:
-        store = logstore.open(POSTGRES_URL, schema=options.pop("schema", schema), **options)
+        store = open_postgres(options.pop("schema", schema), **options)
         opened.append(store)
         return store
 
