@@ -1,6 +1,6 @@
 """Waking readers: one LISTEN connection per open store, fanned out to every waiting ``next()`` and ``anext()``.
 
-Every commit (``append_tx``) and removal (``remove_stream``) notifies the store's channel when it
+Every commit (``append_batch``) and removal (``remove_stream``) notifies the store's channel when it
 commits; the payload is the new end of the log, prefixed by ``r`` for a removal. The listener thread
 blocks in ``select()`` on its connection's socket and on a wake-up pipe (for ``close()``): an idle
 store makes no query and uses no CPU.

@@ -12,7 +12,8 @@ docs/POSTGRES.md shows this DDL and argues why it is correct. In short:
 - ``log``: one row per global offset. ``kind`` 0 is a message (``soff`` its stream offset,
   ``envelope`` the msgpack bytes the embedded store writes, byte for byte), 1 a truncation and 2 a
   deletion (``soff`` the stream's new first offset, no envelope), as the embedded log records them.
-- ``append_tx``: the whole commit in one statement. It locks the transaction's streams in byte order
+- ``append_batch``: the whole commit of a group of transactions (one, or several that threads of one
+  process committed at once) in one statement. It locks the group's streams in byte order
   of their names (creating new ones), checks their heads, then takes the ``head`` row, inserts the
   rows, moves the heads and notifies. ``remove_stream`` does the same for a truncation or deletion.
 
@@ -37,8 +38,6 @@ SCHEMA_VERSION = 1
 KIND_MESSAGE, KIND_TRUNCATE, KIND_DELETE = 0, 1, 2
 """``log.kind``: a message, a truncation, a deletion."""
 
-CONFLICT_STATE = "LS409"
-"""SQLSTATE of ``append_tx``'s offset conflict; its DETAIL is JSON ``{"stream", "expected", "given"}``."""
 NO_STREAM_STATE = "LS404"
 """SQLSTATE of ``remove_stream`` for a stream never written; DETAIL is JSON ``{"stream"}``."""
 PAST_HEAD_STATE = "LS416"
@@ -77,67 +76,131 @@ CREATE UNIQUE INDEX log_stream_offset ON {s}.log (stream_id, soff) WHERE kind = 
 CREATE INDEX log_message_id ON {s}.log (message_id) WHERE kind = 0;
 """
 
-# The commit. Lock order: the streams' rows in byte order of their names, then the head row; every
-# writer (and remove_stream) takes them in that order, so no two writers wait on each other in a cycle.
-_APPEND_TX = """
+# The commit of a group of transactions (one, or several that threads of one process committed at once).
+# Lock order: the streams' rows in byte order of their names, then the head row; every writer (and
+# remove_stream) takes them in that order, so no two writers wait on each other in a cycle. Each
+# transaction of the group is checked against the heads as the transactions before it in the group
+# leave them: one that conflicts is left out (a row says so) and the others commit.
+_APPEND_BATCH = """
+#variable_conflict use_column
 DECLARE
     v_streams text[];
     v_sids bigint[] := '{}';
     v_heads bigint[] := '{}';
+    v_new boolean[] := '{}';
+    v_used boolean[] := '{}';
     v_fgoffs bigint[] := '{}';
+    v_starts integer[] := '{}';
     v_firsts bigint[] := '{}';
-    v_total integer := coalesce(cardinality(p_envelopes), 0);
-    v_sid bigint;
-    v_head bigint;
-    v_given bigint;
-    v_goff bigint;
-    v_k integer;
+    v_ok_tx integer[] := '{}';
+    v_ok_rel bigint[] := '{}';
+    v_ok_from integer[] := '{}';
+    v_ok_to integer[] := '{}';
+    v_m_idx integer[] := '{}';
     v_m_sids bigint[] := '{}';
     v_m_soffs bigint[] := '{}';
-    v_at bigint;
+    v_napp integer := coalesce(cardinality(p_names), 0);
+    v_ntx integer := coalesce(p_txs[coalesce(cardinality(p_txs), 0)], 0);
+    v_total bigint := 0;
+    v_rel bigint;
+    v_sid bigint;
+    v_head bigint;
+    v_goff bigint;
+    v_k integer;
+    v_i integer := 1;
+    v_j integer;
+    v_at integer := 1;
+    v_ok boolean;
 BEGIN
     SELECT array_agg(DISTINCT n ORDER BY n) INTO v_streams FROM unnest(p_names) AS n;
-    FOR v_k IN 1 .. cardinality(v_streams) LOOP
-        INSERT INTO streams (name) VALUES (v_streams[v_k]) ON CONFLICT (name) DO NOTHING;
+    FOR v_k IN 1 .. coalesce(cardinality(v_streams), 0) LOOP
+        v_sid := NULL;
+        INSERT INTO streams (name) VALUES (v_streams[v_k]) ON CONFLICT (name) DO NOTHING RETURNING id INTO v_sid;
+        v_new := v_new || (v_sid IS NOT NULL);
         SELECT id, head INTO v_sid, v_head FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
-        -- The first append to the stream: an exact offset must be the committed head.
-        SELECT p_offsets[i] INTO v_given FROM generate_subscripts(p_names, 1) AS i
-            WHERE p_names[i] = v_streams[v_k] ORDER BY i LIMIT 1;
-        IF v_given IS NOT NULL AND v_given <> v_head THEN
-            RAISE EXCEPTION 'offset conflict' USING ERRCODE = '{conflict}',
-                DETAIL = json_build_object('stream', v_streams[v_k], 'expected', v_head, 'given', v_given)::text;
-        END IF;
         v_sids := v_sids || v_sid;
         v_heads := v_heads || v_head;
+        v_used := v_used || false;
         v_fgoffs := v_fgoffs || NULL::bigint;
     END LOOP;
-    -- The serialisation point, taken last: held until the commit has become visible.
-    UPDATE head SET next_goff = next_goff + v_total RETURNING next_goff - v_total INTO v_goff;
-    v_at := v_goff;
-    FOR i IN 1 .. cardinality(p_names) LOOP
-        v_k := array_position(v_streams, p_names[i]);
-        v_firsts := v_firsts || v_heads[v_k];
-        IF v_fgoffs[v_k] IS NULL THEN
-            v_fgoffs[v_k] := v_at;
-        END IF;
-        FOR j IN 0 .. p_counts[i] - 1 LOOP
-            v_m_sids := v_m_sids || v_sids[v_k];
-            v_m_soffs := v_m_soffs || (v_heads[v_k] + j);
-        END LOOP;
-        v_heads[v_k] := v_heads[v_k] + p_counts[i];
-        v_at := v_at + p_counts[i];
+    FOR v_a IN 1 .. v_napp LOOP
+        v_starts := v_starts || v_at;
+        v_firsts := v_firsts || NULL::bigint;
+        v_at := v_at + p_counts[v_a];
     END LOOP;
-    INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope)
-        SELECT v_goff + m.n - 1, 0, m.sid, m.soff, m.mid, m.env
-        FROM unnest(v_m_sids, v_m_soffs, p_ids, p_envelopes) WITH ORDINALITY AS m(sid, soff, mid, env, n);
-    UPDATE streams AS s SET head = u.head, deleted = false, first_goff = coalesce(s.first_goff, u.fgoff)
-        FROM unnest(v_sids, v_heads, v_fgoffs) AS u(id, head, fgoff) WHERE s.id = u.id;
-    PERFORM pg_notify('{channel}', (v_goff + v_total)::text);
-    RETURN v_goff || v_firsts;
+    FOR v_t IN 1 .. v_ntx LOOP
+        v_j := v_i;
+        WHILE v_j < v_napp AND p_txs[v_j + 1] = v_t LOOP
+            v_j := v_j + 1;
+        END LOOP;
+        -- The first append of each stream in the transaction: an exact offset must be the head.
+        v_ok := true;
+        FOR v_a IN v_i .. v_j LOOP
+            IF p_offsets[v_a] IS NOT NULL AND NOT (p_names[v_a] = ANY (p_names[v_i:v_a - 1])) THEN
+                v_k := array_position(v_streams, p_names[v_a]);
+                IF p_offsets[v_a] <> v_heads[v_k] THEN
+                    v_ok := false;
+                    tx := v_t;
+                    goff := NULL;
+                    firsts := NULL;
+                    stream := p_names[v_a];
+                    expected := v_heads[v_k];
+                    given := p_offsets[v_a];
+                    RETURN NEXT;
+                    EXIT;
+                END IF;
+            END IF;
+        END LOOP;
+        IF v_ok THEN
+            v_rel := v_total;
+            FOR v_a IN v_i .. v_j LOOP
+                v_k := array_position(v_streams, p_names[v_a]);
+                v_firsts[v_a] := v_heads[v_k];
+                IF v_fgoffs[v_k] IS NULL THEN
+                    v_fgoffs[v_k] := v_total;
+                END IF;
+                v_used[v_k] := true;
+                FOR m IN 0 .. p_counts[v_a] - 1 LOOP
+                    v_m_idx := v_m_idx || (v_starts[v_a] + m);
+                    v_m_sids := v_m_sids || v_sids[v_k];
+                    v_m_soffs := v_m_soffs || (v_heads[v_k] + m);
+                END LOOP;
+                v_heads[v_k] := v_heads[v_k] + p_counts[v_a];
+                v_total := v_total + p_counts[v_a];
+            END LOOP;
+            v_ok_tx := v_ok_tx || v_t;
+            v_ok_rel := v_ok_rel || v_rel;
+            v_ok_from := v_ok_from || v_i;
+            v_ok_to := v_ok_to || v_j;
+        END IF;
+        v_i := v_j + 1;
+    END LOOP;
+    IF v_total > 0 THEN
+        -- The serialisation point, taken last: held until the commit has become visible.
+        UPDATE head SET next_goff = next_goff + v_total RETURNING next_goff - v_total INTO v_goff;
+        INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope)
+            SELECT v_goff + m.n - 1, 0, m.sid, m.soff, p_ids[m.idx], p_envelopes[m.idx]
+            FROM unnest(v_m_sids, v_m_soffs, v_m_idx) WITH ORDINALITY AS m(sid, soff, idx, n);
+        UPDATE streams AS s SET head = u.head, deleted = false, first_goff = coalesce(s.first_goff, v_goff + u.fgoff)
+            FROM unnest(v_sids, v_heads, v_fgoffs, v_used) AS u(id, head, fgoff, used) WHERE s.id = u.id AND u.used;
+        PERFORM pg_notify('{channel}', (v_goff + v_total)::text);
+    END IF;
+    -- A stream this group made whose every transaction conflicted was never written: it must not exist.
+    DELETE FROM streams WHERE id IN (
+        SELECT u.id FROM unnest(v_sids, v_new, v_used) AS u(id, new, used) WHERE u.new AND NOT u.used);
+    FOR v_r IN 1 .. coalesce(cardinality(v_ok_tx), 0) LOOP
+        tx := v_ok_tx[v_r];
+        goff := v_goff + v_ok_rel[v_r];
+        firsts := v_firsts[v_ok_from[v_r]:v_ok_to[v_r]];
+        stream := NULL;
+        expected := NULL;
+        given := NULL;
+        RETURN NEXT;
+    END LOOP;
 END
 """
 
-# A truncation (p_kind 1) or deletion (p_kind 2): the stream's row, then the head row, as append_tx.
+# A truncation (p_kind 1) or deletion (p_kind 2): the stream's row, then the head row, as append_batch.
 _REMOVE_STREAM = """
 DECLARE
     v_sid bigint;
@@ -181,19 +244,20 @@ def channel_of(store_id: uuid.UUID) -> str:
 def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
     codes = {
         "{channel}": channel,
-        "{conflict}": CONFLICT_STATE,
         "{no_stream}": NO_STREAM_STATE,
         "{past_head}": PAST_HEAD_STATE,
     }
-    append_body, remove_body = _APPEND_TX, _REMOVE_STREAM
+    append_body, remove_body = _APPEND_BATCH, _REMOVE_STREAM
     for key, value in codes.items():  # not str.format: the bodies hold braces ('{}', an empty array)
         append_body = append_body.replace(key, value)
         remove_body = remove_body.replace(key, value)
     path = sql.SQL("SET search_path = pg_catalog, {}, pg_temp").format(schema)
     return [
         sql.SQL(
-            "CREATE FUNCTION {s}.append_tx(p_names text[], p_offsets bigint[], p_counts integer[],"
-            " p_ids bytea[], p_envelopes bytea[]) RETURNS bigint[] LANGUAGE plpgsql {path} AS {body}"
+            "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
+            " p_counts integer[], p_ids bytea[], p_envelopes bytea[])"
+            " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint)"
+            " LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(append_body)),
         sql.SQL(
             "CREATE FUNCTION {s}.remove_stream(p_name text, p_kind smallint, p_before bigint)"

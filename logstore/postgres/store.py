@@ -8,7 +8,7 @@ range(0, 1)
 
 Transactions are built on the client, as in the embedded store (:class:`logstore.Tx`: the envelopes
 are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction in one
-pipeline, ``BEGIN ISOLATION LEVEL READ COMMITTED; SELECT append_tx(...); COMMIT``: one round trip,
+pipeline, ``BEGIN ISOLATION LEVEL READ COMMITTED; SELECT * FROM append_batch(...); COMMIT``: one round trip,
 in which the server takes the streams' locks, checks their heads, takes the global lock last and
 holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
 
@@ -40,7 +40,7 @@ from psycopg import sql
 
 from logstore.compact import CompactReport
 from logstore.envelope import Envelope, check_envelopes, encode_many
-from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
+from logstore.errors import LogStoreError, OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.opener import URL_SCHEMES
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
@@ -197,14 +197,86 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _Pending:
+    """A transaction handed to the writer, until its commit is done (or it is handed the leader's role)."""
+
+    __slots__ = ("done", "error", "lead", "result", "tx")
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.done = threading.Event()
+        self.lead = False  # set (with done) to hand this thread the leader's role
+        self.result: range | None = None
+        self.error: BaseException | None = None
+
+
 class _PgWriter:
-    """What :class:`logstore.Committer` commits a transaction through."""
+    """What :class:`logstore.Committer` commits a transaction through: group commit across threads.
+
+    The first thread to commit leads: it takes every transaction waiting at that moment (its own first)
+    and commits them in one round trip (``append_batch``, one server transaction, one WAL flush), then
+    hands the role to the first transaction that arrived meanwhile. So threads that commit at once share
+    a round trip and a flush, and a lone committer never waits for another thread.
+
+    ``_lock`` guards ``_queue`` and ``_busy`` (a leader is at work).
+    """
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._busy = False
 
     def commit(self, tx: Tx) -> range:
-        return self._store._commit(tx)
+        pending = _Pending(tx)
+        with self._lock:
+            self._queue.append(pending)
+            leading = not self._busy
+            self._busy = True
+        if not leading:
+            pending.done.wait()
+            leading = pending.lead
+        if leading:
+            self._lead(pending)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _lead(self, own: _Pending) -> None:
+        """Commit what is queued (``own`` among it), then hand the role on (or give it up)."""
+        with self._lock:
+            group, self._queue = self._queue, []
+        try:
+            self._store._commit_group(group)
+        except BaseException as exc:  # every transaction of the group fails alike  # noqa: BLE001
+            for p in group:
+                p.error = exc if p is own else _copy_error(exc)
+        with self._lock:
+            nxt = self._queue[0] if self._queue else None
+            if nxt is None:
+                self._busy = False
+            else:
+                nxt.lead = True
+        for p in group:
+            if p is not own:
+                p.done.set()
+        if nxt is not None:
+            nxt.done.set()
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """An error like ``exc`` for another thread of the group (one exception object is raised in one thread)."""
+    if isinstance(exc, ServerError):
+        copy: BaseException = ServerError(str(exc), exc.sqlstate)
+    elif isinstance(exc, LogStoreError):
+        copy = type(exc).__new__(type(exc))
+        copy.args = exc.args
+        copy.__dict__.update(exc.__dict__)
+    else:
+        copy = LogStoreError(f"the commit of another transaction of the same group failed: {exc!r}")
+    copy.__cause__ = exc
+    return copy
 
 
 class PostgresStore:
@@ -391,8 +463,9 @@ class PostgresStore:
 
     def _run_commit(
         self, query: sql.Composed, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
-    ) -> Any:
-        """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT.
+    ) -> list[Any]:
+        """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT;
+        return its rows.
 
         A server error (the connection alive) means nothing was committed: psycopg's error is raised,
         for the callers to translate (their functions' SQLSTATEs, else :class:`ServerError`). A
@@ -407,7 +480,7 @@ class PostgresStore:
                     conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
                     cur = conn.execute(query, params, prepare=False, binary=True)
                     conn.execute("COMMIT", prepare=False)
-                row = cur.fetchone()
+                rows = cur.fetchall()
             except psycopg.Error as exc:
                 if _is_broken(conn):
                     pid, start = self._sessions.get(conn, (None, None))
@@ -415,8 +488,7 @@ class PostgresStore:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 raise
-            assert row is not None
-            return row[0]
+            return rows
 
     # -- the messagestore API ----------------------------------------------------------------
 
@@ -472,38 +544,71 @@ class PostgresStore:
             raise OffsetConflictError(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
 
-    def _commit(self, tx: Tx) -> range:
-        """Commit ``tx`` (through :class:`logstore.Committer`): one pipeline, ``append_tx`` and COMMIT."""
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Commit the transactions of ``group`` in one ``append_batch`` (the writer's leader calls this).
+
+        Sets each one's result (its range of global offsets) or error: :class:`OffsetConflictError` for
+        one that conflicts (the others commit), or, for all alike, the error of a failed round trip
+        (:class:`CommitOutcomeUnknownError` each with its own message ids, :class:`ServerError`,
+        :class:`ConnectionLostError`). Raises only for what is not a commit's failure (a closed store).
+        """
         self._check_writable()
-        appends = tx.appends
-        names = [a[0] for a in appends]
-        offsets = [None if a[2] == ANY_OFFSET else a[2] for a in appends]
-        counts = [len(a[3]) for a in appends]
-        payloads = [p for a in appends for p in a[3]]
-        ids = [_message_id(p) for p in payloads]
+        txs: list[int] = []
+        names: list[str] = []
+        offsets: list[int | None] = []
+        counts: list[int] = []
+        payloads: list[bytes] = []
+        ids: list[list[str]] = []
+        for k, p in enumerate(group, 1):
+            appends = p.tx.appends
+            txs += [k] * len(appends)
+            names += [a[0] for a in appends]
+            offsets += [None if a[2] == ANY_OFFSET else a[2] for a in appends]
+            counts += [len(a[3]) for a in appends]
+            mine = [q for a in appends for q in a[3]]
+            payloads += mine
+            ids.append([_message_id(q) for q in mine])
+        flat_ids = [i for tx_ids in ids for i in tx_ids]
         try:
-            result = self._run_commit(
+            rows = self._run_commit(
                 self._sql.append,
-                (names, offsets, counts, [i.encode("utf-8") for i in ids], payloads),
+                (txs, names, offsets, counts, [i.encode("utf-8") for i in flat_ids], payloads),
                 f"commit of {len(payloads)} messages",
-                ids,
+                flat_ids,
                 sorted(set(names)),
             )
+        except CommitOutcomeUnknownError as exc:
+            for p, tx_ids in zip(group, ids, strict=True):
+                streams = sorted({a[0] for a in p.tx.appends})
+                p.error = CommitOutcomeUnknownError(
+                    f"{self.path}: commit of {len(tx_ids)} messages",
+                    tx_ids,
+                    streams,
+                    exc.backend_pid,
+                    exc.backend_start,
+                )
+                p.error.__cause__ = exc.__cause__
+            return
         except psycopg.Error as exc:
-            if exc.sqlstate == ddl.CONFLICT_STATE:
-                detail = ddl.parse_detail(exc.diag.message_detail)
-                stream, expected, given = str(detail["stream"]), detail["expected"], detail["given"]
-                assert isinstance(expected, int) and isinstance(given, int)
+            for p in group:
+                p.error = ServerError(f"{self.path}: the commit failed: the server refused: {exc}", exc.sqlstate)
+                p.error.__cause__ = exc
+            return
+        committed = False
+        for k, goff, firsts, stream, expected, given in rows:
+            p = group[k - 1]
+            if goff is None:
                 self._saw_head(stream, expected)
-                raise OffsetConflictError(stream, expected, given) from None
-            raise ServerError(f"{self.path}: the commit failed: the server refused: {exc}", exc.sqlstate) from exc
-        goff = int(result[0])
-        firsts = [int(f) for f in result[1:]]
-        tx.assign([(n, nb, first, p) for (n, nb, _f, p), first in zip(appends, firsts, strict=True)])
-        for (name, _nb, _f, p), first in zip(appends, firsts, strict=True):
-            self._saw_head(name, first + len(p))
-        self._signal.bump()  # this process's readers need not wait for the notification
-        return range(goff, goff + len(payloads))
+                p.error = OffsetConflictError(stream, int(expected), int(given))
+                continue
+            committed = True
+            appends = p.tx.appends
+            p.tx.assign([(n, nb, int(f), q) for (n, nb, _f, q), f in zip(appends, firsts, strict=True)])
+            for (name, _nb, _f, q), f in zip(appends, firsts, strict=True):
+                self._saw_head(name, int(f) + len(q))
+            p.result = range(int(goff), int(goff) + sum(len(a[3]) for a in appends))
+        if committed:
+            self._signal.bump()  # this process's readers need not wait for the notification
 
     def _saw_head(self, stream: str, head: int | None) -> None:
         """Note that ``stream``'s head is at least ``head``."""
@@ -543,7 +648,7 @@ class PostgresStore:
         try:
             goff = self._run_commit(
                 self._sql.remove, (stream, kind, before), f"removal in stream {stream!r}", [], [stream]
-            )
+            )[0][0]
         except psycopg.Error as exc:
             detail = ddl.parse_detail(exc.diag.message_detail) if exc.sqlstate else {}
             if exc.sqlstate == ddl.NO_STREAM_STATE:
@@ -793,7 +898,7 @@ class _Statements:
         def q(text: str) -> sql.Composed:
             return sql.SQL(text).format(s=s)
 
-        self.append = q("SELECT {s}.append_tx(%s, %s, %s, %b, %b)")
+        self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
         self.found = q("SELECT head > 0 AND NOT deleted FROM {s}.streams WHERE name = %s")

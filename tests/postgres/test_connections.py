@@ -60,7 +60,7 @@ def test_a_backend_killed_mid_commit_gives_a_clear_error_and_no_half_transaction
     store = open_pg()
     with store.transaction() as tx:
         tx.append("a", 0, _envs("base", 1))
-    # Hold the head row's lock from outside, so that the commit stops inside append_tx, past its stream locks.
+    # Hold the head row's lock from outside, so that the commit stops inside append_batch, past its stream locks.
     blocker = psycopg.connect(admin.info.dsn)
     blocker.execute(sql.SQL("SELECT * FROM {}.head FOR UPDATE").format(sql.Identifier(schema)))
     result: dict[str, Any] = {}
@@ -78,11 +78,13 @@ def test_a_backend_killed_mid_commit_gives_a_clear_error_and_no_half_transaction
 
     thread = threading.Thread(target=commit)
     thread.start()
-    pid = _backend_waiting(admin, schema, "%append_tx%")
-    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    thread.join(WAIT)
-    blocker.rollback()
-    blocker.close()
+    try:
+        pid = _backend_waiting(admin, schema, "%append_batch%")
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        thread.join(WAIT)
+    finally:
+        blocker.rollback()
+        blocker.close()
     assert not thread.is_alive()
     error = result["error"]
     assert isinstance(error, CommitOutcomeUnknownError)
