@@ -200,12 +200,13 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class _Pending:
     """A transaction handed to the writer, until its commit is done (or it is handed the leader's role)."""
 
-    __slots__ = ("done", "error", "lead", "result", "tx")
+    __slots__ = ("done", "error", "gone", "lead", "result", "tx")
 
     def __init__(self, tx: Tx) -> None:
         self.tx = tx
         self.done = threading.Event()
         self.lead = False  # set (with done) to hand this thread the leader's role
+        self.gone = False  # its caller stopped waiting (an interrupt): never handed the role
         self.result: range | None = None
         self.error: BaseException | None = None
 
@@ -216,9 +217,11 @@ class _PgWriter:
     The first thread to commit leads: it takes every transaction waiting at that moment (its own first)
     and commits them in one round trip (``append_batch``, one server transaction, one WAL flush), then
     hands the role to the first transaction that arrived meanwhile. So threads that commit at once share
-    a round trip and a flush, and a lone committer never waits for another thread.
+    a round trip and a flush, and a lone committer never waits for another thread. A caller interrupted
+    while it waits (``KeyboardInterrupt``) is never handed the role; its transaction is committed in its
+    turn, as the embedded writer does.
 
-    ``_lock`` guards ``_queue`` and ``_busy`` (a leader is at work).
+    ``_lock`` guards ``_queue``, ``_busy`` (a leader is at work) and each pending's ``lead`` and ``gone``.
     """
 
     def __init__(self, store: PostgresStore) -> None:
@@ -234,7 +237,15 @@ class _PgWriter:
             leading = not self._busy
             self._busy = True
         if not leading:
-            pending.done.wait()
+            try:
+                pending.done.wait()
+            except BaseException:
+                with self._lock:
+                    pending.gone = True
+                    handed = pending.lead
+                if handed:  # the role came with the interrupt: lead once, so that the queue has a leader
+                    self._lead(pending)
+                raise
             leading = pending.lead
         if leading:
             self._lead(pending)
@@ -245,24 +256,28 @@ class _PgWriter:
 
     def _lead(self, own: _Pending) -> None:
         """Commit what is queued (``own`` among it), then hand the role on (or give it up)."""
-        with self._lock:
-            group, self._queue = self._queue, []
-        try:
-            self._store._commit_group(group)
-        except BaseException as exc:  # every transaction of the group fails alike  # noqa: BLE001
+        while True:
+            with self._lock:
+                group, self._queue = self._queue, []
+            try:
+                self._store._commit_group(group)
+            except BaseException as exc:  # every transaction of the group fails alike  # noqa: BLE001
+                for p in group:
+                    p.error = exc if p is own else _copy_error(exc)
+            with self._lock:
+                nxt = next((p for p in self._queue if not p.gone), None)
+                again = nxt is None and bool(self._queue)  # only interrupted callers wait: commit theirs too
+                if nxt is not None:
+                    nxt.lead = True
+                elif not again:
+                    self._busy = False
             for p in group:
-                p.error = exc if p is own else _copy_error(exc)
-        with self._lock:
-            nxt = self._queue[0] if self._queue else None
-            if nxt is None:
-                self._busy = False
-            else:
-                nxt.lead = True
-        for p in group:
-            if p is not own:
-                p.done.set()
-        if nxt is not None:
-            nxt.done.set()
+                if p is not own:
+                    p.done.set()
+            if nxt is not None:
+                nxt.done.set()
+            if not again:
+                return
 
 
 def _copy_error(exc: BaseException) -> BaseException:
