@@ -129,7 +129,7 @@ class LogstorePeer(Peer):
     name = "logstore"
 
     def __init__(self, path: str, mode: str = "sync", **options: Any) -> None:
-        self.store = logstore.open(path, durability="fsync" if mode == "sync" else "batch", **options)
+        self.store: logstore.Store = logstore.open(path, durability="fsync" if mode == "sync" else "batch", **options)
 
     def append(self, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
         store = self.store

@@ -21,6 +21,7 @@ from logstore.errors import (
     StreamClosedError,
 )
 from logstore.fileio import FileIO
+from logstore.opener import open
 from logstore.reader import GlobalReader, StreamReader
 from logstore.recovery import RecoveryReport
 from logstore.store import (
@@ -28,7 +29,6 @@ from logstore.store import (
     MAX_ENVELOPE_SIZE,
     MAX_STREAM_NAME,
     Store,
-    open,
 )
 from logstore.tx import ANY, AnyOffset, Committer, Tx
 

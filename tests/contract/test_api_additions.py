@@ -81,7 +81,8 @@ def _write_mixed(store: logstore.Store, rounds: int, seed: int = 1) -> list[tupl
 def test_readers_locate_messages_across_streams_and_segment_rolls(open_store: OpenStore) -> None:
     with open_store(segment_size=SMALL_SEGMENT) as store:
         written = _write_mixed(store, 150)
-        assert len(store._log.segments) >= 3  # the reads cross segment rolls
+        if isinstance(store, logstore.Store):  # the embedded store's reads cross segment rolls
+            assert len(store._log.segments) >= 3
         # Long scans (numpy header batches) and short ones (record by record) alike.
         assert _located_global(store) == written
         assert _located_global(store, 37) == written[37:]
@@ -477,7 +478,7 @@ def test_short_forms_are_the_long_forms(open_store: OpenStore) -> None:
         for name, offset in (("order-42", 0), ("order-42", 1), ("order-42", 9), ("none", 0), ("gone", 0)):
             long_form, found = store.open_stream(store, name, offset)
             short = store.stream(name, offset=offset)
-            assert isinstance(short, logstore.StreamReader)
+            assert type(short) is type(long_form) and isinstance(short, LocatedStream)
             assert short.found is found is long_form.found
             assert list(short) == list(long_form)
             short.close()
@@ -485,7 +486,7 @@ def test_short_forms_are_the_long_forms(open_store: OpenStore) -> None:
         assert store.stream("order-42").found and not store.stream("none").found
         assert not store.stream("gone").found
         with store.global_stream(1) as g, store.open_global(store, 1) as h:
-            assert isinstance(g, logstore.GlobalReader)
+            assert type(g) is type(h) and isinstance(g, LocatedStream)
             assert [(g.offset(), e) for e in g] == [(h.offset(), e) for e in h]
 
 

@@ -263,7 +263,8 @@ def test_seed_store_is_an_interface_for_manipulating_persisted_streams(open_stor
             commit(store, name, len(written.get(name, [])), batch)
             written.setdefault(name, []).extend(batch)
     with open_store(segment_size=SMALL_SEGMENT) as store:
-        assert len(list((store_dir / "segments").glob("*.log"))) > 1
+        if isinstance(store, logstore.Store):  # the embedded store's messages span several segment files
+            assert len(list((store_dir / "segments").glob("*.log"))) > 1
         for name, batch in written.items():
             assert read_stream(store, name) == list(enumerate(batch))
             assert store.head(name) == len(batch)
@@ -920,7 +921,8 @@ def test_close_and_reopen_keeps_everything(open_store, store_dir):
                 heads[name] = heads.get(name, 0) + 1
             ranges.append(committer.commit())
         names = store.stream_names()
-    assert len(list((store_dir / "segments").glob("*.log"))) > 1
+    if (store_dir / "segments").is_dir():  # the embedded store: its messages span several segment files
+        assert len(list((store_dir / "segments").glob("*.log"))) > 1
     for _ in range(2):
         with open_store(segment_size=SMALL_SEGMENT) as store:
             assert store.global_head == len(written)

@@ -98,7 +98,16 @@ def test_project_metadata() -> None:
     assert not any(c.startswith("License ::") for c in project["classifiers"])  # the SPDX string replaces these
     assert "Programming Language :: Python :: 3.11" in project["classifiers"]
     assert project["scripts"]["logstore"] == "logstore.tools.cli:main"
-    assert sorted(meta["tool"]["setuptools"]["packages"]) == ["logstore", "logstore.index", "logstore.tools"]
+    assert sorted(meta["tool"]["setuptools"]["packages"]) == [
+        "logstore",
+        "logstore.index",
+        "logstore.postgres",
+        "logstore.tools",
+    ]
+    # The PostgreSQL backend's driver is an optional extra, and the tests' set-up installs it.
+    assert {"psycopg>=3.2", "psycopg-pool>=3.2"} <= set(project["optional-dependencies"]["postgres"])
+    assert {"psycopg[binary]>=3.2", "psycopg-pool>=3.2"} <= set(project["optional-dependencies"]["dev"])
+    assert not any(d.startswith("psycopg") for d in project["dependencies"])
 
 
 @pytest.mark.slow
@@ -117,6 +126,12 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         names = zf.namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"logstore"}
-    for module in ("logstore/index/catalog.py", "logstore/tools/cli.py", "logstore/__main__.py", "logstore/py.typed"):
+    for module in (
+        "logstore/index/catalog.py",
+        "logstore/tools/cli.py",
+        "logstore/__main__.py",
+        "logstore/py.typed",
+        "logstore/postgres/store.py",
+    ):
         assert module in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -1,0 +1,298 @@
+"""Readers of a PostgreSQL store: Ax's ``messagestore.Stream`` over one stream or over the global log.
+
+A reader keeps its position on the client: ``_next``, the offset its next query starts at. A query
+fetches up to a batch of messages at or past it (each query its own snapshot, in autocommit) into
+``_buf``; ``try_next()`` takes them one by one. A query that fails leaves the position where it was,
+so a reader that lost its connection reads again from there: it never skips or repeats a message.
+
+Why the global reader never skips an offset that a slower transaction is still committing: every
+commit holds the ``head`` row's lock until it has become visible, so the commits become visible in
+the order of their global offsets, and a snapshot that sees a commit sees every commit below it
+(docs/POSTGRES.md, "Correctness").
+
+Lock rules: ``_lock`` serialises the queries of one reader (an ``anext()`` cancelled while its query
+runs in a worker thread, followed by another call); ``_buf`` is only appended to under it, and taken
+from by the reader's user. Like the embedded readers, one reader is used by one thread (or task) at a
+time, apart from ``close()``, which any thread may call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from logstore.envelope import Envelope, decode
+from logstore.errors import StreamClosedError
+
+if TYPE_CHECKING:
+    from logstore.postgres.store import PostgresStore
+
+PREFETCH = 256
+"""Most messages one query fetches."""
+
+# One fetched message: (offset, global offset, stream name, stream offset, envelope).
+Row = tuple[int, int, str, int, Envelope]
+
+
+def _check_timeout(timeout: object) -> None:
+    """Raise as the embedded readers do for a ``timeout`` that is not None or a number of seconds >= 0."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+
+
+class _Reader:
+    """What both kinds of reader share: position, current message, waiting, closing."""
+
+    _FIRST_PREFETCH = 16
+
+    def __init__(self, store: PostgresStore, offset: int) -> None:
+        self._store = store
+        self._closed = False
+        self._next = offset  # where the next query starts
+        self._buf: collections.deque[Row] = collections.deque()
+        self._removals = store._signal.removals  # the removal count when _buf was fetched
+        self._row: Row | None = None  # the current message
+        self._prefetch = self._FIRST_PREFETCH
+        self._lock = threading.Lock()
+
+    # -- fetching and taking ------------------------------------------------------------------
+
+    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
+        """Messages at or past ``start`` (at most ``limit``) and where the next query starts."""
+        raise NotImplementedError
+
+    def _fetch(self) -> None:
+        """Fetch the next batch into ``_buf`` (a database round trip)."""
+        with self._lock:
+            if self._buf:
+                return
+            signal = self._store._signal
+            removals = signal.removals  # before the query: a removal from here on drops what it fetched
+            rows, nxt = self._query(self._next, self._prefetch)
+            self._buf.extend(rows)
+            self._next = nxt
+            self._removals = removals
+            if self._prefetch < PREFETCH:
+                self._prefetch *= 2
+
+    def _take(self) -> bool:
+        """Step to the next fetched message, if any (and nothing was removed since it was fetched)."""
+        buf = self._buf
+        if not buf:
+            return False
+        if self._removals != self._store._signal.removals:
+            with self._lock:  # drop what was fetched: the next query reads it again, without what was removed
+                if buf:
+                    self._next = self._restart(buf[0])
+                    buf.clear()
+            return False
+        self._row = buf.popleft()
+        return True
+
+    def _restart(self, row: Row) -> int:
+        """The offset to query again from, to read ``row`` and what followed it."""
+        return row[0]
+
+    def _advance(self) -> bool:
+        if self._take():
+            return True
+        while True:
+            self._fetch()
+            fetched = bool(self._buf)
+            if self._take():
+                return True
+            if not fetched:
+                return False
+            # _take dropped the batch: a removal came in during the query (a removal of this process also
+            # counts again when its own notification arrives). Query again.
+
+    # -- the Stream protocol ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StreamClosedError("the stream is closed")
+
+    def try_next(self) -> bool:
+        """Advance to the next message if one is committed now; return whether it did."""
+        self._check_open()
+        return self._advance()
+
+    def next(self, timeout: float | None = None) -> None:
+        """Advance to the next message, waiting for one to be committed (by any client) if need be.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds (``None`` waits for ever) and
+        :class:`~logstore.StreamClosedError` if the stream or its store is closed, also from another
+        thread while waiting.
+        """
+        _check_timeout(timeout)
+        self._check_open()
+        signal = self._store._signal
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            generation = signal.generation  # before the query: see Signal
+            if self._advance():
+                return
+            if not signal.wait(generation, deadline, lambda: self._closed):
+                raise TimeoutError(f"no message within {timeout} s")
+            if self._closed:
+                raise StreamClosedError("the stream was closed while waiting")
+
+    async def anext(self, timeout: float | None = None) -> Envelope:
+        """Await the next message and return it; cancel like any await.
+
+        The queries run in a worker thread, so the event loop never waits on the server. ``timeout``
+        raises ``TimeoutError``; closing the stream raises :class:`~logstore.StreamClosedError`.
+        """
+        _check_timeout(timeout)
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        signal = self._store._signal
+        while True:
+            if self._take():
+                return self.get()
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = (loop, future)
+            signal.add_async(waiter)
+            try:
+                generation = signal.generation
+                # A cancelled await leaves the fetch running: what it fetches stays in _buf, taken next time.
+                await asyncio.to_thread(self._fetch)
+                self._check_open()
+                if self._take():
+                    return self.get()
+                if signal.generation == generation:
+                    if deadline is None:
+                        await future
+                    else:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            raise TimeoutError(f"no message within {timeout} s")
+                        try:
+                            await asyncio.wait_for(future, remaining)
+                        except TimeoutError:
+                            raise TimeoutError(f"no message within {timeout} s") from None
+            finally:
+                signal.discard_async(waiter)
+            self._check_open()
+
+    def __aiter__(self) -> _Reader:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        """``async for env in stream`` waits for each message and ends when the stream is closed."""
+        try:
+            return await self.anext()
+        except StreamClosedError:
+            raise StopAsyncIteration from None
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> Envelope:
+        """``for env in stream`` yields the messages committed now, then stops."""
+        self._check_open()
+        if not self._advance():
+            raise StopIteration
+        return self.get()
+
+    def _current(self, what: str) -> Row:
+        self._check_open()
+        row = self._row
+        if row is None:
+            raise ValueError(f"{what}() before a successful next() or try_next()")
+        return row
+
+    def get(self) -> Envelope:
+        """The envelope at the current position (after a successful ``next``/``try_next``)."""
+        return self._current("get")[4]
+
+    def offset(self) -> int:
+        """The offset of the envelope ``get()`` returns."""
+        return self._current("offset")[0]
+
+    def stream_name(self) -> str:
+        """The name of the stream the current message belongs to."""
+        return self._current("stream_name")[2]
+
+    def stream_offset(self) -> int:
+        """The current message's offset within its stream."""
+        return self._current("stream_offset")[3]
+
+    def global_offset(self) -> int:
+        """The current message's global offset."""
+        return self._current("global_offset")[1]
+
+    def close(self) -> None:
+        """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._store._readers.discard(self)
+        self._store._signal.bump()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PgStreamReader(_Reader):
+    """Reads one named stream in offset order (``store.open_stream``, ``store.stream``).
+
+    ``name`` is the stream's name; ``found`` whether it existed (had a committed message and was not
+    deleted) when the reader was opened. Removed offsets are skipped.
+    """
+
+    def __init__(self, store: PostgresStore, name: str, offset: int, found: bool) -> None:
+        super().__init__(store, offset)
+        self.name = name
+        self.found = found
+
+    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
+        rows = self._store._read_stream(self.name, start, limit)
+        out: list[Row] = [(soff, goff, self.name, soff, decode(env)) for soff, goff, env in rows]
+        self._store._saw_head(self.name, out[-1][0] + 1 if out else None)
+        return out, (out[-1][0] + 1 if out else start)
+
+    def __repr__(self) -> str:
+        return f"<logstore postgres stream {self.name!r} next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+class PgGlobalReader(_Reader):
+    """Reads every stream in global (commit) order (``store.open_global``, ``store.global_stream``).
+
+    ``offset()`` is the global offset; ``stream_name()`` and ``stream_offset()`` say where the current
+    message belongs.
+    """
+
+    _FIRST_PREFETCH = 4
+
+    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
+        end, rows = self._store._read_global(start, limit)
+        out: list[Row] = [(goff, goff, name, soff, decode(env)) for goff, name, soff, env in rows]
+        if len(out) < limit:
+            # The query saw every commit below ``end`` (one snapshot): nothing more lies below it.
+            return out, max(start, end)
+        return out, out[-1][0] + 1
+
+    def __repr__(self) -> str:
+        return f"<logstore postgres global stream next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+def close_readers(readers: Any) -> None:
+    """Mark ``readers`` closed (the store's close, which wakes them next)."""
+    for reader in list(readers):
+        reader._closed = True

@@ -1,0 +1,185 @@
+"""Opening a PostgreSQL store: tables created once, the schema version, options, read-only stores."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from psycopg import sql
+
+import logstore
+from logstore import Envelope
+from logstore.postgres import SCHEMA_VERSION, PostgresStore
+from tests.contract.backends import POSTGRES_URL
+
+
+def test_open_dispatches_on_the_url_and_creates_the_tables_with_a_version_row(open_pg, schema, admin, tmp_path):
+    store = open_pg()
+    assert isinstance(store, PostgresStore)
+    assert isinstance(logstore.open(tmp_path / "dir"), logstore.Store)
+    tables = {
+        r[0]
+        for r in admin.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
+    }
+    assert tables == {"meta", "head", "streams", "log"}
+    row = admin.execute(
+        sql.SQL("SELECT schema_version, store_id FROM {}.meta").format(sql.Identifier(schema))
+    ).fetchone()
+    assert row == (SCHEMA_VERSION, store.store_id)
+    assert "postgres@127.0.0.1" in repr(store) and schema in repr(store)
+
+
+def test_clients_opening_a_new_schema_at_once_create_one_store(schema):
+    stores: list[PostgresStore] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4, timeout=30)
+
+    def open_one() -> None:
+        try:
+            barrier.wait()
+            stores.append(logstore.open(POSTGRES_URL, schema=schema))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert len({s.store_id for s in stores}) == 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_store_of_another_schema_version_is_refused(open_pg, schema, admin):
+    open_pg().close()
+    admin.execute(sql.SQL("UPDATE {}.meta SET schema_version = 99").format(sql.Identifier(schema)))
+    with pytest.raises(
+        logstore.FormatVersionError, match=f"schema version 99; this logstore reads version {SCHEMA_VERSION}"
+    ):
+        open_pg()
+
+
+def test_a_schema_holding_other_tables_is_refused(open_pg, schema, admin):
+    admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    admin.execute(sql.SQL("CREATE TABLE {}.log (x int)").format(sql.Identifier(schema)))
+    with pytest.raises(ValueError, match=r"holds tables named \['log'\] but no logstore store"):
+        open_pg()
+
+
+@pytest.mark.parametrize(
+    "option", ["segment_size", "checkpoint_bytes", "fsync_interval", "io", "retention_age", "retention_bytes"]
+)
+def test_options_of_a_store_directory_are_refused(option):
+    with pytest.raises(ValueError, match=f"{option} is an option of a store directory"):
+        logstore.open(POSTGRES_URL, schema="never_made", **{option: 1})
+
+
+def test_bad_options_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword arguments for a PostgreSQL store: \\['bogus'\\]"):
+        logstore.open(POSTGRES_URL, bogus=1)
+    with pytest.raises(TypeError, match="schema= is an option of a postgresql:// URL"):
+        logstore.open(tmp_path / "dir", schema="x")
+    with pytest.raises(ValueError, match="durability must be one of"):
+        logstore.open(POSTGRES_URL, schema="never_made", durability="sometimes")
+    with pytest.raises(ValueError, match="schema must be at most 63 UTF-8 bytes"):
+        logstore.open(POSTGRES_URL, schema="s" * 64)
+
+
+def test_readonly_reads_live_and_refuses_writes(open_pg, schema):
+    with pytest.raises(FileNotFoundError, match="no logstore store there"):
+        open_pg(readonly=True)
+    writer = open_pg()
+    reader_store = open_pg(readonly=True)
+    with pytest.raises(logstore.ReadOnlyError):
+        reader_store.begin_tx()
+    with pytest.raises(logstore.ReadOnlyError):
+        reader_store.delete_stream("s")
+    log = reader_store.global_stream()
+    with writer.transaction() as tx:
+        tx.append("s", 0, [Envelope.new("T", 1)])
+    log.next(timeout=30)
+    assert (log.offset(), log.get().message) == (0, 1)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "batch", "none"])
+def test_durability_sets_synchronous_commit(open_pg, durability):
+    store = open_pg(durability=durability)
+    with store._connection() as conn:
+        row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert row is not None
+    assert (row[0] == "off") is (durability != "fsync")
+    with store.transaction() as tx:
+        tx.append("s", 0, [Envelope.new("T", 1)])
+    assert store.global_head == 1
+
+
+def test_transactions_over_streams_in_opposite_orders_never_deadlock(open_pg):
+    """Two threads commit to A then B and to B then A at once, many times: the server locks streams in one order."""
+    store = open_pg()
+    rounds = 100
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2, timeout=30)
+
+    def work(names: tuple[str, str]) -> None:
+        try:
+            for i in range(rounds):
+                tx, committer = store.begin_tx()
+                for name in names:
+                    tx.append(name, logstore.ANY, [Envelope.new("T", i)])
+                barrier.wait()
+                committer.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (("A", "B"), ("B", "A"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert (store.head("A"), store.head("B"), store.global_head) == (2 * rounds, 2 * rounds, 4 * rounds)
+
+
+def test_docs_show_the_tables_as_they_are_created():
+    """docs/POSTGRES.md shows the DDL of logstore/postgres/schema.py, for ``schema="logstore"``."""
+    from logstore.postgres import schema as ddl
+    from tests.helpers import ROOT
+
+    doc = (ROOT / "docs" / "POSTGRES.md").read_text(encoding="utf-8")
+    statements = [s.strip() for s in ddl._CREATE_TABLES.replace("{s}", "logstore").split(";") if s.strip()]
+    assert len(statements) == 6
+    for statement in statements:
+        assert statement + ";" in doc
+
+
+def test_the_embedded_store_never_imports_the_driver():
+    """psycopg is an optional extra: ``import logstore`` and a directory store do without it."""
+    from tests.helpers import run_python
+
+    code = (
+        "import sys, tempfile, logstore\n"
+        "logstore.open(tempfile.mkdtemp() + '/s').close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'psycopg_pool')))\n"
+    )
+    done = run_python(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_password_never_shows_in_messages(schema):
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    url = POSTGRES_URL.replace("postgres@", "postgres:s3cret@", 1) + f"{sep}password=s3cret"
+    with logstore.open(url, schema=schema) as store:
+        assert "s3cret" not in repr(store) and "s3cret" not in store.path
+        assert "***" in store.path
+        with pytest.raises(ValueError, match="no stream named") as info:
+            store.delete_stream("missing")
+        assert "s3cret" not in str(info.value)
+    with pytest.raises(logstore.StoreClosedError) as closed:
+        store.head("s")
+    assert "s3cret" not in str(closed.value)

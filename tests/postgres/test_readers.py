@@ -1,0 +1,86 @@
+"""Readers of a PostgreSQL store: removals during a read, reading again from the position."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from logstore import Envelope
+
+
+@pytest.mark.parametrize("kind", ["stream", "global"])
+def test_regression_a_removal_counted_during_the_query_made_try_next_return_false(open_pg, kind):
+    """A removal's own notification arrived while the reader queried: the batch was dropped, and try_next()
+    said there was nothing to read though there was. It must read again instead."""
+    store = open_pg()
+    with store.transaction() as tx:
+        tx.append("a", 0, [Envelope.new("A", i) for i in range(3)])
+        tx.append("b", 0, [Envelope.new("B", 0)])
+    store.truncate_stream("b", 1)
+    reader = store.stream("a") if kind == "stream" else store.global_stream()
+    name = "_read_stream" if kind == "stream" else "_read_global"
+    read = getattr(store, name)
+    bumps = [True]
+
+    def read_with_a_removal_counted(*args: Any) -> Any:
+        rows = read(*args)
+        if bumps:  # the removal's notification, counted while this query ran
+            bumps.pop()
+            store._signal.bump(removal=True)
+        return rows
+
+    setattr(store, name, read_with_a_removal_counted)
+    assert reader.try_next()
+    assert (reader.offset(), reader.get().message) == (0, 0)
+    assert bumps == []
+    offsets = [reader.offset()]
+    while reader.try_next():
+        offsets.append(reader.offset())
+    assert offsets == [0, 1, 2]
+
+
+def test_a_group_of_transactions_commits_each_whole_or_conflicts_alone(open_pg):
+    """Transactions that threads commit at once share one append_batch: each one is checked against the
+    heads that the ones before it in the group leave, a conflicting one is left out alone, and a stream
+    that only a left-out one would have made does not exist afterwards."""
+    from logstore import ANY, OffsetConflictError
+    from logstore.envelope import encode_many
+    from logstore.postgres.store import _Pending
+
+    store = open_pg()
+    plans = [
+        [("x", 0, 2)],  # commits: x 0-1
+        [("x", 0, 1)],  # conflicts: x is at 2 after the first
+        [("z", 0, 1), ("x", ANY, 1)],  # commits: z 0, x 2
+        [("v", 0, 1), ("x", 2, 1)],  # conflicts (x is at 3): v, made by this group, must not remain
+        [("x", 3, 1), ("z", 1, 1)],  # commits: x 3, z 1
+    ]
+    group = []
+    for plan in plans:
+        tx, _committer = store.begin_tx()
+        appends = []
+        for name, offset, n in plan:
+            envs = [Envelope.new("G", {"name": name, "i": i}) for i in range(n)]
+            first = -1 if offset is ANY else offset  # ANY_OFFSET: assigned at commit
+            appends.append((name, name.encode(), first, encode_many(envs, name, None, 1 << 20)))
+        tx.assign(appends)  # staged as append_messages would, without its checks against the heads
+        group.append(_Pending(tx))
+    store._commit_group(group)
+    results = [p.result for p in group]
+    errors = [p.error for p in group]
+    assert results == [range(2), None, range(2, 4), None, range(4, 6)]
+    assert isinstance(errors[1], OffsetConflictError) and (errors[1].expected, errors[1].given) == (2, 0)
+    assert isinstance(errors[3], OffsetConflictError) and (errors[3].stream, errors[3].expected) == ("x", 3)
+    assert store.stream_info("v") is None
+    assert (store.head("x"), store.head("z"), store.global_head) == (4, 2, 6)
+    assert group[2].tx.appends[1][2] == 2  # the ANY append got offset 2
+    with store.global_stream() as log:
+        assert [(log.stream_name(), log.stream_offset()) for _ in log] == [
+            ("x", 0),
+            ("x", 1),
+            ("z", 0),
+            ("x", 2),
+            ("x", 3),
+            ("z", 1),
+        ]
