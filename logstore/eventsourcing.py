@@ -61,6 +61,7 @@ from logstore.envelope import Envelope
 from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
 from logstore.reader import StreamReader
 from logstore.store import Store
+from logstore.tx import Tx
 
 __all__ = [
     "Factory",
@@ -124,6 +125,17 @@ def _max_tracking(store: Store, stream: str) -> tuple[int, int | None]:
     return head, None if last is None else int(last.message)
 
 
+def _stage_tracking(store: Store, tx: Tx, prefix: str, tracking: Tracking) -> None:
+    """Append ``tracking`` to its stream in ``tx``; ``IntegrityError`` unless its id is above the last one."""
+    stream = _tracking_stream(prefix, tracking.application_name)
+    head, last = _max_tracking(store, stream)
+    if last is not None and tracking.notification_id <= last:
+        raise IntegrityError(
+            f"{stream}: tracking notification id {tracking.notification_id} is not above the last recorded one, {last}"
+        )
+    store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
+
+
 # -- recorders ----------------------------------------------------------------------------
 
 
@@ -171,37 +183,45 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         while True:
             tx, committer = store.begin_tx()
             try:
-                for stream, (events, envs) in groups.items():
-                    head = store.head(stream)
-                    last = _last(store, stream, head)
-                    if last is not None and events[0].originator_version <= last.message[1]:
-                        raise IntegrityError(
-                            f"{stream}: version {events[0].originator_version} is not above the last recorded "
-                            f"version {last.message[1]}"
-                        )
-                    store.append_messages(tx, stream, head, envs)
-                if self.notifies and every:
-                    store.append_messages(tx, self.notification_stream, logstore.ANY, every)
-                if tracking is not None:
-                    tstream = _tracking_stream(self.prefix, tracking.application_name)
-                    thead, tmax = _max_tracking(store, tstream)
-                    if tmax is not None and tracking.notification_id <= tmax:
-                        raise IntegrityError(
-                            f"{tstream}: tracking notification id {tracking.notification_id} is not above the "
-                            f"last recorded one, {tmax}"
-                        )
-                    store.append_messages(tx, tstream, thead, [Envelope.new("Tracking", tracking.notification_id)])
-            except BaseException:
-                committer.rollback()
-                raise
-            try:
+                self._stage(tx, groups, every, tracking)
                 committer.commit()
             except OffsetConflictError:
-                continue  # another writer got there first: check again against what it wrote
+                # Another writer got there first (seen at append or at commit): check again against
+                # what it wrote, which either clashes (IntegrityError above) or not (try again).
+                if tx.active:
+                    committer.rollback()
+                continue
+            except BaseException:
+                if tx.active:
+                    committer.rollback()
+                raise
             offsets = tx.stream_offsets
             if not self.notifies or not stored_events or offsets is None:
                 return []
             return [o + 1 for o in offsets[self.notification_stream]]
+
+    def _stage(
+        self,
+        tx: Tx,
+        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]],
+        every: list[Envelope],
+        tracking: Tracking | None,
+    ) -> None:
+        """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
+        store = self.store
+        for stream, (events, envs) in groups.items():
+            head = store.head(stream)
+            last = _last(store, stream, head)
+            if last is not None and events[0].originator_version <= last.message[1]:
+                raise IntegrityError(
+                    f"{stream}: version {events[0].originator_version} is not above the last recorded "
+                    f"version {last.message[1]}"
+                )
+            store.append_messages(tx, stream, head, envs)
+        if self.notifies and every:
+            store.append_messages(tx, self.notification_stream, logstore.ANY, every)
+        if tracking is not None:
+            _stage_tracking(store, tx, self.prefix, tracking)
 
     def select_events(
         self,
@@ -254,10 +274,7 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        if start is None:
-            first = 1
-        else:
-            first = start if inclusive_of_start else start + 1
+        first = 1 if start is None else start if inclusive_of_start else start + 1
         first = max(first, 1)
         wanted = frozenset(topics)
         found: list[Notification] = []
@@ -326,19 +343,19 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
 
     def insert_tracking(self, tracking: Tracking) -> None:
         store = self.store
-        stream = _tracking_stream(self.prefix, tracking.application_name)
         while True:
-            head, last = _max_tracking(store, stream)
-            if last is not None and tracking.notification_id <= last:
-                raise IntegrityError(
-                    f"{stream}: tracking notification id {tracking.notification_id} is not above the last "
-                    f"recorded one, {last}"
-                )
+            tx, committer = store.begin_tx()
             try:
-                with store.transaction() as tx:
-                    tx.append(stream, head, [Envelope.new("Tracking", tracking.notification_id)])
+                _stage_tracking(store, tx, self.prefix, tracking)
+                committer.commit()
             except OffsetConflictError:
-                continue
+                if tx.active:
+                    committer.rollback()
+                continue  # another writer tracked first: check again against what it wrote
+            except BaseException:
+                if tx.active:
+                    committer.rollback()
+                raise
             return
 
     def max_tracking_id(self, application_name: str) -> int | None:
