@@ -312,29 +312,31 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
     def __init__(self, recorder: LogstoreApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         self._wanted = frozenset(topics)
+        self.stopped = False
+        """Whether :meth:`stop` was called: the iteration then ends."""
         store = recorder.store
         self._reader: StreamReader = store.open_stream(store, recorder.notification_stream, max(gt or 0, 0))[0]
 
     def stop(self) -> None:
         super().stop()
+        self.stopped = True
         self._reader.close()
 
     def __next__(self) -> Notification:
         reader = self._reader
         while True:
-            if self._has_been_stopped:
+            if self.stopped:
                 raise StopIteration
             try:
                 reader.next()
                 env = reader.get()
                 offset = reader.offset()
             except StreamClosedError:
-                if self._has_been_stopped:
+                if self.stopped:
                     raise StopIteration from None
                 raise
             if self._wanted and env.type not in self._wanted:
                 continue
-            self._last_notification_id = offset + 1
             return _notification(env, offset)
 
 
