@@ -446,6 +446,11 @@ class LogstoreFactory(InfrastructureFactory[LogstoreTrackingRecorder]):
                 "logstore store directory not found in the environment: set one of "
                 + ", ".join(self.env.create_keys(self.LOGSTORE_PATH))
             )
+        if "://" in path:
+            raise OSError(
+                f"LOGSTORE_PATH {path!r} is a URL: this version of logstore.eventsourcing stores in a directory "
+                "(the embedded engine); set LOGSTORE_PATH to a store directory"
+            )
         durability = self.env.get(self.LOGSTORE_DURABILITY) or "fsync"
         if durability not in ("fsync", "batch", "none"):
             raise OSError(f"{self.LOGSTORE_DURABILITY} must be 'fsync', 'batch' or 'none', got {durability!r}")

@@ -121,6 +121,12 @@ class TestSettings(TestCase):
         factory = Factory({"LOGSTORE_PATH": missing, "CREATE_TABLE": "no"})
         factory.close()
 
+    def test_a_url_is_not_taken_for_a_directory(self) -> None:
+        with self.assertRaises(OSError) as cm:
+            Factory({"LOGSTORE_PATH": "postgresql://user@localhost/db"})
+        self.assertIn("is a URL", str(cm.exception))
+        self.assertFalse(os.path.exists("postgresql:"))
+
     def test_bad_durability(self) -> None:
         with self.assertRaises(OSError) as cm:
             Factory({"LOGSTORE_PATH": self.path, "LOGSTORE_DURABILITY": "sometimes"})
