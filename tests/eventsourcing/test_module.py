@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
+from eventsourcing.projection import EventSourcedProjection, EventSourcedProjectionRunner
 
 from logstore.envelope import Envelope
 from logstore.eventsourcing import (
@@ -48,6 +49,36 @@ class Kennel(Application[UUID]):
 
 class Shelter(Application[UUID]):
     pass
+
+
+class Roster(Aggregate):
+    """The names of the dogs registered, one aggregate: what the projection below keeps."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return UUID(int=1)
+
+    @event("Started")
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    @event("Added")
+    def add(self, name: str) -> None:
+        self.names.append(name)
+
+
+class Registrations(EventSourcedProjection[UUID]):
+    """Follows an application's Registered events into a Roster, with tracking, in its own streams."""
+
+    topics = (f"{__name__}:Dog.Registered",)
+
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        try:
+            roster: Roster = self.repository.get(Roster.create_id())
+        except AggregateNotFoundError:  # the first registration
+            roster = Roster()
+        roster.add(domain_event.name)
+        processing_event.collect_events(roster)
 
 
 def _event(originator_id: UUID, version: int, topic: str = "topic") -> StoredEvent:
@@ -108,6 +139,21 @@ class TestApplications(StoreCase):
             self.assertEqual(kennel.repository.get(dog.id).tricks, ["roll over"])
         finally:
             kennel.close()
+
+    def test_a_projection_follows_an_application_in_the_same_store(self) -> None:
+        with EventSourcedProjectionRunner(
+            application_class=Kennel, projection_class=Registrations, env=self.env()
+        ) as runner:
+            rex = Dog("Rex")
+            rex.add_trick("sit")
+            runner.app.save(rex, Dog("Fido"))
+            last = runner.app.recorder.max_notification_id()
+            runner.wait(last, timeout=30)
+            roster: Roster = runner.projection.repository.get(Roster.create_id())
+            self.assertEqual(roster.names, ["Rex", "Fido"])
+            self.assertEqual(runner.projection.recorder.max_tracking_id("Kennel"), 3)
+            self.assertEqual(runner.projection.recorder.max_notification_id(), 3)  # Started, Added, Added
+        self.assertIn("registrations_tracking-Kennel", self.store.stream_names())
 
 
 class RacingRecorder(LogstoreProcessRecorder):
