@@ -115,6 +115,36 @@ def _last(store: Store, stream: str, head: int) -> Envelope | None:
         return reader.get() if reader.try_next() else None
 
 
+SCAN_LIMIT = 64
+"""Above this many events, ``select_events(gt=...)`` finds its first offset by binary search, not by reading."""
+
+
+def _exactly_at(store: Store, stream: str, offset: int) -> Envelope | None:
+    """The envelope at ``offset`` of ``stream``, or None if that offset was removed."""
+    reader, _found = store.open_stream(store, stream, offset)
+    with reader:
+        return reader.get() if reader.try_next() and reader.offset() == offset else None
+
+
+def _first_above(store: Store, stream: str, first: int, head: int, gt: int) -> int:
+    """The first offset in ``[first, head)`` of ``stream`` whose version is above ``gt`` (``head`` if none).
+
+    A binary search over offsets, since an originator's versions ascend with its offsets; ``first``
+    when a probe meets a removed offset (the caller then reads from there and filters).
+    """
+    lo, hi = first, head
+    while lo < hi:
+        mid = (lo + hi) // 2
+        env = _exactly_at(store, stream, mid)
+        if env is None:
+            return first
+        if env.message[1] > gt:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _tracking_stream(prefix: str, application_name: str) -> str:
     return f"{prefix}_tracking-{application_name}"
 
@@ -240,6 +270,8 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         start = info.first
         if desc and limit is not None and gt is None and lte is None:
             start = max(start, info.head - limit)  # the newest ones only (the last snapshot, say)
+        elif gt is not None and info.head - start > SCAN_LIMIT:
+            start = _first_above(store, stream, start, info.head, gt)  # after a snapshot or a cached version
         found: list[StoredEvent] = []
         reader, _found = store.open_stream(store, stream, start)
         with reader:

@@ -272,3 +272,32 @@ class TestSubscription(StoreCase):
         subscription.stop()
         follower.join(30)
         self.assertTrue(ended.is_set())
+
+
+class TestSelectEvents(StoreCase):
+    def test_bounds_over_a_long_stream_with_gaps_in_its_versions(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        originator = uuid4()
+        versions = [3 * n + n % 2 for n in range(200)]  # ascending, uneven gaps, far above SCAN_LIMIT
+        for chunk in range(0, 200, 50):
+            recorder.insert_events([_event(originator, v) for v in versions[chunk : chunk + 50]])
+        for gt in [None, -1, 0, 2, 3, 4, 150, 301, 302, versions[-2], versions[-1], 10_000]:
+            for lte in [None, 0, 3, 151, versions[-1]]:
+                for desc in (False, True):
+                    for limit in (None, 1, 7):
+                        expected = [v for v in versions if (gt is None or v > gt) and (lte is None or v <= lte)]
+                        if desc:
+                            expected.reverse()
+                        expected = expected[:limit]
+                        got = recorder.select_events(originator, gt=gt, lte=lte, desc=desc, limit=limit)
+                        self.assertEqual([e.originator_version for e in got], expected, (gt, lte, desc, limit))
+                        self.assertTrue(all(e.originator_id == originator for e in got))
+
+    def test_a_truncated_stream_is_read_from_its_first_kept_offset(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        originator = uuid4()
+        recorder.insert_events([_event(originator, v) for v in range(1, 101)])
+        self.store.truncate_stream(recorder.originator_stream(originator), 30)
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=10, limit=2)], [31, 32])
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=80, limit=2)], [81, 82])
+        self.assertEqual(len(recorder.select_events(originator)), 70)
