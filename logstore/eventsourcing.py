@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ from eventsourcing.persistence import (
     Subscription,
     Tracking,
     TrackingRecorder,
+    WaitInterruptedError,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
@@ -114,6 +116,9 @@ def _last(store: Store, stream: str, head: int) -> Envelope | None:
     with reader:
         return reader.get() if reader.try_next() else None
 
+
+INTERRUPT_CHECK = 0.05
+"""Seconds between looks at the ``interrupt`` event of :meth:`LogstoreTrackingRecorder.wait`."""
 
 SCAN_LIMIT = 64
 """Above this many events, ``select_events(gt=...)`` finds its first offset by binary search, not by reading."""
@@ -391,6 +396,42 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
                     committer.rollback()
                 raise
             return
+
+    def wait(
+        self,
+        application_name: str,
+        notification_id: int | None,
+        timeout: float = 1.0,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        """Return once a tracking id of ``application_name`` at or above ``notification_id`` is recorded.
+
+        A reader on the tracking stream wakes at each tracking record committed, by any thread or
+        process. ``TimeoutError`` after ``timeout`` seconds; ``WaitInterruptedError`` once
+        ``interrupt`` is set (looked at every ``INTERRUPT_CHECK`` seconds and at each record).
+        """
+        if notification_id is None:
+            return
+        deadline = time.monotonic() + timeout
+        store = self.store
+        stream = _tracking_stream(self.prefix, application_name)
+        head, last = _max_tracking(store, stream)
+        reader, _found = store.open_stream(store, stream, head)  # records committed after the head read
+        with reader:
+            while last is None or last < notification_id:
+                if interrupt is not None and interrupt.is_set():
+                    raise WaitInterruptedError
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"timed out after {timeout} s waiting for notification {notification_id} of application "
+                        f"{application_name!r} to be processed (last processed: {last})"
+                    )
+                try:
+                    reader.next(timeout=remaining if interrupt is None else min(remaining, INTERRUPT_CHECK))
+                except TimeoutError:
+                    continue
+                last = int(reader.get().message)
 
     def max_tracking_id(self, application_name: str) -> int | None:
         return _max_tracking(self.store, _tracking_stream(self.prefix, application_name))[1]

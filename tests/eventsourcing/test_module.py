@@ -3,8 +3,9 @@
 The engine does not import the library; several applications share a store with streams of
 their own; events, notifications and tracking are written in one transaction; snapshots stay
 out of the notification log; a save that lost a race to the same originator gets
-``IntegrityError`` or goes through, as the versions decide; a subscription wakes on a commit
-made by another process.
+``IntegrityError`` or goes through, as the versions decide; ``select_events`` bounds hold on long
+streams; a subscription wakes on a commit made by another process, and ``wait`` on a tracking
+record.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking, WaitInterruptedError
 from eventsourcing.projection import EventSourcedProjection, EventSourcedProjectionRunner
 
 from logstore.envelope import Envelope
 from logstore.eventsourcing import (
     LogstoreApplicationRecorder,
     LogstoreProcessRecorder,
+    LogstoreTrackingRecorder,
 )
 from logstore.tx import Tx
 from tests.eventsourcing.base import StoreCase
@@ -301,3 +303,31 @@ class TestSelectEvents(StoreCase):
         self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=10, limit=2)], [31, 32])
         self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=80, limit=2)], [81, 82])
         self.assertEqual(len(recorder.select_events(originator)), 70)
+
+
+class TestWait(StoreCase):
+    def test_wait_returns_when_another_thread_tracks_the_id(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        recorder.insert_tracking(Tracking("upstream", 1))
+        writer = threading.Thread(target=lambda: [recorder.insert_tracking(Tracking("upstream", n)) for n in (2, 4, 7)])
+        writer.start()
+        recorder.wait("upstream", 5, timeout=60)
+        writer.join()
+        self.assertEqual(recorder.max_tracking_id("upstream"), 7)
+
+    def test_an_interrupt_set_by_another_thread_ends_a_wait(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        interrupt = threading.Event()
+        setter = threading.Thread(target=interrupt.set)
+        setter.start()
+        with self.assertRaises(WaitInterruptedError):
+            recorder.wait("upstream", 1, timeout=60, interrupt=interrupt)
+        setter.join()
+
+    def test_a_timeout_names_the_application_and_the_last_id(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        recorder.insert_tracking(Tracking("upstream", 3))
+        with self.assertRaises(TimeoutError) as cm:
+            recorder.wait("upstream", 4, timeout=0.01)
+        self.assertIn("'upstream'", str(cm.exception))
+        self.assertIn("last processed: 3", str(cm.exception))
