@@ -110,11 +110,7 @@ def _notification(env: Envelope, offset: int) -> Notification:
 
 def _last(store: Store, stream: str, head: int) -> Envelope | None:
     """The envelope at ``head - 1`` of ``stream``, or None when ``head`` is 0 or it was removed."""
-    if head == 0:
-        return None
-    reader, _found = store.open_stream(store, stream, head - 1)
-    with reader:
-        return reader.get() if reader.try_next() else None
+    return None if head == 0 else _exactly_at(store, stream, head - 1)
 
 
 INTERRUPT_CHECK = 0.05
