@@ -7,6 +7,8 @@ end so that pytest does not collect them on their own.
 
 from __future__ import annotations
 
+from uuid import uuid4
+
 from eventsourcing.tests.persistence import (
     AggregateRecorderTestCase,
     ApplicationRecorderTestCase,
@@ -44,9 +46,21 @@ class TestApplicationRecorder(StoreCase, ApplicationRecorderTestCase[LogstoreApp
         self.optional_test_insert_subscribe()
 
 
+class TestApplicationRecorderWithTextIds(TestApplicationRecorder):
+    """Originator ids that are text, not UUIDs, read back as text."""
+
+    def new_originator_id(self) -> str:
+        return f"account-{uuid4()}"
+
+
 class TestNonInterleavingNotificationIDs(StoreCase, NonInterleavingNotificationIDsBaseCase):
     def create_recorder(self) -> LogstoreApplicationRecorder:
         return LogstoreApplicationRecorder(self.store)
+
+
+class TestAggregateRecorderWithTextIds(TestAggregateRecorder):
+    def new_originator_id(self) -> str:
+        return f"account-{uuid4()}"
 
 
 class TestTrackingRecorder(StoreCase, TrackingRecorderTestCase):
