@@ -1,0 +1,575 @@
+"""logstore as a persistence module of the ``eventsourcing`` library (9.5).
+
+Select it with ``PERSISTENCE_MODULE=logstore.eventsourcing`` and name the store directory with
+``LOGSTORE_PATH``; docs/EVENTSOURCING.md has every setting. Importing ``logstore`` never imports
+this module: it needs the optional extra ``logstore[eventsourcing]``.
+
+How the library's concepts map onto the store (``P`` is the application's name in lower case,
+``stored`` when it has none)::
+
+    stream                      holds                                   written by
+    P_events-<originator id>    the originator's events, in version     aggregate, application and
+                                order (one envelope each)               process recorders
+    P_snapshots-<originator id> the originator's snapshots              the snapshot recorder
+    P_notifications             every event of the application, in      application and process
+                                commit order: notification id =         recorders, in the same
+                                stream offset + 1                       transaction as the events
+    P_tracking-<upstream name>  the notification ids processed from     tracking and process
+                                that upstream application, ascending    recorders
+
+An event's envelope has the topic as its ``type`` and ``[originator id, version, state]`` as its
+message (the originator id as 16 bytes for a UUID, else as text). The same envelope goes to the
+originator's stream and to the notification stream, in one transaction: a reader of either sees
+the event whole or not at all.
+
+Versions: an originator's stream offsets count its events (0, 1, 2, ...), whatever version its
+first event has; a new event's version must be above the last recorded one, else
+``IntegrityError`` (the library's unique key on originator and version, for versions that only
+grow). The append names the offset it expects, so a concurrent save of the same originator makes
+logstore's ``OffsetConflictError``; the recorder then reads the stream again and raises
+``IntegrityError`` if the versions now clash, or tries again if they do not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    InfrastructureFactory,
+    IntegrityError,
+    Notification,
+    OperationalError,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+    WaitInterruptedError,
+)
+from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
+
+import logstore
+from logstore import layout
+from logstore.envelope import Envelope
+from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
+from logstore.reader import StreamReader
+from logstore.store import Store
+from logstore.tx import Tx
+
+__all__ = [
+    "Factory",
+    "LogstoreAggregateRecorder",
+    "LogstoreApplicationRecorder",
+    "LogstoreFactory",
+    "LogstoreProcessRecorder",
+    "LogstoreSubscription",
+    "LogstoreTrackingRecorder",
+    "open_shared",
+    "release_shared",
+]
+
+NOTIFICATIONS = "notifications"
+"""The notification stream's name after the prefix: ``P_notifications``."""
+
+
+# -- envelopes -----------------------------------------------------------------------------
+
+
+def _event_envelope(event: StoredEvent) -> Envelope:
+    oid = event.originator_id
+    key: bytes | str = oid.bytes if isinstance(oid, UUID) else str(oid)
+    mid = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    return Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+
+
+def _originator(key: bytes | str) -> UUID | str:
+    return UUID(bytes=key) if isinstance(key, bytes) else key
+
+
+def _stored_event(env: Envelope, originator_id: UUID | str) -> StoredEvent:
+    _key, version, state = env.message
+    return StoredEvent(originator_id=originator_id, originator_version=version, topic=env.type, state=state)
+
+
+def _notification(env: Envelope, offset: int) -> Notification:
+    key, version, state = env.message
+    return Notification(
+        id=offset + 1, originator_id=_originator(key), originator_version=version, topic=env.type, state=state
+    )
+
+
+def _last(store: Store, stream: str, head: int) -> Envelope | None:
+    """The envelope at ``head - 1`` of ``stream``, or None when ``head`` is 0 or it was removed."""
+    return None if head == 0 else _exactly_at(store, stream, head - 1)
+
+
+INTERRUPT_CHECK = 0.05
+"""Seconds between looks at the ``interrupt`` event of :meth:`LogstoreTrackingRecorder.wait`."""
+
+SCAN_LIMIT = 64
+"""Above this many events, ``select_events(gt=...)`` finds its first offset by binary search, not by reading."""
+
+
+def _exactly_at(store: Store, stream: str, offset: int) -> Envelope | None:
+    """The envelope at ``offset`` of ``stream``, or None if that offset was removed."""
+    reader, _found = store.open_stream(store, stream, offset)
+    with reader:
+        return reader.get() if reader.try_next() and reader.offset() == offset else None
+
+
+def _first_above(store: Store, stream: str, first: int, head: int, gt: int) -> int:
+    """The first offset in ``[first, head)`` of ``stream`` whose version is above ``gt`` (``head`` if none).
+
+    A binary search over offsets, since an originator's versions ascend with its offsets; ``first``
+    when a probe meets a removed offset (the caller then reads from there and filters).
+    """
+    lo, hi = first, head
+    while lo < hi:
+        mid = (lo + hi) // 2
+        env = _exactly_at(store, stream, mid)
+        if env is None:
+            return first
+        if env.message[1] > gt:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _tracking_stream(prefix: str, application_name: str) -> str:
+    return f"{prefix}_tracking-{application_name}"
+
+
+def _max_tracking(store: Store, stream: str) -> tuple[int, int | None]:
+    head = store.head(stream)
+    last = _last(store, stream, head)
+    return head, None if last is None else int(last.message)
+
+
+def _stage_tracking(store: Store, tx: Tx, prefix: str, tracking: Tracking) -> None:
+    """Append ``tracking`` to its stream in ``tx``; ``IntegrityError`` unless its id is above the last one."""
+    stream = _tracking_stream(prefix, tracking.application_name)
+    head, last = _max_tracking(store, stream)
+    if last is not None and tracking.notification_id <= last:
+        raise IntegrityError(
+            f"{stream}: tracking notification id {tracking.notification_id} is not above the last recorded one, {last}"
+        )
+    store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
+
+
+# -- recorders ----------------------------------------------------------------------------
+
+
+class LogstoreRecorder:
+    """What every recorder here shares: the store and the application's stream name prefix."""
+
+    def __init__(self, store: Store, prefix: str = "stored", purpose: str = "events") -> None:
+        if not isinstance(store, Store):
+            raise TypeError(f"store must be a logstore.Store, got {type(store).__name__}")
+        if not prefix:
+            raise ValueError("prefix must be a non-empty string (the application's name in lower case, or 'stored')")
+        self.store = store
+        self.prefix = prefix
+        self.purpose = purpose
+        self.notification_stream = f"{prefix}_{NOTIFICATIONS}"
+
+    def originator_stream(self, originator_id: UUID | str) -> str:
+        return f"{self.prefix}_{self.purpose}-{originator_id}"
+
+
+class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
+    """Events (or snapshots) of each originator in a stream of its own; no notification log."""
+
+    notifies = False
+    """Whether inserted events also go to the notification stream (application and process recorders)."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ids = self._insert(stored_events, kwargs.get("tracking"))
+        return ids if self.notifies else None
+
+    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
+        """Write the events (and the tracking record) in one transaction; the notification ids when notifying."""
+        every = [_event_envelope(e) for e in stored_events]  # in the order given: the notification order
+        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]] = {}
+        for event, env in zip(stored_events, every, strict=True):
+            events, envs = groups.setdefault(self.originator_stream(event.originator_id), ([], []))
+            if events and event.originator_version <= events[-1].originator_version:
+                raise IntegrityError(
+                    f"{self.originator_stream(event.originator_id)}: versions in one insert must ascend, got "
+                    f"{events[-1].originator_version} then {event.originator_version}"
+                )
+            events.append(event)
+            envs.append(env)
+        store = self.store
+        while True:
+            tx, committer = store.begin_tx()
+            try:
+                self._stage(tx, groups, every, tracking)
+                committer.commit()
+            except OffsetConflictError:
+                # Another writer got there first (seen at append or at commit): check again against
+                # what it wrote, which either clashes (IntegrityError above) or not (try again).
+                if tx.active:
+                    committer.rollback()
+                continue
+            except BaseException:
+                if tx.active:
+                    committer.rollback()
+                raise
+            offsets = tx.stream_offsets
+            if not self.notifies or not stored_events or offsets is None:
+                return []
+            return [o + 1 for o in offsets[self.notification_stream]]
+
+    def _stage(
+        self,
+        tx: Tx,
+        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]],
+        every: list[Envelope],
+        tracking: Tracking | None,
+    ) -> None:
+        """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
+        store = self.store
+        for stream, (events, envs) in groups.items():
+            head = store.head(stream)
+            last = _last(store, stream, head)
+            if last is not None and events[0].originator_version <= last.message[1]:
+                raise IntegrityError(
+                    f"{stream}: version {events[0].originator_version} is not above the last recorded "
+                    f"version {last.message[1]}"
+                )
+            store.append_messages(tx, stream, head, envs)
+        if self.notifies and every:
+            store.append_messages(tx, self.notification_stream, logstore.ANY, every)
+        if tracking is not None:
+            _stage_tracking(store, tx, self.prefix, tracking)
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        store = self.store
+        stream = self.originator_stream(originator_id)
+        info = store.stream_info(stream)
+        if info is None or info.deleted or info.first == info.head:
+            return []
+        start = info.first
+        if desc and limit is not None and gt is None and lte is None:
+            start = max(start, info.head - limit)  # the newest ones only (the last snapshot, say)
+        elif gt is not None and info.head - start > SCAN_LIMIT:
+            start = _first_above(store, stream, start, info.head, gt)  # after a snapshot or a cached version
+        found: list[StoredEvent] = []
+        reader, _found = store.open_stream(store, stream, start)
+        with reader:
+            while reader.try_next():
+                if reader.offset() >= info.head:
+                    break
+                env = reader.get()
+                version = env.message[1]
+                if gt is not None and version <= gt:
+                    continue
+                if lte is not None and version > lte:
+                    break
+                found.append(_stored_event(env, originator_id))
+        if desc:
+            found.reverse()
+        if limit is not None:
+            del found[limit:]
+        return found
+
+
+class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder):
+    """Events in their originators' streams and, in the same transaction, in the notification stream."""
+
+    notifies = True
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        first = 1 if start is None else start if inclusive_of_start else start + 1
+        first = max(first, 1)
+        wanted = frozenset(topics)
+        found: list[Notification] = []
+        if limit <= 0 or (stop is not None and stop < first):
+            return found
+        store = self.store
+        reader, _found = store.open_stream(store, self.notification_stream, first - 1)
+        with reader:
+            while reader.try_next():
+                offset = reader.offset()
+                if stop is not None and offset >= stop:
+                    break
+                env = reader.get()
+                if wanted and env.type not in wanted:
+                    continue
+                found.append(_notification(env, offset))
+                if len(found) == limit:
+                    break
+        return found
+
+    def max_notification_id(self) -> int | None:
+        return self.store.head(self.notification_stream) or None
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
+        return LogstoreSubscription(self, gt=gt, topics=topics)
+
+
+class LogstoreSubscription(Subscription[ApplicationRecorder]):
+    """The notifications after ``gt``, then each new one as it is committed (by any thread or process).
+
+    A logstore reader on the notification stream: it blocks in ``next()`` until a commit wakes it,
+    without polling. ``stop()``, from any thread, closes the reader, which ends the iteration.
+    """
+
+    def __init__(self, recorder: LogstoreApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        self._wanted = frozenset(topics)
+        self.stopped = False
+        """Whether :meth:`stop` was called: the iteration then ends."""
+        store = recorder.store
+        self._reader: StreamReader = store.open_stream(store, recorder.notification_stream, max(gt or 0, 0))[0]
+
+    def stop(self) -> None:
+        super().stop()
+        self.stopped = True
+        self._reader.close()
+
+    def __next__(self) -> Notification:
+        reader = self._reader
+        while True:
+            if self.stopped:
+                raise StopIteration
+            try:
+                reader.next()
+                env = reader.get()
+                offset = reader.offset()
+            except StreamClosedError:
+                if self.stopped:
+                    raise StopIteration from None
+                raise
+            if self._wanted and env.type not in self._wanted:
+                continue
+            return _notification(env, offset)
+
+
+class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
+    """Each upstream application's processed notification ids in a stream, ascending."""
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        store = self.store
+        while True:
+            tx, committer = store.begin_tx()
+            try:
+                _stage_tracking(store, tx, self.prefix, tracking)
+                committer.commit()
+            except OffsetConflictError:
+                if tx.active:
+                    committer.rollback()
+                continue  # another writer tracked first: check again against what it wrote
+            except BaseException:
+                if tx.active:
+                    committer.rollback()
+                raise
+            return
+
+    def wait(
+        self,
+        application_name: str,
+        notification_id: int | None,
+        timeout: float = 1.0,
+        interrupt: threading.Event | None = None,
+    ) -> None:
+        """Return once a tracking id of ``application_name`` at or above ``notification_id`` is recorded.
+
+        A reader on the tracking stream wakes at each tracking record committed, by any thread or
+        process. ``TimeoutError`` after ``timeout`` seconds; ``WaitInterruptedError`` once
+        ``interrupt`` is set (looked at every ``INTERRUPT_CHECK`` seconds and at each record).
+        """
+        if notification_id is None:
+            return
+        deadline = time.monotonic() + timeout
+        store = self.store
+        stream = _tracking_stream(self.prefix, application_name)
+        head, last = _max_tracking(store, stream)
+        reader, _found = store.open_stream(store, stream, head)  # records committed after the head read
+        with reader:
+            while last is None or last < notification_id:
+                if interrupt is not None and interrupt.is_set():
+                    raise WaitInterruptedError
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"timed out after {timeout} s waiting for notification {notification_id} of application "
+                        f"{application_name!r} to be processed (last processed: {last})"
+                    )
+                try:
+                    reader.next(timeout=remaining if interrupt is None else min(remaining, INTERRUPT_CHECK))
+                except TimeoutError:
+                    continue
+                last = int(reader.get().message)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        return _max_tracking(self.store, _tracking_stream(self.prefix, application_name))[1]
+
+
+class LogstoreProcessRecorder(LogstoreTrackingRecorder, LogstoreApplicationRecorder, ProcessRecorder):
+    """Events, notifications and the tracking record of one call in one transaction."""
+
+
+# -- the store, shared by the factories of one process --------------------------------------
+
+_shared_lock = threading.Lock()
+_shared: dict[str, tuple[Store, int]] = {}
+"""Open stores by real path, with how many factories use each: one open per store and process."""
+
+
+def open_shared(path: str, *, create: bool = True, durability: str = "fsync") -> Store:
+    """Open the store at ``path`` for a factory, or share the one this process has open already.
+
+    Raises ``OSError`` (``NotADirectoryError`` for a file, ``FileNotFoundError`` when there is no
+    store and ``create`` is false) and ``OperationalError`` when the store is held exclusively.
+    Each call is paired with one :func:`release_shared`.
+    """
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isdir(real):
+        raise NotADirectoryError(f"LOGSTORE_PATH {path!r} is a file, not a store directory")
+    with _shared_lock:
+        entry = _shared.get(real)
+        if entry is not None and not entry[0].closed:
+            _shared[real] = (entry[0], entry[1] + 1)
+            return entry[0]
+        if not create and not os.path.isdir(os.path.join(real, layout.SEGMENTS)):
+            raise FileNotFoundError(
+                f"LOGSTORE_PATH {path!r} holds no logstore store, and CREATE_TABLE is off (set it on to create one)"
+            )
+        try:
+            store = logstore.open(real, durability=durability)
+        except StoreLockedError as e:
+            raise OperationalError(
+                f"LOGSTORE_PATH {path!r}: the store is in use exclusively (by `logstore repair`, say): {e}"
+            ) from e
+        _shared[real] = (store, 1)
+        return store
+
+
+def release_shared(store: Store) -> None:
+    """Give back a store from :func:`open_shared`; the last user closes it."""
+    with _shared_lock:
+        for real, (held, users) in list(_shared.items()):
+            if held is store:
+                if users > 1:
+                    _shared[real] = (held, users - 1)
+                    return
+                del _shared[real]
+                break
+    store.close()
+
+
+# -- the factory ----------------------------------------------------------------------------
+
+
+class LogstoreFactory(InfrastructureFactory[LogstoreTrackingRecorder]):
+    """Makes the recorders of one application, on the store at ``LOGSTORE_PATH``.
+
+    Settings (each may be prefixed with the application's name in upper case, as the library does):
+    ``LOGSTORE_PATH`` (required), ``LOGSTORE_DURABILITY`` (``fsync``, ``batch`` or ``none``),
+    ``CREATE_TABLE`` (create the store if missing; on by default), and the library's own
+    (``CIPHER_TOPIC``, ``CIPHER_KEY``, ``COMPRESSOR_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ...).
+    """
+
+    LOGSTORE_PATH = "LOGSTORE_PATH"
+    LOGSTORE_DURABILITY = "LOGSTORE_DURABILITY"
+    CREATE_TABLE = "CREATE_TABLE"
+
+    aggregate_recorder_class = LogstoreAggregateRecorder
+    application_recorder_class = LogstoreApplicationRecorder
+    tracking_recorder_class = LogstoreTrackingRecorder
+    process_recorder_class = LogstoreProcessRecorder
+
+    def __init__(self, env: Environment | EnvType | None):
+        super().__init__(env)
+        path = self.env.get(self.LOGSTORE_PATH)
+        if not path:
+            raise OSError(
+                "logstore store directory not found in the environment: set one of "
+                + ", ".join(self.env.create_keys(self.LOGSTORE_PATH))
+            )
+        if "://" in path:
+            raise OSError(
+                f"LOGSTORE_PATH {path!r} is a URL: this version of logstore.eventsourcing stores in a directory "
+                "(the embedded engine); set LOGSTORE_PATH to a store directory"
+            )
+        durability = self.env.get(self.LOGSTORE_DURABILITY) or "fsync"
+        if durability not in ("fsync", "batch", "none"):
+            raise OSError(f"{self.LOGSTORE_DURABILITY} must be 'fsync', 'batch' or 'none', got {durability!r}")
+        self.prefix = self.env.name.lower() or "stored"
+        self.store: Store | None = open_shared(path, create=self.env_create_table(), durability=durability)
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise OperationalError("the infrastructure factory is closed")
+        return self.store
+
+    def env_create_table(self) -> bool:
+        return bool(strtobool(self.env.get(self.CREATE_TABLE) or "yes"))
+
+    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
+        return self.aggregate_recorder_class(self._store(), self.prefix, purpose)
+
+    def application_recorder(self) -> ApplicationRecorder:
+        cls: type[LogstoreApplicationRecorder] = self.application_recorder_class
+        topic = self.env.get(self.APPLICATION_RECORDER_TOPIC)
+        if topic:
+            cls = resolve_topic(topic)
+            if not (isinstance(cls, type) and issubclass(cls, LogstoreApplicationRecorder)):
+                raise TypeError(f"{self.APPLICATION_RECORDER_TOPIC} {topic!r} is not a LogstoreApplicationRecorder")
+        return cls(self._store(), self.prefix)
+
+    def tracking_recorder(
+        self, tracking_recorder_class: type[LogstoreTrackingRecorder] | None = None
+    ) -> LogstoreTrackingRecorder:
+        cls = tracking_recorder_class
+        if cls is None:
+            topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
+            cls = resolve_topic(topic) if topic else self.tracking_recorder_class
+        if not (isinstance(cls, type) and issubclass(cls, LogstoreTrackingRecorder)):
+            raise TypeError(f"the tracking recorder class {cls!r} is not a LogstoreTrackingRecorder")
+        return cls(self._store(), self.prefix)
+
+    def process_recorder(self) -> ProcessRecorder:
+        cls: type[LogstoreProcessRecorder] = self.process_recorder_class
+        topic = self.env.get(self.PROCESS_RECORDER_TOPIC)
+        if topic:
+            cls = resolve_topic(topic)
+            if not (isinstance(cls, type) and issubclass(cls, LogstoreProcessRecorder)):
+                raise TypeError(f"{self.PROCESS_RECORDER_TOPIC} {topic!r} is not a LogstoreProcessRecorder")
+        return cls(self._store(), self.prefix)
+
+    def close(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            release_shared(store)
+
+
+Factory = LogstoreFactory

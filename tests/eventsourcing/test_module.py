@@ -1,0 +1,333 @@
+"""What logstore.eventsourcing promises beyond the library's own test cases.
+
+The engine does not import the library; several applications share a store with streams of
+their own; events, notifications and tracking are written in one transaction; snapshots stay
+out of the notification log; a save that lost a race to the same originator gets
+``IntegrityError`` or goes through, as the versions decide; ``select_events`` bounds hold on long
+streams; a subscription wakes on a commit made by another process, and ``wait`` on a tracking
+record.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking, WaitInterruptedError
+from eventsourcing.projection import EventSourcedProjection, EventSourcedProjectionRunner
+
+from logstore.envelope import Envelope
+from logstore.eventsourcing import (
+    LogstoreApplicationRecorder,
+    LogstoreProcessRecorder,
+    LogstoreTrackingRecorder,
+)
+from logstore.tx import Tx
+from tests.eventsourcing.base import StoreCase
+from tests.helpers import child_env
+
+
+class Dog(Aggregate):
+    @event("Registered")
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tricks: list[str] = []
+
+    @event("TrickAdded")
+    def add_trick(self, trick: str) -> None:
+        self.tricks.append(trick)
+
+
+class Kennel(Application[UUID]):
+    pass
+
+
+class Shelter(Application[UUID]):
+    pass
+
+
+class Roster(Aggregate):
+    """The names of the dogs registered, one aggregate: what the projection below keeps."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return UUID(int=1)
+
+    @event("Started")
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    @event("Added")
+    def add(self, name: str) -> None:
+        self.names.append(name)
+
+
+class Registrations(EventSourcedProjection[UUID]):
+    """Follows an application's Registered events into a Roster, with tracking, in its own streams."""
+
+    topics = (f"{__name__}:Dog.Registered",)
+
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        try:
+            roster: Roster = self.repository.get(Roster.create_id())
+        except AggregateNotFoundError:  # the first registration
+            roster = Roster()
+        roster.add(domain_event.name)
+        processing_event.collect_events(roster)
+
+
+def _event(originator_id: UUID, version: int, topic: str = "topic") -> StoredEvent:
+    return StoredEvent(originator_id=originator_id, originator_version=version, topic=topic, state=b"{}")
+
+
+def test_importing_logstore_does_not_import_the_library() -> None:
+    code = "import sys, logstore; print('eventsourcing' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+class TestApplications(StoreCase):
+    def env(self, **more: str) -> dict[str, str]:
+        return {"PERSISTENCE_MODULE": "logstore.eventsourcing", "LOGSTORE_PATH": self.store_path, **more}
+
+    def test_applications_in_one_store_keep_their_own_streams_and_notification_ids(self) -> None:
+        kennel = Kennel(env=self.env())
+        shelter = Shelter(env=self.env())
+        try:
+            rex = Dog("Rex")
+            kennel.save(rex)
+            fido = Dog("Fido")
+            fido.add_trick("sit")
+            shelter.save(fido)
+            self.assertEqual([n.id for n in kennel.notification_log.select(start=1, limit=10)], [1])
+            self.assertEqual([n.id for n in shelter.notification_log.select(start=1, limit=10)], [1, 2])
+            self.assertEqual(kennel.repository.get(rex.id).name, "Rex")
+            self.assertEqual(shelter.repository.get(fido.id).tricks, ["sit"])
+            self.assertNotIn(fido.id, kennel.repository)
+            names = set(self.store.stream_names())
+            self.assertEqual(
+                names,
+                {
+                    f"kennel_events-{rex.id}",
+                    "kennel_notifications",
+                    f"shelter_events-{fido.id}",
+                    "shelter_notifications",
+                },
+            )
+        finally:
+            kennel.close()
+            shelter.close()
+
+    def test_snapshots_stay_out_of_the_notification_log(self) -> None:
+        kennel = Kennel(env=self.env(IS_SNAPSHOTTING_ENABLED="y"))
+        try:
+            dog = Dog("Rex")
+            dog.add_trick("roll over")
+            kennel.save(dog)
+            kennel.take_snapshot(dog.id)
+            self.assertEqual(self.store.head(f"kennel_snapshots-{dog.id}"), 1)
+            self.assertEqual(kennel.recorder.max_notification_id(), 2)
+            topics = [n.topic for n in kennel.notification_log.select(start=1, limit=10)]
+            self.assertTrue(all("Snapshot" not in t for t in topics), topics)
+            self.assertEqual(kennel.repository.get(dog.id).tricks, ["roll over"])
+        finally:
+            kennel.close()
+
+    def test_a_projection_follows_an_application_in_the_same_store(self) -> None:
+        with EventSourcedProjectionRunner(
+            application_class=Kennel, projection_class=Registrations, env=self.env()
+        ) as runner:
+            rex = Dog("Rex")
+            rex.add_trick("sit")
+            runner.app.save(rex, Dog("Fido"))
+            last = runner.app.recorder.max_notification_id()
+            runner.wait(last, timeout=30)
+            roster: Roster = runner.projection.repository.get(Roster.create_id())
+            self.assertEqual(roster.names, ["Rex", "Fido"])
+            self.assertEqual(runner.projection.recorder.max_tracking_id("Kennel"), 3)
+            self.assertEqual(runner.projection.recorder.max_notification_id(), 3)  # Started, Added, Added
+        self.assertIn("registrations_tracking-Kennel", self.store.stream_names())
+
+
+class RacingRecorder(LogstoreProcessRecorder):
+    """Lets another writer commit ``rival`` after this recorder staged its transaction, the first time."""
+
+    rival: Sequence[StoredEvent] = ()
+
+    def _stage(self, tx: Tx, *args: Any) -> None:
+        super()._stage(tx, *args)
+        rival, self.rival = self.rival, ()
+        if rival:
+            LogstoreApplicationRecorder(self.store).insert_events(rival)
+
+
+class TestTransactions(StoreCase):
+    def test_a_tracking_conflict_writes_no_event(self) -> None:
+        recorder = LogstoreProcessRecorder(self.store)
+        recorder.insert_events([_event(uuid4(), 1)], tracking=Tracking("upstream", 5))
+        head = self.store.global_head
+        originator = uuid4()
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([_event(originator, 1)], tracking=Tracking("upstream", 5))
+        self.assertEqual(self.store.global_head, head)
+        self.assertEqual(recorder.select_events(originator), [])
+        self.assertEqual(recorder.max_notification_id(), 1)
+        self.assertEqual(recorder.max_tracking_id("upstream"), 5)
+
+    def test_events_notifications_and_tracking_share_one_transaction(self) -> None:
+        recorder = LogstoreProcessRecorder(self.store)
+        ids = recorder.insert_events([_event(uuid4(), 1), _event(uuid4(), 1)], tracking=Tracking("upstream", 1))
+        self.assertEqual(ids, [1, 2])
+        with self.store.global_stream() as log:
+            seen = [(log.stream_name(), log.global_offset(), env.type) for env in log]
+        self.assertEqual(len(seen), 5)  # two events, their two notifications, one tracking record
+        self.assertEqual([g for _s, g, _t in seen], [0, 1, 2, 3, 4])
+
+    def test_a_save_that_lost_the_race_with_the_same_version_gets_integrity_error(self) -> None:
+        recorder = RacingRecorder(self.store)
+        originator = uuid4()
+        recorder.insert_events([_event(originator, 1)])
+        recorder.rival = [_event(originator, 2, "rival")]
+        with self.assertRaises(IntegrityError):
+            recorder.insert_events([_event(originator, 2, "mine")])
+        self.assertEqual([e.topic for e in recorder.select_events(originator)], ["topic", "rival"])
+        self.assertEqual(recorder.max_notification_id(), 2)
+
+    def test_a_save_that_lost_the_race_with_a_lower_version_goes_through_after_it(self) -> None:
+        recorder = RacingRecorder(self.store)
+        originator = uuid4()
+        recorder.insert_events([_event(originator, 1)])
+        recorder.rival = [_event(originator, 2, "rival")]
+        ids = recorder.insert_events([_event(originator, 3, "mine")])
+        self.assertEqual(ids, [3])
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator)], [1, 2, 3])
+
+    def test_a_message_of_another_stream_takes_no_notification_id(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        with self.store.transaction() as tx:  # another writer's message elsewhere in the store
+            tx.append("elsewhere", 0, [Envelope.new("Other", 1)])
+        self.assertEqual(recorder.insert_events([_event(uuid4(), 1)]), [1])
+
+
+class TestSubscription(StoreCase):
+    def test_a_commit_in_another_process_wakes_a_subscription(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        originator = uuid4()
+        got: list[Notification] = []
+        waiting = threading.Event()
+
+        subscription = recorder.subscribe(gt=None, topics=["wanted"])
+
+        def follow() -> None:
+            with subscription:
+                waiting.set()
+                for notification in subscription:
+                    got.append(notification)
+                    break
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        self.assertTrue(waiting.wait(30))
+        writer = textwrap.dedent(
+            f"""
+            import sys, uuid
+            import logstore
+            from eventsourcing.persistence import StoredEvent
+            from logstore.eventsourcing import LogstoreApplicationRecorder
+            with logstore.open(sys.argv[1]) as store:
+                recorder = LogstoreApplicationRecorder(store)
+                oid = uuid.UUID({str(originator)!r})
+                recorder.insert_events([StoredEvent(oid, 1, "other", b"1")])
+                recorder.insert_events([StoredEvent(oid, 2, "wanted", b"2")])
+            """
+        )
+        subprocess.run([sys.executable, "-c", writer, self.store_path], env=child_env(), timeout=60, check=True)
+        follower.join(30)
+        if follower.is_alive():
+            subscription.stop()
+            follower.join()
+            self.fail("the subscription did not wake for another process's commit")
+        self.assertEqual([(n.id, n.topic, n.originator_id, n.state) for n in got], [(2, "wanted", originator, b"2")])
+
+    def test_stop_from_another_thread_ends_a_waiting_subscription(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        subscription = recorder.subscribe()
+        ended = threading.Event()
+
+        def follow() -> None:
+            with subscription:
+                for _notification in subscription:
+                    pass
+            ended.set()
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        subscription.stop()
+        follower.join(30)
+        self.assertTrue(ended.is_set())
+
+
+class TestSelectEvents(StoreCase):
+    def test_bounds_over_a_long_stream_with_gaps_in_its_versions(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        originator = uuid4()
+        versions = [3 * n + n % 2 for n in range(200)]  # ascending, uneven gaps, far above SCAN_LIMIT
+        for chunk in range(0, 200, 50):
+            recorder.insert_events([_event(originator, v) for v in versions[chunk : chunk + 50]])
+        for gt in [None, -1, 0, 2, 3, 4, 150, 301, 302, versions[-2], versions[-1], 10_000]:
+            for lte in [None, 0, 3, 151, versions[-1]]:
+                for desc in (False, True):
+                    for limit in (None, 1, 7):
+                        expected = [v for v in versions if (gt is None or v > gt) and (lte is None or v <= lte)]
+                        if desc:
+                            expected.reverse()
+                        expected = expected[:limit]
+                        got = recorder.select_events(originator, gt=gt, lte=lte, desc=desc, limit=limit)
+                        self.assertEqual([e.originator_version for e in got], expected, (gt, lte, desc, limit))
+                        self.assertTrue(all(e.originator_id == originator for e in got))
+
+    def test_a_truncated_stream_is_read_from_its_first_kept_offset(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        originator = uuid4()
+        recorder.insert_events([_event(originator, v) for v in range(1, 101)])
+        self.store.truncate_stream(recorder.originator_stream(originator), 30)
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=10, limit=2)], [31, 32])
+        self.assertEqual([e.originator_version for e in recorder.select_events(originator, gt=80, limit=2)], [81, 82])
+        self.assertEqual(len(recorder.select_events(originator)), 70)
+
+
+class TestWait(StoreCase):
+    def test_wait_returns_when_another_thread_tracks_the_id(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        recorder.insert_tracking(Tracking("upstream", 1))
+        writer = threading.Thread(target=lambda: [recorder.insert_tracking(Tracking("upstream", n)) for n in (2, 4, 7)])
+        writer.start()
+        recorder.wait("upstream", 5, timeout=60)
+        writer.join()
+        self.assertEqual(recorder.max_tracking_id("upstream"), 7)
+
+    def test_an_interrupt_set_by_another_thread_ends_a_wait(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        interrupt = threading.Event()
+        setter = threading.Thread(target=interrupt.set)
+        setter.start()
+        with self.assertRaises(WaitInterruptedError):
+            recorder.wait("upstream", 1, timeout=60, interrupt=interrupt)
+        setter.join()
+
+    def test_a_timeout_names_the_application_and_the_last_id(self) -> None:
+        recorder = LogstoreTrackingRecorder(self.store)
+        recorder.insert_tracking(Tracking("upstream", 3))
+        with self.assertRaises(TimeoutError) as cm:
+            recorder.wait("upstream", 4, timeout=0.01)
+        self.assertIn("'upstream'", str(cm.exception))
+        self.assertIn("last processed: 3", str(cm.exception))
