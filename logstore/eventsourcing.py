@@ -1,7 +1,9 @@
 """logstore as a persistence module of the ``eventsourcing`` library (9.5).
 
-Select it with ``PERSISTENCE_MODULE=logstore.eventsourcing`` and name the store directory with
-``LOGSTORE_PATH``; docs/EVENTSOURCING.md has every setting. Importing ``logstore`` never imports
+Select it with ``PERSISTENCE_MODULE=logstore.eventsourcing`` and name the store with
+``LOGSTORE_PATH``: a store directory (the embedded engine), or a ``postgresql://`` URL (the
+PostgreSQL backend, in the schema ``LOGSTORE_SCHEMA``); docs/EVENTSOURCING.md has every setting.
+The recorders use only the store API that both backends have. Importing ``logstore`` never imports
 this module: it needs the optional extra ``logstore[eventsourcing]``.
 
 How the library's concepts map onto the store (``P`` is the application's name in lower case,
@@ -33,12 +35,13 @@ logstore's ``OffsetConflictError``; the recorder then reads the stream again and
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -61,9 +64,16 @@ import logstore
 from logstore import layout
 from logstore.envelope import Envelope
 from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
-from logstore.reader import StreamReader
+from logstore.opener import URL_SCHEMES
+from logstore.protocols import Stream
 from logstore.store import Store
 from logstore.tx import Tx
+
+if TYPE_CHECKING:
+    from logstore.postgres import PostgresStore
+
+    AnyStore = Store | PostgresStore
+    """The stores the recorders work on: the embedded one, or the PostgreSQL backend's."""
 
 __all__ = [
     "Factory",
@@ -108,7 +118,7 @@ def _notification(env: Envelope, offset: int) -> Notification:
     )
 
 
-def _last(store: Store, stream: str, head: int) -> Envelope | None:
+def _last(store: AnyStore, stream: str, head: int) -> Envelope | None:
     """The envelope at ``head - 1`` of ``stream``, or None when ``head`` is 0 or it was removed."""
     return None if head == 0 else _exactly_at(store, stream, head - 1)
 
@@ -120,14 +130,14 @@ SCAN_LIMIT = 64
 """Above this many events, ``select_events(gt=...)`` finds its first offset by binary search, not by reading."""
 
 
-def _exactly_at(store: Store, stream: str, offset: int) -> Envelope | None:
+def _exactly_at(store: AnyStore, stream: str, offset: int) -> Envelope | None:
     """The envelope at ``offset`` of ``stream``, or None if that offset was removed."""
-    reader, _found = store.open_stream(store, stream, offset)
+    reader = store.stream(stream, offset)
     with reader:
         return reader.get() if reader.try_next() and reader.offset() == offset else None
 
 
-def _first_above(store: Store, stream: str, first: int, head: int, gt: int) -> int:
+def _first_above(store: AnyStore, stream: str, first: int, head: int, gt: int) -> int:
     """The first offset in ``[first, head)`` of ``stream`` whose version is above ``gt`` (``head`` if none).
 
     A binary search over offsets, since an originator's versions ascend with its offsets; ``first``
@@ -150,13 +160,13 @@ def _tracking_stream(prefix: str, application_name: str) -> str:
     return f"{prefix}_tracking-{application_name}"
 
 
-def _max_tracking(store: Store, stream: str) -> tuple[int, int | None]:
+def _max_tracking(store: AnyStore, stream: str) -> tuple[int, int | None]:
     head = store.head(stream)
     last = _last(store, stream, head)
     return head, None if last is None else int(last.message)
 
 
-def _stage_tracking(store: Store, tx: Tx, prefix: str, tracking: Tracking) -> None:
+def _stage_tracking(store: AnyStore, tx: Tx, prefix: str, tracking: Tracking) -> None:
     """Append ``tracking`` to its stream in ``tx``; ``IntegrityError`` unless its id is above the last one."""
     stream = _tracking_stream(prefix, tracking.application_name)
     head, last = _max_tracking(store, stream)
@@ -167,15 +177,25 @@ def _stage_tracking(store: Store, tx: Tx, prefix: str, tracking: Tracking) -> No
     store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
 
 
+def _is_store(store: object) -> bool:
+    """Whether ``store`` is a store of either backend (the PostgreSQL one only once its module is imported)."""
+    if isinstance(store, Store):
+        return True
+    postgres = sys.modules.get("logstore.postgres")
+    return postgres is not None and isinstance(store, postgres.PostgresStore)
+
+
 # -- recorders ----------------------------------------------------------------------------
 
 
 class LogstoreRecorder:
     """What every recorder here shares: the store and the application's stream name prefix."""
 
-    def __init__(self, store: Store, prefix: str = "stored", purpose: str = "events") -> None:
-        if not isinstance(store, Store):
-            raise TypeError(f"store must be a logstore.Store, got {type(store).__name__}")
+    def __init__(self, store: AnyStore, prefix: str = "stored", purpose: str = "events") -> None:
+        if not _is_store(store):
+            raise TypeError(
+                f"store must be a logstore.Store or a logstore.postgres.PostgresStore, got {type(store).__name__}"
+            )
         if not prefix:
             raise ValueError("prefix must be a non-empty string (the application's name in lower case, or 'stored')")
         self.store = store
@@ -274,7 +294,7 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         elif gt is not None and info.head - start > SCAN_LIMIT:
             start = _first_above(store, stream, start, info.head, gt)  # after a snapshot or a cached version
         found: list[StoredEvent] = []
-        reader, _found = store.open_stream(store, stream, start)
+        reader = store.stream(stream, start)
         with reader:
             while reader.try_next():
                 if reader.offset() >= info.head:
@@ -314,7 +334,7 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         if limit <= 0 or (stop is not None and stop < first):
             return found
         store = self.store
-        reader, _found = store.open_stream(store, self.notification_stream, first - 1)
+        reader = store.stream(self.notification_stream, first - 1)
         with reader:
             while reader.try_next():
                 offset = reader.offset()
@@ -348,7 +368,7 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
         self.stopped = False
         """Whether :meth:`stop` was called: the iteration then ends."""
         store = recorder.store
-        self._reader: StreamReader = store.open_stream(store, recorder.notification_stream, max(gt or 0, 0))[0]
+        self._reader: Stream = store.stream(recorder.notification_stream, max(gt or 0, 0))
 
     def stop(self) -> None:
         super().stop()
@@ -412,7 +432,7 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
         store = self.store
         stream = _tracking_stream(self.prefix, application_name)
         head, last = _max_tracking(store, stream)
-        reader, _found = store.open_stream(store, stream, head)  # records committed after the head read
+        reader = store.stream(stream, head)  # records committed after the head read
         with reader:
             while last is None or last < notification_id:
                 if interrupt is not None and interrupt.is_set():
@@ -440,24 +460,59 @@ class LogstoreProcessRecorder(LogstoreTrackingRecorder, LogstoreApplicationRecor
 # -- the store, shared by the factories of one process --------------------------------------
 
 _shared_lock = threading.Lock()
-_shared: dict[str, tuple[Store, int]] = {}
-"""Open stores by real path, with how many factories use each: one open per store and process."""
+_shared: dict[tuple[object, ...], tuple[AnyStore, int]] = {}
+"""Open stores with how many factories use each: one open per store (and options) and process.
+
+Keyed by the real path of a store directory, or by a URL with the schema and the options."""
 
 
-def open_shared(path: str, *, create: bool = True, durability: str = "fsync") -> Store:
+def is_url(path: str) -> bool:
+    """Whether ``LOGSTORE_PATH`` is a URL rather than a store directory."""
+    return "://" in path
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for messages (the PostgreSQL backend's redaction when it is installed)."""
+    try:
+        from logstore.postgres.store import redact  # noqa: PLC0415 - psycopg is an optional extra
+    except ImportError:
+        return url.split("://", 1)[0] + "://..."
+    return redact(url)
+
+
+def open_shared(
+    path: str,
+    *,
+    create: bool = True,
+    durability: str = "fsync",
+    schema: str | None = None,
+    max_connections: int | None = None,
+    timeout: float | None = None,
+) -> AnyStore:
     """Open the store at ``path`` for a factory, or share the one this process has open already.
 
-    Raises ``OSError`` (``NotADirectoryError`` for a file, ``FileNotFoundError`` when there is no
-    store and ``create`` is false) and ``OperationalError`` when the store is held exclusively.
-    Each call is paired with one :func:`release_shared`.
+    ``path`` is a store directory or a ``postgresql://`` URL; ``schema``, ``max_connections`` and
+    ``timeout`` are options of a URL only (``None``: the backend's defaults).
+
+    For a directory, raises ``OSError`` (``NotADirectoryError`` for a file, ``FileNotFoundError``
+    when there is no store and ``create`` is false) and ``OperationalError`` when the store is held
+    exclusively. For a URL, raises ``FileNotFoundError`` when the schema holds no store and
+    ``create`` is false, ``OperationalError`` when the server cannot be reached, ``ValueError`` for
+    a bad option, and ``ImportError`` without the extra ``logstore[postgres]``. Each call is paired
+    with one :func:`release_shared`.
     """
+    if is_url(path):
+        return _open_shared_url(path, create, durability, schema, max_connections, timeout)
+    for name, value in (("schema", schema), ("max_connections", max_connections), ("timeout", timeout)):
+        if value is not None:
+            raise ValueError(f"{name} is an option of a postgresql:// URL, and LOGSTORE_PATH {path!r} is a directory")
     real = os.path.realpath(path)
     if os.path.exists(real) and not os.path.isdir(real):
         raise NotADirectoryError(f"LOGSTORE_PATH {path!r} is a file, not a store directory")
     with _shared_lock:
-        entry = _shared.get(real)
+        entry = _shared.get((real,))
         if entry is not None and not entry[0].closed:
-            _shared[real] = (entry[0], entry[1] + 1)
+            _shared[(real,)] = (entry[0], entry[1] + 1)
             return entry[0]
         if not create and not os.path.isdir(os.path.join(real, layout.SEGMENTS)):
             raise FileNotFoundError(
@@ -469,19 +524,79 @@ def open_shared(path: str, *, create: bool = True, durability: str = "fsync") ->
             raise OperationalError(
                 f"LOGSTORE_PATH {path!r}: the store is in use exclusively (by `logstore repair`, say): {e}"
             ) from e
-        _shared[real] = (store, 1)
+        _shared[(real,)] = (store, 1)
         return store
 
 
-def release_shared(store: Store) -> None:
+def _open_shared_url(
+    url: str,
+    create: bool,
+    durability: str,
+    schema: str | None,
+    max_connections: int | None,
+    timeout: float | None,
+) -> AnyStore:
+    """:func:`open_shared` for a URL: the PostgreSQL backend."""
+    shown = _redact(url)
+    if not url.startswith(URL_SCHEMES):
+        raise ValueError(
+            f"LOGSTORE_PATH {shown!r} is a URL of no backend logstore has: give a store directory, "
+            f"or a URL that starts with {' or '.join(URL_SCHEMES)}"
+        )
+    options: dict[str, Any] = {"durability": durability}
+    if schema is not None:
+        options["schema"] = schema
+    if max_connections is not None:
+        options["max_connections"] = max_connections
+    if timeout is not None:
+        options["timeout"] = timeout
+    key = (url, *sorted(options.items()))
+    with _shared_lock:
+        entry = _shared.get(key)
+        if entry is not None and not entry[0].closed:
+            _shared[key] = (entry[0], entry[1] + 1)
+            return entry[0]
+        try:
+            from logstore.postgres import ConnectionLostError, open_postgres  # noqa: PLC0415 - an optional extra
+        except ImportError as e:
+            raise ImportError(
+                f"LOGSTORE_PATH {shown!r}: a PostgreSQL store needs psycopg 3 and psycopg_pool: "
+                f'pip install "logstore[postgres]" ({e})'
+            ) from e
+
+        where = f"LOGSTORE_PATH {shown!r}, schema {options.get('schema', _default_schema())!r}"
+        try:
+            if not create:
+                # Opened read-only, the backend creates nothing and says when the schema holds no store.
+                try:
+                    open_postgres(url, **options, readonly=True).close()
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(
+                        f"{where} holds no logstore store, and CREATE_TABLE is off (set it on to create one)"
+                    ) from e
+            store = open_postgres(url, **options)
+        except ConnectionLostError as e:
+            # The backend's message names the URL (without its password) and the schema.
+            raise OperationalError(f"LOGSTORE_PATH: cannot open the PostgreSQL store at {e}") from e
+        _shared[key] = (store, 1)
+        return store
+
+
+def _default_schema() -> str:
+    from logstore.postgres import DEFAULT_SCHEMA  # noqa: PLC0415 - psycopg is an optional extra
+
+    return DEFAULT_SCHEMA
+
+
+def release_shared(store: AnyStore) -> None:
     """Give back a store from :func:`open_shared`; the last user closes it."""
     with _shared_lock:
-        for real, (held, users) in list(_shared.items()):
+        for key, (held, users) in list(_shared.items()):
             if held is store:
                 if users > 1:
-                    _shared[real] = (held, users - 1)
+                    _shared[key] = (held, users - 1)
                     return
-                del _shared[real]
+                del _shared[key]
                 break
     store.close()
 
@@ -493,13 +608,19 @@ class LogstoreFactory(InfrastructureFactory[LogstoreTrackingRecorder]):
     """Makes the recorders of one application, on the store at ``LOGSTORE_PATH``.
 
     Settings (each may be prefixed with the application's name in upper case, as the library does):
-    ``LOGSTORE_PATH`` (required), ``LOGSTORE_DURABILITY`` (``fsync``, ``batch`` or ``none``),
-    ``CREATE_TABLE`` (create the store if missing; on by default), and the library's own
-    (``CIPHER_TOPIC``, ``CIPHER_KEY``, ``COMPRESSOR_TOPIC``, ``TRACKING_RECORDER_TOPIC``, ...).
+    ``LOGSTORE_PATH`` (required: a store directory, or a ``postgresql://`` URL),
+    ``LOGSTORE_DURABILITY`` (``fsync``, ``batch`` or ``none``), ``CREATE_TABLE`` (create the store if
+    missing; on by default); with a URL also ``LOGSTORE_SCHEMA`` (default ``logstore``),
+    ``LOGSTORE_MAX_CONNECTIONS`` and ``LOGSTORE_TIMEOUT`` (the backend's ``max_connections`` and
+    ``timeout``); and the library's own (``CIPHER_TOPIC``, ``CIPHER_KEY``, ``COMPRESSOR_TOPIC``,
+    ``TRACKING_RECORDER_TOPIC``, ...).
     """
 
     LOGSTORE_PATH = "LOGSTORE_PATH"
     LOGSTORE_DURABILITY = "LOGSTORE_DURABILITY"
+    LOGSTORE_SCHEMA = "LOGSTORE_SCHEMA"
+    LOGSTORE_MAX_CONNECTIONS = "LOGSTORE_MAX_CONNECTIONS"
+    LOGSTORE_TIMEOUT = "LOGSTORE_TIMEOUT"
     CREATE_TABLE = "CREATE_TABLE"
 
     aggregate_recorder_class = LogstoreAggregateRecorder
@@ -512,21 +633,62 @@ class LogstoreFactory(InfrastructureFactory[LogstoreTrackingRecorder]):
         path = self.env.get(self.LOGSTORE_PATH)
         if not path:
             raise OSError(
-                "logstore store directory not found in the environment: set one of "
+                "logstore store not found in the environment: set one of "
                 + ", ".join(self.env.create_keys(self.LOGSTORE_PATH))
-            )
-        if "://" in path:
-            raise OSError(
-                f"LOGSTORE_PATH {path!r} is a URL: this version of logstore.eventsourcing stores in a directory "
-                "(the embedded engine); set LOGSTORE_PATH to a store directory"
+                + " to a store directory or a postgresql:// URL"
             )
         durability = self.env.get(self.LOGSTORE_DURABILITY) or "fsync"
         if durability not in ("fsync", "batch", "none"):
             raise OSError(f"{self.LOGSTORE_DURABILITY} must be 'fsync', 'batch' or 'none', got {durability!r}")
+        url_only, keys = self._url_settings()
+        if url_only and not is_url(path):
+            raise OSError(
+                f"{', '.join(keys)}: settings of a postgresql:// LOGSTORE_PATH, "
+                f"and LOGSTORE_PATH {path!r} is a store directory"
+            )
+        if is_url(path) and not path.startswith(URL_SCHEMES):
+            raise OSError(
+                f"LOGSTORE_PATH {_redact(path)!r} is a URL of no backend logstore has: set it to a store "
+                f"directory, or to a URL that starts with {' or '.join(URL_SCHEMES)}"
+            )
         self.prefix = self.env.name.lower() or "stored"
-        self.store: Store | None = open_shared(path, create=self.env_create_table(), durability=durability)
+        try:
+            self.store: AnyStore | None = open_shared(
+                path, create=self.env_create_table(), durability=durability, **url_only
+            )
+        except ValueError as e:  # a bad schema name, say
+            raise OSError(f"LOGSTORE_PATH {_redact(path)!r}: {e}") from e
 
-    def _store(self) -> Store:
+    def _url_settings(self) -> tuple[dict[str, Any], list[str]]:
+        """The settings of a URL that are set, as options of :func:`open_shared`, and their keys.
+
+        ``OSError`` for a bad value.
+        """
+        found: dict[str, Any] = {}
+        keys: list[str] = []
+        schema = self.env.get(self.LOGSTORE_SCHEMA)
+        if schema:
+            found["schema"] = schema
+            keys.append(self.LOGSTORE_SCHEMA)
+        for key, name, kind in (
+            (self.LOGSTORE_MAX_CONNECTIONS, "max_connections", int),
+            (self.LOGSTORE_TIMEOUT, "timeout", float),
+        ):
+            text = self.env.get(key)
+            if not text:
+                continue
+            try:
+                value = kind(text)
+            except ValueError:
+                value = None
+            if value is None or not 0 < value < float("inf"):
+                what = "a whole number >= 1" if kind is int else "a positive number of seconds"
+                raise OSError(f"{key} must be {what}, got {text!r}")
+            found[name] = value
+            keys.append(key)
+        return found, keys
+
+    def _store(self) -> AnyStore:
         if self.store is None:
             raise OperationalError("the infrastructure factory is closed")
         return self.store

@@ -5,11 +5,12 @@ their own; events, notifications and tracking are written in one transaction; sn
 out of the notification log; a save that lost a race to the same originator gets
 ``IntegrityError`` or goes through, as the versions decide; ``select_events`` bounds hold on long
 streams; a subscription wakes on a commit made by another process, and ``wait`` on a tracking
-record.
+record. Each class runs on both backends (the ``...OnPostgres`` variants).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ from logstore.eventsourcing import (
     LogstoreTrackingRecorder,
 )
 from logstore.tx import Tx
-from tests.eventsourcing.base import StoreCase
+from tests.eventsourcing.base import StoreCase, add_postgres_variants
 from tests.helpers import child_env
 
 
@@ -97,7 +98,7 @@ def test_importing_logstore_does_not_import_the_library() -> None:
 
 class TestApplications(StoreCase):
     def env(self, **more: str) -> dict[str, str]:
-        return {"PERSISTENCE_MODULE": "logstore.eventsourcing", "LOGSTORE_PATH": self.store_path, **more}
+        return {"PERSISTENCE_MODULE": "logstore.eventsourcing", **self.settings, **more}
 
     def test_applications_in_one_store_keep_their_own_streams_and_notification_ids(self) -> None:
         kennel = Kennel(env=self.env())
@@ -239,18 +240,21 @@ class TestSubscription(StoreCase):
         self.assertTrue(waiting.wait(30))
         writer = textwrap.dedent(
             f"""
-            import sys, uuid
+            import json, sys, uuid
             import logstore
             from eventsourcing.persistence import StoredEvent
             from logstore.eventsourcing import LogstoreApplicationRecorder
-            with logstore.open(sys.argv[1]) as store:
+            settings = json.loads(sys.argv[1])
+            options = {{"schema": settings["LOGSTORE_SCHEMA"]}} if "LOGSTORE_SCHEMA" in settings else {{}}
+            with logstore.open(settings["LOGSTORE_PATH"], **options) as store:
                 recorder = LogstoreApplicationRecorder(store)
                 oid = uuid.UUID({str(originator)!r})
                 recorder.insert_events([StoredEvent(oid, 1, "other", b"1")])
                 recorder.insert_events([StoredEvent(oid, 2, "wanted", b"2")])
             """
         )
-        subprocess.run([sys.executable, "-c", writer, self.store_path], env=child_env(), timeout=60, check=True)
+        command = [sys.executable, "-c", writer, json.dumps(self.settings)]
+        subprocess.run(command, env=child_env(), timeout=60, check=True)
         follower.join(30)
         if follower.is_alive():
             subscription.stop()
@@ -331,3 +335,6 @@ class TestWait(StoreCase):
             recorder.wait("upstream", 4, timeout=0.01)
         self.assertIn("'upstream'", str(cm.exception))
         self.assertIn("last processed: 3", str(cm.exception))
+
+
+add_postgres_variants(globals())

@@ -2,7 +2,8 @@
 
 Each class subclasses a test case of ``eventsourcing.tests.persistence`` and only says how to
 make the recorder; the library's assertions are the judge. The base classes are deleted at the
-end so that pytest does not collect them on their own.
+end so that pytest does not collect them on their own. Each class runs on both backends (the
+``...OnPostgres`` variants).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from logstore.eventsourcing import (
     LogstoreProcessRecorder,
     LogstoreTrackingRecorder,
 )
-from tests.eventsourcing.base import StoreCase
+from tests.eventsourcing.base import StoreCase, add_postgres_variants
 
 
 class TestAggregateRecorder(StoreCase, AggregateRecorderTestCase):
@@ -78,3 +79,5 @@ del ApplicationRecorderTestCase
 del NonInterleavingNotificationIDsBaseCase
 del ProcessRecorderTestCase
 del TrackingRecorderTestCase
+
+add_postgres_variants(globals())
