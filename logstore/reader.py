@@ -32,7 +32,8 @@ PREFETCH = 256
 """Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
 
 
-def _check_timeout(timeout: object) -> None:
+def check_timeout(timeout: object) -> None:
+    """Raise for a ``timeout`` that is not None or a number of seconds >= 0 (every backend's readers)."""
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
@@ -207,7 +208,7 @@ class _Reader:
         ever) and :class:`~logstore.StreamClosedError` if the stream or its
         store is closed, including from another thread while waiting.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         pub = self._pub
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -231,7 +232,7 @@ class _Reader:
         ``timeout`` raises ``TimeoutError``; closing the stream raises
         :class:`~logstore.StreamClosedError`.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         if self._advance():
             return self.get()

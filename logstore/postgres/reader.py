@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope, decode
 from logstore.errors import StreamClosedError
+from logstore.reader import check_timeout
 
 if TYPE_CHECKING:
     from logstore.postgres.store import PostgresStore
@@ -35,16 +36,6 @@ PREFETCH = 256
 
 # One fetched message: (offset, global offset, stream name, stream offset, envelope).
 Row = tuple[int, int, str, int, Envelope]
-
-
-def _check_timeout(timeout: object) -> None:
-    """Raise as the embedded readers do for a ``timeout`` that is not None or a number of seconds >= 0."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
 
 
 class _Reader:
@@ -131,7 +122,7 @@ class _Reader:
         :class:`~logstore.StreamClosedError` if the stream or its store is closed, also from another
         thread while waiting.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         signal = self._store._signal
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -150,7 +141,7 @@ class _Reader:
         The queries run in a worker thread, so the event loop never waits on the server. ``timeout``
         raises ``TimeoutError``; closing the stream raises :class:`~logstore.StreamClosedError`.
         """
-        _check_timeout(timeout)
+        check_timeout(timeout)
         self._check_open()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
