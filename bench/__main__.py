@@ -704,6 +704,15 @@ def pg_markdown(report: dict[str, Any], rows: dict[tuple[str, str, str], dict[st
     return out
 
 
+def _latency_head(workload: str) -> str:
+    """The latency columns of a workload's Markdown table (PG: commit latency of writes, wake-up of the wake-ups)."""
+    if workload == "PG":
+        return " p50 latency | p99 latency | max latency |"
+    if workload == "W10":
+        return " wake-up p50 | wake-up p99 | wake-up max |"
+    return " commit p50 | commit p99 |"
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     out = [
@@ -748,7 +757,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             last = " records scanned at open (median) |" if scanned is not None else ""
             wake = workload in ("W10", "PG")
             if latency:
-                last += " wake-up p50 | wake-up p99 | wake-up max |" if wake else " commit p50 | commit p99 |"
+                last += _latency_head(workload)
             out += [
                 "",
                 f"### {workload}",
