@@ -1,15 +1,17 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, on identical envelopes, each
+does) on logstore, sqlite3 and LMDB in one run, and the group PG, logstore's
+PostgreSQL backend beside two peers on one server (skipped, saying why, when
+the server of ``LOGSTORE_BENCH_PG`` does not answer), on identical envelopes, each
 measurement in a fresh process (``bench/workloads.py``; W10's readers are
 processes of their own beside the writer's), the stores taking turns going
 first. Prints a table of medians with min and max, commit and wake-up
 latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
 Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
 measured. ``--quick`` is a smoke run of under a minute; the full run takes
-seven to eight minutes on two cores (W10 under one) and needs about 8 GB of
-disk.
+eleven to twelve minutes on two cores (W10 under one, PG about four) and
+needs about 8 GB of disk.
 """
 
 from __future__ import annotations
