@@ -559,7 +559,7 @@ def pg_reachable() -> str | None:
     try:
         psycopg.connect(PG_URL, connect_timeout=3).close()
     except psycopg.Error as exc:
-        return f"cannot connect to {PG_URL} (set LOGSTORE_BENCH_PG to another server): {str(exc).strip()}"
+        return f"cannot connect to {PG_URL} (set LOGSTORE_BENCH_PG to another server): {' '.join(str(exc).split())}"
     return None
 
 
@@ -641,7 +641,7 @@ def text_report(report: dict[str, Any]) -> str:
         f"xxhash {m['xxhash']}, SQLite {m['sqlite']}, {m['lmdb']}",
         "",
     ]
-    width = max(len(s["name"]) for s in report["results"])
+    width = max((len(s["name"]) for s in report["results"]), default=len("benchmark"))
     head = f"{'benchmark':<{width}}  {'median':>12}  {'min':>12}  {'max':>12}  unit        p50 ms   p99 ms"
     workload = None
     for s in report["results"]:
