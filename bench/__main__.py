@@ -9,7 +9,7 @@ processes of their own beside the writer's), the stores taking turns going
 first. Prints a table of medians with min and max, commit and wake-up
 latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
 Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
-measured. ``--quick`` is a smoke run of under a minute; the full run takes
+measured. ``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run takes
 eleven to twelve minutes on two cores (W10 under one, PG about four) and
 needs about 8 GB of disk.
 """
@@ -824,7 +824,7 @@ def write_markdown(path: str, tables: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (about a minute)")
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3 (default: all)")
     parser.add_argument("--stores", default=",".join(PEERS), help="comma-separated stores (default: all)")
     parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 1 quick, 5 full)")
