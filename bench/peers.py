@@ -50,12 +50,13 @@ schema named after its directory (``pg_schema``), dropped afterwards:
   lock so that notification ids are in commit order. Scans page through
   ``select_notifications``; the tail polls ``max_notification_id()``.
 - ``pg-plain``: one table shaped like Ax's MySQL message store, on psycopg 3
-  directly (a ``psycopg_pool`` of 10 connections): the global offset taken
-  from a counter row updated inside the transaction (its row lock is held
-  to commit, so offsets are gap-free and in commit order), the stream's head
-  checked after that, ``UNIQUE(stream, stream_offset)``, the envelope's
-  fields as columns (times as ``timestamptz``, the message msgpack-encoded
-  in ``data``). Its tail polls the counter row.
+  directly (a ``psycopg_pool`` of up to 10 connections, opened as needed
+  from 1 as logstore's are): the global offset taken from a counter row
+  updated inside the transaction (its row lock is held to commit, so offsets
+  are gap-free and in commit order), the stream's head checked after that,
+  ``UNIQUE(stream, stream_offset)``, the envelope's fields as columns (times
+  as ``timestamptz``, the message msgpack-encoded in ``data``). Its tail
+  polls the counter row.
 
 Both PostgreSQL peers commit with the server's ``synchronous_commit`` (on):
 durable when ``append`` returns, as ``pg``'s ``durability="fsync"``.
