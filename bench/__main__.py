@@ -1,15 +1,17 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, on identical envelopes, each
+does) on logstore, sqlite3 and LMDB in one run, and the group PG, logstore's
+PostgreSQL backend beside two peers on one server (skipped, saying why, when
+the server of ``LOGSTORE_BENCH_PG`` does not answer), on identical envelopes, each
 measurement in a fresh process (``bench/workloads.py``; W10's readers are
 processes of their own beside the writer's), the stores taking turns going
 first. Prints a table of medians with min and max, commit and wake-up
 latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
 Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
-measured. ``--quick`` is a smoke run of under a minute; the full run takes
-seven to eight minutes on two cores (W10 under one) and needs about 8 GB of
-disk.
+measured. ``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run takes
+eleven to twelve minutes on two cores (W10 under one, PG about four) and
+needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.machine import machine_facts
-from bench.peers import PEERS
+from bench.peers import PEERS, PG_PEERS, PG_URL, pg_drop_schemas, pg_schema, pg_schema_prefix, pg_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 300
@@ -57,6 +59,13 @@ class Plan:
     w10_readers: tuple[int, ...]
     w10_idle_seconds: float
     w10_repeat: int
+    pg_repeat: int
+    pg_w1_messages: int
+    pg_w2_per_thread: int
+    pg_w2_commits: int
+    pg_w4_streams: int
+    pg_w4_loads: int
+    pg_tail_commits: int
 
 
 QUICK = Plan(
@@ -78,6 +87,13 @@ QUICK = Plan(
     w10_readers=(1, 8),
     w10_idle_seconds=0.5,
     w10_repeat=1,
+    pg_repeat=1,
+    pg_w1_messages=2_000,
+    pg_w2_per_thread=25,
+    pg_w2_commits=25,
+    pg_w4_streams=200,
+    pg_w4_loads=100,
+    pg_tail_commits=20,
 )
 FULL = Plan(
     repeat=5,
@@ -98,8 +114,15 @@ FULL = Plan(
     w10_readers=(1, 8),
     w10_idle_seconds=3.0,
     w10_repeat=2,
+    pg_repeat=3,
+    pg_w1_messages=50_000,
+    pg_w2_per_thread=250,
+    pg_w2_commits=500,
+    pg_w4_streams=2_000,
+    pg_w4_loads=1_000,
+    pg_tail_commits=200,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG")
 W10_WARMUP = 10
 """Commits of a W10 run that readers take before the measured ones (the first wait starts logstore's watcher)."""
 
@@ -469,11 +492,84 @@ def w10(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
                 )
 
 
+def pg(r: Runner, plan: Plan) -> None:
+    """The PG group: logstore's PostgreSQL backend and two peers on one server, each run in a fresh schema.
+
+    W1-like append (100 envelopes per transaction), W2-like one-envelope
+    transactions from 8 threads of one process and from 4 processes (W9's
+    driver), W4-like event sourcing (write, then loads), and the wake-up
+    latency of one tailing reader in another process (W10's driver).
+    """
+    stores, repeat = PG_PEERS, plan.pg_repeat
+
+    def runs(label: str, workload: str, **params: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        for _rep, store in rotations(stores, repeat):
+            path = r.fresh_dir(f"pg{label}-{store}")
+            try:
+                yield store, r.run({"workload": workload, "store": store, "dir": path, **params, "size": SIZE})
+            finally:
+                pg_drop_schemas(pg_schema(path))
+
+    n = plan.pg_w1_messages
+    for store, res in runs("w1", "append", messages=n, batch=100, verify=True):
+        name = f"append/batch=100/size={SIZE}B/messages={human(n)}/store={store}"
+        r.record("PG", name, store, "msg/s", n / res["seconds"], latency=res["latency"])
+    t, per = 8, plan.pg_w2_per_thread
+    for store, res in runs("w2", "threads", threads=t, per_thread=per):
+        name = f"append/threads={t}/batch=1/size={SIZE}B/commits={human(t * per)}/store={store}"
+        r.record("PG", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
+    c = plan.pg_w2_commits
+    for store, res in runs("w9", "procs", procs=4, commits=c, batch=1):
+        name = f"append/processes=4/batch=1/size={SIZE}B/commits={human(c)}-each/store={store}"
+        r.record("PG", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
+    s, loads = plan.pg_w4_streams, plan.pg_w4_loads
+    for store, res in runs("w4", "event_sourcing", streams=s, per_stream=5, loads=loads):
+        base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
+        r.record(
+            "PG",
+            f"es-write/{base}/store={store}",
+            store,
+            "msg/s",
+            res["messages"] / res["write_seconds"],
+            latency=res["latency"],
+        )
+        record_loads(r, "PG", f"es-load/{base}", store, loads, res)
+    commits = plan.pg_tail_commits
+    spec = {"readers": [1], "commits": commits, "warmup": W10_WARMUP}
+    for store, res in runs("tail", "tail", **spec):
+        lat = res["phases"][0]["latency"]
+        r.record(
+            "PG",
+            f"wake-up/readers=1/batch=1/size={SIZE}B/commits={human(commits)}/store={store}",
+            store,
+            "ms",
+            lat["p50"] * 1e3,
+            False,
+            latency=lat,
+            extra={"samples": lat["count"], "before_commit_returned": res["phases"][0]["before_commit_returned"]},
+        )
+
+
+def pg_reachable() -> str | None:
+    """None when the PostgreSQL server of the PG group answers; else why not."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc})"
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"cannot connect to {PG_URL} (set LOGSTORE_BENCH_PG to another server): {' '.join(str(exc).split())}"
+    return None
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 
 def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """logstore against each peer, per benchmark family: how many times better logstore's median is.
+
+    In the PG group logstore is ``pg``, its PostgreSQL backend, and the peers are the other PG stores.
 
     Where higher is better the ratio is logstore / peer, where lower is better (times, latencies, CPU)
     peer / logstore: above 1, logstore is better either way. ``of`` names the figure compared: the
@@ -484,12 +580,13 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_family.setdefault(s["name"].rsplit("/store=", 1)[0], {})[s["store"]] = s
     out = []
     for family, stores in by_family.items():
-        ours = stores.get("logstore")
+        us = "pg" if "pg" in stores else "logstore"
+        ours = stores.get(us)
         if ours is None or ours["workload"] == "W6":
             continue
-        wake = ours["workload"] == "W10" and "latency_p99" in ours
+        wake = family.startswith("wake-up/") and "latency_p99" in ours
         for peer, theirs in stores.items():
-            if peer == "logstore":
+            if peer == us:
                 continue
             figures = [("p50" if wake else "median", ours["median"], theirs["median"])]
             if wake and "latency_p99" in theirs:
@@ -505,7 +602,7 @@ def ratios(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "of": of,
                         "peer": peer,
                         "ratio": ratio,
-                        "direction": "logstore / peer" if ours["higher_is_better"] else "peer / logstore",
+                        "direction": f"{us} / peer" if ours["higher_is_better"] else f"peer / {us}",
                     }
                 )
     return out
@@ -544,7 +641,7 @@ def text_report(report: dict[str, Any]) -> str:
         f"xxhash {m['xxhash']}, SQLite {m['sqlite']}, {m['lmdb']}",
         "",
     ]
-    width = max(len(s["name"]) for s in report["results"])
+    width = max((len(s["name"]) for s in report["results"]), default=len("benchmark"))
     head = f"{'benchmark':<{width}}  {'median':>12}  {'min':>12}  {'max':>12}  unit        p50 ms   p99 ms"
     workload = None
     for s in report["results"]:
@@ -568,14 +665,54 @@ def text_report(report: dict[str, Any]) -> str:
             e = statistics.median(extra["envelope_bytes_per_message"])
             a = statistics.median(extra["allocated_bytes_per_message"])
             lines.append(f"{'':<{width}}  disk {d:,.1f} B/msg ({d / e:.2f}x envelope bytes), allocated {a:,.1f} B/msg")
+    if "pg_settings" in report:
+        settings = ", ".join(f"{k} {v}" for k, v in report["pg_settings"].items())
+        lines += ["", f"PG server {report['pg_url']}: {settings}"]
+    for workload, why in report.get("skipped", {}).items():
+        lines += ["", f"{workload} skipped: {why}"]
     lines += [
         "",
         "ratios logstore / peer (of the medians; above 1: logstore is better; where lower is better,",
-        "open times, W10 wake-up latencies and idle CPU, the ratio is peer / logstore)",
+        "open times, W10 wake-up latencies and idle CPU, the ratio is peer / logstore; PG: pg / peer)",
     ]
     for x in report["ratios"]:
         lines.append(f"{x['workload']:<3}  {_label(x):<{width + 6}}  vs {x['peer']:<7} {_ratio(x['ratio']):>7}")
     return "\n".join(lines)
+
+
+def pg_markdown(report: dict[str, Any], rows: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+    """The PG group's ratio table, its server's settings, and what was skipped, as Markdown lines."""
+    out: list[str] = []
+    pg_rows = {k: v for k, v in rows.items() if k[0] == "PG"}
+    if pg_rows:
+        out += [
+            "",
+            "### Ratios on PostgreSQL: pg / peer",
+            "",
+            "`pg` is logstore's PostgreSQL backend; above 1 means it is better (for the wake-up, peer / pg).",
+            "",
+            "| benchmark | vs pg-eventsourcing | vs pg-plain |",
+            "|---|---:|---:|",
+        ]
+        for (_w, bench, of), peers in pg_rows.items():
+            cells = [_ratio(peers[p]) if p in peers else "" for p in ("pg-eventsourcing", "pg-plain")]
+            figure = "" if of == "median" else f" {of}"
+            out.append(f"| `{bench}`{figure} | {cells[0]} | {cells[1]} |")
+        if "pg_settings" in report:
+            out += ["", "PostgreSQL server settings:", "", "| setting | value |", "|---|---|"]
+            out += [f"| `{k}` | {v} |" for k, v in report["pg_settings"].items()]
+    for workload, why in report.get("skipped", {}).items():
+        out += ["", f"{workload} skipped: {why}"]
+    return out
+
+
+def _latency_head(workload: str) -> str:
+    """The latency columns of a workload's Markdown table (PG: commit latency of writes, wake-up of the wake-ups)."""
+    if workload == "PG":
+        return " p50 latency | p99 latency | max latency |"
+    if workload == "W10":
+        return " wake-up p50 | wake-up p99 | wake-up max |"
+    return " commit p50 | commit p99 |"
 
 
 def markdown_report(report: dict[str, Any]) -> str:
@@ -606,9 +743,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     for x in report["ratios"]:
         rows.setdefault((x["workload"], x["benchmark"], x["of"]), {})[x["peer"]] = x["ratio"]
     for (w, bench, of), peers in rows.items():
+        if w == "PG":
+            continue
         cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb")]
         figure = "" if of == "median" else f" {of}"
         out.append(f"| {w} | `{bench}`{figure} | {cells[0]} | {cells[1]} |")
+    out += pg_markdown(report, rows)
     workload = None
     for s in report["results"]:
         scanned = s.get("extra", {}).get("records_scanned")
@@ -617,9 +757,9 @@ def markdown_report(report: dict[str, Any]) -> str:
             same = [x for x in report["results"] if x["workload"] == workload]
             latency = any("latency_p50" in x for x in same)
             last = " records scanned at open (median) |" if scanned is not None else ""
-            wake = workload == "W10"
+            wake = workload in ("W10", "PG")
             if latency:
-                last += " wake-up p50 | wake-up p99 | wake-up max |" if wake else " commit p50 | commit p99 |"
+                last += _latency_head(workload)
             out += [
                 "",
                 f"### {workload}",
@@ -684,7 +824,7 @@ def write_markdown(path: str, tables: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (about a minute)")
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3 (default: all)")
     parser.add_argument("--stores", default=",".join(PEERS), help="comma-separated stores (default: all)")
     parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 1 quick, 5 full)")
@@ -710,36 +850,59 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_workloads(
+    r: Runner, plan: Plan, want: set[str], stores: Sequence[str], skipped: dict[str, str]
+) -> dict[str, str]:
+    """Run the workloads in ``want``; the PG server's settings if the PG group ran, else {}.
+
+    A group that cannot run (PG without its server) is named in ``skipped`` with the reason, and said on stderr.
+    """
+    settings: dict[str, str] = {}
+    if want & {"W1", "W3", "W6"}:
+        w1_w3_w6(r, plan, stores, want)
+    if "W2" in want:
+        w2(r, plan, stores)
+    if want & {"W4", "W6"}:
+        w4_w6(r, plan, stores, want)
+    if want & {"W5", "W6"}:
+        w5(r, plan, want)
+    if "W7" in want:
+        w7(r, plan, stores)
+    if "W8" in want:
+        w8(r, plan, stores)
+    if "W9" in want:
+        w9(r, plan, stores)
+    if "W10" in want:
+        w10(r, plan, stores)
+    if "PG" in want:
+        why = pg_reachable()
+        if why is None:
+            settings = pg_settings()
+            pg(r, plan)
+        else:
+            skipped["PG"] = why
+            print(f"PG skipped: {why}", file=sys.stderr)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.repeat is not None:
-        plan = Plan(**{**plan.__dict__, "repeat": args.repeat})
+        plan = Plan(**{**plan.__dict__, "repeat": args.repeat, "pg_repeat": args.repeat})
     os.makedirs(args.dir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="logstore-bench-", dir=args.dir)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.perf_counter()
     r = Runner(base, args.verbose)
     want, stores = args.want, args.store_list
+    skipped: dict[str, str] = {}
     try:
-        if want & {"W1", "W3", "W6"}:
-            w1_w3_w6(r, plan, stores, want)
-        if "W2" in want:
-            w2(r, plan, stores)
-        if want & {"W4", "W6"}:
-            w4_w6(r, plan, stores, want)
-        if want & {"W5", "W6"}:
-            w5(r, plan, want)
-        if "W7" in want:
-            w7(r, plan, stores)
-        if "W8" in want:
-            w8(r, plan, stores)
-        if "W9" in want:
-            w9(r, plan, stores)
-        if "W10" in want:
-            w10(r, plan, stores)
+        settings = run_workloads(r, plan, want, stores, skipped)
         machine = machine_facts(base)
     finally:
+        if "PG" in want and "PG" not in skipped and pg_reachable() is None:
+            pg_drop_schemas(pg_schema_prefix(base))  # what a failed run left
         shutil.rmtree(base, ignore_errors=True)
     summaries = sorted((res.summary() for res in r.results.values()), key=lambda s: WORKLOADS.index(s["workload"]))
     report = {
@@ -751,6 +914,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": summaries,
         "ratios": ratios(summaries),
     }
+    if settings:
+        report.update(pg_url=PG_URL, pg_settings=settings)
+    if skipped:
+        report["skipped"] = skipped
     if args.markdown:
         write_markdown(args.markdown, markdown_report(report))
     print(json.dumps(report, indent=1) if args.json else text_report(report))

@@ -30,6 +30,37 @@ wake another process, so theirs look for new rows every millisecond (sqlite:
 the message table in a read transaction of a read-only environment) and
 then read and decode them.
 
+On PostgreSQL (the ``PG`` workload group; ``PG_URL``, by default the
+server at 127.0.0.1:5432, database ``test``), each measurement has a fresh
+schema named after its directory (``pg_schema``), dropped afterwards:
+
+- ``pg``: ``logstore.open(PG_URL, schema=..., durability="fsync")``, the
+  PostgreSQL backend with its other defaults; its tail is a read-only
+  store's ``open_global`` reader, whose ``next()`` sleeps until a commit's
+  notification wakes it.
+- ``pg-eventsourcing``: the eventsourcing library's
+  ``PostgresApplicationRecorder`` on its ``PostgresDatastore`` (a pool of 10
+  connections, as logstore's), in the schema. A stream is an originator
+  (``uuid5`` of its name), a stream offset its ``originator_version``, the
+  envelope's seven fields msgpack-encoded as the stored event's state. The
+  recorder checks offsets with its ``UNIQUE(originator_id,
+  originator_version)`` constraint (an offset already taken raises; an
+  offset past the head is not caught, as the library does not look for
+  gaps) and serialises inserting transactions with an ``EXCLUSIVE`` table
+  lock so that notification ids are in commit order. Scans page through
+  ``select_notifications``; the tail polls ``max_notification_id()``.
+- ``pg-plain``: one table shaped like Ax's MySQL message store, on psycopg 3
+  directly (a ``psycopg_pool`` of up to 10 connections, opened as needed
+  from 1 as logstore's are): the global offset taken from a counter row
+  updated inside the transaction (its row lock is held to commit, so offsets
+  are gap-free and in commit order), the stream's head checked after that,
+  ``UNIQUE(stream, stream_offset)``, the envelope's fields as columns (times
+  as ``timestamptz``, the message msgpack-encoded in ``data``). Its tail
+  polls the counter row.
+
+Both PostgreSQL peers commit with the server's ``synchronous_commit`` (on):
+durable when ``append`` returns, as ``pg``'s ``durability="fsync"``.
+
 All three use one handle from every thread: logstore's store is thread-safe,
 sqlite's connection is shared under a ``threading.Lock`` (a Python lock hands
 the connection over faster than SQLite's own busy-wait between connections),
@@ -38,21 +69,33 @@ and LMDB serialises write transactions itself.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 import logstore
 from logstore import Envelope, OffsetConflictError
 
+if TYPE_CHECKING:
+    from logstore.postgres import PostgresStore
+
 PEERS = ("logstore", "sqlite", "lmdb")
+PG_PEERS = ("pg", "pg-eventsourcing", "pg-plain")
+"""The stores of the ``PG`` workload group, on one PostgreSQL server; not among the embedded workloads' stores."""
+PG_URL = os.environ.get("LOGSTORE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_POOL = 10
+"""Connections of each PostgreSQL peer's pool (logstore's ``max_connections`` default)."""
 
 LMDB_MAP_SIZE = 1 << 40  # address space only: the file grows with what is written
 
@@ -395,6 +438,342 @@ class LmdbTail(PollingTail):
         self.env.close()
 
 
+# -- PostgreSQL (the PG workload group) ----------------------------------------------------------
+
+
+def pg_schema_prefix(base: str) -> str:
+    """The prefix of every schema the run whose directories are under ``base`` makes."""
+    return "bench_" + re.sub(r"[^a-z0-9]+", "_", os.path.basename(os.path.normpath(base)).lower()) + "_"
+
+
+def pg_schema(path: str) -> str:
+    """The schema of the PostgreSQL store at measurement directory ``path``: named after it, 63 bytes at most."""
+    path = os.path.normpath(path)
+    name = pg_schema_prefix(os.path.dirname(path)) + re.sub(r"[^a-z0-9]+", "_", os.path.basename(path).lower())
+    if len(name) > 63:
+        name = name[:50] + "_" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def pg_connect(autocommit: bool = True) -> Any:
+    """A psycopg connection to :data:`PG_URL`."""
+    import psycopg
+
+    return psycopg.connect(PG_URL, autocommit=autocommit, connect_timeout=5)
+
+
+def pg_drop_schemas(prefix: str) -> list[str]:
+    """Drop every schema whose name starts with ``prefix``; the names dropped."""
+    with pg_connect() as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s) ORDER BY nspname", (prefix,)
+            )
+        ]
+        for name in names:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return names
+
+
+def pg_table_exists(schema: str, table: str) -> bool:
+    """Whether ``schema.table`` exists (the first open of a store makes it; later ones, perhaps concurrent, do not)."""
+    with pg_connect() as conn:
+        row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()
+        return row is not None and row[0] is not None
+
+
+def pg_settings() -> dict[str, str]:
+    """The server's version and the settings that bear on commit and write speed."""
+    names = (
+        "server_version",
+        "synchronous_commit",
+        "fsync",
+        "wal_sync_method",
+        "full_page_writes",
+        "wal_level",
+        "wal_buffers",
+        "wal_writer_delay",
+        "commit_delay",
+        "shared_buffers",
+        "max_wal_size",
+        "checkpoint_timeout",
+        "max_connections",
+    )
+    with pg_connect() as conn:
+        return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}
+
+
+class PgPeer(Peer):
+    """logstore's PostgreSQL backend."""
+
+    name = "pg"
+
+    def __init__(self, path: str, mode: str = "sync") -> None:
+        self.store: PostgresStore = logstore.open(
+            PG_URL, schema=pg_schema(path), durability="fsync" if mode == "sync" else "batch"
+        )
+
+    def append(self, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
+        store = self.store
+        tx, committer = store.begin_tx()
+        store.append_messages(tx, stream, offset, envs)
+        committer.commit()
+
+    def append_many(self, appends: Sequence[tuple[str, int, Sequence[Envelope]]]) -> None:
+        store = self.store
+        tx, committer = store.begin_tx()
+        for stream, offset, envs in appends:
+            store.append_messages(tx, stream, offset, envs)
+        committer.commit()
+
+    def load(self, stream: str) -> list[Envelope]:
+        reader, _found = self.store.open_stream(self.store, stream, 0)
+        with reader:
+            return list(reader)
+
+    def scan(self) -> Iterator[Envelope]:
+        with self.store.open_global(self.store, 0) as reader:
+            yield from reader
+
+    def close(self) -> None:
+        self.store.close()
+
+
+_ES_NAMESPACE = uuid.UUID("6f1c1a52-3f0e-4b8e-9a57-0b1d2a3c4e5f")
+_ES_TOPIC = "bench:Envelope"
+
+
+def _es_envelope(state: bytes) -> Envelope:
+    return Envelope(*_unpack(state))
+
+
+class EventsourcingPeer(Peer):
+    """eventsourcing's ``PostgresApplicationRecorder``: stream -> originator, stream offset -> version."""
+
+    name = "pg-eventsourcing"
+
+    def __init__(self, path: str, mode: str = "sync") -> None:
+        from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+        if mode != "sync":
+            raise ValueError("pg-eventsourcing: only sync mode (synchronous_commit on) is measured")
+        schema = pg_schema(path)
+        exists = pg_table_exists(schema, "stored_events")
+        if not exists:
+            with pg_connect() as conn:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        info = urllib.parse.urlsplit(PG_URL)
+        self.datastore = PostgresDatastore(
+            dbname=info.path.lstrip("/"),
+            host=info.hostname or "127.0.0.1",
+            port=info.port or 5432,
+            user=info.username or "postgres",
+            password=info.password or "",
+            schema=schema,
+            pool_size=PG_POOL,
+            max_waiting=0,
+        )
+        self.recorder = PostgresApplicationRecorder(self.datastore)
+        if not exists:
+            self.recorder.create_table()
+
+    def append_many(self, appends: Sequence[tuple[str, int, Sequence[Envelope]]]) -> None:
+        from eventsourcing.persistence import IntegrityError, StoredEvent
+
+        events = [
+            StoredEvent(uuid.uuid5(_ES_NAMESPACE, stream), offset + i, _ES_TOPIC, _pack(tuple(e)))
+            for stream, offset, envs in appends
+            for i, e in enumerate(envs)
+        ]
+        try:
+            self.recorder.insert_events(events)
+        except IntegrityError:
+            stream, offset, _envs = appends[0]
+            found = self.recorder.select_events(uuid.uuid5(_ES_NAMESPACE, stream), desc=True, limit=1)
+            raise OffsetConflictError(stream, found[0].originator_version + 1 if found else 0, offset) from None
+
+    def load(self, stream: str) -> list[Envelope]:
+        return [_es_envelope(e.state) for e in self.recorder.select_events(uuid.uuid5(_ES_NAMESPACE, stream))]
+
+    def scan(self) -> Iterator[Envelope]:
+        start: int | None = None
+        while True:
+            page = self.recorder.select_notifications(start, PG_PAGE, inclusive_of_start=False)
+            if not page:
+                return
+            for n in page:
+                yield _es_envelope(n.state)
+            start = page[-1].id
+
+    def close(self) -> None:
+        self.datastore.close()
+
+
+PG_PAGE = 1000
+"""Rows a PostgreSQL peer's scan or tail fetches per query."""
+
+PLAIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {s}.counter(
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    next_offset bigint NOT NULL
+);
+INSERT INTO {s}.counter(next_offset) VALUES (0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS {s}.messages(
+    global_offset bigint PRIMARY KEY,
+    stream text NOT NULL,
+    stream_offset bigint NOT NULL,
+    message_id text NOT NULL,
+    causation_id text NOT NULL,
+    correlation_id text NOT NULL,
+    created_at timestamptz NOT NULL,
+    send_at timestamptz NOT NULL,
+    type text NOT NULL,
+    data bytea NOT NULL,
+    UNIQUE(stream, stream_offset)
+)
+"""
+PLAIN_TAKE = "UPDATE {s}.counter SET next_offset = next_offset + %s RETURNING next_offset - %s"
+PLAIN_HEAD = "SELECT max(stream_offset) FROM {s}.messages WHERE stream = %s"
+PLAIN_INSERT = (
+    "INSERT INTO {s}.messages(global_offset, stream, stream_offset, message_id, causation_id, correlation_id,"
+    " created_at, send_at, type, data) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+PLAIN_LOAD = f"SELECT {_COLUMNS} FROM {{s}}.messages WHERE stream = %s ORDER BY stream_offset"
+PLAIN_FROM = f"SELECT {_COLUMNS} FROM {{s}}.messages WHERE global_offset >= %s ORDER BY global_offset LIMIT %s"
+PLAIN_COUNT = "SELECT next_offset FROM {s}.counter"
+
+
+def _plain_envelopes(rows: Iterable[tuple[Any, ...]]) -> list[Envelope]:
+    return [Envelope(mid, cid, corr, c, s, t, _unpack(d)) for mid, cid, corr, c, s, t, d in rows]
+
+
+class PlainPeer(Peer):
+    """A plain table shaped like Ax's MySQL store, a counter row for the global offset; psycopg 3 directly."""
+
+    name = "pg-plain"
+
+    def __init__(self, path: str, mode: str = "sync") -> None:
+        from psycopg_pool import ConnectionPool
+
+        if mode != "sync":
+            raise ValueError("pg-plain: only sync mode (synchronous_commit on) is measured")
+        schema = f'"{pg_schema(path)}"'
+        self.sql = {
+            k: v.format(s=schema)
+            for k, v in (
+                ("take", PLAIN_TAKE),
+                ("head", PLAIN_HEAD),
+                ("insert", PLAIN_INSERT),
+                ("load", PLAIN_LOAD),
+                ("from", PLAIN_FROM),
+                ("count", PLAIN_COUNT),
+            )
+        }
+        if not pg_table_exists(pg_schema(path), "messages"):
+            with pg_connect() as conn:
+                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                for statement in PLAIN_SCHEMA.format(s=schema).split(";"):
+                    conn.execute(statement)
+        self.pool = ConnectionPool(PG_URL, min_size=1, max_size=PG_POOL, open=True)
+
+    def append_many(self, appends: Sequence[tuple[str, int, Sequence[Envelope]]]) -> None:
+        sql = self.sql
+        total = sum(len(envs) for _s, _o, envs in appends)
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(sql["take"], (total, total), prepare=True)
+            row = cur.fetchone()
+            assert row is not None
+            goff = int(row[0])
+            rows = []
+            for stream, offset, envs in appends:
+                cur.execute(sql["head"], (stream,), prepare=True)
+                top = cur.fetchone()
+                head = 0 if top is None or top[0] is None else int(top[0]) + 1
+                if head != offset:
+                    raise OffsetConflictError(stream, head, offset)  # leaving the block rolls back
+                for i, e in enumerate(envs):
+                    rows.append((goff, stream, offset + i, *e[:6], _pack(e.message)))
+                    goff += 1
+            cur.executemany(sql["insert"], rows)
+
+    def load(self, stream: str) -> list[Envelope]:
+        with self.pool.connection() as conn:
+            return _plain_envelopes(conn.execute(self.sql["load"], (stream,), prepare=True).fetchall())
+
+    def read(self, start: int) -> list[Envelope]:
+        """Up to :data:`PG_PAGE` envelopes from global offset ``start``."""
+        with self.pool.connection() as conn:
+            return _plain_envelopes(conn.execute(self.sql["from"], (start, PG_PAGE), prepare=True).fetchall())
+
+    def scan(self) -> Iterator[Envelope]:
+        start = 0
+        while page := self.read(start):
+            yield from page
+            start += len(page)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class PgTail(LogstoreTail):
+    """A read-only ``pg`` store's ``open_global``: ``next()`` sleeps until a commit's notification."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.store = logstore.open(PG_URL, schema=pg_schema(path), readonly=True)  # type: ignore[assignment]
+        self.reader = self.store.open_global(self.store, start)
+
+
+class EventsourcingTail(Tail):
+    """Polls ``max_notification_id()`` every :data:`POLL_INTERVAL` seconds, reads with ``select_notifications``."""
+
+    def __init__(self, path: str, start: int) -> None:
+        self.peer = EventsourcingPeer(path)
+        recorder = self.peer.recorder
+        # Notification ids count from 1 and are gap-free here (no transaction of the benchmark rolls back).
+        self.last = start
+        self.ahead: list[Envelope] = []
+        self.top = recorder.max_notification_id
+
+    def next(self, timeout: float) -> Envelope:
+        ahead = self.ahead
+        if not ahead:
+            top, sleep, clock = self.top, time.sleep, time.monotonic
+            deadline = clock() + timeout
+            while (top() or 0) <= self.last:
+                sleep(POLL_INTERVAL)
+                if clock() >= deadline:
+                    raise TimeoutError(f"no message within {timeout} s")
+            page = self.peer.recorder.select_notifications(self.last, PG_PAGE, inclusive_of_start=False)
+            self.last = page[-1].id
+            ahead.extend(reversed([_es_envelope(n.state) for n in page]))
+        return ahead.pop()
+
+    def close(self) -> None:
+        self.peer.close()
+
+
+class PlainTail(PollingTail):
+    """A connection of its own: the counter row per look, one query for the new rows."""
+
+    def __init__(self, path: str, start: int) -> None:
+        super().__init__(start)
+        self.peer = PlainPeer(path)
+        self.conn = pg_connect()
+        self.count_sql = self.peer.sql["count"]
+
+    def count(self) -> int:
+        row = self.conn.execute(self.count_sql, prepare=True).fetchone()
+        return int(row[0])
+
+    def read(self, start: int) -> list[Envelope]:
+        return self.peer.read(start)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.peer.close()
+
+
 def open_tail(name: str, path: str, start: int = 0) -> Tail:
     """A tail of the store at ``path`` from global offset ``start``."""
     if name == "logstore":
@@ -403,7 +782,13 @@ def open_tail(name: str, path: str, start: int = 0) -> Tail:
         return SqliteTail(path, start)
     if name == "lmdb":
         return LmdbTail(path, start)
-    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS)}")
+    if name == "pg":
+        return PgTail(path, start)
+    if name == "pg-eventsourcing":
+        return EventsourcingTail(path, start)
+    if name == "pg-plain":
+        return PlainTail(path, start)
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS)}")
 
 
 def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
@@ -413,4 +798,10 @@ def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
         return SqlitePeer(path, mode)
     if name == "lmdb":
         return LmdbPeer(path, mode)
-    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS)}")
+    if name == "pg":
+        return PgPeer(path, mode)
+    if name == "pg-eventsourcing":
+        return EventsourcingPeer(path, mode)
+    if name == "pg-plain":
+        return PlainPeer(path, mode)
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS)}")

@@ -1,5 +1,10 @@
 """Smoke test of ``python -m bench --quick``: every workload runs, on every store, and reports.
 
+The PG group runs when its PostgreSQL server (``LOGSTORE_BENCH_PG``, by
+default 127.0.0.1:5432, database ``test``) answers; otherwise the report
+must say it was skipped and why, and the test checks that the server is
+indeed out of reach from here too.
+
 Never asserts speed: how fast logstore is belongs to the benchmark's report,
 not to the test run. What it checks is that the suite measured what it says
 (each workload's benchmarks, named by their parameters, on all three stores),
@@ -12,9 +17,26 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 STORES = {"logstore", "sqlite", "lmdb"}
+PG_STORES = {"pg", "pg-eventsourcing", "pg-plain"}
+
+
+def _pg_reachable() -> bool:
+    """Whether the PG group's server answers (the suite's own default URL and variable)."""
+    from bench.peers import PG_URL
+
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
 
 
 def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
@@ -46,7 +68,14 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
         assert r["min"] <= r["median"] <= r["max"]
         if "latency_p50" in r:
             assert 0 < r["latency_p50"] <= r["latency_p99"] <= r["latency_max"]
-    assert set(by_workload) == {f"W{i}" for i in range(1, 11)}
+    skipped = report.get("skipped", {})
+    if "PG" in skipped:
+        assert "PG" not in by_workload and skipped["PG"], skipped
+        assert not _pg_reachable(), f"PG was skipped though its server answers: {skipped['PG']}"
+        assert set(by_workload) == {f"W{i}" for i in range(1, 11)}
+    else:
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG"}
+        check_pg(report)
     for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
     assert by_workload["W5"] == {"logstore"}
@@ -98,3 +127,41 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     assert "### Ratios: logstore / peer" in text and w1 in text
     assert "### W10" in text and "wake-up p99" in text
     assert [p.name for p in work.iterdir()] == [], "the suite left store directories behind"
+    if "PG" not in skipped:
+        assert "### Ratios on PostgreSQL: pg / peer" in text and "`synchronous_commit`" in text
+        from bench.peers import pg_connect
+
+        with pg_connect() as conn:
+            left = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'bench_')").fetchall()
+        assert left == [], f"the suite left PostgreSQL schemas behind: {left}"
+
+
+def check_pg(report: dict[str, Any]) -> None:
+    """The PG group's rows, ratios and server settings in a quick report that ran it."""
+    pg = {r["name"].rsplit("/store=", 1)[0]: r for r in report["results"] if r["workload"] == "PG"}
+    stores: dict[str, set[str]] = {}
+    for r in report["results"]:
+        if r["workload"] == "PG":
+            stores.setdefault(r["name"].rsplit("/store=", 1)[0], set()).add(r["store"])
+    assert set(stores) == {
+        "append/batch=100/size=300B/messages=2k",
+        "append/threads=8/batch=1/size=300B/commits=200",
+        "append/processes=4/batch=1/size=300B/commits=25-each",
+        "es-write/streams=200/per-stream=5/size=300B",
+        "es-load/streams=200/per-stream=5/size=300B/loads=100",
+        "wake-up/readers=1/batch=1/size=300B/commits=20",
+    }, set(stores)
+    assert all(s == PG_STORES for s in stores.values()), stores
+    wake = pg["wake-up/readers=1/batch=1/size=300B/commits=20"]
+    assert wake["unit"] == "ms" and not wake["higher_is_better"] and wake["extra"]["samples"] == [20]
+    ratios = {(x["benchmark"], x["of"], x["peer"]): x for x in report["ratios"] if x["workload"] == "PG"}
+    for family in stores:
+        figures = ("p50", "p99") if family.startswith("wake-up/") else ("median",)
+        for of in figures:
+            for peer in ("pg-eventsourcing", "pg-plain"):
+                x = ratios[(family, of, peer)]
+                assert x["ratio"] > 0
+                assert x["direction"] == ("peer / pg" if family.startswith("wake-up/") else "pg / peer")
+    settings = report["pg_settings"]
+    for key in ("synchronous_commit", "fsync", "wal_sync_method", "shared_buffers", "max_wal_size"):
+        assert settings[key], key
