@@ -251,6 +251,19 @@ def record_loads(r: Runner, workload: str, name: str, store: str, loads: int, re
     r.record(workload, f"{name}/loads={human(loads)}/store={store}", store, "loads/s", loads / result["load_seconds"])
 
 
+def record_event_sourcing(r: Runner, workload: str, base: str, store: str, loads: int, result: dict[str, Any]) -> None:
+    """The write rate (and commit latency) and the loads per second of an event-sourcing run."""
+    r.record(
+        workload,
+        f"es-write/{base}/store={store}",
+        store,
+        "msg/s",
+        result["messages"] / result["write_seconds"],
+        latency=result["latency"],
+    )
+    record_loads(r, workload, f"es-load/{base}", store, loads, result)
+
+
 def per_message(result: dict[str, Any], rss: str = "rss_kb") -> dict[str, float]:
     """Disk bytes per message and the peak RSS ``result[rss]`` (KiB), for the footprint tables."""
     disk = result["disk"]
@@ -316,15 +329,7 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
     for store, res in runs:
         base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
         if "W4" in want:
-            r.record(
-                "W4",
-                f"es-write/{base}/store={store}",
-                store,
-                "msg/s",
-                res["messages"] / res["write_seconds"],
-                latency=res["latency"],
-            )
-            record_loads(r, "W4", f"es-load/{base}", store, loads, res)
+            record_event_sourcing(r, "W4", base, store, loads, res)
         if "W6" in want:
             # The peak while writing (the store closed before the loads), then the peak over
             # the whole workload: the loads keep 25,000 decoded envelopes, and a store that
@@ -525,15 +530,7 @@ def pg(r: Runner, plan: Plan) -> None:
     s, loads = plan.pg_w4_streams, plan.pg_w4_loads
     for store, res in runs("w4", "event_sourcing", streams=s, per_stream=5, loads=loads):
         base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
-        r.record(
-            "PG",
-            f"es-write/{base}/store={store}",
-            store,
-            "msg/s",
-            res["messages"] / res["write_seconds"],
-            latency=res["latency"],
-        )
-        record_loads(r, "PG", f"es-load/{base}", store, loads, res)
+        record_event_sourcing(r, "PG", base, store, loads, res)
     commits = plan.pg_tail_commits
     spec = {"readers": [1], "commits": commits, "warmup": W10_WARMUP}
     for store, res in runs("tail", "tail", **spec):

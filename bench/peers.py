@@ -88,7 +88,7 @@ import logstore
 from logstore import Envelope, OffsetConflictError
 
 if TYPE_CHECKING:
-    from logstore.postgres import PostgresStore
+    pass
 
 PEERS = ("logstore", "sqlite", "lmdb")
 PG_PEERS = ("pg", "pg-eventsourcing", "pg-plain")
@@ -504,40 +504,16 @@ def pg_settings() -> dict[str, str]:
         return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in names}
 
 
-class PgPeer(Peer):
-    """logstore's PostgreSQL backend."""
+class PgPeer(LogstorePeer):
+    """logstore's PostgreSQL backend: the embedded peer's calls, on a store opened from a URL."""
 
     name = "pg"
 
     def __init__(self, path: str, mode: str = "sync") -> None:
-        self.store: PostgresStore = logstore.open(
+        # The same public API as the embedded store (logstore.protocols), which the inherited calls use.
+        self.store = logstore.open(  # type: ignore[assignment]
             PG_URL, schema=pg_schema(path), durability="fsync" if mode == "sync" else "batch"
         )
-
-    def append(self, stream: str, offset: int, envs: Sequence[Envelope]) -> None:
-        store = self.store
-        tx, committer = store.begin_tx()
-        store.append_messages(tx, stream, offset, envs)
-        committer.commit()
-
-    def append_many(self, appends: Sequence[tuple[str, int, Sequence[Envelope]]]) -> None:
-        store = self.store
-        tx, committer = store.begin_tx()
-        for stream, offset, envs in appends:
-            store.append_messages(tx, stream, offset, envs)
-        committer.commit()
-
-    def load(self, stream: str) -> list[Envelope]:
-        reader, _found = self.store.open_stream(self.store, stream, 0)
-        with reader:
-            return list(reader)
-
-    def scan(self) -> Iterator[Envelope]:
-        with self.store.open_global(self.store, 0) as reader:
-            yield from reader
-
-    def close(self) -> None:
-        self.store.close()
 
 
 _ES_NAMESPACE = uuid.UUID("6f1c1a52-3f0e-4b8e-9a57-0b1d2a3c4e5f")

@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.envelopes import envelope_bytes, make_pool
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
-from logstore import Envelope
+from logstore import Envelope, Store
 
 clock = time.perf_counter
 
@@ -63,8 +63,9 @@ def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
 
 def unused_preallocation(peer: Peer) -> int:
     """The bytes logstore reserved in its active segment and has not written yet (0 for the peers)."""
-    if isinstance(peer, LogstorePeer):
-        active = peer.store._log.active  # the benchmark may look inside its own engine
+    store = getattr(peer, "store", None)
+    if isinstance(store, Store):  # the embedded engine (not its PostgreSQL backend)
+        active = store._log.active  # the benchmark may look inside its own engine
         return active.size - active.end
     return 0
 
