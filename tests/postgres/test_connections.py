@@ -56,6 +56,34 @@ def _terminate_idle(admin: psycopg.Connection[Any], schema: str, keep: int = 0) 
     return len(rows)
 
 
+def _next_beside(reader: Any, commit: Any) -> dict[str, Any]:
+    """Block in ``reader.next()`` in a thread while ``commit()`` runs here; what the wait ended with."""
+    got: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            reader.next(timeout=WAIT)
+            got["offset"] = reader.offset()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            got["error"] = exc
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    commit()
+    thread.join(WAIT)
+    return got
+
+
+def _append(store: Any, stream: str, offset: int, tag: str) -> Any:
+    """A commit of one envelope to ``stream`` at ``offset``, to run later."""
+
+    def commit() -> None:
+        with store.transaction() as tx:
+            tx.append(stream, offset, _envs(tag, 1))
+
+    return commit
+
+
 def test_a_backend_killed_mid_commit_gives_a_clear_error_and_no_half_transaction(open_pg, schema, admin):
     store = open_pg()
     with store.transaction() as tx:
@@ -149,32 +177,13 @@ def test_a_blocked_next_wakes_after_the_listener_connection_is_killed(open_pg, a
     listener = store._listener
     assert listener is not None and listener.connections == 1
     assert admin.execute("SELECT pg_terminate_backend(%s)", (listener.pid,)).fetchone() == (True,)
-    got: dict[str, Any] = {}
-
-    def wait() -> None:
-        try:
-            reader.next(timeout=WAIT)
-            got["offset"] = reader.offset()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            got["error"] = exc
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    with writer.transaction() as tx:
-        tx.append("s", 0, _envs("w", 1))
-    thread.join(WAIT)
-    assert got == {"offset": 0}
+    assert _next_beside(reader, _append(writer, "s", 0, "w")) == {"offset": 0}
     # The listener reconnected (what woke the reader if the notification went to the dead connection).
     deadline = time.monotonic() + WAIT
     while listener.connections < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert listener.connections == 2
-    thread = threading.Thread(target=wait)
-    thread.start()
-    with writer.transaction() as tx:
-        tx.append("s", 1, _envs("w", 1))
-    thread.join(WAIT)
-    assert got == {"offset": 1}
+    assert _next_beside(reader, _append(writer, "s", 1, "w")) == {"offset": 1}
 
 
 def test_an_unreachable_server_gives_a_clear_error_at_open():
@@ -264,18 +273,4 @@ def test_after_every_connection_of_the_store_is_killed_it_goes_on_as_after_a_ser
         tx.append("s", 2, _envs("after", 1))
     assert tx.global_offsets == range(2, 3)
     assert [reader.offset() for _ in iter(reader)] == [1, 2]
-    got: dict[str, Any] = {}
-
-    def wait() -> None:
-        try:
-            reader.next(timeout=WAIT)
-            got["offset"] = reader.offset()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
-            got["error"] = exc
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    with other.transaction() as tx:
-        tx.append("s", 3, _envs("other", 1))
-    thread.join(WAIT)
-    assert got == {"offset": 3}
+    assert _next_beside(reader, _append(other, "s", 3, "other")) == {"offset": 3}
