@@ -1,9 +1,9 @@
 """Transactions: Ax's ``persistence.Tx`` and ``persistence.Committer``.
 
 Callers build a :class:`Tx` in their own thread: ``append_messages`` (in
-:mod:`logstore.store`) checks the offset and encodes the envelopes, and the
+:mod:`logstore.embedded.store`) checks the offset and encodes the envelopes, and the
 transaction keeps them (``stage``). ``Committer.commit()`` hands the
-transaction to the writer (:mod:`logstore.writer`), which checks its offsets,
+transaction to the writer (:mod:`logstore.embedded.writer`), which checks its offsets,
 assigns the offsets of appends at :data:`ANY` and writes it with its group.
 
 Lock rules: a transaction belongs to the thread that builds it; once
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from logstore.embedded.published import Published
     from logstore.envelope import Envelope
-    from logstore.published import Published
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
@@ -58,7 +58,7 @@ class _Owner(Protocol):
 
 
 class _Writer(Protocol):
-    """The writer a transaction is committed through (:class:`logstore.writer.Writer`), as ``Committer`` sees it."""
+    """The writer a transaction is committed through (the embedded :class:`~logstore.embedded.writer.Writer`)."""
 
     def commit(self, tx: Tx) -> range: ...
 

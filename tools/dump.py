@@ -25,8 +25,8 @@ from typing import Any
 import msgpack
 
 import logstore
+from logstore.embedded.inspect import RecordInfo, iter_records, stream_start
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
-from logstore.inspect import RecordInfo, iter_records, stream_start
 from logstore.tools.storedir import ToolError, add_command, fail, store_dir_problem
 
 MESSAGE_WIDTH = 200

@@ -3,7 +3,7 @@
 Opens the store with ``readonly=True`` (safe beside a live writer; it counts
 the log as it was when it started) and walks every record, checking each
 checksum without decoding envelopes. Prints a table, or with ``--json`` one
-JSON object (the keys of :func:`logstore.inspect.store_stats`). Exit 0, or 2
+JSON object (the keys of :func:`logstore.embedded.inspect.store_stats`). Exit 0, or 2
 with a message on stderr: not a store, damage (file and byte position) or an
 unknown format version.
 """
@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
+from logstore.embedded.inspect import store_stats
 from logstore.errors import CorruptionError, LogStoreError
-from logstore.inspect import store_stats
 from logstore.tools.dump import describe, open_readonly, quiet_broken_pipe
 from logstore.tools.progress import progress
 from logstore.tools.storedir import add_command, fail

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from logstore import layout
+from logstore.embedded import layout
 
 
 class ToolError(Exception):

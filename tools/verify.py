@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from logstore.embedded.verify import verify
 from logstore.tools.progress import progress
 from logstore.tools.storedir import add_command, fail, print_json
-from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:

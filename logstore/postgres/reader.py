@@ -24,9 +24,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from logstore.embedded.reader import check_timeout
 from logstore.envelope import Envelope, decode
 from logstore.errors import StreamClosedError
-from logstore.reader import check_timeout
 
 if TYPE_CHECKING:
     from logstore.postgres.store import PostgresStore

@@ -38,7 +38,9 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from logstore.compact import CompactReport
+from logstore.embedded.compact import CompactReport
+from logstore.embedded.published import Published
+from logstore.embedded.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import LogStoreError, OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.opener import URL_SCHEMES
@@ -46,8 +48,6 @@ from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
-from logstore.published import Published
-from logstore.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"

@@ -5,8 +5,8 @@
    inside functions count too), has no circle.
 2. No module of ``logstore/`` uses another's private names (``_x``): what
    they share goes through public methods and through
-   :class:`logstore.published.Published`.
-3. :class:`~logstore.published.Published` itself: its limits and counters,
+   :class:`logstore.embedded.published.Published`.
+3. :class:`~logstore.embedded.published.Published` itself: its limits and counters,
    its waiting (``wait`` with a readiness test and a deadline, async waiters)
    and its wake-ups.
 """
@@ -26,42 +26,65 @@ from pathlib import Path
 import pytest
 
 import logstore
-import logstore.published
-from logstore.published import Published
+import logstore.embedded.published
+from logstore.embedded.published import Published
 
 ENGINE = Path(logstore.__file__).resolve().parent
+BACKENDS = ("embedded",)
 WAIT = 10.0  # seconds: a bound for joins; nothing waits this long when it works
 
 # Names with a leading underscore that are public by their library's own documentation.
 PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_make", "_fields", "_exit"}
 
 
+def _name(path: Path) -> str:
+    """A module's name inside the package: ``__init__``, ``envelope``, ``embedded.store``, ``postgres`` (its init)."""
+    parts = list(path.relative_to(ENGINE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
 def _modules() -> dict[str, ast.Module]:
-    """Every module of the ``logstore`` package proper (``index`` and ``tools`` are packages apart)."""
-    return {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(ENGINE.glob("*.py"))}
+    """Every module of the ``logstore`` package and its backends (``index`` and ``tools`` are packages apart)."""
+    paths = [*ENGINE.glob("*.py"), *(p for sub in BACKENDS for p in (ENGINE / sub).glob("*.py"))]
+    return {_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(paths)}
+
+
+def _target(dotted: str, modules: set[str]) -> str | None:
+    """The module of ``modules`` that ``logstore.<dotted>`` names (a name inside a module counts as the module)."""
+    parts = dotted.split(".") if dotted else []
+    while parts:
+        if ".".join(parts) in modules:
+            return ".".join(parts)
+        parts.pop()
+    # "import logstore" or "from logstore import Envelope": the package's own __init__; "logstore.index.x": none
+    return "__init__" if "__init__" in modules and "." not in dotted else None
 
 
 def _imported(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
     """The modules of ``modules`` that module ``name`` imports, anywhere in its source."""
-    out: set[str] = set()
+    package = name.rsplit(".", 1)[0] if "." in name else ""
+    if name in BACKENDS:  # a backend's __init__: its relative imports start from the backend itself
+        package = name
+    out: set[str | None] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "logstore":
-                    out.add(parts[1] if len(parts) > 1 else "__init__")
+                if alias.name == "logstore" or alias.name.startswith("logstore."):
+                    out.add(_target(alias.name.removeprefix("logstore").lstrip("."), modules))
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: "from . import x" or "from .x import y"
-                base = node.module.split(".")[0] if node.module else None
-                targets = [base] if base else [a.name for a in node.names]
-            elif node.module == "logstore":
-                targets = [a.name if a.name in modules else "__init__" for a in node.names]
-            elif node.module and node.module.startswith("logstore."):
-                targets = [node.module.split(".")[1]]
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                within = ".".join([*base, *([node.module] if node.module else [])])
+            elif node.module == "logstore" or (node.module or "").startswith("logstore."):
+                within = (node.module or "").removeprefix("logstore").lstrip(".")
             else:
                 continue
-            out.update(targets)
-    return {m for m in out if m in modules and m != name}
+            for alias in node.names:  # "from logstore.embedded import store" imports the module embedded.store
+                out.add(_target(f"{within}.{alias.name}" if within else alias.name, modules))
+    return {m for m in out if m is not None and m != name}
 
 
 def import_graph(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
@@ -119,7 +142,7 @@ def test_the_circle_finder_finds_circles_and_only_circles() -> None:
 
 def test_the_modules_of_logstore_import_each_other_in_one_direction() -> None:
     graph = import_graph(_modules())
-    assert {"store", "reader", "writer", "compact", "log"} <= set(graph)
+    assert {"embedded.store", "embedded.reader", "embedded.writer", "tx"} <= set(graph)
     found = circles(graph)
     assert not found, "modules of logstore/ that import each other in a circle: " + "; ".join(
         " <-> ".join(c) for c in found
@@ -127,11 +150,11 @@ def test_the_modules_of_logstore_import_each_other_in_one_direction() -> None:
 
 
 def test_the_published_state_depends_on_no_other_engine_module() -> None:
-    """The bottom of the drawing in logstore/published.py: everyone may use it, it uses none of them."""
+    """The bottom of the drawing in logstore/embedded/published.py: everyone may use it, it uses none of them."""
     graph = import_graph(_modules())
-    assert graph["published"] <= {"errors"}, graph["published"]
+    assert graph["embedded.published"] <= {"errors"}, graph["embedded.published"]
     for user in ("store", "writer", "reader", "log"):
-        assert "published" in graph[user], user
+        assert "embedded.published" in graph[f"embedded.{user}"], user
 
 
 def _own_private_names(tree: ast.Module) -> set[str]:
@@ -179,10 +202,10 @@ def foreign_private_uses(name: str, tree: ast.Module) -> list[str]:
 
 def test_the_private_name_check_sees_another_modules_insides() -> None:
     tree = ast.parse(
-        "from logstore.reader import _Reader\n"
+        "from logstore.embedded.reader import _Reader\n"
         "class A:\n    def __init__(self, s):\n        self._own = s\n        s._theirs.add(self._own)\n"
     )
-    assert foreign_private_uses("m", tree) == ["m.py:1: imports logstore.reader._Reader", "m.py:5: ._theirs"]
+    assert foreign_private_uses("m", tree) == ["m.py:1: imports logstore.embedded.reader._Reader", "m.py:5: ._theirs"]
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))
@@ -327,7 +350,7 @@ def test_a_store_publishes_through_one_published_state(tmp_path: Path) -> None:
 
 
 def test_the_published_modules_example_runs() -> None:
-    failures, tried = doctest.testmod(logstore.published, optionflags=doctest.ELLIPSIS)
+    failures, tried = doctest.testmod(logstore.embedded.published, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
 
 

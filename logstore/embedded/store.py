@@ -22,10 +22,28 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.compact import CompactReport, compact_store
-from logstore.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.compact import CompactReport, compact_store
+from logstore.embedded.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
+from logstore.embedded.fileio import FileIO, default_io
+from logstore.embedded.follow import Follower, FollowingPublished
+from logstore.embedded.lock import (
+    LOCK_PAUSE,
+    LOCK_WAIT,
+    drop_lock_in_child,
+    release_writer_lock,
+    share_store_lock,
+    take_store_lock,
+)
+from logstore.embedded.log import Log
+from logstore.embedded.mounts import check_local
+from logstore.embedded.published import Published
+from logstore.embedded.reader import GlobalReader, StreamReader, close_readers
+from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
+from logstore.embedded.recovery import IndexesUnusable, Recovery, RecoveryReport
+from logstore.embedded.segment import read_segment_header
+from logstore.embedded.writer import Writer
 from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
@@ -37,28 +55,10 @@ from logstore.errors import (
     StoreLockedError,
     as_corruption,
 )
-from logstore.fileio import FileIO, default_io
-from logstore.follow import Follower, FollowingPublished
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.lock import (
-    LOCK_PAUSE,
-    LOCK_WAIT,
-    drop_lock_in_child,
-    release_writer_lock,
-    share_store_lock,
-    take_store_lock,
-)
-from logstore.log import Log
-from logstore.mounts import check_local
-from logstore.published import Published
-from logstore.reader import GlobalReader, StreamReader, close_readers
-from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
-from logstore.recovery import IndexesUnusable, Recovery, RecoveryReport
-from logstore.segment import read_segment_header
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
-from logstore.writer import Writer
 
 logger = logging.getLogger("logstore")
 
@@ -300,7 +300,7 @@ class Store:
     def _recover(
         self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool, bound: int | None = None
     ) -> Checkpoint | None:
-        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log, up to ``bound``; keep its report.
+        """Run recovery (:class:`~logstore.embedded.recovery.Recovery`) on the log, up to ``bound``; keep its report.
 
         Beside other processes it changes no file (they may be writing)."""
         recovery = Recovery(self._log, retry_changes, bound, shared=not self._first())
@@ -610,7 +610,7 @@ class Store:
             self._io.close(fd)
 
     def _join_control(self, store_id: bytes) -> Control | None:
-        """Join ``CONTROL`` (logstore/controlfile.py): hold the dead-man switch and a slot while the store is open.
+        """Join ``CONTROL`` (logstore/embedded/controlfile.py): hold the dead-man switch and a slot while open.
 
         A read-only opener that may not create or write the file (a read-only file system, a directory or
         file it may not write, no room for the file's bytes) reads the store without it, as every opener
@@ -655,8 +655,8 @@ class Store:
         """In a forked child (``_after_fork_in_child``): make this store refuse all use, and drop the
         child's copies of its descriptors and mappings.
 
-        Never ``flock(LOCK_UN)`` (``logstore/lock.py``) nor an OFD unlock of ``CONTROL``'s bytes
-        (``logstore/controlfile.py``): the descriptors' open file descriptions are shared with the
+        Never ``flock(LOCK_UN)`` (``logstore/embedded/lock.py``) nor an OFD unlock of ``CONTROL``'s bytes
+        (``logstore/embedded/controlfile.py``): the descriptors' open file descriptions are shared with the
         parent, and an unlock through them releases the parent's locks (its writer lock, its
         dead-man switch and its slot). The ``CONTROL`` mapping holds a duplicate descriptor: it is
         closed too. Closing the child's descriptor leaves the lock with the parent, and
@@ -931,12 +931,12 @@ class Store:
         segment holds one, it is first sealed (rolled, as when it fills up)
         so that it can be rewritten like any sealed segment; ``roll=False``
         leaves the active segment as it is (and the report says so). Readers
-        and writers keep working meanwhile; see :mod:`logstore.compact` for
+        and writers keep working meanwhile; see :mod:`logstore.embedded.compact` for
         the crash-safe steps. ``progress(done, total)`` is called after each
         sealed segment. ``retention_age`` and ``retention_bytes``, when
         given, apply for this call in place of the store's options.
 
-        Returns a :class:`~logstore.compact.CompactReport`: what was done,
+        Returns a :class:`~logstore.embedded.compact.CompactReport`: what was done,
         the bytes reclaimed (dropped segments included), and in
         ``unreached`` every segment file that still holds removed envelopes
         (removed after the pass began, or ``roll=False``), with the count and
@@ -1090,7 +1090,7 @@ def resolve_store_path(path: str) -> str:
 
     The caller chose that path, so a link there is theirs (every link on the way
     to it is followed too). Nothing inside the store is followed: files are
-    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.layout.STORE_DIRS`
+    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.embedded.layout.STORE_DIRS`
     or of ``CONTROL`` (which every open joins only after its recovery) raises ``OSError``
     (``ELOOP``) here, before anything is read or written.
     """
@@ -1148,7 +1148,7 @@ def own_slot_of(store: Store) -> int:
 
 
 def log_of(store: Store) -> Log:
-    """The log of ``store`` (:class:`logstore.log.Log`), for the engine's own tools (``logstore.inspect``).
+    """The log of ``store`` (:class:`logstore.embedded.log.Log`), for its tools (``logstore.embedded.inspect``).
 
     Not part of the messagestore API: its segments and indexes change under
     the writer's rules (docs/ARCHITECTURE.md).

@@ -28,14 +28,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
+from logstore.embedded.segment import Segment
+from logstore.embedded.store import Store, log_of, own_slot_of, processes_of
+from logstore.embedded.walk import Damage, walk
 from logstore.envelope import Envelope, decode
 from logstore.errors import CorruptionError, StoreClosedError
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
-from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
-from logstore.segment import Segment
-from logstore.store import Store, log_of, own_slot_of, processes_of
-from logstore.walk import Damage, walk
 
 _CHUNK = 512
 """Records read from a segment in one go (the segment may be replaced between two chunks)."""

@@ -65,16 +65,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from logstore import layout
+from logstore.embedded import layout
+from logstore.embedded.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
+from logstore.embedded.segment import Segment, SegmentRetired
+from logstore.embedded.walk import Damage, counted, walk
 from logstore.errors import CorruptionError, OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
-from logstore.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
-from logstore.segment import Segment, SegmentRetired
-from logstore.walk import Damage, counted, walk
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.writer import Writer
+    from logstore.embedded.log import Log
+    from logstore.embedded.writer import Writer
 
 _CHUNK = 4 << 20
 

@@ -2,8 +2,8 @@
 
 A reader never blocks the writer: it reads the published bounds (a stream's
 head, or the log's ``visible_end``) from the store's
-:class:`~logstore.published.Published`, then reads records below them through
-the segment's read-only mapping (found through the :class:`~logstore.log.Log`).
+:class:`~logstore.embedded.published.Published`, then reads records below them through
+the segment's read-only mapping (found through the :class:`~logstore.embedded.log.Log`).
 ``next()`` waits in ``Published.wait``, which the writer wakes after each
 published group and ``close()`` wakes to end a waiting reader.
 """
@@ -15,15 +15,15 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from logstore.embedded.published import REMOVALS_WORD
+from logstore.embedded.segment import SegmentRetired
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
-from logstore.published import REMOVALS_WORD
-from logstore.segment import SegmentRetired
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.published import Published
-    from logstore.segment import Segment
+    from logstore.embedded.log import Log
+    from logstore.embedded.published import Published
+    from logstore.embedded.segment import Segment
 
 # Fields of a record header tuple (record.RECORD_HEADER): stream id and stream offset.
 _SID, _SOFF = 4, 5
