@@ -3,15 +3,11 @@
 The public names; see README.md for a tour and docs/ for the format and design.
 """
 
+from logstore.checks import MAX_ENVELOPE_SIZE, MAX_STREAM_NAME
 from logstore.embedded.fileio import FileIO
 from logstore.embedded.reader import GlobalReader, StreamReader
 from logstore.embedded.recovery import RecoveryReport
-from logstore.embedded.store import (
-    DEFAULT_SEGMENT_SIZE,
-    MAX_ENVELOPE_SIZE,
-    MAX_STREAM_NAME,
-    Store,
-)
+from logstore.embedded.store import DEFAULT_SEGMENT_SIZE, Store
 from logstore.envelope import Envelope
 from logstore.errors import (
     ConcurrencyError,

@@ -14,14 +14,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, overload
 
+from logstore.checks import URL_SCHEMES
 from logstore.embedded import store as embedded
 
 if TYPE_CHECKING:
     from logstore.embedded.fileio import FileIO
     from logstore.postgres import PostgresStore
-
-URL_SCHEMES = ("postgresql://", "postgres://")
-"""The prefixes of a connection URL, which ``open`` hands to the PostgreSQL backend."""
 
 
 @overload

@@ -20,11 +20,19 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
 
+from logstore.checks import (
+    MAX_ENVELOPE_SIZE,
+    MAX_STREAM_NAME,
+    StoreChecks,
+    check_append_offset,
+    check_expected,
+    check_offset,
+    check_stream_name,
+)
 from logstore.embedded import layout
 from logstore.embedded.checkpoint import Checkpoint
-from logstore.embedded.compact import CompactReport, compact_store
+from logstore.embedded.compact import compact_store
 from logstore.embedded.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
 from logstore.embedded.fileio import FileIO, default_io
 from logstore.embedded.follow import Follower, FollowingPublished
@@ -48,9 +56,6 @@ from logstore.envelope import Envelope, check_envelopes, encode_many
 from logstore.errors import (
     CorruptionError,
     FormatVersionError,
-    OffsetConflictError,
-    ReadOnlyError,
-    StoreClosedError,
     StoreForkedError,
     StoreLockedError,
     as_corruption,
@@ -58,6 +63,7 @@ from logstore.errors import (
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
+from logstore.results import CompactReport, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 logger = logging.getLogger("logstore")
@@ -73,25 +79,10 @@ MAX_FSYNC_INTERVAL = 3600.0
 """Longest ``fsync_interval`` accepted (one hour)."""
 DEFAULT_CHECKPOINT_BYTES = 64 * 2**20
 """Log bytes written between checkpoints (64 MiB); a segment roll and ``close()`` also checkpoint."""
-MAX_STREAM_NAME = 1024
-"""Longest stream name, in UTF-8 bytes."""
-MAX_ENVELOPE_SIZE = 16 * 2**20
-"""Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
 _CONTROL_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 """Why a read-only opener may be unable to join ``CONTROL``; it then reads the store without it."""
 READONLY_LOADS = 10
 """How many times a read-only open loads the log when a live writer changes files under it."""
-
-
-class StreamInfo(NamedTuple):
-    """What ``store.stream_info`` returns."""
-
-    first: int
-    """The first readable offset."""
-    head: int
-    """The next unused offset."""
-    deleted: bool
-    """Deleted and not appended to since."""
 
 
 def open(
@@ -187,7 +178,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Store:
+class Store(StoreChecks):
     """An open store: Ax's ``DataStore``, ``Store`` and ``GloballyOrderedStore`` in one.
 
     Thread-safe: any number of threads may append, commit and read at once.
@@ -775,24 +766,6 @@ class Store:
         self._follow()
         return self._pub.visible_end
 
-    def _check_open(self) -> None:
-        # Every member that reads or writes the store calls this first. What stays readable after
-        # close(): path, durability, readonly, closed, max_envelope_size (settings) and
-        # recovery_report (what the open did), and close() itself, which is idempotent.
-        if self._closed:
-            if self._forked:
-                raise self._forked_error()
-            raise StoreClosedError(f"{self.path}: the store is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path}: the store is open read-only")
-
-    def _check_ds(self, ds: object) -> None:
-        if ds is not self:
-            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
-
     # -- DataStore ---------------------------------------------------------------------
 
     def begin_tx(self) -> tuple[Tx, Committer]:
@@ -847,27 +820,17 @@ class Store:
             raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
         tx.check_appendable(self)
         nameb = check_stream_name(stream)
+        offset = check_append_offset(offset)
+        check_envelopes(envs)
         if offset is ANY:
-            check_envelopes(envs)
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, self._max_payload))
             return
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        check_envelopes(envs)
         expected = tx.staged_head(stream)
         if expected is None:
             expected = self._pub.catalog.head_of(stream)
             if offset > expected:
                 expected = self._head_beside_others(stream, offset)
-        if offset != expected:
-            if expected == ANY_OFFSET:
-                raise ValueError(
-                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
-                    " (its offsets are assigned at commit); append at logstore.ANY again"
-                )
-            raise OffsetConflictError(stream, expected, offset)
+        check_expected(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload))
 
     def _head_beside_others(self, stream: str, offset: int) -> int:
@@ -899,7 +862,7 @@ class Store:
         """
         self._check_writable()
         nameb = check_stream_name(stream)
-        _check_offset(before)
+        check_offset(before)
         self._writer.control(KIND_TRUNCATE, stream, nameb, before)
 
     def delete_stream(self, stream: str) -> None:
@@ -936,7 +899,7 @@ class Store:
         sealed segment. ``retention_age`` and ``retention_bytes``, when
         given, apply for this call in place of the store's options.
 
-        Returns a :class:`~logstore.embedded.compact.CompactReport`: what was done,
+        Returns a :class:`~logstore.results.CompactReport`: what was done,
         the bytes reclaimed (dropped segments included), and in
         ``unreached`` every segment file that still holds removed envelopes
         (removed after the pass began, or ``roll=False``), with the count and
@@ -971,7 +934,7 @@ class Store:
         self._follow()
         self._check_ds(ds)
         check_stream_name(stream)
-        _check_offset(offset)
+        check_offset(offset)
         pub = self._pub
         cat = pub.catalog
         sid = cat.ids.get(stream)
@@ -985,7 +948,7 @@ class Store:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
         self._check_open()
         self._check_ds(ds)
-        _check_offset(offset)
+        check_offset(offset)
         reader = GlobalReader(self, self._pub, self._log, offset)
         self._pub.readers.add(reader)
         return reader
@@ -1104,30 +1067,6 @@ def resolve_store_path(path: str) -> str:
     if os.path.islink(control):
         raise OSError(errno.ELOOP, "a symbolic link in place of a store file (logstore follows none)", control)
     return path
-
-
-def check_stream_name(stream: object) -> bytes:
-    """Return the UTF-8 bytes of a valid stream name, else raise ``TypeError``/``ValueError``."""
-    if type(stream) is not str:
-        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
-    if not stream:
-        raise ValueError("stream name must not be empty")
-    if "\x00" in stream:
-        raise ValueError(f"stream name {stream[:64]!r} contains a NUL character")
-    try:
-        raw = stream.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"stream name {stream[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_STREAM_NAME:
-        raise ValueError(f"stream name is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
-    return raw
-
-
-def _check_offset(offset: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
 
 
 def processes_of(store: Store) -> list[SlotInfo]:

@@ -38,16 +38,22 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from logstore.embedded.compact import CompactReport
-from logstore.embedded.published import Published
-from logstore.embedded.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
+from logstore.checks import (
+    MAX_ENVELOPE_SIZE,
+    URL_SCHEMES,
+    StoreChecks,
+    check_append_offset,
+    check_expected,
+    check_offset,
+    check_stream_name,
+)
 from logstore.envelope import Envelope, check_envelopes, encode_many
-from logstore.errors import LogStoreError, OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
-from logstore.opener import URL_SCHEMES
+from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
+from logstore.results import CompactReport, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"
@@ -127,13 +133,6 @@ def _message_id(payload: bytes) -> str:
         assert isinstance(mid, str)
         return mid
     raise AssertionError("an encoded envelope without its message id")
-
-
-def _check_offset(offset: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
 
 
 def _is_broken(conn: psycopg.Connection[Any]) -> bool:
@@ -294,7 +293,7 @@ def _copy_error(exc: BaseException) -> BaseException:
     return copy
 
 
-class PostgresStore:
+class PostgresStore(StoreChecks):
     """A store in a PostgreSQL schema: the same API, semantics and errors as :class:`logstore.Store`.
 
     Get one from ``logstore.open("postgresql://user@host:5432/db", schema="logstore")``. Options:
@@ -355,7 +354,6 @@ class PostgresStore:
         self._readers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._heads: dict[str, int] = {}
         self._heads_lock = threading.Lock()
-        self._published = Published()  # what Tx reads (forked_error); nothing else of it is used here
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
         # Each connection's server process (pid, backend_start): where a commit that broke may still run.
@@ -510,7 +508,7 @@ class PostgresStore:
     def begin_tx(self) -> tuple[Tx, Committer]:
         """Begin a transaction: Ax's ``DataStore.BeginTx``."""
         self._check_writable()
-        tx = Tx(self, self._writer, self._published)
+        tx = Tx(self, self._writer, None)
         return tx, Committer(tx)
 
     @contextlib.contextmanager
@@ -535,28 +533,18 @@ class PostgresStore:
             raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
         tx.check_appendable(self)
         nameb = check_stream_name(stream)
+        offset = check_append_offset(offset)
+        check_envelopes(envs)
         if offset is ANY:
-            check_envelopes(envs)
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
             return
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        check_envelopes(envs)
         expected = tx.staged_head(stream)
         if expected is None:
             with self._heads_lock:
                 expected = self._heads.get(stream)
             if expected != offset:
                 expected = self.head(stream)
-        if offset != expected:
-            if expected == ANY_OFFSET:
-                raise ValueError(
-                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
-                    " (its offsets are assigned at commit); append at logstore.ANY again"
-                )
-            raise OffsetConflictError(stream, expected, offset)
+        check_expected(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
 
     def _commit_group(self, group: list[_Pending]) -> None:
@@ -646,7 +634,7 @@ class PostgresStore:
         """
         self._check_writable()
         check_stream_name(stream)
-        _check_offset(before)
+        check_offset(before)
         self._remove(stream, ddl.KIND_TRUNCATE, before)
 
     def delete_stream(self, stream: str) -> None:
@@ -716,7 +704,7 @@ class PostgresStore:
         self._check_open()
         self._check_ds(ds)
         check_stream_name(stream)
-        _check_offset(offset)
+        check_offset(offset)
         rows = self._query(self._sql.found, (stream,))
         found = bool(rows and rows[0][0])
         reader = PgStreamReader(self, stream, offset, found)
@@ -727,7 +715,7 @@ class PostgresStore:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
         self._check_open()
         self._check_ds(ds)
-        _check_offset(offset)
+        check_offset(offset)
         reader = PgGlobalReader(self, offset)
         self._readers.add(reader)
         return reader
@@ -874,23 +862,11 @@ class PostgresStore:
             if pool is not None:
                 pool.close()
 
-    def _check_open(self) -> None:
-        if self._forked:
-            raise StoreForkedError(
-                f"{self.path}: this store was opened in another process and is used in a child made by fork();"
-                " its connections cannot be shared: open the store in the child instead"
-            )
-        if self._closed:
-            raise StoreClosedError(f"{self.path}: the store is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path}: the store is open read-only")
-
-    def _check_ds(self, ds: object) -> None:
-        if ds is not self:
-            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
+    def _forked_error(self) -> StoreForkedError:
+        return StoreForkedError(
+            f"{self.path}: this store was opened in another process and is used in a child made by fork();"
+            " its connections cannot be shared: open the store in the child instead"
+        )
 
     def __enter__(self) -> PostgresStore:
         self._check_open()
