@@ -1,8 +1,9 @@
 """The checks of arguments and of a store's state that both backends make, and the limits they check.
 
 Every call of the messagestore API checks its arguments before it touches the store, with the same
-errors and messages whichever backend serves it (tests/contract runs against both). A store mixes in
-:class:`StoreChecks` for the checks of its own state (open, writable, "is this data store me").
+errors and messages whichever backend serves it (tests/contract runs against both). Both stores build
+on :class:`StoreBase`: the checks of their own state (open, writable, "is this data store me"), of an
+append's arguments, and ``transaction()``.
 
 >>> check_stream_name("order-42")
 b'order-42'
@@ -13,8 +14,13 @@ ValueError: offset must be >= 0, got -1
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Self
+
+from logstore.envelope import Envelope, check_envelopes
 from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
-from logstore.tx import ANY, ANY_OFFSET, AnyOffset
+from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 """The prefixes of a connection URL, which ``logstore.open`` hands to the PostgreSQL backend."""
@@ -86,11 +92,12 @@ def check_timeout(timeout: object) -> None:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
 
 
-class StoreChecks:
-    """The checks of a store's own state that every member of the messagestore API makes first.
+class StoreBase:
+    """What both backends' stores share: the checks every member of the API makes first, and ``transaction``.
 
     The store sets ``path`` and ``readonly``, keeps ``_closed`` and ``_forked`` (used in a child made by
-    ``fork()``), and says in :meth:`_forked_error` why a store carried into a forked child refuses.
+    ``fork()``), says in :meth:`_forked_error` why a store carried into a forked child refuses, and
+    begins transactions (:meth:`begin_tx`).
     """
 
     path: str
@@ -102,7 +109,9 @@ class StoreChecks:
         raise NotImplementedError
 
     def _check_open(self) -> None:
-        # One test of each flag on the hot path; the forked child's refusal comes before "closed".
+        # Every member that reads or writes the store calls this first. What stays readable after close():
+        # the settings (path, durability, readonly, ...), what the open did (the embedded recovery_report)
+        # and close() itself, which is idempotent. In a forked child the refusal says so, not just "closed".
         if self._closed or self._forked:
             if self._forked:
                 raise self._forked_error()
@@ -116,3 +125,46 @@ class StoreChecks:
     def _check_ds(self, ds: object) -> None:
         if ds is not self:
             raise ValueError("the data store passed in is not this store (open streams through the store itself)")
+
+    def _check_append(
+        self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]
+    ) -> tuple[bytes, int | AnyOffset]:
+        """The checks of ``append_messages``, in order: the store, ``tx``, ``stream``, ``offset``, ``envs``.
+
+        Returns the stream name's UTF-8 bytes and the offset (an int >= 0 or ``ANY``).
+        """
+        self._check_writable()
+        if type(tx) is not Tx:
+            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
+        tx.check_appendable(self)
+        nameb = check_stream_name(stream)
+        offset = check_append_offset(offset)
+        check_envelopes(envs)
+        return nameb, offset
+
+    def begin_tx(self) -> tuple[Tx, Committer]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits when the block ends and rolls back if it raises.
+
+        After the block, ``tx.global_offsets`` is the range of global offsets committed.
+        """
+        tx, committer = self.begin_tx()
+        try:
+            yield tx
+        except BaseException:
+            committer.rollback()
+            raise
+        committer.commit()

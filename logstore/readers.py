@@ -83,6 +83,22 @@ class Reader:
         """The envelope at the current position (after a successful ``next``/``try_next``)."""
         raise NotImplementedError
 
+    def offset(self) -> int:
+        """The offset of the envelope ``get()`` returns (in its stream, or global for a global reader)."""
+        raise NotImplementedError
+
+    def stream_name(self) -> str:
+        """The name of the stream the current message belongs to."""
+        raise NotImplementedError
+
+    def stream_offset(self) -> int:
+        """The current message's offset within its stream."""
+        raise NotImplementedError
+
+    def global_offset(self) -> int:
+        """The current message's global offset (its position in the whole log)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
         raise NotImplementedError

@@ -243,18 +243,6 @@ class _Reader(Reader):
         if self._current < 0:
             raise ValueError(f"{what}() before a successful next() or try_next()")
 
-    def stream_name(self) -> str:
-        """The name of the stream the current message belongs to."""
-        raise NotImplementedError
-
-    def stream_offset(self) -> int:
-        """The current message's offset within its stream."""
-        raise NotImplementedError
-
-    def global_offset(self) -> int:
-        """The current message's global offset (its position in the whole log)."""
-        raise NotImplementedError
-
     def close(self) -> None:
         """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
         if self._closed:

@@ -19,13 +19,12 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from logstore.checks import (
     MAX_ENVELOPE_SIZE,
     MAX_STREAM_NAME,
-    StoreChecks,
-    check_append_offset,
+    StoreBase,
     check_expected,
     check_offset,
     check_stream_name,
@@ -52,7 +51,7 @@ from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
 from logstore.embedded.recovery import IndexesUnusable, Recovery, RecoveryReport
 from logstore.embedded.segment import read_segment_header
 from logstore.embedded.writer import Writer
-from logstore.envelope import Envelope, check_envelopes, encode_many
+from logstore.envelope import Envelope, encode_many
 from logstore.errors import (
     CorruptionError,
     FormatVersionError,
@@ -178,7 +177,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Store(StoreChecks):
+class Store(StoreBase):
     """An open store: Ax's ``DataStore``, ``Store`` and ``GloballyOrderedStore`` in one.
 
     Thread-safe: any number of threads may append, commit and read at once.
@@ -780,20 +779,6 @@ class Store(StoreChecks):
         tx = Tx(self, self._writer, self._pub)
         return tx, Committer(tx)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction that commits when the block ends and rolls back if it raises.
-
-        After the block, ``tx.global_offsets`` is the range of global offsets committed.
-        """
-        tx, committer = self.begin_tx()
-        try:
-            yield tx
-        except BaseException:
-            committer.rollback()
-            raise
-        committer.commit()
-
     # -- Store -----------------------------------------------------------------------------
 
     def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
@@ -815,13 +800,7 @@ class Store(StoreChecks):
         ``envs`` is a sequence (a list) of :class:`Envelope`: a single
         envelope, a ``str``, ``bytes`` or ``dict`` raises ``TypeError``.
         """
-        self._check_writable()
-        if type(tx) is not Tx:
-            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
-        tx.check_appendable(self)
-        nameb = check_stream_name(stream)
-        offset = check_append_offset(offset)
-        check_envelopes(envs)
+        nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, self._max_payload))
             return
@@ -1022,13 +1001,6 @@ class Store(StoreChecks):
         pub = self._pub
         close_readers(pub.readers)
         pub.wake()
-
-    def __enter__(self) -> Store:
-        self._check_open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)

@@ -41,13 +41,12 @@ from psycopg import sql
 from logstore.checks import (
     MAX_ENVELOPE_SIZE,
     URL_SCHEMES,
-    StoreChecks,
-    check_append_offset,
+    StoreBase,
     check_expected,
     check_offset,
     check_stream_name,
 )
-from logstore.envelope import Envelope, check_envelopes, encode_many
+from logstore.envelope import Envelope, encode_many
 from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
@@ -293,7 +292,7 @@ def _copy_error(exc: BaseException) -> BaseException:
     return copy
 
 
-class PostgresStore(StoreChecks):
+class PostgresStore(StoreBase):
     """A store in a PostgreSQL schema: the same API, semantics and errors as :class:`logstore.Store`.
 
     Get one from ``logstore.open("postgresql://user@host:5432/db", schema="logstore")``. Options:
@@ -511,30 +510,13 @@ class PostgresStore(StoreChecks):
         tx = Tx(self, self._writer, None)
         return tx, Committer(tx)
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction that commits when the block ends and rolls back if it raises."""
-        tx, committer = self.begin_tx()
-        try:
-            yield tx
-        except BaseException:
-            committer.rollback()
-            raise
-        committer.commit()
-
     def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
         """Append ``envs`` to ``stream`` at ``offset`` within ``tx``: as :meth:`logstore.Store.append_messages`.
 
         The offset is checked against the head this client knows when it matches (the check is repeated
         at commit, against every client's commits), and against the server's head otherwise.
         """
-        self._check_writable()
-        if type(tx) is not Tx:
-            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
-        tx.check_appendable(self)
-        nameb = check_stream_name(stream)
-        offset = check_append_offset(offset)
-        check_envelopes(envs)
+        nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
             return
@@ -867,13 +849,6 @@ class PostgresStore(StoreChecks):
             f"{self.path}: this store was opened in another process and is used in a child made by fork();"
             " its connections cannot be shared: open the store in the child instead"
         )
-
-    def __enter__(self) -> PostgresStore:
-        self._check_open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)

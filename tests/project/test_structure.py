@@ -269,7 +269,7 @@ def test_the_private_name_check_sees_another_modules_insides() -> None:
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_no_engine_module_uses_another_ones_private_names(name: str) -> None:
     modules = _modules()
-    # The base classes the backends share (StoreChecks, Reader) hand their subclasses private hooks to
+    # The base classes the backends share (StoreBase, Reader) hand their subclasses private hooks to
     # supply and helpers to call: a module that builds on them may use those names as its own.
     bases = import_graph(modules)[name] & set(SHARED_BASES)
     inherited = frozenset(n for base in bases for n in _own_private_names(modules[base]))
