@@ -99,10 +99,8 @@ class EmbeddedSource:
                     what = f"record has global offset {rec.goff} where global offset {goff} belongs"
                     raise CorruptionError(seg.path, rec.position, what)
                 kind = rec.kind
-                if rec.sid == NO_STREAM:
-                    name = None
-                else:
-                    name = names[rec.sid] if rec.sid < len(names) else rec.name
+                sid = rec.sid
+                name = None if sid == NO_STREAM else (names[sid] if sid < len(names) else rec.name)
                 payload = None
                 if kind == KIND_MESSAGE:
                     payload = bytes(buf[rec.payload_start : rec.position + rec.length - 8])

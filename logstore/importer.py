@@ -94,8 +94,8 @@ class EmbeddedDestination:
             marker = read_marker(path) if is_store else None
             if marker is not None and marker.get("source") != source.identity:
                 raise NotEmptyError(
-                    f"{path}: holds an unfinished copy of another store ({marker.get('where')}, {marker.get('source')});"
-                    f" not of {source.where}"
+                    f"{path}: holds an unfinished copy of another store"
+                    f" ({marker.get('where')}, {marker.get('source')}); not of {source.where}"
                 )
         holes = source.holes()
         if holes:
@@ -127,7 +127,8 @@ class EmbeddedDestination:
             raise MigrationError(f"{self.path}: not started")
         return self.store
 
-    def write(self, records: Sequence[RawRecord], end: int) -> None:
+    # Long on purpose: one pass over the batch, each kind of record handled inline.
+    def write(self, records: Sequence[RawRecord], end: int) -> None:  # noqa: PLR0912
         store = self._open()
         head = store.global_head
         staged = 0  # messages staged in the open transaction

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from logstore import layout
+from logstore.opener import URL_SCHEMES
 
 
 class ToolError(Exception):
@@ -44,7 +45,7 @@ def add_command(
 
     def run_command(args: argparse.Namespace) -> int:
         try:
-            if store_dir and (problem := store_dir_problem(args.dir)) is not None:
+            if store_dir and not is_url(args.dir) and (problem := store_dir_problem(args.dir)) is not None:
                 raise ToolError(problem)
             return run(args)
         except ToolError as exc:
@@ -52,6 +53,37 @@ def add_command(
 
     p.set_defaults(run=run_command)
     return p
+
+
+DEFAULT_SCHEMA = "logstore"
+
+
+def is_url(path: str) -> bool:
+    """Whether a command's store argument is a PostgreSQL connection URL rather than a directory."""
+    return path.startswith(URL_SCHEMES)
+
+
+def add_schema_option(p: argparse.ArgumentParser) -> None:
+    """``--schema``, for a command that also takes a ``postgresql://`` URL in place of the directory."""
+    p.add_argument(
+        "--schema", default=None, help=f"with a postgresql:// URL: the store's schema (default {DEFAULT_SCHEMA})"
+    )
+
+
+def url_schema(args: argparse.Namespace, refused: Mapping[str, object] | None = None) -> str | None:
+    """The schema when the command's store is a URL (``None`` for a directory).
+
+    ``--schema`` with a directory, and with a URL any option of ``refused`` (option: its value
+    when it is set) that only means something for a directory, raise :class:`ToolError`.
+    """
+    if not is_url(args.dir):
+        if getattr(args, "schema", None) is not None:
+            raise ToolError(f"--schema is an option of a postgresql:// URL, and {args.dir} is a directory")
+        return None
+    for option, value in (refused or {}).items():
+        if value:
+            raise ToolError(f"{option} is an option of a store directory; a PostgreSQL store has no use for it")
+    return str(getattr(args, "schema", None) or DEFAULT_SCHEMA)
 
 
 def print_json(obj: object, names: str, **computed: object) -> None:

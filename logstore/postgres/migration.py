@@ -27,6 +27,7 @@ import bisect
 import heapq
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -204,6 +205,20 @@ def _gaps(conn: psycopg.Connection[Any], s: sql.Identifier) -> list[tuple[int, i
     return out
 
 
+@dataclass
+class _S:
+    """A stream with compacted messages, while :func:`assign_removed` hands out gaps: its next missing offset ``k``."""
+
+    name: str
+    missing: int
+    first_goff: int | None
+    stop: int | None
+    k: int = 0
+    deadline_befores: list[int] = field(default_factory=list)
+    deadline_goffs: list[int] = field(default_factory=list)
+    deletes: list[tuple[int, int]] = field(default_factory=list)
+
+
 # Long on purpose: one scheduling pass, its rules inline.
 def assign_removed(conn: psycopg.Connection[Any], schema: str) -> Plan:  # noqa: PLR0912, PLR0915
     """Give each global offset without a row the compacted message it held, where the log tells.
@@ -240,19 +255,14 @@ def assign_removed(conn: psycopg.Connection[Any], schema: str) -> Plan:  # noqa:
     ):
         controls.setdefault(int(sid), []).append((int(goff), int(kind), int(soff)))
 
-    class _S:
-        __slots__ = ("deadline_befores", "deadline_goffs", "deletes", "first_goff", "k", "missing", "name", "stop")
-
     state: dict[int, _S] = {}
     pinned: dict[int, int] = {}  # first_goff -> stream id, for streams missing offset 0
     for sid, name, head, first_goff, low, low_goff in streams:
         missing = int(head) if low is None else int(low)
         if missing <= 0:
             continue
-        st = _S()
-        st.name, st.missing, st.k = name, missing, 0
-        st.first_goff = first_goff
-        st.stop = int(low_goff) if low_goff is not None else None  # before the first remaining message
+        # The stream's first remaining message comes after every missing offset.
+        st = _S(name, missing, first_goff, int(low_goff) if low_goff is not None else None)
         ctl = controls.get(int(sid), [])
         # Deadlines from removals: the earliest global offset among those whose offset exceeds k.
         by_before = sorted((soff, goff) for goff, _kind, soff in ctl)
@@ -287,7 +297,7 @@ def assign_removed(conn: psycopg.Connection[Any], schema: str) -> Plan:  # noqa:
     waiting: list[tuple[int, int, int]] = []  # (release, first_goff, sid)
 
     def queue(sid: int, st: _S) -> None:
-        waiting.append((release(st), st.first_goff, sid))
+        waiting.append((release(st), st.first_goff or 0, sid))
         heapq.heapify(waiting)
 
     unassigned: list[int] = []
@@ -356,8 +366,10 @@ class PgDestination:
                         f" {marker['source']}); not of {source.where}"
                     )
             else:
-                row = conn.execute(self._q("SELECT (SELECT next_goff FROM {s}.head), (SELECT count(*) FROM {s}.streams)"))
-                head, nstreams = row.fetchone() or (0, 0)
+                counts = conn.execute(
+                    self._q("SELECT (SELECT next_goff FROM {s}.head), (SELECT count(*) FROM {s}.streams)")
+                ).fetchone()
+                head, nstreams = counts or (0, 0)
                 if head or nstreams:
                     raise NotEmptyError(
                         f"{self.where}: not empty ({head} global offsets, {nstreams} streams); migrate copies into"
@@ -369,7 +381,9 @@ class PgDestination:
                         " origin text NOT NULL, started_at timestamptz NOT NULL DEFAULT now())"
                     )
                 )
-                conn.execute(self._q("INSERT INTO {m} (source, origin) VALUES (%s, %s)"), (source.identity, source.where))
+                conn.execute(
+                    self._q("INSERT INTO {m} (source, origin) VALUES (%s, %s)"), (source.identity, source.where)
+                )
             for sid, name, head, first, deleted in conn.execute(
                 self._q("SELECT id, name, head, first, deleted FROM {s}.streams")
             ):
