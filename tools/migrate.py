@@ -19,7 +19,7 @@ import os
 from typing import Any
 
 from logstore.errors import CorruptionError, LogStoreError
-from logstore.migration import Destination, MigrateReport, MigrationError, Source, migrate
+from logstore.migration import BATCH_RECORDS, Destination, MigrateReport, MigrationError, Source, migrate
 from logstore.tools.dump import describe, whole_number
 from logstore.tools.progress import progress
 from logstore.tools.storedir import DEFAULT_SCHEMA, ToolError, fail, is_url, print_json, store_dir_problem
@@ -42,6 +42,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dst-schema", default=None, help="the destination URL's schema (default --schema)")
     p.add_argument(
         "--segment-size", type=whole_number, default=None, metavar="BYTES", help="segment size of a new store directory"
+    )
+    p.add_argument(
+        "--batch",
+        type=whole_number,
+        default=BATCH_RECORDS,
+        metavar="N",
+        help=f"records per destination transaction, rounded up to whole transactions (default {BATCH_RECORDS})",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
@@ -115,7 +122,7 @@ def _run(args: argparse.Namespace, src_schema: str | None, dst_schema: str | Non
         destination = open_destination(args.dst, dst_schema, args.segment_size)
         try:
             with progress(None, "copying", enabled=False if args.json else None, unit="offsets") as bar:
-                report = migrate(source, destination, progress=bar.advance_to)
+                report = migrate(source, destination, progress=bar.advance_to, max_records=max(1, args.batch))
         finally:
             destination.close()
     finally:
