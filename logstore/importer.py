@@ -14,7 +14,9 @@ durable as any commit is; what it adds is exactness:
   deleted) is written as a placeholder message at its stream offset. The truncation or deletion
   that removed it follows later in the log, so it is unreadable once that record is copied, and
   :meth:`EmbeddedDestination.finish` compacts the copy, which turns every placeholder into a
-  REMOVED record: the same global offset, stream and stream offset as in the source, no envelope;
+  REMOVED record: the same global offset, stream and stream offset as in the source, no envelope.
+  (The mark, below, says whether a placeholder was written. A copy without any is not compacted,
+  so removed messages whose envelopes the source still held keep them in the copy too);
 - after every write the store's global head must be the next record's global offset. A log a
   directory cannot hold (a hole, a LOST or RETAIN record: only retention and repair make them)
   raises :class:`~logstore.migration.MigrationError` naming the global offset, before anything of
@@ -78,6 +80,7 @@ class EmbeddedDestination:
         self.store: Store | None = None
         self._tx: tuple[Tx, Committer] | None = None
         self._tx_goff = 0
+        self._mark: dict[str, object] = {}
 
     # -- start -----------------------------------------------------------------------
 
@@ -115,8 +118,9 @@ class EmbeddedDestination:
                     f"{path}: not empty ({store.global_head} global offsets, {len(log_of(store).catalog)} streams);"
                     " migrate copies into an empty store, or resumes its own unfinished copy"
                 )
-            mark = {"source": source.identity, "where": source.where, "started_at": time.time()}
-            default_io().write_file_atomic(marker_path(path), json.dumps(mark).encode("utf-8"))
+            marker = {"source": source.identity, "where": source.where, "started_at": time.time()}
+            self._write_mark(marker)
+        self._mark = marker
         self._tx_goff = store.global_head
         return store.global_head
 
@@ -139,6 +143,8 @@ class EmbeddedDestination:
                 assert rec.stream is not None and rec.offset is not None
                 if self._tx is None:
                     self._tx = store.begin_tx()
+                if rec.kind == "removed" and not self._mark.get("placeholders"):
+                    self._write_mark({**self._mark, "placeholders": True})  # finish() must compact
                 payload = rec.payload if rec.kind == "message" else _placeholder(rec)
                 assert payload is not None
                 if len(payload) > store.max_envelope_size:
@@ -183,6 +189,10 @@ class EmbeddedDestination:
         if end != head:
             raise self._hole(head, end)
 
+    def _write_mark(self, mark: dict[str, object]) -> None:
+        default_io().write_file_atomic(marker_path(self.path), json.dumps(mark).encode("utf-8"))
+        self._mark = mark
+
     def _commit(self, head: int, staged: int) -> int:
         assert self._tx is not None
         _tx, committer = self._tx
@@ -204,8 +214,10 @@ class EmbeddedDestination:
     # -- the end ---------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Compact: every placeholder of a removed message becomes a REMOVED record, as in a source directory."""
-        self._open().compact()
+        """Compact, if a placeholder was written (by this run or an earlier one): each becomes a REMOVED record."""
+        store = self._open()
+        if self._mark.get("placeholders"):
+            store.compact()
 
     def as_source(self) -> EmbeddedSource:
         return EmbeddedSource(self._open())
