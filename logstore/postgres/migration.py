@@ -36,7 +36,7 @@ from psycopg import sql
 from logstore.migration import MigrationError, NotEmptyError, RawRecord, Source, StreamState
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import ConnectionLostError
-from logstore.postgres.store import _message_id, redact
+from logstore.postgres.store import message_id_of, redact
 
 MARKER_TABLE = "migration"
 """The table that marks an unfinished copy into a schema."""
@@ -418,7 +418,7 @@ class PgDestination:
                 if rec.kind == "message":
                     payload = rec.payload
                     assert payload is not None
-                    rows.append((rec.goff, ddl.KIND_MESSAGE, st[0], offset, _message_id(payload).encode(), payload))
+                    rows.append((rec.goff, ddl.KIND_MESSAGE, st[0], offset, message_id_of(payload).encode(), payload))
                     st[1], st[3] = max(st[1], offset + 1), False
                 elif rec.kind in ("removed", "lost"):
                     st[1] = max(st[1], offset + 1)

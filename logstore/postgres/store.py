@@ -129,6 +129,10 @@ def _message_id(payload: bytes) -> str:
     raise AssertionError("an encoded envelope without its message id")
 
 
+message_id_of = _message_id
+"""The message id of an encoded envelope (``logstore migrate`` fills ``log.message_id`` with it)."""
+
+
 def _check_offset(offset: object) -> None:
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, got {type(offset).__name__}")
