@@ -34,6 +34,7 @@ from logstore.postgres.migration import PgSource
 from logstore.tools.cli import main
 from tests.contract.backends import POSTGRES_URL
 from tests.helpers import ROOT, assert_verified, child_env
+from tests.terminal import on_a_terminal
 
 URL = POSTGRES_URL
 HOSTILE = ['naïve/ü "q"\n\t\'; DROP TABLE log; --', "-", "x" * 1000, "😀-emoji", "a b", "%s{}\\"]
@@ -420,3 +421,51 @@ def test_a_copy_killed_at_random_moments_resumes_and_verifies(
     if dst_schema is None:
         assert_verified(dst)
         assert not (Path(dst) / "MIGRATING").exists()
+
+
+def test_progress_bar_on_a_terminal_but_not_with_json(tmp_path: Path, schemas: list[str]) -> None:
+    src = tmp_path / "src"
+    with logstore.open(src) as store:
+        build_small(store, 30)
+    code, screen, _err = on_a_terminal(["migrate", str(src), URL, "--schema", new_schema(schemas)])
+    assert code == 0 and "copying" in screen and "verified: global head 30" in screen
+    code, screen, _err = on_a_terminal(["migrate", str(src), URL, "--schema", new_schema(schemas), "--json"])
+    assert code == 0 and "copying" not in screen and json.loads(screen)["verified"] is True
+
+
+def test_a_copy_that_differs_from_its_source_exits_1_and_stays_marked(
+    tmp_path: Path, schemas: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    with logstore.open(src) as store:
+        build_small(store, 10)
+        identity = EmbeddedSource(store).identity
+    schema = new_schema(schemas)
+    assert run_cli(capsys, "migrate", str(src), URL, "--schema", schema)[0] == 0
+    # Behind the copy's back: one envelope byte changed, and the copy marked unfinished again.
+    s = sql.Identifier(schema)
+    with psycopg.connect(URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {}.log SET envelope = overlay(envelope placing '\\x00'::bytea from 40 for 1) WHERE goff = 6"
+            ).format(s)
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (one boolean PRIMARY KEY DEFAULT true, source text, origin text,"
+                " started_at timestamptz DEFAULT now())"
+            ).format(sql.Identifier(schema, "migration"))
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (source, origin) VALUES (%s, %s)").format(sql.Identifier(schema, "migration")),
+            (identity, str(src)),
+        )
+    code, out, err = run_cli(capsys, "migrate", str(src), URL, "--schema", schema)
+    assert (code, err) == (1, "")
+    assert "resumed at global offset 10" in out
+    assert (
+        "DIFFERENCE global offset 6: a message of 's-0' at offset 2" in out
+        and "envelope bytes differ at byte 39" in out
+    )
+    code, out, _err = run_cli(capsys, "stats", URL, "--schema", schema, "--json")
+    assert json.loads(out)["migration"]["where"] == str(src)  # still marked: nothing takes it for a finished copy
