@@ -42,6 +42,7 @@ def add_parser(sub: Any) -> None:
         "print messages, one per line (read-only; safe on a live store)",
         run,
         "store directory or postgresql:// URL",
+        urls=True,
     )
     add_schema_option(p)
     p.add_argument("--stream", metavar="S", help="only stream S (--from is then a stream offset)")

@@ -27,7 +27,13 @@ from logstore.tools.storedir import add_command, add_schema_option, fail, url_sc
 def add_parser(sub: Any) -> None:
     what = "count segments, streams, messages and holes (read-only; safe on a live store)"
     p = add_command(
-        sub, "stats", what, run, "store directory or postgresql:// URL", flags={"--json": "print one JSON object"}
+        sub,
+        "stats",
+        what,
+        run,
+        "store directory or postgresql:// URL",
+        flags={"--json": "print one JSON object"},
+        urls=True,
     )
     add_schema_option(p)
 

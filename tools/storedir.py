@@ -31,12 +31,14 @@ def add_command(
     *,
     store_dir: bool = False,
     flags: Mapping[str, str] | None = None,
+    urls: bool = False,
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name``, which takes a directory, the on/off options ``flags`` (option: help) and
     calls ``run``; the caller adds any other options.
 
     A :class:`ToolError` out of ``run`` is reported (exit 2). With ``store_dir``, a directory that is not
-    a store is refused (exit 2) before ``run`` is called.
+    a store is refused (exit 2) before ``run`` is called. A ``postgresql://`` URL is refused (exit 2) unless
+    ``urls``: then ``run`` gets it as the directory (:func:`url_schema` tells them apart).
     """
     p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
     p.add_argument("dir", help=dir_help)
@@ -45,7 +47,10 @@ def add_command(
 
     def run_command(args: argparse.Namespace) -> int:
         try:
-            if store_dir and not is_url(args.dir) and (problem := store_dir_problem(args.dir)) is not None:
+            if is_url(args.dir):
+                if not urls:  # the URL is not repeated: it may hold a password
+                    raise ToolError(f"{name} works on a store directory, not on a postgresql:// URL")
+            elif store_dir and (problem := store_dir_problem(args.dir)) is not None:
                 raise ToolError(problem)
             return run(args)
         except ToolError as exc:

@@ -26,6 +26,7 @@ def add_parser(sub: Any) -> None:
         "store directory or postgresql:// URL",
         store_dir=True,
         flags=flags,
+        urls=True,
     )
     add_schema_option(p)
 

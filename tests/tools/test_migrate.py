@@ -281,6 +281,9 @@ def test_options_that_do_not_fit_are_refused(
         (["verify", str(src), "--schema", "s"], "--schema is an option of a postgresql:// URL"),
         (["dump", str(src), "--schema", "s"], "--schema is an option of a postgresql:// URL"),
         (["stats", str(src), "--schema", "s"], "--schema is an option of a postgresql:// URL"),
+        (["compact", URL], "compact works on a store directory, not on a postgresql:// URL"),
+        (["repair", URL], "repair works on a store directory, not on a postgresql:// URL"),
+        (["demo", URL], "demo works on a store directory, not on a postgresql:// URL"),
     ]
     for argv, message in cases:
         code, out, err = run_cli(capsys, *argv)
