@@ -23,7 +23,7 @@ from logstore.envelope import decode
 from logstore.errors import LogStoreError
 from logstore.inspect import RecordInfo
 from logstore.postgres import schema as ddl
-from logstore.postgres.migration import MARKER_TABLE, connect, read_marker, where_of
+from logstore.postgres.migration import MARKER_TABLE, connect, paged, read_marker, where_of
 
 _PAGE = 512
 _KIND_NAMES = {ddl.KIND_MESSAGE: "message", ddl.KIND_TRUNCATE: "truncate", ddl.KIND_DELETE: "delete"}
@@ -252,34 +252,28 @@ def verify(  # noqa: PLR0912, PLR0915
 def _check_envelopes(
     snap: _Snapshot, result: PgVerifyResult, progress: Callable[[int, int | None], None] | None
 ) -> None:
-    at, done = -1, 0
-    query = (
-        "SELECT l.goff, s.name, l.soff, l.message_id, l.envelope FROM {s}.log l JOIN {s}.streams s"
-        " ON s.id = l.stream_id WHERE l.kind = 0 AND l.goff > %s ORDER BY l.goff LIMIT %s"
-    )
-    while True:
-        rows = snap.rows(query, (at, _PAGE))
-        for goff, name, soff, message_id, envelope in rows:
-            if envelope is None:
-                continue
-            try:
-                env = decode(bytes(envelope))
-            except (ValueError, TypeError) as exc:
-                result.problems.append(PgProblem(int(goff), name, int(soff), f"the envelope does not decode: {exc}"))
-                continue
-            mid = env.message_id.encode("utf-8", "surrogatepass") if isinstance(env.message_id, str) else None
-            if message_id is not None and mid != bytes(message_id):
-                result.problems.append(
-                    PgProblem(
-                        int(goff), name, int(soff), f"the envelope's id {env.message_id!r} is not the row's message_id"
-                    )
-                )
-        done += len(rows)
-        if progress is not None:
+    done = 0
+    rows = paged(snap.conn, snap.schema, "l.goff, s.name, l.soff, l.message_id, l.envelope", 0, where="l.kind = 0")
+    for goff, name, soff, message_id, envelope in rows:
+        done += 1
+        if progress is not None and done % _PAGE == 0:
             progress(done, result.rows)
-        if len(rows) < _PAGE:
-            return
-        at = int(rows[-1][0])
+        if envelope is None:
+            continue
+        try:
+            env = decode(bytes(envelope))
+        except (ValueError, TypeError) as exc:
+            result.problems.append(PgProblem(int(goff), name, int(soff), f"the envelope does not decode: {exc}"))
+            continue
+        mid = env.message_id.encode("utf-8", "surrogatepass") if isinstance(env.message_id, str) else None
+        if message_id is not None and mid != bytes(message_id):
+            result.problems.append(
+                PgProblem(
+                    int(goff), name, int(soff), f"the envelope's id {env.message_id!r} is not the row's message_id"
+                )
+            )
+    if progress is not None:
+        progress(done, result.rows)
 
 
 def iter_records(
@@ -288,29 +282,26 @@ def iter_records(
     """Every row from global offset ``start`` on (with ``stream``, that stream's), as a :class:`RecordInfo`.
 
     A message row is readable when its offset is at or past its stream's first offset. Gaps (messages
-    that ``compact()`` deleted) yield nothing. ``ValueError`` for a stream never written.
+    that ``compact()`` deleted) yield nothing. ``ValueError`` for a stream never written, and for an
+    envelope that does not decode (naming its global offset, stream and offset).
     """
     with _Snapshot(url, schema) as snap:
         firsts = {name: int(first) for name, first in snap.rows("SELECT name, first FROM {s}.streams")}
         if stream is not None and stream not in firsts:
             raise ValueError(f"no stream named {stream!r}")
-        where = "" if stream is None else " AND s.name = %s"
-        query = (
-            "SELECT l.goff, l.kind, s.name, l.soff, l.envelope, octet_length(l.envelope) FROM {s}.log l"
-            " JOIN {s}.streams s ON s.id = l.stream_id WHERE l.goff >= %s" + where + " ORDER BY l.goff LIMIT %s"
-        )
-        at = start
-        while True:
-            params: tuple[Any, ...] = (at, stream, _PAGE) if stream is not None else (at, _PAGE)
-            rows = snap.rows(query, params)
-            for goff, kind, name, soff, envelope, size in rows:
-                kind_name = _KIND_NAMES.get(kind, f"kind {kind}")
-                readable = kind == ddl.KIND_MESSAGE and soff >= firsts.get(name, 0)
-                env = decode(bytes(envelope)) if envelopes and readable and envelope is not None else None
-                yield RecordInfo(int(goff), kind_name, name, int(soff), env, readable, int(size or 0))
-            if len(rows) < _PAGE:
-                return
-            at = int(rows[-1][0]) + 1
+        where, params = ("", ()) if stream is None else ("s.name = %s", (stream,))
+        columns = "l.goff, l.kind, s.name, l.soff, l.envelope, octet_length(l.envelope)"
+        for goff, kind, name, soff, envelope, size in paged(snap.conn, schema, columns, start, None, where, params):
+            kind_name = _KIND_NAMES.get(kind, f"kind {kind}")
+            readable = kind == ddl.KIND_MESSAGE and soff >= firsts.get(name, 0)
+            env = None
+            if envelopes and readable and envelope is not None:
+                try:
+                    env = decode(bytes(envelope))
+                except (ValueError, TypeError) as exc:
+                    where_ = f"{snap.where}: global offset {goff}, stream {name!r} offset {soff}"
+                    raise ValueError(f"{where_}: the envelope does not decode: {exc}") from None
+            yield RecordInfo(int(goff), kind_name, name, int(soff), env, readable, int(size or 0))
 
 
 def stream_start(url: str, schema: str, stream: str, offset: int) -> int | None:

@@ -41,8 +41,11 @@ from logstore.postgres.store import message_id_of, redact
 MARKER_TABLE = "migration"
 """The table that marks an unfinished copy into a schema."""
 
-_PAGE = 256
-"""Rows read in one query."""
+PAGE_ROWS = 256
+"""Most rows read in one query."""
+PAGE_BYTES = 8 << 20
+"""Most envelope bytes read in one query (a larger envelope is read alone)."""
+_NO_END = 1 << 62
 
 _KIND_OF = {ddl.KIND_MESSAGE: "message", ddl.KIND_TRUNCATE: "truncate", ddl.KIND_DELETE: "delete"}
 
@@ -60,6 +63,40 @@ def connect(url: str, where: str) -> psycopg.Connection[Any]:
 
 def where_of(url: str, schema: str) -> str:
     return f"{redact(url)} schema {schema!r}"
+
+
+def paged(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    columns: str,
+    start: int,
+    end: int | None = None,
+    where: str = "",
+    params: tuple[Any, ...] = (),
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``log l JOIN streams s`` at global offsets ``start`` .. ``end - 1`` (and ``where``), in
+    global order, ``columns`` of each: read a page at a time, at most :data:`PAGE_ROWS` rows and
+    :data:`PAGE_BYTES` envelope bytes (one larger envelope alone), so that envelopes of megabytes do
+    not pile up in memory. ``where`` and ``columns`` are SQL text with ``{s}`` for the schema."""
+    cond = "l.goff >= %s AND l.goff < %s" + (f" AND {where}" if where else "")
+    source = "FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id WHERE "
+    bound_query = sql.SQL(
+        "SELECT max(goff) FROM (SELECT l.goff, sum(coalesce(octet_length(l.envelope), 0)) OVER (ORDER BY l.goff)"
+        " AS total, row_number() OVER (ORDER BY l.goff) AS n " + source + cond + " ORDER BY l.goff LIMIT %s) w"
+        " WHERE total <= %s OR n = 1"
+    ).format(s=sql.Identifier(schema))
+    rows_query = sql.SQL("SELECT " + columns + " " + source + cond + " ORDER BY l.goff").format(
+        s=sql.Identifier(schema)
+    )
+    stop = _NO_END if end is None else end
+    at = start
+    while at < stop:
+        row = conn.execute(bound_query, (at, stop, *params, PAGE_ROWS, PAGE_BYTES)).fetchone()
+        if row is None or row[0] is None:
+            return
+        bound = int(row[0]) + 1
+        yield from conn.execute(rows_query, (at, bound, *params), binary=True).fetchall()
+        at = bound
 
 
 def has_marker(conn: psycopg.Connection[Any], schema: str) -> bool:
@@ -143,28 +180,20 @@ class PgSource:
         removed = self.plan().removed
         goffs = sorted(removed)
         k = bisect.bisect_left(goffs, start)
-        query = self._q(
-            "SELECT l.goff, l.kind, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
-            " WHERE l.goff >= %s AND l.goff < %s ORDER BY l.goff LIMIT %s"
-        )
-        at = start
-        while at < end:
-            rows = self.conn.execute(query, (at, end, _PAGE), binary=True).fetchall()
-            for goff, kind, name, soff, envelope in rows:
-                while k < len(goffs) and goffs[k] < goff:
-                    g = goffs[k]
-                    yield RawRecord(g, "removed", removed[g][0], removed[g][1], None, None)
-                    k += 1
-                kind_name = _KIND_OF.get(kind)
-                if kind_name is None:
-                    raise MigrationError(f"{self.where}: global offset {goff}: a row of kind {kind}, not 0, 1 or 2")
-                payload = bytes(envelope) if envelope is not None else None
-                if kind_name == "message" and payload is None:
-                    raise MigrationError(f"{self.where}: global offset {goff}: a message row without an envelope")
-                yield RawRecord(int(goff), kind_name, name, int(soff), payload, None)
-            if len(rows) < _PAGE:
-                break
-            at = int(rows[-1][0]) + 1
+        for goff, kind, name, soff, envelope in paged(
+            self.conn, self.schema, "l.goff, l.kind, s.name, l.soff, l.envelope", start, end
+        ):
+            while k < len(goffs) and goffs[k] < goff:
+                g = goffs[k]
+                yield RawRecord(g, "removed", removed[g][0], removed[g][1], None, None)
+                k += 1
+            kind_name = _KIND_OF.get(kind)
+            if kind_name is None:
+                raise MigrationError(f"{self.where}: global offset {goff}: a row of kind {kind}, not 0, 1 or 2")
+            payload = bytes(envelope) if envelope is not None else None
+            if kind_name == "message" and payload is None:
+                raise MigrationError(f"{self.where}: global offset {goff}: a message row without an envelope")
+            yield RawRecord(int(goff), kind_name, name, int(soff), payload, None)
         while k < len(goffs) and goffs[k] < end:
             g = goffs[k]
             yield RawRecord(g, "removed", removed[g][0], removed[g][1], None, None)

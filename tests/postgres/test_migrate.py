@@ -338,3 +338,67 @@ def test_random_histories_go_through_a_directory_and_back(tmp_path_factory: Any,
     finally:
         drop_schema(first)
         drop_schema(second)
+
+
+def test_rows_are_read_in_pages_of_bounded_size(
+    open_pg: Callable[..., Any],
+    schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from logstore.postgres import migration as pgm
+
+    with open_pg() as store:
+        fill(store)
+        with store.transaction() as tx:
+            tx.append("big", 0, [Envelope.new("Big", os.urandom(3000)) for _ in range(3)])
+    monkeypatch.setattr(pgm, "PAGE_ROWS", 4)
+    monkeypatch.setattr(pgm, "PAGE_BYTES", 2500)  # each big envelope is a page of its own
+    source = PgSource(URL, schema)
+    try:
+        records = list(source.records(0, source.global_head))
+    finally:
+        source.close()
+    assert [r.goff for r in records] == list(range(20))
+    assert [len(r.payload or b"") > 3000 for r in records].count(True) == 3
+
+    pages: list[list[Any]] = []
+
+    class Spy:  # records what each page's query returned
+        def __init__(self, conn: psycopg.Connection[Any]) -> None:
+            self.conn = conn
+
+        def execute(self, query: Any, params: Any = (), binary: bool = False) -> Any:
+            cursor = self.conn.execute(query, params, binary=binary)
+            if "ORDER BY l.goff" in query.as_string(self.conn) and "max(goff)" not in query.as_string(self.conn):
+                rows = cursor.fetchall()
+                pages.append(rows)
+                return type("Rows", (), {"fetchall": lambda _self: rows})()
+            return cursor
+
+    with psycopg.connect(URL, autocommit=True) as conn:
+        rows = list(pgm.paged(Spy(conn), schema, "l.goff, l.envelope", 0))  # type: ignore[arg-type]
+    assert [r[0] for r in rows] == list(range(20)) and len(pages) >= 20 // 4 + 3
+    for page in pages:
+        sizes = [len(r[1] or b"") for r in page]
+        assert 1 <= len(page) <= 4 and (sum(sizes) <= 2500 or len(page) == 1), sizes
+    code, out, err = run_cli(capsys, "dump", URL, "--schema", schema, "--all", "--json")
+    assert (code, err) == (0, "") and [json.loads(line)["global_offset"] for line in out.splitlines()] == list(
+        range(20)
+    )
+    assert run_cli(capsys, "verify", URL, "--schema", schema)[0] == 0
+    assert run_cli(capsys, "migrate", URL, str(tmp_path / "copy"), "--schema", schema)[0] == 0
+    assert_verified(tmp_path / "copy")
+
+
+def test_dump_of_a_url_names_an_envelope_that_does_not_decode(
+    open_pg: Callable[..., Any], schema: str, admin: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open_pg() as store:
+        fill(store)
+    sql_run(admin, schema, "UPDATE {s}.log SET envelope = '\\xc1'::bytea WHERE goff = 16")
+    code, out, err = run_cli(capsys, "dump", URL, "--schema", schema)
+    assert code == 2
+    assert "global offset 16, stream 'c' offset 0: the envelope does not decode" in err
+    assert out.splitlines()[-1].startswith("15 b@7 ")  # what came before is printed
