@@ -402,3 +402,74 @@ def test_dump_of_a_url_names_an_envelope_that_does_not_decode(
     assert code == 2
     assert "global offset 16, stream 'c' offset 0: the envelope does not decode" in err
     assert out.splitlines()[-1].startswith("15 b@7 ")  # what came before is printed
+
+
+class _Cut(Exception):
+    """An interruption of a copy, in place of a kill."""
+
+
+class _Cutting:
+    """A destination that is interrupted at its ``at``-th batch: before it is written, or (``after``) after."""
+
+    def __init__(self, inner: Any, at: int, after: bool) -> None:
+        self.inner, self.at, self.after, self.calls = inner, at, after, 0
+        self.where = inner.where
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def write(self, records: Any, end: int) -> None:
+        self.calls += 1
+        if self.calls == self.at and not self.after:
+            raise _Cut
+        self.inner.write(records, end)
+        if self.calls == self.at:
+            raise _Cut
+
+
+def _copy_with_cuts(source: Any, make: Callable[[], Any], cuts: list[tuple[int, bool]]) -> None:
+    """Copy with an interruption at each of ``cuts`` in turn (each on a fresh destination object, as a rerun
+    makes), then once more to the end; the last run must verify."""
+    for at, after in cuts:
+        dest = _Cutting(make(), at, after)
+        try:
+            migrate(source, dest, max_records=3)
+        except _Cut:
+            pass
+        else:
+            return  # finished before this cut
+        finally:
+            dest.inner.close()
+    dest = make()
+    try:
+        assert migrate(source, dest, max_records=3).verified
+    finally:
+        dest.close()
+
+
+@given(st.lists(_op, max_size=10), st.lists(st.tuples(st.integers(1, 4), st.booleans()), max_size=4))
+def test_interrupted_copies_resume_to_an_exact_copy(tmp_path_factory: Any, ops: list[Any], cuts: Any) -> None:
+    base = f"pgcut_{os.urandom(6).hex()}"
+    first, second = base + "_1", base + "_2"
+    copy = tmp_path_factory.mktemp("copy") / "store"
+    try:
+        with logstore.open(URL, schema=first) as store:
+            _apply(store, ops)
+        src = PgSource(URL, first)
+        try:
+            _copy_with_cuts(src, lambda: EmbeddedDestination(str(copy)), cuts)
+        finally:
+            src.close()
+        assert_verified(copy)
+        assert not (copy / "MIGRATING").exists()
+        with logstore.open(copy, readonly=True) as store:
+            _copy_with_cuts(EmbeddedSource(store), lambda: PgDestination(URL, second), cuts)
+        a, b = PgSource(URL, first), PgSource(URL, second)
+        try:
+            assert compare(a, b) is None
+        finally:
+            a.close()
+            b.close()
+    finally:
+        drop_schema(first)
+        drop_schema(second)
