@@ -35,8 +35,8 @@ def add_parser(sub: Any) -> None:
         "migrate",
         help="copy a store between a directory and PostgreSQL, offsets and envelope bytes kept; resumable",
     )
-    p.add_argument("src", help="the source: a store directory or a postgresql:// URL")
-    p.add_argument("dst", help="the destination: a new or empty store directory, or a postgresql:// URL")
+    p.add_argument("src", metavar="SRC", help="the source: a store directory or a postgresql:// URL")
+    p.add_argument("dst", metavar="DST", help="the destination: a new or empty store directory, or a postgresql:// URL")
     p.add_argument("--schema", default=None, help=f"the schema of a URL (default {DEFAULT_SCHEMA})")
     p.add_argument("--src-schema", default=None, help="the source URL's schema (default --schema)")
     p.add_argument("--dst-schema", default=None, help="the destination URL's schema (default --schema)")

@@ -75,19 +75,13 @@ def add_schema_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def url_schema(args: argparse.Namespace, refused: Mapping[str, object] | None = None) -> str | None:
-    """The schema when the command's store is a URL (``None`` for a directory).
-
-    ``--schema`` with a directory, and with a URL any option of ``refused`` (option: its value
-    when it is set) that only means something for a directory, raise :class:`ToolError`.
-    """
+def url_schema(args: argparse.Namespace) -> str | None:
+    """The schema when the command's store is a URL (``None`` for a directory); ``--schema`` with a
+    directory raises :class:`ToolError`."""
     if not is_url(args.dir):
         if getattr(args, "schema", None) is not None:
             raise ToolError(f"--schema is an option of a postgresql:// URL, and {args.dir} is a directory")
         return None
-    for option, value in (refused or {}).items():
-        if value:
-            raise ToolError(f"{option} is an option of a store directory; a PostgreSQL store has no use for it")
     return str(getattr(args, "schema", None) or DEFAULT_SCHEMA)
 
 
