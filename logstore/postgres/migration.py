@@ -77,17 +77,23 @@ def paged(
     """The rows of ``log l JOIN streams s`` at global offsets ``start`` .. ``end - 1`` (and ``where``), in
     global order, ``columns`` of each: read a page at a time, at most :data:`PAGE_ROWS` rows and
     :data:`PAGE_BYTES` envelope bytes (one larger envelope alone), so that envelopes of megabytes do
-    not pile up in memory. ``where`` and ``columns`` are SQL text with ``{s}`` for the schema."""
+    not pile up in memory. ``columns`` (of ``l`` and ``s``) and ``where`` (of ``l`` only) are SQL text
+    with ``{s}`` for the schema."""
     cond = "l.goff >= %s AND l.goff < %s" + (f" AND {where}" if where else "")
-    source = "FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id WHERE "
+    # The page's last global offset: the first PAGE_ROWS rows (the primary key's order, then LIMIT), and of
+    # those as many as fit in PAGE_BYTES. The window runs over the limited rows only.
     bound_query = sql.SQL(
-        "SELECT max(goff) FROM (SELECT l.goff, sum(coalesce(octet_length(l.envelope), 0)) OVER (ORDER BY l.goff)"
-        " AS total, row_number() OVER (ORDER BY l.goff) AS n " + source + cond + " ORDER BY l.goff LIMIT %s) w"
-        " WHERE total <= %s OR n = 1"
+        "SELECT max(goff) FROM (SELECT goff, sum(size) OVER (ORDER BY goff) AS total,"
+        " row_number() OVER (ORDER BY goff) AS n FROM (SELECT l.goff, coalesce(octet_length(l.envelope), 0) AS size"
+        " FROM {s}.log l WHERE " + cond + " ORDER BY l.goff LIMIT %s) p) w WHERE total <= %s OR n = 1"
     ).format(s=sql.Identifier(schema))
-    rows_query = sql.SQL("SELECT " + columns + " " + source + cond + " ORDER BY l.goff").format(
-        s=sql.Identifier(schema)
-    )
+    rows_query = sql.SQL(
+        "SELECT "
+        + columns
+        + " FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id WHERE "
+        + cond
+        + " ORDER BY l.goff"
+    ).format(s=sql.Identifier(schema))
     stop = _NO_END if end is None else end
     at = start
     while at < stop:
@@ -472,7 +478,10 @@ class PgDestination:
             conn.execute("SELECT pg_notify(%s, %s)", (self._channel, str(end)))
 
     def finish(self) -> None:
-        """Nothing to do: PostgreSQL holds compacted messages as global offsets without a row already."""
+        """Analyze the tables, which the copy filled faster than autovacuum looks (the planner then has
+        their sizes). Compacted messages need nothing: they are global offsets without a row already."""
+        assert self.conn is not None
+        self.conn.execute(self._q("ANALYZE {s}.log, {s}.streams"))
 
     def as_source(self) -> PgSource:
         reader = PgSource(self.url, self.schema)
