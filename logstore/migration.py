@@ -258,8 +258,8 @@ def _settled(rec: RawRecord, firsts: dict[str, int]) -> tuple[object, ...]:
     marker read as a hole, whose bytes a copy need not keep."""
     if rec.kind in GONE_KINDS:
         return ("hole",)
-    removed = rec.kind == "message" and rec.stream is not None and rec.offset is not None
-    if removed and rec.offset < firsts.get(rec.stream, 0):  # type: ignore[arg-type, operator]
+    stream, offset = rec.stream, rec.offset
+    if rec.kind == "message" and stream is not None and offset is not None and offset < firsts.get(stream, 0):
         return ("hole",)
     return (rec.kind, rec.stream, rec.offset, rec.payload)
 
