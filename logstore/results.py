@@ -7,7 +7,10 @@ A field that only means something for the embedded store's files (``rolled``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from logstore.envelope import Envelope
 
 
 class StreamInfo(NamedTuple):
@@ -70,3 +73,24 @@ class CompactReport:
     def erased(self) -> bool:
         """No segment file holds the envelope of a removed message (``lost+found/`` aside)."""
         return not self.unreached
+
+
+class RecordInfo(NamedTuple):
+    """One log record as :func:`iter_records` yields it."""
+
+    goff: int
+    """Its global offset."""
+    kind: str
+    """``"message"``, ``"truncate"``, ``"delete"``, ``"retain"``, ``"removed"`` or ``"lost"``."""
+    stream: str | None
+    """The stream's name; ``None`` for a RETAIN record and a LOST record of no known stream."""
+    offset: int | None
+    """The record's stream offset field: a message's offset; for TRUNCATE the stream's new first
+    retained offset, for DELETE its head; for RETAIN the global offset the log now starts at;
+    ``None`` for a LOST record of no known stream."""
+    envelope: Envelope | None
+    """The decoded envelope of a message record (``None`` for other kinds, or when not decoded)."""
+    readable: bool
+    """Whether readers return it: a message not removed by truncation, deletion or retention."""
+    payload_bytes: int
+    """The envelope's encoded size in bytes (0 for records of other kinds)."""

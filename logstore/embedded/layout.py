@@ -26,6 +26,7 @@ import os
 LOCK = "LOCK"
 CONTROL = "CONTROL"
 CHECKPOINT = "CHECKPOINT"
+MIGRATING = "MIGRATING"  # an unfinished `logstore migrate` copy into this directory (logstore.embedded.importer)
 SEGMENTS = "segments"
 STREAMS = "streams"
 LOST_FOUND = "lost+found"

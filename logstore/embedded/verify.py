@@ -333,6 +333,8 @@ class _Verifier:
                 )
             elif name.startswith(layout.CATALOG_PREFIX):
                 self.catalogs.append(name)
+            elif name in (layout.MIGRATING, layout.MIGRATING + layout.TMP):
+                self.note(f"{p}: an unfinished `logstore migrate` into this directory (run it again to finish)")
             elif self.extras.owns(name):
                 pass
             else:

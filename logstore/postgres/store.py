@@ -134,6 +134,10 @@ def _message_id(payload: bytes) -> str:
     raise AssertionError("an encoded envelope without its message id")
 
 
+message_id_of = _message_id
+"""The message id of an encoded envelope (``logstore migrate`` fills ``log.message_id`` with it)."""
+
+
 def _is_broken(conn: psycopg.Connection[Any]) -> bool:
     return bool(conn.closed or conn.broken)
 
