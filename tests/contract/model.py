@@ -206,3 +206,134 @@ def run_model(machine: type[ApiModel], backend: OpenAt, steps: int = 30, example
     if hasattr(backend, "drop"):
         count = min(count, DATABASE_EXAMPLES)
     run_state_machine_as_test(on_backend, settings=settings(stateful_step_count=steps, max_examples=count))
+
+
+class RemovalApiModel(ApiModel):
+    """The model with truncation, deletion and compaction (no retention: that is a store directory's).
+
+    Per stream the model keeps its first readable offset and whether it is deleted; each global offset
+    of a message is what its commit returned, and every truncation that moves the first offset and every
+    deletion of a live stream takes one global offset of its own (a control record).
+    """
+
+    def __init__(self) -> None:
+        self.first: dict[str, int] = {}
+        self.deleted: dict[str, bool] = {}
+        self.goffs: list[int] = []  # the global offset of each message of ``self.log``
+        self.next_goff = 0
+        self.compacted = 0  # removed messages compact() has reported
+        super().__init__()
+
+    def _record(self, messages: list[tuple[str, int, Envelope]], result: range) -> None:
+        assert result == range(self.next_goff, self.next_goff + len(messages)), (result, self.next_goff)
+        for name, offset, env in messages:
+            envs = self.streams.setdefault(name, [])
+            assert offset == len(envs)
+            envs.append(env)
+            self.first.setdefault(name, 0)
+            self.deleted[name] = False  # an append brings a deleted stream back, from its old head
+        self.log += messages
+        self.goffs += list(result)
+        self.next_goff += len(messages)  # an empty commit's range is empty: it says nothing of where it is
+        self.tx_ends.append(len(self.log))
+
+    def _live(self, name: str) -> bool:
+        return name in self.streams and not self.deleted[name]
+
+    def _check_heads(self, names: Iterable[str] = ()) -> None:
+        assert self.s.global_head == self.next_goff
+        for name in {*self.streams, *names}:
+            assert self.s.head(name) == self._head(name), name
+        assert self.s.stream_names() == [n for n in self.streams if self._live(n)]
+        for name in self.streams:
+            assert self.s.stream_info(name) == (self.first[name], self._head(name), self.deleted[name]), name
+
+    def _readable(self, start: int) -> list[tuple[int, Envelope]]:
+        return [
+            (g, env)
+            for g, (name, offset, env) in zip(self.goffs, self.log, strict=True)
+            if g >= start and offset >= self.first[name]
+        ]
+
+    def _check_global(self, start: int) -> None:
+        with self.s.open_global(self.s, start) as stream:
+            got = []
+            while stream.try_next():
+                got.append((stream.offset(), stream.get()))
+        assert got == self._readable(start)
+
+    @rule(data=st.data())
+    def read_global(self, data: st.DataObject) -> None:
+        self._check_global(data.draw(st.integers(0, self.next_goff + 2), label="from global offset"))
+
+    @rule(data=st.data())
+    def read_stream(self, data: st.DataObject) -> None:
+        if self.streams and data.draw(st.booleans(), label="known stream"):
+            name = data.draw(st.sampled_from(list(self.streams)), label="stream")
+        else:
+            name = self._unused_name(data)
+        envs = self.streams.get(name, [])
+        start = data.draw(st.integers(0, len(envs) + 2), label="from offset")
+        stream, found = self.s.open_stream(self.s, name, start)
+        with stream:
+            assert found == self._live(name)
+            got = []
+            while stream.try_next():
+                got.append((stream.offset(), stream.get()))
+        first = max(start, self.first.get(name, 0))
+        assert got == [(first + i, env) for i, env in enumerate(envs[first:])]
+
+    def _known(self, data: st.DataObject) -> str | None:
+        if not self.streams:
+            return None
+        return data.draw(st.sampled_from(list(self.streams)), label="stream")
+
+    @rule(data=st.data())
+    def truncate(self, data: st.DataObject) -> None:
+        """``truncate_stream`` in range moves the first offset (a control record) or, at or below it, does nothing."""
+        name = self._known(data)
+        if name is None:
+            return
+        head = self._head(name)
+        before = data.draw(st.integers(0, head), label="before")
+        self.s.truncate_stream(name, before)
+        if before > self.first[name]:
+            self.first[name] = before
+            self.next_goff += 1
+
+    @rule(data=st.data())
+    def bad_removal(self, data: st.DataObject) -> None:
+        """Past the head, below zero, an unknown stream: ``ValueError``, and nothing changes."""
+        name = self._known(data)
+        if name is not None and data.draw(st.booleans(), label="past the head"):
+            with pytest.raises(ValueError, match="head is"):
+                self.s.truncate_stream(name, self._head(name) + data.draw(st.integers(1, 3), label="past by"))
+            with pytest.raises(ValueError, match=">= 0"):
+                self.s.truncate_stream(name, -1)
+            return
+        unknown = self._unused_name(data)
+        with pytest.raises(ValueError, match="no stream named"):
+            self.s.truncate_stream(unknown, 0)
+        with pytest.raises(ValueError, match="no stream named"):
+            self.s.delete_stream(unknown)
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        """``delete_stream`` of a live stream removes every message (a control record); of a deleted one, nothing."""
+        name = self._known(data)
+        if name is None:
+            return
+        self.s.delete_stream(name)
+        if not self.deleted[name]:
+            self.deleted[name] = True
+            self.first[name] = self._head(name)
+            self.next_goff += 1
+
+    @rule()
+    def compact(self) -> None:
+        """``compact()`` removes every removed message once, and changes nothing a reader sees."""
+        removed = sum(self.first.values())
+        report = self.s.compact()
+        assert report.messages_removed == removed - self.compacted, (report, removed, self.compacted)
+        self.compacted = removed
+        self._check_global(0)

@@ -7,8 +7,12 @@ The machine is :class:`tests.contract.model.ApiModel`; the embedded store's own 
 from __future__ import annotations
 
 from tests.contract.backends import OpenAt
-from tests.contract.model import ApiModel, run_model
+from tests.contract.model import ApiModel, RemovalApiModel, run_model
 
 
 def test_the_store_follows_the_model(backend: OpenAt) -> None:
     run_model(ApiModel, backend)
+
+
+def test_removals_follow_the_model(backend: OpenAt) -> None:
+    run_model(RemovalApiModel, backend)
