@@ -190,21 +190,16 @@ class ApiModel(StoreMachine):
             super().teardown()
 
 
-DATABASE_EXAMPLES = scale(20, 400)
-"""Examples of a model run on a database backend (each opens a store, a schema, a pool: slower than a directory)."""
+EXAMPLES = scale(20, 400)
+"""Examples of a model run on each backend: the embedded store's own models (tests/model) run more, with crashes."""
 
 
-def run_model(machine: type[ApiModel], backend: OpenAt, steps: int = 30, examples: int | None = None) -> None:
-    """Run ``machine`` on ``backend`` with the loaded profile (derandomized in CI), ``steps`` steps an example.
-
-    A database backend runs :data:`DATABASE_EXAMPLES` examples (or ``examples``, if fewer), a store
-    directory as many as the profile says (or ``examples``).
-    """
+def run_model(machine: type[ApiModel], backend: OpenAt, steps: int = 30) -> None:
+    """Run ``machine`` on ``backend``: the loaded profile (derandomized in CI), :data:`EXAMPLES` examples of
+    ``steps`` steps (fewer if the profile says so)."""
     label = getattr(backend, "__name__", type(backend).__name__).strip("_")
     on_backend = type(f"{machine.__name__}_{label}", (machine,), {"open_at": backend})
-    count = settings.default.max_examples if examples is None else examples
-    if hasattr(backend, "drop"):
-        count = min(count, DATABASE_EXAMPLES)
+    count = min(settings.default.max_examples, EXAMPLES)
     run_state_machine_as_test(on_backend, settings=settings(stateful_step_count=steps, max_examples=count))
 
 
