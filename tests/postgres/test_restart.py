@@ -2,10 +2,11 @@
 
 Each test runs a private server (tests/postgres/server.py) and stops it as ``pg_ctl stop -m fast``
 or ``-m immediate`` does, then starts it again: never the shared server the other tests use. A
-commit in flight at the stop raises ``CommitOutcomeUnknownError`` and never half-lands
-(``commit_outcome`` says it did not commit); commits after the restart work; a reader blocked in
-``next()`` across the restart wakes and reads on from its position, with no skip and no repeat; the
-listener listens again, so that a later commit of another client wakes a blocked reader promptly.
+commit in flight at the stop raises ``CommitOutcomeUnknownError`` (or returns: a fast stop may let
+its backend finish) and never half-lands (``commit_outcome`` says which); commits after the restart
+work; a reader blocked in ``next()`` across the restart wakes and reads on from its position, with no
+skip and no repeat; the listener listens again, so that a later commit of another client wakes a
+blocked reader promptly.
 """
 
 from __future__ import annotations
@@ -48,26 +49,28 @@ def _envs(tag: str, n: int) -> list[Envelope]:
 
 
 class Tail:
-    """A thread that reads ``reader`` with ``next()``, up to ``count`` messages, keeping each offset."""
+    """A thread that reads ``reader`` with ``next()`` until the reader is closed, keeping each offset and id."""
 
-    def __init__(self, reader: Any, count: int) -> None:
+    def __init__(self, reader: Any) -> None:
         self.reader = reader
         self.got: list[tuple[int, str]] = []
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._entered = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(count,), daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         assert self._entered.wait(WAIT)
 
-    def _run(self, count: int) -> None:
+    def _run(self) -> None:
         self._entered.set()
         try:
-            for _ in range(count):
+            while True:
                 self.reader.next(timeout=WAIT * 4)
                 with self._cond:
                     self.got.append((self.reader.offset(), self.reader.get().message_id))
                     self._cond.notify_all()
+        except logstore.StreamClosedError:
+            return  # the test closed the reader: the end
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             with self._cond:
                 self.error = exc
@@ -81,7 +84,9 @@ class Tail:
             assert done, f"the reader had {len(self.got)} of {n} messages after {timeout} s: {self.got}"
             return list(self.got)
 
-    def join(self) -> None:
+    def close(self) -> None:
+        """Close the reader (which ends the wait) and the thread."""
+        self.reader.close()
         self._thread.join(WAIT)
         assert not self._thread.is_alive()
         assert self.error is None, self.error
@@ -148,48 +153,70 @@ def test_a_restart_fails_the_commit_in_flight_whole_and_blocked_readers_read_on(
         assert part.try_next() and part.offset() == 0
         assert [glob.offset() for _ in iter(glob)] == [0, 1, 2]
         stream_a = store.stream("a", 3)
-        tails = [Tail(glob, 4), Tail(stream_a, 2)]
+        tails = [Tail(glob), Tail(stream_a)]
 
         blocker, outcome = _commit_stopped_at_the_head_lock(server, store, schema)
         server.stop(mode)
         outcome["thread"].join(WAIT)
         assert not outcome["thread"].is_alive()
         blocker.close()
-        error = outcome.get("error")
-        assert isinstance(error, CommitOutcomeUnknownError), outcome
-        assert "may or may not have committed" in str(error)
-        assert error.message_ids == [e.message_id for e in outcome["envs"]]
+        ids = [e.message_id for e in outcome["envs"]]
         server.start()
-
-        # The commit in flight did not land, and nothing of it did: its retry is safe.
-        assert store.commit_outcome(error) is None
-        assert [store.locate(mid) for mid in error.message_ids] == [[]] * 3
-        assert (store.global_head, store.head("a"), store.head("b")) == (3, 3, 0)
+        if "error" in outcome:
+            error = outcome["error"]
+            assert isinstance(error, CommitOutcomeUnknownError), outcome
+            assert "may or may not have committed" in str(error)
+            assert error.message_ids == ids
+            landed = store.commit_outcome(error)
+        else:  # the server committed it as it stopped (a fast stop lets a backend finish), and said so
+            landed = outcome["range"]
+        # All of the commit in flight or none of it, never half.
+        located = [store.locate(mid) for mid in ids]
+        if landed is None:
+            assert located == [[]] * 3
+            in_flight: list[tuple[int, str]] = []
+        else:
+            assert landed == range(3, 6)
+            assert located == [[("a", 3, 3)], [("a", 4, 4)], [("b", 0, 5)]]
+            in_flight = list(zip(landed, ids, strict=True))
+        end = 3 + len(in_flight)
+        assert (store.global_head, store.head("a"), store.head("b")) == (
+            end,
+            end - len(in_flight) // 3,
+            len(in_flight) // 3,
+        )
+        in_flight_a = in_flight[:2]
         # Commits after the restart work, from both clients, on connections made since.
         after = _commit(other, "a", _envs("after", 1))
-        assert after[0][0] == 3
-        assert tails[0].wait_for(1, WAIT) == after
-        assert tails[1].wait_for(1, WAIT) == [(3, after[0][1])]
+        assert after[0][0] == end
+        want = in_flight + after
+        assert tails[0].wait_for(len(want), WAIT) == want
+        want_a = [*in_flight_a, (3 + len(in_flight_a), after[0][1])]
+        assert tails[1].wait_for(len(want_a), WAIT) == want_a
         after += _commit(store, "a", _envs("own", 1))
-        assert tails[0].wait_for(2, WAKE) == after
+        want = in_flight + after
+        assert tails[0].wait_for(len(want), WAKE) == want
         # The listener listens again: a commit of the other client wakes the blocked readers by its notification.
         listener = store._listener
         assert listener is not None
         _wait_until("the listener reconnects", lambda: listener.connections == 2)
         after += _commit(other, "a", _envs("woken", 1))
-        assert tails[0].wait_for(3, WAKE) == after
-        assert tails[1].wait_for(2, WAKE) == [(3, after[0][1]), (4, after[1][1])]
+        want = in_flight + after
+        assert tails[0].wait_for(len(want), WAKE) == want
+        want_a = [*in_flight_a, *((3 + len(in_flight_a) + k, mid) for k, (_g, mid) in enumerate(after))]
+        assert tails[1].wait_for(len(want_a), WAKE) == want_a
         after += _commit(other, "c", _envs("again", 1))
-        assert tails[0].wait_for(4, WAKE) == after
+        want = in_flight + after
+        assert tails[0].wait_for(len(want), WAKE) == want
         for tail in tails:
-            tail.join()
+            tail.close()
         # Every message once, in order: the reader blocked across the restart, and the one part way through.
-        assert [g for g, _ in tails[0].got] == [3, 4, 5, 6]
+        assert [g for g, _ in tails[0].got] == list(range(3, end + 4))
+        assert [o for o, _ in tails[1].got] == list(range(3, 3 + len(in_flight_a) + 3))
         rest = [part.offset() for _ in iter(part)]
-        assert [0, *rest] == list(range(7))
-        assert [(part.offset(), part.get().message_id) for _ in iter(part)] == []
+        assert [0, *rest] == list(range(end + 4))
         with store.global_stream() as log:
-            assert [(log.offset(), log.get().message_id) for _ in iter(log)] == before + after
+            assert [(log.offset(), log.get().message_id) for _ in iter(log)] == before + want
     finally:
         store.close()
         other.close()
