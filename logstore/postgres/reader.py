@@ -25,7 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from logstore.envelope import Envelope, decode
-from logstore.errors import StreamClosedError
+from logstore.errors import StoreClosedError, StreamClosedError
 from logstore.reader import check_timeout
 
 if TYPE_CHECKING:
@@ -66,7 +66,12 @@ class _Reader:
                 return
             signal = self._store._signal
             removals = signal.removals  # before the query: a removal from here on drops what it fetched
-            rows, nxt = self._query(self._next, self._prefetch)
+            try:
+                rows, nxt = self._query(self._next, self._prefetch)
+            except StoreClosedError:
+                if self._closed:  # the store closed this reader, then its pool, while the query waited for it
+                    raise StreamClosedError("the stream was closed while it read") from None
+                raise
             self._buf.extend(rows)
             self._next = nxt
             self._removals = removals
