@@ -11,6 +11,7 @@ blocked reader promptly.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -245,3 +246,40 @@ def test_regression_after_an_outage_reads_and_commits_fail_clearly_then_work_as_
         second = _commit(store, "s", _envs("second", 1))
         assert [(reader.offset(), reader.get().message_id) for _ in iter(reader)] == first[1:] + second
         assert store.global_head == 3
+
+
+def test_an_anext_awaiting_across_a_restart_returns_the_next_commit(server):
+    schema = "async"
+    with logstore.open(server.url, schema=schema) as store, logstore.open(server.url, schema=schema) as other:
+        first = _commit(store, "s", _envs("first", 2))
+        reader = store.stream("s", 2)
+        result: dict[str, Any] = {}
+        awaiting = threading.Event()
+
+        async def wait() -> None:
+            task = asyncio.ensure_future(reader.anext(timeout=WAIT))
+            await asyncio.sleep(0)
+            awaiting.set()
+            result["env"] = await task
+            result["offset"] = reader.offset()
+
+        def run() -> None:
+            try:
+                asyncio.run(wait())
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                result["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert awaiting.wait(WAIT)
+        server.stop("immediate")
+        server.start()
+        listener = store._listener
+        assert listener is not None
+        _wait_until("the listener reconnects", lambda: listener.connections == 2)
+        assert thread.is_alive(), f"anext() returned with nothing committed: {result}"
+        envs = _envs("after", 1)
+        after = _commit(other, "s", envs)
+        thread.join(WAKE)
+        assert result == {"env": envs[0], "offset": 2}
+        assert [g for g, _ in first + after] == [0, 1, 2]
