@@ -316,6 +316,7 @@ _SUM_BYTES = np.arange(CHECKSUM.size)
 # (messages below their stream's first retained offset, the rest always).
 _SKIP_STREAM = frozenset((KIND_REMOVED, KIND_LOST))
 _SKIP_GLOBAL = frozenset(KIND_NAMES)
+_MESSAGE_KINDS = frozenset((KIND_MESSAGE, KIND_REMOVED, KIND_LOST))  # the records that hold a stream offset
 
 
 class Undecodable(BadRecord):
@@ -408,6 +409,69 @@ def read_indexed(  # noqa: PLR0912
     except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
         return goff, offs, headers, Undecodable(position, f"envelope does not decode: {exc}")
     return goff, offs, headers, None
+
+
+def read_gather(
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goff: int,
+    stop: int,
+    out: list[Envelope],
+    sid: int,
+    soff: int,
+    count: int,
+    gap: int,
+) -> tuple[list[int], list[int], int, int] | None:
+    """Append the envelopes of stream ``sid`` from its offset ``soff`` (at global offset ``goff``) on, to
+    ``out``, stepping over the records of other streams between its runs.
+
+    A stream's read over several of its runs at once: its runs are short when it is appended to in
+    small transactions beside other streams. Reads global offsets ``goff`` .. at most ``stop - 1``;
+    ends after ``count`` of the stream's records, or after ``gap`` records of other streams in a row
+    (a separate read of the next run is then cheaper). The stream's records must be its offsets
+    ``soff``, ``soff + 1``, ... in order, the first at ``goff``; its REMOVED and LOST records are
+    skipped, its messages' checksums checked. Of the other records only the headers are read,
+    which must match the index (global offsets, lengths).
+
+    Returns the stream offsets and global offsets of the envelopes appended, and the stream offset
+    and global offset after the last record of the stream taken; or None, with nothing appended,
+    when anything is not so: the caller then reads one run at a time, which says precisely what is
+    wrong, and where.
+    """
+    had = len(out)
+    append = out.append
+    soffs: list[int] = []
+    goffs: list[int] = []
+    taken = 0
+    after = goff  # the global offset after the stream's last record taken
+    try:
+        position = positions.position(goff)
+        while goff < stop and taken < count and goff - after <= gap:
+            length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
+            end = position + length - 8
+            if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            if rsid == sid and kind in _MESSAGE_KINDS:
+                if rsoff != soff:
+                    raise BadRecord(position, f"record is stream offset {rsoff}, {soff} was next")
+                soff += 1
+                taken += 1
+                after = goff + 1
+                if kind == KIND_MESSAGE:
+                    if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                        raise BadRecord(position, "record checksum mismatch")
+                    append(decode(buf[position + 28 + nlen : end]))
+                    soffs.append(rsoff)
+                    goffs.append(goff)
+            elif taken == 0:
+                raise BadRecord(position, "the first record is not the stream's")
+            position = end + 8
+            goff += 1
+    except (BadRecord, struct.error, ValueError, TypeError, IndexError):
+        del out[had:]
+        return None
+    return soffs, goffs, soff, after
 
 
 def _read_batch(
