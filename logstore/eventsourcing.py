@@ -40,19 +40,27 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from uuid import UUID, SafeUUID
 
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    DatabaseError,
+    DataError,
     InfrastructureFactory,
     IntegrityError,
+    InterfaceError,
+    InternalError,
     Notification,
+    NotSupportedError,
     OperationalError,
+    PersistenceError,
     ProcessRecorder,
+    ProgrammingError,
     StoredEvent,
     Subscription,
     Tracking,
@@ -64,7 +72,19 @@ from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 import logstore
 from logstore import layout
 from logstore.envelope import Envelope
-from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
+from logstore.errors import (
+    CorruptionError,
+    LogStoreError,
+    MessageTooLargeError,
+    OffsetConflictError,
+    OutOfSpaceError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreFailedError,
+    StoreForkedError,
+    StoreLockedError,
+    StreamClosedError,
+)
 from logstore.opener import URL_SCHEMES
 from logstore.protocols import Stream
 from logstore.store import Store
@@ -86,6 +106,7 @@ __all__ = [
     "LogstoreTrackingRecorder",
     "open_shared",
     "release_shared",
+    "translate",
 ]
 
 NOTIFICATIONS = "notifications"
@@ -178,9 +199,7 @@ def _stored_event(env: Envelope, originator_id: UUID | str) -> StoredEvent:
 
 def _notification(env: Envelope, offset: int) -> Notification:
     key, version, state = env.message
-    return Notification(
-        id=offset + 1, originator_id=_originator(key), originator_version=version, topic=env.type, state=state
-    )
+    return _make_notification(_originator(key), version, env.type, state, offset + 1)
 
 
 _make_notification = _fast_notification if _fields_in_dict(Notification) else Notification
@@ -257,6 +276,95 @@ def _is_store(store: object) -> bool:
     return postgres is not None and isinstance(store, postgres.PostgresStore)
 
 
+# -- errors --------------------------------------------------------------------------------
+
+_EMBEDDED_ERRORS: tuple[tuple[type[LogStoreError], type[PersistenceError]], ...] = (
+    (StoreFailedError, OperationalError),  # a write or fsync failed: the store refuses writes until reopened
+    (OutOfSpaceError, OperationalError),
+    (StoreLockedError, OperationalError),
+    (ReadOnlyError, OperationalError),
+    (StreamClosedError, OperationalError),  # the store closed under a read or a wait
+    (StoreClosedError, InterfaceError),  # used after close(), as a closed connection is
+    (StoreForkedError, InterfaceError),
+    (MessageTooLargeError, DataError),
+    (CorruptionError, DatabaseError),
+)
+"""The library's error for each of the embedded store's, in the order they are looked at."""
+
+_SQLSTATE_CLASSES: dict[str, type[PersistenceError]] = {
+    "08": OperationalError,  # connection exception
+    "53": OperationalError,  # insufficient resources (a full disk, too many connections)
+    "57": OperationalError,  # operator intervention (a backend terminated, a server shutting down, a cancel)
+    "58": OperationalError,  # system error (an I/O error on the server)
+    "40": OperationalError,  # transaction rollback (serialization failure, deadlock)
+    "55": OperationalError,  # object not in prerequisite state (a lock not available)
+    "HV": OperationalError,  # foreign data wrapper error
+    "23": IntegrityError,  # integrity constraint violation
+    "22": DataError,  # data exception
+    "42": ProgrammingError,  # syntax error or access rule violation (a permission the role lacks)
+    "3F": ProgrammingError,  # invalid schema name
+    "0A": NotSupportedError,  # feature not supported
+    "XX": InternalError,  # internal error
+    "P0": InternalError,  # PL/pgSQL error
+}
+"""The library's error for a PostgreSQL refusal (``ServerError``), by the class of its SQLSTATE (its first
+two characters), as psycopg sorts them into the DB-API's errors; any other class is ``DatabaseError``."""
+
+
+def translate(error: LogStoreError, what: str) -> PersistenceError | None:
+    """The ``eventsourcing.persistence`` error for logstore's ``error`` during ``what``, or None.
+
+    None for ``OffsetConflictError`` (the recorders retry it, or turn it into ``IntegrityError``
+    themselves). On PostgreSQL: ``ConnectionLostError`` (the server unreachable, or a connection
+    broken; nothing was written) and ``CommitOutcomeUnknownError`` (the connection broke during
+    the commit; all of it or none of it landed) are ``OperationalError``, as the library's own
+    PostgreSQL module gives for psycopg's ``OperationalError``; ``ServerError`` by its SQLSTATE
+    (:data:`_SQLSTATE_CLASSES`). The embedded store's errors by :data:`_EMBEDDED_ERRORS`; any
+    other logstore error is ``PersistenceError``. The message says what was being done and
+    logstore's message; logstore's error is the ``__cause__`` (``store.commit_outcome(e.__cause__)``
+    finds out whether a save whose outcome is unknown landed).
+    """
+    if isinstance(error, OffsetConflictError):
+        return None
+    message = f"{what}: {error}"
+    pg = sys.modules.get("logstore.postgres.errors")
+    if pg is not None:
+        if isinstance(error, pg.ConnectionLostError | pg.CommitOutcomeUnknownError):
+            return OperationalError(message)
+        if isinstance(error, pg.ServerError):
+            state = error.sqlstate or ""
+            return _SQLSTATE_CLASSES.get(state[:2], DatabaseError)(message)
+    for cls, target in _EMBEDDED_ERRORS:
+        if isinstance(error, cls):
+            return target(message)
+    return PersistenceError(message)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translating(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A recorder method that raises logstore's errors as the library's (:func:`translate`)."""
+    what = method.__name__
+
+    @wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except LogStoreError as e:
+            error = translate(e, what)
+            if error is None:
+                raise
+            raise error from e
+        except TimeoutError:
+            raise  # wait()'s own, and not the store's failure
+        except OSError as e:  # a store file that cannot be read, say: sqlite3 calls that an OperationalError too
+            raise OperationalError(f"{what}: {e}") from e
+
+    return call
+
+
 # -- recorders ----------------------------------------------------------------------------
 
 
@@ -311,6 +419,7 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
     notifies = False
     """Whether inserted events also go to the notification stream (application and process recorders)."""
 
+    @_translating
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ids = self._insert(stored_events, kwargs.get("tracking"))
         return ids if self.notifies else None
@@ -389,6 +498,7 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 
+    @_translating
     def select_events(
         self,
         originator_id: UUID | str,
@@ -438,6 +548,7 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
 
     notifies = True
 
+    @_translating
     def select_notifications(
         self,
         start: int | None,
@@ -479,9 +590,11 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
                     break
         return found
 
+    @_translating
     def max_notification_id(self) -> int | None:
         return self.store.head(self.notification_stream) or None
 
+    @_translating
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         return LogstoreSubscription(self, gt=gt, topics=topics)
 
@@ -498,8 +611,12 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
         self._wanted = frozenset(topics)
         self.stopped = False
         """Whether :meth:`stop` was called: the iteration then ends."""
-        store = recorder.store
-        self._reader: Stream = store.stream(recorder.notification_stream, max(gt or 0, 0))
+        self._stream = recorder.notification_stream
+        self._reader: Stream = recorder.store.stream(self._stream, max(gt or 0, 0))
+
+    def _stopped(self) -> bool:
+        """Whether :meth:`stop` was called (by now: another thread may call it meanwhile)."""
+        return self.stopped
 
     def stop(self) -> None:
         super().stop()
@@ -515,10 +632,13 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
                 reader.next()
                 env = reader.get()
                 offset = reader.offset()
-            except StreamClosedError:
-                if self.stopped:
+            except LogStoreError as e:
+                if isinstance(e, StreamClosedError) and self._stopped():
                     raise StopIteration from None
-                raise
+                error = translate(e, f"subscription to {self._stream}")
+                if error is None:
+                    raise
+                raise error from e
             if self._wanted and env.type not in self._wanted:
                 continue
             return _notification(env, offset)
@@ -527,6 +647,7 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
 class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
     """Each upstream application's processed notification ids in a stream, ascending."""
 
+    @_translating
     def insert_tracking(self, tracking: Tracking) -> None:
         store = self.store
         while True:
@@ -544,6 +665,7 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
                 raise
             return
 
+    @_translating
     def wait(
         self,
         application_name: str,
@@ -580,6 +702,7 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
                     continue
                 last = int(reader.get().message)
 
+    @_translating
     def max_tracking_id(self, application_name: str) -> int | None:
         return _max_tracking(self.store, _tracking_stream(self.prefix, application_name))[1]
 
