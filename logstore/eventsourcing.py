@@ -92,6 +92,8 @@ from logstore.tx import Tx
 
 if TYPE_CHECKING:
     from logstore.postgres import PostgresStore
+    from logstore.postgres.reader import PgStreamReader
+    from logstore.reader import StreamReader
 
     AnyStore = Store | PostgresStore
     """The stores the recorders work on: the embedded one, or the PostgreSQL backend's."""
@@ -388,6 +390,9 @@ class LogstoreRecorder:
         # process saved or loaded last needs no read. Written under _versions_lock; read without it.
         self._versions: dict[str, tuple[int, int]] = {}
         self._versions_lock = threading.Lock()
+        # Each thread's notification scan: ``reader`` on the notification stream and ``next``, the offset
+        # it stands at (-1: open another); see select_notifications.
+        self._scan = threading.local()
 
     def _remember(self, stream: str, head: int, version: int) -> None:
         """Note that the envelope at ``head - 1`` of ``stream`` has ``version``."""
@@ -564,30 +569,39 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         found: list[Notification] = []
         if limit <= 0 or (stop is not None and stop < first):
             return found
-        reader = self.store.stream(self.notification_stream, first - 1)
-        with reader:
-            # The hot loop of a notification scan: iterating the reader takes the envelopes it
-            # decoded ahead without a call per step; ``offset()`` skips removed messages' ids.
-            offset_of = reader.offset
-            append = found.append
-            last = (1 << 63) if stop is None else stop  # offsets below ``stop`` are ids up to it
-            left = limit
-            originators: dict[bytes | str, UUID | str] = {}  # one UUID per originator of the page
-            for env in reader:
-                offset = offset_of()
-                if offset >= last:
-                    break
-                topic = env.type
-                if wanted and topic not in wanted:
-                    continue
-                key, version, state = env.message
-                oid = originators.get(key)
-                if oid is None:
-                    oid = originators[key] = _originator(key)
-                append(_make_notification(oid, version, topic, state, offset + 1))
-                left -= 1
-                if not left:
-                    break
+        # A scan in pages goes on with the reader of the page before, in the thread that read it: no
+        # reader to open per page, and what it decoded ahead is the next page's start.
+        scan = self._scan
+        reader: StreamReader | PgStreamReader | None = getattr(scan, "reader", None)
+        if reader is None or reader.closed or scan.next != first - 1:
+            if reader is not None:
+                reader.close()
+            reader = scan.reader = self.store.stream(self.notification_stream, first - 1)
+        scan.next = -1  # until this page is taken whole (an error leaves the reader to be opened again)
+        offset_of = reader.offset
+        append = found.append
+        last = (1 << 63) if stop is None else stop  # offsets below ``stop`` are ids up to it
+        left = limit
+        after = first - 1  # the offset after the last envelope taken from the reader
+        originators: dict[bytes | str, UUID | str] = {}  # one UUID per originator of the page
+        for env in reader:
+            offset = offset_of()
+            after = offset + 1
+            if offset >= last:
+                scan.next = -1  # taken from the reader, not handed out: the next page opens a reader
+                return found
+            topic = env.type
+            if wanted and topic not in wanted:
+                continue
+            key, version, state = env.message
+            oid = originators.get(key)
+            if oid is None:
+                oid = originators[key] = _originator(key)
+            append(_make_notification(oid, version, topic, state, offset + 1))
+            left -= 1
+            if not left:
+                break
+        scan.next = after
         return found
 
     @_translating
