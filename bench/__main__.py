@@ -1,17 +1,20 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, and the group PG, logstore's
+does) on logstore, sqlite3 and LMDB in one run, the group PG, logstore's
 PostgreSQL backend beside two peers on one server (skipped, saying why, when
-the server of ``LOGSTORE_BENCH_PG`` does not answer), on identical envelopes, each
-measurement in a fresh process (``bench/workloads.py``; W10's readers are
-processes of their own beside the writer's), the stores taking turns going
-first. Prints a table of medians with min and max, commit and wake-up
-latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
-Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
-measured. ``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run takes
-eleven to twelve minutes on two cores (W10 under one, PG about four) and
-needs about 8 GB of disk.
+the server of ``LOGSTORE_BENCH_PG`` does not answer), and the group ES, the
+eventsourcing library's application recorder on ``logstore.eventsourcing``
+beside the library's SQLite and POPO modules (``bench/esrecorders.py``; events
+of 300-byte states), on identical envelopes, each measurement in a fresh
+process (``bench/workloads.py``; W10's readers are processes of their own
+beside the writer's), the stores taking turns going first. Prints a table of
+medians with min and max, commit and wake-up latencies and the ratios
+logstore / peer; ``--markdown`` writes the same as a Markdown report
+(``bench/RESULTS.md`` is one), ``--json`` prints everything measured.
+``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run
+takes fourteen to fifteen minutes on two cores (W10 under one, PG about four,
+ES about three) and needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ FULL = Plan(
     pg_w4_streams=2_000,
     pg_w4_loads=1_000,
     pg_tail_commits=200,
-    es_repeat=3,
+    es_repeat=5,
     es_saves1=5_000,
     es_saves10=1_000,
     es_commits=300,
