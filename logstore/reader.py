@@ -490,7 +490,12 @@ class StreamReader(_Reader):
                         raise
                     seg_end = self._seg_end = seg.first + seg.count
             if limit < head and limit - want < self._prefetch and goff + limit - want < min(seg_end, visible):
-                gathered = self._gather(seg, want, goff, limit, head, min(seg_end, visible))
+                try:
+                    gathered = self._gather(seg, want, goff, limit, head, min(seg_end, visible))
+                except SegmentRetired:
+                    self._retired()
+                    self._seg = None
+                    continue
                 if gathered is not None:
                     return gathered
             stop = min(goff + limit - want, seg_end, goff + self._prefetch, visible)

@@ -18,7 +18,7 @@ import logstore
 from logstore import Envelope
 from logstore.errors import CorruptionError
 from logstore.reader import GATHER_GAP
-from logstore.segment import Segment
+from logstore.segment import Segment, SegmentRetired
 from tests.helpers import fill_interleaved, segment_records
 
 
@@ -138,3 +138,24 @@ def test_damage_in_another_streams_records_does_not_stop_the_read(tmp_path: Path
     with logstore.open(path) as store:
         assert _read(store, "a") == want
         assert 0 in gathered and max(gathered) > 1  # around the damage, run by run; elsewhere, gathered
+
+
+def test_a_segment_retired_under_a_gathered_read_is_read_again(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compaction swaps a segment under a read, which then raises SegmentRetired: the read looks the
+    # segment up again and goes on. Here the first gathered read is told so.
+    original = Segment.gather
+    retired: list[int] = []
+
+    def once(self: Segment, *args: Any) -> Any:
+        if not retired:
+            retired.append(args[0])
+            raise SegmentRetired(self.path)
+        return original(self, *args)
+
+    monkeypatch.setattr(Segment, "gather", once)
+    with logstore.open(store_dir) as store:
+        fill_interleaved(store, {"a": 50, "b": 50}, pad=10)
+        assert _read(store, "a") == _truth(store, "a")
+        assert retired == [0]
