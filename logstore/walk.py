@@ -431,7 +431,8 @@ def read_gather(
     ends after ``count`` of the stream's records, or after ``gap`` records of other streams in a row
     (a separate read of the next run is then cheaper). The stream's records must be its offsets
     ``soff``, ``soff + 1``, ... in order, the first at ``goff``; its REMOVED and LOST records are
-    skipped, its messages' checksums checked. Of the other records only the headers are read,
+    skipped, its messages' checksums checked, and the position entry of each of its runs' first
+    records compared with where the record is. Of the other records only the headers are read,
     which must match the index (global offsets, lengths).
 
     Returns the stream offsets and global offsets of the envelopes appended, and the stream offset
@@ -445,6 +446,8 @@ def read_gather(
     goffs: list[int] = []
     taken = 0
     after = goff  # the global offset after the stream's last record taken
+    arr, n = positions.positions.state
+    base = positions.first
     try:
         position = positions.position(goff)
         while goff < stop and taken < count and goff - after <= gap:
@@ -455,6 +458,10 @@ def read_gather(
             if rsid == sid and kind in _MESSAGE_KINDS:
                 if rsoff != soff:
                     raise BadRecord(position, f"record is stream offset {rsoff}, {soff} was next")
+                if after != goff and (goff - base >= n or arr[goff - base] != position):
+                    # The first record of one of the stream's runs: its position entry must say where
+                    # it is, as a read of that run alone (which starts there) would find.
+                    raise BadRecord(position, "the position index disagrees with the records")
                 soff += 1
                 taken += 1
                 after = goff + 1
