@@ -280,7 +280,7 @@ class Segment:
             mm = self.mm
             if mm is not None and mm.size() < size:
                 return None  # cut under the store: read() says so
-            got = read_gather(buf, size, self.positions, goff, stop, out, sid, soff, count, gap)
+            got = read_gather(mm, buf, size, self.positions, goff, stop, out, sid, soff, count, gap)
         except (BadRecord, OSError, ValueError, TypeError):
             got = None
         if got is None:
