@@ -9,6 +9,7 @@ other stream's records must not stop the stream's read.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,22 @@ def test_a_segment_retired_under_a_gathered_read_is_read_again(
         fill_interleaved(store, {"a": 50, "b": 50}, pad=10)
         assert _read(store, "a") == _truth(store, "a")
         assert retired == [0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reads_of_randomly_interleaved_streams_match_the_global_log(store_dir: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    names = ["a", "b", "c", "d"]
+    weights = [rng.random() for _ in names]  # some streams dense, some sparse
+    with logstore.open(store_dir, segment_size=256 * 1024) as store:  # several segments
+        for i in range(900):
+            name = rng.choices(names, weights)[0]
+            with store.transaction() as tx:
+                n = rng.choice((1, 1, 1, 2, 5, 40))
+                store.append_messages(tx, name, store.head(name), [Envelope.new("E", [name, i, j]) for j in range(n)])
+            if i == 600:
+                victim = rng.choice(names)
+                store.truncate_stream(victim, store.head(victim) // 3)
+        for name in names:
+            for start in (0, rng.randrange(0, store.head(name) + 1)):
+                assert _read(store, name, start) == _truth(store, name, start), (name, start)
