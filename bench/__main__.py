@@ -1,17 +1,20 @@
 """The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, and the group PG, logstore's
+does) on logstore, sqlite3 and LMDB in one run, the group PG, logstore's
 PostgreSQL backend beside two peers on one server (skipped, saying why, when
-the server of ``LOGSTORE_BENCH_PG`` does not answer), on identical envelopes, each
-measurement in a fresh process (``bench/workloads.py``; W10's readers are
-processes of their own beside the writer's), the stores taking turns going
-first. Prints a table of medians with min and max, commit and wake-up
-latencies and the ratios logstore / peer; ``--markdown`` writes the same as a
-Markdown report (``bench/RESULTS.md`` is one), ``--json`` prints everything
-measured. ``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run takes
-eleven to twelve minutes on two cores (W10 under one, PG about four) and
-needs about 8 GB of disk.
+the server of ``LOGSTORE_BENCH_PG`` does not answer), and the group ES, the
+eventsourcing library's application recorder on ``logstore.eventsourcing``
+beside the library's SQLite and POPO modules (``bench/esrecorders.py``; events
+of 300-byte states), on identical envelopes, each measurement in a fresh
+process (``bench/workloads.py``; W10's readers are processes of their own
+beside the writer's), the stores taking turns going first. Prints a table of
+medians with min and max, commit and wake-up latencies and the ratios
+logstore / peer; ``--markdown`` writes the same as a Markdown report
+(``bench/RESULTS.md`` is one), ``--json`` prints everything measured.
+``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run
+takes fourteen to fifteen minutes on two cores (W10 under one, PG about four,
+ES about three) and needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.esrecorders import ES_STORES
 from bench.machine import machine_facts
 from bench.peers import PEERS, PG_PEERS, PG_URL, pg_drop_schemas, pg_schema, pg_schema_prefix, pg_settings
 
@@ -66,6 +70,10 @@ class Plan:
     pg_w4_streams: int
     pg_w4_loads: int
     pg_tail_commits: int
+    es_repeat: int
+    es_saves1: int
+    es_saves10: int
+    es_commits: int
 
 
 QUICK = Plan(
@@ -94,6 +102,10 @@ QUICK = Plan(
     pg_w4_streams=200,
     pg_w4_loads=100,
     pg_tail_commits=20,
+    es_repeat=1,
+    es_saves1=300,
+    es_saves10=50,
+    es_commits=30,
 )
 FULL = Plan(
     repeat=5,
@@ -121,8 +133,16 @@ FULL = Plan(
     pg_w4_streams=2_000,
     pg_w4_loads=1_000,
     pg_tail_commits=200,
+    es_repeat=5,
+    es_saves1=5_000,
+    es_saves10=1_000,
+    es_commits=300,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES")
+ES_PAGES = (10, 100)
+"""Page sizes of the ES notification scan: 10 is the library's own (``pull_section_size``, ``section_size``)."""
+ES_AGGREGATES = 100
+"""Originators the ES saves go round (each save: the next version of the next one)."""
 W10_WARMUP = 10
 """Commits of a W10 run that readers take before the measured ones (the first wait starts logstore's watcher)."""
 
@@ -176,6 +196,7 @@ class Runner:
         self.base = base
         self.verbose = verbose
         self.results: dict[str, Result] = {}
+        self.es_settings: dict[str, dict[str, str]] = {}  # the ES group's stores: what each was measured under
         self._dirs = 0
 
     def fresh_dir(self, label: str) -> str:
@@ -547,6 +568,72 @@ def pg(r: Runner, plan: Plan) -> None:
         )
 
 
+def es(r: Runner, plan: Plan) -> None:
+    """The ES group: the eventsourcing library's application recorder on logstore, its SQLite module and POPO.
+
+    One process per store and repetition (``es_recorder`` in ``bench/workloads.py``): 1-event and
+    10-event saves, the notification scan in pages, and a subscriber thread's wake-up latency
+    (logstore and POPO; the library's SQLite recorder has no ``subscribe``).
+    """
+    s1, s10, commits = plan.es_saves1, plan.es_saves10, plan.es_commits
+    total = s1 + 10 * s10
+    spec = {
+        "workload": "es_recorder",
+        "saves1": s1,
+        "saves10": s10,
+        "aggregates": ES_AGGREGATES,
+        "pages": list(ES_PAGES),
+        "commits": commits,
+        "warmup": W10_WARMUP,
+        "size": SIZE,
+    }
+    for _rep, store in rotations(ES_STORES, plan.es_repeat):
+        path = r.fresh_dir(f"es-{store}")
+        res = r.run({**spec, "store": store, "dir": path})
+        remove(path)
+        r.es_settings[store] = res["settings"]
+        for events, key, saves in ((1, "saves1", s1), (10, "saves10", s10)):
+            got = res[key]
+            r.record(
+                "ES",
+                f"insert/batch={events}/size={SIZE}B/saves={human(saves)}/store={store}",
+                store,
+                "inserts/s",
+                got["saves"] / got["seconds"],
+                latency=got["latency"],
+            )
+        for page, got in res["scan"].items():
+            r.record(
+                "ES",
+                f"scan/page={page}/size={SIZE}B/messages={human(total)}/store={store}",
+                store,
+                "notifications/s",
+                got["notifications"] / got["seconds"],
+            )
+        wake = res.get("wake")
+        if wake is not None:
+            lat = wake["latency"]
+            r.record(
+                "ES",
+                f"wake-up/subscribers=1/batch=1/size={SIZE}B/commits={human(commits)}/store={store}",
+                store,
+                "ms",
+                lat["p50"] * 1e3,
+                False,
+                latency=lat,
+                extra={"samples": lat["count"], "before_commit_returned": wake["before_insert_returned"]},
+            )
+
+
+def es_available() -> str | None:
+    """None when the ES group can run (the eventsourcing library imports); else why not."""
+    try:
+        import eventsourcing.persistence  # noqa: F401
+    except ImportError as exc:
+        return f"the eventsourcing library is not installed (pip install 'logstore[eventsourcing]'): {exc}"
+    return None
+
+
 def pg_reachable() -> str | None:
     """None when the PostgreSQL server of the PG group answers; else why not."""
     try:
@@ -665,6 +752,10 @@ def text_report(report: dict[str, Any]) -> str:
     if "pg_settings" in report:
         settings = ", ".join(f"{k} {v}" for k, v in report["pg_settings"].items())
         lines += ["", f"PG server {report['pg_url']}: {settings}"]
+    for store, values in report.get("es_settings", {}).items():
+        lines.append(f"ES {store}: {', '.join(f'{k} {v}' for k, v in values.items())}")
+    if "es_settings" in report and "es-sqlite" in report["es_settings"]:
+        lines.append("ES wake-up vs es-sqlite: n/a (the library's SQLite recorder has no subscribe)")
     for workload, why in report.get("skipped", {}).items():
         lines += ["", f"{workload} skipped: {why}"]
     lines += [
@@ -703,9 +794,41 @@ def pg_markdown(report: dict[str, Any], rows: dict[tuple[str, str, str], dict[st
     return out
 
 
+def es_markdown(report: dict[str, Any], rows: dict[tuple[str, str, str], dict[str, float]]) -> list[str]:
+    """The ES group's ratio table and its stores' settings, as Markdown lines."""
+    es_rows = {k: v for k, v in rows.items() if k[0] == "ES"}
+    if not es_rows:
+        return []
+    out = [
+        "",
+        "### Ratios of the eventsourcing recorders: logstore / peer",
+        "",
+        "The library's application recorder on `logstore.eventsourcing` beside its SQLite module (`es-sqlite`, a",
+        "database file) and its POPO module (`es-popo`, memory); above 1 means logstore is better (for the",
+        "wake-up, peer / logstore). The SQLite recorder has no `subscribe`: n/a.",
+        "",
+        "| benchmark | vs es-sqlite | vs es-popo |",
+        "|---|---:|---:|",
+    ]
+    for (_w, bench, of), peers in es_rows.items():
+        cells = [
+            _ratio(peers[p]) if p in peers else ("n/a" if bench.startswith("wake-up/") else "")
+            for p in ("es-sqlite", "es-popo")
+        ]
+        figure = "" if of == "median" else f" {of}"
+        out.append(f"| `{bench}`{figure} | {cells[0]} | {cells[1]} |")
+    settings = report.get("es_settings", {})
+    if settings:
+        out += ["", "| store | measured under |", "|---|---|"]
+        for store, values in settings.items():
+            out.append(f"| {store} | {', '.join(f'{k} {v}' for k, v in values.items())} |")
+    return out
+
+
 def _latency_head(workload: str) -> str:
-    """The latency columns of a workload's Markdown table (PG: commit latency of writes, wake-up of the wake-ups)."""
-    if workload == "PG":
+    """The latency columns of a workload's Markdown table (PG, ES: commit latency of writes, wake-up of the
+    wake-ups)."""
+    if workload in ("PG", "ES"):
         return " p50 latency | p99 latency | max latency |"
     if workload == "W10":
         return " wake-up p50 | wake-up p99 | wake-up max |"
@@ -740,12 +863,13 @@ def markdown_report(report: dict[str, Any]) -> str:
     for x in report["ratios"]:
         rows.setdefault((x["workload"], x["benchmark"], x["of"]), {})[x["peer"]] = x["ratio"]
     for (w, bench, of), peers in rows.items():
-        if w == "PG":
+        if w in ("PG", "ES"):
             continue
         cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb")]
         figure = "" if of == "median" else f" {of}"
         out.append(f"| {w} | `{bench}`{figure} | {cells[0]} | {cells[1]} |")
     out += pg_markdown(report, rows)
+    out += es_markdown(report, rows)
     workload = None
     for s in report["results"]:
         scanned = s.get("extra", {}).get("records_scanned")
@@ -754,7 +878,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             same = [x for x in report["results"] if x["workload"] == workload]
             latency = any("latency_p50" in x for x in same)
             last = " records scanned at open (median) |" if scanned is not None else ""
-            wake = workload in ("W10", "PG")
+            wake = workload in ("W10", "PG", "ES")
             if latency:
                 last += _latency_head(workload)
             out += [
@@ -852,9 +976,9 @@ def run_workloads(
 ) -> dict[str, str]:
     """Run the workloads in ``want``; the PG server's settings if the PG group ran, else {}.
 
-    A group that cannot run (PG without its server) is named in ``skipped`` with the reason, and said on stderr.
+    A group that cannot run (PG without its server, ES without the eventsourcing library) is named in
+    ``skipped`` with the reason, and said on stderr.
     """
-    settings: dict[str, str] = {}
     if want & {"W1", "W3", "W6"}:
         w1_w3_w6(r, plan, stores, want)
     if "W2" in want:
@@ -871,14 +995,27 @@ def run_workloads(
         w9(r, plan, stores)
     if "W10" in want:
         w10(r, plan, stores)
-    if "PG" in want:
-        why = pg_reachable()
-        if why is None:
+    return run_groups(r, plan, want, skipped)
+
+
+def run_groups(r: Runner, plan: Plan, want: set[str], skipped: dict[str, str]) -> dict[str, str]:
+    """The groups PG and ES of ``want`` that can run; each that cannot is named in ``skipped``, saying why.
+
+    Returns the PG server's settings if the PG group ran, else {}.
+    """
+    settings: dict[str, str] = {}
+    for group, why in (("PG", pg_reachable), ("ES", es_available)):
+        if group not in want:
+            continue
+        reason = why()
+        if reason is not None:
+            skipped[group] = reason
+            print(f"{group} skipped: {reason}", file=sys.stderr)
+        elif group == "PG":
             settings = pg_settings()
             pg(r, plan)
         else:
-            skipped["PG"] = why
-            print(f"PG skipped: {why}", file=sys.stderr)
+            es(r, plan)
     return settings
 
 
@@ -886,7 +1023,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.repeat is not None:
-        plan = Plan(**{**plan.__dict__, "repeat": args.repeat, "pg_repeat": args.repeat})
+        plan = Plan(**{**plan.__dict__, "repeat": args.repeat, "pg_repeat": args.repeat, "es_repeat": args.repeat})
     os.makedirs(args.dir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="logstore-bench-", dir=args.dir)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -914,6 +1051,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings:
         # The prefix of this run's schemas, all dropped by now (the smoke test checks it).
         report.update(pg_url=PG_URL, pg_settings=settings, pg_schema_prefix=pg_schema_prefix(base))
+    if r.es_settings:
+        report["es_settings"] = r.es_settings
     if skipped:
         report["skipped"] = skipped
     if args.markdown:

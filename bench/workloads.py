@@ -606,6 +606,171 @@ def tail_reader(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- ES: the eventsourcing library's application recorder ------------------------------------------
+
+
+ES_TOPIC = "bench.orders:Order.LineAdded"
+
+
+def es_recorder(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ES group on one store (``bench/esrecorders.py``): saves, a notification scan, subscription wake-ups.
+
+    One recorder, one thread writing, the calls timed one by one:
+
+    1. ``saves1`` saves of one event (``insert_events`` with one stored
+       event), round robin over ``aggregates`` originators (UUIDs), each
+       event the originator's next version;
+    2. ``saves10`` saves of ten events of one originator, the same way;
+    3. the notification scan: ``select_notifications`` in pages of each size
+       in ``pages`` from the start of the log written above to its end, as
+       an application's processing pulls them (each page from the id after
+       the last one taken, ``inclusive_of_start=False``), the calls alone
+       timed;
+    4. with ``commits`` and a store that subscribes: a subscription from the
+       end of the log (``subscribe(gt=max_notification_id())``) iterated in
+       a thread of this process; the writer makes ``warmup`` unmeasured and
+       ``commits`` measured one-event saves, each alone in flight (then a
+       sleep of 2-5 ms drawn at random), and the wake-up latency is the time
+       from ``insert_events`` returning to the subscriber holding the
+       notification (``time.monotonic_ns()`` on both sides; a subscriber
+       may get it before ``insert_events`` returned: a negative latency,
+       kept and counted).
+
+    Every event's state is ``size`` bytes (random, the same in every
+    store). Checked (not timed): the pages' ids ascend with no gap from 1 to
+    the last, each notification's originator, version, topic and state are
+    the ones saved, and the subscriber got each wake-up save's notification,
+    in order.
+    """
+    import uuid
+
+    from eventsourcing.persistence import StoredEvent
+
+    from bench.esrecorders import SUBSCRIBES, open_es_recorder
+
+    saves1, saves10, aggs = spec["saves1"], spec["saves10"], spec["aggregates"]
+    rng = random.Random(spec.get("seed", 16))
+    state = rng.randbytes(spec["size"])
+    originators = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(aggs)]
+    versions = dict.fromkeys(originators, 0)
+    saved: list[tuple[uuid.UUID, int]] = []  # (originator, version) of notification id i + 1
+
+    def save(k: int, events: int) -> list[StoredEvent]:
+        oid = originators[k % aggs]
+        batch = []
+        for _ in range(events):
+            versions[oid] += 1
+            batch.append(StoredEvent(oid, versions[oid], ES_TOPIC, state))
+            saved.append((oid, versions[oid]))
+        return batch
+
+    ones = [save(k, 1) for k in range(saves1)]
+    tens = [save(k, 10) for k in range(saves10)]
+    recorder, close, settings = open_es_recorder(spec["store"], spec["dir"])
+    result: dict[str, Any] = {"settings": settings}
+    try:
+        insert = recorder.insert_events
+        for label, batches in (("saves1", ones), ("saves10", tens)):
+            lat = []
+            t0 = clock()
+            for batch in batches:
+                c = clock()
+                insert(batch)
+                lat.append(clock() - c)
+            result[label] = {"seconds": clock() - t0, "saves": len(batches), "latency": latency_summary(lat)}
+        total = len(saved)
+        _check(f"{spec['store']}: max notification id after the saves", recorder.max_notification_id(), total)
+        scans = {str(page): _es_scan(recorder, spec["store"], page, saved, state) for page in spec["pages"]}
+        result["scan"] = scans
+        if spec.get("commits") and spec["store"] in SUBSCRIBES:
+            result["wake"] = _es_wake(recorder, spec, save, total)
+    finally:
+        close()
+    result["rss_kb"] = rss_kb()
+    return result
+
+
+def _es_scan(recorder: Any, store: str, page: int, saved: list[tuple[Any, int]], state: bytes) -> dict[str, Any]:
+    """Step 3 of :func:`es_recorder`: the whole notification log in pages of ``page``.
+
+    Only the ``select_notifications`` calls are timed. Each page is checked between two calls and
+    then dropped, as an application's processing drops what it processed (keeping every page
+    would time the garbage collector's passes over them too).
+    """
+    total = len(saved)
+    select = recorder.select_notifications
+    start = None
+    seconds = 0.0
+    pages = taken = 0
+    while True:
+        t0 = clock()
+        got = select(start, page, inclusive_of_start=False)
+        seconds += clock() - t0
+        if not got:
+            break
+        for n in got:
+            taken += 1
+            if n.id != taken:
+                raise RuntimeError(f"{store}: notification id {n.id} where {taken} was next, in pages of {page}")
+            if (n.originator_id, n.originator_version, n.topic, n.state) != (*saved[n.id - 1], ES_TOPIC, state):
+                raise RuntimeError(f"{store}: notification {n.id} is not the event saved")
+        pages += 1
+        start = got[-1].id
+    _check(f"{store}: notifications of a scan in pages of {page}", taken, total)
+    return {"seconds": seconds, "notifications": total, "pages": pages}
+
+
+def _es_wake(recorder: Any, spec: dict[str, Any], save: Callable[[int, int], list[Any]], gt: int) -> dict[str, Any]:
+    """Step 4 of :func:`es_recorder`: the subscriber thread and the paced one-event saves."""
+    warmup, commits = spec["warmup"], spec["commits"]
+    total = warmup + commits
+    batches = [save(k, 1) for k in range(total)]
+    rng = random.Random(spec.get("seed", 16) + 1)
+    pace = [rng.uniform(0.002, 0.005) for _ in range(total)]
+    got: list[Any] = []
+    stamps = [0] * total
+    ready = threading.Event()
+    errors: list[BaseException] = []
+    subscription = recorder.subscribe(gt=gt)
+
+    def follow() -> None:
+        now = time.monotonic_ns
+        try:
+            with subscription:
+                ready.set()
+                for i, notification in enumerate(subscription):
+                    stamps[i] = now()
+                    got.append(notification)
+                    if i + 1 == total:
+                        break
+        except BaseException as exc:  # noqa: BLE001 - reported after the join
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    ready.wait()
+    sent = [0] * total
+    insert, now, sleep = recorder.insert_events, time.monotonic_ns, time.sleep
+    for i, batch in enumerate(batches):
+        insert(batch)
+        sent[i] = now()
+        sleep(pace[i])
+    thread.join(60)
+    if thread.is_alive():
+        subscription.stop()
+        raise RuntimeError(f"{spec['store']}: the subscriber took {len(got)} of {total} notifications in 60 s")
+    if errors:
+        raise errors[0]
+    _check(
+        f"{spec['store']}: notification ids the subscriber took",
+        [n.id for n in got],
+        list(range(gt + 1, gt + total + 1)),
+    )
+    lat = [(stamps[i] - sent[i]) / 1e9 for i in range(warmup, total)]
+    return {"commits": commits, "latency": latency_summary(lat), "before_insert_returned": sum(1 for x in lat if x < 0)}
+
+
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "append": append,
     "threads": threads,
@@ -619,6 +784,7 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "procs_writer": procs_writer,
     "tail": tail,
     "tail_reader": tail_reader,
+    "es_recorder": es_recorder,
 }
 
 

@@ -34,24 +34,33 @@ logstore's ``OffsetConflictError``; the recorder then reads the stream again and
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import random
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from functools import wraps
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from uuid import UUID, SafeUUID
 
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    DatabaseError,
+    DataError,
     InfrastructureFactory,
     IntegrityError,
+    InterfaceError,
+    InternalError,
     Notification,
+    NotSupportedError,
     OperationalError,
+    PersistenceError,
     ProcessRecorder,
+    ProgrammingError,
     StoredEvent,
     Subscription,
     Tracking,
@@ -65,12 +74,26 @@ from logstore.checks import URL_SCHEMES
 from logstore.embedded import layout
 from logstore.embedded.store import Store
 from logstore.envelope import Envelope
-from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
+from logstore.errors import (
+    CorruptionError,
+    LogStoreError,
+    MessageTooLargeError,
+    OffsetConflictError,
+    OutOfSpaceError,
+    ReadOnlyError,
+    StoreClosedError,
+    StoreFailedError,
+    StoreForkedError,
+    StoreLockedError,
+    StreamClosedError,
+)
 from logstore.protocols import Stream
 from logstore.tx import Tx
 
 if TYPE_CHECKING:
+    from logstore.embedded.reader import StreamReader
     from logstore.postgres import PostgresStore
+    from logstore.postgres.reader import PgStreamReader
 
     AnyStore = Store | PostgresStore
     """The stores the recorders work on: the embedded one, or the PostgreSQL backend's."""
@@ -85,6 +108,7 @@ __all__ = [
     "LogstoreTrackingRecorder",
     "open_shared",
     "release_shared",
+    "translate",
 ]
 
 NOTIFICATIONS = "notifications"
@@ -94,16 +118,80 @@ NOTIFICATIONS = "notifications"
 # -- envelopes -----------------------------------------------------------------------------
 
 
-def _event_envelope(event: StoredEvent) -> Envelope:
-    oid = event.originator_id
-    key: bytes | str = oid.bytes if isinstance(oid, UUID) else str(oid)
-    mid = str(uuid.uuid4())
-    now = datetime.now(UTC)
-    return Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+def _message_ids(n: int) -> list[str]:
+    """``n`` new message ids: version 4 UUIDs as text, from one random number for them all.
+
+    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The ids count up from a random
+    122-bit number drawn per call (``random.getrandbits``, reseeded in a forked child), which
+    keeps them as unlikely to collide as ``uuid4``'s.
+    """
+    base = _getrandbits(122)
+    ids = []
+    for i in range(n):
+        r = (base + i) & _MASK122
+        # The version (4) and variant (10) bits in their places among the 122 random ones.
+        h = "%032x" % ((r >> 74) << 80 | 0x4 << 76 | ((r >> 62) & 0xFFF) << 64 | 0x2 << 62 | (r & _MASK62))
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
+_getrandbits = random.getrandbits
+_MASK122 = (1 << 122) - 1
+_MASK62 = (1 << 62) - 1
+
+
+_new = object.__new__
+_set = object.__setattr__
+_from_bytes = int.from_bytes
+_UNKNOWN = SafeUUID.unknown
 
 
 def _originator(key: bytes | str) -> UUID | str:
-    return UUID(bytes=key) if isinstance(key, bytes) else key
+    if isinstance(key, str):
+        return key
+    # UUID(bytes=key) without its argument checks (16 bytes, as _event_envelope wrote them): a
+    # notification scan makes one UUID per notification, and the checks were a third of its cost.
+    oid: UUID = _new(UUID)
+    _set(oid, "int", _from_bytes(key, "big"))
+    _set(oid, "is_safe", _UNKNOWN)
+    return oid
+
+
+def _fast_notification(
+    originator_id: UUID | str, originator_version: int, topic: str, state: bytes, notification_id: int
+) -> Notification:
+    """``Notification(originator_id, originator_version, topic, state, id)`` without its frozen ``__init__``.
+
+    The dataclass's ``__init__`` sets each field through ``object.__setattr__`` (it is frozen):
+    giving the instance its ``__dict__`` whole is about twice as quick, the bulk of a notification
+    scan being one Notification per envelope. Used only when Notification keeps its fields in a
+    ``__dict__`` with no ``__post_init__`` (checked at import), else the constructor is.
+    """
+    n: Notification = _new(Notification)
+    _set(
+        n,
+        "__dict__",
+        {
+            "originator_id": originator_id,
+            "originator_version": originator_version,
+            "topic": topic,
+            "state": state,
+            "id": notification_id,
+        },
+    )
+    return n
+
+
+def _fields_in_dict(cls: type) -> bool:
+    """Whether instances of the dataclass ``cls`` keep exactly their fields in ``__dict__`` (no slots, no
+    ``__post_init__``), so that :func:`_fast_notification` makes the same object as the constructor."""
+    names = ["originator_id", "originator_version", "topic", "state", "id"]
+    if not dataclasses.is_dataclass(cls) or [f.name for f in dataclasses.fields(cls)] != names:
+        return False
+    if hasattr(cls, "__post_init__") or "__slots__" in cls.__dict__:
+        return False
+    probe = cls(UUID(int=1), 1, "t", b"s", 1)  # type: ignore[call-arg]
+    return getattr(probe, "__dict__", None) == dict(zip(names, (UUID(int=1), 1, "t", b"s", 1), strict=True))
 
 
 def _stored_event(env: Envelope, originator_id: UUID | str) -> StoredEvent:
@@ -113,9 +201,11 @@ def _stored_event(env: Envelope, originator_id: UUID | str) -> StoredEvent:
 
 def _notification(env: Envelope, offset: int) -> Notification:
     key, version, state = env.message
-    return Notification(
-        id=offset + 1, originator_id=_originator(key), originator_version=version, topic=env.type, state=state
-    )
+    return _make_notification(_originator(key), version, env.type, state, offset + 1)
+
+
+_make_notification = _fast_notification if _fields_in_dict(Notification) else Notification
+"""How a notification scan makes each Notification."""
 
 
 def _last(store: AnyStore, stream: str, head: int) -> Envelope | None:
@@ -125,6 +215,9 @@ def _last(store: AnyStore, stream: str, head: int) -> Envelope | None:
 
 INTERRUPT_CHECK = 0.05
 """Seconds between looks at the ``interrupt`` event of :meth:`LogstoreTrackingRecorder.wait`."""
+
+VERSIONS_KEPT = 10_000
+"""Originator streams whose last version a recorder remembers (about 200 bytes each), the oldest dropped first."""
 
 SCAN_LIMIT = 64
 """Above this many events, ``select_events(gt=...)`` finds its first offset by binary search, not by reading."""
@@ -185,6 +278,95 @@ def _is_store(store: object) -> bool:
     return postgres is not None and isinstance(store, postgres.PostgresStore)
 
 
+# -- errors --------------------------------------------------------------------------------
+
+_EMBEDDED_ERRORS: tuple[tuple[type[LogStoreError], type[PersistenceError]], ...] = (
+    (StoreFailedError, OperationalError),  # a write or fsync failed: the store refuses writes until reopened
+    (OutOfSpaceError, OperationalError),
+    (StoreLockedError, OperationalError),
+    (ReadOnlyError, OperationalError),
+    (StreamClosedError, OperationalError),  # the store closed under a read or a wait
+    (StoreClosedError, InterfaceError),  # used after close(), as a closed connection is
+    (StoreForkedError, InterfaceError),
+    (MessageTooLargeError, DataError),
+    (CorruptionError, DatabaseError),
+)
+"""The library's error for each of the embedded store's, in the order they are looked at."""
+
+_SQLSTATE_CLASSES: dict[str, type[PersistenceError]] = {
+    "08": OperationalError,  # connection exception
+    "53": OperationalError,  # insufficient resources (a full disk, too many connections)
+    "57": OperationalError,  # operator intervention (a backend terminated, a server shutting down, a cancel)
+    "58": OperationalError,  # system error (an I/O error on the server)
+    "40": OperationalError,  # transaction rollback (serialization failure, deadlock)
+    "55": OperationalError,  # object not in prerequisite state (a lock not available)
+    "HV": OperationalError,  # foreign data wrapper error
+    "23": IntegrityError,  # integrity constraint violation
+    "22": DataError,  # data exception
+    "42": ProgrammingError,  # syntax error or access rule violation (a permission the role lacks)
+    "3F": ProgrammingError,  # invalid schema name
+    "0A": NotSupportedError,  # feature not supported
+    "XX": InternalError,  # internal error
+    "P0": InternalError,  # PL/pgSQL error
+}
+"""The library's error for a PostgreSQL refusal (``ServerError``), by the class of its SQLSTATE (its first
+two characters), as psycopg sorts them into the DB-API's errors; any other class is ``DatabaseError``."""
+
+
+def translate(error: LogStoreError, what: str) -> PersistenceError | None:
+    """The ``eventsourcing.persistence`` error for logstore's ``error`` during ``what``, or None.
+
+    None for ``OffsetConflictError`` (the recorders retry it, or turn it into ``IntegrityError``
+    themselves). On PostgreSQL: ``ConnectionLostError`` (the server unreachable, or a connection
+    broken; nothing was written) and ``CommitOutcomeUnknownError`` (the connection broke during
+    the commit; all of it or none of it landed) are ``OperationalError``, as the library's own
+    PostgreSQL module gives for psycopg's ``OperationalError``; ``ServerError`` by its SQLSTATE
+    (:data:`_SQLSTATE_CLASSES`). The embedded store's errors by :data:`_EMBEDDED_ERRORS`; any
+    other logstore error is ``PersistenceError``. The message says what was being done and
+    logstore's message; logstore's error is the ``__cause__`` (``store.commit_outcome(e.__cause__)``
+    finds out whether a save whose outcome is unknown landed).
+    """
+    if isinstance(error, OffsetConflictError):
+        return None
+    message = f"{what}: {error}"
+    pg = sys.modules.get("logstore.postgres.errors")
+    if pg is not None:
+        if isinstance(error, pg.ConnectionLostError | pg.CommitOutcomeUnknownError):
+            return OperationalError(message)
+        if isinstance(error, pg.ServerError):
+            state = error.sqlstate or ""
+            return _SQLSTATE_CLASSES.get(state[:2], DatabaseError)(message)
+    for cls, target in _EMBEDDED_ERRORS:
+        if isinstance(error, cls):
+            return target(message)
+    return PersistenceError(message)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _translating(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A recorder method that raises logstore's errors as the library's (:func:`translate`)."""
+    what = method.__name__
+
+    @wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except LogStoreError as e:
+            error = translate(e, what)
+            if error is None:
+                raise
+            raise error from e
+        except TimeoutError:
+            raise  # wait()'s own, and not the store's failure
+        except OSError as e:  # a store file that cannot be read, say: sqlite3 calls that an OperationalError too
+            raise OperationalError(f"{what}: {e}") from e
+
+    return call
+
+
 # -- recorders ----------------------------------------------------------------------------
 
 
@@ -202,6 +384,35 @@ class LogstoreRecorder:
         self.prefix = prefix
         self.purpose = purpose
         self.notification_stream = f"{prefix}_{NOTIFICATIONS}"
+        # stream -> (head, version of the envelope at head - 1): what this recorder last wrote or read
+        # at the end of an originator's stream. An entry holds while the stream's head is still that
+        # head (envelopes never change; removals are checked apart), so a save of an aggregate this
+        # process saved or loaded last needs no read. Written under _versions_lock; read without it.
+        self._versions: dict[str, tuple[int, int]] = {}
+        self._versions_lock = threading.Lock()
+        # Each thread's notification scan: ``reader`` on the notification stream and ``next``, the offset
+        # it stands at (-1: open another); see select_notifications.
+        self._scan = threading.local()
+
+    def _remember(self, stream: str, head: int, version: int) -> None:
+        """Note that the envelope at ``head - 1`` of ``stream`` has ``version``."""
+        with self._versions_lock:
+            versions = self._versions
+            if len(versions) >= VERSIONS_KEPT and stream not in versions:
+                del versions[next(iter(versions))]  # the oldest entry
+            versions[stream] = (head, version)
+
+    def _last_version(self, stream: str, head: int) -> int | None:
+        """The version at ``head - 1`` of ``stream`` (``head`` > its first readable offset), or None if removed."""
+        known = self._versions.get(stream)
+        if known is not None and known[0] == head:
+            return known[1]
+        env = _exactly_at(self.store, stream, head - 1)
+        if env is None:
+            return None
+        version: int = env.message[1]
+        self._remember(stream, head, version)
+        return version
 
     def originator_stream(self, originator_id: UUID | str) -> str:
         return f"{self.prefix}_{self.purpose}-{originator_id}"
@@ -213,23 +424,36 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
     notifies = False
     """Whether inserted events also go to the notification stream (application and process recorders)."""
 
+    @_translating
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         ids = self._insert(stored_events, kwargs.get("tracking"))
         return ids if self.notifies else None
 
     def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
         """Write the events (and the tracking record) in one transaction; the notification ids when notifying."""
-        every = [_event_envelope(e) for e in stored_events]  # in the order given: the notification order
+        every: list[Envelope] = []  # in the order given: the notification order
         groups: dict[str, tuple[list[StoredEvent], list[Envelope]]] = {}
-        for event, env in zip(stored_events, every, strict=True):
-            events, envs = groups.setdefault(self.originator_stream(event.originator_id), ([], []))
+        seen: dict[UUID | str, tuple[bytes | str, list[StoredEvent], list[Envelope]]] = {}
+        now = datetime.now(UTC)  # one instant for the events of one save
+        for event, mid in zip(stored_events, _message_ids(len(stored_events)), strict=True):
+            oid = event.originator_id
+            entry = seen.get(oid)
+            if entry is None:
+                stream = self.originator_stream(oid)
+                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
+                if pair is None:
+                    pair = groups[stream] = ([], [])
+                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
+            key, events, envs = entry
             if events and event.originator_version <= events[-1].originator_version:
                 raise IntegrityError(
-                    f"{self.originator_stream(event.originator_id)}: versions in one insert must ascend, got "
+                    f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
                     f"{events[-1].originator_version} then {event.originator_version}"
                 )
+            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
             events.append(event)
             envs.append(env)
+            every.append(env)
         store = self.store
         while True:
             tx, committer = store.begin_tx()
@@ -247,6 +471,9 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                     committer.rollback()
                 raise
             offsets = tx.stream_offsets
+            if offsets is not None:
+                for stream, (events, _envs) in groups.items():
+                    self._remember(stream, offsets[stream].stop, events[-1].originator_version)
             if not self.notifies or not stored_events or offsets is None:
                 return []
             return [o + 1 for o in offsets[self.notification_stream]]
@@ -261,19 +488,22 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
         store = self.store
         for stream, (events, envs) in groups.items():
-            head = store.head(stream)
-            last = _last(store, stream, head)
-            if last is not None and events[0].originator_version <= last.message[1]:
-                raise IntegrityError(
-                    f"{stream}: version {events[0].originator_version} is not above the last recorded "
-                    f"version {last.message[1]}"
-                )
+            info = store.stream_info(stream)
+            head = 0 if info is None else info.head
+            if info is not None and not info.deleted and info.first < head:
+                last = self._last_version(stream, head)
+                if last is not None and events[0].originator_version <= last:
+                    raise IntegrityError(
+                        f"{stream}: version {events[0].originator_version} is not above the last recorded "
+                        f"version {last}"
+                    )
             store.append_messages(tx, stream, head, envs)
         if self.notifies and every:
             store.append_messages(tx, self.notification_stream, logstore.ANY, every)
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 
+    @_translating
     def select_events(
         self,
         originator_id: UUID | str,
@@ -294,18 +524,23 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         elif gt is not None and info.head - start > SCAN_LIMIT:
             start = _first_above(store, stream, start, info.head, gt)  # after a snapshot or a cached version
         found: list[StoredEvent] = []
+        last: tuple[int, int] | None = None  # (offset, version) of the last envelope read
         reader = store.stream(stream, start)
         with reader:
             while reader.try_next():
-                if reader.offset() >= info.head:
+                offset = reader.offset()
+                if offset >= info.head:
                     break
                 env = reader.get()
                 version = env.message[1]
+                last = (offset, version)
                 if gt is not None and version <= gt:
                     continue
                 if lte is not None and version > lte:
                     break
                 found.append(_stored_event(env, originator_id))
+        if last is not None and last[0] == info.head - 1:
+            self._remember(stream, info.head, last[1])  # a save after this load need not read the last one
         if desc:
             found.reverse()
         if limit is not None:
@@ -318,6 +553,7 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
 
     notifies = True
 
+    @_translating
     def select_notifications(
         self,
         start: int | None,
@@ -333,24 +569,46 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         found: list[Notification] = []
         if limit <= 0 or (stop is not None and stop < first):
             return found
-        store = self.store
-        reader = store.stream(self.notification_stream, first - 1)
-        with reader:
-            while reader.try_next():
-                offset = reader.offset()
-                if stop is not None and offset >= stop:
-                    break
-                env = reader.get()
-                if wanted and env.type not in wanted:
-                    continue
-                found.append(_notification(env, offset))
-                if len(found) == limit:
-                    break
+        # A scan in pages goes on with the reader of the page before, in the thread that read it: no
+        # reader to open per page, and what it decoded ahead is the next page's start.
+        scan = self._scan
+        reader: StreamReader | PgStreamReader | None = getattr(scan, "reader", None)
+        if reader is None or reader.closed or scan.next != first - 1:
+            if reader is not None:
+                reader.close()
+            reader = scan.reader = self.store.stream(self.notification_stream, first - 1)
+        scan.next = -1  # until this page is taken whole (an error leaves the reader to be opened again)
+        offset_of = reader.offset
+        append = found.append
+        last = (1 << 63) if stop is None else stop  # offsets below ``stop`` are ids up to it
+        left = limit
+        after = first - 1  # the offset after the last envelope taken from the reader
+        originators: dict[bytes | str, UUID | str] = {}  # one UUID per originator of the page
+        for env in reader:
+            offset = offset_of()
+            after = offset + 1
+            if offset >= last:
+                scan.next = -1  # taken from the reader, not handed out: the next page opens a reader
+                return found
+            topic = env.type
+            if wanted and topic not in wanted:
+                continue
+            key, version, state = env.message
+            oid = originators.get(key)
+            if oid is None:
+                oid = originators[key] = _originator(key)
+            append(_make_notification(oid, version, topic, state, offset + 1))
+            left -= 1
+            if not left:
+                break
+        scan.next = after
         return found
 
+    @_translating
     def max_notification_id(self) -> int | None:
         return self.store.head(self.notification_stream) or None
 
+    @_translating
     def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
         return LogstoreSubscription(self, gt=gt, topics=topics)
 
@@ -367,8 +625,12 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
         self._wanted = frozenset(topics)
         self.stopped = False
         """Whether :meth:`stop` was called: the iteration then ends."""
-        store = recorder.store
-        self._reader: Stream = store.stream(recorder.notification_stream, max(gt or 0, 0))
+        self._stream = recorder.notification_stream
+        self._reader: Stream = recorder.store.stream(self._stream, max(gt or 0, 0))
+
+    def _stopped(self) -> bool:
+        """Whether :meth:`stop` was called (by now: another thread may call it meanwhile)."""
+        return self.stopped
 
     def stop(self) -> None:
         super().stop()
@@ -384,10 +646,13 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
                 reader.next()
                 env = reader.get()
                 offset = reader.offset()
-            except StreamClosedError:
-                if self.stopped:
+            except LogStoreError as e:
+                if isinstance(e, StreamClosedError) and self._stopped():
                     raise StopIteration from None
-                raise
+                error = translate(e, f"subscription to {self._stream}")
+                if error is None:
+                    raise
+                raise error from e
             if self._wanted and env.type not in self._wanted:
                 continue
             return _notification(env, offset)
@@ -396,6 +661,7 @@ class LogstoreSubscription(Subscription[ApplicationRecorder]):
 class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
     """Each upstream application's processed notification ids in a stream, ascending."""
 
+    @_translating
     def insert_tracking(self, tracking: Tracking) -> None:
         store = self.store
         while True:
@@ -413,6 +679,7 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
                 raise
             return
 
+    @_translating
     def wait(
         self,
         application_name: str,
@@ -449,6 +716,7 @@ class LogstoreTrackingRecorder(LogstoreRecorder, TrackingRecorder):
                     continue
                 last = int(reader.get().message)
 
+    @_translating
     def max_tracking_id(self, application_name: str) -> int | None:
         return _max_tracking(self.store, _tracking_stream(self.prefix, application_name))[1]
 

@@ -35,7 +35,7 @@ from typing import Any
 from logstore.embedded.fileio import FileIO
 from logstore.embedded.layout import TMP, position_name, segment_name
 from logstore.embedded.record import BadRecord
-from logstore.embedded.walk import Undecodable, counted, read_indexed
+from logstore.embedded.walk import Undecodable, counted, read_gather, read_indexed
 from logstore.envelope import Envelope
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
 from logstore.index.errors import FormatError
@@ -263,6 +263,32 @@ class Segment:
             if len(out) == had:
                 raise CorruptionError(self.path, bad.position, f"global offset {nxt}: {bad.what}")
         return nxt, offs, headers
+
+    def gather(
+        self, goff: int, stop: int, out: list[Envelope], sid: int, soff: int, count: int, gap: int
+    ) -> tuple[list[int], list[int], int, int] | None:
+        """Stream ``sid``'s envelopes from its offset ``soff`` at global ``goff``, over several of its runs:
+        :func:`logstore.walk.read_gather` on this segment (see there for the arguments and what it returns).
+
+        None (nothing appended) when the read met anything unusual, damage included: the caller
+        then reads run by run with :meth:`read`, which raises what is wrong. A segment closed under
+        the read raises :class:`SegmentRetired`.
+        """
+        buf = self.view  # before the size: the view then covers at least that many bytes
+        size = self.size
+        try:
+            mm = self.mm
+            if mm is not None and mm.size() < size:
+                return None  # cut under the store: read() says so
+            got = read_gather(mm, buf, size, self.positions, goff, stop, out, sid, soff, count, gap)
+        except (BadRecord, OSError, ValueError, TypeError):
+            got = None
+        if got is None:
+            if self.closed:
+                raise SegmentRetired(self.path)
+        else:
+            self.io.records_read += got[3] - goff
+        return got
 
     def close(self) -> None:
         """Release the mapping and the descriptor; closing twice does nothing."""

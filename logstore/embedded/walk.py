@@ -316,6 +316,7 @@ _SUM_BYTES = np.arange(CHECKSUM.size)
 # (messages below their stream's first retained offset, the rest always).
 _SKIP_STREAM = frozenset((KIND_REMOVED, KIND_LOST))
 _SKIP_GLOBAL = frozenset(KIND_NAMES)
+_MESSAGE_KINDS = frozenset((KIND_MESSAGE, KIND_REMOVED, KIND_LOST))  # the records that hold a stream offset
 
 
 class Undecodable(BadRecord):
@@ -408,6 +409,157 @@ def read_indexed(  # noqa: PLR0912
     except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
         return goff, offs, headers, Undecodable(position, f"envelope does not decode: {exc}")
     return goff, offs, headers, None
+
+
+def read_gather(
+    mm: Any,
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goff: int,
+    stop: int,
+    out: list[Envelope],
+    sid: int,
+    soff: int,
+    count: int,
+    gap: int,
+) -> tuple[list[int], list[int], int, int] | None:
+    """Append the envelopes of stream ``sid`` from its offset ``soff`` (at global offset ``goff``) on, to
+    ``out``, stepping over the records of other streams between its runs.
+
+    A stream's read over several of its runs at once: its runs are short when it is appended to in
+    small transactions beside other streams. Reads global offsets ``goff`` .. at most ``stop - 1``;
+    ends after ``count`` of the stream's records, or after ``gap`` records of other streams in a row
+    (a separate read of the next run is then cheaper). The stream's records must be its offsets
+    ``soff``, ``soff + 1``, ... in order, the first at ``goff``; its REMOVED and LOST records are
+    skipped, its messages' checksums checked, and the position entry of each of its runs' first
+    records compared with where the record is. Of the other records only the headers are read,
+    which must match the index (global offsets, lengths).
+
+    Returns the stream offsets and global offsets of the envelopes appended, and the stream offset
+    and global offset after the last record of the stream taken; or None, with nothing appended,
+    when anything is not so: the caller then reads one run at a time, which says precisely what is
+    wrong, and where. Reads of :data:`BATCH_MIN` records or more (``mm``, the segment's mapping,
+    given) first try :func:`_gather_batch`, which reads the headers with numpy.
+    """
+    if mm is not None and count >= BATCH_MIN:
+        batch = _gather_batch(mm, buf, size, positions, goff, stop, out, sid, soff, count, gap)
+        if batch is not None:
+            return batch
+    had = len(out)
+    append = out.append
+    soffs: list[int] = []
+    goffs: list[int] = []
+    taken = 0
+    after = goff  # the global offset after the stream's last record taken
+    arr, n = positions.positions.state
+    base = positions.first
+    try:
+        position = positions.position(goff)
+        while goff < stop and taken < count and goff - after <= gap:
+            length, kind, _flags, nlen, rsid, rsoff, rgoff = _hdr_unpack(buf, position)
+            end = position + length - 8
+            if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            if rsid == sid and kind in _MESSAGE_KINDS:
+                if rsoff != soff:
+                    raise BadRecord(position, f"record is stream offset {rsoff}, {soff} was next")
+                if after != goff and (goff - base >= n or arr[goff - base] != position):
+                    # The first record of one of the stream's runs: its position entry must say where
+                    # it is, as a read of that run alone (which starts there) would find.
+                    raise BadRecord(position, "the position index disagrees with the records")
+                soff += 1
+                taken += 1
+                after = goff + 1
+                if kind == KIND_MESSAGE:
+                    if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                        raise BadRecord(position, "record checksum mismatch")
+                    append(decode(buf[position + 28 + nlen : end]))
+                    soffs.append(rsoff)
+                    goffs.append(goff)
+            elif taken == 0:
+                raise BadRecord(position, "the first record is not the stream's")
+            position = end + 8
+            goff += 1
+    except (BadRecord, struct.error, ValueError, TypeError, IndexError):
+        del out[had:]
+        return None
+    return soffs, goffs, soff, after
+
+
+def _gather_batch(
+    mm: Any,
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goff: int,
+    stop: int,
+    out: list[Envelope],
+    sid: int,
+    soff: int,
+    count: int,
+    gap: int,
+) -> tuple[list[int], list[int], int, int] | None:
+    """The fast path of :func:`read_gather`: the headers of the records ahead read at once with numpy.
+
+    Looks at ``2 * count + gap`` records from ``goff`` at most (a stream with at least every other
+    record its own fills ``count``; a sparser one takes fewer, and the next read goes on). Every
+    record's header must match the index (global offsets, records end to end from their position
+    entries, lengths); the stream's records taken must be plain messages at offsets ``soff``,
+    ``soff + 1``, ..., the first at ``goff``, and their checksums match. Returns what
+    :func:`read_gather` returns, or None, with nothing appended, when anything is unusual (a
+    REMOVED or LOST record, a control record of the stream, damage, a mapping going away).
+    """
+    had = len(out)
+    try:
+        arr, n = positions.positions.state
+        i = goff - positions.first
+        span = min(stop - goff, 2 * count + gap, n - i)
+        if i < 0 or span < BATCH_MIN:
+            return None
+        raw = np.frombuffer(mm, np.uint8)
+        starts = arr[i : i + span].astype(np.int64)
+        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        length = h["length"].astype(np.int64)
+        nlen = h["nlen"].astype(np.int64)
+        ends = starts + length - CHECKSUM.size
+        if not (
+            int(ends[-1]) + CHECKSUM.size <= size
+            and bool((ends[:-1] + CHECKSUM.size == starts[1:]).all())
+            and bool((length >= RECORD_OVERHEAD + nlen).all())
+            and bool((h["goff"] == np.arange(goff, goff + span, dtype=np.uint64)).all())
+        ):
+            return None
+        mine = np.flatnonzero(h["sid"] == sid)
+        if len(mine) == 0 or mine[0] != 0:
+            return None
+        holes = np.flatnonzero(np.diff(mine) > gap + 1)  # more than ``gap`` other records in a row
+        if len(holes):
+            mine = mine[: holes[0] + 1]
+        mine = mine[:count]
+        k = len(mine)
+        if not (
+            bool((h["kind"][mine] == KIND_MESSAGE).all())
+            and bool((h["soff"][mine] == np.arange(soff, soff + k, dtype=np.uint64)).all())
+        ):
+            return None
+        kept_ends = ends[mine]
+        sums = raw[kept_ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        kept = starts[mine]
+        payloads = (kept + RECORD_HEADER.size + nlen[mine]).tolist()
+        append = out.append
+        for p, a, e, c in zip(kept.tolist(), payloads, kept_ends.tolist(), sums, strict=True):
+            if _xxh(buf[p:e]) != c:
+                del out[had:]
+                return None
+            append(decode(buf[a:e]))
+    except (ValueError, TypeError, IndexError, BufferError):
+        # A mapping closed or cut under the read, or an envelope that does not decode: the
+        # record-by-record loop reads it again and reports it.
+        del out[had:]
+        return None
+    goffs = (mine + goff).tolist()
+    return list(range(soff, soff + k)), goffs, soff + k, goffs[-1] + 1
 
 
 def _read_batch(

@@ -22,6 +22,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 STORES = {"logstore", "sqlite", "lmdb"}
 PG_STORES = {"pg", "pg-eventsourcing", "pg-plain"}
+ES_STORES = {"logstore", "es-sqlite", "es-popo"}
 
 
 def _pg_reachable() -> bool:
@@ -69,12 +70,14 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
         if "latency_p50" in r:
             assert 0 < r["latency_p50"] <= r["latency_p99"] <= r["latency_max"]
     skipped = report.get("skipped", {})
+    assert "ES" not in skipped, skipped  # the eventsourcing library is in the dev extra
+    check_es(report)
     if "PG" in skipped:
         assert "PG" not in by_workload and skipped["PG"], skipped
         assert not _pg_reachable(), f"PG was skipped though its server answers: {skipped['PG']}"
-        assert set(by_workload) == {f"W{i}" for i in range(1, 11)}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES"}
     else:
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES"}
         check_pg(report)
     for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
@@ -125,6 +128,7 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
 
     text = markdown.read_text()
     assert "### Ratios: logstore / peer" in text and w1 in text
+    assert "### Ratios of the eventsourcing recorders: logstore / peer" in text and "| n/a |" in text
     assert "### W10" in text and "wake-up p99" in text
     assert [p.name for p in work.iterdir()] == [], "the suite left store directories behind"
     if "PG" not in skipped:
@@ -168,3 +172,32 @@ def check_pg(report: dict[str, Any]) -> None:
     settings = report["pg_settings"]
     for key in ("synchronous_commit", "fsync", "wal_sync_method", "shared_buffers", "max_wal_size"):
         assert settings[key], key
+
+
+def check_es(report: dict[str, Any]) -> None:
+    """The ES group's rows, ratios and settings in a quick report."""
+    stores: dict[str, set[str]] = {}
+    for r in report["results"]:
+        if r["workload"] == "ES":
+            stores.setdefault(r["name"].rsplit("/store=", 1)[0], set()).add(r["store"])
+    wake = "wake-up/subscribers=1/batch=1/size=300B/commits=30"
+    assert stores == {
+        "insert/batch=1/size=300B/saves=300": ES_STORES,
+        "insert/batch=10/size=300B/saves=50": ES_STORES,
+        "scan/page=10/size=300B/messages=800": ES_STORES,
+        "scan/page=100/size=300B/messages=800": ES_STORES,
+        wake: {"logstore", "es-popo"},  # the library's SQLite recorder cannot subscribe
+    }, stores
+    for r in report["results"]:
+        if r["workload"] == "ES" and r["name"].startswith("insert/"):
+            assert r["unit"] == "inserts/s" and r["higher_is_better"] and "latency_p50" in r
+        elif r["workload"] == "ES" and r["name"].startswith("wake-up/"):
+            assert r["unit"] == "ms" and not r["higher_is_better"] and r["extra"]["samples"] == [30]
+    ratios = {(x["benchmark"], x["of"], x["peer"]) for x in report["ratios"] if x["workload"] == "ES"}
+    for family in stores:
+        figures = ("p50", "p99") if family == wake else ("median",)
+        peers = ("es-popo",) if family == wake else ("es-sqlite", "es-popo")
+        assert {(family, of, p) for of in figures for p in peers} <= ratios, family
+    settings = report["es_settings"]
+    assert settings["logstore"] == {"durability": "fsync"}
+    assert settings["es-sqlite"] == {"journal_mode": "wal", "synchronous": "FULL"}
