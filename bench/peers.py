@@ -188,9 +188,7 @@ class LogstorePeer(Peer):
         committer.commit()
 
     def load(self, stream: str) -> list[Envelope]:
-        reader, _found = self.store.open_stream(self.store, stream, 0)
-        with reader:
-            return list(reader)
+        return self.store.read(stream)
 
     def scan(self) -> Iterator[Envelope]:
         with self.store.open_global(self.store, 0) as reader:

@@ -39,7 +39,7 @@ import psycopg_pool
 from psycopg import sql
 
 from logstore.compact import CompactReport
-from logstore.envelope import Envelope, check_envelopes, encode_many
+from logstore.envelope import Envelope, check_envelopes, decode, encode_many
 from logstore.errors import LogStoreError, OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.opener import URL_SCHEMES
 from logstore.postgres import schema as ddl
@@ -60,6 +60,8 @@ MAX_SCHEMA_NAME = 63
 """PostgreSQL's longest identifier, in bytes."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 """TCP keepalives of every connection: probes after 30 s of silence, every 10 s, 3 unanswered end it."""
+READ_PAGE = 1000
+"""Most messages one query of :meth:`PostgresStore.read` fetches."""
 HEADS_KEPT = 100_000
 """Most stream heads a store remembers for ``append_messages``'s check (then it forgets them all)."""
 
@@ -383,12 +385,12 @@ class PostgresStore:
             with first:
                 self._setup(first)
                 store_id = ddl.ensure(first, schema, self.path, create=not self.readonly)
+                self._sql = _Statements(schema, first)
         except psycopg.Error as exc:
             raise self._translate(exc, first, "could not open the store") from exc
         if store_id is None:
             raise FileNotFoundError(f"{self.path}: no logstore store there (readonly=True creates none)")
         self.store_id = store_id
-        self._sql = _Statements(schema)
         _live_stores.add(self)
         try:
             self._pool = psycopg_pool.ConnectionPool(
@@ -453,7 +455,7 @@ class PostgresStore:
         finally:
             pool.putconn(conn)  # a broken connection is discarded by the pool
 
-    def _query(self, query: sql.Composed, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
+    def _query(self, query: bytes, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
         """Run a read-only statement (its own snapshot) and return its rows.
 
         A connection that broke is dropped and the statement runs again on another, as many times as the
@@ -477,7 +479,7 @@ class PostgresStore:
         return ServerError(f"{self.path}: {what}: the server refused: {exc}", exc.sqlstate)
 
     def _run_commit(
-        self, query: sql.Composed, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
+        self, query: bytes, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
     ) -> list[Any]:
         """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT;
         return its rows.
@@ -717,9 +719,13 @@ class PostgresStore:
         self._check_ds(ds)
         check_stream_name(stream)
         _check_offset(offset)
-        rows = self._query(self._sql.found, (stream,))
+        # One round trip: whether the stream exists, and the reader's first batch (one snapshot).
+        removals = self._signal.removals  # before the query, as a reader's fetch (see PgStreamReader)
+        limit = PgStreamReader.FIRST_PREFETCH
+        rows = self._query(self._sql.open_stream, (offset, limit, stream), binary=True)
         found = bool(rows and rows[0][0])
-        reader = PgStreamReader(self, stream, offset, found)
+        batch = [(soff, goff, env) for _found, soff, goff, env in rows if soff is not None]
+        reader = PgStreamReader(self, stream, offset, found, (batch, limit, removals))
         self._readers.add(reader)
         return reader, found
 
@@ -739,6 +745,31 @@ class PostgresStore:
     def global_stream(self, offset: int = 0) -> PgGlobalReader:
         """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``."""
         return self.open_global(self, offset)
+
+    def read(self, stream: str, offset: int = 0) -> list[Envelope]:
+        """Every message of ``stream`` from ``offset`` on that is committed now, in offset order.
+
+        What a reader opened at ``offset`` iterates (``list(store.stream(stream, offset))``), in one
+        call: the way to load a whole stream (an event-sourced entity, say). One query, one round trip,
+        for a stream of up to :data:`READ_PAGE` messages from ``offset`` (one more per further page):
+        a page shorter than asked for has reached the stream's end as of a query made during this call,
+        so no further query is needed to know it. Empty for a stream that does not exist, is deleted, or
+        ends before ``offset``; removed offsets are skipped.
+        """
+        self._check_open()
+        check_stream_name(stream)
+        _check_offset(offset)
+        out: list[Envelope] = []
+        start = offset
+        while True:
+            rows = self._read_stream(stream, start, READ_PAGE)
+            out += [decode(env) for _soff, _goff, env in rows]
+            if len(rows) < READ_PAGE:
+                break
+            start = int(rows[-1][0]) + 1
+        if rows:
+            self._saw_head(stream, int(rows[-1][0]) + 1)
+        return out
 
     def _read_stream(self, name: str, start: int, limit: int) -> list[tuple[int, int, bytes]]:
         self._check_open()
@@ -905,18 +936,18 @@ class PostgresStore:
 
 
 class _Statements:
-    """The store's statements, composed once for its schema."""
+    """The store's statements, composed once for its schema (as bytes: psycopg then converts each one
+    once, where a :class:`psycopg.sql.Composed` would be rendered again on every execution)."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, conn: psycopg.Connection[Any]) -> None:
         s = sql.Identifier(schema)
 
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(s=s)
+        def q(text: str) -> bytes:
+            return sql.SQL(text).format(s=s).as_bytes(conn)
 
         self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
-        self.found = q("SELECT head > 0 AND NOT deleted FROM {s}.streams WHERE name = %s")
         self.info = q("SELECT first, head, deleted FROM {s}.streams WHERE name = %s")
         self.names = q("SELECT name FROM {s}.streams WHERE head > 0 AND NOT deleted ORDER BY first_goff")
         self.global_head = q("SELECT next_goff FROM {s}.head")
@@ -930,6 +961,14 @@ class _Statements:
         )
         self.locate_any = q("SELECT goff FROM {s}.log WHERE message_id = %s AND kind = 0 ORDER BY goff")
         self.ids_at = q("SELECT message_id FROM {s}.log WHERE goff >= %s AND goff < %s ORDER BY goff")
+        # The stream's row and its first messages (a lateral join: no row for a stream never written, one
+        # row with NULL messages for a stream without readable ones), for open_stream: one snapshot.
+        self.open_stream = q(
+            "SELECT s.head > 0 AND NOT s.deleted, l.soff, l.goff, l.envelope FROM {s}.streams s"
+            " LEFT JOIN LATERAL (SELECT soff, goff, envelope FROM {s}.log"
+            "  WHERE stream_id = s.id AND kind = 0 AND soff >= greatest(%s, s.first) ORDER BY soff LIMIT %s) l ON true"
+            " WHERE s.name = %s ORDER BY l.soff"
+        )
         self.read_stream = q(
             "SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
             " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"
