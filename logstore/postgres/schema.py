@@ -112,6 +112,10 @@ DECLARE
     v_at integer := 1;
     v_ok boolean;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'logstore writes run in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     SELECT array_agg(DISTINCT n ORDER BY n) INTO v_streams FROM unnest(p_names) AS n;
     FOR v_k IN 1 .. coalesce(cardinality(v_streams), 0) LOOP
         v_sid := NULL;
@@ -210,6 +214,10 @@ DECLARE
     v_before bigint := p_before;
     v_goff bigint;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'logstore writes run in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     SELECT id, head, first, deleted INTO v_sid, v_head, v_first, v_deleted
         FROM streams WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN

@@ -7,9 +7,9 @@
 range(0, 1)
 
 Transactions are built on the client, as in the embedded store (:class:`logstore.Tx`: the envelopes
-are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction in one
-pipeline, ``BEGIN ISOLATION LEVEL READ COMMITTED; SELECT * FROM append_batch(...); COMMIT``: one round trip,
-in which the server takes the streams' locks, checks their heads, takes the global lock last and
+are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction as one
+statement in autocommit, ``SELECT * FROM append_batch(...)``, a READ COMMITTED transaction of its own:
+one round trip, in which the server takes the streams' locks, checks their heads, takes the global lock last and
 holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
 
 Connections come from a pool (``psycopg_pool``); each query is one statement in autocommit, or the
@@ -481,29 +481,26 @@ class PostgresStore:
     def _run_commit(
         self, query: bytes, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
     ) -> list[Any]:
-        """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT;
-        return its rows.
+        """Run ``query``, one statement, as a transaction of its own; return its rows.
+
+        The connection is in autocommit, so the statement is a transaction by itself (READ COMMITTED,
+        the session's default, which the functions check): the server commits it before it says the
+        statement is done, and psycopg returns only then. One message to the server and one reply: the
+        commit is in the same round trip as the statement, and the statement is prepared once per
+        connection.
 
         A server error (the connection alive) means nothing was committed: psycopg's error is raised,
         for the callers to translate (their functions' SQLSTATEs, else :class:`ServerError`). A
-        connection that broke once the pipeline was sent raises :class:`CommitOutcomeUnknownError`:
+        connection that broke once the statement was sent raises :class:`CommitOutcomeUnknownError`:
         the server may have committed before the break.
         """
         with self._connection() as conn:
             try:
-                # prepare=False: a statement prepared in a pipeline that a server error aborts is lost,
-                # while psycopg's cache would name it in the next pipeline.
-                with conn.pipeline():
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
-                    cur = conn.execute(query, params, prepare=False, binary=True)
-                    conn.execute("COMMIT", prepare=False)
-                rows = cur.fetchall()
+                rows: list[Any] = conn.execute(query, params, prepare=True, binary=True).fetchall()
             except psycopg.Error as exc:
                 if _is_broken(conn):
                     pid, start = self._sessions.get(conn, (None, None))
                     raise CommitOutcomeUnknownError(f"{self.path}: {what}", message_ids, streams, pid, start) from exc
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
                 raise
             return rows
 
