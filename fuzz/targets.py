@@ -8,14 +8,14 @@ it. A target lets through only the exceptions the parser promises:
 target        engine code                                    may raise
 ============  =============================================  ==========================
 header        ``index.header.decode_header`` (every kind)    ``FormatError``
-record        ``logstore.record.parse_record`` over a        ``BadRecord`` (the engine
+record        ``logstore.embedded.record.parse_record`` over a        ``BadRecord`` (the engine
               segment buffer, resynchronising with           turns it into
               ``find_next_record`` after damage              ``CorruptionError``)
 envelope      ``logstore.envelope.decode``                   ``ValueError``, ``TypeError``
 position      ``index.position.PositionIndex.decode``        ``FormatError``
 runs          ``index.runs.LargeRuns.decode``                ``FormatError``
 catalog       ``index.catalog.Catalog.decode``               ``FormatError``
-checkpoint    ``logstore.checkpoint.Checkpoint.decode``      ``FormatError``
+checkpoint    ``logstore.embedded.checkpoint.Checkpoint.decode``      ``FormatError``
 segment       a segment *file*: ``open_segment``, then       ``CorruptionError``
               ``Segment.rebuild_positions`` and
               ``Segment.read`` (global and stream), as reads do
@@ -52,10 +52,13 @@ import xxhash
 
 import logstore
 from logstore import Envelope
-from logstore.checkpoint import Checkpoint
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.record import RECORD_OVERHEAD, BadRecord, parse_record
+from logstore.embedded.segment import Segment, open_segment, segment_name
+from logstore.embedded.walk import find_next_record
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
-from logstore.fileio import FileIO
 from logstore.index.catalog import Catalog
 from logstore.index.errors import FormatError
 from logstore.index.header import (
@@ -69,9 +72,6 @@ from logstore.index.header import (
 )
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns
-from logstore.record import RECORD_OVERHEAD, BadRecord, parse_record
-from logstore.segment import Segment, open_segment, segment_name
-from logstore.walk import find_next_record
 
 SEGMENT_SIZE = 64 * 1024
 SEED_STORE_ID = b"logstore-fuzzing"
@@ -696,7 +696,7 @@ def check_store(directory: str, s: Seeds, readonly: bool) -> str:
     read raised it), ``"cut"`` (recovery cut a tail into lost+found) or
     ``"intact"``. Any other exception, or a wrong answer, propagates.
     """
-    from logstore.verify import verify  # noqa: PLC0415 - only the store target needs it
+    from logstore.embedded.verify import verify  # noqa: PLC0415 - only the store target needs it
 
     outcome = "intact"
     try:

@@ -3,6 +3,11 @@
 The public names; see README.md for a tour and docs/ for the format and design.
 """
 
+from logstore.checks import MAX_ENVELOPE_SIZE, MAX_STREAM_NAME
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.reader import GlobalReader, StreamReader
+from logstore.embedded.recovery import RecoveryReport
+from logstore.embedded.store import DEFAULT_SEGMENT_SIZE, Store
 from logstore.envelope import Envelope
 from logstore.errors import (
     ConcurrencyError,
@@ -20,16 +25,7 @@ from logstore.errors import (
     StoreLockedError,
     StreamClosedError,
 )
-from logstore.fileio import FileIO
 from logstore.opener import open
-from logstore.reader import GlobalReader, StreamReader
-from logstore.recovery import RecoveryReport
-from logstore.store import (
-    DEFAULT_SEGMENT_SIZE,
-    MAX_ENVELOPE_SIZE,
-    MAX_STREAM_NAME,
-    Store,
-)
 from logstore.tx import ANY, AnyOffset, Committer, Tx
 
 __version__ = "0.1.0"

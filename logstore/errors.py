@@ -222,7 +222,7 @@ class NetworkFileSystemError(LogStoreError):
     share between machines. ``path`` is the store directory, ``fstype`` the
     file-system type as the mount table writes it (``"nfs4"``),
     ``mount_point`` where that file system is mounted. Found from
-    ``/proc/self/mountinfo`` (see logstore/mounts.py); without ``/proc`` the
+    ``/proc/self/mountinfo`` (see logstore/embedded/mounts.py); without ``/proc`` the
     check is skipped.
     """
 

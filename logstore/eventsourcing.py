@@ -61,12 +61,12 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
 import logstore
-from logstore import layout
+from logstore.checks import URL_SCHEMES
+from logstore.embedded import layout
+from logstore.embedded.store import Store
 from logstore.envelope import Envelope
 from logstore.errors import OffsetConflictError, StoreLockedError, StreamClosedError
-from logstore.opener import URL_SCHEMES
 from logstore.protocols import Stream
-from logstore.store import Store
 from logstore.tx import Tx
 
 if TYPE_CHECKING:

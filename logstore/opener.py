@@ -1,6 +1,6 @@
 """``logstore.open``: picks the backend from its argument.
 
-A directory path opens the embedded store (:func:`logstore.store.open`, :class:`logstore.Store`); a
+A directory path opens the embedded store (:func:`logstore.embedded.store.open`, :class:`logstore.Store`); a
 ``postgresql://`` (or ``postgres://``) URL opens the PostgreSQL backend
 (:class:`logstore.postgres.PostgresStore`, with the optional extra ``logstore[postgres]``). Both have
 the same messagestore API; switching is the argument and, for PostgreSQL, ``schema=``::
@@ -14,14 +14,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, overload
 
-from logstore import store as embedded
+from logstore.checks import URL_SCHEMES
+from logstore.embedded import store as embedded
 
 if TYPE_CHECKING:
-    from logstore.fileio import FileIO
+    from logstore.embedded.fileio import FileIO
     from logstore.postgres import PostgresStore
-
-URL_SCHEMES = ("postgresql://", "postgres://")
-"""The prefixes of a connection URL, which ``open`` hands to the PostgreSQL backend."""
 
 
 @overload
@@ -54,7 +52,7 @@ def open(
 def open(path: str | os.PathLike[str], **options: Any) -> embedded.Store | PostgresStore:
     """Open (creating if need be) the store at ``path``: a directory, or a ``postgresql://`` URL.
 
-    For a directory, the options and errors are :func:`logstore.store.open`'s. For a URL they are
+    For a directory, the options and errors are :func:`logstore.embedded.store.open`'s. For a URL they are
     :class:`logstore.postgres.PostgresStore`'s: ``schema`` (default ``"logstore"``), ``durability``,
     ``readonly``, ``max_connections``, ``timeout``; an option that only means something for a
     directory (``segment_size``, say) raises ``ValueError``, and ``schema`` with a directory raises

@@ -1,9 +1,9 @@
 """Transactions: Ax's ``persistence.Tx`` and ``persistence.Committer``.
 
 Callers build a :class:`Tx` in their own thread: ``append_messages`` (in
-:mod:`logstore.store`) checks the offset and encodes the envelopes, and the
+:mod:`logstore.embedded.store`) checks the offset and encodes the envelopes, and the
 transaction keeps them (``stage``). ``Committer.commit()`` hands the
-transaction to the writer (:mod:`logstore.writer`), which checks its offsets,
+transaction to the writer (:mod:`logstore.embedded.writer`), which checks its offsets,
 assigns the offsets of appends at :data:`ANY` and writes it with its group.
 
 Lock rules: a transaction belongs to the thread that builds it; once
@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from logstore.envelope import Envelope
-    from logstore.published import Published
+    from logstore.errors import LogStoreError
 
 _ACTIVE, _COMMITTING, _COMMITTED, _ROLLED_BACK, _FAILED = range(5)
 _STATE_NAMES = {_COMMITTING: "being committed", _COMMITTED: "committed", _ROLLED_BACK: "rolled back", _FAILED: "failed"}
@@ -57,8 +59,15 @@ class _Owner(Protocol):
     def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None: ...
 
 
+class _ForkState(Protocol):
+    """Where a store carried into a forked child says so (the embedded store's published state)."""
+
+    @property
+    def forked_error(self) -> Callable[[], LogStoreError] | None: ...
+
+
 class _Writer(Protocol):
-    """The writer a transaction is committed through (:class:`logstore.writer.Writer`), as ``Committer`` sees it."""
+    """The writer a transaction is committed through (the embedded :class:`~logstore.embedded.writer.Writer`)."""
 
     def commit(self, tx: Tx) -> range: ...
 
@@ -83,10 +92,10 @@ class Tx:
 
     __slots__ = ("_any", "_appends", "_heads", "_published", "_state", "_store", "_writer", "global_offsets")
 
-    def __init__(self, store: _Owner, writer: _Writer, published: Published) -> None:
+    def __init__(self, store: _Owner, writer: _Writer, published: _ForkState | None) -> None:
         self._store = store
         self._writer = writer  # the committer hands the transaction to it
-        self._published = published  # for the forked-child refusal
+        self._published = published  # for the forked-child refusal (None: the store checks at commit)
         self._appends: list[Append] = []
         # stream -> next offset counting this transaction's appends; ANY_OFFSET once it has an ANY append
         self._heads: dict[str, int] = {}
@@ -184,7 +193,8 @@ class Committer:
         :class:`~logstore.StoreFailedError` if the write or fsync failed.
         """
         tx = self._tx
-        forked = tx._published.forked_error
+        published = tx._published
+        forked = None if published is None else published.forked_error
         if forked is not None:  # the writer, its queue and its locks stayed in the parent
             raise forked()
         tx._check_active()
@@ -205,7 +215,8 @@ class Committer:
     def rollback(self) -> None:
         """Discard the transaction. Rolling back a committed transaction does nothing."""
         tx = self._tx
-        forked = tx._published.forked_error
+        published = tx._published
+        forked = None if published is None else published.forked_error
         if forked is not None:
             raise forked()
         if tx._state == _ACTIVE:

@@ -6,8 +6,8 @@ raises :class:`Crash` at a chosen one; :class:`FailingIO` fails one operation on
 an ``OSError``; :class:`FullDisk` runs out of space on demand.
 
 :class:`FaultFS` is a :class:`logstore.FileIO` (the engine's single I/O seam:
-``logstore.open(path, io=...)``, ``logstore.verify.verify(path, io=...)``,
-``logstore.repair.repair(path, io=...)``) in the style of RocksDB's
+``logstore.open(path, io=...)``, ``logstore.embedded.verify.verify(path, io=...)``,
+``logstore.embedded.repair.repair(path, io=...)``) in the style of RocksDB's
 ``FaultInjectionTestFS`` and SQLite's crash-test VFS. It performs every
 operation on the real files, so the engine runs normally, and keeps beside
 them a *shadow model of what is durable*:
@@ -98,9 +98,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from logstore import FileIO
-from logstore.fileio import KILL_SITES
-from logstore.fileio import file_kind as engine_file_kind
-from logstore.writer import role as writer_role
+from logstore.embedded.fileio import KILL_SITES
+from logstore.embedded.fileio import file_kind as engine_file_kind
+from logstore.embedded.writer import role as writer_role
 
 PAGE = 4096
 MODES = ("keep", "drop", "pages", "torn", "names")
@@ -143,7 +143,7 @@ class Op:
 def file_kind(rel: str) -> str:
     """The kind of a store file from its path relative to the store: ``segment``, ``CHECKPOINT.tmp``, ...
 
-    The engine's kill points name files the same way (:func:`logstore.fileio.file_kind`); here the store
+    The engine's kill points name files the same way (:func:`logstore.embedded.fileio.file_kind`); here the store
     directory itself is ``root``, everything inside ``lost+found/`` is ``lost+found``, and a file of no
     known kind is named by its base name (``LOCK``, a stray file).
     """

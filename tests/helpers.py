@@ -17,10 +17,10 @@ import xxhash
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.record import BadRecord, Record, parse_record
+from logstore.embedded.verify import verify
 from logstore.index.header import HEADER_SIZE
-from logstore.record import BadRecord, Record, parse_record
 from logstore.tools.cli import main
-from logstore.verify import verify
 
 SMALL_SEGMENT = 64 * 1024
 ROOT = Path(__file__).resolve().parents[1]

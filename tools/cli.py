@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 
 import logstore
-from logstore.tools import compact, demo, dump, repair, stats, verify
+from logstore.tools import compact, demo, dump, migrate, repair, stats, verify
 
-COMMANDS = (compact, demo, dump, repair, stats, verify)
+COMMANDS = (compact, demo, dump, migrate, repair, stats, verify)
 
 
 def build_parser() -> argparse.ArgumentParser:

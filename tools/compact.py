@@ -17,10 +17,10 @@ import os
 from typing import Any
 
 import logstore
-from logstore import layout
+from logstore.embedded import layout
+from logstore.embedded.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
-from logstore.store import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, check_retention
 from logstore.tools.progress import progress
 from logstore.tools.storedir import add_command, fail, print_json
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.verify import verify
 from logstore.tools.storedir import add_command, fail
-from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:

@@ -1,4 +1,4 @@
-"""``logstore dump DIR``: print a store's messages, one line each, read-only.
+"""``logstore dump DIR|URL``: print a store's messages, one line each, read-only.
 
 Opens the store with ``readonly=True``, so it works beside a live writer and
 sees the log as it was when it started. Without ``--stream`` it prints every
@@ -8,7 +8,8 @@ JSON lines; ``--all`` also lists the records readers skip (control records,
 REMOVED and LOST records, and removed messages that compaction has not yet
 reclaimed). Exit 0, or 2 with a message on stderr: not a store, unknown
 stream, a bad number, damage (file and byte position) or an unknown format
-version. A closed pipe (``| head``) ends the dump quietly.
+version. A closed pipe (``| head``) ends the dump quietly. A ``postgresql://`` URL (with
+``--schema``) is read in one snapshot and printed the same way, with every option.
 """
 
 from __future__ import annotations
@@ -19,22 +20,32 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import msgpack
 
 import logstore
+from logstore.embedded.inspect import iter_records, stream_start
 from logstore.errors import CorruptionError, FormatVersionError, LogStoreError
-from logstore.inspect import RecordInfo, iter_records, stream_start
-from logstore.tools.storedir import ToolError, add_command, fail, store_dir_problem
+from logstore.results import RecordInfo
+from logstore.tools.storedir import ToolError, add_command, add_schema_option, fail, store_dir_problem, url_schema
 
 MESSAGE_WIDTH = 200
 """Longest rendering of a message in a human line; longer ones are cut with an ellipsis."""
 
 
 def add_parser(sub: Any) -> None:
-    p = add_command(sub, "dump", "print messages, one per line (read-only; safe on a live store)", run)
+    p = add_command(
+        sub,
+        "dump",
+        "print messages, one per line (read-only; safe on a live store)",
+        run,
+        "store directory or postgresql:// URL",
+        urls=True,
+    )
+    add_schema_option(p)
     p.add_argument("--stream", metavar="S", help="only stream S (--from is then a stream offset)")
     p.add_argument(
         "--from",
@@ -97,6 +108,9 @@ def quiet_broken_pipe() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    schema = url_schema(args)
+    if schema is not None:
+        return run_url(args, schema)
     store = open_readonly(args.dir)
     try:
         with store:
@@ -123,6 +137,31 @@ def _flush() -> None:
         quiet_broken_pipe()
 
 
+def run_url(args: argparse.Namespace, schema: str) -> int:
+    """``dump`` of a PostgreSQL store: the same lines; ``--all`` lists truncation and deletion rows and
+    removed messages that ``compact()`` has not deleted yet (compacted ones have no row left)."""
+    from logstore.postgres import inspect as pg  # noqa: PLC0415 - psycopg is an optional extra
+
+    try:
+        if args.stream is not None:
+            start = pg.stream_start(args.dir, schema, args.stream, args.start)
+            if start is None:
+                raise ToolError(f"{pg.where_of(args.dir, schema)}: no stream named {args.stream!r}")
+            _print_records(pg.iter_records(args.dir, schema, start, args.stream), args)
+        else:
+            _print_records(pg.iter_records(args.dir, schema, args.start), args)
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return 0
+    except ToolError as exc:
+        _flush()
+        return fail("dump", exc)
+    except pg.URL_ERRORS as exc:
+        _flush()
+        return fail("dump", exc)
+    return 0
+
+
 def _dump(store: logstore.Store, args: argparse.Namespace) -> None:
     if args.stream is not None:
         try:
@@ -134,6 +173,10 @@ def _dump(store: logstore.Store, args: argparse.Namespace) -> None:
         records = iter_records(store, stream_start(store, args.stream, args.start), args.stream)
     else:
         records = iter_records(store, args.start)
+    _print_records(records, args)
+
+
+def _print_records(records: Iterator[RecordInfo], args: argparse.Namespace) -> None:
     limit = args.limit
     if limit == 0:
         return

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from logstore.embedded.repair import repair
+from logstore.embedded.verify import verify
 from logstore.errors import LogStoreError
-from logstore.repair import repair
 from logstore.tools.storedir import add_command, fail, print_json
-from logstore.verify import verify
 
 
 def add_parser(sub: Any) -> None:

@@ -1,11 +1,12 @@
-"""``logstore stats DIR``: segments, streams, messages, records by kind, holes and processes of a store, read-only.
+"""``logstore stats DIR|URL``: segments, streams, messages, records by kind, holes and processes of a store, read-only.
 
 Opens the store with ``readonly=True`` (safe beside a live writer; it counts
 the log as it was when it started) and walks every record, checking each
 checksum without decoding envelopes. Prints a table, or with ``--json`` one
-JSON object (the keys of :func:`logstore.inspect.store_stats`). Exit 0, or 2
+JSON object (the keys of :func:`logstore.embedded.inspect.store_stats`). Exit 0, or 2
 with a message on stderr: not a store, damage (file and byte position) or an
-unknown format version.
+unknown format version. A ``postgresql://`` URL (with ``--schema``) gets the same kind of summary
+(:func:`logstore.postgres.inspect.store_stats`): streams, rows by kind, readable messages, holes.
 """
 
 from __future__ import annotations
@@ -16,19 +17,31 @@ import sys
 import time
 from typing import Any
 
+from logstore.embedded.inspect import store_stats
 from logstore.errors import CorruptionError, LogStoreError
-from logstore.inspect import store_stats
 from logstore.tools.dump import describe, open_readonly, quiet_broken_pipe
 from logstore.tools.progress import progress
-from logstore.tools.storedir import add_command, fail
+from logstore.tools.storedir import add_command, add_schema_option, fail, url_schema
 
 
 def add_parser(sub: Any) -> None:
     what = "count segments, streams, messages and holes (read-only; safe on a live store)"
-    add_command(sub, "stats", what, run, flags={"--json": "print one JSON object"})
+    p = add_command(
+        sub,
+        "stats",
+        what,
+        run,
+        "store directory or postgresql:// URL",
+        flags={"--json": "print one JSON object"},
+        urls=True,
+    )
+    add_schema_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    schema = url_schema(args)
+    if schema is not None:
+        return run_url(args, schema)
     store = open_readonly(args.dir)
     try:
         total = store.global_head - store.log_start
@@ -47,6 +60,54 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         quiet_broken_pipe()
     return 0
+
+
+def run_url(args: argparse.Namespace, schema: str) -> int:
+    from logstore.postgres import inspect as pg  # noqa: PLC0415 - psycopg is an optional extra
+
+    try:
+        stats = pg.store_stats(args.dir, schema)
+    except pg.URL_ERRORS as exc:
+        return fail("stats", exc)
+    try:
+        print(json.dumps(stats, indent=2) if args.json else format_pg_stats(stats))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    return 0
+
+
+def format_pg_stats(s: dict[str, Any]) -> str:
+    """The readable table of a :func:`logstore.postgres.inspect.store_stats` result."""
+    st, rec, holes, head = s["streams"], s["records"], s["holes"], s["global_head"]
+    marker = s["migration"]
+    rows = [
+        ("store", s["path"]),
+        ("log", f"global offsets 0 to {_n(head - 1)}" if head else "no records"),
+        ("table", f"{_n(s['table_bytes'])} bytes (log, with its indexes and TOAST)"),
+        (
+            "streams",
+            f"{_n(st['total'])} total, {_n(st['live'])} live, {_n(st['deleted'])} deleted, "
+            f"{_n(st['truncated'])} truncated",
+        ),
+        ("messages", f"{_n(s['messages']['readable'])} readable"),
+        (
+            "records",
+            f"{_n(rec['total'])} rows: message {_n(rec['message'])}, truncate {_n(rec['truncate'])}, "
+            f"delete {_n(rec['delete'])}",
+        ),
+        (
+            "holes",
+            f"{_n(holes['awaiting_compaction'])} removed messages awaiting compaction "
+            f"({_n(holes['reclaimable_bytes'])} bytes), {_n(holes['compacted'])} compacted global offsets",
+        ),
+        (
+            "migration",
+            "none" if marker is None else f"unfinished copy from {marker['where']} (began {marker['started_at']})",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def _n(value: int) -> str:

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from logstore import layout
+from logstore.checks import URL_SCHEMES
+from logstore.embedded import layout
 
 
 class ToolError(Exception):
@@ -30,12 +31,14 @@ def add_command(
     *,
     store_dir: bool = False,
     flags: Mapping[str, str] | None = None,
+    urls: bool = False,
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name``, which takes a directory, the on/off options ``flags`` (option: help) and
     calls ``run``; the caller adds any other options.
 
     A :class:`ToolError` out of ``run`` is reported (exit 2). With ``store_dir``, a directory that is not
-    a store is refused (exit 2) before ``run`` is called.
+    a store is refused (exit 2) before ``run`` is called. A ``postgresql://`` URL is refused (exit 2) unless
+    ``urls``: then ``run`` gets it as the directory (:func:`url_schema` tells them apart).
     """
     p: argparse.ArgumentParser = sub.add_parser(name, help=summary)
     p.add_argument("dir", help=dir_help)
@@ -44,7 +47,10 @@ def add_command(
 
     def run_command(args: argparse.Namespace) -> int:
         try:
-            if store_dir and (problem := store_dir_problem(args.dir)) is not None:
+            if is_url(args.dir):
+                if not urls:  # the URL is not repeated: it may hold a password
+                    raise ToolError(f"{name} works on a store directory, not on a postgresql:// URL")
+            elif store_dir and (problem := store_dir_problem(args.dir)) is not None:
                 raise ToolError(problem)
             return run(args)
         except ToolError as exc:
@@ -52,6 +58,31 @@ def add_command(
 
     p.set_defaults(run=run_command)
     return p
+
+
+DEFAULT_SCHEMA = "logstore"
+
+
+def is_url(path: str) -> bool:
+    """Whether a command's store argument is a PostgreSQL connection URL rather than a directory."""
+    return path.startswith(URL_SCHEMES)
+
+
+def add_schema_option(p: argparse.ArgumentParser) -> None:
+    """``--schema``, for a command that also takes a ``postgresql://`` URL in place of the directory."""
+    p.add_argument(
+        "--schema", default=None, help=f"with a postgresql:// URL: the store's schema (default {DEFAULT_SCHEMA})"
+    )
+
+
+def url_schema(args: argparse.Namespace) -> str | None:
+    """The schema when the command's store is a URL (``None`` for a directory); ``--schema`` with a
+    directory raises :class:`ToolError`."""
+    if not is_url(args.dir):
+        if getattr(args, "schema", None) is not None:
+            raise ToolError(f"--schema is an option of a postgresql:// URL, and {args.dir} is a directory")
+        return None
+    return str(getattr(args, "schema", None) or DEFAULT_SCHEMA)
 
 
 def print_json(obj: object, names: str, **computed: object) -> None:

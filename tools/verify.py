@@ -1,8 +1,9 @@
-"""``logstore verify DIR``: check every checksum and invariant of a store, read-only.
+"""``logstore verify DIR|URL``: check every checksum and invariant of a store, read-only.
 
-Exit 0 clean, 1 problems found (each printed with file and byte position),
-2 usage or I/O error. Safe on a live store. On a terminal (stdout and stderr),
-and not with ``--json``, a progress bar counts the records walked.
+Exit 0 clean, 1 problems found (each printed with file and byte position, or for a PostgreSQL
+store with its global offset, stream and offset), 2 usage or I/O error. Safe on a live store. On a
+terminal (stdout and stderr), and not with ``--json``, a progress bar counts the records walked.
+A ``postgresql://`` URL (with ``--schema``) is checked by :func:`logstore.postgres.inspect.verify`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from logstore.embedded.verify import verify
 from logstore.tools.progress import progress
-from logstore.tools.storedir import add_command, fail, print_json
-from logstore.verify import verify
+from logstore.tools.storedir import add_command, add_schema_option, fail, print_json, url_schema
 
 
 def add_parser(sub: Any) -> None:
     flags = {"--json": "print one JSON object", "--no-decode": "skip decoding envelopes (checksums are still checked)"}
-    add_command(sub, "verify", "check every checksum and invariant (read-only)", run, store_dir=True, flags=flags)
+    p = add_command(
+        sub,
+        "verify",
+        "check every checksum and invariant (read-only)",
+        run,
+        "store directory or postgresql:// URL",
+        store_dir=True,
+        flags=flags,
+        urls=True,
+    )
+    add_schema_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    schema = url_schema(args)
+    if schema is not None:
+        return run_url(args, schema)
     try:
         with progress(None, "verifying", enabled=False if args.json else None) as bar:
             result = verify(args.dir, decode_envelopes=not args.no_decode, progress=bar.advance_to)
@@ -43,5 +57,37 @@ def run(args: argparse.Namespace) -> int:
             f"({result.messages:,} readable messages, {result.removed:,} removed, {result.lost:,} lost, "
             f"{result.control:,} control), {result.transactions:,} transactions, {result.streams:,} streams, "
             f"log start {result.log_start:,}"
+        )
+    return 0 if result.ok else 1
+
+
+def run_url(args: argparse.Namespace, schema: str) -> int:
+    from logstore.postgres.inspect import URL_ERRORS  # noqa: PLC0415 - psycopg is an optional extra
+    from logstore.postgres.inspect import verify as verify_pg  # noqa: PLC0415
+
+    try:
+        with progress(None, "verifying", enabled=False if args.json else None) as bar:
+            result = verify_pg(args.dir, schema, decode_envelopes=not args.no_decode, progress=bar.advance_to)
+    except URL_ERRORS as exc:
+        return fail("verify", exc)
+    if args.json:
+        print_json(
+            result,
+            "path ok rows messages removed control streams global_head gaps problems notes",
+            problems=[
+                {"global_offset": p.goff, "stream": p.stream, "offset": p.offset, "what": p.what}
+                for p in result.problems
+            ],
+        )
+    else:
+        for p in result.problems:
+            print(f"PROBLEM {p}")
+        for note in result.notes:
+            print(f"note    {note}")
+        state = "clean" if result.ok else f"{len(result.problems):,} problem(s)"
+        print(
+            f"{result.path}: {state}: {result.rows:,} rows ({result.messages:,} readable messages, "
+            f"{result.removed:,} removed, {result.control:,} control), {result.gaps:,} compacted global offsets, "
+            f"{result.streams:,} streams, global head {result.global_head:,}"
         )
     return 0 if result.ok else 1

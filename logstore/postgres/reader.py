@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from logstore.envelope import Envelope, decode
-from logstore.errors import StreamClosedError
-from logstore.reader import check_timeout
+from logstore.readers import AsyncWaiter, Reader
 
 if TYPE_CHECKING:
-    from logstore.postgres.store import PostgresStore
+    import weakref
+
+    from logstore.postgres.listener import Signal
 
 PREFETCH = 256
 """Most messages one query fetches."""
@@ -38,12 +39,29 @@ PREFETCH = 256
 Row = tuple[int, int, str, int, Envelope]
 
 
-class _Reader:
-    """What both kinds of reader share: position, current message, waiting, closing."""
+class _Source(Protocol):
+    """What a reader uses of its store (:class:`logstore.postgres.store.PostgresStore`)."""
+
+    _signal: Signal
+    _readers: weakref.WeakSet[Any]
+
+    def _read_stream(self, name: str, start: int, limit: int) -> Sequence[tuple[int, int, bytes]]: ...
+
+    def _read_global(self, start: int, limit: int) -> tuple[int, Sequence[tuple[int, str, int, bytes]]]: ...
+
+    def _saw_head(self, name: str, head: int | None) -> None: ...
+
+
+class _Reader(Reader):
+    """What both kinds of reader share: position, current message, waiting, closing.
+
+    The Stream surface (``next``, ``anext``, iteration) is :class:`logstore.readers.Reader`'s; this class
+    supplies the fetched rows, the queries that fetch more and the waiting (on the store's ``Signal``).
+    """
 
     _FIRST_PREFETCH = 16
 
-    def __init__(self, store: PostgresStore, offset: int) -> None:
+    def __init__(self, store: _Source, offset: int) -> None:
         self._store = store
         self._closed = False
         self._next = offset  # where the next query starts
@@ -104,95 +122,34 @@ class _Reader:
             # _take dropped the batch: a removal came in during the query (a removal of this process also
             # counts again when its own notification arrives). Query again.
 
-    # -- the Stream protocol ------------------------------------------------------------------
+    # -- waiting ------------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StreamClosedError("the stream is closed")
+    def _wait_ticket(self) -> int:
+        return self._store._signal.generation  # before the query: see Signal
 
-    def try_next(self) -> bool:
-        """Advance to the next message if one is committed now; return whether it did."""
+    def _wait(self, ticket: int, deadline: float | None) -> bool:
+        return self._store._signal.wait(ticket, deadline, lambda: self._closed)
+
+    def _add_async_waiter(self, waiter: AsyncWaiter) -> None:
+        self._store._signal.add_async(waiter)
+
+    def _discard_async_waiter(self, waiter: AsyncWaiter) -> None:
+        self._store._signal.discard_async(waiter)
+
+    def _advance_buffered(self) -> bool:
+        return self._take()  # no query on the event loop's thread
+
+    async def _advance_async(self) -> bool:
+        # The queries run in a worker thread, so the event loop never waits on the server. A cancelled
+        # await leaves the fetch running: what it fetches stays in _buf, taken next time.
+        if self._take():
+            return True
+        await asyncio.to_thread(self._fetch)
         self._check_open()
-        return self._advance()
+        return self._take()
 
-    def next(self, timeout: float | None = None) -> None:
-        """Advance to the next message, waiting for one to be committed (by any client) if need be.
-
-        Raises ``TimeoutError`` after ``timeout`` seconds (``None`` waits for ever) and
-        :class:`~logstore.StreamClosedError` if the stream or its store is closed, also from another
-        thread while waiting.
-        """
-        check_timeout(timeout)
-        self._check_open()
-        signal = self._store._signal
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            generation = signal.generation  # before the query: see Signal
-            if self._advance():
-                return
-            if not signal.wait(generation, deadline, lambda: self._closed):
-                raise TimeoutError(f"no message within {timeout} s")
-            if self._closed:
-                raise StreamClosedError("the stream was closed while waiting")
-
-    async def anext(self, timeout: float | None = None) -> Envelope:
-        """Await the next message and return it; cancel like any await.
-
-        The queries run in a worker thread, so the event loop never waits on the server. ``timeout``
-        raises ``TimeoutError``; closing the stream raises :class:`~logstore.StreamClosedError`.
-        """
-        check_timeout(timeout)
-        self._check_open()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        signal = self._store._signal
-        while True:
-            if self._take():
-                return self.get()
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (loop, future)
-            signal.add_async(waiter)
-            try:
-                generation = signal.generation
-                # A cancelled await leaves the fetch running: what it fetches stays in _buf, taken next time.
-                await asyncio.to_thread(self._fetch)
-                self._check_open()
-                if self._take():
-                    return self.get()
-                if signal.generation == generation:
-                    if deadline is None:
-                        await future
-                    else:
-                        remaining = deadline - loop.time()
-                        if remaining <= 0:
-                            raise TimeoutError(f"no message within {timeout} s")
-                        try:
-                            await asyncio.wait_for(future, remaining)
-                        except TimeoutError:
-                            raise TimeoutError(f"no message within {timeout} s") from None
-            finally:
-                signal.discard_async(waiter)
-            self._check_open()
-
-    def __aiter__(self) -> _Reader:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        """``async for env in stream`` waits for each message and ends when the stream is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    def __iter__(self) -> _Reader:
-        return self
-
-    def __next__(self) -> Envelope:
-        """``for env in stream`` yields the messages committed now, then stops."""
-        self._check_open()
-        if not self._advance():
-            raise StopIteration
-        return self.get()
+    def _should_sleep(self, ticket: int) -> bool:
+        return self._store._signal.generation == ticket
 
     def _current(self, what: str) -> Row:
         self._check_open()
@@ -229,16 +186,6 @@ class _Reader:
         self._store._readers.discard(self)
         self._store._signal.bump()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class PgStreamReader(_Reader):
     """Reads one named stream in offset order (``store.open_stream``, ``store.stream``).
@@ -252,11 +199,11 @@ class PgStreamReader(_Reader):
 
     def __init__(
         self,
-        store: PostgresStore,
+        store: _Source,
         name: str,
         offset: int,
         found: bool,
-        first: tuple[list[tuple[int, int, bytes]], int, int] | None = None,
+        first: tuple[Sequence[tuple[int, int, bytes]], int, int] | None = None,
     ) -> None:
         super().__init__(store, offset)
         self.name = name
@@ -273,7 +220,7 @@ class PgStreamReader(_Reader):
                 self._removals = removals
                 self._prefetch = min(limit * 2, PREFETCH)
 
-    def _rows(self, rows: list[tuple[int, int, bytes]]) -> list[Row]:
+    def _rows(self, rows: Sequence[tuple[int, int, bytes]]) -> list[Row]:
         out: list[Row] = [(soff, goff, self.name, soff, decode(env)) for soff, goff, env in rows]
         self._store._saw_head(self.name, out[-1][0] + 1 if out else None)
         return out

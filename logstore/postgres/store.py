@@ -38,16 +38,21 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from logstore.compact import CompactReport
-from logstore.envelope import Envelope, check_envelopes, decode, encode_many
-from logstore.errors import LogStoreError, OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
-from logstore.opener import URL_SCHEMES
+from logstore.checks import (
+    MAX_ENVELOPE_SIZE,
+    URL_SCHEMES,
+    StoreBase,
+    check_expected,
+    check_offset,
+    check_stream_name,
+)
+from logstore.envelope import Envelope, decode, encode_many
+from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
-from logstore.published import Published
-from logstore.store import MAX_ENVELOPE_SIZE, StreamInfo, check_stream_name
+from logstore.results import CompactReport, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"
@@ -131,11 +136,8 @@ def _message_id(payload: bytes) -> str:
     raise AssertionError("an encoded envelope without its message id")
 
 
-def _check_offset(offset: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
+message_id_of = _message_id
+"""The message id of an encoded envelope (``logstore migrate`` fills ``log.message_id`` with it)."""
 
 
 def _is_broken(conn: psycopg.Connection[Any]) -> bool:
@@ -296,7 +298,7 @@ def _copy_error(exc: BaseException) -> BaseException:
     return copy
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """A store in a PostgreSQL schema: the same API, semantics and errors as :class:`logstore.Store`.
 
     Get one from ``logstore.open("postgresql://user@host:5432/db", schema="logstore")``. Options:
@@ -357,7 +359,6 @@ class PostgresStore:
         self._readers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._heads: dict[str, int] = {}
         self._heads_lock = threading.Lock()
-        self._published = Published()  # what Tx reads (forked_error); nothing else of it is used here
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
         # Each connection's server process (pid, backend_start): where a commit that broke may still run.
@@ -509,19 +510,8 @@ class PostgresStore:
     def begin_tx(self) -> tuple[Tx, Committer]:
         """Begin a transaction: Ax's ``DataStore.BeginTx``."""
         self._check_writable()
-        tx = Tx(self, self._writer, self._published)
+        tx = Tx(self, self._writer, None)
         return tx, Committer(tx)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction that commits when the block ends and rolls back if it raises."""
-        tx, committer = self.begin_tx()
-        try:
-            yield tx
-        except BaseException:
-            committer.rollback()
-            raise
-        committer.commit()
 
     def append_messages(self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]) -> None:
         """Append ``envs`` to ``stream`` at ``offset`` within ``tx``: as :meth:`logstore.Store.append_messages`.
@@ -529,33 +519,17 @@ class PostgresStore:
         The offset is checked against the head this client knows when it matches (the check is repeated
         at commit, against every client's commits), and against the server's head otherwise.
         """
-        self._check_writable()
-        if type(tx) is not Tx:
-            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
-        tx.check_appendable(self)
-        nameb = check_stream_name(stream)
+        nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
-            check_envelopes(envs)
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
             return
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        check_envelopes(envs)
         expected = tx.staged_head(stream)
         if expected is None:
             with self._heads_lock:
                 expected = self._heads.get(stream)
             if expected != offset:
                 expected = self.head(stream)
-        if offset != expected:
-            if expected == ANY_OFFSET:
-                raise ValueError(
-                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
-                    " (its offsets are assigned at commit); append at logstore.ANY again"
-                )
-            raise OffsetConflictError(stream, expected, offset)
+        check_expected(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
 
     def _commit_group(self, group: list[_Pending]) -> None:
@@ -645,7 +619,7 @@ class PostgresStore:
         """
         self._check_writable()
         check_stream_name(stream)
-        _check_offset(before)
+        check_offset(before)
         self._remove(stream, ddl.KIND_TRUNCATE, before)
 
     def delete_stream(self, stream: str) -> None:
@@ -715,7 +689,7 @@ class PostgresStore:
         self._check_open()
         self._check_ds(ds)
         check_stream_name(stream)
-        _check_offset(offset)
+        check_offset(offset)
         # One round trip: whether the stream exists, and the reader's first batch (one snapshot).
         removals = self._signal.removals  # before the query, as a reader's fetch (see PgStreamReader)
         limit = PgStreamReader.FIRST_PREFETCH
@@ -730,7 +704,7 @@ class PostgresStore:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
         self._check_open()
         self._check_ds(ds)
-        _check_offset(offset)
+        check_offset(offset)
         reader = PgGlobalReader(self, offset)
         self._readers.add(reader)
         return reader
@@ -755,7 +729,7 @@ class PostgresStore:
         """
         self._check_open()
         check_stream_name(stream)
-        _check_offset(offset)
+        check_offset(offset)
         out: list[Envelope] = []
         start = offset
         while True:
@@ -902,30 +876,11 @@ class PostgresStore:
             if pool is not None:
                 pool.close()
 
-    def _check_open(self) -> None:
-        if self._forked:
-            raise StoreForkedError(
-                f"{self.path}: this store was opened in another process and is used in a child made by fork();"
-                " its connections cannot be shared: open the store in the child instead"
-            )
-        if self._closed:
-            raise StoreClosedError(f"{self.path}: the store is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path}: the store is open read-only")
-
-    def _check_ds(self, ds: object) -> None:
-        if ds is not self:
-            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
-
-    def __enter__(self) -> PostgresStore:
-        self._check_open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _forked_error(self) -> StoreForkedError:
+        return StoreForkedError(
+            f"{self.path}: this store was opened in another process and is used in a child made by fork();"
+            " its connections cannot be shared: open the store in the child instead"
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)

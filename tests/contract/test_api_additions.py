@@ -23,8 +23,8 @@ from hypothesis.stateful import rule
 
 import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
+from logstore.embedded.repair import repair
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
-from logstore.repair import repair
 from tests.contract.backends import OpenStore
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, quiet_logstore

@@ -16,7 +16,7 @@ from typing import Any
 from unittest import TestCase
 
 import logstore
-from logstore import layout
+from logstore.embedded import layout
 from tests.contract.backends import POSTGRES_URL, open_postgres
 from tests.helpers import assert_verified
 

@@ -19,9 +19,9 @@ call it reports has returned):
 - ``trunc <run> <before>``: ``truncate_stream("scratch", before)`` returned;
 - ``compact <bytes>``: ``store.compact()`` returned;
 - ``steps <step>=<calls> ...``: before ``done``, the calls of each protocol step (with
-  ``LOGSTORE_KILL_AT`` set; see ``KILL_STEPS`` in logstore/fileio.py);
+  ``LOGSTORE_KILL_AT`` set; see ``KILL_STEPS`` in logstore/embedded/fileio.py);
 - ``done <site>=<calls> ...``: the store closed cleanly (with ``LOGSTORE_KILL_AT`` set,
-  the kill point's counts of calls per I/O site; see ``logstore.fileio``).
+  the kill point's counts of calls per I/O site; see ``logstore.embedded.fileio``).
 
 Any error is printed to stderr and the process exits with status 1.
 """
@@ -38,7 +38,7 @@ from typing import Any
 
 import logstore
 from logstore import Envelope, OffsetConflictError
-from logstore.fileio import KillPointIO
+from logstore.embedded.fileio import KillPointIO
 
 STREAMS = tuple(f"s{i}" for i in range(6))
 """The streams the threads share (transactions race for them and retry on conflicts)."""

@@ -18,7 +18,7 @@ only after what it reports returned:
 - ``ack <W> <L> <t> <seq> <first global offset> <end global offset> <stream>:<first>:<count> ...``:
   ``commit()`` returned (the stream offsets from ``tx.stream_offsets``, in the order of the plan);
 - ``done <site>=<calls> ...``: the store closed cleanly (with ``LOGSTORE_KILL_AT`` set, the kill
-  point's calls per I/O site, then ``step:<step>=<calls>`` per protocol step; see logstore/fileio.py).
+  point's calls per I/O site, then ``step:<step>=<calls>`` per protocol step; see logstore/embedded/fileio.py).
 
 A reader opens the store ``readonly=True`` and follows the global log from offset 0 with ``next()``,
 writing ``<global offset> <stream> <stream offset> <message id>`` per message to ``OUT``; it prints
@@ -40,7 +40,7 @@ from typing import Any
 
 import logstore
 from logstore import ANY, Envelope
-from logstore.fileio import KillPointIO
+from logstore.embedded.fileio import KillPointIO
 
 SHARED = ("a0", "a1", "a2")
 """Streams every writer appends to at ``logstore.ANY``."""

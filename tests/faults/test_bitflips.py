@@ -5,7 +5,7 @@ record kind the API writes, two large streams with run files), closed
 cleanly. Its files are read into memory once; for each flip only the flipped
 byte is written, and put back afterwards.
 
-For each flip, ``logstore.verify.verify`` on the directory is the reference:
+For each flip, ``logstore.embedded.verify.verify`` on the directory is the reference:
 
 - **detected**: verify reports a problem naming the flipped file, the first
   of them at a byte position not after the flipped byte (for a flip inside a
@@ -49,9 +49,9 @@ import pytest
 
 import logstore
 from fuzz import targets as T
+from logstore.embedded.verify import VerifyResult, verify
 from logstore.errors import CorruptionError
 from logstore.index.header import HEADER_SIZE
-from logstore.verify import VerifyResult, verify
 from tests.helpers import quiet_logstore
 from tests.stress import STRESS
 

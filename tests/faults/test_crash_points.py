@@ -71,7 +71,7 @@ import pytest
 
 import logstore
 from logstore import Envelope, OffsetConflictError, StoreFailedError
-from logstore.verify import verify
+from logstore.embedded.verify import verify
 from tests.faultfs import MODES, Crash, FaultFS, Op, write_image
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
 from tests.stress import SEED, STRESS, scale
@@ -255,7 +255,7 @@ def perform_group(store: logstore.Store, wl: Workload, group: range) -> None:
     A "conflict" action appends at an offset that an earlier transaction of the group takes: it must fail
     alone with ``OffsetConflictError`` and write nothing.
     """
-    from logstore.writer import _Pending
+    from logstore.embedded.writer import _Pending
 
     pendings = []
     for k in group:

@@ -58,9 +58,10 @@ from typing import Any
 import pytest
 
 import logstore
-from logstore import Envelope, FileIO, OffsetConflictError, StoreFailedError, layout
-from logstore.control import LOCK_FLUSH
-from logstore.verify import verify
+from logstore import Envelope, FileIO, OffsetConflictError, StoreFailedError
+from logstore.embedded import layout
+from logstore.embedded.control import LOCK_FLUSH
+from logstore.embedded.verify import verify
 from tests.faultfs import Crash, FaultFS, Op, file_kind, write_image
 from tests.faults.test_crash_points import (
     Action,

@@ -21,7 +21,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from logstore.compact import REASON_ACTIVE_LATER, REASON_LATER, REASON_NO_ROLL
+from logstore.embedded.compact import REASON_ACTIVE_LATER, REASON_LATER, REASON_NO_ROLL
 from tests.faultfs import MODES, Crash, FaultFS, write_image
 from tests.faults.test_crash_points import (
     Action,

@@ -63,7 +63,10 @@ from hypothesis import strategies as st
 
 import logstore
 from fuzz import targets as T
-from logstore.checkpoint import Checkpoint
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.record import BadRecord, Record, parse_record
+from logstore.embedded.verify import verify
+from logstore.embedded.walk import walk
 from logstore.envelope import decode
 from logstore.index.catalog import Catalog
 from logstore.index.errors import FormatError
@@ -74,9 +77,6 @@ from logstore.index.header import (
 )
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns
-from logstore.record import BadRecord, Record, parse_record
-from logstore.verify import verify
-from logstore.walk import walk
 from tests.stress import SEED, STRESS, scale
 
 HANG_SECONDS = 3600 if STRESS else 300
@@ -697,14 +697,14 @@ import logging, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 logging.disable(logging.CRITICAL)
 import logstore
-from logstore.verify import verify
+from logstore.embedded.verify import verify
 directory, what = sys.argv[1], sys.argv[2]
 try:
     if what == "open":
         logstore.open(directory, readonly=True).close()
         print("opened")
     elif what == "repair":
-        from logstore.repair import repair
+        from logstore.embedded.repair import repair
         print(f"repaired: {repair(directory, dry_run=True).records_kept} records kept")
     else:
         result = verify(directory)

@@ -28,11 +28,11 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.lock import writer_is_live
+from logstore.embedded.repair import repair
+from logstore.embedded.store import processes_of
+from logstore.embedded.verify import verify
 from logstore.index.runs import LARGE_RUNS
-from logstore.lock import writer_is_live
-from logstore.repair import repair
-from logstore.store import processes_of
-from logstore.verify import verify
 from tests.helpers import SMALL_SEGMENT, assert_verified, run_python, spawn_python
 
 ROOT = Path(__file__).resolve().parents[2]

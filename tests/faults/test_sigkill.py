@@ -16,7 +16,7 @@ returned):
 - every stream's offsets are contiguous from its first readable offset to
   its head, and the global log holds exactly the streams' messages, in
   increasing global order;
-- ``logstore.verify`` finds the store clean after recovery, and again after
+- ``logstore.embedded.verify`` finds the store clean after recovery, and again after
   a new append (which must work).
 
 Sometimes the check is skipped, so that the next worker's open recovers the
@@ -26,7 +26,7 @@ previous kill itself and may be killed while doing it.
 acknowledgements (read from the pipe: no sleeping to synchronise) or at a
 random moment just after start, while the store opens.
 :func:`test_sigkill_at_kill_points` arms ``LOGSTORE_KILL_AT`` (see
-``logstore/fileio.py``) for each I/O site, before and after the operation
+``logstore/embedded/fileio.py``) for each I/O site, before and after the operation
 (and a torn ``pwrite``), at a range of call numbers, also restricted to
 index, checkpoint, catalog and lost+found files.
 
@@ -51,8 +51,8 @@ from typing import Any
 import pytest
 
 import logstore
-from logstore.fileio import KILL_AT_ENV, KILL_SITES, KILL_STEPS
-from logstore.verify import verify
+from logstore.embedded.fileio import KILL_AT_ENV, KILL_SITES, KILL_STEPS
+from logstore.embedded.verify import verify
 from tests.faults.killer import CHECKPOINT_BYTES, PROBE, SCRATCH, SCRATCH_THREAD, SEGMENT_SIZE, TYPE, plan
 from tests.helpers import drain
 from tests.stress import SEED, scale
@@ -622,7 +622,7 @@ def test_malformed_kill_point_is_a_value_error_naming_the_variable(
 
 
 def test_kill_point_io_only_when_the_variable_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    from logstore.fileio import FileIO, KillPointIO, default_io
+    from logstore.embedded.fileio import FileIO, KillPointIO, default_io
 
     assert type(default_io()) is FileIO
     monkeypatch.setenv(KILL_AT_ENV, "")
@@ -635,7 +635,7 @@ def test_kill_point_io_only_when_the_variable_is_set(monkeypatch: pytest.MonkeyP
 
 
 def test_kill_point_by_protocol_step_counts_that_step_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from logstore.fileio import KillPointIO, default_io
+    from logstore.embedded.fileio import KillPointIO, default_io
 
     monkeypatch.setenv(KILL_AT_ENV, "after_rename_catalog:1000000")
     io = default_io()
@@ -665,7 +665,7 @@ def test_kill_point_torn_pwrite_writes_half_then_dies(tmp_path: Path) -> None:
     """``pwrite.torn`` leaves the first half of the bytes; the worker dies by SIGKILL with the site on stderr."""
     target = tmp_path / "f"
     code = (
-        "import os; from logstore.fileio import default_io; io = default_io(); "
+        "import os; from logstore.embedded.fileio import default_io; io = default_io(); "
         f"fd = io.open({str(target)!r}, os.O_RDWR | os.O_CREAT); io.pwrite(fd, b'abcdefgh', 0)"
     )
     env = {**os.environ, KILL_AT_ENV: "pwrite.torn:1", "PYTHONPATH": str(REPO)}

@@ -7,7 +7,7 @@ and 2-3 writer processes (tests/faults/multiwriter.py, 1-2 threads each), and th
 1. lets the writers commit (multi-stream transactions: shared streams at ``logstore.ANY``, each thread's
    own stream at exact offsets, now and then a new stream) and kills one of them, the *victim*: either
    by ``SIGKILL`` from the test after a random number of acknowledgements, or at a ``LOGSTORE_KILL_AT``
-   kill point (logstore/fileio.py) drawn from the sites and protocol steps that a calibration round
+   kill point (logstore/embedded/fileio.py) drawn from the sites and protocol steps that a calibration round
    reached (``pwrite`` torn included, ``lock``/``unlock`` on ``CONTROL``, segment and checkpoint files);
 2. waits until every surviving writer has committed again (the next holder of the write lock takes over
    from the victim if it died in its turn);
@@ -51,15 +51,15 @@ from pathlib import Path
 import pytest
 
 import logstore
-from logstore.fileio import KILL_AT_ENV, file_kind
-from logstore.verify import verify
+from logstore.embedded.fileio import KILL_AT_ENV, file_kind
+from logstore.embedded.verify import verify
 from tests.faults.multiwriter import CHECKPOINT_BYTES, FIELDS, SEGMENT_SIZE, TYPE, Key, plan
 from tests.stress import SEED, STRESS, scale
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # seconds a phase may take before the round counts as hung (a hang is a finding)
 CALIBRATION_ACKS = 60  # acknowledgements (all writers together) of a calibration round
-TAKEOVER = "died or failed holding the write lock"  # the takeover's warning (logstore/follow.py)
+TAKEOVER = "died or failed holding the write lock"  # the takeover's warning (logstore/embedded/follow.py)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from hypothesis.stateful import invariant, rule
 
 import logstore
 from logstore import Envelope
-from logstore.store import MAX_FSYNC_INTERVAL
+from logstore.embedded.store import MAX_FSYNC_INTERVAL
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
 from tests.statemachine import StoreMachine

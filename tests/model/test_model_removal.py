@@ -62,10 +62,10 @@ from hypothesis.stateful import invariant, rule
 
 import logstore
 from logstore import Envelope
-from logstore.compact import CompactReport
-from logstore.record import KIND_RETAIN
-from logstore.segment import segment_name
-from logstore.writer import Writer
+from logstore.embedded.record import KIND_RETAIN
+from logstore.embedded.segment import segment_name
+from logstore.embedded.writer import Writer
+from logstore.results import CompactReport
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
 from tests.statemachine import StoreMachine

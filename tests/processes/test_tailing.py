@@ -1,4 +1,4 @@
-"""Read-only stores in other processes follow the writing process live (logstore/follow.py).
+"""Read-only stores in other processes follow the writing process live (logstore/embedded/follow.py).
 
 Every writer and reader here is a process of its own (tests/processes/worker.py), driven through lines
 on its stdin and stdout: a reader says ``waiting`` right before it blocks in ``next()``, a writer prints

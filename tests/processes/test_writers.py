@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 import logstore
-from logstore.checkpoint import Checkpoint
-from logstore.verify import verify
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.verify import verify
 from tests.helpers import SMALL_SEGMENT
 from tests.processes.test_tailing import Proc as TailingProc
 

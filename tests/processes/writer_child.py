@@ -27,7 +27,7 @@ from typing import Any
 
 import logstore
 from logstore import Envelope
-from logstore.fileio import KILL_AT_ENV, kill_point
+from logstore.embedded.fileio import KILL_AT_ENV, kill_point
 
 TYPE = "W"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import logstore.checks
+import logstore.embedded.reader
+import logstore.embedded.store
 import logstore.envelope
-import logstore.reader
-import logstore.store
 import logstore.tx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,9 @@ def test_readme_api_tour_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert store.global_head == 3
 
 
-@pytest.mark.parametrize("module", [logstore.envelope, logstore.store, logstore.reader, logstore.tx])
+@pytest.mark.parametrize(
+    "module", [logstore.envelope, logstore.checks, logstore.embedded.store, logstore.embedded.reader, logstore.tx]
+)
 def test_docstring_examples(module: object) -> None:
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert tried > 0

@@ -71,7 +71,8 @@ def test_the_logstore_command_runs_beside_an_application_tools_package(tmp_path:
 def test_the_engine_does_not_import_top_level_index_or_tools() -> None:
     """Every import of the index structures and the tools goes through the logstore namespace."""
     offenders = []
-    for path in sorted([*REPO.glob("logstore/*.py"), *REPO.glob("index/*.py"), *REPO.glob("tools/*.py")]):
+    engine = [*REPO.glob("logstore/*.py"), *REPO.glob("logstore/embedded/*.py"), *REPO.glob("logstore/postgres/*.py")]
+    for path in sorted([*engine, *REPO.glob("index/*.py"), *REPO.glob("tools/*.py")]):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             stripped = line.strip()
             if stripped.startswith(("from index", "import index", "from tools", "import tools")):
@@ -100,6 +101,7 @@ def test_project_metadata() -> None:
     assert project["scripts"]["logstore"] == "logstore.tools.cli:main"
     assert sorted(meta["tool"]["setuptools"]["packages"]) == [
         "logstore",
+        "logstore.embedded",
         "logstore.index",
         "logstore.postgres",
         "logstore.tools",
@@ -132,6 +134,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         "logstore/__main__.py",
         "logstore/py.typed",
         "logstore/postgres/store.py",
+        "logstore/embedded/store.py",
     ):
         assert module in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)

@@ -5,10 +5,16 @@
    inside functions count too), has no circle.
 2. No module of ``logstore/`` uses another's private names (``_x``): what
    they share goes through public methods and through
-   :class:`logstore.published.Published`.
-3. :class:`~logstore.published.Published` itself: its limits and counters,
+   :class:`logstore.embedded.published.Published`.
+3. :class:`~logstore.embedded.published.Published` itself: its limits and counters,
    its waiting (``wait`` with a readiness test and a deadline, async waiters)
    and its wake-ups.
+4. The backends stand side by side: a module of ``logstore.embedded`` or
+   ``logstore.postgres`` imports its own backend's modules and the neutral
+   top-level ones (``envelope``, ``errors``, ``tx``, ``checks``, ``readers``,
+   ...), never the other backend nor the public face; a neutral module imports
+   neutral ones only. Only the public face (``__init__``, ``opener``) and the
+   adapters over both (``eventsourcing``) import a backend.
 """
 
 from __future__ import annotations
@@ -26,42 +32,69 @@ from pathlib import Path
 import pytest
 
 import logstore
-import logstore.published
-from logstore.published import Published
+import logstore.embedded.published
+from logstore.embedded.published import Published
 
 ENGINE = Path(logstore.__file__).resolve().parent
+BACKENDS = ("embedded", "postgres")
+# The public face and the adapters over both backends: they may import either backend (opener dispatches).
+ABOVE = {"__init__", "__main__", "opener", "eventsourcing"}
+# The neutral modules whose base classes both backends subclass.
+SHARED_BASES = ("checks", "readers")
 WAIT = 10.0  # seconds: a bound for joins; nothing waits this long when it works
 
 # Names with a leading underscore that are public by their library's own documentation.
 PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_make", "_fields", "_exit"}
 
 
+def _name(path: Path) -> str:
+    """A module's name inside the package: ``__init__``, ``envelope``, ``embedded.store``, ``postgres`` (its init)."""
+    parts = list(path.relative_to(ENGINE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
 def _modules() -> dict[str, ast.Module]:
-    """Every module of the ``logstore`` package proper (``index`` and ``tools`` are packages apart)."""
-    return {p.stem: ast.parse(p.read_text(), str(p)) for p in sorted(ENGINE.glob("*.py"))}
+    """Every module of the ``logstore`` package and its backends (``index`` and ``tools`` are packages apart)."""
+    paths = [*ENGINE.glob("*.py"), *(p for sub in BACKENDS for p in (ENGINE / sub).glob("*.py"))]
+    return {_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(paths)}
+
+
+def _target(dotted: str, modules: set[str]) -> str | None:
+    """The module of ``modules`` that ``logstore.<dotted>`` names (a name inside a module counts as the module)."""
+    parts = dotted.split(".") if dotted else []
+    while parts:
+        if ".".join(parts) in modules:
+            return ".".join(parts)
+        parts.pop()
+    # "import logstore" or "from logstore import Envelope": the package's own __init__; "logstore.index.x": none
+    return "__init__" if "__init__" in modules and "." not in dotted else None
 
 
 def _imported(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
     """The modules of ``modules`` that module ``name`` imports, anywhere in its source."""
-    out: set[str] = set()
+    package = name.rsplit(".", 1)[0] if "." in name else ""
+    if name in BACKENDS:  # a backend's __init__: its relative imports start from the backend itself
+        package = name
+    out: set[str | None] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "logstore":
-                    out.add(parts[1] if len(parts) > 1 else "__init__")
+                if alias.name == "logstore" or alias.name.startswith("logstore."):
+                    out.add(_target(alias.name.removeprefix("logstore").lstrip("."), modules))
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: "from . import x" or "from .x import y"
-                base = node.module.split(".")[0] if node.module else None
-                targets = [base] if base else [a.name for a in node.names]
-            elif node.module == "logstore":
-                targets = [a.name if a.name in modules else "__init__" for a in node.names]
-            elif node.module and node.module.startswith("logstore."):
-                targets = [node.module.split(".")[1]]
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                within = ".".join([*base, *([node.module] if node.module else [])])
+            elif node.module == "logstore" or (node.module or "").startswith("logstore."):
+                within = (node.module or "").removeprefix("logstore").lstrip(".")
             else:
                 continue
-            out.update(targets)
-    return {m for m in out if m in modules and m != name}
+            for alias in node.names:  # "from logstore.embedded import store" imports the module embedded.store
+                out.add(_target(f"{within}.{alias.name}" if within else alias.name, modules))
+    return {m for m in out if m is not None and m != name}
 
 
 def import_graph(modules: dict[str, ast.Module]) -> dict[str, set[str]]:
@@ -119,19 +152,67 @@ def test_the_circle_finder_finds_circles_and_only_circles() -> None:
 
 def test_the_modules_of_logstore_import_each_other_in_one_direction() -> None:
     graph = import_graph(_modules())
-    assert {"store", "reader", "writer", "compact", "log"} <= set(graph)
+    assert {"embedded.store", "embedded.reader", "embedded.writer", "postgres.store", "postgres.reader", "tx"} <= set(
+        graph
+    )
     found = circles(graph)
     assert not found, "modules of logstore/ that import each other in a circle: " + "; ".join(
         " <-> ".join(c) for c in found
     )
 
 
-def test_the_published_state_depends_on_no_other_engine_module() -> None:
-    """The bottom of the drawing in logstore/published.py: everyone may use it, it uses none of them."""
+def _side(module: str) -> str:
+    """Which part of the package a module belongs to: a backend's name, "above" or "neutral"."""
+    head = module.split(".", maxsplit=1)[0]
+    if head in BACKENDS:
+        return head
+    return "above" if module in ABOVE else "neutral"
+
+
+def layer_breaches(graph: dict[str, set[str]]) -> list[str]:
+    """The imports that break the rule between the backends, the neutral modules and the public face."""
+    out = []
+    for module, imported in sorted(graph.items()):
+        side = _side(module)
+        if side == "above":
+            continue
+        allowed = {"neutral"} if side == "neutral" else {"neutral", side}
+        out += [f"{module} imports {target}" for target in sorted(imported) if _side(target) not in allowed]
+    return out
+
+
+def test_the_layer_rule_finds_every_kind_of_breach() -> None:
+    graph = {
+        "embedded.store": {"postgres.store", "checks", "embedded.log"},
+        "postgres.store": {"opener", "readers"},
+        "checks": {"embedded.layout", "errors"},
+        "opener": {"embedded.store", "postgres"},
+        "embedded.log": set(),
+        "postgres": set(),
+        "readers": set(),
+        "errors": set(),
+        "embedded.layout": set(),
+    }
+    assert layer_breaches(graph) == [
+        "checks imports embedded.layout",
+        "embedded.store imports postgres.store",
+        "postgres.store imports opener",
+    ]
+
+
+def test_the_backends_import_neither_each_other_nor_the_public_face() -> None:
     graph = import_graph(_modules())
-    assert graph["published"] <= {"errors"}, graph["published"]
+    assert {"embedded.store", "postgres.store", "postgres.reader", "checks", "readers", "opener"} <= set(graph)
+    assert "postgres" in graph["opener"] and "embedded.store" in graph["opener"]  # the checker sees dispatch
+    assert layer_breaches(graph) == []
+
+
+def test_the_published_state_depends_on_no_other_engine_module() -> None:
+    """The bottom of the drawing in logstore/embedded/published.py: everyone may use it, it uses none of them."""
+    graph = import_graph(_modules())
+    assert graph["embedded.published"] <= {"errors"}, graph["embedded.published"]
     for user in ("store", "writer", "reader", "log"):
-        assert "published" in graph[user], user
+        assert "embedded.published" in graph[f"embedded.{user}"], user
 
 
 def _own_private_names(tree: ast.Module) -> set[str]:
@@ -156,14 +237,14 @@ def _own_private_names(tree: ast.Module) -> set[str]:
     return {n for n in own if n.startswith("_") and not n.startswith("__")}
 
 
-def foreign_private_uses(name: str, tree: ast.Module) -> list[str]:
+def foreign_private_uses(name: str, tree: ast.Module, inherited: frozenset[str] = frozenset()) -> list[str]:
     """Uses in module ``name`` of a private name that it does not define itself: another module's insides.
 
     Attribute access ``x._y`` where ``_y`` is defined nowhere in the module,
     and ``from logstore.m import _y``. (A private name defined in both
     modules would slip through; the seamed modules do not share one.)
     """
-    own = _own_private_names(tree)
+    own = _own_private_names(tree) | inherited
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
@@ -179,16 +260,20 @@ def foreign_private_uses(name: str, tree: ast.Module) -> list[str]:
 
 def test_the_private_name_check_sees_another_modules_insides() -> None:
     tree = ast.parse(
-        "from logstore.reader import _Reader\n"
+        "from logstore.embedded.reader import _Reader\n"
         "class A:\n    def __init__(self, s):\n        self._own = s\n        s._theirs.add(self._own)\n"
     )
-    assert foreign_private_uses("m", tree) == ["m.py:1: imports logstore.reader._Reader", "m.py:5: ._theirs"]
+    assert foreign_private_uses("m", tree) == ["m.py:1: imports logstore.embedded.reader._Reader", "m.py:5: ._theirs"]
 
 
 @pytest.mark.parametrize("name", sorted(_modules()))
 def test_no_engine_module_uses_another_ones_private_names(name: str) -> None:
-    tree = _modules()[name]
-    assert foreign_private_uses(name, tree) == []
+    modules = _modules()
+    # The base classes the backends share (StoreBase, Reader) hand their subclasses private hooks to
+    # supply and helpers to call: a module that builds on them may use those names as its own.
+    bases = import_graph(modules)[name] & set(SHARED_BASES)
+    inherited = frozenset(n for base in bases for n in _own_private_names(modules[base]))
+    assert foreign_private_uses(name, modules[name], inherited) == []
 
 
 # -- Published -------------------------------------------------------------------------------------
@@ -327,7 +412,7 @@ def test_a_store_publishes_through_one_published_state(tmp_path: Path) -> None:
 
 
 def test_the_published_modules_example_runs() -> None:
-    failures, tried = doctest.testmod(logstore.published, optionflags=doctest.ELLIPSIS)
+    failures, tried = doctest.testmod(logstore.embedded.published, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0
 
 

@@ -15,9 +15,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.inspect import iter_records, stream_start
+from logstore.embedded.record import parse_record
 from logstore.index.header import HEADER_SIZE
-from logstore.inspect import iter_records, stream_start
-from logstore.record import parse_record
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart, store_files, with_format_version
 

@@ -10,7 +10,7 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from logstore.inspect import store_stats
+from logstore.embedded.inspect import store_stats
 from logstore.tools.cli import main
 from logstore.tools.progress import progress
 from tests.helpers import SMALL_SEGMENT, assert_not_stores_told_apart

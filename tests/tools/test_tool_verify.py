@@ -15,11 +15,11 @@ import xxhash
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record, frame
+from logstore.embedded.verify import verify
 from logstore.envelope import encode
 from logstore.index.header import HEADER_SIZE
-from logstore.record import FLAG_NAMED, KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record, frame
 from logstore.tools.cli import main
-from logstore.verify import verify
 from tests.helpers import assert_not_stores_told_apart, fill_interleaved, segment_records
 from tests.terminal import on_a_terminal
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import pytest
 
-from logstore import FileIO, control
+from logstore import FileIO
+from logstore.embedded import control
+from logstore.embedded.fileio import FLOCK_FORMAT, OFD_LOCKS, KillPointIO, kill_point, pack_flock, unpack_flock
 from logstore.errors import LogStoreError, UnsupportedPlatformError
-from logstore.fileio import FLOCK_FORMAT, OFD_LOCKS, KillPointIO, kill_point, pack_flock, unpack_flock
 from tests.faultfs import Crash, FaultFS
 from tests.stress import scale
 
@@ -392,7 +393,7 @@ def test_a_signal_ends_a_lock_wait_only_if_its_handler_raises(spawn: Callable[..
 
 
 def test_without_ofd_locks_lock_range_says_what_is_needed(control_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("logstore.fileio.OFD_LOCKS", False)
+    monkeypatch.setattr("logstore.embedded.fileio.OFD_LOCKS", False)
     fd = _open(control_file)
     try:
         with pytest.raises(UnsupportedPlatformError, match="open-file-description locks") as raised:

@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import logstore
-from logstore import StoreLockedError, layout
-from logstore.control import LOCK_DMS, LOCK_FLUSH, slot_lock_byte
-from logstore.controlfile import (
+from logstore import StoreLockedError
+from logstore.embedded import layout
+from logstore.embedded.control import LOCK_DMS, LOCK_FLUSH, slot_lock_byte
+from logstore.embedded.controlfile import (
     CONTROL_SIZE,
     FLAG_IN_USE,
     FLAG_READONLY,
@@ -53,13 +54,13 @@ from logstore.controlfile import (
     process_start_time,
     slot_flags,
 )
+from logstore.embedded.fileio import OFD_LOCKS, FileIO
+from logstore.embedded.repair import repair
+from logstore.embedded.store import own_slot_of, processes_of
+from logstore.embedded.verify import verify
 from logstore.errors import CorruptionError, FormatVersionError
-from logstore.fileio import OFD_LOCKS, FileIO
 from logstore.index.header import ControlHeader
-from logstore.repair import repair
-from logstore.store import own_slot_of, processes_of
 from logstore.tools.cli import main
-from logstore.verify import verify
 from tests.helpers import (
     SMALL_SEGMENT,
     assert_verified,
@@ -78,7 +79,7 @@ _OPENER = textwrap.dedent(
     """
     import json, os, sys
     import logstore
-    from logstore.store import own_slot_of, processes_of
+    from logstore.embedded.store import own_slot_of, processes_of
 
     path, mode = sys.argv[1], sys.argv[2]
     store = logstore.open(path, readonly=mode == "ro")
@@ -110,7 +111,7 @@ _OPENER = textwrap.dedent(
 _PROBE = textwrap.dedent(
     """
     import os, sys
-    from logstore.fileio import FileIO
+    from logstore.embedded.fileio import FileIO
     io = FileIO()
     fd = io.open(sys.argv[1], os.O_RDWR)
     print(" ".join("free" if io.lock_range(fd, int(b), True, False) else "held" for b in sys.argv[2:]), flush=True)

@@ -1,7 +1,7 @@
 """A derived index added by registration alone: kept by the writer, saved at checkpoints, recovered, rebuilt.
 
 ``Tally`` is the kind of index docs/ARCHITECTURE.md ("Adding a derived index")
-shows: one class, registered in ``logstore.derived.EXTRA_INDEXES``. These
+shows: one class, registered in ``logstore.embedded.derived.EXTRA_INDEXES``. These
 tests hold the engine to the protocol for it: every committed transaction is
 applied once, in order, whether the writer commits it, recovery finds it past
 the checkpoint, or the whole log is applied after its file is lost.
@@ -20,11 +20,11 @@ import msgpack
 import pytest
 
 import logstore
-from logstore.checkpoint import Checkpoint
-from logstore.derived import EXTRA_INDEXES, Applied, DerivedIndex
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.derived import EXTRA_INDEXES, Applied, DerivedIndex
+from logstore.embedded.record import KIND_MESSAGE, KIND_RETAIN, NO_STREAM
+from logstore.embedded.verify import verify
 from logstore.envelope import Envelope
-from logstore.record import KIND_MESSAGE, KIND_RETAIN, NO_STREAM
-from logstore.verify import verify
 from tests.helpers import SMALL_SEGMENT, assert_verified
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +138,7 @@ def test_recovery_applies_the_transactions_past_the_checkpoint(tally: None, stor
     script = (
         "import os, logstore\n"
         "from tests.unit.test_derived import Tally, _fill, _index\n"
-        "from logstore.derived import EXTRA_INDEXES\n"
+        "from logstore.embedded.derived import EXTRA_INDEXES\n"
         "EXTRA_INDEXES.append(Tally)\n"
         f"store = logstore.open({str(store_dir)!r}, segment_size={SMALL_SEGMENT}, checkpoint_bytes=1 << 40)\n"
         "_fill(store)\n"

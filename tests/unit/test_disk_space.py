@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import logstore
 from logstore import Envelope, FileIO, OutOfSpaceError, StoreFailedError
-from logstore.controlfile import CONTROL_SIZE
+from logstore.embedded.controlfile import CONTROL_SIZE
+from logstore.embedded.segment import RESERVE_FIRST, RESERVE_STEP_MAX
 from logstore.index.header import HEADER_SIZE
-from logstore.segment import RESERVE_FIRST, RESERVE_STEP_MAX
 from tests.crash import simulate_crash
 from tests.faultfs import FullDisk
 from tests.helpers import SMALL_SEGMENT, assert_verified

@@ -1,4 +1,4 @@
-"""The follower of a read-only store (logstore/follow.py), case by case.
+"""The follower of a read-only store (logstore/embedded/follow.py), case by case.
 
 A writable store and a read-only store opened in one process share nothing
 but the store's files and ``CONTROL``, exactly as two processes do, so these
@@ -15,9 +15,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from logstore.controlfile import DURABLE_AT, STATE_AT, STATE_INITIALIZING, Control, slot_flags
-from logstore.fileio import FileIO
-from logstore.follow import Follower
+from logstore.embedded.controlfile import DURABLE_AT, STATE_AT, STATE_INITIALIZING, Control, slot_flags
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.follow import Follower
 
 SMALL = 64 * 1024
 

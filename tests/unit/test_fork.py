@@ -24,9 +24,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
-from logstore.lock import writer_is_live
-from logstore.repair import repair
-from logstore.store import processes_of
+from logstore.embedded.lock import writer_is_live
+from logstore.embedded.repair import repair
+from logstore.embedded.store import processes_of
 from tests.helpers import SMALL_SEGMENT, assert_verified, run_python
 
 ROOT = Path(__file__).resolve().parents[2]

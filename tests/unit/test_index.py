@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logstore.checkpoint import Checkpoint, SegmentEntry
+from logstore.embedded.checkpoint import Checkpoint, SegmentEntry
+from logstore.embedded.record import BadRecord, frame, parse_record
 from logstore.envelope import decode
 from logstore.index.catalog import FLAG_LARGE, Catalog
 from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.index.header import HEADER_SIZE, MAGIC_CATALOG, MAGIC_POSITION, Header, decode_header, encode_header
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
-from logstore.record import BadRecord, frame, parse_record
 
 STORE = bytes(range(16))
 

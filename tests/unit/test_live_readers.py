@@ -32,17 +32,17 @@ import numpy as np
 import pytest
 
 import logstore
-import logstore.recovery
-import logstore.segment
-import logstore.verify
-import logstore.walk
+import logstore.embedded.recovery
+import logstore.embedded.segment
+import logstore.embedded.verify
+import logstore.embedded.walk
 from logstore import Envelope
-from logstore.fileio import FileIO
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.inspect import iter_records
+from logstore.embedded.record import Record
+from logstore.embedded.walk import last_nonzero
 from logstore.index.header import HEADER_SIZE
-from logstore.inspect import iter_records
-from logstore.record import Record
 from logstore.tools.cli import main
-from logstore.walk import last_nonzero
 from tests.helpers import SMALL_SEGMENT, segment_records
 from tests.stress import SEED, scale
 
@@ -344,7 +344,7 @@ def test_a_record_the_writer_completes_while_the_scan_looks_past_it_is_read(
     recs = _crashed_store(store_dir)
     start, end = recs[2].position, recs[-1].position + recs[-1].length
     later = bytearray(_zero(store_dir, start, end))
-    real = logstore.walk.last_nonzero_in_file
+    real = logstore.embedded.walk.last_nonzero_in_file
 
     def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
         if later:
@@ -352,7 +352,7 @@ def test_a_record_the_writer_completes_while_the_scan_looks_past_it_is_read(
             later.clear()
         return real(buf, fd, lo, hi)
 
-    monkeypatch.setattr(logstore.walk, "last_nonzero_in_file", writer_meanwhile)
+    monkeypatch.setattr(logstore.embedded.walk, "last_nonzero_in_file", writer_meanwhile)
     with logstore.open(store_dir, readonly=True) as ro:
         assert not later, "the scan did not look past the last record"
         assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
@@ -368,7 +368,7 @@ def test_a_transaction_the_writer_completes_before_the_scan_looks_for_synced_dat
     recs = _crashed_store(store_dir)
     start, end = recs[3].position, recs[-1].position + recs[-1].length
     later = bytearray(_zero(store_dir, start, end))
-    real = logstore.recovery.find_next_record_in_file
+    real = logstore.embedded.recovery.find_next_record_in_file
 
     def writer_meanwhile(buf: object, fd: int, lo: int, hi: int) -> int:
         if later:
@@ -376,7 +376,7 @@ def test_a_transaction_the_writer_completes_before_the_scan_looks_for_synced_dat
             later.clear()
         return real(buf, fd, lo, hi)
 
-    monkeypatch.setattr(logstore.recovery, "find_next_record_in_file", writer_meanwhile)
+    monkeypatch.setattr(logstore.embedded.recovery, "find_next_record_in_file", writer_meanwhile)
     with logstore.open(store_dir, readonly=True) as ro:
         assert not later, "the scan did not look for durable data"
         assert _offsets(ro) == [0, 1, 2, 3, 4, 5]
@@ -397,7 +397,7 @@ def test_last_nonzero_answers_when_the_bytes_change_during_the_search(monkeypatc
             raise RuntimeError("number of non-zero array elements changed during function execution")
         return real(arr)
 
-    monkeypatch.setattr(logstore.walk.np, "flatnonzero", changing)
+    monkeypatch.setattr(logstore.embedded.walk.np, "flatnonzero", changing)
     assert last_nonzero(memoryview(buf), 0, len(buf)) == 1001
     assert raised
 
@@ -497,14 +497,14 @@ def test_verify_on_a_live_store_looks_again_before_reporting_an_index_problem(st
             with w.transaction() as tx:
                 w.append_messages(tx, "a", i, [Envelope.new("E", {"pad": "x" * 200})])
     io = _PositionFileMidCheckpoint("00000000000000000000.pos")
-    result = logstore.verify.verify(str(store_dir), io=io, live=True)
+    result = logstore.embedded.verify.verify(str(store_dir), io=io, live=True)
     assert io.changed == 1 and result.ok, result.problems
     # A problem that every look finds is still reported, on a live store too.
     pos = store_dir / "segments" / "00000000000000000000.pos"
     raw = bytearray(pos.read_bytes())
     raw[HEADER_SIZE] ^= 0x01
     pos.write_bytes(bytes(raw))
-    result = logstore.verify.verify(str(store_dir), live=True)
+    result = logstore.embedded.verify.verify(str(store_dir), live=True)
     assert [(p.path, p.position) for p in result.problems] == [(str(pos), HEADER_SIZE)]
     pos.unlink()  # a position file is derived data: the next writable open writes it again
     logstore.open(store_dir).close()

@@ -1,7 +1,7 @@
 """The file system of a store directory, from a mount table, and the refusal of network file systems.
 
 The tests write mount tables in ``/proc/self/mountinfo``'s format to files of
-their own and point :mod:`logstore.mounts` at them, with mount points over
+their own and point :mod:`logstore.embedded.mounts` at them, with mount points over
 the test's real temporary directory: matched by that directory's real device
 numbers, or, with device numbers that match nothing, by the mount point.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import logstore
-from logstore import mounts
+from logstore.embedded import mounts
 from logstore.errors import LogStoreError, NetworkFileSystemError
 
 

@@ -4,13 +4,13 @@
   errors into the engine's: an unknown format version into
   ``FormatVersionError``, other damage into ``CorruptionError`` with the
   file's path, the decoder's position and the caller's prefix and hint.
-- :mod:`logstore.lock` takes, probes and releases the writer lock; a copy of
+- :mod:`logstore.embedded.lock` takes, probes and releases the writer lock; a copy of
   the lock's descriptor (as a forked child holds) is dropped without
   releasing the lock, and a release unlocks whatever copies remain.
-- :class:`logstore.lostfound.LostFound` writes what recovery and repair take
+- :class:`logstore.embedded.lostfound.LostFound` writes what recovery and repair take
   out of the log: a ``.bin`` and a manifest with the same fields for both
   producers, under names that are never reused.
-- :mod:`logstore.layout` names the store's files as docs/FORMAT.md draws
+- :mod:`logstore.embedded.layout` names the store's files as docs/FORMAT.md draws
   them, and tells a segment's or run file's name from anything else.
 """
 
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from logstore import layout
+from logstore.embedded import layout
+from logstore.embedded.fileio import default_io
+from logstore.embedded.lock import drop_lock_in_child, release_writer_lock, take_writer_lock, writer_is_live
+from logstore.embedded.lostfound import RECOVERY, REPAIR, LostFound
 from logstore.errors import CorruptionError, FormatVersionError, StoreLockedError, as_corruption
-from logstore.fileio import default_io
 from logstore.index.errors import FormatError, UnsupportedVersionError
-from logstore.lock import drop_lock_in_child, release_writer_lock, take_writer_lock, writer_is_live
-from logstore.lostfound import RECOVERY, REPAIR, LostFound
 
 
 def test_as_corruption_names_the_file_the_position_and_the_hint() -> None:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 import logstore
-import logstore.walk as walk_module
+import logstore.embedded.walk as walk_module
 from logstore import CorruptionError, Envelope, FileIO
+from logstore.embedded.verify import verify
+from logstore.embedded.walk import data_regions
 from logstore.index.header import HEADER_SIZE
-from logstore.verify import verify
-from logstore.walk import data_regions
 from tests.helpers import assert_verified, segment_records, with_format_version
 
 SEGMENT = 256 * 1024
@@ -203,7 +203,7 @@ def test_damaged_record_before_the_checkpoint_fails_the_read_not_the_open(store_
 def test_damage_inside_a_long_read_hands_out_what_precedes_it_then_names_the_record(
     store_dir: Path, reader: str, where: str
 ) -> None:
-    """Long reads check their records' headers in one go (logstore.walk.read_indexed); damage in the middle of
+    """Long reads check their records' headers in one go (logstore.embedded.walk.read_indexed); damage in the middle of
     such a batch gives the same envelopes and the same error, at the same byte, as a record-by-record read."""
     with logstore.open(store_dir, segment_size=SEGMENT) as store:
         with store.transaction() as tx:
@@ -533,7 +533,7 @@ def test_regression_damage_with_no_usable_checkpoint_is_refused_when_valid_data_
 
 
 class _FakeOS:
-    """The ``os`` module as ``logstore.segment`` sees it, with ``lseek(SEEK_DATA)`` and
+    """The ``os`` module as ``logstore.embedded.segment`` sees it, with ``lseek(SEEK_DATA)`` and
     ``lseek(SEEK_HOLE)`` answering ``data`` and ``hole``: an offset, or an error to raise."""
 
     def __init__(self, data: int | OSError, hole: int | OSError) -> None:

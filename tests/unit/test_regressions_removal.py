@@ -19,13 +19,13 @@ import pytest
 
 import logstore
 from logstore import Envelope, FileIO
-from logstore.compact import CompactReport
+from logstore.embedded.log import Log
+from logstore.embedded.record import KIND_RETAIN
+from logstore.embedded.repair import repair
+from logstore.embedded.segment import Segment
+from logstore.embedded.verify import verify
 from logstore.errors import CorruptionError
-from logstore.log import Log
-from logstore.record import KIND_RETAIN
-from logstore.repair import repair
-from logstore.segment import Segment
-from logstore.verify import verify
+from logstore.results import CompactReport
 from tests.crash import simulate_crash
 from tests.faultfs import Crash, CrashIO
 from tests.helpers import SMALL_SEGMENT, assert_verified, segment_records

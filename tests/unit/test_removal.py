@@ -10,9 +10,9 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.record import Record
+from logstore.embedded.walk import walk
 from logstore.index.header import HEADER_SIZE
-from logstore.record import Record
-from logstore.walk import walk
 from tests.helpers import SMALL_SEGMENT, assert_verified, fill_interleaved
 
 
@@ -249,7 +249,7 @@ def _unsealed_removed(store: logstore.Store) -> int:
     g = active.first
     cat = store._log.catalog
     n = 0
-    from logstore.record import KIND_MESSAGE, parse_record
+    from logstore.embedded.record import KIND_MESSAGE, parse_record
 
     pos = 64
     for _ in range(active.count):

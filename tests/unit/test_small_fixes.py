@@ -27,8 +27,8 @@ import pytest
 
 import logstore
 from logstore import Envelope
+from logstore.embedded.repair import repair
 from logstore.index.header import HEADER_SIZE
-from logstore.repair import repair
 from logstore.tools.cli import main
 from tests.helpers import SMALL_SEGMENT, quiet_logstore, segment_records
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 import logstore
-from logstore import Envelope, layout
-from logstore.controlfile import INTENT_AT
-from logstore.fileio import FileIO
+from logstore import Envelope
+from logstore.embedded import layout
+from logstore.embedded.controlfile import INTENT_AT
+from logstore.embedded.fileio import FileIO
 from tests.helpers import assert_verified, drain, quiet_logstore
 
 
@@ -102,7 +103,7 @@ def test_a_read_only_first_opener_leaves_the_torn_tail_to_the_first_writer(tmp_p
 
 
 def test_a_clean_checkpoint_is_rewritten_unclean_before_another_writer_appends(tmp_path: Path) -> None:
-    from logstore.checkpoint import Checkpoint
+    from logstore.embedded.checkpoint import Checkpoint
 
     path = tmp_path / "store"
 

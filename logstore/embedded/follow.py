@@ -2,7 +2,7 @@
 
 A store opened with ``readonly=True`` beside a writing process is live: it
 sees each transaction that process publishes. The writing process publishes
-in ``CONTROL`` (logstore/controlfile.py) the *tail* (the global offset after
+in ``CONTROL`` (logstore/embedded/controlfile.py) the *tail* (the global offset after
 the last transaction its own readers may see, and where that transaction
 ends), the count of removals and the last checkpoint's generation, and then
 adds 1 to the futex word, which wakes every process sleeping on it.
@@ -12,7 +12,7 @@ with that tail. :meth:`Follower.refresh` (called by a reader that has read
 everything it knew of, by the store's ``head`` and the like, and by the
 watcher thread) compares the tail with ``visible_end`` and, when it moved,
 *catches up*: it walks the records from the end of what it knew to the tail
-(:func:`logstore.walk.walk`), opening the segments that a roll started,
+(:func:`logstore.embedded.walk.walk`), opening the segments that a roll started,
 mapping again a segment file that grew, and applies each whole transaction
 to every index, as recovery applies the records past a checkpoint; then it
 publishes the new ``visible_end`` to this process's readers and wakes them.
@@ -29,7 +29,7 @@ and puts its segments and indexes in place of its own; readers holding a
 segment of the old log look again.
 
 Waiting. A reader blocked in ``next()`` waits on the store's condition
-(:class:`~logstore.published.Published`), as beside a writer thread in the
+(:class:`~logstore.embedded.published.Published`), as beside a writer thread in the
 same process. The follower's *watcher thread*, started by the first wait
 (or ``anext()``) and ended by ``close()``, sleeps on the futex word; each
 wake-up refreshes, which wakes the local waiters when something new is
@@ -63,9 +63,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.controlfile import (
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.controlfile import (
     CLEAN_AT,
     DURABLE_AT,
     EPOCH_AT,
@@ -80,19 +80,19 @@ from logstore.controlfile import (
     Control,
     Tail,
 )
+from logstore.embedded.lostfound import RECOVERY, LostFound
+from logstore.embedded.published import REMOVALS_WORD, Published
+from logstore.embedded.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
+from logstore.embedded.segment import open_segment
+from logstore.embedded.walk import Damage, last_nonzero_in_file, walk
 from logstore.errors import CorruptionError, FormatVersionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.lostfound import RECOVERY, LostFound
-from logstore.published import REMOVALS_WORD, Published
-from logstore.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
-from logstore.segment import open_segment
-from logstore.walk import Damage, last_nonzero_in_file, walk
 
 if TYPE_CHECKING:
-    from logstore.fileio import FileIO
-    from logstore.log import Log
-    from logstore.segment import Segment
+    from logstore.embedded.fileio import FileIO
+    from logstore.embedded.log import Log
+    from logstore.embedded.segment import Segment
 
 logger = logging.getLogger("logstore")
 _U64 = (1 << 64) - 1

@@ -1,8 +1,8 @@
 """The log: the ordered list of segments, the indexes derived from it, and checkpoints.
 
-The directory layout of a store is in :mod:`logstore.layout`; the indexes
-are :mod:`logstore.derived`'s; what ``open`` does to the log before use is
-:mod:`logstore.recovery`'s.
+The directory layout of a store is in :mod:`logstore.embedded.layout`; the indexes
+are :mod:`logstore.embedded.derived`'s; what ``open`` does to the log before use is
+:mod:`logstore.embedded.recovery`'s.
 
 Threads: the writer thread alone calls the mutating methods (``roll``,
 ``checkpoint``) and mutates the catalog, run index and position indexes.
@@ -10,7 +10,7 @@ Readers call ``segment_for`` and read through segments; they are bounded by
 ``visible_end`` and the catalog heads, which the writer publishes only after
 the data under them is written (and, with ``durability="fsync"``, fsynced).
 Those limits, ``log_start`` and the catalog belong to the store's
-:class:`~logstore.published.Published`: ``Log.visible_end``, ``log_start``
+:class:`~logstore.embedded.published.Published`: ``Log.visible_end``, ``log_start``
 and ``catalog`` are views of it, so that recovery and the writer set them
 where readers look.
 """
@@ -22,17 +22,17 @@ import logging
 import os
 from collections.abc import Callable
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.derived import EXTRA_INDEXES, DerivedIndex, SegmentPositions, StreamIndex
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.derived import EXTRA_INDEXES, DerivedIndex, SegmentPositions, StreamIndex
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.published import Published
+from logstore.embedded.record import KIND_RETAIN, Record
+from logstore.embedded.segment import Segment, create_segment, open_segment
 from logstore.errors import NO_SPACE_ERRNOS, OutOfSpaceError
-from logstore.fileio import FileIO
 from logstore.index.catalog import Catalog
 from logstore.index.header import HEADER_SIZE
 from logstore.index.runs import RunIndex
-from logstore.published import Published
-from logstore.record import KIND_RETAIN, Record
-from logstore.segment import Segment, create_segment, open_segment
 
 logger = logging.getLogger("logstore")
 
@@ -68,7 +68,7 @@ class Log:
         # In log order. Once readers may hold it, retention and close replace the list and a roll appends to
         # it (recovery cuts it in place before that), so one read of it is a consistent list to search.
         self.segments: list[Segment] = []
-        # The indexes derived from the log (logstore.derived): the engine's own, then any registered.
+        # The indexes derived from the log (logstore.embedded.derived): the engine's own, then any registered.
         self.streams = StreamIndex(self)
         self.positions = SegmentPositions(self)
         self.indexes: list[DerivedIndex] = [self.positions, self.streams, *(cls() for cls in EXTRA_INDEXES)]
@@ -88,7 +88,7 @@ class Log:
 
     @property
     def runs(self) -> RunIndex:
-        """The run index (:class:`~logstore.derived.StreamIndex`)."""
+        """The run index (:class:`~logstore.embedded.derived.StreamIndex`)."""
         return self.streams.runs
 
     @property

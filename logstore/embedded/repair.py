@@ -10,7 +10,7 @@ of the processes listed there), and then:
 2. Reads every segment. A damaged header is rebuilt from the file name and
    size; a segment of another store is moved to ``lost+found/``. Inside a
    segment, every valid record is kept; after damage the walk resynchronises
-   on the next valid record (the walker of :mod:`logstore.walk`). The damaged bytes are
+   on the next valid record (the walker of :mod:`logstore.embedded.walk`). The damaged bytes are
    copied to ``lost+found/`` with a JSON manifest (file, byte position,
    length, the global offsets they held).
 3. Gives every global offset whose record was destroyed (inside a segment,
@@ -38,16 +38,13 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.controlfile import Control, slot_flags
-from logstore.errors import CorruptionError, as_corruption
-from logstore.fileio import FileIO, default_io
-from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, SegmentHeader
-from logstore.lock import release_writer_lock, take_writer_lock
-from logstore.lostfound import REPAIR, LostFound
-from logstore.record import (
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.controlfile import Control, slot_flags
+from logstore.embedded.fileio import FileIO, default_io
+from logstore.embedded.lock import release_writer_lock, take_writer_lock
+from logstore.embedded.lostfound import REPAIR, LostFound
+from logstore.embedded.record import (
     FLAG_NAMED,
     FLAG_TX_END,
     KIND_DELETE,
@@ -59,10 +56,13 @@ from logstore.record import (
     Record,
     frame,
 )
-from logstore.store import open as open_store
-from logstore.store import resolve_store_path
-from logstore.verify import verify
-from logstore.walk import Damage, walk
+from logstore.embedded.store import open as open_store
+from logstore.embedded.store import resolve_store_path
+from logstore.embedded.verify import verify
+from logstore.embedded.walk import Damage, walk
+from logstore.errors import CorruptionError, as_corruption
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE, SegmentHeader
 
 _NOTHING = "verify finds no problem: nothing to repair"
 _TOP = {layout.LOCK, layout.CONTROL, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}

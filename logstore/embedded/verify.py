@@ -65,19 +65,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.derived import EXTRA_INDEXES, DerivedIndex
-from logstore.envelope import decode
-from logstore.errors import CorruptionError
-from logstore.fileio import FileIO, default_io
-from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
-from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
-from logstore.index.position import PositionIndex
-from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
-from logstore.lock import writer_is_live
-from logstore.record import (
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.derived import EXTRA_INDEXES, DerivedIndex
+from logstore.embedded.fileio import FileIO, default_io
+from logstore.embedded.lock import writer_is_live
+from logstore.embedded.record import (
     FLAG_TX_END,
     KIND_DELETE,
     KIND_LOST,
@@ -89,10 +82,17 @@ from logstore.record import (
     NO_STREAM,
     Record,
 )
-from logstore.segment import open_segment, read_segment_header
-from logstore.walk import Damage, walk
+from logstore.embedded.segment import open_segment, read_segment_header
+from logstore.embedded.walk import Damage, walk
+from logstore.envelope import decode
+from logstore.errors import CorruptionError
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
+from logstore.index.position import PositionIndex
+from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 
-# The names logstore.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
+# The names logstore.embedded.layout gives the files of segments/ and streams/ (a repair's leftover is stray here).
 _SEGMENT_FILE = re.compile(rf"([0-9]{{{layout.FIRST_DIGITS}}})\.(log|pos|log\.tmp|log\.compact)")
 _RUN_FILE = re.compile(rf"([0-9]{{{layout.SID_DIGITS}}})\.runs")
 _CONTROL = (KIND_TRUNCATE, KIND_DELETE, KIND_RETAIN)
@@ -279,7 +279,7 @@ class _Verifier:
         self.removed_at: list[tuple[str, int, Record]] = []
         self.at_ckpt: _AtCheckpoint | None = None
         self.large_ids: set[int] | None = None  # the catalog's large streams, once it is read
-        self.extras = _Extras(self)  # the registered indexes (logstore.derived.EXTRA_INDEXES)
+        self.extras = _Extras(self)  # the registered indexes (logstore.embedded.derived.EXTRA_INDEXES)
 
     def problem(self, path: str, position: int, what: str) -> None:
         self.result.problem(path, position, what)
@@ -333,6 +333,8 @@ class _Verifier:
                 )
             elif name.startswith(layout.CATALOG_PREFIX):
                 self.catalogs.append(name)
+            elif name in (layout.MIGRATING, layout.MIGRATING + layout.TMP):
+                self.note(f"{p}: an unfinished `logstore migrate` into this directory (run it again to finish)")
             elif self.extras.owns(name):
                 pass
             else:

@@ -19,30 +19,23 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.compact import CompactReport, compact_store
-from logstore.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
-from logstore.envelope import Envelope, check_envelopes, encode_many
-from logstore.errors import (
-    CorruptionError,
-    FormatVersionError,
-    OffsetConflictError,
-    ReadOnlyError,
-    StoreClosedError,
-    StoreForkedError,
-    StoreLockedError,
-    as_corruption,
+from logstore.checks import (
+    MAX_ENVELOPE_SIZE,
+    MAX_STREAM_NAME,
+    StoreBase,
+    check_expected,
+    check_offset,
+    check_stream_name,
 )
-from logstore.fileio import FileIO, default_io
-from logstore.follow import Follower, FollowingPublished
-from logstore.index.catalog import FLAG_DELETED
-from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE
-from logstore.lock import (
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.compact import compact_store
+from logstore.embedded.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
+from logstore.embedded.fileio import FileIO, default_io
+from logstore.embedded.follow import Follower, FollowingPublished
+from logstore.embedded.lock import (
     LOCK_PAUSE,
     LOCK_WAIT,
     drop_lock_in_child,
@@ -50,15 +43,27 @@ from logstore.lock import (
     share_store_lock,
     take_store_lock,
 )
-from logstore.log import Log
-from logstore.mounts import check_local
-from logstore.published import Published
-from logstore.reader import GlobalReader, StreamReader, close_readers
-from logstore.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
-from logstore.recovery import IndexesUnusable, Recovery, RecoveryReport
-from logstore.segment import read_segment_header
+from logstore.embedded.log import Log
+from logstore.embedded.mounts import check_local
+from logstore.embedded.published import Published
+from logstore.embedded.reader import GlobalReader, StreamReader, close_readers
+from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
+from logstore.embedded.recovery import IndexesUnusable, Recovery, RecoveryReport
+from logstore.embedded.segment import read_segment_header
+from logstore.embedded.writer import Writer
+from logstore.envelope import Envelope, encode_many
+from logstore.errors import (
+    CorruptionError,
+    FormatVersionError,
+    StoreForkedError,
+    StoreLockedError,
+    as_corruption,
+)
+from logstore.index.catalog import FLAG_DELETED
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE
+from logstore.results import CompactReport, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
-from logstore.writer import Writer
 
 logger = logging.getLogger("logstore")
 
@@ -73,25 +78,10 @@ MAX_FSYNC_INTERVAL = 3600.0
 """Longest ``fsync_interval`` accepted (one hour)."""
 DEFAULT_CHECKPOINT_BYTES = 64 * 2**20
 """Log bytes written between checkpoints (64 MiB); a segment roll and ``close()`` also checkpoint."""
-MAX_STREAM_NAME = 1024
-"""Longest stream name, in UTF-8 bytes."""
-MAX_ENVELOPE_SIZE = 16 * 2**20
-"""Largest encoded envelope, in bytes (16 MiB); a segment must also hold it whole."""
 _CONTROL_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 """Why a read-only opener may be unable to join ``CONTROL``; it then reads the store without it."""
 READONLY_LOADS = 10
 """How many times a read-only open loads the log when a live writer changes files under it."""
-
-
-class StreamInfo(NamedTuple):
-    """What ``store.stream_info`` returns."""
-
-    first: int
-    """The first readable offset."""
-    head: int
-    """The next unused offset."""
-    deleted: bool
-    """Deleted and not appended to since."""
 
 
 def open(
@@ -187,7 +177,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Store:
+class Store(StoreBase):
     """An open store: Ax's ``DataStore``, ``Store`` and ``GloballyOrderedStore`` in one.
 
     Thread-safe: any number of threads may append, commit and read at once.
@@ -300,7 +290,7 @@ class Store:
     def _recover(
         self, ckpt: Checkpoint | None, ckpt_problem: str | None, retry_changes: bool, bound: int | None = None
     ) -> Checkpoint | None:
-        """Run recovery (:class:`~logstore.recovery.Recovery`) on the log, up to ``bound``; keep its report.
+        """Run recovery (:class:`~logstore.embedded.recovery.Recovery`) on the log, up to ``bound``; keep its report.
 
         Beside other processes it changes no file (they may be writing)."""
         recovery = Recovery(self._log, retry_changes, bound, shared=not self._first())
@@ -610,7 +600,7 @@ class Store:
             self._io.close(fd)
 
     def _join_control(self, store_id: bytes) -> Control | None:
-        """Join ``CONTROL`` (logstore/controlfile.py): hold the dead-man switch and a slot while the store is open.
+        """Join ``CONTROL`` (logstore/embedded/controlfile.py): hold the dead-man switch and a slot while open.
 
         A read-only opener that may not create or write the file (a read-only file system, a directory or
         file it may not write, no room for the file's bytes) reads the store without it, as every opener
@@ -655,8 +645,8 @@ class Store:
         """In a forked child (``_after_fork_in_child``): make this store refuse all use, and drop the
         child's copies of its descriptors and mappings.
 
-        Never ``flock(LOCK_UN)`` (``logstore/lock.py``) nor an OFD unlock of ``CONTROL``'s bytes
-        (``logstore/controlfile.py``): the descriptors' open file descriptions are shared with the
+        Never ``flock(LOCK_UN)`` (``logstore/embedded/lock.py``) nor an OFD unlock of ``CONTROL``'s bytes
+        (``logstore/embedded/controlfile.py``): the descriptors' open file descriptions are shared with the
         parent, and an unlock through them releases the parent's locks (its writer lock, its
         dead-man switch and its slot). The ``CONTROL`` mapping holds a duplicate descriptor: it is
         closed too. Closing the child's descriptor leaves the lock with the parent, and
@@ -775,24 +765,6 @@ class Store:
         self._follow()
         return self._pub.visible_end
 
-    def _check_open(self) -> None:
-        # Every member that reads or writes the store calls this first. What stays readable after
-        # close(): path, durability, readonly, closed, max_envelope_size (settings) and
-        # recovery_report (what the open did), and close() itself, which is idempotent.
-        if self._closed:
-            if self._forked:
-                raise self._forked_error()
-            raise StoreClosedError(f"{self.path}: the store is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path}: the store is open read-only")
-
-    def _check_ds(self, ds: object) -> None:
-        if ds is not self:
-            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
-
     # -- DataStore ---------------------------------------------------------------------
 
     def begin_tx(self) -> tuple[Tx, Committer]:
@@ -806,20 +778,6 @@ class Store:
         self._check_writable()
         tx = Tx(self, self._writer, self._pub)
         return tx, Committer(tx)
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction that commits when the block ends and rolls back if it raises.
-
-        After the block, ``tx.global_offsets`` is the range of global offsets committed.
-        """
-        tx, committer = self.begin_tx()
-        try:
-            yield tx
-        except BaseException:
-            committer.rollback()
-            raise
-        committer.commit()
 
     # -- Store -----------------------------------------------------------------------------
 
@@ -842,32 +800,16 @@ class Store:
         ``envs`` is a sequence (a list) of :class:`Envelope`: a single
         envelope, a ``str``, ``bytes`` or ``dict`` raises ``TypeError``.
         """
-        self._check_writable()
-        if type(tx) is not Tx:
-            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
-        tx.check_appendable(self)
-        nameb = check_stream_name(stream)
+        nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
-            check_envelopes(envs)
             tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, self._max_payload))
             return
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        check_envelopes(envs)
         expected = tx.staged_head(stream)
         if expected is None:
             expected = self._pub.catalog.head_of(stream)
             if offset > expected:
                 expected = self._head_beside_others(stream, offset)
-        if offset != expected:
-            if expected == ANY_OFFSET:
-                raise ValueError(
-                    f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
-                    " (its offsets are assigned at commit); append at logstore.ANY again"
-                )
-            raise OffsetConflictError(stream, expected, offset)
+        check_expected(stream, expected, offset)
         tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload))
 
     def _head_beside_others(self, stream: str, offset: int) -> int:
@@ -899,7 +841,7 @@ class Store:
         """
         self._check_writable()
         nameb = check_stream_name(stream)
-        _check_offset(before)
+        check_offset(before)
         self._writer.control(KIND_TRUNCATE, stream, nameb, before)
 
     def delete_stream(self, stream: str) -> None:
@@ -931,12 +873,12 @@ class Store:
         segment holds one, it is first sealed (rolled, as when it fills up)
         so that it can be rewritten like any sealed segment; ``roll=False``
         leaves the active segment as it is (and the report says so). Readers
-        and writers keep working meanwhile; see :mod:`logstore.compact` for
+        and writers keep working meanwhile; see :mod:`logstore.embedded.compact` for
         the crash-safe steps. ``progress(done, total)`` is called after each
         sealed segment. ``retention_age`` and ``retention_bytes``, when
         given, apply for this call in place of the store's options.
 
-        Returns a :class:`~logstore.compact.CompactReport`: what was done,
+        Returns a :class:`~logstore.results.CompactReport`: what was done,
         the bytes reclaimed (dropped segments included), and in
         ``unreached`` every segment file that still holds removed envelopes
         (removed after the pass began, or ``roll=False``), with the count and
@@ -971,7 +913,7 @@ class Store:
         self._follow()
         self._check_ds(ds)
         check_stream_name(stream)
-        _check_offset(offset)
+        check_offset(offset)
         pub = self._pub
         cat = pub.catalog
         sid = cat.ids.get(stream)
@@ -985,7 +927,7 @@ class Store:
         """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
         self._check_open()
         self._check_ds(ds)
-        _check_offset(offset)
+        check_offset(offset)
         reader = GlobalReader(self, self._pub, self._log, offset)
         self._pub.readers.add(reader)
         return reader
@@ -1074,13 +1016,6 @@ class Store:
         close_readers(pub.readers)
         pub.wake()
 
-    def __enter__(self) -> Store:
-        self._check_open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)
         return f"<logstore.Store {self.path!r} {state}>"
@@ -1104,7 +1039,7 @@ def resolve_store_path(path: str) -> str:
 
     The caller chose that path, so a link there is theirs (every link on the way
     to it is followed too). Nothing inside the store is followed: files are
-    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.layout.STORE_DIRS`
+    opened with ``O_NOFOLLOW``, and a link in place of one of :data:`logstore.embedded.layout.STORE_DIRS`
     or of ``CONTROL`` (which every open joins only after its recovery) raises ``OSError``
     (``ELOOP``) here, before anything is read or written.
     """
@@ -1118,30 +1053,6 @@ def resolve_store_path(path: str) -> str:
     if os.path.islink(control):
         raise OSError(errno.ELOOP, "a symbolic link in place of a store file (logstore follows none)", control)
     return path
-
-
-def check_stream_name(stream: object) -> bytes:
-    """Return the UTF-8 bytes of a valid stream name, else raise ``TypeError``/``ValueError``."""
-    if type(stream) is not str:
-        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
-    if not stream:
-        raise ValueError("stream name must not be empty")
-    if "\x00" in stream:
-        raise ValueError(f"stream name {stream[:64]!r} contains a NUL character")
-    try:
-        raw = stream.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"stream name {stream[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_STREAM_NAME:
-        raise ValueError(f"stream name is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
-    return raw
-
-
-def _check_offset(offset: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
 
 
 def processes_of(store: Store) -> list[SlotInfo]:
@@ -1162,7 +1073,7 @@ def own_slot_of(store: Store) -> int:
 
 
 def log_of(store: Store) -> Log:
-    """The log of ``store`` (:class:`logstore.log.Log`), for the engine's own tools (``logstore.inspect``).
+    """The log of ``store`` (:class:`logstore.embedded.log.Log`), for its tools (``logstore.embedded.inspect``).
 
     Not part of the messagestore API: its segments and indexes change under
     the writer's rules (docs/ARCHITECTURE.md).

@@ -60,79 +60,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from logstore import layout
+from logstore.embedded import layout
+from logstore.embedded.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
+from logstore.embedded.segment import Segment, SegmentRetired
+from logstore.embedded.walk import Damage, counted, walk
 from logstore.errors import CorruptionError, OutOfSpaceError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
-from logstore.record import KIND_MESSAGE, KIND_REMOVED, RECORD_HEADER, RECORD_OVERHEAD, frame
-from logstore.segment import Segment, SegmentRetired
-from logstore.walk import Damage, counted, walk
+from logstore.results import CompactReport, Unreached
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.writer import Writer
+    from logstore.embedded.log import Log
+    from logstore.embedded.writer import Writer
 
 _CHUNK = 4 << 20
-
-
-@dataclass(frozen=True)
-class Unreached:
-    """Removed messages whose envelopes a compaction left in a segment file, and why.
-
-    ``path`` is the segment file, ``messages`` how many removed messages
-    still have their envelope there, ``reason`` why this pass left them.
-    """
-
-    path: str
-    messages: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.messages} removed message(s) still there: {self.reason}"
 
 
 REASON_NO_ROLL = "the active segment, which compact(roll=False) does not rewrite"
 REASON_LATER = "removed after this compaction began; compact again"
 REASON_ACTIVE_LATER = "in the active segment, removed after this compaction began; compact again"
-
-
-@dataclass
-class CompactReport:
-    """What ``compact`` did, and what it left.
-
-    - ``rolled``: the active segment that compaction sealed in order to
-      rewrite it (``None``: the active segment held no removed message, or
-      ``roll=False``).
-    - ``unreached``: every segment file in which removed messages still have
-      their envelope after this pass, with their count and why
-      (:class:`Unreached`). Empty means that no segment file holds a removed
-      envelope any more.
-    - ``lost_found``: the files in ``lost+found/`` (paths), which hold bytes
-      that recovery or repair cut from the log; compaction never touches them.
-    """
-
-    segments_rewritten: int = 0
-    segments_dropped: int = 0
-    messages_removed: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
-    rewritten: list[str] = field(default_factory=list)
-    rolled: str | None = None
-    unreached: list[Unreached] = field(default_factory=list)
-    lost_found: list[str] = field(default_factory=list)
-
-    @property
-    def bytes_reclaimed(self) -> int:
-        return self.bytes_before - self.bytes_after
-
-    @property
-    def erased(self) -> bool:
-        """No segment file holds the envelope of a removed message (``lost+found/`` aside)."""
-        return not self.unreached
 
 
 def _log_bytes(lg: Log) -> int:

@@ -4,7 +4,7 @@ A segment is ``segments/<first global offset, 20 digits>.log``, starting with
 the common 64-byte header (magic ``b"LGSEGMNT"``; a = first global offset,
 b = capacity in bytes: the most the file may grow to, c = creation time in ns
 since the epoch) followed by records, back to back, in the format of
-:mod:`logstore.record`.
+:mod:`logstore.embedded.record`.
 
 The file's size is anywhere from the end of its records to its capacity: the
 bytes past the records are the *reservation*, allocated ahead of the writer
@@ -32,15 +32,15 @@ import threading
 import time
 from typing import Any
 
+from logstore.embedded.fileio import FileIO
+from logstore.embedded.layout import TMP, position_name, segment_name
+from logstore.embedded.record import BadRecord
+from logstore.embedded.walk import Undecodable, counted, read_indexed
 from logstore.envelope import Envelope
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
-from logstore.fileio import FileIO
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 from logstore.index.position import PositionIndex
-from logstore.layout import TMP, position_name, segment_name
-from logstore.record import BadRecord
-from logstore.walk import Undecodable, counted, read_indexed
 
 RESERVE_FIRST = 1 << 20
 """Bytes a new segment file is allocated with (1 MiB, or its capacity if smaller), header included."""
@@ -224,7 +224,7 @@ class Segment:
     ) -> tuple[int, list[int] | None, Any]:
         """Append the readable envelopes among global offsets ``goff`` .. ``stop - 1`` to ``out``.
 
-        The one read of both readers: :func:`logstore.walk.read_indexed` on
+        The one read of both readers: :func:`logstore.embedded.walk.read_indexed` on
         this segment (a stream's read with ``sid >= 0`` from its offset
         ``soff``, a global read with ``trimmed``; see there for what each
         skips and returns). Returns the global offset after the last record

@@ -1,9 +1,9 @@
 """Recovery: what ``open`` does to the log and its indexes before anything reads or writes them.
 
 Open every segment; load the indexes the checkpoint names (each
-:class:`~logstore.derived.DerivedIndex` from its files), or, when they are
+:class:`~logstore.embedded.derived.DerivedIndex` from its files), or, when they are
 unusable, empty them and apply the whole log; then walk the records past the
-checkpoint (:func:`logstore.walk.walk`), check each against the log's rules
+checkpoint (:func:`logstore.embedded.walk.walk`), check each against the log's rules
 and apply every whole transaction to the indexes. Where the walk meets damage
 or a transaction without its end, a writable open cuts the log there, saving
 the bytes in ``lost+found/``, unless data after it was durable (then it is not
@@ -19,13 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint
-from logstore.errors import CorruptionError, FormatVersionError
-from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE
-from logstore.lostfound import RECOVERY, LostFound
-from logstore.record import (
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.lostfound import RECOVERY, LostFound
+from logstore.embedded.record import (
     FLAG_SYNCED,
     FLAG_TX_END,
     KIND_DELETE,
@@ -36,11 +33,14 @@ from logstore.record import (
     RECORD_OVERHEAD,
     Record,
 )
-from logstore.segment import open_segment
-from logstore.walk import Damage, find_next_record_in_file, last_nonzero_in_file, record_at, walk
+from logstore.embedded.segment import open_segment
+from logstore.embedded.walk import Damage, find_next_record_in_file, last_nonzero_in_file, record_at, walk
+from logstore.errors import CorruptionError, FormatVersionError
+from logstore.index.errors import FormatError
+from logstore.index.header import HEADER_SIZE
 
 if TYPE_CHECKING:
-    from logstore.log import Log
+    from logstore.embedded.log import Log
 
 logger = logging.getLogger("logstore")
 

@@ -1,6 +1,6 @@
 """The record format: the bytes of one record, how they are framed, parsed and found.
 
-A segment file (:mod:`logstore.segment`) holds records back to back after its
+A segment file (:mod:`logstore.embedded.segment`) holds records back to back after its
 header; each record is::
 
     offset      size  type   field

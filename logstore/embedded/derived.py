@@ -20,7 +20,7 @@ are on the hot paths, so the writer applies its commits to them inline,
 through the rules that :class:`StreamIndex` holds (the same rules recovery
 applies record by record). An index added to :data:`EXTRA_INDEXES` gets each
 committed transaction from the writer as records read back with the walker
-(:mod:`logstore.walk`), after the group is written; docs/ARCHITECTURE.md
+(:mod:`logstore.embedded.walk`), after the group is written; docs/ARCHITECTURE.md
 shows one.
 """
 
@@ -34,25 +34,25 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 
-from logstore import layout
-from logstore.checkpoint import Checkpoint, SegmentEntry
+from logstore.embedded import layout
+from logstore.embedded.checkpoint import Checkpoint, SegmentEntry
+from logstore.embedded.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, MESSAGE_KINDS, NO_STREAM, Record
 from logstore.errors import CorruptionError, as_corruption
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
-from logstore.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, MESSAGE_KINDS, NO_STREAM, Record
 
 if TYPE_CHECKING:
-    from logstore.fileio import FileIO
-    from logstore.published import Published
-    from logstore.segment import Segment
+    from logstore.embedded.fileio import FileIO
+    from logstore.embedded.published import Published
+    from logstore.embedded.segment import Segment
 
 logger = logging.getLogger("logstore")
 
 
 class IndexHost(Protocol):
-    """What the engine's own indexes use of the log (:class:`logstore.log.Log`)."""
+    """What the engine's own indexes use of the log (:class:`logstore.embedded.log.Log`)."""
 
     io: FileIO
     directory: str

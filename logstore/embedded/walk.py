@@ -1,7 +1,7 @@
 """The record walker: the one way the engine and its tools go through a segment's records.
 
 :func:`walk` goes through the bytes of a segment from a record position and
-yields each valid record (:class:`~logstore.record.Record`, checksum
+yields each valid record (:class:`~logstore.embedded.record.Record`, checksum
 checked) or, where the bytes are not a record, a :class:`Damage` that says
 where it starts, where it ends and what is wrong. Recovery, ``verify``,
 ``repair``, ``dump``, compaction and the rebuild of a segment's positions walk
@@ -45,10 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xxhash
 
-from logstore.envelope import Envelope, decode
-from logstore.errors import CorruptionError
-from logstore.index.position import PositionIndex
-from logstore.record import (
+from logstore.embedded.record import (
     CHECKSUM,
     KIND_LOST,
     KIND_MESSAGE,
@@ -60,6 +57,9 @@ from logstore.record import (
     Record,
     parse_record,
 )
+from logstore.envelope import Envelope, decode
+from logstore.errors import CorruptionError
+from logstore.index.position import PositionIndex
 
 
 class Damage(NamedTuple):
@@ -355,7 +355,7 @@ def read_indexed(  # noqa: PLR0912
     ``goff + 1``, ...), the record headers of the envelopes appended (a list
     of ``RECORD_HEADER`` tuples, or a numpy record array of
     :data:`HEADER_DTYPE`), and the damage that stopped the read, if any:
-    a :class:`~logstore.record.BadRecord`, :class:`Undecodable` for an
+    a :class:`~logstore.embedded.record.BadRecord`, :class:`Undecodable` for an
     envelope that does not decode. Reads of :data:`BATCH_MIN` records or
     more with nothing trimmed check all headers at once with numpy; anything
     unusual there sends them through the record-by-record loop, which says

@@ -7,12 +7,12 @@ word, who initialized it, and its slot table. The file holds no durable data:
 it is never synced, and whatever a previous life of the store left in it is
 rebuilt by the next opener that finds no other process there.
 
-Joining (:meth:`Control.join`), with the lock bytes of :mod:`logstore.control`
+Joining (:meth:`Control.join`), with the lock bytes of :mod:`logstore.embedded.control`
 taken through :meth:`logstore.FileIO.lock_range` (open-file-description locks,
 which the kernel drops when their holder dies):
 
 1. Open (create) ``CONTROL`` read-write.
-2. Try the dead-man switch (byte :data:`~logstore.control.LOCK_DMS`)
+2. Try the dead-man switch (byte :data:`~logstore.embedded.control.LOCK_DMS`)
    exclusively, without waiting. Granted: no live process has the store open,
    so this opener is the *first opener*: it (re)initializes the file whatever
    it holds (reserve its 20,480 bytes, zero them, state ``INITIALIZING``, the
@@ -63,11 +63,11 @@ from typing import NamedTuple
 
 import xxhash
 
-from logstore import layout
-from logstore.control import LOCK_COMPACT, LOCK_DMS, LOCK_FLUSH, LOCK_WRITE, Futex, slot_lock_byte
-from logstore.control import available as futex_available
+from logstore.embedded import layout
+from logstore.embedded.control import LOCK_COMPACT, LOCK_DMS, LOCK_FLUSH, LOCK_WRITE, Futex, slot_lock_byte
+from logstore.embedded.control import available as futex_available
+from logstore.embedded.fileio import FileIO, pack_flock, unpack_flock
 from logstore.errors import CorruptionError, OutOfSpaceError, StoreLockedError, as_corruption
-from logstore.fileio import FileIO, pack_flock, unpack_flock
 from logstore.index.header import HEADER_SIZE, ControlHeader
 
 CONTROL_SIZE = 20480
@@ -109,7 +109,8 @@ rather than take it the moment it is free (:meth:`Control.lock_write`)."""
 FLUSHED_AT = 112
 """A u32: how many holders of the flush lock let go of it while another process waited (the holder adds 1 with
 ``FUTEX_WAKE_OP``, atomic, waking them). Processes that wait for their commits to be durable sleep on it instead of
-queueing for the lock, and look at the durable bound again when it changes (:meth:`logstore.follow.Follower.flush`)."""
+queueing for the lock, and look at the durable bound again when it changes
+(:meth:`logstore.embedded.follow.Follower.flush`)."""
 FLUSH_ASKED_AT = 120
 """A u32 that a process adds 1 to (``FUTEX_WAKE_OP``: atomic) before it sleeps on :data:`FLUSHED_AT`."""
 FLUSH_SERVED_AT = 296
@@ -131,7 +132,7 @@ INTENT_AT = 176
 """The pid of the write-lock holder while it is in the middle of a turn (0: no turn unfinished).
 
 Set once the holder has caught up, cleared before it releases the lock: the next holder that finds it set
-takes over from a holder that died or failed (:meth:`logstore.follow.Follower._take_over`)."""
+takes over from a holder that died or failed (:meth:`logstore.embedded.follow.Follower._take_over`)."""
 UNCHECKED = 1 << 63
 """The intent a read-only first opener leaves: it published the tail without cutting what lies past it (it may
 not write), so the first write-lock holder takes over as from a dead one."""
@@ -448,7 +449,7 @@ class Control:
     # -- the write lock ----------------------------------------------------------------------
 
     def lock_write(self) -> bool:
-        """Take the write lock (byte :data:`~logstore.control.LOCK_WRITE`), waiting for its holder; returns
+        """Take the write lock (byte :data:`~logstore.embedded.control.LOCK_WRITE`), waiting for its holder; returns
         whether it had to wait. Before waiting, ask for it (:data:`ASKED_AT`); once it holds the lock after
         asking, count the ask served (:data:`SERVED_AT`)."""
         fd = self._fd()
@@ -472,7 +473,7 @@ class Control:
         self.io.unlock_range(self._fd(), LOCK_WRITE)
 
     def lock_flush(self) -> None:
-        """Take the flush lock (byte :data:`~logstore.control.LOCK_FLUSH`), waiting while another process syncs."""
+        """Take the flush lock (byte :data:`~logstore.embedded.control.LOCK_FLUSH`), waiting while another syncs."""
         self.io.lock_range(self._fd(), LOCK_FLUSH, True, True)
 
     def unlock_flush(self) -> None:
@@ -522,7 +523,7 @@ class Control:
 
     @contextlib.contextmanager
     def compacting(self) -> Iterator[None]:
-        """Hold the compaction lock (byte :data:`~logstore.control.LOCK_COMPACT`): one compaction per store,
+        """Hold the compaction lock (byte :data:`~logstore.embedded.control.LOCK_COMPACT`): one compaction per store,
         across processes (they share the ``.compact`` file names)."""
         self.io.lock_range(self._fd(), LOCK_COMPACT, True, True)
         try:
@@ -573,7 +574,7 @@ class Control:
 
         Which slots watch is searched again only when :data:`WATCHERS_AT` changed, which a process
         does after it set or cleared :data:`FLAG_WATCHING` in its own slot record. A watcher sets the
-        flag before its first sleep, and that sleep is short (:data:`logstore.follow.FIRST_WAIT`), so
+        flag before its first sleep, and that sleep is short (:data:`logstore.embedded.follow.FIRST_WAIT`), so
         a writer that read the old count just then delays it by that much at most, once.
         """
         futex = self.futex

@@ -1,6 +1,6 @@
 """Coordination primitives for several processes sharing one store: lock bytes and a futex.
 
-It holds what the shared control file ``CONTROL`` (logstore/controlfile.py)
+It holds what the shared control file ``CONTROL`` (logstore/embedded/controlfile.py)
 is built on:
 
 - The OFD lock bytes (:data:`LOCK_DMS`, :data:`LOCK_WRITE`, :data:`LOCK_FLUSH`,

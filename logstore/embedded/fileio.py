@@ -8,12 +8,12 @@ whether a path exists or is a directory or a link (store.py, repair.py,
 verify.py), where a file's holes are (``SEEK_DATA``/``SEEK_HOLE`` in
 segment.py, on a descriptor opened through the seam), verify's probe of the
 ``LOCK`` file for a live writer, and the probes of ``CONTROL``'s lock bytes
-(``F_OFD_GETLK``, logstore/controlfile.py).
+(``F_OFD_GETLK``, logstore/embedded/controlfile.py).
 Files are created ``0600`` and directories ``0700``; paths are opened with
 ``O_NOFOLLOW`` so a planted symlink is refused, not followed.
 
 Byte-range locks (for several processes sharing one store: ``CONTROL``'s
-dead-man switch and process slots, logstore/controlfile.py).
+dead-man switch and process slots, logstore/embedded/controlfile.py).
 :meth:`FileIO.lock_range` and :meth:`FileIO.unlock_range` take and drop a
 Linux *open-file-description* lock (``F_OFD_SETLK``/``F_OFD_SETLKW``) on one
 byte of a file. Unlike POSIX record locks (``F_SETLK``) such a lock belongs

@@ -27,7 +27,7 @@ Lock rules: ``_cv`` guards ``_queue``, ``_busy`` (the role is held),
 ``_thread_turn`` (the role is handed to the writer thread), ``_timing``,
 ``_stopping`` and ``failed``. Only the holder of the writer role touches the
 log's files, the active segment, the indexes and ``_batch``, and writes the
-published state (:class:`~logstore.published.Published`: the heads, then
+published state (:class:`~logstore.embedded.published.Published`: the heads, then
 ``visible_end``; ``removals`` after a removal's bounds), whose ``wake()`` it
 calls once a group's committers are released.
 """
@@ -45,10 +45,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import xxhash
 
-from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
-from logstore.index.catalog import FLAG_DELETED
-from logstore.index.header import HEADER_SIZE
-from logstore.record import (
+from logstore.embedded.record import (
     CHECKSUM,
     FLAG_NAMED,
     FLAG_SYNCED,
@@ -60,14 +57,17 @@ from logstore.record import (
     Record,
     frame,
 )
-from logstore.retention import Retention
+from logstore.embedded.retention import Retention
+from logstore.embedded.walk import Damage, walk
+from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
+from logstore.index.catalog import FLAG_DELETED
+from logstore.index.header import HEADER_SIZE
 from logstore.tx import ANY_OFFSET, Append, Tx
-from logstore.walk import Damage, walk
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.published import Published
-    from logstore.segment import Segment
+    from logstore.embedded.log import Log
+    from logstore.embedded.published import Published
+    from logstore.embedded.segment import Segment
 
 logger = logging.getLogger("logstore")
 
@@ -80,7 +80,7 @@ Control = tuple[int, str, bytes, int]
 
 
 class Sharing(Protocol):
-    """How a writer takes turns with the writers of other processes (:class:`logstore.follow.Follower`)."""
+    """How a writer takes turns with the writers of other processes (:class:`logstore.embedded.follow.Follower`)."""
 
     def begin_turn(self) -> bool: ...
     def end_turn(self, finished: bool, after: Callable[[], None]) -> None: ...
@@ -623,7 +623,7 @@ class Writer:
         """Drop the old segments that the retention options no longer keep (writer role); the log bytes freed.
 
         ``age`` and ``max_bytes`` stand in for the store's retention options
-        when given. The steps and their crash safety: :meth:`logstore.retention.Retention.apply`.
+        when given. The steps and their crash safety: :meth:`logstore.embedded.retention.Retention.apply`.
         """
         age = self.retention_age if age is None else age
         max_bytes = self.retention_bytes if max_bytes is None else max_bytes

@@ -24,42 +24,22 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from logstore.envelope import Envelope, decode
+from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
+from logstore.embedded.segment import Segment
+from logstore.embedded.store import Store, log_of, own_slot_of, processes_of
+from logstore.embedded.walk import Damage, walk
+from logstore.envelope import decode
 from logstore.errors import CorruptionError, StoreClosedError
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE
 from logstore.index.header import HEADER_SIZE
-from logstore.record import KIND_LOST, KIND_MESSAGE, KIND_NAMES, NO_STREAM
-from logstore.segment import Segment
-from logstore.store import Store, log_of, own_slot_of, processes_of
-from logstore.walk import Damage, walk
+from logstore.results import RecordInfo
 
 _CHUNK = 512
 """Records read from a segment in one go (the segment may be replaced between two chunks)."""
-
-
-class RecordInfo(NamedTuple):
-    """One log record as :func:`iter_records` yields it."""
-
-    goff: int
-    """Its global offset."""
-    kind: str
-    """``"message"``, ``"truncate"``, ``"delete"``, ``"retain"``, ``"removed"`` or ``"lost"``."""
-    stream: str | None
-    """The stream's name; ``None`` for a RETAIN record and a LOST record of no known stream."""
-    offset: int | None
-    """The record's stream offset field: a message's offset; for TRUNCATE the stream's new first
-    retained offset, for DELETE its head; for RETAIN the global offset the log now starts at;
-    ``None`` for a LOST record of no known stream."""
-    envelope: Envelope | None
-    """The decoded envelope of a message record (``None`` for other kinds, or when not decoded)."""
-    readable: bool
-    """Whether readers return it: a message not removed by truncation, deletion or retention."""
-    payload_bytes: int
-    """The envelope's encoded size in bytes (0 for records of other kinds)."""
 
 
 def iter_records(

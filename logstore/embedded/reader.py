@@ -2,28 +2,27 @@
 
 A reader never blocks the writer: it reads the published bounds (a stream's
 head, or the log's ``visible_end``) from the store's
-:class:`~logstore.published.Published`, then reads records below them through
-the segment's read-only mapping (found through the :class:`~logstore.log.Log`).
+:class:`~logstore.embedded.published.Published`, then reads records below them through
+the segment's read-only mapping (found through the :class:`~logstore.embedded.log.Log`).
 ``next()`` waits in ``Published.wait``, which the writer wakes after each
 published group and ``close()`` wakes to end a waiting reader.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from logstore.embedded.published import REMOVALS_WORD
+from logstore.embedded.segment import SegmentRetired
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
-from logstore.published import REMOVALS_WORD
-from logstore.segment import SegmentRetired
+from logstore.readers import AsyncWaiter, Reader
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.published import Published
-    from logstore.segment import Segment
+    from logstore.embedded.log import Log
+    from logstore.embedded.published import Published
+    from logstore.embedded.segment import Segment
 
 # Fields of a record header tuple (record.RECORD_HEADER): stream id and stream offset.
 _SID, _SOFF = 4, 5
@@ -32,27 +31,19 @@ PREFETCH = 256
 """Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
 
 
-def check_timeout(timeout: object) -> None:
-    """Raise for a ``timeout`` that is not None or a number of seconds >= 0 (every backend's readers)."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+class _Reader(Reader):
+    """What both kinds of stream share: position, current message, waiting, closing.
 
-
-class _Reader:
-    """What both kinds of stream share: position, current message, waiting, closing."""
+    The Stream surface (``next``, ``anext``, iteration) is :class:`logstore.readers.Reader`'s; this class
+    supplies the buffer decoded ahead, how to read more and how to wait (in :class:`Published`).
+    """
 
     _FIRST_PREFETCH = 4
 
     __slots__ = (
-        "__weakref__",
         "_base",
         "_buf",
         "_bufi",
-        "_closed",
         "_current",
         "_env",
         "_epoch",
@@ -175,10 +166,6 @@ class _Reader:
         if self._pub.closed:
             raise StreamClosedError("the store was closed during the read")
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise self._closed_error()
-
     def _closed_error(self, what: str = "the stream is closed") -> LogStoreError:
         """Why a closed reader refuses: closed, or carried into a forked child (the fork closes every reader)."""
         forked = self._pub.forked_error
@@ -201,79 +188,22 @@ class _Reader:
             return True
         return self._advance()
 
-    def next(self, timeout: float | None = None) -> None:
-        """Advance to the next message, waiting for one to be committed if need be.
-
-        Raises ``TimeoutError`` after ``timeout`` seconds (``None`` waits for
-        ever) and :class:`~logstore.StreamClosedError` if the stream or its
-        store is closed, including from another thread while waiting.
-        """
-        check_timeout(timeout)
-        self._check_open()
-        pub = self._pub
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _wait(self, ticket: object, deadline: float | None) -> bool:
         # _advance() moves past whatever it skips (removed messages, control records), so
         # when it finds nothing, _available() stays False until something new is published.
-        while not self._advance():
-            # Published.wait counts this thread as waiting before it calls _ready, which reads
-            # _closed: close() sets _closed, then wakes only if some thread (or anext()) waits.
-            if not pub.wait(self._ready, deadline):
-                raise TimeoutError(f"no message within {timeout} s")
-            if self._closed:
-                raise self._closed_error("the stream was closed while waiting")
+        # Published.wait counts this thread as waiting before it calls _ready, which reads
+        # _closed: close() sets _closed, then wakes only if some thread (or anext()) waits.
+        return self._pub.wait(self._ready, deadline)
 
     def _ready(self) -> bool:
         """A waiting next() may go on: the reader was closed, or something new is available."""
         return self._closed or self._available()
 
-    async def anext(self, timeout: float | None = None) -> Envelope:
-        """Await the next message and return it; cancel like any await.
+    def _add_async_waiter(self, waiter: AsyncWaiter) -> None:
+        self._pub.add_async_waiter(waiter)
 
-        ``timeout`` raises ``TimeoutError``; closing the stream raises
-        :class:`~logstore.StreamClosedError`.
-        """
-        check_timeout(timeout)
-        self._check_open()
-        if self._advance():
-            return self.get()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            waiter = (loop, future)
-            self._pub.add_async_waiter(waiter)
-            try:
-                self._check_open()
-                if self._advance():
-                    return self.get()
-                if deadline is None:
-                    await future
-                else:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no message within {timeout} s")
-                    try:
-                        await asyncio.wait_for(future, remaining)
-                    except TimeoutError:
-                        raise TimeoutError(f"no message within {timeout} s") from None
-            finally:
-                self._pub.discard_async_waiter(waiter)
-            self._check_open()
-            if self._advance():
-                return self.get()
-
-    def __aiter__(self) -> _Reader:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        """``async for env in stream`` waits for each message and ends when the stream is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    def __iter__(self) -> _Reader:
-        return self
+    def _discard_async_waiter(self, waiter: AsyncWaiter) -> None:
+        self._pub.discard_async_waiter(waiter)
 
     def __next__(self) -> Envelope:
         """``for env in stream`` yields the messages available now, then stops."""
@@ -313,18 +243,6 @@ class _Reader:
         if self._current < 0:
             raise ValueError(f"{what}() before a successful next() or try_next()")
 
-    def stream_name(self) -> str:
-        """The name of the stream the current message belongs to."""
-        raise NotImplementedError
-
-    def stream_offset(self) -> int:
-        """The current message's offset within its stream."""
-        raise NotImplementedError
-
-    def global_offset(self) -> int:
-        """The current message's global offset (its position in the whole log)."""
-        raise NotImplementedError
-
     def close(self) -> None:
         """Close the stream; a ``next()`` waiting in another thread raises ``StreamClosedError``."""
         if self._closed:
@@ -336,16 +254,6 @@ class _Reader:
         # state (Published.wait, add_async_waiter) before they read _closed, which is set above.
         if pub.waiting():
             pub.wake()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class StreamReader(_Reader):

@@ -3,15 +3,15 @@
 ::
 
     <store>/
-      LOCK                      writer lock (flock); empty (logstore.lock)
-      CONTROL                   who has the store open, shared by its processes (logstore.controlfile)
-      CHECKPOINT                how far the index files are complete (logstore.checkpoint)
+      LOCK                      writer lock (flock); empty (logstore.embedded.lock)
+      CONTROL                   who has the store open, shared by its processes (logstore.embedded.controlfile)
+      CHECKPOINT                how far the index files are complete (logstore.embedded.checkpoint)
       catalog.<generation>      stream catalog and shared run table (index.catalog)
-      segments/<first>.log      segment files (logstore.segment); <first>.log.tmp while being created
+      segments/<first>.log      segment files (logstore.embedded.segment); <first>.log.tmp while being created
       segments/<first>.pos      their position indexes (index.position)
       streams/<id>.runs         run files of large streams (index.runs)
-      lost+found/               what recovery and repair take out of the log (logstore.lostfound)
-      <file>.<generation>       generation files of registered indexes (logstore.derived)
+      lost+found/               what recovery and repair take out of the log (logstore.embedded.lostfound)
+      <file>.<generation>       generation files of registered indexes (logstore.embedded.derived)
 
 ``<first>`` and ``<generation>`` are 20 decimal digits, ``<id>`` 10, zero-padded, so that a
 plain listing sorts them in order. A file written whole is first written under its name plus
@@ -26,6 +26,7 @@ import os
 LOCK = "LOCK"
 CONTROL = "CONTROL"
 CHECKPOINT = "CHECKPOINT"
+MIGRATING = "MIGRATING"  # an unfinished `logstore migrate` copy into this directory (logstore.embedded.importer)
 SEGMENTS = "segments"
 STREAMS = "streams"
 LOST_FOUND = "lost+found"

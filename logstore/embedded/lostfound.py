@@ -16,8 +16,8 @@ import json
 import os
 import time
 
-from logstore import layout
-from logstore.fileio import FileIO
+from logstore.embedded import layout
+from logstore.embedded.fileio import FileIO
 
 RECOVERY = "recovery"
 """The ``by`` of what recovery cuts at open; its files are named ``<stamp>-<segment file>-<position>``."""

@@ -2,7 +2,7 @@
 
 Every writable store holds it shared for as long as it is open (:func:`take_store_lock`; the open that
 creates the store holds it exclusively until the store exists), so any number of processes may write a
-store at once (they coordinate through ``CONTROL``, logstore/controlfile.py). ``logstore repair`` takes
+store at once (they coordinate through ``CONTROL``, logstore/embedded/controlfile.py). ``logstore repair`` takes
 it exclusively (:func:`take_writer_lock`), and so did logstore versions that allowed one writer process:
 either refuses the other. ``logstore verify`` probes it exclusively and drops it at once
 (:func:`writer_is_live`). ``flock`` locks belong to the open file description, so a second open of
@@ -22,9 +22,9 @@ import fcntl
 import os
 import time
 
-from logstore import layout
+from logstore.embedded import layout
+from logstore.embedded.fileio import FileIO
 from logstore.errors import StoreLockedError
-from logstore.fileio import FileIO
 
 
 def take_writer_lock(io: FileIO, path: str, busy: str) -> int:

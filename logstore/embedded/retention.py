@@ -2,7 +2,7 @@
 
 It runs in the writer role (at open, after a roll, and from compaction),
 between two commit groups, and writes its own transaction through the
-writer's framing of control records (:meth:`logstore.writer.Writer.apply_retention`
+writer's framing of control records (:meth:`logstore.embedded.writer.Writer.apply_retention`
 builds it and calls :meth:`Retention.apply`).
 
 Lock rules: only the holder of the writer role calls :meth:`Retention.apply`;
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from logstore.embedded.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, NO_STREAM
 from logstore.index.catalog import FLAG_DELETED
-from logstore.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, NO_STREAM
 
 if TYPE_CHECKING:
-    from logstore.log import Log
-    from logstore.published import Published
+    from logstore.embedded.log import Log
+    from logstore.embedded.published import Published
 
 logger = logging.getLogger("logstore")
 

@@ -47,7 +47,7 @@ caller's readiness test in ``wait``.
 Other processes. A writing store's ``shared`` (its ``CONTROL``) is told
 each publication (:meth:`publish`: the tail, then a wake-up of the
 processes that wait) and each removal (:meth:`removed`); a read-only
-store's ``follower`` (:class:`logstore.follow.Follower`) catches up with
+store's ``follower`` (:class:`logstore.embedded.follow.Follower`) catches up with
 what another process published when a reader has read all it knew of, when
 :meth:`wait` looks, and on its watcher thread's wake-ups, which it turns into
 this object's :meth:`wake`. ``readers``, ``closed`` and ``forked_error``
@@ -87,7 +87,7 @@ AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class Shared(Protocol):
-    """What the writing process tells the other processes (``CONTROL``, :class:`logstore.controlfile.Control`)."""
+    """What the writing process tells the others (``CONTROL``, :class:`logstore.embedded.controlfile.Control`)."""
 
     def publish_tail(self, goff: int, segment: int, position: int) -> None: ...
 
@@ -103,7 +103,7 @@ class Shared(Protocol):
 
 
 class Following(Protocol):
-    """A read-only store's follower of another process's tail (:class:`logstore.follow.Follower`)."""
+    """A read-only store's follower of another process's tail (:class:`logstore.embedded.follow.Follower`)."""
 
     def refresh(self) -> bool: ...
 
@@ -141,7 +141,7 @@ class Published:
         self.counter: Any = [0] * (REMOVALS_WORD + 1)
         """``counter[REMOVALS_WORD]`` changes at every removal that any process publishes: readers compare it
         before they hand out a message decoded ahead (one index, no call). A list here; the shared words of
-        ``CONTROL`` in a store that follows other processes (:class:`logstore.follow.FollowingPublished`)."""
+        ``CONTROL`` in a store that follows other processes (:class:`logstore.embedded.follow.FollowingPublished`)."""
         self.catalog = Catalog()
         """The stream heads and names (the log loads it at open; the writer updates it in place)."""
         self.closed = False

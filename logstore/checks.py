@@ -1,0 +1,170 @@
+"""The checks of arguments and of a store's state that both backends make, and the limits they check.
+
+Every call of the messagestore API checks its arguments before it touches the store, with the same
+errors and messages whichever backend serves it (tests/contract runs against both). Both stores build
+on :class:`StoreBase`: the checks of their own state (open, writable, "is this data store me"), of an
+append's arguments, and ``transaction()``.
+
+>>> check_stream_name("order-42")
+b'order-42'
+>>> check_offset(-1)
+Traceback (most recent call last):
+ValueError: offset must be >= 0, got -1
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Self
+
+from logstore.envelope import Envelope, check_envelopes
+from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
+from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+"""The prefixes of a connection URL, which ``logstore.open`` hands to the PostgreSQL backend."""
+MAX_STREAM_NAME = 1024
+"""Longest stream name, in UTF-8 bytes."""
+MAX_ENVELOPE_SIZE = 16 * 2**20
+"""Largest encoded envelope, in bytes (16 MiB); an embedded store's segment must also hold it whole."""
+
+
+def check_stream_name(stream: object) -> bytes:
+    """Return the UTF-8 bytes of a valid stream name, else raise ``TypeError``/``ValueError``."""
+    if type(stream) is not str:
+        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
+    if not stream:
+        raise ValueError("stream name must not be empty")
+    if "\x00" in stream:
+        raise ValueError(f"stream name {stream[:64]!r} contains a NUL character")
+    try:
+        raw = stream.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"stream name {stream[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
+    if len(raw) > MAX_STREAM_NAME:
+        raise ValueError(f"stream name is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
+    return raw
+
+
+def check_offset(offset: object) -> None:
+    """Raise for an ``offset`` that is not an int >= 0 (a reader's start, a truncation point)."""
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def check_append_offset(offset: object) -> int | AnyOffset:
+    """Return the offset of an append: an int >= 0 or ``logstore.ANY``; raise for anything else."""
+    if offset is ANY:
+        return ANY
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int or logstore.ANY, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    return offset
+
+
+def check_expected(stream: str, expected: int, offset: int) -> None:
+    """Raise unless an append at ``offset`` comes where ``stream``'s head is (``expected``).
+
+    ``expected`` is ``ANY_OFFSET`` after an append at ``logstore.ANY`` in the same transaction, whose
+    offsets are only known at commit: an append at a number then raises ``ValueError``; any other
+    mismatch raises :class:`~logstore.OffsetConflictError`.
+    """
+    if offset != expected:
+        if expected == ANY_OFFSET:
+            raise ValueError(
+                f"stream {stream!r}: offset {offset} after an append at logstore.ANY in the same transaction"
+                " (its offsets are assigned at commit); append at logstore.ANY again"
+            )
+        raise OffsetConflictError(stream, expected, offset)
+
+
+def check_timeout(timeout: object) -> None:
+    """Raise for a ``timeout`` that is not None or a number of seconds >= 0 (every backend's readers)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+
+
+class StoreBase:
+    """What both backends' stores share: the checks every member of the API makes first, and ``transaction``.
+
+    The store sets ``path`` and ``readonly``, keeps ``_closed`` and ``_forked`` (used in a child made by
+    ``fork()``), says in :meth:`_forked_error` why a store carried into a forked child refuses, and
+    begins transactions (:meth:`begin_tx`).
+    """
+
+    path: str
+    readonly: bool
+    _closed: bool
+    _forked: bool
+
+    def _forked_error(self) -> StoreForkedError:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        # Every member that reads or writes the store calls this first. What stays readable after close():
+        # the settings (path, durability, readonly, ...), what the open did (the embedded recovery_report)
+        # and close() itself, which is idempotent. In a forked child the refusal says so, not just "closed".
+        if self._closed or self._forked:
+            if self._forked:
+                raise self._forked_error()
+            raise StoreClosedError(f"{self.path}: the store is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path}: the store is open read-only")
+
+    def _check_ds(self, ds: object) -> None:
+        if ds is not self:
+            raise ValueError("the data store passed in is not this store (open streams through the store itself)")
+
+    def _check_append(
+        self, tx: Tx, stream: str, offset: int | AnyOffset, envs: Sequence[Envelope]
+    ) -> tuple[bytes, int | AnyOffset]:
+        """The checks of ``append_messages``, in order: the store, ``tx``, ``stream``, ``offset``, ``envs``.
+
+        Returns the stream name's UTF-8 bytes and the offset (an int >= 0 or ``ANY``).
+        """
+        self._check_writable()
+        if type(tx) is not Tx:
+            raise TypeError(f"tx must be a logstore Tx, got {type(tx).__name__}")
+        tx.check_appendable(self)
+        nameb = check_stream_name(stream)
+        offset = check_append_offset(offset)
+        check_envelopes(envs)
+        return nameb, offset
+
+    def begin_tx(self) -> tuple[Tx, Committer]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits when the block ends and rolls back if it raises.
+
+        After the block, ``tx.global_offsets`` is the range of global offsets committed.
+        """
+        tx, committer = self.begin_tx()
+        try:
+            yield tx
+        except BaseException:
+            committer.rollback()
+            raise
+        committer.commit()
