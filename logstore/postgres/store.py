@@ -9,11 +9,11 @@ range(0, 1)
 Transactions are built on the client, as in the embedded store (:class:`logstore.Tx`: the envelopes
 are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction as one
 statement in autocommit, ``SELECT * FROM append_batch(...)``, a READ COMMITTED transaction of its own:
-one round trip, in which the server takes the streams' locks, checks their heads, takes the global lock last and
-holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
+one round trip, in which the server takes the streams' locks, checks their heads, takes the global lock
+last and holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
 
-Connections come from a pool (``psycopg_pool``); each query is one statement in autocommit, or the
-commit's explicit transaction. One more connection per store LISTENs for commits
+Connections come from a pool (``psycopg_pool``); each query, and each commit, is one statement in
+autocommit. One more connection per store LISTENs for commits
 (:mod:`logstore.postgres.listener`).
 
 Lock rules: ``_heads_lock`` guards ``_heads`` (stream heads this client knows; they only grow, so a
