@@ -912,7 +912,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratios(summaries),
     }
     if settings:
-        report.update(pg_url=PG_URL, pg_settings=settings)
+        # The prefix of this run's schemas, all dropped by now (the smoke test checks it).
+        report.update(pg_url=PG_URL, pg_settings=settings, pg_schema_prefix=pg_schema_prefix(base))
     if skipped:
         report["skipped"] = skipped
     if args.markdown:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from logstore.envelope import Envelope, decode
+from logstore.errors import StoreClosedError, StreamClosedError
 from logstore.readers import AsyncWaiter, Reader
 
 if TYPE_CHECKING:
@@ -84,7 +85,12 @@ class _Reader(Reader):
                 return
             signal = self._store._signal
             removals = signal.removals  # before the query: a removal from here on drops what it fetched
-            rows, nxt = self._query(self._next, self._prefetch)
+            try:
+                rows, nxt = self._query(self._next, self._prefetch)
+            except StoreClosedError:
+                if self._closed:  # the store closed this reader, then its pool, while the query waited for it
+                    raise StreamClosedError("the stream was closed while it read") from None
+                raise
             self._buf.extend(rows)
             self._next = nxt
             self._removals = removals

@@ -67,6 +67,10 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 """TCP keepalives of every connection: probes after 30 s of silence, every 10 s, 3 unanswered end it."""
 READ_PAGE = 1000
 """Most messages one query of :meth:`PostgresStore.read` fetches."""
+MAX_RECONNECT = 5.0
+"""Longest a pool keeps retrying one new connection (pausing 1 s, doubling), in seconds; half the ``timeout`` if
+that is shorter. The pool's pause grows with every failure, so a longer retry would leave a server that came
+back unused for as long as it was gone; after giving up, the next request for a connection tries at once."""
 HEADS_KEPT = 100_000
 """Most stream heads a store remembers for ``append_messages``'s check (then it forgets them all)."""
 
@@ -402,6 +406,7 @@ class PostgresStore(StoreBase):
                 configure=self._setup,
                 check=_check_idle,
                 timeout=self._timeout,
+                reconnect_timeout=min(MAX_RECONNECT, self._timeout / 2),
                 name=f"logstore {schema}",
                 open=False,
             )

@@ -25,7 +25,8 @@ import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
 from logstore.embedded.repair import repair
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
-from tests.contract.backends import OpenStore
+from tests.contract.backends import OpenAt, OpenStore
+from tests.contract.model import ApiModel, run_model
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
 from tests.model.test_model import FsyncModel, NoSyncModel
@@ -458,6 +459,15 @@ class AnyFsyncModel(_AnyRules, FsyncModel):
 
 class AnyNoSyncModel(_AnyRules, NoSyncModel):
     pass
+
+
+class AnyApiModel(_AnyRules, ApiModel):
+    pass
+
+
+def test_any_appends_follow_the_model_on_every_backend(backend: OpenAt) -> None:
+    """The ANY rules beside the contract's (no crashes): on every backend."""
+    run_model(AnyApiModel, backend)
 
 
 TestAnyFsyncModel = AnyFsyncModel.TestCase

@@ -274,3 +274,119 @@ def test_after_every_connection_of_the_store_is_killed_it_goes_on_as_after_a_ser
     assert tx.global_offsets == range(2, 3)
     assert [reader.offset() for _ in iter(reader)] == [1, 2]
     assert _next_beside(reader, _append(other, "s", 3, "other")) == {"offset": 3}
+
+
+def _backends_waiting_for_a_read(admin: psycopg.Connection[Any], schema: str, exclude: set[int]) -> int:
+    """The pid of a read of the store's (not in ``exclude``) that waits for a lock."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+            " AND state = 'active' AND query LIKE '%%SELECT%%' AND query NOT LIKE '%%append_batch%%'"
+            " AND NOT (pid = ANY(%s))",
+            (_app(schema), list(exclude)),
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        time.sleep(0.01)  # polling the server's own view: there is no event to wait on
+    raise AssertionError("no read of the store waits for the lock")
+
+
+@pytest.mark.parametrize("call", ["try_next", "next"])
+@pytest.mark.parametrize("kind", ["stream", "global"])
+def test_a_backend_killed_in_the_middle_of_a_read_is_read_again_from_the_position(open_pg, schema, admin, kind, call):
+    """The reader's query is stopped by a lock on ``log`` (held from outside), its backend killed: the read runs
+    again on another connection and returns the next message; nothing is skipped or repeated."""
+    store = open_pg()
+    writer = open_pg()  # another client
+    with writer.transaction() as tx:
+        tx.append("s", 0, _envs("s", 30))
+    reader = store.stream("s") if kind == "stream" else store.global_stream()
+    got = [reader.offset() for _ in iter(reader)]  # everything there: the next read is a query
+    assert got == list(range(30))
+    with writer.transaction() as tx:
+        tx.append("s", 30, _envs("more", 10))
+    locker = psycopg.connect(admin.info.dsn)
+    locker.execute(sql.SQL("LOCK TABLE {}.log IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema)))
+    result: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            result["more"] = reader.try_next() if call == "try_next" else reader.next(timeout=WAIT)
+            result["offset"] = reader.offset()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        first = _backends_waiting_for_a_read(admin, schema, set())
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone() == (True,)
+        # The read runs again, on another connection (it waits for the lock too, until it is released).
+        again = _backends_waiting_for_a_read(admin, schema, {first})
+        assert again != first
+    finally:
+        locker.rollback()
+        locker.close()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert result == {"more": True if call == "try_next" else None, "offset": 30}
+    got.append(30)
+    got += [reader.offset() for _ in iter(reader)]
+    assert got == list(range(40))  # no skip, no repeat
+
+
+@pytest.mark.parametrize("kind", ["stream", "global"])
+def test_a_next_blocked_while_every_connection_of_its_store_is_killed_wakes_and_reads_on(open_pg, schema, admin, kind):
+    """Every connection of the reader's store (pooled and listening) is killed while next(timeout) waits: a
+    commit of another client then still wakes it (once the listener is back), with the next offset."""
+    store = open_pg()
+    writer = open_pg()
+    with writer.transaction() as tx:
+        tx.append("s", 0, _envs("s", 3))
+    reader = store.stream("s") if kind == "stream" else store.global_stream()
+    assert [reader.offset() for _ in iter(reader)] == [0, 1, 2]
+    listener = store._listener
+    assert listener is not None and listener.connections == 1
+    result: dict[str, Any] = {}
+    entered = threading.Event()
+
+    def wait() -> None:
+        entered.set()
+        try:
+            reader.next(timeout=WAIT)
+            result["offset"] = reader.offset()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    assert entered.wait(WAIT)
+    thread.join(0.05)
+    assert thread.is_alive(), f"next() did not wait: {result}"
+    mine = [
+        r[0]
+        for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND pid <> ALL(%s)",
+            (_app(schema), _pids_of(writer)),
+        ).fetchall()
+    ]
+    assert listener.pid in mine
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (mine,))
+    deadline = time.monotonic() + WAIT
+    while listener.connections < 2:
+        assert time.monotonic() < deadline, "the listener did not reconnect"
+        time.sleep(0.01)  # polling the listener thread's count: it has no event of its own
+    assert thread.is_alive(), f"next() returned with nothing committed: {result}"
+    with writer.transaction() as tx:
+        tx.append("s", 3, _envs("after", 2))
+    thread.join(WAIT)
+    assert result == {"offset": 3}
+    assert [reader.offset() for _ in iter(reader)] == [4]
+
+
+def _pids_of(store: Any) -> list[int]:
+    """The server processes of ``store``'s connections: its pooled ones and its listener."""
+    assert store._pool is not None and store._listener is not None
+    pids = [pid for pid, _start in store._sessions.values()]
+    return [*pids, store._listener.pid]

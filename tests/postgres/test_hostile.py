@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import logstore
@@ -112,3 +114,46 @@ def test_hostile_message_ids_are_stored_read_and_located(open_pg):
     for offset, mid in enumerate(ids):
         assert store.locate(mid) == [("s", offset, offset)]
     assert store.locate("with") == []
+
+
+def test_a_transaction_of_several_largest_envelopes_commits_whole_and_wakes_a_reader(open_pg):
+    """Three envelopes at the limit (48 MiB) in one transaction over two streams: one commit, read back exactly."""
+    store = open_pg()
+    writer = open_pg()  # another client: the reader is woken by its notification
+    limit = store.max_envelope_size
+    bigs = []
+    for k in range(3):
+        probe = Envelope.new("Big", b"")._replace(message_id=f"big-{k}")
+        overhead = len(logstore.envelope.encode(probe, "big")) + 3  # a bin 32 header: 5 bytes, not 2
+        bigs.append(probe._replace(message=bytes([k]) * (limit - overhead)))
+        assert len(logstore.envelope.encode(bigs[-1], "big")) == limit
+    reader = store.global_stream()
+    woken: dict[str, object] = {}
+    entered = threading.Event()
+
+    def wait() -> None:
+        entered.set()
+        try:
+            reader.next(timeout=60)
+            woken["offset"] = reader.offset()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            woken["error"] = exc
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    assert entered.wait(60)
+    with writer.transaction() as tx:
+        tx.append("big-a", 0, bigs[:2])
+        tx.append("big-b", 0, bigs[2:])
+    assert tx.global_offsets == range(3)
+    thread.join(60)
+    assert woken == {"offset": 0}
+    assert reader.get() == bigs[0]
+    assert list(reader) == bigs[1:]
+    assert list(store.stream("big-a")) == bigs[:2]
+    assert list(store.stream("big-b")) == bigs[2:]
+    assert [loc for b in bigs for loc in store.locate(b.message_id)] == [
+        ("big-a", 0, 0),
+        ("big-a", 1, 1),
+        ("big-b", 0, 2),
+    ]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
-from logstore import Envelope
+from logstore import Envelope, StreamClosedError
 
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
@@ -125,3 +127,36 @@ def test_read_sees_a_commit_of_another_client_completed_before_it(open_pg):
             tx.append("s", i, [env])
         assert reader_store.read("s") == envs[: i + 1]
         assert reader_store.read("s", i) == [env]
+
+
+@pytest.mark.parametrize("kind", ["stream", "global"])
+def test_regression_a_read_waiting_for_a_connection_as_its_store_closed_raised_store_closed_error(open_pg, kind):
+    """``store.close()`` closes the readers, then the pool: a read that was waiting for a connection then failed
+    with the pool's ``StoreClosedError``, where a closed stream says ``StreamClosedError`` (as embedded)."""
+    store = open_pg(max_connections=1)
+    with store.transaction() as tx:
+        tx.append("s", 0, [Envelope.new("E", 0)])
+    reader = store.stream("s") if kind == "stream" else store.global_stream()
+    assert [reader.offset() for _ in iter(reader)] == [0]
+    pool = store._pool
+    assert pool is not None
+    result: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            result["more"] = reader.try_next()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=read, daemon=True)
+    with store._connection():  # the pool's only connection, held: the reader's query waits for it
+        thread.start()
+        deadline = time.monotonic() + 30
+        while pool.get_stats().get("requests_waiting", 0) != 1:
+            assert time.monotonic() < deadline, "the read never waited for a connection"
+            time.sleep(0.01)  # polling the pool's own count: it has no event for a waiting request
+        store.close()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(result.get("error"), StreamClosedError), result
+    assert reader.closed

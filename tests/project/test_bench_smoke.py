@@ -132,7 +132,10 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
         from bench.peers import pg_connect
 
         with pg_connect() as conn:
-            left = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, 'bench_')").fetchall()
+            # Only this run's schemas: another run of the suite may be using the same server.
+            prefix = report["pg_schema_prefix"]
+            assert prefix.startswith("bench_logstore_bench_"), prefix
+            left = conn.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (prefix,)).fetchall()
         assert left == [], f"the suite left PostgreSQL schemas behind: {left}"
 
 

@@ -1,15 +1,16 @@
-"""Truncation, deletion and retention: readers never see removed messages, before or after compaction, across reopen."""
+"""Compaction's files and retention: what only a store directory has of removal.
+
+Truncation, deletion and compaction as every backend has them are in tests/contract/test_removal.py.
+"""
 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
 import logstore
-from logstore import Envelope
 from logstore.embedded.record import Record
 from logstore.embedded.walk import walk
 from logstore.index.header import HEADER_SIZE
@@ -39,141 +40,6 @@ def _global(store: logstore.Store, offset: int = 0) -> list[tuple[str, int]]:
         while g.try_next():
             out.append((g.get().message["s"], g.get().message["i"]))
     return out
-
-
-def test_truncate_hides_offsets_below_before_everywhere(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 40, "b": 40})
-        store.truncate_stream("a", 25)
-        assert _read(store, "a") == list(range(25, 40))
-        assert _read(store, "a", 30) == list(range(30, 40))
-        assert [x for x in _global(store) if x[0] == "a"] == [("a", i) for i in range(25, 40)]
-        assert _read(store, "b") == list(range(40))
-        assert store.stream_info("a") == (25, 40, False)
-        # Offsets are not renumbered: the next append goes at the head.
-        _fill(store, {"a": 1})
-        assert _read(store, "a")[-1] == 40
-    with logstore.open(store_dir) as store:
-        assert _read(store, "a") == list(range(25, 41))
-        assert store.stream_info("a") == (25, 41, False)
-
-
-def test_truncate_is_monotonic_and_checked(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 5})
-        store.truncate_stream("a", 3)
-        store.truncate_stream("a", 1)  # below what is removed: nothing happens
-        assert store.stream_info("a") == (3, 5, False)
-        with pytest.raises(ValueError, match="head is 5"):
-            store.truncate_stream("a", 6)
-        with pytest.raises(ValueError, match="no stream named 'nope'"):
-            store.truncate_stream("nope", 0)
-        with pytest.raises(ValueError, match="no stream named"):
-            store.delete_stream("nope")
-        with pytest.raises(ValueError, match=">= 0"):
-            store.truncate_stream("a", -1)
-        with pytest.raises(TypeError):
-            store.truncate_stream("a", "3")  # type: ignore[arg-type]
-        head = store.global_head
-        store.truncate_stream("a", 5)  # everything
-        assert store.global_head == head + 1  # one control record
-        assert _read(store, "a") == []
-        assert store.stream_info("a") == (5, 5, False)
-
-
-@pytest.mark.parametrize("streams", [3, 40])  # 40: more than the writer publishes one by one
-def test_one_transaction_brings_many_deleted_streams_back(store_dir: Path, streams: int) -> None:
-    names = [f"s{k:02d}" for k in range(streams)]
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, dict.fromkeys(names, 2))
-        for name in names[::2]:
-            store.delete_stream(name)
-        assert store.stream_names() == names[1::2]
-        with store.transaction() as tx:
-            for name in names:
-                store.append_messages(tx, name, 2, [Envelope.new("E", {"s": name, "i": 2})])
-        for name in names:
-            deleted = name in names[::2]
-            assert store.stream_info(name) == ((2 if deleted else 0), 3, False), name
-            assert _read(store, name) == ([2] if deleted else [0, 1, 2]), name
-        assert store.stream_names() == names
-    with logstore.open(store_dir) as store:
-        assert store.stream_names() == names
-        assert all(not store.stream_info(name).deleted for name in names)
-
-
-def test_delete_then_append_continues_at_old_head(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 7, "b": 3})
-        store.delete_stream("a")
-        _stream, found = store.open_stream(store, "a", 0)
-        _stream.close()
-        assert not found
-        assert store.stream_names() == ["b"]
-        assert store.head("a") == 7
-        assert store.stream_info("a") == (7, 7, True)
-        assert _read(store, "a") == []
-        head = store.global_head
-        store.delete_stream("a")  # already deleted: nothing written
-        assert store.global_head == head
-        with pytest.raises(logstore.OffsetConflictError), store.transaction() as tx:
-            store.append_messages(tx, "a", 0, [Envelope.new("E", {"s": "a", "i": 0})])
-    with logstore.open(store_dir) as store:
-        assert store.stream_info("a") == (7, 7, True)
-        _fill(store, {"a": 2})
-        assert _read(store, "a") == [7, 8]
-        assert store.stream_info("a") == (7, 9, False)
-        assert store.stream_names() == ["a", "b"]
-    with logstore.open(store_dir) as store:
-        assert store.stream_info("a") == (7, 9, False)
-
-
-def test_readonly_store_refuses_removal(store_dir: Path) -> None:
-    with logstore.open(store_dir) as store:
-        _fill(store, {"a": 2})
-    with logstore.open(store_dir, readonly=True) as ro:
-        with pytest.raises(logstore.ReadOnlyError):
-            ro.truncate_stream("a", 1)
-        with pytest.raises(logstore.ReadOnlyError):
-            ro.delete_stream("a")
-        with pytest.raises(logstore.ReadOnlyError):
-            ro.compact()
-
-
-def test_reader_that_decoded_ahead_never_returns_a_message_truncated_since(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 50})
-        stream, _ = store.open_stream(store, "a", 0)
-        g = store.open_global(store, 0)
-        for _ in range(10):  # the readers now hold envelopes decoded ahead
-            assert stream.try_next() and g.try_next()
-        store.truncate_stream("a", 30)
-        assert stream.try_next() and stream.offset() == 30
-        assert g.try_next() and g.get().message["i"] == 30
-        stream.close()
-        g.close()
-
-
-def test_blocked_reader_wakes_past_a_removal(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 3})
-        g = store.open_global(store, store.global_head)
-        got: list[int] = []
-        ready = threading.Event()
-
-        def wait() -> None:
-            ready.set()
-            g.next(timeout=30)
-            got.append(g.get().message["i"])
-
-        t = threading.Thread(target=wait)
-        t.start()
-        ready.wait()
-        store.truncate_stream("a", 2)  # a control record: not a message, the reader keeps waiting
-        _fill(store, {"a": 1})
-        t.join()
-        assert got == [3]
-        g.close()
 
 
 def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> None:
@@ -259,23 +125,6 @@ def _unsealed_removed(store: logstore.Store) -> int:
         pos += rec.length
         g += 1
     return n
-
-
-def test_readers_run_during_compaction(store_dir: Path) -> None:
-    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
-        _fill(store, {"a": 200, "b": 200}, pad=300)
-        store.truncate_stream("a", 190)
-        expected = _global(store)
-        g = store.open_global(store, 0)
-        first = [(g.get().message["s"], g.get().message["i"]) for _ in range(5) if g.try_next()]
-        store.compact()
-        rest = []
-        while g.try_next():
-            rest.append((g.get().message["s"], g.get().message["i"]))
-        g.close()
-        # The reader decoded some messages ahead before the truncation; it dropped them, so all it
-        # returns after is readable now.
-        assert first + rest == expected or (first == expected[:5] and rest == expected[5:])
 
 
 def test_retention_bytes_drops_whole_old_segments(store_dir: Path) -> None:

@@ -21,7 +21,6 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,6 +29,7 @@ from logstore import Envelope
 from logstore.embedded.repair import repair
 from logstore.index.header import HEADER_SIZE
 from logstore.tools.cli import main
+from tests.contract.test_closed_store import RAISES_WHEN_CLOSED
 from tests.helpers import SMALL_SEGMENT, quiet_logstore, segment_records
 
 
@@ -253,26 +253,10 @@ def test_dry_run_names_exactly_what_the_real_run_does(repair_template: Path, tmp
 
 # -- a closed store ------------------------------------------------------------------------------
 
-# Every public member of Store, and what it does once the store is closed. A member missing from
-# both tables fails the last test, so a new one must be classified here.
+# Every public member of Store, and what it does once the store is closed (the members that raise, on every
+# backend, are in tests/contract/test_closed_store.py). A member missing from both tables fails the last test,
+# so a new one must be classified there or here.
 STAYS_READABLE = ("path", "durability", "readonly", "closed", "max_envelope_size", "recovery_report")
-RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
-    "stream_names": lambda s: s.stream_names(),
-    "global_head": lambda s: s.global_head,
-    "log_start": lambda s: s.log_start,
-    "head": lambda s: s.head("s"),
-    "stream_info": lambda s: s.stream_info("s"),
-    "begin_tx": lambda s: s.begin_tx(),
-    "transaction": lambda s: s.transaction().__enter__(),
-    "append_messages": lambda s: s.append_messages(None, "s", 1, [Envelope.new("E", 1)]),  # type: ignore[arg-type]
-    "truncate_stream": lambda s: s.truncate_stream("s", 1),
-    "delete_stream": lambda s: s.delete_stream("s"),
-    "compact": lambda s: s.compact(),
-    "open_stream": lambda s: s.open_stream(s, "s", 0),
-    "open_global": lambda s: s.open_global(s, 0),
-    "stream": lambda s: s.stream("s"),
-    "global_stream": lambda s: s.global_stream(),
-}
 OTHER = ("close",)  # idempotent: closing a closed store does nothing
 
 
@@ -286,20 +270,6 @@ def _closed_store(path: Path, readonly: bool) -> logstore.Store:
         store = logstore.open(path, readonly=True)
     store.close()
     return store
-
-
-@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])
-@pytest.mark.parametrize("member", sorted(RAISES_WHEN_CLOSED))
-def test_members_that_read_the_store_raise_once_it_is_closed(store_dir: Path, member: str, readonly: bool) -> None:
-    store = _closed_store(store_dir, readonly)
-    with pytest.raises(logstore.StoreClosedError, match=r"store\b.*is closed"):
-        RAISES_WHEN_CLOSED[member](store)
-
-
-def test_a_closed_store_is_not_entered_again(store_dir: Path) -> None:
-    store = _closed_store(store_dir, False)
-    with pytest.raises(logstore.StoreClosedError), store:
-        pass
 
 
 @pytest.mark.parametrize("readonly", [False, True], ids=["writable", "read-only"])

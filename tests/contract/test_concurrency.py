@@ -1,4 +1,4 @@
-"""Concurrent writers and readers: conflicts, ordering, blocking reads, waking, and the asyncio form.
+"""Concurrent writers and readers, on every backend: conflicts, ordering, blocking reads, waking, asyncio.
 
 Threads are synchronised with Events and Barriers only. Where a test checks that
 ``next()`` is really blocked, it joins the reader thread with a short timeout and
@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import logstore
 from logstore import Envelope
+from tests.contract.backends import OpenStore
 from tests.helpers import SMALL_SEGMENT, commit, drain
 
 DURABILITIES = ["fsync", "batch", "none"]
@@ -26,8 +27,20 @@ PAD = "p" * 1000  # makes the tests below fill several 64 KiB segments while rea
 WAIT = 20.0  # upper bound for anything that should happen promptly; reached only if the engine hangs
 
 
-def open_store(path: Any, durability: str = "fsync") -> logstore.Store:
-    return logstore.open(path, durability=durability, fsync_interval=0.005, segment_size=SMALL_SEGMENT)
+@pytest.fixture
+def open_at(open_store: OpenStore) -> OpenStore:
+    """``open_at(durability)``: the test's store on the backend under test (small segments where there are files)."""
+
+    def open_at(durability: str = "fsync") -> Any:
+        return open_store(durability=durability, fsync_interval=0.005, segment_size=SMALL_SEGMENT)
+
+    return open_at
+
+
+def assert_segments_rolled(store: Any, store_dir: Path) -> None:
+    """A store directory's log filled several segments while the threads ran (a database has no segments)."""
+    if isinstance(store, logstore.Store):
+        assert len(list((store_dir / "segments").glob("*.log"))) > 1
 
 
 def run_thread(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -132,14 +145,14 @@ SHARED = ("shared-a", "shared-b")
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_concurrent_commits_in_lockstep_raise_every_conflict(store_dir, durability):
+def test_concurrent_commits_in_lockstep_raise_every_conflict(open_at, store_dir, durability):
     """In each round every thread reads the heads, then all append and commit at once.
 
     Threads on the same shared stream all saw the same head, so exactly one of
     them commits and every other one gets OffsetConflictError (at append or at
     commit); their private appends are not written either.
     """
-    store = open_store(store_dir, durability)
+    store = open_at(durability)
     barrier = threading.Barrier(THREADS, timeout=WAIT)
     outcomes = [Outcome() for _ in range(THREADS)]
     crashes: list[BaseException] = []
@@ -210,8 +223,8 @@ def test_concurrent_commits_in_lockstep_raise_every_conflict(store_dir, durabili
         starts = [a.result.start for a in o.successes]
         assert starts == sorted(starts)
     store.close()
-    assert len(list((store_dir / "segments").glob("*.log"))) > 1
-    with open_store(store_dir, durability) as again:
+    assert_segments_rolled(store, store_dir)
+    with open_at(durability) as again:
         check_log_against_commits(again, attempts)
 
 
@@ -219,9 +232,9 @@ PER_THREAD = 20
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_concurrent_commits_with_retry_lose_no_update(store_dir, durability):
+def test_concurrent_commits_with_retry_lose_no_update(open_at, store_dir, durability):
     """Threads increment one shared counter stream with retries; no increment is lost or duplicated."""
-    store = open_store(store_dir, durability)
+    store = open_at(durability)
     start = threading.Barrier(THREADS, timeout=WAIT)
     outcomes = [Outcome() for _ in range(THREADS)]
 
@@ -276,15 +289,15 @@ def test_concurrent_commits_with_retry_lose_no_update(store_dir, durability):
     for t in range(THREADS):
         assert store.head(f"own-{t}") == PER_THREAD
     store.close()
-    assert len(list((store_dir / "segments").glob("*.log"))) > 1
-    with open_store(store_dir, durability) as again:
+    assert_segments_rolled(store, store_dir)
+    with open_at(durability) as again:
         check_log_against_commits(again, attempts)
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_store_close_during_concurrent_commits_keeps_every_acknowledged_commit(store_dir, durability):
+def test_store_close_during_concurrent_commits_keeps_every_acknowledged_commit(open_at, durability):
     """Commits racing close() either are acknowledged and kept, or raise StoreClosedError and write nothing."""
-    store = open_store(store_dir, durability)
+    store = open_at(durability)
     acknowledged = threading.Semaphore(0)
     outcomes = [Outcome() for _ in range(4)]
 
@@ -312,7 +325,7 @@ def test_store_close_during_concurrent_commits_keeps_every_acknowledged_commit(s
         finish(th, result)
     attempts = [a for o in outcomes for a in o.attempts]
     assert sum(a.result is not None for a in attempts) >= 40
-    with open_store(store_dir, durability) as again:
+    with open_at(durability) as again:
         check_log_against_commits(again, attempts)
 
 
@@ -330,8 +343,8 @@ def make_plan(seed: int, streams: tuple[str, ...], count: int) -> list[list[tupl
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_blocked_readers_each_see_every_commit_once_in_order(store_dir, durability):
-    store = open_store(store_dir, durability)
+def test_blocked_readers_each_see_every_commit_once_in_order(open_at, durability):
+    store = open_at(durability)
     owners = {0: ("a", "b"), 1: ("c", "d")}
     plans = {w: make_plan(w, names, 25) for w, names in owners.items()}
     counts: dict[str, int] = {}
@@ -392,9 +405,9 @@ def test_blocked_readers_each_see_every_commit_once_in_order(store_dir, durabili
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_readers_only_ever_see_whole_transactions(store_dir, durability):
+def test_readers_only_ever_see_whole_transactions(open_at, durability):
     """A reader that has drained what is visible always stops at a transaction boundary."""
-    store = open_store(store_dir, durability)
+    store = open_at(durability)
     rng = random.Random(3)
     plan = [[("a", rng.randint(1, 4)), ("b", rng.randint(1, 3)), ("a", rng.randint(1, 2))] for _ in range(40)]
     global_bounds, a_bounds = {0}, {0}
@@ -452,8 +465,8 @@ def open_reader(store: logstore.Store, kind: str) -> Any:
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_next_wakes_on_a_commit_from_another_thread(store_dir, durability, kind):
-    with open_store(store_dir, durability) as store:
+def test_next_wakes_on_a_commit_from_another_thread(open_at, durability, kind):
+    with open_at(durability) as store:
         reader = open_reader(store, kind)
         for i in range(3):
             thread, result = start_blocked_next(reader)
@@ -464,8 +477,8 @@ def test_next_wakes_on_a_commit_from_another_thread(store_dir, durability, kind)
 
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
-def test_next_with_a_timeout_raises_timeout_error_when_nothing_comes(store_dir, kind):
-    with open_store(store_dir) as store:
+def test_next_with_a_timeout_raises_timeout_error_when_nothing_comes(open_at, kind):
+    with open_at() as store:
         commit(store, "s", 0, [Envelope.new("First", 0)])
         reader = open_reader(store, kind)
         reader.next(timeout=1)
@@ -492,8 +505,8 @@ def test_next_with_a_timeout_raises_timeout_error_when_nothing_comes(store_dir, 
 
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
-def test_close_from_another_thread_wakes_a_blocked_next(store_dir, kind):
-    with open_store(store_dir) as store:
+def test_close_from_another_thread_wakes_a_blocked_next(open_at, kind):
+    with open_at() as store:
         reader = open_reader(store, kind)
         thread, result = start_blocked_next(reader)
         closer = threading.Thread(target=reader.close)
@@ -505,8 +518,8 @@ def test_close_from_another_thread_wakes_a_blocked_next(store_dir, kind):
         assert commit(store, "s", 0, [Envelope.new("After", 0)]) == range(1)
 
 
-def test_closing_one_stream_does_not_wake_another(store_dir):
-    with open_store(store_dir) as store:
+def test_closing_one_stream_does_not_wake_another(open_at):
+    with open_at() as store:
         waiting, _ = store.open_stream(store, "s", 0)
         other, _ = store.open_stream(store, "s", 0)
         thread, result = start_blocked_next(waiting)
@@ -519,8 +532,8 @@ def test_closing_one_stream_does_not_wake_another(store_dir):
         waiting.close()
 
 
-def test_store_close_wakes_blocked_readers(store_dir):
-    store = open_store(store_dir)
+def test_store_close_wakes_blocked_readers(open_at):
+    store = open_at()
     commit(store, "existing", 0, [Envelope.new("E", 0)])
     readers = [
         store.open_stream(store, "existing", 1)[0],
@@ -540,7 +553,7 @@ def test_store_close_wakes_blocked_readers(store_dir):
 
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
-def test_anext_returns_the_next_message_or_times_out(store_dir, kind):
+def test_anext_returns_the_next_message_or_times_out(open_at, kind):
     async def main(store: logstore.Store) -> None:
         reader = open_reader(store, kind)
         started = time.monotonic()
@@ -559,12 +572,12 @@ def test_anext_returns_the_next_message_or_times_out(store_dir, kind):
         with pytest.raises(logstore.StreamClosedError):
             await reader.anext(timeout=1)
 
-    with open_store(store_dir) as store:
+    with open_at() as store:
         asyncio.run(main(store))
 
 
 @pytest.mark.parametrize("durability", DURABILITIES)
-def test_commit_from_another_thread_wakes_an_awaiting_anext(store_dir, durability):
+def test_commit_from_another_thread_wakes_an_awaiting_anext(open_at, durability):
     async def main(store: logstore.Store) -> None:
         stream, _ = store.open_stream(store, "s", 0)
         glob = store.open_global(store, 0)
@@ -579,12 +592,12 @@ def test_commit_from_another_thread_wakes_an_awaiting_anext(store_dir, durabilit
         stream.close()
         glob.close()
 
-    with open_store(store_dir, durability) as store:
+    with open_at(durability) as store:
         asyncio.run(main(store))
 
 
-def test_one_commit_wakes_anext_in_several_event_loops(store_dir):
-    with open_store(store_dir) as store:
+def test_one_commit_wakes_anext_in_several_event_loops(open_at):
+    with open_at() as store:
         readers = [store.open_stream(store, "s", 0)[0] for _ in range(3)]
         entered = threading.Barrier(len(readers) + 1, timeout=WAIT)
 
@@ -604,7 +617,7 @@ def test_one_commit_wakes_anext_in_several_event_loops(store_dir):
             r.close()
 
 
-def test_cancelling_a_pending_anext(store_dir):
+def test_cancelling_a_pending_anext(open_at):
     async def main(store: logstore.Store) -> None:
         reader, _ = store.open_stream(store, "s", 0)
         task = asyncio.create_task(reader.anext())
@@ -634,11 +647,11 @@ def test_cancelling_a_pending_anext(store_dir):
         assert reader.offset() == 1
         reader.close()
 
-    with open_store(store_dir) as store:
+    with open_at() as store:
         asyncio.run(main(store))
 
 
-def test_async_for_ends_when_the_stream_is_closed(store_dir):
+def test_async_for_ends_when_the_stream_is_closed(open_at):
     async def main(store: logstore.Store) -> list[Envelope]:
         reader, _ = store.open_stream(store, "s", 0)
         first = [Envelope.new("Early", i) for i in range(2)]
@@ -662,11 +675,11 @@ def test_async_for_ends_when_the_stream_is_closed(store_dir):
         assert got == first + late
         return got
 
-    with open_store(store_dir) as store:
+    with open_at() as store:
         assert len(asyncio.run(main(store))) == 3
 
 
-def test_store_close_ends_async_for_and_wakes_anext(store_dir):
+def test_store_close_ends_async_for_and_wakes_anext(open_at):
     async def main(store: logstore.Store) -> None:
         stream, _ = store.open_stream(store, "s", 0)
         glob = store.open_global(store, 0)
@@ -687,261 +700,6 @@ def test_store_close_ends_async_for_and_wakes_anext(store_dir):
         with pytest.raises(logstore.StreamClosedError):
             await asyncio.wait_for(awaiting, WAIT)
 
-    store = open_store(store_dir)
+    store = open_at()
     asyncio.run(main(store))
     assert store.closed
-
-
-# -- leader-based group commit ---------------------------------------------------------------
-
-
-class HoldingIO(logstore.FileIO):
-    """Plain I/O that records which thread made each ``pwrite``, can hold one ``pwrite`` until released,
-    and sets ``synced`` at each ``fdatasync``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[str] = []
-        self.hold_next = threading.Event()
-        self.holding = threading.Event()
-        self.release = threading.Event()
-        self.synced = threading.Event()
-
-    def fdatasync(self, fd: int) -> None:
-        super().fdatasync(fd)
-        self.synced.set()
-
-    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        if self.hold_next.is_set():
-            self.hold_next.clear()
-            self.holding.set()
-            assert self.release.wait(WAIT), "the held pwrite was never released"
-        self.writes.append(threading.current_thread().name)
-        return super().pwrite(fd, data, offset)
-
-
-class SignallingList(list[Any]):
-    """A list that sets an event at each append (the writer's queue, watched by a test)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.appended = threading.Event()
-
-    def append(self, item: Any) -> None:
-        super().append(item)
-        self.appended.set()
-
-
-def test_a_lone_commit_is_written_by_its_own_thread(store_dir):
-    io = HoldingIO()
-    with logstore.open(store_dir, io=io) as store:
-        before = len(io.writes)
-        commit(store, "solo", 0, [Envelope.new("E", 1)])
-        assert io.writes[before:] == [threading.current_thread().name]
-
-
-def test_commits_queued_behind_a_leader_are_led_by_the_oldest_waiter_as_one_group(store_dir):
-    """The leader writes its own group only; the transactions that queued meanwhile go out together,
-    written by the thread of the first of them, and every commit gets its own range."""
-    io = HoldingIO()
-    with logstore.open(store_dir, io=io) as store:
-        results: dict[str, range] = {}
-        errors: list[BaseException] = []
-
-        def run(name: str) -> None:
-            threading.current_thread().name = name
-            try:
-                results[name] = commit(store, name, 0, [Envelope.new("E", name)])
-            except BaseException as exc:  # noqa: BLE001 - checked below
-                errors.append(exc)
-
-        io.hold_next.set()
-        leader = threading.Thread(target=run, args=("leader",))
-        leader.start()
-        assert io.holding.wait(WAIT)  # the leader is inside its pwrite, holding the writer role
-        before = len(io.writes)
-        writer = store._writer
-        queue = SignallingList()
-        with writer._cv:
-            assert writer._busy and not writer._queue
-            writer._queue = queue  # the list the followers queue on while the leader holds the role
-        followers = [threading.Thread(target=run, args=(f"follower-{k}",)) for k in range(3)]
-        for t in followers:
-            queue.appended.clear()
-            t.start()
-            assert queue.appended.wait(WAIT), "a follower never queued"  # so the queue order is known
-        io.release.set()
-        for t in (leader, *followers):
-            t.join(WAIT)
-            assert not t.is_alive()
-        assert not errors, errors
-        # One pwrite for the leader's group, then one for the three queued transactions, by the oldest waiter.
-        assert io.writes[before:] == ["leader", "follower-0"]
-        assert results["leader"] == range(1)
-        assert sorted(results[f"follower-{k}"].start for k in range(3)) == [1, 2, 3]
-        assert results["follower-0"] == range(1, 2)
-        assert store.global_head == 4
-
-
-def _commit_in_thread(store: logstore.Store, stream: str, offset: int, envs: list[Envelope]) -> threading.Event:
-    """Commit from a daemon thread; the event is set once the commit returned."""
-    returned = threading.Event()
-
-    def run() -> None:
-        commit(store, stream, offset, envs)
-        returned.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    return returned
-
-
-def test_a_committer_interrupted_while_it_waits_leaves_the_store_working(store_dir):
-    """KeyboardInterrupt in a thread waiting behind a leader: the caller gets it, its transaction is still
-    written in its turn, the writer role is never handed to it, and later commits go through."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals reach only the main thread")  # pytest runs tests in the main thread
-    io = HoldingIO()
-    with logstore.open(store_dir, io=io) as store:
-        io.hold_next.set()
-        leader = threading.Thread(target=commit, args=(store, "leader", 0, [Envelope.new("E", 0)]))
-        leader.start()
-        assert io.holding.wait(WAIT)
-        writer = store._writer
-        queue = SignallingList()
-        with writer._cv:
-            writer._queue = queue
-
-        # CPython looks for a signal before a lock wait blocks, not while: a SIGINT that lands between
-        # that look and the wait is seen only at the wait's next wake-up. So the signal is sent until
-        # the handler has run, and the handler raises KeyboardInterrupt once (later ones do nothing).
-        interrupted = threading.Event()
-
-        def raise_once(_signum: int, _frame: Any) -> None:
-            if not interrupted.is_set():
-                interrupted.set()
-                raise KeyboardInterrupt
-
-        def interrupt_when_queued() -> None:
-            assert queue.appended.wait(WAIT)
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline:
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                if interrupted.wait(0.05):
-                    break
-
-        previous = signal.signal(signal.SIGINT, raise_once)
-        try:
-            interrupter = threading.Thread(target=interrupt_when_queued)
-            interrupter.start()
-            with pytest.raises(KeyboardInterrupt):
-                commit(store, "main", 0, [Envelope.new("E", "main")])
-            interrupter.join(WAIT)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        io.release.set()
-        leader.join(WAIT)
-        assert not leader.is_alive()
-        # The interrupted transaction was written after all (its caller no longer waited for it) ...
-        assert _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT), (
-            "a commit after the interrupt hung"
-        )
-        assert store.head("main") == 1 and store.head("leader") == 1 and store.head("later") == 1
-        assert commit(store, "main", 1, [Envelope.new("E", "again")]) == range(3, 4)
-
-
-def _messages(path: Any, stream: str) -> list[Any]:
-    with logstore.open(path) as store:
-        reader, _found = store.open_stream(store, stream, 0)
-        with reader:
-            return [env.message for env in reader]
-
-
-def test_a_committer_interrupted_as_it_takes_the_writer_role_hands_it_to_the_writer_thread(store_dir):
-    """KeyboardInterrupt in a lone committer right after it took the writer role, before it took the
-    queue: the caller gets the interrupt, the role goes to the writer thread, which writes the
-    transaction in its turn, and later commits and the close go through."""
-    store = logstore.open(store_dir)
-    writer = store._writer
-    lead = writer._lead
-
-    def interrupted(*args: Any) -> None:
-        writer._lead = lead  # once
-        raise KeyboardInterrupt
-
-    writer._lead = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        commit(store, "main", 0, [Envelope.new("E", "first")])
-    if not _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT):
-        pytest.fail("a commit after the interrupt hung")  # the store is left open: its close would hang too
-    store.close()
-    assert _messages(store_dir, "main") == ["first"]
-    assert _messages(store_dir, "later") == ["later"]
-
-
-def test_a_committer_interrupted_as_it_is_handed_the_writer_role_hands_it_to_the_writer_thread(store_dir):
-    """KeyboardInterrupt in a waiting committer just as the leader before it handed it the role: the
-    role goes to the writer thread, which writes the transaction, and nothing hangs."""
-    io = HoldingIO()
-    store = logstore.open(store_dir, io=io)
-    writer = store._writer
-    io.hold_next.set()
-    leader = threading.Thread(target=commit, args=(store, "leader", 0, [Envelope.new("E", 0)]), daemon=True)
-    leader.start()
-    assert io.holding.wait(WAIT)
-    queue = SignallingList()
-    with writer._cv:
-        writer._queue = queue
-    lead = writer._lead
-    main = threading.current_thread()
-
-    def interrupted(*args: Any) -> None:
-        if threading.current_thread() is main:
-            writer._lead = lead  # once
-            raise KeyboardInterrupt
-        lead(*args)
-
-    writer._lead = interrupted
-
-    def release_when_queued() -> None:
-        assert queue.appended.wait(WAIT)
-        io.release.set()
-
-    threading.Thread(target=release_when_queued, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        commit(store, "main", 0, [Envelope.new("E", "main")])
-    leader.join(WAIT)
-    assert not leader.is_alive()
-    if not _commit_in_thread(store, "later", 0, [Envelope.new("E", "later")]).wait(WAIT):
-        pytest.fail("a commit after the interrupt hung")  # the store is left open: its close would hang too
-    store.close()
-    assert _messages(store_dir, "main") == ["main"]
-    assert _messages(store_dir, "leader") == [0]
-    assert _messages(store_dir, "later") == ["later"]
-
-
-def test_batch_mode_syncs_when_the_interval_ran_out_while_the_role_was_held(store_dir):
-    """durability="batch": when the fsync interval runs out while a thread holds the writer role, the
-    writer thread, waiting out the interval, is woken when the role is released and syncs then."""
-    io = HoldingIO()
-    store = logstore.open(store_dir, io=io, durability="batch", fsync_interval=3600.0)
-    writer = store._writer
-    cv_wait = writer._cv.wait
-    timing = threading.Event()
-
-    def wait(timeout: float | None = None) -> bool:
-        if writer._timing:
-            timing.set()
-        return cv_wait(timeout)
-
-    writer._cv.wait = wait  # type: ignore[method-assign]
-    io.synced.clear()
-    commit(store, "s", 0, [Envelope.new("E", 1)])  # unsynced: the writer thread starts timing the fsync
-    assert timing.wait(WAIT)
-    assert not io.synced.is_set()
-
-    def run_out() -> None:  # the interval runs out while this thread holds the role
-        writer._last_sync -= 7200.0
-
-    writer.call(run_out)
-    assert io.synced.wait(WAIT), "the overdue fsync did not happen"
-    store.close()
