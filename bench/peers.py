@@ -7,7 +7,9 @@ transaction is durable when ``append`` returns (in ``sync`` mode), a load
 returns a whole stream as ``Envelope`` objects equal to the ones appended, a
 scan returns every envelope in commit (global) order.
 
-- ``logstore``: ``logstore.open(dir, durability=...)`` with its other defaults.
+- ``logstore``: ``logstore.open(dir, durability=...)`` with its other defaults;
+  a load is ``store.read(stream)`` (what a reader from offset 0 iterates, in
+  one call), a scan iterates ``open_global``.
 - ``sqlite``: WAL, ``synchronous=FULL`` (``NORMAL`` in batch mode: the WAL is
   synced at checkpoints only, so a power loss can take the last commits, as in
   logstore's ``durability="batch"``). One table shaped like Ax's MySQL store:
@@ -35,7 +37,8 @@ server at 127.0.0.1:5432, database ``test``), each measurement has a fresh
 schema named after its directory (``pg_schema``), dropped afterwards:
 
 - ``pg``: ``logstore.open(PG_URL, schema=..., durability="fsync")``, the
-  PostgreSQL backend with its other defaults; its tail is a read-only
+  PostgreSQL backend with its other defaults, with the ``logstore`` peer's
+  calls (a load is ``store.read(stream)``: one query); its tail is a read-only
   store's ``open_global`` reader, whose ``next()`` sleeps until a commit's
   notification wakes it.
 - ``pg-eventsourcing``: the eventsourcing library's
@@ -47,7 +50,8 @@ schema named after its directory (``pg_schema``), dropped afterwards:
   originator_version)`` constraint (an offset already taken raises; an
   offset past the head is not caught, as the library does not look for
   gaps) and serialises inserting transactions with an ``EXCLUSIVE`` table
-  lock so that notification ids are in commit order. Scans page through
+  lock so that notification ids are in commit order. A load is
+  ``select_events(originator_id)`` (one query). Scans page through
   ``select_notifications``; the tail polls ``max_notification_id()``.
 - ``pg-plain``: one table shaped like Ax's MySQL message store, on psycopg 3
   directly (a ``psycopg_pool`` of up to 10 connections, opened as needed
@@ -55,7 +59,8 @@ schema named after its directory (``pg_schema``), dropped afterwards:
   updated inside the transaction (its row lock is held to commit, so offsets
   are gap-free and in commit order), the stream's head checked after that,
   ``UNIQUE(stream, stream_offset)``, the envelope's fields as columns (times
-  as ``timestamptz``, the message msgpack-encoded in ``data``). Its tail
+  as ``timestamptz``, the message msgpack-encoded in ``data``); a load is one
+  ``SELECT ... WHERE stream = %s ORDER BY stream_offset``. Its tail
   polls the counter row.
 
 Both PostgreSQL peers commit with the server's ``synchronous_commit`` (on):
@@ -188,9 +193,7 @@ class LogstorePeer(Peer):
         committer.commit()
 
     def load(self, stream: str) -> list[Envelope]:
-        reader, _found = self.store.open_stream(self.store, stream, 0)
-        with reader:
-            return list(reader)
+        return self.store.read(stream)
 
     def scan(self) -> Iterator[Envelope]:
         with self.store.open_global(self.store, 0) as reader:

@@ -100,3 +100,6 @@ class ShortFormStore(Protocol):
 
     def global_stream(self, offset: int = 0) -> LocatedStream:
         """``open_global(self, offset)``."""
+
+    def read(self, stream: str, offset: int = 0) -> list[Envelope]:
+        """Every message of ``stream`` from ``offset`` on that is committed now: what ``stream()`` iterates."""

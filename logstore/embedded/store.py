@@ -941,6 +941,20 @@ class Store(StoreBase):
         """
         return self.open_stream(self, stream, offset)[0]
 
+    def read(self, stream: str, offset: int = 0) -> list[Envelope]:
+        """Every message of ``stream`` from ``offset`` on that is committed now, in offset order.
+
+        What a reader opened at ``offset`` iterates (``list(store.stream(stream, offset))``), in one call:
+        the way to load a whole stream (an event-sourced entity, say). Empty for a stream that does not
+        exist, is deleted, or ends before ``offset``; removed offsets are skipped.
+
+        >>> [env.type for env in store.read("order-42")]  # doctest: +SKIP
+        ['OrderPlaced']
+        """
+        reader, _found = self.open_stream(self, stream, offset)
+        with reader:
+            return list(reader)
+
     def global_stream(self, offset: int = 0) -> GlobalReader:
         """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``.
 

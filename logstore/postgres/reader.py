@@ -200,15 +200,39 @@ class PgStreamReader(_Reader):
     deleted) when the reader was opened. Removed offsets are skipped.
     """
 
-    def __init__(self, store: _Source, name: str, offset: int, found: bool) -> None:
+    FIRST_PREFETCH = _Reader._FIRST_PREFETCH
+    """Messages ``open_stream``'s query fetches for the reader's first batch."""
+
+    def __init__(
+        self,
+        store: _Source,
+        name: str,
+        offset: int,
+        found: bool,
+        first: tuple[Sequence[tuple[int, int, bytes]], int, int] | None = None,
+    ) -> None:
         super().__init__(store, offset)
         self.name = name
         self.found = found
+        if first is not None:
+            # The batch open_stream's query fetched (rows, the limit it asked for, the removal count
+            # before it): taken as a fetch of this reader's would take it. It is data, not a proof of the
+            # stream's end for a later call: once it is used up, try_next() queries again.
+            rows, limit, removals = first
+            with self._lock:
+                out = self._rows(rows)
+                self._buf.extend(out)
+                self._next = out[-1][0] + 1 if out else offset
+                self._removals = removals
+                self._prefetch = min(limit * 2, PREFETCH)
 
-    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
-        rows = self._store._read_stream(self.name, start, limit)
+    def _rows(self, rows: Sequence[tuple[int, int, bytes]]) -> list[Row]:
         out: list[Row] = [(soff, goff, self.name, soff, decode(env)) for soff, goff, env in rows]
         self._store._saw_head(self.name, out[-1][0] + 1 if out else None)
+        return out
+
+    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
+        out = self._rows(self._store._read_stream(self.name, start, limit))
         return out, (out[-1][0] + 1 if out else start)
 
     def __repr__(self) -> str:

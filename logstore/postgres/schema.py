@@ -111,13 +111,24 @@ DECLARE
     v_j integer;
     v_at integer := 1;
     v_ok boolean;
+    v_made boolean;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'logstore writes run in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     SELECT array_agg(DISTINCT n ORDER BY n) INTO v_streams FROM unnest(p_names) AS n;
     FOR v_k IN 1 .. coalesce(cardinality(v_streams), 0) LOOP
-        v_sid := NULL;
-        INSERT INTO streams (name) VALUES (v_streams[v_k]) ON CONFLICT (name) DO NOTHING RETURNING id INTO v_sid;
-        v_new := v_new || (v_sid IS NOT NULL);
+        -- An existing stream is locked at once; a new one is inserted first (the insert waits for a
+        -- concurrent insert of the same name to end), then locked.
         SELECT id, head INTO v_sid, v_head FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
+        v_made := false;
+        IF NOT FOUND THEN
+            INSERT INTO streams (name) VALUES (v_streams[v_k]) ON CONFLICT (name) DO NOTHING RETURNING id INTO v_sid;
+            v_made := v_sid IS NOT NULL;
+            SELECT id, head INTO v_sid, v_head FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
+        END IF;
+        v_new := v_new || v_made;
         v_sids := v_sids || v_sid;
         v_heads := v_heads || v_head;
         v_used := v_used || false;
@@ -186,8 +197,10 @@ BEGIN
         PERFORM pg_notify('{channel}', (v_goff + v_total)::text);
     END IF;
     -- A stream this group made whose every transaction conflicted was never written: it must not exist.
-    DELETE FROM streams WHERE id IN (
-        SELECT u.id FROM unnest(v_sids, v_new, v_used) AS u(id, new, used) WHERE u.new AND NOT u.used);
+    IF true = ANY (v_new) THEN
+        DELETE FROM streams WHERE id IN (
+            SELECT u.id FROM unnest(v_sids, v_new, v_used) AS u(id, new, used) WHERE u.new AND NOT u.used);
+    END IF;
     FOR v_r IN 1 .. coalesce(cardinality(v_ok_tx), 0) LOOP
         tx := v_ok_tx[v_r];
         goff := v_goff + v_ok_rel[v_r];
@@ -210,6 +223,10 @@ DECLARE
     v_before bigint := p_before;
     v_goff bigint;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'logstore writes run in READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     SELECT id, head, first, deleted INTO v_sid, v_head, v_first, v_deleted
         FROM streams WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN

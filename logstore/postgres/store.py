@@ -7,13 +7,13 @@
 range(0, 1)
 
 Transactions are built on the client, as in the embedded store (:class:`logstore.Tx`: the envelopes
-are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction in one
-pipeline, ``BEGIN ISOLATION LEVEL READ COMMITTED; SELECT * FROM append_batch(...); COMMIT``: one round trip,
-in which the server takes the streams' locks, checks their heads, takes the global lock last and
-holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
+are checked and encoded by ``append_messages``). ``commit()`` sends the whole transaction as one
+statement in autocommit, ``SELECT * FROM append_batch(...)``, a READ COMMITTED transaction of its own:
+one round trip, in which the server takes the streams' locks, checks their heads, takes the global lock
+last and holds it only while it inserts the rows and commits (:mod:`logstore.postgres.schema`).
 
-Connections come from a pool (``psycopg_pool``); each query is one statement in autocommit, or the
-commit's explicit transaction. One more connection per store LISTENs for commits
+Connections come from a pool (``psycopg_pool``); each query, and each commit, is one statement in
+autocommit. One more connection per store LISTENs for commits
 (:mod:`logstore.postgres.listener`).
 
 Lock rules: ``_heads_lock`` guards ``_heads`` (stream heads this client knows; they only grow, so a
@@ -46,7 +46,7 @@ from logstore.checks import (
     check_offset,
     check_stream_name,
 )
-from logstore.envelope import Envelope, encode_many
+from logstore.envelope import Envelope, decode, encode_many
 from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
@@ -65,6 +65,8 @@ MAX_SCHEMA_NAME = 63
 """PostgreSQL's longest identifier, in bytes."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
 """TCP keepalives of every connection: probes after 30 s of silence, every 10 s, 3 unanswered end it."""
+READ_PAGE = 1000
+"""Most messages one query of :meth:`PostgresStore.read` fetches."""
 MAX_RECONNECT = 5.0
 """Longest a pool keeps retrying one new connection (pausing 1 s, doubling), in seconds; half the ``timeout`` if
 that is shorter. The pool's pause grows with every failure, so a longer retry would leave a server that came
@@ -388,12 +390,12 @@ class PostgresStore(StoreBase):
             with first:
                 self._setup(first)
                 store_id = ddl.ensure(first, schema, self.path, create=not self.readonly)
+                self._sql = _Statements(schema, first)
         except psycopg.Error as exc:
             raise self._translate(exc, first, "could not open the store") from exc
         if store_id is None:
             raise FileNotFoundError(f"{self.path}: no logstore store there (readonly=True creates none)")
         self.store_id = store_id
-        self._sql = _Statements(schema)
         _live_stores.add(self)
         try:
             self._pool = psycopg_pool.ConnectionPool(
@@ -459,7 +461,7 @@ class PostgresStore(StoreBase):
         finally:
             pool.putconn(conn)  # a broken connection is discarded by the pool
 
-    def _query(self, query: sql.Composed, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
+    def _query(self, query: bytes, params: Sequence[object] = (), binary: bool = False) -> list[Any]:
         """Run a read-only statement (its own snapshot) and return its rows.
 
         A connection that broke is dropped and the statement runs again on another, as many times as the
@@ -483,31 +485,28 @@ class PostgresStore(StoreBase):
         return ServerError(f"{self.path}: {what}: the server refused: {exc}", exc.sqlstate)
 
     def _run_commit(
-        self, query: sql.Composed, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
+        self, query: bytes, params: Sequence[object], what: str, message_ids: list[str], streams: list[str]
     ) -> list[Any]:
-        """Run ``query`` in a READ COMMITTED transaction of its own, sent in one pipeline with its COMMIT;
-        return its rows.
+        """Run ``query``, one statement, as a transaction of its own; return its rows.
+
+        The connection is in autocommit, so the statement is a transaction by itself (READ COMMITTED,
+        the session's default, which the functions check): the server commits it before it says the
+        statement is done, and psycopg returns only then. One message to the server and one reply: the
+        commit is in the same round trip as the statement, and the statement is prepared once per
+        connection.
 
         A server error (the connection alive) means nothing was committed: psycopg's error is raised,
         for the callers to translate (their functions' SQLSTATEs, else :class:`ServerError`). A
-        connection that broke once the pipeline was sent raises :class:`CommitOutcomeUnknownError`:
+        connection that broke once the statement was sent raises :class:`CommitOutcomeUnknownError`:
         the server may have committed before the break.
         """
         with self._connection() as conn:
             try:
-                # prepare=False: a statement prepared in a pipeline that a server error aborts is lost,
-                # while psycopg's cache would name it in the next pipeline.
-                with conn.pipeline():
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED", prepare=False)
-                    cur = conn.execute(query, params, prepare=False, binary=True)
-                    conn.execute("COMMIT", prepare=False)
-                rows = cur.fetchall()
+                rows: list[Any] = conn.execute(query, params, prepare=True, binary=True).fetchall()
             except psycopg.Error as exc:
                 if _is_broken(conn):
                     pid, start = self._sessions.get(conn, (None, None))
                     raise CommitOutcomeUnknownError(f"{self.path}: {what}", message_ids, streams, pid, start) from exc
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
                 raise
             return rows
 
@@ -696,9 +695,13 @@ class PostgresStore(StoreBase):
         self._check_ds(ds)
         check_stream_name(stream)
         check_offset(offset)
-        rows = self._query(self._sql.found, (stream,))
+        # One round trip: whether the stream exists, and the reader's first batch (one snapshot).
+        removals = self._signal.removals  # before the query, as a reader's fetch (see PgStreamReader)
+        limit = PgStreamReader.FIRST_PREFETCH
+        rows = self._query(self._sql.open_stream, (offset, limit, stream), binary=True)
         found = bool(rows and rows[0][0])
-        reader = PgStreamReader(self, stream, offset, found)
+        batch = [(soff, goff, env) for _found, soff, goff, env in rows if soff is not None]
+        reader = PgStreamReader(self, stream, offset, found, (batch, limit, removals))
         self._readers.add(reader)
         return reader, found
 
@@ -718,6 +721,31 @@ class PostgresStore(StoreBase):
     def global_stream(self, offset: int = 0) -> PgGlobalReader:
         """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``."""
         return self.open_global(self, offset)
+
+    def read(self, stream: str, offset: int = 0) -> list[Envelope]:
+        """Every message of ``stream`` from ``offset`` on that is committed now, in offset order.
+
+        What a reader opened at ``offset`` iterates (``list(store.stream(stream, offset))``), in one
+        call: the way to load a whole stream (an event-sourced entity, say). One query, one round trip,
+        for a stream of up to :data:`READ_PAGE` messages from ``offset`` (one more per further page):
+        a page shorter than asked for has reached the stream's end as of a query made during this call,
+        so no further query is needed to know it. Empty for a stream that does not exist, is deleted, or
+        ends before ``offset``; removed offsets are skipped.
+        """
+        self._check_open()
+        check_stream_name(stream)
+        check_offset(offset)
+        out: list[Envelope] = []
+        start = offset
+        while True:
+            rows = self._read_stream(stream, start, READ_PAGE)
+            out += [decode(env) for _soff, _goff, env in rows]
+            if len(rows) < READ_PAGE:
+                break
+            start = int(rows[-1][0]) + 1
+        if rows:
+            self._saw_head(stream, int(rows[-1][0]) + 1)
+        return out
 
     def _read_stream(self, name: str, start: int, limit: int) -> list[tuple[int, int, bytes]]:
         self._check_open()
@@ -865,18 +893,18 @@ class PostgresStore(StoreBase):
 
 
 class _Statements:
-    """The store's statements, composed once for its schema."""
+    """The store's statements, composed once for its schema (as bytes: psycopg then converts each one
+    once, where a :class:`psycopg.sql.Composed` would be rendered again on every execution)."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, conn: psycopg.Connection[Any]) -> None:
         s = sql.Identifier(schema)
 
-        def q(text: str) -> sql.Composed:
-            return sql.SQL(text).format(s=s)
+        def q(text: str) -> bytes:
+            return sql.SQL(text).format(s=s).as_bytes(conn)
 
         self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
-        self.found = q("SELECT head > 0 AND NOT deleted FROM {s}.streams WHERE name = %s")
         self.info = q("SELECT first, head, deleted FROM {s}.streams WHERE name = %s")
         self.names = q("SELECT name FROM {s}.streams WHERE head > 0 AND NOT deleted ORDER BY first_goff")
         self.global_head = q("SELECT next_goff FROM {s}.head")
@@ -890,6 +918,14 @@ class _Statements:
         )
         self.locate_any = q("SELECT goff FROM {s}.log WHERE message_id = %s AND kind = 0 ORDER BY goff")
         self.ids_at = q("SELECT message_id FROM {s}.log WHERE goff >= %s AND goff < %s ORDER BY goff")
+        # The stream's row and its first messages (a lateral join: no row for a stream never written, one
+        # row with NULL messages for a stream without readable ones), for open_stream: one snapshot.
+        self.open_stream = q(
+            "SELECT s.head > 0 AND NOT s.deleted, l.soff, l.goff, l.envelope FROM {s}.streams s"
+            " LEFT JOIN LATERAL (SELECT soff, goff, envelope FROM {s}.log"
+            "  WHERE stream_id = s.id AND kind = 0 AND soff >= greatest(%s, s.first) ORDER BY soff LIMIT %s) l ON true"
+            " WHERE s.name = %s ORDER BY l.soff"
+        )
         self.read_stream = q(
             "SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
             " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -183,3 +184,27 @@ def test_the_password_never_shows_in_messages(schema):
     with pytest.raises(logstore.StoreClosedError) as closed:
         store.head("s")
     assert "s3cret" not in str(closed.value)
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schema, admin, level):
+    """A commit is one statement in autocommit, READ COMMITTED by the session's default; should a
+    session run it at another level (where a writer that waited for the head row would fail rather than
+    queue), the functions refuse before they lock anything."""
+    store = open_pg()
+    env = Envelope.new("A", 0)
+    with store.transaction() as tx:
+        tx.append("s", 0, [env])
+    s = sql.Identifier(schema)
+    calls = [
+        sql.SQL("SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}')").format(s),
+        sql.SQL("SELECT {}.remove_stream('s', 1::smallint, 1)").format(s),
+    ]
+    for call in calls:
+        admin.execute(sql.SQL("BEGIN ISOLATION LEVEL {}").format(sql.SQL(level)))
+        with pytest.raises(
+            psycopg.errors.InvalidTransactionState, match=f"logstore writes run in READ COMMITTED, not {level.lower()}"
+        ):
+            admin.execute(call)
+        admin.execute("ROLLBACK")
+    assert store.head("s") == 1 and store.global_head == 1 and store.read("s") == [env]

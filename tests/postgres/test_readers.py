@@ -16,11 +16,12 @@ def test_regression_a_removal_counted_during_the_query_made_try_next_return_fals
     """A removal's own notification arrived while the reader queried: the batch was dropped, and try_next()
     said there was nothing to read though there was. It must read again instead."""
     store = open_pg()
+    # Opened first: a stream reader's open fetches its first batch, and this test is about a fetch's query.
+    reader = store.stream("a") if kind == "stream" else store.global_stream()
     with store.transaction() as tx:
         tx.append("a", 0, [Envelope.new("A", i) for i in range(3)])
         tx.append("b", 0, [Envelope.new("B", 0)])
     store.truncate_stream("b", 1)
-    reader = store.stream("a") if kind == "stream" else store.global_stream()
     name = "_read_stream" if kind == "stream" else "_read_global"
     read = getattr(store, name)
     bumps = [True]
@@ -86,6 +87,46 @@ def test_a_group_of_transactions_commits_each_whole_or_conflicts_alone(open_pg):
             ("x", 3),
             ("z", 1),
         ]
+
+
+def _count_queries(store: Any) -> list[bytes]:
+    """Record every statement ``store`` runs through its read path (each one round trip)."""
+    seen: list[bytes] = []
+    query = store._query
+
+    def counted(statement: bytes, *args: Any, **kwargs: Any) -> Any:
+        seen.append(statement)
+        return query(statement, *args, **kwargs)
+
+    store._query = counted
+    return seen
+
+
+def test_loading_a_stream_takes_one_query_with_read_and_two_with_a_reader(open_pg):
+    """read() knows the end from its one query (a short page made during the call); open_stream's query
+    also fetches the first batch, and iterating needs one more query to know the end."""
+    store = open_pg()
+    envs = [Envelope.new("E", i) for i in range(5)]
+    with store.transaction() as tx:
+        tx.append("s", 0, envs)
+    seen = _count_queries(store)
+    assert store.read("s") == envs and len(seen) == 1
+    del seen[:]
+    assert store.read("none") == [] and len(seen) == 1
+    del seen[:]
+    reader, found = store.open_stream(store, "s", 0)
+    assert found and len(seen) == 1
+    assert list(reader) == envs and len(seen) == 2
+
+
+def test_read_sees_a_commit_of_another_client_completed_before_it(open_pg):
+    writer, reader_store = open_pg(), open_pg()
+    envs = [Envelope.new("E", i) for i in range(30)]
+    for i, env in enumerate(envs):
+        with writer.transaction() as tx:
+            tx.append("s", i, [env])
+        assert reader_store.read("s") == envs[: i + 1]
+        assert reader_store.read("s", i) == [env]
 
 
 @pytest.mark.parametrize("kind", ["stream", "global"])
