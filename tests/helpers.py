@@ -129,6 +129,30 @@ def fill_interleaved(store: logstore.Store, streams: dict[str, int], pad: int) -
                 del todo[name]
 
 
+def readable_offsets(store: logstore.Store, name: str, offset: int = 0) -> list[int]:
+    """The offsets of ``name`` readable from ``offset`` (filled by :func:`fill_interleaved`), checking each
+    envelope's content."""
+    stream, _found = store.open_stream(store, name, offset)
+    out = []
+    with stream:
+        while stream.try_next():
+            env = stream.get()
+            assert env.message["s"] == name and env.message["i"] == stream.offset()
+            out.append(stream.offset())
+    return out
+
+
+def readable_global(store: logstore.Store, offset: int = 0) -> list[tuple[str, int]]:
+    """``(stream, offset)`` of each message readable in global order from ``offset`` (filled by
+    :func:`fill_interleaved`)."""
+    g = store.open_global(store, offset)
+    out = []
+    with g:
+        while g.try_next():
+            out.append((g.get().message["s"], g.get().message["i"]))
+    return out
+
+
 def segment_records(data: bytes | bytearray) -> list[tuple[int, Record]]:
     """``(position, record)`` of each record of a segment file's bytes, up to the first that does not parse."""
     out = []

@@ -77,3 +77,12 @@ class _Postgres:
 
 
 BACKENDS: dict[str, OpenAt] = {"logstore": _logstore, "postgres": _Postgres()}
+
+
+BAD_STREAM_ARGUMENTS: list[tuple[tuple[object, object], type[Exception], str]] = [
+    ((1, 0), TypeError, "stream name must be a str, got int"),
+    (("", 0), ValueError, "stream name must not be empty"),
+    (("s", -1), ValueError, "offset must be >= 0, got -1"),
+    (("s", "0"), TypeError, "offset must be an int"),
+]
+"""``(stream, offset)`` arguments every call that opens or reads a stream refuses: the error and its message."""

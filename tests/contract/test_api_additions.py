@@ -25,7 +25,7 @@ import logstore
 from logstore import ANY, Envelope, OffsetConflictError, StreamClosedError
 from logstore.embedded.repair import repair
 from logstore.protocols import GloballyOrderedStore, LocatedStream, ShortFormStore
-from tests.contract.backends import OpenAt, OpenStore
+from tests.contract.backends import BAD_STREAM_ARGUMENTS, OpenAt, OpenStore
 from tests.contract.model import ApiModel, run_model
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT, quiet_logstore
@@ -500,15 +500,7 @@ def test_short_forms_are_the_long_forms(open_store: OpenStore) -> None:
             assert [(g.offset(), e) for e in g] == [(h.offset(), e) for e in h]
 
 
-@pytest.mark.parametrize(
-    ("args", "error", "match"),
-    [
-        ((1, 0), TypeError, "stream name must be a str, got int"),
-        (("", 0), ValueError, "stream name must not be empty"),
-        (("s", -1), ValueError, "offset must be >= 0, got -1"),
-        (("s", "0"), TypeError, "offset must be an int"),
-    ],
-)
+@pytest.mark.parametrize(("args", "error", "match"), BAD_STREAM_ARGUMENTS)
 def test_short_forms_check_like_the_long_forms(
     open_store: OpenStore, args: tuple[Any, Any], error: type[Exception], match: str
 ) -> None:

@@ -19,7 +19,7 @@ import pytest
 import logstore
 from logstore import Envelope
 from logstore.protocols import ShortFormStore
-from tests.contract.backends import OpenStore
+from tests.contract.backends import BAD_STREAM_ARGUMENTS, OpenStore
 
 WAIT = 30.0  # seconds a thread or event waits before the test fails rather than hangs
 
@@ -101,15 +101,7 @@ def test_read_sees_every_commit_completed_before_it_began(open_store: OpenStore)
         assert store.read("s") == envs[:committed] and reads > 1
 
 
-@pytest.mark.parametrize(
-    ("args", "error", "match"),
-    [
-        ((1, 0), TypeError, "stream name must be a str, got int"),
-        (("", 0), ValueError, "stream name must not be empty"),
-        (("s", -1), ValueError, "offset must be >= 0, got -1"),
-        (("s", "0"), TypeError, "offset must be an int"),
-    ],
-)
+@pytest.mark.parametrize(("args", "error", "match"), BAD_STREAM_ARGUMENTS)
 def test_read_checks_like_open_stream(
     open_store: OpenStore, args: tuple[Any, Any], error: type[Exception], match: str
 ) -> None:

@@ -13,48 +13,27 @@ import pytest
 import logstore
 from logstore import Envelope
 from tests.contract.backends import OpenStore
-from tests.helpers import SMALL_SEGMENT, fill_interleaved
+from tests.helpers import SMALL_SEGMENT, fill_interleaved, readable_global, readable_offsets
 
 
 def _fill(store: logstore.Store, streams: dict[str, int], pad: int = 200) -> None:
     fill_interleaved(store, streams, pad)
 
 
-def _read(store: logstore.Store, name: str, offset: int = 0) -> list[int]:
-    """The offsets of ``name`` readable from ``offset``, checking each envelope's content."""
-    stream, _found = store.open_stream(store, name, offset)
-    out = []
-    with stream:
-        while stream.try_next():
-            env = stream.get()
-            assert env.message["s"] == name and env.message["i"] == stream.offset()
-            out.append(stream.offset())
-    return out
-
-
-def _global(store: logstore.Store, offset: int = 0) -> list[tuple[str, int]]:
-    g = store.open_global(store, offset)
-    out = []
-    with g:
-        while g.try_next():
-            out.append((g.get().message["s"], g.get().message["i"]))
-    return out
-
-
 def test_truncate_hides_offsets_below_before_everywhere(open_store: OpenStore) -> None:
     with open_store(segment_size=SMALL_SEGMENT) as store:
         _fill(store, {"a": 40, "b": 40})
         store.truncate_stream("a", 25)
-        assert _read(store, "a") == list(range(25, 40))
-        assert _read(store, "a", 30) == list(range(30, 40))
-        assert [x for x in _global(store) if x[0] == "a"] == [("a", i) for i in range(25, 40)]
-        assert _read(store, "b") == list(range(40))
+        assert readable_offsets(store, "a") == list(range(25, 40))
+        assert readable_offsets(store, "a", 30) == list(range(30, 40))
+        assert [x for x in readable_global(store) if x[0] == "a"] == [("a", i) for i in range(25, 40)]
+        assert readable_offsets(store, "b") == list(range(40))
         assert store.stream_info("a") == (25, 40, False)
         # Offsets are not renumbered: the next append goes at the head.
         _fill(store, {"a": 1})
-        assert _read(store, "a")[-1] == 40
+        assert readable_offsets(store, "a")[-1] == 40
     with open_store() as store:
-        assert _read(store, "a") == list(range(25, 41))
+        assert readable_offsets(store, "a") == list(range(25, 41))
         assert store.stream_info("a") == (25, 41, False)
 
 
@@ -77,7 +56,7 @@ def test_truncate_is_monotonic_and_checked(open_store: OpenStore) -> None:
         head = store.global_head
         store.truncate_stream("a", 5)  # everything
         assert store.global_head == head + 1  # one control record
-        assert _read(store, "a") == []
+        assert readable_offsets(store, "a") == []
         assert store.stream_info("a") == (5, 5, False)
 
 
@@ -95,7 +74,7 @@ def test_one_transaction_brings_many_deleted_streams_back(open_store: OpenStore,
         for name in names:
             deleted = name in names[::2]
             assert store.stream_info(name) == ((2 if deleted else 0), 3, False), name
-            assert _read(store, name) == ([2] if deleted else [0, 1, 2]), name
+            assert readable_offsets(store, name) == ([2] if deleted else [0, 1, 2]), name
         assert store.stream_names() == names
     with open_store() as store:
         assert store.stream_names() == names
@@ -112,7 +91,7 @@ def test_delete_then_append_continues_at_old_head(open_store: OpenStore) -> None
         assert store.stream_names() == ["b"]
         assert store.head("a") == 7
         assert store.stream_info("a") == (7, 7, True)
-        assert _read(store, "a") == []
+        assert readable_offsets(store, "a") == []
         head = store.global_head
         store.delete_stream("a")  # already deleted: nothing written
         assert store.global_head == head
@@ -121,7 +100,7 @@ def test_delete_then_append_continues_at_old_head(open_store: OpenStore) -> None
     with open_store() as store:
         assert store.stream_info("a") == (7, 7, True)
         _fill(store, {"a": 2})
-        assert _read(store, "a") == [7, 8]
+        assert readable_offsets(store, "a") == [7, 8]
         assert store.stream_info("a") == (7, 9, False)
         assert store.stream_names() == ["a", "b"]
     with open_store() as store:
@@ -180,7 +159,7 @@ def test_readers_run_during_compaction(open_store: OpenStore) -> None:
     with open_store(segment_size=SMALL_SEGMENT) as store:
         _fill(store, {"a": 200, "b": 200}, pad=300)
         store.truncate_stream("a", 190)
-        expected = _global(store)
+        expected = readable_global(store)
         g = store.open_global(store, 0)
         first = [(g.get().message["s"], g.get().message["i"]) for _ in range(5) if g.try_next()]
         store.compact()
@@ -198,18 +177,18 @@ def test_compaction_removes_the_messages_and_keeps_every_offset(open_store: Open
         _fill(store, {"a": 150, "b": 150, "c": 20}, pad=300)
         store.truncate_stream("a", 140)
         store.delete_stream("b")
-        before = _global(store)
+        before = readable_global(store)
         report = store.compact()
         assert report.messages_removed == 140 + 150
-        assert _global(store) == before
-        assert _read(store, "a") == list(range(140, 150))
-        assert _read(store, "c") == list(range(20))
+        assert readable_global(store) == before
+        assert readable_offsets(store, "a") == list(range(140, 150))
+        assert readable_offsets(store, "c") == list(range(20))
         assert store.compact().messages_removed == 0  # nothing more to do
         head = store.global_head
     with open_store() as store:
         assert store.global_head == head
-        assert _global(store) == before
+        assert readable_global(store) == before
         assert store.stream_info("a") == (140, 150, False)
         assert store.stream_info("b") == (150, 150, True)
         _fill(store, {"b": 1})
-        assert _read(store, "b") == [150]
+        assert readable_offsets(store, "b") == [150]

@@ -14,32 +14,11 @@ import logstore
 from logstore.embedded.record import Record
 from logstore.embedded.walk import walk
 from logstore.index.header import HEADER_SIZE
-from tests.helpers import SMALL_SEGMENT, assert_verified, fill_interleaved
+from tests.helpers import SMALL_SEGMENT, assert_verified, fill_interleaved, readable_global, readable_offsets
 
 
 def _fill(store: logstore.Store, streams: dict[str, int], pad: int = 200) -> None:
     fill_interleaved(store, streams, pad)
-
-
-def _read(store: logstore.Store, name: str, offset: int = 0) -> list[int]:
-    """The offsets of ``name`` readable from ``offset``, checking each envelope's content."""
-    stream, _found = store.open_stream(store, name, offset)
-    out = []
-    with stream:
-        while stream.try_next():
-            env = stream.get()
-            assert env.message["s"] == name and env.message["i"] == stream.offset()
-            out.append(stream.offset())
-    return out
-
-
-def _global(store: logstore.Store, offset: int = 0) -> list[tuple[str, int]]:
-    g = store.open_global(store, offset)
-    out = []
-    with g:
-        while g.try_next():
-            out.append((g.get().message["s"], g.get().message["i"]))
-    return out
 
 
 def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> None:
@@ -47,7 +26,7 @@ def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> No
         _fill(store, {"a": 150, "b": 150, "c": 20}, pad=300)
         store.truncate_stream("a", 140)
         store.delete_stream("b")
-        before = _global(store)
+        before = readable_global(store)
         assert _unsealed_removed(store) > 0  # the active segment holds removed messages too
         sizes = _written_bytes(store, store_dir)
         report = store.compact()
@@ -55,9 +34,9 @@ def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> No
         assert report.segments_rewritten >= 3 and report.rolled is not None
         assert report.messages_removed == 140 + 150 and _unsealed_removed(store) == 0
         assert report.bytes_reclaimed == sizes - after > 0
-        assert _global(store) == before
-        assert _read(store, "a") == list(range(140, 150))
-        assert _read(store, "c") == list(range(20))
+        assert readable_global(store) == before
+        assert readable_offsets(store, "a") == list(range(140, 150))
+        assert readable_offsets(store, "c") == list(range(20))
         # Compacting again finds nothing more to do.
         again = store.compact()
         assert (again.segments_rewritten, again.bytes_reclaimed) == (0, 0)
@@ -65,15 +44,15 @@ def test_compaction_reclaims_space_and_keeps_every_offset(store_dir: Path) -> No
     assert_verified(store_dir)
     with logstore.open(store_dir) as store:
         assert store.global_head == head
-        assert _global(store) == before
+        assert readable_global(store) == before
         assert store.stream_info("b") == (150, 150, True)
     os.unlink(store_dir / "CHECKPOINT")  # the log alone (with REMOVED records) rebuilds the same state
     with logstore.open(store_dir) as store:
-        assert _global(store) == before
+        assert readable_global(store) == before
         assert store.stream_info("a") == (140, 150, False)
         assert store.stream_info("b") == (150, 150, True)
         _fill(store, {"b": 1})
-        assert _read(store, "b") == [150]
+        assert readable_offsets(store, "b") == [150]
 
 
 def test_compaction_does_not_copy_a_damaged_record(store_dir: Path) -> None:
@@ -132,43 +111,43 @@ def test_retention_bytes_drops_whole_old_segments(store_dir: Path) -> None:
         _fill(store, {"old": 60}, pad=400)
         _fill(store, {"new": 500, "old": 1}, pad=400)
         _fill(store, {"idle": 1})
-        all_before = _global(store)
+        all_before = readable_global(store)
         head = store.global_head
     nseg = len(list((store_dir / "segments").glob("*.log")))
     with logstore.open(store_dir, retention_bytes=3 * SMALL_SEGMENT) as store:
         start = store.log_start
         kept = len(list((store_dir / "segments").glob("*.log")))
         assert start > 0 and kept < nseg and kept <= 3
-        readable = _global(store)
+        readable = readable_global(store)
         assert readable == all_before[len(all_before) - len(readable) :]
         assert len(readable) < len(all_before)
         first_old = store.stream_info("old")
         assert first_old is not None and first_old.head == 61
-        assert _read(store, "old") == list(range(first_old.first, 61))
+        assert readable_offsets(store, "old") == list(range(first_old.first, 61))
         assert store.global_head > head  # the RETAIN transaction
     assert_verified(store_dir)
     # Removed for good: a reopen without retention options reads the same.
     with logstore.open(store_dir) as store:
         assert store.log_start == start
-        assert _global(store) == readable
+        assert readable_global(store) == readable
         _fill(store, {"old": 1})  # heads survive retention
-        assert _read(store, "old")[-1] == 61
+        assert readable_offsets(store, "old")[-1] == 61
     os.unlink(store_dir / "CHECKPOINT")
     with logstore.open(store_dir) as store:
         assert store.log_start == start
-        assert _global(store) == [*readable, ("old", 61)]
+        assert readable_global(store) == [*readable, ("old", 61)]
         assert store.stream_info("idle") is not None
 
 
 def test_retention_by_age_keeps_the_active_segment(store_dir: Path) -> None:
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, {"a": 400}, pad=300)
-        last = _read(store, "a")[-5:]
+        last = readable_offsets(store, "a")[-5:]
     with logstore.open(store_dir, retention_age=1e-6) as store:
         assert len(list((store_dir / "segments").glob("*.log"))) == 1
         assert store.log_start == store._log.active.first
-        assert _read(store, "a") == [i for i in range(400) if i >= store.stream_info("a").first]  # type: ignore[union-attr]
-        assert set(last) <= set(_read(store, "a"))
+        assert readable_offsets(store, "a") == [i for i in range(400) if i >= store.stream_info("a").first]  # type: ignore[union-attr]
+        assert set(last) <= set(readable_offsets(store, "a"))
 
 
 def test_retention_while_writing_rolls(store_dir: Path) -> None:
@@ -178,7 +157,7 @@ def test_retention_while_writing_rolls(store_dir: Path) -> None:
             assert len(list((store_dir / "segments").glob("*.log"))) <= 3
         info = store.stream_info("a")
         assert info is not None and info.head == 300 and info.first > 0
-        assert _read(store, "a") == list(range(info.first, 300))
+        assert readable_offsets(store, "a") == list(range(info.first, 300))
 
 
 @pytest.mark.parametrize("option", [{"retention_age": 0}, {"retention_age": float("inf")}, {"retention_bytes": 0}])
