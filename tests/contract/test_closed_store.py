@@ -32,6 +32,7 @@ RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
     "open_global": lambda s: s.open_global(s, 0),
     "stream": lambda s: s.stream("s"),
     "global_stream": lambda s: s.global_stream(),
+    "read": lambda s: s.read("s"),
 }
 
 
