@@ -70,7 +70,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
 import logstore
-from logstore.checks import URL_SCHEMES
+from logstore.checks import URL_SCHEMES, check_stream_name
 from logstore.embedded import layout
 from logstore.embedded.store import Store
 from logstore.envelope import Envelope
@@ -88,7 +88,7 @@ from logstore.errors import (
     StreamClosedError,
 )
 from logstore.protocols import Stream
-from logstore.tx import Tx
+from logstore.tx import ANY_OFFSET, Tx
 
 if TYPE_CHECKING:
     from logstore.embedded.reader import StreamReader
@@ -121,23 +121,23 @@ NOTIFICATIONS = "notifications"
 def _message_ids(n: int) -> list[str]:
     """``n`` new message ids: version 4 UUIDs as text, from one random number for them all.
 
-    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The ids count up from a random
-    122-bit number drawn per call (``random.getrandbits``, reseeded in a forked child), which
-    keeps them as unlikely to collide as ``uuid4``'s.
+    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The 122 random bits of a
+    version 4 UUID are drawn once per call (``random.getrandbits``, reseeded in a forked child);
+    the ids share the first 74 and count up in the last 48 from that random start: distinct within
+    a call, and across calls as unlikely to collide as ``uuid4``'s. Only the last group of 12 hex
+    digits is formatted per id.
     """
-    base = _getrandbits(122)
-    ids = []
-    for i in range(n):
-        r = (base + i) & _MASK122
-        # The version (4) and variant (10) bits in their places among the 122 random ones.
-        h = "%032x" % ((r >> 74) << 80 | 0x4 << 76 | ((r >> 62) & 0xFFF) << 64 | 0x2 << 62 | (r & _MASK62))
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return ids
+    r = _getrandbits(122)
+    # 32 + 16 random bits, the version (4) and 12, the variant (10) and 14, then 48.
+    head = f"{r >> 90:08x}-{(r >> 74) & 0xFFFF:04x}-4{(r >> 62) & 0xFFF:03x}-{0x8000 | ((r >> 48) & 0x3FFF):04x}-"
+    low = r & _MASK48
+    if n == 1:
+        return [f"{head}{low:012x}"]
+    return [f"{head}{(low + i) & _MASK48:012x}" for i in range(n)]
 
 
 _getrandbits = random.getrandbits
-_MASK122 = (1 << 122) - 1
-_MASK62 = (1 << 62) - 1
+_MASK48 = (1 << 48) - 1
 
 
 _new = object.__new__
@@ -384,6 +384,7 @@ class LogstoreRecorder:
         self.prefix = prefix
         self.purpose = purpose
         self.notification_stream = f"{prefix}_{NOTIFICATIONS}"
+        self._notification_nameb = check_stream_name(self.notification_stream)
         # stream -> (head, version of the envelope at head - 1): what this recorder last wrote or read
         # at the end of an originator's stream. An entry holds while the stream's head is still that
         # head (envelopes never change; removals are checked apart), so a save of an aggregate this
@@ -487,6 +488,8 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
     ) -> None:
         """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
         store = self.store
+        staged = tx.appends
+        encoded: list[list[bytes]] = []  # each group's envelopes as append_messages encoded them
         for stream, (events, envs) in groups.items():
             info = store.stream_info(stream)
             head = 0 if info is None else info.head
@@ -498,8 +501,21 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                         f"version {last}"
                     )
             store.append_messages(tx, stream, head, envs)
+            encoded.append(staged[-1][3])
         if self.notifies and every:
-            store.append_messages(tx, self.notification_stream, logstore.ANY, every)
+            # The same envelopes again, in the order given: staged as append_messages encoded them above
+            # (checked and within the size limit there), rather than encoded a second time. The stream's
+            # name is checked in __init__, and the transaction by the appends above.
+            if len(encoded) == 1:
+                payloads = encoded[0]
+            else:
+                by_env = {
+                    id(env): payload
+                    for (_events, envs), group in zip(groups.values(), encoded, strict=True)
+                    for env, payload in zip(envs, group, strict=True)
+                }
+                payloads = [by_env[id(env)] for env in every]
+            tx.stage(self.notification_stream, self._notification_nameb, ANY_OFFSET, payloads)
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 
