@@ -270,6 +270,10 @@ def _stage_tracking(store: AnyStore, tx: Tx, prefix: str, tracking: Tracking) ->
     store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
 
 
+_Groups = dict[str, tuple[list[StoredEvent], list[Envelope]]]
+"""A save's events by originator stream: the events and their envelopes, in version order."""
+
+
 def _is_store(store: object) -> bool:
     """Whether ``store`` is a store of either backend (the PostgreSQL one only once its module is imported)."""
     if isinstance(store, Store):
@@ -432,29 +436,11 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
 
     def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
         """Write the events (and the tracking record) in one transaction; the notification ids when notifying."""
-        every: list[Envelope] = []  # in the order given: the notification order
-        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]] = {}
-        seen: dict[UUID | str, tuple[bytes | str, list[StoredEvent], list[Envelope]]] = {}
         now = datetime.now(UTC)  # one instant for the events of one save
-        for event, mid in zip(stored_events, _message_ids(len(stored_events)), strict=True):
-            oid = event.originator_id
-            entry = seen.get(oid)
-            if entry is None:
-                stream = self.originator_stream(oid)
-                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
-                if pair is None:
-                    pair = groups[stream] = ([], [])
-                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
-            key, events, envs = entry
-            if events and event.originator_version <= events[-1].originator_version:
-                raise IntegrityError(
-                    f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
-                    f"{events[-1].originator_version} then {event.originator_version}"
-                )
-            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
-            events.append(event)
-            envs.append(env)
-            every.append(env)
+        if len(stored_events) == 1:
+            groups, every = self._one(stored_events[0], now)
+        else:
+            groups, every = self._many(stored_events, now)
         store = self.store
         while True:
             tx, committer = store.begin_tx()
@@ -479,10 +465,48 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                 return []
             return [o + 1 for o in offsets[self.notification_stream]]
 
+    def _one(self, event: StoredEvent, now: datetime) -> tuple[_Groups, list[Envelope]]:
+        """:meth:`_many` for a save of one event (the common case), with less to build."""
+        oid = event.originator_id
+        key = oid.bytes if isinstance(oid, UUID) else str(oid)
+        mid = _message_ids(1)[0]
+        env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+        every = [env]
+        return {self.originator_stream(oid): ([event], every)}, every
+
+    def _many(self, stored_events: Sequence[StoredEvent], now: datetime) -> tuple[_Groups, list[Envelope]]:
+        """The events' envelopes by originator stream, with the events, and all of them in the order given.
+
+        ``IntegrityError`` when the versions of one originator do not ascend.
+        """
+        every: list[Envelope] = []  # in the order given: the notification order
+        groups: _Groups = {}
+        seen: dict[UUID | str, tuple[bytes | str, list[StoredEvent], list[Envelope]]] = {}
+        for event, mid in zip(stored_events, _message_ids(len(stored_events)), strict=True):
+            oid = event.originator_id
+            entry = seen.get(oid)
+            if entry is None:
+                stream = self.originator_stream(oid)
+                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
+                if pair is None:
+                    pair = groups[stream] = ([], [])
+                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
+            key, events, envs = entry
+            if events and event.originator_version <= events[-1].originator_version:
+                raise IntegrityError(
+                    f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
+                    f"{events[-1].originator_version} then {event.originator_version}"
+                )
+            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            events.append(event)
+            envs.append(env)
+            every.append(env)
+        return groups, every
+
     def _stage(
         self,
         tx: Tx,
-        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]],
+        groups: _Groups,
         every: list[Envelope],
         tracking: Tracking | None,
     ) -> None:
