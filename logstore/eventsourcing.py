@@ -70,7 +70,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, EnvType, resolve_topic, strtobool
 
 import logstore
-from logstore.checks import URL_SCHEMES
+from logstore.checks import URL_SCHEMES, check_stream_name
 from logstore.embedded import layout
 from logstore.embedded.store import Store
 from logstore.envelope import Envelope
@@ -88,7 +88,7 @@ from logstore.errors import (
     StreamClosedError,
 )
 from logstore.protocols import Stream
-from logstore.tx import Tx
+from logstore.tx import ANY_OFFSET, Tx
 
 if TYPE_CHECKING:
     from logstore.embedded.reader import StreamReader
@@ -121,23 +121,23 @@ NOTIFICATIONS = "notifications"
 def _message_ids(n: int) -> list[str]:
     """``n`` new message ids: version 4 UUIDs as text, from one random number for them all.
 
-    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The ids count up from a random
-    122-bit number drawn per call (``random.getrandbits``, reseeded in a forked child), which
-    keeps them as unlikely to collide as ``uuid4``'s.
+    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The 122 random bits of a
+    version 4 UUID are drawn once per call (``random.getrandbits``, reseeded in a forked child);
+    the ids share the first 74 and count up in the last 48 from that random start: distinct within
+    a call, and across calls as unlikely to collide as ``uuid4``'s. Only the last group of 12 hex
+    digits is formatted per id.
     """
-    base = _getrandbits(122)
-    ids = []
-    for i in range(n):
-        r = (base + i) & _MASK122
-        # The version (4) and variant (10) bits in their places among the 122 random ones.
-        h = "%032x" % ((r >> 74) << 80 | 0x4 << 76 | ((r >> 62) & 0xFFF) << 64 | 0x2 << 62 | (r & _MASK62))
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return ids
+    r = _getrandbits(122)
+    # 32 + 16 random bits, the version (4) and 12, the variant (10) and 14, then 48.
+    head = f"{r >> 90:08x}-{(r >> 74) & 0xFFFF:04x}-4{(r >> 62) & 0xFFF:03x}-{0x8000 | ((r >> 48) & 0x3FFF):04x}-"
+    low = r & _MASK48
+    if n == 1:
+        return [f"{head}{low:012x}"]
+    return [f"{head}{(low + i) & _MASK48:012x}" for i in range(n)]
 
 
 _getrandbits = random.getrandbits
-_MASK122 = (1 << 122) - 1
-_MASK62 = (1 << 62) - 1
+_MASK48 = (1 << 48) - 1
 
 
 _new = object.__new__
@@ -270,6 +270,10 @@ def _stage_tracking(store: AnyStore, tx: Tx, prefix: str, tracking: Tracking) ->
     store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
 
 
+_Groups = dict[str, tuple[list[StoredEvent], list[Envelope]]]
+"""A save's events by originator stream: the events and their envelopes, in version order."""
+
+
 def _is_store(store: object) -> bool:
     """Whether ``store`` is a store of either backend (the PostgreSQL one only once its module is imported)."""
     if isinstance(store, Store):
@@ -384,6 +388,7 @@ class LogstoreRecorder:
         self.prefix = prefix
         self.purpose = purpose
         self.notification_stream = f"{prefix}_{NOTIFICATIONS}"
+        self._notification_nameb = check_stream_name(self.notification_stream)
         # stream -> (head, version of the envelope at head - 1): what this recorder last wrote or read
         # at the end of an originator's stream. An entry holds while the stream's head is still that
         # head (envelopes never change; removals are checked apart), so a save of an aggregate this
@@ -431,29 +436,11 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
 
     def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
         """Write the events (and the tracking record) in one transaction; the notification ids when notifying."""
-        every: list[Envelope] = []  # in the order given: the notification order
-        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]] = {}
-        seen: dict[UUID | str, tuple[bytes | str, list[StoredEvent], list[Envelope]]] = {}
         now = datetime.now(UTC)  # one instant for the events of one save
-        for event, mid in zip(stored_events, _message_ids(len(stored_events)), strict=True):
-            oid = event.originator_id
-            entry = seen.get(oid)
-            if entry is None:
-                stream = self.originator_stream(oid)
-                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
-                if pair is None:
-                    pair = groups[stream] = ([], [])
-                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
-            key, events, envs = entry
-            if events and event.originator_version <= events[-1].originator_version:
-                raise IntegrityError(
-                    f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
-                    f"{events[-1].originator_version} then {event.originator_version}"
-                )
-            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
-            events.append(event)
-            envs.append(env)
-            every.append(env)
+        if len(stored_events) == 1:
+            groups, every = self._one(stored_events[0], now)
+        else:
+            groups, every = self._many(stored_events, now)
         store = self.store
         while True:
             tx, committer = store.begin_tx()
@@ -478,15 +465,55 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                 return []
             return [o + 1 for o in offsets[self.notification_stream]]
 
+    def _one(self, event: StoredEvent, now: datetime) -> tuple[_Groups, list[Envelope]]:
+        """:meth:`_many` for a save of one event (the common case), with less to build."""
+        oid = event.originator_id
+        key = oid.bytes if isinstance(oid, UUID) else str(oid)
+        mid = _message_ids(1)[0]
+        env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+        every = [env]
+        return {self.originator_stream(oid): ([event], every)}, every
+
+    def _many(self, stored_events: Sequence[StoredEvent], now: datetime) -> tuple[_Groups, list[Envelope]]:
+        """The events' envelopes by originator stream, with the events, and all of them in the order given.
+
+        ``IntegrityError`` when the versions of one originator do not ascend.
+        """
+        every: list[Envelope] = []  # in the order given: the notification order
+        groups: _Groups = {}
+        seen: dict[UUID | str, tuple[bytes | str, list[StoredEvent], list[Envelope]]] = {}
+        for event, mid in zip(stored_events, _message_ids(len(stored_events)), strict=True):
+            oid = event.originator_id
+            entry = seen.get(oid)
+            if entry is None:
+                stream = self.originator_stream(oid)
+                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
+                if pair is None:
+                    pair = groups[stream] = ([], [])
+                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
+            key, events, envs = entry
+            if events and event.originator_version <= events[-1].originator_version:
+                raise IntegrityError(
+                    f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
+                    f"{events[-1].originator_version} then {event.originator_version}"
+                )
+            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            events.append(event)
+            envs.append(env)
+            every.append(env)
+        return groups, every
+
     def _stage(
         self,
         tx: Tx,
-        groups: dict[str, tuple[list[StoredEvent], list[Envelope]]],
+        groups: _Groups,
         every: list[Envelope],
         tracking: Tracking | None,
     ) -> None:
         """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
         store = self.store
+        staged = tx.appends
+        encoded: list[list[bytes]] = []  # each group's envelopes as append_messages encoded them
         for stream, (events, envs) in groups.items():
             info = store.stream_info(stream)
             head = 0 if info is None else info.head
@@ -498,8 +525,21 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                         f"version {last}"
                     )
             store.append_messages(tx, stream, head, envs)
+            encoded.append(staged[-1][3])
         if self.notifies and every:
-            store.append_messages(tx, self.notification_stream, logstore.ANY, every)
+            # The same envelopes again, in the order given: staged as append_messages encoded them above
+            # (checked and within the size limit there), rather than encoded a second time. The stream's
+            # name is checked in __init__, and the transaction by the appends above.
+            if len(encoded) == 1:
+                payloads = encoded[0]
+            else:
+                by_env = {
+                    id(env): payload
+                    for (_events, envs), group in zip(groups.values(), encoded, strict=True)
+                    for env, payload in zip(envs, group, strict=True)
+                }
+                payloads = [by_env[id(env)] for env in every]
+            tx.stage(self.notification_stream, self._notification_nameb, ANY_OFFSET, payloads)
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 

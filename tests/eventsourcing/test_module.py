@@ -84,6 +84,12 @@ class Registrations(EventSourcedProjection[UUID]):
         processing_event.collect_events(roster)
 
 
+def given_order(given: Sequence[StoredEvent]) -> Any:
+    """A sort key that puts envelopes in the order of the events ``given`` (by topic)."""
+    topics = [e.topic for e in given]
+    return lambda env: topics.index(env.type)
+
+
 def _event(originator_id: UUID, version: int, topic: str = "topic") -> StoredEvent:
     return StoredEvent(originator_id=originator_id, originator_version=version, topic=topic, state=b"{}")
 
@@ -192,6 +198,32 @@ class TestTransactions(StoreCase):
             seen = [(log.stream_name(), log.global_offset(), env.type) for env in log]
         self.assertEqual(len(seen), 5)  # two events, their two notifications, one tracking record
         self.assertEqual([g for _s, g, _t in seen], [0, 1, 2, 3, 4])
+
+    def test_a_save_of_interleaved_originators_notifies_in_the_order_given(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        a, b = uuid4(), str(uuid4())
+        given = [
+            StoredEvent(a, 1, "a1", b"state a1"),
+            StoredEvent(b, 1, "b1", b"state b1"),
+            StoredEvent(a, 2, "a2", b"state a2"),
+            StoredEvent(b, 2, "b2", b"state b2"),
+            StoredEvent(a, 3, "a3", b"state a3"),
+        ]
+        self.assertEqual(recorder.insert_events(given), [1, 2, 3, 4, 5])
+        notifications = recorder.select_notifications(start=1, limit=10)
+        self.assertEqual(
+            [(n.id, n.originator_id, n.originator_version, n.topic, n.state) for n in notifications],
+            [(i + 1, e.originator_id, e.originator_version, e.topic, e.state) for i, e in enumerate(given)],
+        )
+        self.assertEqual([e.topic for e in recorder.select_events(a)], ["a1", "a2", "a3"])
+        self.assertEqual([e.state for e in recorder.select_events(b)], [b"state b1", b"state b2"])
+        # Each envelope is the same in its originator's stream and in the notification stream.
+        with self.store.global_stream() as log:
+            by_stream: dict[str, list[Envelope]] = {}
+            for env in log:
+                by_stream.setdefault(log.stream_name(), []).append(env)
+        ordered = sorted(by_stream[f"stored_events-{a}"] + by_stream[f"stored_events-{b}"], key=given_order(given))
+        self.assertEqual(by_stream["stored_notifications"], ordered)
 
     def test_a_save_that_lost_the_race_with_the_same_version_gets_integrity_error(self) -> None:
         recorder = RacingRecorder(self.store)
