@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 PREFETCH = 256
 """Most messages one query fetches."""
+FETCH_BYTES = 8 << 20
+"""Most envelope bytes one query fetches beyond its first message (which comes whatever its size): a query
+stops at the first message that starts at or past this many bytes. A batch of this many bytes or more is
+therefore no proof that nothing follows it."""
 
 # One fetched message: (offset, global offset, stream name, stream offset, envelope).
 Row = tuple[int, int, str, int, Envelope]
@@ -251,8 +255,9 @@ class PgGlobalReader(_Reader):
     def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
         end, rows = self._store._read_global(start, limit)
         out: list[Row] = [(goff, goff, name, soff, decode(env)) for goff, name, soff, env in rows]
-        if len(out) < limit:
-            # The query saw every commit below ``end`` (one snapshot): nothing more lies below it.
+        if len(out) < limit and sum(len(env) for _goff, _name, _soff, env in rows) < FETCH_BYTES:
+            # The query saw every commit below ``end`` (one snapshot), and neither of its bounds cut it:
+            # nothing more lies below it.
             return out, max(start, end)
         return out, out[-1][0] + 1
 

@@ -51,7 +51,7 @@ from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
-from logstore.postgres.reader import PgGlobalReader, PgStreamReader, close_readers
+from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgStreamReader, close_readers
 from logstore.results import CompactReport, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
@@ -698,7 +698,7 @@ class PostgresStore(StoreBase):
         # One round trip: whether the stream exists, and the reader's first batch (one snapshot).
         removals = self._signal.removals  # before the query, as a reader's fetch (see PgStreamReader)
         limit = PgStreamReader.FIRST_PREFETCH
-        rows = self._query(self._sql.open_stream, (offset, limit, stream), binary=True)
+        rows = self._query(self._sql.open_stream, (offset, limit, FETCH_BYTES, stream), binary=True)
         found = bool(rows and rows[0][0])
         batch = [(soff, goff, env) for _found, soff, goff, env in rows if soff is not None]
         reader = PgStreamReader(self, stream, offset, found, (batch, limit, removals))
@@ -740,8 +740,8 @@ class PostgresStore(StoreBase):
         while True:
             rows = self._read_stream(stream, start, READ_PAGE)
             out += [decode(env) for _soff, _goff, env in rows]
-            if len(rows) < READ_PAGE:
-                break
+            if len(rows) < READ_PAGE and sum(len(env) for _soff, _goff, env in rows) < FETCH_BYTES:
+                break  # neither bound cut the page: it reached the stream's end
             start = int(rows[-1][0]) + 1
         if rows:
             self._saw_head(stream, int(rows[-1][0]) + 1)
@@ -749,11 +749,11 @@ class PostgresStore(StoreBase):
 
     def _read_stream(self, name: str, start: int, limit: int) -> list[tuple[int, int, bytes]]:
         self._check_open()
-        return self._query(self._sql.read_stream, (name, start, limit), binary=True)
+        return self._query(self._sql.read_stream, (name, start, limit, FETCH_BYTES), binary=True)
 
     def _read_global(self, start: int, limit: int) -> tuple[int, list[tuple[int, str, int, bytes]]]:
         self._check_open()
-        rows = self._query(self._sql.read_global, (start, limit), binary=True)
+        rows = self._query(self._sql.read_global, (start, limit, FETCH_BYTES), binary=True)
         end = next(int(soff) for goff, _name, soff, _env in rows if goff == -1)
         return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
 
@@ -920,23 +920,41 @@ class _Statements:
         self.ids_at = q("SELECT message_id FROM {s}.log WHERE goff >= %s AND goff < %s ORDER BY goff")
         # The stream's row and its first messages (a lateral join: no row for a stream never written, one
         # row with NULL messages for a stream without readable ones), for open_stream: one snapshot.
+        # Every read of envelopes is bounded in messages (LIMIT) and in bytes (FETCH_BYTES): a message is
+        # fetched only if the envelopes before it in the batch come to less than the bound. The running sum
+        # is of octet_length, which reads a stored value's size without fetching it.
         self.open_stream = q(
             "SELECT s.head > 0 AND NOT s.deleted, l.soff, l.goff, l.envelope FROM {s}.streams s"
-            " LEFT JOIN LATERAL (SELECT soff, goff, envelope FROM {s}.log"
-            "  WHERE stream_id = s.id AND kind = 0 AND soff >= greatest(%s, s.first) ORDER BY soff LIMIT %s) l ON true"
+            " LEFT JOIN LATERAL (SELECT soff, goff, envelope FROM"
+            "  (SELECT soff, goff, envelope,"
+            "    sum(octet_length(envelope)) OVER (ORDER BY soff ROWS UNBOUNDED PRECEDING)"
+            "     - octet_length(envelope) AS before"
+            "   FROM (SELECT soff, goff, envelope FROM {s}.log"
+            "    WHERE stream_id = s.id AND kind = 0 AND soff >= greatest(%s, s.first) ORDER BY soff LIMIT %s) r) w"
+            "  WHERE before < %s) l ON true"
             " WHERE s.name = %s ORDER BY l.soff"
         )
         self.read_stream = q(
-            "SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
-            " WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"
-            " ORDER BY l.soff LIMIT %s"
+            "SELECT soff, goff, envelope FROM"
+            " (SELECT soff, goff, envelope,"
+            "   sum(octet_length(envelope)) OVER (ORDER BY soff ROWS UNBOUNDED PRECEDING)"
+            "    - octet_length(envelope) AS before"
+            "  FROM (SELECT l.soff, l.goff, l.envelope FROM {s}.streams s JOIN {s}.log l ON l.stream_id = s.id"
+            "   WHERE s.name = %s AND l.kind = 0 AND l.soff >= greatest(%s, s.first)"
+            "   ORDER BY l.soff LIMIT %s) r) w"
+            " WHERE before < %s ORDER BY soff"
         )
         # One statement, one snapshot: the end (head row, marked by goff -1, its next_goff as soff) and the
         # messages below it agree. A union rather than a join: the head table's row estimate then does not
         # multiply the plan's cost (which made the planner JIT-compile a 256-row read).
         self.read_global = q(
-            "(SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
-            " WHERE l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s)"
+            "(SELECT goff, name, soff, envelope FROM"
+            " (SELECT goff, name, soff, envelope,"
+            "   sum(octet_length(envelope)) OVER (ORDER BY goff ROWS UNBOUNDED PRECEDING)"
+            "    - octet_length(envelope) AS before"
+            "  FROM (SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
+            "   WHERE l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s) r) w"
+            " WHERE before < %s)"
             " UNION ALL (SELECT -1, NULL, next_goff, NULL FROM {s}.head)"
         )
         self.compact = q(

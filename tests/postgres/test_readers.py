@@ -160,3 +160,41 @@ def test_regression_a_read_waiting_for_a_connection_as_its_store_closed_raised_s
     assert not thread.is_alive()
     assert isinstance(result.get("error"), StreamClosedError), result
     assert reader.closed
+
+
+def test_every_read_is_bounded_in_bytes_and_a_cut_batch_is_no_proof_of_the_end(open_pg, monkeypatch):
+    """Each query fetches envelopes only while those before them in its batch come to less than
+    FETCH_BYTES (the first whatever its size), and a batch that the bound cut is not taken for the end:
+    readers and read() go on to the last message."""
+    from logstore.postgres import reader as pg_reader
+    from logstore.postgres import store as pg_store
+
+    bound = 3000
+    monkeypatch.setattr(pg_reader, "FETCH_BYTES", bound)
+    monkeypatch.setattr(pg_store, "FETCH_BYTES", bound)
+    store = open_pg()
+    big = Envelope.new("Big", b"x" * 5000)  # one envelope past the bound: fetched alone
+    small = [Envelope.new("E", {"i": i, "pad": b"p" * 900}) for i in range(40)]
+    with store.transaction() as tx:
+        tx.append("s", 0, [big, *small[:20]])
+        tx.append("t", 0, small[20:])
+    sizes: list[int] = []
+    for name in ("_read_stream", "_read_global"):
+        fetch = getattr(store, name)
+
+        def bounded(*args: Any, _fetch: Any = fetch) -> Any:
+            result = _fetch(*args)
+            rows = result[1] if isinstance(result, tuple) else result
+            envelopes = [row[-1] for row in rows]
+            assert sum(len(e) for e in envelopes[:-1]) < bound, [len(e) for e in envelopes]
+            sizes.append(len(envelopes))
+            return result
+
+        monkeypatch.setattr(store, name, bounded)
+    assert store.read("s") == [big, *small[:20]]
+    assert max(sizes) <= 4 and sizes[0] == 1  # the big one alone, then about three smalls a query
+    del sizes[:]
+    assert list(store.global_stream()) == [big, *small]
+    assert len(sizes) >= 40 // 4
+    reader, found = store.open_stream(store, "t", 0)
+    assert found and list(reader) == small[20:]
