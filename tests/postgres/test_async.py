@@ -71,31 +71,3 @@ def test_a_cancelled_anext_consumes_nothing(open_pg):
         reader.close()
 
     asyncio.run(main())
-
-
-def test_async_for_reads_on_until_the_stream_is_closed(open_pg):
-    store = open_pg()
-    first = [Envelope.new("Early", i) for i in range(2)]
-    _commit(store, "s", 0, first)
-
-    async def main() -> list[Envelope]:
-        reader = store.stream("s")
-        got: list[Envelope] = []
-        three = asyncio.Event()
-
-        async def consume() -> None:
-            async for env in reader:
-                got.append(env)
-                if len(got) == 3:
-                    three.set()
-
-        task = asyncio.create_task(consume())
-        late = [Envelope.new("Late", 0)]
-        await asyncio.to_thread(_commit, store, "s", 2, late)
-        await asyncio.wait_for(three.wait(), WAIT)
-        reader.close()
-        await asyncio.wait_for(task, WAIT)
-        return got
-
-    got = asyncio.run(main())
-    assert [e.type for e in got] == ["Early", "Early", "Late"]
