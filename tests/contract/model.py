@@ -101,11 +101,7 @@ class ApiModel(StoreMachine):
         """An append at a wrong offset raises at once; it adds nothing to the transaction."""
         plan = data.draw(st.just([]) | transaction_plans(list(self.streams)), label="valid appends first")
         tx, committer, messages, heads = self._begin_with(plan)
-        candidates = sorted(set(self.streams) | set(heads))
-        if candidates and data.draw(st.booleans(), label="known stream"):
-            name = data.draw(st.sampled_from(candidates), label="stream")
-        else:
-            name = self._unused_name(data)
+        name = self._some_stream(data, sorted(set(self.streams) | set(heads)))
         error = self._append_at_wrong_offset(data, tx, name, heads.get(name, self._head(name)))
         assert isinstance(error, logstore.ConcurrencyError)
         self._check_heads([name, *heads])
@@ -133,14 +129,17 @@ class ApiModel(StoreMachine):
                 committer.commit()
         self._check_heads(name for name, _ in plan)
 
+    def _some_stream(self, data: st.DataObject, known: list[str]) -> str:
+        """One of ``known`` streams, or a name never used."""
+        if known and data.draw(st.booleans(), label="known stream"):
+            return data.draw(st.sampled_from(known), label="stream")
+        return self._unused_name(data)
+
     # -- reading -------------------------------------------------------------------------
 
     @rule(data=st.data())
     def read_stream(self, data: st.DataObject) -> None:
-        if self.streams and data.draw(st.booleans(), label="known stream"):
-            name = data.draw(st.sampled_from(list(self.streams)), label="stream")
-        else:
-            name = self._unused_name(data)
+        name = self._some_stream(data, list(self.streams))
         expected = self.streams.get(name, [])
         start = data.draw(st.integers(0, len(expected) + 2), label="from offset")
         stream, found = self.s.open_stream(self.s, name, start)
@@ -263,10 +262,7 @@ class RemovalApiModel(ApiModel):
 
     @rule(data=st.data())
     def read_stream(self, data: st.DataObject) -> None:
-        if self.streams and data.draw(st.booleans(), label="known stream"):
-            name = data.draw(st.sampled_from(list(self.streams)), label="stream")
-        else:
-            name = self._unused_name(data)
+        name = self._some_stream(data, list(self.streams))
         envs = self.streams.get(name, [])
         start = data.draw(st.integers(0, len(envs) + 2), label="from offset")
         stream, found = self.s.open_stream(self.s, name, start)
