@@ -18,9 +18,13 @@ which the kernel drops when their holder dies):
    it holds (reserve its 20,480 bytes, zero them, state ``INITIALIZING``, the
    header with a new random instance, who and when, and last state
    ``READY``), then converts its lock to shared in place (an atomic
-   conversion: there is no moment without the lock).
+   conversion: there is no moment without the lock). A store opens with
+   ``hold``: the state becomes ``READY`` and the switch shared only once its
+   log is loaded, and a writable store keeps both as they are until another
+   opener asks to join (logstore/embedded/alone.py).
 3. Not granted: take the switch shared, waiting while a first opener holds it
-   exclusively (initializing takes microseconds). Then check the file: size,
+   exclusively: each refused try adds 1 to :data:`JOIN_ASKED_AT` and pauses
+   (0.2 ms, doubling up to 10 ms). Then check the file: size,
    state ``READY``, header (magic, version, checksum), the store id, the slot
    count. A state other than ``READY`` means the process that was initializing
    the file died before it finished: release the switch, pause 1-10 ms and go
