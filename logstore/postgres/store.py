@@ -45,6 +45,7 @@ from logstore.checks import (
     check_expected,
     check_offset,
     check_stream_name,
+    committed_at,
 )
 from logstore.envelope import Envelope, decode, encode_many
 from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
@@ -526,7 +527,13 @@ class PostgresStore(StoreBase):
         """
         nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
-            tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
+            tx.stage(
+                stream,
+                nameb,
+                ANY_OFFSET,
+                encode_many(envs, stream, None, MAX_ENVELOPE_SIZE),
+                [e.message_id for e in envs],
+            )
             return
         expected = tx.staged_head(stream)
         if expected is None:
@@ -534,8 +541,12 @@ class PostgresStore(StoreBase):
                 expected = self._heads.get(stream)
             if expected != offset:
                 expected = self.head(stream)
+            if offset < expected and committed_at(self, stream, offset, envs):
+                expected = offset  # a retry of a commit: the commit judges it (DuplicateMessageError)
         check_expected(stream, expected, offset)
-        tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
+        tx.stage(
+            stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE), [e.message_id for e in envs]
+        )
 
     def _commit_group(self, group: list[_Pending]) -> None:
         """Commit the transactions of ``group`` in one ``append_batch`` (the writer's leader calls this).

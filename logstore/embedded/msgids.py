@@ -1,0 +1,494 @@
+"""The message-id index: where each message id is in the log, for idempotent appends and ``store.locate``.
+
+A derived index (:mod:`logstore.embedded.derived`) kept by the engine
+beside its own: the writer adds each committed message inline (it knows the
+id, the stream and the offsets, so nothing is read back), recovery and the
+follower of other processes' commits apply the records they walk (the id
+is the envelope's first msgpack field, read without decoding the rest),
+and each checkpoint saves it. The structure and its files are
+:mod:`logstore.index.msgids`: sorted runs of (xxh3-64 of the id, global
+offset) in numpy arrays, and a small dict of the entries since the last
+fold. A hash hit is a candidate only: the record at that global offset is
+read and its id compared, so a collision of two ids costs one read and
+never a wrong answer.
+
+The writer's check (:meth:`MessageIds.check`, in the group processing
+before the offset check and the framing): for each envelope of a
+transaction, where the stream it is appended to already holds its id.
+
+- None of them anywhere: the transaction goes on as any other.
+- Every one at the very offset the transaction gives it (an append at
+  ``ANY``: at consecutive offsets), and their global offsets one range: a
+  retry of a commit whose outcome its client did not learn. Nothing is
+  written and ``commit()`` returns that range.
+- Anything else (an id at another offset of the stream, twice in the
+  transaction, or a transaction mixing committed messages with new ones):
+  :class:`~logstore.DuplicateMessageError`, nothing written.
+
+Lock rules: the holder of the writer role alone calls ``check``, ``added``,
+``apply``, ``prepare`` and ``encode``. Readers call :meth:`locate`; they
+read ``recent`` (a dict: single lookups are atomic) and ``runs`` (replaced
+whole, never changed in place), and bound what they report by the
+published ``visible_end``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+from xxhash import xxh3_64_intdigest
+
+from logstore.embedded import layout
+from logstore.embedded.derived import Applied, DerivedIndex
+from logstore.embedded.record import KIND_MESSAGE, Record
+from logstore.embedded.walk import record_at
+from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
+from logstore.index.errors import FormatError
+from logstore.index.msgids import (
+    Run,
+    decode_generation,
+    encode_generation,
+    id_hash,
+    merge,
+    sorted_run,
+)
+from logstore.tx import ANY_OFFSET
+
+if TYPE_CHECKING:
+    from logstore.embedded.checkpoint import Checkpoint
+    from logstore.embedded.fileio import FileIO
+    from logstore.embedded.log import Log
+    from logstore.index.catalog import Catalog
+    from logstore.tx import Append, Tx
+
+logger = logging.getLogger("logstore")
+
+FILE = "msgids"
+RUN_PREFIX = "msgids-"
+RUN_EXT = ".run"
+
+# Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
+# small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
+RECENT_MAX = 1 << 16
+
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+
+
+def run_name(generation: int) -> str:
+    return f"{RUN_PREFIX}{generation:020d}{RUN_EXT}"
+
+
+def is_run_name(name: str) -> bool:
+    stem = name[len(RUN_PREFIX) : -len(RUN_EXT)]
+    return name.startswith(RUN_PREFIX) and name.endswith(RUN_EXT) and len(stem) == 20 and stem.isdigit()
+
+
+def message_id_at(buf: object, start: int, end: int) -> bytes | None:
+    """The UTF-8 bytes of the message id of the envelope at ``buf[start:end]``, or None if it is not one.
+
+    An envelope is a msgpack array of seven items whose first is the id
+    (:mod:`logstore.envelope`): a fixarray byte ``0x97``, then a str header.
+    """
+    view = memoryview(buf)  # type: ignore[arg-type]
+    if end - start < 2 or view[start] != 0x97:
+        return None
+    b = view[start + 1]
+    if 0xA0 <= b <= 0xBF:
+        n, s = b & 0x1F, start + 2
+    elif b == 0xD9 and end - start >= 3:
+        n, s = view[start + 2], start + 3
+    elif b == 0xDA and end - start >= 4:
+        (n,), s = _BE16.unpack_from(view, start + 2), start + 4
+    elif b == 0xDB and end - start >= 6:
+        (n,), s = _BE32.unpack_from(view, start + 2), start + 6
+    else:
+        return None
+    if s + n > end:
+        return None
+    return bytes(view[s : s + n])
+
+
+def record_message_id(buf: object, rec: Record) -> bytes | None:
+    """The message id of message record ``rec`` of ``buf`` (None for other kinds)."""
+    if rec.kind != KIND_MESSAGE:
+        return None
+    return message_id_at(buf, rec.payload_start, rec.position + rec.length - 8)
+
+
+class MessageIds(DerivedIndex):
+    """The message-id index of one log; see the module docstring."""
+
+    file = FILE
+    label = "message-id index"
+
+    def __init__(self, log: Log | None) -> None:
+        super().__init__()
+        self.log = log
+        self.recent: dict[int, int | tuple[int, ...]] = {}
+        self.runs: list[Run] = []
+        self.start = 0  # entries below it belong to records that retention dropped
+        # This group's messages, not written yet: global offset -> (id, stream, stream offset).
+        self.unwritten: dict[int, tuple[str, str, int]] = {}
+        self._hashes: list[list[int]] = []  # check() -> added(): the hashes of the transaction's ids
+
+    # -- the table -------------------------------------------------------------------
+
+    def add(self, h: int, goff: int) -> None:
+        recent = self.recent
+        old = recent.get(h)
+        if old is None:
+            recent[h] = goff
+        elif type(old) is int:
+            recent[h] = (old, goff)
+        else:
+            recent[h] = (*old, goff)  # type: ignore[misc]
+        if len(recent) > RECENT_MAX:
+            self._fold()
+
+    def _recent_run(self) -> Run:
+        hs: list[int] = []
+        gs: list[int] = []
+        for h, v in self.recent.items():
+            if type(v) is int:
+                hs.append(h)
+                gs.append(v)
+            else:
+                for g in v:  # type: ignore[union-attr]
+                    hs.append(h)
+                    gs.append(g)
+        return sorted_run(hs, gs)
+
+    def _fold(self) -> None:
+        """Move the recent entries into an unsaved sorted run (merged with the last one if it is unsaved too)."""
+        run = self._recent_run()
+        runs = list(self.runs)
+        if runs and runs[-1].generation == 0:
+            run = merge([runs.pop(), run], self._log_start())
+        self.runs = [*runs, run]  # readers see the old list or the new one, never a list being changed
+        self.recent = {}
+
+    def candidates(self, h: int) -> list[int]:
+        """Global offsets whose message id may hash to ``h`` (any thread)."""
+        v = self.recent.get(h)
+        out: list[int] = [] if v is None else [v] if type(v) is int else list(v)  # type: ignore[list-item,arg-type]
+        key = np.uint64(h)
+        for run in self.runs:
+            hs = run.hashes
+            lo = int(np.searchsorted(hs, key, "left"))
+            if lo < len(hs) and hs[lo] == key:
+                hi = int(np.searchsorted(hs, key, "right"))
+                out.extend(int(g) for g in run.goffs[lo:hi])
+        return out
+
+    def _any_in_runs(self, hashes: list[int]) -> bool:
+        """Whether a run may hold any of ``hashes`` (one numpy search per run)."""
+        if not self.runs:
+            return False
+        keys = np.fromiter(hashes, np.uint64, len(hashes))
+        for run in self.runs:
+            hs = run.hashes
+            if not len(hs):
+                continue
+            at = np.searchsorted(hs, keys)
+            np.minimum(at, len(hs) - 1, out=at)
+            if bool(np.any(hs[at] == keys)):
+                return True
+        return False
+
+    def entries(self) -> Run:
+        """Every entry at or past the log's start, as one sorted run (verify, tests)."""
+        return merge([*self.runs, self._recent_run()], self._log_start())
+
+    def _log_start(self) -> int:
+        return self.start if self.log is None else max(self.start, self.log.published.log_start)
+
+    # -- reading records -------------------------------------------------------------------
+
+    def _place(self, goff: int) -> tuple[bytes, int, int, str | None] | None:
+        """(id, stream id, stream offset, name if NAMED) of the message record at ``goff``, or None."""
+        lg = self.log
+        assert lg is not None
+        try:
+            seg = lg.segment_for(goff)
+            pos = seg.positions.position(goff)
+            buf = seg.view
+            rec = record_at(buf, pos, len(buf))
+        except (KeyError, IndexError, ValueError, OSError):
+            return None
+        if rec is None or rec.goff != goff:
+            return None
+        mid = record_message_id(buf, rec)
+        if mid is None:
+            return None
+        return mid, rec.sid, rec.soff, rec.name
+
+    def locate(self, message_id: str, visible_end: int) -> Iterator[tuple[int, int, int]]:
+        """``(stream id, stream offset, global offset)`` of every readable message ``message_id`` below
+        ``visible_end``, in global order (any thread)."""
+        lg = self.log
+        assert lg is not None
+        want = message_id.encode()
+        start = self._log_start()
+        cat = lg.catalog
+        for goff in sorted(set(self.candidates(id_hash(message_id)))):
+            if goff < start or goff >= visible_end:
+                continue
+            place = self._place(goff)
+            if place is None or place[0] != want:
+                continue
+            _mid, sid, soff, _name = place
+            if sid < len(cat.first) and soff >= int(cat.first[sid]):  # not removed by truncation or deletion
+                yield sid, soff, goff
+
+    # -- the writer's check ------------------------------------------------------------------
+
+    def _in_stream(self, h: int, mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
+        """(stream offset, global offset) of every place stream ``name`` (id ``sid``) holds ``mid`` (writer role)."""
+        lg = self.log
+        assert lg is not None
+        written_end = lg.next_goff
+        start = self._log_start()
+        want = mid.encode()
+        out = []
+        for goff in self.candidates(h):
+            if goff >= written_end:  # this group's, not written yet
+                got = self.unwritten.get(goff)
+                if got is not None and got[0] == mid and got[1] == name:
+                    out.append((got[2], goff))
+                continue
+            if sid is None or goff < start:
+                continue
+            place = self._place(goff)
+            if place is None or place[0] != want or place[1] != sid:
+                continue
+            soff = place[2]
+            if soff >= int(cat.first[sid]):
+                out.append((soff, goff))
+        return out
+
+    def check(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
+        """Judge ``tx`` against the index (writer role, before its offsets are checked; see the module
+        docstring): None to commit it, a range for a retry (nothing to write), or the error to raise."""
+        recent = self.recent
+        every = [[id_hash(m) for m in mids] for mids in tx.message_ids]
+        self._hashes = every
+        flat = [h for hs in every for h in hs]
+        seen: set[tuple[str, int]] = set()
+        hit = False
+        for (name, _nb, _first, _payloads), hs in zip(tx.appends, every, strict=True):
+            for h in hs:
+                key = (name, h)
+                if key in seen:
+                    hit = True  # twice in the transaction (or a hash shared within it): looked at below
+                seen.add(key)
+                if h in recent:
+                    hit = True
+        if not hit and not self._any_in_runs(flat):
+            return None
+        return self._judge(tx, ids, cat)
+
+    def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
+        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction)."""
+        matched: list[int] = []  # global offsets of envelopes committed where the transaction puts them
+        first_match: tuple[str, str, int] | None = None  # (stream, id, stream offset) of the first of them
+        fresh = False  # some envelope is new to its stream
+        placed: dict[tuple[str, str], int | None] = {}  # (stream, id) -> offset the transaction gives it
+        assigned: list[Append] = []
+        for (name, nameb, first, payloads), mids, hs in zip(tx.appends, tx.message_ids, self._hashes, strict=True):
+            sid = ids.get(name)
+            any_start: int | None = None
+            for j, (mid, h) in enumerate(zip(mids, hs, strict=True)):
+                offset = None if first == ANY_OFFSET else first + j
+                if (name, mid) in placed:
+                    before = placed[(name, mid)]
+                    return DuplicateMessageError(
+                        name, mid, offset, -1 if before is None else before, "twice in one transaction"
+                    )
+                placed[(name, mid)] = offset
+                places = self._in_stream(h, mid, name, sid, cat)
+                if not places:
+                    fresh = True
+                    continue
+                soffs = [s for s, _g in places]
+                want = offset
+                if offset is None:  # at ANY: a retry's offsets follow on from where its first envelope is
+                    if j == 0:
+                        any_start = min(soffs)
+                    want = None if any_start is None else any_start + j
+                if want is None or want not in soffs:
+                    return DuplicateMessageError(name, mid, offset, min(soffs))
+                matched.append(next(g for s, g in places if s == want))
+                if first_match is None:
+                    first_match = (name, mid, want)
+            start = any_start if first == ANY_OFFSET and any_start is not None else first
+            assigned.append((name, nameb, start, payloads))
+        if first_match is None:
+            return None
+        name, mid, soff = first_match
+        if fresh:
+            return DuplicateMessageError(
+                name,
+                mid,
+                soff,
+                soff,
+                "committed there already, and the transaction also holds new messages: it is not a retry "
+                "of one commit, so nothing of it is written",
+            )
+        matched.sort()
+        span = range(matched[0], matched[-1] + 1)
+        if len(span) != len(matched) or len(set(matched)) != len(matched):
+            return DuplicateMessageError(
+                name,
+                mid,
+                soff,
+                soff,
+                "every message of the transaction is committed already, but not at one range of global "
+                "offsets: it is not a retry of one commit",
+            )
+        if tx.has_any:
+            tx.assign(assigned)
+        return span
+
+    def added(self, tx: Tx, tx_first: int) -> None:
+        """``tx`` passed the check and was framed from global offset ``tx_first`` on (writer role)."""
+        lg = self.log
+        assert lg is not None
+        unwritten = self.unwritten
+        if tx_first == lg.next_goff and unwritten:
+            unwritten.clear()  # the first transaction of a group: earlier groups' messages are written
+        goff = tx_first
+        add = self.add
+        for (name, _nb, soff, _payloads), mids, hs in zip(tx.appends, tx.message_ids, self._hashes, strict=True):
+            for j, (mid, h) in enumerate(zip(mids, hs, strict=True)):
+                add(h, goff)
+                unwritten[goff] = (mid, name, soff + j)
+                goff += 1
+
+    def take(self, other: MessageIds) -> None:
+        """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
+        self.recent, self.runs, self.start = other.recent, other.runs, other.start
+        self.unwritten = {}
+
+    # -- DerivedIndex ----------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.recent = {}
+        self.runs = []
+        self.start = 0
+        self.unwritten = {}
+
+    def apply(self, records: Applied) -> None:
+        lg = self.log
+        assert lg is not None
+        segments = lg.segments
+        for i, rec in records:
+            if rec.kind == KIND_MESSAGE:
+                self.apply_record(segments[i].view, rec)
+
+    def apply_record(self, buf: object, rec: Record) -> None:
+        """Index one record of ``buf`` (a message record; others are ignored)."""
+        mid = record_message_id(buf, rec)
+        if mid is not None:
+            self.add(xxh3_64_intdigest(mid), rec.goff)
+
+    def prepare(self) -> bool:
+        """Checkpoint step 1: write the unsaved entries as one run file, merged with the runs before it
+        while they are no more than twice its size (so a log of n messages has O(log n) runs), fsynced;
+        remove run files that neither the checkpoint in force nor the coming one lists."""
+        lg = self.log
+        assert lg is not None
+        generation = lg.generation + 1
+        start = self._log_start()
+        runs = list(self.runs)
+        unsaved = [r for r in runs if r.generation == 0]
+        saved = [r for r in runs if r.generation != 0]
+        if len(self.recent) > RECENT_MAX // 4:
+            unsaved.append(self._recent_run())
+            self.recent = {}
+        created = False
+        if unsaved:
+            new = merge(unsaved, start)
+            while saved and len(saved[-1]) <= 2 * len(new):
+                new = merge([saved.pop(), new], start)
+            data = new.encode(lg.store_id, generation)
+            lg.io.write_file_atomic(os.path.join(lg.directory, run_name(generation)), data)
+            saved.append(new)
+            created = True
+        self.runs = saved
+        self.start = start
+        self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
+        return created
+
+    def _remove_unlisted(self, io: FileIO, directory: str, current: int, keep: set[int]) -> None:
+        """Remove run files listed by neither the generation in force (``current``) nor ``keep``."""
+        try:
+            saved = decode_generation(
+                io.read_file(layout.index_path(directory, FILE, current)), self._store_id(), current
+            )
+        except (OSError, FormatError):
+            return  # not knowing what the checkpoint in force lists, remove nothing
+        keep = keep | {g for g, _c, _s in saved.runs}
+        for name in io.listdir(directory):
+            if is_run_name(name) and int(name[len(RUN_PREFIX) : -len(RUN_EXT)]) not in keep:
+                io.unlink(os.path.join(directory, name))
+
+    def _store_id(self) -> bytes:
+        assert self.log is not None
+        return self.log.store_id
+
+    def encode(self, generation: int) -> bytes:
+        return encode_generation(self._store_id(), generation, self._log_start(), self.runs, self._recent_run())
+
+    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
+        lg = self.log
+        assert lg is not None and data is not None
+        path = layout.index_path(lg.directory, FILE, ckpt.generation)
+        with as_corruption(path):
+            saved = decode_generation(data, lg.store_id, ckpt.generation)
+        runs = []
+        for generation, count, checksum in saved.runs:
+            rpath = os.path.join(lg.directory, run_name(generation))
+            with as_corruption(rpath):
+                runs.append(Run.decode(lg.io.read_file(rpath), lg.store_id, generation, count, checksum))
+        for run in [*runs, saved.recent]:
+            if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
+                raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
+        self.runs = runs
+        self.start = max(saved.start, ckpt.log_start)
+        self.recent = {}
+        for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
+            self.add(h, g)
+        self.unwritten = {}
+
+    def differences(self, rebuilt: DerivedIndex) -> list[str]:
+        assert isinstance(rebuilt, MessageIds)
+        return entry_differences(self.entries(), rebuilt.entries(), set())
+
+
+def entry_differences(loaded: Run, rebuilt: Run, removed: set[int]) -> list[str]:
+    """How the entries ``loaded`` from the files differ from those ``rebuilt`` from the log.
+
+    An entry of a message that compaction has since replaced by a REMOVED
+    record (its global offset in ``removed``) is in the files but not in the
+    log's rebuild: harmless, since a lookup reads the record and finds no id.
+    """
+    a = set(zip(loaded.hashes.tolist(), loaded.goffs.tolist(), strict=True))
+    b = set(zip(rebuilt.hashes.tolist(), rebuilt.goffs.tolist(), strict=True))
+    out = []
+    missing = sorted(b - a, key=lambda e: e[1])
+    if missing:
+        out.append(
+            f"message-id index lacks {len(missing)} message(s) of the log, the first at global offset {missing[0][1]}"
+        )
+    extra = sorted((e for e in a - b if e[1] not in removed), key=lambda e: e[1])
+    if extra:
+        out.append(
+            f"message-id index holds {len(extra)} entr(ies) the log does not, the first at global offset {extra[0][1]}"
+        )
+    return out
