@@ -45,7 +45,7 @@ from xxhash import xxh3_64_intdigest
 
 from logstore.embedded import layout
 from logstore.embedded.derived import Applied, DerivedIndex
-from logstore.embedded.record import KIND_MESSAGE, Record
+from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record
 from logstore.embedded.walk import record_at
 from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
 from logstore.index.errors import FormatError
@@ -176,7 +176,7 @@ class MessageIds(DerivedIndex):
     def candidates(self, h: int) -> list[int]:
         """Global offsets whose message id may hash to ``h`` (any thread)."""
         v = self.recent.get(h)
-        out: list[int] = [] if v is None else [v] if type(v) is int else list(v)  # type: ignore[list-item,arg-type]
+        out: list[int] = [] if v is None else [v] if isinstance(v, int) else list(v)
         key = np.uint64(h)
         for run in self.runs:
             hs = run.hashes
@@ -466,9 +466,17 @@ class MessageIds(DerivedIndex):
             self.add(h, g)
         self.unwritten = {}
 
-    def differences(self, rebuilt: DerivedIndex) -> list[str]:
-        assert isinstance(rebuilt, MessageIds)
-        return entry_differences(self.entries(), rebuilt.entries(), set())
+
+def _pairs(run: Run) -> np.ndarray:
+    """The entries of ``run`` as one 16-byte value each (hash, global offset), for set operations."""
+    both = np.empty((len(run), 2), dtype="<u8")
+    both[:, 0] = run.hashes
+    both[:, 1] = run.goffs
+    return both.view("V16").ravel()
+
+
+def _first_goff(pairs: np.ndarray) -> int:
+    return int(pairs.view("<u8").reshape(-1, 2)[:, 1].min())
 
 
 def entry_differences(loaded: Run, rebuilt: Run, removed: set[int]) -> list[str]:
@@ -478,17 +486,106 @@ def entry_differences(loaded: Run, rebuilt: Run, removed: set[int]) -> list[str]
     record (its global offset in ``removed``) is in the files but not in the
     log's rebuild: harmless, since a lookup reads the record and finds no id.
     """
-    a = set(zip(loaded.hashes.tolist(), loaded.goffs.tolist(), strict=True))
-    b = set(zip(rebuilt.hashes.tolist(), rebuilt.goffs.tolist(), strict=True))
+    if removed:
+        keep = ~np.isin(loaded.goffs, np.fromiter(removed, np.uint64, len(removed)))
+        loaded = Run(loaded.hashes[keep], loaded.goffs[keep])
+    same = len(loaded) == len(rebuilt) and np.array_equal(loaded.hashes, rebuilt.hashes)
+    if same and np.array_equal(loaded.goffs, rebuilt.goffs):
+        return []
+    a, b = _pairs(loaded), _pairs(rebuilt)
     out = []
-    missing = sorted(b - a, key=lambda e: e[1])
-    if missing:
+    missing = np.setdiff1d(b, a)
+    if len(missing):
         out.append(
-            f"message-id index lacks {len(missing)} message(s) of the log, the first at global offset {missing[0][1]}"
+            f"message-id index lacks {len(missing)} message(s) of the log, "
+            f"the first at global offset {_first_goff(missing)}"
         )
-    extra = sorted((e for e in a - b if e[1] not in removed), key=lambda e: e[1])
-    if extra:
+    extra = np.setdiff1d(a, b)
+    if len(extra):
         out.append(
-            f"message-id index holds {len(extra)} entr(ies) the log does not, the first at global offset {extra[0][1]}"
+            f"message-id index holds {len(extra)} entr(ies) that no message of the log has, "
+            f"the first at global offset {_first_goff(extra)}"
         )
+    if not out:
+        out.append("message-id index holds an entry more than once")
     return out
+
+
+class VerifyMessageIds:
+    """What ``logstore verify`` checks of the message-id index: its files of the checkpoint's generation
+    against an index rebuilt from the log's records below the checkpoint."""
+
+    def __init__(self) -> None:
+        self.rebuilt = MessageIds(None)
+        self.removed: set[int] = set()  # global offsets of REMOVED and LOST records
+        self.generations: list[str] = []
+        self.run_files: list[str] = []
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (in the store directory) is one of the index's files."""
+        if name.startswith(FILE + "."):
+            self.generations.append(name)
+            return True
+        if is_run_name(name) or (name.endswith(".tmp") and is_run_name(name[:-4])):
+            self.run_files.append(name)
+            return True
+        return False
+
+    def record(self, buf: object, rec: Record, ckpt_goff: int) -> None:
+        if rec.goff >= ckpt_goff:
+            return
+        if rec.kind == KIND_MESSAGE:
+            self.rebuilt.apply_record(buf, rec)
+        elif rec.kind in (KIND_REMOVED, KIND_LOST):
+            self.removed.add(rec.goff)
+
+    def against_log(
+        self, io: FileIO, directory: str, store_id: bytes, ckpt: Checkpoint, live: bool
+    ) -> tuple[list[tuple[str, int, str]], list[str]]:
+        """(problems as (path, byte position, what), notes)."""
+        problems: list[tuple[str, int, str]] = []
+        notes: list[str] = []
+        path = layout.index_path(directory, FILE, ckpt.generation)
+        for name in self.generations:
+            if name != os.path.basename(path) and not live:
+                notes.append(
+                    f"{os.path.join(directory, name)}: stale {MessageIds.label} generation (removed at next open)"
+                )
+        try:
+            data = io.read_file(path)
+        except FileNotFoundError:
+            notes.append(
+                f"{path}: missing (a store written before the message-id index, or a lost file): "
+                "the next writable open rebuilds the indexes from the log"
+            )
+            return problems, notes
+        try:
+            saved = decode_generation(data, store_id, ckpt.generation)
+        except FormatError as exc:
+            problems.append((path, exc.position, f"{MessageIds.label}: {exc.what}"))
+            return problems, notes
+        runs = []
+        listed = set()
+        for generation, count, checksum in saved.runs:
+            rpath = os.path.join(directory, run_name(generation))
+            listed.add(run_name(generation))
+            try:
+                runs.append(Run.decode(io.read_file(rpath), store_id, generation, count, checksum))
+            except FileNotFoundError:
+                problems.append((rpath, 0, f"{MessageIds.label} run file that {path} lists is missing"))
+            except FormatError as exc:
+                problems.append((rpath, exc.position, f"{MessageIds.label} run file: {exc.what}"))
+        if not live:
+            for name in self.run_files:
+                if name not in listed:
+                    notes.append(
+                        f"{os.path.join(directory, name)}: not listed by the checkpoint (removed at next checkpoint)"
+                    )
+        if problems:
+            return problems, notes
+        start = max(saved.start, ckpt.log_start)
+        loaded = merge([*runs, saved.recent], start)
+        self.rebuilt.start = start
+        for what in entry_differences(loaded, self.rebuilt.entries(), self.removed):
+            problems.append((path, 0, what))
+        return problems, notes

@@ -733,8 +733,8 @@ class Store(StoreBase):
         ...     with store.transaction() as tx:
         ...         tx.append("order-7", 0, [env])
         ...         tx.append("audit", 0, [env])
-        ...     store.locate(env.message_id)
-        [Location(stream='order-7', stream_offset=0, global_offset=0), Location(stream='audit', stream_offset=0, global_offset=1)]
+        ...     [tuple(place) for place in store.locate(env.message_id)]
+        [('order-7', 0, 0), ('audit', 0, 1)]
         """
         self._check_open()
         if type(message_id) is not str:

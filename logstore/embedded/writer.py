@@ -799,10 +799,10 @@ class Writer:
             # Pass 0: the message ids against the message-id index: a retry of a commit writes nothing.
             verdict = msgids.check(p.tx, ids, cat)
             if verdict is not None:
-                if type(verdict) is range:
+                if isinstance(verdict, range):
                     p.result = verdict
                 else:
-                    p.error = verdict  # type: ignore[assignment]
+                    p.error = verdict
                 continue
             appends = p.tx.appends
             # Pass 1: every offset must still be its stream's next one.

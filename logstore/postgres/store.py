@@ -31,7 +31,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import psycopg
@@ -48,12 +48,18 @@ from logstore.checks import (
     committed_at,
 )
 from logstore.envelope import Envelope, decode, encode_many
-from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
+from logstore.errors import (
+    DuplicateMessageError,
+    LogStoreError,
+    OffsetConflictError,
+    StoreClosedError,
+    StoreForkedError,
+)
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgStreamReader, close_readers
-from logstore.results import CompactReport, StreamInfo
+from logstore.results import CompactReport, Location, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"
@@ -84,14 +90,6 @@ DISK_ONLY_OPTIONS = {
     "retention_bytes": "retention by segment (delete with truncate_stream/delete_stream)",
 }
 """Options of ``logstore.open`` that mean something only for a store directory, with what they are about."""
-
-
-class Location(NamedTuple):
-    """One place a message is: what ``store.locate`` returns a list of."""
-
-    stream: str
-    offset: int
-    global_offset: int
 
 
 def is_url(path: object) -> bool:
@@ -599,8 +597,17 @@ class PostgresStore(StoreBase):
                 p.error.__cause__ = exc
             return
         committed = False
-        for k, goff, firsts, stream, expected, given in rows:
+        for k, goff, firsts, stream, expected, given, message_id, why in rows:
             p = group[k - 1]
+            if message_id is not None:  # already in the stream elsewhere: nothing of the transaction is written
+                p.error = DuplicateMessageError(
+                    stream,
+                    bytes(message_id).decode("utf-8"),
+                    None if given is None else int(given),
+                    int(expected),
+                    why or "",
+                )
+                continue
             if goff is None:
                 self._saw_head(stream, expected)
                 p.error = OffsetConflictError(stream, int(expected), int(given))
