@@ -58,7 +58,7 @@ def test_a_retry_returns_the_original_offsets_and_writes_nothing(open_store: Ope
         tx, committer = store.begin_tx()
         store.append_messages(tx, "s", 0, envs)
         assert committer.commit() == first == range(2, 5)
-        assert tx.stream_offsets == {"s": range(0, 3)}
+        assert tx.stream_offsets == {"s": range(3)}
         assert _snapshot(store) == before
         assert store.global_head == 6
         # A retry of part of a commit is a retry too.
@@ -75,7 +75,7 @@ def test_a_retry_of_a_transaction_over_two_streams(open_store: OpenStore) -> Non
         env = _envs("x", 1)
         more = _envs("y", 2)
         first = _commit(store, ("a", 0, env), ("b", 0, env + more))
-        assert first == range(0, 4)
+        assert first == range(4)
         before = _snapshot(store)
         assert _commit(store, ("a", 0, env), ("b", 0, env + more)) == first
         assert _snapshot(store) == before
@@ -135,7 +135,7 @@ def test_an_id_twice_in_one_transaction_raises(open_store: OpenStore) -> None:
         assert store.global_head == 0
         assert store.stream_info("s") is None
         # Twice in one transaction, in two streams: allowed (the rule is per stream).
-        assert _commit(store, ("s", 0, [env]), ("t", 0, [env])) == range(0, 2)
+        assert _commit(store, ("s", 0, [env]), ("t", 0, [env])) == range(2)
 
 
 def test_a_retry_mixed_with_new_envelopes_raises_and_writes_nothing(open_store: OpenStore) -> None:

@@ -145,7 +145,7 @@ def test_two_ids_with_one_hash_are_told_apart(store_dir: Path, monkeypatch: pyte
     monkeypatch.setattr(msgids, "id_hash", lambda _mid: 42)
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         a, b, c = _envs("a", 3)
-        assert _commit(store, "s", 0, [a, b]) == range(0, 2)
+        assert _commit(store, "s", 0, [a, b]) == range(2)
         assert _commit(store, "s", 2, [c]) == range(2, 3)
         assert _commit(store, "s", 1, [b]) == range(1, 2)
         assert store.locate(b.message_id) == [Location("s", 1, 1)]
