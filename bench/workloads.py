@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.envelopes import envelope_bytes, make_pool
+from bench.envelopes import envelope_at, envelope_bytes, make_pool
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
 from logstore import Envelope, Store
 
@@ -79,7 +79,7 @@ def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
     n = len(pool)
     count = 0
     for i, env in enumerate(peer.scan()):
-        if env != pool[i % n]:
+        if env != envelope_at(pool, i):
             raise RuntimeError(f"{peer.name}: global offset {i} differs from the envelope appended")
         count += 1
     _check(f"{peer.name}: scanned message count", count, messages)
@@ -97,7 +97,7 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     heads: dict[str, int] = {}
     for k, start in enumerate(range(0, messages, batch)):
         name = f"stream-{k % streams}"
-        envs = [pool[i % n] for i in range(start, min(start + batch, messages))]
+        envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
         txs.append((name, heads.get(name, 0), envs))
         heads[name] = heads.get(name, 0) + len(envs)
     t0 = clock()
@@ -154,7 +154,7 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             start.wait()
             for i in range(per_thread):
-                env = pool[(t * per_thread + i) % n]
+                env = envelope_at(pool, t * per_thread + i)
                 c = clock()
                 do(name, i, [env])
                 lat.append(clock() - c)
@@ -174,7 +174,11 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     for t in range(nthreads):
         got = peer.load(f"thread-{t}")
         _check(f"{peer.name}: thread-{t} length", len(got), per_thread)
-        _check(f"{peer.name}: thread-{t} envelopes", got, [pool[(t * per_thread + i) % n] for i in range(per_thread)])
+        _check(
+            f"{peer.name}: thread-{t} envelopes",
+            got,
+            [envelope_at(pool, t * per_thread + i) for i in range(per_thread)],
+        )
     peer.close()
     return {
         "seconds": seconds,
@@ -201,7 +205,7 @@ def scan(spec: dict[str, Any]) -> dict[str, Any]:
         count += 1
     seconds = clock() - opened
     _check(f"{peer.name}: scanned message count", count, messages)
-    _check(f"{peer.name}: last envelope", last, pool[(messages - 1) % len(pool)])
+    _check(f"{peer.name}: last envelope", last, envelope_at(pool, messages - 1))
     _verify_scan(peer, pool, messages)
     peer.close()
     return {"seconds": seconds, "messages": count, "open_seconds": opened - t0, "rss_kb": rss_kb()}
@@ -218,7 +222,7 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
     n = len(pool)
 
     def expected(s: int) -> list[Envelope]:
-        return [pool[(s * per_stream + j) % n] for j in range(per_stream)]
+        return [envelope_at(pool, s * per_stream + j) for j in range(per_stream)]
 
     batches = [(f"order-{s:07d}", expected(s)) for s in range(streams)]
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
@@ -274,7 +278,9 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = clock()
     k = 0
     for k, start in enumerate(range(0, messages, batch)):
-        peer.append(f"stream-{k % 1000}", (k // 1000) * batch, [pool[i % n] for i in range(start, start + batch)])
+        peer.append(
+            f"stream-{k % 1000}", (k // 1000) * batch, [envelope_at(pool, i) for i in range(start, start + batch)]
+        )
     seconds = clock() - t0
     unused = unused_preallocation(peer)
     peer.close()
@@ -303,7 +309,7 @@ def crash_tail(spec: dict[str, Any]) -> dict[str, Any]:
     for k, start in enumerate(range(0, tail, batch)):
         name = f"tail-{k % 1000}"
         store_head = store.head(name)
-        peer.append(name, store_head, [pool[i % n] for i in range(start, min(start + batch, tail))])
+        peer.append(name, store_head, [envelope_at(pool, i) for i in range(start, min(start + batch, tail))])
     head = store.global_head
     _emit({"tail": tail, "global_head": head})
     os.kill(os.getpid(), signal.SIGKILL)
@@ -350,7 +356,9 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     append_many = peer.append_many
     t0 = clock()
     for start in range(0, streams, per_tx):
-        append_many([(f"entity-{s:07d}", 0, [pool[s % n]]) for s in range(start, min(start + per_tx, streams))])
+        append_many(
+            [(f"entity-{s:07d}", 0, [envelope_at(pool, s)]) for s in range(start, min(start + per_tx, streams))]
+        )
     write_seconds = clock() - t0
     write_rss = rss_kb()
     unused = unused_preallocation(peer)
@@ -362,7 +370,7 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
         got.append(load(f"entity-{s:07d}"))
     load_seconds = clock() - t0
     for s, envs in zip(picks, got, strict=True):
-        _check(f"{peer.name}: stream entity-{s:07d}", envs, [pool[s % n]])
+        _check(f"{peer.name}: stream entity-{s:07d}", envs, [envelope_at(pool, s)])
     t0 = clock()
     peer.close()
     close_seconds = clock() - t0
@@ -374,7 +382,7 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = clock()
     envs = peer.load(f"entity-{s:07d}")
     first_load_seconds = clock() - t0
-    _check(f"{peer.name}: stream entity-{s:07d} after reopen", envs, [pool[s % n]])
+    _check(f"{peer.name}: stream entity-{s:07d} after reopen", envs, [envelope_at(pool, s)])
     peer.close()
     return {
         "write_seconds": write_seconds,
@@ -464,7 +472,7 @@ def procs_writer(spec: dict[str, Any]) -> dict[str, Any]:
     pool = make_pool(commits * batch, spec["size"])
     peer = open_peer(spec["store"], spec["dir"])
     stream = f"writer-{w}"
-    txs = [[pool[(k * batch + j) % len(pool)] for j in range(batch)] for k in range(commits)]
+    txs = [[envelope_at(pool, k * batch + j) for j in range(batch)] for k in range(commits)]
     _emit_line("ready")
     if sys.stdin.readline().strip() != "go":
         raise RuntimeError("procs_writer: expected go")
@@ -535,7 +543,7 @@ def tail(spec: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"{spec['store']} tailing reader did not start: {line!r}\n{err}")
             do, now, sleep = peer.append, time.monotonic_ns, time.sleep
             for i in range(total):
-                do("tail", start + i, [pool[(start + i) % n]])
+                do("tail", start + i, [envelope_at(pool, start + i)])
                 stamps[i] = now()
                 sleep(pace[i])
             outs = []
@@ -601,7 +609,7 @@ def tail_reader(spec: dict[str, Any]) -> dict[str, Any]:
     reader.close()
     n = len(pool)
     for i, taken in enumerate(got):
-        if taken != pool[(start + i) % n]:
+        if taken != envelope_at(pool, start + i):
             raise RuntimeError(f"{spec['store']} tailing reader: global offset {start + i} differs from the envelope")
     return result
 
