@@ -76,7 +76,6 @@ def _check(what: str, got: object, want: object) -> None:
 
 
 def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
-    n = len(pool)
     count = 0
     for i, env in enumerate(peer.scan()):
         if env != envelope_at(pool, i):
@@ -92,7 +91,6 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
     txs: list[tuple[str, int, list[Envelope]]] = []
     heads: dict[str, int] = {}
     for k, start in enumerate(range(0, messages, batch)):
@@ -141,7 +139,6 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
 def threads(spec: dict[str, Any]) -> dict[str, Any]:
     nthreads, per_thread = spec["threads"], spec["per_thread"]
     pool = make_pool(nthreads * per_thread, spec["size"])
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
     start = threading.Barrier(nthreads + 1)
     lats: list[list[float]] = [[] for _ in range(nthreads)]
@@ -219,7 +216,6 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
     messages = streams * per_stream
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
 
     def expected(s: int) -> list[Envelope]:
         return [envelope_at(pool, s * per_stream + j) for j in range(per_stream)]
@@ -273,7 +269,6 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     messages, batch = spec["messages"], spec["batch"]
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
     peer = open_peer("logstore", spec["dir"])
     t0 = clock()
     k = 0
@@ -303,7 +298,6 @@ def crash_tail(spec: dict[str, Any]) -> dict[str, Any]:
     """
     tail, batch = spec["tail"], spec["batch"]
     pool = make_pool(tail, spec["size"])
-    n = len(pool)
     peer = LogstorePeer(spec["dir"], checkpoint_bytes=1 << 40)
     store = peer.store
     for k, start in enumerate(range(0, tail, batch)):
@@ -351,7 +345,6 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     streams, per_tx, loads = spec["streams"], spec["per_tx"], spec["loads"]
     pool = make_pool(streams, spec["size"])
     base = rss_kb()
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"])
     append_many = peer.append_many
     t0 = clock()
@@ -513,7 +506,6 @@ def tail(spec: dict[str, Any]) -> dict[str, Any]:
     commits, warmup = spec["commits"], spec["warmup"]
     total = warmup + commits
     pool = make_pool(total * len(spec["readers"]), spec["size"])
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"])
     rng = random.Random(spec.get("seed", 10))
     phases = []
@@ -607,7 +599,6 @@ def tail_reader(spec: dict[str, Any]) -> dict[str, Any]:
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         result.update(idle_seconds=seconds, idle_cpu_seconds=cpu)
     reader.close()
-    n = len(pool)
     for i, taken in enumerate(got):
         if taken != envelope_at(pool, start + i):
             raise RuntimeError(f"{spec['store']} tailing reader: global offset {start + i} differs from the envelope")
