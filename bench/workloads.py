@@ -133,6 +133,43 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- ID: retries of committed transactions ---------------------------------------------------
+
+
+def retry(spec: dict[str, Any]) -> dict[str, Any]:
+    """W1's transactions, committed (not timed), then each committed again as a client's retry would
+    (timed): each must write nothing and return the global offsets of its first commit."""
+    messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
+    pool = make_pool(messages, spec["size"])
+    txs: list[tuple[str, int, list[Envelope]]] = []
+    heads: dict[str, int] = {}
+    for k, start in enumerate(range(0, messages, batch)):
+        name = f"stream-{k % streams}"
+        envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
+        txs.append((name, heads.get(name, 0), envs))
+        heads[name] = heads.get(name, 0) + len(envs)
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    first = [peer.commit(name, offset, envs) for name, offset, envs in txs]
+    retries = txs[:: spec.get("every", 1)]
+    lat = []
+    got = []
+    do = peer.commit
+    t0 = clock()
+    for name, offset, envs in retries:
+        t = clock()
+        got.append(do(name, offset, envs))
+        lat.append(clock() - t)
+    seconds = clock() - t0
+    _check(f"{peer.name}: the retries' global offsets", got, first[:: spec.get("every", 1)])
+    peer.close()
+    peer = open_peer(spec["store"], spec["dir"])
+    try:
+        _verify_scan(peer, pool, messages)  # nothing was written twice
+    finally:
+        peer.close()
+    return {"seconds": seconds, "retries": len(retries), "messages": messages, "latency": latency_summary(lat)}
+
+
 # -- W2: one-envelope transactions from many threads -----------------------------------------
 
 
@@ -772,6 +809,7 @@ def _es_wake(recorder: Any, spec: dict[str, Any], save: Callable[[int, int], lis
 
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "append": append,
+    "retry": retry,
     "threads": threads,
     "scan": scan,
     "event_sourcing": event_sourcing,

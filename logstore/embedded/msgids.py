@@ -435,7 +435,9 @@ class MessageIds(DerivedIndex):
             return  # not knowing what the checkpoint in force lists, remove nothing
         keep = keep | {g for g, _c, _s in saved.runs}
         for name in io.listdir(directory):
-            if is_run_name(name) and int(name[len(RUN_PREFIX) : -len(RUN_EXT)]) not in keep:
+            if name.endswith(".tmp") and is_run_name(name[:-4]):
+                io.unlink(os.path.join(directory, name))  # a run file whose checkpoint did not finish
+            elif is_run_name(name) and int(name[len(RUN_PREFIX) : -len(RUN_EXT)]) not in keep:
                 io.unlink(os.path.join(directory, name))
 
     def _store_id(self) -> bytes:
