@@ -38,13 +38,13 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
 from logstore.embedded import layout
-from logstore.embedded.derived import Applied, DerivedIndex
+from logstore.embedded.derived import Applied, DerivedIndex, IndexHost
 from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record
 from logstore.embedded.walk import record_at
 from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
@@ -62,9 +62,22 @@ from logstore.tx import ANY_OFFSET
 if TYPE_CHECKING:
     from logstore.embedded.checkpoint import Checkpoint
     from logstore.embedded.fileio import FileIO
-    from logstore.embedded.log import Log
+    from logstore.embedded.segment import Segment
     from logstore.index.catalog import Catalog
     from logstore.tx import Append, Tx
+
+
+class MessageIdHost(IndexHost, Protocol):
+    """What the message-id index uses of its log (:class:`logstore.embedded.log.Log`)."""
+
+    generation: int
+    next_goff: int
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def segment_for(self, goff: int) -> Segment: ...
+
 
 logger = logging.getLogger("logstore")
 
@@ -127,7 +140,7 @@ class MessageIds(DerivedIndex):
     file = FILE
     label = "message-id index"
 
-    def __init__(self, log: Log | None) -> None:
+    def __init__(self, log: MessageIdHost | None) -> None:
         super().__init__()
         self.log = log
         self.recent: dict[int, int | tuple[int, ...]] = {}
