@@ -337,10 +337,14 @@ def crash_tail(spec: dict[str, Any]) -> dict[str, Any]:
     pool = make_pool(tail, spec["size"])
     peer = LogstorePeer(spec["dir"], checkpoint_bytes=1 << 40)
     store = peer.store
+    base = store.global_head  # the tail's ids follow the global offsets: never one the store holds
     for k, start in enumerate(range(0, tail, batch)):
         name = f"tail-{k % 1000}"
         store_head = store.head(name)
-        peer.append(name, store_head, [envelope_at(pool, i) for i in range(start, min(start + batch, tail))])
+        envs = [
+            envelope_at(pool, i)._replace(message_id=f"tail-{base + i}") for i in range(start, min(start + batch, tail))
+        ]
+        peer.append(name, store_head, envs)
     head = store.global_head
     _emit({"tail": tail, "global_head": head})
     os.kill(os.getpid(), signal.SIGKILL)
