@@ -419,21 +419,25 @@ class MessageIds(DerivedIndex):
         generation = lg.generation + 1
         start = self._log_start()
         runs = list(self.runs)
-        unsaved = [r for r in runs if r.generation == 0]
-        saved = [r for r in runs if r.generation != 0]
-        if len(self.recent) > RECENT_MAX // 4:
+        # A run whose file is gone is written again: another process's checkpoint removes the run files
+        # that neither its checkpoint nor the one in force lists, which may be this process's older ones.
+        unsaved = [r for r in runs if r.generation == 0 or not lg.io.exists(self._run_path(r.generation))]
+        saved = [r for r in runs if r not in unsaved]
+        folded = len(self.recent) > RECENT_MAX // 4
+        if folded:
             unsaved.append(self._recent_run())
-            self.recent = {}
         created = False
         if unsaved:
             new = merge(unsaved, start)
             while saved and len(saved[-1]) <= 2 * len(new):
                 new = merge([saved.pop(), new], start)
             data = new.encode(lg.store_id, generation)
-            lg.io.write_file_atomic(os.path.join(lg.directory, run_name(generation)), data)
+            lg.io.write_file_atomic(self._run_path(generation), data)
             saved.append(new)
             created = True
         self.runs = saved
+        if folded:
+            self.recent = {}  # after the runs that hold its entries: a reader finds every entry in one or the other
         self.start = start
         self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
         return created
@@ -452,6 +456,10 @@ class MessageIds(DerivedIndex):
                 io.unlink(os.path.join(directory, name))  # a run file whose checkpoint did not finish
             elif is_run_name(name) and int(name[len(RUN_PREFIX) : -len(RUN_EXT)]) not in keep:
                 io.unlink(os.path.join(directory, name))
+
+    def _run_path(self, generation: int) -> str:
+        assert self.log is not None
+        return os.path.join(self.log.directory, run_name(generation))
 
     def _store_id(self) -> bytes:
         assert self.log is not None

@@ -78,6 +78,23 @@ def test_runs_are_saved_and_loaded(store_dir: Path, small_folds: None) -> None:
             _commit(store, stream, store.head(stream), envs[:1])
 
 
+def test_a_run_file_removed_under_the_store_is_written_again(store_dir: Path, small_folds: None) -> None:
+    """Another process's checkpoint removes the run files that neither it nor the checkpoint in force lists,
+    which may be this process's: its next checkpoint writes those runs again."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = _fill(store, 40)
+        gone = _files(store_dir, msgids.RUN_PREFIX)
+        assert gone
+        for p in gone:
+            p.unlink()
+        written += _fill(store, 5)  # checkpoints follow
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == []
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+
+
 def test_a_crash_keeps_the_index_of_what_survived(store_dir: Path, small_folds: None) -> None:
     store = logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096, durability="none")
     written = _fill(store, 40)
