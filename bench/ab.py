@@ -69,9 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(
-            f"median base {medians['base']:,.0f}, this {medians['this']:,.0f} msg/s: this / base = {report['ratio']:.3f}"
-        )
+        base, this = medians["base"], medians["this"]
+        print(f"median base {base:,.0f}, this {this:,.0f} msg/s: this / base = {report['ratio']:.3f}")
     return 0
 
 
