@@ -53,7 +53,6 @@ from logstore.index.msgids import (
     Run,
     decode_generation,
     encode_generation,
-    id_hash,
     merge,
     sorted_run,
 )
@@ -88,6 +87,9 @@ RUN_EXT = ".run"
 # Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
 # small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
 RECENT_MAX = 1 << 16
+
+hash_bytes = xxh3_64_intdigest
+"""The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
 
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
@@ -146,9 +148,13 @@ class MessageIds(DerivedIndex):
         self.recent: dict[int, int | tuple[int, ...]] = {}
         self.runs: list[Run] = []
         self.start = 0  # entries below it belong to records that retention dropped
-        # This group's messages, not written yet: global offset -> (id, stream, stream offset).
-        self.unwritten: dict[int, tuple[str, str, int]] = {}
-        self._hashes: list[list[int]] = []  # check() -> added(): the hashes of the transaction's ids
+        # This group's transactions, not written yet: (first global offset, transaction).
+        self.unwritten: list[tuple[int, Tx]] = []
+        # check() -> added(): the hashes of the transaction's ids, per append and in one list, and whether
+        # none of them is in the table yet (nor twice in the transaction)
+        self._hashes: list[list[int]] = []
+        self._flat: list[int] = []
+        self._simple = False
 
     # -- the table -------------------------------------------------------------------
 
@@ -249,7 +255,7 @@ class MessageIds(DerivedIndex):
         want = message_id.encode()
         start = self._log_start()
         cat = lg.catalog
-        for goff in sorted(set(self.candidates(id_hash(message_id)))):
+        for goff in sorted(set(self.candidates(hash_bytes(want)))):
             if goff < start or goff >= visible_end:
                 continue
             place = self._place(goff)
@@ -271,7 +277,7 @@ class MessageIds(DerivedIndex):
         out = []
         for goff in self.candidates(h):
             if goff >= written_end:  # this group's, not written yet
-                got = self.unwritten.get(goff)
+                got = self._unwritten(goff)
                 if got is not None and got[0] == mid and got[1] == name:
                     out.append((got[2], goff))
                 continue
@@ -288,22 +294,21 @@ class MessageIds(DerivedIndex):
     def check(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
         """Judge ``tx`` against the index (writer role, before its offsets are checked; see the module
         docstring): None to commit it, a range for a retry (nothing to write), or the error to raise."""
-        recent = self.recent
-        every = [[id_hash(m) for m in mids] for mids in tx.message_ids]
-        self._hashes = every
-        flat = [h for hs in every for h in hs]
-        seen: set[tuple[str, int]] = set()
-        hit = False
-        for (name, _nb, _first, _payloads), hs in zip(tx.appends, every, strict=True):
-            for h in hs:
-                key = (name, h)
-                if key in seen:
-                    hit = True  # twice in the transaction (or a hash shared within it): looked at below
-                seen.add(key)
-                if h in recent:
-                    hit = True
-        if not hit and not self._any_in_runs(flat):
+        xxh = hash_bytes
+        flat = [xxh(m.encode()) for mids in tx.message_ids for m in mids]
+        self._flat = flat
+        # The common case at C speed: ids distinct, none in the recent table, none in a run.
+        simple = len(set(flat)) == len(flat) and self.recent.keys().isdisjoint(flat)
+        if simple and not self._any_in_runs(flat):
+            self._simple = True
             return None
+        self._simple = False
+        every = []
+        at = 0
+        for mids in tx.message_ids:
+            every.append(flat[at : at + len(mids)])
+            at += len(mids)
+        self._hashes = every
         return self._judge(tx, ids, cat)
 
     def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
@@ -372,21 +377,34 @@ class MessageIds(DerivedIndex):
         """``tx`` passed the check and was framed from global offset ``tx_first`` on (writer role)."""
         lg = self.log
         assert lg is not None
-        unwritten = self.unwritten
-        if tx_first == lg.next_goff and unwritten:
-            unwritten.clear()  # the first transaction of a group: earlier groups' messages are written
-        goff = tx_first
-        add = self.add
-        for (name, _nb, soff, _payloads), mids, hs in zip(tx.appends, tx.message_ids, self._hashes, strict=True):
-            for j, (mid, h) in enumerate(zip(mids, hs, strict=True)):
-                add(h, goff)
-                unwritten[goff] = (mid, name, soff + j)
-                goff += 1
+        if tx_first == lg.next_goff:
+            self.unwritten = []  # the first transaction of a group: earlier groups' messages are written
+        self.unwritten.append((tx_first, tx))
+        flat = self._flat
+        if self._simple:  # no id of it in the table: one C call
+            self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
+            if len(self.recent) > RECENT_MAX:
+                self._fold()
+            return
+        for k, h in enumerate(flat):
+            self.add(h, tx_first + k)
+
+    def _unwritten(self, goff: int) -> tuple[str, str, int] | None:
+        """(id, stream, stream offset) of message ``goff`` of the group being framed (not written yet)."""
+        for first, tx in self.unwritten:
+            k = goff - first
+            if k < 0:
+                continue
+            for (name, _nb, soff, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
+                if k < len(payloads):
+                    return mids[k], name, soff + k
+                k -= len(payloads)
+        return None
 
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
         self.recent, self.runs, self.start = other.recent, other.runs, other.start
-        self.unwritten = {}
+        self.unwritten = []
 
     # -- DerivedIndex ----------------------------------------------------------------
 
@@ -394,7 +412,7 @@ class MessageIds(DerivedIndex):
         self.recent = {}
         self.runs = []
         self.start = 0
-        self.unwritten = {}
+        self.unwritten = []
 
     def apply(self, records: Applied) -> None:
         lg = self.log
@@ -408,7 +426,7 @@ class MessageIds(DerivedIndex):
         """Index one record of ``buf`` (a message record; others are ignored)."""
         mid = record_message_id(buf, rec)
         if mid is not None:
-            self.add(xxh3_64_intdigest(mid), rec.goff)
+            self.add(hash_bytes(mid), rec.goff)
 
     def prepare(self) -> bool:
         """Checkpoint step 1: write the unsaved entries as one run file, merged with the runs before it
@@ -487,7 +505,7 @@ class MessageIds(DerivedIndex):
         self.recent = {}
         for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
             self.add(h, g)
-        self.unwritten = {}
+        self.unwritten = []
 
 
 def _pairs(run: Run) -> np.ndarray:

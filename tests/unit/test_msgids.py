@@ -159,7 +159,7 @@ def test_verify_finds_an_index_that_lacks_a_message(store_dir: Path) -> None:
 
 
 def test_two_ids_with_one_hash_are_told_apart(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(msgids, "id_hash", lambda _mid: 42)
+    monkeypatch.setattr(msgids, "hash_bytes", lambda _mid: 42)
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         a, b, c = _envs("a", 3)
         assert _commit(store, "s", 0, [a, b]) == range(2)
