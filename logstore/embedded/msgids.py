@@ -104,6 +104,12 @@ def is_run_name(name: str) -> bool:
     return name.startswith(RUN_PREFIX) and name.endswith(RUN_EXT) and len(stem) == 20 and stem.isdigit()
 
 
+def is_index_file(name: str) -> bool:
+    """Whether ``name`` (in the store directory) is a file of the message-id index, or its temporary file."""
+    bare = name.removesuffix(".tmp")
+    return bare.startswith(FILE + ".") or is_run_name(bare)
+
+
 def message_id_at(buf: object, start: int, end: int) -> bytes | None:
     """The UTF-8 bytes of the message id of the envelope at ``buf[start:end]``, or None if it is not one.
 

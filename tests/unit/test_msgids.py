@@ -141,6 +141,8 @@ def test_a_damaged_file_is_found_by_verify_and_repaired(store_dir: Path, small_f
     report = repair(str(store_dir))
     assert report.changed
     assert verify(str(store_dir)).ok
+    kept = list((store_dir / "lost+found").iterdir()) if (store_dir / "lost+found").exists() else []
+    assert not [p for p in kept if msgids.FILE in p.name], "derived files are rebuilt, never kept in lost+found"
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         for stream, head, envs, g in written:
             assert _commit(store, stream, head, envs) == g
