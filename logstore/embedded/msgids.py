@@ -601,9 +601,13 @@ class VerifyMessageIds:
         try:
             data = io.read_file(path)
         except FileNotFoundError:
-            notes.append(
-                f"{path}: missing (a store written before the message-id index, or a lost file): "
-                "the next writable open rebuilds the indexes from the log"
+            problems.append(
+                (
+                    path,
+                    0,
+                    f"{MessageIds.label} file of the checkpoint's generation is missing (a store written before "
+                    "the index, or a lost file): the next writable open rebuilds the indexes from the log",
+                )
             )
             return problems, notes
         try:
