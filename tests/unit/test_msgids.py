@@ -116,12 +116,8 @@ def test_a_missing_generation_file_is_rebuilt_from_the_log(store_dir: Path) -> N
     (gen,) = _files(store_dir, msgids.FILE + ".")
     gen.unlink()
     result = verify(str(store_dir))
-    assert [(p.path, p.what.split(":")[0]) for p in result.problems] == [
-        (
-            str(gen),
-            "message-id index file of the checkpoint's generation is missing (a store written before the index, or a lost file)",
-        )
-    ]
+    assert [p.path for p in result.problems] == [str(gen)]
+    assert "file of the checkpoint's generation is missing" in result.problems[0].what
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         assert store.recovery_report.rebuilt == ["all indexes"]
         for stream, head, envs, g in written:
