@@ -112,13 +112,19 @@ def sorted_run(hashes: Iterable[int] | U64Array, goffs: Iterable[int] | U64Array
 
 
 def merge(runs: list[Run], start: int) -> Run:
-    """One run of every entry of ``runs`` at or past global offset ``start``."""
+    """One run of every entry of ``runs`` at or past global offset ``start``.
+
+    ``runs`` come oldest first, each sorted, and a newer run's global offsets are past an older one's
+    for a shared hash (the index adds entries in log order): a stable sort on the hashes alone (numpy's
+    radix sort for integers, linear) then keeps every hash's global offsets ascending.
+    """
     h = np.concatenate([r.hashes for r in runs]) if runs else np.zeros(0, np.uint64)
     g = np.concatenate([r.goffs for r in runs]) if runs else np.zeros(0, np.uint64)
     if start:
         keep = g >= np.uint64(start)
         h, g = h[keep], g[keep]
-    return sorted_run(h, g)
+    order = np.argsort(h, kind="stable")
+    return Run(h[order], g[order])
 
 
 class Saved(NamedTuple):

@@ -177,6 +177,15 @@ class MessageIds(DerivedIndex):
             self._fold()
 
     def _recent_run(self) -> Run:
+        recent = self.recent
+        try:  # the common case: one global offset per hash, in the order they were added
+            keys = np.fromiter(recent.keys(), np.uint64, len(recent))
+            values = np.fromiter(recent.values(), np.uint64, len(recent))
+        except TypeError:
+            pass  # some hash has several: one by one below
+        else:
+            order = np.argsort(keys, kind="stable")
+            return Run(keys[order], values[order])
         hs: list[int] = []
         gs: list[int] = []
         for h, v in self.recent.items():
@@ -220,9 +229,7 @@ class MessageIds(DerivedIndex):
             hs = run.hashes
             if not len(hs):
                 continue
-            at = np.searchsorted(hs, keys)
-            np.minimum(at, len(hs) - 1, out=at)
-            if bool(np.any(hs[at] == keys)):
+            if (hs.take(np.searchsorted(hs, keys), mode="clip") == keys).any():
                 return True
         return False
 
@@ -536,6 +543,8 @@ def entry_differences(loaded: Run, rebuilt: Run, removed: set[int]) -> list[str]
     if removed:
         keep = ~np.isin(loaded.goffs, np.fromiter(removed, np.uint64, len(removed)))
         loaded = Run(loaded.hashes[keep], loaded.goffs[keep])
+    loaded = sorted_run(loaded.hashes, loaded.goffs)  # one order for both (by hash, then global offset)
+    rebuilt = sorted_run(rebuilt.hashes, rebuilt.goffs)
     same = len(loaded) == len(rebuilt) and np.array_equal(loaded.hashes, rebuilt.hashes)
     if same and np.array_equal(loaded.goffs, rebuilt.goffs):
         return []

@@ -78,6 +78,27 @@ def test_runs_are_saved_and_loaded(store_dir: Path, small_folds: None) -> None:
             _commit(store, stream, store.head(stream), envs[:1])
 
 
+def test_one_message_in_two_streams_folds_saves_and_loads(store_dir: Path, small_folds: None) -> None:
+    """Entries that share a hash (one message in two streams) through folds, checkpoints and a reopen."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = []
+        for k in range(30):
+            envs = _envs(f"k{k}", 2)
+            tx, committer = store.begin_tx()
+            store.append_messages(tx, f"a-{k % 3}", store.head(f"a-{k % 3}"), envs)
+            store.append_messages(tx, "all", store.head("all"), envs)
+            written.append((envs, committer.commit(), dict(tx.stream_offsets or {})))
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == []
+        for envs, g, spans in written:
+            assert [p.global_offset for p in store.locate(envs[1].message_id)] == [g[1], g[3]]
+            tx, committer = store.begin_tx()
+            for stream, span in spans.items():
+                store.append_messages(tx, stream, span.start, envs)
+            assert committer.commit() == g
+
+
 def test_a_run_file_removed_under_the_store_is_written_again(store_dir: Path, small_folds: None) -> None:
     """Another process's checkpoint removes the run files that neither it nor the checkpoint in force lists,
     which may be this process's: its next checkpoint writes those runs again."""
