@@ -23,8 +23,9 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W1 = {"workload": "append", "store": "logstore", "messages": 200_000, "batch": 100, "size": 300}
 
 
-def run_once(tree: str, spec: dict[str, Any], work: str) -> float:
-    """Messages per second of one run of ``spec`` with logstore imported from ``tree``."""
+def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[float, float]:
+    """Messages per second of one run of ``spec`` with logstore imported from ``tree``, and the process's
+    CPU microseconds per message (the workload's ``cpu_seconds``; 0 where it has none)."""
     path = tempfile.mkdtemp(dir=work)
     shutil.rmtree(path)
     env = {**os.environ, "PYTHONPATH": tree}
@@ -38,7 +39,8 @@ def run_once(tree: str, spec: dict[str, Any], work: str) -> float:
     )
     shutil.rmtree(path, ignore_errors=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return float(result["messages"]) / float(result["seconds"])
+    n = float(result["messages"])
+    return n / float(result["seconds"]), float(result.get("cpu_seconds", 0.0)) / n * 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,23 +56,35 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copytree(os.path.join(HERE, "bench"), base_bench)  # the same workload code on both sides
     work = tempfile.mkdtemp(prefix="logstore-ab-")
     runs: dict[str, list[float]] = {"base": [], "this": []}
+    cpu: dict[str, list[float]] = {"base": [], "this": []}
     try:
         for k in range(args.runs):
             order = (("base", args.base), ("this", HERE)) if k % 2 == 0 else (("this", HERE), ("base", args.base))
             for label, tree in order:
-                rate = run_once(tree, spec, work)
+                rate, us = run_once(tree, spec, work)
                 runs[label].append(rate)
+                cpu[label].append(us)
                 if not args.json:
-                    print(f"run {k + 1} {label}: {rate:,.0f} msg/s", flush=True)
+                    print(f"run {k + 1} {label}: {rate:,.0f} msg/s, {us:.2f} us of CPU per message", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     medians = {k: statistics.median(v) for k, v in runs.items()}
-    report = {"spec": spec, "runs": runs, "median": medians, "ratio": medians["this"] / medians["base"]}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
+    report = {
+        "spec": spec,
+        "runs": runs,
+        "median": medians,
+        "ratio": medians["this"] / medians["base"],
+        "cpu_us_per_message": cpu,
+        "cpu_median": cpu_medians,
+    }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         base, this = medians["base"], medians["this"]
         print(f"median base {base:,.0f}, this {this:,.0f} msg/s: this / base = {report['ratio']:.3f}")
+        cb, ct = cpu_medians["base"], cpu_medians["this"]
+        print(f"median CPU per message: base {cb:.2f} us, this {ct:.2f} us ({ct / cb:.3f}x)" if cb else "")
     return 0
 
 
