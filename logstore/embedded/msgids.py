@@ -156,9 +156,8 @@ class MessageIds(DerivedIndex):
         self.start = 0  # entries below it belong to records that retention dropped
         # This group's transactions, not written yet: (first global offset, transaction).
         self.unwritten: list[tuple[int, Tx]] = []
-        # check() -> added(): the hashes of the transaction's ids, per append and in one list, and whether
-        # none of them is in the table yet (nor twice in the transaction)
-        self._hashes: list[list[int]] = []
+        # check() -> added(): the hashes of the transaction's ids, in order, and whether none of them is in
+        # the table yet (nor twice in the transaction)
         self._flat: list[int] = []
         self._simple = False
 
@@ -280,15 +279,32 @@ class MessageIds(DerivedIndex):
 
     # -- the writer's check ------------------------------------------------------------------
 
-    def _in_stream(self, h: int, mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
-        """(stream offset, global offset) of every place stream ``name`` (id ``sid``) holds ``mid`` (writer role)."""
+    def candidates_many(self, hashes: list[int]) -> list[list[int]]:
+        """:meth:`candidates` of each of ``hashes``, with two numpy searches per run for all of them."""
+        recent = self.recent
+        out: list[list[int]] = []
+        for h in hashes:
+            v = recent.get(h)
+            out.append([] if v is None else [v] if isinstance(v, int) else list(v))
+        if self.runs and hashes:
+            keys = np.fromiter(hashes, np.uint64, len(hashes))
+            for run in self.runs:
+                lo = np.searchsorted(run.hashes, keys, "left")
+                hi = np.searchsorted(run.hashes, keys, "right")
+                for k in np.flatnonzero(hi > lo).tolist():
+                    out[k].extend(run.goffs[lo[k] : hi[k]].tolist())
+        return out
+
+    def _in_stream(self, goffs: list[int], mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
+        """(stream offset, global offset) of every place among the candidates ``goffs`` where stream ``name``
+        (id ``sid``) holds ``mid`` (writer role)."""
         lg = self.log
         assert lg is not None
         written_end = lg.next_goff
         start = self._log_start()
         want = mid.encode()
         out = []
-        for goff in self.candidates(h):
+        for goff in goffs:
             if goff >= written_end:  # this group's, not written yet
                 got = self._unwritten(goff)
                 if got is not None and got[0] == mid and got[1] == name:
@@ -316,12 +332,6 @@ class MessageIds(DerivedIndex):
             self._simple = True
             return None
         self._simple = False
-        every = []
-        at = 0
-        for mids in tx.message_ids:
-            every.append(flat[at : at + len(mids)])
-            at += len(mids)
-        self._hashes = every
         return self._judge(tx, ids, cat)
 
     def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
@@ -331,10 +341,12 @@ class MessageIds(DerivedIndex):
         fresh = False  # some envelope is new to its stream
         placed: dict[tuple[str, str], int | None] = {}  # (stream, id) -> offset the transaction gives it
         assigned: list[Append] = []
-        for (name, nameb, first, payloads), mids, hs in zip(tx.appends, tx.message_ids, self._hashes, strict=True):
+        cands = self.candidates_many(self._flat)
+        at = 0  # where the append's envelopes start among the transaction's
+        for (name, nameb, first, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
             sid = ids.get(name)
             any_start: int | None = None
-            for j, (mid, h) in enumerate(zip(mids, hs, strict=True)):
+            for j, mid in enumerate(mids):
                 offset = None if first == ANY_OFFSET else first + j
                 if (name, mid) in placed:
                     before = placed[(name, mid)]
@@ -342,7 +354,7 @@ class MessageIds(DerivedIndex):
                         name, mid, offset, -1 if before is None else before, "twice in one transaction"
                     )
                 placed[(name, mid)] = offset
-                places = self._in_stream(h, mid, name, sid, cat)
+                places = self._in_stream(cands[at + j], mid, name, sid, cat)
                 if not places:
                     fresh = True
                     continue
@@ -359,6 +371,7 @@ class MessageIds(DerivedIndex):
                     first_match = (name, mid, want)
             start = any_start if first == ANY_OFFSET and any_start is not None else first
             assigned.append((name, nameb, start, payloads))
+            at += len(mids)
         if first_match is None:
             return None
         name, mid, soff = first_match
