@@ -86,7 +86,7 @@ RUN_EXT = ".run"
 
 # Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
 # small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
-RECENT_MAX = 1 << 16
+RECENT_MAX = 1 << 18
 
 hash_bytes = xxh3_64_intdigest
 """The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
@@ -198,12 +198,9 @@ class MessageIds(DerivedIndex):
         return sorted_run(hs, gs)
 
     def _fold(self) -> None:
-        """Move the recent entries into an unsaved sorted run (merged with the last one if it is unsaved too)."""
+        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
         run = self._recent_run()
-        runs = list(self.runs)
-        if runs and runs[-1].generation == 0:
-            run = merge([runs.pop(), run], self._log_start())
-        self.runs = [*runs, run]  # readers see the old list or the new one, never a list being changed
+        self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
         self.recent = {}
 
     def candidates(self, h: int) -> list[int]:
