@@ -138,7 +138,7 @@ FULL = Plan(
     es_saves10=1_000,
     es_commits=300,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID")
 ES_PAGES = (10, 100)
 """Page sizes of the ES notification scan: 10 is the library's own (``pull_section_size``, ``section_size``)."""
 ES_AGGREGATES = 100
@@ -424,6 +424,20 @@ def w5(r: Runner, plan: Plan, want: set[str]) -> None:
                         extra={"records_scanned": res["recovery"]["records_scanned"]},
                     )
         remove(path)
+
+
+def idem(r: Runner, plan: Plan) -> None:
+    """ID: W1 with idempotent appends (logstore's duplicate check is always on) beside sqlite with a UNIQUE
+    (stream, message_id) index and plain sqlite (W1's peer); then retries of W1's committed transactions,
+    each answered with its first commit's global offsets and nothing written."""
+    n = plan.w1_messages
+    stores = ("logstore", "sqlite-unique", "sqlite")
+    for store, res in runs_per_store(r, stores, plan.repeat, "id", "append", messages=n, batch=100):
+        name = f"append/ids=checked/batch=100/size={SIZE}B/messages={human(n)}/store={store}"
+        r.record("ID", name, store, "msg/s", n / res["seconds"], latency=res["latency"])
+    for store, res in runs_per_store(r, stores[:2], plan.repeat, "idr", "retry", messages=n, batch=100):
+        name = f"retry/batch=100/size={SIZE}B/commits={human(res['retries'])}/store={store}"
+        r.record("ID", name, store, "retries/s", res["retries"] / res["seconds"], latency=res["latency"])
 
 
 def w7(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
@@ -995,6 +1009,8 @@ def run_workloads(
         w9(r, plan, stores)
     if "W10" in want:
         w10(r, plan, stores)
+    if "ID" in want:
+        idem(r, plan)
     return run_groups(r, plan, want, skipped)
 
 

@@ -60,6 +60,16 @@ def make_pool(count: int, size: int) -> list[Envelope]:
     return pool
 
 
+def envelope_at(pool: list[Envelope], i: int) -> Envelope:
+    """The ``i``-th envelope of a workload: the pool's, cycled, each round past the first with message ids of
+    its own (a stream holds one message id at one offset only: a repeated id would be a duplicate)."""
+    env = pool[i % len(pool)]
+    if i < len(pool):
+        return env
+    mid = env.message_id
+    return env._replace(message_id=f"{mid[:24]}{i // len(pool):012x}")
+
+
 def envelope_bytes(pool: list[Envelope], count: int) -> int:
     """The msgpack bytes of ``count`` envelopes cycled from ``pool``: the figure disk use is compared with."""
     sizes = [len(encode(e, "pool")) for e in pool]

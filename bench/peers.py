@@ -97,6 +97,8 @@ if TYPE_CHECKING:
 
 PEERS = ("logstore", "sqlite", "lmdb")
 PG_PEERS = ("pg", "pg-eventsourcing", "pg-plain")
+ID_PEERS = ("sqlite-unique",)
+"""The stores of the ``ID`` group beside logstore and sqlite: sqlite with a UNIQUE (stream, message_id) index."""
 """The stores of the ``PG`` workload group, on one PostgreSQL server; not among the embedded workloads' stores."""
 PG_URL = os.environ.get("LOGSTORE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PG_POOL = 10
@@ -161,6 +163,10 @@ class Peer:
         """One transaction over several streams."""
         raise NotImplementedError
 
+    def commit(self, stream: str, offset: int, envs: Sequence[Envelope]) -> range:
+        """One transaction that may be a retry: the global offsets of ``envs``, written now or before."""
+        raise NotImplementedError
+
     def load(self, stream: str) -> list[Envelope]:
         """Every envelope of ``stream``, in stream order."""
         raise NotImplementedError
@@ -191,6 +197,12 @@ class LogstorePeer(Peer):
         for stream, offset, envs in appends:
             store.append_messages(tx, stream, offset, envs)
         committer.commit()
+
+    def commit(self, stream: str, offset: int, envs: Sequence[Envelope]) -> range:
+        store = self.store
+        tx, committer = store.begin_tx()
+        store.append_messages(tx, stream, offset, envs)
+        return committer.commit()  # a retry writes nothing and returns the original offsets
 
     def load(self, stream: str) -> list[Envelope]:
         return self.store.read(stream)
@@ -261,6 +273,42 @@ class SqlitePeer(Peer):
 
     def close(self) -> None:
         self.conn.close()
+
+
+SQLITE_UNIQUE = "CREATE UNIQUE INDEX IF NOT EXISTS messages_stream_id ON messages(stream, message_id)"
+SQLITE_FIND = "SELECT stream_offset, global_offset FROM messages WHERE stream = ? AND message_id = ?"
+
+
+class SqliteUniquePeer(SqlitePeer):
+    """sqlite with idempotent appends: a UNIQUE (stream, message_id) index; a commit that breaks it is looked
+    up, and is a retry if every id is at the offset it was given (then the original global offsets)."""
+
+    name = "sqlite-unique"
+
+    def __init__(self, path: str, mode: str = "sync") -> None:
+        super().__init__(path, mode)
+        self.conn.execute(SQLITE_UNIQUE)
+
+    def commit(self, stream: str, offset: int, envs: Sequence[Envelope]) -> range:
+        try:
+            self.append_many([(stream, offset, envs)])
+        except sqlite3.IntegrityError:
+            pass  # a message id the stream holds already: a retry, or a duplicate
+        except OffsetConflictError:
+            pass  # a retry comes below the head
+        else:
+            with self.lock:
+                (last,) = self.conn.execute(SQLITE_LAST).fetchone()
+            return range(last - len(envs), last)  # the rowid is the global offset plus 1
+        with self.lock:
+            find = self.conn.execute
+            found = [find(SQLITE_FIND, (stream, e.message_id)).fetchone() for e in envs]
+        if any(f is None or f[0] != offset + i for i, f in enumerate(found)):
+            raise RuntimeError(f"{stream}: a duplicate message id, not a retry")
+        goffs = [f[1] - 1 for f in found]
+        if goffs != list(range(goffs[0], goffs[0] + len(goffs))):
+            raise RuntimeError(f"{stream}: not a retry of one commit")
+        return range(goffs[0], goffs[0] + len(goffs))
 
 
 class LmdbPeer(Peer):
@@ -767,7 +815,7 @@ def open_tail(name: str, path: str, start: int = 0) -> Tail:
         return EventsourcingTail(path, start)
     if name == "pg-plain":
         return PlainTail(path, start)
-    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS)}")
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS + ID_PEERS)}")
 
 
 def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
@@ -775,6 +823,8 @@ def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
         return LogstorePeer(path, mode, **options)
     if name == "sqlite":
         return SqlitePeer(path, mode)
+    if name == "sqlite-unique":
+        return SqliteUniquePeer(path, mode)
     if name == "lmdb":
         return LmdbPeer(path, mode)
     if name == "pg":
@@ -783,4 +833,4 @@ def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
         return EventsourcingPeer(path, mode)
     if name == "pg-plain":
         return PlainPeer(path, mode)
-    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS)}")
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS + ID_PEERS)}")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.envelopes import envelope_bytes, make_pool
+from bench.envelopes import envelope_at, envelope_bytes, make_pool
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
 from logstore import Envelope, Store
 
@@ -76,10 +76,9 @@ def _check(what: str, got: object, want: object) -> None:
 
 
 def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
-    n = len(pool)
     count = 0
     for i, env in enumerate(peer.scan()):
-        if env != pool[i % n]:
+        if env != envelope_at(pool, i):
             raise RuntimeError(f"{peer.name}: global offset {i} differs from the envelope appended")
         count += 1
     _check(f"{peer.name}: scanned message count", count, messages)
@@ -92,17 +91,17 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
     txs: list[tuple[str, int, list[Envelope]]] = []
     heads: dict[str, int] = {}
     for k, start in enumerate(range(0, messages, batch)):
         name = f"stream-{k % streams}"
-        envs = [pool[i % n] for i in range(start, min(start + batch, messages))]
+        envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
         txs.append((name, heads.get(name, 0), envs))
         heads[name] = heads.get(name, 0) + len(envs)
     t0 = clock()
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
     opened = clock()
+    cpu0 = time.process_time()  # every thread of the process: the caller's and the store's
     lat = []
     do = peer.append
     for name, offset, envs in txs:
@@ -110,12 +109,14 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
         do(name, offset, envs)
         lat.append(clock() - t)
     seconds = clock() - opened
+    cpu_seconds = time.process_time() - cpu0
     unused = unused_preallocation(peer)
     t1 = clock()
     peer.close()
     closed = clock()
     result = {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "messages": messages,
         "commits": len(txs),
         "latency": latency_summary(lat),
@@ -135,13 +136,49 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- ID: retries of committed transactions ---------------------------------------------------
+
+
+def retry(spec: dict[str, Any]) -> dict[str, Any]:
+    """W1's transactions, committed (not timed), then each committed again as a client's retry would
+    (timed): each must write nothing and return the global offsets of its first commit."""
+    messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
+    pool = make_pool(messages, spec["size"])
+    txs: list[tuple[str, int, list[Envelope]]] = []
+    heads: dict[str, int] = {}
+    for k, start in enumerate(range(0, messages, batch)):
+        name = f"stream-{k % streams}"
+        envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
+        txs.append((name, heads.get(name, 0), envs))
+        heads[name] = heads.get(name, 0) + len(envs)
+    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    first = [peer.commit(name, offset, envs) for name, offset, envs in txs]
+    retries = txs[:: spec.get("every", 1)]
+    lat = []
+    got = []
+    do = peer.commit
+    t0 = clock()
+    for name, offset, envs in retries:
+        t = clock()
+        got.append(do(name, offset, envs))
+        lat.append(clock() - t)
+    seconds = clock() - t0
+    _check(f"{peer.name}: the retries' global offsets", got, first[:: spec.get("every", 1)])
+    peer.close()
+    peer = open_peer(spec["store"], spec["dir"])
+    try:
+        _verify_scan(peer, pool, messages)  # nothing was written twice
+    finally:
+        peer.close()
+    return {"seconds": seconds, "retries": len(retries), "messages": messages, "latency": latency_summary(lat)}
+
+
 # -- W2: one-envelope transactions from many threads -----------------------------------------
 
 
 def threads(spec: dict[str, Any]) -> dict[str, Any]:
     nthreads, per_thread = spec["threads"], spec["per_thread"]
     pool = make_pool(nthreads * per_thread, spec["size"])
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
     start = threading.Barrier(nthreads + 1)
     lats: list[list[float]] = [[] for _ in range(nthreads)]
@@ -154,7 +191,7 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             start.wait()
             for i in range(per_thread):
-                env = pool[(t * per_thread + i) % n]
+                env = envelope_at(pool, t * per_thread + i)
                 c = clock()
                 do(name, i, [env])
                 lat.append(clock() - c)
@@ -174,7 +211,11 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     for t in range(nthreads):
         got = peer.load(f"thread-{t}")
         _check(f"{peer.name}: thread-{t} length", len(got), per_thread)
-        _check(f"{peer.name}: thread-{t} envelopes", got, [pool[(t * per_thread + i) % n] for i in range(per_thread)])
+        _check(
+            f"{peer.name}: thread-{t} envelopes",
+            got,
+            [envelope_at(pool, t * per_thread + i) for i in range(per_thread)],
+        )
     peer.close()
     return {
         "seconds": seconds,
@@ -201,7 +242,7 @@ def scan(spec: dict[str, Any]) -> dict[str, Any]:
         count += 1
     seconds = clock() - opened
     _check(f"{peer.name}: scanned message count", count, messages)
-    _check(f"{peer.name}: last envelope", last, pool[(messages - 1) % len(pool)])
+    _check(f"{peer.name}: last envelope", last, envelope_at(pool, messages - 1))
     _verify_scan(peer, pool, messages)
     peer.close()
     return {"seconds": seconds, "messages": count, "open_seconds": opened - t0, "rss_kb": rss_kb()}
@@ -215,10 +256,9 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
     messages = streams * per_stream
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
 
     def expected(s: int) -> list[Envelope]:
-        return [pool[(s * per_stream + j) % n] for j in range(per_stream)]
+        return [envelope_at(pool, s * per_stream + j) for j in range(per_stream)]
 
     batches = [(f"order-{s:07d}", expected(s)) for s in range(streams)]
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
@@ -269,12 +309,13 @@ def build(spec: dict[str, Any]) -> dict[str, Any]:
     messages, batch = spec["messages"], spec["batch"]
     pool = make_pool(messages, spec["size"])
     base = rss_kb()
-    n = len(pool)
     peer = open_peer("logstore", spec["dir"])
     t0 = clock()
     k = 0
     for k, start in enumerate(range(0, messages, batch)):
-        peer.append(f"stream-{k % 1000}", (k // 1000) * batch, [pool[i % n] for i in range(start, start + batch)])
+        peer.append(
+            f"stream-{k % 1000}", (k // 1000) * batch, [envelope_at(pool, i) for i in range(start, start + batch)]
+        )
     seconds = clock() - t0
     unused = unused_preallocation(peer)
     peer.close()
@@ -297,13 +338,16 @@ def crash_tail(spec: dict[str, Any]) -> dict[str, Any]:
     """
     tail, batch = spec["tail"], spec["batch"]
     pool = make_pool(tail, spec["size"])
-    n = len(pool)
     peer = LogstorePeer(spec["dir"], checkpoint_bytes=1 << 40)
     store = peer.store
+    base = store.global_head  # the tail's ids follow the global offsets: never one the store holds
     for k, start in enumerate(range(0, tail, batch)):
         name = f"tail-{k % 1000}"
         store_head = store.head(name)
-        peer.append(name, store_head, [pool[i % n] for i in range(start, min(start + batch, tail))])
+        envs = [
+            envelope_at(pool, i)._replace(message_id=f"tail-{base + i}") for i in range(start, min(start + batch, tail))
+        ]
+        peer.append(name, store_head, envs)
     head = store.global_head
     _emit({"tail": tail, "global_head": head})
     os.kill(os.getpid(), signal.SIGKILL)
@@ -345,12 +389,13 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     streams, per_tx, loads = spec["streams"], spec["per_tx"], spec["loads"]
     pool = make_pool(streams, spec["size"])
     base = rss_kb()
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"])
     append_many = peer.append_many
     t0 = clock()
     for start in range(0, streams, per_tx):
-        append_many([(f"entity-{s:07d}", 0, [pool[s % n]]) for s in range(start, min(start + per_tx, streams))])
+        append_many(
+            [(f"entity-{s:07d}", 0, [envelope_at(pool, s)]) for s in range(start, min(start + per_tx, streams))]
+        )
     write_seconds = clock() - t0
     write_rss = rss_kb()
     unused = unused_preallocation(peer)
@@ -362,7 +407,7 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
         got.append(load(f"entity-{s:07d}"))
     load_seconds = clock() - t0
     for s, envs in zip(picks, got, strict=True):
-        _check(f"{peer.name}: stream entity-{s:07d}", envs, [pool[s % n]])
+        _check(f"{peer.name}: stream entity-{s:07d}", envs, [envelope_at(pool, s)])
     t0 = clock()
     peer.close()
     close_seconds = clock() - t0
@@ -374,7 +419,7 @@ def many_streams(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = clock()
     envs = peer.load(f"entity-{s:07d}")
     first_load_seconds = clock() - t0
-    _check(f"{peer.name}: stream entity-{s:07d} after reopen", envs, [pool[s % n]])
+    _check(f"{peer.name}: stream entity-{s:07d} after reopen", envs, [envelope_at(pool, s)])
     peer.close()
     return {
         "write_seconds": write_seconds,
@@ -464,7 +509,7 @@ def procs_writer(spec: dict[str, Any]) -> dict[str, Any]:
     pool = make_pool(commits * batch, spec["size"])
     peer = open_peer(spec["store"], spec["dir"])
     stream = f"writer-{w}"
-    txs = [[pool[(k * batch + j) % len(pool)] for j in range(batch)] for k in range(commits)]
+    txs = [[envelope_at(pool, k * batch + j) for j in range(batch)] for k in range(commits)]
     _emit_line("ready")
     if sys.stdin.readline().strip() != "go":
         raise RuntimeError("procs_writer: expected go")
@@ -505,7 +550,6 @@ def tail(spec: dict[str, Any]) -> dict[str, Any]:
     commits, warmup = spec["commits"], spec["warmup"]
     total = warmup + commits
     pool = make_pool(total * len(spec["readers"]), spec["size"])
-    n = len(pool)
     peer = open_peer(spec["store"], spec["dir"])
     rng = random.Random(spec.get("seed", 10))
     phases = []
@@ -535,7 +579,7 @@ def tail(spec: dict[str, Any]) -> dict[str, Any]:
                     raise RuntimeError(f"{spec['store']} tailing reader did not start: {line!r}\n{err}")
             do, now, sleep = peer.append, time.monotonic_ns, time.sleep
             for i in range(total):
-                do("tail", start + i, [pool[(start + i) % n]])
+                do("tail", start + i, [envelope_at(pool, start + i)])
                 stamps[i] = now()
                 sleep(pace[i])
             outs = []
@@ -599,9 +643,8 @@ def tail_reader(spec: dict[str, Any]) -> dict[str, Any]:
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         result.update(idle_seconds=seconds, idle_cpu_seconds=cpu)
     reader.close()
-    n = len(pool)
     for i, taken in enumerate(got):
-        if taken != pool[(start + i) % n]:
+        if taken != envelope_at(pool, start + i):
             raise RuntimeError(f"{spec['store']} tailing reader: global offset {start + i} differs from the envelope")
     return result
 
@@ -773,6 +816,7 @@ def _es_wake(recorder: Any, spec: dict[str, Any], save: Callable[[int, int], lis
 
 WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "append": append,
+    "retry": retry,
     "threads": threads,
     "scan": scan,
     "event_sourcing": event_sourcing,

@@ -12,6 +12,7 @@ from logstore.envelope import Envelope
 from logstore.errors import (
     ConcurrencyError,
     CorruptionError,
+    DuplicateMessageError,
     FormatVersionError,
     LogStoreError,
     MessageTooLargeError,
@@ -40,6 +41,7 @@ __all__ = [
     "Committer",
     "ConcurrencyError",
     "CorruptionError",
+    "DuplicateMessageError",
     "Envelope",
     "FileIO",
     "FormatVersionError",

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from logstore.envelope import Envelope, check_envelopes
 from logstore.errors import OffsetConflictError, ReadOnlyError, StoreClosedError, StoreForkedError
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
+
+if TYPE_CHECKING:
+    from logstore.results import Location
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 """The prefixes of a connection URL, which ``logstore.open`` hands to the PostgreSQL backend."""
@@ -80,6 +83,21 @@ def check_expected(stream: str, expected: int, offset: int) -> None:
                 " (its offsets are assigned at commit); append at logstore.ANY again"
             )
         raise OffsetConflictError(stream, expected, offset)
+
+
+class _Locating(Protocol):
+    def locate(self, message_id: str) -> list[Location]: ...
+
+
+def committed_at(store: _Locating, stream: str, offset: int, envs: Sequence[object]) -> bool:
+    """Whether the first of ``envs`` is committed at ``offset`` of ``stream``: an append below the stream's
+    head that may be a retry of a commit whose outcome its client did not learn. ``append_messages`` then
+    stages it, and the commit decides (the original offsets, or :class:`~logstore.DuplicateMessageError`,
+    or :class:`~logstore.OffsetConflictError`)."""
+    env = envs[0] if envs else None
+    if type(env) is not Envelope or type(env.message_id) is not str:
+        return False  # encode_many says what is wrong with it
+    return any(loc.stream == stream and loc.stream_offset == offset for loc in store.locate(env.message_id))
 
 
 def check_timeout(timeout: object) -> None:

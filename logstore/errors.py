@@ -38,6 +38,42 @@ class OffsetConflictError(ConcurrencyError):
         self.given = given
 
 
+class DuplicateMessageError(LogStoreError):
+    """A transaction appends a ``message_id`` that its stream already holds at another offset.
+
+    Raised by ``commit()``; nothing of the transaction is written. The check
+    is per stream: the same message may be in other streams. A transaction
+    whose every envelope is already committed at the same offsets of the same
+    streams is a retry: ``commit()`` returns the original global offsets and
+    writes nothing. A transaction that mixes such envelopes with new ones is
+    not a retry of one commit, and raises this error too (``offset`` is then
+    where the transaction put the already committed message, ``existing``
+    where it is).
+
+    ``stream`` names the stream, ``message_id`` the message, ``offset`` the
+    stream offset the transaction gives it (``None`` at ``logstore.ANY``) and
+    ``existing`` the stream offset where the stream already holds it (-1 for
+    an id given twice in one transaction at ``ANY``); ``why`` says more when
+    the id is not simply at another offset.
+    """
+
+    def __init__(self, stream: str, message_id: str, offset: int | None, existing: int, why: str = "") -> None:
+        at = "at logstore.ANY" if offset is None else f"at offset {offset}"
+        if existing == offset or existing < 0:
+            message = f"stream {stream!r}: message {message_id!r} {at}"
+        else:
+            message = f"stream {stream!r}: message {message_id!r} {at} is already in the stream at offset {existing}"
+        super().__init__(message + (f": {why}" if why else ""))
+        self.stream = stream
+        self.message_id = message_id
+        self.offset = offset
+        self.existing = existing
+        self.why = why
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream, self.message_id, self.offset, self.existing, self.why))
+
+
 class CorruptionError(LogStoreError):
     """A file's bytes are not what the format says they must be.
 

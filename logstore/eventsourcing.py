@@ -539,7 +539,13 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                     for env, payload in zip(envs, group, strict=True)
                 }
                 payloads = [by_env[id(env)] for env in every]
-            tx.stage(self.notification_stream, self._notification_nameb, ANY_OFFSET, payloads)
+            tx.stage(
+                self.notification_stream,
+                self._notification_nameb,
+                ANY_OFFSET,
+                payloads,
+                [env.message_id for env in every],
+            )
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from logstore.envelope import Envelope
+from logstore.results import Location
 
 
 @runtime_checkable
@@ -103,3 +104,7 @@ class ShortFormStore(Protocol):
 
     def read(self, stream: str, offset: int = 0) -> list[Envelope]:
         """Every message of ``stream`` from ``offset`` on that is committed now: what ``stream()`` iterates."""
+
+    def locate(self, message_id: str) -> list[Location]:
+        """Every readable place of the message ``message_id``: ``(stream, stream_offset, global_offset)``,
+        in global order; empty when there is none (idempotent appends: DESIGN.md section 9)."""

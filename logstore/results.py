@@ -24,6 +24,17 @@ class StreamInfo(NamedTuple):
     """Deleted and not appended to since."""
 
 
+class Location(NamedTuple):
+    """One place a message is: what ``store.locate(message_id)`` returns a list of."""
+
+    stream: str
+    """The stream's name."""
+    stream_offset: int
+    """The message's offset in the stream."""
+    global_offset: int
+    """The message's global offset."""
+
+
 @dataclass(frozen=True)
 class Unreached:
     """Removed messages whose envelopes a compaction left in a segment file, and why.

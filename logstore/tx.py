@@ -90,13 +90,14 @@ class Tx:
     (range(0, 2), {'order-7': range(0, 1), 'outbox': range(0, 1)})
     """
 
-    __slots__ = ("_any", "_appends", "_heads", "_published", "_state", "_store", "_writer", "global_offsets")
+    __slots__ = ("_any", "_appends", "_heads", "_mids", "_published", "_state", "_store", "_writer", "global_offsets")
 
     def __init__(self, store: _Owner, writer: _Writer, published: _ForkState | None) -> None:
         self._store = store
         self._writer = writer  # the committer hands the transaction to it
         self._published = published  # for the forked-child refusal (None: the store checks at commit)
         self._appends: list[Append] = []
+        self._mids: list[list[str]] = []  # each append's message ids, in the order of its envelopes
         # stream -> next offset counting this transaction's appends; ANY_OFFSET once it has an ANY append
         self._heads: dict[str, int] = {}
         self._any = False  # some append is at ANY: the writer assigns offsets at commit
@@ -142,9 +143,11 @@ class Tx:
         append at ``logstore.ANY``); None if the transaction has not appended to it."""
         return self._heads.get(stream)
 
-    def stage(self, stream: str, nameb: bytes, first: int, payloads: list[bytes]) -> None:
-        """Add checked, encoded envelopes at stream offset ``first`` (``ANY_OFFSET``: assigned at commit)."""
+    def stage(self, stream: str, nameb: bytes, first: int, payloads: list[bytes], mids: list[str]) -> None:
+        """Add checked, encoded envelopes at stream offset ``first`` (``ANY_OFFSET``: assigned at commit),
+        with their message ids ``mids`` (for the duplicate check at commit)."""
         self._appends.append((stream, nameb, first, payloads))
+        self._mids.append(mids)
         if first == ANY_OFFSET:
             self._heads[stream] = ANY_OFFSET
             self._any = True
@@ -157,6 +160,11 @@ class Tx:
     def appends(self) -> list[Append]:
         """The staged appends, in order (an ANY append's first offset is ``ANY_OFFSET`` until :meth:`assign`)."""
         return self._appends
+
+    @property
+    def message_ids(self) -> list[list[str]]:
+        """Each staged append's message ids, in the order of :attr:`appends`."""
+        return self._mids
 
     @property
     def has_any(self) -> bool:
@@ -222,5 +230,6 @@ class Committer:
         if tx._state == _ACTIVE:
             tx._state = _ROLLED_BACK
             tx._appends = []
+            tx._mids = []
             tx._heads = {}
             tx._any = False

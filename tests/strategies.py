@@ -7,6 +7,7 @@ integers outside the int64/uint64 range), envelope datetimes are aware.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -104,6 +105,7 @@ aware_datetimes: st.SearchStrategy[datetime] = st.builds(
 
 
 _uuid_strings = st.uuids().map(str)
+_message_numbers = itertools.count()
 
 
 @st.composite
@@ -118,8 +120,11 @@ def _built_envelopes(draw: st.DrawFn) -> Envelope:
         return parent.new_child(type_, message)
     if kind == "delayed":
         return Envelope.new(type_, message, send_at=draw(aware_datetimes))
-    ids = (draw(_uuid_strings) for _ in range(3))
-    return Envelope(*ids, draw(aware_datetimes), draw(aware_datetimes), type_, message)
+    mid, causation, correlation = (draw(_uuid_strings) for _ in range(3))
+    # A message id is unique (a stream holds one id at one offset only), however hypothesis draws:
+    # the drawn uuid's last group becomes a counter.
+    mid = f"{mid[:24]}{next(_message_numbers):012x}"
+    return Envelope(mid, causation, correlation, draw(aware_datetimes), draw(aware_datetimes), type_, message)
 
 
 envelopes: st.SearchStrategy[Envelope] = _built_envelopes()

@@ -80,6 +80,7 @@ from logstore.embedded.controlfile import (
     Control,
     Tail,
 )
+from logstore.embedded.log import OWN_INDEXES
 from logstore.embedded.lostfound import RECOVERY, LostFound
 from logstore.embedded.published import REMOVALS_WORD, Published
 from logstore.embedded.record import FLAG_TX_END, KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, Record
@@ -451,9 +452,10 @@ class Follower:
         lg.segments = fresh.segments
         fresh.segments = []
         for i, ix in enumerate(fresh.indexes):
-            if i >= 2:  # the registered indexes are taken whole; the engine's own are bound to their log
+            if i >= OWN_INDEXES:  # the registered indexes are taken whole; the engine's own are bound to their log
                 lg.indexes[i] = ix
-        lg.extra_indexes = lg.indexes[2:]
+        lg.extra_indexes = lg.indexes[OWN_INDEXES:]
+        lg.msgids.take(fresh.msgids)
         lg.streams.runs = fresh.streams.runs
         lg.positions.entries = fresh.positions.entries
         lg.generation = fresh.generation

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from logstore.embedded import layout
 from logstore.embedded.export import EmbeddedSource
 from logstore.embedded.fileio import default_io
+from logstore.embedded.msgids import message_id_at
 from logstore.embedded.store import Store, log_of
 from logstore.embedded.store import open as open_store
 from logstore.envelope import Envelope, encode
@@ -152,7 +153,10 @@ class EmbeddedDestination:
                         f"global offset {rec.goff}: an envelope of {len(payload)} bytes; this store takes at most"
                         f" {store.max_envelope_size} (a larger segment_size makes room)"
                     )
-                self._tx[0].stage(rec.stream, rec.stream.encode("utf-8"), rec.offset, [payload])
+                mid = message_id_at(payload, 0, len(payload))
+                # Every payload is an envelope (checked by the export); its id goes to the duplicate check.
+                mids = [mid.decode("utf-8", "replace") if mid is not None else f"goff-{rec.goff}"]
+                self._tx[0].stage(rec.stream, rec.stream.encode("utf-8"), rec.offset, [payload], mids)
                 staged += 1
                 if rec.tx_end is not False:
                     head = self._commit(head, staged)

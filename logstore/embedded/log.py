@@ -26,6 +26,7 @@ from logstore.embedded import layout
 from logstore.embedded.checkpoint import Checkpoint
 from logstore.embedded.derived import EXTRA_INDEXES, DerivedIndex, SegmentPositions, StreamIndex
 from logstore.embedded.fileio import FileIO
+from logstore.embedded.msgids import MessageIds
 from logstore.embedded.published import Published
 from logstore.embedded.record import KIND_RETAIN, Record
 from logstore.embedded.segment import Segment, create_segment, open_segment
@@ -35,6 +36,9 @@ from logstore.index.header import HEADER_SIZE
 from logstore.index.runs import RunIndex
 
 logger = logging.getLogger("logstore")
+
+OWN_INDEXES = 3
+"""``Log.indexes`` starts with the engine's own (positions, streams, message ids), bound to their log."""
 
 
 def _first(seg: Segment) -> int:
@@ -71,8 +75,14 @@ class Log:
         # The indexes derived from the log (logstore.embedded.derived): the engine's own, then any registered.
         self.streams = StreamIndex(self)
         self.positions = SegmentPositions(self)
-        self.indexes: list[DerivedIndex] = [self.positions, self.streams, *(cls() for cls in EXTRA_INDEXES)]
-        self.extra_indexes = self.indexes[2:]
+        self.msgids = MessageIds(self)  # the message-id index (logstore.embedded.msgids), kept by the writer inline
+        self.indexes: list[DerivedIndex] = [
+            self.positions,
+            self.streams,
+            self.msgids,
+            *(cls() for cls in EXTRA_INDEXES),
+        ]
+        self.extra_indexes = self.indexes[OWN_INDEXES:]
         self.generation = 0
         self.next_goff = 0
         self.ckpt_last_first = 0  # first global offset of the last segment the last checkpoint names
@@ -121,7 +131,7 @@ class Log:
         ``records`` is one transaction, or with ``ends`` several, the k-th ending before index ``ends[k]``:
         the engine's own indexes take them in one call (their rules go record by record), each registered
         index one transaction at a time, as its contract says."""
-        for ix in self.indexes[:2]:
+        for ix in self.indexes[:OWN_INDEXES]:
             ix.apply(records)
         if self.extra_indexes:
             if ends is None:

@@ -22,7 +22,7 @@ of the processes listed there), and then:
 4. Cuts a trailing transaction that has no end record (as recovery does).
 5. Writes each segment that changed as a new file (``<name>.repair``,
    fsynced, renamed over the old one, directory fsynced), deletes every
-   derived file (CHECKPOINT, catalogs, position and run files) and opens the
+   derived file (CHECKPOINT, catalogs, position, run and message-id index files) and opens the
    store, which rebuilds them from the log.
 
 A store that verifies clean is left untouched, so repairing twice gives the
@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from logstore.embedded import layout
+from logstore.embedded import layout, msgids
 from logstore.embedded.checkpoint import Checkpoint
 from logstore.embedded.controlfile import Control, slot_flags
 from logstore.embedded.fileio import FileIO, default_io
@@ -104,7 +104,7 @@ class _Seg:
 
 def _stray(name: str, where: str) -> bool:
     if where == "top":
-        return name not in _TOP and not layout.is_catalog_name(name)
+        return name not in _TOP and not layout.is_catalog_name(name) and not msgids.is_index_file(name)
     if where == layout.SEGMENTS:
         stem = name.split(".", 1)[0]
         rest = name[len(stem) :]
@@ -253,7 +253,11 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     # to lost+found above (a dry run moved nothing, so it must not count those twice): the dry run
     # and the real run then name the same files.
     top = io.listdir(path)
-    derived = [os.path.join(path, n) for n in top if n == layout.CHECKPOINT or n.startswith(layout.CATALOG_PREFIX)]
+    derived = [
+        os.path.join(path, n)
+        for n in top
+        if n == layout.CHECKPOINT or n.startswith(layout.CATALOG_PREFIX) or msgids.is_index_file(n)
+    ]
     derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(layout.POSITION_EXT)]
     if os.path.isdir(stream_dir):
         derived += [os.path.join(stream_dir, n) for n in io.listdir(stream_dir) if n.endswith(layout.RUNS_EXT)]

@@ -28,6 +28,7 @@ from logstore.checks import (
     check_expected,
     check_offset,
     check_stream_name,
+    committed_at,
 )
 from logstore.embedded import layout
 from logstore.embedded.alone import Alone
@@ -64,7 +65,7 @@ from logstore.errors import (
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.results import CompactReport, StreamInfo
+from logstore.results import CompactReport, Location, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 logger = logging.getLogger("logstore")
@@ -763,6 +764,33 @@ class Store(StoreBase):
         self._follow()
         return self._pub.catalog.head_of(stream)
 
+    def locate(self, message_id: str) -> list[Location]:
+        """Every place the message ``message_id`` is: ``(stream, stream_offset, global_offset)``, in global order.
+
+        Empty when no readable message has that id (removed messages are not
+        places). One message may be in several streams; within one stream an
+        id is at one offset only (``commit()`` raises
+        :class:`~logstore.DuplicateMessageError` otherwise).
+
+        >>> import logstore, tempfile
+        >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+        ...     env = logstore.Envelope.new("OrderPlaced", {"sku": "A1"})
+        ...     with store.transaction() as tx:
+        ...         tx.append("order-7", 0, [env])
+        ...         tx.append("audit", 0, [env])
+        ...     [tuple(place) for place in store.locate(env.message_id)]
+        [('order-7', 0, 0), ('audit', 0, 1)]
+        """
+        self._check_open()
+        if type(message_id) is not str:
+            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        self._follow()
+        pub = self._pub
+        names = pub.catalog.names
+        return [
+            Location(names[sid], soff, goff) for sid, soff, goff in self._log.msgids.locate(message_id, pub.visible_end)
+        ]
+
     def stream_info(self, stream: str) -> StreamInfo | None:
         """``(first, head, deleted)`` of ``stream``, or ``None`` if it has never been written.
 
@@ -847,15 +875,25 @@ class Store(StoreBase):
         """
         nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
-            tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, self._max_payload))
+            tx.stage(
+                stream,
+                nameb,
+                ANY_OFFSET,
+                encode_many(envs, stream, None, self._max_payload),
+                [e.message_id for e in envs],
+            )
             return
         expected = tx.staged_head(stream)
         if expected is None:
             expected = self._pub.catalog.head_of(stream)
             if offset > expected:
                 expected = self._head_beside_others(stream, offset)
+            elif offset < expected and committed_at(self, stream, offset, envs):
+                expected = offset  # a retry of a commit: the commit judges it (DuplicateMessageError)
         check_expected(stream, expected, offset)
-        tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload))
+        tx.stage(
+            stream, nameb, offset, encode_many(envs, stream, offset, self._max_payload), [e.message_id for e in envs]
+        )
 
     def _head_beside_others(self, stream: str, offset: int) -> int:
         """The head of ``stream`` for an append at ``offset``, past the head this process knew: another process

@@ -70,6 +70,7 @@ from logstore.embedded.checkpoint import Checkpoint
 from logstore.embedded.derived import EXTRA_INDEXES, DerivedIndex
 from logstore.embedded.fileio import FileIO, default_io
 from logstore.embedded.lock import writer_is_live
+from logstore.embedded.msgids import VerifyMessageIds
 from logstore.embedded.record import (
     FLAG_TX_END,
     KIND_DELETE,
@@ -280,6 +281,7 @@ class _Verifier:
         self.at_ckpt: _AtCheckpoint | None = None
         self.large_ids: set[int] | None = None  # the catalog's large streams, once it is read
         self.extras = _Extras(self)  # the registered indexes (logstore.embedded.derived.EXTRA_INDEXES)
+        self.msgids = VerifyMessageIds()  # the message-id index (logstore.embedded.msgids)
 
     def problem(self, path: str, position: int, what: str) -> None:
         self.result.problem(path, position, what)
@@ -308,7 +310,16 @@ class _Verifier:
         if self.ckpt is not None and self._checkpoint_against_log():
             self._catalog_against_log()
             self.extras.against_log()
+            self._msgids_against_log()
         self._leftover_index_files()
+
+    def _msgids_against_log(self) -> None:
+        assert self.ckpt is not None and self.store_id is not None
+        problems, notes = self.msgids.against_log(self.io, self.path, self.store_id, self.ckpt, self.result.live)
+        for path, position, what in problems:
+            self.problem(path, position, what)
+        for text in notes:
+            self.note(text)
 
     # -- directory layout ----------------------------------------------------------------
 
@@ -335,7 +346,7 @@ class _Verifier:
                 self.catalogs.append(name)
             elif name in (layout.MIGRATING, layout.MIGRATING + layout.TMP):
                 self.note(f"{p}: an unfinished `logstore migrate` into this directory (run it again to finish)")
-            elif self.extras.owns(name):
+            elif self.extras.owns(name) or self.msgids.owns(name):
                 pass
             else:
                 self.problem(p, 0, "stray file in the store directory: not part of a store's layout")
@@ -499,6 +510,7 @@ class _Verifier:
                     else:
                         self._record(seg_path, item, named, buf)
                         self.extras.record(seg_index, item, ckpt_goff)
+                        self.msgids.record(buf, item, ckpt_goff)
                         scan.positions.append(item.position)
                         scan.ends.append(item.position + item.length)
                         self.expected = item.goff + 1

@@ -59,7 +59,13 @@ from logstore.embedded.record import (
 )
 from logstore.embedded.retention import Retention
 from logstore.embedded.walk import Damage, walk
-from logstore.errors import OffsetConflictError, OutOfSpaceError, StoreClosedError, StoreFailedError
+from logstore.errors import (
+    DuplicateMessageError,
+    OffsetConflictError,
+    OutOfSpaceError,
+    StoreClosedError,
+    StoreFailedError,
+)
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.header import HEADER_SIZE
 from logstore.tx import ANY_OFFSET, Append, Tx
@@ -569,7 +575,7 @@ class Writer:
 
     def _fail_batch(self, batch: list[_Pending], error: BaseException | None = None) -> None:
         for p in batch:
-            if not isinstance(p.error, OffsetConflictError):
+            if not isinstance(p.error, OffsetConflictError | DuplicateMessageError):
                 p.error = error or self.failed
                 p.result = None
             # RuntimeError: released already (an interrupt fell after its release, before it left the batch).
@@ -813,8 +819,17 @@ class Writer:
         hdr_pack = RECORD_HEADER.pack
         sum_pack = CHECKSUM.pack
         xxh = xxhash.xxh3_64_intdigest
+        msgids = lg.msgids
         for p in batch:
             assert p.tx is not None
+            # Pass 0: the message ids against the message-id index: a retry of a commit writes nothing.
+            verdict = msgids.check(p.tx, ids, cat)
+            if verdict is not None:
+                if isinstance(verdict, range):
+                    p.result = verdict
+                else:
+                    p.error = verdict
+                continue
             appends = p.tx.appends
             # Pass 1: every offset must still be its stream's next one.
             local: dict[str, int] = {}
@@ -907,6 +922,7 @@ class Writer:
                     goff += 1
                 heads[sid] = soff
             p.result = range(tx_first, goff)
+            msgids.added(p.tx, tx_first)
             committed = True
         if parts:
             self._write(seg, parts, positions, start_pos, pos)

@@ -7,7 +7,8 @@ tables, the locking, why global offsets are gap-free and in commit order, and ho
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.reader import PgGlobalReader, PgStreamReader
 from logstore.postgres.schema import SCHEMA_VERSION
-from logstore.postgres.store import DEFAULT_SCHEMA, Location, PostgresStore, is_url, open_postgres
+from logstore.postgres.store import DEFAULT_SCHEMA, PostgresStore, is_url, open_postgres
+from logstore.results import Location
 
 __all__ = [
     "DEFAULT_SCHEMA",

@@ -32,8 +32,12 @@ from psycopg import sql
 
 from logstore.errors import FormatVersionError
 
-SCHEMA_VERSION = 1
-"""The layout of the tables this code reads and writes; a store of a newer version is refused."""
+SCHEMA_VERSION = 2
+"""The layout of the tables and functions this code reads and writes; a store of a newer version is refused.
+
+Version 2 (idempotent appends) has the tables of version 1 and an ``append_batch`` that judges message
+ids and returns two more columns; ``ensure`` migrates a version-1 store when it opens it (:func:`migrate_1_to_2`).
+"""
 
 KIND_MESSAGE, KIND_TRUNCATE, KIND_DELETE = 0, 1, 2
 """``log.kind``: a message, a truncation, a deletion."""
@@ -112,6 +116,28 @@ DECLARE
     v_at integer := 1;
     v_ok boolean;
     v_made boolean;
+    v_sfirst bigint[] := '{}';
+    v_first bigint;
+    v_msid bigint[] := '{}';
+    v_check boolean;
+    v_keys text[];
+    v_gkeys text[] := '{}';
+    v_key text;
+    v_x integer;
+    v_want bigint;
+    v_at_any bigint;
+    v_so bigint[];
+    v_go bigint[];
+    v_p integer;
+    v_mg bigint[];
+    v_rf bigint[];
+    v_fresh boolean;
+    v_dup boolean;
+    v_why text;
+    v_exist bigint;
+    v_fm_stream text;
+    v_fm_id bytea;
+    v_fm_soff bigint;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'logstore writes run in READ COMMITTED, not %', current_setting('transaction_isolation')
@@ -121,13 +147,14 @@ BEGIN
     FOR v_k IN 1 .. coalesce(cardinality(v_streams), 0) LOOP
         -- An existing stream is locked at once; a new one is inserted first (the insert waits for a
         -- concurrent insert of the same name to end), then locked.
-        SELECT id, head INTO v_sid, v_head FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
+        SELECT id, head, first INTO v_sid, v_head, v_first FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
         v_made := false;
         IF NOT FOUND THEN
             INSERT INTO streams (name) VALUES (v_streams[v_k]) ON CONFLICT (name) DO NOTHING RETURNING id INTO v_sid;
             v_made := v_sid IS NOT NULL;
-            SELECT id, head INTO v_sid, v_head FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
+            SELECT id, head, first INTO v_sid, v_head, v_first FROM streams WHERE name = v_streams[v_k] FOR UPDATE;
         END IF;
+        v_sfirst := v_sfirst || v_first;
         v_new := v_new || v_made;
         v_sids := v_sids || v_sid;
         v_heads := v_heads || v_head;
@@ -138,15 +165,128 @@ BEGIN
         v_starts := v_starts || v_at;
         v_firsts := v_firsts || NULL::bigint;
         v_at := v_at + p_counts[v_a];
+        v_sid := v_sids[array_position(v_streams, p_names[v_a])];
+        v_msid := v_msid || array_fill(v_sid, ARRAY[p_counts[v_a]]);
     END LOOP;
+    -- Idempotent appends: only a group with a message id its stream holds already (or twice in the
+    -- group) takes the slow path below, which judges each transaction (a retry, or a duplicate).
+    v_check := EXISTS (
+            SELECT 1 FROM unnest(v_msid, p_ids) AS u(sid, mid)
+            JOIN log AS l ON l.message_id = u.mid AND l.stream_id = u.sid AND l.kind = 0)
+        OR (SELECT count(*) <> count(DISTINCT (u.sid, u.mid)) FROM unnest(v_msid, p_ids) AS u(sid, mid));
     FOR v_t IN 1 .. v_ntx LOOP
         v_j := v_i;
         WHILE v_j < v_napp AND p_txs[v_j + 1] = v_t LOOP
             v_j := v_j + 1;
         END LOOP;
-        -- The first append of each stream in the transaction: an exact offset must be the head.
         v_ok := true;
+        IF v_check THEN
+            -- Where each stream of the transaction holds its message ids already (see docs/POSTGRES.md).
+            v_keys := '{}';
+            v_mg := '{}';
+            v_rf := '{}';
+            v_fresh := false;
+            v_dup := false;
+            v_fm_stream := NULL;
+            FOR v_a IN v_i .. v_j LOOP
+                v_k := array_position(v_streams, p_names[v_a]);
+                v_at_any := NULL;
+                FOR m IN 0 .. p_counts[v_a] - 1 LOOP
+                    v_x := v_starts[v_a] + m;
+                    v_key := v_sids[v_k]::text || ':' || encode(p_ids[v_x], 'hex');
+                    v_want := p_offsets[v_a] + m;
+                    v_why := NULL;
+                    IF v_key = ANY (v_keys) THEN
+                        v_dup := true;
+                        v_exist := -1;
+                        v_why := 'twice in one transaction';
+                    ELSIF v_key = ANY (v_gkeys) THEN
+                        v_dup := true;
+                        v_exist := -1;
+                        v_why := 'also in another transaction committed at the same moment';
+                    ELSE
+                        v_keys := v_keys || v_key;
+                        SELECT array_agg(l.soff ORDER BY l.soff), array_agg(l.goff ORDER BY l.soff) INTO v_so, v_go
+                            FROM log AS l WHERE l.message_id = p_ids[v_x] AND l.stream_id = v_sids[v_k]
+                            AND l.kind = 0 AND l.soff >= v_sfirst[v_k];
+                        IF v_so IS NULL THEN
+                            v_fresh := true;
+                        ELSE
+                            IF p_offsets[v_a] IS NULL THEN
+                                IF m = 0 THEN
+                                    v_at_any := v_so[1];
+                                END IF;
+                                v_p := array_position(v_so, v_at_any + m);
+                            ELSE
+                                v_p := array_position(v_so, v_want);
+                            END IF;
+                            IF v_p IS NULL THEN
+                                v_dup := true;
+                                v_exist := v_so[1];
+                            ELSE
+                                v_mg := v_mg || v_go[v_p];
+                                IF v_fm_stream IS NULL THEN
+                                    v_fm_stream := p_names[v_a];
+                                    v_fm_id := p_ids[v_x];
+                                    v_fm_soff := v_so[v_p];
+                                END IF;
+                            END IF;
+                        END IF;
+                    END IF;
+                    IF v_dup THEN
+                        tx := v_t;
+                        goff := NULL;
+                        firsts := NULL;
+                        stream := p_names[v_a];
+                        expected := v_exist;
+                        given := v_want;
+                        message_id := p_ids[v_x];
+                        why := v_why;
+                        RETURN NEXT;
+                        EXIT;
+                    END IF;
+                END LOOP;
+                EXIT WHEN v_dup;
+                v_rf := v_rf || coalesce(p_offsets[v_a], v_at_any);
+            END LOOP;
+            IF v_dup THEN
+                v_ok := false;
+            ELSIF cardinality(v_mg) > 0 THEN
+                v_ok := false;
+                tx := v_t;
+                stream := v_fm_stream;
+                expected := v_fm_soff;
+                given := v_fm_soff;
+                message_id := v_fm_id;
+                IF v_fresh THEN
+                    goff := NULL;
+                    firsts := NULL;
+                    why := 'committed there already, and the transaction also holds new messages: '
+                        'it is not a retry of one commit, so nothing of it is written';
+                ELSIF (SELECT max(g) - min(g) + 1 = count(*) AND count(DISTINCT g) = count(*) FROM unnest(v_mg) AS g)
+                THEN
+                    -- A retry: nothing is written, the original global offsets are the result.
+                    goff := (SELECT min(g) FROM unnest(v_mg) AS g);
+                    firsts := v_rf;
+                    stream := NULL;
+                    expected := NULL;
+                    given := NULL;
+                    message_id := NULL;
+                    why := NULL;
+                ELSE
+                    goff := NULL;
+                    firsts := NULL;
+                    why := 'every message of the transaction is committed already, but not at one range '
+                        'of global offsets: it is not a retry of one commit';
+                END IF;
+                RETURN NEXT;
+            END IF;
+            message_id := NULL;
+            why := NULL;
+        END IF;
+        -- The first append of each stream in the transaction: an exact offset must be the head.
         FOR v_a IN v_i .. v_j LOOP
+            EXIT WHEN NOT v_ok;
             IF p_offsets[v_a] IS NOT NULL AND NOT (p_names[v_a] = ANY (p_names[v_i:v_a - 1])) THEN
                 v_k := array_position(v_streams, p_names[v_a]);
                 IF p_offsets[v_a] <> v_heads[v_k] THEN
@@ -163,6 +303,9 @@ BEGIN
             END IF;
         END LOOP;
         IF v_ok THEN
+            IF v_check THEN
+                v_gkeys := v_gkeys || v_keys;
+            END IF;
             v_rel := v_total;
             FOR v_a IN v_i .. v_j LOOP
                 v_k := array_position(v_streams, p_names[v_a]);
@@ -273,7 +416,8 @@ def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
         sql.SQL(
             "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
             " p_counts integer[], p_ids bytea[], p_envelopes bytea[])"
-            " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint)"
+            " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint,"
+            " message_id bytea, why text)"
             " LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(append_body)),
         sql.SQL(
@@ -324,6 +468,10 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
             if row is None:
                 raise ValueError(f"{where}: the table {schema}.meta has no row: not a logstore store")
             version, store_id = row
+            if version == 1:
+                assert isinstance(store_id, uuid.UUID)
+                migrate_1_to_2(conn, schema, store_id)
+                version = SCHEMA_VERSION
             if version != SCHEMA_VERSION:
                 raise FormatVersionError(
                     where, 0, f"schema version {version}; this logstore reads version {SCHEMA_VERSION}"
@@ -341,6 +489,22 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
         for statement in ddl(schema, store_id):
             conn.execute(statement)
         return store_id
+
+
+def migrate_1_to_2(conn: psycopg.Connection[tuple[object, ...]], schema: str, store_id: uuid.UUID) -> None:
+    """Bring a version-1 store to version 2, in the caller's transaction (``ensure``, under its lock).
+
+    The tables stay as they are; ``append_batch`` is replaced (its result has two more columns, so it is
+    dropped and created) and ``meta.schema_version`` becomes 2. Clients of the earlier version that
+    still run fail at their next commit (the result has columns they do not expect) and refuse to open
+    the store again (:class:`~logstore.FormatVersionError`): upgrade every client together.
+    """
+    s = sql.Identifier(schema)
+    conn.execute(
+        sql.SQL("DROP FUNCTION {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])").format(s)
+    )
+    conn.execute(_functions(s, channel_of(store_id))[0])
+    conn.execute(sql.SQL("UPDATE {}.meta SET schema_version = {}").format(s, sql.Literal(SCHEMA_VERSION)))
 
 
 def parse_detail(detail: str | None) -> dict[str, object]:

@@ -31,7 +31,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 import psycopg
@@ -45,14 +45,21 @@ from logstore.checks import (
     check_expected,
     check_offset,
     check_stream_name,
+    committed_at,
 )
 from logstore.envelope import Envelope, decode, encode_many
-from logstore.errors import LogStoreError, OffsetConflictError, StoreClosedError, StoreForkedError
+from logstore.errors import (
+    DuplicateMessageError,
+    LogStoreError,
+    OffsetConflictError,
+    StoreClosedError,
+    StoreForkedError,
+)
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
 from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgStreamReader, close_readers
-from logstore.results import CompactReport, StreamInfo
+from logstore.results import CompactReport, Location, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"
@@ -83,14 +90,6 @@ DISK_ONLY_OPTIONS = {
     "retention_bytes": "retention by segment (delete with truncate_stream/delete_stream)",
 }
 """Options of ``logstore.open`` that mean something only for a store directory, with what they are about."""
-
-
-class Location(NamedTuple):
-    """One place a message is: what ``store.locate`` returns a list of."""
-
-    stream: str
-    offset: int
-    global_offset: int
 
 
 def is_url(path: object) -> bool:
@@ -526,7 +525,13 @@ class PostgresStore(StoreBase):
         """
         nameb, offset = self._check_append(tx, stream, offset, envs)
         if offset is ANY:
-            tx.stage(stream, nameb, ANY_OFFSET, encode_many(envs, stream, None, MAX_ENVELOPE_SIZE))
+            tx.stage(
+                stream,
+                nameb,
+                ANY_OFFSET,
+                encode_many(envs, stream, None, MAX_ENVELOPE_SIZE),
+                [e.message_id for e in envs],
+            )
             return
         expected = tx.staged_head(stream)
         if expected is None:
@@ -534,8 +539,12 @@ class PostgresStore(StoreBase):
                 expected = self._heads.get(stream)
             if expected != offset:
                 expected = self.head(stream)
+            if offset < expected and committed_at(self, stream, offset, envs):
+                expected = offset  # a retry of a commit: the commit judges it (DuplicateMessageError)
         check_expected(stream, expected, offset)
-        tx.stage(stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE))
+        tx.stage(
+            stream, nameb, offset, encode_many(envs, stream, offset, MAX_ENVELOPE_SIZE), [e.message_id for e in envs]
+        )
 
     def _commit_group(self, group: list[_Pending]) -> None:
         """Commit the transactions of ``group`` in one ``append_batch`` (the writer's leader calls this).
@@ -588,8 +597,17 @@ class PostgresStore(StoreBase):
                 p.error.__cause__ = exc
             return
         committed = False
-        for k, goff, firsts, stream, expected, given in rows:
+        for k, goff, firsts, stream, expected, given, message_id, why in rows:
             p = group[k - 1]
+            if message_id is not None:  # already in the stream elsewhere: nothing of the transaction is written
+                p.error = DuplicateMessageError(
+                    stream,
+                    bytes(message_id).decode("utf-8"),
+                    None if given is None else int(given),
+                    int(expected),
+                    why or "",
+                )
+                continue
             if goff is None:
                 self._saw_head(stream, expected)
                 p.error = OffsetConflictError(stream, int(expected), int(given))

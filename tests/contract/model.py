@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
 import logstore
-from logstore import Envelope
+from logstore import DuplicateMessageError, Envelope
 from tests.contract.backends import BACKENDS, OpenAt
 from tests.helpers import SMALL_SEGMENT
 from tests.statemachine import StoreMachine
@@ -119,6 +119,65 @@ class ApiModel(StoreMachine):
         assert tx_a.global_offsets is None
         with pytest.raises(ValueError, match="failed"):
             committer_a.commit()
+
+    # -- idempotent appends ------------------------------------------------------------------
+
+    def _goff(self, index: int) -> int:
+        """The global offset of the ``index``-th message of the model's log."""
+        return index
+
+    def _still_readable(self, name: str, offset: int) -> bool:
+        """Whether message ``offset`` of stream ``name`` is still readable (no removal in this model)."""
+        return True
+
+    def _committed(self) -> list[tuple[list[tuple[str, int, Envelope]], range]]:
+        """Each committed transaction whose messages are all readable: its messages and its range."""
+        out = []
+        start = 0
+        for end in self.tx_ends:
+            messages = self.log[start:end]
+            if messages and all(self._still_readable(n, o) for n, o, _e in messages):
+                out.append((messages, range(self._goff(start), self._goff(end - 1) + 1)))
+            start = end
+        return out
+
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        """A committed transaction appended again, as a client that does not know it landed: nothing is
+        written and the commit returns the original global offsets."""
+        done = self._committed()
+        if not done:
+            return
+        messages, result = data.draw(st.sampled_from(done), label="transaction")
+        appends: list[tuple[str, int, list[Envelope]]] = []
+        for name, offset, env in messages:  # consecutive messages of one stream: one append
+            if appends and appends[-1][0] == name and appends[-1][1] + len(appends[-1][2]) == offset:
+                appends[-1][2].append(env)
+            else:
+                appends.append((name, offset, [env]))
+        tx, committer = self.s.begin_tx()
+        for name, offset, envs in appends:
+            self.s.append_messages(tx, name, offset, envs)
+        assert committer.commit() == result
+        assert tx.global_offsets == result
+        self._check_heads()
+
+    @rule(data=st.data())
+    def duplicate(self, data: st.DataObject) -> None:
+        """A committed message appended again at its stream's head, with new ones or alone:
+        ``DuplicateMessageError``, and nothing of the transaction is written."""
+        done = [m for m, _r in self._committed() for m in m]
+        if not done:
+            return
+        name, offset, env = data.draw(st.sampled_from(done), label="message")
+        head = self._head(name)
+        news = data.draw(self.batches, label="new envelopes before it")
+        tx, committer = self.s.begin_tx()
+        self.s.append_messages(tx, name, head, [*news, env])
+        with pytest.raises(DuplicateMessageError) as caught:
+            committer.commit()
+        assert (caught.value.stream, caught.value.offset, caught.value.existing) == (name, head + len(news), offset)
+        self._check_heads([name])
 
     @rule(data=st.data())
     def rollback(self, data: st.DataObject) -> None:
@@ -233,6 +292,12 @@ class RemovalApiModel(ApiModel):
 
     def _live(self, name: str) -> bool:
         return name in self.streams and not self.deleted[name]
+
+    def _goff(self, index: int) -> int:
+        return self.goffs[index]
+
+    def _still_readable(self, name: str, offset: int) -> bool:
+        return offset >= self.first[name]
 
     def _check_heads(self, names: Iterable[str] = ()) -> None:
         assert self.s.global_head == self.next_goff

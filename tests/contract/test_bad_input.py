@@ -401,17 +401,19 @@ def test_message_exactly_at_the_size_limit_is_accepted_even_with_the_longest_nam
     name = "n" * logstore.MAX_STREAM_NAME
     with open_store(segment_size=SMALL_SEGMENT) as store:
         biggest = sized_envelope(store.max_envelope_size)
+        # Another message of the same size: one message id is at one offset of a stream only.
+        other = biggest._replace(message_id=biggest.message_id[:-1] + ("0" if biggest.message_id[-1] != "0" else "1"))
         commit(store, "small", 0, envs(1))
         commit(store, name, 0, [biggest])
-        commit(store, name, 1, [biggest])
+        commit(store, name, 1, [other])
         commit(store, "small", 1, envs(1))
         reader, _ = store.open_stream(store, name, 0)
-        assert list(reader) == [biggest, biggest]
+        assert list(reader) == [biggest, other]
         reader.close()
     with open_store(segment_size=SMALL_SEGMENT) as store:
         assert store.global_head == 4
         reader, _ = store.open_stream(store, name, 0)
-        assert list(reader) == [biggest, biggest]
+        assert list(reader) == [biggest, other]
         reader.close()
 
 

@@ -33,6 +33,7 @@ RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
     "stream": lambda s: s.stream("s"),
     "global_stream": lambda s: s.global_stream(),
     "read": lambda s: s.read("s"),
+    "locate": lambda s: s.locate("m"),
 }
 
 

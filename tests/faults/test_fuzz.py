@@ -637,7 +637,9 @@ def test_the_catalog_check_at_open_accepts_every_store_the_api_writes(tmp_path: 
 
     def commit(stream: str, n: int) -> None:
         tx, committer = store.begin_tx()
-        store.append_messages(tx, stream, heads.get(stream, 0), [T.Envelope.new("E", {"pad": "x" * 300})] * n)
+        store.append_messages(
+            tx, stream, heads.get(stream, 0), [T.Envelope.new("E", {"pad": "x" * 300}) for _ in range(n)]
+        )
         committer.commit()
         heads[stream] = heads.get(stream, 0) + n
 

@@ -208,3 +208,41 @@ def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schem
             admin.execute(call)
         admin.execute("ROLLBACK")
     assert store.head("s") == 1 and store.global_head == 1 and store.read("s") == [env]
+
+
+# A version-1 store's append_batch as far as the migration sees it: its signature and its result's columns.
+_V1_APPEND_BATCH = (
+    "CREATE FUNCTION {}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[], p_counts integer[],"
+    " p_ids bytea[], p_envelopes bytea[])"
+    " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint)"
+    " LANGUAGE sql AS 'SELECT NULL::integer, NULL::bigint, NULL::bigint[], NULL::text, NULL::bigint,"
+    " NULL::bigint WHERE false'"
+)
+
+
+def test_a_version_1_store_is_migrated_at_open(open_pg, schema, admin):
+    """Schema version 2 replaces append_batch (idempotent appends); opening a version-1 store migrates it."""
+    env = Envelope.new("E", 1)
+    store = open_pg()
+    with store.transaction() as tx:
+        tx.append("s", 0, [env])
+    store.close()
+    s = sql.Identifier(schema)
+    admin.execute(
+        sql.SQL("DROP FUNCTION {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])").format(s)
+    )
+    admin.execute(sql.SQL(_V1_APPEND_BATCH).format(s))
+    admin.execute(sql.SQL("UPDATE {}.meta SET schema_version = 1").format(s))
+    store = open_pg()
+    try:
+        (version,) = admin.execute(sql.SQL("SELECT schema_version FROM {}.meta").format(s)).fetchone()
+        assert version == SCHEMA_VERSION == 2
+        tx, committer = store.begin_tx()
+        store.append_messages(tx, "s", 0, [env])
+        assert committer.commit() == range(1)  # a retry: the migrated function judges message ids
+        with store.transaction() as tx:
+            tx.append("s", 1, [Envelope.new("E", 2)])
+        assert tx.global_offsets == range(1, 2)
+        assert [tuple(p) for p in store.locate(env.message_id)] == [("s", 0, 0)]
+    finally:
+        store.close()

@@ -75,13 +75,14 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     if "PG" in skipped:
         assert "PG" not in by_workload and skipped["PG"], skipped
         assert not _pg_reachable(), f"PG was skipped though its server answers: {skipped['PG']}"
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES", "ID"}
     else:
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID"}
         check_pg(report)
     for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
     assert by_workload["W5"] == {"logstore"}
+    check_id(results)
     w5 = {r["name"] for r in results if r["workload"] == "W5"}
     assert any("/after=close/" in n for n in w5)
     assert any("/after=crash/" in n for n in w5)
@@ -201,3 +202,15 @@ def check_es(report: dict[str, Any]) -> None:
     settings = report["es_settings"]
     assert settings["logstore"] == {"durability": "fsync"}
     assert settings["es-sqlite"] == {"journal_mode": "wal", "synchronous": "FULL"}
+
+
+def check_id(results: list[dict[str, Any]]) -> None:
+    """The ID group: W1 with message ids checked on logstore, sqlite with a UNIQUE (stream, message_id)
+    and plain sqlite; retries on the first two."""
+    ids = {(r["name"].rsplit("/store=", 1)[0], r["store"]): r for r in results if r["workload"] == "ID"}
+    assert set(ids) == {
+        *(("append/ids=checked/batch=100/size=300B/messages=20k", s) for s in ("logstore", "sqlite-unique", "sqlite")),
+        *(("retry/batch=100/size=300B/commits=200", s) for s in ("logstore", "sqlite-unique")),
+    }, set(ids)
+    for (family, _store), r in ids.items():
+        assert r["unit"] == ("retries/s" if family.startswith("retry/") else "msg/s") and r["higher_is_better"]

@@ -241,8 +241,9 @@ def test_removed_and_lost_records(
     path = tmp_path / "store"
     with logstore.open(path, segment_size=64 * 1024) as store:
         for i in range(10):
+            mid = f"{MID[:24]}{i:012d}"  # an id of its own, of the same length: one envelope size
             with store.transaction() as tx:
-                store.append_messages(tx, name, i, [env])
+                store.append_messages(tx, name, i, [env._replace(message_id=mid)])
         store.truncate_stream(name, 5)
     seg = path / "segments" / "00000000000000000000.log"
     rec = next(r for r in _records_of(seg) if r.soff == soff and r.kind == KIND_MESSAGE)

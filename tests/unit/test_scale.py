@@ -25,7 +25,14 @@ def test_hundred_thousand_streams_of_two_messages(store_dir: Path) -> None:
             with store.transaction() as tx:
                 for n in range(first, first + PER_TX):
                     store.append_messages(
-                        tx, f"entity-{n}", 0, [envelope._replace(message={"n": n}), envelope._replace(message=-n)]
+                        tx,
+                        f"entity-{n}",
+                        0,
+                        # A message id is at one offset of a stream only: each envelope gets its own.
+                        [
+                            envelope._replace(message_id=f"{n}-a", message={"n": n}),
+                            envelope._replace(message_id=f"{n}-b", message=-n),
+                        ],
                     )
         assert store.global_head == 2 * STREAMS
     files = _files(store_dir)
@@ -49,9 +56,10 @@ def test_reopen_of_a_large_single_stream_reads_no_record(store_dir: Path) -> Non
     envelopes = [Envelope.new("Tick", {"i": i}) for i in range(100)]
     with logstore.open(store_dir, segment_size=256 * 1024, checkpoint_bytes=128 * 1024) as store:
         for k in range(200):
+            mine = [e._replace(message_id=f"{e.message_id}-{k}") for e in envelopes]  # ids of their own
             with store.transaction() as tx:
-                store.append_messages(tx, "ticks", 100 * k, envelopes)
-                store.append_messages(tx, f"side-{k % 3}", k // 3, envelopes[:1])
+                store.append_messages(tx, "ticks", 100 * k, mine)
+                store.append_messages(tx, f"side-{k % 3}", k // 3, mine[:1])
     # 200 runs (one per transaction) make "ticks" a large stream with a run file of its own.
     assert os.listdir(store_dir / "streams") == ["0000000000.runs"]
     io = FileIO()

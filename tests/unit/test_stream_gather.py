@@ -84,7 +84,7 @@ def test_runs_farther_apart_than_the_gap_are_read_apart(store_dir: Path, gathere
             with store.transaction() as tx:
                 store.append_messages(tx, "a", i, [Envelope.new("A", i)])
             with store.transaction() as tx:
-                store.append_messages(tx, "b", store.head("b"), [Envelope.new("B", 0)] * (GATHER_GAP + 5))
+                store.append_messages(tx, "b", store.head("b"), [Envelope.new("B", 0) for _ in range(GATHER_GAP + 5)])
         got = _read(store, "a")
         assert [env.message for _s, _g, env in got] == list(range(6))
         assert got == _truth(store, "a")

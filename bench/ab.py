@@ -1,0 +1,92 @@
+"""One workload on two checkouts of logstore, taking turns: ``python -m bench.ab BASE [--runs 5] [--spec JSON]``.
+
+Measures what a change costs: the workload process (:mod:`bench.workloads`, of this checkout) imports
+logstore from ``BASE`` (a checkout of the code before the change, e.g. ``git worktree add`` or
+``git archive REV | tar -x -C BASE``) or from this checkout, alternately, so that both see the same
+machine load. Prints each run and the medians with their ratio (this checkout / base), as JSON with
+``--json``. The default spec is W1: 200,000 envelopes of 300 B in transactions of 100, fsync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W1 = {"workload": "append", "store": "logstore", "messages": 200_000, "batch": 100, "size": 300}
+
+
+def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[float, float]:
+    """Messages per second of one run of ``spec`` with logstore imported from ``tree``, and the process's
+    CPU microseconds per message (the workload's ``cpu_seconds``; 0 where it has none)."""
+    path = tempfile.mkdtemp(dir=work)
+    shutil.rmtree(path)
+    env = {**os.environ, "PYTHONPATH": tree}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.workloads", json.dumps({**spec, "dir": path})],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shutil.rmtree(path, ignore_errors=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    n = float(result["messages"])
+    return n / float(result["seconds"]), float(result.get("cpu_seconds", 0.0)) / n * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="a checkout of logstore before the change (its bench/ is replaced by this one)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--spec", default=json.dumps(W1), help="the workload spec (JSON), without dir")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    spec = json.loads(args.spec)
+    base_bench = os.path.join(args.base, "bench")
+    shutil.rmtree(base_bench, ignore_errors=True)
+    shutil.copytree(os.path.join(HERE, "bench"), base_bench)  # the same workload code on both sides
+    work = tempfile.mkdtemp(prefix="logstore-ab-")
+    runs: dict[str, list[float]] = {"base": [], "this": []}
+    cpu: dict[str, list[float]] = {"base": [], "this": []}
+    try:
+        for k in range(args.runs):
+            order = (("base", args.base), ("this", HERE)) if k % 2 == 0 else (("this", HERE), ("base", args.base))
+            for label, tree in order:
+                rate, us = run_once(tree, spec, work)
+                runs[label].append(rate)
+                cpu[label].append(us)
+                if not args.json:
+                    print(f"run {k + 1} {label}: {rate:,.0f} msg/s, {us:.2f} us of CPU per message", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
+    report = {
+        "spec": spec,
+        "runs": runs,
+        "median": medians,
+        "ratio": medians["this"] / medians["base"],
+        "cpu_us_per_message": cpu,
+        "cpu_median": cpu_medians,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        base, this = medians["base"], medians["this"]
+        print(f"median base {base:,.0f}, this {this:,.0f} msg/s: this / base = {report['ratio']:.3f}")
+        cb, ct = cpu_medians["base"], cpu_medians["this"]
+        print(f"median CPU per message: base {cb:.2f} us, this {ct:.2f} us ({ct / cb:.3f}x)" if cb else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

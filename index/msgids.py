@@ -1,0 +1,185 @@
+"""The message-id index: which global offsets hold a message whose id hashes to a given 64-bit value.
+
+Keys are the xxh3-64 of a message id's UTF-8 bytes; values are global
+offsets. Two ids may share a hash, so a hit is only a candidate: the engine
+reads the record to compare the id. The index is a list of immutable sorted
+*runs* (numpy arrays, sorted by hash, then global offset) plus a small
+unsorted table of *recent* entries (a dict), so that 10^8 messages take
+16 bytes each in numpy arrays and no Python object per message.
+
+A run file (``<store>/msgids-<generation>.run``, written once by the
+checkpoint of that generation)::
+
+    offset       size   type     field
+    0            64     header   magic LGMSGRUN; a = generation that wrote it, b = count n, c = xxh3-64 of the body
+    64           8n     u64[n]   hashes, ascending
+    64+8n        8n     u64[n]   global offsets (ascending among equal hashes)
+
+The generation file (``<store>/msgids.<generation>``)::
+
+    offset       size   type     field
+    0            64     header   magic LGMSGIDS; a = generation, b = body length, c = xxh3-64 of the body
+    64           8      u64      start: entries below this global offset are dropped (retention)
+    72           8      u64      r, the number of runs
+    80           24r    3 x u64  each run: generation (names its file), count, body checksum
+    80+24r       8      u64      m, the number of recent entries
+    88+24r       8m     u64[m]   their hashes, ascending
+    88+24r+8m    8m     u64[m]   their global offsets
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from .errors import FormatError
+from .header import HEADER_SIZE, Header, decode_header, encode_header
+
+MAGIC_MSGIDS = b"LGMSGIDS"
+MAGIC_MSGRUN = b"LGMSGRUN"
+
+_U64 = struct.Struct("<Q")
+_RUN_ENTRY = struct.Struct("<QQQ")
+
+U64Array = npt.NDArray[np.uint64]
+
+
+def id_hash(message_id: str) -> int:
+    """The 64-bit key of a message id: xxh3-64 of its UTF-8 bytes."""
+    return xxhash.xxh3_64_intdigest(message_id.encode())
+
+
+class Run:
+    """One sorted run: ``hashes`` ascending, ``goffs`` beside them; ``generation`` names its file (0: not saved)."""
+
+    __slots__ = ("checksum", "generation", "goffs", "hashes")
+
+    def __init__(self, hashes: U64Array, goffs: U64Array, generation: int = 0, checksum: int = 0) -> None:
+        self.hashes = hashes
+        self.goffs = goffs
+        self.generation = generation
+        self.checksum = checksum
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def body(self) -> bytes:
+        return self.hashes.astype("<u8").tobytes() + self.goffs.astype("<u8").tobytes()
+
+    def encode(self, store_id: bytes, generation: int) -> bytes:
+        """The bytes of its run file, written by the checkpoint of ``generation`` (which names it)."""
+        body = self.body()
+        self.generation = generation
+        self.checksum = xxhash.xxh3_64_intdigest(body)
+        header = Header(MAGIC_MSGRUN, store_id, generation, len(self.hashes), self.checksum)
+        return encode_header(header) + body
+
+    @classmethod
+    def decode(cls, buf: Any, store_id: bytes, generation: int, count: int, checksum: int) -> Run:
+        """A run from its file's bytes, checked against what the generation file records of it."""
+        h = decode_header(buf, MAGIC_MSGRUN)
+        if h.store_id != store_id:
+            raise FormatError(16, "store id differs from the store's")
+        if h.a != generation:
+            raise FormatError(32, f"generation is {h.a}, expected {generation}")
+        if h.b != count:
+            raise FormatError(40, f"count is {h.b}, the generation file records {count}")
+        end = HEADER_SIZE + 16 * count
+        if len(buf) != end:
+            raise FormatError(min(len(buf), end), f"file is {len(buf)} bytes, {count} entries take {end}")
+        with memoryview(buf) as view, view[HEADER_SIZE:end] as body:
+            digest = xxhash.xxh3_64_intdigest(body)
+        if digest != checksum or h.c != checksum:
+            raise FormatError(HEADER_SIZE, "checksum of the entries does not match the generation file")
+        arr = np.frombuffer(buf, dtype="<u8", count=2 * count, offset=HEADER_SIZE)
+        hashes, goffs = arr[:count], arr[count:]
+        if count > 1 and not bool(np.all(hashes[1:] >= hashes[:-1])):
+            raise FormatError(HEADER_SIZE, "hashes are not in ascending order")
+        return cls(hashes, goffs, generation, checksum)
+
+
+def sorted_run(hashes: Iterable[int] | U64Array, goffs: Iterable[int] | U64Array) -> Run:
+    """A run of the given entries, sorted by hash then global offset."""
+    h = np.asarray(hashes if isinstance(hashes, np.ndarray) else list(hashes), dtype=np.uint64)
+    g = np.asarray(goffs if isinstance(goffs, np.ndarray) else list(goffs), dtype=np.uint64)
+    order = np.lexsort((g, h))
+    return Run(h[order], g[order])
+
+
+def merge(runs: list[Run], start: int) -> Run:
+    """One run of every entry of ``runs`` at or past global offset ``start``.
+
+    ``runs`` come oldest first, each sorted, and a newer run's global offsets are past an older one's
+    for a shared hash (the index adds entries in log order): a stable sort on the hashes alone (numpy's
+    radix sort for integers, linear) then keeps every hash's global offsets ascending.
+    """
+    h = np.concatenate([r.hashes for r in runs]) if runs else np.zeros(0, np.uint64)
+    g = np.concatenate([r.goffs for r in runs]) if runs else np.zeros(0, np.uint64)
+    if start:
+        keep = g >= np.uint64(start)
+        h, g = h[keep], g[keep]
+    order = np.argsort(h, kind="stable")
+    return Run(h[order], g[order])
+
+
+class Saved(NamedTuple):
+    """A generation file decoded: ``runs`` as (generation, count, checksum), and the recent entries."""
+
+    start: int
+    runs: list[tuple[int, int, int]]
+    recent: Run
+
+
+def encode_generation(store_id: bytes, generation: int, start: int, runs: list[Run], recent: Run) -> bytes:
+    """The bytes of ``msgids.<generation>``; every run must be saved (its ``generation`` set)."""
+    parts = [_U64.pack(start), _U64.pack(len(runs))]
+    for r in runs:
+        assert r.generation, "a run is listed before its file is written"
+        parts.append(_RUN_ENTRY.pack(r.generation, len(r), r.checksum))
+    parts.append(_U64.pack(len(recent)))
+    parts.append(recent.body())
+    body = b"".join(parts)
+    header = Header(MAGIC_MSGIDS, store_id, generation, len(body), xxhash.xxh3_64_intdigest(body))
+    return encode_header(header) + body
+
+
+def decode_generation(buf: bytes, store_id: bytes, generation: int) -> Saved:
+    """Decode ``msgids.<generation>``; :class:`FormatError` where it is not what the format says."""
+    h = decode_header(buf, MAGIC_MSGIDS)
+    if h.store_id != store_id:
+        raise FormatError(16, "store id differs from the store's")
+    if h.a != generation:
+        raise FormatError(32, f"generation is {h.a}, expected {generation}")
+    if len(buf) != HEADER_SIZE + h.b:
+        raise FormatError(40, f"body length is {h.b}, the file holds {len(buf) - HEADER_SIZE}")
+    body = memoryview(buf)[HEADER_SIZE:]
+    if xxhash.xxh3_64_intdigest(body) != h.c:
+        raise FormatError(HEADER_SIZE, "body checksum mismatch")
+    pos = 0
+
+    def u64() -> int:
+        nonlocal pos
+        if pos + 8 > len(body):
+            raise FormatError(HEADER_SIZE + pos, "body ends inside a field")
+        (v,) = _U64.unpack_from(body, pos)
+        pos += 8
+        return int(v)
+
+    start = u64()
+    nruns = u64()
+    if pos + nruns * _RUN_ENTRY.size > len(body):
+        raise FormatError(HEADER_SIZE + pos, f"{nruns} runs do not fit in the body")
+    runs = []
+    for _ in range(nruns):
+        runs.append(_RUN_ENTRY.unpack_from(body, pos))
+        pos += _RUN_ENTRY.size
+    m = u64()
+    if pos + 16 * m != len(body):
+        raise FormatError(HEADER_SIZE + pos, f"{m} recent entries do not fill the rest of the body")
+    arr = np.frombuffer(bytes(body[pos:]), dtype="<u8")
+    return Saved(start, [(int(g), int(c), int(s)) for g, c, s in runs], Run(arr[:m].copy(), arr[m:].copy()))

@@ -1,0 +1,661 @@
+"""The message-id index: where each message id is in the log, for idempotent appends and ``store.locate``.
+
+A derived index (:mod:`logstore.embedded.derived`) kept by the engine
+beside its own: the writer adds each committed message inline (it knows the
+id, the stream and the offsets, so nothing is read back), recovery and the
+follower of other processes' commits apply the records they walk (the id
+is the envelope's first msgpack field, read without decoding the rest),
+and each checkpoint saves it. The structure and its files are
+:mod:`logstore.index.msgids`: sorted runs of (xxh3-64 of the id, global
+offset) in numpy arrays, and a small dict of the entries since the last
+fold. A hash hit is a candidate only: the record at that global offset is
+read and its id compared, so a collision of two ids costs one read and
+never a wrong answer.
+
+The writer's check (:meth:`MessageIds.check`, in the group processing
+before the offset check and the framing): for each envelope of a
+transaction, where the stream it is appended to already holds its id.
+
+- None of them anywhere: the transaction goes on as any other.
+- Every one at the very offset the transaction gives it (an append at
+  ``ANY``: at consecutive offsets), and their global offsets one range: a
+  retry of a commit whose outcome its client did not learn. Nothing is
+  written and ``commit()`` returns that range.
+- Anything else (an id at another offset of the stream, twice in the
+  transaction, or a transaction mixing committed messages with new ones):
+  :class:`~logstore.DuplicateMessageError`, nothing written.
+
+Lock rules: the holder of the writer role alone calls ``check``, ``added``,
+``apply``, ``prepare`` and ``encode``. Readers call :meth:`locate`; they
+read ``recent`` (a dict: single lookups are atomic) and ``runs`` (replaced
+whole, never changed in place), and bound what they report by the
+published ``visible_end``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from xxhash import xxh3_64_intdigest
+
+from logstore.embedded import layout
+from logstore.embedded.derived import Applied, DerivedIndex, IndexHost
+from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record
+from logstore.embedded.walk import record_at
+from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
+from logstore.index.errors import FormatError
+from logstore.index.msgids import (
+    Run,
+    decode_generation,
+    encode_generation,
+    merge,
+    sorted_run,
+)
+from logstore.tx import ANY_OFFSET
+
+if TYPE_CHECKING:
+    from logstore.embedded.checkpoint import Checkpoint
+    from logstore.embedded.fileio import FileIO
+    from logstore.embedded.segment import Segment
+    from logstore.index.catalog import Catalog
+    from logstore.tx import Append, Tx
+
+
+class MessageIdHost(IndexHost, Protocol):
+    """What the message-id index uses of its log (:class:`logstore.embedded.log.Log`)."""
+
+    generation: int
+    next_goff: int
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def segment_for(self, goff: int) -> Segment: ...
+
+
+logger = logging.getLogger("logstore")
+
+FILE = "msgids"
+RUN_PREFIX = "msgids-"
+RUN_EXT = ".run"
+
+# Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
+# small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
+RECENT_MAX = 1 << 18
+
+hash_bytes = xxh3_64_intdigest
+"""The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
+
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+
+
+def run_name(generation: int) -> str:
+    return f"{RUN_PREFIX}{generation:020d}{RUN_EXT}"
+
+
+def is_run_name(name: str) -> bool:
+    stem = name[len(RUN_PREFIX) : -len(RUN_EXT)]
+    return name.startswith(RUN_PREFIX) and name.endswith(RUN_EXT) and len(stem) == 20 and stem.isdigit()
+
+
+def is_index_file(name: str) -> bool:
+    """Whether ``name`` (in the store directory) is a file of the message-id index, or its temporary file."""
+    bare = name.removesuffix(".tmp")
+    return bare.startswith(FILE + ".") or is_run_name(bare)
+
+
+def message_id_at(buf: object, start: int, end: int) -> bytes | None:
+    """The UTF-8 bytes of the message id of the envelope at ``buf[start:end]``, or None if it is not one.
+
+    An envelope is a msgpack array of seven items whose first is the id
+    (:mod:`logstore.envelope`): a fixarray byte ``0x97``, then a str header.
+    """
+    view = memoryview(buf)  # type: ignore[arg-type]
+    if end - start < 2 or view[start] != 0x97:
+        return None
+    b = view[start + 1]
+    if 0xA0 <= b <= 0xBF:
+        n, s = b & 0x1F, start + 2
+    elif b == 0xD9 and end - start >= 3:
+        n, s = view[start + 2], start + 3
+    elif b == 0xDA and end - start >= 4:
+        (n,), s = _BE16.unpack_from(view, start + 2), start + 4
+    elif b == 0xDB and end - start >= 6:
+        (n,), s = _BE32.unpack_from(view, start + 2), start + 6
+    else:
+        return None
+    if s + n > end:
+        return None
+    return bytes(view[s : s + n])
+
+
+def record_message_id(buf: object, rec: Record) -> bytes | None:
+    """The message id of message record ``rec`` of ``buf`` (None for other kinds)."""
+    if rec.kind != KIND_MESSAGE:
+        return None
+    return message_id_at(buf, rec.payload_start, rec.position + rec.length - 8)
+
+
+class MessageIds(DerivedIndex):
+    """The message-id index of one log; see the module docstring."""
+
+    file = FILE
+    label = "message-id index"
+
+    def __init__(self, log: MessageIdHost | None) -> None:
+        super().__init__()
+        self.log = log
+        self.recent: dict[int, int | tuple[int, ...]] = {}
+        self.runs: list[Run] = []
+        self.start = 0  # entries below it belong to records that retention dropped
+        # This group's transactions, not written yet: (first global offset, transaction).
+        self.unwritten: list[tuple[int, Tx]] = []
+        # check() -> added(): the hashes of the transaction's ids, in order, and whether none of them is in
+        # the table yet (nor twice in the transaction)
+        self._flat: list[int] = []
+        self._simple = False
+
+    # -- the table -------------------------------------------------------------------
+
+    def add(self, h: int, goff: int) -> None:
+        recent = self.recent
+        old = recent.get(h)
+        if old is None:
+            recent[h] = goff
+        elif type(old) is int:
+            recent[h] = (old, goff)
+        else:
+            recent[h] = (*old, goff)  # type: ignore[misc]
+        if len(recent) > RECENT_MAX:
+            self._fold()
+
+    def _recent_run(self) -> Run:
+        recent = self.recent
+        try:  # the common case: one global offset per hash, in the order they were added
+            keys = np.fromiter(recent.keys(), np.uint64, len(recent))
+            values = np.fromiter(recent.values(), np.uint64, len(recent))
+        except TypeError:
+            pass  # some hash has several: one by one below
+        else:
+            order = np.argsort(keys, kind="stable")
+            return Run(keys[order], values[order])
+        hs: list[int] = []
+        gs: list[int] = []
+        for h, v in self.recent.items():
+            if type(v) is int:
+                hs.append(h)
+                gs.append(v)
+            else:
+                for g in v:  # type: ignore[union-attr]
+                    hs.append(h)
+                    gs.append(g)
+        return sorted_run(hs, gs)
+
+    def _fold(self) -> None:
+        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
+        run = self._recent_run()
+        self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
+        self.recent = {}
+
+    def candidates(self, h: int) -> list[int]:
+        """Global offsets whose message id may hash to ``h`` (any thread)."""
+        v = self.recent.get(h)
+        out: list[int] = [] if v is None else [v] if isinstance(v, int) else list(v)
+        key = np.uint64(h)
+        for run in self.runs:
+            hs = run.hashes
+            lo = int(np.searchsorted(hs, key, "left"))
+            if lo < len(hs) and hs[lo] == key:
+                hi = int(np.searchsorted(hs, key, "right"))
+                out.extend(int(g) for g in run.goffs[lo:hi])
+        return out
+
+    def _any_in_runs(self, hashes: list[int]) -> bool:
+        """Whether a run may hold any of ``hashes`` (one numpy search per run)."""
+        if not self.runs:
+            return False
+        keys = np.fromiter(hashes, np.uint64, len(hashes))
+        for run in self.runs:
+            hs = run.hashes
+            if not len(hs):
+                continue
+            if (hs.take(np.searchsorted(hs, keys), mode="clip") == keys).any():
+                return True
+        return False
+
+    def entries(self) -> Run:
+        """Every entry at or past the log's start, as one sorted run (verify, tests)."""
+        return merge([*self.runs, self._recent_run()], self._log_start())
+
+    def _log_start(self) -> int:
+        return self.start if self.log is None else max(self.start, self.log.published.log_start)
+
+    # -- reading records -------------------------------------------------------------------
+
+    def _place(self, goff: int) -> tuple[bytes, int, int, str | None] | None:
+        """(id, stream id, stream offset, name if NAMED) of the message record at ``goff``, or None."""
+        lg = self.log
+        assert lg is not None
+        try:
+            seg = lg.segment_for(goff)
+            pos = seg.positions.position(goff)
+            buf = seg.view
+            rec = record_at(buf, pos, len(buf))
+        except (KeyError, IndexError, ValueError, OSError):
+            return None
+        if rec is None or rec.goff != goff:
+            return None
+        mid = record_message_id(buf, rec)
+        if mid is None:
+            return None
+        return mid, rec.sid, rec.soff, rec.name
+
+    def locate(self, message_id: str, visible_end: int) -> Iterator[tuple[int, int, int]]:
+        """``(stream id, stream offset, global offset)`` of every readable message ``message_id`` below
+        ``visible_end``, in global order (any thread)."""
+        lg = self.log
+        assert lg is not None
+        want = message_id.encode()
+        start = self._log_start()
+        cat = lg.catalog
+        for goff in sorted(set(self.candidates(hash_bytes(want)))):
+            if goff < start or goff >= visible_end:
+                continue
+            place = self._place(goff)
+            if place is None or place[0] != want:
+                continue
+            _mid, sid, soff, _name = place
+            if sid < len(cat.first) and soff >= int(cat.first[sid]):  # not removed by truncation or deletion
+                yield sid, soff, goff
+
+    # -- the writer's check ------------------------------------------------------------------
+
+    def candidates_many(self, hashes: list[int]) -> list[list[int]]:
+        """:meth:`candidates` of each of ``hashes``, with two numpy searches per run for all of them."""
+        recent = self.recent
+        out: list[list[int]] = []
+        for h in hashes:
+            v = recent.get(h)
+            out.append([] if v is None else [v] if isinstance(v, int) else list(v))
+        if self.runs and hashes:
+            keys = np.fromiter(hashes, np.uint64, len(hashes))
+            for run in self.runs:
+                lo = np.searchsorted(run.hashes, keys, "left")
+                hi = np.searchsorted(run.hashes, keys, "right")
+                for k in np.flatnonzero(hi > lo).tolist():
+                    out[k].extend(run.goffs[lo[k] : hi[k]].tolist())
+        return out
+
+    def _in_stream(self, goffs: list[int], mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
+        """(stream offset, global offset) of every place among the candidates ``goffs`` where stream ``name``
+        (id ``sid``) holds ``mid`` (writer role)."""
+        lg = self.log
+        assert lg is not None
+        written_end = lg.next_goff
+        start = self._log_start()
+        want = mid.encode()
+        out = []
+        for goff in goffs:
+            if goff >= written_end:  # this group's, not written yet
+                got = self._unwritten(goff)
+                if got is not None and got[0] == mid and got[1] == name:
+                    out.append((got[2], goff))
+                continue
+            if sid is None or goff < start:
+                continue
+            place = self._place(goff)
+            if place is None or place[0] != want or place[1] != sid:
+                continue
+            soff = place[2]
+            if soff >= int(cat.first[sid]):
+                out.append((soff, goff))
+        return out
+
+    def check(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
+        """Judge ``tx`` against the index (writer role, before its offsets are checked; see the module
+        docstring): None to commit it, a range for a retry (nothing to write), or the error to raise."""
+        xxh = hash_bytes
+        flat = [xxh(m.encode()) for mids in tx.message_ids for m in mids]
+        self._flat = flat
+        # The common case at C speed: ids distinct, none in the recent table, none in a run.
+        simple = len(set(flat)) == len(flat) and self.recent.keys().isdisjoint(flat)
+        if simple and not self._any_in_runs(flat):
+            self._simple = True
+            return None
+        self._simple = False
+        return self._judge(tx, ids, cat)
+
+    def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
+        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction)."""
+        matched: list[int] = []  # global offsets of envelopes committed where the transaction puts them
+        first_match: tuple[str, str, int] | None = None  # (stream, id, stream offset) of the first of them
+        fresh = False  # some envelope is new to its stream
+        placed: dict[tuple[str, str], int | None] = {}  # (stream, id) -> offset the transaction gives it
+        assigned: list[Append] = []
+        cands = self.candidates_many(self._flat)
+        at = 0  # where the append's envelopes start among the transaction's
+        for (name, nameb, first, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
+            sid = ids.get(name)
+            any_start: int | None = None
+            for j, mid in enumerate(mids):
+                offset = None if first == ANY_OFFSET else first + j
+                if (name, mid) in placed:
+                    before = placed[(name, mid)]
+                    return DuplicateMessageError(
+                        name, mid, offset, -1 if before is None else before, "twice in one transaction"
+                    )
+                placed[(name, mid)] = offset
+                places = self._in_stream(cands[at + j], mid, name, sid, cat)
+                if not places:
+                    fresh = True
+                    continue
+                soffs = [s for s, _g in places]
+                want = offset
+                if offset is None:  # at ANY: a retry's offsets follow on from where its first envelope is
+                    if j == 0:
+                        any_start = min(soffs)
+                    want = None if any_start is None else any_start + j
+                if want is None or want not in soffs:
+                    return DuplicateMessageError(name, mid, offset, min(soffs))
+                matched.append(next(g for s, g in places if s == want))
+                if first_match is None:
+                    first_match = (name, mid, want)
+            start = any_start if first == ANY_OFFSET and any_start is not None else first
+            assigned.append((name, nameb, start, payloads))
+            at += len(mids)
+        if first_match is None:
+            return None
+        name, mid, soff = first_match
+        if fresh:
+            return DuplicateMessageError(
+                name,
+                mid,
+                soff,
+                soff,
+                "committed there already, and the transaction also holds new messages: it is not a retry "
+                "of one commit, so nothing of it is written",
+            )
+        matched.sort()
+        span = range(matched[0], matched[-1] + 1)
+        if len(span) != len(matched) or len(set(matched)) != len(matched):
+            return DuplicateMessageError(
+                name,
+                mid,
+                soff,
+                soff,
+                "every message of the transaction is committed already, but not at one range of global "
+                "offsets: it is not a retry of one commit",
+            )
+        if tx.has_any:
+            tx.assign(assigned)
+        return span
+
+    def added(self, tx: Tx, tx_first: int) -> None:
+        """``tx`` passed the check and was framed from global offset ``tx_first`` on (writer role)."""
+        lg = self.log
+        assert lg is not None
+        if tx_first == lg.next_goff:
+            self.unwritten = []  # the first transaction of a group: earlier groups' messages are written
+        self.unwritten.append((tx_first, tx))
+        flat = self._flat
+        if self._simple:  # no id of it in the table: one C call
+            self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
+            if len(self.recent) > RECENT_MAX:
+                self._fold()
+            return
+        for k, h in enumerate(flat):
+            self.add(h, tx_first + k)
+
+    def _unwritten(self, goff: int) -> tuple[str, str, int] | None:
+        """(id, stream, stream offset) of message ``goff`` of the group being framed (not written yet)."""
+        for first, tx in self.unwritten:
+            k = goff - first
+            if k < 0:
+                continue
+            for (name, _nb, soff, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
+                if k < len(payloads):
+                    return mids[k], name, soff + k
+                k -= len(payloads)
+        return None
+
+    def take(self, other: MessageIds) -> None:
+        """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
+        self.recent, self.runs, self.start = other.recent, other.runs, other.start
+        self.unwritten = []
+
+    # -- DerivedIndex ----------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.recent = {}
+        self.runs = []
+        self.start = 0
+        self.unwritten = []
+
+    def apply(self, records: Applied) -> None:
+        lg = self.log
+        assert lg is not None
+        segments = lg.segments
+        for i, rec in records:
+            if rec.kind == KIND_MESSAGE:
+                self.apply_record(segments[i].view, rec)
+
+    def apply_record(self, buf: object, rec: Record) -> None:
+        """Index one record of ``buf`` (a message record; others are ignored)."""
+        mid = record_message_id(buf, rec)
+        if mid is not None:
+            self.add(hash_bytes(mid), rec.goff)
+
+    def prepare(self) -> bool:
+        """Checkpoint step 1: write the unsaved entries as one run file, merged with the runs before it
+        while they are no more than twice its size (so a log of n messages has O(log n) runs), fsynced;
+        remove run files that neither the checkpoint in force nor the coming one lists."""
+        lg = self.log
+        assert lg is not None
+        generation = lg.generation + 1
+        start = self._log_start()
+        runs = list(self.runs)
+        # A run whose file is gone is written again: another process's checkpoint removes the run files
+        # that neither its checkpoint nor the one in force lists, which may be this process's older ones.
+        unsaved = [r for r in runs if r.generation == 0 or not lg.io.exists(self._run_path(r.generation))]
+        saved = [r for r in runs if r not in unsaved]
+        folded = len(self.recent) > RECENT_MAX // 4
+        if folded:
+            unsaved.append(self._recent_run())
+        created = False
+        if unsaved:
+            new = merge(unsaved, start)
+            while saved and len(saved[-1]) <= 2 * len(new):
+                new = merge([saved.pop(), new], start)
+            data = new.encode(lg.store_id, generation)
+            lg.io.write_file_atomic(self._run_path(generation), data)
+            saved.append(new)
+            created = True
+        self.runs = saved
+        if folded:
+            self.recent = {}  # after the runs that hold its entries: a reader finds every entry in one or the other
+        self.start = start
+        self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
+        return created
+
+    def _remove_unlisted(self, io: FileIO, directory: str, current: int, keep: set[int]) -> None:
+        """Remove run files listed by neither the generation in force (``current``) nor ``keep``."""
+        try:
+            saved = decode_generation(
+                io.read_file(layout.index_path(directory, FILE, current)), self._store_id(), current
+            )
+        except (OSError, FormatError):
+            return  # not knowing what the checkpoint in force lists, remove nothing
+        keep = keep | {g for g, _c, _s in saved.runs}
+        for name in io.listdir(directory):
+            if name.endswith(".tmp") and is_run_name(name[:-4]):
+                io.unlink(os.path.join(directory, name))  # a run file whose checkpoint did not finish
+            elif is_run_name(name) and int(name[len(RUN_PREFIX) : -len(RUN_EXT)]) not in keep:
+                io.unlink(os.path.join(directory, name))
+
+    def _run_path(self, generation: int) -> str:
+        assert self.log is not None
+        return os.path.join(self.log.directory, run_name(generation))
+
+    def _store_id(self) -> bytes:
+        assert self.log is not None
+        return self.log.store_id
+
+    def encode(self, generation: int) -> bytes:
+        return encode_generation(self._store_id(), generation, self._log_start(), self.runs, self._recent_run())
+
+    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
+        lg = self.log
+        assert lg is not None and data is not None
+        path = layout.index_path(lg.directory, FILE, ckpt.generation)
+        with as_corruption(path):
+            saved = decode_generation(data, lg.store_id, ckpt.generation)
+        runs = []
+        for generation, count, checksum in saved.runs:
+            rpath = os.path.join(lg.directory, run_name(generation))
+            with as_corruption(rpath):
+                runs.append(Run.decode(lg.io.read_file(rpath), lg.store_id, generation, count, checksum))
+        for run in [*runs, saved.recent]:
+            if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
+                raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
+        self.runs = runs
+        self.start = max(saved.start, ckpt.log_start)
+        self.recent = {}
+        for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
+            self.add(h, g)
+        self.unwritten = []
+
+
+def _pairs(run: Run) -> np.ndarray:
+    """The entries of ``run`` as one 16-byte value each (hash, global offset), for set operations."""
+    both = np.empty((len(run), 2), dtype="<u8")
+    both[:, 0] = run.hashes
+    both[:, 1] = run.goffs
+    return both.view("V16").ravel()
+
+
+def _first_goff(pairs: np.ndarray) -> int:
+    return int(pairs.view("<u8").reshape(-1, 2)[:, 1].min())
+
+
+def entry_differences(loaded: Run, rebuilt: Run, removed: set[int]) -> list[str]:
+    """How the entries ``loaded`` from the files differ from those ``rebuilt`` from the log.
+
+    An entry of a message that compaction has since replaced by a REMOVED
+    record (its global offset in ``removed``) is in the files but not in the
+    log's rebuild: harmless, since a lookup reads the record and finds no id.
+    """
+    if removed:
+        keep = ~np.isin(loaded.goffs, np.fromiter(removed, np.uint64, len(removed)))
+        loaded = Run(loaded.hashes[keep], loaded.goffs[keep])
+    loaded = sorted_run(loaded.hashes, loaded.goffs)  # one order for both (by hash, then global offset)
+    rebuilt = sorted_run(rebuilt.hashes, rebuilt.goffs)
+    same = len(loaded) == len(rebuilt) and np.array_equal(loaded.hashes, rebuilt.hashes)
+    if same and np.array_equal(loaded.goffs, rebuilt.goffs):
+        return []
+    a, b = _pairs(loaded), _pairs(rebuilt)
+    out = []
+    missing = np.setdiff1d(b, a)
+    if len(missing):
+        out.append(
+            f"message-id index lacks {len(missing)} message(s) of the log, "
+            f"the first at global offset {_first_goff(missing)}"
+        )
+    extra = np.setdiff1d(a, b)
+    if len(extra):
+        out.append(
+            f"message-id index holds {len(extra)} entr(ies) that no message of the log has, "
+            f"the first at global offset {_first_goff(extra)}"
+        )
+    if not out:
+        out.append("message-id index holds an entry more than once")
+    return out
+
+
+class VerifyMessageIds:
+    """What ``logstore verify`` checks of the message-id index: its files of the checkpoint's generation
+    against an index rebuilt from the log's records below the checkpoint."""
+
+    def __init__(self) -> None:
+        self.rebuilt = MessageIds(None)
+        self.removed: set[int] = set()  # global offsets of REMOVED and LOST records
+        self.generations: list[str] = []
+        self.run_files: list[str] = []
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (in the store directory) is one of the index's files."""
+        if name.startswith(FILE + "."):
+            self.generations.append(name)
+            return True
+        if is_run_name(name) or (name.endswith(".tmp") and is_run_name(name[:-4])):
+            self.run_files.append(name)
+            return True
+        return False
+
+    def record(self, buf: object, rec: Record, ckpt_goff: int) -> None:
+        if rec.goff >= ckpt_goff:
+            return
+        if rec.kind == KIND_MESSAGE:
+            self.rebuilt.apply_record(buf, rec)
+        elif rec.kind in (KIND_REMOVED, KIND_LOST):
+            self.removed.add(rec.goff)
+
+    def against_log(
+        self, io: FileIO, directory: str, store_id: bytes, ckpt: Checkpoint, live: bool
+    ) -> tuple[list[tuple[str, int, str]], list[str]]:
+        """(problems as (path, byte position, what), notes)."""
+        problems: list[tuple[str, int, str]] = []
+        notes: list[str] = []
+        path = layout.index_path(directory, FILE, ckpt.generation)
+        for name in self.generations:
+            if name != os.path.basename(path) and not live:
+                notes.append(
+                    f"{os.path.join(directory, name)}: stale {MessageIds.label} generation (removed at next open)"
+                )
+        try:
+            data = io.read_file(path)
+        except FileNotFoundError:
+            problems.append(
+                (
+                    path,
+                    0,
+                    f"{MessageIds.label} file of the checkpoint's generation is missing (a store written before "
+                    "the index, or a lost file): the next writable open rebuilds the indexes from the log",
+                )
+            )
+            return problems, notes
+        try:
+            saved = decode_generation(data, store_id, ckpt.generation)
+        except FormatError as exc:
+            problems.append((path, exc.position, f"{MessageIds.label}: {exc.what}"))
+            return problems, notes
+        runs = []
+        listed = set()
+        for generation, count, checksum in saved.runs:
+            rpath = os.path.join(directory, run_name(generation))
+            listed.add(run_name(generation))
+            try:
+                runs.append(Run.decode(io.read_file(rpath), store_id, generation, count, checksum))
+            except FileNotFoundError:
+                problems.append((rpath, 0, f"{MessageIds.label} run file that {path} lists is missing"))
+            except FormatError as exc:
+                problems.append((rpath, exc.position, f"{MessageIds.label} run file: {exc.what}"))
+        if not live:
+            for name in self.run_files:
+                if name not in listed:
+                    notes.append(
+                        f"{os.path.join(directory, name)}: not listed by the checkpoint (removed at next checkpoint)"
+                    )
+        if problems:
+            return problems, notes
+        start = max(saved.start, ckpt.log_start)
+        loaded = merge([*runs, saved.recent], start)
+        self.rebuilt.start = start
+        for what in entry_differences(loaded, self.rebuilt.entries(), self.removed):
+            problems.append((path, 0, what))
+        return problems, notes

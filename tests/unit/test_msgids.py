@@ -1,0 +1,239 @@
+"""The embedded message-id index: saved at checkpoints, rebuilt from the log, verified and repaired.
+
+- Entries fold into sorted runs, saved as run files; a reopen loads them and retries still return
+  the original offsets; a crash's recovered tail is indexed.
+- A missing or damaged generation or run file: ``verify`` names it, the next open rebuilds every
+  index from the log, ``repair`` leaves a store that verifies clean.
+- Two ids with one hash are told apart by reading the record.
+- A commit by another process is in this process's index before its next commit is judged.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import logstore
+from logstore import DuplicateMessageError, Envelope
+from logstore.embedded import msgids
+from logstore.embedded.repair import repair
+from logstore.embedded.verify import verify
+from logstore.results import Location
+from tests.crash import simulate_crash
+from tests.helpers import SMALL_SEGMENT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _envs(tag: str, n: int) -> list[Envelope]:
+    return [Envelope.new("Event", {"tag": tag, "i": i}) for i in range(n)]
+
+
+def _commit(store: logstore.Store, stream: str, offset: object, envs: list[Envelope]) -> range:
+    tx, committer = store.begin_tx()
+    store.append_messages(tx, stream, offset, envs)  # type: ignore[arg-type]
+    return committer.commit()
+
+
+def _fill(store: logstore.Store, n: int) -> list[tuple[str, int, list[Envelope], range]]:
+    out = []
+    for k in range(n):
+        envs = _envs(f"k{k}", 3)
+        stream = f"s-{k % 5}"
+        head = store.head(stream)
+        out.append((stream, head, envs, _commit(store, stream, head, envs)))
+    return out
+
+
+def _files(path: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.name.startswith(prefix))
+
+
+@pytest.fixture
+def small_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fold the recent entries into runs after 8, so that a small store has several run files."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 8)
+
+
+def test_runs_are_saved_and_loaded(store_dir: Path, small_folds: None) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = _fill(store, 80)
+    runs = _files(store_dir, msgids.RUN_PREFIX)
+    assert runs, "no run file was written"
+    assert len(runs) <= 12  # runs merge while they are no more than twice the size of the newer one
+    assert len(_files(store_dir, msgids.FILE + ".")) == 1
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == []
+        for stream, head, envs, g in written:
+            assert store.locate(envs[2].message_id) == [Location(stream, head + 2, g[2])]
+            assert _commit(store, stream, head, envs) == g
+        stream, head, envs, _g = written[10]
+        with pytest.raises(DuplicateMessageError):
+            _commit(store, stream, store.head(stream), envs[:1])
+
+
+def test_one_message_in_two_streams_folds_saves_and_loads(store_dir: Path, small_folds: None) -> None:
+    """Entries that share a hash (one message in two streams) through folds, checkpoints and a reopen."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = []
+        for k in range(30):
+            envs = _envs(f"k{k}", 2)
+            tx, committer = store.begin_tx()
+            store.append_messages(tx, f"a-{k % 3}", store.head(f"a-{k % 3}"), envs)
+            store.append_messages(tx, "all", store.head("all"), envs)
+            written.append((envs, committer.commit(), dict(tx.stream_offsets or {})))
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == []
+        for envs, g, spans in written:
+            assert [p.global_offset for p in store.locate(envs[1].message_id)] == [g[1], g[3]]
+            tx, committer = store.begin_tx()
+            for stream, span in spans.items():
+                store.append_messages(tx, stream, span.start, envs)
+            assert committer.commit() == g
+
+
+def test_a_run_file_removed_under_the_store_is_written_again(store_dir: Path, small_folds: None) -> None:
+    """Another process's checkpoint removes the run files that neither it nor the checkpoint in force lists,
+    which may be this process's: its next checkpoint writes those runs again."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = _fill(store, 40)
+        gone = _files(store_dir, msgids.RUN_PREFIX)
+        assert gone
+        for p in gone:
+            p.unlink()
+        written += _fill(store, 5)  # checkpoints follow
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == []
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+
+
+def test_a_crash_keeps_the_index_of_what_survived(store_dir: Path, small_folds: None) -> None:
+    store = logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096, durability="none")
+    written = _fill(store, 40)
+    store._writer.call(store._writer.sync)
+    written += _fill(store, 10)  # unsynced: the crash may cut some of these
+    info = simulate_crash(store, random.Random(7))
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for stream, head, envs, g in written:
+            if g.stop <= info["durable_goff"]:
+                assert _commit(store, stream, head, envs) == g
+            elif g.start >= store.global_head:
+                assert store.locate(envs[0].message_id) == []
+    assert verify(str(store_dir)).ok
+
+
+def test_a_missing_generation_file_is_rebuilt_from_the_log(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        written = _fill(store, 20)
+    (gen,) = _files(store_dir, msgids.FILE + ".")
+    gen.unlink()
+    result = verify(str(store_dir))
+    assert [p.path for p in result.problems] == [str(gen)]
+    assert "file of the checkpoint's generation is missing" in result.problems[0].what
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == ["all indexes"]
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+    assert gen.exists() or _files(store_dir, msgids.FILE + ".")
+    assert verify(str(store_dir)).ok
+
+
+@pytest.mark.parametrize("which", ["generation", "run"])
+def test_a_damaged_file_is_found_by_verify_and_repaired(store_dir: Path, small_folds: None, which: str) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        written = _fill(store, 40)
+    target = (
+        _files(store_dir, msgids.FILE + ".")[0] if which == "generation" else _files(store_dir, msgids.RUN_PREFIX)[-1]
+    )
+    data = bytearray(target.read_bytes())
+    data[80] ^= 0x01  # in the body: past the header, its checksum catches it
+    target.write_bytes(bytes(data))
+    result = verify(str(store_dir))
+    assert not result.ok
+    assert any(p.path == str(target) for p in result.problems), result.problems
+    report = repair(str(store_dir))
+    assert report.changed
+    assert verify(str(store_dir)).ok
+    kept = list((store_dir / "lost+found").iterdir()) if (store_dir / "lost+found").exists() else []
+    assert not [p for p in kept if msgids.FILE in p.name], "derived files are rebuilt, never kept in lost+found"
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+
+
+def test_verify_finds_an_index_that_lacks_a_message(store_dir: Path) -> None:
+    """A well-formed file that disagrees with the log: written by an index that missed a commit."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _fill(store, 5)
+        lg = store._log
+        lg.msgids.recent.pop(next(iter(lg.msgids.recent)))
+    result = verify(str(store_dir))
+    assert any("lacks 1 message" in p.what for p in result.problems), result.problems
+    for gen in _files(store_dir, msgids.FILE + "."):
+        gen.unlink()
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:  # rebuilt: the fixture's verify is clean
+        assert store.recovery_report.rebuilt == ["all indexes"]
+
+
+def test_two_ids_with_one_hash_are_told_apart(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(msgids, "hash_bytes", lambda _mid: 42)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        a, b, c = _envs("a", 3)
+        assert _commit(store, "s", 0, [a, b]) == range(2)
+        assert _commit(store, "s", 2, [c]) == range(2, 3)
+        assert _commit(store, "s", 1, [b]) == range(1, 2)
+        assert store.locate(b.message_id) == [Location("s", 1, 1)]
+        with pytest.raises(DuplicateMessageError):
+            _commit(store, "s", 3, [a])
+        assert store.global_head == 3
+    monkeypatch.undo()
+    for gen in _files(store_dir, msgids.FILE + "."):
+        gen.unlink()  # saved with the fake hash: the next open rebuilds it with the real one
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == ["all indexes"]
+        assert store.locate(b.message_id) == [Location("s", 1, 1)]
+
+
+_CHILD = """
+import sys, uuid
+from datetime import UTC, datetime
+import logstore
+now = datetime.now(UTC)
+mid = sys.argv[2]
+env = logstore.Envelope(mid, mid, mid, now, now, "Event", 1)
+with logstore.open(sys.argv[1], segment_size=int(sys.argv[3])) as store:
+    with store.transaction() as tx:
+        tx.append("shared", logstore.ANY, [env])
+    print(tx.global_offsets.start)
+"""
+
+
+def test_a_commit_of_another_process_is_judged(store_dir: Path) -> None:
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        _commit(store, "shared", 0, _envs("mine", 2))
+        mid = "from-the-child"
+        env = os.environ | {"PYTHONPATH": str(ROOT)}
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(store_dir), mid, str(SMALL_SEGMENT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        goff = int(out.stdout)
+        assert store.locate(mid) == [Location("shared", 2, goff)]
+        (child_env,) = store.read("shared", 2)
+        assert _commit(store, "shared", 2, [child_env]) == range(goff, goff + 1)
+        with pytest.raises(DuplicateMessageError):
+            _commit(store, "shared", 3, [child_env])
+        assert store.global_head == goff + 1
