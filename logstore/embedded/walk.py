@@ -57,7 +57,7 @@ from logstore.embedded.record import (
     Record,
     parse_record,
 )
-from logstore.envelope import Envelope, decode
+from logstore.envelope import Envelope, decode, peek_type
 from logstore.errors import CorruptionError
 from logstore.index.position import PositionIndex
 
@@ -409,6 +409,82 @@ def read_indexed(  # noqa: PLR0912
     except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
         return goff, offs, headers, Undecodable(position, f"envelope does not decode: {exc}")
     return goff, offs, headers, None
+
+
+def read_selected(
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goffs: Any,
+    out: list[Envelope],
+    trimmed: dict[int, int] | None,
+    types: frozenset[bytes] | None,
+    names: frozenset[str] | None,
+) -> tuple[list[int], list[tuple[int, ...]], int, BadRecord | None]:
+    """Append the readable envelopes at global offsets ``goffs`` (ascending, all in this segment) to ``out``.
+
+    The read of a category reader (the offsets its index lists) and of a reader with a type filter.
+    Each record's header must match the index and its checksum its bytes, as in :func:`read_indexed`
+    in global order: control, REMOVED and LOST records and messages below their stream's first
+    retained offset (``trimmed``) are skipped. With ``types`` (the msgpack bytes of the wanted type
+    names, :func:`~logstore.envelope.type_key`) a message of another type is skipped without decoding
+    its envelope: its type is peeked at (:func:`~logstore.envelope.peek_type`); an envelope laid out
+    otherwise is decoded and its type compared with ``names``.
+
+    Returns the global offsets and record headers of the envelopes appended, how many of ``goffs``
+    were read whole (those before the damage, if any), and the damage that stopped the read, if any (as :func:`read_indexed`).
+    """
+    append = out.append
+    offs: list[int] = []
+    headers: list[tuple[int, ...]] = []
+    examined = 0
+    arr, n = positions.positions.state
+    first = positions.first
+    position = 0
+    try:
+        for goff in goffs:
+            i = goff - first
+            examined += 1
+            if not 0 <= i < n:
+                raise BadRecord(position, f"global offset {goff} is not in the segment's position index")
+            position = int(arr[i])
+            header = _hdr_unpack(buf, position)
+            length, kind, _flags, nlen, rsid, rsoff, rgoff = header
+            end = position + length - 8
+            if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                raise BadRecord(position, "record checksum mismatch")
+            if kind != KIND_MESSAGE:
+                if kind not in _SKIP_GLOBAL:
+                    raise BadRecord(position, f"record kind is {kind}")
+                continue
+            if trimmed and rsoff < trimmed.get(rsid, 0):
+                continue
+            start = position + 28 + nlen
+            if types is not None:
+                key = peek_type(buf, start, end)
+                if key is None:
+                    env = decode(buf[start:end])
+                    if names is not None and env.type not in names:
+                        continue
+                    append(env)
+                    headers.append(header)
+                    offs.append(goff)
+                    continue
+                if key not in types:
+                    continue
+            append(decode(buf[start:end]))
+            headers.append(header)
+            offs.append(goff)
+    # On damage, the records before the damaged one are done (the damaged one was counted in ``examined``).
+    except BadRecord as bad:
+        return offs, headers, examined - 1, bad
+    except struct.error:  # a record header unpacked past the mapping: an index entry past the records
+        return offs, headers, examined - 1, BadRecord(min(position, size), f"index points past it: {position}")
+    except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
+        return offs, headers, examined - 1, Undecodable(position, f"envelope does not decode: {exc}")
+    return offs, headers, examined, None
 
 
 def read_gather(
