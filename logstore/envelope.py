@@ -245,3 +245,13 @@ def peek_type(buf: Any, start: int, end: int) -> bytes | None:
     if q < 0 or q > end:
         return None
     return bytes(buf[p:q])
+
+
+def type_of(payload: bytes) -> str:
+    """The type name of an encoded envelope, read from its type field alone when its layout allows."""
+    key = peek_type(payload, 0, len(payload))
+    if key is None:
+        return decode(payload).type
+    name = msgpack.unpackb(key, raw=False)
+    assert type(name) is str
+    return name
