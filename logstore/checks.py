@@ -83,7 +83,7 @@ def check_types(types: object) -> frozenset[str] | None:
     if isinstance(types, str | bytes | bytearray):
         raise TypeError(f"types must be a collection of type names, got one {type(types).__name__}: wrap it in a list")
     try:
-        names = frozenset(types)  # type: ignore[call-overload]
+        names: frozenset[object] = frozenset(types)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(f"types must be a collection of type names (str), got {type(types).__name__}") from None
     for name in names:
@@ -91,7 +91,7 @@ def check_types(types: object) -> frozenset[str] | None:
             raise TypeError(f"types must hold type names (str), got {type(name).__name__}")
     if not names:
         raise ValueError("types must name at least one type (None reads every type)")
-    return names
+    return frozenset(str(name) for name in names)
 
 
 def check_offset(offset: object) -> None:

@@ -209,13 +209,14 @@ def type_key(type_name: str) -> bytes:
 
 def _str_end(buf: Any, p: int) -> int:
     """The byte after the msgpack string at ``p``; -1 if what is there is no string."""
-    b = buf[p]
+    b: int = buf[p]
     if 0xA0 <= b <= 0xBF:
         return p + 1 + (b & 0x1F)
     width = _STR_WIDTH.get(b)
     if width is None:
         return -1
-    return p + 1 + width + int.from_bytes(buf[p + 1 : p + 1 + width], "big")
+    length = int.from_bytes(buf[p + 1 : p + 1 + width], "big")
+    return p + 1 + width + length
 
 
 def peek_type(buf: Any, start: int, end: int) -> bytes | None:

@@ -415,6 +415,7 @@ def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int) -> str 
 # Above this many streams in one group, their heads are set with one numpy assignment.
 _VECTOR_HEADS = 32
 
+
 class CategoryIndex(DerivedIndex):
     """Every category's messages: the global offsets of the message records of its streams, ascending.
 
@@ -614,7 +615,8 @@ class CategoryIndex(DerivedIndex):
         )
         return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
 
-    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
+    # Long on purpose: one check per field of the file, each with its own message.
+    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:  # noqa: PLR0912
         if data is None or len(data) < HEADER_SIZE:
             raise FormatError(0, "category index file is shorter than its header")
         magic, version, hsize, flags, generation, ncat, nsid, count, body_sum = self._HEADER.unpack_from(data)

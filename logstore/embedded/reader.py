@@ -592,7 +592,8 @@ class SelectReader(GlobalReader):
                 return ix
         raise LogStoreError("the store keeps no category index")
 
-    def _advance_once(self) -> bool:
+    # Long on purpose: the category and type-filtered read loop (hot path), one pass as the global reader's.
+    def _advance_once(self) -> bool:  # noqa: PLR0912
         if self._bufi < len(self._buf) and self._take():
             return True
         pub = self._pub

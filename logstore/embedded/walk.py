@@ -411,7 +411,8 @@ def read_indexed(  # noqa: PLR0912
     return goff, offs, headers, None
 
 
-def read_selected(
+# Long on purpose: the per-record loop of category and type-filtered reads (hot path), one check per rule.
+def read_selected(  # noqa: PLR0912
     buf: Any,
     size: int,
     positions: PositionIndex,
@@ -432,7 +433,8 @@ def read_selected(
     otherwise is decoded and its type compared with ``names``.
 
     Returns the global offsets and record headers of the envelopes appended, how many of ``goffs``
-    were read whole (those before the damage, if any), and the damage that stopped the read, if any (as :func:`read_indexed`).
+    were read whole (those before the damage, if any), and the damage that stopped the read, if any
+    (as :func:`read_indexed`).
     """
     append = out.append
     offs: list[int] = []

@@ -477,7 +477,9 @@ class PgDestination:
                     rows.append((rec.goff, ddl.KIND_DELETE, st[0], offset, None, None, None, None))
                     st[1], st[2], st[3] = max(st[1], offset), max(st[2], offset), True
             if rows:
-                copy_sql = self._q("COPY {s}.log (goff, kind, stream_id, soff, message_id, envelope, category, type) FROM STDIN")
+                copy_sql = self._q(
+                    "COPY {s}.log (goff, kind, stream_id, soff, message_id, envelope, category, type) FROM STDIN"
+                )
                 with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                     copy.set_types(["int8", "int2", "int8", "int8", "bytea", "bytea", "text", "text"])
                     for r in rows:

@@ -332,6 +332,7 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
                 raise ValueError(f"{where}: the table {schema}.meta has no row: not a logstore store")
             version, store_id = row
             if version == 1 and create:
+                assert isinstance(store_id, uuid.UUID)
                 upgrade(conn, schema, channel_of(store_id))
                 version = SCHEMA_VERSION
             elif version == 1:
@@ -376,7 +377,9 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
     from logstore.envelope import decode  # noqa: PLC0415 - the upgrade alone reads envelopes here
 
     s = sql.Identifier(schema)
-    conn.execute(sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type text COLLATE "C"').format(s))
+    conn.execute(
+        sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type text COLLATE "C"').format(s)
+    )
     conn.execute(
         sql.SQL(
             "UPDATE {s}.log l SET category = split_part(st.name, '-', 1) FROM {s}.streams st"
@@ -392,7 +395,7 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
         if not rows:
             break
         goffs = [int(g) for g, _env in rows]  # type: ignore[call-overload]
-        types = [decode(bytes(env)).type for _g, env in rows]  # type: ignore[arg-type]
+        types = [decode(env).type for _g, env in rows]  # type: ignore[arg-type]
         conn.execute(
             sql.SQL(
                 "UPDATE {}.log l SET type = u.t FROM unnest(%s::bigint[], %s::text[]) AS u(g, t) WHERE l.goff = u.g"
@@ -403,8 +406,12 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
     for text in _CREATE_TABLES.split(";"):
         if "log_category" in text or "log_type" in text:
             conn.execute(sql.SQL(text.strip()).format(s=s))
-    conn.execute(sql.SQL("DROP FUNCTION {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])").format(s))
-    conn.execute(sql.SQL("DROP FUNCTION {}.remove_stream(text, smallint, bigint)").format(s))
+    conn.execute(
+        sql.SQL(
+            "DROP FUNCTION IF EXISTS {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])"
+        ).format(s)
+    )
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}.remove_stream(text, smallint, bigint)").format(s))
     for statement in _functions(s, channel):
         conn.execute(statement)
     conn.execute(sql.SQL("UPDATE {}.meta SET schema_version = {}").format(s, sql.Literal(SCHEMA_VERSION)))

@@ -567,7 +567,15 @@ class PostgresStore(StoreBase):
         try:
             rows = self._run_commit(
                 self._sql.append,
-                (txs, names, offsets, counts, [i.encode("utf-8") for i in flat_ids], payloads, [type_of(q) for q in payloads]),
+                (
+                    txs,
+                    names,
+                    offsets,
+                    counts,
+                    [i.encode("utf-8") for i in flat_ids],
+                    payloads,
+                    [type_of(q) for q in payloads],
+                ),
                 f"commit of {len(payloads)} messages",
                 flat_ids,
                 sorted(set(names)),
@@ -717,10 +725,7 @@ class PostgresStore(StoreBase):
         self._check_ds(ds)
         check_offset(offset)
         wanted = check_types(types)
-        if wanted is None:
-            reader = PgGlobalReader(self, offset)
-        else:
-            reader = PgSelectReader(self, offset, None, wanted)
+        reader = PgGlobalReader(self, offset) if wanted is None else PgSelectReader(self, offset, None, wanted)
         self._readers.add(reader)
         return reader
 
@@ -790,6 +795,7 @@ class PostgresStore(StoreBase):
         self, category: str | None, types: list[str] | None, start: int, limit: int
     ) -> tuple[int, list[tuple[int, str, int, bytes]]]:
         self._check_open()
+        args: tuple[object, ...]
         if category is None:
             statement, args = self._sql.read_types, (types, start, limit, FETCH_BYTES)
         elif types is None:

@@ -22,6 +22,7 @@ import pytest
 
 from logstore import Envelope
 from logstore.checks import category_of
+from logstore.protocols import CategoryStore, LocatedStream, ShortFormStore
 from tests.contract.backends import OpenStore
 
 WAIT = 30.0  # seconds a thread waits before the test fails rather than hangs
@@ -57,6 +58,8 @@ def test_category_of_a_name_is_its_part_before_the_first_dash() -> None:
 
 def test_a_category_reader_reads_its_streams_in_global_order(open_store: OpenStore) -> None:
     with open_store() as store:
+        assert isinstance(store, CategoryStore) and isinstance(store, ShortFormStore)
+        assert isinstance(store.category("order"), LocatedStream)
         everything = _fill(store)
         for category in ("order", "orders", "user", "a", "", "b", "nothing"):
             want = [row for row in everything if category_of(row[1]) == category]

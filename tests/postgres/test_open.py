@@ -153,7 +153,7 @@ def test_docs_show_the_tables_as_they_are_created():
 
     doc = (ROOT / "docs" / "POSTGRES.md").read_text(encoding="utf-8")
     statements = [s.strip() for s in ddl._CREATE_TABLES.replace("{s}", "logstore").split(";") if s.strip()]
-    assert len(statements) == 6
+    assert len(statements) == 8
     for statement in statements:
         assert statement + ";" in doc
 
@@ -197,7 +197,9 @@ def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schem
         tx.append("s", 0, [env])
     s = sql.Identifier(schema)
     calls = [
-        sql.SQL("SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}')").format(s),
+        sql.SQL("SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}', '{{T}}')").format(
+            s
+        ),
         sql.SQL("SELECT {}.remove_stream('s', 1::smallint, 1)").format(s),
     ]
     for call in calls:
@@ -208,3 +210,70 @@ def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schem
             admin.execute(call)
         admin.execute("ROLLBACK")
     assert store.head("s") == 1 and store.global_head == 1 and store.read("s") == [env]
+
+
+def _as_version_1(admin, schema: str) -> None:
+    """Turn the store in ``schema`` into what version 1 made: no category or type column (nor their
+    indexes), ``append_batch`` without the types, ``schema_version`` 1."""
+    from logstore.postgres import schema as ddl
+
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("ALTER TABLE {}.log DROP COLUMN category, DROP COLUMN type").format(s))
+    body = (
+        ddl._APPEND_BATCH.replace("    v_m_cats text[] := '{}';\n", "")
+        .replace("                    v_m_cats := v_m_cats || split_part(p_names[v_a], '-', 1);\n", "")
+        .replace(
+            "INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope, category, type)",
+            "INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope)",
+        )
+        .replace(
+            "p_envelopes[m.idx], m.cat, p_types[m.idx]\n            FROM unnest(v_m_sids, v_m_soffs, v_m_idx, v_m_cats)"
+            " WITH ORDINALITY AS m(sid, soff, idx, cat, n);",
+            "p_envelopes[m.idx]\n            FROM unnest(v_m_sids, v_m_soffs, v_m_idx) WITH ORDINALITY AS m(sid, soff, idx, n);",
+        )
+    )
+    assert "v_m_cats" not in body and "p_types" not in body
+    store_id = admin.execute(sql.SQL("SELECT store_id FROM {}.meta").format(s)).fetchone()[0]
+    body = body.replace("{channel}", ddl.channel_of(store_id))
+    admin.execute(
+        sql.SQL(
+            "DROP FUNCTION {s}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[], text[])"
+        ).format(s=s)
+    )
+    admin.execute(
+        sql.SQL(
+            "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
+            " p_counts integer[], p_ids bytea[], p_envelopes bytea[])"
+            " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint)"
+            " LANGUAGE plpgsql SET search_path = pg_catalog, {s}, pg_temp AS {body}"
+        ).format(s=s, body=sql.Literal(body))
+    )
+    admin.execute(sql.SQL("UPDATE {}.meta SET schema_version = 1").format(s))
+
+
+def test_a_version_1_store_is_upgraded_by_a_writable_open_and_refused_read_only(open_pg, schema, admin):
+    store = open_pg()
+    for i in range(30):
+        with store.transaction() as tx:
+            tx.append(f"{'order' if i % 3 else 'user'}-{i % 4}", logstore.ANY, [Envelope.new(f"T{i % 5}", {"i": i})])
+    store.truncate_stream("order-1", 2)
+    with store.global_stream() as log:
+        everything = [(log.offset(), log.stream_name(), env) for env in log]
+    store.close()
+    _as_version_1(admin, schema)
+    # A version 1 store: its functions take no types, its rows have no category.
+    with pytest.raises(logstore.FormatVersionError, match="open the store once writable"):
+        open_pg(readonly=True)
+    upgraded = open_pg()
+    row = admin.execute(sql.SQL("SELECT schema_version FROM {}.meta").format(sql.Identifier(schema))).fetchone()
+    assert row == (SCHEMA_VERSION,)
+    with upgraded.category("order") as orders:
+        assert [(orders.offset(), orders.stream_name(), env) for env in orders] == [
+            r for r in everything if r[1].startswith("order-")
+        ]
+    with upgraded.global_stream(types=["T2"]) as typed:
+        assert [env for env in typed] == [r[2] for r in everything if r[2].type == "T2"]
+    with upgraded.transaction() as tx:
+        tx.append("order-9", 0, [Envelope.new("T2", {})])
+    with upgraded.category("order", everything[-1][0] + 1, types=["T2"]) as tail:
+        assert [(tail.stream_name(), env.type) for env in tail] == [("order-9", "T2")]
