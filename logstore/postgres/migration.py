@@ -434,7 +434,7 @@ class PgDestination:
         conn = self.conn
         if conn is None:
             raise MigrationError(f"{self.where}: not started")
-        rows: list[tuple[int, int, int, int, bytes | None, bytes | None, str | None, str | None]] = []
+        rows: list[tuple[int, int, int, int, bytes | None, bytes | None, str | None, bytes | None]] = []
         touched: dict[str, list[Any]] = {}
         with conn.transaction():
             for rec in records:
@@ -464,7 +464,7 @@ class PgDestination:
                             message_id_of(payload).encode(),
                             payload,
                             category_of(name),
-                            type_of(payload),
+                            type_of(payload).encode("utf-8"),
                         )
                     )
                     st[1], st[3] = max(st[1], offset + 1), False
@@ -481,7 +481,7 @@ class PgDestination:
                     "COPY {s}.log (goff, kind, stream_id, soff, message_id, envelope, category, type) FROM STDIN"
                 )
                 with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                    copy.set_types(["int8", "int2", "int8", "int8", "bytea", "bytea", "text", "text"])
+                    copy.set_types(["int8", "int2", "int8", "int8", "bytea", "bytea", "text", "bytea"])
                     for r in rows:
                         copy.write_row(r)
             for st in touched.values():

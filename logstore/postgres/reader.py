@@ -55,7 +55,7 @@ class _Source(Protocol):
     def _read_global(self, start: int, limit: int) -> tuple[int, Sequence[tuple[int, str, int, bytes]]]: ...
 
     def _read_select(
-        self, category: str | None, types: list[str] | None, start: int, limit: int
+        self, category: str | None, types: list[bytes] | None, start: int, limit: int
     ) -> tuple[int, Sequence[tuple[int, str, int, bytes]]]: ...
 
     def _saw_head(self, name: str, head: int | None) -> None: ...
@@ -278,7 +278,7 @@ class PgSelectReader(PgGlobalReader):
         super().__init__(store, offset)
         self.category = category
         self.types = types
-        self._types = None if types is None else sorted(types)
+        self._types = None if types is None else sorted(t.encode("utf-8") for t in types)  # as log.type holds them
 
     def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
         end, rows = self._store._read_select(self.category, self._types, start, limit)

@@ -73,7 +73,7 @@ CREATE TABLE {s}.log (
     message_id bytea,
     envelope   bytea,
     category   text COLLATE "C",
-    type       text COLLATE "C"
+    type       bytea
 );
 CREATE UNIQUE INDEX log_stream_offset ON {s}.log (stream_id, soff) WHERE kind = 0;
 CREATE INDEX log_message_id ON {s}.log (message_id) WHERE kind = 0;
@@ -279,7 +279,7 @@ def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
     return [
         sql.SQL(
             "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
-            " p_counts integer[], p_ids bytea[], p_envelopes bytea[], p_types text[])"
+            " p_counts integer[], p_ids bytea[], p_envelopes bytea[], p_types bytea[])"
             " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint)"
             " LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(append_body)),
@@ -377,9 +377,7 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
     from logstore.envelope import decode  # noqa: PLC0415 - the upgrade alone reads envelopes here
 
     s = sql.Identifier(schema)
-    conn.execute(
-        sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type text COLLATE "C"').format(s)
-    )
+    conn.execute(sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type bytea').format(s))
     conn.execute(
         sql.SQL(
             "UPDATE {s}.log l SET category = split_part(st.name, '-', 1) FROM {s}.streams st"
@@ -395,10 +393,10 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
         if not rows:
             break
         goffs = [int(g) for g, _env in rows]  # type: ignore[call-overload]
-        types = [decode(env).type for _g, env in rows]  # type: ignore[arg-type]
+        types = [decode(env).type.encode("utf-8") for _g, env in rows]  # type: ignore[arg-type]
         conn.execute(
             sql.SQL(
-                "UPDATE {}.log l SET type = u.t FROM unnest(%s::bigint[], %s::text[]) AS u(g, t) WHERE l.goff = u.g"
+                "UPDATE {}.log l SET type = u.t FROM unnest(%s::bigint[], %s::bytea[]) AS u(g, t) WHERE l.goff = u.g"
             ).format(s),
             (goffs, types),
         )

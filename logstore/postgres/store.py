@@ -574,7 +574,7 @@ class PostgresStore(StoreBase):
                     counts,
                     [i.encode("utf-8") for i in flat_ids],
                     payloads,
-                    [type_of(q) for q in payloads],
+                    [type_of(q).encode("utf-8") for q in payloads],
                 ),
                 f"commit of {len(payloads)} messages",
                 flat_ids,
@@ -792,7 +792,7 @@ class PostgresStore(StoreBase):
         return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
 
     def _read_select(
-        self, category: str | None, types: list[str] | None, start: int, limit: int
+        self, category: str | None, types: list[bytes] | None, start: int, limit: int
     ) -> tuple[int, list[tuple[int, str, int, bytes]]]:
         self._check_open()
         args: tuple[object, ...]
@@ -951,7 +951,7 @@ class _Statements:
         def q(text: str) -> bytes:
             return sql.SQL(text).format(s=s).as_bytes(conn)
 
-        self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b, %s::text[])")
+        self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
         self.info = q("SELECT first, head, deleted FROM {s}.streams WHERE name = %s")
@@ -1019,8 +1019,8 @@ class _Statements:
             " UNION ALL (SELECT -1, NULL, next_goff, NULL FROM {s}.head)"
         )
         self.read_category = q(select.replace("{where}", "l.category = %s"))
-        self.read_types = q(select.replace("{where}", "l.type = ANY(%s::text[])"))
-        self.read_category_types = q(select.replace("{where}", "l.category = %s AND l.type = ANY(%s::text[])"))
+        self.read_types = q(select.replace("{where}", "l.type = ANY(%b)"))
+        self.read_category_types = q(select.replace("{where}", "l.category = %s AND l.type = ANY(%b)"))
         self.compact = q(
             "DELETE FROM {s}.log l USING {s}.streams s WHERE l.stream_id = s.id AND l.kind = 0 AND l.soff < s.first"
         )

@@ -94,6 +94,11 @@ def test_type_filters_on_the_global_and_the_category_reader(open_store: OpenStor
         start = everything[len(everything) // 2][0]
         want = [row for row in everything if row[2].type == "T1" and row[0] >= start]
         assert _read(store.global_stream(start, types=["T1"])) == want
+        odd = "\x00ödd-" + "t" * 300  # any str is a type name: NUL, non-ASCII, longer than a short msgpack str
+        _commit(store, "order-77", 0, odd)
+        (row,) = _read(store.global_stream(types=[odd]))
+        assert row[1:] == ("order-77", _read(store.category("order", row[0]))[0][2]) and row[2].type == odd
+        assert _read(store.category("order", types=[odd, "T1"]))[-1][0] == row[0]
 
 
 def test_blocking_next_waits_for_the_categorys_own_commit(open_store: OpenStore) -> None:

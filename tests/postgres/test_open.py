@@ -197,9 +197,9 @@ def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schem
         tx.append("s", 0, [env])
     s = sql.Identifier(schema)
     calls = [
-        sql.SQL("SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}', '{{T}}')").format(
-            s
-        ),
+        sql.SQL(
+            "SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}', '{{T}}'::bytea[])"
+        ).format(s),
         sql.SQL("SELECT {}.remove_stream('s', 1::smallint, 1)").format(s),
     ]
     for call in calls:
@@ -229,7 +229,8 @@ def _as_version_1(admin, schema: str) -> None:
         .replace(
             "p_envelopes[m.idx], m.cat, p_types[m.idx]\n            FROM unnest(v_m_sids, v_m_soffs, v_m_idx, v_m_cats)"
             " WITH ORDINALITY AS m(sid, soff, idx, cat, n);",
-            "p_envelopes[m.idx]\n            FROM unnest(v_m_sids, v_m_soffs, v_m_idx) WITH ORDINALITY AS m(sid, soff, idx, n);",
+            "p_envelopes[m.idx]\n"
+            "            FROM unnest(v_m_sids, v_m_soffs, v_m_idx) WITH ORDINALITY AS m(sid, soff, idx, n);",
         )
     )
     assert "v_m_cats" not in body and "p_types" not in body
@@ -237,7 +238,7 @@ def _as_version_1(admin, schema: str) -> None:
     body = body.replace("{channel}", ddl.channel_of(store_id))
     admin.execute(
         sql.SQL(
-            "DROP FUNCTION {s}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[], text[])"
+            "DROP FUNCTION {s}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[], bytea[])"
         ).format(s=s)
     )
     admin.execute(
@@ -272,7 +273,7 @@ def test_a_version_1_store_is_upgraded_by_a_writable_open_and_refused_read_only(
             r for r in everything if r[1].startswith("order-")
         ]
     with upgraded.global_stream(types=["T2"]) as typed:
-        assert [env for env in typed] == [r[2] for r in everything if r[2].type == "T2"]
+        assert list(typed) == [r[2] for r in everything if r[2].type == "T2"]
     with upgraded.transaction() as tx:
         tx.append("order-9", 0, [Envelope.new("T2", {})])
     with upgraded.category("order", everything[-1][0] + 1, types=["T2"]) as tail:
