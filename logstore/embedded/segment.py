@@ -295,7 +295,7 @@ class Segment:
                 raise SegmentRetired(self.path) from None
             raise
         had = len(out)
-        offs, headers, examined, bad = read_selected(buf, size, positions, goffs, out, trimmed, types, names)
+        offs, headers, examined, bad = read_selected(mm, buf, size, positions, goffs, out, trimmed, types, names)
         self.io.records_read += examined
         if bad is not None:
             if type(bad) is Undecodable and self.closed:

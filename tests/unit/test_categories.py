@@ -202,3 +202,32 @@ def test_a_store_written_without_the_index_file_gets_it_at_its_next_open(store_d
         assert _category(store, "c0") == want
     assert list(store_dir.glob("categories.*"))
     assert_verified(store_dir)
+
+
+def test_a_type_filter_reads_every_envelope_layout_right(store_dir: Path) -> None:
+    # The batch read peeks at the type at a fixed position when the envelope has the common layout
+    # (three 36-character ids, two 64-bit timestamps) and one by one otherwise: both must agree.
+    from datetime import UTC, datetime
+
+    whole = datetime(2020, 1, 1, tzinfo=UTC)  # no fraction: a 32-bit Timestamp
+    early = datetime(1900, 1, 1, 0, 0, 0, 5, tzinfo=UTC)  # before 1970: a 96-bit Timestamp
+    kinds = ["T", "T" * 31, "T" * 32, "T" * 300, "\x00T", "TT", "ü"]
+    envs = []
+    for i in range(400):
+        t = kinds[i % len(kinds)]
+        base = Envelope.new(t, {"i": i})
+        if i % 3 == 1:
+            base = base._replace(message_id="short", causation_id="c" * 300, created_at=whole)
+        elif i % 3 == 2:
+            base = base._replace(correlation_id="", send_at=early)
+        envs.append(base)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for i in range(0, len(envs), 50):
+            with store.transaction() as tx:
+                tx.append(f"s-{i % 3}", logstore.ANY, envs[i : i + 50])
+        for wanted in (["T"], ["T" * 32, "\x00T"], ["TT", "ü", "T" * 300], ["T" * 31]):
+            with store.global_stream(types=wanted) as log:
+                got = [(log.offset(), env) for env in log]
+            assert got == [(g, e) for g, e in enumerate(envs) if e.type in wanted], wanted
+            with store.category("s", 7, types=wanted) as cat:
+                assert [(cat.offset(), env) for env in cat] == [(g, e) for g, e in got if g >= 7]
