@@ -658,7 +658,7 @@ _TYPE_AT = 135
 
 
 # Long on purpose: one pass of numpy checks, each with its own fallback.
-def _select_batch(  # noqa: PLR0912
+def _select_batch(  # noqa: PLR0912, PLR0915
     mm: Any,
     buf: Any,
     size: int,
@@ -725,8 +725,8 @@ def _select_batch(  # noqa: PLR0912
                     got = raw[np.minimum(tstart[:, None] + span, size - 1)]
                     match |= fits & (got == np.frombuffer(key, np.uint8)).all(axis=1)
             for j in np.flatnonzero(~fast).tolist():  # another layout: its type peeked at alone
-                key = peek_type(buf, int(p[j]), int(ends[cand[j]]))
-                match[j] = key is None or key in types  # None: decoded below, its type compared there
+                peeked = peek_type(buf, int(p[j]), int(ends[cand[j]]))
+                match[j] = peeked is None or peeked in types  # None: decoded below, its type compared there
             keep[cand[~match]] = False
         sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
         append = out.append
