@@ -39,7 +39,15 @@ import xxhash
 
 from logstore.embedded import layout
 from logstore.embedded.checkpoint import Checkpoint, SegmentEntry
-from logstore.embedded.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, MESSAGE_KINDS, NO_STREAM, Record
+from logstore.embedded.record import (
+    KIND_DELETE,
+    KIND_MESSAGE,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
+    MESSAGE_KINDS,
+    NO_STREAM,
+    Record,
+)
 from logstore.errors import CorruptionError, as_corruption
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
 from logstore.index.errors import FormatError
@@ -524,6 +532,22 @@ class CategoryIndex(DerivedIndex):
     # -- DerivedIndex (writer role, recovery) ---------------------------------------------
 
     def apply(self, records: Applied) -> None:
+        # The common transaction: messages of streams already mapped, looked up at once with numpy.
+        sids = [r.sid for _i, r in records if r.kind == KIND_MESSAGE]
+        if len(sids) == len(records):
+            sid_category = self.sid_category
+            s = np.fromiter(sids, np.int64, len(sids))
+            if int(s.max()) < len(sid_category):
+                cats = sid_category[s]
+                if int(cats.min()) >= 0:
+                    _starts, _goffs, recent_g, recent_c = self.snapshot
+                    recent_c.extend(cats)  # before the offsets, which readers read first
+                    recent_g.extend([r.goff for _i, r in records])
+                    return
+        self._apply_each(records)
+
+    def _apply_each(self, records: Applied) -> None:
+        """:meth:`apply` record by record: new streams (their names), control records, markers."""
         sid_category = self.sid_category
         goffs: list[int] = []
         cats: list[int] = []
