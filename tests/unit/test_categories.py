@@ -231,3 +231,18 @@ def test_a_type_filter_reads_every_envelope_layout_right(store_dir: Path) -> Non
             assert got == [(g, e) for g, e in enumerate(envs) if e.type in wanted], wanted
             with store.category("s", 7, types=wanted) as cat:
                 assert [(cat.offset(), env) for env in cat] == [(g, e) for g, e in got if g >= 7]
+
+
+def test_two_writers_see_each_others_commits_in_their_category_readers(store_dir: Path) -> None:
+    # Each writable open follows the other's commits (docs/PROCESSES.md): its category index gets them too.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as a, logstore.open(store_dir) as b:
+        for i in range(30):
+            writer = a if i % 2 else b
+            with writer.transaction() as tx:
+                tx.append(f"order-{i}", 0, [Envelope.new("Placed", {"i": i})])
+                tx.append(f"user-{i}", 0, [Envelope.new("Seen", {"i": i})])
+        for store in (a, b):
+            got = [env.message["i"] for env in store.category("order")]
+            assert got == list(range(30))
+            assert _category(store, "user") == _by_scan(store, "user")
+    assert_verified(store_dir)
