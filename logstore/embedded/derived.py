@@ -19,9 +19,9 @@ catalog and the run index: ``catalog.<g>`` and ``streams/<id>.runs``). They
 are on the hot paths, so the writer applies its commits to them inline,
 through the rules that :class:`StreamIndex` holds (the same rules recovery
 applies record by record). An index added to :data:`EXTRA_INDEXES` gets each
-committed transaction from the writer as records read back with the walker
-(:mod:`logstore.embedded.walk`), after the group is written; docs/ARCHITECTURE.md
-shows one.
+committed transaction from the writer as records whose headers are read back
+from the segment, after the group is written; docs/ARCHITECTURE.md shows one.
+The engine registers one itself, :class:`CategoryIndex`.
 """
 
 from __future__ import annotations
