@@ -278,3 +278,21 @@ def test_a_version_1_store_is_upgraded_by_a_writable_open_and_refused_read_only(
         tx.append("order-9", 0, [Envelope.new("T2", {})])
     with upgraded.category("order", everything[-1][0] + 1, types=["T2"]) as tail:
         assert [(tail.stream_name(), env.type) for env in tail] == [("order-9", "T2")]
+
+
+def test_verify_checks_each_rows_category_and_type(open_pg, schema, admin):
+    from logstore.postgres.inspect import verify
+
+    store = open_pg()
+    with store.transaction() as tx:
+        tx.append("order-1", 0, [Envelope.new("Placed", {}), Envelope.new("Paid", {})])
+        tx.append("user", 0, [Envelope.new("Seen", {})])
+    store.close()
+    assert verify(POSTGRES_URL, schema).problems == []
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("UPDATE {}.log SET category = 'orders' WHERE goff = 0").format(s))
+    admin.execute(sql.SQL("UPDATE {}.log SET type = 'Placed'::bytea WHERE goff = 1").format(s))
+    problems = [str(p) for p in verify(POSTGRES_URL, schema).problems]
+    assert len(problems) == 2, problems
+    assert "category is 'orders', its stream's name says 'order'" in problems[0]
+    assert "type is 'Placed', the envelope's 'Paid'" in problems[1]
