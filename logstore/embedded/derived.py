@@ -561,13 +561,13 @@ class CategoryIndex(DerivedIndex):
                 self._forget_below(rec.soff)
                 sid_category = self.sid_category
                 continue
-            if kind not in MESSAGE_KINDS or sid == NO_STREAM:
+            if sid == NO_STREAM:
                 continue
             c = int(sid_category[sid]) if sid < len(sid_category) else -1
-            if c < 0:
-                name = rec.name
-                if name is None:
-                    continue  # a LOST record of a stream this walk has not met named: nothing to list
+            name = rec.name
+            # Any NAMED record maps its stream, a TRUNCATE or DELETE too: after retention the first record
+            # of a stream that a walk meets may be one, and the stream's next messages are not NAMED.
+            if c < 0 and name is not None:
                 category = name.partition("-")[0]
                 c = self.ids.get(category, -1)
                 if c < 0:
@@ -579,6 +579,8 @@ class CategoryIndex(DerivedIndex):
                     bigger[: len(sid_category)] = sid_category
                     self.sid_category = sid_category = bigger
                 sid_category[sid] = c
+            if kind not in MESSAGE_KINDS or c < 0:
+                continue  # a control record; or a LOST record of a stream no record named: nothing to list
             goffs.append(rec.goff)
             cats.append(c)
         if goffs:
