@@ -455,11 +455,11 @@ class CategoryIndex(DerivedIndex):
         12      4     u32    flags (0)
         16      8     u64    generation (the checkpoint's)
         24      8     u64    C, categories
-        32      8     u64    S, stream ids mapped
+        32      8     u64    S, stream ids mapped (those some record named)
         40      8     u64    M, message records listed
         48      8     u64    xxh3-64 of the body
         56      8     u64    xxh3-64 of bytes 0..55
-        body:   C x u32 name lengths, S x i32 category of each stream id, padding to 8 bytes,
+        body:   C x u32 name lengths, S x u32 stream ids (ascending), S x i32 their category ids, padding to 8,
                 (C + 1) x u64 starts, M x u64 global offsets, then the C names (UTF-8), back to back
     """
 
@@ -477,6 +477,7 @@ class CategoryIndex(DerivedIndex):
         self.names: list[str] = []  # category id -> name
         self.ids: dict[str, int] = {}  # name -> category id
         self.sid_category = np.full(16, -1, np.int32)
+        self.sid_far: dict[int, int] = {}  # stream id -> category id, for ids far past the dense array's end
         # (starts, goffs, recent goffs, recent category ids): replaced whole by a merge or a retention.
         self.snapshot: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], Growable, Growable] = (
             np.zeros(1, np.int64),
@@ -563,7 +564,7 @@ class CategoryIndex(DerivedIndex):
                 continue
             if sid == NO_STREAM:
                 continue
-            c = int(sid_category[sid]) if sid < len(sid_category) else -1
+            c = int(sid_category[sid]) if sid < len(sid_category) else self.sid_far.get(sid, -1)
             name = rec.name
             # Any NAMED record maps its stream, a TRUNCATE or DELETE too: after retention the first record
             # of a stream that a walk meets may be one, and the stream's next messages are not NAMED.
@@ -574,11 +575,16 @@ class CategoryIndex(DerivedIndex):
                     c = len(self.names)
                     self.names.append(category)
                     self.ids[category] = c
-                if sid >= len(sid_category):
-                    bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
-                    bigger[: len(sid_category)] = sid_category
-                    self.sid_category = sid_category = bigger
-                sid_category[sid] = c
+                if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
+                    # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
+                    # up to it; ids are dense in any log the writer wrote.
+                    self.sid_far[sid] = c
+                else:
+                    if sid >= len(sid_category):
+                        bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
+                        bigger[: len(sid_category)] = sid_category
+                        self.sid_category = sid_category = bigger
+                    sid_category[sid] = c
             if kind not in MESSAGE_KINDS or c < 0:
                 continue  # a control record; or a LOST record of a stream no record named: nothing to list
             goffs.append(rec.goff)
@@ -622,17 +628,19 @@ class CategoryIndex(DerivedIndex):
         starts, goffs, _rg, _rc = self.snapshot
         raw = [n.encode("utf-8") for n in self.names]
         lengths = np.fromiter((len(r) for r in raw), np.uint32, len(raw))
-        used = self._mapped()
-        sid_cat = self.sid_category[:used]
-        head = lengths.tobytes() + sid_cat.tobytes()
+        sids, cats = self.mapping()
+        head = lengths.tobytes() + sids.astype("<u4").tobytes() + cats.astype("<i4").tobytes()
         body = head + b"\0" * (-len(head) % 8) + starts.astype("<u8").tobytes() + goffs.astype("<u8").tobytes()
         body += b"".join(raw)
-        return self._header(generation, len(raw), used, len(goffs), body) + body
+        return self._header(generation, len(raw), len(sids), len(goffs), body) + body
 
-    def _mapped(self) -> int:
-        """How many stream ids the file lists: up to the last one mapped."""
-        mapped = np.flatnonzero(self.sid_category >= 0)
-        return int(mapped[-1]) + 1 if len(mapped) else 0
+    def mapping(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """Every stream id mapped (ascending) and its category id."""
+        dense = np.flatnonzero(self.sid_category >= 0)
+        far = sorted(self.sid_far.items())
+        sids = np.concatenate([dense, np.fromiter((s for s, _c in far), np.int64, len(far))])
+        cats = np.concatenate([self.sid_category[dense], np.fromiter((c for _s, c in far), np.int32, len(far))])
+        return sids.astype(np.int64), cats.astype(np.int32)
 
     @classmethod
     def _header(cls, generation: int, ncat: int, nsid: int, count: int, body: bytes) -> bytes:
@@ -642,7 +650,7 @@ class CategoryIndex(DerivedIndex):
         return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
 
     # Long on purpose: one check per field of the file, each with its own message.
-    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:  # noqa: PLR0912
+    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:  # noqa: PLR0912, PLR0915
         if data is None or len(data) < HEADER_SIZE:
             raise FormatError(0, "category index file is shorter than its header")
         magic, version, hsize, flags, generation, ncat, nsid, count, body_sum = self._HEADER.unpack_from(data)
@@ -658,21 +666,24 @@ class CategoryIndex(DerivedIndex):
         body = data[HEADER_SIZE:]
         if xxhash.xxh3_64_intdigest(body) != body_sum:
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
-        at = 4 * ncat + 4 * nsid
+        at = 4 * ncat + 8 * nsid
         at += -at % 8
         fixed = at + 8 * (ncat + 1) + 8 * count
         if len(body) < fixed:
             raise FormatError(HEADER_SIZE, f"body is {len(body)} bytes, its counts need at least {fixed}")
         lengths = np.frombuffer(body, "<u4", ncat, 0).astype(np.int64)
-        sid_cat = np.frombuffer(body, "<i4", nsid, 4 * ncat).astype(np.int32)
+        sids = np.frombuffer(body, "<u4", nsid, 4 * ncat).astype(np.int64)
+        sid_cat = np.frombuffer(body, "<i4", nsid, 4 * ncat + 4 * nsid).astype(np.int32)
         starts = np.frombuffer(body, "<u8", ncat + 1, at).astype(np.int64)
         goffs = np.frombuffer(body, "<u8", count, at + 8 * (ncat + 1)).astype(np.uint64)
         if len(body) != fixed + int(lengths.sum()):
             raise FormatError(HEADER_SIZE, "body length does not match the name lengths")
         if starts[0] != 0 or starts[-1] != count or bool(np.any(np.diff(starts) < 0)):
             raise FormatError(HEADER_SIZE + at, "category starts are not ascending from 0 to the record count")
-        if len(sid_cat) and (int(sid_cat.min()) < -1 or int(sid_cat.max()) >= ncat):
-            raise FormatError(HEADER_SIZE + 4 * ncat, "a stream id maps to no category")
+        if len(sid_cat) and (int(sid_cat.min()) < 0 or int(sid_cat.max()) >= ncat):
+            raise FormatError(HEADER_SIZE + 4 * ncat + 4 * nsid, "a stream id maps to no category")
+        if bool(np.any(np.diff(sids) <= 0)):
+            raise FormatError(HEADER_SIZE + 4 * ncat, "the stream ids are not ascending")
         if count and int(goffs.max()) >= ckpt.next_goff:
             raise FormatError(HEADER_SIZE, f"lists global offset {int(goffs.max())}, the log ends at {ckpt.next_goff}")
         ascending = np.diff(goffs.astype(np.int64)) > 0
@@ -690,7 +701,10 @@ class CategoryIndex(DerivedIndex):
             raise FormatError(HEADER_SIZE + fixed, "category names repeat or hold '-'")
         self.names = names
         self.ids = {n: c for c, n in enumerate(names)}
-        self.sid_category = np.concatenate([sid_cat, np.full(16, -1, np.int32)])
+        dense = sids < 2 * nsid + _DENSE_SLACK
+        self.sid_category = np.full(int(sids[dense].max()) + 17 if dense.any() else 16, -1, np.int32)
+        self.sid_category[sids[dense]] = sid_cat[dense]
+        self.sid_far = dict(zip(sids[~dense].tolist(), sid_cat[~dense].tolist(), strict=True))
         self.snapshot = (starts, goffs, Growable(np.uint64), Growable(np.int32))
 
     def listing(self) -> dict[str, list[int]]:
@@ -719,15 +733,17 @@ class CategoryIndex(DerivedIndex):
                     f"category {name!r}: the index lists {len(a)} records, the log has {len(b)}"
                     f" (in the index only: {only_file}, in the log only: {only_log})"
                 )
-        n = min(len(self.sid_category), len(rebuilt.sid_category))
-        both = (self.sid_category[:n] >= 0) & (rebuilt.sid_category[:n] >= 0)
-        mine_names = [self.names[c] for c in self.sid_category[:n][both].tolist()]
-        log_names = [rebuilt.names[c] for c in rebuilt.sid_category[:n][both].tolist()]
-        if mine_names != log_names:
-            problems.append("stream ids map to other categories than their names say")
+        mine_map = dict(zip(*(a.tolist() for a in self.mapping()), strict=True))
+        log_map = dict(zip(*(a.tolist() for a in rebuilt.mapping()), strict=True))
+        both = set(mine_map) & set(log_map)
+        wrong = sorted(sid for sid in both if self.names[mine_map[sid]] != rebuilt.names[log_map[sid]])
+        if wrong:
+            problems.append(f"stream ids {wrong[:3]} map to other categories than their names say")
         return problems
 
 
+# A stream id this far past the dense array's end is kept in a dict (no array up to it).
+_DENSE_SLACK = 1 << 16
 # A category reader's look at the recent part compares this many category ids at a time.
 _CATEGORY_WINDOW = 1 << 16
 
