@@ -246,3 +246,23 @@ def test_two_writers_see_each_others_commits_in_their_category_readers(store_dir
             assert got == list(range(30))
             assert _category(store, "user") == _by_scan(store, "user")
     assert_verified(store_dir)
+
+
+def test_a_stream_id_far_past_the_others_round_trips_through_the_file() -> None:
+    # Only a damaged log has one (the fuzz tests make them): the index must not allocate up to it.
+    from logstore.embedded.record import KIND_MESSAGE, Record
+
+    def rec(sid: int, goff: int, name: str | None) -> tuple[int, Record]:
+        return 0, Record(0, 0, 0, sid, 0, goff, name, 0, KIND_MESSAGE)
+
+    ix = CategoryIndex()
+    ix.apply([rec(0, 0, "a-1"), rec(2**32 - 2, 1, "b-1"), rec(1, 2, "a-2")])
+    ix.apply([rec(2**32 - 2, 3, None), rec(0, 4, None)])
+    assert len(ix.sid_category) < 1000 and ix.sid_far == {2**32 - 2: ix.ids["b"]}
+    assert ix.listing() == {"a": [0, 2, 4], "b": [1, 3]}
+    loaded = CategoryIndex()
+    loaded.load(ix.encode(7), Checkpoint(7, 5, [], True))
+    assert loaded.listing() == ix.listing() and loaded.differences(ix) == []
+    assert [a.tolist() for a in loaded.mapping()] == [[0, 1, 2**32 - 2], [ix.ids["a"], ix.ids["a"], ix.ids["b"]]]
+    loaded.apply([rec(2**32 - 2, 5, None)])  # its next message, unnamed: still mapped after the load
+    assert loaded.listing()["b"] == [1, 3, 5]
