@@ -18,9 +18,13 @@ which the kernel drops when their holder dies):
    it holds (reserve its 20,480 bytes, zero them, state ``INITIALIZING``, the
    header with a new random instance, who and when, and last state
    ``READY``), then converts its lock to shared in place (an atomic
-   conversion: there is no moment without the lock).
+   conversion: there is no moment without the lock). A store opens with
+   ``hold``: the state becomes ``READY`` and the switch shared only once its
+   log is loaded, and a writable store keeps both as they are until another
+   opener asks to join (logstore/embedded/alone.py).
 3. Not granted: take the switch shared, waiting while a first opener holds it
-   exclusively (initializing takes microseconds). Then check the file: size,
+   exclusively: each refused try adds 1 to :data:`JOIN_ASKED_AT` and pauses
+   (0.2 ms, doubling up to 10 ms). Then check the file: size,
    state ``READY``, header (magic, version, checksum), the store id, the slot
    count. A state other than ``READY`` means the process that was initializing
    the file died before it finished: release the switch, pause 1-10 ms and go
@@ -148,6 +152,14 @@ TAIL_SIZE = _TAIL.size + _TAIL_SUM.size
 _U64 = (1 << 64) - 1
 TAIL_READS = 1000
 """How many times a reader reads the two tail copies before it decides the file is damaged."""
+JOIN_ASKED_AT = 304
+"""A u32 that an opener adds 1 to (``FUTEX_WAKE_OP``: atomic) while it waits for the dead-man switch, which another
+opener holds exclusively: a first opener still recovering, or a writer that has the store to itself and lets others
+in when asked (:meth:`Control.open_to_others`)."""
+JOIN_POLL_FIRST = 0.0002
+JOIN_POLL_MAX = 0.01
+"""An opener waiting for the dead-man switch tries it again after 0.2 ms, doubling up to 10 ms, and asks again
+each time (an ask made while the file was being rebuilt is lost with the old words)."""
 FLUSH_WAIT = 0.01
 """The longest wait for a sync to end before looking at the flush lock again (:meth:`Control.wait_flush`): only a
 holder that died without counting its sync makes a waiter wait that long."""
@@ -256,6 +268,8 @@ class Control:
         self.flushed: Futex | None = None  # the word the flush lock's holder adds 1 to when it let go (FLUSHED_AT)
         self._flush_asks: Futex | None = None  # FLUSH_ASKED_AT
         self._flush_served: Futex | None = None  # FLUSH_SERVED_AT
+        self.join_asks: Futex | None = None
+        """The word openers waiting for the dead-man switch add 1 to (:data:`JOIN_ASKED_AT`)."""
         self.wake_method = WAKE_NONE
         self._seq = 0
         self._leaving = False  # close() began: the file is not mapped again
@@ -302,7 +316,7 @@ class Control:
                 return
             if alone:
                 raise StoreLockedError(f"{self.store}: {self._holders()}; repair needs the store to itself")
-            io.lock_range(fd, LOCK_DMS, False, True)  # waits while a first opener initializes
+            self._wait_for_switch()  # while a first opener initializes, or a writer has the store to itself
             if self._ready(store_id):
                 return
             # Its initializer died before it finished: let one of the late openers be the first.
@@ -312,6 +326,30 @@ class Control:
             f"{self.path}: could not join the processes that have the store open: the file was not ready "
             f"after {JOIN_ATTEMPTS} tries (processes that set it up keep dying?)"
         )
+
+    def _wait_for_switch(self) -> None:
+        """Take the dead-man switch shared, waiting while another opener holds it exclusively.
+
+        That opener is a first opener that still recovers the log (it lets others in when it is done), or a
+        writer that kept the store to itself (:meth:`can_keep_alone`), which lets others in when asked. So each try
+        that fails asks (:data:`JOIN_ASKED_AT`, with ``FUTEX_WAKE_OP``), once the file is long enough to hold
+        the word, then pauses (0.2 ms, doubling up to 10 ms) and tries again. An ask made while the file is
+        being rebuilt may be lost with the old words; the next try asks again.
+        """
+        io, fd = self.io, self._fd()
+        pause = JOIN_POLL_FIRST
+        asks: Futex | None = None
+        try:
+            while not io.lock_range(fd, LOCK_DMS, False, False):
+                if asks is None and futex_available() and io.size(fd) >= CONTROL_SIZE:
+                    asks = Futex(fd, JOIN_ASKED_AT)
+                if asks is not None:
+                    asks.wake()
+                time.sleep(pause)
+                pause = min(pause * 2, JOIN_POLL_MAX)
+        finally:
+            if asks is not None:
+                asks.close()
 
     def _initialize(self, store_id: bytes, ready: bool) -> None:
         """Rebuild the file from nothing (the switch held exclusively: no other process has the store open)."""
@@ -396,9 +434,19 @@ class Control:
             self.flushed = Futex(self._fd(), FLUSHED_AT)
             self._flush_asks = Futex(self._fd(), FLUSH_ASKED_AT)
             self._flush_served = Futex(self._fd(), FLUSH_SERVED_AT)
+            self.join_asks = Futex(self._fd(), JOIN_ASKED_AT)
+
+    def can_keep_alone(self) -> bool:
+        """Whether this opener may keep the store to itself after its load, holding on to the dead-man switch
+        exclusively until another opener asks to join (:data:`JOIN_ASKED_AT`): it is the first opener, still
+        holds the switch so, and others can ask (the futex). It then calls :meth:`open_to_others`."""
+        return self.holding and self.join_asks is not None
 
     def open_to_others(self) -> None:
-        """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now."""
+        """A first opener that held the dead-man switch (``join(hold=True)``): convert it to shared now.
+
+        Also how a writer that kept the store to itself lets others in when one asks: from then on it takes
+        turns under the write lock like any writer of a shared store."""
         if self.holding:
             # Ready only now: an opener that waited for the switch while this one recovered the log finds
             # it so; if this one dies first, the state stays INITIALIZING and a waiter becomes the first.
@@ -638,10 +686,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks, self.served, *self._flush_words()):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served, self.join_asks, *self._flush_words()):
             if futex is not None:
                 futex.close()
-        self.futex = self._watchers_futex = self.asks = self.served = None
+        self.futex = self._watchers_futex = self.asks = self.served = self.join_asks = None
         self.flushed = self._flush_asks = self._flush_served = None
         try:
             if mm is not None:
@@ -661,10 +709,10 @@ class Control:
         self._leaving = True
         mm, self.mm = self.mm, None
         fd, self.fd = self.fd, None
-        for futex in (self.futex, self._watchers_futex, self.asks, self.served, *self._flush_words()):
+        for futex in (self.futex, self._watchers_futex, self.asks, self.served, self.join_asks, *self._flush_words()):
             if futex is not None:
                 futex.close()  # an munmap of this process's page: the parent's mapping is its own
-        self.futex = self._watchers_futex = self.asks = self.served = None
+        self.futex = self._watchers_futex = self.asks = self.served = self.join_asks = None
         self.flushed = self._flush_asks = self._flush_served = None
         if mm is not None:
             with contextlib.suppress(BufferError, ValueError, OSError):

@@ -516,6 +516,17 @@ class Follower:
 
     # -- the write lock (a writable store) -------------------------------------------------
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The follower's lock: held by the writer role for a whole turn, and by every catch-up."""
+        return self._lock
+
+    def adopt(self) -> None:
+        """This process's writer had the store to itself until now (logstore/embedded/alone.py): the log, the
+        files and the shared words are as it left them, so its first turn skips the catch-up. Called in the
+        writer role, whose turn holds this follower's lock while alone."""
+        self._turns = self._word(TURNS_AT)
+
     def begin_turn(self) -> bool:
         """The writer role starts a turn: take the write lock and this follower's lock, and catch up.
 

@@ -32,6 +32,7 @@ from logstore.checks import (
     check_types,
 )
 from logstore.embedded import layout
+from logstore.embedded.alone import Alone
 from logstore.embedded.checkpoint import Checkpoint
 from logstore.embedded.compact import compact_store
 from logstore.embedded.controlfile import CLEAN_AT, DURABLE_AT, INTENT_AT, UNCHECKED, Control, SlotInfo, slot_flags
@@ -57,6 +58,7 @@ from logstore.envelope import Envelope, encode_many
 from logstore.errors import (
     CorruptionError,
     FormatVersionError,
+    StoreClosedError,
     StoreForkedError,
     StoreLockedError,
     as_corruption,
@@ -189,7 +191,7 @@ class Store(StoreBase):
     """
 
     # Long on purpose: the open's steps in order, with the cleanup each failure needs.
-    def __init__(  # noqa: PLR0915
+    def __init__(  # noqa: PLR0912, PLR0915
         self,
         path: str,
         *,
@@ -220,6 +222,10 @@ class Store(StoreBase):
         # What readers may see (limits, heads, removals), its waiting readers, and the open readers.
         self._pub: Published = FollowingPublished()
         self._follower: Follower | None = None  # follows what other processes write (None without CONTROL)
+        # A writable first opener keeps the store to itself until another opener asks to join (alone.py):
+        # the thread that waits for the ask, None once the others are let in (or never kept alone).
+        self._alone: Alone | None = None
+        self._keep_alone = False
         self._writer: Writer
         self._close_lock = threading.Lock()
         self._compact_lock = threading.Lock()  # one compaction at a time: they share the .compact names
@@ -265,7 +271,8 @@ class Store(StoreBase):
                     checkpoint_bytes,
                     retention_age,
                     retention_bytes,
-                    self._follower,
+                    None if self._keep_alone else self._follower,
+                    self._follower.lock if self._keep_alone and self._follower is not None else None,
                 )
                 if retention_age is not None or retention_bytes is not None:
                     try:
@@ -273,6 +280,8 @@ class Store(StoreBase):
                     except BaseException:
                         self._writer.abandon()
                         raise
+                if self._keep_alone:
+                    self._start_alone()
         except BaseException:
             self._release_files(clear_slot=True)
             raise
@@ -359,13 +368,49 @@ class Store(StoreBase):
                 # and marks a clean checkpoint unclean before it appends
                 control.set_word(CLEAN_AT, 1 if self._loaded_clean else 0)
             control.wake()
-        control.open_to_others()
+        # A writer that found no other process keeps the store to itself until one asks to join
+        # (alone.py): its turns then take no lock. Every other opener lets the others in now.
+        self._keep_alone = not self.readonly and control.can_keep_alone()
+        if not self._keep_alone:
+            control.open_to_others()
         follower = Follower(lg, control, self._fresh_log, self.durability == "fsync")
         self._follower = follower
         pub.follower = follower
         pub.counter = follower.words  # removals of every process move the shared count
         if not self.readonly:
             pub.shared = control
+
+    def _start_alone(self) -> None:
+        control = self._control
+        assert control is not None and control.join_asks is not None
+        self._alone = Alone(control.join_asks, self._let_others_in, "logstore-alone")
+        self._alone.start()
+
+    def _let_others_in(self) -> None:
+        """Another opener asks to join a store kept alone (the ``logstore-alone`` thread): from the next commit
+        group on, the writer takes turns under the write lock like any writer of a shared store, then the
+        dead-man switch goes shared, which lets the opener in.
+
+        A failed writer (it writes no more) lets the opener in with the intent word set, so that the first
+        write-lock holder cuts whatever the failure left past the published tail, as after a writer that
+        failed in its turn; this store's readers load afresh at their next catch-up. A closing store lets
+        nobody in here: its close releases the switch.
+        """
+        writer = self._writer
+        control = self._control
+        follower = self._follower
+        assert control is not None and follower is not None
+        try:
+            writer.call(lambda: writer.share(follower, control.open_to_others))
+        except StoreClosedError:
+            return
+        except Exception:  # the writer failed (StoreFailedError), before or during the call
+            if writer.failed is None:
+                raise
+            with contextlib.suppress(ValueError):  # closed meanwhile
+                follower.writer_failed()
+                control.set_word(INTENT_AT, os.getpid())
+                control.open_to_others()
 
     def _fresh_log(self, bound: int) -> Log:
         """A new log of this store loaded up to global offset ``bound`` (the follower's reload)."""
@@ -1017,6 +1062,9 @@ class Store(StoreBase):
         if not self._mark_closed():
             return
         try:
+            alone, self._alone = self._alone, None
+            if alone is not None:
+                alone.stop()  # the close releases the dead-man switch: a waiting opener becomes the first
             if not self.readonly:
                 self._writer.stop()
         finally:
@@ -1045,6 +1093,9 @@ class Store(StoreBase):
         """
         if not self._mark_closed():
             return
+        alone, self._alone = self._alone, None
+        if alone is not None:
+            alone.stop()
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()

@@ -81,6 +81,7 @@ Control = tuple[int, str, bytes, int]
 class Sharing(Protocol):
     """How a writer takes turns with the writers of other processes (:class:`logstore.embedded.follow.Follower`)."""
 
+    def adopt(self) -> None: ...
     def begin_turn(self) -> bool: ...
     def end_turn(self, finished: bool, after: Callable[[], None]) -> None: ...
     def flush(self, goal: int) -> None: ...
@@ -121,10 +122,14 @@ class Writer:
         retention_age: float | None = None,
         retention_bytes: int | None = None,
         sharing: Sharing | None = None,
+        alone: threading.Lock | None = None,
     ) -> None:
         self.log = log_
         # Other processes may write the store: each turn of the writer role holds the write lock (``_turn``).
         self.sharing = sharing
+        # A store kept alone (logstore/embedded/alone.py): each turn holds only this lock, its follower's, so
+        # that no catch-up of this process's readers runs while the turn moves the log (``None`` otherwise).
+        self._alone = alone
         # Where the writer publishes heads, limits and removals, and wakes readers (``log_.published``).
         self.published: Published = log_.published
         self.durability = durability
@@ -259,6 +264,19 @@ class Writer:
 
     # -- the writer role ---------------------------------------------------------------
 
+    def share(self, sharing: Sharing, let_in: Callable[[], None]) -> None:
+        """Stop working alone (writer role, between two groups): from the next group on, every turn takes the
+        write lock (``sharing``); then ``let_in`` (the dead-man switch goes shared, other openers come in).
+
+        Everything written is published and, with ``durability="fsync"``, synced (a group publishes after
+        its sync when alone), so the next holder of the write lock finds the tail, the durable bound and the
+        turn count as this process left them, and this process's first turn skips its catch-up."""
+        sharing.adopt()
+        self.sharing = sharing
+        self._alone = None
+        self._defer_sync = self.durability == "fsync"
+        let_in()
+
     def _lead(self) -> None:
         """This thread holds the writer role: work what it took from the queue (``_batch``), then pass
         the role on."""
@@ -280,7 +298,12 @@ class Writer:
         ``batch`` with it (an interrupt goes on up instead, and the batch stays queued)."""
         sharing = self.sharing
         if sharing is None or self.failed is not None:
-            body()
+            alone = self._alone
+            if alone is None:
+                body()
+            else:
+                with alone:
+                    body()
             return
         try:
             if sharing.begin_turn():
@@ -518,7 +541,10 @@ class Writer:
             self.synced = (active.first, active.end, self.log.next_goff)
             shared = self.published.shared
             if shared is not None:
-                shared.raise_durable(self.log.next_goff)
+                if self.sharing is None:  # alone: no other process reads or raises the bound
+                    shared.publish_durable(self.log.next_goff)
+                else:
+                    shared.raise_durable(self.log.next_goff)
 
     def _fail(self, exc: BaseException, batch: list[_Pending]) -> None:
         logger.error("%s: writer failed, the store refuses writes until reopened: %r", self.log.directory, exc)

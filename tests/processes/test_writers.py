@@ -442,6 +442,9 @@ def test_a_writer_killed_in_a_roll_is_taken_over_by_a_live_writer(store_dir: Pat
 def test_a_writer_killed_right_after_taking_the_write_lock_blocks_no_one(store_dir: Path, spawn: Spawn) -> None:
     b = opened(spawn, store_dir, "b")
     b.call("commit", appends=[["b", 0, [msg("b", 0)]]])
+    # b has the store to itself until another opener asks to join (it then shares it for good): let one in
+    # first, so that the opens counted below take the same locks (no wait for the dead-man switch).
+    opened(spawn, store_dir, "first joiner").stop()
     never = "lock.after:1000000:CONTROL"
     probe = spawn("probe", env={"LOGSTORE_KILL_AT": never})
     probe.call("open", path=str(store_dir), options={})

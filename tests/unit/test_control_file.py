@@ -218,7 +218,9 @@ def test_the_first_opener_initializes_the_control_file(tmp_path: Path) -> None:
         assert len(data) == CONTROL_SIZE
         header = ControlHeader.decode(data)
         assert header.store_id == store._log.store_id and header.slots == SLOTS and header.wake == WAKE_FUTEX
-        assert word(data, STATE_AT) == STATE_READY
+        # A writable first opener keeps the store to itself (the switch exclusive, the state not ready: if it
+        # dies, a waiting opener becomes the first) until another opener asks to join.
+        assert word(data, STATE_AT) == STATE_INITIALIZING
         assert word(data, INIT_PID_AT) == os.getpid() and word(data, INIT_PID_AT + 8) > 0
         pid, flags, start, opened, goff, socket = slot_record(data, 0)
         assert (pid, goff, socket) == (os.getpid(), 0, 0)
@@ -226,6 +228,9 @@ def test_the_first_opener_initializes_the_control_file(tmp_path: Path) -> None:
         assert start == process_start_time() > 0 and opened >= word(data, INIT_PID_AT + 8)
         assert data[SLOT_TABLE + SLOT_SIZE :] == bytes(CONTROL_SIZE - SLOT_TABLE - SLOT_SIZE)
         instance = header.instance
+        with logstore.open(path, readonly=True) as joiner:
+            assert joiner._control is not None and not joiner._control.first and joiner._control.slot == 1
+            assert word(read_control(path), STATE_AT) == STATE_READY
     # Closed by everyone: the next opener is first again and rebuilds it (a new instance).
     with logstore.open(path, readonly=True) as store:
         assert store._control is not None and store._control.first
@@ -308,13 +313,14 @@ def test_a_garbage_control_file_is_rebuilt_by_a_first_opener(tmp_path: Path, gar
         assert store._control is not None and store._control.first
         data = read_control(path)
         assert ControlHeader.decode(data).store_id == store._log.store_id
-        assert word(data, STATE_AT) == STATE_READY
+        assert word(data, STATE_AT) == STATE_INITIALIZING  # a writer alone (ready once another joins)
         # Nothing of the garbage is left: zeros but for the words the writer published (its tail).
         assert data[88:WAKE_AT] == bytes(WAKE_AT - 88)
         assert data[TAIL_B + TAIL_SIZE : SLOT_TABLE] == bytes(SLOT_TABLE - TAIL_B - TAIL_SIZE)
         assert store._control.tail() == (store.global_head, 0, store._log.active.end, 1)
         with logstore.open(path, readonly=True) as joined:
             assert joined._control is not None and not joined._control.first
+            assert word(read_control(path), STATE_AT) == STATE_READY
     assert_verified(path)
 
 
