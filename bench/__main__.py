@@ -138,7 +138,7 @@ FULL = Plan(
     es_saves10=1_000,
     es_commits=300,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID", "CT")
 ES_PAGES = (10, 100)
 """Page sizes of the ES notification scan: 10 is the library's own (``pull_section_size``, ``section_size``)."""
 ES_AGGREGATES = 100
@@ -639,6 +639,37 @@ def es(r: Runner, plan: Plan) -> None:
             )
 
 
+CT_STORES = ("logstore", "sqlite")
+CT_MODES = ("category/read=index", "category/read=scan", "types/read=filter", "types/read=scan")
+
+
+def ct(r: Runner, plan: Plan) -> None:
+    """The CT group: a category read among 100 categories through the index against a full scan that
+    filters in Python, and a type-filtered scan (1 type in 10) against an unfiltered one; logstore beside
+    sqlite3 (a category column and a type column, each with an index). ``bench/categories.py`` says more.
+
+    One store per store kind and run, built once (W1's message count), read in a fresh process per mode
+    and repetition.
+    """
+    n = plan.w1_messages
+    for store in CT_STORES:
+        path = r.fresh_dir(f"ct-{store}")
+        r.run({"workload": "ct_build", "store": store, "dir": path, "messages": n, "size": SIZE})
+        try:
+            for _rep in range(plan.repeat):
+                for mode in CT_MODES:
+                    res = r.run(
+                        {"workload": "ct_read", "store": store, "dir": path, "messages": n, "size": SIZE, "mode": mode}
+                    )
+                    kind, read = mode.split("/")
+                    what = "1-of-100-categories" if kind == "category" else "1-of-10-types"
+                    name = f"{kind}/{what}/{read}/messages={human(n)}/size={SIZE}B/store={store}"
+                    extra = {"records_read": res["records_read"]} if res["records_read"] >= 0 else None
+                    r.record("CT", name, store, "msg/s", res["messages"] / res["seconds"], extra=extra)
+        finally:
+            remove(path)
+
+
 def es_available() -> str | None:
     """None when the ES group can run (the eventsourcing library imports); else why not."""
     try:
@@ -1011,6 +1042,8 @@ def run_workloads(
         w10(r, plan, stores)
     if "ID" in want:
         idem(r, plan)
+    if "CT" in want:
+        ct(r, plan)
     return run_groups(r, plan, want, skipped)
 
 

@@ -3,9 +3,10 @@
 The pool is the same in every process (fixed ids and times), so a process
 that reads a store can check it against what another process appended.
 A benchmark of ``n`` messages cycles through a pool of at most ``POOL``
-distinct envelopes (message ``i`` is ``envelope_at(pool, i)``: ``pool[i % len(pool)]`` with an id of its own past the pool), made before
-any timing. Memory for the workload's input therefore stays the same whatever
-``n`` is, so peak RSS measures the store, not the input.
+distinct envelopes (message ``i`` is ``envelope_at(pool, i)``:
+``pool[i % len(pool)]`` with an id of its own past the pool), made before
+any timing. Memory for the workload's input therefore stays the same
+whatever ``n`` is, so peak RSS measures the store, not the input.
 """
 
 from __future__ import annotations

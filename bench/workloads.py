@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.categories import ct_build, ct_read
 from bench.envelopes import envelope_at, envelope_bytes, make_pool
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
 from logstore import Envelope, Store
@@ -829,6 +830,8 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "tail": tail,
     "tail_reader": tail_reader,
     "es_recorder": es_recorder,
+    "ct_build": ct_build,
+    "ct_read": ct_read,
 }
 
 

@@ -50,6 +50,53 @@ def check_stream_name(stream: object) -> bytes:
     return raw
 
 
+def category_of(stream: str) -> str:
+    """A stream's category: its name up to the first ``-`` (the whole name when it has none).
+
+    >>> category_of("order-42"), category_of("order-42-a"), category_of("orders")
+    ('order', 'order', 'orders')
+    """
+    return stream.partition("-")[0]
+
+
+def check_category(category: object) -> str:
+    """Return a valid category name (a str without ``-``, NUL or unencodable characters), else raise."""
+    if type(category) is not str:
+        raise TypeError(f"category must be a str, got {type(category).__name__}")
+    if "-" in category:
+        raise ValueError(f"category {category[:64]!r} contains '-': a category is a stream name up to its first '-'")
+    if "\x00" in category:
+        raise ValueError(f"category {category[:64]!r} contains a NUL character")
+    try:
+        raw = category.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"category {category[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
+    if len(raw) > MAX_STREAM_NAME:
+        raise ValueError(f"category is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
+    return category
+
+
+def check_types(types: object) -> frozenset[str] | None:
+    """``types=`` of a reader: ``None`` (every type), or a non-empty collection of type names (str).
+
+    A single ``str`` is refused (it would read as its characters): pass ``["OrderPlaced"]``.
+    """
+    if types is None:
+        return None
+    if isinstance(types, str | bytes | bytearray):
+        raise TypeError(f"types must be a collection of type names, got one {type(types).__name__}: wrap it in a list")
+    try:
+        names: frozenset[object] = frozenset(types)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"types must be a collection of type names (str), got {type(types).__name__}") from None
+    for name in names:
+        if type(name) is not str:
+            raise TypeError(f"types must hold type names (str), got {type(name).__name__}")
+    if not names:
+        raise ValueError("types must name at least one type (None reads every type)")
+    return frozenset(str(name) for name in names)
+
+
 def check_offset(offset: object) -> None:
     """Raise for an ``offset`` that is not an int >= 0 (a reader's start, a truncation point)."""
     if isinstance(offset, bool) or not isinstance(offset, int):

@@ -189,3 +189,70 @@ def decode(payload: bytes | memoryview) -> Envelope:
         raise ValueError("payload is not a 7-item envelope array")
     env: Envelope = _tuple_new(Envelope, fields)
     return env
+
+
+# The type filter's peek (readers' ``types=``): the msgpack bytes of an envelope's type field, found by
+# stepping over the five fields before it (three strings, two timestamps) by their headers alone.
+_STR_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4}  # str 8/16/32: bytes of the length after the marker
+_EXT_SIZE = {0xD6: 6, 0xD7: 10}  # fixext 4/8 (a 32- or 64-bit Timestamp), marker included
+
+
+def type_key(type_name: str) -> bytes:
+    """The msgpack bytes of ``type_name`` as an envelope's type field holds them (what :func:`peek_type` returns).
+
+    >>> type_key("OrderPlaced")
+    b'\\xabOrderPlaced'
+    """
+    packed: bytes = _packer.pack(type_name)
+    return packed
+
+
+def _str_end(buf: Any, p: int) -> int:
+    """The byte after the msgpack string at ``p``; -1 if what is there is no string."""
+    b: int = buf[p]
+    if 0xA0 <= b <= 0xBF:
+        return p + 1 + (b & 0x1F)
+    width = _STR_WIDTH.get(b)
+    if width is None:
+        return -1
+    length = int.from_bytes(buf[p + 1 : p + 1 + width], "big")
+    return p + 1 + width + length
+
+
+def peek_type(buf: Any, start: int, end: int) -> bytes | None:
+    """The msgpack bytes of the type field of the envelope at ``buf[start:end]``, without decoding it.
+
+    ``None`` when the bytes are not laid out as :func:`encode` lays them out (the caller then decodes
+    the envelope and reads its ``type``): a reader's type filter never drops a message it cannot tell.
+    """
+    if end - start < 8 or buf[start] != 0x97:
+        return None
+    p = start + 1
+    for _ in range(3):  # message_id, causation_id, correlation_id
+        p = _str_end(buf, p)
+        if p < 0 or p >= end:
+            return None
+    for _ in range(2):  # created_at, send_at
+        b = buf[p]
+        size = _EXT_SIZE.get(b)
+        if size is None:
+            if b != 0xC7 or buf[p + 1] != 12:  # ext 8 of 12 bytes: a 96-bit Timestamp
+                return None
+            size = 15
+        p += size
+        if p >= end:
+            return None
+    q = _str_end(buf, p)
+    if q < 0 or q > end:
+        return None
+    return bytes(buf[p:q])
+
+
+def type_of(payload: bytes) -> str:
+    """The type name of an encoded envelope, read from its type field alone when its layout allows."""
+    key = peek_type(payload, 0, len(payload))
+    if key is None:
+        return decode(payload).type
+    name = msgpack.unpackb(key, raw=False)
+    assert type(name) is str
+    return name

@@ -8,7 +8,7 @@ package. Go's ``ctx`` becomes ``timeout=`` plus cancellation by ``close()``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol, runtime_checkable
 
 from logstore.envelope import Envelope
@@ -79,6 +79,22 @@ class GloballyOrderedStore(Store, Protocol):
 
 
 @runtime_checkable
+class CategoryStore(GloballyOrderedStore, Protocol):
+    """A globally ordered store that also reads categories and filters by type (both logstore stores are one).
+
+    A stream's category is its name up to the first ``-`` (``order-42`` is in ``order``; a name without
+    ``-`` is its own category). ``types`` is ``None`` (every type) or a collection of type names.
+    """
+
+    def open_global(self, ds: DataStore, offset: int, types: Collection[str] | None = None) -> Stream:
+        """``GloballyOrderedStore.open_global``, yielding only the messages of ``types`` (if given)."""
+
+    def open_category(self, ds: DataStore, category: str, offset: int, types: Collection[str] | None = None) -> Stream:
+        """Every stream of ``category`` as one stream in global order, from global ``offset``; ``offset()``
+        is the global offset. Only the category's records are read (through an index)."""
+
+
+@runtime_checkable
 class LocatedStream(Stream, Protocol):
     """A stream that also says where its current message is (both logstore readers are one)."""
 
@@ -99,8 +115,11 @@ class ShortFormStore(Protocol):
     def stream(self, stream: str, offset: int = 0) -> LocatedStream:
         """``open_stream(self, stream, offset)``'s reader, with ``found`` as an attribute."""
 
-    def global_stream(self, offset: int = 0) -> LocatedStream:
-        """``open_global(self, offset)``."""
+    def global_stream(self, offset: int = 0, types: Collection[str] | None = None) -> LocatedStream:
+        """``open_global(self, offset, types)``."""
+
+    def category(self, category: str, offset: int = 0, types: Collection[str] | None = None) -> LocatedStream:
+        """``open_category(self, category, offset, types)``."""
 
     def read(self, stream: str, offset: int = 0) -> list[Envelope]:
         """Every message of ``stream`` from ``offset`` on that is committed now: what ``stream()`` iterates."""

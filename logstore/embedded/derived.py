@@ -19,26 +19,39 @@ catalog and the run index: ``catalog.<g>`` and ``streams/<id>.runs``). They
 are on the hot paths, so the writer applies its commits to them inline,
 through the rules that :class:`StreamIndex` holds (the same rules recovery
 applies record by record). An index added to :data:`EXTRA_INDEXES` gets each
-committed transaction from the writer as records read back with the walker
-(:mod:`logstore.embedded.walk`), after the group is written; docs/ARCHITECTURE.md
-shows one.
+committed transaction from the writer as records whose headers are read back
+from the segment, after the group is written; docs/ARCHITECTURE.md shows one.
+The engine registers one itself, :class:`CategoryIndex`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
+import numpy.typing as npt
+import xxhash
 
 from logstore.embedded import layout
 from logstore.embedded.checkpoint import Checkpoint, SegmentEntry
-from logstore.embedded.record import KIND_DELETE, KIND_RETAIN, KIND_TRUNCATE, MESSAGE_KINDS, NO_STREAM, Record
+from logstore.embedded.record import (
+    KIND_DELETE,
+    KIND_MESSAGE,
+    KIND_RETAIN,
+    KIND_TRUNCATE,
+    MESSAGE_KINDS,
+    NO_STREAM,
+    Record,
+)
 from logstore.errors import CorruptionError, as_corruption
 from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.errors import FormatError
+from logstore.index.growable import Growable
 from logstore.index.header import HEADER_SIZE
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
@@ -410,5 +423,329 @@ def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int) -> str 
 # Above this many streams in one group, their heads are set with one numpy assignment.
 _VECTOR_HEADS = 32
 
-EXTRA_INDEXES: list[type[DerivedIndex]] = []
+
+class CategoryIndex(DerivedIndex):
+    """Every category's messages: the global offsets of the message records of its streams, ascending.
+
+    A stream's category is its name up to the first ``-``. What a category reader reads
+    (``store.open_category``): it goes from one of its category's records to the next through this
+    index and never reads another category's records. Memory is numpy arrays, no object per record:
+
+    - the *sealed* part, as of the last checkpoint: ``goffs`` holds every category's global offsets,
+      category by category, each category's ascending; category ``c``'s are ``goffs[starts[c]:starts[c + 1]]``;
+    - the *recent* part, since then: two growing arrays of global offsets (ascending) and their
+      category ids, which the checkpoint merges into the sealed part (one stable sort by category
+      of arrays that are each sorted already);
+    - ``sid_category``: each stream id's category id (-1: not met yet), from the names the records carry
+      (the first record of each stream in each segment is NAMED, so every walk from a segment start meets it).
+
+    The records listed are the MESSAGE, REMOVED and LOST records of streams (those at a stream offset):
+    a reader skips the markers, and the messages that a truncation or deletion removed, as the global
+    reader does; compaction's REMOVED records thus leave the index as it was. A RETAIN record makes it
+    forget the offsets below the new log start, as a rebuild from what is left would not list them.
+
+    Threads: the writer role alone changes it; readers take :attr:`snapshot` (one reference) and the
+    recent arrays' states, which a merge replaces whole, never in place.
+    File: ``categories.<generation>`` (docs/FORMAT.md draws it)::
+
+        offset  size  type   field
+        0       8     bytes  magic b"LGCATIDX"
+        8       2     u16    version (1)
+        10      2     u16    header size (64)
+        12      4     u32    flags (0)
+        16      8     u64    generation (the checkpoint's)
+        24      8     u64    C, categories
+        32      8     u64    S, stream ids mapped (those some record named)
+        40      8     u64    M, message records listed
+        48      8     u64    xxh3-64 of the body
+        56      8     u64    xxh3-64 of bytes 0..55
+        body:   C x u32 name lengths, S x u32 stream ids (ascending), S x i32 their category ids, padding to 8,
+                (C + 1) x u64 starts, M x u64 global offsets, then the C names (UTF-8), back to back
+    """
+
+    file = "categories"
+    label = "category index"
+    MAGIC = b"LGCATIDX"
+    VERSION = 1
+    _HEADER = struct.Struct("<8sHHIQQQQQ")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.names: list[str] = []  # category id -> name
+        self.ids: dict[str, int] = {}  # name -> category id
+        self.sid_category = np.full(16, -1, np.int32)
+        self.sid_far: dict[int, int] = {}  # stream id -> category id, for ids far past the dense array's end
+        # (starts, goffs, recent goffs, recent category ids): replaced whole by a merge or a retention.
+        self.snapshot: tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64], Growable, Growable] = (
+            np.zeros(1, np.int64),
+            np.zeros(0, np.uint64),
+            Growable(np.uint64),
+            Growable(np.int32),
+        )
+
+    # -- reading (any thread) ----------------------------------------------------------
+
+    def offsets(self, category: str, goff: int, end: int, limit: int) -> npt.NDArray[np.uint64]:
+        """Up to ``limit`` global offsets of ``category``'s records in ``goff`` .. ``end - 1``, ascending."""
+        c = self.ids.get(category)
+        if c is None or limit <= 0 or goff >= end:
+            return np.zeros(0, np.uint64)
+        starts, goffs, recent_g, recent_c = self.snapshot
+        found: list[npt.NDArray[np.uint64]] = []
+        if c + 1 < len(starts):
+            mine = goffs[starts[c] : starts[c + 1]]
+            i = int(np.searchsorted(mine, goff))
+            j = int(np.searchsorted(mine, end))
+            found.append(mine[i : min(j, i + limit)])
+            limit -= len(found[-1])
+        if limit > 0:
+            rg = recent_g.view()  # the offsets first: the category ids are appended before them
+            rc = recent_c.view()[: len(rg)]
+            i = int(np.searchsorted(rg, goff))
+            stop = int(np.searchsorted(rg, end))
+            while i < stop and limit > 0:  # in windows: a rare category in a long recent part
+                k = min(stop, i + _CATEGORY_WINDOW)
+                hit = rg[i:k][rc[i:k] == c][:limit]
+                if len(hit):
+                    found.append(hit)
+                    limit -= len(hit)
+                i = k
+        if not found:
+            return np.zeros(0, np.uint64)
+        return found[0] if len(found) == 1 else np.concatenate(found)
+
+    def categories(self) -> dict[str, int]:
+        """Every category with the number of records the index lists for it (its messages, removed ones included)."""
+        starts, _goffs, recent_g, recent_c = self.snapshot
+        counts = np.diff(starts)
+        rc = recent_c.view()[: len(recent_g)]
+        extra = np.bincount(rc, minlength=len(self.names)) if len(rc) else np.zeros(len(self.names), np.int64)
+        out = {}
+        for c, name in enumerate(self.names):
+            n = int(extra[c]) + (int(counts[c]) if c < len(counts) else 0)
+            if n:
+                out[name] = n
+        return out
+
+    # -- DerivedIndex (writer role, recovery) ---------------------------------------------
+
+    def apply(self, records: Applied) -> None:
+        # The common transaction: messages of streams already mapped, looked up at once with numpy.
+        sids = [r.sid for _i, r in records if r.kind == KIND_MESSAGE]
+        if len(sids) == len(records):
+            sid_category = self.sid_category
+            s = np.fromiter(sids, np.int64, len(sids))
+            if int(s.max()) < len(sid_category):
+                cats = sid_category[s]
+                if int(cats.min()) >= 0:
+                    _starts, _goffs, recent_g, recent_c = self.snapshot
+                    recent_c.extend(cats)  # before the offsets, which readers read first
+                    recent_g.extend([r.goff for _i, r in records])
+                    return
+        self._apply_each(records)
+
+    def _apply_each(self, records: Applied) -> None:
+        """:meth:`apply` record by record: new streams (their names), control records, markers."""
+        sid_category = self.sid_category
+        goffs: list[int] = []
+        cats: list[int] = []
+        for _i, rec in records:
+            kind = rec.kind
+            sid = rec.sid
+            if kind == KIND_RETAIN:
+                if goffs:
+                    self._append(goffs, cats)
+                    goffs, cats = [], []
+                self._forget_below(rec.soff)
+                sid_category = self.sid_category
+                continue
+            if sid == NO_STREAM:
+                continue
+            c = int(sid_category[sid]) if sid < len(sid_category) else self.sid_far.get(sid, -1)
+            name = rec.name
+            # Any NAMED record maps its stream, a TRUNCATE or DELETE too: after retention the first record
+            # of a stream that a walk meets may be one, and the stream's next messages are not NAMED.
+            if c < 0 and name is not None:
+                category = name.partition("-")[0]
+                c = self.ids.get(category, -1)
+                if c < 0:
+                    c = len(self.names)
+                    self.names.append(category)
+                    self.ids[category] = c
+                if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
+                    # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
+                    # up to it; ids are dense in any log the writer wrote.
+                    self.sid_far[sid] = c
+                else:
+                    if sid >= len(sid_category):
+                        bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
+                        bigger[: len(sid_category)] = sid_category
+                        self.sid_category = sid_category = bigger
+                    sid_category[sid] = c
+            if kind not in MESSAGE_KINDS or c < 0:
+                continue  # a control record; or a LOST record of a stream no record named: nothing to list
+            goffs.append(rec.goff)
+            cats.append(c)
+        if goffs:
+            self._append(goffs, cats)
+
+    def _append(self, goffs: list[int], cats: list[int]) -> None:
+        _starts, _goffs, recent_g, recent_c = self.snapshot
+        recent_c.extend(cats)  # before the offsets, which readers read first
+        recent_g.extend(goffs)
+
+    def _merge(self) -> None:
+        """Move the recent part into the sealed part (writer role, at a checkpoint)."""
+        starts, goffs, recent_g, recent_c = self.snapshot
+        if not len(recent_g) and len(starts) == len(self.names) + 1:
+            return
+        ncat = len(self.names)
+        old_keys = np.repeat(np.arange(len(starts) - 1, dtype=np.int32), np.diff(starts))
+        keys = np.concatenate([old_keys, recent_c.view()[: len(recent_g)]])
+        all_g = np.concatenate([goffs, recent_g.view()])
+        order = np.argsort(keys, kind="stable")  # each category's offsets stay ascending
+        new_starts = np.zeros(ncat + 1, np.int64)
+        np.cumsum(np.bincount(keys, minlength=ncat), out=new_starts[1:])
+        self.snapshot = (new_starts, all_g[order], Growable(np.uint64), Growable(np.int32))
+
+    def _forget_below(self, start: int) -> None:
+        """Retention moved the log start to ``start``: drop the offsets below it."""
+        self._merge()
+        starts, goffs, _rg, _rc = self.snapshot
+        keep = goffs >= start
+        if bool(keep.all()):
+            return
+        keys = np.repeat(np.arange(len(starts) - 1, dtype=np.int32), np.diff(starts))[keep]
+        new_starts = np.zeros(len(starts), np.int64)
+        np.cumsum(np.bincount(keys, minlength=len(starts) - 1), out=new_starts[1:])
+        self.snapshot = (new_starts, goffs[keep], Growable(np.uint64), Growable(np.int32))
+
+    def encode(self, generation: int) -> bytes:
+        self._merge()
+        starts, goffs, _rg, _rc = self.snapshot
+        raw = [n.encode("utf-8") for n in self.names]
+        lengths = np.fromiter((len(r) for r in raw), np.uint32, len(raw))
+        sids, cats = self.mapping()
+        head = lengths.tobytes() + sids.astype("<u4").tobytes() + cats.astype("<i4").tobytes()
+        body = head + b"\0" * (-len(head) % 8) + starts.astype("<u8").tobytes() + goffs.astype("<u8").tobytes()
+        body += b"".join(raw)
+        return self._header(generation, len(raw), len(sids), len(goffs), body) + body
+
+    def mapping(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        """Every stream id mapped (ascending) and its category id."""
+        dense = np.flatnonzero(self.sid_category >= 0)
+        far = sorted(self.sid_far.items())
+        sids = np.concatenate([dense, np.fromiter((s for s, _c in far), np.int64, len(far))])
+        cats = np.concatenate([self.sid_category[dense], np.fromiter((c for _s, c in far), np.int32, len(far))])
+        return sids.astype(np.int64), cats.astype(np.int32)
+
+    @classmethod
+    def _header(cls, generation: int, ncat: int, nsid: int, count: int, body: bytes) -> bytes:
+        head = cls._HEADER.pack(
+            cls.MAGIC, cls.VERSION, HEADER_SIZE, 0, generation, ncat, nsid, count, xxhash.xxh3_64_intdigest(body)
+        )
+        return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head))
+
+    # Long on purpose: one check per field of the file, each with its own message.
+    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:  # noqa: PLR0912, PLR0915
+        if data is None or len(data) < HEADER_SIZE:
+            raise FormatError(0, "category index file is shorter than its header")
+        magic, version, hsize, flags, generation, ncat, nsid, count, body_sum = self._HEADER.unpack_from(data)
+        (head_sum,) = struct.unpack_from("<Q", data, self._HEADER.size)
+        if magic != self.MAGIC:
+            raise FormatError(0, f"magic is {magic!r}, not {self.MAGIC!r}")
+        if xxhash.xxh3_64_intdigest(data[: self._HEADER.size]) != head_sum:
+            raise FormatError(56, "header checksum mismatch")
+        if version != self.VERSION or hsize != HEADER_SIZE or flags != 0:
+            raise FormatError(8, f"version {version}, header size {hsize}, flags {flags}: not this code's")
+        if generation != ckpt.generation:
+            raise FormatError(16, f"generation {generation}, the checkpoint's is {ckpt.generation}")
+        body = data[HEADER_SIZE:]
+        if xxhash.xxh3_64_intdigest(body) != body_sum:
+            raise FormatError(HEADER_SIZE, "body checksum mismatch")
+        at = 4 * ncat + 8 * nsid
+        at += -at % 8
+        fixed = at + 8 * (ncat + 1) + 8 * count
+        if len(body) < fixed:
+            raise FormatError(HEADER_SIZE, f"body is {len(body)} bytes, its counts need at least {fixed}")
+        lengths = np.frombuffer(body, "<u4", ncat, 0).astype(np.int64)
+        sids = np.frombuffer(body, "<u4", nsid, 4 * ncat).astype(np.int64)
+        sid_cat = np.frombuffer(body, "<i4", nsid, 4 * ncat + 4 * nsid).astype(np.int32)
+        starts = np.frombuffer(body, "<u8", ncat + 1, at).astype(np.int64)
+        goffs = np.frombuffer(body, "<u8", count, at + 8 * (ncat + 1)).astype(np.uint64)
+        if len(body) != fixed + int(lengths.sum()):
+            raise FormatError(HEADER_SIZE, "body length does not match the name lengths")
+        if starts[0] != 0 or starts[-1] != count or bool(np.any(np.diff(starts) < 0)):
+            raise FormatError(HEADER_SIZE + at, "category starts are not ascending from 0 to the record count")
+        if len(sid_cat) and (int(sid_cat.min()) < 0 or int(sid_cat.max()) >= ncat):
+            raise FormatError(HEADER_SIZE + 4 * ncat + 4 * nsid, "a stream id maps to no category")
+        if bool(np.any(np.diff(sids) <= 0)):
+            raise FormatError(HEADER_SIZE + 4 * ncat, "the stream ids are not ascending")
+        if count and int(goffs.max()) >= ckpt.next_goff:
+            raise FormatError(HEADER_SIZE, f"lists global offset {int(goffs.max())}, the log ends at {ckpt.next_goff}")
+        ascending = np.diff(goffs.astype(np.int64)) > 0
+        boundary = np.zeros(max(count - 1, 0), bool)
+        inner = starts[1:-1]
+        boundary[inner[(inner > 0) & (inner < count)] - 1] = True
+        if not bool(np.all(ascending | boundary)):
+            raise FormatError(HEADER_SIZE, "a category's global offsets are not ascending")
+        names = []
+        p = fixed
+        for n in lengths.tolist():
+            names.append(body[p : p + n].decode("utf-8"))
+            p += n
+        if len(set(names)) != len(names) or any("-" in n for n in names):
+            raise FormatError(HEADER_SIZE + fixed, "category names repeat or hold '-'")
+        self.names = names
+        self.ids = {n: c for c, n in enumerate(names)}
+        dense = sids < 2 * nsid + _DENSE_SLACK
+        self.sid_category = np.full(int(sids[dense].max()) + 17 if dense.any() else 16, -1, np.int32)
+        self.sid_category[sids[dense]] = sid_cat[dense]
+        self.sid_far = dict(zip(sids[~dense].tolist(), sid_cat[~dense].tolist(), strict=True))
+        self.snapshot = (starts, goffs, Growable(np.uint64), Growable(np.int32))
+
+    def listing(self) -> dict[str, list[int]]:
+        """Every category's global offsets (verify's comparison; not for large stores' hot paths)."""
+        starts, goffs, recent_g, recent_c = self.snapshot
+        rg = recent_g.view()
+        rc = recent_c.view()[: len(rg)]
+        out: dict[str, list[int]] = {}
+        for c, name in enumerate(self.names):
+            mine = goffs[starts[c] : starts[c + 1]].tolist() if c + 1 < len(starts) else []
+            mine += rg[rc == c].tolist()
+            if mine:
+                out[name] = mine
+        return out
+
+    def differences(self, rebuilt: DerivedIndex) -> list[str]:
+        assert isinstance(rebuilt, CategoryIndex)
+        mine, log = self.listing(), rebuilt.listing()
+        problems = []
+        for name in sorted(set(mine) | set(log)):
+            a, b = mine.get(name, []), log.get(name, [])
+            if a != b:
+                only_file = sorted(set(a) - set(b))[:3]
+                only_log = sorted(set(b) - set(a))[:3]
+                problems.append(
+                    f"category {name!r}: the index lists {len(a)} records, the log has {len(b)}"
+                    f" (in the index only: {only_file}, in the log only: {only_log})"
+                )
+        mine_map = dict(zip(*(a.tolist() for a in self.mapping()), strict=True))
+        log_map = dict(zip(*(a.tolist() for a in rebuilt.mapping()), strict=True))
+        both = set(mine_map) & set(log_map)
+        wrong = sorted(sid for sid in both if self.names[mine_map[sid]] != rebuilt.names[log_map[sid]])
+        if wrong:
+            problems.append(f"stream ids {wrong[:3]} map to other categories than their names say")
+        return problems
+
+
+# A stream id this far past the dense array's end is kept in a dict (no array up to it).
+_DENSE_SLACK = 1 << 16
+# A category reader's look at the recent part compares this many category ids at a time.
+_CATEGORY_WINDOW = 1 << 16
+
+EXTRA_INDEXES: list[type[DerivedIndex]] = [CategoryIndex]
 """Indexes beyond the engine's own, made with no arguments; each store keeps one of each."""

@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from logstore.embedded.derived import CategoryIndex
 from logstore.embedded.published import REMOVALS_WORD
 from logstore.embedded.segment import SegmentRetired
-from logstore.envelope import Envelope
+from logstore.envelope import Envelope, type_key
 from logstore.errors import LogStoreError, StreamClosedError
 from logstore.readers import AsyncWaiter, Reader
 
@@ -542,6 +545,109 @@ class GlobalReader(_Reader):
 
     def __repr__(self) -> str:
         return f"<logstore global stream next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+class SelectReader(GlobalReader):
+    """Reads some of the log in global order: one category's streams (``store.open_category``), and/or the
+    messages of some types (``types=``). ``offset()`` is the global offset.
+
+    A category's records are found through the store's category index
+    (:class:`~logstore.embedded.derived.CategoryIndex`): the read goes from one of them to the next and
+    reads no other record. A type filter reads each record's header and type field (checksum checked) and
+    decodes only the envelopes of the types wanted.
+
+    >>> import logstore, tempfile
+    >>> with logstore.open(tempfile.mkdtemp(), segment_size=1 << 20) as store:
+    ...     with store.transaction() as tx:
+    ...         tx.append("order-42", 0, [logstore.Envelope.new("OrderPlaced", {"sku": "A1"})])
+    ...         tx.append("user-7", 0, [logstore.Envelope.new("UserSeen", {})])
+    ...     with store.category("order") as orders:
+    ...         [(orders.offset(), orders.stream_name(), env.type) for env in orders]
+    [(0, 'order-42', 'OrderPlaced')]
+    """
+
+    __slots__ = ("_keys", "category", "types")
+
+    # Records a type-filtered read of the whole log examines in one go (most of them are skipped).
+    _WINDOW = 4 * PREFETCH
+
+    def __init__(
+        self,
+        owner: object,
+        published: Published,
+        log: Log,
+        offset: int,
+        category: str | None,
+        types: frozenset[str] | None,
+    ) -> None:
+        super().__init__(owner, published, log, offset)
+        self.category = category
+        self.types = types
+        self._keys = None if types is None else frozenset(type_key(t) for t in types)
+
+    def _index(self) -> CategoryIndex:
+        # Looked up at each read: a follower that reloads the log puts a new index in place of the old.
+        for ix in self._log.extra_indexes:
+            if type(ix) is CategoryIndex:
+                return ix
+        raise LogStoreError("the store keeps no category index")
+
+    # Long on purpose: the category and type-filtered read loop (hot path), one pass as the global reader's.
+    def _advance_once(self) -> bool:  # noqa: PLR0912
+        if self._bufi < len(self._buf) and self._take():
+            return True
+        pub = self._pub
+        self._sepoch = pub.counter[REMOVALS_WORD]
+        self._epoch = pub.removals  # before reading the removal bounds below
+        end = pub.visible_end
+        cat = pub.catalog
+        if self._trim_key != (self._epoch, cat):  # a removal raised some stream's first offset
+            self._trimmed = cat.trimmed()
+            self._trim_key = (self._epoch, cat)
+        trimmed = self._trimmed
+        category = self.category
+        want = max(self._next, pub.log_start)
+        while want < end:
+            if category is not None:
+                listed = self._index().offsets(category, want, end, self._prefetch)
+                if not len(listed):
+                    want = end
+                    break
+                first = int(listed[0])
+            else:
+                first = want
+            seg = self._seg
+            if seg is None or not seg.first <= first < seg.first + seg.count:
+                try:
+                    seg = self._seg = self._segment_for(first)
+                except KeyError:
+                    if first < pub.log_start:  # retention dropped its segment since log_start was read
+                        want = max(want, pub.log_start)
+                        continue
+                    raise
+            seg_end = min(seg.first + seg.count, end)
+            if category is not None:
+                chosen: Any = listed[: int(np.searchsorted(listed, seg_end))].tolist()
+            else:
+                chosen = range(want, min(seg_end, want + self._WINDOW))
+            buf: list[Envelope] = []
+            try:
+                offs, headers, done = seg.select(chosen, buf, trimmed, self._keys, self.types)
+            except SegmentRetired:
+                self._retired()
+                self._seg = None
+                continue
+            nxt = chosen[done] if done < len(chosen) else chosen[-1] + 1
+            if buf:
+                return self._fill(buf, offs, offs[0], nxt, headers)
+            want = nxt
+            self._prefetch = PREFETCH  # skipping: read ahead in big steps
+        self._next = want
+        return False
+
+    def __repr__(self) -> str:
+        what = "global stream" if self.category is None else f"category {self.category!r}"
+        return f"<logstore {what} next offset {self._next}{' closed' if self._closed else ''}>"
 
 
 def close_readers(readers: Iterable[_Reader]) -> None:

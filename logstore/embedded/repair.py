@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from logstore.embedded import layout, msgids
 from logstore.embedded.checkpoint import Checkpoint
 from logstore.embedded.controlfile import Control, slot_flags
+from logstore.embedded.derived import EXTRA_INDEXES
 from logstore.embedded.fileio import FileIO, default_io
 from logstore.embedded.lock import release_writer_lock, take_writer_lock
 from logstore.embedded.lostfound import REPAIR, LostFound
@@ -102,9 +103,22 @@ class _Seg:
     damage: list[Damage] = field(default_factory=list)
 
 
+def _is_index_generation(name: str) -> bool:
+    """Whether ``name`` is a generation file of a registered index (``<file>.<digits>``, or its temporary name)."""
+    for cls in EXTRA_INDEXES:
+        if cls.file is not None and name.startswith(cls.file + "."):
+            return name[len(cls.file) + 1 :].removesuffix(layout.TMP).isdigit()
+    return False
+
+
 def _stray(name: str, where: str) -> bool:
     if where == "top":
-        return name not in _TOP and not layout.is_catalog_name(name) and not msgids.is_index_file(name)
+        return (
+            name not in _TOP
+            and not layout.is_catalog_name(name)
+            and not msgids.is_index_file(name)
+            and not _is_index_generation(name)
+        )
     if where == layout.SEGMENTS:
         stem = name.split(".", 1)[0]
         rest = name[len(stem) :]
@@ -253,10 +267,11 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     # to lost+found above (a dry run moved nothing, so it must not count those twice): the dry run
     # and the real run then name the same files.
     top = io.listdir(path)
+    prefixes = (layout.CATALOG_PREFIX, *(f"{cls.file}." for cls in EXTRA_INDEXES if cls.file is not None))
     derived = [
         os.path.join(path, n)
         for n in top
-        if n == layout.CHECKPOINT or n.startswith(layout.CATALOG_PREFIX) or msgids.is_index_file(n)
+        if n == layout.CHECKPOINT or n.startswith(prefixes) or msgids.is_index_file(n)
     ]
     derived += [os.path.join(seg_dir, n) for n in io.listdir(seg_dir) if n.endswith(layout.POSITION_EXT)]
     if os.path.isdir(stream_dir):

@@ -35,7 +35,7 @@ from typing import Any
 from logstore.embedded.fileio import FileIO
 from logstore.embedded.layout import TMP, position_name, segment_name
 from logstore.embedded.record import BadRecord
-from logstore.embedded.walk import Undecodable, counted, read_gather, read_indexed
+from logstore.embedded.walk import Undecodable, counted, read_gather, read_indexed, read_selected
 from logstore.envelope import Envelope
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
 from logstore.index.errors import FormatError
@@ -263,6 +263,46 @@ class Segment:
             if len(out) == had:
                 raise CorruptionError(self.path, bad.position, f"global offset {nxt}: {bad.what}")
         return nxt, offs, headers
+
+    def select(
+        self,
+        goffs: Any,
+        out: list[Envelope],
+        trimmed: dict[int, int] | None,
+        types: frozenset[bytes] | None = None,
+        names: frozenset[str] | None = None,
+    ) -> tuple[list[int], list[tuple[int, ...]], int]:
+        """Append the readable envelopes at global offsets ``goffs`` (ascending, in this segment) to ``out``:
+        :func:`logstore.embedded.walk.read_selected` (see there for what it skips).
+
+        Returns their global offsets, their record headers and how many of ``goffs`` were examined
+        (all of them, unless damage after something was appended ended the read: reading the damaged
+        record again raises). Damage before anything was appended raises :class:`CorruptionError`
+        naming the segment file, the byte and the global offset; a segment closed under the read
+        raises :class:`SegmentRetired`.
+        """
+        buf = self.view  # before the size: the view then covers at least that many bytes
+        size = self.size
+        try:
+            mm = self.mm
+            if mm is not None and mm.size() < size:
+                self._check_mapped()
+            positions = self.positions
+        except BadRecord as exc:
+            raise CorruptionError(self.path, exc.position, exc.what) from None
+        except (OSError, ValueError, TypeError):
+            if self.closed:
+                raise SegmentRetired(self.path) from None
+            raise
+        had = len(out)
+        offs, headers, examined, bad = read_selected(mm, buf, size, positions, goffs, out, trimmed, types, names)
+        self.io.records_read += examined
+        if bad is not None:
+            if type(bad) is Undecodable and self.closed:
+                raise SegmentRetired(self.path)
+            if len(out) == had:
+                raise CorruptionError(self.path, bad.position, bad.what)
+        return offs, headers, examined
 
     def gather(
         self, goff: int, stop: int, out: list[Envelope], sid: int, soff: int, count: int, gap: int

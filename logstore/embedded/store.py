@@ -19,15 +19,17 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from logstore.checks import (
     MAX_ENVELOPE_SIZE,
     MAX_STREAM_NAME,
     StoreBase,
+    check_category,
     check_expected,
     check_offset,
     check_stream_name,
+    check_types,
     committed_at,
 )
 from logstore.embedded import layout
@@ -48,7 +50,7 @@ from logstore.embedded.lock import (
 from logstore.embedded.log import Log
 from logstore.embedded.mounts import check_local
 from logstore.embedded.published import Published
-from logstore.embedded.reader import GlobalReader, StreamReader, close_readers
+from logstore.embedded.reader import GlobalReader, SelectReader, StreamReader, close_readers
 from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
 from logstore.embedded.recovery import IndexesUnusable, Recovery, RecoveryReport
 from logstore.embedded.segment import read_segment_header
@@ -1006,14 +1008,52 @@ class Store(StoreBase):
         reader.found = found
         return reader, found
 
-    def open_global(self, ds: Store, offset: int) -> GlobalReader:
-        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
+    def open_global(self, ds: Store, offset: int, types: Collection[str] | None = None) -> GlobalReader:
+        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end).
+
+        ``types``: read only the messages of these types (a collection of type names); the others are
+        skipped without decoding their envelopes.
+        """
         self._check_open()
         self._check_ds(ds)
         check_offset(offset)
-        reader = GlobalReader(self, self._pub, self._log, offset)
+        wanted = check_types(types)
+        if wanted is None:
+            reader: GlobalReader = GlobalReader(self, self._pub, self._log, offset)
+        else:
+            reader = SelectReader(self, self._pub, self._log, offset, None, wanted)
         self._pub.readers.add(reader)
         return reader
+
+    def open_category(
+        self, ds: Store, category: str, offset: int, types: Collection[str] | None = None
+    ) -> SelectReader:
+        """Open every stream of ``category`` as one stream in commit order, from global ``offset``.
+
+        A stream's category is its name up to the first ``-`` (``order-42`` is in ``order``; a name
+        without ``-`` is its own category). ``offset()`` is the global offset; ``next()`` waits for the
+        category's next message. The category's records are found through an index: no other
+        category's record is read. ``types`` filters as in :meth:`open_global`.
+        """
+        self._check_open()
+        self._check_ds(ds)
+        check_category(category)
+        check_offset(offset)
+        wanted = check_types(types)
+        self._follow()
+        reader = SelectReader(self, self._pub, self._log, offset, category, wanted)
+        self._pub.readers.add(reader)
+        return reader
+
+    def category(self, category: str, offset: int = 0, types: Collection[str] | None = None) -> SelectReader:
+        """``open_category(store, category, offset, types)`` in short.
+
+        >>> with store.category("order") as orders:  # doctest: +SKIP
+        ...     for env in orders:
+        ...         print(orders.offset(), orders.stream_name(), env.type)
+        0 order-42 OrderPlaced
+        """
+        return self.open_category(self, category, offset, types)
 
     def stream(self, stream: str, offset: int = 0) -> StreamReader:
         """``open_stream(store, stream, offset)`` in short: the reader, whose ``found`` says whether it exists.
@@ -1038,15 +1078,15 @@ class Store(StoreBase):
         with reader:
             return list(reader)
 
-    def global_stream(self, offset: int = 0) -> GlobalReader:
-        """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``.
+    def global_stream(self, offset: int = 0, types: Collection[str] | None = None) -> GlobalReader:
+        """``open_global(store, offset, types)`` in short: every stream in commit order, from global ``offset``.
 
         >>> with store.global_stream() as log:  # doctest: +SKIP
         ...     for env in log:
         ...         print(log.offset(), log.stream_name(), log.stream_offset(), env.type)
         0 order-42 0 OrderPlaced
         """
-        return self.open_global(self, offset)
+        return self.open_global(self, offset, types)
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ from logstore.embedded.record import (
     Record,
     parse_record,
 )
-from logstore.envelope import Envelope, decode
+from logstore.envelope import Envelope, decode, peek_type, type_key
 from logstore.errors import CorruptionError
 from logstore.index.position import PositionIndex
 
@@ -311,6 +311,7 @@ HEADER_DTYPE = np.dtype(
 )
 assert HEADER_DTYPE.itemsize == RECORD_HEADER.size
 _HEADER_BYTES = np.arange(RECORD_HEADER.size)
+_KINDS = np.array(sorted(KIND_NAMES), np.uint8)  # every valid record kind
 _SUM_BYTES = np.arange(CHECKSUM.size)
 # The record kinds a read may skip: a stream's REMOVED and LOST records; in global order every kind
 # (messages below their stream's first retained offset, the rest always).
@@ -409,6 +410,92 @@ def read_indexed(  # noqa: PLR0912
     except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
         return goff, offs, headers, Undecodable(position, f"envelope does not decode: {exc}")
     return goff, offs, headers, None
+
+
+# Long on purpose: the per-record loop of category and type-filtered reads (hot path), one check per rule.
+def read_selected(  # noqa: PLR0912
+    mm: Any,
+    buf: Any,
+    size: int,
+    positions: PositionIndex,
+    goffs: Any,
+    out: list[Envelope],
+    trimmed: dict[int, int] | None,
+    types: frozenset[bytes] | None,
+    names: frozenset[str] | None,
+) -> tuple[list[int], list[tuple[int, ...]], int, BadRecord | None]:
+    """Append the readable envelopes at global offsets ``goffs`` (ascending, all in this segment) to ``out``.
+
+    The read of a category reader (the offsets its index lists) and of a reader with a type filter.
+    Each record's header must match the index and its checksum its bytes, as in :func:`read_indexed`
+    in global order: control, REMOVED and LOST records and messages below their stream's first
+    retained offset (``trimmed``) are skipped. With ``types`` (the msgpack bytes of the wanted type
+    names, :func:`~logstore.envelope.type_key`) a message of another type is skipped without decoding
+    its envelope: its type is peeked at (:func:`~logstore.envelope.peek_type`); an envelope laid out
+    otherwise is decoded and its type compared with ``names``.
+
+    Reads of :data:`BATCH_MIN` records or more first try :func:`_select_batch`, which reads the headers
+    and the type fields with numpy.
+
+    Returns the global offsets and record headers of the envelopes appended, how many of ``goffs``
+    were read whole (those before the damage, if any), and the damage that stopped the read, if any
+    (as :func:`read_indexed`).
+    """
+    arr, n = positions.positions.state
+    first = positions.first
+    if len(goffs) >= BATCH_MIN and mm is not None:
+        batch = _select_batch(mm, buf, size, arr[:n], first, goffs, out, trimmed, types)
+        if batch is not None:
+            return batch
+    append = out.append
+    offs: list[int] = []
+    headers: list[tuple[int, ...]] = []
+    examined = 0
+    position = 0
+    try:
+        for goff in goffs:
+            i = goff - first
+            examined += 1
+            if not 0 <= i < n:
+                raise BadRecord(position, f"global offset {goff} is not in the segment's position index")
+            position = int(arr[i])
+            header = _hdr_unpack(buf, position)
+            length, kind, _flags, nlen, rsid, rsoff, rgoff = header
+            end = position + length - 8
+            if rgoff != goff or end + 8 > size or length < RECORD_OVERHEAD + nlen:
+                raise BadRecord(position, "record header does not match the index")
+            if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                raise BadRecord(position, "record checksum mismatch")
+            if kind != KIND_MESSAGE:
+                if kind not in _SKIP_GLOBAL:
+                    raise BadRecord(position, f"record kind is {kind}")
+                continue
+            if trimmed and rsoff < trimmed.get(rsid, 0):
+                continue
+            start = position + 28 + nlen
+            if types is not None:
+                key = peek_type(buf, start, end)
+                if key is None:
+                    env = decode(buf[start:end])
+                    if names is not None and env.type not in names:
+                        continue
+                    append(env)
+                    headers.append(header)
+                    offs.append(goff)
+                    continue
+                if key not in types:
+                    continue
+            append(decode(buf[start:end]))
+            headers.append(header)
+            offs.append(goff)
+    # On damage, the records before the damaged one are done (the damaged one was counted in ``examined``).
+    except BadRecord as bad:
+        return offs, headers, examined - 1, bad
+    except struct.error:  # a record header unpacked past the mapping: an index entry past the records
+        return offs, headers, examined - 1, BadRecord(min(position, size), f"index points past it: {position}")
+    except (ValueError, TypeError) as exc:  # every msgpack decoding error is one of these; so is a released mapping
+        return offs, headers, examined - 1, Undecodable(position, f"envelope does not decode: {exc}")
+    return offs, headers, examined, None
 
 
 def read_gather(
@@ -560,6 +647,111 @@ def _gather_batch(
         return None
     goffs = (mine + goff).tolist()
     return list(range(soff, soff + k)), goffs, soff + k, goffs[-1] + 1
+
+
+# The common layout of an envelope's first five fields, as :func:`logstore.envelope.encode` writes them for
+# envelopes made by ``Envelope.new``: three 36-character ids (str 8), two 64-bit Timestamps (fixext 8).
+# (byte of the payload, its value); the type field then starts at byte 135.
+_LAYOUT_AT = np.array([0, 1, 2, 39, 40, 77, 78, 115, 116, 125, 126], np.int64)
+_LAYOUT_IS = np.array([0x97, 0xD9, 36, 0xD9, 36, 0xD9, 36, 0xD7, 0xFF, 0xD7, 0xFF], np.uint8)
+_TYPE_AT = 135
+
+
+# Long on purpose: one pass of numpy checks, each with its own fallback.
+def _select_batch(  # noqa: PLR0912, PLR0915
+    mm: Any,
+    buf: Any,
+    size: int,
+    positions: Any,
+    first: int,
+    goffs: Any,
+    out: list[Envelope],
+    trimmed: dict[int, int] | None,
+    types: frozenset[bytes] | None,
+) -> tuple[list[int], Any, int, None] | None:
+    """:func:`read_selected`'s fast path: every record header, and the type field of the messages, read
+    at once with numpy; each record's checksum is verified, and only the envelopes wanted decoded.
+
+    A message laid out otherwise than :data:`_LAYOUT_AT` says has its type peeked at one by one. Returns
+    what :func:`read_selected` returns, or None, with nothing appended, when anything is unusual (a
+    header that does not match the index, an unknown kind, damage, a mapping going away): the
+    record-by-record loop then reads them again and reports what is wrong.
+    """
+    had = len(out)
+    try:
+        raw = np.frombuffer(mm, np.uint8)
+        want = np.asarray(goffs, np.int64)
+        i = want - first
+        if int(i[0]) < 0 or int(i[-1]) >= len(positions):
+            return None
+        starts = positions[i].astype(np.int64)
+        if int(starts.max()) + RECORD_HEADER.size > size:
+            return None
+        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        length = h["length"].astype(np.int64)
+        nlen = h["nlen"].astype(np.int64)
+        ends = starts + length - CHECKSUM.size
+        kind = h["kind"]
+        if not (
+            bool((h["goff"] == want.astype(np.uint64)).all())
+            and bool((length >= RECORD_OVERHEAD + nlen).all())
+            and int(ends.max()) + CHECKSUM.size <= size
+            and bool(np.isin(kind, _KINDS).all())
+        ):
+            return None
+        keep = kind == KIND_MESSAGE
+        if trimmed:
+            sids = np.fromiter(trimmed.keys(), np.int64, len(trimmed))
+            firsts = np.fromiter(trimmed.values(), np.int64, len(trimmed))
+            order = np.argsort(sids)
+            sids, firsts = sids[order], firsts[order]
+            rsid = h["sid"].astype(np.int64)
+            k = np.minimum(np.searchsorted(sids, rsid), len(sids) - 1)
+            below = (sids[k] == rsid) & (h["soff"].astype(np.int64) < firsts[k])
+            keep &= ~below
+        payloads = starts + RECORD_HEADER.size + nlen
+        if types is not None and keep.any():
+            cand = np.flatnonzero(keep)
+            p = payloads[cand]
+            fast = (ends[cand] > p + _TYPE_AT) & (raw[np.minimum(p[:, None] + _LAYOUT_AT, size - 1)] == _LAYOUT_IS).all(
+                axis=1
+            )
+            match = np.zeros(len(cand), bool)
+            tstart = p + _TYPE_AT
+            for key in types:
+                span = np.arange(len(key))
+                fits = fast & (tstart + len(key) <= ends[cand])
+                if fits.any():
+                    got = raw[np.minimum(tstart[:, None] + span, size - 1)]
+                    match |= fits & (got == np.frombuffer(key, np.uint8)).all(axis=1)
+            for j in np.flatnonzero(~fast).tolist():  # another layout: its type peeked at alone
+                peeked = peek_type(buf, int(p[j]), int(ends[cand[j]]))
+                match[j] = peeked is None or peeked in types  # None: decoded below, its type compared there
+            keep[cand[~match]] = False
+        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        append = out.append
+        offs: list[int] = []
+        picked: list[int] = []
+        s_list, e_list, p_list = starts.tolist(), ends.tolist(), payloads.tolist()
+        keep_list = keep.tolist()
+        g_list = want.tolist()
+        for j, (s, e, c) in enumerate(zip(s_list, e_list, sums, strict=True)):
+            if _xxh(buf[s:e]) != c:
+                del out[had:]
+                return None
+            if keep_list[j]:
+                env = decode(buf[p_list[j] : e])
+                if types is not None and type_key(env.type) not in types:
+                    continue  # laid out otherwise, and of another type
+                append(env)
+                offs.append(g_list[j])
+                picked.append(j)
+    except (ValueError, TypeError, IndexError, BufferError):
+        # A mapping closed or cut under the read, or an envelope that does not decode: the
+        # record-by-record loop reads it again and reports it.
+        del out[had:]
+        return None
+    return offs, h[picked], len(g_list), None
 
 
 def _read_batch(

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from logstore.checks import category_of
 from logstore.envelope import decode
 from logstore.errors import LogStoreError
 from logstore.postgres import schema as ddl
@@ -120,7 +121,8 @@ def verify(  # noqa: PLR0912, PLR0915
     ``first`` is at least every removal's offset, ``head`` at least each; ``deleted`` is set exactly
     when a deletion row follows the stream's last message row; ``first_goff`` is at or below the
     stream's rows; and (unless ``decode_envelopes`` is false) every envelope decodes as an
-    envelope and its id is the row's ``message_id``. ``progress(done, total)`` counts rows.
+    envelope, its id is the row's ``message_id``, its type the row's ``type`` and the row's
+    ``category`` its stream's name up to the first ``-``. ``progress(done, total)`` counts rows.
     Raises ``FileNotFoundError`` when the schema holds no store.
     """
     with _Snapshot(url, schema) as snap:
@@ -255,9 +257,13 @@ def _check_envelopes(
     done = 0
     # Every row, the kind tested here: a filter on the kind would lead the planner to the partial index.
     rows = paged(
-        snap.conn, snap.schema, "l.goff, l.kind, s.name, l.soff, l.message_id, l.envelope", 0, result.global_head
+        snap.conn,
+        snap.schema,
+        "l.goff, l.kind, s.name, l.soff, l.message_id, l.envelope, l.category, l.type",
+        0,
+        result.global_head,
     )
-    for goff, kind, name, soff, message_id, envelope in rows:
+    for goff, kind, name, soff, message_id, envelope, category, type_ in rows:
         done += 1
         if progress is not None and done % _PAGE == 0:
             progress(done, result.rows)
@@ -274,6 +280,20 @@ def _check_envelopes(
                 PgProblem(
                     int(goff), name, int(soff), f"the envelope's id {env.message_id!r} is not the row's message_id"
                 )
+            )
+        if category != category_of(name):
+            result.problems.append(
+                PgProblem(
+                    int(goff),
+                    name,
+                    int(soff),
+                    f"the row's category is {category!r}, its stream's name says {category_of(name)!r}",
+                )
+            )
+        if type_ is None or bytes(type_) != env.type.encode("utf-8", "surrogatepass"):
+            shown = None if type_ is None else bytes(type_).decode("utf-8", "replace")
+            result.problems.append(
+                PgProblem(int(goff), name, int(soff), f"the row's type is {shown!r}, the envelope's {env.type!r}")
             )
     if progress is not None:
         progress(done, result.rows)

@@ -33,6 +33,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from logstore.checks import category_of
+from logstore.envelope import type_of
 from logstore.migration import MigrationError, NotEmptyError, RawRecord, Source, StreamState
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import ConnectionLostError
@@ -432,7 +434,7 @@ class PgDestination:
         conn = self.conn
         if conn is None:
             raise MigrationError(f"{self.where}: not started")
-        rows: list[tuple[int, int, int, int, bytes | None, bytes | None]] = []
+        rows: list[tuple[int, int, int, int, bytes | None, bytes | None, str | None, bytes | None]] = []
         touched: dict[str, list[Any]] = {}
         with conn.transaction():
             for rec in records:
@@ -453,20 +455,33 @@ class PgDestination:
                 if rec.kind == "message":
                     payload = rec.payload
                     assert payload is not None
-                    rows.append((rec.goff, ddl.KIND_MESSAGE, st[0], offset, message_id_of(payload).encode(), payload))
+                    rows.append(
+                        (
+                            rec.goff,
+                            ddl.KIND_MESSAGE,
+                            st[0],
+                            offset,
+                            message_id_of(payload).encode(),
+                            payload,
+                            category_of(name),
+                            type_of(payload).encode("utf-8"),
+                        )
+                    )
                     st[1], st[3] = max(st[1], offset + 1), False
                 elif rec.kind in ("removed", "lost"):
                     st[1] = max(st[1], offset + 1)
                 elif rec.kind == "truncate":
-                    rows.append((rec.goff, ddl.KIND_TRUNCATE, st[0], offset, None, None))
+                    rows.append((rec.goff, ddl.KIND_TRUNCATE, st[0], offset, None, None, None, None))
                     st[1], st[2] = max(st[1], offset), max(st[2], offset)
                 elif rec.kind == "delete":
-                    rows.append((rec.goff, ddl.KIND_DELETE, st[0], offset, None, None))
+                    rows.append((rec.goff, ddl.KIND_DELETE, st[0], offset, None, None, None, None))
                     st[1], st[2], st[3] = max(st[1], offset), max(st[2], offset), True
             if rows:
-                copy_sql = self._q("COPY {s}.log (goff, kind, stream_id, soff, message_id, envelope) FROM STDIN")
+                copy_sql = self._q(
+                    "COPY {s}.log (goff, kind, stream_id, soff, message_id, envelope, category, type) FROM STDIN"
+                )
                 with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                    copy.set_types(["int8", "int2", "int8", "int8", "bytea", "bytea"])
+                    copy.set_types(["int8", "int2", "int8", "int8", "bytea", "bytea", "text", "bytea"])
                     for r in rows:
                         copy.write_row(r)
             for st in touched.values():

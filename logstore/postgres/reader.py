@@ -54,6 +54,10 @@ class _Source(Protocol):
 
     def _read_global(self, start: int, limit: int) -> tuple[int, Sequence[tuple[int, str, int, bytes]]]: ...
 
+    def _read_select(
+        self, category: str | None, types: list[bytes] | None, start: int, limit: int
+    ) -> tuple[int, Sequence[tuple[int, str, int, bytes]]]: ...
+
     def _saw_head(self, name: str, head: int | None) -> None: ...
 
 
@@ -263,6 +267,29 @@ class PgGlobalReader(_Reader):
 
     def __repr__(self) -> str:
         return f"<logstore postgres global stream next offset {self._next}{' closed' if self._closed else ''}>"
+
+
+class PgSelectReader(PgGlobalReader):
+    """Reads one category's streams (``store.open_category``) and/or the messages of some types
+    (``types=``) in global order; ``offset()`` is the global offset. The server selects the rows by the
+    ``category`` and ``type`` columns (and their indexes): nothing else is fetched."""
+
+    def __init__(self, store: _Source, offset: int, category: str | None, types: frozenset[str] | None) -> None:
+        super().__init__(store, offset)
+        self.category = category
+        self.types = types
+        self._types = None if types is None else sorted(t.encode("utf-8") for t in types)  # as log.type holds them
+
+    def _query(self, start: int, limit: int) -> tuple[list[Row], int]:
+        end, rows = self._store._read_select(self.category, self._types, start, limit)
+        out: list[Row] = [(goff, goff, name, soff, decode(env)) for goff, name, soff, env in rows]
+        if len(out) < limit and sum(len(env) for _goff, _name, _soff, env in rows) < FETCH_BYTES:
+            return out, max(start, end)  # as PgGlobalReader: the query saw every commit below ``end``
+        return out, out[-1][0] + 1
+
+    def __repr__(self) -> str:
+        what = "global stream" if self.category is None else f"category {self.category!r}"
+        return f"<logstore postgres {what} next offset {self._next}{' closed' if self._closed else ''}>"
 
 
 def close_readers(readers: Any) -> None:

@@ -33,11 +33,9 @@ from psycopg import sql
 from logstore.errors import FormatVersionError
 
 SCHEMA_VERSION = 2
-"""The layout of the tables and functions this code reads and writes; a store of a newer version is refused.
-
-Version 2 (idempotent appends) has the tables of version 1 and an ``append_batch`` that judges message
-ids and returns two more columns; ``ensure`` migrates a version-1 store when it opens it (:func:`migrate_1_to_2`).
-"""
+"""The layout of the tables and functions this code reads and writes; a store of a newer version is refused,
+one of version 1 (without the category and type columns, and with an ``append_batch`` that does not judge
+message ids) is upgraded by a writable open (:func:`upgrade`)."""
 
 KIND_MESSAGE, KIND_TRUNCATE, KIND_DELETE = 0, 1, 2
 """``log.kind``: a message, a truncation, a deletion."""
@@ -74,10 +72,14 @@ CREATE TABLE {s}.log (
     stream_id  bigint NOT NULL,
     soff       bigint NOT NULL,
     message_id bytea,
-    envelope   bytea
+    envelope   bytea,
+    category   text COLLATE "C",
+    type       bytea
 );
 CREATE UNIQUE INDEX log_stream_offset ON {s}.log (stream_id, soff) WHERE kind = 0;
 CREATE INDEX log_message_id ON {s}.log (message_id) WHERE kind = 0;
+CREATE INDEX log_category ON {s}.log (category, goff) WHERE kind = 0;
+CREATE INDEX log_type ON {s}.log (type, goff) WHERE kind = 0;
 """
 
 # The commit of a group of transactions (one, or several that threads of one process committed at once).
@@ -103,6 +105,7 @@ DECLARE
     v_m_idx integer[] := '{}';
     v_m_sids bigint[] := '{}';
     v_m_soffs bigint[] := '{}';
+    v_m_cats text[] := '{}';
     v_napp integer := coalesce(cardinality(p_names), 0);
     v_ntx integer := coalesce(p_txs[coalesce(cardinality(p_txs), 0)], 0);
     v_total bigint := 0;
@@ -318,6 +321,7 @@ BEGIN
                     v_m_idx := v_m_idx || (v_starts[v_a] + m);
                     v_m_sids := v_m_sids || v_sids[v_k];
                     v_m_soffs := v_m_soffs || (v_heads[v_k] + m);
+                    v_m_cats := v_m_cats || split_part(p_names[v_a], '-', 1);
                 END LOOP;
                 v_heads[v_k] := v_heads[v_k] + p_counts[v_a];
                 v_total := v_total + p_counts[v_a];
@@ -332,9 +336,9 @@ BEGIN
     IF v_total > 0 THEN
         -- The serialisation point, taken last: held until the commit has become visible.
         UPDATE head SET next_goff = next_goff + v_total RETURNING next_goff - v_total INTO v_goff;
-        INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope)
-            SELECT v_goff + m.n - 1, 0, m.sid, m.soff, p_ids[m.idx], p_envelopes[m.idx]
-            FROM unnest(v_m_sids, v_m_soffs, v_m_idx) WITH ORDINALITY AS m(sid, soff, idx, n);
+        INSERT INTO log (goff, kind, stream_id, soff, message_id, envelope, category, type)
+            SELECT v_goff + m.n - 1, 0, m.sid, m.soff, p_ids[m.idx], p_envelopes[m.idx], m.cat, p_types[m.idx]
+            FROM unnest(v_m_sids, v_m_soffs, v_m_idx, v_m_cats) WITH ORDINALITY AS m(sid, soff, idx, cat, n);
         UPDATE streams AS s SET head = u.head, deleted = false, first_goff = coalesce(s.first_goff, v_goff + u.fgoff)
             FROM unnest(v_sids, v_heads, v_fgoffs, v_used) AS u(id, head, fgoff, used) WHERE s.id = u.id AND u.used;
         PERFORM pg_notify('{channel}', (v_goff + v_total)::text);
@@ -415,7 +419,7 @@ def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
     return [
         sql.SQL(
             "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
-            " p_counts integer[], p_ids bytea[], p_envelopes bytea[])"
+            " p_counts integer[], p_ids bytea[], p_envelopes bytea[], p_types bytea[])"
             " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint,"
             " message_id bytea, why text)"
             " LANGUAGE plpgsql {path} AS {body}"
@@ -468,10 +472,17 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
             if row is None:
                 raise ValueError(f"{where}: the table {schema}.meta has no row: not a logstore store")
             version, store_id = row
-            if version == 1:
+            if version == 1 and create:
                 assert isinstance(store_id, uuid.UUID)
-                migrate_1_to_2(conn, schema, store_id)
+                upgrade(conn, schema, channel_of(store_id))
                 version = SCHEMA_VERSION
+            elif version == 1:
+                raise FormatVersionError(
+                    where,
+                    0,
+                    f"schema version 1; this logstore reads version {SCHEMA_VERSION}:"
+                    " open the store once writable (not read-only) to upgrade it in place",
+                )
             if version != SCHEMA_VERSION:
                 raise FormatVersionError(
                     where, 0, f"schema version {version}; this logstore reads version {SCHEMA_VERSION}"
@@ -491,19 +502,58 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
         return store_id
 
 
-def migrate_1_to_2(conn: psycopg.Connection[tuple[object, ...]], schema: str, store_id: uuid.UUID) -> None:
-    """Bring a version-1 store to version 2, in the caller's transaction (``ensure``, under its lock).
+UPGRADE_BATCH = 10_000
+"""Messages whose type an upgrade from version 1 reads and writes per statement."""
 
-    The tables stay as they are; ``append_batch`` is replaced (its result has two more columns, so it is
-    dropped and created) and ``meta.schema_version`` becomes 2. Clients of the earlier version that
-    still run fail at their next commit (the result has columns they do not expect) and refuse to open
-    the store again (:class:`~logstore.FormatVersionError`): upgrade every client together.
+
+def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: str) -> None:
+    """Upgrade a store of schema version 1 to :data:`SCHEMA_VERSION` in place (in the caller's transaction).
+
+    Version 2 adds ``log.category`` and ``log.type`` with their indexes, and ``append_batch`` takes the
+    types and judges message ids (idempotent appends: its result has two more columns). Steps: add the
+    columns; set each message's category from its stream's name; read the envelopes in batches of
+    :data:`UPGRADE_BATCH` and set each one's type; create the indexes; replace the functions; set the
+    version. One transaction: a failure leaves version 1 as it was. Clients of
+    the earlier code fail on the new ``append_batch`` from then on (they must be upgraded too).
     """
+    from logstore.envelope import decode  # noqa: PLC0415 - the upgrade alone reads envelopes here
+
     s = sql.Identifier(schema)
+    conn.execute(sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type bytea').format(s))
     conn.execute(
-        sql.SQL("DROP FUNCTION {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])").format(s)
+        sql.SQL(
+            "UPDATE {s}.log l SET category = split_part(st.name, '-', 1) FROM {s}.streams st"
+            " WHERE st.id = l.stream_id AND l.kind = 0"
+        ).format(s=s)
     )
-    conn.execute(_functions(s, channel_of(store_id))[0])
+    start = 0
+    while True:
+        rows = conn.execute(
+            sql.SQL("SELECT goff, envelope FROM {}.log WHERE kind = 0 AND goff >= %s ORDER BY goff LIMIT %s").format(s),
+            (start, UPGRADE_BATCH),
+        ).fetchall()
+        if not rows:
+            break
+        goffs = [int(g) for g, _env in rows]  # type: ignore[call-overload]
+        types = [decode(env).type.encode("utf-8") for _g, env in rows]  # type: ignore[arg-type]
+        conn.execute(
+            sql.SQL(
+                "UPDATE {}.log l SET type = u.t FROM unnest(%s::bigint[], %s::bytea[]) AS u(g, t) WHERE l.goff = u.g"
+            ).format(s),
+            (goffs, types),
+        )
+        start = goffs[-1] + 1
+    for text in _CREATE_TABLES.split(";"):
+        if "log_category" in text or "log_type" in text:
+            conn.execute(sql.SQL(text.strip()).format(s=s))
+    conn.execute(
+        sql.SQL(
+            "DROP FUNCTION IF EXISTS {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])"
+        ).format(s)
+    )
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}.remove_stream(text, smallint, bigint)").format(s))
+    for statement in _functions(s, channel):
+        conn.execute(statement)
     conn.execute(sql.SQL("UPDATE {}.meta SET schema_version = {}").format(s, sql.Literal(SCHEMA_VERSION)))
 
 

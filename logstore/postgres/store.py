@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,12 +42,14 @@ from logstore.checks import (
     MAX_ENVELOPE_SIZE,
     URL_SCHEMES,
     StoreBase,
+    check_category,
     check_expected,
     check_offset,
     check_stream_name,
+    check_types,
     committed_at,
 )
-from logstore.envelope import Envelope, decode, encode_many
+from logstore.envelope import Envelope, decode, encode_many, type_of
 from logstore.errors import (
     DuplicateMessageError,
     LogStoreError,
@@ -58,7 +60,7 @@ from logstore.errors import (
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
-from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgStreamReader, close_readers
+from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgSelectReader, PgStreamReader, close_readers
 from logstore.results import CompactReport, Location, StreamInfo
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
@@ -574,7 +576,15 @@ class PostgresStore(StoreBase):
         try:
             rows = self._run_commit(
                 self._sql.append,
-                (txs, names, offsets, counts, [i.encode("utf-8") for i in flat_ids], payloads),
+                (
+                    txs,
+                    names,
+                    offsets,
+                    counts,
+                    [i.encode("utf-8") for i in flat_ids],
+                    payloads,
+                    [type_of(q).encode("utf-8") for q in payloads],
+                ),
                 f"commit of {len(payloads)} messages",
                 flat_ids,
                 sorted(set(names)),
@@ -723,12 +733,32 @@ class PostgresStore(StoreBase):
         self._readers.add(reader)
         return reader, found
 
-    def open_global(self, ds: PostgresStore, offset: int) -> PgGlobalReader:
-        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end)."""
+    def open_global(self, ds: PostgresStore, offset: int, types: Collection[str] | None = None) -> PgGlobalReader:
+        """Open the whole store as one stream in commit order, from global ``offset`` (may be beyond the end).
+
+        ``types``: read only the messages of these types; the server selects them by the ``type``
+        column, so the others are never fetched.
+        """
         self._check_open()
         self._check_ds(ds)
         check_offset(offset)
-        reader = PgGlobalReader(self, offset)
+        wanted = check_types(types)
+        reader = PgGlobalReader(self, offset) if wanted is None else PgSelectReader(self, offset, None, wanted)
+        self._readers.add(reader)
+        return reader
+
+    def open_category(
+        self, ds: PostgresStore, category: str, offset: int, types: Collection[str] | None = None
+    ) -> PgSelectReader:
+        """Open every stream of ``category`` (stream names up to their first ``-``) as one stream in commit
+        order, from global ``offset``; ``types`` filters as in :meth:`open_global`. Read through the
+        index on ``log (category, goff)``."""
+        self._check_open()
+        self._check_ds(ds)
+        check_category(category)
+        check_offset(offset)
+        wanted = check_types(types)
+        reader = PgSelectReader(self, offset, category, wanted)
         self._readers.add(reader)
         return reader
 
@@ -736,9 +766,13 @@ class PostgresStore(StoreBase):
         """``open_stream(store, stream, offset)`` in short: the reader, whose ``found`` says whether it exists."""
         return self.open_stream(self, stream, offset)[0]
 
-    def global_stream(self, offset: int = 0) -> PgGlobalReader:
-        """``open_global(store, offset)`` in short: every stream in commit order, from global ``offset``."""
-        return self.open_global(self, offset)
+    def global_stream(self, offset: int = 0, types: Collection[str] | None = None) -> PgGlobalReader:
+        """``open_global(store, offset, types)`` in short: every stream in commit order, from global ``offset``."""
+        return self.open_global(self, offset, types)
+
+    def category(self, category: str, offset: int = 0, types: Collection[str] | None = None) -> PgSelectReader:
+        """``open_category(store, category, offset, types)`` in short."""
+        return self.open_category(self, category, offset, types)
 
     def read(self, stream: str, offset: int = 0) -> list[Envelope]:
         """Every message of ``stream`` from ``offset`` on that is committed now, in offset order.
@@ -772,6 +806,21 @@ class PostgresStore(StoreBase):
     def _read_global(self, start: int, limit: int) -> tuple[int, list[tuple[int, str, int, bytes]]]:
         self._check_open()
         rows = self._query(self._sql.read_global, (start, limit, FETCH_BYTES), binary=True)
+        end = next(int(soff) for goff, _name, soff, _env in rows if goff == -1)
+        return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
+
+    def _read_select(
+        self, category: str | None, types: list[bytes] | None, start: int, limit: int
+    ) -> tuple[int, list[tuple[int, str, int, bytes]]]:
+        self._check_open()
+        args: tuple[object, ...]
+        if category is None:
+            statement, args = self._sql.read_types, (types, start, limit, FETCH_BYTES)
+        elif types is None:
+            statement, args = self._sql.read_category, (category, start, limit, FETCH_BYTES)
+        else:
+            statement, args = self._sql.read_category_types, (category, types, start, limit, FETCH_BYTES)
+        rows = self._query(statement, args, binary=True)
         end = next(int(soff) for goff, _name, soff, _env in rows if goff == -1)
         return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
 
@@ -920,7 +969,7 @@ class _Statements:
         def q(text: str) -> bytes:
             return sql.SQL(text).format(s=s).as_bytes(conn)
 
-        self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b)")
+        self.append = q("SELECT * FROM {s}.append_batch(%s, %s, %s, %s, %b, %b, %b)")
         self.remove = q("SELECT {s}.remove_stream(%s, %s::smallint, %s)")
         self.head = q("SELECT head FROM {s}.streams WHERE name = %s")
         self.info = q("SELECT first, head, deleted FROM {s}.streams WHERE name = %s")
@@ -975,6 +1024,21 @@ class _Statements:
             " WHERE before < %s)"
             " UNION ALL (SELECT -1, NULL, next_goff, NULL FROM {s}.head)"
         )
+        # The category and type-filtered reads: read_global's statement with the category's or the types'
+        # condition, which the indexes log_category (category, goff) and log_type (type, goff) serve.
+        select = (
+            "(SELECT goff, name, soff, envelope FROM"
+            " (SELECT goff, name, soff, envelope,"
+            "   sum(octet_length(envelope)) OVER (ORDER BY goff ROWS UNBOUNDED PRECEDING)"
+            "    - octet_length(envelope) AS before"
+            "  FROM (SELECT l.goff, s.name, l.soff, l.envelope FROM {s}.log l JOIN {s}.streams s ON s.id = l.stream_id"
+            "   WHERE {where} AND l.goff >= %s AND l.kind = 0 AND l.soff >= s.first ORDER BY l.goff LIMIT %s) r) w"
+            " WHERE before < %s)"
+            " UNION ALL (SELECT -1, NULL, next_goff, NULL FROM {s}.head)"
+        )
+        self.read_category = q(select.replace("{where}", "l.category = %s"))
+        self.read_types = q(select.replace("{where}", "l.type = ANY(%b)"))
+        self.read_category_types = q(select.replace("{where}", "l.category = %s AND l.type = ANY(%b)"))
         self.compact = q(
             "DELETE FROM {s}.log l USING {s}.streams s WHERE l.stream_id = s.id AND l.kind = 0 AND l.soff < s.first"
         )

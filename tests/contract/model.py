@@ -22,6 +22,7 @@ from hypothesis.stateful import invariant, rule, run_state_machine_as_test
 
 import logstore
 from logstore import DuplicateMessageError, Envelope
+from logstore.checks import category_of
 from tests.contract.backends import BACKENDS, OpenAt
 from tests.helpers import SMALL_SEGMENT
 from tests.statemachine import StoreMachine
@@ -43,6 +44,8 @@ class ApiModel(StoreMachine):
         self.streams: dict[str, list[Envelope]] = {}  # in order of first commit
         self.log: list[tuple[str, int, Envelope]] = []
         self.tx_ends: list[int] = []  # global end offset of each committed transaction
+        # A category tail kept open across steps: (reader, category, types, the global offset it read up to).
+        self.tail: tuple[Any, str, list[str] | None, int] | None = None
         self.store = self._open()
         self._check_opened(first=True)
 
@@ -81,6 +84,59 @@ class ApiModel(StoreMachine):
         for name in {*self.streams, *names}:
             assert self.s.head(name) == self._head(name), name
         assert self.s.stream_names() == list(self.streams)
+
+    def _rows(self) -> list[tuple[int, str, Envelope]]:
+        """Every readable message of the model: (global offset, stream, envelope), in global order."""
+        return [(g, name, env) for g, (name, _offset, env) in enumerate(self.log)]
+
+    def _end(self) -> int:
+        """The model's next global offset."""
+        return len(self.log)
+
+    def _draw_category(self, data: st.DataObject) -> tuple[str, list[str] | None]:
+        """A category of the model's streams (or of none), and ``types``: None or some of the types it holds."""
+        categories = sorted({category_of(name) for name in self.streams})
+        if categories and data.draw(st.booleans(), label="known category"):
+            category = data.draw(st.sampled_from(categories), label="category")
+        else:
+            category = category_of(self._unused_name(data))
+        known = sorted({env.type for _n, _o, env in self.log})
+        types = None
+        if known and data.draw(st.booleans(), label="filter types"):
+            types = data.draw(st.lists(st.sampled_from(known), min_size=1, max_size=3, unique=True), label="types")
+        return category, types
+
+    def _category_rows(self, category: str, types: list[str] | None, start: int) -> list[tuple[int, str, Envelope]]:
+        return [
+            (g, name, env)
+            for g, name, env in self._rows()
+            if g >= start and category_of(name) == category and (types is None or env.type in types)
+        ]
+
+    @rule(data=st.data())
+    def read_category(self, data: st.DataObject) -> None:
+        """A category reader from a global offset yields the model's messages of the category (and types)."""
+        category, types = self._draw_category(data)
+        start = data.draw(st.integers(0, self._end() + 2), label="from global offset")
+        with self.s.open_category(self.s, category, start, types=types) as reader:
+            got = [(reader.offset(), reader.stream_name(), env) for env in reader]
+            assert not reader.try_next()
+        assert got == self._category_rows(category, types, start)
+
+    @rule(data=st.data())
+    def tail_category(self, data: st.DataObject) -> None:
+        """A category tail, opened at the end and kept across steps, yields each new message of the category."""
+        if self.tail is not None and self.tail[0].closed:  # the store was closed (a reopen, a crash)
+            self.tail = None
+        if self.tail is None:
+            category, types = self._draw_category(data)
+            end = self._end()
+            self.tail = (self.s.category(category, end, types=types), category, types, end)
+            return
+        reader, category, types, start = self.tail
+        got = [(reader.offset(), reader.stream_name(), env) for env in reader]
+        assert got == self._category_rows(category, types, start)
+        self.tail = (reader, category, types, self._end())
 
     def _check_global(self, start: int) -> None:
         """Reading the global stream from ``start`` gives the model's log from there, then nothing."""
@@ -306,6 +362,16 @@ class RemovalApiModel(ApiModel):
         assert self.s.stream_names() == [n for n in self.streams if self._live(n)]
         for name in self.streams:
             assert self.s.stream_info(name) == (self.first[name], self._head(name), self.deleted[name]), name
+
+    def _rows(self) -> list[tuple[int, str, Envelope]]:
+        return [
+            (g, name, env)
+            for g, (name, offset, env) in zip(self.goffs, self.log, strict=True)
+            if offset >= self.first[name]
+        ]
+
+    def _end(self) -> int:
+        return self.next_goff
 
     def _readable(self, start: int) -> list[tuple[int, Envelope]]:
         return [

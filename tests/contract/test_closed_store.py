@@ -30,6 +30,8 @@ RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
     "compact": lambda s: s.compact(),
     "open_stream": lambda s: s.open_stream(s, "s", 0),
     "open_global": lambda s: s.open_global(s, 0),
+    "open_category": lambda s: s.open_category(s, "s", 0),
+    "category": lambda s: s.category("s"),
     "stream": lambda s: s.stream("s"),
     "global_stream": lambda s: s.global_stream(),
     "read": lambda s: s.read("s"),

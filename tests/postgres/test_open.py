@@ -153,7 +153,7 @@ def test_docs_show_the_tables_as_they_are_created():
 
     doc = (ROOT / "docs" / "POSTGRES.md").read_text(encoding="utf-8")
     statements = [s.strip() for s in ddl._CREATE_TABLES.replace("{s}", "logstore").split(";") if s.strip()]
-    assert len(statements) == 6
+    assert len(statements) == 8
     for statement in statements:
         assert statement + ";" in doc
 
@@ -197,7 +197,9 @@ def test_the_writing_functions_refuse_to_run_above_read_committed(open_pg, schem
         tx.append("s", 0, [env])
     s = sql.Identifier(schema)
     calls = [
-        sql.SQL("SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}')").format(s),
+        sql.SQL(
+            "SELECT * FROM {}.append_batch('{{1}}', '{{s}}', '{{1}}', '{{1}}', '{{x}}', '{{x}}', '{{T}}'::bytea[])"
+        ).format(s),
         sql.SQL("SELECT {}.remove_stream('s', 1::smallint, 1)").format(s),
     ]
     for call in calls:
@@ -220,19 +222,76 @@ _V1_APPEND_BATCH = (
 )
 
 
-def test_a_version_1_store_is_migrated_at_open(open_pg, schema, admin):
-    """Schema version 2 replaces append_batch (idempotent appends); opening a version-1 store migrates it."""
+def _as_version_1(admin, schema: str) -> None:
+    """Turn the store in ``schema`` into what version 1 made: no category or type column (nor their
+    indexes), an ``append_batch`` without the types (a stub with version 1's signature and result: the
+    store is closed, and the upgrade replaces it), ``schema_version`` 1."""
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("ALTER TABLE {}.log DROP COLUMN category, DROP COLUMN type").format(s))
+    admin.execute(
+        sql.SQL(
+            "DROP FUNCTION {s}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[], bytea[])"
+        ).format(s=s)
+    )
+    admin.execute(sql.SQL(_V1_APPEND_BATCH).format(s))
+    admin.execute(sql.SQL("UPDATE {}.meta SET schema_version = 1").format(s))
+
+
+def test_a_version_1_store_is_upgraded_by_a_writable_open_and_refused_read_only(open_pg, schema, admin):
+    store = open_pg()
+    for i in range(30):
+        with store.transaction() as tx:
+            tx.append(f"{'order' if i % 3 else 'user'}-{i % 4}", logstore.ANY, [Envelope.new(f"T{i % 5}", {"i": i})])
+    store.truncate_stream("order-1", 2)
+    with store.global_stream() as log:
+        everything = [(log.offset(), log.stream_name(), env) for env in log]
+    store.close()
+    _as_version_1(admin, schema)
+    # A version 1 store: its functions take no types, its rows have no category.
+    with pytest.raises(logstore.FormatVersionError, match="open the store once writable"):
+        open_pg(readonly=True)
+    upgraded = open_pg()
+    row = admin.execute(sql.SQL("SELECT schema_version FROM {}.meta").format(sql.Identifier(schema))).fetchone()
+    assert row == (SCHEMA_VERSION,)
+    with upgraded.category("order") as orders:
+        assert [(orders.offset(), orders.stream_name(), env) for env in orders] == [
+            r for r in everything if r[1].startswith("order-")
+        ]
+    with upgraded.global_stream(types=["T2"]) as typed:
+        assert list(typed) == [r[2] for r in everything if r[2].type == "T2"]
+    with upgraded.transaction() as tx:
+        tx.append("order-9", 0, [Envelope.new("T2", {})])
+    with upgraded.category("order", everything[-1][0] + 1, types=["T2"]) as tail:
+        assert [(tail.stream_name(), env.type) for env in tail] == [("order-9", "T2")]
+
+
+def test_verify_checks_each_rows_category_and_type(open_pg, schema, admin):
+    from logstore.postgres.inspect import verify
+
+    store = open_pg()
+    with store.transaction() as tx:
+        tx.append("order-1", 0, [Envelope.new("Placed", {}), Envelope.new("Paid", {})])
+        tx.append("user", 0, [Envelope.new("Seen", {})])
+    store.close()
+    assert verify(POSTGRES_URL, schema).problems == []
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("UPDATE {}.log SET category = 'orders' WHERE goff = 0").format(s))
+    admin.execute(sql.SQL("UPDATE {}.log SET type = 'Placed'::bytea WHERE goff = 1").format(s))
+    problems = [str(p) for p in verify(POSTGRES_URL, schema).problems]
+    assert len(problems) == 2, problems
+    assert "category is 'orders', its stream's name says 'order'" in problems[0]
+    assert "type is 'Placed', the envelope's 'Paid'" in problems[1]
+
+
+def test_a_version_1_store_upgraded_judges_retries_and_locates(open_pg, schema, admin):
+    """Version 2's append_batch judges message ids; a writable open upgrades a version-1 store to it."""
     env = Envelope.new("E", 1)
     store = open_pg()
     with store.transaction() as tx:
         tx.append("s", 0, [env])
     store.close()
     s = sql.Identifier(schema)
-    admin.execute(
-        sql.SQL("DROP FUNCTION {}.append_batch(integer[], text[], bigint[], integer[], bytea[], bytea[])").format(s)
-    )
-    admin.execute(sql.SQL(_V1_APPEND_BATCH).format(s))
-    admin.execute(sql.SQL("UPDATE {}.meta SET schema_version = 1").format(s))
+    _as_version_1(admin, schema)
     store = open_pg()
     try:
         (version,) = admin.execute(sql.SQL("SELECT schema_version FROM {}.meta").format(s)).fetchone()

@@ -75,14 +75,21 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     if "PG" in skipped:
         assert "PG" not in by_workload and skipped["PG"], skipped
         assert not _pg_reachable(), f"PG was skipped though its server answers: {skipped['PG']}"
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES", "ID"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES", "ID", "CT"}
     else:
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID", "CT"}
         check_pg(report)
     for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
     assert by_workload["W5"] == {"logstore"}
     check_id(results)
+    assert by_workload["CT"] == {"logstore", "sqlite"}
+    ct = {r["name"]: r for r in results if r["workload"] == "CT"}
+    assert len(ct) == 8, sorted(ct)
+    for name, r in ct.items():
+        if r["store"] == "logstore":  # the records each read examined: the category's alone through the index
+            want = 200 if "category/" in name and "read=index" in name else 20_000
+            assert r["extra"]["records_read"] == [want], (name, r["extra"])
     w5 = {r["name"] for r in results if r["workload"] == "W5"}
     assert any("/after=close/" in n for n in w5)
     assert any("/after=crash/" in n for n in w5)

@@ -86,14 +86,14 @@ def test_read_only_open_after_a_compaction_swap_without_its_checkpoint_logs_no_w
     old = {
         p.name: p.read_bytes()
         for p in store_dir.iterdir()
-        if p.name == "CHECKPOINT" or p.name.startswith(("catalog.", "msgids."))
+        if p.name == "CHECKPOINT" or p.name.startswith(("catalog.", "msgids.", "categories."))
     }
     with logstore.open(store_dir) as store:
         # Sealed segments only: a roll would checkpoint, and the state below is the one a crash between
         # a swap and its checkpoint leaves.
         rewritten = [Path(p) for p in store.compact(roll=False).rewritten]
     assert rewritten
-    for p in [*store_dir.glob("catalog.*"), *store_dir.glob("msgids.*")]:
+    for p in [*store_dir.glob("catalog.*"), *store_dir.glob("msgids.*"), *store_dir.glob("categories.*")]:
         p.unlink()
     for name, data in old.items():
         (store_dir / name).write_bytes(data)
