@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import logstore
-from bench.envelopes import make_pool
+from bench.envelopes import envelope_at, make_pool
 from bench.peers import _pack, _sqlite_envelopes
 from logstore import Envelope
 
@@ -72,7 +72,7 @@ def _plan(messages: int, size: int) -> Iterator[list[tuple[str, int, Envelope]]]
     for i in range(messages):
         c = i % CATEGORIES
         stream = f"cat{c}-{(i // CATEGORIES) % STREAMS_PER_CATEGORY}"
-        env = pool[i % len(pool)]._replace(type=f"T{i % TYPES}")
+        env = envelope_at(pool, i)._replace(type=f"T{i % TYPES}")
         offset = heads.get(stream, 0)
         heads[stream] = offset + 1
         batch.append((stream, offset, env))

@@ -87,6 +87,10 @@ _CONTROL_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, err
 """Why a read-only opener may be unable to join ``CONTROL``; it then reads the store without it."""
 READONLY_LOADS = 10
 """How many times a read-only open loads the log when a live writer changes files under it."""
+READONLY_LOADS_BUSY = 100
+"""The same once a writer checkpointed between two of the tries: its checkpoints replace the index files
+the load reads (each checkpoint of the message-id and category indexes too), and a busy writer with frequent
+checkpoints may outrun several loads in a row."""
 
 
 def open(
@@ -447,7 +451,8 @@ class Store(StoreBase):
         a file gone (``FileNotFoundError``), an index file that does not match
         the checkpoint it read (:class:`IndexesUnusable`) or damage
         (``CorruptionError``) reads ``CHECKPOINT`` again and loads anew, up
-        to :data:`READONLY_LOADS` times in all. It gives up at once on
+        to :data:`READONLY_LOADS` times in all (:data:`READONLY_LOADS_BUSY`
+        once a writer checkpointed between two tries). It gives up at once on
         damage that persists: the same error twice from the same checkpoint.
         Index files that stay unusable are then rebuilt in memory from the
         log, as a writable open would (and said at WARNING). ``bound`` (beside
@@ -457,8 +462,10 @@ class Store(StoreBase):
             return self._recover(ckpt, ckpt_problem, False)
         previous: str | None = None
         rebuild = False
-        for attempt in range(READONLY_LOADS):
-            final = attempt == READONLY_LOADS - 1
+        limit = READONLY_LOADS
+        attempt = 0
+        while True:
+            final = attempt >= limit - 1
             try:
                 return self._recover(ckpt, ckpt_problem, not (rebuild or final), bound)
             except FormatVersionError:
@@ -468,6 +475,9 @@ class Store(StoreBase):
                     raise
                 failure = f"{type(exc).__name__}: {exc}"
                 again, problem, _sid = self._read_checkpoint(False)
+                if again is not None and ckpt is not None and again.generation != ckpt.generation:
+                    limit = READONLY_LOADS_BUSY  # a writer checkpointed meanwhile: it is at work, not damage
+                attempt += 1
                 if again == ckpt and problem == ckpt_problem and failure == previous:
                     if not isinstance(exc, IndexesUnusable):
                         raise
@@ -476,7 +486,6 @@ class Store(StoreBase):
                 self._log.close()
                 self._log = Log(self._io, self.path, store_id, self.readonly, self._log.segment_size, self._pub)
                 ckpt, ckpt_problem = again, problem
-        raise AssertionError("unreachable")
 
     def _prepare_directory(self) -> bool:
         """Create or check the directory and take the store lock; returns whether the store is new.

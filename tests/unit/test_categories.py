@@ -217,7 +217,7 @@ def test_a_type_filter_reads_every_envelope_layout_right(store_dir: Path) -> Non
         t = kinds[i % len(kinds)]
         base = Envelope.new(t, {"i": i})
         if i % 3 == 1:
-            base = base._replace(message_id="short", causation_id="c" * 300, created_at=whole)
+            base = base._replace(message_id=f"short-{i}", causation_id="c" * 300, created_at=whole)
         elif i % 3 == 2:
             base = base._replace(correlation_id="", send_at=early)
         envs.append(base)
