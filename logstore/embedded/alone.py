@@ -9,9 +9,9 @@ published at every commit. An opener that wants to join (another process, or
 a second open in this one) finds the switch held, adds 1 to the join-asks word
 (:data:`~logstore.embedded.controlfile.JOIN_ASKED_AT`) and tries again a moment
 later. The :class:`Alone` thread sleeps on that word; woken, it has the store
-let the others in (``Store._let_others_in``): between two commit groups, the
-writer starts taking turns, and the switch is converted to shared, which lets
-the waiting opener in. The store never goes back to being alone.
+let the others in (``Store._let_others_in``): at the end of the writer role's
+turn that runs its call, the writer starts taking turns, and the switch is
+converted to shared, which lets the waiting opener in. The store never goes back to being alone.
 """
 
 from __future__ import annotations

@@ -412,10 +412,13 @@ class Store(StoreBase):
         except Exception:  # the writer failed (StoreFailedError), before or during the call
             if writer.failed is None:
                 raise
-            with contextlib.suppress(ValueError):  # closed meanwhile
-                follower.writer_failed()
-                control.set_word(INTENT_AT, os.getpid())
-                control.open_to_others()
+        if writer.sharing is not None:
+            return  # let in at the end of the call's turn
+        assert writer.failed is not None  # the turn failed after the call: it did not switch
+        with contextlib.suppress(ValueError):  # closed meanwhile
+            follower.writer_failed()
+            control.set_word(INTENT_AT, os.getpid())
+            control.open_to_others()
 
     def _fresh_log(self, bound: int) -> Log:
         """A new log of this store loaded up to global offset ``bound`` (the follower's reload)."""

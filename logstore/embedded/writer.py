@@ -136,6 +136,7 @@ class Writer:
         # A store kept alone (logstore/embedded/alone.py): each turn holds only this lock, its follower's, so
         # that no catch-up of this process's readers runs while the turn moves the log (``None`` otherwise).
         self._alone = alone
+        self._share_next: tuple[Sharing, Callable[[], None]] | None = None  # share() asked in this turn
         # Where the writer publishes heads, limits and removals, and wakes readers (``log_.published``).
         self.published: Published = log_.published
         self.durability = durability
@@ -271,12 +272,23 @@ class Writer:
     # -- the writer role ---------------------------------------------------------------
 
     def share(self, sharing: Sharing, let_in: Callable[[], None]) -> None:
-        """Stop working alone (writer role, between two groups): from the next group on, every turn takes the
+        """Stop working alone (a call in the writer role): when this turn ends, every later turn takes the
         write lock (``sharing``); then ``let_in`` (the dead-man switch goes shared, other openers come in).
 
-        Everything written is published and, with ``durability="fsync"``, synced (a group publishes after
-        its sync when alone), so the next holder of the write lock finds the tail, the durable bound and the
-        turn count as this process left them, and this process's first turn skips its catch-up."""
+        Not before the turn ends: the groups after this call in the same turn are written as a store alone
+        writes them (synced and published in the turn), since this turn holds no write lock and has no end
+        to flush deferred groups at. Everything written is then published and, with ``durability="fsync"``,
+        synced, so the next holder of the write lock finds the tail, the durable bound and the turn count as
+        this process left them, and this process's first turn skips its catch-up. A store that fails in the
+        turn does not switch (the caller lets the others in as after a failure)."""
+        self._share_next = (sharing, let_in)
+
+    def _end_alone_turn(self) -> None:
+        """End of a turn of a store alone: switch to taking turns if :meth:`share` asked for it in the turn."""
+        pending, self._share_next = self._share_next, None
+        if pending is None or self.failed is not None:
+            return
+        sharing, let_in = pending
         sharing.adopt()
         self.sharing = sharing
         self._alone = None
@@ -309,7 +321,10 @@ class Writer:
                 body()
             else:
                 with alone:
-                    body()
+                    try:
+                        body()
+                    finally:
+                        self._end_alone_turn()
             return
         try:
             if sharing.begin_turn():

@@ -162,3 +162,64 @@ def test_a_read_only_opener_in_another_thread_is_let_in_and_follows(store_dir: P
         assert seen == [0, 1]
     finally:
         first.close()
+
+
+class _Queue(list):  # type: ignore[type-arg]
+    """The writer's queue, telling each append (the test waits for the items it expects to be queued)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended = threading.Condition()
+
+    def append(self, item: object) -> None:
+        with self.appended:
+            super().append(item)
+            self.appended.notify_all()
+
+    def wait_for(self, n: int) -> bool:
+        with self.appended:
+            return self.appended.wait_for(lambda: len(self) >= n, timeout=30)
+
+
+def test_a_commit_in_the_turn_that_lets_others_in_is_written_and_acknowledged(store_dir: Path) -> None:
+    """The call that lets an opener in and a commit queued behind it run in one turn of the writer role; the
+    commit is written as the store alone writes (synced in the turn), and the switch comes at the turn's end."""
+    first = logstore.open(store_dir)
+    try:
+        _commit(first, "s", 0)
+        writer = first._writer
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            assert release.wait(30)
+
+        holder = threading.Thread(target=writer.call, args=(hold,))
+        holder.start()
+        assert held.wait(30)
+        queue = _Queue()
+        writer._queue = queue  # the role is held: nothing swaps the queue out until it is passed on
+        joined: list[object] = []
+        joiner = threading.Thread(target=lambda: joined.append(logstore.open(store_dir, readonly=True)))
+        joiner.start()
+        assert queue.wait_for(1), "the opener's ask never queued the call that lets it in"
+        committed: list[range] = []
+        committer = threading.Thread(target=lambda: committed.append(_commit(first, "s", 1)))
+        committer.start()
+        assert queue.wait_for(2)
+        release.set()
+        for t in (holder, committer, joiner):
+            t.join(30)
+            assert not t.is_alive(), "a thread hangs: the commit or the opener was never let through"
+        assert committed == [range(1, 2)]
+        assert first._writer.sharing is not None
+        (ro,) = joined
+        assert isinstance(ro, logstore.Store)
+        try:
+            assert ro.head("s") == 2
+        finally:
+            ro.close()
+        assert _commit(first, "s", 2) == range(2, 3)  # a shared turn now
+    finally:
+        first.close()
+    assert_clean(store_dir)
