@@ -392,9 +392,9 @@ class Store(StoreBase):
         self._alone.start()
 
     def _let_others_in(self) -> None:
-        """Another opener asks to join a store kept alone (the ``logstore-alone`` thread): from the next commit
-        group on, the writer takes turns under the write lock like any writer of a shared store, then the
-        dead-man switch goes shared, which lets the opener in.
+        """Another opener asks to join a store kept alone (the ``logstore-alone`` thread): from the end of the
+        writer role's turn that runs this call on, the writer takes turns under the write lock like any writer
+        of a shared store, and the dead-man switch goes shared, which lets the opener in.
 
         A failed writer (it writes no more) lets the opener in with the intent word set, so that the first
         write-lock holder cuts whatever the failure left past the published tail, as after a writer that
