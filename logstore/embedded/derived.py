@@ -107,6 +107,18 @@ class DerivedIndex(ABC):
     def apply(self, records: Applied) -> None:
         """Apply one whole transaction (writer role, or recovery)."""
 
+    takes_appends: ClassVar[bool] = False
+    """Whether the writer hands it its message appends through :meth:`apply_appends` instead of
+    :meth:`apply` (the control records the writer writes still come through :meth:`apply`)."""
+
+    def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
+        """Apply the message appends of one commit group (writer role; only if :attr:`takes_appends`).
+
+        Append ``k`` wrote ``counts[k]`` message records of stream ``sids[k]`` (named ``names[k]``) at
+        global offsets ``goffs[k]`` on, in log order; what :meth:`apply` would get from those records.
+        """
+        raise NotImplementedError
+
     def prepare(self) -> bool:
         """Checkpoint step 1: make its side files durable; returns whether it created a file."""
         return False
@@ -547,6 +559,62 @@ class CategoryIndex(DerivedIndex):
                     return
         self._apply_each(records)
 
+    takes_appends = True
+
+    def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
+        # Per append, not per record: the category ids of the appends' streams with numpy, then the
+        # offsets as ranges (one range for the whole group, whose appends follow each other in the log).
+        s = np.array(sids, np.int64)
+        sid_category = self.sid_category
+        if int(s.max()) >= len(sid_category) or int(sid_category[s].min()) < 0:
+            for sid, name in zip(sids, names, strict=True):
+                self._map(sid, name)
+            sid_category = self.sid_category
+            if int(s.max()) >= len(sid_category):  # some stream id is in the far dict
+                cats = np.array([self._category_of(sid) for sid in sids], np.int32)
+            else:
+                cats = sid_category[s]
+        else:
+            cats = sid_category[s]
+        n = np.array(counts, np.int64)
+        first, total = goffs[0], int(n.sum())
+        if goffs[-1] + counts[-1] - first == total:
+            g = np.arange(first, first + total, dtype=np.uint64)
+        else:
+            g = np.concatenate([np.arange(a, a + k, dtype=np.uint64) for a, k in zip(goffs, counts, strict=True)])
+        _starts, _goffs, recent_g, recent_c = self.snapshot
+        recent_c.extend(np.repeat(cats, n))  # before the offsets, which readers read first
+        recent_g.extend(g)
+
+    def _category_of(self, sid: int) -> int:
+        """Stream ``sid``'s category id, -1 if no record named it yet."""
+        sid_category = self.sid_category
+        return int(sid_category[sid]) if sid < len(sid_category) else self.sid_far.get(sid, -1)
+
+    def _map(self, sid: int, name: str) -> int:
+        """Stream ``sid``'s category id, mapping it by its ``name`` if it is not mapped yet."""
+        c = self._category_of(sid)
+        if c >= 0:
+            return c
+        category = name.partition("-")[0]
+        c = self.ids.get(category, -1)
+        if c < 0:
+            c = len(self.names)
+            self.names.append(category)
+            self.ids[category] = c
+        sid_category = self.sid_category
+        if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
+            # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
+            # up to it; ids are dense in any log the writer wrote.
+            self.sid_far[sid] = c
+        else:
+            if sid >= len(sid_category):
+                bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
+                bigger[: len(sid_category)] = sid_category
+                self.sid_category = bigger
+            self.sid_category[sid] = c
+        return c
+
     def _apply_each(self, records: Applied) -> None:
         """:meth:`apply` record by record: new streams (their names), control records, markers."""
         sid_category = self.sid_category
@@ -569,22 +637,8 @@ class CategoryIndex(DerivedIndex):
             # Any NAMED record maps its stream, a TRUNCATE or DELETE too: after retention the first record
             # of a stream that a walk meets may be one, and the stream's next messages are not NAMED.
             if c < 0 and name is not None:
-                category = name.partition("-")[0]
-                c = self.ids.get(category, -1)
-                if c < 0:
-                    c = len(self.names)
-                    self.names.append(category)
-                    self.ids[category] = c
-                if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
-                    # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
-                    # up to it; ids are dense in any log the writer wrote.
-                    self.sid_far[sid] = c
-                else:
-                    if sid >= len(sid_category):
-                        bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
-                        bigger[: len(sid_category)] = sid_category
-                        self.sid_category = sid_category = bigger
-                    sid_category[sid] = c
+                c = self._map(sid, name)
+                sid_category = self.sid_category
             if kind not in MESSAGE_KINDS or c < 0:
                 continue  # a control record; or a LOST record of a stream no record named: nothing to list
             goffs.append(rec.goff)
