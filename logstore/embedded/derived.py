@@ -21,7 +21,9 @@ through the rules that :class:`StreamIndex` holds (the same rules recovery
 applies record by record). An index added to :data:`EXTRA_INDEXES` gets each
 committed transaction from the writer as records whose headers are read back
 from the segment, after the group is written; docs/ARCHITECTURE.md shows one.
-The engine registers one itself, :class:`CategoryIndex`.
+One that sets ``takes_appends`` gets the group's message appends instead, as
+(stream id, name, first global offset, count) each (``apply_appends``).
+The engine registers one itself, :class:`CategoryIndex`, which does.
 """
 
 from __future__ import annotations
@@ -562,29 +564,25 @@ class CategoryIndex(DerivedIndex):
     takes_appends = True
 
     def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
-        # Per append, not per record: the category ids of the appends' streams with numpy, then the
-        # offsets as ranges (one range for the whole group, whose appends follow each other in the log).
-        s = np.array(sids, np.int64)
+        # Per append, not per record: each append's category id is filled in for its count of records,
+        # then the offsets go in as one range (the group's appends follow each other in the log).
         sid_category = self.sid_category
-        if int(s.max()) >= len(sid_category) or int(sid_category[s].min()) < 0:
-            for sid, name in zip(sids, names, strict=True):
-                self._map(sid, name)
-            sid_category = self.sid_category
-            if int(s.max()) >= len(sid_category):  # some stream id is in the far dict
-                cats = np.array([self._category_of(sid) for sid in sids], np.int32)
-            else:
-                cats = sid_category[s]
-        else:
-            cats = sid_category[s]
-        n = np.array(counts, np.int64)
-        first, total = goffs[0], int(n.sum())
-        if goffs[-1] + counts[-1] - first == total:
-            g = np.arange(first, first + total, dtype=np.uint64)
-        else:
-            g = np.concatenate([np.arange(a, a + k, dtype=np.uint64) for a, k in zip(goffs, counts, strict=True)])
+        dense = len(sid_category)
         _starts, _goffs, recent_g, recent_c = self.snapshot
-        recent_c.extend(np.repeat(cats, n))  # before the offsets, which readers read first
-        recent_g.extend(g)
+        for sid, name, count in zip(sids, names, counts, strict=True):
+            c = sid_category.item(sid) if sid < dense else -1
+            if c < 0:
+                c = self._map(sid, name)
+                sid_category = self.sid_category
+                dense = len(sid_category)
+            recent_c.fill(c, count)  # before the offsets, which readers read first
+        first = goffs[0]
+        total = goffs[-1] + counts[-1] - first
+        if total == sum(counts):
+            recent_g.extend_range(first, total)
+        else:
+            for goff, count in zip(goffs, counts, strict=True):
+                recent_g.extend_range(goff, count)
 
     def _category_of(self, sid: int) -> int:
         """Stream ``sid``'s category id, -1 if no record named it yet."""

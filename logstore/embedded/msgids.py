@@ -406,7 +406,7 @@ class MessageIds(DerivedIndex):
         if self._simple:  # no id of it in the table: one C call
             self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
             self.recent_hashes.extend(self._keys)
-            self.recent_goffs.extend(np.arange(tx_first, tx_first + len(flat), dtype=np.uint64))
+            self.recent_goffs.extend_range(tx_first, len(flat))
             if len(self.recent) > RECENT_MAX:
                 self._fold()
             return
