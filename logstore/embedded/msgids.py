@@ -157,6 +157,10 @@ class MessageIds(DerivedIndex):
         # sorts into a run, with no walk over the dict (writer role).
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
+        # Entries added one by one (recovery, a follower, the slow path), not in the arrays yet: Python
+        # lists, moved into the arrays in one call before anything else is (so the order stays the log's).
+        self._more_h: list[int] = []
+        self._more_g: list[int] = []
         self.runs: list[Run] = []
         self.start = 0  # entries below it belong to records that retention dropped
         # This group's transactions, not written yet: (first global offset, transaction).
@@ -170,8 +174,8 @@ class MessageIds(DerivedIndex):
     # -- the table -------------------------------------------------------------------
 
     def add(self, h: int, goff: int) -> None:
-        self.recent_hashes.append(h)
-        self.recent_goffs.append(goff)
+        self._more_h.append(h)
+        self._more_g.append(goff)
         recent = self.recent
         old = recent.get(h)
         if old is None:
@@ -186,11 +190,20 @@ class MessageIds(DerivedIndex):
     def _recent_run(self) -> Run:
         """The recent entries as a sorted run: added in log order, so a stable sort by hash keeps each
         hash's global offsets ascending."""
+        self._flush()
         keys = self.recent_hashes.view()
         order = np.argsort(keys, kind="stable")
         return Run(keys[order], self.recent_goffs.view()[order])
 
+    def _flush(self) -> None:
+        """Move the entries added one by one into the arrays."""
+        if self._more_h:
+            self.recent_hashes.extend(np.array(self._more_h, np.uint64))
+            self.recent_goffs.extend(np.array(self._more_g, np.uint64))
+            self._more_h, self._more_g = [], []
+
     def _clear_recent(self) -> None:
+        self._more_h, self._more_g = [], []
         self.recent = {}
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
@@ -405,6 +418,8 @@ class MessageIds(DerivedIndex):
         flat = self._flat
         if self._simple:  # no id of it in the table: one C call
             self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
+            if self._more_h:
+                self._flush()
             self.recent_hashes.extend(self._keys)
             self.recent_goffs.extend_range(tx_first, len(flat))
             if len(self.recent) > RECENT_MAX:
@@ -428,7 +443,9 @@ class MessageIds(DerivedIndex):
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
         self.recent, self.runs, self.start = other.recent, other.runs, other.start
+        other._flush()
         self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
+        self._more_h, self._more_g = [], []
         self.unwritten = []
 
     # -- DerivedIndex ----------------------------------------------------------------

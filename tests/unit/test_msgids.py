@@ -176,6 +176,7 @@ def test_verify_finds_an_index_that_lacks_a_message(store_dir: Path) -> None:
         _fill(store, 5)
         lg = store._log
         ids = lg.msgids
+        ids._flush()
         assert len(ids.recent_hashes), "the entries since the last checkpoint are what the close saves"
         # The last entry added goes missing (the checkpoint saves the recent entries from these arrays).
         for arr in (ids.recent_hashes, ids.recent_goffs):
