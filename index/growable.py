@@ -48,6 +48,27 @@ class Growable:
         arr[n : n + k] = values
         self.state = (arr, n + k)
 
+    def fill(self, value: int, count: int) -> None:
+        """Append ``count`` copies of ``value``."""
+        arr, n = self._room(count)
+        arr[n : n + count] = value
+        self.state = (arr, n + count)
+
+    def extend_range(self, first: int, count: int) -> None:
+        """Append ``first``, ``first + 1``, ... (``count`` values)."""
+        arr, n = self._room(count)
+        arr[n : n + count] = np.arange(first, first + count, dtype=self.dtype)
+        self.state = (arr, n + count)
+
+    def _room(self, k: int) -> tuple[npt.NDArray[Any], int]:
+        """The array, grown if it has no room for ``k`` more values (not published yet), and the count."""
+        arr, n = self.state
+        if n + k > len(arr):
+            bigger = np.zeros(max(2 * len(arr), n + k), dtype=self.dtype)
+            bigger[:n] = arr[:n]
+            arr = bigger
+        return arr, n
+
     def append(self, value: int) -> None:
         arr, n = self.state
         if n == len(arr):

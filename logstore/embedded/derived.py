@@ -21,7 +21,9 @@ through the rules that :class:`StreamIndex` holds (the same rules recovery
 applies record by record). An index added to :data:`EXTRA_INDEXES` gets each
 committed transaction from the writer as records whose headers are read back
 from the segment, after the group is written; docs/ARCHITECTURE.md shows one.
-The engine registers one itself, :class:`CategoryIndex`.
+One that sets ``takes_appends`` gets the group's message appends instead, as
+(stream id, name, first global offset, count) each (``apply_appends``).
+The engine registers one itself, :class:`CategoryIndex`, which does.
 """
 
 from __future__ import annotations
@@ -106,6 +108,18 @@ class DerivedIndex(ABC):
     @abstractmethod
     def apply(self, records: Applied) -> None:
         """Apply one whole transaction (writer role, or recovery)."""
+
+    takes_appends: ClassVar[bool] = False
+    """Whether the writer hands it its message appends through :meth:`apply_appends` instead of
+    :meth:`apply` (the control records the writer writes still come through :meth:`apply`)."""
+
+    def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
+        """Apply the message appends of one commit group (writer role; only if :attr:`takes_appends`).
+
+        Append ``k`` wrote ``counts[k]`` message records of stream ``sids[k]`` (named ``names[k]``) at
+        global offsets ``goffs[k]`` on, in log order; what :meth:`apply` would get from those records.
+        """
+        raise NotImplementedError
 
     def prepare(self) -> bool:
         """Checkpoint step 1: make its side files durable; returns whether it created a file."""
@@ -547,6 +561,58 @@ class CategoryIndex(DerivedIndex):
                     return
         self._apply_each(records)
 
+    takes_appends = True
+
+    def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
+        # Per append, not per record: each append's category id is filled in for its count of records,
+        # then the offsets go in as one range (the group's appends follow each other in the log).
+        sid_category = self.sid_category
+        dense = len(sid_category)
+        _starts, _goffs, recent_g, recent_c = self.snapshot
+        for sid, name, count in zip(sids, names, counts, strict=True):
+            c = sid_category.item(sid) if sid < dense else -1
+            if c < 0:
+                c = self._map(sid, name)
+                sid_category = self.sid_category
+                dense = len(sid_category)
+            recent_c.fill(c, count)  # before the offsets, which readers read first
+        first = goffs[0]
+        total = goffs[-1] + counts[-1] - first
+        if total == sum(counts):
+            recent_g.extend_range(first, total)
+        else:
+            for goff, count in zip(goffs, counts, strict=True):
+                recent_g.extend_range(goff, count)
+
+    def _category_of(self, sid: int) -> int:
+        """Stream ``sid``'s category id, -1 if no record named it yet."""
+        sid_category = self.sid_category
+        return int(sid_category[sid]) if sid < len(sid_category) else self.sid_far.get(sid, -1)
+
+    def _map(self, sid: int, name: str) -> int:
+        """Stream ``sid``'s category id, mapping it by its ``name`` if it is not mapped yet."""
+        c = self._category_of(sid)
+        if c >= 0:
+            return c
+        category = name.partition("-")[0]
+        c = self.ids.get(category, -1)
+        if c < 0:
+            c = len(self.names)
+            self.names.append(category)
+            self.ids[category] = c
+        sid_category = self.sid_category
+        if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
+            # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
+            # up to it; ids are dense in any log the writer wrote.
+            self.sid_far[sid] = c
+        else:
+            if sid >= len(sid_category):
+                bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
+                bigger[: len(sid_category)] = sid_category
+                self.sid_category = bigger
+            self.sid_category[sid] = c
+        return c
+
     def _apply_each(self, records: Applied) -> None:
         """:meth:`apply` record by record: new streams (their names), control records, markers."""
         sid_category = self.sid_category
@@ -569,22 +635,8 @@ class CategoryIndex(DerivedIndex):
             # Any NAMED record maps its stream, a TRUNCATE or DELETE too: after retention the first record
             # of a stream that a walk meets may be one, and the stream's next messages are not NAMED.
             if c < 0 and name is not None:
-                category = name.partition("-")[0]
-                c = self.ids.get(category, -1)
-                if c < 0:
-                    c = len(self.names)
-                    self.names.append(category)
-                    self.ids[category] = c
-                if sid >= len(sid_category) + _DENSE_SLACK + len(sid_category):
-                    # Far past the ids met so far (a damaged log's, or one a repair left): no dense array
-                    # up to it; ids are dense in any log the writer wrote.
-                    self.sid_far[sid] = c
-                else:
-                    if sid >= len(sid_category):
-                        bigger = np.full(max(2 * len(sid_category), sid + 1), -1, np.int32)
-                        bigger[: len(sid_category)] = sid_category
-                        self.sid_category = sid_category = bigger
-                    sid_category[sid] = c
+                c = self._map(sid, name)
+                sid_category = self.sid_category
             if kind not in MESSAGE_KINDS or c < 0:
                 continue  # a control record; or a LOST record of a stream no record named: nothing to list
             goffs.append(rec.goff)

@@ -49,6 +49,7 @@ from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Reco
 from logstore.embedded.walk import record_at
 from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
 from logstore.index.errors import FormatError
+from logstore.index.growable import Growable
 from logstore.index.msgids import (
     Run,
     decode_generation,
@@ -152,6 +153,14 @@ class MessageIds(DerivedIndex):
         super().__init__()
         self.log = log
         self.recent: dict[int, int | tuple[int, ...]] = {}
+        # The recent entries again, in the order they were added (the log's): what a fold or a checkpoint
+        # sorts into a run, with no walk over the dict (writer role).
+        self.recent_hashes = Growable(np.uint64)
+        self.recent_goffs = Growable(np.uint64)
+        # Entries added one by one (recovery, a follower, the slow path), not in the arrays yet: Python
+        # lists, moved into the arrays in one call before anything else is (so the order stays the log's).
+        self._more_h: list[int] = []
+        self._more_g: list[int] = []
         self.runs: list[Run] = []
         self.start = 0  # entries below it belong to records that retention dropped
         # This group's transactions, not written yet: (first global offset, transaction).
@@ -159,11 +168,14 @@ class MessageIds(DerivedIndex):
         # check() -> added(): the hashes of the transaction's ids, in order, and whether none of them is in
         # the table yet (nor twice in the transaction)
         self._flat: list[int] = []
+        self._keys: np.ndarray = np.zeros(0, np.uint64)
         self._simple = False
 
     # -- the table -------------------------------------------------------------------
 
     def add(self, h: int, goff: int) -> None:
+        self._more_h.append(h)
+        self._more_g.append(goff)
         recent = self.recent
         old = recent.get(h)
         if old is None:
@@ -176,32 +188,31 @@ class MessageIds(DerivedIndex):
             self._fold()
 
     def _recent_run(self) -> Run:
-        recent = self.recent
-        try:  # the common case: one global offset per hash, in the order they were added
-            keys = np.fromiter(recent.keys(), np.uint64, len(recent))
-            values = np.fromiter(recent.values(), np.uint64, len(recent))
-        except TypeError:
-            pass  # some hash has several: one by one below
-        else:
-            order = np.argsort(keys, kind="stable")
-            return Run(keys[order], values[order])
-        hs: list[int] = []
-        gs: list[int] = []
-        for h, v in self.recent.items():
-            if type(v) is int:
-                hs.append(h)
-                gs.append(v)
-            else:
-                for g in v:  # type: ignore[union-attr]
-                    hs.append(h)
-                    gs.append(g)
-        return sorted_run(hs, gs)
+        """The recent entries as a sorted run: added in log order, so a stable sort by hash keeps each
+        hash's global offsets ascending."""
+        self._flush()
+        keys = self.recent_hashes.view()
+        order = np.argsort(keys, kind="stable")
+        return Run(keys[order], self.recent_goffs.view()[order])
+
+    def _flush(self) -> None:
+        """Move the entries added one by one into the arrays."""
+        if self._more_h:
+            self.recent_hashes.extend(np.array(self._more_h, np.uint64))
+            self.recent_goffs.extend(np.array(self._more_g, np.uint64))
+            self._more_h, self._more_g = [], []
+
+    def _clear_recent(self) -> None:
+        self._more_h, self._more_g = [], []
+        self.recent = {}
+        self.recent_hashes = Growable(np.uint64)
+        self.recent_goffs = Growable(np.uint64)
 
     def _fold(self) -> None:
         """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
         run = self._recent_run()
         self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
-        self.recent = {}
+        self._clear_recent()
 
     def candidates(self, h: int) -> list[int]:
         """Global offsets whose message id may hash to ``h`` (any thread)."""
@@ -216,11 +227,8 @@ class MessageIds(DerivedIndex):
                 out.extend(int(g) for g in run.goffs[lo:hi])
         return out
 
-    def _any_in_runs(self, hashes: list[int]) -> bool:
-        """Whether a run may hold any of ``hashes`` (one numpy search per run)."""
-        if not self.runs:
-            return False
-        keys = np.fromiter(hashes, np.uint64, len(hashes))
+    def _any_in_runs(self, keys: np.ndarray) -> bool:
+        """Whether a run may hold any of the hashes ``keys`` (one numpy search per run)."""
         for run in self.runs:
             hs = run.hashes
             if not len(hs):
@@ -320,12 +328,16 @@ class MessageIds(DerivedIndex):
     def check(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
         """Judge ``tx`` against the index (writer role, before its offsets are checked; see the module
         docstring): None to commit it, a range for a retry (nothing to write), or the error to raise."""
-        xxh = hash_bytes
-        flat = [xxh(m.encode()) for mids in tx.message_ids for m in mids]
+        mids = tx.message_ids
+        if len(mids) == 1:
+            flat = list(map(hash_bytes, map(str.encode, mids[0])))
+        else:
+            flat = [hash_bytes(m.encode()) for one in mids for m in one]
         self._flat = flat
+        keys = self._keys = np.array(flat, np.uint64)
         # The common case at C speed: ids distinct, none in the recent table, none in a run.
         simple = len(set(flat)) == len(flat) and self.recent.keys().isdisjoint(flat)
-        if simple and not self._any_in_runs(flat):
+        if simple and not self._any_in_runs(keys):
             self._simple = True
             return None
         self._simple = False
@@ -406,6 +418,10 @@ class MessageIds(DerivedIndex):
         flat = self._flat
         if self._simple:  # no id of it in the table: one C call
             self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
+            if self._more_h:
+                self._flush()
+            self.recent_hashes.extend(self._keys)
+            self.recent_goffs.extend_range(tx_first, len(flat))
             if len(self.recent) > RECENT_MAX:
                 self._fold()
             return
@@ -427,12 +443,15 @@ class MessageIds(DerivedIndex):
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
         self.recent, self.runs, self.start = other.recent, other.runs, other.start
+        other._flush()
+        self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
+        self._more_h, self._more_g = [], []
         self.unwritten = []
 
     # -- DerivedIndex ----------------------------------------------------------------
 
     def reset(self) -> None:
-        self.recent = {}
+        self._clear_recent()
         self.runs = []
         self.start = 0
         self.unwritten = []
@@ -478,7 +497,7 @@ class MessageIds(DerivedIndex):
             created = True
         self.runs = saved
         if folded:
-            self.recent = {}  # after the runs that hold its entries: a reader finds every entry in one or the other
+            self._clear_recent()  # after the runs that hold its entries: a reader finds every entry in one or the other
         self.start = start
         self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
         return created
@@ -525,7 +544,7 @@ class MessageIds(DerivedIndex):
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
         self.runs = runs
         self.start = max(saved.start, ckpt.log_start)
-        self.recent = {}
+        self._clear_recent()
         for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
             self.add(h, g)
         self.unwritten = []

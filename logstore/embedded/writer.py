@@ -70,6 +70,7 @@ from logstore.index.header import HEADER_SIZE
 from logstore.tx import ANY_OFFSET, Append, Tx
 
 if TYPE_CHECKING:
+    from logstore.embedded.derived import DerivedIndex
     from logstore.embedded.log import Log
     from logstore.embedded.published import Published
     from logstore.embedded.segment import Segment
@@ -712,20 +713,29 @@ class Writer:
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return seg
 
-    def _write(self, seg: Segment, parts: list[bytes], positions: list[int], start: int, end: int) -> None:
+    def _write(
+        self, seg: Segment, parts: list[bytes], positions: list[int], start: int, end: int, appends: bool = False
+    ) -> None:
         """Write framed records ``parts`` at byte ``start`` of ``seg`` (up to ``end``) and index their positions.
 
         Registered indexes (``Log.extra_indexes``) get each whole transaction among
         them, read back with the walker; the engine's own indexes are kept inline.
+        ``appends``: the records are message appends of ``_process``, which hands
+        them to the indexes that take appends (:attr:`DerivedIndex.takes_appends`)
+        itself: only the others get them read back.
         """
         self.log.io.pwrite(seg.fd, b"".join(parts), start)
         seg.positions.positions.extend(positions)
-        if self.log.extra_indexes:
-            self._apply_extra(seg, positions)
+        extra = self.log.extra_indexes
+        if extra:
+            if appends:
+                extra = [ix for ix in extra if not ix.takes_appends]
+            if extra:
+                self._apply_extra(seg, positions, extra)
 
-    def _apply_extra(self, seg: Segment, positions: list[int]) -> None:
+    def _apply_extra(self, seg: Segment, positions: list[int], extra: list[DerivedIndex]) -> None:
         """Hand the whole transactions among the records just written at ``positions`` of ``seg`` to the
-        extra indexes, their headers read back from the segment (this writer framed them: no checksum is
+        indexes ``extra``, their headers read back from the segment (this writer framed them: no checksum is
         checked again). A transaction that goes on in the next segment waits for the rest of it.
         """
         index = len(self.log.segments) - 1 - self.log.segments[::-1].index(seg)
@@ -739,18 +749,26 @@ class Writer:
             rec = new(Record, (position, length, flags, sid, soff, goff, name, position + 28 + nlen, kind))
             pending.append((index, rec))
             if flags & FLAG_TX_END:
-                for ix in self.log.extra_indexes:
+                for ix in extra:
                     ix.apply(pending)
                 pending.clear()
 
     def _seal_and_roll(
-        self, seg: Segment, parts: list[bytes], positions: list[int], start: int, pos: int, goff: int, bound: int
+        self,
+        seg: Segment,
+        parts: list[bytes],
+        positions: list[int],
+        start: int,
+        pos: int,
+        goff: int,
+        bound: int,
+        appends: bool = False,
     ) -> Segment:
         """Roll: write what is framed for ``seg`` (up to byte ``pos``), fdatasync it, and start the next
         segment at global offset ``goff`` with room for ``bound`` more bytes. The full segment is durable
-        before the next one gets data."""
+        before the next one gets data. ``appends``: as for :meth:`_write`."""
         if parts:
-            self._write(seg, parts, positions, start, pos)
+            self._write(seg, parts, positions, start, pos, appends)
         seg.end = pos
         self.log.io.fdatasync(seg.fd)
         self._dirty = False
@@ -837,6 +855,13 @@ class Writer:
         sum_pack = CHECKSUM.pack
         xxh = xxhash.xxh3_64_intdigest
         msgids = lg.msgids
+        # Each append's stream id, name, first global offset and count, for the extra indexes that take
+        # appends (instead of reading the records back).
+        direct = [ix for ix in lg.extra_indexes if ix.takes_appends]
+        span_sids: list[int] = []
+        span_names: list[str] = []
+        span_goffs: list[int] = []
+        span_counts: list[int] = []
         for p in batch:
             assert p.tx is not None
             # Pass 0: the message ids against the message-id index: a retry of a commit writes nothing.
@@ -874,6 +899,11 @@ class Writer:
                 if sid is None:  # a new stream: its first run starts here
                     sid = cat.add(name)
                 streams.run(sid, soff, goff)
+                if direct:
+                    span_sids.append(sid)
+                    span_names.append(name)
+                    span_goffs.append(goff)
+                    span_counts.append(len(payloads))
                 last_msg = len(payloads) - 1
                 end_flag = FLAG_TX_END if k == last_append else 0
                 for j, payload in enumerate(payloads):
@@ -912,7 +942,7 @@ class Writer:
                         # Roll. The new segment is allocated with room for the rest of the group. A
                         # full file system fails the store here: the group is written in part.
                         written += pos - start_pos
-                        seg = self._seal_and_roll(seg, parts, positions, start_pos, pos, goff, bound)
+                        seg = self._seal_and_roll(seg, parts, positions, start_pos, pos, goff, bound, True)
                         named = seg.named
                         start_pos = pos = seg.end
                         parts = []
@@ -942,9 +972,12 @@ class Writer:
             msgids.added(p.tx, tx_first)
             committed = True
         if parts:
-            self._write(seg, parts, positions, start_pos, pos)
+            self._write(seg, parts, positions, start_pos, pos, True)
             written += pos - start_pos
             self._dirty = True
+        if span_sids:
+            for ix in direct:
+                ix.apply_appends(span_sids, span_names, span_goffs, span_counts)
         seg.end = pos
         lg.next_goff = goff  # the writer's own position; readers go by visible_end, published below
         lg.checkpointed_bytes += written

@@ -266,3 +266,51 @@ def test_a_stream_id_far_past_the_others_round_trips_through_the_file() -> None:
     assert [a.tolist() for a in loaded.mapping()] == [[0, 1, 2**32 - 2], [ix.ids["a"], ix.ids["a"], ix.ids["b"]]]
     loaded.apply([rec(2**32 - 2, 5, None)])  # its next message, unnamed: still mapped after the load
     assert loaded.listing()["b"] == [1, 3, 5]
+
+
+def test_the_writer_keeps_the_index_as_a_walk_of_the_log_builds_it(store_dir: Path) -> None:
+    # The writer hands the index each group's appends (stream, first global offset, count), not the
+    # records: what it builds must be what recovery builds from the records, across new streams,
+    # several appends per transaction, transactions of several streams and segment rolls.
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for r in range(30):
+            with store.transaction() as tx:
+                for c in range(r % 4 + 1):
+                    envs = [Envelope.new("T", {"p": "y" * 2000}) for _ in range(r % 3 + 1)]
+                    tx.append(f"k{c}-{r % 5}", logstore.ANY, envs)
+                tx.append(f"solo{r}", 0, [Envelope.new("T", {})])
+        kept = _index(store)
+        assert len(store._log.segments) > 1, "the test wants rolls"
+        listing, mapping = kept.listing(), [a.tolist() for a in kept.mapping()]
+    for path in store_dir.glob("categories.*"):
+        path.unlink()  # the next open rebuilds the indexes from the log's records
+    with logstore.open(store_dir) as store:
+        walked = _index(store)
+        assert store.recovery_report.rebuilt == ["all indexes"]
+        assert walked.listing() == listing
+        assert [a.tolist() for a in walked.mapping()] == mapping
+        for name in listing:
+            assert [g for g, _s in _category(store, name)] == listing[name]
+            assert _category(store, name) == _by_scan(store, name)
+
+
+def test_apply_appends_lists_what_apply_lists_for_the_same_records() -> None:
+    from logstore.embedded.record import KIND_MESSAGE, Record
+
+    by_records, by_appends = CategoryIndex(), CategoryIndex()
+    # (stream id, name, first global offset, count) per append; a far stream id goes to the dict
+    appends = [(0, "a-1", 0, 3), (1, "b-1", 3, 1), (0, "a-1", 4, 2), (2**32 - 2, "c-9", 6, 2), (2, "a-2", 8, 1)]
+    records = []
+    for sid, name, goff, count in appends:
+        for k in range(count):
+            records.append((0, Record(0, 0, 0, sid, k, goff + k, name if k == 0 else None, 0, KIND_MESSAGE)))
+    by_records.apply(records[:6])
+    by_records.apply(records[6:])
+    by_appends.apply_appends(*(list(col) for col in zip(*appends[:3], strict=True)))
+    by_appends.apply_appends(*(list(col) for col in zip(*appends[3:], strict=True)))
+    assert by_appends.listing() == by_records.listing() == {"a": [0, 1, 2, 4, 5, 8], "b": [3], "c": [6, 7]}
+    assert [a.tolist() for a in by_appends.mapping()] == [a.tolist() for a in by_records.mapping()]
+    assert by_appends.sid_far == {2**32 - 2: by_appends.ids["c"]}
+    # Not one range: appends that do not follow each other (as the method allows)
+    by_appends.apply_appends([1, 0], ["b-1", "a-1"], [20, 30], [2, 1])
+    assert by_appends.listing()["b"] == [3, 20, 21] and by_appends.listing()["a"][-1] == 30
