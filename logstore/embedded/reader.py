@@ -480,9 +480,9 @@ class GlobalReader(_Reader):
         pub = self._pub
         return self._bufi < len(self._buf) or max(self._next, pub.log_start) < pub.visible_end
 
-    def _advance_once(self) -> bool:
-        if self._bufi < len(self._buf) and self._take():
-            return True
+    def _bounds(self) -> tuple[int, dict[int, int]]:
+        """Note the removal counts, then read the visible end and the streams' raised first offsets (the
+        catalog's ``trimmed``, computed again only after a removal or a new catalog)."""
         pub = self._pub
         self._sepoch = pub.counter[REMOVALS_WORD]
         self._epoch = pub.removals  # before reading the removal bounds below
@@ -491,7 +491,13 @@ class GlobalReader(_Reader):
         if self._trim_key != (self._epoch, cat):  # a removal raised some stream's first offset
             self._trimmed = cat.trimmed()
             self._trim_key = (self._epoch, cat)
-        trimmed = self._trimmed
+        return end, self._trimmed
+
+    def _advance_once(self) -> bool:
+        if self._bufi < len(self._buf) and self._take():
+            return True
+        pub = self._pub
+        end, trimmed = self._bounds()
         want = max(self._next, pub.log_start)
         while want < end:
             seg = self._seg
@@ -592,19 +598,11 @@ class SelectReader(GlobalReader):
                 return ix
         raise LogStoreError("the store keeps no category index")
 
-    # Long on purpose: the category and type-filtered read loop (hot path), one pass as the global reader's.
-    def _advance_once(self) -> bool:  # noqa: PLR0912
+    def _advance_once(self) -> bool:
         if self._bufi < len(self._buf) and self._take():
             return True
         pub = self._pub
-        self._sepoch = pub.counter[REMOVALS_WORD]
-        self._epoch = pub.removals  # before reading the removal bounds below
-        end = pub.visible_end
-        cat = pub.catalog
-        if self._trim_key != (self._epoch, cat):  # a removal raised some stream's first offset
-            self._trimmed = cat.trimmed()
-            self._trim_key = (self._epoch, cat)
-        trimmed = self._trimmed
+        end, trimmed = self._bounds()
         category = self.category
         want = max(self._next, pub.log_start)
         while want < end:
