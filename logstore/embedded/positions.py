@@ -181,7 +181,7 @@ class SubscriptionFile:
                 return io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
-        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if io.size(fd) == 0:
                 io.lock_range(fd, _DEFS_LOCK, exclusive=True, wait=True)
