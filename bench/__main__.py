@@ -1,20 +1,30 @@
-"""The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
+"""The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE] [--plot DIR]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, the group PG, logstore's
-PostgreSQL backend beside two peers on one server (skipped, saying why, when
-the server of ``LOGSTORE_BENCH_PG`` does not answer), and the group ES, the
-eventsourcing library's application recorder on ``logstore.eventsourcing``
-beside the library's SQLite and POPO modules (``bench/esrecorders.py``; events
-of 300-byte states), on identical envelopes, each measurement in a fresh
-process (``bench/workloads.py``; W10's readers are processes of their own
-beside the writer's), the stores taking turns going first. Prints a table of
-medians with min and max, commit and wake-up latencies and the ratios
-logstore / peer; ``--markdown`` writes the same as a Markdown report
-(``bench/RESULTS.md`` is one), ``--json`` prints everything measured.
-``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run
-takes fourteen to fifteen minutes on two cores (W10 under one, PG about four,
-ES about three) and needs about 8 GB of disk.
+does) on logstore, sqlite3 and LMDB in one run, with the floor beside them
+in W1-W4 (``bench/floor.py``: the least any store could do with the same
+envelopes, encoding, one ``pwrite`` and one ``fdatasync`` per transaction or
+per group of transactions from several threads, decoding from bytes in
+memory), the group PG, logstore's PostgreSQL backend beside two peers on one
+server (skipped, saying why, when the server of ``LOGSTORE_BENCH_PG`` does
+not answer), and the group ES, the eventsourcing library's application
+recorder on ``logstore.eventsourcing`` beside the library's SQLite and POPO
+modules (``bench/esrecorders.py``; events of 300-byte states), on identical
+envelopes, each measurement in a fresh process (``bench/workloads.py``;
+W10's readers are processes of their own beside the writer's), the stores
+taking turns going first. Prints a table of medians with min and max,
+commit and wake-up latencies and the ratios logstore / peer (logstore /
+floor among them: the share of logstore's time that the least work
+accounts for); ``--markdown`` writes the same as a Markdown report
+(``bench/RESULTS.md`` is one), ``--json`` prints everything measured (each
+run's latency distribution too), ``--plot DIR`` draws each workload's
+stores side by side and its latency distributions as PNG files
+(``bench/plot.py``; matplotlib, in the ``bench`` extra), which the Markdown
+report shows above its tables; ``python -m bench.plot report.json DIR``
+draws them from a saved ``--json`` report. ``--quick`` is a smoke run of
+about a minute (PG 25 s of it); the full run takes fourteen to fifteen
+minutes on two cores (W10 under one, PG about four, ES about three) and
+needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -352,7 +362,7 @@ def w2(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     t, per = plan.w2_threads, plan.w2_per_thread
     for store, res in runs_per_store(r, stores, plan.repeat, "w2", "threads", threads=t, per_thread=per):
         name = f"append/threads={t}/batch=1/size={SIZE}B/commits={human(t * per)}/store={store}"
-        extra = {"syncs_per_commit": res["floor"]["flushes"] / res["commits"]} if "floor" in res else None
+        extra = {"syncs_per_commit": res["syncs"] / res["commits"]} if "syncs" in res else None
         r.record("W2", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"], extra=extra)
 
 
@@ -959,7 +969,7 @@ def markdown_report(report: dict[str, Any], images: Sequence[str] = ()) -> str:
         f"| Python | {m['python']} |",
         f"| libraries | logstore {m['logstore']}, numpy {m['numpy']}, msgpack {m['msgpack']}, xxhash {m['xxhash']} |",
         f"| peers | SQLite {m['sqlite']} (Python's sqlite3), {m['lmdb']} |",
-        f"| run | `python -m bench{' --quick' if report['mode'] == 'quick' else ''}`, {report['started']}, "
+        f"| run | `{report.get('command', 'python -m bench')}`, {report['started']}, "
         f"{report['seconds'] / 60:.1f} min |",
         *charts_markdown(images),
         "",
@@ -1102,6 +1112,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_command(args: argparse.Namespace) -> str:
+    """The command line of this run, the options that choose what it measures only (not where or how it reports)."""
+    words = ["python -m bench"]
+    if args.quick:
+        words.append("--quick")
+    if args.only is not None:
+        words.append(f"--only {args.only}")
+    if args.store_list != list(STORES):
+        words.append(f"--stores {','.join(args.store_list)}")
+    if args.repeat is not None:
+        words.append(f"--repeat {args.repeat}")
+    return " ".join(words)
+
+
 def run_workloads(
     r: Runner, plan: Plan, want: set[str], stores: Sequence[str], skipped: dict[str, str]
 ) -> dict[str, str]:
@@ -1181,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = sorted((res.summary() for res in r.results.values()), key=lambda s: WORKLOADS.index(s["workload"]))
     report = {
         "mode": "quick" if args.quick else "full",
+        "command": run_command(args),
         "plan": plan.__dict__,
         "started": started,
         "seconds": time.perf_counter() - t0,

@@ -110,6 +110,7 @@ class FloorPeer(Peer):
         self.size = os.fstat(self.fd).st_size
         self.extensions = 0  # growths past the reservation (inside the timed part when they happen)
         self.flushes = 0  # pwrite + fdatasync pairs since the store opened
+        self.syncs = 0  # fdatasync calls: the flushes', and the reservation's (at open, and any growth)
         # What a read decodes: the file's bytes, each envelope's span, and each stream's spans.
         self._data = b""
         self._spans: list[tuple[int, int]] = []
@@ -201,6 +202,7 @@ class FloorPeer(Peer):
         if written != len(data):
             raise OSError(f"{self.path}: short write of {written} of {len(data)} bytes at {end}")
         os.fdatasync(self.fd)
+        self.syncs += 1
         self.end = stop
 
     def _zero(self, size: int) -> None:
@@ -210,6 +212,7 @@ class FloorPeer(Peer):
             n = min(len(_ZEROS), size - p)
             p += os.pwrite(self.fd, _ZEROS if n == len(_ZEROS) else _ZEROS[:n], p)
         os.fdatasync(self.fd)
+        self.syncs += 1
         self.size = size
 
     # -- reading ------------------------------------------------------------------------------------

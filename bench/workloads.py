@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from bench.categories import ct_build, ct_read
 from bench.envelopes import envelope_at, envelope_bytes, make_pool
@@ -97,6 +97,17 @@ def open_writer(spec: dict[str, Any], pool: list[Envelope], messages: int) -> Pe
         reserve = floor_reserve(envelope_bytes(pool, messages), messages)
         return FloorPeer(spec["dir"], spec.get("mode", "sync"), reserve=reserve)
     return open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+
+
+def sync_count(peer: Peer) -> int | None:
+    """The fsync/fdatasync calls the store made so far: logstore's (its file layer counts them) or the floor's;
+    None for the peers, which do not say."""
+    store = getattr(peer, "store", None)
+    if isinstance(store, Store):
+        return store._log.io.syncs  # the benchmark may look inside its own engine
+    if isinstance(peer, FloorPeer):
+        return peer.syncs
+    return None
 
 
 def store_facts(peer: Peer, commits: int, grouped: bool = False) -> dict[str, Any]:
@@ -251,6 +262,7 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     workers = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
     for w in workers:
         w.start()
+    syncs = sync_count(peer)
     start.wait()
     t0 = clock()
     for w in workers:
@@ -258,6 +270,8 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     seconds = clock() - t0
     if errors:
         raise errors[0]
+    if syncs is not None:
+        syncs = cast(int, sync_count(peer)) - syncs
     facts = store_facts(peer, nthreads * per_thread, grouped=True)
     for t in range(nthreads):
         got = peer.load(f"thread-{t}")
@@ -268,6 +282,8 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
             [envelope_at(pool, t * per_thread + i) for i in range(per_thread)],
         )
     peer.close()
+    if syncs is not None:
+        facts["syncs"] = syncs
     return {
         **facts,
         "seconds": seconds,
