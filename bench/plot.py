@@ -52,7 +52,7 @@ COLORS = {
 }
 PANEL = (4.6, 3.3)
 """Inches of one panel."""
-DPI = 80
+DPI = 96
 COLUMNS = 3
 """Panels side by side at most."""
 
