@@ -27,6 +27,7 @@ class, which names the words:
     catalog     CatalogHeader      generation    body_length    body_checksum
     checkpoint  CheckpointHeader   generation    body_length    body_checksum (+ flags)
     CONTROL     ControlHeader      instance      slot count     wake method
+    SUBSCRIPTIONS (no class)       slot size     (0)            (0)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ MAGIC_RUNS = b"LGRUNIDX"
 MAGIC_CATALOG = b"LGCATALG"
 MAGIC_CHECKPOINT = b"LGCHKPNT"
 MAGIC_CONTROL = b"LGCONTRL"
+MAGIC_SUBSCRIPTIONS = b"LGSUBSCR"
 
 _LAYOUT = struct.Struct("<8sHHI16sQQQ")
 _CHECKSUM = struct.Struct("<Q")

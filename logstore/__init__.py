@@ -25,8 +25,11 @@ from logstore.errors import (
     StoreForkedError,
     StoreLockedError,
     StreamClosedError,
+    SubscriptionBusyError,
 )
 from logstore.opener import open
+from logstore.results import SubscriptionInfo
+from logstore.subscriptions import Subscription
 from logstore.tx import ANY, AnyOffset, Committer, Tx
 
 __version__ = "0.1.0"
@@ -60,6 +63,9 @@ __all__ = [
     "StoreLockedError",
     "StreamClosedError",
     "StreamReader",
+    "Subscription",
+    "SubscriptionBusyError",
+    "SubscriptionInfo",
     "Tx",
     "open",
 ]

@@ -125,6 +125,20 @@ class StreamClosedError(LogStoreError):
     """The stream (or its store) was closed, possibly from another thread while waiting."""
 
 
+class SubscriptionBusyError(LogStoreError):
+    """A member of a durable subscription is open already, in this process or another.
+
+    One open subscription consumes a member at a time (``store.subscribe``); closing it, or the end of
+    its process, frees the member. ``store.delete_subscription`` raises it too while a member is open.
+    ``name`` and ``member`` say which.
+    """
+
+    def __init__(self, name: str, member: int, what: str) -> None:
+        super().__init__(what)
+        self.name = name
+        self.member = member
+
+
 class MessageTooLargeError(LogStoreError, ValueError):
     """An encoded envelope is larger than the store accepts."""
 

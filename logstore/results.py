@@ -35,6 +35,21 @@ class Location(NamedTuple):
     """The message's global offset."""
 
 
+class SubscriptionInfo(NamedTuple):
+    """A durable subscription: what ``store.subscriptions()`` returns a list of."""
+
+    name: str
+    """The subscription's name."""
+    category: str | None
+    """The category it reads (None: the whole log)."""
+    types: frozenset[str] | None
+    """The types it reads (None: every type)."""
+    size: int
+    """How many members its group has (1 without a group)."""
+    positions: tuple[int, ...]
+    """Each member's saved position (index = member): the global offset its next subscription begins at."""
+
+
 @dataclass(frozen=True)
 class Unreached:
     """Removed messages whose envelopes a compaction left in a segment file, and why.

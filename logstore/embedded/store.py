@@ -49,6 +49,7 @@ from logstore.embedded.lock import (
 )
 from logstore.embedded.log import Log
 from logstore.embedded.mounts import check_local
+from logstore.embedded.positions import MemberClaim, SubscriptionFile
 from logstore.embedded.published import Published
 from logstore.embedded.reader import GlobalReader, SelectReader, StreamReader, close_readers
 from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
@@ -67,7 +68,8 @@ from logstore.errors import (
 from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
-from logstore.results import CompactReport, Location, StreamInfo
+from logstore.results import CompactReport, Location, StreamInfo, SubscriptionInfo
+from logstore.subscriptions import Subscription, check_subscription_name, definition_of
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 logger = logging.getLogger("logstore")
@@ -211,8 +213,10 @@ class Store(StoreBase):
     ) -> None:
         self.path = path = resolve_store_path(path)
         self.durability = durability
+        self._fsync_interval = fsync_interval
         self.readonly = readonly
         self._io = io
+        self._subs: SubscriptionFile | None = None  # the SUBSCRIPTIONS file, once a subscription is used
         # _closed is also set in a forked child (with _forked), so that the one closed test of the
         # hot paths covers both; _check_open tells them apart.
         self._closed = False
@@ -730,6 +734,9 @@ class Store(StoreBase):
         control, self._control = self._control, None
         if control is not None:
             control.drop_in_child()
+        subs = getattr(self, "_subs", None)
+        if subs is not None:
+            subs.drop_claims()
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
             segments, lg.segments = lg.segments, []
@@ -1100,6 +1107,88 @@ class Store(StoreBase):
         """
         return self.open_global(self, offset, types)
 
+    # -- durable subscriptions ---------------------------------------------------------------
+
+    def subscribe(
+        self,
+        name: str,
+        category: str | None = None,
+        types: Collection[str] | None = None,
+        group: tuple[int, int] | None = None,
+    ) -> Subscription[MemberClaim]:
+        """A durable subscription: a stream that begins where the subscription ``name`` last acknowledged.
+
+        It reads ``category`` (the whole log when None) in global order, of ``types`` (every type when
+        None); ``group=(member, size)`` gives it the streams that hash to ``member`` of ``size``
+        (:func:`logstore.subscriptions.member_of`). The first subscribe of a name creates it,
+        positioned at the start of the log; later ones must give the same category, types and group
+        size. :meth:`Subscription.ack` saves the position in the store's ``SUBSCRIPTIONS`` file. One
+        open subscription consumes a member at a time, across processes
+        (:class:`~logstore.SubscriptionBusyError`). Delivery is at least once: what was not
+        acknowledged is delivered again.
+
+        >>> with store.subscribe("billing", category="order") as sub:  # doctest: +SKIP
+        ...     for env in sub:
+        ...         bill(env)
+        ...         sub.ack()
+        """
+        self._check_writable()
+        definition, member = definition_of(name, category, types, group)
+        subs = self._subscription_file()
+        claim = subs.claim(definition, member)
+        try:
+            head = self.global_head
+            if claim.position > head:
+                # Only after a machine crash with durability="none": the log lost what the position passed.
+                logger.warning(
+                    "%s: subscription %r member %d is at global offset %d, past the log's end %d; it begins at the end",
+                    self.path,
+                    definition.name,
+                    member,
+                    claim.position,
+                    head,
+                )
+                claim.position = head
+            return Subscription(self, subs, claim)
+        except BaseException:
+            subs.release(claim)
+            raise
+
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        """Every durable subscription of the store, sorted by name, with each member's saved position."""
+        self._check_open()
+        return self._subscription_file().list()
+
+    def delete_subscription(self, name: str) -> bool:
+        """Delete a durable subscription and its positions; whether it existed.
+
+        Raises :class:`~logstore.SubscriptionBusyError` (and deletes nothing) while one of its
+        members is open.
+        """
+        self._check_writable()
+        return self._subscription_file().delete(check_subscription_name(name))
+
+    def _subscription_file(self) -> SubscriptionFile:
+        subs = self._subs
+        if subs is None:
+            with self._close_lock:
+                subs = self._subs
+                if subs is None:
+                    subs = self._subs = SubscriptionFile(
+                        self._io, self.path, self._log.store_id, self.durability, self._fsync_interval, self._durable_to
+                    )
+        return subs
+
+    def _durable_to(self, position: int) -> None:
+        """Before a position is saved with durability="batch": make the log durable up to it."""
+        if self.durability != "batch":
+            return  # "fsync": readers only see what is durable; "none": nothing is ever synced
+        self._check_open()
+        control = self._control
+        durable = control.word(DURABLE_AT) if control is not None else self._writer.synced[2]
+        if durable < position:
+            self._writer.call(self._writer.sync)
+
     # -- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -1115,6 +1204,8 @@ class Store(StoreBase):
             alone, self._alone = self._alone, None
             if alone is not None:
                 alone.stop()  # the close releases the dead-man switch: a waiting opener becomes the first
+            if self._subs is not None:
+                self._subs.close()  # open subscriptions' members are released (and with "batch" synced)
             if not self.readonly:
                 self._writer.stop()
         finally:
@@ -1146,6 +1237,8 @@ class Store(StoreBase):
         alone, self._alone = self._alone, None
         if alone is not None:
             alone.stop()
+        if self._subs is not None:
+            self._subs.drop_claims()  # as a death drops them: no sync
         if not self.readonly:
             self._writer.abandon()
         self._close_readers()

@@ -1,0 +1,406 @@
+"""The ``SUBSCRIPTIONS`` file: an embedded store's durable subscriptions and their members' positions.
+
+Layout (docs/FORMAT.md, section 12b): a 4096-byte first block holding the common 64-byte header
+(magic ``LGSUBSCR``, field a = the slot size, 4096), then one 4096-byte slot per member of a
+subscription. Slot ``i`` starts at byte ``4096 * (i + 1)``::
+
+    offset size type   field
+    0      8    u64    xxh3-64 of bytes 8 .. 24 + L of the slot (the definition's checksum)
+    8      4    u32    L: the definition's length (0: a free slot)
+    12     4    u32    member
+    16     8    u64    generation: random, not 0, the same in every member of one subscription
+    24     L    bytes  msgpack [name, category or nil, sorted types or nil, group size]
+    4032   32   copy A of the position
+    4064   32   copy B of the position
+
+A position copy is ``<QQQQ``: xxh3-64 of the next 24 bytes, generation, sequence, position. All zero
+bytes mean "never acknowledged" (sequence 0, position 0). An acknowledgement writes sequence + 1
+into copy ``sequence % 2``, so that the other copy keeps the last position whole: after a crash in
+the middle of a write, the valid copy with the highest sequence is the position (the old one or the
+new one, never a damaged one).
+
+Writing a new slot is two writes, each followed by ``fdatasync``: the whole slot with L = 0 (still
+free), then its first 24 bytes. Freeing a slot writes its first 16 bytes (L = 0). So a crash leaves
+a slot free or whole, never half written.
+
+Locks (open-file-description locks on one byte, ``FileIO.lock_range``): byte 0 is held exclusively
+while slots are created, freed or mended, and shared while they are read; the first byte of a slot
+is held exclusively by the open subscription that consumes the member (each through its own
+descriptor, so that two subscriptions of one process exclude each other too). A process that dies
+drops its locks.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import msgpack
+import xxhash
+
+from logstore.embedded.fileio import FileIO
+from logstore.errors import CorruptionError, FormatVersionError, StreamClosedError, SubscriptionBusyError
+from logstore.index.errors import FormatError, UnsupportedVersionError
+from logstore.index.header import HEADER_SIZE, MAGIC_SUBSCRIPTIONS, Header, decode_header, encode_header
+from logstore.results import SubscriptionInfo
+from logstore.subscriptions import Definition, info_of
+
+SUBSCRIPTIONS = "SUBSCRIPTIONS"
+"""The file's name in the store directory."""
+SLOT = 4096
+"""Bytes per slot, and of the first block (the header and zeros)."""
+_HEAD = struct.Struct("<QIIQ")  # definition checksum, L, member, generation
+COPY = struct.Struct("<QQQQ")  # checksum, generation, sequence, position
+COPY_A = SLOT - 2 * COPY.size  # 4032
+COPY_B = SLOT - COPY.size  # 4064
+MAX_DEFINITION = COPY_A - _HEAD.size
+"""Longest encoded definition: 4008 bytes."""
+_DEFS_LOCK = 0
+
+
+def slot_offset(index: int) -> int:
+    return SLOT * (index + 1)
+
+
+def encode_definition(definition: Definition) -> bytes:
+    types = None if definition.types is None else sorted(definition.types)
+    body: bytes = msgpack.packb([definition.name, definition.category, types, definition.size])
+    return body
+
+
+def encode_copy(generation: int, sequence: int, position: int) -> bytes:
+    body = struct.pack("<QQQ", generation, sequence, position)
+    return struct.pack("<Q", xxhash.xxh3_64_intdigest(body)) + body
+
+
+@dataclass
+class Slot:
+    """One slot as read: free (``definition`` None), whole, or damaged (``damage`` says how)."""
+
+    index: int
+    definition: Definition | None
+    member: int
+    generation: int
+    sequence: int  # of the position's valid copy with the highest sequence
+    position: int
+    damage: str | None = None  # what is wrong, at byte ``damage_at`` of the file
+    damage_at: int = 0
+
+
+def read_slot(raw: bytes, index: int) -> Slot:
+    """Decode one slot's bytes (a short last slot reads as if padded with zeros)."""
+    if len(raw) < SLOT:
+        raw = raw + bytes(SLOT - len(raw))
+    base = slot_offset(index)
+    checksum, length, member, generation = _HEAD.unpack_from(raw)
+    if length == 0:
+        return Slot(index, None, 0, 0, 0, 0)
+    if length > MAX_DEFINITION or checksum != xxhash.xxh3_64_intdigest(raw[8 : _HEAD.size + length]):
+        return Slot(index, None, member, generation, 0, 0, "subscription definition checksum mismatch", base)
+    try:
+        fields = msgpack.unpackb(raw[_HEAD.size : _HEAD.size + length])
+        name, category, types, size = fields
+        definition = Definition(name, category, None if types is None else frozenset(types), size)
+        if type(name) is not str or not 0 <= member < size:
+            raise ValueError(f"member {member} of a group of {size}")
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        return Slot(index, None, member, generation, 0, 0, f"subscription definition does not decode: {exc}", base)
+    best: tuple[int, int] | None = None  # (sequence, position) of the newest valid copy
+    for at in (COPY_A, COPY_B):
+        copy = raw[at : at + COPY.size]
+        if copy == bytes(COPY.size):
+            found = (0, 0)
+        else:
+            check, gen, seq, pos = COPY.unpack(copy)
+            if check != xxhash.xxh3_64_intdigest(copy[8:]) or gen != generation:
+                continue
+            found = (seq, pos)
+        if best is None or found[0] > best[0]:
+            best = found
+    if best is None:
+        what = f"both copies of the position of subscription {definition.name!r} member {member} are damaged"
+        return Slot(index, definition, member, generation, 0, 0, what, base + COPY_A)
+    return Slot(index, definition, member, generation, best[0], best[1])
+
+
+class MemberClaim:
+    """One member of a subscription held by an open subscription: its own descriptor holds the slot's lock."""
+
+    def __init__(self, definition: Definition, member: int, slot: Slot, fd: int) -> None:
+        self.definition = definition
+        self.member = member
+        self.position = slot.position
+        self.index = slot.index
+        self.generation = slot.generation
+        self.sequence = slot.sequence
+        self.fd: int | None = fd
+        self.unsynced = False
+
+
+class SubscriptionFile:
+    """The store's ``SUBSCRIPTIONS`` file (:class:`logstore.subscriptions.Positions` of the embedded store).
+
+    ``durability`` and ``fsync_interval`` are the store's: with "fsync" an acknowledgement is made
+    durable before it returns; with "batch" at the first later one ``fsync_interval`` after the last
+    sync, and when the member is released; with "none" never by logstore. ``before_save(position)``
+    is called before a position is written (the store makes its log durable up to it first, so that
+    a saved position never points past what a machine crash keeps of the log).
+    """
+
+    def __init__(
+        self,
+        io: FileIO,
+        store_path: str,
+        store_id: bytes,
+        durability: str,
+        fsync_interval: float,
+        before_save: Callable[[int], None],
+    ) -> None:
+        self.io = io
+        self.store_path = store_path
+        self.path = os.path.join(store_path, SUBSCRIPTIONS)
+        self.store_id = store_id
+        self.durability = durability
+        self.fsync_interval = fsync_interval
+        self.before_save = before_save
+        self._mutex = threading.Lock()  # OFD locks do not exclude the threads sharing one descriptor
+        self._claims: set[MemberClaim] = set()
+        self._last_sync = time.monotonic()
+
+    # -- the file -------------------------------------------------------------------------------
+
+    def _open(self, create: bool) -> int | None:
+        """A descriptor of the file (created with its first block if ``create``), or None when there is none."""
+        io = self.io
+        if not create:
+            try:
+                return io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if io.size(fd) == 0:
+                io.lock_range(fd, _DEFS_LOCK, exclusive=True, wait=True)
+                if io.size(fd) == 0:  # no other process wrote it meanwhile
+                    block = encode_header(Header(MAGIC_SUBSCRIPTIONS, self.store_id, SLOT, 0, 0))
+                    io.pwrite(fd, block + bytes(SLOT - HEADER_SIZE), 0)
+                    io.fdatasync(fd)
+                    io.fsync_dir(self.store_path)
+                io.unlock_range(fd, _DEFS_LOCK)
+        except BaseException:
+            io.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def _locked(self, create: bool, exclusive: bool) -> Iterator[int | None]:
+        """The file's descriptor with byte 0 locked (None when the file does not exist and ``create`` is False)."""
+        with self._mutex:
+            fd = self._open(create)
+            if fd is None:
+                yield None
+                return
+            try:
+                self.io.lock_range(fd, _DEFS_LOCK, exclusive=exclusive, wait=True)
+                self._check_header(fd)
+                yield fd
+            finally:
+                self.io.close(fd)  # drops the locks this descriptor took
+
+    def _check_header(self, fd: int) -> None:
+        raw = self.io.pread(fd, HEADER_SIZE, 0)
+        try:
+            header = decode_header(raw, MAGIC_SUBSCRIPTIONS)
+        except UnsupportedVersionError as exc:
+            raise FormatVersionError(self.path, exc.position, exc.what) from None
+        except FormatError as exc:
+            raise CorruptionError(self.path, exc.position, exc.what, "run logstore repair") from None
+        if header.store_id != self.store_id:
+            raise CorruptionError(self.path, 16, "store id differs from the store's", "a file of another store")
+        if header.a != SLOT:
+            raise CorruptionError(self.path, 32, f"slot size is {header.a}, expected {SLOT}", "run logstore repair")
+
+    def _slots(self, fd: int) -> list[Slot]:
+        size = self.io.size(fd)
+        count = max(0, (size - SLOT + SLOT - 1) // SLOT)
+        raw = self.io.pread(fd, count * SLOT, SLOT) if count else b""
+        return [read_slot(raw[i * SLOT : (i + 1) * SLOT], i) for i in range(count)]
+
+    def _damage(self, slot: Slot) -> CorruptionError:
+        assert slot.damage is not None
+        return CorruptionError(self.path, slot.damage_at, slot.damage, "run logstore repair")
+
+    def _sync(self, fd: int) -> None:
+        if self.durability != "none":
+            self.io.fdatasync(fd)
+
+    # -- Positions ------------------------------------------------------------------------------
+
+    def claim(self, definition: Definition, member: int) -> MemberClaim:
+        io = self.io
+        with self._locked(create=True, exclusive=True) as fd:
+            assert fd is not None
+            slots = self._slots(fd)
+            mine: dict[int, Slot] = {}
+            for slot in slots:
+                if slot.definition is not None and slot.definition.name == definition.name:
+                    if slot.damage is not None:
+                        raise self._damage(slot)
+                    mine[slot.member] = slot
+                elif slot.damage is not None and slot.definition is None:
+                    raise self._damage(slot)  # a damaged definition may be this one's
+            if mine:
+                saved = next(iter(mine.values()))
+                assert saved.definition is not None
+                why = saved.definition.mismatch(definition)
+                if why is not None:
+                    raise ValueError(why)
+                generation = saved.generation
+            else:
+                generation = int.from_bytes(os.urandom(8), "little") or 1
+            missing = [m for m in range(definition.size) if m not in mine]
+            if missing:
+                mine.update(self._create(fd, slots, definition, generation, missing))
+            slot = mine[member]
+            claim_fd = io.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if not io.lock_range(claim_fd, slot_offset(slot.index), exclusive=True, wait=False):
+                    raise SubscriptionBusyError(
+                        definition.name,
+                        member,
+                        f"{self.path}: subscription {definition.name!r} member {member} is open already"
+                        " (in this process or another); close that subscription first",
+                    )
+            except BaseException:
+                io.close(claim_fd)
+                raise
+            claim = MemberClaim(definition, member, slot, claim_fd)
+            self._claims.add(claim)
+            return claim
+
+    def _create(
+        self, fd: int, slots: list[Slot], definition: Definition, generation: int, members: list[int]
+    ) -> dict[int, Slot]:
+        body = encode_definition(definition)
+        if len(body) > MAX_DEFINITION:
+            raise ValueError(
+                f"subscription {definition.name!r}: its name, category and types take {len(body)} bytes"
+                f" encoded, the limit is {MAX_DEFINITION}"
+            )
+        free = [slot.index for slot in slots if slot.definition is None and slot.damage is None]
+        end = len(slots)
+        made: dict[int, Slot] = {}
+        heads = []
+        for member in members:
+            if free:
+                index = free.pop(0)
+            else:
+                index, end = end, end + 1
+            head = _HEAD.pack(0, len(body), member, generation)
+            checksum = xxhash.xxh3_64_intdigest(head[8:] + body)
+            slot_bytes = bytearray(SLOT)
+            slot_bytes[_HEAD.size : _HEAD.size + len(body)] = body
+            self.io.pwrite(fd, bytes(slot_bytes), slot_offset(index))
+            heads.append((index, _HEAD.pack(checksum, len(body), member, generation)))
+            made[member] = Slot(index, definition, member, generation, 0, 0)
+        self.io.fdatasync(fd)  # the bodies (still free slots) before the heads that make them whole
+        for index, head in heads:
+            self.io.pwrite(fd, head, slot_offset(index))
+        self.io.fdatasync(fd)
+        return made
+
+    def save(self, claim: MemberClaim, position: int) -> None:
+        fd = claim.fd
+        if fd is None:
+            raise StreamClosedError(f"subscription {claim.definition.name!r}: its store was closed")
+        self.before_save(position)
+        sequence = claim.sequence + 1
+        at = slot_offset(claim.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
+        self.io.pwrite(fd, encode_copy(claim.generation, sequence, position), at)
+        claim.sequence = sequence
+        claim.position = position
+        if self.durability == "fsync":
+            self.io.fdatasync(fd)
+        elif self.durability == "batch":
+            claim.unsynced = True
+            now = time.monotonic()
+            if now - self._last_sync >= self.fsync_interval:
+                self.io.fdatasync(fd)
+                claim.unsynced = False
+                self._last_sync = now
+
+    def release(self, claim: MemberClaim) -> None:
+        fd, claim.fd = claim.fd, None
+        if fd is None:
+            return
+        self._claims.discard(claim)
+        try:
+            if claim.unsynced:
+                self.io.fdatasync(fd)
+        finally:
+            self.io.close(fd)  # drops the member's lock
+
+    def list(self) -> list[SubscriptionInfo]:
+        with self._locked(create=False, exclusive=False) as fd:
+            if fd is None:
+                return []
+            found: dict[str, tuple[Definition, dict[int, int]]] = {}
+            for slot in self._slots(fd):
+                if slot.damage is not None:
+                    raise self._damage(slot)
+                if slot.definition is None:
+                    continue
+                entry = found.setdefault(slot.definition.name, (slot.definition, {}))
+                entry[1][slot.member] = slot.position
+            return [
+                info_of(definition, [positions.get(m, 0) for m in range(definition.size)])
+                for definition, positions in (found[name] for name in sorted(found))
+            ]
+
+    def delete(self, name: str) -> bool:
+        io = self.io
+        if not io.exists(self.path):
+            return False
+        with self._locked(create=True, exclusive=True) as fd:
+            assert fd is not None
+            slots = [s for s in self._slots(fd) if s.definition is not None and s.definition.name == name]
+            if not slots:
+                return False
+            taken = []
+            try:
+                for slot in slots:
+                    if not io.lock_range(fd, slot_offset(slot.index), exclusive=True, wait=False):
+                        raise SubscriptionBusyError(
+                            name,
+                            slot.member,
+                            f"{self.path}: subscription {name!r} member {slot.member} is open;"
+                            " close its subscriptions before deleting it",
+                        )
+                    taken.append(slot)
+                for slot in slots:
+                    io.pwrite(fd, bytes(16), slot_offset(slot.index))
+                self._sync(fd)
+            finally:
+                for slot in taken:
+                    io.unlock_range(fd, slot_offset(slot.index))
+            return True
+
+    def close(self) -> None:
+        """Release every member still held (the store is closing); their subscriptions can no longer ack."""
+        for claim in list(self._claims):
+            self.release(claim)
+
+    def drop_claims(self) -> None:
+        """Close the claims' descriptors without a sync, as a death does (``_abandon``); in a forked child,
+        the child's copies (the locks stay with the parent's descriptions)."""
+        for claim in list(self._claims):
+            fd, claim.fd = claim.fd, None
+            if fd is not None:
+                with suppress(OSError):
+                    os.close(fd)
+        self._claims.clear()
