@@ -370,6 +370,43 @@ class Subscription(Generic[C]):
         return f"<Subscription {self.name!r}{group}: {state}>"
 
 
+def lags(store: _SubscribingStore, info: SubscriptionInfo) -> list[int]:
+    """Every member's lag (as :func:`pending`), in one read from the lowest position."""
+    counts = [0] * info.size
+    positions = info.positions
+    seen: dict[str, int] = {}
+    reader = open_reader(store, Definition(info.name, info.category, info.types, info.size), min(positions))
+    with reader:
+        while reader.try_next():
+            member = 0
+            if info.size > 1:
+                stream = reader.stream_name()
+                found = seen.get(stream)
+                if found is None:
+                    found = seen[stream] = member_of(stream, info.size)
+                member = found
+            if reader.offset() >= positions[member]:
+                counts[member] += 1
+    return counts
+
+
+def subscription_stats(store: _SubscribingStore, infos: list[SubscriptionInfo]) -> list[dict[str, Any]]:
+    """``logstore stats``' view of the subscriptions: settings, and each member's position and lag."""
+    return [
+        {
+            "name": info.name,
+            "category": info.category,
+            "types": None if info.types is None else sorted(info.types),
+            "size": info.size,
+            "members": [
+                {"member": member, "position": position, "lag": lag}
+                for member, (position, lag) in enumerate(zip(info.positions, lags(store, info), strict=True))
+            ],
+        }
+        for info in infos
+    ]
+
+
 def pending(store: _SubscribingStore, info: SubscriptionInfo, member: int, limit: int | None = None) -> int:
     """A member's lag: how many messages at or after its position it would be given (counted by reading).
 
