@@ -29,6 +29,7 @@ from typing import Any
 from bench.categories import ct_build, ct_read
 from bench.envelopes import envelope_at, envelope_bytes, make_pool
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
+from bench.subscriptions import sb_consume
 from logstore import Envelope, Store
 
 clock = time.perf_counter
@@ -832,6 +833,7 @@ WORKLOADS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "es_recorder": es_recorder,
     "ct_build": ct_build,
     "ct_read": ct_read,
+    "sb_consume": sb_consume,
 }
 
 

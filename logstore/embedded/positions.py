@@ -139,6 +139,8 @@ class MemberClaim:
         self.sequence = slot.sequence
         self.fd: int | None = fd
         self.unsynced = False
+        # An ack and a close() (or the store's) from another thread: the descriptor is never used once closed.
+        self.lock = threading.Lock()
 
 
 class SubscriptionFile:
@@ -181,7 +183,7 @@ class SubscriptionFile:
                 return io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
-        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if io.size(fd) == 0:
                 io.lock_range(fd, _DEFS_LOCK, exclusive=True, wait=True)
@@ -310,10 +312,14 @@ class SubscriptionFile:
         return made
 
     def save(self, claim: MemberClaim, position: int) -> None:
+        self.before_save(position)
+        with claim.lock:
+            self._save(claim, position)
+
+    def _save(self, claim: MemberClaim, position: int) -> None:
         fd = claim.fd
         if fd is None:
-            raise StreamClosedError(f"subscription {claim.definition.name!r}: its store was closed")
-        self.before_save(position)
+            raise StreamClosedError(f"subscription {claim.definition.name!r} was closed (or its store)")
         sequence = claim.sequence + 1
         at = slot_offset(claim.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
         self.io.pwrite(fd, encode_copy(claim.generation, sequence, position), at)
@@ -330,15 +336,16 @@ class SubscriptionFile:
                 self._last_sync = now
 
     def release(self, claim: MemberClaim) -> None:
-        fd, claim.fd = claim.fd, None
-        if fd is None:
-            return
-        self._claims.discard(claim)
-        try:
-            if claim.unsynced:
-                self.io.fdatasync(fd)
-        finally:
-            self.io.close(fd)  # drops the member's lock
+        with claim.lock:
+            fd, claim.fd = claim.fd, None
+            if fd is None:
+                return
+            self._claims.discard(claim)
+            try:
+                if claim.unsynced:
+                    self.io.fdatasync(fd)
+            finally:
+                self.io.close(fd)  # drops the member's lock
 
     def list(self) -> list[SubscriptionInfo]:
         with self._locked(create=False, exclusive=False) as fd:
