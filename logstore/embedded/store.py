@@ -1148,7 +1148,7 @@ class Store(StoreBase):
                     claim.position,
                     head,
                 )
-                claim.position = head
+                subs.save(claim, head)  # saved: the messages committed from here on are delivered
             return Subscription(self, subs, claim)
         except BaseException:
             subs.release(claim)

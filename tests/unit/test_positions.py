@@ -11,7 +11,7 @@ import xxhash
 
 import logstore
 from logstore import Envelope
-from logstore.embedded.positions import COPY, COPY_A, COPY_B, SLOT, read_slot, slot_offset
+from logstore.embedded.positions import COPY, COPY_A, COPY_B, SLOT, encode_copy, read_slot, slot_offset
 from logstore.embedded.repair import repair
 from logstore.embedded.verify import verify
 
@@ -111,3 +111,32 @@ def test_a_file_of_another_store_is_refused_and_repair_moves_it_away(tmp_path: P
     assert verify(str(tmp_path / "b")).ok
     with logstore.open(tmp_path / "b") as store:
         assert store.subscriptions() == []
+
+
+def test_a_position_past_the_log_end_is_reported_and_moved_to_the_end(tmp_path: Path) -> None:
+    """What a machine crash with durability="none" can leave: the position survived, the log's tail did not."""
+    for mend in ("subscribe", "repair"):
+        path = tmp_path / mend
+        raw = bytearray(_store_with(path, 2))
+        slot = read_slot(_slot(bytes(raw)), 0)
+        at = slot_offset(0) + COPY_B  # sequence 3 goes to copy B
+        raw[at : at + COPY.size] = encode_copy(slot.generation, 3, 40)
+        (path / "SUBSCRIPTIONS").write_bytes(bytes(raw))
+        problems = [str(p) for p in verify(str(path)).problems]
+        assert problems == [
+            f"{path / 'SUBSCRIPTIONS'} at byte {slot_offset(0) + COPY_A}: subscription 'billing' member 0 is at"
+            " global offset 40, past the log's end 5"
+        ]
+        if mend == "repair":
+            repair(str(path))
+        else:
+            with logstore.open(path) as store, store.subscribe("billing", category="order") as sub:
+                assert sub.position == 5
+        assert verify(str(path)).ok
+        with logstore.open(path) as store:
+            assert [info.positions for info in store.subscriptions()] == [(5,)]
+            with store.transaction() as tx:
+                tx.append("order-1", 5, [Envelope.new("T", 5)])
+            with store.subscribe("billing", category="order") as sub:
+                sub.next(timeout=0)
+                assert sub.offset() == 5  # the message committed after the crash is delivered
