@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import select
 import shutil
@@ -33,6 +34,7 @@ from logstore import Envelope
 from logstore.embedded.fileio import KILL_AT_ENV
 from logstore.embedded.verify import verify
 from logstore.subscriptions import member_of
+from tests.faultfs import FaultFS, Op, write_image
 from tests.helpers import ROOT, SMALL_SEGMENT, child_env
 from tests.stress import STRESS
 
@@ -374,3 +376,62 @@ def _check_after_kill(path: Path, durability: str, allowed: set[int | None], owe
     if not result.ok:
         found.append("verify after a writable open and an ack: " + "; ".join(str(p) for p in result.problems))
     return found
+
+
+# -- machine crashes: what reached the disk ---------------------------------------------------
+
+IMAGE_MODES = ("drop", "pages", "torn", "names")
+"""The crash images of tests/faultfs.py that lose what was not synced (a machine crash, not a process's)."""
+
+
+def test_a_machine_crash_at_each_operation_keeps_every_acknowledged_position(
+    template: tuple[Path, list[tuple[int, str]]], tmp_path: Path
+) -> None:
+    """With durability="fsync" an ack is durable when it returns: a crash image taken after any operation
+    of subscribing and acknowledging (unsynced writes lost, kept by page, torn, directory entries undone)
+    holds the position before the step or after it, and every position an ack returned."""
+    path = _copy(template, tmp_path / "store")
+    owed = [g for g, _s in template[1]]
+    images: list[tuple[int, str, str, dict[str, bytes | None]]] = []
+    recording = [False]
+
+    def on_op(fs: FaultFS, op: Op) -> None:
+        if recording[0]:
+            for mode in IMAGE_MODES:
+                images.append((op.index, f"{op} ({op.site})", mode, fs.image_files(mode, random.Random(op.index))))
+
+    fs = FaultFS(path, on_op=on_op)
+    with logstore.open(path, io=fs, durability="fsync") as store:
+        recording[0] = True
+        sub = store.subscribe("c", CATEGORY)
+        subscribed = fs.count
+        for _ in range(3):
+            assert sub.try_next()
+        sub.ack()
+        first, p1 = fs.count, sub.position
+        for _ in range(4):
+            assert sub.try_next()
+        sub.ack()
+        second, p2 = fs.count, sub.position
+        recording[0] = False
+        sub.close()
+    assert subscribed < first < second and (p1, p2) == (owed[2] + 1, owed[6] + 1)
+
+    def allowed(n: int) -> set[int | None]:
+        if n <= subscribed:
+            return {None, 0}
+        if n < first:
+            return {0, p1}
+        if n < second:
+            return {p1, p2}  # the first ack returned after operation `first`: it is durable from there
+        return {p2}
+
+    problems = []
+    for k, (n, op, mode, files) in enumerate(images):
+        image = tmp_path / f"image-{k}"
+        write_image(image, files)
+        for finding in _check_after_kill(image, "fsync", allowed(n), owed):
+            problems.append(f"crash image {mode} after operation {op}: {finding}")
+        shutil.rmtree(image)
+    print(f"{len(images)} crash images of {second} operations")
+    assert not problems, f"{len(problems)} findings in {len(images)} crash images:\n" + "\n".join(problems)
