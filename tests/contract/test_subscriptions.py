@@ -177,8 +177,8 @@ def test_subscription_busy_error_is_a_logstore_error_and_pickles(open_store: Ope
 
 def test_subscription_info_is_a_named_tuple() -> None:
     info = SubscriptionInfo("s", "order", frozenset({"T1"}), 2, (0, 5))
-    assert info == ("s", "order", frozenset({"T1"}), 2, (0, 5))
     assert (info.name, info.category, info.types, info.size, info.positions) == info
+    assert info == ("s", "order", frozenset({"T1"}), 2, (0, 5))
     assert SubscriptionInfo._fields == ("name", "category", "types", "size", "positions")
 
 
@@ -189,7 +189,8 @@ def test_a_new_subscription_delivers_the_whole_log_from_the_start(open_store: Op
     with open_store() as store:
         everything = _fill(store)
         sub = store.subscribe("projector")
-        assert isinstance(sub, LocatedStream)
+        located = isinstance(sub, LocatedStream)  # the surface of the category reader
+        assert located
         assert (sub.name, sub.category, sub.types, sub.member, sub.size) == ("projector", None, None, 0, 1)
         assert sub.position == 0
         assert _positions(store, "projector") == (0,)  # created by the first subscribe, before any ack
@@ -297,9 +298,9 @@ def test_ack_refuses_what_was_not_delivered(open_store: OpenStore) -> None:
             with pytest.raises(ValueError):
                 sub.ack(-1)
             with pytest.raises(TypeError):
-                sub.ack("1")  # type: ignore[arg-type]
+                sub.ack("1")
             with pytest.raises(TypeError):
-                sub.ack(1.0)  # type: ignore[arg-type]
+                sub.ack(1.0)
             assert sub.position == 0 and _positions(store, "s") == (0,)  # the refusals changed nothing
             sub.ack(1)
             assert sub.position == 2

@@ -228,7 +228,7 @@ def test_a_consumer_killed_at_a_random_acknowledgement(
     template: tuple[Path, list[tuple[int, str]]], tmp_path: Path, durability: str, children: list[_Child]
 ) -> None:
     owed = [g for g, _s in template[1]]
-    moments = (1, len(owed) // 3, len(owed) - 2)
+    moments: tuple[int, ...] = (1, len(owed) // 3, len(owed) - 2)
     if not STRESS:  # CI: one kill per mode, each at another moment
         moments = moments[MODES.index(durability) : MODES.index(durability) + 1]
     for k, after in enumerate(moments):

@@ -391,6 +391,7 @@ STEPS = 40
 
 def _run(machine: type[SubscriptionModel], backend: str, examples: int = EXAMPLES) -> None:
     on_backend = type(f"{machine.__name__}_{backend}", (machine,), {"open_at": BACKENDS[backend]})
+    assert settings.default is not None
     count = min(settings.default.max_examples, examples)
     run_state_machine_as_test(on_backend, settings=settings(stateful_step_count=STEPS, max_examples=count))
 

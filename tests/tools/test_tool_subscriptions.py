@@ -84,7 +84,7 @@ def _scenario(store: Any) -> tuple[list[Row], dict[str, dict[str, Any]]]:
     audit = [_consume(store, "audit", None, ["T1"], None, 4)]
     idle = [_consume(store, "idle", "user", None, None, 0)]
     rows = _fill(store, rounds=1)  # committed after the acks: the lags grow
-    want = {
+    want: dict[str, dict[str, Any]] = {
         "audit": {"category": None, "types": ["T1"], "size": 1, "positions": audit},
         "billing": {"category": "order", "types": None, "size": 2, "positions": billing},
         "idle": {"category": "user", "types": None, "size": 1, "positions": idle},
