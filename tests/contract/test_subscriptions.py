@@ -752,6 +752,80 @@ def test_anext_and_async_for(open_store: OpenStore) -> None:
         assert _positions(store, "a") == (later[-1] + 1,)
 
 
+# -- threads ------------------------------------------------------------------------------
+
+
+def test_members_acknowledge_from_threads_of_their_own(open_store: OpenStore) -> None:
+    """Each member of a group consumed and acknowledged message by message in a thread of its own: every
+    position ends after the member's last message, none written over by another's."""
+    with open_store(durability="none") as store:  # the acks' writes race, not their syncs
+        everything = _fill(store)
+        size = 3
+        failed: list[BaseException] = []
+        done: list[tuple[int, list[Row]]] = []
+        subs = [store.subscribe("threads", None, group=(m, size)) for m in range(size)]
+
+        def consume(m: int) -> None:
+            try:
+                got = []
+                for env in subs[m]:
+                    got.append((subs[m].offset(), subs[m].stream_name(), env))
+                    subs[m].ack()
+                done.append((m, got))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                failed.append(exc)
+
+        threads = [threading.Thread(target=consume, args=(m,)) for m in range(size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads) and not failed, failed
+        for m, got in done:
+            assert got == _wanted(everything, member=m, size=size)
+            assert subs[m].position == got[-1][0] + 1
+        assert _positions(store, "threads") == tuple(subs[m].position for m in range(size))
+        for sub in subs:
+            sub.close()
+
+
+def test_closing_from_another_thread_while_acknowledging(open_store: OpenStore) -> None:
+    """A consumer acknowledging each message while another thread closes its subscription: its next call
+    raises ``StreamClosedError`` and nothing else, and the saved position is that of an ack it made."""
+    with open_store() as store:
+        everything = _fill(store, rounds=6)
+        sub = store.subscribe("race")
+        acked: list[int] = []
+        ended: list[BaseException] = []
+        some = threading.Event()
+
+        def consume() -> None:
+            try:
+                while True:
+                    sub.next(timeout=WAIT)
+                    sub.ack()
+                    acked.append(sub.position)
+                    if len(acked) == 5:
+                        some.set()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                ended.append(exc)
+                some.set()
+
+        t = threading.Thread(target=consume)
+        t.start()
+        assert some.wait(WAIT)
+        sub.close()
+        t.join(WAIT)
+        assert not t.is_alive()
+        assert len(ended) == 1 and isinstance(ended[0], StreamClosedError), ended
+        (saved,) = _positions(store, "race") or (None,)
+        # The last ack that returned, or the one under way when the close came (it may have been saved).
+        in_flight = [g + 1 for g, _n, _e in everything if g + 1 > acked[-1]][:1]
+        assert saved in {acked[-1], *in_flight}, (saved, acked[-3:])
+        with store.subscribe("race") as again:
+            assert again.position == saved
+
+
 # -- a closed subscription ----------------------------------------------------------------
 
 
