@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -437,3 +438,34 @@ def test_a_machine_crash_at_each_operation_keeps_every_acknowledged_position(
         shutil.rmtree(image)
     print(f"{len(images)} crash images of {second} operations")
     assert not problems, f"{len(problems)} findings in {len(images)} crash images:\n" + "\n".join(problems)
+
+
+def test_with_batch_durability_an_ack_is_synced_within_the_interval(
+    template: tuple[Path, list[tuple[int, str]]], tmp_path: Path
+) -> None:
+    """durability="batch": an ack reaches the disk within ``fsync_interval`` of returning, with no later ack
+    and no close to push it: a machine crash after that keeps it."""
+    path = _copy(template, tmp_path / "store")
+    owed = [g for g, _s in template[1]]
+    synced = threading.Event()
+    acked = threading.Event()
+
+    def on_op(fs: FaultFS, op: Op) -> None:
+        if acked.is_set() and op.name in ("fsync", "fdatasync") and op.path == "SUBSCRIPTIONS":
+            synced.set()
+
+    fs = FaultFS(path, on_op=on_op)
+    interval = 0.05
+    store = logstore.open(path, io=fs, durability="batch", fsync_interval=interval)
+    with store, store.subscribe("c", CATEGORY) as sub:
+        for _ in range(3):
+            assert sub.try_next()
+        sub.ack()
+        assert sub.try_next()
+        acked.set()
+        sub.ack()  # the last ack: nothing after it pushes it to the disk but the interval
+        # An event, not a sleep: the sync itself sets it. The bound leaves room for a loaded machine.
+        assert synced.wait(40 * interval), f"no sync of SUBSCRIPTIONS within {40 * interval} s of the ack"
+        image = tmp_path / "image"
+        fs.image(image, "drop")
+        assert _positions(image) == (owed[3] + 1,)
