@@ -24,7 +24,7 @@ from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
 import xxhash
 
-from logstore.checks import check_category, check_timeout, check_types
+from logstore.checks import check_category, check_name, check_timeout, check_types
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
 from logstore.readers import DEFAULT_READ, Reader, check_max_count
@@ -40,18 +40,8 @@ _MEMBER_CACHE = 65536
 
 def check_subscription_name(name: object) -> str:
     """Return a valid subscription name (a non-empty str of at most 255 UTF-8 bytes, no NUL), else raise."""
-    if type(name) is not str:
-        raise TypeError(f"subscription name must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError("subscription name must not be empty")
-    if "\x00" in name:
-        raise ValueError(f"subscription name {name[:64]!r} contains a NUL character")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"subscription name {name[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_SUBSCRIPTION_NAME:
-        raise ValueError(f"subscription name is {len(raw)} UTF-8 bytes, the limit is {MAX_SUBSCRIPTION_NAME}")
+    check_name(name, "subscription name", MAX_SUBSCRIPTION_NAME)
+    assert isinstance(name, str)
     return name
 
 
