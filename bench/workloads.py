@@ -90,7 +90,7 @@ def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
 
 
 def w1_plan(pool: Any, messages: int, batch: int, streams: int) -> list[tuple[str, int, list[Envelope]]]:
-    """W1's transactions: ``(stream, offset, envelopes)``, ``batch`` envelopes each, over ``streams`` streams in turn."""
+    """W1's transactions: ``(stream, offset, envelopes)``, ``batch`` envelopes each, ``streams`` streams in turn."""
     txs: list[tuple[str, int, list[Envelope]]] = []
     heads: dict[str, int] = {}
     for k, start in enumerate(range(0, messages, batch)):
