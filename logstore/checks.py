@@ -58,6 +58,13 @@ def check_stream_name(stream: object) -> bytes:
     return check_name(stream, "stream name", MAX_STREAM_NAME)
 
 
+def check_message_id(message_id: object) -> str:
+    """``locate``'s argument: a ``str`` (any: an id never appended is simply nowhere)."""
+    if type(message_id) is not str:
+        raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+    return message_id
+
+
 def category_of(stream: str) -> str:
     """A stream's category: its name up to the first ``-`` (the whole name when it has none).
 
