@@ -28,22 +28,19 @@ subscription afresh.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, suppress
+from typing import Any
 
 import msgpack
 import psycopg
 import xxhash
 from psycopg import sql
 
-from logstore.errors import LogStoreError, StreamClosedError, SubscriptionBusyError
+from logstore.errors import LogStoreError, StoreForkedError, StreamClosedError, SubscriptionBusyError
 from logstore.postgres.errors import ConnectionLostError, ServerError
 from logstore.results import SubscriptionInfo
 from logstore.subscriptions import Definition, check_definition_size, info_of
-
-if TYPE_CHECKING:
-    from logstore.postgres.store import PostgresStore
 
 
 def _key(schema: str, name: str, member: int) -> int:
@@ -74,28 +71,67 @@ def definition_of_row(name: str, category: str | None, types: list[bytes] | None
     return Definition(name, category, decode_types(types), int(size))
 
 
+LIST = "SELECT name, member, category, types, size, position FROM {s}.subscriptions ORDER BY name, member"
+"""Every row of the ``subscriptions`` table, for :func:`infos_of_rows` (``{s}``: the schema)."""
+
+
+def infos_of_rows(rows: Iterable[Sequence[Any]]) -> list[SubscriptionInfo]:
+    """The subscriptions that the rows of :data:`LIST` hold, sorted by name (a member without a row is at 0)."""
+    found: dict[str, tuple[Definition, dict[int, int]]] = {}
+    for name, member, category, types, size, position in rows:
+        entry = found.setdefault(name, (definition_of_row(name, category, types, size), {}))
+        entry[1][int(member)] = int(position)
+    return [
+        info_of(definition, [positions.get(m, 0) for m in range(definition.size)])
+        for definition, positions in (found[name] for name in sorted(found))
+    ]
+
+
+Connection = psycopg.Connection[Any]
+
+
 class PgClaim:
     """One member held by an open subscription: the connection whose session holds the member's lock."""
 
-    def __init__(self, definition: Definition, member: int, position: int, key: int, conn: psycopg.Connection[Any]):
+    def __init__(self, definition: Definition, member: int, position: int, key: int, conn: Connection) -> None:
         self.definition = definition
         self.member = member
         self.position = position
         self.key = key
-        self.conn: psycopg.Connection[Any] | None = conn
+        self.conn: Connection | None = conn
         self.lock = threading.Lock()  # an acknowledgement and the release, which may come from other threads
 
 
 class PgPositions:
-    """The subscriptions of ``store`` (see the module docstring); ``connect()`` makes a claim's connection."""
+    """The subscriptions of a :class:`~logstore.postgres.PostgresStore` (see the module docstring).
 
-    def __init__(self, store: PostgresStore, connect: Callable[[], psycopg.Connection[Any]]) -> None:
-        self.store = store
-        self.schema = store.schema
+    What it uses of the store, handed in by it: ``where`` (the store, for messages), ``schema``,
+    ``connect()`` (a new connection for a claim), ``pooled()`` (a pooled connection, as a context),
+    ``query(statement)`` (rows of a read, retried on a broken connection), ``translate(exc, conn,
+    what)`` (the error to raise for psycopg's) and ``forked()`` (the error of a store used in a
+    child made by ``fork()``, None in the process that opened it).
+    """
+
+    def __init__(
+        self,
+        where: str,
+        schema: str,
+        connect: Callable[[], Connection],
+        pooled: Callable[[], AbstractContextManager[Connection]],
+        query: Callable[[bytes], list[Any]],
+        translate: Callable[[psycopg.Error, Connection, str], Exception],
+        forked: Callable[[], StoreForkedError | None],
+    ) -> None:
+        self.where = where
+        self.schema = schema
         self._connect = connect
+        self._pooled = pooled
+        self._query = query
+        self._translate = translate
+        self._forked = forked
         self._claims: set[PgClaim] = set()
         self._claims_lock = threading.Lock()
-        s = sql.Identifier(store.schema)
+        s = sql.Identifier(schema)
         self._select = sql.SQL(
             "SELECT member, category, types, size, position FROM {}.subscriptions WHERE name = %s ORDER BY member"
         ).format(s)
@@ -107,23 +143,18 @@ class PgPositions:
         self._update = sql.SQL(
             "UPDATE {}.subscriptions SET position = greatest(position, %s) WHERE name = %s AND member = %s"
         ).format(s)
-        self._list = (
-            sql.SQL("SELECT name, member, category, types, size, position FROM {}.subscriptions ORDER BY name, member")
-            .format(s)
-            .as_bytes(None)
-        )
+        self._list = sql.SQL(LIST).format(s=s).as_bytes(None)
         self._delete = sql.SQL("DELETE FROM {}.subscriptions WHERE name = %s").format(s)
 
     # -- Positions ------------------------------------------------------------------------------
 
     def claim(self, definition: Definition, member: int) -> PgClaim:
-        store = self.store
         name = definition.name
         key = member_key(self.schema, name, member)
         try:
             conn = self._connect()
         except psycopg.Error as exc:
-            raise ConnectionLostError(f"{store.path}: could not connect: {exc}") from exc
+            raise ConnectionLostError(f"{self.where}: could not connect: {exc}") from exc
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (name_key(self.schema, name),))
@@ -147,12 +178,12 @@ class PgPositions:
                     raise SubscriptionBusyError(
                         name,
                         member,
-                        f"{store.path}: subscription {name!r} member {member} is open already"
+                        f"{self.where}: subscription {name!r} member {member} is open already"
                         " (in this process or another); close that subscription first",
                     )
         except psycopg.Error as exc:
             conn.close()
-            raise store._translate(exc, conn, f"subscribe to {name!r}") from exc
+            raise self._translate(exc, conn, f"subscribe to {name!r}") from exc
         except BaseException:
             conn.close()  # ends the session: a lock it took is gone with it
             raise
@@ -162,34 +193,34 @@ class PgPositions:
         return claim
 
     def save(self, claim: PgClaim, position: int) -> None:
-        store = self.store
         name, member = claim.definition.name, claim.member
         with claim.lock:
             conn = claim.conn
             if conn is None:
                 raise StreamClosedError(f"subscription {name!r}: its store was closed")
-            if store._forked:
-                raise store._forked_error()  # the connection is the parent's
+            forked = self._forked()
+            if forked is not None:
+                raise forked  # the connection is the parent's
             try:
                 updated = conn.execute(self._update, (position, name, member)).rowcount
             except psycopg.Error as exc:
                 if not (conn.closed or conn.broken):
                     raise ServerError(
-                        f"{store.path}: subscription {name!r} member {member}: the acknowledgement failed:"
+                        f"{self.where}: subscription {name!r} member {member}: the acknowledgement failed:"
                         f" the server refused: {exc}",
                         exc.sqlstate,
                     ) from exc
                 # The session is gone, and the member's lock with it: this subscription holds it no more.
                 self._drop(claim)
                 raise ConnectionLostError(
-                    f"{store.path}: subscription {name!r} member {member}: the connection that held the member"
+                    f"{self.where}: subscription {name!r} member {member}: the connection that held the member"
                     f" broke during an acknowledgement ({exc}); the saved position is the old or the new one."
                     " The member is free for another subscription now: close this one and subscribe again"
                     " (what was not acknowledged is delivered again)"
                 ) from exc
             if updated != 1:
                 raise LogStoreError(
-                    f"{store.path}: subscription {name!r} member {member}: its row in {self.schema}.subscriptions"
+                    f"{self.where}: subscription {name!r} member {member}: its row in {self.schema}.subscriptions"
                     " is gone (deleted behind the store's back, while the member was held); nothing was saved"
                 )
             claim.position = position
@@ -201,7 +232,7 @@ class PgPositions:
                 self._claims.discard(claim)
             if conn is None:
                 return
-            if self.store._forked:
+            if self._forked() is not None:
                 return  # the parent's connection: closing it here would end the parent's session
             try:
                 # Unlocked before the connection closes: the server ends a closed session a moment after
@@ -222,18 +253,10 @@ class PgPositions:
                 conn.close()
 
     def list(self) -> list[SubscriptionInfo]:
-        found: dict[str, tuple[Definition, dict[int, int]]] = {}
-        for name, member, category, types, size, position in self.store._query(self._list):
-            entry = found.setdefault(name, (definition_of_row(name, category, types, size), {}))
-            entry[1][int(member)] = int(position)
-        return [
-            info_of(definition, [positions.get(m, 0) for m in range(definition.size)])
-            for definition, positions in (found[name] for name in sorted(found))
-        ]
+        return infos_of_rows(self._query(self._list))
 
     def delete(self, name: str) -> bool:
-        store = self.store
-        with store._connection() as conn:
+        with self._pooled() as conn:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (name_key(self.schema, name),))
@@ -248,12 +271,12 @@ class PgPositions:
                             raise SubscriptionBusyError(
                                 name,
                                 member,
-                                f"{store.path}: subscription {name!r} member {member} is open;"
+                                f"{self.where}: subscription {name!r} member {member} is open;"
                                 " close its subscriptions before deleting it",
                             )
                     conn.execute(self._delete, (name,))
             except psycopg.Error as exc:
-                raise store._translate(exc, conn, f"delete subscription {name!r}") from exc
+                raise self._translate(exc, conn, f"delete subscription {name!r}") from exc
         return True
 
     def close(self) -> None:

@@ -369,7 +369,15 @@ class PostgresStore(StoreBase):
         self._heads_lock = threading.Lock()
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
-        self._positions = PgPositions(self, self._connect_claim)
+        self._positions = PgPositions(
+            self.path,
+            schema,
+            self._connect_claim,
+            self._connection,
+            self._query,
+            self._translate,
+            lambda: self._forked_error() if self._forked else None,
+        )
         # Each connection's server process (pid, backend_start): where a commit that broke may still run.
         self._sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, datetime]] = (
             weakref.WeakKeyDictionary()
