@@ -37,7 +37,13 @@ import psycopg
 import xxhash
 from psycopg import sql
 
-from logstore.errors import LogStoreError, StoreForkedError, StreamClosedError, SubscriptionBusyError
+from logstore.errors import (
+    LogStoreError,
+    StoreClosedError,
+    StoreForkedError,
+    StreamClosedError,
+    SubscriptionBusyError,
+)
 from logstore.postgres.errors import ConnectionLostError, ServerError
 from logstore.results import SubscriptionInfo
 from logstore.subscriptions import Definition, check_definition_size, info_of
@@ -130,7 +136,8 @@ class PgPositions:
         self._translate = translate
         self._forked = forked
         self._claims: set[PgClaim] = set()
-        self._claims_lock = threading.Lock()
+        self._claims_lock = threading.Lock()  # guards _claims and _closed
+        self._closed = False
         s = sql.Identifier(schema)
         self._select = sql.SQL(
             "SELECT member, category, types, size, position FROM {}.subscriptions WHERE name = %s ORDER BY member"
@@ -182,14 +189,20 @@ class PgPositions:
                         " (in this process or another); close that subscription first",
                     )
         except psycopg.Error as exc:
+            error = self._translate(exc, conn, f"subscribe to {name!r}")  # before the close: is it broken?
             conn.close()
-            raise self._translate(exc, conn, f"subscribe to {name!r}") from exc
+            raise error from exc
         except BaseException:
             conn.close()  # ends the session: a lock it took is gone with it
             raise
         claim = PgClaim(definition, member, position, key, conn)
         with self._claims_lock:
-            self._claims.add(claim)
+            closed = self._closed
+            if not closed:
+                self._claims.add(claim)
+        if closed:  # the store closed meanwhile: its close() did not see this claim
+            self.release(claim)
+            raise StoreClosedError(f"{self.where}: the store is closed")
         return claim
 
     def save(self, claim: PgClaim, position: int) -> None:
@@ -282,6 +295,7 @@ class PgPositions:
     def close(self) -> None:
         """Release every member still held (the store is closing); their subscriptions can no longer ack."""
         with self._claims_lock:
+            self._closed = True
             claims = list(self._claims)
         for claim in claims:
             self.release(claim)

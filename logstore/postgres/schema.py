@@ -21,7 +21,10 @@ docs/POSTGRES.md shows this DDL and argues why it is correct. In short:
 - ``append_batch``: the whole commit of a group of transactions (one, or several that threads of one
   process committed at once) in one statement. It locks the group's streams in byte order
   of their names (creating new ones), checks their heads, then takes the ``head`` row, inserts the
-  rows, moves the heads and notifies. ``remove_stream`` does the same for a truncation or deletion.
+  rows, moves the heads and notifies. Message ids already in a stream are judged (idempotent
+  appends); those of the group's earlier transactions count as committed, so a retry that lands in
+  its original's group gets the original's offsets, as in the embedded writer. ``remove_stream``
+  does the same for a truncation or deletion.
 
 The table and function names are unqualified in the function bodies: each function sets its own
 ``search_path`` to ``pg_catalog, <schema>, pg_temp``, so the bodies are fixed text and the schema

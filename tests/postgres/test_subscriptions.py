@@ -431,3 +431,30 @@ def test_a_retry_in_the_same_group_as_its_original_gets_the_originals_offsets(op
     again = [_pending(store, original)]
     store._commit_group(again)
     assert again[0].result == range(1, 4)
+
+
+# -- verify of a URL --------------------------------------------------------------------------------
+
+
+def test_verify_checks_each_subscriptions_rows(open_pg, schema, admin):
+    from logstore.postgres.inspect import verify
+
+    store = open_pg()
+    fill(store)
+    store.subscribe("group", group=(0, 3)).close()
+    store.subscribe("other", category="order").close()
+    store.close()
+    assert verify(POSTGRES_URL, schema).problems == []
+    s = sql.Identifier(schema)
+    admin.execute(sql.SQL("UPDATE {}.subscriptions SET position = 99 WHERE name = 'other'").format(s))
+    result = verify(POSTGRES_URL, schema)
+    assert result.problems == []
+    assert any("subscription 'other' member 0 is at global offset 99, past the log's end 6" in n for n in result.notes)
+    admin.execute(sql.SQL("DELETE FROM {}.subscriptions WHERE name = 'group' AND member = 1").format(s))
+    admin.execute(sql.SQL("UPDATE {}.subscriptions SET types = '{{T}}' WHERE name = 'other'").format(s))
+    admin.execute(sql.SQL("INSERT INTO {}.subscriptions VALUES ('other', 1, 'order', NULL, 2, 0)").format(s))
+    problems = [str(p) for p in verify(POSTGRES_URL, schema).problems]
+    assert problems == [
+        "subscription 'group': rows of members [0, 2], of a group of 3",
+        "subscription 'other': its rows differ in category, types or size",
+    ]
