@@ -278,13 +278,18 @@ def test_a_claim_waits_for_a_delete_in_progress_and_creates_the_subscription_afr
         sub.ack()  # its row exists
 
 
-def _race(first: Any, second: Any) -> dict[str, Any]:
-    """``second.delete_subscription("race")`` and ``first.subscribe("race")`` at once: what each gave."""
+def _race(first: Any, second: Any, lead: int) -> dict[str, Any]:
+    """``second.delete_subscription("race")`` and ``first.subscribe("race")`` at once: what each gave.
+
+    The deletion starts after ``lead`` reads of ``second`` (a claim makes a connection first, so with
+    no lead the deletion always wins: the rounds vary it, so that either comes first)."""
     barrier = threading.Barrier(2, timeout=30)
     got: dict[str, Any] = {}
 
     def delete() -> None:
         barrier.wait()
+        for _ in range(lead):
+            assert second.global_head >= 0
         try:
             got["deleted"] = second.delete_subscription("race")
         except SubscriptionBusyError:
@@ -305,11 +310,14 @@ def _race(first: Any, second: Any) -> dict[str, Any]:
 def test_deletes_and_claims_racing_never_leave_a_held_member_without_its_row(open_pg, schema, admin):
     first, second = open_pg(), open_pg()
     fill(first)
-    for round_ in range(20):
+    outcomes = set()
+    for round_ in range(40):
+        second.delete_subscription("race")  # each round begins with a subscription at position 4
         with first.subscribe("race") as sub:
             assert list(sub)
             sub.ack(3)
-        got = _race(first, second)
+        got = _race(first, second, round_ % 20 * 4)
+        outcomes.add(got["deleted"])
         sub = got["sub"]
         try:
             if got["deleted"] == "busy":  # the claim came first: nothing was deleted
@@ -323,6 +331,7 @@ def test_deletes_and_claims_racing_never_leave_a_held_member_without_its_row(ope
             sub.ack()  # the held member's row is there
         finally:
             sub.close()
+    assert outcomes == {True, "busy"}  # both orders happened
 
 
 # -- acknowledging ---------------------------------------------------------------------------------
@@ -458,3 +467,39 @@ def test_verify_checks_each_subscriptions_rows(open_pg, schema, admin):
         "subscription 'group': rows of members [0, 2], of a group of 3",
         "subscription 'other': its rows differ in category, types or size",
     ]
+
+
+def test_a_forked_child_neither_acks_nor_frees_the_parents_member(open_pg, schema):
+    import os
+
+    store = open_pg()
+    fill(store)
+    other = open_pg()
+    sub = store.subscribe("bill")
+    assert sub.try_next()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: ack, then close the subscription and the store; report what happened
+        os.close(read_end)
+        try:
+            sub.ack()
+            outcome = "acked"
+        except logstore.StoreForkedError:
+            outcome = "forked"
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            outcome = type(exc).__name__
+        sub.close()
+        store.close()
+        os.write(write_end, outcome.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        outcome = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert outcome == "forked"
+    with pytest.raises(SubscriptionBusyError):  # the child's close() left the parent's session alone
+        other.subscribe("bill")
+    sub.ack()
+    assert other.subscriptions()[0].positions == (1,)
+    sub.close()
