@@ -36,6 +36,7 @@ from typing import Any
 from bench.esrecorders import ES_STORES
 from bench.machine import machine_facts
 from bench.peers import PEERS, PG_PEERS, PG_URL, pg_drop_schemas, pg_schema, pg_schema_prefix, pg_settings
+from bench.subscriptions import SB_MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 300
@@ -138,7 +139,7 @@ FULL = Plan(
     es_saves10=1_000,
     es_commits=300,
 )
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID", "CT")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID", "CT", "SB")
 ES_PAGES = (10, 100)
 """Page sizes of the ES notification scan: 10 is the library's own (``pull_section_size``, ``section_size``)."""
 ES_AGGREGATES = 100
@@ -670,6 +671,37 @@ def ct(r: Runner, plan: Plan) -> None:
             remove(path)
 
 
+def sb(r: Runner, plan: Plan) -> None:
+    """The SB group: a durable subscription consuming one category of 100 and acknowledging each message,
+    or every hundredth, its position saved durably; logstore beside sqlite3 (a category index and a
+    positions table). ``bench/subscriptions.py`` says more.
+
+    One store per store kind and run (the CT group's build, W1's message count), consumed in a fresh
+    process per mode and repetition.
+    """
+    n = plan.w1_messages
+    for store in CT_STORES:
+        path = r.fresh_dir(f"sb-{store}")
+        r.run({"workload": "ct_build", "store": store, "dir": path, "messages": n, "size": SIZE})
+        try:
+            for _rep in range(plan.repeat):
+                for mode in SB_MODES:
+                    res = r.run(
+                        {
+                            "workload": "sb_consume",
+                            "store": store,
+                            "dir": path,
+                            "messages": n,
+                            "size": SIZE,
+                            "mode": mode,
+                        }
+                    )
+                    name = f"consume/1-of-100-categories/{mode}/messages={human(n)}/size={SIZE}B/store={store}"
+                    r.record("SB", name, store, "msg/s", res["messages"] / res["seconds"], extra={"acks": res["acks"]})
+        finally:
+            remove(path)
+
+
 def es_available() -> str | None:
     """None when the ES group can run (the eventsourcing library imports); else why not."""
     try:
@@ -1044,6 +1076,8 @@ def run_workloads(
         idem(r, plan)
     if "CT" in want:
         ct(r, plan)
+    if "SB" in want:
+        sb(r, plan)
     return run_groups(r, plan, want, skipped)
 
 

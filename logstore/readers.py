@@ -28,6 +28,18 @@ from logstore.checks import check_timeout
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
 
+DEFAULT_READ = 1000
+"""How many messages ``read()`` returns at most when not told."""
+
+
+def check_max_count(max_count: object) -> None:
+    """Raise for a ``max_count`` of ``read()`` that is not an int >= 1."""
+    if isinstance(max_count, bool) or not isinstance(max_count, int):
+        raise TypeError(f"max_count must be an int, got {type(max_count).__name__}")
+    if max_count < 1:
+        raise ValueError(f"max_count must be >= 1, got {max_count}")
+
+
 AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 """A waiting ``anext()``: its loop and the future that a wake-up resolves."""
 
@@ -178,6 +190,19 @@ class Reader:
             return await self.anext()
         except StreamClosedError:
             raise StopAsyncIteration from None
+
+    def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
+        """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
+
+        The last one returned becomes the current message (``offset()``, ``stream_name()``, ...), as if
+        ``try_next()`` had stepped through them. Never waits: ``next()`` waits for the first of more.
+        """
+        check_max_count(max_count)
+        self._check_open()
+        out: list[Envelope] = []
+        while len(out) < max_count and self._advance():
+            out.append(self.get())
+        return out
 
     def __iter__(self) -> Self:
         return self

@@ -26,10 +26,10 @@ from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 import msgpack
 import xxhash
 
-from logstore.checks import check_category, check_timeout, check_types
+from logstore.checks import check_category, check_name, check_timeout, check_types
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
-from logstore.readers import Reader
+from logstore.readers import DEFAULT_READ, Reader, check_max_count
 from logstore.results import SubscriptionInfo
 
 MAX_SUBSCRIPTION_NAME = 255
@@ -48,18 +48,8 @@ logger = logging.getLogger("logstore")
 
 def check_subscription_name(name: object) -> str:
     """Return a valid subscription name (a non-empty str of at most 255 UTF-8 bytes, no NUL), else raise."""
-    if type(name) is not str:
-        raise TypeError(f"subscription name must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError("subscription name must not be empty")
-    if "\x00" in name:
-        raise ValueError(f"subscription name {name[:64]!r} contains a NUL character")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"subscription name {name[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_SUBSCRIPTION_NAME:
-        raise ValueError(f"subscription name is {len(raw)} UTF-8 bytes, the limit is {MAX_SUBSCRIPTION_NAME}")
+    check_name(name, "subscription name", MAX_SUBSCRIPTION_NAME)
+    assert isinstance(name, str)
     return name
 
 
@@ -217,7 +207,7 @@ def open_subscription(store: _Store, positions: Positions[C], definition: Defini
                 claim.position,
                 head,
             )
-            claim.position = head
+            positions.save(claim, head)  # saved: the messages committed from here on are delivered
         return Subscription(store, positions, claim)
     except BaseException:
         positions.release(claim)
@@ -253,6 +243,7 @@ class Subscription(Generic[C]):
         self.size = definition.size
         self._position = claim.position
         self._current: int | None = None  # the global offset of the message delivered last
+        self._kept: tuple[Envelope, str, int] | None = None  # in a group: its envelope, stream and offset
         self._members: dict[str, bool] = {}
         try:
             self._reader = open_reader(store, definition, claim.position)
@@ -302,9 +293,14 @@ class Subscription(Generic[C]):
     # -- reading ----------------------------------------------------------------------------
 
     def _mine(self) -> bool:
-        """Whether the reader's current message is this member's; if so it becomes the current one."""
+        """Whether the reader's current message is this member's; if so it becomes the current one.
+
+        In a group the reader steps past other members' messages after this member's current one, so
+        the current message's envelope and place are kept here (``_kept``), not read from the reader.
+        """
+        reader = self._reader
         if self.size > 1:
-            stream = self._reader.stream_name()
+            stream = reader.stream_name()
             mine = self._members.get(stream)
             if mine is None:
                 if len(self._members) >= _MEMBER_CACHE:
@@ -312,7 +308,8 @@ class Subscription(Generic[C]):
                 mine = self._members[stream] = member_of(stream, self.size) == self.member
             if not mine:
                 return False
-        self._current = self._reader.offset()
+            self._kept = (reader.get(), stream, reader.stream_offset())
+        self._current = reader.offset()
         return True
 
     def _check_open(self) -> None:
@@ -360,25 +357,52 @@ class Subscription(Generic[C]):
                 raise TimeoutError(f"subscription {self.name!r}: no message within {timeout} s") from None
             if self._mine():
                 break
-        return self._reader.get()
+        return self.get()
+
+    def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
+        """Up to ``max_count`` of this member's messages available now, in one call (the last becomes current)."""
+        check_max_count(max_count)
+        self._check_open()
+        if self.size == 1:
+            envs = self._reader.read(max_count)
+            if envs:
+                self._current = self._reader.offset()
+            return envs
+        out: list[Envelope] = []
+        while len(out) < max_count and self.try_next():
+            out.append(self.get())
+        return out
+
+    def _current_kept(self) -> tuple[Envelope, str, int]:
+        self._check_open()
+        kept = self._kept
+        if kept is None:
+            raise ValueError("no current message: before a successful next() or try_next()")
+        return kept
 
     def get(self) -> Envelope:
         """The envelope of the current message."""
+        if self.size > 1:
+            return self._current_kept()[0]
         self._check_open()
         return self._reader.get()
 
     def offset(self) -> int:
         """The current message's global offset."""
+        if self.size > 1:
+            self._current_kept()
+            assert self._current is not None
+            return self._current
         return self._reader.offset()
 
     def global_offset(self) -> int:
-        return self._reader.global_offset()
+        return self.offset() if self.size > 1 else self._reader.global_offset()
 
     def stream_name(self) -> str:
-        return self._reader.stream_name()
+        return self._current_kept()[1] if self.size > 1 else self._reader.stream_name()
 
     def stream_offset(self) -> int:
-        return self._reader.stream_offset()
+        return self._current_kept()[2] if self.size > 1 else self._reader.stream_offset()
 
     def close(self) -> None:
         """Close the stream and free the member for another subscription. Idempotent; unacknowledged
@@ -402,7 +426,7 @@ class Subscription(Generic[C]):
         """``for env in sub`` yields this member's messages available now, then stops."""
         if not self.try_next():
             raise StopIteration
-        return self._reader.get()
+        return self.get()
 
     def __aiter__(self) -> Self:
         return self
@@ -424,6 +448,43 @@ class Subscription(Generic[C]):
         group = f", member {self.member} of {self.size}" if self.size > 1 else ""
         state = "closed" if self._closed else f"position {self._position}"
         return f"<Subscription {self.name!r}{group}: {state}>"
+
+
+def lags(store: _SubscribingStore, info: SubscriptionInfo) -> list[int]:
+    """Every member's lag (as :func:`pending`), in one read from the lowest position."""
+    counts = [0] * info.size
+    positions = info.positions
+    seen: dict[str, int] = {}
+    reader = open_reader(store, Definition(info.name, info.category, info.types, info.size), min(positions))
+    with reader:
+        while reader.try_next():
+            member = 0
+            if info.size > 1:
+                stream = reader.stream_name()
+                found = seen.get(stream)
+                if found is None:
+                    found = seen[stream] = member_of(stream, info.size)
+                member = found
+            if reader.offset() >= positions[member]:
+                counts[member] += 1
+    return counts
+
+
+def subscription_stats(store: _SubscribingStore, infos: list[SubscriptionInfo]) -> list[dict[str, Any]]:
+    """``logstore stats``' view of the subscriptions: settings, and each member's position and lag."""
+    return [
+        {
+            "name": info.name,
+            "category": info.category,
+            "types": None if info.types is None else sorted(info.types),
+            "size": info.size,
+            "members": [
+                {"member": member, "position": position, "lag": lag}
+                for member, (position, lag) in enumerate(zip(info.positions, lags(store, info), strict=True))
+            ],
+        }
+        for info in infos
+    ]
 
 
 def pending(store: _SubscribingStore, info: SubscriptionInfo, member: int, limit: int | None = None) -> int:

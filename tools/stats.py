@@ -1,12 +1,14 @@
-"""``logstore stats DIR|URL``: segments, streams, messages, records by kind, holes and processes of a store, read-only.
+"""``logstore stats DIR|URL``: segments, streams, messages, records by kind, holes, processes and subscriptions.
 
 Opens the store with ``readonly=True`` (safe beside a live writer; it counts
 the log as it was when it started) and walks every record, checking each
 checksum without decoding envelopes. Prints a table, or with ``--json`` one
 JSON object (the keys of :func:`logstore.embedded.inspect.store_stats`). Exit 0, or 2
 with a message on stderr: not a store, damage (file and byte position) or an
-unknown format version. A ``postgresql://`` URL (with ``--schema``) gets the same kind of summary
-(:func:`logstore.postgres.inspect.store_stats`): streams, rows by kind, readable messages, holes.
+unknown format version. Each durable subscription is listed with each member's position and lag (the
+messages it would be given: read from the lowest position). A ``postgresql://`` URL (with
+``--schema``) gets the same kind of summary (:func:`logstore.postgres.inspect.store_stats`):
+streams, rows by kind, readable messages, holes, subscriptions.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import sys
 import time
 from typing import Any
 
+import logstore
 from logstore.embedded.inspect import store_stats
 from logstore.errors import CorruptionError, LogStoreError
+from logstore.subscriptions import subscription_stats
 from logstore.tools.dump import describe, open_readonly, quiet_broken_pipe
 from logstore.tools.progress import progress
 from logstore.tools.storedir import add_command, add_schema_option, fail, url_schema
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         total = store.global_head - store.log_start
         with store, progress(total, "reading records", enabled=False if args.json else None) as bar:
             stats = store_stats(store, bar.update)
+            stats["subscriptions"] = subscription_stats(store, store.subscriptions())
     except CorruptionError as exc:
         return fail("stats", describe(exc))
     except LogStoreError as exc:
@@ -67,6 +72,8 @@ def run_url(args: argparse.Namespace, schema: str) -> int:
 
     try:
         stats = pg.store_stats(args.dir, schema)
+        with logstore.open(args.dir, schema=schema, readonly=True) as store:
+            stats["subscriptions"] = subscription_stats(store, store.subscriptions())
     except pg.URL_ERRORS as exc:
         return fail("stats", exc)
     try:
@@ -107,7 +114,25 @@ def format_pg_stats(s: dict[str, Any]) -> str:
         ),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    summary, members = _subscriptions(s["subscriptions"])
+    rows.append(("subscriptions", summary))  # longer than the other names: it does not widen their column
+    return "\n".join([f"{name:<{width}}  {value}" for name, value in rows] + members)
+
+
+def _subscriptions(subs: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The subscriptions' summary, and their lines: one per subscription, then one per member (position, lag)."""
+    lines: list[str] = []
+    for sub in subs:
+        reads = "the whole log" if sub["category"] is None else f"category {sub['category']!r}"
+        if sub["types"] is not None:
+            reads += ", types " + ", ".join(sub["types"])
+        members = sub["members"]
+        lines.append(f"  {sub['name']!r}: {reads}; {len(members)} member{'s' if len(members) > 1 else ''}")
+        for m in members:
+            lines.append(f"    member {m['member']}: position {_n(m['position'])}, lag {_n(m['lag'])}")
+    return (
+        f"{len(subs)}, with each member's position and lag (messages not yet acknowledged)" if subs else "none"
+    ), lines
 
 
 def _n(value: int) -> str:
@@ -165,7 +190,9 @@ def format_stats(s: dict[str, Any]) -> str:
         ),
     ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    summary, members = _subscriptions(s["subscriptions"])
+    rows.append(("subscriptions", summary))  # longer than the other names: it does not widen their column
+    lines = [f"{name:<{width}}  {value}" for name, value in rows] + members
     lines.append("")
     header = ("segment", "first", "records", "bytes", "capacity")
     table = [header] + [

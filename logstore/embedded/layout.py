@@ -6,6 +6,7 @@
       LOCK                      writer lock (flock); empty (logstore.embedded.lock)
       CONTROL                   who has the store open, shared by its processes (logstore.embedded.controlfile)
       CHECKPOINT                how far the index files are complete (logstore.embedded.checkpoint)
+      SUBSCRIPTIONS             durable subscriptions and their positions (logstore.embedded.positions)
       catalog.<generation>      stream catalog and shared run table (index.catalog)
       segments/<first>.log      segment files (logstore.embedded.segment); <first>.log.tmp while being created
       segments/<first>.pos      their position indexes (index.position)
@@ -26,6 +27,7 @@ import os
 LOCK = "LOCK"
 CONTROL = "CONTROL"
 CHECKPOINT = "CHECKPOINT"
+SUBSCRIPTIONS = "SUBSCRIPTIONS"
 MIGRATING = "MIGRATING"  # an unfinished `logstore migrate` copy into this directory (logstore.embedded.importer)
 SEGMENTS = "segments"
 STREAMS = "streams"

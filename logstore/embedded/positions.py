@@ -44,14 +44,13 @@ import msgpack
 import xxhash
 
 from logstore.embedded.fileio import FileIO
+from logstore.embedded.layout import SUBSCRIPTIONS
 from logstore.errors import CorruptionError, FormatVersionError, StreamClosedError, SubscriptionBusyError
 from logstore.index.errors import FormatError, UnsupportedVersionError
 from logstore.index.header import HEADER_SIZE, MAGIC_SUBSCRIPTIONS, Header, decode_header, encode_header
 from logstore.results import SubscriptionInfo
 from logstore.subscriptions import Definition, info_of
 
-SUBSCRIPTIONS = "SUBSCRIPTIONS"
-"""The file's name in the store directory."""
 SLOT = 4096
 """Bytes per slot, and of the first block (the header and zeros)."""
 _HEAD = struct.Struct("<QIIQ")  # definition checksum, L, member, generation
@@ -140,6 +139,8 @@ class MemberClaim:
         self.sequence = slot.sequence
         self.fd: int | None = fd
         self.unsynced = False
+        # An ack and a close() (or the store's) from another thread: the descriptor is never used once closed.
+        self.lock = threading.Lock()
 
 
 class SubscriptionFile:
@@ -182,7 +183,7 @@ class SubscriptionFile:
                 return io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
-        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if io.size(fd) == 0:
                 io.lock_range(fd, _DEFS_LOCK, exclusive=True, wait=True)
@@ -215,15 +216,11 @@ class SubscriptionFile:
     def _check_header(self, fd: int) -> None:
         raw = self.io.pread(fd, HEADER_SIZE, 0)
         try:
-            header = decode_header(raw, MAGIC_SUBSCRIPTIONS)
+            _check_header_bytes(raw, self.store_id)
         except UnsupportedVersionError as exc:
             raise FormatVersionError(self.path, exc.position, exc.what) from None
         except FormatError as exc:
             raise CorruptionError(self.path, exc.position, exc.what, "run logstore repair") from None
-        if header.store_id != self.store_id:
-            raise CorruptionError(self.path, 16, "store id differs from the store's", "a file of another store")
-        if header.a != SLOT:
-            raise CorruptionError(self.path, 32, f"slot size is {header.a}, expected {SLOT}", "run logstore repair")
 
     def _slots(self, fd: int) -> list[Slot]:
         size = self.io.size(fd)
@@ -315,10 +312,14 @@ class SubscriptionFile:
         return made
 
     def save(self, claim: MemberClaim, position: int) -> None:
+        self.before_save(position)
+        with claim.lock:
+            self._save(claim, position)
+
+    def _save(self, claim: MemberClaim, position: int) -> None:
         fd = claim.fd
         if fd is None:
-            raise StreamClosedError(f"subscription {claim.definition.name!r}: its store was closed")
-        self.before_save(position)
+            raise StreamClosedError(f"subscription {claim.definition.name!r} was closed (or its store)")
         sequence = claim.sequence + 1
         at = slot_offset(claim.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
         self.io.pwrite(fd, encode_copy(claim.generation, sequence, position), at)
@@ -335,15 +336,16 @@ class SubscriptionFile:
                 self._last_sync = now
 
     def release(self, claim: MemberClaim) -> None:
-        fd, claim.fd = claim.fd, None
-        if fd is None:
-            return
-        self._claims.discard(claim)
-        try:
-            if claim.unsynced:
-                self.io.fdatasync(fd)
-        finally:
-            self.io.close(fd)  # drops the member's lock
+        with claim.lock:
+            fd, claim.fd = claim.fd, None
+            if fd is None:
+                return
+            self._claims.discard(claim)
+            try:
+                if claim.unsynced:
+                    self.io.fdatasync(fd)
+            finally:
+                self.io.close(fd)  # drops the member's lock
 
     def list(self) -> list[SubscriptionInfo]:
         with self._locked(create=False, exclusive=False) as fd:
@@ -404,3 +406,147 @@ class SubscriptionFile:
                 with suppress(OSError):
                     os.close(fd)
         self._claims.clear()
+
+
+# -- verify and repair ----------------------------------------------------------------------------
+
+
+@dataclass
+class FileCheck:
+    """What :func:`check_file` found: ``problems`` as (path, byte position, what), ``notes``, and what
+    :func:`repair_file` mends: the header's trouble, damaged or repeated slots, positions past the end."""
+
+    problems: list[tuple[str, int, str]]
+    notes: list[str]
+    header: str | None = None  # what is wrong with the first block (None: it is whole)
+    other_store: bool = False  # the header names another store: the whole file is not this store's
+    damaged: list[Slot] | None = None
+    repeated: list[Slot] | None = None  # a second slot for one member of one subscription
+    past_end: list[Slot] | None = None
+
+
+def _check_header_bytes(raw: bytes, store_id: bytes) -> None:
+    """Raise :class:`FormatError` unless ``raw`` starts with this store's header (byte 16: another store's)."""
+    header = decode_header(raw, MAGIC_SUBSCRIPTIONS)
+    if header.store_id != store_id:
+        raise FormatError(16, "store id differs from the store's (a file of another store)")
+    if header.a != SLOT:
+        raise FormatError(32, f"slot size is {header.a}, expected {SLOT}")
+
+
+def check_file(io: FileIO, store_path: str, store_id: bytes, log_end: int, live: bool) -> FileCheck:
+    """Check a store's ``SUBSCRIPTIONS`` file (``logstore verify``): its header, every slot's definition and
+    position, and that no position lies past ``log_end`` (the log's end as verify found it)."""
+    path = os.path.join(store_path, SUBSCRIPTIONS)
+    found = FileCheck([], [], damaged=[], repeated=[], past_end=[])
+    try:
+        raw = io.read_file(path)
+    except FileNotFoundError:
+        return found
+    try:
+        _check_header_bytes(raw, store_id)
+    except FormatError as exc:
+        found.header = f"header damaged at byte {exc.position}: {exc.what}"
+        found.problems.append((path, exc.position, exc.what))
+        if exc.position == 16:
+            found.other_store = True
+            return found
+    if len(raw) % SLOT:
+        found.notes.append(
+            f"{path}: {len(raw) % SLOT} bytes of a slot whose first write was cut short (a free slot; harmless)"
+        )
+    seen: dict[tuple[str, int], Slot] = {}
+    assert found.damaged is not None and found.repeated is not None and found.past_end is not None
+    for index in range(max(0, (len(raw) - 1) // SLOT)):
+        slot = read_slot(raw[slot_offset(index) : slot_offset(index + 1)], index)
+        if slot.damage is not None:
+            found.problems.append((path, slot.damage_at, slot.damage))
+            found.damaged.append(slot)
+            continue
+        definition = slot.definition
+        if definition is None:
+            continue
+        key = (definition.name, slot.member)
+        if key in seen:
+            found.problems.append(
+                (path, slot_offset(index), f"a second slot for subscription {definition.name!r} member {slot.member}")
+            )
+            found.repeated.append(slot)
+            continue
+        seen[key] = slot
+        if slot.position > log_end:
+            what = (
+                f"subscription {definition.name!r} member {slot.member} is at global offset {slot.position},"
+                f" past the log's end {log_end}"
+            )
+            if live:
+                found.notes.append(f"{path}: {what} (the store is live: the log may have grown since verify read it)")
+            else:
+                found.problems.append((path, slot_offset(index) + COPY_A, what))
+                found.past_end.append(slot)
+    return found
+
+
+def repair_file(
+    io: FileIO,
+    store_path: str,
+    store_id: bytes,
+    found: FileCheck,
+    log_end: int,
+    save: Callable[[bytes, str, int, str], None],
+    move: Callable[[str, str], None],
+    actions: list[str],
+    dry_run: bool,
+) -> None:
+    """Mend what :func:`check_file` found (``logstore repair``, no process having the store open).
+
+    Damaged bytes go to lost+found through ``save(data, source, position, reason)`` first. A file of
+    another store moves there whole (``move``). A damaged header is written anew. A damaged
+    definition, or a second slot of one member, frees the slot: that subscription (or member) is
+    gone, and a later subscribe creates it anew at position 0. A member whose both position copies
+    are damaged goes back to position 0, and one past ``log_end`` to ``log_end``.
+    """
+    path = os.path.join(store_path, SUBSCRIPTIONS)
+    if found.other_store:
+        move(path, "SUBSCRIPTIONS of another store (store id differs)")
+        return
+    raw = io.read_file(path)
+    writes: list[tuple[int, bytes]] = []
+    if found.header is not None:
+        save(raw[:SLOT], path, 0, found.header)
+        block = encode_header(Header(MAGIC_SUBSCRIPTIONS, store_id, SLOT, 0, 0))
+        writes.append((0, block + bytes(SLOT - HEADER_SIZE)))
+        actions.append(f"{path}: write the header anew")
+    for slot in [*(found.damaged or ()), *(found.repeated or ())]:
+        base = slot_offset(slot.index)
+        data = raw[base : base + SLOT]
+        if slot.definition is not None and slot.damage is not None:  # both position copies damaged
+            save(data[COPY_A:], path, base + COPY_A, slot.damage)
+            writes.append((base + COPY_A, bytes(2 * COPY.size)))
+            actions.append(
+                f"{path}@{base + COPY_A}: subscription {slot.definition.name!r} member {slot.member} goes back"
+                " to global offset 0 (what it had not acknowledged, and more, is delivered again)"
+            )
+        else:
+            what = slot.damage or "a second slot for one member of a subscription"
+            save(data, path, base, what)
+            writes.append((base, bytes(16)))
+            actions.append(f"{path}@{base}: free the slot ({what})")
+    for slot in found.past_end or ():
+        assert slot.definition is not None
+        sequence = slot.sequence + 1
+        at = slot_offset(slot.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
+        writes.append((at, encode_copy(slot.generation, sequence, log_end)))
+        actions.append(
+            f"{path}@{at}: subscription {slot.definition.name!r} member {slot.member} moves from global offset"
+            f" {slot.position}, past the log's end, to the end {log_end}"
+        )
+    if dry_run or not writes:
+        return
+    fd = io.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for at, data in writes:
+            io.pwrite(fd, data, at)
+        io.fdatasync(fd)
+    finally:
+        io.close(fd)

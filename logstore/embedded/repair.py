@@ -24,6 +24,10 @@ of the processes listed there), and then:
    fsynced, renamed over the old one, directory fsynced), deletes every
    derived file (CHECKPOINT, catalogs, position, run and message-id index files) and opens the
    store, which rebuilds them from the log.
+6. Mends ``SUBSCRIPTIONS`` (:func:`logstore.embedded.positions.repair_file`): its damaged bytes go to
+   ``lost+found/``; a damaged header is written anew, a damaged definition frees its slot, a member
+   whose position copies are both damaged goes back to global offset 0, and one past the log's end
+   to the end. A store whose only problems are there is mended without touching the log.
 
 A store that verifies clean is left untouched, so repairing twice gives the
 same store as repairing once. ``dry_run=True`` reports the plan and changes
@@ -45,6 +49,7 @@ from logstore.embedded.derived import EXTRA_INDEXES
 from logstore.embedded.fileio import FileIO, default_io
 from logstore.embedded.lock import release_writer_lock, take_writer_lock
 from logstore.embedded.lostfound import REPAIR, LostFound
+from logstore.embedded.positions import check_file, repair_file
 from logstore.embedded.record import (
     FLAG_NAMED,
     FLAG_TX_END,
@@ -59,14 +64,21 @@ from logstore.embedded.record import (
 )
 from logstore.embedded.store import open as open_store
 from logstore.embedded.store import resolve_store_path
-from logstore.embedded.verify import verify
+from logstore.embedded.verify import VerifyResult, verify
 from logstore.embedded.walk import Damage, walk
 from logstore.errors import CorruptionError, as_corruption
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE, SegmentHeader
 
 _NOTHING = "verify finds no problem: nothing to repair"
-_TOP = {layout.LOCK, layout.CONTROL, layout.CHECKPOINT, layout.CHECKPOINT + layout.TMP, *layout.STORE_DIRS}
+_TOP = {
+    layout.LOCK,
+    layout.CONTROL,
+    layout.CHECKPOINT,
+    layout.CHECKPOINT + layout.TMP,
+    layout.SUBSCRIPTIONS,
+    *layout.STORE_DIRS,
+}
 _SEGMENT_DIR_EXTS = (
     layout.SEGMENT_EXT,
     layout.POSITION_EXT,
@@ -145,7 +157,7 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         if result.ok:
             report.actions.append(_NOTHING)
         else:
-            _repair_locked(path, io, report)
+            _repair_found(path, io, report, result)
         return report
     lock_fd = take_writer_lock(io, path, "a writer holds the store; close it before repairing")
     control: Control | None = None
@@ -155,7 +167,7 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         if result.ok:
             report.actions.append(_NOTHING)
         else:
-            _repair_locked(path, io, report)
+            _repair_found(path, io, report, result)
     finally:
         try:
             if control is not None:
@@ -166,6 +178,22 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         with open_store(path) as store:
             report.actions.append(f"rebuilt the indexes from the log: {store.recovery_report.summary()}")
     return report
+
+
+def _repair_found(path: str, io: FileIO, report: RepairReport, result: VerifyResult) -> None:
+    """Mend what verify found: the log and its indexes (:func:`_repair_locked`), then ``SUBSCRIPTIONS``."""
+    subscriptions = os.path.join(path, layout.SUBSCRIPTIONS)
+    if any(problem.path != subscriptions for problem in result.problems):
+        _repair_locked(path, io, report)
+        if not any(problem.path == subscriptions for problem in result.problems) or report.dry_run:
+            return
+        result = verify(path, io, live=False)  # the log's end after its repair
+    store_id = _store_id(path, io)
+    found = check_file(io, path, store_id, result.log_end, live=False)
+    if not found.problems:
+        return
+    lf = _LostFound(path, io, report)
+    repair_file(io, path, store_id, found, result.log_end, lf.save, lf.move, report.actions, report.dry_run)
 
 
 # Long on purpose: the repair's steps in order, as its docstring lists them.

@@ -27,6 +27,7 @@ from logstore.checks import (
     StoreBase,
     check_category,
     check_expected,
+    check_message_id,
     check_offset,
     check_stream_name,
     check_types,
@@ -803,8 +804,7 @@ class Store(StoreBase):
         [('order-7', 0, 0), ('audit', 0, 1)]
         """
         self._check_open()
-        if type(message_id) is not str:
-            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        check_message_id(message_id)
         self._follow()
         pub = self._pub
         names = pub.catalog.names

@@ -71,6 +71,7 @@ from logstore.embedded.derived import EXTRA_INDEXES, DerivedIndex
 from logstore.embedded.fileio import FileIO, default_io
 from logstore.embedded.lock import writer_is_live
 from logstore.embedded.msgids import VerifyMessageIds
+from logstore.embedded.positions import check_file
 from logstore.embedded.record import (
     FLAG_TX_END,
     KIND_DELETE,
@@ -125,7 +126,8 @@ class VerifyResult:
       decoded, whose envelope decodes);
     - ``removed``, ``lost``: REMOVED and LOST records;
     - ``control``: TRUNCATE, DELETE and RETAIN records;
-    - ``log_start``: the first global offset the log keeps (0 until retention drops a segment).
+    - ``log_start``: the first global offset the log keeps (0 until retention drops a segment);
+    - ``log_end``: the global offset after the log's last whole transaction.
     """
 
     path: str
@@ -140,6 +142,7 @@ class VerifyResult:
     lost: int = 0
     control: int = 0
     log_start: int = 0
+    log_end: int = 0
     live: bool = False
 
     @property
@@ -312,6 +315,17 @@ class _Verifier:
             self.extras.against_log()
             self._msgids_against_log()
         self._leftover_index_files()
+        self._subscriptions()
+
+    def _subscriptions(self) -> None:
+        """The ``SUBSCRIPTIONS`` file: whole, and no position past the log's end."""
+        assert self.store_id is not None
+        self.result.log_end = self.tx_end
+        found = check_file(self.io, self.path, self.store_id, self.tx_end, self.result.live)
+        for path, position, what in found.problems:
+            self.problem(path, position, what)
+        for text in found.notes:
+            self.note(text)
 
     def _msgids_against_log(self) -> None:
         assert self.ckpt is not None and self.store_id is not None
@@ -335,7 +349,7 @@ class _Verifier:
             if name in layout.STORE_DIRS:
                 if not stat.S_ISDIR(mode):
                     self.problem(p, 0, f"{name} is not a directory")
-            elif name in (layout.LOCK, layout.CONTROL, layout.CHECKPOINT):
+            elif name in (layout.LOCK, layout.CONTROL, layout.CHECKPOINT, layout.SUBSCRIPTIONS):
                 if not stat.S_ISREG(mode):
                     self.problem(p, 0, f"{name} is not a regular file")
             elif name == layout.CHECKPOINT + layout.TMP:

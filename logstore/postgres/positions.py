@@ -12,7 +12,9 @@
   ends its sessions, which frees its members;
 - an acknowledgement is one ``UPDATE ... SET position = greatest(position, $1)`` in autocommit on
   that connection: durable when it returns (the connection commits with ``synchronous_commit`` at
-  least ``on`` whatever the store's ``durability``), and never moving a position back.
+  least ``on`` whatever the store's ``durability``), and never moving a position back, but for a
+  position past the log's end (which only a server crash that lost commits leaves): ``subscribe``
+  saves the end in its place.
 
 Claims and deletions of one subscription take turns: each runs in a transaction that first takes
 the transaction-level advisory lock of the subscription's name (:func:`name_key`, waiting for it).
@@ -147,9 +149,12 @@ class PgPositions:
             " SELECT %s, m, %s::text, %s::bytea[], %s::integer FROM generate_series(0, %s::integer - 1) AS m"
             " ON CONFLICT (name, member) DO NOTHING"
         ).format(s)
+        # Never back, but from a position past the log's end (left by a crash that lost commits), which
+        # subscribe saves as the end.
         self._update = sql.SQL(
-            "UPDATE {}.subscriptions SET position = greatest(position, %s) WHERE name = %s AND member = %s"
-        ).format(s)
+            "UPDATE {s}.subscriptions SET position = CASE WHEN position > (SELECT next_goff FROM {s}.head)"
+            " THEN %(p)s ELSE greatest(position, %(p)s) END WHERE name = %(n)s AND member = %(m)s"
+        ).format(s=s)
         self._list = sql.SQL(LIST).format(s=s).as_bytes(None)
         self._delete = sql.SQL("DELETE FROM {}.subscriptions WHERE name = %s").format(s)
 
@@ -215,7 +220,7 @@ class PgPositions:
             if forked is not None:
                 raise forked  # the connection is the parent's
             try:
-                updated = conn.execute(self._update, (position, name, member)).rowcount
+                updated = conn.execute(self._update, {"p": position, "n": name, "m": member}).rowcount
             except psycopg.Error as exc:
                 if not (conn.closed or conn.broken):
                     raise ServerError(

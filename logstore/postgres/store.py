@@ -44,6 +44,7 @@ from logstore.checks import (
     StoreBase,
     check_category,
     check_expected,
+    check_message_id,
     check_offset,
     check_stream_name,
     check_types,
@@ -946,8 +947,7 @@ class PostgresStore(StoreBase):
         landed (all of its messages did, or none).
         """
         self._check_open()
-        if type(message_id) is not str:
-            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        check_message_id(message_id)
         rows = self._query(self._sql.locate, (message_id.encode("utf-8"),), binary=True)
         return [Location(n, int(o), int(g)) for n, o, g in rows]
 

@@ -36,6 +36,9 @@ RAISES_WHEN_CLOSED: dict[str, Callable[[logstore.Store], Any]] = {
     "global_stream": lambda s: s.global_stream(),
     "read": lambda s: s.read("s"),
     "locate": lambda s: s.locate("m"),
+    "subscribe": lambda s: s.subscribe("sub"),
+    "subscriptions": lambda s: s.subscriptions(),
+    "delete_subscription": lambda s: s.delete_subscription("sub"),
 }
 
 

@@ -75,9 +75,9 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     if "PG" in skipped:
         assert "PG" not in by_workload and skipped["PG"], skipped
         assert not _pg_reachable(), f"PG was skipped though its server answers: {skipped['PG']}"
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES", "ID", "CT"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "ES", "ID", "CT", "SB"}
     else:
-        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID", "CT"}
+        assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID", "CT", "SB"}
         check_pg(report)
     for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
         assert by_workload[workload] == STORES, workload
