@@ -503,3 +503,21 @@ def test_a_forked_child_neither_acks_nor_frees_the_parents_member(open_pg, schem
     sub.ack()
     assert other.subscriptions()[0].positions == (1,)
     sub.close()
+
+
+def test_a_position_past_the_logs_end_is_saved_as_the_end(open_pg, schema, admin, caplog):
+    """Only a server crash that lost commits leaves one: subscribe begins at the end and saves it, and the
+    acknowledgements after it are saved although they are below the position the row held."""
+    store = open_pg()
+    fill(store)
+    with store.subscribe("bill") as sub:
+        assert sub.try_next()
+        sub.ack()
+    admin.execute(sql.SQL("UPDATE {}.subscriptions SET position = 99").format(sql.Identifier(schema)))
+    with caplog.at_level("WARNING", logger="logstore"), store.subscribe("bill") as sub:
+        assert sub.position == 6 and rows(admin, schema)[0][5] == 6
+        assert "member 0 is at global offset 99, past the log's end 6" in caplog.text
+        fill(store, 2)
+        assert sub.try_next() and sub.offset() == 6
+        sub.ack()
+        assert rows(admin, schema)[0][5] == 7
