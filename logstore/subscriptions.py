@@ -417,7 +417,8 @@ class Subscription(Generic[C]):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed: by :meth:`close`, or with its store."""
+        return self._closed or self._reader.closed
 
     def __iter__(self) -> Self:
         return self

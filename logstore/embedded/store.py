@@ -737,7 +737,7 @@ class Store(StoreBase):
             control.drop_in_child()
         subs = getattr(self, "_subs", None)
         if subs is not None:
-            subs.drop_claims()
+            subs.drop_claims(self._forked_error)
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
             segments, lg.segments = lg.segments, []
