@@ -215,14 +215,21 @@ class LogstorePeer(Peer):
         self.store.close()
 
 
+def sqlite_connect(path: str, mode: str = "sync") -> sqlite3.Connection:
+    """The sqlite peer's connection to ``<path>/messages.db`` (made with its directory if missing): WAL,
+    ``synchronous=FULL`` in sync mode (each commit durable), ``NORMAL`` in batch mode, autocommit."""
+    os.makedirs(path, exist_ok=True)
+    conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=" + ("FULL" if mode == "sync" else "NORMAL"))
+    return conn
+
+
 class SqlitePeer(Peer):
     name = "sqlite"
 
     def __init__(self, path: str, mode: str = "sync") -> None:
-        os.makedirs(path, exist_ok=True)
-        conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=" + ("FULL" if mode == "sync" else "NORMAL"))
+        conn = sqlite_connect(path, mode)
         conn.execute(SQLITE_SCHEMA)
         self.db = os.path.join(path, "messages.db")
         self.conn = conn

@@ -18,13 +18,15 @@ is delivered again to the member's next subscription.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection
 from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
+import msgpack
 import xxhash
 
-from logstore.checks import check_category, check_timeout, check_types
+from logstore.checks import check_category, check_name, check_timeout, check_types
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
 from logstore.readers import DEFAULT_READ, Reader, check_max_count
@@ -34,24 +36,20 @@ MAX_SUBSCRIPTION_NAME = 255
 """Longest subscription name, in UTF-8 bytes."""
 MAX_GROUP_SIZE = 1024
 """Most members a consumer group may have."""
+MAX_DEFINITION = 4008
+"""Most bytes a subscription's definition takes encoded (:func:`definition_bytes`): what one slot of an
+embedded store's ``SUBSCRIPTIONS`` file holds. PostgreSQL keeps the same limit, so that ``logstore migrate``
+copies every subscription either way."""
 _MEMBER_CACHE = 65536
 """Stream names whose member a subscription remembers (then it forgets them all and starts again)."""
+
+logger = logging.getLogger("logstore")
 
 
 def check_subscription_name(name: object) -> str:
     """Return a valid subscription name (a non-empty str of at most 255 UTF-8 bytes, no NUL), else raise."""
-    if type(name) is not str:
-        raise TypeError(f"subscription name must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError("subscription name must not be empty")
-    if "\x00" in name:
-        raise ValueError(f"subscription name {name[:64]!r} contains a NUL character")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"subscription name {name[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_SUBSCRIPTION_NAME:
-        raise ValueError(f"subscription name is {len(raw)} UTF-8 bytes, the limit is {MAX_SUBSCRIPTION_NAME}")
+    check_name(name, "subscription name", MAX_SUBSCRIPTION_NAME)
+    assert isinstance(name, str)
     return name
 
 
@@ -111,6 +109,23 @@ class Definition(NamedTuple):
         )
 
 
+def definition_bytes(definition: Definition) -> bytes:
+    """A definition encoded: msgpack ``[name, category or nil, sorted types or nil, group size]``."""
+    types = None if definition.types is None else sorted(definition.types)
+    body: bytes = msgpack.packb([definition.name, definition.category, types, definition.size])
+    return body
+
+
+def check_definition_size(definition: Definition) -> None:
+    """Raise ``ValueError`` when a new subscription's definition is too large to keep (:data:`MAX_DEFINITION`)."""
+    size = len(definition_bytes(definition))
+    if size > MAX_DEFINITION:
+        raise ValueError(
+            f"subscription {definition.name!r}: its name, category and types take {size} bytes"
+            f" encoded, the limit is {MAX_DEFINITION}"
+        )
+
+
 def info_of(definition: Definition, positions: Collection[int]) -> SubscriptionInfo:
     return SubscriptionInfo(definition.name, definition.category, definition.types, definition.size, tuple(positions))
 
@@ -158,6 +173,13 @@ class _SubscribingStore(Protocol):
     def open_category(self, ds: Any, category: str, offset: int, types: Collection[str] | None = None) -> Any: ...
 
 
+class _Store(_SubscribingStore, Protocol):
+    path: str
+
+    @property
+    def global_head(self) -> int: ...
+
+
 def definition_of(name: object, category: object, types: object, group: object) -> tuple[Definition, int]:
     """The checked arguments of ``subscribe``: the definition they ask for, and the member."""
     name = check_subscription_name(name)
@@ -166,6 +188,30 @@ def definition_of(name: object, category: object, types: object, group: object) 
     wanted = check_types(types)
     member, size = check_group(group)
     return Definition(name, category, wanted, size), member
+
+
+def open_subscription(store: _Store, positions: Positions[C], definition: Definition, member: int) -> Subscription[C]:
+    """``store.subscribe``'s work once the arguments are checked (every backend's): claim the member in
+    ``positions``, then open the stream at its position (at the log's end when the position is past it)."""
+    claim = positions.claim(definition, member)
+    try:
+        head = store.global_head
+        if claim.position > head:
+            # Only after a crash that lost commits the position had passed (an embedded store's machine crash
+            # with durability="none", a PostgreSQL server's crash with synchronous_commit off).
+            logger.warning(
+                "%s: subscription %r member %d is at global offset %d, past the log's end %d; it begins at the end",
+                store.path,
+                definition.name,
+                member,
+                claim.position,
+                head,
+            )
+            positions.save(claim, head)  # saved: the messages committed from here on are delivered
+        return Subscription(store, positions, claim)
+    except BaseException:
+        positions.release(claim)
+        raise
 
 
 def open_reader(store: _SubscribingStore, definition: Definition, start: int) -> Reader:
@@ -371,7 +417,8 @@ class Subscription(Generic[C]):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed: by :meth:`close`, or with its store."""
+        return self._closed or self._reader.closed
 
     def __iter__(self) -> Self:
         return self

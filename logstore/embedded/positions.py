@@ -171,6 +171,7 @@ class SubscriptionFile:
         self.before_save = before_save
         self._mutex = threading.Lock()  # OFD locks do not exclude the threads sharing one descriptor
         self._claims: set[MemberClaim] = set()
+        self.forked: Callable[[], Exception] | None = None  # in a forked child: the error its acks raise
         self._last_sync = time.monotonic()
 
     # -- the file -------------------------------------------------------------------------------
@@ -319,6 +320,8 @@ class SubscriptionFile:
     def _save(self, claim: MemberClaim, position: int) -> None:
         fd = claim.fd
         if fd is None:
+            if self.forked is not None:
+                raise self.forked()  # a forked child: the member is the parent's
             raise StreamClosedError(f"subscription {claim.definition.name!r} was closed (or its store)")
         sequence = claim.sequence + 1
         at = slot_offset(claim.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
@@ -397,9 +400,11 @@ class SubscriptionFile:
         for claim in list(self._claims):
             self.release(claim)
 
-    def drop_claims(self) -> None:
-        """Close the claims' descriptors without a sync, as a death does (``_abandon``); in a forked child,
-        the child's copies (the locks stay with the parent's descriptions)."""
+    def drop_claims(self, forked: Callable[[], Exception] | None = None) -> None:
+        """Close the claims' descriptors without a sync, as a death does (``_abandon``); in a forked child
+        (``forked``: the error its acknowledgements raise from now on), the child's copies (the locks stay
+        with the parent's descriptions)."""
+        self.forked = forked
         for claim in list(self._claims):
             fd, claim.fd = claim.fd, None
             if fd is not None:

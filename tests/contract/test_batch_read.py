@@ -46,7 +46,7 @@ def test_read_returns_what_iteration_returns(open_store: OpenStore, max_count: i
     with open_store() as store:
         rows = _fill(store, 600)
         openers = {
-            "global": lambda: store.global_stream(),
+            "global": store.global_stream,
             "global typed": lambda: store.global_stream(types=["Paid"]),
             "category": lambda: store.category("order"),
             "category typed": lambda: store.category("order", 10, types=["Placed"]),
@@ -60,15 +60,14 @@ def test_read_returns_what_iteration_returns(open_store: OpenStore, max_count: i
 
 
 def test_read_never_waits_and_reads_on_after_a_commit(open_store: OpenStore) -> None:
-    with open_store() as store:
-        with store.category("order") as reader:
-            assert reader.read() == []
-            rows = _fill(store, 10)
-            want = [env for stream, env in rows if stream.startswith("order-")]
-            assert reader.read(2) == want[:2] and reader.offset() == 2
-            assert reader.read() == want[2:] and reader.read() == []
-            more = _fill(store, 4)
-            assert reader.read() == [env for stream, env in more if stream.startswith("order-")]
+    with open_store() as store, store.category("order") as reader:
+        assert reader.read() == []
+        rows = _fill(store, 10)
+        want = [env for stream, env in rows if stream.startswith("order-")]
+        assert reader.read(2) == want[:2] and reader.offset() == 2
+        assert reader.read() == want[2:] and reader.read() == []
+        more = _fill(store, 4)
+        assert reader.read() == [env for stream, env in more if stream.startswith("order-")]
 
 
 def test_read_skips_removed_messages(open_store: OpenStore) -> None:
