@@ -42,7 +42,7 @@ from logstore.protocols import LocatedStream
 from logstore.results import SubscriptionInfo
 from logstore.subscriptions import member_of, pending
 from tests.contract.backends import BACKENDS, OpenAt, OpenStore
-from tests.helpers import spawn_python
+from tests.helpers import SMALL_SEGMENT, spawn_python
 from tests.stress import scale
 
 WAIT = 30.0  # seconds a thread or a child process waits before the test fails rather than hangs
@@ -321,6 +321,43 @@ def test_removed_messages_are_not_delivered(open_store: OpenStore) -> None:
             assert _drain(sub) == readable
         with store.subscribe("orders", "order") as sub:
             assert _drain(sub) == _wanted(readable, "order")
+        # Removed after a consumer acknowledged part of the log, then compacted: it resumes with the rest.
+        with store.subscribe("all") as sub:
+            _take(sub, 5)
+            sub.ack()
+            saved = sub.position
+        store.truncate_stream("order-3-x", store.head("order-3-x"))
+        store.compact()
+        readable = _log(store)
+        with store.subscribe("all") as sub:
+            assert sub.position == saved
+            assert _drain(sub) == [row for row in readable if row[0] >= saved]
+
+
+def test_subscriptions_begin_at_what_the_log_still_holds(open_store: OpenStore) -> None:
+    """Retention (the embedded store's option) drops the oldest segments: a new subscription delivers what
+    the log still holds, and one whose saved position retention passed resumes at the log's start."""
+    with open_store(segment_size=SMALL_SEGMENT, retention_bytes=3 * SMALL_SEGMENT) as store:
+        for i in range(10):
+            _commit(store, f"order-{i % 3}")
+        with store.subscribe("old", "order") as sub:
+            _take(sub, 6)
+            sub.ack()
+            saved = sub.position
+        for i in range(300):
+            with store.transaction() as tx:
+                name = f"order-{i % 3}"
+                tx.append(name, store.head(name), [Envelope.new("T0", {"i": i, "pad": "p" * 1000})])
+        rows = _log(store)
+        if store.log_start:  # the embedded store: retention dropped segments past the saved position
+            assert rows[0][0] > saved
+        with store.subscribe("new", "order") as sub:
+            assert _drain(sub) == rows
+        with store.subscribe("old", "order") as sub:
+            assert sub.position == saved
+            assert _drain(sub) == [row for row in rows if row[0] >= saved]
+            sub.ack()
+            assert sub.position == rows[-1][0] + 1
 
 
 # -- filters ------------------------------------------------------------------------------
