@@ -267,8 +267,10 @@ class Subscription(Generic[C]):
         already (at most :meth:`offset`). A position never moves back: acknowledging below it does
         nothing. Durable when it returns with ``durability="fsync"`` and on PostgreSQL.
         """
-        if self.closed:
-            raise StreamClosedError(f"subscription {self.name!r}: acknowledged after close() (its own or its store's)")
+        if self._closed:
+            raise StreamClosedError(f"subscription {self.name!r}: acknowledged after close()")
+        if self._reader.closed:
+            raise StreamClosedError(f"subscription {self.name!r}: acknowledged after its store was closed")
         current = self._current
         if offset is None:
             if current is None:
