@@ -38,6 +38,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
+from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -56,6 +57,7 @@ from logstore.index.msgids import (
     encode_generation,
     merge,
     sorted_run,
+    stable_order,
 )
 from logstore.tx import ANY_OFFSET
 
@@ -88,6 +90,10 @@ RUN_EXT = ".run"
 # Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
 # small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
 RECENT_MAX = 1 << 18
+
+# Entries added since the last move into the recent arrays beyond this many are moved (one numpy call for
+# many transactions' entries).
+FLUSH_AT = 1 << 13
 
 hash_bytes = xxh3_64_intdigest
 """The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
@@ -152,39 +158,48 @@ class MessageIds(DerivedIndex):
     def __init__(self, log: MessageIdHost | None) -> None:
         super().__init__()
         self.log = log
-        self.recent: dict[int, int | tuple[int, ...]] = {}
-        # The recent entries again, in the order they were added (the log's): what a fold or a checkpoint
-        # sorts into a run, with no walk over the dict (writer role).
+        # The hashes of the recent entries: a set, for the writer's check (no hash of a transaction in it: one
+        # C call) and to tell a reader whether to look for a hash among the recent entries at all.
+        self.recent: set[int] = set()
+        # The recent entries themselves (hash, global offset), in the order they were added (the log's):
+        # what a fold or a checkpoint sorts into a run, and where a lookup finds a hash's global offsets.
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
-        # Entries added one by one (recovery, a follower, the slow path), not in the arrays yet: Python
-        # lists, moved into the arrays in one call before anything else is (so the order stays the log's).
-        self._more_h: list[int] = []
-        self._more_g: list[int] = []
+        # Entries not in the arrays yet: chunks of (hashes, global offset of the first), the hashes at
+        # consecutive global offsets; moved into the arrays in one call every FLUSH_AT entries or before
+        # the arrays are read (writer role), so that a commit adds no numpy call per transaction.
+        self._pending: list[tuple[list[int], int]] = []
+        self._pending_count = 0
+        # The recent arrays' first entries sorted by hash, for lookups: (the hash Growable it was made
+        # from, how many entries it covers, hashes, global offsets); remade when it falls far behind.
+        self._sorted: tuple[Growable, int, np.ndarray, np.ndarray] | None = None
         self.runs: list[Run] = []
         self.start = 0  # entries below it belong to records that retention dropped
         # This group's transactions, not written yet: (first global offset, transaction).
         self.unwritten: list[tuple[int, Tx]] = []
-        # check() -> added(): the hashes of the transaction's ids, in order, and whether none of them is in
-        # the table yet (nor twice in the transaction)
+        # check() -> added(): the hashes of the transaction's ids, in order, and whether they are new (none of
+        # them in the index, none twice in the transaction); new ones are in ``recent`` already
         self._flat: list[int] = []
-        self._keys: np.ndarray = np.zeros(0, np.uint64)
         self._simple = False
 
     # -- the table -------------------------------------------------------------------
 
     def add(self, h: int, goff: int) -> None:
-        self._more_h.append(h)
-        self._more_g.append(goff)
-        recent = self.recent
-        old = recent.get(h)
-        if old is None:
-            recent[h] = goff
-        elif type(old) is int:
-            recent[h] = (old, goff)
+        """Add one entry (recovery, a follower, a load, the writer's slow path)."""
+        self.recent.add(h)
+        pending = self._pending
+        if pending:
+            hashes, first = pending[-1]
+            if first + len(hashes) == goff:
+                hashes.append(h)
+            else:
+                pending.append(([h], goff))
         else:
-            recent[h] = (*old, goff)  # type: ignore[misc]
-        if len(recent) > RECENT_MAX:
+            pending.append(([h], goff))
+        self._pending_count += 1
+        if self._pending_count >= FLUSH_AT:
+            self._flush()
+        if len(self.recent) > RECENT_MAX:
             self._fold()
 
     def _recent_run(self) -> Run:
@@ -192,21 +207,33 @@ class MessageIds(DerivedIndex):
         hash's global offsets ascending."""
         self._flush()
         keys = self.recent_hashes.view()
-        order = np.argsort(keys, kind="stable")
+        order = stable_order(keys)
         return Run(keys[order], self.recent_goffs.view()[order])
 
     def _flush(self) -> None:
-        """Move the entries added one by one into the arrays."""
-        if self._more_h:
-            self.recent_hashes.extend(np.array(self._more_h, np.uint64))
-            self.recent_goffs.extend(np.array(self._more_g, np.uint64))
-            self._more_h, self._more_g = [], []
+        """Move the pending entries into the arrays (writer role). The arrays first, then the chunks go: a
+        reader that looks at the chunks, then the arrays, finds every entry in one or the other."""
+        pending = self._pending
+        if not pending:
+            return
+        n = self._pending_count
+        hashes = np.fromiter(chain.from_iterable(c[0] for c in pending), np.uint64, n)
+        counts = np.fromiter((len(c[0]) for c in pending), np.int64, len(pending))
+        firsts = np.fromiter((c[1] for c in pending), np.int64, len(pending))
+        # each chunk's global offsets: its first plus the entry's place in the chunk
+        goffs = np.arange(n, dtype=np.int64) + np.repeat(firsts - (np.cumsum(counts) - counts), counts)
+        self.recent_hashes.extend(hashes)
+        self.recent_goffs.extend(goffs.astype(np.uint64))
+        self._pending = []
+        self._pending_count = 0
 
     def _clear_recent(self) -> None:
-        self._more_h, self._more_g = [], []
-        self.recent = {}
+        self._pending = []
+        self._pending_count = 0
+        self.recent = set()
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
+        self._sorted = None
 
     def _fold(self) -> None:
         """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
@@ -214,10 +241,43 @@ class MessageIds(DerivedIndex):
         self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
         self._clear_recent()
 
+    def _sorted_recent(self) -> tuple[Growable, int, np.ndarray, np.ndarray]:
+        """The sorted copy of the recent arrays, remade if the entries past it are more than a quarter of
+        those in it (writer role, after a flush)."""
+        arr = self.recent_hashes
+        n = len(arr)
+        got = self._sorted
+        if got is None or got[0] is not arr or n - got[1] > max(1024, got[1] // 4):
+            keys = arr.view()
+            order = stable_order(keys)
+            got = self._sorted = (arr, n, keys[order], self.recent_goffs.view()[:n][order])
+        return got
+
+    def _recent_candidates(self, h: int) -> list[int]:
+        """Global offsets of recent entries whose hash is ``h`` (any thread: the pending chunks first, then
+        the arrays; an entry being moved is found in one or both)."""
+        out: list[int] = []
+        for hashes, first in list(self._pending):
+            if h in hashes:
+                out.extend(first + k for k, x in enumerate(hashes) if x == h)
+        arr, goff_arr = self.recent_hashes, self.recent_goffs
+        keys, goffs = arr.view(), goff_arr.view()
+        n = min(len(keys), len(goffs))  # the writer extends one, then the other
+        key = np.uint64(h)
+        done = 0
+        got = self._sorted
+        if got is not None and got[0] is arr and got[1] <= n:
+            _arr, done, sorted_keys, sorted_goffs = got
+            lo = int(np.searchsorted(sorted_keys, key, "left"))
+            hi = int(np.searchsorted(sorted_keys, key, "right"))
+            out.extend(sorted_goffs[lo:hi].tolist())
+        if n > done:
+            out.extend(goffs[done:n][keys[done:n] == key].tolist())
+        return out
+
     def candidates(self, h: int) -> list[int]:
         """Global offsets whose message id may hash to ``h`` (any thread)."""
-        v = self.recent.get(h)
-        out: list[int] = [] if v is None else [v] if isinstance(v, int) else list(v)
+        out = self._recent_candidates(h) if h in self.recent else []
         key = np.uint64(h)
         for run in self.runs:
             hs = run.hashes
@@ -285,20 +345,31 @@ class MessageIds(DerivedIndex):
     # -- the writer's check ------------------------------------------------------------------
 
     def candidates_many(self, hashes: list[int]) -> list[list[int]]:
-        """:meth:`candidates` of each of ``hashes``, with two numpy searches per run for all of them."""
-        recent = self.recent
-        out: list[list[int]] = []
-        for h in hashes:
-            v = recent.get(h)
-            out.append([] if v is None else [v] if isinstance(v, int) else list(v))
-        if self.runs and hashes:
-            keys = np.fromiter(hashes, np.uint64, len(hashes))
-            for run in self.runs:
-                lo = np.searchsorted(run.hashes, keys, "left")
-                hi = np.searchsorted(run.hashes, keys, "right")
-                for k in np.flatnonzero(hi > lo).tolist():
-                    out[k].extend(run.goffs[lo[k] : hi[k]].tolist())
+        """:meth:`candidates` of each of ``hashes``, with numpy searches for all of them at once (writer role)."""
+        out: list[list[int]] = [[] for _ in hashes]
+        if not hashes:
+            return out
+        keys = np.fromiter(hashes, np.uint64, len(hashes))
+        if not self.recent.isdisjoint(hashes):
+            self._recent_many(hashes, keys, out)
+        for run in self.runs:
+            _search(run.hashes, run.goffs, keys, out)
         return out
+
+    def _recent_many(self, hashes: list[int], keys: np.ndarray, out: list[list[int]]) -> None:
+        """Add to ``out[k]`` the global offsets of the recent entries whose hash is ``hashes[k]`` (writer role)."""
+        self._flush()
+        arr, done, sorted_keys, sorted_goffs = self._sorted_recent()
+        _search(sorted_keys, sorted_goffs, keys, out)
+        rest = arr.view()[done:]
+        if len(rest):  # the entries past the sorted copy: fewer, each looked for among the keys
+            rest_goffs = self.recent_goffs.view()[done : done + len(rest)]
+            where: dict[int, list[int]] = {}
+            for k, h in enumerate(hashes):
+                where.setdefault(h, []).append(k)
+            for p in np.flatnonzero(np.isin(rest, keys)).tolist():
+                for k in where[int(rest[p])]:
+                    out[k].append(int(rest_goffs[p]))
 
     def _in_stream(self, goffs: list[int], mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
         """(stream offset, global offset) of every place among the candidates ``goffs`` where stream ``name``
@@ -334,14 +405,32 @@ class MessageIds(DerivedIndex):
         else:
             flat = [hash_bytes(m.encode()) for one in mids for m in one]
         self._flat = flat
-        keys = self._keys = np.array(flat, np.uint64)
-        # The common case at C speed: ids distinct, none in the recent table, none in a run.
-        simple = len(set(flat)) == len(flat) and self.recent.keys().isdisjoint(flat)
-        if simple and not self._any_in_runs(keys):
-            self._simple = True
-            return None
+        # The common case in one C call: the set of recent hashes grows by all of them, so none was among
+        # the recent entries and none is twice in the transaction; then none may be in a run. They stay in
+        # the set: added() keeps them, withdraw() takes them out if the transaction is not written after all.
+        recent = self.recent
+        before = len(recent)
+        recent.update(flat)
+        if len(recent) - before == len(flat):
+            if not (self.runs and self._any_in_runs(np.array(flat, np.uint64))):
+                self._simple = True
+                return None
+            recent.difference_update(flat)  # all of them were new to the set
+        else:
+            # Take out again the hashes that were not in the set before: those of no recent entry (every
+            # hash in the set but this transaction's belongs to one).
+            found: list[list[int]] = [[] for _ in flat]
+            self._recent_many(flat, np.array(flat, np.uint64), found)
+            recent.difference_update([h for h, got in zip(flat, found, strict=True) if not got])
         self._simple = False
         return self._judge(tx, ids, cat)
+
+    def withdraw(self) -> None:
+        """The transaction that :meth:`check` just passed is not written (its offsets conflict): take its
+        hashes out again (writer role)."""
+        if self._simple:
+            self.recent.difference_update(self._flat)
+            self._simple = False
 
     def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
         """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction)."""
@@ -416,12 +505,12 @@ class MessageIds(DerivedIndex):
             self.unwritten = []  # the first transaction of a group: earlier groups' messages are written
         self.unwritten.append((tx_first, tx))
         flat = self._flat
-        if self._simple:  # no id of it in the table: one C call
-            self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
-            if self._more_h:
+        if self._simple:  # in the set already (check): one chunk of pending entries
+            self._simple = False
+            self._pending.append((flat, tx_first))
+            self._pending_count += len(flat)
+            if self._pending_count >= FLUSH_AT:
                 self._flush()
-            self.recent_hashes.extend(self._keys)
-            self.recent_goffs.extend_range(tx_first, len(flat))
             if len(self.recent) > RECENT_MAX:
                 self._fold()
             return
@@ -442,10 +531,11 @@ class MessageIds(DerivedIndex):
 
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
-        self.recent, self.runs, self.start = other.recent, other.runs, other.start
         other._flush()
+        self.recent, self.runs, self.start = other.recent, other.runs, other.start
         self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
-        self._more_h, self._more_g = [], []
+        self._pending, self._pending_count = [], 0
+        self._sorted = other._sorted
         self.unwritten = []
 
     # -- DerivedIndex ----------------------------------------------------------------
@@ -545,9 +635,23 @@ class MessageIds(DerivedIndex):
         self.runs = runs
         self.start = max(saved.start, ckpt.log_start)
         self._clear_recent()
-        for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
-            self.add(h, g)
+        recent = saved.recent  # sorted by hash, then global offset: its own sorted copy
+        if len(recent):
+            self.recent = set(recent.hashes.tolist())
+            self.recent_hashes = Growable(np.uint64, recent.hashes)
+            self.recent_goffs = Growable(np.uint64, recent.goffs)
+            self._sorted = (self.recent_hashes, len(recent), recent.hashes, recent.goffs)
         self.unwritten = []
+
+
+def _search(hashes: np.ndarray, goffs: np.ndarray, keys: np.ndarray, out: list[list[int]]) -> None:
+    """Add to ``out[k]`` the global offsets beside ``keys[k]`` in the sorted ``hashes`` (two numpy searches)."""
+    if not len(hashes):
+        return
+    lo = np.searchsorted(hashes, keys, "left")
+    hi = np.searchsorted(hashes, keys, "right")
+    for k in np.flatnonzero(hi > lo).tolist():
+        out[k].extend(goffs[lo[k] : hi[k]].tolist())
 
 
 def _pairs(run: Run) -> np.ndarray:

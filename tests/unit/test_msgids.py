@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 import logstore
-from logstore import DuplicateMessageError, Envelope
+from logstore import ANY, DuplicateMessageError, Envelope
 from logstore.embedded import msgids
 from logstore.embedded.repair import repair
 from logstore.embedded.verify import verify
+from logstore.embedded.writer import _Pending
 from logstore.results import Location
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
@@ -242,3 +243,132 @@ def test_a_commit_of_another_process_is_judged(store_dir: Path) -> None:
         with pytest.raises(DuplicateMessageError):
             _commit(store, "shared", 3, [child_env])
         assert store.global_head == goff + 1
+
+
+def _group(store: logstore.Store, *txs: tuple[tuple[str, object, list[Envelope]], ...]) -> list[object]:
+    """Commit the transactions ``txs`` (each a tuple of appends) as one commit group: each one's range of
+    global offsets, or the error it got."""
+    writer = store._writer
+    pendings = []
+    for appends in txs:
+        tx, _committer = store.begin_tx()
+        for stream, offset, envs in appends:
+            store.append_messages(tx, stream, offset, envs)  # type: ignore[arg-type]
+        pendings.append(_Pending(tx))
+    writer.call(lambda: writer._process(pendings))
+    return [p.error if p.error is not None else p.result for p in pendings]
+
+
+def test_one_id_in_several_transactions_of_one_group(store_dir: Path) -> None:
+    """Transactions of one commit group are judged against those before them in the group, which are
+    framed but not written yet."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        a, b, c, d, e = _envs("a", 5)
+        got = _group(
+            store,
+            (("s", 0, [a]),),
+            (("s", ANY, [a]),),  # at the place the group gave it: a retry at ANY, nothing written
+            (("s", 0, [a]),),  # a retry at its offset
+            (("t", 0, [a]),),  # the same message in another stream
+            (("s", ANY, [b, b]),),  # twice in one transaction
+            (("s", ANY, [b, c]),),
+            (("s", ANY, [d, c]),),  # c at s:2 already, and d new: not a retry
+            (("s", ANY, [e]),),
+            (("u", 0, [e]), ("s", ANY, [d, e])),  # e at s:3 already, d new, and e new to u
+        )
+        assert got[0] == range(1)
+        assert got[1] == range(1)
+        assert got[2] == range(1)
+        assert got[3] == range(1, 2)
+        assert isinstance(got[4], DuplicateMessageError)
+        assert got[5] == range(2, 4)
+        assert isinstance(got[6], DuplicateMessageError)
+        assert got[7] == range(4, 5)
+        assert isinstance(got[8], DuplicateMessageError)
+        assert store.global_head == 5
+        assert store.locate(a.message_id) == [Location("s", 0, 0), Location("t", 0, 1)]
+        assert store.locate(b.message_id) == [Location("s", 1, 2)]
+        assert store.locate(d.message_id) == []
+        assert store.locate(e.message_id) == [Location("s", 3, 4)]
+        assert _commit(store, "s", 1, [b, c]) == range(2, 4)
+        with pytest.raises(DuplicateMessageError):
+            _commit(store, "s", 4, [c])
+        assert _commit(store, "u", 0, [b, d]) == range(5, 7)
+
+
+def test_a_transaction_refused_for_its_offsets_leaves_its_ids_free(store_dir: Path) -> None:
+    """The check passes a transaction before its offsets are checked: one refused for them must not leave
+    its ids behind, in another group nor in its own."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        late = _envs("late", 2)
+        tx, committer = store.begin_tx()
+        store.append_messages(tx, "s", 0, late)  # staged at the head, 0
+        _commit(store, "s", 0, _envs("first", 1))  # the head moves on
+        with pytest.raises(logstore.OffsetConflictError):
+            committer.commit()
+        assert not ({msgids.hash_bytes(e.message_id.encode()) for e in late} & store._log.msgids.recent)
+        assert store.locate(late[0].message_id) == []
+        assert _commit(store, "s", 1, late) == range(1, 3)
+        assert store.locate(late[1].message_id) == [Location("s", 2, 2)]
+        again = _envs("again", 1)
+        # Staged at the head, 3, all of them: the second is refused for its offset, then the third puts the
+        # same ids at the head.
+        got = _group(store, (("s", 3, _envs("x", 1)),), (("s", 3, again),), (("s", ANY, again),))
+        assert got[0] == range(3, 4)
+        assert isinstance(got[1], logstore.OffsetConflictError)
+        assert got[2] == range(4, 5)
+        assert _commit(store, "s", 4, again) == range(4, 5)
+        assert store.locate(again[0].message_id) == [Location("s", 4, 4)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_ids_that_share_few_hashes_against_a_model(store_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Sixteen hashes for every id, entries moved into the arrays every three and folded into runs every
+    eight: new commits, retries, ids at other offsets and in other streams, and lookups, against a model
+    of where each id is."""
+    monkeypatch.setattr(msgids, "hash_bytes", lambda mid: msgids.xxh3_64_intdigest(mid) & 0xF)
+    monkeypatch.setattr(msgids, "RECENT_MAX", 8)
+    monkeypatch.setattr(msgids, "FLUSH_AT", 3)
+    rng = random.Random(seed)
+    streams = ["s0", "s1", "s2"]
+    where: dict[str, list[Location]] = {}  # id -> its places, in global order
+    commits: list[tuple[str, int, list[Envelope], range]] = []
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
+        for step in range(150):
+            kind = rng.random()
+            stream = rng.choice(streams)
+            head = store.head(stream)
+            if kind < 0.5 or not commits:
+                envs = _envs(f"n{step}", rng.randint(1, 3))
+                if rng.random() < 0.3 and commits:  # one message of an earlier commit, in a stream without it
+                    old = rng.choice(commits)[2][0]
+                    if all(p.stream != stream for p in where[old.message_id]):
+                        envs = [old, *envs[1:]]
+                got = _commit(store, stream, head, envs)
+                assert got == range(store.global_head - len(envs), store.global_head)
+                for k, env in enumerate(envs):
+                    where.setdefault(env.message_id, []).append(Location(stream, head + k, got[k]))
+                commits.append((stream, head, envs, got))
+            elif kind < 0.8:
+                s, h, envs, g = rng.choice(commits)
+                assert _commit(store, s, h, envs) == g  # a retry
+            else:
+                s, _h, envs, _g = rng.choice(commits)
+                with pytest.raises(DuplicateMessageError):
+                    _commit(store, s, store.head(s), envs[-1:])  # committed there already, at another offset
+            if step % 10 == 0:
+                for mid, places in where.items():
+                    assert store.locate(mid) == places
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for mid, places in where.items():
+            assert store.locate(mid) == places
+        for s, h, envs, g in commits:
+            assert _commit(store, s, h, envs) == g
+    monkeypatch.undo()
+    for gen in _files(store_dir, msgids.FILE + "."):
+        gen.unlink()  # saved with the few hashes: the next open rebuilds it with the real ones
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == ["all indexes"]
+        for mid, places in where.items():
+            assert store.locate(mid) == places
