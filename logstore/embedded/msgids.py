@@ -95,6 +95,9 @@ RECENT_MAX = 1 << 18
 # many transactions' entries).
 FLUSH_AT = 1 << 13
 
+# The recent entries a lookup scans past the sorted copy of the arrays before the copy is made again.
+SORTED_REST = 1 << 16
+
 hash_bytes = xxh3_64_intdigest
 """The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
 
@@ -242,12 +245,13 @@ class MessageIds(DerivedIndex):
         self._clear_recent()
 
     def _sorted_recent(self) -> tuple[Growable, int, np.ndarray, np.ndarray]:
-        """The sorted copy of the recent arrays, remade if the entries past it are more than a quarter of
-        those in it (writer role, after a flush)."""
+        """The sorted copy of the recent arrays, remade once the entries past it outnumber those in it and
+        SORTED_REST (writer role, after a flush): a lookup searches the copy and scans the rest, and the
+        sorts cost O(log n) per entry however often lookups come."""
         arr = self.recent_hashes
         n = len(arr)
         got = self._sorted
-        if got is None or got[0] is not arr or n - got[1] > max(1024, got[1] // 4):
+        if got is None or got[0] is not arr or n - got[1] > max(SORTED_REST, got[1]):
             keys = arr.view()
             order = stable_order(keys)
             got = self._sorted = (arr, n, keys[order], self.recent_goffs.view()[:n][order])
@@ -362,12 +366,14 @@ class MessageIds(DerivedIndex):
         arr, done, sorted_keys, sorted_goffs = self._sorted_recent()
         _search(sorted_keys, sorted_goffs, keys, out)
         rest = arr.view()[done:]
-        if len(rest):  # the entries past the sorted copy: fewer, each looked for among the keys
+        if len(rest):  # the entries past the sorted copy, each looked for among the (sorted) keys
             rest_goffs = self.recent_goffs.view()[done : done + len(rest)]
             where: dict[int, list[int]] = {}
             for k, h in enumerate(hashes):
                 where.setdefault(h, []).append(k)
-            for p in np.flatnonzero(np.isin(rest, keys)).tolist():
+            ordered = np.sort(keys)
+            at = np.minimum(np.searchsorted(ordered, rest), len(ordered) - 1)
+            for p in np.flatnonzero(ordered[at] == rest).tolist():
                 for k in where[int(rest[p])]:
                     out[k].append(int(rest_goffs[p]))
 
@@ -416,6 +422,8 @@ class MessageIds(DerivedIndex):
                 self._simple = True
                 return None
             recent.difference_update(flat)  # all of them were new to the set
+        elif len(recent) - before == len(set(flat)):
+            recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
         else:
             # Take out again the hashes that were not in the set before: those of no recent entry (every
             # hash in the set but this transaction's belongs to one).

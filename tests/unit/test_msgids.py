@@ -321,14 +321,17 @@ def test_a_transaction_refused_for_its_offsets_leaves_its_ids_free(store_dir: Pa
         assert store.locate(again[0].message_id) == [Location("s", 4, 4)]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_ids_that_share_few_hashes_against_a_model(store_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "sorted_rest"), [(1, 5), (2, msgids.SORTED_REST)])
+def test_ids_that_share_few_hashes_against_a_model(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, sorted_rest: int
+) -> None:
     """Sixteen hashes for every id, entries moved into the arrays every three and folded into runs every
-    eight: new commits, retries, ids at other offsets and in other streams, and lookups, against a model
-    of where each id is."""
+    eight (the sorted copy of the recent entries remade past five more, or rarely): new commits, retries,
+    ids at other offsets and in other streams, and lookups, against a model of where each id is."""
     monkeypatch.setattr(msgids, "hash_bytes", lambda mid: msgids.xxh3_64_intdigest(mid) & 0xF)
     monkeypatch.setattr(msgids, "RECENT_MAX", 8)
     monkeypatch.setattr(msgids, "FLUSH_AT", 3)
+    monkeypatch.setattr(msgids, "SORTED_REST", sorted_rest)
     rng = random.Random(seed)
     streams = ["s0", "s1", "s2"]
     where: dict[str, list[Location]] = {}  # id -> its places, in global order
