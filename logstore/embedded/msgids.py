@@ -161,9 +161,14 @@ class MessageIds(DerivedIndex):
     def __init__(self, log: MessageIdHost | None) -> None:
         super().__init__()
         self.log = log
-        # The hashes of the recent entries: a set, for the writer's check (no hash of a transaction in it: one
-        # C call) and to tell a reader whether to look for a hash among the recent entries at all.
+        # The hashes of the recent entries, and of every entry of a run at or past ``_set_from`` (a checkpoint
+        # writes the recent entries as a run but keeps their hashes here): a set, for the writer's check
+        # (no hash of a transaction in it: one C call, and no search of the runs it covers) and to tell a
+        # reader whether to look for a hash among the recent entries at all.
         self.recent: set[int] = set()
+        self._set_from = 0
+        self._high = 0  # past the highest global offset added
+        self._search_runs: list[Run] = []  # the runs the set does not cover, which the check searches
         # The recent entries themselves (hash, global offset), in the order they were added (the log's):
         # what a fold or a checkpoint sorts into a run, and where a lookup finds a hash's global offsets.
         self.recent_hashes = Growable(np.uint64)
@@ -188,8 +193,9 @@ class MessageIds(DerivedIndex):
     # -- the table -------------------------------------------------------------------
 
     def add(self, h: int, goff: int) -> None:
-        """Add one entry (recovery, a follower, a load, the writer's slow path)."""
+        """Add one entry (recovery, a follower, the writer's slow path), in log order."""
         self.recent.add(h)
+        self._high = goff + 1
         pending = self._pending
         if pending:
             hashes, first = pending[-1]
@@ -230,18 +236,30 @@ class MessageIds(DerivedIndex):
         self._pending = []
         self._pending_count = 0
 
-    def _clear_recent(self) -> None:
+    def _clear_arrays(self) -> None:
+        """Forget the recent entries, which are in a run now (their hashes stay in the set)."""
         self._pending = []
         self._pending_count = 0
-        self.recent = set()
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
         self._sorted = None
 
+    def _clear_recent(self) -> None:
+        """Forget the recent entries and empty the set: it covers no run from now on."""
+        self._clear_arrays()
+        self.recent = set()
+        self._set_from = self._high
+        self._set_runs(self.runs)
+
+    def _set_runs(self, runs: list[Run]) -> None:
+        """Hold ``runs`` (readers see the old list or the new one, never a list being changed)."""
+        self.runs = runs
+        self._search_runs = [r for r in runs if len(r) and (r.low() or 0) < self._set_from]
+
     def _fold(self) -> None:
-        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
-        run = self._recent_run()
-        self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
+        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved
+        runs), and empty the set, which has grown past RECENT_MAX."""
+        self._set_runs([*self.runs, self._recent_run()])
         self._clear_recent()
 
     def _sorted_recent(self) -> tuple[Growable, int, np.ndarray, np.ndarray]:
@@ -292,8 +310,9 @@ class MessageIds(DerivedIndex):
         return out
 
     def _any_in_runs(self, keys: np.ndarray) -> bool:
-        """Whether a run may hold any of the hashes ``keys`` (one numpy search per run)."""
-        for run in self.runs:
+        """Whether a run that the set does not cover may hold any of the hashes ``keys`` (one numpy search
+        per run)."""
+        for run in self._search_runs:
             hs = run.hashes
             if not len(hs):
                 continue
@@ -418,17 +437,21 @@ class MessageIds(DerivedIndex):
         before = len(recent)
         recent.update(flat)
         if len(recent) - before == len(flat):
-            if not (self.runs and self._any_in_runs(np.array(flat, np.uint64))):
+            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
                 self._simple = True
                 return None
             recent.difference_update(flat)  # all of them were new to the set
         elif len(recent) - before == len(set(flat)):
             recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
         else:
-            # Take out again the hashes that were not in the set before: those of no recent entry (every
-            # hash in the set but this transaction's belongs to one).
+            # Take out again the hashes that were not in the set before: those of no entry that the set
+            # covers (every hash in it but this transaction's belongs to one).
             found: list[list[int]] = [[] for _ in flat]
-            self._recent_many(flat, np.array(flat, np.uint64), found)
+            keys = np.array(flat, np.uint64)
+            self._recent_many(flat, keys, found)
+            for run in self.runs:
+                if run not in self._search_runs:
+                    _search(run.hashes, run.goffs, keys, found)
             recent.difference_update([h for h, got in zip(flat, found, strict=True) if not got])
         self._simple = False
         return self._judge(tx, ids, cat)
@@ -517,6 +540,7 @@ class MessageIds(DerivedIndex):
             self._simple = False
             self._pending.append((flat, tx_first))
             self._pending_count += len(flat)
+            self._high = tx_first + len(flat)
             if self._pending_count >= FLUSH_AT:
                 self._flush()
             if len(self.recent) > RECENT_MAX:
@@ -540,7 +564,9 @@ class MessageIds(DerivedIndex):
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
         other._flush()
-        self.recent, self.runs, self.start = other.recent, other.runs, other.start
+        self.recent, self.start = other.recent, other.start
+        self._set_from, self._high = other._set_from, other._high
+        self._set_runs(other.runs)
         self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
         self._pending, self._pending_count = [], 0
         self._sorted = other._sorted
@@ -549,8 +575,9 @@ class MessageIds(DerivedIndex):
     # -- DerivedIndex ----------------------------------------------------------------
 
     def reset(self) -> None:
+        self._high = 0
+        self._set_runs([])
         self._clear_recent()
-        self.runs = []
         self.start = 0
         self.unwritten = []
 
@@ -581,7 +608,7 @@ class MessageIds(DerivedIndex):
         # that neither its checkpoint nor the one in force lists, which may be this process's older ones.
         unsaved = [r for r in runs if r.generation == 0 or not lg.io.exists(self._run_path(r.generation))]
         saved = [r for r in runs if r not in unsaved]
-        folded = len(self.recent) > RECENT_MAX // 4
+        folded = len(self.recent_hashes) + self._pending_count > RECENT_MAX // 4
         if folded:
             unsaved.append(self._recent_run())
         created = False
@@ -593,9 +620,11 @@ class MessageIds(DerivedIndex):
             lg.io.write_file_atomic(self._run_path(generation), data)
             saved.append(new)
             created = True
-        self.runs = saved
+        self._set_runs(saved)
         if folded:
-            self._clear_recent()  # after the runs that hold its entries: a reader finds every entry in one or the other
+            # After the runs that hold its entries: a reader finds every entry in one or the other. The set
+            # keeps their hashes, so the check need not search the new run (a fold empties it, past RECENT_MAX).
+            self._clear_arrays()
         self.start = start
         self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
         return created
@@ -640,8 +669,9 @@ class MessageIds(DerivedIndex):
         for run in [*runs, saved.recent]:
             if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
-        self.runs = runs
         self.start = max(saved.start, ckpt.log_start)
+        self._high = ckpt.next_goff  # the set covers none of the runs loaded
+        self._set_runs(runs)
         self._clear_recent()
         recent = saved.recent  # sorted by hash, then global offset: its own sorted copy
         if len(recent):

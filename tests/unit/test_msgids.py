@@ -375,3 +375,28 @@ def test_ids_that_share_few_hashes_against_a_model(
         assert store.recovery_report.rebuilt == ["all indexes"]
         for mid, places in where.items():
             assert store.locate(mid) == places
+
+
+def test_runs_that_the_set_covers_and_runs_it_does_not(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint writes the recent entries as a run and keeps their hashes in the set, which the check
+    then trusts for that run; a fold past RECENT_MAX empties the set, and the runs before are searched.
+    Either way every committed id is found: retries return their offsets, other offsets raise."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 40)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
+        ids = store._log.msgids
+        written = []
+        covered = searched = 0
+        for k in range(60):
+            written += _fill(store, 1)
+            covered += len(ids.runs) > len(ids._search_runs)
+            searched += bool(ids._search_runs)
+            stream, head, envs, g = written[(k * 7) % len(written)]  # the oldest, the newest, others
+            assert _commit(store, stream, head, envs) == g
+            with pytest.raises(DuplicateMessageError):
+                _commit(store, stream, store.head(stream), envs[1:2])
+        assert covered and searched, (covered, searched)
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+            assert store.locate(envs[0].message_id) == [Location(stream, head, g[0])]
+            with pytest.raises(DuplicateMessageError):
+                _commit(store, stream, store.head(stream), envs[2:])
