@@ -536,9 +536,13 @@ class MessageIds(DerivedIndex):
             self.unwritten = []  # the first transaction of a group: earlier groups' messages are written
         self.unwritten.append((tx_first, tx))
         flat = self._flat
-        if self._simple:  # in the set already (check): one chunk of pending entries
+        if self._simple:  # in the set already (check): pending entries, a chunk of their own or the last one's
             self._simple = False
-            self._pending.append((flat, tx_first))
+            pending = self._pending
+            if pending and pending[-1][1] + len(pending[-1][0]) == tx_first:
+                pending[-1][0].extend(flat)
+            else:
+                pending.append((flat, tx_first))
             self._pending_count += len(flat)
             self._high = tx_first + len(flat)
             if self._pending_count >= FLUSH_AT:
