@@ -682,7 +682,9 @@ class MessageIds(DerivedIndex):
             self.recent = set(recent.hashes.tolist())
             self.recent_hashes = Growable(np.uint64, recent.hashes)
             self.recent_goffs = Growable(np.uint64, recent.goffs)
-            self._sorted = (self.recent_hashes, len(recent), recent.hashes, recent.goffs)
+            hs = recent.hashes
+            if len(hs) < 2 or bool((hs[1:] >= hs[:-1]).all()):  # as the format has them
+                self._sorted = (self.recent_hashes, len(recent), hs, recent.goffs)
         self.unwritten = []
 
 
