@@ -7,10 +7,13 @@ follower of other processes' commits apply the records they walk (the id
 is the envelope's first msgpack field, read without decoding the rest),
 and each checkpoint saves it. The structure and its files are
 :mod:`logstore.index.msgids`: sorted runs of (xxh3-64 of the id, global
-offset) in numpy arrays, and a small dict of the entries since the last
-fold. A hash hit is a candidate only: the record at that global offset is
-read and its id compared, so a collision of two ids costs one read and
-never a wrong answer.
+offset) in numpy arrays, the recent entries since the last fold or
+checkpoint (numpy arrays in log order, and Python lists of the newest), and
+a bounded Python set of the hashes of the recent entries and of the runs
+checkpoints made from them, which the writer's check tests a transaction's
+ids against in one call. A hash hit is a candidate only: the record at that
+global offset is read and its id compared, so a collision of two ids costs
+one read and never a wrong answer.
 
 The writer's check (:meth:`MessageIds.check`, in the group processing
 before the offset check and the framing): for each envelope of a
@@ -25,11 +28,16 @@ transaction, where the stream it is appended to already holds its id.
   transaction, or a transaction mixing committed messages with new ones):
   :class:`~logstore.DuplicateMessageError`, nothing written.
 
-Lock rules: the holder of the writer role alone calls ``check``, ``added``,
-``apply``, ``prepare`` and ``encode``. Readers call :meth:`locate`; they
-read ``recent`` (a dict: single lookups are atomic) and ``runs`` (replaced
-whole, never changed in place), and bound what they report by the
-published ``visible_end``.
+Lock rules: the holder of the writer role alone calls ``check``,
+``withdraw``, ``added``, ``apply``, ``prepare`` and ``encode``. Readers call
+:meth:`locate`; they read ``recent`` (a set: single lookups are atomic), the
+pending lists (appended to, or replaced whole once their entries are in the
+arrays, which readers look at after them), the recent arrays (each a
+:class:`~logstore.index.growable.Growable`), the sorted copy of them and
+``runs`` (replaced whole, never changed in place), and bound what they
+report by the published ``visible_end``. A reader may see an entry twice
+(moving from the lists to the arrays) or a hash in the set before its entry:
+candidates are compared with the records, and duplicates dropped.
 """
 
 from __future__ import annotations
@@ -674,9 +682,9 @@ class MessageIds(DerivedIndex):
             if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
         self.start = max(saved.start, ckpt.log_start)
-        self._high = ckpt.next_goff  # the set covers none of the runs loaded
-        self._set_runs(runs)
-        self._clear_recent()
+        self._high = ckpt.next_goff
+        self.runs = runs
+        self._clear_recent()  # the set covers none of the runs loaded
         recent = saved.recent  # sorted by hash, then global offset: its own sorted copy
         if len(recent):
             self.recent = set(recent.hashes.tolist())
