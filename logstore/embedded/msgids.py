@@ -375,16 +375,30 @@ class MessageIds(DerivedIndex):
 
     # -- the writer's check ------------------------------------------------------------------
 
-    def candidates_many(self, hashes: list[int]) -> list[list[int]]:
-        """:meth:`candidates` of each of ``hashes``, with numpy searches for all of them at once (writer role)."""
+    def candidates_many(self, hashes: list[int], covered: list[bool] | None = None) -> list[list[int]]:
+        """:meth:`candidates` of each of ``hashes``, with numpy searches for all of them at once (writer
+        role); ``covered[k]`` is set if ``hashes[k]`` has an entry that the set covers (a recent one, or one
+        in a run it covers)."""
         out: list[list[int]] = [[] for _ in hashes]
         if not hashes:
             return out
         keys = np.fromiter(hashes, np.uint64, len(hashes))
         if not self.recent.isdisjoint(hashes):
             self._recent_many(hashes, keys, out)
+        if covered is not None:
+            for k, got in enumerate(out):
+                covered[k] = bool(got)
+        searched = self._search_runs
         for run in self.runs:
-            _search(run.hashes, run.goffs, keys, out)
+            if covered is not None and run not in searched:
+                hits: list[list[int]] = [[] for _ in hashes]
+                _search(run.hashes, run.goffs, keys, hits)
+                for k, got in enumerate(hits):
+                    if got:
+                        covered[k] = True
+                        out[k].extend(got)
+            else:
+                _search(run.hashes, run.goffs, keys, out)
         return out
 
     def _recent_many(self, hashes: list[int], keys: np.ndarray, out: list[list[int]]) -> None:
@@ -453,16 +467,14 @@ class MessageIds(DerivedIndex):
             recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
         else:
             # Take out again the hashes that were not in the set before: those of no entry that the set
-            # covers (every hash in it but this transaction's belongs to one).
-            found: list[list[int]] = [[] for _ in flat]
-            keys = np.array(flat, np.uint64)
-            self._recent_many(flat, keys, found)
-            for run in self.runs:
-                if run not in self._search_runs:
-                    _search(run.hashes, run.goffs, keys, found)
-            recent.difference_update([h for h, got in zip(flat, found, strict=True) if not got])
+            # covers (every hash in it but this transaction's belongs to one). The lookup is the judge's.
+            covered: list[bool] = [False] * len(flat)
+            cands = self.candidates_many(flat, covered)
+            recent.difference_update([h for h, known in zip(flat, covered, strict=True) if not known])
+            self._simple = False
+            return self._judge(tx, ids, cat, cands)
         self._simple = False
-        return self._judge(tx, ids, cat)
+        return self._judge(tx, ids, cat, self.candidates_many(flat))
 
     def withdraw(self) -> None:
         """The transaction that :meth:`check` just passed is not written (its offsets conflict): take its
@@ -471,14 +483,16 @@ class MessageIds(DerivedIndex):
             self.recent.difference_update(self._flat)
             self._simple = False
 
-    def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
-        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction)."""
+    def _judge(
+        self, tx: Tx, ids: dict[str, int], cat: Catalog, cands: list[list[int]]
+    ) -> range | DuplicateMessageError | None:
+        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction);
+        ``cands``: :meth:`candidates_many` of its hashes."""
         matched: list[int] = []  # global offsets of envelopes committed where the transaction puts them
         first_match: tuple[str, str, int] | None = None  # (stream, id, stream offset) of the first of them
         fresh = False  # some envelope is new to its stream
         placed: dict[tuple[str, str], int | None] = {}  # (stream, id) -> offset the transaction gives it
         assigned: list[Append] = []
-        cands = self.candidates_many(self._flat)
         at = 0  # where the append's envelopes start among the transaction's
         for (name, nameb, first, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
             sid = ids.get(name)
