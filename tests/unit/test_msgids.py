@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -400,3 +401,46 @@ def test_runs_that_the_set_covers_and_runs_it_does_not(store_dir: Path, monkeypa
             assert store.locate(envs[0].message_id) == [Location(stream, head, g[0])]
             with pytest.raises(DuplicateMessageError):
                 _commit(store, stream, store.head(stream), envs[2:])
+
+
+def test_locate_in_another_thread_while_entries_move(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader looks up committed ids while the writer moves entries from the pending lists into the
+    arrays (every 5), remakes the sorted copy, folds them into runs (past 40 hashes) and checkpoints:
+    an id committed before the lookup began is always found, at its one place."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 40)
+    monkeypatch.setattr(msgids, "FLUSH_AT", 5)
+    monkeypatch.setattr(msgids, "SORTED_REST", 7)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        committed: list[tuple[str, Location]] = []  # appended after each commit returns
+        done = threading.Event()
+        failures: list[str] = []
+
+        def look() -> None:
+            k = 0
+            while not done.is_set() or k < len(committed):
+                mid, place = committed[k % len(committed)]
+                got = store.locate(mid)
+                if got != [place]:
+                    failures.append(f"{mid}: {got} != {[place]}")
+                    return
+                k += 1
+
+        first = _envs("first", 1)
+        committed.append((first[0].message_id, Location("s-0", 0, _commit(store, "s-0", 0, first)[0])))
+        reader = threading.Thread(target=look)
+        reader.start()
+        try:
+            for n in range(120):
+                stream = f"s-{n % 3}"
+                head = store.head(stream)
+                envs = _envs(f"t{n}", 2)
+                got = _commit(store, stream, head, envs)
+                if n % 7 == 0:  # a retry now and then: the writer's slow path remakes the sorted copy
+                    assert _commit(store, stream, head, envs) == got
+                for j, env in enumerate(envs):
+                    committed.append((env.message_id, Location(stream, head + j, got[j])))
+        finally:
+            done.set()
+            reader.join(60)
+        assert not reader.is_alive()
+        assert not failures, failures
