@@ -142,10 +142,11 @@ def merge(runs: list[Run], start: int) -> Run:
     """One run of every entry of ``runs`` at or past global offset ``start``.
 
     ``runs`` come oldest first, each sorted, and a newer run's global offsets are past an older one's
-    for a shared hash (the index adds entries in log order): a stable sort on the hashes alone (numpy's
-    radix sort for integers, linear) then keeps every hash's global offsets ascending.
+    for a shared hash (the index adds entries in log order): a stable sort on the hashes alone
+    (:func:`stable_order`) then keeps every hash's global offsets ascending. One run with nothing to drop
+    is returned as it is (a new :class:`Run` of the same arrays).
     """
-    if len(runs) == 1 and (not start or not len(runs[0]) or int(runs[0].goffs.min()) >= start):
+    if len(runs) == 1 and (not start or (runs[0].low() or start) >= start):
         return Run(runs[0].hashes, runs[0].goffs)  # sorted already, nothing to drop
     h = np.concatenate([r.hashes for r in runs]) if runs else np.zeros(0, np.uint64)
     g = np.concatenate([r.goffs for r in runs]) if runs else np.zeros(0, np.uint64)
