@@ -146,8 +146,10 @@ def merge(runs: list[Run], start: int) -> Run:
     (:func:`stable_order`) then keeps every hash's global offsets ascending. One run with nothing to drop
     is returned as it is (a new :class:`Run` of the same arrays).
     """
-    if len(runs) == 1 and (not start or (runs[0].low() or start) >= start):
-        return Run(runs[0].hashes, runs[0].goffs)  # sorted already, nothing to drop
+    if len(runs) == 1:
+        low = runs[0].low()
+        if low is None or low >= start:
+            return Run(runs[0].hashes, runs[0].goffs)  # sorted already, nothing to drop
     h = np.concatenate([r.hashes for r in runs]) if runs else np.zeros(0, np.uint64)
     g = np.concatenate([r.goffs for r in runs]) if runs else np.zeros(0, np.uint64)
     if start:

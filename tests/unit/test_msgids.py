@@ -25,6 +25,7 @@ from logstore.embedded import msgids
 from logstore.embedded.repair import repair
 from logstore.embedded.verify import verify
 from logstore.embedded.writer import _Pending
+from logstore.index.msgids import merge, sorted_run
 from logstore.results import Location
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
@@ -444,3 +445,25 @@ def test_locate_in_another_thread_while_entries_move(store_dir: Path, monkeypatc
             reader.join(60)
         assert not reader.is_alive()
         assert not failures, failures
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_a_merge_drops_what_lies_below_the_log_start(runs: int) -> None:
+    """Retention moves the log start: a checkpoint's merge keeps no entry below it, whether it merges one
+    run (returned as it is when nothing is dropped) or several, and whatever the lowest offset is (0 too)."""
+    parts = [sorted_run([5, 3, 9], [0, 1, 2]), sorted_run([4, 8], [3, 4])][:runs]
+    for start, want in ((0, {0, 1, 2, 3, 4}), (1, {1, 2, 3, 4}), (3, {3, 4}), (7, set())):
+        merged = merge(parts, start)
+        expected = {g for g in want if g < 3 * runs}
+        assert set(merged.goffs.tolist()) == expected, (runs, start)
+        assert list(merged.hashes) == sorted(merged.hashes.tolist())
+
+
+def test_retention_leaves_no_entry_below_the_log_start(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with logstore.open(path, segment_size=SMALL_SEGMENT, retention_bytes=3 * SMALL_SEGMENT) as store:
+        for i in range(310):
+            with store.transaction() as tx:
+                tx.append(f"order-{i % 3}", ANY, [Envelope.new("T0", {"i": i, "pad": "p" * 1000})])
+        assert store.log_start > 0
+    assert verify(str(path)).ok
