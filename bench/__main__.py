@@ -1,20 +1,30 @@
-"""The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE]``.
+"""The benchmark suite: ``python -m bench [--quick] [--only W1,W3] [--json] [--markdown FILE] [--plot DIR]``.
 
 Runs the workloads W1-W10 (see ``bench/RESULTS.md`` for what each
-does) on logstore, sqlite3 and LMDB in one run, the group PG, logstore's
-PostgreSQL backend beside two peers on one server (skipped, saying why, when
-the server of ``LOGSTORE_BENCH_PG`` does not answer), and the group ES, the
-eventsourcing library's application recorder on ``logstore.eventsourcing``
-beside the library's SQLite and POPO modules (``bench/esrecorders.py``; events
-of 300-byte states), on identical envelopes, each measurement in a fresh
-process (``bench/workloads.py``; W10's readers are processes of their own
-beside the writer's), the stores taking turns going first. Prints a table of
-medians with min and max, commit and wake-up latencies and the ratios
-logstore / peer; ``--markdown`` writes the same as a Markdown report
-(``bench/RESULTS.md`` is one), ``--json`` prints everything measured.
-``--quick`` is a smoke run of about a minute (PG 25 s of it); the full run
-takes fourteen to fifteen minutes on two cores (W10 under one, PG about four,
-ES about three) and needs about 8 GB of disk.
+does) on logstore, sqlite3 and LMDB in one run, with the floor beside them
+in W1-W4 (``bench/floor.py``: the least any store could do with the same
+envelopes, encoding, one ``pwrite`` and one ``fdatasync`` per transaction or
+per group of transactions from several threads, decoding from bytes in
+memory), the group PG, logstore's PostgreSQL backend beside two peers on one
+server (skipped, saying why, when the server of ``LOGSTORE_BENCH_PG`` does
+not answer), and the group ES, the eventsourcing library's application
+recorder on ``logstore.eventsourcing`` beside the library's SQLite and POPO
+modules (``bench/esrecorders.py``; events of 300-byte states), on identical
+envelopes, each measurement in a fresh process (``bench/workloads.py``;
+W10's readers are processes of their own beside the writer's), the stores
+taking turns going first. Prints a table of medians with min and max,
+commit and wake-up latencies and the ratios logstore / peer (logstore /
+floor among them: the share of logstore's time that the least work
+accounts for); ``--markdown`` writes the same as a Markdown report
+(``bench/RESULTS.md`` is one), ``--json`` prints everything measured (each
+run's latency distribution too), ``--plot DIR`` draws each workload's
+stores side by side and its latency distributions as PNG files
+(``bench/plot.py``; matplotlib, in the ``bench`` extra), which the Markdown
+report shows above its tables; ``python -m bench.plot report.json DIR``
+draws them from a saved ``--json`` report. ``--quick`` is a smoke run of
+about a minute (PG 25 s of it); the full run takes fourteen to fifteen
+minutes on two cores (W10 under one, PG about four, ES about three) and
+needs about 8 GB of disk.
 """
 
 from __future__ import annotations
@@ -33,10 +43,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import plot
 from bench.esrecorders import ES_STORES
+from bench.floor import NAME as FLOOR
 from bench.machine import machine_facts
 from bench.peers import PEERS, PG_PEERS, PG_URL, pg_drop_schemas, pg_schema, pg_schema_prefix, pg_settings
 from bench.subscriptions import SB_MODES
+from bench.workloads import QUANTILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 300
@@ -140,6 +153,10 @@ FULL = Plan(
     es_commits=300,
 )
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10", "PG", "ES", "ID", "CT", "SB")
+STORES = (*PEERS, FLOOR)
+"""The stores of ``--stores``: logstore, its two peers, and the floor (``bench/floor.py``)."""
+FLOOR_WORKLOADS = ("W1", "W2", "W3", "W4")
+"""The workloads the floor takes part in (W4: its writes and loads); the others run without it."""
 ES_PAGES = (10, 100)
 """Page sizes of the ES notification scan: 10 is the library's own (``pull_section_size``, ``section_size``)."""
 ES_AGGREGATES = 100
@@ -185,6 +202,9 @@ class Result:
             out["latency_p50"] = statistics.median(x["p50"] for x in self.latency)
             out["latency_p99"] = statistics.median(x["p99"] for x in self.latency)
             out["latency_max"] = max(x["max"] for x in self.latency)
+            runs = [x["q"] for x in self.latency if "q" in x]
+            if runs:  # each run's distribution, at the percentiles QUANTILES (for the plots)
+                out["latency_quantiles"] = {"percentiles": list(QUANTILES), "runs": runs}
         if self.extra:
             out["extra"] = self.extra
         return out
@@ -322,7 +342,7 @@ def w1_w3_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> No
         name = f"append/batch=100/size={SIZE}B/messages={human(n)}/store={store}"
         if "W1" in want:
             r.record("W1", name, store, "msg/s", n / res["seconds"], latency=res["latency"])
-        if "W6" in want:
+        if "W6" in want and store != FLOOR:
             r.record(
                 "W6", f"footprint/{name}", store, "MiB peak RSS", res["rss_kb"] / 1024, False, extra=per_message(res)
             )
@@ -342,7 +362,8 @@ def w2(r: Runner, plan: Plan, stores: Sequence[str]) -> None:
     t, per = plan.w2_threads, plan.w2_per_thread
     for store, res in runs_per_store(r, stores, plan.repeat, "w2", "threads", threads=t, per_thread=per):
         name = f"append/threads={t}/batch=1/size={SIZE}B/commits={human(t * per)}/store={store}"
-        r.record("W2", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"])
+        extra = {"syncs_per_commit": res["syncs"] / res["commits"]} if "syncs" in res else None
+        r.record("W2", name, store, "commits/s", res["commits"] / res["seconds"], latency=res["latency"], extra=extra)
 
 
 def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
@@ -352,7 +373,7 @@ def w4_w6(r: Runner, plan: Plan, stores: Sequence[str], want: set[str]) -> None:
         base = f"streams={human(s)}/per-stream=5/size={SIZE}B"
         if "W4" in want:
             record_event_sourcing(r, "W4", base, store, loads, res)
-        if "W6" in want:
+        if "W6" in want and store != FLOOR:
             # The peak while writing (the store closed before the loads), then the peak over
             # the whole workload: the loads keep 25,000 decoded envelopes, and a store that
             # maps its files (logstore, LMDB) counts the pages the loads touched.
@@ -795,7 +816,7 @@ def _ms(seconds: float) -> str:
 def text_report(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
-        f"logstore benchmark suite ({report['mode']}): logstore, sqlite3 and LMDB on identical envelopes",
+        f"logstore benchmark suite ({report['mode']}): logstore, sqlite3, LMDB and the floor on identical envelopes",
         f"machine  {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, {m['memory']}, {m['platform']}",
         f"storage  {m['filesystem']}, {m['disk']}",
         f"versions Python {m['python']}, logstore {m['logstore']}, numpy {m['numpy']}, msgpack {m['msgpack']}, "
@@ -826,6 +847,9 @@ def text_report(report: dict[str, Any]) -> str:
             e = statistics.median(extra["envelope_bytes_per_message"])
             a = statistics.median(extra["allocated_bytes_per_message"])
             lines.append(f"{'':<{width}}  disk {d:,.1f} B/msg ({d / e:.2f}x envelope bytes), allocated {a:,.1f} B/msg")
+        if "syncs_per_commit" in extra:
+            syncs = statistics.median(extra["syncs_per_commit"])
+            lines.append(f"{'':<{width}}  {syncs:.2f} fdatasync per commit (the median of the runs)")
     if "pg_settings" in report:
         settings = ", ".join(f"{k} {v}" for k, v in report["pg_settings"].items())
         lines += ["", f"PG server {report['pg_url']}: {settings}"]
@@ -902,6 +926,25 @@ def es_markdown(report: dict[str, Any], rows: dict[tuple[str, str, str], dict[st
     return out
 
 
+def charts_markdown(images: Sequence[str]) -> list[str]:
+    """The charts section of the Markdown report (``bench/plot.py`` draws them), or nothing without charts."""
+    if not images:
+        return []
+    out = [
+        "",
+        "### Charts",
+        "",
+        "Each workload's benchmarks, the stores side by side: the bar is the median of the runs, the whisker",
+        "spans the smallest to the largest run, the floor is grey. The latency charts draw each run's",
+        "distribution (every second percentile, then p99, p99.9 and the maximum).",
+        "",
+    ]
+    for path in images:
+        name = os.path.splitext(os.path.basename(path))[0]
+        out += [f"![{name}]({path.replace(os.sep, '/')})", ""]
+    return out[:-1]
+
+
 def _latency_head(workload: str) -> str:
     """The latency columns of a workload's Markdown table (PG, ES: commit latency of writes, wake-up of the
     wake-ups)."""
@@ -912,7 +955,9 @@ def _latency_head(workload: str) -> str:
     return " commit p50 | commit p99 |"
 
 
-def markdown_report(report: dict[str, Any]) -> str:
+def markdown_report(report: dict[str, Any], images: Sequence[str] = ()) -> str:
+    """The report as Markdown: the machine, the charts at ``images`` (paths relative to the file), the ratios
+    and every table."""
     m = report["machine"]
     out = [
         "| | |",
@@ -924,17 +969,20 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"| Python | {m['python']} |",
         f"| libraries | logstore {m['logstore']}, numpy {m['numpy']}, msgpack {m['msgpack']}, xxhash {m['xxhash']} |",
         f"| peers | SQLite {m['sqlite']} (Python's sqlite3), {m['lmdb']} |",
-        f"| run | `python -m bench{' --quick' if report['mode'] == 'quick' else ''}`, {report['started']}, "
+        f"| run | `{report.get('command', 'python -m bench')}`, {report['started']}, "
         f"{report['seconds'] / 60:.1f} min |",
+        *charts_markdown(images),
         "",
         "### Ratios: logstore / peer",
         "",
         "Of the medians; above 1 means logstore is better (faster, quicker to open, quicker to wake, or using",
         "less CPU): where lower is better (times, latencies, CPU), the ratio is peer / logstore. W10's wake-up",
-        "rows compare the p50 (the median of the runs' p50) and the p99.",
+        "rows compare the p50 (the median of the runs' p50) and the p99. The floor (`bench/floor.py`: encode,",
+        "one `pwrite` and one `fdatasync` per transaction or group; decoding from bytes in memory) is the least",
+        "any store could do: logstore / floor is the share of logstore's time that this least work accounts for.",
         "",
-        "| workload | benchmark | vs sqlite3 | vs LMDB |",
-        "|---|---|---:|---:|",
+        "| workload | benchmark | vs sqlite3 | vs LMDB | vs floor |",
+        "|---|---|---:|---:|---:|",
     ]
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for x in report["ratios"]:
@@ -942,9 +990,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     for (w, bench, of), peers in rows.items():
         if w in ("PG", "ES"):
             continue
-        cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb")]
+        cells = [_ratio(peers[p]) if p in peers else "" for p in ("sqlite", "lmdb", FLOOR)]
         figure = "" if of == "median" else f" {of}"
-        out.append(f"| {w} | `{bench}`{figure} | {cells[0]} | {cells[1]} |")
+        out.append(f"| {w} | `{bench}`{figure} | {cells[0]} | {cells[1]} | {cells[2]} |")
     out += pg_markdown(report, rows)
     out += es_markdown(report, rows)
     workload = None
@@ -1024,7 +1072,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke-run sizes, one repetition (about a minute)")
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3 (default: all)")
-    parser.add_argument("--stores", default=",".join(PEERS), help="comma-separated stores (default: all)")
+    parser.add_argument(
+        "--stores",
+        default=",".join(STORES),
+        help=f"comma-separated stores of {', '.join(STORES)} (default: all; the floor runs in "
+        f"{', '.join(FLOOR_WORKLOADS)} only)",
+    )
     parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 1 quick, 5 full)")
     parser.add_argument("--dir", default=".", help="where to make the store directories (default: here, a real disk)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
@@ -1033,6 +1086,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also write the tables as Markdown to this file (between its results markers if it has them, "
         "as bench/RESULTS.md does)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="also draw the charts as PNG files in DIR (matplotlib: pip install 'logstore[bench]'); with "
+        "--markdown, the report shows them above its tables",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="name each process as it starts (stderr)")
     args = parser.parse_args(argv)
     want = set(WORKLOADS) if args.only is None else {w.strip().upper() for w in args.only.split(",")}
@@ -1040,12 +1099,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown workload(s) {', '.join(sorted(unknown))}; expected some of {', '.join(WORKLOADS)}")
     stores = [s.strip() for s in args.stores.split(",")]
-    if "logstore" not in stores or set(stores) - set(PEERS):
-        parser.error(f"--stores must include logstore and name only {', '.join(PEERS)}")
+    if "logstore" not in stores or set(stores) - set(STORES):
+        parser.error(f"--stores must include logstore and name only {', '.join(STORES)}")
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.plot:
+        try:
+            plot.pyplot()  # before the run, not after it
+        except plot.PlotUnavailable as exc:
+            parser.error(str(exc))
     args.want, args.store_list = want, stores
     return args
+
+
+def run_command(args: argparse.Namespace) -> str:
+    """The command line of this run, the options that choose what it measures only (not where or how it reports)."""
+    words = ["python -m bench"]
+    if args.quick:
+        words.append("--quick")
+    if args.only is not None:
+        words.append(f"--only {args.only}")
+    if args.store_list != list(STORES):
+        words.append(f"--stores {','.join(args.store_list)}")
+    if args.repeat is not None:
+        words.append(f"--repeat {args.repeat}")
+    return " ".join(words)
 
 
 def run_workloads(
@@ -1056,22 +1134,25 @@ def run_workloads(
     A group that cannot run (PG without its server, ES without the eventsourcing library) is named in
     ``skipped`` with the reason, and said on stderr.
     """
+    floor = FLOOR in stores
+    peers = [s for s in stores if s != FLOOR]
     if want & {"W1", "W3", "W6"}:
-        w1_w3_w6(r, plan, stores, want)
+        # The floor runs for W1 and W3 only, not for W6's footprint alone.
+        w1_w3_w6(r, plan, stores if floor and want & {"W1", "W3"} else peers, want)
     if "W2" in want:
         w2(r, plan, stores)
     if want & {"W4", "W6"}:
-        w4_w6(r, plan, stores, want)
+        w4_w6(r, plan, stores if floor and "W4" in want else peers, want)
     if want & {"W5", "W6"}:
         w5(r, plan, want)
     if "W7" in want:
-        w7(r, plan, stores)
+        w7(r, plan, peers)
     if "W8" in want:
-        w8(r, plan, stores)
+        w8(r, plan, peers)
     if "W9" in want:
-        w9(r, plan, stores)
+        w9(r, plan, peers)
     if "W10" in want:
-        w10(r, plan, stores)
+        w10(r, plan, peers)
     if "ID" in want:
         idem(r, plan)
     if "CT" in want:
@@ -1124,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summaries = sorted((res.summary() for res in r.results.values()), key=lambda s: WORKLOADS.index(s["workload"]))
     report = {
         "mode": "quick" if args.quick else "full",
+        "command": run_command(args),
         "plan": plan.__dict__,
         "started": started,
         "seconds": time.perf_counter() - t0,
@@ -1138,8 +1220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["es_settings"] = r.es_settings
     if skipped:
         report["skipped"] = skipped
+    charts = plot.draw(report, args.plot) if args.plot else []
+    for path in charts:
+        print(f"wrote {path}", file=sys.stderr)
     if args.markdown:
-        write_markdown(args.markdown, markdown_report(report))
+        here = os.path.dirname(os.path.abspath(args.markdown))
+        images = [os.path.relpath(os.path.abspath(path), here) for path in charts]
+        write_markdown(args.markdown, markdown_report(report, images))
     print(json.dumps(report, indent=1) if args.json else text_report(report))
     return 0
 

@@ -840,4 +840,8 @@ def open_peer(name: str, path: str, mode: str = "sync", **options: Any) -> Peer:
         return EventsourcingPeer(path, mode)
     if name == "pg-plain":
         return PlainPeer(path, mode)
-    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS + ID_PEERS)}")
+    if name == "floor":
+        from bench.floor import FloorPeer
+
+        return FloorPeer(path, mode, **options)
+    raise ValueError(f"unknown store {name!r}; expected one of {', '.join(PEERS + PG_PEERS + ID_PEERS)}, floor")

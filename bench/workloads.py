@@ -24,10 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from bench.categories import ct_build, ct_read
 from bench.envelopes import envelope_at, envelope_bytes, make_pool
+from bench.floor import NAME as FLOOR
+from bench.floor import FloorPeer
+from bench.floor import reserve_for as floor_reserve
 from bench.peers import LogstorePeer, Peer, open_peer, open_tail
 from bench.subscriptions import sb_consume
 from logstore import Envelope, Store
@@ -40,15 +43,25 @@ def rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def latency_summary(values: Sequence[float]) -> dict[str, float]:
-    """Nearest-rank p50, p99 and the maximum, in seconds."""
+QUANTILES = (*range(0, 99, 2), 99, 99.5, 99.9, 100)
+"""The percentiles a latency summary keeps besides p50, p99 and the maximum: its distribution, for the plots."""
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, Any]:
+    """Nearest-rank p50, p99 and the maximum, in seconds; ``q``: the :data:`QUANTILES` (4 significant digits)."""
     ordered = sorted(values)
     n = len(ordered)
 
     def rank(p: float) -> float:
         return ordered[max(0, -(-int(p * n) // 100) - 1)] if n else 0.0
 
-    return {"p50": rank(50), "p99": rank(99), "max": ordered[-1] if n else 0.0, "count": n}
+    return {
+        "p50": rank(50),
+        "p99": rank(99),
+        "max": ordered[-1] if n else 0.0,
+        "count": n,
+        "q": [float(f"{rank(p):.4g}") for p in QUANTILES],
+    }
 
 
 def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
@@ -64,12 +77,56 @@ def disk_usage(path: str, unused: int = 0) -> dict[str, int]:
 
 
 def unused_preallocation(peer: Peer) -> int:
-    """The bytes logstore reserved in its active segment and has not written yet (0 for the peers)."""
+    """The bytes logstore (or the floor) reserved and has not written yet (0 for the peers)."""
     store = getattr(peer, "store", None)
     if isinstance(store, Store):  # the embedded engine (not its PostgreSQL backend)
         active = store._log.active  # the benchmark may look inside its own engine
         return active.size - active.end
+    if isinstance(peer, FloorPeer):
+        return peer.size - peer.end
     return 0
+
+
+def open_writer(spec: dict[str, Any], pool: list[Envelope], messages: int) -> Peer:
+    """``open_peer`` for a workload about to write ``messages`` envelopes cycled from ``pool``.
+
+    The floor pre-zeroes room for them all when it opens (``bench/floor.py``), as logstore reserves its
+    segment space ahead of its writes; the other stores open as ``open_peer`` opens them.
+    """
+    if spec["store"] == FLOOR:
+        reserve = floor_reserve(envelope_bytes(pool, messages), messages)
+        return FloorPeer(spec["dir"], spec.get("mode", "sync"), reserve=reserve)
+    return open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+
+
+def sync_count(peer: Peer) -> int | None:
+    """The fsync/fdatasync calls the store made so far: logstore's (its file layer counts them) or the floor's;
+    None for the peers, which do not say."""
+    store = getattr(peer, "store", None)
+    if isinstance(store, Store):
+        return store._log.io.syncs  # the benchmark may look inside its own engine
+    if isinstance(peer, FloorPeer):
+        return peer.syncs
+    return None
+
+
+def store_facts(peer: Peer, commits: int, grouped: bool = False) -> dict[str, Any]:
+    """What a floor run did beyond its envelopes (``FloorPeer.facts``), checked; nothing for the stores.
+
+    The floor's promise, checked after the timed part: it never grew past its reservation, and it made
+    one ``pwrite`` + ``fdatasync`` per transaction of ``commits``, or (``grouped``: transactions from
+    several threads) one per group, at least one and at most one per transaction.
+    """
+    if not isinstance(peer, FloorPeer):
+        return {}
+    facts = peer.facts()
+    _check("floor: growths past the pre-zeroed reservation", facts["extensions"], 0)
+    if grouped:
+        if not 1 <= facts["flushes"] <= commits:
+            raise RuntimeError(f"floor: {facts['flushes']} flushes for {commits} transactions")
+    else:
+        _check("floor: pwrite + fdatasync pairs", facts["flushes"], commits)
+    return {"floor": facts}
 
 
 def _check(what: str, got: object, want: object) -> None:
@@ -107,7 +164,7 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     base = rss_kb()
     txs = w1_plan(pool, messages, batch, streams)
     t0 = clock()
-    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    peer = open_writer(spec, pool, messages)
     opened = clock()
     cpu0 = time.process_time()  # every thread of the process: the caller's and the store's
     lat = []
@@ -119,10 +176,12 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
     seconds = clock() - opened
     cpu_seconds = time.process_time() - cpu0
     unused = unused_preallocation(peer)
+    facts = store_facts(peer, len(txs))
     t1 = clock()
     peer.close()
     closed = clock()
     result = {
+        **facts,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "messages": messages,
@@ -181,7 +240,7 @@ def retry(spec: dict[str, Any]) -> dict[str, Any]:
 def threads(spec: dict[str, Any]) -> dict[str, Any]:
     nthreads, per_thread = spec["threads"], spec["per_thread"]
     pool = make_pool(nthreads * per_thread, spec["size"])
-    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    peer = open_writer(spec, pool, nthreads * per_thread)
     start = threading.Barrier(nthreads + 1)
     lats: list[list[float]] = [[] for _ in range(nthreads)]
     errors: list[BaseException] = []
@@ -203,6 +262,7 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     workers = [threading.Thread(target=work, args=(t,)) for t in range(nthreads)]
     for w in workers:
         w.start()
+    syncs = sync_count(peer)
     start.wait()
     t0 = clock()
     for w in workers:
@@ -210,6 +270,9 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
     seconds = clock() - t0
     if errors:
         raise errors[0]
+    if syncs is not None:
+        syncs = cast(int, sync_count(peer)) - syncs
+    facts = store_facts(peer, nthreads * per_thread, grouped=True)
     for t in range(nthreads):
         got = peer.load(f"thread-{t}")
         _check(f"{peer.name}: thread-{t} length", len(got), per_thread)
@@ -219,7 +282,10 @@ def threads(spec: dict[str, Any]) -> dict[str, Any]:
             [envelope_at(pool, t * per_thread + i) for i in range(per_thread)],
         )
     peer.close()
+    if syncs is not None:
+        facts["syncs"] = syncs
     return {
+        **facts,
         "seconds": seconds,
         "messages": nthreads * per_thread,
         "commits": nthreads * per_thread,
@@ -263,7 +329,7 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
         return [envelope_at(pool, s * per_stream + j) for j in range(per_stream)]
 
     batches = [(f"order-{s:07d}", expected(s)) for s in range(streams)]
-    peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
+    peer = open_writer(spec, pool, messages)
     lat = []
     do = peer.append
     t0 = clock()
@@ -273,6 +339,7 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
         lat.append(clock() - c)
     write_seconds = clock() - t0
     unused = unused_preallocation(peer)
+    facts = store_facts(peer, streams)
     peer.close()
     write_rss = rss_kb()
     disk = disk_usage(spec["dir"], unused)
@@ -289,6 +356,7 @@ def event_sourcing(spec: dict[str, Any]) -> dict[str, Any]:
         _check(f"{peer.name}: stream order-{s:07d}", envs, expected(s))
     peer.close()
     return {
+        **facts,
         "write_seconds": write_seconds,
         "messages": messages,
         "commits": streams,

@@ -7,7 +7,8 @@ indeed out of reach from here too.
 
 Never asserts speed: how fast logstore is belongs to the benchmark's report,
 not to the test run. What it checks is that the suite measured what it says
-(each workload's benchmarks, named by their parameters, on all three stores),
+(each workload's benchmarks, named by their parameters, on all three stores,
+and the floor beside them in W1-W4),
 that its numbers are well-formed, and that it cleans up after itself.
 """
 
@@ -79,11 +80,13 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     else:
         assert set(by_workload) == {*(f"W{i}" for i in range(1, 11)), "PG", "ES", "ID", "CT", "SB"}
         check_pg(report)
-    for workload in ("W1", "W2", "W3", "W4", "W6", "W7", "W8", "W9", "W10"):
+    for workload in ("W1", "W2", "W3", "W4"):
+        assert by_workload[workload] == {*STORES, "floor"}, workload
+    for workload in ("W6", "W7", "W8", "W9", "W10"):  # the floor takes part in W1-W4 only
         assert by_workload[workload] == STORES, workload
     assert by_workload["W5"] == {"logstore"}
     check_id(results)
-    assert by_workload["CT"] == {"logstore", "sqlite"}
+    assert by_workload["CT"] == by_workload["SB"] == {"logstore", "sqlite"}
     ct = {r["name"]: r for r in results if r["workload"] == "CT"}
     assert len(ct) == 8, sorted(ct)
     for name, r in ct.items():
@@ -126,7 +129,9 @@ def test_quick_suite_runs_every_workload_on_every_store(tmp_path: Path) -> None:
     ratios = {(x["benchmark"], x["peer"]) for x in report["ratios"]}
     assert all(x["ratio"] > 0 for x in report["ratios"])
     w1 = next(r["name"] for r in results if r["workload"] == "W1" and r["store"] == "logstore")
-    assert {(w1.rsplit("/store=", 1)[0], p) for p in ("sqlite", "lmdb")} <= ratios
+    assert {(w1.rsplit("/store=", 1)[0], p) for p in ("sqlite", "lmdb", "floor")} <= ratios
+    w2 = next(r for r in results if r["workload"] == "W2" and r["store"] == "floor")
+    assert 0 < w2["extra"]["syncs_per_commit"][0] <= 1
     wake = [x for x in report["ratios"] if x["workload"] == "W10" and x["benchmark"].startswith("wake-up/")]
     assert {(x["of"], x["peer"], x["direction"]) for x in wake} == {
         (of, p, "peer / logstore") for of in ("p50", "p99") for p in ("sqlite", "lmdb")
