@@ -44,7 +44,39 @@ AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 """A waiting ``anext()``: its loop and the future that a wake-up resolves."""
 
 
-class Reader:
+class Iterating:
+    """``for``, ``async for`` and ``with`` over a stream's ``__next__``, ``anext()`` and ``close()``: what
+    every reader and a subscription (:class:`logstore.subscriptions.Subscription`) share."""
+
+    __slots__ = ()
+
+    async def anext(self, timeout: float | None = None) -> Envelope:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        """``async for env in stream`` waits for each message and ends when the stream is closed."""
+        try:
+            return await self.anext()
+        except StreamClosedError:
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Reader(Iterating):
     """The messagestore ``Stream`` surface of a reader; a backend's reader supplies fetching and waiting."""
 
     __slots__ = ("__weakref__", "_closed")
@@ -181,16 +213,6 @@ class Reader:
                 self._discard_async_waiter(waiter)
             self._check_open()
 
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        """``async for env in stream`` waits for each message and ends when the stream is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
     def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
         """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
 
@@ -204,9 +226,6 @@ class Reader:
             out.append(self.get())
         return out
 
-    def __iter__(self) -> Self:
-        return self
-
     def __next__(self) -> Envelope:
         """``for env in stream`` yields the messages available now, then stops."""
         self._check_open()
@@ -217,9 +236,3 @@ class Reader:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import msgpack
 import xxhash
@@ -29,7 +29,7 @@ import xxhash
 from logstore.checks import check_category, check_name, check_timeout, check_types
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
-from logstore.readers import DEFAULT_READ, Reader, check_max_count
+from logstore.readers import DEFAULT_READ, Iterating, Reader, check_max_count
 from logstore.results import SubscriptionInfo
 
 MAX_SUBSCRIPTION_NAME = 255
@@ -223,7 +223,7 @@ def open_reader(store: _SubscribingStore, definition: Definition, start: int) ->
     return reader
 
 
-class Subscription(Generic[C]):
+class Subscription(Iterating, Generic[C]):
     """A durable subscription's stream: what a member has not acknowledged yet, and :meth:`ack`.
 
     The ``messagestore.Stream`` surface of the store's readers: :meth:`next`, :meth:`try_next`,
@@ -422,30 +422,11 @@ class Subscription(Generic[C]):
         """Closed: by :meth:`close`, or with its store."""
         return self._closed or self._reader.closed
 
-    def __iter__(self) -> Self:
-        return self
-
     def __next__(self) -> Envelope:
         """``for env in sub`` yields this member's messages available now, then stops."""
         if not self.try_next():
             raise StopIteration
         return self.get()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        """``async for env in sub`` waits for each message and ends when the subscription is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         group = f", member {self.member} of {self.size}" if self.size > 1 else ""
