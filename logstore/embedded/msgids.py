@@ -465,6 +465,11 @@ class MessageIds(DerivedIndex):
             recent.difference_update(flat)  # all of them were new to the set
         elif len(recent) - before == len(set(flat)):
             recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
+            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
+                # In no entry either (as above): the judge only checks where the transaction puts each id
+                # (one message in two streams is allowed, twice in one stream is not), with no lookup.
+                self._simple = False
+                return self._judge(tx, ids, cat, [[] for _ in flat])
         else:
             # Take out again the hashes that were not in the set before: those of no entry that the set
             # covers (every hash in it but this transaction's belongs to one). The lookup is the judge's.
