@@ -269,8 +269,8 @@ class Subscription(Iterating, Generic[C]):
         """
         if self._closed:
             raise StreamClosedError(f"subscription {self.name!r}: acknowledged after close()")
-        if self._reader.closed:
-            raise StreamClosedError(f"subscription {self.name!r}: acknowledged after its store was closed")
+        if self._reader.closed:  # with its store (or carried into a forked child: the reader says which)
+            raise self._reader._closed_error(f"subscription {self.name!r}: acknowledged after its store was closed")
         current = self._current
         if offset is None:
             if current is None:

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import threading
 from pathlib import Path
@@ -1024,3 +1025,29 @@ def test_property_members_share_the_category_exactly(
             with store.subscribe(f"g{n}", category, types, group=(m, size)) as sub:
                 assert sub.position == info.positions[m]
                 assert _drain(sub) == [row for row in got[m] if row[0] >= info.positions[m]]
+
+
+def test_a_forked_child_cannot_acknowledge_for_its_parent(open_store: OpenStore) -> None:
+    """A subscription carried into a child made by ``fork()`` refuses to acknowledge with
+    ``StoreForkedError`` on every backend; the parent's subscription goes on as before."""
+    with open_store() as store:
+        _commit(store, "order-1")
+        _commit(store, "order-1")
+        with store.subscribe("forked", "order") as sub:
+            assert sub.try_next()
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: report what ack() raised, then leave without any cleanup
+                try:
+                    sub.ack()
+                    what = "no error"
+                except Exception as exc:  # noqa: BLE001 - the child reports whatever it was
+                    what = type(exc).__name__
+                os.write(write, what.encode())
+                os._exit(0)
+            os.close(write)
+            _, status = os.waitpid(pid, 0)
+            with os.fdopen(read, "rb") as answer:
+                assert answer.read().decode() == "StoreForkedError" and status == 0
+            sub.ack()
+            assert sub.position == sub.offset() + 1
