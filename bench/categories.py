@@ -32,7 +32,7 @@ from typing import Any
 
 import logstore
 from bench.envelopes import envelope_at, make_pool
-from bench.peers import _pack, _sqlite_envelopes
+from bench.peers import _pack, _sqlite_envelopes, sqlite_connect
 from logstore import Envelope
 
 clock = time.perf_counter
@@ -104,10 +104,7 @@ def ct_build(spec: dict[str, Any]) -> dict[str, Any]:
                     for stream, offset, env in batch:
                         tx.append(stream, offset, [env])
     else:
-        os.makedirs(path, exist_ok=True)
-        conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = sqlite_connect(path, "batch")  # as logstore's build, durability="batch"
         conn.executescript(SCHEMA)
         for batch in _plan(messages, size):
             rows = [

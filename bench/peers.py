@@ -211,18 +211,31 @@ class LogstorePeer(Peer):
         with self.store.open_global(self.store, 0) as reader:
             yield from reader
 
+    def scan_batches(self, size: int = 1000) -> Iterator[list[Envelope]]:
+        """Every envelope, in global order, in lists from the reader's batch read (``reader.read``)."""
+        with self.store.open_global(self.store, 0) as reader:
+            while batch := reader.read(size):
+                yield batch
+
     def close(self) -> None:
         self.store.close()
+
+
+def sqlite_connect(path: str, mode: str = "sync") -> sqlite3.Connection:
+    """The sqlite peer's connection to ``<path>/messages.db`` (made with its directory if missing): WAL,
+    ``synchronous=FULL`` in sync mode (each commit durable), ``NORMAL`` in batch mode, autocommit."""
+    os.makedirs(path, exist_ok=True)
+    conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=" + ("FULL" if mode == "sync" else "NORMAL"))
+    return conn
 
 
 class SqlitePeer(Peer):
     name = "sqlite"
 
     def __init__(self, path: str, mode: str = "sync") -> None:
-        os.makedirs(path, exist_ok=True)
-        conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=" + ("FULL" if mode == "sync" else "NORMAL"))
+        conn = sqlite_connect(path, mode)
         conn.execute(SQLITE_SCHEMA)
         self.db = os.path.join(path, "messages.db")
         self.conn = conn

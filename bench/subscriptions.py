@@ -18,14 +18,12 @@ consumer of the same subscription then starts at the end.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import time
 from typing import Any
 
 import logstore
 from bench.categories import _COLUMNS, CATEGORY, expected
-from bench.peers import _sqlite_envelopes
+from bench.peers import _sqlite_envelopes, sqlite_connect
 
 clock = time.perf_counter
 
@@ -62,10 +60,8 @@ def _logstore_consume(path: str, mode: str) -> tuple[int, int, float]:
 
 def _sqlite_consume(path: str, mode: str) -> tuple[int, int, float]:
     every = _every(mode)
-    conn = sqlite3.connect(os.path.join(path, "messages.db"), isolation_level=None)
+    conn = sqlite_connect(path, "sync")
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE IF NOT EXISTS subscriptions(name TEXT PRIMARY KEY, position INTEGER NOT NULL)")
         name = f"bench-{mode}"
         conn.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, 0)", (name,))

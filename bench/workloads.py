@@ -146,10 +146,8 @@ def _verify_scan(peer: Peer, pool: list[Envelope], messages: int) -> None:
 # -- W1, W7: append, one thread ---------------------------------------------------------------
 
 
-def append(spec: dict[str, Any]) -> dict[str, Any]:
-    messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
-    pool = make_pool(messages, spec["size"])
-    base = rss_kb()
+def w1_plan(pool: Any, messages: int, batch: int, streams: int) -> list[tuple[str, int, list[Envelope]]]:
+    """W1's transactions: ``(stream, offset, envelopes)``, ``batch`` envelopes each, ``streams`` streams in turn."""
     txs: list[tuple[str, int, list[Envelope]]] = []
     heads: dict[str, int] = {}
     for k, start in enumerate(range(0, messages, batch)):
@@ -157,6 +155,14 @@ def append(spec: dict[str, Any]) -> dict[str, Any]:
         envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
         txs.append((name, heads.get(name, 0), envs))
         heads[name] = heads.get(name, 0) + len(envs)
+    return txs
+
+
+def append(spec: dict[str, Any]) -> dict[str, Any]:
+    messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
+    pool = make_pool(messages, spec["size"])
+    base = rss_kb()
+    txs = w1_plan(pool, messages, batch, streams)
     t0 = clock()
     peer = open_writer(spec, pool, messages)
     opened = clock()
@@ -205,13 +211,7 @@ def retry(spec: dict[str, Any]) -> dict[str, Any]:
     (timed): each must write nothing and return the global offsets of its first commit."""
     messages, batch, streams = spec["messages"], spec["batch"], spec.get("streams", 1000)
     pool = make_pool(messages, spec["size"])
-    txs: list[tuple[str, int, list[Envelope]]] = []
-    heads: dict[str, int] = {}
-    for k, start in enumerate(range(0, messages, batch)):
-        name = f"stream-{k % streams}"
-        envs = [envelope_at(pool, i) for i in range(start, min(start + batch, messages))]
-        txs.append((name, heads.get(name, 0), envs))
-        heads[name] = heads.get(name, 0) + len(envs)
+    txs = w1_plan(pool, messages, batch, streams)
     peer = open_peer(spec["store"], spec["dir"], spec.get("mode", "sync"))
     first = [peer.commit(name, offset, envs) for name, offset, envs in txs]
     retries = txs[:: spec.get("every", 1)]
@@ -305,9 +305,15 @@ def scan(spec: dict[str, Any]) -> dict[str, Any]:
     opened = clock()
     count = 0
     last = None
-    for env in peer.scan():
-        last = env
-        count += 1
+    if spec.get("api") == "read":  # logstore's batch read: a list per call
+        assert isinstance(peer, LogstorePeer)
+        for batch in peer.scan_batches():
+            last = batch[-1]
+            count += len(batch)
+    else:
+        for env in peer.scan():
+            last = env
+            count += 1
     seconds = clock() - opened
     _check(f"{peer.name}: scanned message count", count, messages)
     _check(f"{peer.name}: last envelope", last, envelope_at(pool, messages - 1))

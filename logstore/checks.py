@@ -33,21 +33,36 @@ MAX_ENVELOPE_SIZE = 16 * 2**20
 """Largest encoded envelope, in bytes (16 MiB); an embedded store's segment must also hold it whole."""
 
 
+def check_name(value: object, what: str, limit: int, empty: bool = False) -> bytes:
+    """The UTF-8 bytes of ``value``, a name of at most ``limit`` UTF-8 bytes without NUL; else raise.
+
+    ``what`` names it in the errors ("stream name", "category", ...); ``empty`` allows "".
+    """
+    if type(value) is not str:
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value and not empty:
+        raise ValueError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{what} {value[:64]!r} contains a NUL character")
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} {value[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
+    if len(raw) > limit:
+        raise ValueError(f"{what} is {len(raw)} UTF-8 bytes, the limit is {limit}")
+    return raw
+
+
 def check_stream_name(stream: object) -> bytes:
     """Return the UTF-8 bytes of a valid stream name, else raise ``TypeError``/``ValueError``."""
-    if type(stream) is not str:
-        raise TypeError(f"stream name must be a str, got {type(stream).__name__}")
-    if not stream:
-        raise ValueError("stream name must not be empty")
-    if "\x00" in stream:
-        raise ValueError(f"stream name {stream[:64]!r} contains a NUL character")
-    try:
-        raw = stream.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"stream name {stream[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_STREAM_NAME:
-        raise ValueError(f"stream name is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
-    return raw
+    return check_name(stream, "stream name", MAX_STREAM_NAME)
+
+
+def check_message_id(message_id: object) -> str:
+    """``locate``'s argument: a ``str`` (any: an id never appended is simply nowhere)."""
+    if type(message_id) is not str:
+        raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+    return message_id
 
 
 def category_of(stream: str) -> str:
@@ -61,18 +76,10 @@ def category_of(stream: str) -> str:
 
 def check_category(category: object) -> str:
     """Return a valid category name (a str without ``-``, NUL or unencodable characters), else raise."""
-    if type(category) is not str:
-        raise TypeError(f"category must be a str, got {type(category).__name__}")
+    check_name(category, "category", MAX_STREAM_NAME, empty=True)
+    assert isinstance(category, str)
     if "-" in category:
         raise ValueError(f"category {category[:64]!r} contains '-': a category is a stream name up to its first '-'")
-    if "\x00" in category:
-        raise ValueError(f"category {category[:64]!r} contains a NUL character")
-    try:
-        raw = category.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"category {category[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_STREAM_NAME:
-        raise ValueError(f"category is {len(raw)} UTF-8 bytes, the limit is {MAX_STREAM_NAME}")
     return category
 
 

@@ -37,6 +37,9 @@ class OffsetConflictError(ConcurrencyError):
         self.expected = expected
         self.given = given
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream, self.expected, self.given))
+
 
 class DuplicateMessageError(LogStoreError):
     """A transaction appends a ``message_id`` that its stream already holds at another offset.
@@ -90,6 +93,10 @@ class CorruptionError(LogStoreError):
         self.path = path
         self.position = position
         self.what = what
+        self.hint = hint
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.position, self.what, self.hint))
 
 
 class FormatVersionError(CorruptionError):
@@ -138,6 +145,9 @@ class SubscriptionBusyError(LogStoreError):
         self.name = name
         self.member = member
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.member, str(self)))
+
 
 class MessageTooLargeError(LogStoreError, ValueError):
     """An encoded envelope is larger than the store accepts."""
@@ -149,6 +159,9 @@ class MessageTooLargeError(LogStoreError, ValueError):
         self.offset = offset
         self.size = size
         self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.stream, self.offset, self.size, self.limit))
 
 
 class StoreClosedError(LogStoreError):

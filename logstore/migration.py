@@ -8,8 +8,12 @@ its own (:mod:`logstore.embedded.export` and :mod:`logstore.embedded.importer` f
   envelope bytes, and its streams as :class:`StreamState` s in order of first commit;
 - a :class:`Destination` marks itself as an unfinished copy of one source (:meth:`Destination.start`,
   which refuses a store that holds anything else), takes the records in batches, each written
-  atomically and whole (:meth:`Destination.write`), and after the copy is checked drops its mark
+  atomically and whole (:meth:`Destination.write`), then the durable subscriptions with their
+  positions (:meth:`Destination.put_subscriptions`), and after the copy is checked drops its mark
   (:meth:`Destination.unmark`).
+
+Global offsets are kept, so a subscription's positions (global offsets) mean the same in the copy:
+its definition and every member's position are copied as they are when the records have been.
 
 :func:`migrate` drives a copy (and a resumed one: it goes on at the destination's global head);
 :func:`compare` checks a copy against its source and names the first difference.
@@ -33,6 +37,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
+
+from logstore.results import SubscriptionInfo
 
 KINDS = ("message", "truncate", "delete", "removed", "lost", "retain")
 """The kinds of :class:`RawRecord`."""
@@ -105,6 +111,10 @@ class Source(Protocol):
         """The ranges ``(start, end)`` of global offsets that hold no record (see :func:`compare`)."""
         ...
 
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        """Every durable subscription, sorted by name, with each member's position."""
+        ...
+
 
 class Destination(Protocol):
     """The write side of a migration."""
@@ -126,6 +136,11 @@ class Destination(Protocol):
 
     def finish(self) -> None:
         """What follows the last batch (a directory compacts its placeholders of removed messages)."""
+        ...
+
+    def put_subscriptions(self, subscriptions: Sequence[SubscriptionInfo]) -> None:
+        """Make the destination's durable subscriptions exactly ``subscriptions`` (definitions and positions),
+        replacing what an earlier run of this copy wrote."""
         ...
 
     def as_source(self) -> Source:
@@ -167,6 +182,8 @@ class MigrateReport:
     payload_bytes: int = 0
     batches: int = 0
     streams: int = 0
+    subscriptions: int = 0
+    """Durable subscriptions copied (their definitions and every member's position)."""
     copy_seconds: float = 0.0
     verify_seconds: float = 0.0
     verified: bool = False
@@ -242,6 +259,9 @@ def migrate(
         if progress is not None:
             progress(end, head)
     destination.finish()
+    subscriptions = source.subscriptions()
+    destination.put_subscriptions(subscriptions)
+    report.subscriptions = len(subscriptions)
     report.copy_seconds = time.monotonic() - t0
     t1 = time.monotonic()
     report.difference = compare(source, destination.as_source())
@@ -279,7 +299,8 @@ def compare(source: Source, copy: Source) -> Difference | None:
     """The first difference between ``copy`` and ``source``, or ``None`` when it is exact.
 
     Compared: the global head; every stream's first offset, head and deleted flag, and the order of
-    the streams (``stream_names()``'s order); and record by record, every message's global offset,
+    the streams (``stream_names()``'s order); the durable subscriptions (each one's category, types,
+    group size and members' positions); and record by record, every message's global offset,
     stream, stream offset and envelope bytes, and every truncation and deletion. A message that its
     stream's first offset removed and a hole (a compacted message, a marker, a gap) count as the
     same: no reader can tell them apart, and PostgreSQL and a directory reclaim removed messages
@@ -287,27 +308,12 @@ def compare(source: Source, copy: Source) -> Difference | None:
     """
     if source.global_head != copy.global_head:
         return Difference(None, f"global head {copy.global_head}, the source's is {source.global_head}")
-    src_streams, dst_streams = source.streams(), copy.streams()
-    src_by_name = {s.name: s for s in src_streams}
-    dst_by_name = {s.name: s for s in dst_streams}
-    for s in src_streams:
-        d = dst_by_name.get(s.name)
-        if d is None:
-            return Difference(None, f"stream {s.name!r} is missing")
-        if (d.first, d.head, d.deleted) != (s.first, s.head, s.deleted):
-            return Difference(
-                None,
-                f"stream {s.name!r}: first {d.first}, head {d.head}, deleted {d.deleted};"
-                f" the source has first {s.first}, head {s.head}, deleted {s.deleted}",
-            )
-    for d in dst_streams:
-        if d.name not in src_by_name:
-            return Difference(None, f"stream {d.name!r} is not in the source")
-    src_order = [s.name for s in src_streams]
-    dst_order = [s.name for s in dst_streams]
-    if src_order != dst_order:
-        k = next(i for i, (a, b) in enumerate(zip(src_order, dst_order, strict=True)) if a != b)
-        return Difference(None, f"streams in another order: {dst_order[k]!r} where the source has {src_order[k]!r}")
+    src_streams = source.streams()
+    difference = _compare_streams(src_streams, copy.streams()) or _compare_subscriptions(
+        source.subscriptions(), copy.subscriptions()
+    )
+    if difference is not None:
+        return difference
     firsts = {s.name: s.first for s in src_streams}
     head = source.global_head
     a_iter, b_iter = source.records(0, head), copy.records(0, head)
@@ -330,3 +336,52 @@ def compare(source: Source, copy: Source) -> Difference | None:
         if rb is not None:
             b = next(b_iter, None)
     return None
+
+
+def _compare_streams(src_streams: list[StreamState], dst_streams: list[StreamState]) -> Difference | None:
+    """The first difference between two stores' streams (their states and order), or ``None``."""
+    src_by_name = {s.name: s for s in src_streams}
+    dst_by_name = {s.name: s for s in dst_streams}
+    for s in src_streams:
+        d = dst_by_name.get(s.name)
+        if d is None:
+            return Difference(None, f"stream {s.name!r} is missing")
+        if (d.first, d.head, d.deleted) != (s.first, s.head, s.deleted):
+            return Difference(
+                None,
+                f"stream {s.name!r}: first {d.first}, head {d.head}, deleted {d.deleted};"
+                f" the source has first {s.first}, head {s.head}, deleted {s.deleted}",
+            )
+    for d in dst_streams:
+        if d.name not in src_by_name:
+            return Difference(None, f"stream {d.name!r} is not in the source")
+    src_order = [s.name for s in src_streams]
+    dst_order = [s.name for s in dst_streams]
+    if src_order != dst_order:
+        k = next(i for i, (a, b) in enumerate(zip(src_order, dst_order, strict=True)) if a != b)
+        return Difference(None, f"streams in another order: {dst_order[k]!r} where the source has {src_order[k]!r}")
+    return None
+
+
+def _compare_subscriptions(source: list[SubscriptionInfo], copy: list[SubscriptionInfo]) -> Difference | None:
+    """The first difference between two stores' subscriptions (each list sorted by name), or ``None``."""
+    src = {info.name: info for info in source}
+    dst = {info.name: info for info in copy}
+    for name in sorted(src.keys() | dst.keys()):
+        a, b = src.get(name), dst.get(name)
+        if b is None:
+            return Difference(None, f"subscription {name!r} is missing")
+        if a is None:
+            return Difference(None, f"subscription {name!r} is not in the source")
+        if a != b:
+            return Difference(
+                None,
+                f"subscription {name!r}: category {b.category!r}, types {_types(b)}, group size {b.size},"
+                f" positions {list(b.positions)}; the source has category {a.category!r}, types {_types(a)},"
+                f" group size {a.size}, positions {list(a.positions)}",
+            )
+    return None
+
+
+def _types(info: SubscriptionInfo) -> str:
+    return "all" if info.types is None else repr(sorted(info.types))[:200]

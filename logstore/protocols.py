@@ -107,6 +107,9 @@ class LocatedStream(Stream, Protocol):
     def global_offset(self) -> int:
         """The current message's global offset."""
 
+    def read(self, max_count: int = 1000) -> list[Envelope]:
+        """Up to ``max_count`` of the messages available now, in one call; the last becomes the current one."""
+
 
 @runtime_checkable
 class ShortFormStore(Protocol):

@@ -28,11 +28,55 @@ from logstore.checks import check_timeout
 from logstore.envelope import Envelope
 from logstore.errors import LogStoreError, StreamClosedError
 
+DEFAULT_READ = 1000
+"""How many messages ``read()`` returns at most when not told."""
+
+
+def check_max_count(max_count: object) -> None:
+    """Raise for a ``max_count`` of ``read()`` that is not an int >= 1."""
+    if isinstance(max_count, bool) or not isinstance(max_count, int):
+        raise TypeError(f"max_count must be an int, got {type(max_count).__name__}")
+    if max_count < 1:
+        raise ValueError(f"max_count must be >= 1, got {max_count}")
+
+
 AsyncWaiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 """A waiting ``anext()``: its loop and the future that a wake-up resolves."""
 
 
-class Reader:
+class Iterating:
+    """``for``, ``async for`` and ``with`` over a stream's ``__next__``, ``anext()`` and ``close()``: what
+    every reader and a subscription (:class:`logstore.subscriptions.Subscription`) share."""
+
+    __slots__ = ()
+
+    async def anext(self, timeout: float | None = None) -> Envelope:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Envelope:
+        """``async for env in stream`` waits for each message and ends when the stream is closed."""
+        try:
+            return await self.anext()
+        except StreamClosedError:
+            raise StopAsyncIteration from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Reader(Iterating):
     """The messagestore ``Stream`` surface of a reader; a backend's reader supplies fetching and waiting."""
 
     __slots__ = ("__weakref__", "_closed")
@@ -169,18 +213,18 @@ class Reader:
                 self._discard_async_waiter(waiter)
             self._check_open()
 
-    def __aiter__(self) -> Self:
-        return self
+    def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
+        """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
 
-    async def __anext__(self) -> Envelope:
-        """``async for env in stream`` waits for each message and ends when the stream is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    def __iter__(self) -> Self:
-        return self
+        The last one returned becomes the current message (``offset()``, ``stream_name()``, ...), as if
+        ``try_next()`` had stepped through them. Never waits: ``next()`` waits for the first of more.
+        """
+        check_max_count(max_count)
+        self._check_open()
+        out: list[Envelope] = []
+        while len(out) < max_count and self._advance():
+            out.append(self.get())
+        return out
 
     def __next__(self) -> Envelope:
         """``for env in stream`` yields the messages available now, then stops."""
@@ -192,9 +236,3 @@ class Reader:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

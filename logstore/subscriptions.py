@@ -18,40 +18,38 @@ is delivered again to the member's next subscription.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection
-from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
+import msgpack
 import xxhash
 
-from logstore.checks import check_category, check_timeout, check_types
+from logstore.checks import check_category, check_name, check_timeout, check_types
 from logstore.envelope import Envelope
 from logstore.errors import StreamClosedError
-from logstore.readers import Reader
+from logstore.readers import DEFAULT_READ, Iterating, Reader, check_max_count
 from logstore.results import SubscriptionInfo
 
 MAX_SUBSCRIPTION_NAME = 255
 """Longest subscription name, in UTF-8 bytes."""
 MAX_GROUP_SIZE = 1024
 """Most members a consumer group may have."""
+MAX_DEFINITION = 4008
+"""Most bytes a subscription's definition takes encoded (:func:`definition_bytes`): what one slot of an
+embedded store's ``SUBSCRIPTIONS`` file holds. PostgreSQL keeps the same limit, so that ``logstore migrate``
+copies every subscription either way."""
 _MEMBER_CACHE = 65536
 """Stream names whose member a subscription remembers (then it forgets them all and starts again)."""
+
+logger = logging.getLogger("logstore")
 
 
 def check_subscription_name(name: object) -> str:
     """Return a valid subscription name (a non-empty str of at most 255 UTF-8 bytes, no NUL), else raise."""
-    if type(name) is not str:
-        raise TypeError(f"subscription name must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError("subscription name must not be empty")
-    if "\x00" in name:
-        raise ValueError(f"subscription name {name[:64]!r} contains a NUL character")
-    try:
-        raw = name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"subscription name {name[:64]!r} is not encodable as UTF-8: {exc.reason}") from None
-    if len(raw) > MAX_SUBSCRIPTION_NAME:
-        raise ValueError(f"subscription name is {len(raw)} UTF-8 bytes, the limit is {MAX_SUBSCRIPTION_NAME}")
+    check_name(name, "subscription name", MAX_SUBSCRIPTION_NAME)
+    assert isinstance(name, str)
     return name
 
 
@@ -111,6 +109,23 @@ class Definition(NamedTuple):
         )
 
 
+def definition_bytes(definition: Definition) -> bytes:
+    """A definition encoded: msgpack ``[name, category or nil, sorted types or nil, group size]``."""
+    types = None if definition.types is None else sorted(definition.types)
+    body: bytes = msgpack.packb([definition.name, definition.category, types, definition.size])
+    return body
+
+
+def check_definition_size(definition: Definition) -> None:
+    """Raise ``ValueError`` when a new subscription's definition is too large to keep (:data:`MAX_DEFINITION`)."""
+    size = len(definition_bytes(definition))
+    if size > MAX_DEFINITION:
+        raise ValueError(
+            f"subscription {definition.name!r}: its name, category and types take {size} bytes"
+            f" encoded, the limit is {MAX_DEFINITION}"
+        )
+
+
 def info_of(definition: Definition, positions: Collection[int]) -> SubscriptionInfo:
     return SubscriptionInfo(definition.name, definition.category, definition.types, definition.size, tuple(positions))
 
@@ -158,6 +173,13 @@ class _SubscribingStore(Protocol):
     def open_category(self, ds: Any, category: str, offset: int, types: Collection[str] | None = None) -> Any: ...
 
 
+class _Store(_SubscribingStore, Protocol):
+    path: str
+
+    @property
+    def global_head(self) -> int: ...
+
+
 def definition_of(name: object, category: object, types: object, group: object) -> tuple[Definition, int]:
     """The checked arguments of ``subscribe``: the definition they ask for, and the member."""
     name = check_subscription_name(name)
@@ -166,6 +188,30 @@ def definition_of(name: object, category: object, types: object, group: object) 
     wanted = check_types(types)
     member, size = check_group(group)
     return Definition(name, category, wanted, size), member
+
+
+def open_subscription(store: _Store, positions: Positions[C], definition: Definition, member: int) -> Subscription[C]:
+    """``store.subscribe``'s work once the arguments are checked (every backend's): claim the member in
+    ``positions``, then open the stream at its position (at the log's end when the position is past it)."""
+    claim = positions.claim(definition, member)
+    try:
+        head = store.global_head
+        if claim.position > head:
+            # Only after a crash that lost commits the position had passed (an embedded store's machine crash
+            # with durability="none", a PostgreSQL server's crash with synchronous_commit off).
+            logger.warning(
+                "%s: subscription %r member %d is at global offset %d, past the log's end %d; it begins at the end",
+                store.path,
+                definition.name,
+                member,
+                claim.position,
+                head,
+            )
+            positions.save(claim, head)  # saved: the messages committed from here on are delivered
+        return Subscription(store, positions, claim)
+    except BaseException:
+        positions.release(claim)
+        raise
 
 
 def open_reader(store: _SubscribingStore, definition: Definition, start: int) -> Reader:
@@ -177,7 +223,7 @@ def open_reader(store: _SubscribingStore, definition: Definition, start: int) ->
     return reader
 
 
-class Subscription(Generic[C]):
+class Subscription(Iterating, Generic[C]):
     """A durable subscription's stream: what a member has not acknowledged yet, and :meth:`ack`.
 
     The ``messagestore.Stream`` surface of the store's readers: :meth:`next`, :meth:`try_next`,
@@ -197,6 +243,7 @@ class Subscription(Generic[C]):
         self.size = definition.size
         self._position = claim.position
         self._current: int | None = None  # the global offset of the message delivered last
+        self._kept: tuple[Envelope, str, int] | None = None  # in a group: its envelope, stream and offset
         self._members: dict[str, bool] = {}
         try:
             self._reader = open_reader(store, definition, claim.position)
@@ -222,6 +269,8 @@ class Subscription(Generic[C]):
         """
         if self._closed:
             raise StreamClosedError(f"subscription {self.name!r}: acknowledged after close()")
+        if self._reader.closed:  # with its store (or carried into a forked child: the reader says which)
+            raise self._reader._closed_error(f"subscription {self.name!r}: acknowledged after its store was closed")
         current = self._current
         if offset is None:
             if current is None:
@@ -246,9 +295,14 @@ class Subscription(Generic[C]):
     # -- reading ----------------------------------------------------------------------------
 
     def _mine(self) -> bool:
-        """Whether the reader's current message is this member's; if so it becomes the current one."""
+        """Whether the reader's current message is this member's; if so it becomes the current one.
+
+        In a group the reader steps past other members' messages after this member's current one, so
+        the current message's envelope and place are kept here (``_kept``), not read from the reader.
+        """
+        reader = self._reader
         if self.size > 1:
-            stream = self._reader.stream_name()
+            stream = reader.stream_name()
             mine = self._members.get(stream)
             if mine is None:
                 if len(self._members) >= _MEMBER_CACHE:
@@ -256,7 +310,8 @@ class Subscription(Generic[C]):
                 mine = self._members[stream] = member_of(stream, self.size) == self.member
             if not mine:
                 return False
-        self._current = self._reader.offset()
+            self._kept = (reader.get(), stream, reader.stream_offset())
+        self._current = reader.offset()
         return True
 
     def _check_open(self) -> None:
@@ -304,25 +359,52 @@ class Subscription(Generic[C]):
                 raise TimeoutError(f"subscription {self.name!r}: no message within {timeout} s") from None
             if self._mine():
                 break
-        return self._reader.get()
+        return self.get()
+
+    def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
+        """Up to ``max_count`` of this member's messages available now, in one call (the last becomes current)."""
+        check_max_count(max_count)
+        self._check_open()
+        if self.size == 1:
+            envs = self._reader.read(max_count)
+            if envs:
+                self._current = self._reader.offset()
+            return envs
+        out: list[Envelope] = []
+        while len(out) < max_count and self.try_next():
+            out.append(self.get())
+        return out
+
+    def _current_kept(self) -> tuple[Envelope, str, int]:
+        self._check_open()
+        kept = self._kept
+        if kept is None:
+            raise ValueError("no current message: before a successful next() or try_next()")
+        return kept
 
     def get(self) -> Envelope:
         """The envelope of the current message."""
+        if self.size > 1:
+            return self._current_kept()[0]
         self._check_open()
         return self._reader.get()
 
     def offset(self) -> int:
         """The current message's global offset."""
+        if self.size > 1:
+            self._current_kept()
+            assert self._current is not None
+            return self._current
         return self._reader.offset()
 
     def global_offset(self) -> int:
-        return self._reader.global_offset()
+        return self.offset() if self.size > 1 else self._reader.global_offset()
 
     def stream_name(self) -> str:
-        return self._reader.stream_name()
+        return self._current_kept()[1] if self.size > 1 else self._reader.stream_name()
 
     def stream_offset(self) -> int:
-        return self._reader.stream_offset()
+        return self._current_kept()[2] if self.size > 1 else self._reader.stream_offset()
 
     def close(self) -> None:
         """Close the stream and free the member for another subscription. Idempotent; unacknowledged
@@ -337,32 +419,14 @@ class Subscription(Generic[C]):
 
     @property
     def closed(self) -> bool:
-        return self._closed
-
-    def __iter__(self) -> Self:
-        return self
+        """Closed: by :meth:`close`, or with its store."""
+        return self._closed or self._reader.closed
 
     def __next__(self) -> Envelope:
         """``for env in sub`` yields this member's messages available now, then stops."""
         if not self.try_next():
             raise StopIteration
-        return self._reader.get()
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Envelope:
-        """``async for env in sub`` waits for each message and ends when the subscription is closed."""
-        try:
-            return await self.anext()
-        except StreamClosedError:
-            raise StopAsyncIteration from None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return self.get()
 
     def __repr__(self) -> str:
         group = f", member {self.member} of {self.size}" if self.size > 1 else ""

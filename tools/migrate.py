@@ -2,8 +2,9 @@
 
 SRC and DST are each a store directory or a ``postgresql://`` URL (``--schema``, or
 ``--src-schema``/``--dst-schema`` when both are URLs). Every global offset, stream offset,
-truncation, deletion and envelope byte is kept (:mod:`logstore.migration`); the copy is compared
-with the source at the end and the first difference, if any, is named with its global offset.
+truncation, deletion and envelope byte is kept (:mod:`logstore.migration`), and the durable
+subscriptions with their positions; the copy is compared with the source at the end and the first
+difference, if any, is named with its global offset.
 
 Exit 0: copied and checked. 1: the copy differs from the source (it stays marked as unfinished).
 2: usage, a destination that is not empty (and not an unfinished copy of SRC), a source the
@@ -26,7 +27,7 @@ from logstore.tools.storedir import DEFAULT_SCHEMA, ToolError, fail, is_url, pri
 
 REPORT_FIELDS = (
     "source destination resumed_at global_head records messages control removed payload_bytes batches streams"
-    " copy_seconds verify_seconds verified difference"
+    " subscriptions copy_seconds verify_seconds verified difference"
 )
 
 
@@ -149,9 +150,10 @@ def print_report(report: MigrateReport, as_json: bool) -> None:
         f"{report.payload_bytes:,} envelope bytes in {report.batches:,} batches, {report.copy_seconds:.2f} s"
     )
     if diff is None:
+        subs = f", {report.subscriptions:,} subscriptions" if report.subscriptions else ""
         print(
-            f"verified: global head {report.global_head:,}, {report.streams:,} streams, every record and envelope"
-            f" byte equal ({report.verify_seconds:.2f} s)"
+            f"verified: global head {report.global_head:,}, {report.streams:,} streams{subs}, every record and"
+            f" envelope byte equal ({report.verify_seconds:.2f} s)"
         )
     else:
         print(f"DIFFERENCE {diff}")

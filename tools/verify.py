@@ -9,6 +9,7 @@ A ``postgresql://`` URL (with ``--schema``) is checked by :func:`logstore.postgr
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from typing import Any
 
 from logstore.embedded.verify import verify
@@ -47,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
             problems=[{"file": p.path, "position": p.position, "what": p.what} for p in result.problems],
         )
     else:
-        for p in result.problems:
-            print(f"PROBLEM {p}")
-        for note in result.notes:
-            print(f"note    {note}")
-        state = "clean" if result.ok else f"{len(result.problems):,} problem(s)"
+        state = _print_findings(result.problems, result.notes)
         print(
             f"{args.dir}: {state}: {result.segments:,} segments, {result.records:,} records "
             f"({result.messages:,} readable messages, {result.removed:,} removed, {result.lost:,} lost, "
@@ -59,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
             f"log start {result.log_start:,}"
         )
     return 0 if result.ok else 1
+
+
+def _print_findings(problems: Sequence[object], notes: Sequence[str]) -> str:
+    """Print each problem and note, one per line; return the state the summary line begins with."""
+    for p in problems:
+        print(f"PROBLEM {p}")
+    for note in notes:
+        print(f"note    {note}")
+    return f"{len(problems):,} problem(s)" if problems else "clean"
 
 
 def run_url(args: argparse.Namespace, schema: str) -> int:
@@ -80,11 +86,7 @@ def run_url(args: argparse.Namespace, schema: str) -> int:
             ],
         )
     else:
-        for p in result.problems:
-            print(f"PROBLEM {p}")
-        for note in result.notes:
-            print(f"note    {note}")
-        state = "clean" if result.ok else f"{len(result.problems):,} problem(s)"
+        state = _print_findings(result.problems, result.notes)
         print(
             f"{result.path}: {state}: {result.rows:,} rows ({result.messages:,} readable messages, "
             f"{result.removed:,} removed, {result.control:,} control), {result.gaps:,} compacted global offsets, "

@@ -27,6 +27,7 @@ from logstore.embedded.walk import Damage, walk
 from logstore.errors import CorruptionError
 from logstore.index.catalog import FLAG_DELETED
 from logstore.migration import RawRecord, StreamState
+from logstore.results import SubscriptionInfo
 
 _KINDS = {
     KIND_MESSAGE: "message",
@@ -61,6 +62,9 @@ class EmbeddedSource:
         """The global offsets without a record: those below the log start."""
         start = self.store.log_start
         return [(0, start)] if start else []
+
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        return self.store.subscriptions()
 
     def streams(self) -> list[StreamState]:
         """Every stream the catalog knows, in stream-id order (the order of first commit)."""

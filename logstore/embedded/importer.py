@@ -41,10 +41,13 @@ from logstore.embedded import layout
 from logstore.embedded.export import EmbeddedSource
 from logstore.embedded.fileio import default_io
 from logstore.embedded.msgids import message_id_at
+from logstore.embedded.positions import SubscriptionFile
 from logstore.embedded.store import Store, log_of
 from logstore.embedded.store import open as open_store
 from logstore.envelope import Envelope, encode
 from logstore.migration import MigrationError, NotEmptyError, RawRecord, Source
+from logstore.results import SubscriptionInfo
+from logstore.subscriptions import Definition
 from logstore.tx import Committer, Tx
 
 PLACEHOLDER_TYPE = "logstore.migrate.removed"
@@ -114,10 +117,12 @@ class EmbeddedDestination:
             options["segment_size"] = self._segment_size
         self.store = store = open_store(path, **options)  # type: ignore[arg-type]
         if marker is None:
-            if store.global_head or len(log_of(store).catalog):
+            nsubs = len(store.subscriptions())
+            if store.global_head or len(log_of(store).catalog) or nsubs:
+                subs = f", {nsubs} subscriptions" if nsubs else ""
                 raise NotEmptyError(
-                    f"{path}: not empty ({store.global_head} global offsets, {len(log_of(store).catalog)} streams);"
-                    " migrate copies into an empty store, or resumes its own unfinished copy"
+                    f"{path}: not empty ({store.global_head} global offsets, {len(log_of(store).catalog)} streams"
+                    f"{subs}); migrate copies into an empty store, or resumes its own unfinished copy"
                 )
             marker = {"source": source.identity, "where": source.where, "started_at": time.time()}
             self._write_mark(marker)
@@ -222,6 +227,28 @@ class EmbeddedDestination:
         store = self._open()
         if self._mark.get("placeholders"):
             store.compact()
+
+    def put_subscriptions(self, subscriptions: Sequence[SubscriptionInfo]) -> None:
+        """Write the source's subscriptions into the store's ``SUBSCRIPTIONS`` file: each member claimed,
+        its position saved as the source has it, released; one of an earlier run that differs is deleted."""
+        store = self._open()
+        wanted = {info.name: info for info in subscriptions}
+        for info in store.subscriptions():
+            if info.name not in wanted or info[:4] != wanted[info.name][:4]:
+                store.delete_subscription(info.name)
+        # A SUBSCRIPTIONS file of its own over the store's: its claims exclude the store's as another
+        # process's would. Each position is synced as it is saved; the copy's log is made durable before the
+        # mark is removed (unmark closes the store first), and a copy cut short writes them again.
+        subs = SubscriptionFile(default_io(), self.path, log_of(store).store_id, "fsync", 0.0, lambda _position: None)
+        for info in subscriptions:
+            definition = Definition(info.name, info.category, info.types, info.size)
+            for member, position in enumerate(info.positions):
+                claim = subs.claim(definition, member)
+                try:
+                    if claim.position != position:
+                        subs.save(claim, position)
+                finally:
+                    subs.release(claim)
 
     def as_source(self) -> EmbeddedSource:
         return EmbeddedSource(self._open())

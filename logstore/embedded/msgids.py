@@ -7,10 +7,13 @@ follower of other processes' commits apply the records they walk (the id
 is the envelope's first msgpack field, read without decoding the rest),
 and each checkpoint saves it. The structure and its files are
 :mod:`logstore.index.msgids`: sorted runs of (xxh3-64 of the id, global
-offset) in numpy arrays, and a small dict of the entries since the last
-fold. A hash hit is a candidate only: the record at that global offset is
-read and its id compared, so a collision of two ids costs one read and
-never a wrong answer.
+offset) in numpy arrays, the recent entries since the last fold or
+checkpoint (numpy arrays in log order, and Python lists of the newest), and
+a bounded Python set of the hashes of the recent entries and of the runs
+checkpoints made from them, which the writer's check tests a transaction's
+ids against in one call. A hash hit is a candidate only: the record at that
+global offset is read and its id compared, so a collision of two ids costs
+one read and never a wrong answer.
 
 The writer's check (:meth:`MessageIds.check`, in the group processing
 before the offset check and the framing): for each envelope of a
@@ -25,11 +28,16 @@ transaction, where the stream it is appended to already holds its id.
   transaction, or a transaction mixing committed messages with new ones):
   :class:`~logstore.DuplicateMessageError`, nothing written.
 
-Lock rules: the holder of the writer role alone calls ``check``, ``added``,
-``apply``, ``prepare`` and ``encode``. Readers call :meth:`locate`; they
-read ``recent`` (a dict: single lookups are atomic) and ``runs`` (replaced
-whole, never changed in place), and bound what they report by the
-published ``visible_end``.
+Lock rules: the holder of the writer role alone calls ``check``,
+``withdraw``, ``added``, ``apply``, ``prepare`` and ``encode``. Readers call
+:meth:`locate`; they read ``recent`` (a set: single lookups are atomic), the
+pending lists (appended to, or replaced whole once their entries are in the
+arrays, which readers look at after them), the recent arrays (each a
+:class:`~logstore.index.growable.Growable`), the sorted copy of them and
+``runs`` (replaced whole, never changed in place), and bound what they
+report by the published ``visible_end``. A reader may see an entry twice
+(moving from the lists to the arrays) or a hash in the set before its entry:
+candidates are compared with the records, and duplicates dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
+from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -56,6 +65,7 @@ from logstore.index.msgids import (
     encode_generation,
     merge,
     sorted_run,
+    stable_order,
 )
 from logstore.tx import ANY_OFFSET
 
@@ -88,6 +98,13 @@ RUN_EXT = ".run"
 # Recent entries beyond this many are folded into an unsaved sorted run (numpy), so that the dict stays
 # small; a checkpoint keeps up to this many in the generation file and writes the rest as a run file.
 RECENT_MAX = 1 << 18
+
+# Entries added since the last move into the recent arrays beyond this many are moved (one numpy call for
+# many transactions' entries).
+FLUSH_AT = 1 << 13
+
+# The recent entries a lookup scans past the sorted copy of the arrays before the copy is made again.
+SORTED_REST = 1 << 16
 
 hash_bytes = xxh3_64_intdigest
 """The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
@@ -152,39 +169,54 @@ class MessageIds(DerivedIndex):
     def __init__(self, log: MessageIdHost | None) -> None:
         super().__init__()
         self.log = log
-        self.recent: dict[int, int | tuple[int, ...]] = {}
-        # The recent entries again, in the order they were added (the log's): what a fold or a checkpoint
-        # sorts into a run, with no walk over the dict (writer role).
+        # The hashes of the recent entries, and of every entry of a run at or past ``_set_from`` (a checkpoint
+        # writes the recent entries as a run but keeps their hashes here): a set, for the writer's check
+        # (no hash of a transaction in it: one C call, and no search of the runs it covers) and to tell a
+        # reader whether to look for a hash among the recent entries at all.
+        self.recent: set[int] = set()
+        self._set_from = 0
+        self._high = 0  # past the highest global offset added
+        self._search_runs: list[Run] = []  # the runs the set does not cover, which the check searches
+        # The recent entries themselves (hash, global offset), in the order they were added (the log's):
+        # what a fold or a checkpoint sorts into a run, and where a lookup finds a hash's global offsets.
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
-        # Entries added one by one (recovery, a follower, the slow path), not in the arrays yet: Python
-        # lists, moved into the arrays in one call before anything else is (so the order stays the log's).
-        self._more_h: list[int] = []
-        self._more_g: list[int] = []
+        # Entries not in the arrays yet: chunks of (hashes, global offset of the first), the hashes at
+        # consecutive global offsets; moved into the arrays in one call every FLUSH_AT entries or before
+        # the arrays are read (writer role), so that a commit adds no numpy call per transaction.
+        self._pending: list[tuple[list[int], int]] = []
+        self._pending_count = 0
+        # The recent arrays' first entries sorted by hash, for lookups: (the hash Growable it was made
+        # from, how many entries it covers, hashes, global offsets); remade when it falls far behind.
+        self._sorted: tuple[Growable, int, np.ndarray, np.ndarray] | None = None
         self.runs: list[Run] = []
         self.start = 0  # entries below it belong to records that retention dropped
         # This group's transactions, not written yet: (first global offset, transaction).
         self.unwritten: list[tuple[int, Tx]] = []
-        # check() -> added(): the hashes of the transaction's ids, in order, and whether none of them is in
-        # the table yet (nor twice in the transaction)
+        # check() -> added(): the hashes of the transaction's ids, in order, and whether they are new (none of
+        # them in the index, none twice in the transaction); new ones are in ``recent`` already
         self._flat: list[int] = []
-        self._keys: np.ndarray = np.zeros(0, np.uint64)
         self._simple = False
 
     # -- the table -------------------------------------------------------------------
 
     def add(self, h: int, goff: int) -> None:
-        self._more_h.append(h)
-        self._more_g.append(goff)
-        recent = self.recent
-        old = recent.get(h)
-        if old is None:
-            recent[h] = goff
-        elif type(old) is int:
-            recent[h] = (old, goff)
+        """Add one entry (recovery, a follower, the writer's slow path), in log order."""
+        self.recent.add(h)
+        self._high = goff + 1
+        pending = self._pending
+        if pending:
+            hashes, first = pending[-1]
+            if first + len(hashes) == goff:
+                hashes.append(h)
+            else:
+                pending.append(([h], goff))
         else:
-            recent[h] = (*old, goff)  # type: ignore[misc]
-        if len(recent) > RECENT_MAX:
+            pending.append(([h], goff))
+        self._pending_count += 1
+        if self._pending_count >= FLUSH_AT:
+            self._flush()
+        if len(self.recent) > RECENT_MAX:
             self._fold()
 
     def _recent_run(self) -> Run:
@@ -192,32 +224,90 @@ class MessageIds(DerivedIndex):
         hash's global offsets ascending."""
         self._flush()
         keys = self.recent_hashes.view()
-        order = np.argsort(keys, kind="stable")
+        order = stable_order(keys)
         return Run(keys[order], self.recent_goffs.view()[order])
 
     def _flush(self) -> None:
-        """Move the entries added one by one into the arrays."""
-        if self._more_h:
-            self.recent_hashes.extend(np.array(self._more_h, np.uint64))
-            self.recent_goffs.extend(np.array(self._more_g, np.uint64))
-            self._more_h, self._more_g = [], []
+        """Move the pending entries into the arrays (writer role). The arrays first, then the chunks go: a
+        reader that looks at the chunks, then the arrays, finds every entry in one or the other."""
+        pending = self._pending
+        if not pending:
+            return
+        n = self._pending_count
+        hashes = np.fromiter(chain.from_iterable(c[0] for c in pending), np.uint64, n)
+        counts = np.fromiter((len(c[0]) for c in pending), np.int64, len(pending))
+        firsts = np.fromiter((c[1] for c in pending), np.int64, len(pending))
+        # each chunk's global offsets: its first plus the entry's place in the chunk
+        goffs = np.arange(n, dtype=np.int64) + np.repeat(firsts - (np.cumsum(counts) - counts), counts)
+        self.recent_hashes.extend(hashes)
+        self.recent_goffs.extend(goffs.astype(np.uint64))
+        self._pending = []
+        self._pending_count = 0
 
-    def _clear_recent(self) -> None:
-        self._more_h, self._more_g = [], []
-        self.recent = {}
+    def _clear_arrays(self) -> None:
+        """Forget the recent entries, which are in a run now (their hashes stay in the set)."""
+        self._pending = []
+        self._pending_count = 0
         self.recent_hashes = Growable(np.uint64)
         self.recent_goffs = Growable(np.uint64)
+        self._sorted = None
+
+    def _clear_recent(self) -> None:
+        """Forget the recent entries and empty the set: it covers no run from now on."""
+        self._clear_arrays()
+        self.recent = set()
+        self._set_from = self._high
+        self._set_runs(self.runs)
+
+    def _set_runs(self, runs: list[Run]) -> None:
+        """Hold ``runs`` (readers see the old list or the new one, never a list being changed)."""
+        self.runs = runs
+        self._search_runs = [r for r in runs if len(r) and (r.low() or 0) < self._set_from]
 
     def _fold(self) -> None:
-        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved runs)."""
-        run = self._recent_run()
-        self.runs = [*self.runs, run]  # readers see the old list or the new one, never a list being changed
+        """Move the recent entries into a new unsaved sorted run (the next checkpoint merges the unsaved
+        runs), and empty the set, which has grown past RECENT_MAX."""
+        self._set_runs([*self.runs, self._recent_run()])
         self._clear_recent()
+
+    def _sorted_recent(self) -> tuple[Growable, int, np.ndarray, np.ndarray]:
+        """The sorted copy of the recent arrays, remade once the entries past it outnumber those in it and
+        SORTED_REST (writer role, after a flush): a lookup searches the copy and scans the rest, and the
+        sorts cost O(log n) per entry however often lookups come."""
+        arr = self.recent_hashes
+        n = len(arr)
+        got = self._sorted
+        if got is None or got[0] is not arr or n - got[1] > max(SORTED_REST, got[1]):
+            keys = arr.view()
+            order = stable_order(keys)
+            got = self._sorted = (arr, n, keys[order], self.recent_goffs.view()[:n][order])
+        return got
+
+    def _recent_candidates(self, h: int) -> list[int]:
+        """Global offsets of recent entries whose hash is ``h`` (any thread: the pending chunks first, then
+        the arrays; an entry being moved is found in one or both)."""
+        out: list[int] = []
+        for hashes, first in list(self._pending):
+            if h in hashes:
+                out.extend(first + k for k, x in enumerate(hashes) if x == h)
+        arr, goff_arr = self.recent_hashes, self.recent_goffs
+        keys, goffs = arr.view(), goff_arr.view()
+        n = min(len(keys), len(goffs))  # the writer extends one, then the other
+        key = np.uint64(h)
+        done = 0
+        got = self._sorted
+        if got is not None and got[0] is arr and got[1] <= n:
+            _arr, done, sorted_keys, sorted_goffs = got
+            lo = int(np.searchsorted(sorted_keys, key, "left"))
+            hi = int(np.searchsorted(sorted_keys, key, "right"))
+            out.extend(sorted_goffs[lo:hi].tolist())
+        if n > done:
+            out.extend(goffs[done:n][keys[done:n] == key].tolist())
+        return out
 
     def candidates(self, h: int) -> list[int]:
         """Global offsets whose message id may hash to ``h`` (any thread)."""
-        v = self.recent.get(h)
-        out: list[int] = [] if v is None else [v] if isinstance(v, int) else list(v)
+        out = self._recent_candidates(h) if h in self.recent else []
         key = np.uint64(h)
         for run in self.runs:
             hs = run.hashes
@@ -228,8 +318,9 @@ class MessageIds(DerivedIndex):
         return out
 
     def _any_in_runs(self, keys: np.ndarray) -> bool:
-        """Whether a run may hold any of the hashes ``keys`` (one numpy search per run)."""
-        for run in self.runs:
+        """Whether a run that the set does not cover may hold any of the hashes ``keys`` (one numpy search
+        per run)."""
+        for run in self._search_runs:
             hs = run.hashes
             if not len(hs):
                 continue
@@ -284,21 +375,48 @@ class MessageIds(DerivedIndex):
 
     # -- the writer's check ------------------------------------------------------------------
 
-    def candidates_many(self, hashes: list[int]) -> list[list[int]]:
-        """:meth:`candidates` of each of ``hashes``, with two numpy searches per run for all of them."""
-        recent = self.recent
-        out: list[list[int]] = []
-        for h in hashes:
-            v = recent.get(h)
-            out.append([] if v is None else [v] if isinstance(v, int) else list(v))
-        if self.runs and hashes:
-            keys = np.fromiter(hashes, np.uint64, len(hashes))
-            for run in self.runs:
-                lo = np.searchsorted(run.hashes, keys, "left")
-                hi = np.searchsorted(run.hashes, keys, "right")
-                for k in np.flatnonzero(hi > lo).tolist():
-                    out[k].extend(run.goffs[lo[k] : hi[k]].tolist())
+    def candidates_many(self, hashes: list[int], covered: list[bool] | None = None) -> list[list[int]]:
+        """:meth:`candidates` of each of ``hashes``, with numpy searches for all of them at once (writer
+        role); ``covered[k]`` is set if ``hashes[k]`` has an entry that the set covers (a recent one, or one
+        in a run it covers)."""
+        out: list[list[int]] = [[] for _ in hashes]
+        if not hashes:
+            return out
+        keys = np.fromiter(hashes, np.uint64, len(hashes))
+        if not self.recent.isdisjoint(hashes):
+            self._recent_many(hashes, keys, out)
+        if covered is not None:
+            for k, got in enumerate(out):
+                covered[k] = bool(got)
+        searched = self._search_runs
+        for run in self.runs:
+            if covered is not None and run not in searched:
+                hits: list[list[int]] = [[] for _ in hashes]
+                _search(run.hashes, run.goffs, keys, hits)
+                for k, got in enumerate(hits):
+                    if got:
+                        covered[k] = True
+                        out[k].extend(got)
+            else:
+                _search(run.hashes, run.goffs, keys, out)
         return out
+
+    def _recent_many(self, hashes: list[int], keys: np.ndarray, out: list[list[int]]) -> None:
+        """Add to ``out[k]`` the global offsets of the recent entries whose hash is ``hashes[k]`` (writer role)."""
+        self._flush()
+        arr, done, sorted_keys, sorted_goffs = self._sorted_recent()
+        _search(sorted_keys, sorted_goffs, keys, out)
+        rest = arr.view()[done:]
+        if len(rest):  # the entries past the sorted copy, each looked for among the (sorted) keys
+            rest_goffs = self.recent_goffs.view()[done : done + len(rest)]
+            where: dict[int, list[int]] = {}
+            for k, h in enumerate(hashes):
+                where.setdefault(h, []).append(k)
+            ordered = np.sort(keys)
+            at = np.minimum(np.searchsorted(ordered, rest), len(ordered) - 1)
+            for p in np.flatnonzero(ordered[at] == rest).tolist():
+                for k in where[int(rest[p])]:
+                    out[k].append(int(rest_goffs[p]))
 
     def _in_stream(self, goffs: list[int], mid: str, name: str, sid: int | None, cat: Catalog) -> list[tuple[int, int]]:
         """(stream offset, global offset) of every place among the candidates ``goffs`` where stream ``name``
@@ -334,23 +452,52 @@ class MessageIds(DerivedIndex):
         else:
             flat = [hash_bytes(m.encode()) for one in mids for m in one]
         self._flat = flat
-        keys = self._keys = np.array(flat, np.uint64)
-        # The common case at C speed: ids distinct, none in the recent table, none in a run.
-        simple = len(set(flat)) == len(flat) and self.recent.keys().isdisjoint(flat)
-        if simple and not self._any_in_runs(keys):
-            self._simple = True
-            return None
+        # The common case in one C call: the set of recent hashes grows by all of them, so none was among
+        # the recent entries and none is twice in the transaction; then none may be in a run. They stay in
+        # the set: added() keeps them, withdraw() takes them out if the transaction is not written after all.
+        recent = self.recent
+        before = len(recent)
+        recent.update(flat)
+        if len(recent) - before == len(flat):
+            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
+                self._simple = True
+                return None
+            recent.difference_update(flat)  # all of them were new to the set
+        elif len(recent) - before == len(set(flat)):
+            recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
+            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
+                # In no entry either (as above): the judge only checks where the transaction puts each id
+                # (one message in two streams is allowed, twice in one stream is not), with no lookup.
+                self._simple = False
+                return self._judge(tx, ids, cat, [[] for _ in flat])
+        else:
+            # Take out again the hashes that were not in the set before: those of no entry that the set
+            # covers (every hash in it but this transaction's belongs to one). The lookup is the judge's.
+            covered: list[bool] = [False] * len(flat)
+            cands = self.candidates_many(flat, covered)
+            recent.difference_update([h for h, known in zip(flat, covered, strict=True) if not known])
+            self._simple = False
+            return self._judge(tx, ids, cat, cands)
         self._simple = False
-        return self._judge(tx, ids, cat)
+        return self._judge(tx, ids, cat, self.candidates_many(flat))
 
-    def _judge(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
-        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction)."""
+    def withdraw(self) -> None:
+        """The transaction that :meth:`check` just passed is not written (its offsets conflict): take its
+        hashes out again (writer role)."""
+        if self._simple:
+            self.recent.difference_update(self._flat)
+            self._simple = False
+
+    def _judge(
+        self, tx: Tx, ids: dict[str, int], cat: Catalog, cands: list[list[int]]
+    ) -> range | DuplicateMessageError | None:
+        """The slow path of :meth:`check`: some id may be in the index (or twice in the transaction);
+        ``cands``: :meth:`candidates_many` of its hashes."""
         matched: list[int] = []  # global offsets of envelopes committed where the transaction puts them
         first_match: tuple[str, str, int] | None = None  # (stream, id, stream offset) of the first of them
         fresh = False  # some envelope is new to its stream
         placed: dict[tuple[str, str], int | None] = {}  # (stream, id) -> offset the transaction gives it
         assigned: list[Append] = []
-        cands = self.candidates_many(self._flat)
         at = 0  # where the append's envelopes start among the transaction's
         for (name, nameb, first, payloads), mids in zip(tx.appends, tx.message_ids, strict=True):
             sid = ids.get(name)
@@ -416,12 +563,17 @@ class MessageIds(DerivedIndex):
             self.unwritten = []  # the first transaction of a group: earlier groups' messages are written
         self.unwritten.append((tx_first, tx))
         flat = self._flat
-        if self._simple:  # no id of it in the table: one C call
-            self.recent.update(zip(flat, range(tx_first, tx_first + len(flat)), strict=True))
-            if self._more_h:
+        if self._simple:  # in the set already (check): pending entries, a chunk of their own or the last one's
+            self._simple = False
+            pending = self._pending
+            if pending and pending[-1][1] + len(pending[-1][0]) == tx_first:
+                pending[-1][0].extend(flat)
+            else:
+                pending.append((flat, tx_first))
+            self._pending_count += len(flat)
+            self._high = tx_first + len(flat)
+            if self._pending_count >= FLUSH_AT:
                 self._flush()
-            self.recent_hashes.extend(self._keys)
-            self.recent_goffs.extend_range(tx_first, len(flat))
             if len(self.recent) > RECENT_MAX:
                 self._fold()
             return
@@ -442,17 +594,21 @@ class MessageIds(DerivedIndex):
 
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
-        self.recent, self.runs, self.start = other.recent, other.runs, other.start
         other._flush()
+        self.recent, self.start = other.recent, other.start
+        self._set_from, self._high = other._set_from, other._high
+        self._set_runs(other.runs)
         self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
-        self._more_h, self._more_g = [], []
+        self._pending, self._pending_count = [], 0
+        self._sorted = other._sorted
         self.unwritten = []
 
     # -- DerivedIndex ----------------------------------------------------------------
 
     def reset(self) -> None:
+        self._high = 0
+        self._set_runs([])
         self._clear_recent()
-        self.runs = []
         self.start = 0
         self.unwritten = []
 
@@ -483,7 +639,7 @@ class MessageIds(DerivedIndex):
         # that neither its checkpoint nor the one in force lists, which may be this process's older ones.
         unsaved = [r for r in runs if r.generation == 0 or not lg.io.exists(self._run_path(r.generation))]
         saved = [r for r in runs if r not in unsaved]
-        folded = len(self.recent) > RECENT_MAX // 4
+        folded = len(self.recent_hashes) + self._pending_count > RECENT_MAX // 4
         if folded:
             unsaved.append(self._recent_run())
         created = False
@@ -495,9 +651,11 @@ class MessageIds(DerivedIndex):
             lg.io.write_file_atomic(self._run_path(generation), data)
             saved.append(new)
             created = True
-        self.runs = saved
+        self._set_runs(saved)
         if folded:
-            self._clear_recent()  # after the runs that hold its entries: a reader finds every entry in one or the other
+            # After the runs that hold its entries: a reader finds every entry in one or the other. The set
+            # keeps their hashes, so the check need not search the new run (a fold empties it, past RECENT_MAX).
+            self._clear_arrays()
         self.start = start
         self._remove_unlisted(lg.io, lg.directory, lg.generation, {r.generation for r in saved})
         return created
@@ -542,12 +700,29 @@ class MessageIds(DerivedIndex):
         for run in [*runs, saved.recent]:
             if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
-        self.runs = runs
         self.start = max(saved.start, ckpt.log_start)
-        self._clear_recent()
-        for h, g in zip(saved.recent.hashes.tolist(), saved.recent.goffs.tolist(), strict=True):
-            self.add(h, g)
+        self._high = ckpt.next_goff
+        self.runs = runs
+        self._clear_recent()  # the set covers none of the runs loaded
+        recent = saved.recent  # sorted by hash, then global offset: its own sorted copy
+        if len(recent):
+            self.recent = set(recent.hashes.tolist())
+            self.recent_hashes = Growable(np.uint64, recent.hashes)
+            self.recent_goffs = Growable(np.uint64, recent.goffs)
+            hs = recent.hashes
+            if len(hs) < 2 or bool((hs[1:] >= hs[:-1]).all()):  # as the format has them
+                self._sorted = (self.recent_hashes, len(recent), hs, recent.goffs)
         self.unwritten = []
+
+
+def _search(hashes: np.ndarray, goffs: np.ndarray, keys: np.ndarray, out: list[list[int]]) -> None:
+    """Add to ``out[k]`` the global offsets beside ``keys[k]`` in the sorted ``hashes`` (two numpy searches)."""
+    if not len(hashes):
+        return
+    lo = np.searchsorted(hashes, keys, "left")
+    hi = np.searchsorted(hashes, keys, "right")
+    for k in np.flatnonzero(hi > lo).tolist():
+        out[k].extend(goffs[lo[k] : hi[k]].tolist())
 
 
 def _pairs(run: Run) -> np.ndarray:

@@ -1,12 +1,13 @@
 """The ``SUBSCRIPTIONS`` file: an embedded store's durable subscriptions and their members' positions.
 
 Layout (docs/FORMAT.md, section 12b): a 4096-byte first block holding the common 64-byte header
-(magic ``LGSUBSCR``, field a = the slot size, 4096), then one 4096-byte slot per member of a
-subscription. Slot ``i`` starts at byte ``4096 * (i + 1)``::
+(magic ``LGSUBSCR``, field a = the slot size, 4096) and, from byte 64, the *intent* of an operation
+in progress; then one 4096-byte slot per member of a subscription. Slot ``i`` starts at byte
+``4096 * (i + 1)``::
 
     offset size type   field
     0      8    u64    xxh3-64 of bytes 8 .. 24 + L of the slot (the definition's checksum)
-    8      4    u32    L: the definition's length (0: a free slot)
+    8      4    u32    L: the definition's length (L = 0 and checksum 0: a free slot)
     12     4    u32    member
     16     8    u64    generation: random, not 0, the same in every member of one subscription
     24     L    bytes  msgpack [name, category or nil, sorted types or nil, group size]
@@ -19,9 +20,10 @@ into copy ``sequence % 2``, so that the other copy keeps the last position whole
 the middle of a write, the valid copy with the highest sequence is the position (the old one or the
 new one, never a damaged one).
 
-Writing a new slot is two writes, each followed by ``fdatasync``: the whole slot with L = 0 (still
-free), then its first 24 bytes. Freeing a slot writes its first 16 bytes (L = 0). So a crash leaves
-a slot free or whole, never half written.
+Making or freeing slots is three steps, each synced: the intent (which slots, checksummed), the slots
+(written whole, or their first 16 bytes zeroed), the intent cleared. The slots an intent lists read
+as free, and the next exclusive holder of byte 0 frees them and clears it: a crash leaves every slot
+free or whole, and a damaged byte of a whole slot is never mistaken for a write cut short.
 
 Locks (open-file-description locks on one byte, ``FileIO.lock_range``): byte 0 is held exclusively
 while slots are created, freed or mended, and shared while they are read; the first byte of a slot
@@ -32,6 +34,7 @@ drops its locks.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -51,9 +54,17 @@ from logstore.index.header import HEADER_SIZE, MAGIC_SUBSCRIPTIONS, Header, deco
 from logstore.results import SubscriptionInfo
 from logstore.subscriptions import Definition, info_of
 
+logger = logging.getLogger("logstore")
+
 SLOT = 4096
 """Bytes per slot, and of the first block (the header and zeros)."""
 _HEAD = struct.Struct("<QIIQ")  # definition checksum, L, member, generation
+INTENT_AT = 64
+"""Where the first block holds the intent: the slots an operation is making or freeing, until it is done."""
+_INTENT = struct.Struct("<QIIQ")  # checksum of the rest, kind, count, generation; then count u32 slot indexes
+MAKING, FREEING = 1, 2
+MAX_INTENT = (SLOT - INTENT_AT - _INTENT.size) // 4
+"""Most slots one intent lists (1,000): a larger group is made by several operations."""
 COPY = struct.Struct("<QQQQ")  # checksum, generation, sequence, position
 COPY_A = SLOT - 2 * COPY.size  # 4032
 COPY_B = SLOT - COPY.size  # 4064
@@ -77,6 +88,23 @@ def encode_copy(generation: int, sequence: int, position: int) -> bytes:
     return struct.pack("<Q", xxhash.xxh3_64_intdigest(body)) + body
 
 
+def encode_intent(kind: int, generation: int, indexes: list[int]) -> bytes:
+    rest = struct.pack(f"<IIQ{len(indexes)}I", kind, len(indexes), generation, *indexes)
+    return struct.pack("<Q", xxhash.xxh3_64_intdigest(rest)) + rest
+
+
+def read_intent(raw: bytes) -> tuple[int, int, list[int]] | None:
+    """The intent at the start of ``raw`` (the first block from byte 64): (kind, generation, slot indexes), or
+    None when there is none whole (cleared, never written, or its own write cut short: nothing followed it)."""
+    checksum, kind, count, generation = _INTENT.unpack_from(raw)
+    if checksum == 0 or kind not in (MAKING, FREEING) or count > MAX_INTENT:
+        return None
+    end = _INTENT.size + 4 * count
+    if checksum != xxhash.xxh3_64_intdigest(raw[8:end]):
+        return None
+    return kind, generation, list(struct.unpack_from(f"<{count}I", raw, _INTENT.size))
+
+
 @dataclass
 class Slot:
     """One slot as read: free (``definition`` None), whole, or damaged (``damage`` says how)."""
@@ -97,7 +125,7 @@ def read_slot(raw: bytes, index: int) -> Slot:
         raw = raw + bytes(SLOT - len(raw))
     base = slot_offset(index)
     checksum, length, member, generation = _HEAD.unpack_from(raw)
-    if length == 0:
+    if length == 0 and checksum == 0:
         return Slot(index, None, 0, 0, 0, 0)
     if length > MAX_DEFINITION or checksum != xxhash.xxh3_64_intdigest(raw[8 : _HEAD.size + length]):
         return Slot(index, None, member, generation, 0, 0, "subscription definition checksum mismatch", base)
@@ -171,36 +199,26 @@ class SubscriptionFile:
         self.before_save = before_save
         self._mutex = threading.Lock()  # OFD locks do not exclude the threads sharing one descriptor
         self._claims: set[MemberClaim] = set()
+        self.forked: Callable[[], Exception] | None = None  # in a forked child: the error its acks raise
         self._last_sync = time.monotonic()
+        self._timer: threading.Timer | None = None  # with "batch": the sync of the acks left unsynced
+        self._timer_lock = threading.Lock()
 
     # -- the file -------------------------------------------------------------------------------
 
     def _open(self, create: bool) -> int | None:
-        """A descriptor of the file (created with its first block if ``create``), or None when there is none."""
-        io = self.io
-        if not create:
-            try:
-                return io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-        fd = io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """A descriptor of the file (read-write, made if missing, with ``create``), or None when there is none."""
+        if create:
+            return self.io.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if io.size(fd) == 0:
-                io.lock_range(fd, _DEFS_LOCK, exclusive=True, wait=True)
-                if io.size(fd) == 0:  # no other process wrote it meanwhile
-                    block = encode_header(Header(MAGIC_SUBSCRIPTIONS, self.store_id, SLOT, 0, 0))
-                    io.pwrite(fd, block + bytes(SLOT - HEADER_SIZE), 0)
-                    io.fdatasync(fd)
-                    io.fsync_dir(self.store_path)
-                io.unlock_range(fd, _DEFS_LOCK)
-        except BaseException:
-            io.close(fd)
-            raise
-        return fd
+            return self.io.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
 
     @contextmanager
     def _locked(self, create: bool, exclusive: bool) -> Iterator[int | None]:
-        """The file's descriptor with byte 0 locked (None when the file does not exist and ``create`` is False)."""
+        """The file's descriptor with byte 0 locked; None when there is no file (or only an unfinished one) and
+        ``create`` is False. With ``create``, a missing or unfinished file gets its first block."""
         with self._mutex:
             fd = self._open(create)
             if fd is None:
@@ -208,33 +226,54 @@ class SubscriptionFile:
                 return
             try:
                 self.io.lock_range(fd, _DEFS_LOCK, exclusive=exclusive, wait=True)
-                self._check_header(fd)
+                if not self._header_whole(fd):
+                    if not create:
+                        yield None
+                        return
+                    self._write_first_block(fd)
+                elif exclusive:
+                    self._finish(fd)
                 yield fd
             finally:
                 self.io.close(fd)  # drops the locks this descriptor took
 
-    def _check_header(self, fd: int) -> None:
+    def _write_first_block(self, fd: int) -> None:
+        """Write the header block of a new file (or of one whose making a crash cut short), durably."""
+        block = encode_header(Header(MAGIC_SUBSCRIPTIONS, self.store_id, SLOT, 0, 0))
+        self.io.pwrite(fd, block + bytes(SLOT - HEADER_SIZE), 0)
+        self.io.fdatasync(fd)
+        self.io.fsync_dir(self.store_path)
+
+    def _header_whole(self, fd: int) -> bool:
+        """Whether the header is this store's; False for a file whose making was cut short (no slot yet: its
+        first block, written and synced before any slot, did not reach the disk whole). Raises for damage."""
         raw = self.io.pread(fd, HEADER_SIZE, 0)
         try:
             _check_header_bytes(raw, self.store_id)
         except UnsupportedVersionError as exc:
             raise FormatVersionError(self.path, exc.position, exc.what) from None
         except FormatError as exc:
-            raise CorruptionError(self.path, exc.position, exc.what, "run logstore repair") from None
+            if self.io.size(fd) <= SLOT:
+                return False
+            hint = "a file of another store" if exc.position == 16 else "run logstore repair"
+            raise CorruptionError(self.path, exc.position, exc.what, hint) from None
+        return True
 
     def _slots(self, fd: int) -> list[Slot]:
+        """Every slot; those an unfinished operation's intent lists read as free."""
         size = self.io.size(fd)
         count = max(0, (size - SLOT + SLOT - 1) // SLOT)
         raw = self.io.pread(fd, count * SLOT, SLOT) if count else b""
-        return [read_slot(raw[i * SLOT : (i + 1) * SLOT], i) for i in range(count)]
+        intent = read_intent(self.io.pread(fd, SLOT - INTENT_AT, INTENT_AT))
+        unfinished = set() if intent is None else set(intent[2])
+        return [
+            Slot(i, None, 0, 0, 0, 0) if i in unfinished else read_slot(raw[i * SLOT : (i + 1) * SLOT], i)
+            for i in range(count)
+        ]
 
     def _damage(self, slot: Slot) -> CorruptionError:
         assert slot.damage is not None
         return CorruptionError(self.path, slot.damage_at, slot.damage, "run logstore repair")
-
-    def _sync(self, fd: int) -> None:
-        if self.durability != "none":
-            self.io.fdatasync(fd)
 
     # -- Positions ------------------------------------------------------------------------------
 
@@ -292,24 +331,50 @@ class SubscriptionFile:
         free = [slot.index for slot in slots if slot.definition is None and slot.damage is None]
         end = len(slots)
         made: dict[int, Slot] = {}
-        heads = []
-        for member in members:
-            if free:
-                index = free.pop(0)
-            else:
-                index, end = end, end + 1
-            head = _HEAD.pack(0, len(body), member, generation)
-            checksum = xxhash.xxh3_64_intdigest(head[8:] + body)
-            slot_bytes = bytearray(SLOT)
-            slot_bytes[_HEAD.size : _HEAD.size + len(body)] = body
-            self.io.pwrite(fd, bytes(slot_bytes), slot_offset(index))
-            heads.append((index, _HEAD.pack(checksum, len(body), member, generation)))
-            made[member] = Slot(index, definition, member, generation, 0, 0)
-        self.io.fdatasync(fd)  # the bodies (still free slots) before the heads that make them whole
-        for index, head in heads:
-            self.io.pwrite(fd, head, slot_offset(index))
-        self.io.fdatasync(fd)
+        for first in range(0, len(members), MAX_INTENT):
+            part = members[first : first + MAX_INTENT]
+            indexes = []
+            for _member in part:
+                if free:
+                    indexes.append(free.pop(0))
+                else:
+                    indexes.append(end)
+                    end += 1
+            # 1. The intent, synced: a crash from here until it is cleared leaves these slots free.
+            self._write_intent(fd, MAKING, generation, indexes)
+            # 2. The slots, whole, synced.
+            for member, index in zip(part, indexes, strict=True):
+                head = _HEAD.pack(0, len(body), member, generation)
+                slot_bytes = bytearray(SLOT)
+                slot_bytes[: _HEAD.size] = head
+                slot_bytes[_HEAD.size : _HEAD.size + len(body)] = body
+                slot_bytes[:8] = xxhash.xxh3_64_intdigest(bytes(slot_bytes[8 : _HEAD.size + len(body)])).to_bytes(
+                    8, "little"
+                )
+                self.io.pwrite(fd, bytes(slot_bytes), slot_offset(index))
+                made[member] = Slot(index, definition, member, generation, 0, 0)
+            self.io.fdatasync(fd)
+            # 3. The intent cleared, synced: the slots are in use.
+            self._clear_intent(fd)
         return made
+
+    def _write_intent(self, fd: int, kind: int, generation: int, indexes: list[int]) -> None:
+        self.io.pwrite(fd, encode_intent(kind, generation, indexes), INTENT_AT)
+        self.io.fdatasync(fd)
+
+    def _clear_intent(self, fd: int) -> None:
+        self.io.pwrite(fd, bytes(8), INTENT_AT)
+        self.io.fdatasync(fd)
+
+    def _finish(self, fd: int) -> None:
+        """Finish an operation a crash cut short (under the exclusive lock): free the slots its intent lists."""
+        intent = read_intent(self.io.pread(fd, SLOT - INTENT_AT, INTENT_AT))
+        if intent is None:
+            return
+        for index in intent[2]:
+            self.io.pwrite(fd, bytes(16), slot_offset(index))
+        self.io.fdatasync(fd)
+        self._clear_intent(fd)
 
     def save(self, claim: MemberClaim, position: int) -> None:
         self.before_save(position)
@@ -319,6 +384,8 @@ class SubscriptionFile:
     def _save(self, claim: MemberClaim, position: int) -> None:
         fd = claim.fd
         if fd is None:
+            if self.forked is not None:
+                raise self.forked()  # a forked child: the member is the parent's
             raise StreamClosedError(f"subscription {claim.definition.name!r} was closed (or its store)")
         sequence = claim.sequence + 1
         at = slot_offset(claim.index) + (COPY_A if sequence % 2 == 0 else COPY_B)
@@ -334,6 +401,39 @@ class SubscriptionFile:
                 self.io.fdatasync(fd)
                 claim.unsynced = False
                 self._last_sync = now
+            else:
+                self._sync_later(self._last_sync + self.fsync_interval - now)
+
+    def _sync_later(self, delay: float) -> None:
+        """With "batch": sync the acknowledgements left unsynced in ``delay`` seconds (one timer at a time)."""
+        with self._timer_lock:
+            if self._timer is None:
+                timer = threading.Timer(delay, self._sync_unsynced)
+                timer.name = "logstore-acks"
+                timer.daemon = True
+                self._timer = timer
+                timer.start()
+
+    def _sync_unsynced(self) -> None:
+        with self._timer_lock:
+            self._timer = None
+        self._last_sync = time.monotonic()
+        for claim in list(self._claims):
+            with claim.lock:
+                fd = claim.fd
+                if fd is not None and claim.unsynced:
+                    try:
+                        self.io.fdatasync(fd)
+                    except OSError as exc:  # the next acknowledgement or the release tries again
+                        logger.error("%s: syncing acknowledgements failed: %r", self.path, exc)
+                        continue
+                    claim.unsynced = False
+
+    def _cancel_timer(self) -> None:
+        with self._timer_lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def release(self, claim: MemberClaim) -> None:
         with claim.lock:
@@ -384,9 +484,14 @@ class SubscriptionFile:
                             " close its subscriptions before deleting it",
                         )
                     taken.append(slot)
-                for slot in slots:
-                    io.pwrite(fd, bytes(16), slot_offset(slot.index))
-                self._sync(fd)
+                indexes = [slot.index for slot in slots]
+                for first in range(0, len(indexes), MAX_INTENT):
+                    part = indexes[first : first + MAX_INTENT]
+                    self._write_intent(fd, FREEING, slots[0].generation, part)
+                    for index in part:
+                        io.pwrite(fd, bytes(16), slot_offset(index))
+                    io.fdatasync(fd)
+                    self._clear_intent(fd)
             finally:
                 for slot in taken:
                     io.unlock_range(fd, slot_offset(slot.index))
@@ -395,11 +500,16 @@ class SubscriptionFile:
     def close(self) -> None:
         """Release every member still held (the store is closing); their subscriptions can no longer ack."""
         for claim in list(self._claims):
-            self.release(claim)
+            self.release(claim)  # syncs what was left unsynced
+        self._cancel_timer()
 
-    def drop_claims(self) -> None:
-        """Close the claims' descriptors without a sync, as a death does (``_abandon``); in a forked child,
-        the child's copies (the locks stay with the parent's descriptions)."""
+    def drop_claims(self, forked: Callable[[], Exception] | None = None) -> None:
+        """Close the claims' descriptors without a sync, as a death does (``_abandon``); in a forked child
+        (``forked``: the error its acknowledgements raise from now on), the child's copies (the locks stay
+        with the parent's descriptions)."""
+        self.forked = forked
+        if forked is None:
+            self._cancel_timer()  # a forked child has no timer thread (and must not take the parent's lock)
         for claim in list(self._claims):
             fd, claim.fd = claim.fd, None
             if fd is not None:
@@ -434,6 +544,19 @@ def _check_header_bytes(raw: bytes, store_id: bytes) -> None:
         raise FormatError(32, f"slot size is {header.a}, expected {SLOT}")
 
 
+def _unfinished(raw: bytes, path: str, notes: list[str]) -> set[int]:
+    """The slots an operation cut short by a crash lists in its intent (noted): they read as free."""
+    intent = read_intent(raw[INTENT_AT:SLOT])
+    if intent is None:
+        return set()
+    what = "making" if intent[0] == MAKING else "freeing"
+    notes.append(
+        f"{path}: {what} slots {sorted(intent[2])} was cut short; they read as free, and the next"
+        " subscribe or delete_subscription finishes it"
+    )
+    return set(intent[2])
+
+
 def check_file(io: FileIO, store_path: str, store_id: bytes, log_end: int, live: bool) -> FileCheck:
     """Check a store's ``SUBSCRIPTIONS`` file (``logstore verify``): its header, every slot's definition and
     position, and that no position lies past ``log_end`` (the log's end as verify found it)."""
@@ -446,6 +569,12 @@ def check_file(io: FileIO, store_path: str, store_id: bytes, log_end: int, live:
     try:
         _check_header_bytes(raw, store_id)
     except FormatError as exc:
+        if len(raw) <= SLOT:  # no slot yet: the first subscribe's making of the file was cut short
+            found.notes.append(
+                f"{path}: made but not written whole ({exc.what} at byte {exc.position}); it holds no"
+                " subscription, and the next subscribe writes it"
+            )
+            return found
         found.header = f"header damaged at byte {exc.position}: {exc.what}"
         found.problems.append((path, exc.position, exc.what))
         if exc.position == 16:
@@ -456,35 +585,45 @@ def check_file(io: FileIO, store_path: str, store_id: bytes, log_end: int, live:
             f"{path}: {len(raw) % SLOT} bytes of a slot whose first write was cut short (a free slot; harmless)"
         )
     seen: dict[tuple[str, int], Slot] = {}
-    assert found.damaged is not None and found.repeated is not None and found.past_end is not None
+    unfinished = _unfinished(raw, path, found.notes) if found.header is None else set()
     for index in range(max(0, (len(raw) - 1) // SLOT)):
-        slot = read_slot(raw[slot_offset(index) : slot_offset(index + 1)], index)
-        if slot.damage is not None:
-            found.problems.append((path, slot.damage_at, slot.damage))
-            found.damaged.append(slot)
+        if index in unfinished:
             continue
-        definition = slot.definition
-        if definition is None:
-            continue
-        key = (definition.name, slot.member)
-        if key in seen:
-            found.problems.append(
-                (path, slot_offset(index), f"a second slot for subscription {definition.name!r} member {slot.member}")
-            )
-            found.repeated.append(slot)
-            continue
-        seen[key] = slot
-        if slot.position > log_end:
-            what = (
-                f"subscription {definition.name!r} member {slot.member} is at global offset {slot.position},"
-                f" past the log's end {log_end}"
-            )
-            if live:
-                found.notes.append(f"{path}: {what} (the store is live: the log may have grown since verify read it)")
-            else:
-                found.problems.append((path, slot_offset(index) + COPY_A, what))
-                found.past_end.append(slot)
+        _check_slot(
+            read_slot(raw[slot_offset(index) : slot_offset(index + 1)], index), path, seen, log_end, live, found
+        )
     return found
+
+
+def _check_slot(
+    slot: Slot, path: str, seen: dict[tuple[str, int], Slot], log_end: int, live: bool, found: FileCheck
+) -> None:
+    """:func:`check_file`'s look at one slot (``seen``: the members met in slots before it)."""
+    assert found.damaged is not None and found.repeated is not None and found.past_end is not None
+    if slot.damage is not None:
+        found.problems.append((path, slot.damage_at, slot.damage))
+        found.damaged.append(slot)
+        return
+    definition = slot.definition
+    if definition is None:
+        return
+    key = (definition.name, slot.member)
+    if key in seen:
+        where = slot_offset(slot.index)
+        found.problems.append((path, where, f"a second slot for subscription {definition.name!r} member {slot.member}"))
+        found.repeated.append(slot)
+        return
+    seen[key] = slot
+    if slot.position > log_end:
+        what = (
+            f"subscription {definition.name!r} member {slot.member} is at global offset {slot.position},"
+            f" past the log's end {log_end}"
+        )
+        if live:
+            found.notes.append(f"{path}: {what} (the store is live: the log may have grown since verify read it)")
+        else:
+            found.problems.append((path, slot_offset(slot.index) + COPY_A, what))
+            found.past_end.append(slot)
 
 
 def repair_file(

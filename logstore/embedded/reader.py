@@ -20,7 +20,7 @@ from logstore.embedded.published import REMOVALS_WORD
 from logstore.embedded.segment import SegmentRetired
 from logstore.envelope import Envelope, type_key
 from logstore.errors import LogStoreError, StreamClosedError
-from logstore.readers import AsyncWaiter, Reader
+from logstore.readers import DEFAULT_READ, AsyncWaiter, Reader, check_max_count
 
 if TYPE_CHECKING:
     from logstore.embedded.log import Log
@@ -227,6 +227,34 @@ class _Reader(Reader):
         if not self._advance():  # the rest of try_next(): nothing decoded ahead is left to take
             raise StopIteration
         return self.get()
+
+    def read(self, max_count: int = DEFAULT_READ) -> list[Envelope]:
+        """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
+
+        Slices of what was decoded ahead, with no call per message; the last one returned becomes the
+        current message. Never waits.
+        """
+        check_max_count(max_count)
+        if self._closed:
+            raise self._closed_error()
+        out: list[Envelope] = []
+        counter = self._pub.counter
+        while True:
+            i = self._bufi
+            buf = self._buf
+            if i < len(buf) and self._sepoch == counter[REMOVALS_WORD]:
+                j = min(len(buf), i + max_count - len(out))
+                out += buf[i:j]
+                self._bufi = j
+                self._env = buf[j - 1]
+                offs = self._offs
+                self._current = self._base + j - 1 if offs is None else offs[j - 1]
+            elif self._advance():
+                out.append(self._env)  # type: ignore[arg-type]  # _advance() set it
+            else:
+                return out
+            if len(out) >= max_count:
+                return out
 
     def get(self) -> Envelope:
         """The envelope at the current position (after a successful ``next``/``try_next``)."""

@@ -68,7 +68,7 @@ from logstore.embedded.verify import VerifyResult, verify
 from logstore.embedded.walk import Damage, walk
 from logstore.errors import CorruptionError, as_corruption
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, SegmentHeader
+from logstore.index.header import HEADER_SIZE, MAGIC_SUBSCRIPTIONS, SegmentHeader, decode_header
 
 _NOTHING = "verify finds no problem: nothing to repair"
 _TOP = {
@@ -161,39 +161,46 @@ def repair(path: str, dry_run: bool = False, io: FileIO | None = None) -> Repair
         return report
     lock_fd = take_writer_lock(io, path, "a writer holds the store; close it before repairing")
     control: Control | None = None
+    rebuild = False
     try:
         if not dry_run:
             control = Control.join(io, path, _control_store_id(path, io), slot_flags(True, repair=True), alone=True)
         if result.ok:
             report.actions.append(_NOTHING)
         else:
-            _repair_found(path, io, report, result)
+            rebuild = _repair_found(path, io, report, result)
     finally:
         try:
             if control is not None:
                 control.close()
         finally:
             release_writer_lock(io, lock_fd)
-    if not dry_run and report.changed:
+    if not dry_run and rebuild:
         with open_store(path) as store:
             report.actions.append(f"rebuilt the indexes from the log: {store.recovery_report.summary()}")
     return report
 
 
-def _repair_found(path: str, io: FileIO, report: RepairReport, result: VerifyResult) -> None:
-    """Mend what verify found: the log and its indexes (:func:`_repair_locked`), then ``SUBSCRIPTIONS``."""
+def _repair_found(path: str, io: FileIO, report: RepairReport, result: VerifyResult) -> bool:
+    """Mend what verify found: the log and its indexes (:func:`_repair_locked`), then ``SUBSCRIPTIONS``.
+
+    Returns whether the log's part ran (its derived files are then rebuilt by opening the store).
+    """
     subscriptions = os.path.join(path, layout.SUBSCRIPTIONS)
-    if any(problem.path != subscriptions for problem in result.problems):
+    in_log = any(problem.path != subscriptions for problem in result.problems)
+    in_subscriptions = any(problem.path == subscriptions for problem in result.problems)
+    if in_log:
         _repair_locked(path, io, report)
-        if not any(problem.path == subscriptions for problem in result.problems) or report.dry_run:
-            return
-        result = verify(path, io, live=False)  # the log's end after its repair
-    store_id = _store_id(path, io)
-    found = check_file(io, path, store_id, result.log_end, live=False)
-    if not found.problems:
-        return
-    lf = _LostFound(path, io, report)
-    repair_file(io, path, store_id, found, result.log_end, lf.save, lf.move, report.actions, report.dry_run)
+        if in_subscriptions and not report.dry_run:
+            result = verify(path, io, live=False)  # the log's end after its repair
+    if in_subscriptions:
+        store_id = _store_id(path, io)
+        found = check_file(io, path, store_id, result.log_end, live=False)
+        if found.problems:
+            report.changed = True
+            lf = _LostFound(path, io, report)
+            repair_file(io, path, store_id, found, result.log_end, lf.save, lf.move, report.actions, report.dry_run)
+    return in_log
 
 
 # Long on purpose: the repair's steps in order, as its docstring lists them.
@@ -353,6 +360,10 @@ def _check_versions(path: str, io: FileIO) -> None:
     if io.exists(ckpt):
         with contextlib.suppress(FormatError), as_corruption(ckpt, versions_only=True):
             Checkpoint.decode(io.read_file(ckpt), None)
+    subscriptions = os.path.join(path, layout.SUBSCRIPTIONS)
+    if io.exists(subscriptions):
+        with contextlib.suppress(FormatError), as_corruption(subscriptions, versions_only=True):
+            decode_header(io.read_file(subscriptions)[:HEADER_SIZE], MAGIC_SUBSCRIPTIONS)
 
 
 def _checkpoint(path: str, io: FileIO) -> Checkpoint | None:

@@ -27,6 +27,7 @@ from logstore.checks import (
     StoreBase,
     check_category,
     check_expected,
+    check_message_id,
     check_offset,
     check_stream_name,
     check_types,
@@ -69,7 +70,7 @@ from logstore.index.catalog import FLAG_DELETED
 from logstore.index.errors import FormatError
 from logstore.index.header import HEADER_SIZE
 from logstore.results import CompactReport, Location, StreamInfo, SubscriptionInfo
-from logstore.subscriptions import Subscription, check_subscription_name, definition_of
+from logstore.subscriptions import Subscription, check_subscription_name, definition_of, open_subscription
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 logger = logging.getLogger("logstore")
@@ -736,7 +737,7 @@ class Store(StoreBase):
             control.drop_in_child()
         subs = getattr(self, "_subs", None)
         if subs is not None:
-            subs.drop_claims()
+            subs.drop_claims(self._forked_error)
         lg = getattr(self, "_log", None)  # None if the fork came early in another thread's open
         if lg is not None:
             segments, lg.segments = lg.segments, []
@@ -803,8 +804,7 @@ class Store(StoreBase):
         [('order-7', 0, 0), ('audit', 0, 1)]
         """
         self._check_open()
-        if type(message_id) is not str:
-            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        check_message_id(message_id)
         self._follow()
         pub = self._pub
         names = pub.catalog.names
@@ -1134,25 +1134,7 @@ class Store(StoreBase):
         """
         self._check_writable()
         definition, member = definition_of(name, category, types, group)
-        subs = self._subscription_file()
-        claim = subs.claim(definition, member)
-        try:
-            head = self.global_head
-            if claim.position > head:
-                # Only after a machine crash with durability="none": the log lost what the position passed.
-                logger.warning(
-                    "%s: subscription %r member %d is at global offset %d, past the log's end %d; it begins at the end",
-                    self.path,
-                    definition.name,
-                    member,
-                    claim.position,
-                    head,
-                )
-                claim.position = head
-            return Subscription(self, subs, claim)
-        except BaseException:
-            subs.release(claim)
-            raise
+        return open_subscription(self, self._subscription_file(), definition, member)
 
     def subscriptions(self) -> list[SubscriptionInfo]:
         """Every durable subscription of the store, sorted by name, with each member's saved position."""

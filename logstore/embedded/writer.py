@@ -886,6 +886,7 @@ class Writer:
                     break
                 local[name] = h + len(payloads)
             if conflict is not None:
+                msgids.withdraw()
                 p.error = conflict
                 continue
             if p.tx.has_any:

@@ -49,10 +49,14 @@ class CommitOutcomeUnknownError(LogStoreError):
             f"{what}: the connection to PostgreSQL broke during the commit, which may or may not have "
             f"committed (all of it or none of it){hint}"
         )
+        self.what = what
         self.message_ids = message_ids
         self.streams = streams
         self.backend_pid = backend_pid
         self.backend_start = backend_start
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.what, self.message_ids, self.streams, self.backend_pid, self.backend_start))
 
 
 class ServerError(LogStoreError):
@@ -66,3 +70,6 @@ class ServerError(LogStoreError):
     def __init__(self, what: str, sqlstate: str | None) -> None:
         super().__init__(what)
         self.sqlstate = sqlstate
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.sqlstate))

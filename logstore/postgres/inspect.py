@@ -122,7 +122,8 @@ def verify(  # noqa: PLR0912, PLR0915
     when a deletion row follows the stream's last message row; ``first_goff`` is at or below the
     stream's rows; and (unless ``decode_envelopes`` is false) every envelope decodes as an
     envelope, its id is the row's ``message_id``, its type the row's ``type`` and the row's
-    ``category`` its stream's name up to the first ``-``. ``progress(done, total)`` counts rows.
+    ``category`` its stream's name up to the first ``-``; each durable subscription has a row for
+    each member of its group, all with one definition. ``progress(done, total)`` counts rows.
     Raises ``FileNotFoundError`` when the schema holds no store.
     """
     with _Snapshot(url, schema) as snap:
@@ -238,6 +239,7 @@ def verify(  # noqa: PLR0912, PLR0915
             if low is not None and low < first:
                 result.removed += int(min(high, first - 1) - low + 1)
         result.messages = result.rows - result.control - result.removed
+        _check_subscriptions(snap, result)
         if decode_envelopes:
             _check_envelopes(snap, result, progress)
         elif progress is not None:
@@ -249,6 +251,34 @@ def verify(  # noqa: PLR0912, PLR0915
                 f" the table {schema}.{MARKER_TABLE}): run it again to finish"
             )
         return result
+
+
+def _check_subscriptions(snap: _Snapshot, result: PgVerifyResult) -> None:
+    """Each durable subscription has one row per member, all with one definition; a position past the
+    log's end is noted (a subscribe begins at the end then)."""
+    found: dict[str, list[tuple[int, Any, Any, int, int]]] = {}
+    for name, member, category, types, size, position in snap.rows(
+        "SELECT name, member, category, types, size, position FROM {s}.subscriptions ORDER BY name, member"
+    ):
+        found.setdefault(name, []).append((int(member), category, types, int(size), int(position)))
+    for name, members in found.items():
+        definitions = {(c, None if t is None else tuple(bytes(x) for x in t), n) for _m, c, t, n, _p in members}
+        size = members[0][3]
+        if len(definitions) > 1:
+            result.problems.append(
+                PgProblem(None, None, None, f"subscription {name!r}: its rows differ in category, types or size")
+            )
+        elif [m for m, *_rest in members] != list(range(size)):
+            present = [m for m, *_rest in members]
+            result.problems.append(
+                PgProblem(None, None, None, f"subscription {name!r}: rows of members {present}, of a group of {size}")
+            )
+        for member, _c, _t, _n, position in members:
+            if position > result.global_head:
+                result.notes.append(
+                    f"{snap.where}: subscription {name!r} member {member} is at global offset {position}, past the"
+                    f" log's end {result.global_head} (a subscribe begins at the end)"
+                )
 
 
 def _check_envelopes(

@@ -36,9 +36,11 @@ from psycopg import sql
 from logstore.checks import category_of
 from logstore.envelope import type_of
 from logstore.migration import MigrationError, NotEmptyError, RawRecord, Source, StreamState
+from logstore.postgres import positions
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import ConnectionLostError
 from logstore.postgres.store import message_id_of, redact
+from logstore.results import SubscriptionInfo
 
 MARKER_TABLE = "migration"
 """The table that marks an unfinished copy into a schema."""
@@ -166,6 +168,9 @@ class PgSource:
             self._q("SELECT name, first, head, deleted, first_goff FROM {s}.streams ORDER BY first_goff NULLS LAST, id")
         ).fetchall()
         return [StreamState(r[0], int(r[1]), int(r[2]), bool(r[3]), r[4]) for r in rows]
+
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        return positions.infos_of_rows(self.conn.execute(self._q(positions.LIST)).fetchall())
 
     def plan(self) -> Plan:
         """The compacted messages among the gaps, and the holes (computed once)."""
@@ -404,13 +409,17 @@ class PgDestination:
                     )
             else:
                 counts = conn.execute(
-                    self._q("SELECT (SELECT next_goff FROM {s}.head), (SELECT count(*) FROM {s}.streams)")
+                    self._q(
+                        "SELECT (SELECT next_goff FROM {s}.head), (SELECT count(*) FROM {s}.streams),"
+                        " (SELECT count(DISTINCT name) FROM {s}.subscriptions)"
+                    )
                 ).fetchone()
-                head, nstreams = counts or (0, 0)
-                if head or nstreams:
+                head, nstreams, nsubs = counts or (0, 0, 0)
+                if head or nstreams or nsubs:
+                    subs = f", {nsubs} subscriptions" if nsubs else ""
                     raise NotEmptyError(
-                        f"{self.where}: not empty ({head} global offsets, {nstreams} streams); migrate copies into"
-                        " an empty store, or resumes its own unfinished copy"
+                        f"{self.where}: not empty ({head} global offsets, {nstreams} streams{subs}); migrate copies"
+                        " into an empty store, or resumes its own unfinished copy"
                     )
                 conn.execute(
                     self._q(
@@ -497,6 +506,38 @@ class PgDestination:
         their sizes). Compacted messages need nothing: they are global offsets without a row already."""
         assert self.conn is not None
         self.conn.execute(self._q("ANALYZE {s}.log, {s}.streams"))
+
+    def put_subscriptions(self, subscriptions: Sequence[SubscriptionInfo]) -> None:
+        """Replace the ``subscriptions`` rows with the source's, in one transaction (refused while a
+        subscription holds a member of one that is there: nothing may use the destination)."""
+        conn = self.conn
+        if conn is None:
+            raise MigrationError(f"{self.where}: not started")
+        rows = [
+            (info.name, member, info.category, positions.encode_types(info.types), info.size, position)
+            for info in subscriptions
+            for member, position in enumerate(info.positions)
+        ]
+        with conn.transaction():
+            for name, member in conn.execute(self._q("SELECT name, member FROM {s}.subscriptions")).fetchall():
+                held = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", (positions.member_key(self.schema, name, member),)
+                ).fetchone()
+                if held is None or not held[0]:
+                    raise MigrationError(
+                        f"{self.where}: subscription {name!r} member {member} is open: nothing may use the"
+                        " destination of a copy"
+                    )
+            conn.execute(self._q("DELETE FROM {s}.subscriptions"))
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        self._q(
+                            "INSERT INTO {s}.subscriptions (name, member, category, types, size, position)"
+                            " VALUES (%s, %s, %s, %s, %s, %s)"
+                        ),
+                        rows,
+                    )
 
     def as_source(self) -> PgSource:
         reader = PgSource(self.url, self.schema)

@@ -12,10 +12,19 @@ docs/POSTGRES.md shows this DDL and argues why it is correct. In short:
 - ``log``: one row per global offset. ``kind`` 0 is a message (``soff`` its stream offset,
   ``envelope`` the msgpack bytes the embedded store writes, byte for byte), 1 a truncation and 2 a
   deletion (``soff`` the stream's new first offset, no envelope), as the embedded log records them.
+- ``subscriptions``: one row per member of each durable subscription (``store.subscribe``): the
+  subscription's definition (``category``, NULL for the whole log; ``types``, the sorted UTF-8 bytes
+  of its type names, NULL for every type; ``size``, its group's members) repeated in each of its
+  rows, and the member's ``position`` (the next global offset to deliver). Which open subscription
+  holds a member is not a row: a session-level advisory lock says so
+  (:mod:`logstore.postgres.positions`).
 - ``append_batch``: the whole commit of a group of transactions (one, or several that threads of one
   process committed at once) in one statement. It locks the group's streams in byte order
   of their names (creating new ones), checks their heads, then takes the ``head`` row, inserts the
-  rows, moves the heads and notifies. ``remove_stream`` does the same for a truncation or deletion.
+  rows, moves the heads and notifies. Message ids already in a stream are judged (idempotent
+  appends); those of the group's earlier transactions count as committed, so a retry that lands in
+  its original's group gets the original's offsets, as in the embedded writer. ``remove_stream``
+  does the same for a truncation or deletion.
 
 The table and function names are unqualified in the function bodies: each function sets its own
 ``search_path`` to ``pg_catalog, <schema>, pg_temp``, so the bodies are fixed text and the schema
@@ -32,10 +41,10 @@ from psycopg import sql
 
 from logstore.errors import FormatVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout of the tables and functions this code reads and writes; a store of a newer version is refused,
 one of version 1 (without the category and type columns, and with an ``append_batch`` that does not judge
-message ids) is upgraded by a writable open (:func:`upgrade`)."""
+message ids) or 2 (without the ``subscriptions`` table) is upgraded by a writable open (:func:`upgrade`)."""
 
 KIND_MESSAGE, KIND_TRUNCATE, KIND_DELETE = 0, 1, 2
 """``log.kind``: a message, a truncation, a deletion."""
@@ -45,7 +54,7 @@ NO_STREAM_STATE = "LS404"
 PAST_HEAD_STATE = "LS416"
 """SQLSTATE of ``remove_stream`` for a truncation past the head; DETAIL is JSON ``{"stream", "before", "head"}``."""
 
-TABLES = ("meta", "head", "streams", "log")
+TABLES = ("meta", "head", "streams", "log", "subscriptions")
 
 _CREATE_TABLES = """
 CREATE TABLE {s}.meta (
@@ -80,6 +89,15 @@ CREATE UNIQUE INDEX log_stream_offset ON {s}.log (stream_id, soff) WHERE kind = 
 CREATE INDEX log_message_id ON {s}.log (message_id) WHERE kind = 0;
 CREATE INDEX log_category ON {s}.log (category, goff) WHERE kind = 0;
 CREATE INDEX log_type ON {s}.log (type, goff) WHERE kind = 0;
+CREATE TABLE {s}.subscriptions (
+    name     text COLLATE "C" NOT NULL,
+    member   integer NOT NULL CHECK (member >= 0 AND member < size),
+    category text COLLATE "C",
+    types    bytea[],
+    size     integer NOT NULL CHECK (size BETWEEN 1 AND 1024),
+    position bigint NOT NULL DEFAULT 0 CHECK (position >= 0),
+    PRIMARY KEY (name, member)
+);
 """
 
 # The commit of a group of transactions (one, or several that threads of one process committed at once).
@@ -124,7 +142,10 @@ DECLARE
     v_msid bigint[] := '{}';
     v_check boolean;
     v_keys text[];
-    v_gkeys text[] := '{}';
+    v_gk text[] := '{}';
+    v_gsoff bigint[] := '{}';
+    v_grel bigint[] := '{}';
+    v_base bigint;
     v_key text;
     v_x integer;
     v_want bigint;
@@ -203,15 +224,23 @@ BEGIN
                         v_dup := true;
                         v_exist := -1;
                         v_why := 'twice in one transaction';
-                    ELSIF v_key = ANY (v_gkeys) THEN
-                        v_dup := true;
-                        v_exist := -1;
-                        v_why := 'also in another transaction committed at the same moment';
                     ELSE
                         v_keys := v_keys || v_key;
                         SELECT array_agg(l.soff ORDER BY l.soff), array_agg(l.goff ORDER BY l.soff) INTO v_so, v_go
                             FROM log AS l WHERE l.message_id = p_ids[v_x] AND l.stream_id = v_sids[v_k]
                             AND l.kind = 0 AND l.soff >= v_sfirst[v_k];
+                        IF v_key = ANY (v_gk) THEN
+                            -- In a transaction of this group before this one: committed as far as this one
+                            -- can tell (the embedded writer's rule), at the head's global offset (locked now,
+                            -- after the streams as always) plus its place in the group.
+                            IF v_base IS NULL THEN
+                                SELECT next_goff INTO v_base FROM head FOR UPDATE;
+                            END IF;
+                            SELECT coalesce(v_so, '{}') || array_agg(g.so ORDER BY g.so),
+                                    coalesce(v_go, '{}') || array_agg(v_base + g.rel ORDER BY g.so)
+                                INTO v_so, v_go
+                                FROM unnest(v_gk, v_gsoff, v_grel) AS g(k, so, rel) WHERE g.k = v_key;
+                        END IF;
                         IF v_so IS NULL THEN
                             v_fresh := true;
                         ELSE
@@ -306,9 +335,6 @@ BEGIN
             END IF;
         END LOOP;
         IF v_ok THEN
-            IF v_check THEN
-                v_gkeys := v_gkeys || v_keys;
-            END IF;
             v_rel := v_total;
             FOR v_a IN v_i .. v_j LOOP
                 v_k := array_position(v_streams, p_names[v_a]);
@@ -322,6 +348,12 @@ BEGIN
                     v_m_sids := v_m_sids || v_sids[v_k];
                     v_m_soffs := v_m_soffs || (v_heads[v_k] + m);
                     v_m_cats := v_m_cats || split_part(p_names[v_a], '-', 1);
+                    IF v_check THEN
+                        -- Where the later transactions of the group find this message (see above).
+                        v_gk := v_gk || (v_sids[v_k]::text || ':' || encode(p_ids[v_starts[v_a] + m], 'hex'));
+                        v_gsoff := v_gsoff || (v_heads[v_k] + m);
+                        v_grel := v_grel || (v_total + m);
+                    END IF;
                 END LOOP;
                 v_heads[v_k] := v_heads[v_k] + p_counts[v_a];
                 v_total := v_total + p_counts[v_a];
@@ -418,14 +450,14 @@ def _functions(schema: sql.Identifier, channel: str) -> list[sql.Composed]:
     path = sql.SQL("SET search_path = pg_catalog, {}, pg_temp").format(schema)
     return [
         sql.SQL(
-            "CREATE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
+            "CREATE OR REPLACE FUNCTION {s}.append_batch(p_txs integer[], p_names text[], p_offsets bigint[],"
             " p_counts integer[], p_ids bytea[], p_envelopes bytea[], p_types bytea[])"
             " RETURNS TABLE (tx integer, goff bigint, firsts bigint[], stream text, expected bigint, given bigint,"
             " message_id bytea, why text)"
             " LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(append_body)),
         sql.SQL(
-            "CREATE FUNCTION {s}.remove_stream(p_name text, p_kind smallint, p_before bigint)"
+            "CREATE OR REPLACE FUNCTION {s}.remove_stream(p_name text, p_kind smallint, p_before bigint)"
             " RETURNS bigint LANGUAGE plpgsql {path} AS {body}"
         ).format(s=schema, path=path, body=sql.Literal(remove_body)),
     ]
@@ -472,15 +504,15 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
             if row is None:
                 raise ValueError(f"{where}: the table {schema}.meta has no row: not a logstore store")
             version, store_id = row
-            if version == 1 and create:
+            if version in UPGRADABLE and create:
                 assert isinstance(store_id, uuid.UUID)
-                upgrade(conn, schema, channel_of(store_id))
+                upgrade(conn, schema, channel_of(store_id), version)
                 version = SCHEMA_VERSION
-            elif version == 1:
+            elif version in UPGRADABLE:
                 raise FormatVersionError(
                     where,
                     0,
-                    f"schema version 1; this logstore reads version {SCHEMA_VERSION}:"
+                    f"schema version {version}; this logstore reads version {SCHEMA_VERSION}:"
                     " open the store once writable (not read-only) to upgrade it in place",
                 )
             if version != SCHEMA_VERSION:
@@ -504,21 +536,39 @@ def ensure(conn: psycopg.Connection[tuple[object, ...]], schema: str, where: str
 
 UPGRADE_BATCH = 10_000
 """Messages whose type an upgrade from version 1 reads and writes per statement."""
+UPGRADABLE = (1, 2)
+"""Schema versions that a writable open upgrades to :data:`SCHEMA_VERSION` in place."""
 
 
-def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: str) -> None:
-    """Upgrade a store of schema version 1 to :data:`SCHEMA_VERSION` in place (in the caller's transaction).
+def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: str, version: int) -> None:
+    """Upgrade a store of schema version 1 or 2 to :data:`SCHEMA_VERSION` in place (in the caller's transaction).
 
-    Version 2 adds ``log.category`` and ``log.type`` with their indexes, and ``append_batch`` takes the
-    types and judges message ids (idempotent appends: its result has two more columns). Steps: add the
-    columns; set each message's category from its stream's name; read the envelopes in batches of
-    :data:`UPGRADE_BATCH` and set each one's type; create the indexes; replace the functions; set the
-    version. One transaction: a failure leaves version 1 as it was. Clients of
-    the earlier code fail on the new ``append_batch`` from then on (they must be upgraded too).
+    Version 2 added ``log.category`` and ``log.type`` with their indexes, and an ``append_batch`` that
+    takes the types and judges message ids (idempotent appends: its result has two more columns).
+    From version 1: add the columns; set each message's category from its stream's name; read the
+    envelopes in batches of :data:`UPGRADE_BATCH` and set each one's type; create the indexes; drop
+    version 1's ``append_batch``. Version 3 adds the ``subscriptions`` table, and an ``append_batch``
+    that finds a retry committed in the same group as its original (the same signature and result
+    as version 2's). From either: create the table, replace the functions, set the version. One
+    transaction: a failure leaves the store as it was. Clients of version 1's code fail on the new
+    ``append_batch`` from then on, and every earlier client refuses to open the store again (they
+    must be upgraded too).
     """
+    s = sql.Identifier(schema)
+    if version == 1:
+        _upgrade_from_1(conn, s)
+    for text in _CREATE_TABLES.split(";"):
+        if "TABLE {s}.subscriptions" in text:
+            conn.execute(sql.SQL(text.strip()).format(s=s))
+    for statement in _functions(s, channel):
+        conn.execute(statement)
+    conn.execute(sql.SQL("UPDATE {}.meta SET schema_version = {}").format(s, sql.Literal(SCHEMA_VERSION)))
+
+
+def _upgrade_from_1(conn: psycopg.Connection[tuple[object, ...]], s: sql.Identifier) -> None:
+    """Version 1 to 2, less the new functions (:func:`upgrade` creates them)."""
     from logstore.envelope import decode  # noqa: PLC0415 - the upgrade alone reads envelopes here
 
-    s = sql.Identifier(schema)
     conn.execute(sql.SQL('ALTER TABLE {}.log ADD COLUMN category text COLLATE "C", ADD COLUMN type bytea').format(s))
     conn.execute(
         sql.SQL(
@@ -552,9 +602,6 @@ def upgrade(conn: psycopg.Connection[tuple[object, ...]], schema: str, channel: 
         ).format(s)
     )
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}.remove_stream(text, smallint, bigint)").format(s))
-    for statement in _functions(s, channel):
-        conn.execute(statement)
-    conn.execute(sql.SQL("UPDATE {}.meta SET schema_version = {}").format(s, sql.Literal(SCHEMA_VERSION)))
 
 
 def parse_detail(detail: str | None) -> dict[str, object]:

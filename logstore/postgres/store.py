@@ -44,6 +44,7 @@ from logstore.checks import (
     StoreBase,
     check_category,
     check_expected,
+    check_message_id,
     check_offset,
     check_stream_name,
     check_types,
@@ -60,8 +61,10 @@ from logstore.errors import (
 from logstore.postgres import schema as ddl
 from logstore.postgres.errors import CommitOutcomeUnknownError, ConnectionLostError, ServerError
 from logstore.postgres.listener import Listener, Signal
+from logstore.postgres.positions import PgClaim, PgPositions
 from logstore.postgres.reader import FETCH_BYTES, PgGlobalReader, PgSelectReader, PgStreamReader, close_readers
-from logstore.results import CompactReport, Location, StreamInfo
+from logstore.results import CompactReport, Location, StreamInfo, SubscriptionInfo
+from logstore.subscriptions import Subscription, check_subscription_name, definition_of, open_subscription
 from logstore.tx import ANY, ANY_OFFSET, AnyOffset, Committer, Tx
 
 DEFAULT_SCHEMA = "logstore"
@@ -350,6 +353,7 @@ class PostgresStore(StoreBase):
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = redact(url)
+        self._dsn = url  # with its password: for the connections of subscriptions (positions.py)
         self.schema = schema
         self.path = f"{self.url} schema {schema!r}"
         """Where the store is, for messages (the URL without its password, and the schema)."""
@@ -366,6 +370,15 @@ class PostgresStore(StoreBase):
         self._heads_lock = threading.Lock()
         self._writer = _PgWriter(self)
         self._listener: Listener | None = None
+        self._positions = PgPositions(
+            self.path,
+            schema,
+            self._connect_claim,
+            self._connection,
+            self._query,
+            self._translate,
+            lambda: self._forked_error() if self._forked else None,
+        )
         # Each connection's server process (pid, backend_start): where a commit that broke may still run.
         self._sessions: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[int, datetime]] = (
             weakref.WeakKeyDictionary()
@@ -441,6 +454,28 @@ class PostgresStore(StoreBase):
             conn.execute("SET synchronous_commit = on")
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
+
+    def _connect_claim(self) -> psycopg.Connection[Any]:
+        """A connection of its own for an open subscription, whose session holds its member's lock.
+
+        Autocommit and READ COMMITTED as the pool's; ``synchronous_commit`` at least ``on`` whatever
+        the store's durability, so that an acknowledgement is durable when it returns.
+        """
+        conn = psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            **{**self._kwargs, "application_name": f"logstore {self.schema} subscription"[:MAX_SCHEMA_NAME]},
+        )
+        try:
+            conn.execute("SET default_transaction_isolation = 'read committed'")
+            conn.execute("SET jit = off")
+            row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+            if row is not None and row[0] == "off":
+                conn.execute("SET synchronous_commit = on")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     # -- connections -----------------------------------------------------------------------
 
@@ -824,6 +859,43 @@ class PostgresStore(StoreBase):
         end = next(int(soff) for goff, _name, soff, _env in rows if goff == -1)
         return end, sorted((row for row in rows if row[0] != -1), key=lambda row: int(row[0]))
 
+    # -- durable subscriptions ---------------------------------------------------------------
+
+    def subscribe(
+        self,
+        name: str,
+        category: str | None = None,
+        types: Collection[str] | None = None,
+        group: tuple[int, int] | None = None,
+    ) -> Subscription[PgClaim]:
+        """A durable subscription: a stream that begins where the subscription ``name`` last acknowledged.
+
+        As :meth:`logstore.Store.subscribe`: ``category`` (the whole log when None), ``types`` (every
+        type when None), ``group=(member, size)``; the first subscribe of a name creates it at the
+        start of the log, later ones must give the same category, types and group size
+        (``ValueError``). The positions are rows of the ``subscriptions`` table;
+        :meth:`Subscription.ack` saves one with a committed ``UPDATE`` (durable when it returns). An
+        open subscription holds its member with an advisory lock on a connection of its own (beside
+        the pool's): a second one, in any process, raises :class:`~logstore.SubscriptionBusyError`.
+        """
+        self._check_writable()
+        definition, member = definition_of(name, category, types, group)
+        return open_subscription(self, self._positions, definition, member)
+
+    def subscriptions(self) -> list[SubscriptionInfo]:
+        """Every durable subscription of the store, sorted by name, with each member's saved position."""
+        self._check_open()
+        return self._positions.list()
+
+    def delete_subscription(self, name: str) -> bool:
+        """Delete a durable subscription and its positions; whether it existed.
+
+        Raises :class:`~logstore.SubscriptionBusyError` (and deletes nothing) while one of its
+        members is open.
+        """
+        self._check_writable()
+        return self._positions.delete(check_subscription_name(name))
+
     # -- state -----------------------------------------------------------------------------
 
     def head(self, stream: str) -> int:
@@ -875,8 +947,7 @@ class PostgresStore(StoreBase):
         landed (all of its messages did, or none).
         """
         self._check_open()
-        if type(message_id) is not str:
-            raise TypeError(f"message_id must be a str, got {type(message_id).__name__}")
+        check_message_id(message_id)
         rows = self._query(self._sql.locate, (message_id.encode("utf-8"),), binary=True)
         return [Location(n, int(o), int(g)) for n, o, g in rows]
 
@@ -936,7 +1007,10 @@ class PostgresStore(StoreBase):
             self._closed = True
         close_readers(self._readers)
         self._signal.bump()
-        self._release()
+        try:
+            self._positions.close()  # open subscriptions' members are released
+        finally:
+            self._release()
 
     def _release(self) -> None:
         listener, self._listener = self._listener, None

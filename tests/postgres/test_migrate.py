@@ -28,8 +28,9 @@ import logstore
 from logstore import Envelope
 from logstore.embedded.export import EmbeddedSource
 from logstore.embedded.importer import EmbeddedDestination
-from logstore.migration import compare, migrate
+from logstore.migration import MigrationError, batches, compare, migrate
 from logstore.postgres.migration import PgDestination, PgSource, assign_removed
+from logstore.subscriptions import member_of
 from logstore.tools.cli import main
 from tests.contract.backends import POSTGRES_URL
 from tests.helpers import assert_verified
@@ -473,3 +474,124 @@ def test_interrupted_copies_resume_to_an_exact_copy(tmp_path_factory: Any, ops: 
     finally:
         drop_schema(first)
         drop_schema(second)
+
+
+# -- durable subscriptions ---------------------------------------------------------------------
+
+
+def _subscribe_some(store: Any) -> list[logstore.SubscriptionInfo]:
+    """Three subscriptions of ``fill``'s store: one acknowledged part of the way, a group with one member
+    acknowledged, one never read; returns ``store.subscriptions()``."""
+    with store.subscribe("all") as sub:
+        assert len(list(sub)) >= 5
+        sub.ack(4)
+    member = member_of("b", 3)
+    with store.subscribe("group", category="b", types=["B"], group=(member, 3)) as sub:
+        assert list(sub)
+        sub.ack()
+    with store.subscribe("never", types=["A", "C"]):
+        pass
+    infos = store.subscriptions()
+    assert [i.name for i in infos] == ["all", "group", "never"] and infos[0].positions == (5,)
+    assert infos[1].positions[member] > 0
+    return infos
+
+
+def test_subscriptions_go_to_postgres_and_back_with_their_positions(
+    tmp_path: Path, schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, back = tmp_path / "src", tmp_path / "back"
+    with logstore.open(src) as store:
+        fill(store)
+        infos = _subscribe_some(store)
+        with store.subscribe("all") as sub:
+            rest = [(sub.offset(), env) for env in sub]
+    code, out, err = run_cli(capsys, "migrate", str(src), URL, "--schema", schema)
+    assert (code, err) == (0, "") and "3 subscriptions" in out
+    with logstore.open(URL, schema=schema) as pg:
+        assert pg.subscriptions() == infos
+        with pg.subscribe("all") as sub:  # goes on where it stood, with the same messages
+            assert [(sub.offset(), env) for env in sub] == rest
+    code, out, err = run_cli(capsys, "migrate", URL, str(back), "--schema", schema, "--json")
+    assert (code, err) == (0, "") and json.loads(out)["subscriptions"] == 3
+    with logstore.open(back) as store:
+        assert store.subscriptions() == infos
+
+
+def test_a_copy_whose_subscriptions_differ_is_named_and_a_destination_with_one_is_not_empty(
+    tmp_path: Path, schema: str, admin: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    with logstore.open(src) as store:
+        fill(store)
+        _subscribe_some(store)
+    assert run_cli(capsys, "migrate", str(src), URL, "--schema", schema)[0] == 0
+    sql_run(admin, schema, "UPDATE {s}.subscriptions SET position = 3 WHERE name = 'all'")
+    with logstore.open(src, readonly=True) as store:
+        pg = PgSource(URL, schema)
+        try:
+            difference = compare(EmbeddedSource(store), pg)
+        finally:
+            pg.close()
+    assert difference is not None and difference.goff is None
+    assert str(difference) == (
+        "subscription 'all': category None, types all, group size 1, positions [3];"
+        " the source has category None, types all, group size 1, positions [5]"
+    )
+    # A store that holds nothing but a subscription is not empty.
+    lone = tmp_path / "lone"
+    with logstore.open(lone) as store:
+        store.subscribe("mine").close()
+    code, out, err = run_cli(capsys, "migrate", str(src), str(lone))
+    assert (code, out) == (2, "") and "not empty (0 global offsets, 0 streams, 1 subscriptions)" in err
+    other = f"{schema}_lone"
+    try:
+        with logstore.open(URL, schema=other) as pg_store:
+            pg_store.subscribe("mine").close()
+        code, out, err = run_cli(capsys, "migrate", str(src), URL, "--schema", other)
+        assert (code, out) == (2, "") and "not empty (0 global offsets, 0 streams, 1 subscriptions)" in err
+    finally:
+        drop_schema(other)
+
+
+def test_a_rerun_replaces_the_subscriptions_an_earlier_run_wrote(tmp_path: Path, schema: str) -> None:
+    src = tmp_path / "src"
+    with logstore.open(src) as store:
+        fill(store)
+        infos = _subscribe_some(store)
+        source = EmbeddedSource(store)
+        stale = [
+            logstore.SubscriptionInfo("all", "a", None, 2, (1, 2)),  # another definition: made afresh
+            logstore.SubscriptionInfo("gone", None, None, 1, (7,)),  # not in the source: deleted
+        ]
+        for make in (lambda: PgDestination(URL, schema), lambda: EmbeddedDestination(str(tmp_path / "copy"))):
+            dest = make()
+            try:
+                at = dest.start(source)
+                for batch, end in batches(source.records(at, source.global_head), source.global_head):
+                    dest.write(batch, end)
+                dest.put_subscriptions(stale)
+                assert dest.as_source().subscriptions() == sorted(stale)
+                dest.put_subscriptions(infos)
+                assert dest.as_source().subscriptions() == infos
+                assert compare(source, dest.as_source()) is None
+            finally:
+                dest.close()
+
+
+def test_a_held_member_of_the_postgres_destination_stops_the_copy_of_subscriptions(tmp_path: Path, schema: str) -> None:
+    src = tmp_path / "src"
+    with logstore.open(src) as store:
+        fill(store)
+        infos = _subscribe_some(store)
+        source = EmbeddedSource(store)
+        dest = PgDestination(URL, schema)
+        try:
+            dest.start(source)
+            dest.put_subscriptions(infos)
+            with logstore.open(URL, schema=schema) as pg, pg.subscribe("never", types=["A", "C"]):
+                with pytest.raises(MigrationError, match="subscription 'never' member 0 is open"):
+                    dest.put_subscriptions(infos[:1])
+                assert pg.subscriptions() == infos  # nothing was replaced
+        finally:
+            dest.close()

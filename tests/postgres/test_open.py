@@ -22,7 +22,7 @@ def test_open_dispatches_on_the_url_and_creates_the_tables_with_a_version_row(op
         r[0]
         for r in admin.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
     }
-    assert tables == {"meta", "head", "streams", "log"}
+    assert tables == {"meta", "head", "streams", "log", "subscriptions"}
     row = admin.execute(
         sql.SQL("SELECT schema_version, store_id FROM {}.meta").format(sql.Identifier(schema))
     ).fetchone()
@@ -153,7 +153,7 @@ def test_docs_show_the_tables_as_they_are_created():
 
     doc = (ROOT / "docs" / "POSTGRES.md").read_text(encoding="utf-8")
     statements = [s.strip() for s in ddl._CREATE_TABLES.replace("{s}", "logstore").split(";") if s.strip()]
-    assert len(statements) == 8
+    assert len(statements) == 9
     for statement in statements:
         assert statement + ";" in doc
 
@@ -224,9 +224,10 @@ _V1_APPEND_BATCH = (
 
 def _as_version_1(admin, schema: str) -> None:
     """Turn the store in ``schema`` into what version 1 made: no category or type column (nor their
-    indexes), an ``append_batch`` without the types (a stub with version 1's signature and result: the
-    store is closed, and the upgrade replaces it), ``schema_version`` 1."""
+    indexes), no subscriptions table, an ``append_batch`` without the types (a stub with version 1's
+    signature and result: the store is closed, and the upgrade replaces it), ``schema_version`` 1."""
     s = sql.Identifier(schema)
+    admin.execute(sql.SQL("DROP TABLE {}.subscriptions").format(s))
     admin.execute(sql.SQL("ALTER TABLE {}.log DROP COLUMN category, DROP COLUMN type").format(s))
     admin.execute(
         sql.SQL(
@@ -295,7 +296,7 @@ def test_a_version_1_store_upgraded_judges_retries_and_locates(open_pg, schema, 
     store = open_pg()
     try:
         (version,) = admin.execute(sql.SQL("SELECT schema_version FROM {}.meta").format(s)).fetchone()
-        assert version == SCHEMA_VERSION == 2
+        assert version == SCHEMA_VERSION == 3
         tx, committer = store.begin_tx()
         store.append_messages(tx, "s", 0, [env])
         assert committer.commit() == range(1)  # a retry: the migrated function judges message ids

@@ -7,11 +7,10 @@ does that work and no less (the syscalls it makes, the bytes its file
 holds), that it gives back what it was given, and that the workloads run it
 and check it. Like the smoke test, they never assert speed.
 
-The chart tests need matplotlib, an optional extra (``logstore[bench]``)
-that the test set-up (``dev``) does not install, so that CI needs nothing
-it would only draw with: they skip, saying so, where matplotlib is not
-importable (``pytest.importorskip``). The test of the message a run with
-``--plot`` gives without matplotlib runs everywhere.
+The chart tests need matplotlib, which the test set-up (``dev``, and so CI)
+installs; a checkout with only the engine's dependencies skips them, saying
+so (``pytest.importorskip``). The test of the message a run with ``--plot``
+gives without matplotlib runs everywhere.
 """
 
 from __future__ import annotations

@@ -14,15 +14,18 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 import logstore
-from logstore import DuplicateMessageError, Envelope
+from logstore import ANY, DuplicateMessageError, Envelope
 from logstore.embedded import msgids
 from logstore.embedded.repair import repair
 from logstore.embedded.verify import verify
+from logstore.embedded.writer import _Pending
+from logstore.index.msgids import merge, sorted_run
 from logstore.results import Location
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
@@ -242,3 +245,225 @@ def test_a_commit_of_another_process_is_judged(store_dir: Path) -> None:
         with pytest.raises(DuplicateMessageError):
             _commit(store, "shared", 3, [child_env])
         assert store.global_head == goff + 1
+
+
+def _group(store: logstore.Store, *txs: tuple[tuple[str, object, list[Envelope]], ...]) -> list[object]:
+    """Commit the transactions ``txs`` (each a tuple of appends) as one commit group: each one's range of
+    global offsets, or the error it got."""
+    writer = store._writer
+    pendings = []
+    for appends in txs:
+        tx, _committer = store.begin_tx()
+        for stream, offset, envs in appends:
+            store.append_messages(tx, stream, offset, envs)  # type: ignore[arg-type]
+        pendings.append(_Pending(tx))
+    writer.call(lambda: writer._process(pendings))
+    return [p.error if p.error is not None else p.result for p in pendings]
+
+
+def test_one_id_in_several_transactions_of_one_group(store_dir: Path) -> None:
+    """Transactions of one commit group are judged against those before them in the group, which are
+    framed but not written yet."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        a, b, c, d, e = _envs("a", 5)
+        got = _group(
+            store,
+            (("s", 0, [a]),),
+            (("s", ANY, [a]),),  # at the place the group gave it: a retry at ANY, nothing written
+            (("s", 0, [a]),),  # a retry at its offset
+            (("t", 0, [a]),),  # the same message in another stream
+            (("s", ANY, [b, b]),),  # twice in one transaction
+            (("s", ANY, [b, c]),),
+            (("s", ANY, [d, c]),),  # c at s:2 already, and d new: not a retry
+            (("s", ANY, [e]),),
+            (("u", 0, [e]), ("s", ANY, [d, e])),  # e at s:3 already, d new, and e new to u
+        )
+        assert got[0] == range(1)
+        assert got[1] == range(1)
+        assert got[2] == range(1)
+        assert got[3] == range(1, 2)
+        assert isinstance(got[4], DuplicateMessageError)
+        assert got[5] == range(2, 4)
+        assert isinstance(got[6], DuplicateMessageError)
+        assert got[7] == range(4, 5)
+        assert isinstance(got[8], DuplicateMessageError)
+        assert store.global_head == 5
+        assert store.locate(a.message_id) == [Location("s", 0, 0), Location("t", 0, 1)]
+        assert store.locate(b.message_id) == [Location("s", 1, 2)]
+        assert store.locate(d.message_id) == []
+        assert store.locate(e.message_id) == [Location("s", 3, 4)]
+        assert _commit(store, "s", 1, [b, c]) == range(2, 4)
+        with pytest.raises(DuplicateMessageError):
+            _commit(store, "s", 4, [c])
+        assert _commit(store, "u", 0, [b, d]) == range(5, 7)
+
+
+def test_a_transaction_refused_for_its_offsets_leaves_its_ids_free(store_dir: Path) -> None:
+    """The check passes a transaction before its offsets are checked: one refused for them must not leave
+    its ids behind, in another group nor in its own."""
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        late = _envs("late", 2)
+        tx, committer = store.begin_tx()
+        store.append_messages(tx, "s", 0, late)  # staged at the head, 0
+        _commit(store, "s", 0, _envs("first", 1))  # the head moves on
+        with pytest.raises(logstore.OffsetConflictError):
+            committer.commit()
+        assert not ({msgids.hash_bytes(e.message_id.encode()) for e in late} & store._log.msgids.recent)
+        assert store.locate(late[0].message_id) == []
+        assert _commit(store, "s", 1, late) == range(1, 3)
+        assert store.locate(late[1].message_id) == [Location("s", 2, 2)]
+        again = _envs("again", 1)
+        # Staged at the head, 3, all of them: the second is refused for its offset, then the third puts the
+        # same ids at the head.
+        got = _group(store, (("s", 3, _envs("x", 1)),), (("s", 3, again),), (("s", ANY, again),))
+        assert got[0] == range(3, 4)
+        assert isinstance(got[1], logstore.OffsetConflictError)
+        assert got[2] == range(4, 5)
+        assert _commit(store, "s", 4, again) == range(4, 5)
+        assert store.locate(again[0].message_id) == [Location("s", 4, 4)]
+
+
+@pytest.mark.parametrize(("seed", "sorted_rest"), [(1, 5), (2, msgids.SORTED_REST)])
+def test_ids_that_share_few_hashes_against_a_model(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, sorted_rest: int
+) -> None:
+    """Sixteen hashes for every id, entries moved into the arrays every three and folded into runs every
+    eight (the sorted copy of the recent entries remade past five more, or rarely): new commits, retries,
+    ids at other offsets and in other streams, and lookups, against a model of where each id is."""
+    monkeypatch.setattr(msgids, "hash_bytes", lambda mid: msgids.xxh3_64_intdigest(mid) & 0xF)
+    monkeypatch.setattr(msgids, "RECENT_MAX", 8)
+    monkeypatch.setattr(msgids, "FLUSH_AT", 3)
+    monkeypatch.setattr(msgids, "SORTED_REST", sorted_rest)
+    rng = random.Random(seed)
+    streams = ["s0", "s1", "s2"]
+    where: dict[str, list[Location]] = {}  # id -> its places, in global order
+    commits: list[tuple[str, int, list[Envelope], range]] = []
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
+        for step in range(150):
+            kind = rng.random()
+            stream = rng.choice(streams)
+            head = store.head(stream)
+            if kind < 0.5 or not commits:
+                envs = _envs(f"n{step}", rng.randint(1, 3))
+                if rng.random() < 0.3 and commits:  # one message of an earlier commit, in a stream without it
+                    old = rng.choice(commits)[2][0]
+                    if all(p.stream != stream for p in where[old.message_id]):
+                        envs = [old, *envs[1:]]
+                got = _commit(store, stream, head, envs)
+                assert got == range(store.global_head - len(envs), store.global_head)
+                for k, env in enumerate(envs):
+                    where.setdefault(env.message_id, []).append(Location(stream, head + k, got[k]))
+                commits.append((stream, head, envs, got))
+            elif kind < 0.8:
+                s, h, envs, g = rng.choice(commits)
+                assert _commit(store, s, h, envs) == g  # a retry
+            else:
+                s, _h, envs, _g = rng.choice(commits)
+                with pytest.raises(DuplicateMessageError):
+                    _commit(store, s, store.head(s), envs[-1:])  # committed there already, at another offset
+            if step % 10 == 0:
+                for mid, places in where.items():
+                    assert store.locate(mid) == places
+    assert verify(str(store_dir)).ok
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        for mid, places in where.items():
+            assert store.locate(mid) == places
+        for s, h, envs, g in commits:
+            assert _commit(store, s, h, envs) == g
+    monkeypatch.undo()
+    for gen in _files(store_dir, msgids.FILE + "."):
+        gen.unlink()  # saved with the few hashes: the next open rebuilds it with the real ones
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
+        assert store.recovery_report.rebuilt == ["all indexes"]
+        for mid, places in where.items():
+            assert store.locate(mid) == places
+
+
+def test_runs_that_the_set_covers_and_runs_it_does_not(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint writes the recent entries as a run and keeps their hashes in the set, which the check
+    then trusts for that run; a fold past RECENT_MAX empties the set, and the runs before are searched.
+    Either way every committed id is found: retries return their offsets, other offsets raise."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 40)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
+        ids = store._log.msgids
+        written = []
+        covered = searched = 0
+        for k in range(60):
+            written += _fill(store, 1)
+            covered += len(ids.runs) > len(ids._search_runs)
+            searched += bool(ids._search_runs)
+            stream, head, envs, g = written[(k * 7) % len(written)]  # the oldest, the newest, others
+            assert _commit(store, stream, head, envs) == g
+            with pytest.raises(DuplicateMessageError):
+                _commit(store, stream, store.head(stream), envs[1:2])
+        assert covered and searched, (covered, searched)
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+            assert store.locate(envs[0].message_id) == [Location(stream, head, g[0])]
+            with pytest.raises(DuplicateMessageError):
+                _commit(store, stream, store.head(stream), envs[2:])
+
+
+def test_locate_in_another_thread_while_entries_move(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader looks up committed ids while the writer moves entries from the pending lists into the
+    arrays (every 5), remakes the sorted copy, folds them into runs (past 40 hashes) and checkpoints:
+    an id committed before the lookup began is always found, at its one place."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 40)
+    monkeypatch.setattr(msgids, "FLUSH_AT", 5)
+    monkeypatch.setattr(msgids, "SORTED_REST", 7)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=4096) as store:
+        committed: list[tuple[str, Location]] = []  # appended after each commit returns
+        done = threading.Event()
+        failures: list[str] = []
+
+        def look() -> None:
+            k = 0
+            while not done.is_set() or k < len(committed):
+                mid, place = committed[k % len(committed)]
+                got = store.locate(mid)
+                if got != [place]:
+                    failures.append(f"{mid}: {got} != {[place]}")
+                    return
+                k += 1
+
+        first = _envs("first", 1)
+        committed.append((first[0].message_id, Location("s-0", 0, _commit(store, "s-0", 0, first)[0])))
+        reader = threading.Thread(target=look)
+        reader.start()
+        try:
+            for n in range(120):
+                stream = f"s-{n % 3}"
+                head = store.head(stream)
+                envs = _envs(f"t{n}", 2)
+                got = _commit(store, stream, head, envs)
+                if n % 7 == 0:  # a retry now and then: the writer's slow path remakes the sorted copy
+                    assert _commit(store, stream, head, envs) == got
+                for j, env in enumerate(envs):
+                    committed.append((env.message_id, Location(stream, head + j, got[j])))
+        finally:
+            done.set()
+            reader.join(60)
+        assert not reader.is_alive()
+        assert not failures, failures
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_a_merge_drops_what_lies_below_the_log_start(runs: int) -> None:
+    """Retention moves the log start: a checkpoint's merge keeps no entry below it, whether it merges one
+    run (returned as it is when nothing is dropped) or several, and whatever the lowest offset is (0 too)."""
+    parts = [sorted_run([5, 3, 9], [0, 1, 2]), sorted_run([4, 8], [3, 4])][:runs]
+    for start, want in ((0, {0, 1, 2, 3, 4}), (1, {1, 2, 3, 4}), (3, {3, 4}), (7, set())):
+        merged = merge(parts, start)
+        expected = {g for g in want if g < 3 * runs}
+        assert set(merged.goffs.tolist()) == expected, (runs, start)
+        assert list(merged.hashes) == sorted(merged.hashes.tolist())
+
+
+def test_retention_leaves_no_entry_below_the_log_start(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with logstore.open(path, segment_size=SMALL_SEGMENT, retention_bytes=3 * SMALL_SEGMENT) as store:
+        for i in range(310):
+            with store.transaction() as tx:
+                tx.append(f"order-{i % 3}", ANY, [Envelope.new("T0", {"i": i, "pad": "p" * 1000})])
+        assert store.log_start > 0
+    assert verify(str(path)).ok
