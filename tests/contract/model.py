@@ -12,7 +12,7 @@ model (tests/model/test_model.py) adds simulated crashes and recovery reports to
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
 
 import pytest
@@ -290,18 +290,7 @@ class ApiModel(StoreMachine):
         self._check_heads()
 
     def teardown(self) -> None:
-        opener = type(self).open_at
-        drop = getattr(opener, "drop", None)
-        if drop is None:  # a store directory: StoreMachine closes and verifies it
-            super().teardown()
-            return
-        try:
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-        finally:
-            drop(self.path)
-            super().teardown()
+        teardown_backend(self, super().teardown)
 
 
 EXAMPLES = scale(20, 400)
@@ -459,3 +448,19 @@ class RemovalApiModel(ApiModel):
         assert report.messages_removed == removed - self.compacted, (report, removed, self.compacted)
         self.compacted = removed
         self._check_global(0)
+
+
+def teardown_backend(machine: Any, base_teardown: Callable[[], None]) -> None:
+    """A model's teardown on its backend: a store directory is closed and verified by ``StoreMachine``
+    (``base_teardown``); a backend that drops its store (PostgreSQL's schema) closes it, then drops it."""
+    drop = getattr(type(machine).open_at, "drop", None)
+    if drop is None:
+        base_teardown()
+        return
+    try:
+        if machine.store is not None:
+            machine.store.close()
+            machine.store = None
+    finally:
+        drop(machine.path)
+        base_teardown()

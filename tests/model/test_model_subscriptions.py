@@ -28,6 +28,7 @@ from logstore import Envelope, SubscriptionBusyError
 from logstore.checks import category_of
 from logstore.results import SubscriptionInfo
 from tests.contract.backends import BACKENDS, OpenAt
+from tests.contract.model import teardown_backend
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
 from tests.statemachine import StoreMachine
@@ -356,17 +357,7 @@ class SubscriptionModel(StoreMachine):
         for m in self.members.values():
             m.reader.close()
         self.members.clear()
-        drop = getattr(type(self).open_at, "drop", None)
-        if drop is None:  # a store directory: StoreMachine closes and verifies it
-            super().teardown()
-            return
-        try:
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-        finally:
-            drop(self.path)
-            super().teardown()
+        teardown_backend(self, super().teardown)
 
 
 class CrashingSubscriptionModel(SubscriptionModel):
