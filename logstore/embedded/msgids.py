@@ -464,12 +464,19 @@ class MessageIds(DerivedIndex):
                 return None
             recent.difference_update(flat)  # all of them were new to the set
         elif len(recent) - before == len(set(flat)):
-            recent.difference_update(flat)  # all of them were new to the set, some twice in the transaction
+            # All of them new to the set, some hash twice in the transaction: one message in several streams
+            # (allowed), twice in one stream (not), or two ids that share a hash.
             if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
-                # In no entry either (as above): the judge only checks where the transaction puts each id
-                # (one message in two streams is allowed, twice in one stream is not), with no lookup.
+                # In no entry either (as above). Each (stream, id) once: new, and committed as any other.
+                placed = {(a[0], m) for a, one in zip(tx.appends, mids, strict=True) for m in one}
+                if len(placed) == len(flat):
+                    self._simple = True
+                    return None
+                recent.difference_update(flat)
+                # The judge reports the id twice in one stream, with no lookup.
                 self._simple = False
                 return self._judge(tx, ids, cat, [[] for _ in flat])
+            recent.difference_update(flat)
         else:
             # Take out again the hashes that were not in the set before: those of no entry that the set
             # covers (every hash in it but this transaction's belongs to one). The lookup is the judge's.
