@@ -159,6 +159,62 @@ def merge(runs: list[Run], start: int) -> Run:
     return Run(h[order], g[order])
 
 
+def _filter_masks() -> U64Array:
+    """For each 16-bit value, a 64-bit word with up to :data:`FILTER_PROBES` bits set, at positions drawn
+    from the value by multiplying it with odd constants (one probe's bits in one word: one cache line)."""
+    v = np.arange(1 << 16, dtype=np.uint64)
+    masks = np.zeros(1 << 16, dtype=np.uint64)
+    for c in (0x9E37, 0x85EB, 0xC2B3, 0x27D5, 0x165B)[:FILTER_PROBES]:
+        masks |= np.uint64(1) << (((v * np.uint64(c)) >> np.uint64(10)) & np.uint64(63))
+    return masks
+
+
+FILTER_PROBES = 5
+FILTER_BITS = 24  # bits per entry at least: about one key in 1,500 of those not held is reported as maybe held
+_MASKS = _filter_masks()
+_LOW16 = np.uint64(0xFFFF)
+
+
+class HashFilter:
+    """A blocked Bloom filter of 64-bit hashes: whether a key may be among those added (false positives
+    at a small rate, no false negatives). A key's top bits choose a 64-bit word and its low 16 bits the
+    :data:`FILTER_PROBES` bits in it, so a membership test of many keys is a few numpy calls and one
+    memory access per key, however many entries it holds. Keys are uniformly distributed hashes.
+
+    Sized for ``capacity`` entries at :data:`FILTER_BITS` bits each (rounded up to a power of two
+    words); past that it still answers correctly, with more false positives (:attr:`capacity`).
+    """
+
+    __slots__ = ("count", "shift", "words")
+
+    def __init__(self, capacity: int) -> None:
+        nbits = max(64, capacity * FILTER_BITS)
+        width = max(0, (nbits // 64 - 1).bit_length())  # log2 of the number of words
+        self.words: U64Array = np.zeros(1 << width, dtype=np.uint64)
+        self.shift = np.uint64(64 - width) if width else None
+        self.count = 0
+
+    @property
+    def capacity(self) -> int:
+        """The entries it was sized for: past them it holds more false positives."""
+        return len(self.words) * 64 // FILTER_BITS
+
+    def _where(self, keys: U64Array) -> npt.NDArray[np.intp]:
+        if self.shift is None:
+            return np.zeros(len(keys), dtype=np.intp)
+        return (keys >> self.shift).astype(np.intp)
+
+    def add(self, keys: U64Array) -> None:
+        """Add ``keys``."""
+        np.bitwise_or.at(self.words, self._where(keys), _MASKS[keys & _LOW16])
+        self.count += len(keys)
+
+    def may_hold(self, keys: U64Array) -> npt.NDArray[np.bool_]:
+        """For each of ``keys``: False if it was never added, True if it may have been."""
+        masks = _MASKS[keys & _LOW16]
+        return np.asarray((self.words[self._where(keys)] & masks) == masks)
+
+
 class Saved(NamedTuple):
     """A generation file decoded: ``runs`` as (generation, count, checksum), and the recent entries."""
 

@@ -11,8 +11,10 @@ offset) in numpy arrays, the recent entries since the last fold or
 checkpoint (numpy arrays in log order, and Python lists of the newest), and
 a bounded Python set of the hashes of the recent entries and of the runs
 checkpoints made from them, which the writer's check tests a transaction's
-ids against in one call. A hash hit is a candidate only: the record at that
-global offset is read and its id compared, so a collision of two ids costs
+ids against in one call, and a filter of the other runs' hashes
+(:class:`~logstore.index.msgids.HashFilter`) that spares it a search of
+each. A hash hit is a candidate only: the record at that global offset is
+read and its id compared, so a collision of two ids costs
 one read and never a wrong answer.
 
 The writer's check (:meth:`MessageIds.check`, in the group processing
@@ -60,6 +62,7 @@ from logstore.errors import CorruptionError, DuplicateMessageError, as_corruptio
 from logstore.index.errors import FormatError
 from logstore.index.growable import Growable
 from logstore.index.msgids import (
+    HashFilter,
     Run,
     decode_generation,
     encode_generation,
@@ -177,6 +180,10 @@ class MessageIds(DerivedIndex):
         self._set_from = 0
         self._high = 0  # past the highest global offset added
         self._search_runs: list[Run] = []  # the runs the set does not cover, which the check searches
+        # A filter of the entries of those runs, made when the check first needs it: a key it does not hold
+        # is in none of them, so a transaction of new ids is judged without searching each run.
+        self._filter: HashFilter | None = None
+        self._filtered: list[np.ndarray] = []  # the hash arrays of the runs it holds
         # The recent entries themselves (hash, global offset), in the order they were added (the log's):
         # what a fold or a checkpoint sorts into a run, and where a lookup finds a hash's global offsets.
         self.recent_hashes = Growable(np.uint64)
@@ -318,15 +325,33 @@ class MessageIds(DerivedIndex):
         return out
 
     def _any_in_runs(self, keys: np.ndarray) -> bool:
-        """Whether a run that the set does not cover may hold any of the hashes ``keys`` (one numpy search
-        per run)."""
+        """Whether a run that the set does not cover holds any of the hashes ``keys`` (writer role): the
+        filter of those runs tests every key at once, and only the keys it may hold are searched for."""
+        maybe = self._run_filter().may_hold(keys)
+        if not maybe.any():
+            return False
+        keys = keys[maybe]
         for run in self._search_runs:
             hs = run.hashes
-            if not len(hs):
-                continue
             if (hs.take(np.searchsorted(hs, keys), mode="clip") == keys).any():
                 return True
         return False
+
+    def _run_filter(self) -> HashFilter:
+        """The filter of the entries of the runs the set does not cover (writer role), brought up to date:
+        a run new to it is added (it keeps the bits of runs merged away, which only cost false positives),
+        and it is made afresh, twice the size of those runs, when they would fill it."""
+        runs = self._search_runs
+        known = self._filtered
+        new = [r for r in runs if not any(r.hashes is h for h in known)]
+        filt = self._filter
+        if filt is None or filt.count + sum(map(len, new)) > filt.capacity:
+            filt = self._filter = HashFilter(2 * sum(map(len, runs)))
+            new = runs
+        for run in new:
+            filt.add(run.hashes)
+        self._filtered = [r.hashes for r in runs]
+        return filt
 
     def entries(self) -> Run:
         """Every entry at or past the log's start, as one sorted run (verify, tests)."""
@@ -614,6 +639,8 @@ class MessageIds(DerivedIndex):
 
     def reset(self) -> None:
         self._high = 0
+        self._filter = None
+        self._filtered = []
         self._set_runs([])
         self._clear_recent()
         self.start = 0

@@ -17,7 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import logstore
 from logstore import ANY, DuplicateMessageError, Envelope
@@ -25,7 +28,7 @@ from logstore.embedded import msgids
 from logstore.embedded.repair import repair
 from logstore.embedded.verify import verify
 from logstore.embedded.writer import _Pending
-from logstore.index.msgids import merge, sorted_run
+from logstore.index.msgids import HashFilter, merge, sorted_run
 from logstore.results import Location
 from tests.crash import simulate_crash
 from tests.helpers import SMALL_SEGMENT
@@ -445,6 +448,58 @@ def test_locate_in_another_thread_while_entries_move(store_dir: Path, monkeypatc
             reader.join(60)
         assert not reader.is_alive()
         assert not failures, failures
+
+
+U64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@given(held=st.lists(U64, max_size=300), others=st.lists(U64, max_size=300), capacity=st.integers(0, 400))
+def test_the_filter_holds_every_key_added(held: list[int], others: list[int], capacity: int) -> None:
+    """No false negative, whatever its size (past its capacity too) and however keys share words."""
+    filt = HashFilter(capacity)
+    filt.add(np.array(held, np.uint64))
+    assert filt.count == len(held)
+    assert filt.may_hold(np.array(held, np.uint64)).all()
+    got = filt.may_hold(np.array(others, np.uint64))
+    assert got.shape == (len(others),)
+
+
+def test_the_filter_reports_few_keys_it_does_not_hold() -> None:
+    """At its capacity, about one key in a thousand not added is reported as maybe held (the check then
+    searches the runs for that key alone)."""
+    rng = np.random.default_rng(5)
+    filt = HashFilter(100_000)
+    assert filt.capacity >= 100_000
+    filt.add(rng.integers(0, 2**64, 100_000, dtype=np.uint64))
+    rate = float(filt.may_hold(rng.integers(0, 2**64, 200_000, dtype=np.uint64)).mean())
+    assert rate < 0.005, rate
+
+
+def test_the_filter_of_the_searched_runs_follows_folds_and_merges(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folds past RECENT_MAX add runs the set does not cover; checkpoints merge them into new runs; the
+    filter of those runs grows (made afresh past its capacity) and holds every hash of every run it must,
+    so a committed id is never judged new: its retry returns its offsets, another offset raises."""
+    monkeypatch.setattr(msgids, "RECENT_MAX", 16)
+    with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
+        ids = store._log.msgids
+        written = []
+        filters = set()
+        for _k in range(80):
+            written += _fill(store, 1)
+            stream, head, envs, g = written[0]
+            assert _commit(store, stream, head, envs) == g  # the oldest, in a searched run
+            if ids._search_runs:
+                filt = ids._run_filter()
+                filters.add(id(filt))
+                for run in ids._search_runs:
+                    assert filt.may_hold(run.hashes).all()
+        assert len(filters) > 1  # made afresh as the runs grew
+        for stream, head, envs, g in written:
+            assert _commit(store, stream, head, envs) == g
+            with pytest.raises(DuplicateMessageError):
+                _commit(store, stream, store.head(stream), envs[1:2])
 
 
 @pytest.mark.parametrize("runs", [1, 2])
