@@ -57,7 +57,7 @@ def id_hash(message_id: str) -> int:
 class Run:
     """One sorted run: ``hashes`` ascending, ``goffs`` beside them; ``generation`` names its file (0: not saved)."""
 
-    __slots__ = ("_low", "checksum", "generation", "goffs", "hashes")
+    __slots__ = ("_high", "_low", "checksum", "generation", "goffs", "hashes")
 
     def __init__(self, hashes: U64Array, goffs: U64Array, generation: int = 0, checksum: int = 0) -> None:
         self.hashes = hashes
@@ -65,6 +65,7 @@ class Run:
         self.generation = generation
         self.checksum = checksum
         self._low: int | None = None
+        self._high: int | None = None
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -74,6 +75,12 @@ class Run:
         if self._low is None and len(self.goffs):
             self._low = int(self.goffs.min())
         return self._low
+
+    def high(self) -> int | None:
+        """Its highest global offset (None if it is empty), found once."""
+        if self._high is None and len(self.goffs):
+            self._high = int(self.goffs.max())
+        return self._high
 
     def body(self) -> bytes:
         return self.hashes.astype("<u8").tobytes() + self.goffs.astype("<u8").tobytes()

@@ -183,7 +183,7 @@ class MessageIds(DerivedIndex):
         # A filter of the entries of those runs, made when the check first needs it: a key it does not hold
         # is in none of them, so a transaction of new ids is judged without searching each run.
         self._filter: HashFilter | None = None
-        self._filtered: list[np.ndarray] = []  # the hash arrays of the runs it holds
+        self._filter_to = 0  # it holds every entry below this global offset
         # The recent entries themselves (hash, global offset), in the order they were added (the log's):
         # what a fold or a checkpoint sorts into a run, and where a lookup finds a hash's global offsets.
         self.recent_hashes = Growable(np.uint64)
@@ -266,6 +266,11 @@ class MessageIds(DerivedIndex):
         self._set_from = self._high
         self._set_runs(self.runs)
 
+    def _drop_filter(self) -> None:
+        """Forget the filter (the runs are replaced by others: loaded, taken, or reset)."""
+        self._filter = None
+        self._filter_to = 0
+
     def _set_runs(self, runs: list[Run]) -> None:
         """Hold ``runs`` (readers see the old list or the new one, never a list being changed)."""
         self.runs = runs
@@ -338,19 +343,23 @@ class MessageIds(DerivedIndex):
         return False
 
     def _run_filter(self) -> HashFilter:
-        """The filter of the entries of the runs the set does not cover (writer role), brought up to date:
-        a run new to it is added (it keeps the bits of runs merged away, which only cost false positives),
-        and it is made afresh, twice the size of those runs, when they would fill it."""
-        runs = self._search_runs
-        known = self._filtered
-        new = [r for r in runs if not any(r.hashes is h for h in known)]
+        """The filter of the entries that the set does not cover, those below ``_set_from`` (writer role),
+        brought up to date: it holds every entry below ``_filter_to``, and those since are added (a fold
+        moves ``_set_from``). Merges only regroup entries it holds. It is made afresh, twice the size of
+        the runs, when they would fill it."""
         filt = self._filter
-        if filt is None or filt.count + sum(map(len, new)) > filt.capacity:
+        to = self._set_from
+        if filt is not None and self._filter_to >= to:
+            return filt
+        runs = self._search_runs
+        start = 0 if filt is None else self._filter_to
+        parts = [_between(r, start, to) for r in runs if (r.high() or 0) >= start]
+        if filt is None or filt.count + sum(map(len, parts)) > filt.capacity:
             filt = self._filter = HashFilter(2 * sum(map(len, runs)))
-            new = runs
-        for run in new:
-            filt.add(run.hashes)
-        self._filtered = [r.hashes for r in runs]
+            parts = [_between(r, 0, to) for r in runs]
+        for part in parts:
+            filt.add(part)
+        self._filter_to = to
         return filt
 
     def entries(self) -> Run:
@@ -402,28 +411,21 @@ class MessageIds(DerivedIndex):
 
     def candidates_many(self, hashes: list[int], covered: list[bool] | None = None) -> list[list[int]]:
         """:meth:`candidates` of each of ``hashes``, with numpy searches for all of them at once (writer
-        role); ``covered[k]`` is set if ``hashes[k]`` has an entry that the set covers (a recent one, or one
-        in a run it covers)."""
+        role); ``covered[k]`` is set if ``hashes[k]`` has an entry that the set covers (one at or past
+        ``_set_from``: a recent one, or one in a run a checkpoint made from recent entries, whichever run
+        a later merge put it in)."""
         out: list[list[int]] = [[] for _ in hashes]
         if not hashes:
             return out
         keys = np.fromiter(hashes, np.uint64, len(hashes))
         if not self.recent.isdisjoint(hashes):
             self._recent_many(hashes, keys, out)
-        if covered is not None:
-            for k, got in enumerate(out):
-                covered[k] = bool(got)
-        searched = self._search_runs
         for run in self.runs:
-            if covered is not None and run not in searched:
-                hits: list[list[int]] = [[] for _ in hashes]
-                _search(run.hashes, run.goffs, keys, hits)
-                for k, got in enumerate(hits):
-                    if got:
-                        covered[k] = True
-                        out[k].extend(got)
-            else:
-                _search(run.hashes, run.goffs, keys, out)
+            _search(run.hashes, run.goffs, keys, out)
+        if covered is not None:
+            low = self._set_from
+            for k, got in enumerate(out):
+                covered[k] = any(g >= low for g in got)
         return out
 
     def _recent_many(self, hashes: list[int], keys: np.ndarray, out: list[list[int]]) -> None:
@@ -629,6 +631,7 @@ class MessageIds(DerivedIndex):
         other._flush()
         self.recent, self.start = other.recent, other.start
         self._set_from, self._high = other._set_from, other._high
+        self._drop_filter()
         self._set_runs(other.runs)
         self.recent_hashes, self.recent_goffs = other.recent_hashes, other.recent_goffs
         self._pending, self._pending_count = [], 0
@@ -639,8 +642,7 @@ class MessageIds(DerivedIndex):
 
     def reset(self) -> None:
         self._high = 0
-        self._filter = None
-        self._filtered = []
+        self._drop_filter()
         self._set_runs([])
         self._clear_recent()
         self.start = 0
@@ -736,17 +738,31 @@ class MessageIds(DerivedIndex):
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")
         self.start = max(saved.start, ckpt.log_start)
         self._high = ckpt.next_goff
+        self._drop_filter()
         self.runs = runs
         self._clear_recent()  # the set covers none of the runs loaded
         recent = saved.recent  # sorted by hash, then global offset: its own sorted copy
         if len(recent):
             self.recent = set(recent.hashes.tolist())
+            # The set covers the saved recent entries, which follow every entry of the runs: what lies below
+            # the first of them is what it does not cover (and what the filter of the runs must hold).
+            self._set_from = int(recent.goffs.min())
+            self._set_runs(runs)
             self.recent_hashes = Growable(np.uint64, recent.hashes)
             self.recent_goffs = Growable(np.uint64, recent.goffs)
             hs = recent.hashes
             if len(hs) < 2 or bool((hs[1:] >= hs[:-1]).all()):  # as the format has them
                 self._sorted = (self.recent_hashes, len(recent), hs, recent.goffs)
         self.unwritten = []
+
+
+def _between(run: Run, start: int, stop: int) -> np.ndarray:
+    """The hashes of the entries of ``run`` at global offsets ``start`` to ``stop`` (not included)."""
+    low, high = run.low(), run.high()
+    if low is None or high is None or (low >= start and high < stop):
+        return run.hashes
+    g = run.goffs
+    return run.hashes[(g >= np.uint64(start)) & (g < np.uint64(stop))]
 
 
 def _search(hashes: np.ndarray, goffs: np.ndarray, keys: np.ndarray, out: list[list[int]]) -> None:

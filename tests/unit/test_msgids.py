@@ -326,7 +326,7 @@ def test_a_transaction_refused_for_its_offsets_leaves_its_ids_free(store_dir: Pa
         assert store.locate(again[0].message_id) == [Location("s", 4, 4)]
 
 
-@pytest.mark.parametrize(("seed", "sorted_rest"), [(1, 5), (2, msgids.SORTED_REST)])
+@pytest.mark.parametrize(("seed", "sorted_rest"), [(1, 5), (2, msgids.SORTED_REST), (3, 5), (4, 5), (5, 5), (6, 5)])
 def test_ids_that_share_few_hashes_against_a_model(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, sorted_rest: int
 ) -> None:
@@ -347,7 +347,9 @@ def test_ids_that_share_few_hashes_against_a_model(
             stream = rng.choice(streams)
             head = store.head(stream)
             if kind < 0.5 or not commits:
-                envs = _envs(f"n{step}", rng.randint(1, 3))
+                envs = [
+                    e._replace(message_id=f"m{rng.getrandbits(64):x}") for e in _envs(f"n{step}", rng.randint(1, 3))
+                ]
                 if rng.random() < 0.3 and commits:  # one message of an earlier commit, in a stream without it
                     old = rng.choice(commits)[2][0]
                     if all(p.stream != stream for p in where[old.message_id]):
@@ -479,8 +481,8 @@ def test_the_filter_of_the_searched_runs_follows_folds_and_merges(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Folds past RECENT_MAX add runs the set does not cover; checkpoints merge them into new runs; the
-    filter of those runs grows (made afresh past its capacity) and holds every hash of every run it must,
-    so a committed id is never judged new: its retry returns its offsets, another offset raises."""
+    filter of those entries grows (made afresh past its capacity) and holds every hash it must, so a
+    committed id is never judged new: its retry returns its offsets, another offset raises."""
     monkeypatch.setattr(msgids, "RECENT_MAX", 16)
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT, checkpoint_bytes=2048) as store:
         ids = store._log.msgids
@@ -493,8 +495,8 @@ def test_the_filter_of_the_searched_runs_follows_folds_and_merges(
             if ids._search_runs:
                 filt = ids._run_filter()
                 filters.add(id(filt))
-                for run in ids._search_runs:
-                    assert filt.may_hold(run.hashes).all()
+                for run in ids._search_runs:  # every entry the set does not cover
+                    assert filt.may_hold(run.hashes[run.goffs < ids._set_from]).all()
         assert len(filters) > 1  # made afresh as the runs grew
         for stream, head, envs, g in written:
             assert _commit(store, stream, head, envs) == g
