@@ -32,7 +32,7 @@ from typing import Any
 
 import logstore
 from bench.envelopes import envelope_at, make_pool
-from bench.peers import _pack, _sqlite_envelopes, sqlite_connect
+from bench.peers import _COLUMNS, _pack, _sqlite_envelopes, sqlite_connect, sqlite_table
 from logstore import Envelope
 
 clock = time.perf_counter
@@ -43,25 +43,13 @@ TYPES = 10
 CATEGORY = "cat7"
 TYPE = "T3"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages(
-    global_offset INTEGER PRIMARY KEY,
-    stream TEXT NOT NULL,
-    category TEXT NOT NULL,
-    stream_offset INTEGER NOT NULL,
-    message_id TEXT NOT NULL,
-    causation_id TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    send_at TEXT NOT NULL,
-    type TEXT NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE(stream, stream_offset)
-);
+SCHEMA = (
+    sqlite_table("\n    category TEXT NOT NULL,")
+    + """;
 CREATE INDEX IF NOT EXISTS messages_category ON messages(category, global_offset);
 CREATE INDEX IF NOT EXISTS messages_type ON messages(type, global_offset);
 """
-_COLUMNS = "message_id, causation_id, correlation_id, created_at, send_at, type, data"
+)
 
 
 def _plan(messages: int, size: int) -> Iterator[list[tuple[str, int, Envelope]]]:

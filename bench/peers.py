@@ -85,31 +85,32 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 import logstore
 from logstore import Envelope, OffsetConflictError
 
-if TYPE_CHECKING:
-    pass
-
 PEERS = ("logstore", "sqlite", "lmdb")
 PG_PEERS = ("pg", "pg-eventsourcing", "pg-plain")
+"""The stores of the ``PG`` workload group, on one PostgreSQL server; not among the embedded workloads' stores."""
 ID_PEERS = ("sqlite-unique",)
 """The stores of the ``ID`` group beside logstore and sqlite: sqlite with a UNIQUE (stream, message_id) index."""
-"""The stores of the ``PG`` workload group, on one PostgreSQL server; not among the embedded workloads' stores."""
 PG_URL = os.environ.get("LOGSTORE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PG_POOL = 10
 """Connections of each PostgreSQL peer's pool (logstore's ``max_connections`` default)."""
 
 LMDB_MAP_SIZE = 1 << 40  # address space only: the file grows with what is written
 
-SQLITE_SCHEMA = """
+
+def sqlite_table(extra_columns: str = "") -> str:
+    """The ``CREATE TABLE`` of the sqlite peers' one table of messages, with ``extra_columns`` (each
+    ``name TYPE,``) after the stream's name."""
+    return f"""
 CREATE TABLE IF NOT EXISTS messages(
     global_offset INTEGER PRIMARY KEY,
-    stream TEXT NOT NULL,
+    stream TEXT NOT NULL,{extra_columns}
     stream_offset INTEGER NOT NULL,
     message_id TEXT NOT NULL,
     causation_id TEXT NOT NULL,
@@ -121,6 +122,9 @@ CREATE TABLE IF NOT EXISTS messages(
     UNIQUE(stream, stream_offset)
 )
 """
+
+
+SQLITE_SCHEMA = sqlite_table()
 SQLITE_HEAD = "SELECT MAX(stream_offset) FROM messages WHERE stream = ?"
 SQLITE_INSERT = (
     "INSERT INTO messages(stream, stream_offset, message_id, causation_id, correlation_id,"

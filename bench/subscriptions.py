@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 import logstore
-from bench.categories import _COLUMNS, CATEGORY, expected
-from bench.peers import _sqlite_envelopes, sqlite_connect
+from bench.categories import CATEGORY, expected
+from bench.peers import _COLUMNS, _sqlite_envelopes, sqlite_connect
 
 clock = time.perf_counter
 
