@@ -884,7 +884,12 @@ class _Verifier:
         try:
             buf = self.io.read_file(path)
         except FileNotFoundError:
-            self.note(f"{path}: missing (an open decodes the catalog whole; the next checkpoint writes it)")
+            self.problem(
+                path,
+                0,
+                "name table of the checkpoint's generation is missing (an open decodes the catalog"
+                " whole; the next checkpoint writes it)",
+            )
             return
         except OSError as exc:
             self.problem(path, 0, f"cannot read: {exc}")
