@@ -779,7 +779,7 @@ class CategoryIndex(DerivedIndex):
             raise FormatError(8, f"version {version}, header size {hsize}, flags {flags}: not this code's")
         if generation != ckpt.generation:
             raise FormatError(16, f"generation {generation}, the checkpoint's is {ckpt.generation}")
-        body = data[HEADER_SIZE:]
+        body = memoryview(data)[HEADER_SIZE:]  # no copy of what may be most of a large file
         if xxhash.xxh3_64_intdigest(body) != body_sum:
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
         at = 4 * ncat + 8 * nsid
@@ -811,7 +811,7 @@ class CategoryIndex(DerivedIndex):
         names = []
         p = fixed
         for n in lengths.tolist():
-            names.append(body[p : p + n].decode("utf-8"))
+            names.append(bytes(body[p : p + n]).decode("utf-8"))
             p += n
         if len(set(names)) != len(names) or any("-" in n for n in names):
             raise FormatError(HEADER_SIZE + fixed, "category names repeat or hold '-'")
