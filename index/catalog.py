@@ -105,6 +105,13 @@ def shared_reach(head: npt.NDArray[Any], runs: RunIndex) -> int:
 class Catalog:
     """Every stream the log has ever named, by dense stream id.
 
+    Decoded (:meth:`decode`, or built by the log), :attr:`names` is a list and
+    :attr:`ids` a dict. Mapped (:meth:`mapped`), they are a
+    :class:`~logstore.index.names.LazyNames` and a
+    :class:`~logstore.index.names.LazyIds` over the file and its name table,
+    with the same interface, and the per-stream arrays are views of the
+    file's private mapping until the first new stream grows them.
+
     The writer thread alone mutates. Arrays grow by replacement, and a new
     stream's arrays are in place before its name enters :attr:`ids`, so a
     reader that found an id always indexes arrays long enough for it.
