@@ -252,7 +252,9 @@ class LazyIds(dict[str, int]):
     The dict itself holds the names found so far and every stream added
     since the catalog was loaded; a name it does not hold is looked up in
     the file's table (and kept). A name already held costs what a dict
-    lookup costs, plus one Python call.
+    lookup costs, plus one Python call. ``keys()``, ``values()`` and
+    ``items()`` are the dict's own: only the names held so far (iterate the
+    object itself, or the catalog's names, for every name).
     """
 
     __slots__ = ("_names", "_table")
