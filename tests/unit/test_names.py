@@ -222,3 +222,23 @@ def test_a_damaged_name_table_costs_a_whole_decode_and_verify_reports_it(tmp_pat
         assert any("unusable" in n for n in store.recovery_report.notes)
         assert store.recovery_report.rebuilt == [] and store.head("a") == 1
     assert_verified(path)
+
+
+def test_placing_a_name_in_a_mapped_catalog_decodes_it_first() -> None:
+    raw, table = _encoded(["a", "b", "c"])
+    cat, _runs, _reach = _mapped(raw, table)
+    cat.place(4, "e")  # as a rebuild from a log that does not start at 0 places ids
+    assert isinstance(cat.names, list) and type(cat.ids) is dict
+    assert cat.names == ["a", "b", "c", "", "e"] and cat.unnamed() == [3]
+    assert [cat.ids.get(n) for n in ("a", "b", "c", "e", "d")] == [0, 1, 2, 4, None]
+
+
+def test_a_read_only_open_without_a_name_table_decodes_the_catalog_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    _write(path, ["a", "b"])
+    (table,) = path.glob(layout.NAMES_PREFIX + "*")
+    table.unlink()
+    with logstore.open(path, readonly=True) as store:
+        assert isinstance(store._log.catalog.names, list)
+        assert store.stream_names() == ["a", "b"] and store.head("a") == 1
+    assert not list(path.glob(layout.NAMES_PREFIX + "*"))
