@@ -25,6 +25,7 @@ class, which names the words:
     position    PositionHeader     first         (0)            (0)
     run file    RunsHeader         stream_id     (0)            (0)
     catalog     CatalogHeader      generation    body_length    body_checksum
+    name table  NamesHeader        generation    body_length    body_checksum
     checkpoint  CheckpointHeader   generation    body_length    body_checksum (+ flags)
     CONTROL     ControlHeader      instance      slot count     wake method
     SUBSCRIPTIONS (no class)       slot size     (0)            (0)
@@ -46,6 +47,7 @@ MAGIC_SEGMENT = b"LGSEGMNT"
 MAGIC_POSITION = b"LGPOSIDX"
 MAGIC_RUNS = b"LGRUNIDX"
 MAGIC_CATALOG = b"LGCATALG"
+MAGIC_NAMES = b"LGNAMTAB"
 MAGIC_CHECKPOINT = b"LGCHKPNT"
 MAGIC_CONTROL = b"LGCONTRL"
 MAGIC_SUBSCRIPTIONS = b"LGSUBSCR"
@@ -201,6 +203,23 @@ class CatalogHeader(NamedTuple):
     @classmethod
     def decode(cls, buf: bytes | memoryview) -> CatalogHeader:
         h = decode_header(buf, MAGIC_CATALOG)
+        return cls(h.store_id, h.a, h.b, h.c)
+
+
+class NamesHeader(NamedTuple):
+    """A name table file's header (magic ``LGNAMTAB``; flags 0)."""
+
+    store_id: bytes
+    generation: int  # field a: the catalog generation whose name table it is
+    body_length: int  # field b: the bytes after the header (the file's size - 64)
+    body_checksum: int  # field c: xxh3-64 of those bytes
+
+    def encode(self) -> bytes:
+        return encode_header(Header(MAGIC_NAMES, self.store_id, self.generation, self.body_length, self.body_checksum))
+
+    @classmethod
+    def decode(cls, buf: bytes | memoryview) -> NamesHeader:
+        h = decode_header(buf, MAGIC_NAMES)
         return cls(h.store_id, h.a, h.b, h.c)
 
 

@@ -109,20 +109,28 @@ class RunIndex:
         soffs: npt.NDArray[Any] | None = None,
         goffs: npt.NDArray[Any] | None = None,
         large: dict[int, LargeRuns] | None = None,
+        starts: npt.NDArray[Any] | None = None,
     ) -> None:
+        """``starts``: where each stream's runs start in ``sids`` (as :attr:`snapshot` holds them), when known."""
         if sids is None or soffs is None or goffs is None:
             sids = np.zeros(0, U32)
             soffs = np.zeros(0, U64)
             goffs = np.zeros(0, U64)
         self.large: dict[int, LargeRuns] = {} if large is None else large
         self.snapshot: tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any], _Delta]
-        self._set_base(sids, soffs, goffs, {})
+        self._set_base(sids, soffs, goffs, {}, starts)
 
     def _set_base(
-        self, sids: npt.NDArray[Any], soffs: npt.NDArray[Any], goffs: npt.NDArray[Any], delta: _Delta
+        self,
+        sids: npt.NDArray[Any],
+        soffs: npt.NDArray[Any],
+        goffs: npt.NDArray[Any],
+        delta: _Delta,
+        starts: npt.NDArray[Any] | None = None,
     ) -> None:
-        nstreams = int(sids[-1]) + 1 if len(sids) else 0
-        starts = np.searchsorted(sids, np.arange(nstreams + 1, dtype=np.int64), side="left")
+        if starts is None:
+            nstreams = int(sids[-1]) + 1 if len(sids) else 0
+            starts = np.searchsorted(sids, np.arange(nstreams + 1, dtype=np.int64), side="left")
         self.snapshot = (sids, soffs, goffs, starts, delta)
 
     # -- writer side ---------------------------------------------------------

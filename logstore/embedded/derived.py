@@ -29,6 +29,7 @@ The engine registers one itself, :class:`CategoryIndex`, which does.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import struct
 from abc import ABC, abstractmethod
@@ -51,10 +52,10 @@ from logstore.embedded.record import (
     Record,
 )
 from logstore.errors import CorruptionError, as_corruption
-from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog, TableUnusable
 from logstore.index.errors import FormatError
 from logstore.index.growable import Growable
-from logstore.index.header import HEADER_SIZE
+from logstore.index.header import HEADER_SIZE, CatalogHeader
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LargeRuns, RunIndex
 
@@ -90,6 +91,11 @@ class DerivedIndex(ABC):
 
     file: ClassVar[str | None] = None
     """The prefix of its generation file ``<store>/<file>.<generation>``, or ``None`` (side files only)."""
+    companion: ClassVar[str | None] = None
+    """The prefix of a second generation file ``<store>/<companion>.<generation>`` (only with :attr:`file`),
+    written after the first (:meth:`encode_companion`) and removed with it."""
+    maps_file: ClassVar[bool] = False
+    """Whether :meth:`load` opens its generation files itself (recovery then passes ``None`` as ``data``)."""
     label: ClassVar[str] = ""
     """What recovery reports and verify problems call it."""
     rebuilt: list[str]
@@ -129,6 +135,10 @@ class DerivedIndex(ABC):
         """Checkpoint step 2: the bytes of its generation file (only if :attr:`file` is set)."""
         raise NotImplementedError
 
+    def encode_companion(self, generation: int) -> bytes:
+        """Checkpoint step 2, after :meth:`encode`: the bytes of its :attr:`companion` file (if it has one)."""
+        raise NotImplementedError
+
     @abstractmethod
     def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
         """Take it back from its files as of ``ckpt`` (``data``: its generation file, if any).
@@ -142,6 +152,21 @@ class DerivedIndex(ABC):
         return []
 
 
+def map_file(io: FileIO, path: str) -> mmap.mmap:
+    """A private writable mapping of the whole file ``path``: stores into it stay in this process's memory.
+
+    Raises :class:`FormatError` for a file too short to hold a header (an empty file cannot be mapped).
+    """
+    fd = io.open(path, os.O_RDONLY)
+    try:
+        size = io.size(fd)
+        if size < HEADER_SIZE:
+            raise FormatError(0, f"file is {size} bytes, shorter than its {HEADER_SIZE}-byte header")
+        return io.mmap_private(fd, size)
+    finally:
+        io.close(fd)
+
+
 class StreamIndex(DerivedIndex):
     """The catalog (every stream's name, head, first retained offset, flags) and the run index.
 
@@ -152,6 +177,8 @@ class StreamIndex(DerivedIndex):
     """
 
     file = layout.CATALOG_PREFIX.rstrip(".")
+    companion = layout.NAMES_PREFIX.rstrip(".")
+    maps_file = True
     label = "catalog"
 
     def __init__(self, log: IndexHost) -> None:
@@ -164,6 +191,7 @@ class StreamIndex(DerivedIndex):
         # Streams that a relaxed scan first met in a TRUNCATE record: their head is only known to be
         # at least its offset until their next record (retention dropped the messages in between).
         self.head_open: set[int] = set()
+        self._encoded = (-1, 0)  # (generation, body checksum) of the last catalog file encoded
 
     @property
     def catalog(self) -> Catalog:
@@ -267,19 +295,48 @@ class StreamIndex(DerivedIndex):
         return created
 
     def encode(self, generation: int) -> bytes:
-        return self.catalog.encode(self.runs, generation, self.log.store_id)
+        data = self.catalog.encode(self.runs, generation, self.log.store_id)
+        self._encoded = (generation, CatalogHeader.decode(data).body_checksum)
+        return data
+
+    def encode_companion(self, generation: int) -> bytes:
+        encoded, checksum = self._encoded
+        assert encoded == generation
+        return self.catalog.encode_names(self.runs, generation, self.log.store_id, checksum)
 
     def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
+        """Map ``catalog.<g>`` and ``names.<g>`` and look names up in place; without a usable name table
+        (a store of an earlier version, or a damaged table), decode the whole catalog instead."""
         lg = self.log
         cat_path = layout.catalog_path(lg.directory, ckpt.generation)
-        assert data is not None
+        names_path = layout.index_path(lg.directory, self.companion or "", ckpt.generation)
         with as_corruption(cat_path):
-            catalog, runs, large = Catalog.decode(data, lg.store_id, ckpt.generation)
+            buf = data if data is not None else map_file(lg.io, cat_path)
+        reach: int | None = None
+        table = None
+        if data is None:
+            try:
+                table = map_file(lg.io, names_path)
+            except FileNotFoundError:
+                self.notes.append(f"{os.path.basename(names_path)} missing: the catalog was decoded whole")
+            except (OSError, FormatError) as exc:
+                self.notes.append(f"{os.path.basename(names_path)} unreadable ({exc}): the catalog was decoded whole")
+        with as_corruption(cat_path):
+            loaded = None
+            if table is not None:
+                try:
+                    loaded = Catalog.mapped(buf, table, lg.store_id, ckpt.generation)
+                except TableUnusable as exc:
+                    self.notes.append(f"{os.path.basename(names_path)} unusable ({exc}): the catalog was decoded whole")
+            if loaded is None:
+                catalog, runs, large = Catalog.decode(buf, lg.store_id, ckpt.generation)
+            else:
+                catalog, runs, large, reach = loaded
         for sid, count, checksum in large:
             path = layout.runs_path(lg.directory, sid)
             with as_corruption(path):
                 runs.large[sid] = LargeRuns.decode(lg.io.read_file(path), lg.store_id, sid, count, checksum)
-        past = _runs_past_the_log(catalog, runs, ckpt.next_goff)
+        past = _runs_past_the_log(catalog, runs, ckpt.next_goff, reach)
         if past:  # checksummed, but readers would follow it past the end of the log: rebuild instead
             raise CorruptionError(cat_path, HEADER_SIZE, past)
         self.catalog, self.runs = catalog, runs
@@ -411,17 +468,24 @@ def _log_position_rebuild(path: str, what: str) -> None:
     logger.info("%s: position index missing or stale; %s", path, what)
 
 
-def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int) -> str | None:
+def _runs_past_the_log(catalog: Catalog, runs: RunIndex, next_goff: int, reach: int | None = None) -> str | None:
     """What maps a stream offset to a global offset at or past ``next_goff``, or ``None``.
 
     The catalog and run files passed their checksums, but readers follow
     them without further checks: a run, or a stream's last message (its head
     within its last run), past the end of the log would send a read there.
+    ``reach``: what the name table recorded of the shared runs (:func:`shared_reach`), which then
+    need not be read here.
     """
-    _sids, soffs, goffs, starts, _delta = runs.snapshot
-    have = np.flatnonzero(starts[1:] > starts[:-1])  # stream ids with shared runs
-    last = starts[1:][have] - 1
-    tables = [(have, soffs[last], goffs[last], goffs)]  # ids, their last runs, every run's global offset
+    tables = []
+    if reach is not None:
+        if reach > next_goff:
+            return f"a shared run or a stream's last message reaches global offset {reach}, the log ends at {next_goff}"
+    else:
+        _sids, soffs, goffs, starts, _delta = runs.snapshot
+        have = np.flatnonzero(starts[1:] > starts[:-1])  # stream ids with shared runs
+        last = starts[1:][have] - 1
+        tables.append((have, soffs[last], goffs[last], goffs))  # ids, their last runs, every run's global offset
     for sid, big in runs.large.items():
         g_all = big.goffs.view()
         tables.append((np.asarray([sid]), big.soffs.view()[-1:], g_all[-1:], g_all))
@@ -715,7 +779,7 @@ class CategoryIndex(DerivedIndex):
             raise FormatError(8, f"version {version}, header size {hsize}, flags {flags}: not this code's")
         if generation != ckpt.generation:
             raise FormatError(16, f"generation {generation}, the checkpoint's is {ckpt.generation}")
-        body = data[HEADER_SIZE:]
+        body = memoryview(data)[HEADER_SIZE:]  # no copy of what may be most of a large file
         if xxhash.xxh3_64_intdigest(body) != body_sum:
             raise FormatError(HEADER_SIZE, "body checksum mismatch")
         at = 4 * ncat + 8 * nsid
@@ -747,7 +811,7 @@ class CategoryIndex(DerivedIndex):
         names = []
         p = fixed
         for n in lengths.tolist():
-            names.append(body[p : p + n].decode("utf-8"))
+            names.append(bytes(body[p : p + n]).decode("utf-8"))
             p += n
         if len(set(names)) != len(names) or any("-" in n for n in names):
             raise FormatError(HEADER_SIZE + fixed, "category names repeat or hold '-'")

@@ -205,6 +205,11 @@ class FileIO:
     def mmap_read(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ)
 
+    def mmap_private(self, fd: int, length: int) -> mmap.mmap:
+        """A private writable mapping of the first ``length`` bytes of ``fd``'s file (the catalog's arrays):
+        stores into it copy the page in this process and never reach the file."""
+        return mmap.mmap(fd, length, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
     def mmap_shared(self, fd: int, length: int) -> mmap.mmap:
         """A shared read-write mapping of the first ``length`` bytes of ``fd``'s file (``CONTROL``).
 

@@ -8,6 +8,7 @@
       CHECKPOINT                how far the index files are complete (logstore.embedded.checkpoint)
       SUBSCRIPTIONS             durable subscriptions and their positions (logstore.embedded.positions)
       catalog.<generation>      stream catalog and shared run table (index.catalog)
+      names.<generation>        the catalog's name table: name -> stream id in place (index.names)
       segments/<first>.log      segment files (logstore.embedded.segment); <first>.log.tmp while being created
       segments/<first>.pos      their position indexes (index.position)
       streams/<id>.runs         run files of large streams (index.runs)
@@ -36,6 +37,7 @@ STORE_DIRS = (SEGMENTS, STREAMS, LOST_FOUND)
 """The subdirectories a store may hold."""
 
 CATALOG_PREFIX = "catalog."
+NAMES_PREFIX = "names."
 SEGMENT_EXT = ".log"
 POSITION_EXT = ".pos"
 RUNS_EXT = ".runs"
@@ -124,6 +126,11 @@ def is_runs_name(name: str) -> bool:
     """Whether ``name`` is a run file's name: 10 decimal digits and ``.runs``."""
     stem = name[: -len(RUNS_EXT)]
     return name.endswith(RUNS_EXT) and len(stem) == SID_DIGITS and stem.isdigit()
+
+
+def is_names_name(name: str) -> bool:
+    """Whether ``name`` is a name table file's name or its temporary name (any number of digits)."""
+    return name.startswith(NAMES_PREFIX) and name[len(NAMES_PREFIX) :].removesuffix(TMP).isdigit()
 
 
 def is_catalog_name(name: str) -> bool:

@@ -290,6 +290,9 @@ class Log:
         for ix in self.indexes:
             if ix.file is not None:
                 self._write_atomic(layout.index_path(self.directory, ix.file, generation), ix.encode(generation))
+                if ix.companion is not None:
+                    path = layout.index_path(self.directory, ix.companion, generation)
+                    self._write_atomic(path, ix.encode_companion(generation))
         entries = self.positions.entries
         ckpt = Checkpoint(generation, self.next_goff, entries, clean, self.log_start)
         self.ckpt_last_first = entries[-1].first
@@ -297,10 +300,11 @@ class Log:
         old = self.generation
         self.generation = generation
         for ix in self.indexes:
-            if ix.file is not None:
-                path = layout.index_path(self.directory, ix.file, old)
-                if io.exists(path):
-                    io.unlink(path)
+            for prefix in (ix.file, ix.companion if ix.file is not None else None):
+                if prefix is not None:
+                    path = layout.index_path(self.directory, prefix, old)
+                    if io.exists(path):
+                        io.unlink(path)
         self.checkpointed_bytes = 0
         self.checkpoint_due = False
         self.positions.checkpointed()
@@ -320,12 +324,13 @@ class Log:
     def remove_stale_generations(self) -> None:
         """Remove the indexes' generation files of other generations (left by a crash during a checkpoint)."""
         for ix in self.indexes:
-            if ix.file is None:
-                continue
-            keep = os.path.basename(layout.index_path(self.directory, ix.file, self.generation))
-            for name in self.io.listdir(self.directory):
-                if name.startswith(ix.file + ".") and name != keep:
-                    self.io.unlink(os.path.join(self.directory, name))
+            for prefix in (ix.file, ix.companion if ix.file is not None else None):
+                if prefix is None:
+                    continue
+                keep = os.path.basename(layout.index_path(self.directory, prefix, self.generation))
+                for name in self.io.listdir(self.directory):
+                    if name.startswith(prefix + ".") and name != keep:
+                        self.io.unlink(os.path.join(self.directory, name))
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         """``write_file_atomic``, with a full file system reported as :class:`OutOfSpaceError`."""

@@ -254,7 +254,7 @@ class Recovery:
         lg = self.log
         for ix in lg.indexes:
             data = None
-            if ix.file is not None:
+            if ix.file is not None and not ix.maps_file:
                 data = lg.io.read_file(layout.index_path(lg.directory, ix.file, ckpt.generation))
             ix.load(data, ckpt)
             self.report.rebuilt += ix.rebuilt

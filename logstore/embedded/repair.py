@@ -128,6 +128,7 @@ def _stray(name: str, where: str) -> bool:
         return (
             name not in _TOP
             and not layout.is_catalog_name(name)
+            and not layout.is_names_name(name)
             and not msgids.is_index_file(name)
             and not _is_index_generation(name)
         )
@@ -302,7 +303,11 @@ def _repair_locked(path: str, io: FileIO, report: RepairReport) -> None:  # noqa
     # to lost+found above (a dry run moved nothing, so it must not count those twice): the dry run
     # and the real run then name the same files.
     top = io.listdir(path)
-    prefixes = (layout.CATALOG_PREFIX, *(f"{cls.file}." for cls in EXTRA_INDEXES if cls.file is not None))
+    prefixes = (
+        layout.CATALOG_PREFIX,
+        layout.NAMES_PREFIX,
+        *(f"{cls.file}." for cls in EXTRA_INDEXES if cls.file is not None),
+    )
     derived = [
         os.path.join(path, n)
         for n in top

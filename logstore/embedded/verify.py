@@ -88,9 +88,10 @@ from logstore.embedded.segment import open_segment, read_segment_header
 from logstore.embedded.walk import Damage, walk
 from logstore.envelope import decode
 from logstore.errors import CorruptionError
-from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, Catalog
+from logstore.index.catalog import FLAG_DELETED, FLAG_LARGE, NAMES_AT, Catalog, shared_reach
 from logstore.index.errors import FormatError
-from logstore.index.header import HEADER_SIZE, PositionHeader, RunsHeader
+from logstore.index.header import HEADER_SIZE, CatalogHeader, PositionHeader, RunsHeader
+from logstore.index.names import check_table, table_problems
 from logstore.index.position import PositionIndex
 from logstore.index.runs import LARGE_RUNS, LargeRuns, RunIndex
 
@@ -302,10 +303,12 @@ class _Verifier:
                 self.problem(self.seg_dir, 0, "the store has no segment files")
             return
         if not self.result.live:
-            current = layout.catalog_name(self.ckpt.generation) if self.ckpt is not None else None
+            g = self.ckpt.generation if self.ckpt is not None else None
+            current = {layout.catalog_name(g), os.path.basename(_names_path(self.path, g))} if g is not None else set()
             for n in self.catalogs:
-                if n != current:
-                    self.note(f"{os.path.join(self.path, n)}: stale catalog generation (removed at next open)")
+                if n not in current:
+                    what = "name table" if layout.is_names_name(n) else "catalog"
+                    self.note(f"{os.path.join(self.path, n)}: stale {what} generation (removed at next open)")
         firsts = self._segments_to_scan()
         self._scan_log(firsts)
         self._log_end_checks()
@@ -356,7 +359,7 @@ class _Verifier:
                 self.note(
                     f"{p}: left by a checkpoint that did not finish (never read; the next checkpoint replaces it)"
                 )
-            elif name.startswith(layout.CATALOG_PREFIX):
+            elif name.startswith(layout.CATALOG_PREFIX) or layout.is_names_name(name):
                 self.catalogs.append(name)
             elif name in (layout.MIGRATING, layout.MIGRATING + layout.TMP):
                 self.note(f"{p}: an unfinished `logstore migrate` into this directory (run it again to finish)")
@@ -844,6 +847,7 @@ class _Verifier:
         if decoded is None:
             return
         raw, catalog, runs, large = decoded
+        self._names_against_catalog(raw, catalog, runs)
         lay = _CatalogLayout(raw)
         large_ids = self.large_ids = {sid for sid, _count, _sum in large}
         unusable: set[int] = set()
@@ -871,6 +875,40 @@ class _Verifier:
             self._stream_against_log(
                 cat_path, lay, catalog, runs, sid, log_streams.get(sid), sid in large_ids, unusable
             )
+
+    def _names_against_catalog(self, raw: bytes, catalog: Catalog, runs: RunIndex) -> None:
+        """The name table of the checkpoint's generation: whole, this catalog's, and right about every name."""
+        ckpt = self.ckpt
+        assert ckpt is not None and self.store_id is not None
+        path = _names_path(self.path, ckpt.generation)
+        try:
+            buf = self.io.read_file(path)
+        except FileNotFoundError:
+            self.problem(
+                path,
+                0,
+                "name table of the checkpoint's generation is missing (an open decodes the catalog"
+                " whole; the next checkpoint writes it)",
+            )
+            return
+        except OSError as exc:
+            self.problem(path, 0, f"cannot read: {exc}")
+            return
+        try:
+            tlay = check_table(buf, self.store_id, ckpt.generation)
+        except FormatError as exc:
+            self.problem(path, exc.position, f"{exc.what} (an open decodes the catalog whole instead)")
+            return
+        if tlay.catalog_checksum != CatalogHeader.decode(raw).body_checksum or tlay.streams != len(catalog):
+            self.note(
+                f"{path}: indexes another catalog file (an open decodes the catalog whole; the next checkpoint"
+                " writes it anew)"
+            )
+            return
+        names = list(catalog.names)
+        reach = shared_reach(catalog.head[: len(names)], runs)
+        for position, what in table_problems(buf, tlay, names, runs.snapshot[3], reach, NAMES_AT):
+            self.problem(path, position, what)
 
     # Long on purpose: one check per catalog field of a stream against the log, in order.
     def _stream_against_log(  # noqa: PLR0912, PLR0915
@@ -1159,3 +1197,7 @@ class _Extras:
                 continue
             for what in loaded.differences(rebuilt):
                 v.problem(path, 0, what)
+
+
+def _names_path(store: str, generation: int) -> str:
+    return layout.index_path(store, layout.NAMES_PREFIX.rstrip("."), generation)

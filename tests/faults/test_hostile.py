@@ -72,7 +72,7 @@ def _but_control(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 DOCUMENTED = re.compile(
-    r"LOCK|CONTROL|CHECKPOINT|catalog\.\d{20}|categories\.\d{20}|msgids\.\d{20}|msgids-\d{20}\.run|segments|streams|lost\+found"
+    r"LOCK|CONTROL|CHECKPOINT|catalog\.\d{20}|categories\.\d{20}|names\.\d{20}|msgids\.\d{20}|msgids-\d{20}\.run|segments|streams|lost\+found"
     r"|segments/\d{20}\.(log|pos)"
     r"|streams/\d{10}\.runs"
     r"|lost\+found/\d{8}T\d{6}-(\d{20}\.log|repair-[^/]+)-\d+(\.\d+)?\.(bin|json)"
