@@ -42,6 +42,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import msgpack
 import numpy as np
 import xxhash
 
@@ -293,6 +294,7 @@ def counted(
 
 _xxh = xxhash.xxh3_64_intdigest
 _hdr_unpack = RECORD_HEADER.unpack_from
+_len_unpack = struct.Struct("<I").unpack_from  # a record's length: its header's first field
 _sum_unpack = CHECKSUM.unpack_from
 
 BATCH_MIN = 32
@@ -647,6 +649,125 @@ def _gather_batch(
         return None
     goffs = (mine + goff).tolist()
     return list(range(soff, soff + k)), goffs, soff + k, goffs[-1] + 1
+
+
+_unpackb = msgpack.unpackb
+_tuple_new = tuple.__new__
+_ENVELOPE_ARRAY = 0x97  # msgpack's fixarray of 7 items: the first byte of every envelope the writer encodes
+
+
+class Checked:
+    """Plain messages of a segment read and checked but not decoded yet: a global read decodes them a
+    few at a time (:meth:`take`), so that few decoded envelopes are alive at once.
+
+    Made by :func:`check_records` from a private copy of the records' bytes (``data``): every record's
+    header was checked against the index and its checksum against its bytes before any envelope is
+    decoded, and what is decoded is those very bytes, whatever happens to the segment's file or
+    mapping meanwhile. ``goff`` is the global offset of the first record, ``n`` how many there are,
+    ``i`` how many :meth:`take` handed out; ``headers`` their record headers (a numpy record array of
+    :data:`HEADER_DTYPE`).
+    """
+
+    __slots__ = ("_ends", "_pays", "_view", "data", "goff", "headers", "i", "lo", "n", "path")
+
+    def __init__(self, data: bytes, pays: list[int], ends: list[int], headers: Any, goff: int, lo: int, path: str):
+        self.data = data
+        self._view = memoryview(data)
+        self._pays = pays  # where each envelope starts in data
+        self._ends = ends  # where each envelope ends (its record's checksum starts) in data
+        self.headers = headers
+        self.goff = goff
+        self.lo = lo  # the segment position of data's first byte
+        self.path = path
+        self.i = 0
+        self.n = len(ends)
+
+    def take(self, count: int) -> list[Envelope]:
+        """Decode and return the next ``count`` envelopes (fewer at the end).
+
+        An envelope that does not decode (bytes the writer could not have written, whole and with a
+        good checksum) ends the list before it; when it is the first, :class:`CorruptionError` names
+        the segment file, the record's byte and its global offset, as a read of it would.
+        """
+        i = self.i
+        j = min(self.n, i + count)
+        view = self._view
+        try:
+            got = [
+                _tuple_new(Envelope, _unpackb(view[a:e], raw=False, timestamp=3, strict_map_key=False))
+                for a, e in zip(self._pays[i:j], self._ends[i:j], strict=True)
+            ]
+        except (ValueError, TypeError, OverflowError):
+            got = self._take_slowly(i, j)
+        self.i = i + len(got)
+        return got
+
+    def _take_slowly(self, i: int, j: int) -> list[Envelope]:
+        got: list[Envelope] = []
+        for k in range(i, j):
+            try:
+                got.append(decode(self._view[self._pays[k] : self._ends[k]]))
+            except (ValueError, TypeError) as exc:
+                if got:
+                    break
+                position = self.lo + (0 if k == 0 else self._ends[k - 1] + CHECKSUM.size)
+                raise CorruptionError(
+                    self.path, position, f"global offset {self.goff + k}: envelope does not decode: {exc}"
+                ) from None
+        return got
+
+
+def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop: int, path: str) -> Checked | None:
+    """The records of global offsets ``goff`` .. ``stop - 1`` (``stop - goff`` at least :data:`BATCH_MIN`),
+    copied from ``buf`` (a segment's mapping, ``size`` bytes mapped) and checked, if they are all plain,
+    intact messages: else None, and the caller reads them with :func:`read_indexed`, which says what
+    is wrong, and where.
+
+    The checks of :func:`_read_batch` (global offsets, kinds, lengths, records end to end, the last one
+    inside the mapping, each record's checksum), made on the copy; and every envelope's first byte
+    must be a 7-item array's (as the writer encodes it), so that each decodes to the 7 fields of an
+    envelope or fails.
+    """
+    arr, n = positions.positions.state
+    i = goff - positions.first
+    count = stop - goff
+    if i < 0 or stop - positions.first > n or count < BATCH_MIN:
+        return None
+    try:
+        lo = int(arr[i])
+        last = int(arr[i + count - 1])
+        if not 0 <= lo <= last or last + RECORD_OVERHEAD > size:
+            return None
+        hi = last + _len_unpack(buf, last)[0]
+        if not last + RECORD_OVERHEAD <= hi <= size:
+            return None
+        data = buf[lo:hi].tobytes()
+        starts = arr[i : i + count].astype(np.int64) - lo
+        span = len(data)
+        # Views of the copy with one element at each byte: a record header, a checksum (unaligned).
+        h = np.ndarray((span - RECORD_HEADER.size + 1,), HEADER_DTYPE, data, 0, (1,))[starts]
+        nlen = h["nlen"].astype(np.int64)
+        ends = starts + h["length"].astype(np.int64) - CHECKSUM.size
+        pays = starts + RECORD_HEADER.size + nlen
+        if not (
+            int(ends[-1]) + CHECKSUM.size == span
+            and bool((ends[:-1] + CHECKSUM.size == starts[1:]).all())
+            and bool((pays < ends).all())
+            and bool((h["kind"] == KIND_MESSAGE).all())
+            and bool((h["goff"] == np.arange(goff, stop, dtype=np.uint64)).all())
+            and bool((np.frombuffer(data, np.uint8)[pays] == _ENVELOPE_ARRAY).all())
+        ):
+            return None
+        sums = np.ndarray((span - CHECKSUM.size + 1,), "<u8", data, 0, (1,))[ends].tolist()
+        e_list = ends.tolist()
+        view = memoryview(data)
+        if [_xxh(view[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
+            return None
+    except (ValueError, TypeError, IndexError, BufferError, struct.error):
+        # A mapping closed or cut under the read, or an index entry past the records: the
+        # record-by-record loop reads them again and reports it.
+        return None
+    return Checked(data, pays.tolist(), e_list, h, goff, lo, path)
 
 
 # The common layout of an envelope's first five fields, as :func:`logstore.envelope.encode` writes them for
