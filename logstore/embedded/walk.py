@@ -312,9 +312,7 @@ HEADER_DTYPE = np.dtype(
     ]
 )
 assert HEADER_DTYPE.itemsize == RECORD_HEADER.size
-_HEADER_BYTES = np.arange(RECORD_HEADER.size)
 _KINDS = np.array(sorted(KIND_NAMES), np.uint8)  # every valid record kind
-_SUM_BYTES = np.arange(CHECKSUM.size)
 # The record kinds a read may skip: a stream's REMOVED and LOST records; in global order every kind
 # (messages below their stream's first retained offset, the rest always).
 _SKIP_STREAM = frozenset((KIND_REMOVED, KIND_LOST))
@@ -606,9 +604,8 @@ def _gather_batch(
         span = min(stop - goff, 2 * count + gap, n - i)
         if i < 0 or span < BATCH_MIN:
             return None
-        raw = np.frombuffer(mm, np.uint8)
         starts = arr[i : i + span].astype(np.int64)
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE)[starts]
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -633,7 +630,7 @@ def _gather_batch(
         ):
             return None
         kept_ends = ends[mine]
-        sums = raw[kept_ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE)[kept_ends].tolist()
         kept = starts[mine]
         payloads = (kept + RECORD_HEADER.size + nlen[mine]).tolist()
         append = out.append
@@ -649,6 +646,15 @@ def _gather_batch(
         return None
     goffs = (mine + goff).tolist()
     return list(range(soff, soff + k)), goffs, soff + k, goffs[-1] + 1
+
+
+_SUM_DTYPE = np.dtype("<u8")
+
+
+def _at_each_byte(data: Any, size: int, dtype: np.dtype[Any]) -> Any:
+    """A read-only numpy view of ``data`` (``size`` bytes) with one ``dtype`` element starting at each byte
+    (unaligned, overlapping): ``view[positions]`` copies the records' headers or checksums there at once."""
+    return np.ndarray((size - dtype.itemsize + 1,), dtype, data, 0, (1,))
 
 
 _unpackb = msgpack.unpackb
@@ -744,8 +750,7 @@ def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop
         data = buf[lo:hi].tobytes()
         starts = arr[i : i + count].astype(np.int64) - lo
         span = len(data)
-        # Views of the copy with one element at each byte: a record header, a checksum (unaligned).
-        h = np.ndarray((span - RECORD_HEADER.size + 1,), HEADER_DTYPE, data, 0, (1,))[starts]
+        h = _at_each_byte(data, span, HEADER_DTYPE)[starts]
         nlen = h["nlen"].astype(np.int64)
         ends = starts + h["length"].astype(np.int64) - CHECKSUM.size
         pays = starts + RECORD_HEADER.size + nlen
@@ -758,7 +763,7 @@ def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop
             and bool((np.frombuffer(data, np.uint8)[pays] == _ENVELOPE_ARRAY).all())
         ):
             return None
-        sums = np.ndarray((span - CHECKSUM.size + 1,), "<u8", data, 0, (1,))[ends].tolist()
+        sums = _at_each_byte(data, span, _SUM_DTYPE)[ends].tolist()
         e_list = ends.tolist()
         view = memoryview(data)
         if [_xxh(view[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
@@ -808,7 +813,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
         starts = positions[i].astype(np.int64)
         if int(starts.max()) + RECORD_HEADER.size > size:
             return None
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE)[starts]
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -849,7 +854,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
                 peeked = peek_type(buf, int(p[j]), int(ends[cand[j]]))
                 match[j] = peeked is None or peeked in types  # None: decoded below, its type compared there
             keep[cand[~match]] = False
-        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE)[ends].tolist()
         append = out.append
         offs: list[int] = []
         picked: list[int] = []
@@ -890,9 +895,9 @@ def _read_batch(
     """
     had = len(out)
     try:
-        raw = np.frombuffer(mm, np.uint8)
+        mapped = len(buf)
         starts = starts.astype(np.int64)
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, mapped, HEADER_DTYPE)[starts]
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -910,7 +915,7 @@ def _read_batch(
             )
         if not ok:
             return None
-        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, mapped, _SUM_DTYPE)[ends].tolist()
         payloads = (starts + RECORD_HEADER.size + nlen).tolist()
         append = out.append
         for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
