@@ -61,7 +61,6 @@ class _Reader(Reader):
         "_base",
         "_buf",
         "_bufi",
-        "_current",
         "_env",
         "_epoch",
         "_log",
@@ -81,7 +80,6 @@ class _Reader(Reader):
         self._pub = published  # the bounds, heads and removal count it reads; where it waits
         self._log = log  # segments and run index: where the records below the bounds are
         self._closed = False
-        self._current = -1  # offset of the message get() returns; -1 before the first
         self._env: Envelope | None = None
         self._next = offset  # where reading goes on once the envelopes decoded ahead are used up
         # Envelopes decoded ahead (all committed and visible) and their offsets: _buf[_bufi:] are next.
@@ -104,6 +102,16 @@ class _Reader(Reader):
         self._sepoch = published.counter[REMOVALS_WORD]
         self._epoch = published.removals
 
+    @property
+    def _current(self) -> int:
+        """The offset of the message get() returns; -1 before the first (the current message is
+        ``_buf[_bufi - 1]``: its offset ``_offs[_bufi - 1]``, or ``_base + _bufi - 1``)."""
+        i = self._bufi - 1
+        if i < 0:
+            return -1
+        offs = self._offs
+        return self._base + i if offs is None else offs[i]
+
     def _take(self) -> bool:
         """Step to the next envelope decoded ahead, if any (and if nothing was removed since)."""
         i = self._bufi
@@ -117,8 +125,6 @@ class _Reader(Reader):
             return False
         self._sepoch = seen
         self._env = buf[i]
-        offs = self._offs
-        self._current = self._base + i if offs is None else offs[i]
         self._bufi = i + 1
         return True
 
@@ -149,7 +155,6 @@ class _Reader(Reader):
             self._prefetch *= 2
         # Take the first one: a removal from here on comes after this read, like one after the return.
         self._env = buf[0]
-        self._current = base if offs is None else offs[0]
         self._bufi = 1
         return True
 
@@ -229,8 +234,6 @@ class _Reader(Reader):
         if i < len(buf) and self._sepoch == self._pub.counter[REMOVALS_WORD]:
             self._env = buf[i]
             self._bufi = i + 1
-            offs = self._offs
-            self._current = self._base + i if offs is None else offs[i]
             return True
         if i >= len(buf) and self._ahead is not None and self._take_checked(DECODE_AHEAD):
             return True  # the next few of the records checked ahead, decoded
@@ -262,8 +265,6 @@ class _Reader(Reader):
             env = buf[i]
             self._env = env
             self._bufi = i + 1
-            offs = self._offs
-            self._current = self._base + i if offs is None else offs[i]
             return env
         self._check_open()
         if i >= len(buf) and self._ahead is not None and self._take_checked(DECODE_AHEAD):
@@ -305,8 +306,6 @@ class _Reader(Reader):
                 out += buf[i:j]
                 self._bufi = j
                 self._env = buf[j - 1]
-                offs = self._offs
-                self._current = self._base + j - 1 if offs is None else offs[j - 1]
             elif i >= len(buf) and self._ahead is not None and self._take_checked(max_count - len(out)):
                 out.append(self._env)  # type: ignore[arg-type]  # _fill() set it
             elif self._advance():

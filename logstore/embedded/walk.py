@@ -605,7 +605,7 @@ def _gather_batch(
         if i < 0 or span < BATCH_MIN:
             return None
         starts = arr[i : i + span].astype(np.int64)
-        h = _at_each_byte(mm, len(buf), HEADER_DTYPE)[starts]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -630,7 +630,7 @@ def _gather_batch(
         ):
             return None
         kept_ends = ends[mine]
-        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE)[kept_ends].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE, kept_ends).tolist()
         kept = starts[mine]
         payloads = (kept + RECORD_HEADER.size + nlen[mine]).tolist()
         append = out.append
@@ -651,10 +651,15 @@ def _gather_batch(
 _SUM_DTYPE = np.dtype("<u8")
 
 
-def _at_each_byte(data: Any, size: int, dtype: np.dtype[Any]) -> Any:
-    """A read-only numpy view of ``data`` (``size`` bytes) with one ``dtype`` element starting at each byte
-    (unaligned, overlapping): ``view[positions]`` copies the records' headers or checksums there at once."""
-    return np.ndarray((size - dtype.itemsize + 1,), dtype, data, 0, (1,))
+def _at_each_byte(data: Any, size: int, dtype: np.dtype[Any], positions: Any) -> Any:
+    """The ``dtype`` items of ``data`` (``size`` bytes) that start at each of ``positions`` (bytes, numpy),
+    copied at once: the records' headers or checksums there.
+
+    Through a view with an item at each byte (unaligned, overlapping) of raw bytes, whose items numpy
+    copies whole, then seen as ``dtype``.
+    """
+    raw = np.ndarray((size - dtype.itemsize + 1,), f"V{dtype.itemsize}", data, 0, (1,))
+    return raw[positions].view(dtype)
 
 
 _unpackb = msgpack.unpackb
@@ -750,7 +755,7 @@ def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop
         data = buf[lo:hi].tobytes()
         starts = arr[i : i + count].astype(np.int64) - lo
         span = len(data)
-        h = _at_each_byte(data, span, HEADER_DTYPE)[starts]
+        h = _at_each_byte(data, span, HEADER_DTYPE, starts)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + h["length"].astype(np.int64) - CHECKSUM.size
         pays = starts + RECORD_HEADER.size + nlen
@@ -763,7 +768,7 @@ def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop
             and bool((np.frombuffer(data, np.uint8)[pays] == _ENVELOPE_ARRAY).all())
         ):
             return None
-        sums = _at_each_byte(data, span, _SUM_DTYPE)[ends].tolist()
+        sums = _at_each_byte(data, span, _SUM_DTYPE, ends).tolist()
         e_list = ends.tolist()
         view = memoryview(data)
         if [_xxh(view[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
@@ -813,7 +818,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
         starts = positions[i].astype(np.int64)
         if int(starts.max()) + RECORD_HEADER.size > size:
             return None
-        h = _at_each_byte(mm, len(buf), HEADER_DTYPE)[starts]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -854,7 +859,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
                 peeked = peek_type(buf, int(p[j]), int(ends[cand[j]]))
                 match[j] = peeked is None or peeked in types  # None: decoded below, its type compared there
             keep[cand[~match]] = False
-        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE)[ends].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE, ends).tolist()
         append = out.append
         offs: list[int] = []
         picked: list[int] = []
@@ -897,7 +902,7 @@ def _read_batch(
     try:
         mapped = len(buf)
         starts = starts.astype(np.int64)
-        h = _at_each_byte(mm, mapped, HEADER_DTYPE)[starts]
+        h = _at_each_byte(mm, mapped, HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -915,7 +920,7 @@ def _read_batch(
             )
         if not ok:
             return None
-        sums = _at_each_byte(mm, mapped, _SUM_DTYPE)[ends].tolist()
+        sums = _at_each_byte(mm, mapped, _SUM_DTYPE, ends).tolist()
         payloads = (starts + RECORD_HEADER.size + nlen).tolist()
         append = out.append
         for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
