@@ -679,11 +679,10 @@ class Checked:
     :data:`HEADER_DTYPE`).
     """
 
-    __slots__ = ("_ends", "_pays", "_view", "data", "goff", "headers", "i", "lo", "n", "path")
+    __slots__ = ("_ends", "_pays", "data", "goff", "headers", "i", "lo", "n", "path")
 
     def __init__(self, data: bytes, pays: list[int], ends: list[int], headers: Any, goff: int, lo: int, path: str):
         self.data = data
-        self._view = memoryview(data)
         self._pays = pays  # where each envelope starts in data
         self._ends = ends  # where each envelope ends (its record's checksum starts) in data
         self.headers = headers
@@ -702,10 +701,10 @@ class Checked:
         """
         i = self.i
         j = min(self.n, i + count)
-        view = self._view
+        data = self.data
         try:
             got = [
-                _tuple_new(Envelope, _unpackb(view[a:e], raw=False, timestamp=3, strict_map_key=False))
+                _tuple_new(Envelope, _unpackb(data[a:e], raw=False, timestamp=3, strict_map_key=False))
                 for a, e in zip(self._pays[i:j], self._ends[i:j], strict=True)
             ]
         except (ValueError, TypeError, OverflowError):
@@ -717,7 +716,7 @@ class Checked:
         got: list[Envelope] = []
         for k in range(i, j):
             try:
-                got.append(decode(self._view[self._pays[k] : self._ends[k]]))
+                got.append(decode(self.data[self._pays[k] : self._ends[k]]))
             except (ValueError, TypeError) as exc:
                 if got:
                     break
@@ -770,8 +769,8 @@ def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop
             return None
         sums = _at_each_byte(data, span, _SUM_DTYPE, ends).tolist()
         e_list = ends.tolist()
-        view = memoryview(data)
-        if [_xxh(view[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
+        # (Slices of bytes: a copy of a few hundred bytes costs less than a memoryview.)
+        if [_xxh(data[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
             return None
     except (ValueError, TypeError, IndexError, BufferError, struct.error):
         # A mapping closed or cut under the read, or an index entry past the records: the
