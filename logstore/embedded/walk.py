@@ -25,6 +25,9 @@ where it is. Who uses what:
   where records start and checks each one's header against it, and its
   checksum, without a generator per record; reads of 32 records or more
   check all headers at once with numpy.
+- :func:`check_records`: a global reader's long reads of plain messages,
+  checked like :func:`read_indexed`'s on a copy of their bytes and decoded
+  later, a few at a time (:class:`Checked`).
 
 Where the records end a record length of 0 follows (the never-written
 reservation, or zeros): the walk ends there if every byte after it up to
