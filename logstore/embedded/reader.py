@@ -277,7 +277,7 @@ class _Reader(Reader):
         """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
 
         Slices of what was decoded ahead, with no call per message; the last one returned becomes the
-        current message. Never waits.
+        current message. Never waits. The garbage collector, when on, is off for the call.
         """
         check_max_count(max_count)
         if self._closed:
