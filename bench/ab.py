@@ -4,7 +4,8 @@ Measures what a change costs: the workload process (:mod:`bench.workloads`, of t
 logstore from ``BASE`` (a checkout of the code before the change, e.g. ``git worktree add`` or
 ``git archive REV | tar -x -C BASE``) or from this checkout, alternately, so that both see the same
 machine load. Prints each run and the medians with their ratio (this checkout / base), as JSON with
-``--json``. The default spec is W1: 200,000 envelopes of 300 B in transactions of 100, fsync.
+``--json``. The default spec is W1: 200,000 envelopes of 300 B in transactions of 100, fsync. A W3 spec
+(``"workload": "scan"``) reads a store that W1's workload writes first, untimed, with the same checkout.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[float, float]:
     path = tempfile.mkdtemp(dir=work)
     shutil.rmtree(path)
     env = {**os.environ, "PYTHONPATH": tree}
+    if spec["workload"] == "scan":  # W3 reads a store W1 wrote: write it first (not timed)
+        write = {**W1, "store": spec["store"], "messages": spec["messages"], "size": spec["size"], "dir": path}
+        subprocess.run(
+            [sys.executable, "-m", "bench.workloads", json.dumps(write)],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            check=True,
+        )
     proc = subprocess.run(
         [sys.executable, "-m", "bench.workloads", json.dumps({**spec, "dir": path})],
         cwd=tree,

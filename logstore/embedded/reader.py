@@ -10,6 +10,7 @@ published group and ``close()`` wakes to end a waiting reader.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from logstore.embedded.derived import CategoryIndex
 from logstore.embedded.published import REMOVALS_WORD
 from logstore.embedded.segment import SegmentRetired
+from logstore.embedded.walk import BATCH_MIN, Checked
 from logstore.envelope import Envelope, type_key
 from logstore.errors import LogStoreError, StreamClosedError
 from logstore.readers import DEFAULT_READ, AsyncWaiter, Reader, check_max_count
@@ -31,10 +33,18 @@ if TYPE_CHECKING:
 _SID, _SOFF = 4, 5
 
 PREFETCH = 256
+"""Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
+CHECK_AHEAD = 1024
+"""Most records a global read checks ahead in one go (:class:`~logstore.embedded.walk.Checked`), once it
+reads ahead :data:`PREFETCH` at a time: it decodes them :data:`DECODE_AHEAD` at a time."""
+DECODE_AHEAD = 64
+"""Envelopes a global read decodes at a time from the records it checked ahead (``read()`` decodes as
+many as it returns). Few envelopes alive at once set off few garbage collections: the collector's
+youngest generation is collected every 700 new containers (its default threshold), and an envelope
+of a few nested containers is a few of them."""
 GATHER_GAP = 32
 """Records of other streams a stream read steps over between two of the stream's runs, rather than
 reading each run apart (stepping over one costs about a fiftieth of a read)."""
-"""Most envelopes a reader decodes ahead in one go (from one segment, all already committed)."""
 
 
 class _Reader(Reader):
@@ -47,10 +57,10 @@ class _Reader(Reader):
     _FIRST_PREFETCH = 4
 
     __slots__ = (
+        "_ahead",
         "_base",
         "_buf",
         "_bufi",
-        "_current",
         "_env",
         "_epoch",
         "_log",
@@ -70,7 +80,6 @@ class _Reader(Reader):
         self._pub = published  # the bounds, heads and removal count it reads; where it waits
         self._log = log  # segments and run index: where the records below the bounds are
         self._closed = False
-        self._current = -1  # offset of the message get() returns; -1 before the first
         self._env: Envelope | None = None
         self._next = offset  # where reading goes on once the envelopes decoded ahead are used up
         # Envelopes decoded ahead (all committed and visible) and their offsets: _buf[_bufi:] are next.
@@ -82,6 +91,9 @@ class _Reader(Reader):
         # Where the messages of _buf came from, kept per read for stream_name() and the like
         # (see the subclasses). Invariant: the current message is _buf[_bufi - 1], described by _meta.
         self._meta: Any = None
+        # Records after _buf's, read and checked but not decoded yet (a global read's): decoded a few at
+        # a time as _buf runs out, from _next on.
+        self._ahead: Checked | None = None
         self._prefetch = self._FIRST_PREFETCH  # doubles up to PREFETCH while a reader keeps reading
         # The store's removal count when _buf was read: a truncation, deletion or retention since then
         # drops what was decoded ahead, so that no removed message is returned after the removal.
@@ -89,6 +101,16 @@ class _Reader(Reader):
         # compare; when it moved, _take() looks at the removal count (catching up with other processes).
         self._sepoch = published.counter[REMOVALS_WORD]
         self._epoch = published.removals
+
+    @property
+    def _current(self) -> int:
+        """The offset of the message get() returns; -1 before the first (the current message is
+        ``_buf[_bufi - 1]``: its offset ``_offs[_bufi - 1]``, or ``_base + _bufi - 1``)."""
+        i = self._bufi - 1
+        if i < 0:
+            return -1
+        offs = self._offs
+        return self._base + i if offs is None else offs[i]
 
     def _take(self) -> bool:
         """Step to the next envelope decoded ahead, if any (and if nothing was removed since)."""
@@ -103,12 +125,11 @@ class _Reader(Reader):
             return False
         self._sepoch = seen
         self._env = buf[i]
-        offs = self._offs
-        self._current = self._base + i if offs is None else offs[i]
         self._bufi = i + 1
         return True
 
     def _drop_ahead(self) -> None:
+        self._ahead = None
         i = self._bufi
         if i < len(self._buf):
             self._next = self._base + i if self._offs is None else self._offs[i]
@@ -134,9 +155,33 @@ class _Reader(Reader):
             self._prefetch *= 2
         # Take the first one: a removal from here on comes after this read, like one after the return.
         self._env = buf[0]
-        self._current = base if offs is None else offs[0]
         self._bufi = 1
         return True
+
+    def _take_checked(self, count: int) -> bool:
+        """Decode up to ``count`` of the records checked ahead (``_ahead``, a global read's) and hand them
+        out (``_fill``, with their record headers as ``_meta``).
+
+        False, with nothing checked ahead kept, if a removal came since they were read (the read
+        starts again at the first of them: ``_next``).
+        """
+        ahead = self._ahead
+        assert ahead is not None
+        pub = self._pub
+        seen = pub.counter[REMOVALS_WORD]  # before the count: a removal from here on moves it again
+        if self._epoch != pub.removals:
+            self._ahead = None
+            return False
+        self._sepoch = seen
+        i = ahead.i
+        envs = ahead.take(count)
+        if ahead.i == ahead.n:
+            self._ahead = None
+        base = ahead.goff + i
+        if self._fill(envs, None, base, base + len(envs), ahead.headers[i : ahead.i]):
+            return True
+        self._ahead = None  # a removal during the decoding: _fill set _next to the first of them
+        return False
 
     # Subclasses provide these two.
     def _available(self) -> bool:
@@ -189,9 +234,9 @@ class _Reader(Reader):
         if i < len(buf) and self._sepoch == self._pub.counter[REMOVALS_WORD]:
             self._env = buf[i]
             self._bufi = i + 1
-            offs = self._offs
-            self._current = self._base + i if offs is None else offs[i]
             return True
+        if i >= len(buf) and self._ahead is not None and self._take_checked(DECODE_AHEAD):
+            return True  # the next few of the records checked ahead, decoded
         return self._advance()
 
     def _wait(self, ticket: object, deadline: float | None) -> bool:
@@ -220,10 +265,10 @@ class _Reader(Reader):
             env = buf[i]
             self._env = env
             self._bufi = i + 1
-            offs = self._offs
-            self._current = self._base + i if offs is None else offs[i]
             return env
         self._check_open()
+        if i >= len(buf) and self._ahead is not None and self._take_checked(DECODE_AHEAD):
+            return self._env  # type: ignore[return-value]  # _fill() set it
         if not self._advance():  # the rest of try_next(): nothing decoded ahead is left to take
             raise StopIteration
         return self.get()
@@ -232,11 +277,25 @@ class _Reader(Reader):
         """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
 
         Slices of what was decoded ahead, with no call per message; the last one returned becomes the
-        current message. Never waits.
+        current message. Never waits. The garbage collector, when on, is off for the call.
         """
         check_max_count(max_count)
         if self._closed:
             raise self._closed_error()
+        if gc.isenabled():
+            # The collector waits for the end of the call (when it was on, and only then): the envelopes
+            # decoded here are new containers that all stay alive, so collecting during the call finds
+            # nothing to free and only moves them to older generations, which are then collected
+            # more often. (The switch is the process's: a thread that turns the collector off while
+            # another reads finds it on again when that read ends.)
+            gc.disable()
+            try:
+                return self._read(max_count)
+            finally:
+                gc.enable()
+        return self._read(max_count)
+
+    def _read(self, max_count: int) -> list[Envelope]:
         out: list[Envelope] = []
         counter = self._pub.counter
         while True:
@@ -247,8 +306,8 @@ class _Reader(Reader):
                 out += buf[i:j]
                 self._bufi = j
                 self._env = buf[j - 1]
-                offs = self._offs
-                self._current = self._base + j - 1 if offs is None else offs[j - 1]
+            elif i >= len(buf) and self._ahead is not None and self._take_checked(max_count - len(out)):
+                out.append(self._env)  # type: ignore[arg-type]  # _fill() set it
             elif self._advance():
                 out.append(self._env)  # type: ignore[arg-type]  # _advance() set it
             else:
@@ -524,6 +583,8 @@ class GlobalReader(_Reader):
     def _advance_once(self) -> bool:
         if self._bufi < len(self._buf) and self._take():
             return True
+        if self._ahead is not None and self._take_checked(DECODE_AHEAD):
+            return True
         pub = self._pub
         end, trimmed = self._bounds()
         want = max(self._next, pub.log_start)
@@ -537,11 +598,16 @@ class GlobalReader(_Reader):
                         want = pub.log_start
                         continue
                     raise
+            prefetch = self._prefetch
+            stop = min(end, seg.first + seg.count, want + (CHECK_AHEAD if prefetch >= PREFETCH else prefetch))
+            if stop - want >= BATCH_MIN and not trimmed:
+                # Check the records first, decode them a few at a time (_take_checked).
+                self._ahead = seg.check(want, stop)
+                if self._ahead is not None:
+                    return self._take_checked(DECODE_AHEAD)
             buf: list[Envelope] = []
             try:
-                nxt, offs, meta = seg.read(
-                    want, min(end, seg.first + seg.count, want + self._prefetch), buf, trimmed=trimmed
-                )
+                nxt, offs, meta = seg.read(want, min(stop, want + prefetch), buf, trimmed=trimmed)
             except SegmentRetired:
                 self._retired()
                 self._seg = None

@@ -35,7 +35,15 @@ from typing import Any
 from logstore.embedded.fileio import FileIO
 from logstore.embedded.layout import TMP, position_name, segment_name
 from logstore.embedded.record import BadRecord
-from logstore.embedded.walk import Undecodable, counted, read_gather, read_indexed, read_selected
+from logstore.embedded.walk import (
+    Checked,
+    Undecodable,
+    check_records,
+    counted,
+    read_gather,
+    read_indexed,
+    read_selected,
+)
 from logstore.envelope import Envelope
 from logstore.errors import NO_SPACE_ERRNOS, CorruptionError, OutOfSpaceError, as_corruption
 from logstore.index.errors import FormatError
@@ -263,6 +271,28 @@ class Segment:
             if len(out) == had:
                 raise CorruptionError(self.path, bad.position, f"global offset {nxt}: {bad.what}")
         return nxt, offs, headers
+
+    def check(self, goff: int, stop: int) -> Checked | None:
+        """The records of global offsets ``goff`` .. ``stop - 1``, copied and checked, not decoded, if they
+        are all plain, intact messages (:func:`logstore.embedded.walk.check_records`): a global read's fast
+        path. None for anything else, including damage and a segment closed under the read: :meth:`read`
+        then reads them and says what is wrong.
+        """
+        buf = self.view  # before the size: the view then covers at least that many bytes
+        size = self.size
+        try:
+            mm = self.mm
+            if mm is None:
+                return None
+            if mm.size() < size:  # _check_mapped(), inline: one fstat per read
+                return None
+            positions = self.positions  # may walk the segment: inside the try (closed under us)
+        except (BadRecord, OSError, ValueError, TypeError):
+            return None
+        checked = check_records(buf, size, positions, goff, stop, self.path)
+        if checked is not None:
+            self.io.records_read += stop - goff
+        return checked
 
     def select(
         self,

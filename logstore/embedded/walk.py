@@ -25,6 +25,9 @@ where it is. Who uses what:
   where records start and checks each one's header against it, and its
   checksum, without a generator per record; reads of 32 records or more
   check all headers at once with numpy.
+- :func:`check_records`: a global reader's long reads of plain messages,
+  checked like :func:`read_indexed`'s on a copy of their bytes and decoded
+  later, a few at a time (:class:`Checked`).
 
 Where the records end a record length of 0 follows (the never-written
 reservation, or zeros): the walk ends there if every byte after it up to
@@ -42,6 +45,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import msgpack
 import numpy as np
 import xxhash
 
@@ -293,6 +297,7 @@ def counted(
 
 _xxh = xxhash.xxh3_64_intdigest
 _hdr_unpack = RECORD_HEADER.unpack_from
+_len_unpack = struct.Struct("<I").unpack_from  # a record's length: its header's first field
 _sum_unpack = CHECKSUM.unpack_from
 
 BATCH_MIN = 32
@@ -310,9 +315,7 @@ HEADER_DTYPE = np.dtype(
     ]
 )
 assert HEADER_DTYPE.itemsize == RECORD_HEADER.size
-_HEADER_BYTES = np.arange(RECORD_HEADER.size)
 _KINDS = np.array(sorted(KIND_NAMES), np.uint8)  # every valid record kind
-_SUM_BYTES = np.arange(CHECKSUM.size)
 # The record kinds a read may skip: a stream's REMOVED and LOST records; in global order every kind
 # (messages below their stream's first retained offset, the rest always).
 _SKIP_STREAM = frozenset((KIND_REMOVED, KIND_LOST))
@@ -604,9 +607,8 @@ def _gather_batch(
         span = min(stop - goff, 2 * count + gap, n - i)
         if i < 0 or span < BATCH_MIN:
             return None
-        raw = np.frombuffer(mm, np.uint8)
         starts = arr[i : i + span].astype(np.int64)
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -631,7 +633,7 @@ def _gather_batch(
         ):
             return None
         kept_ends = ends[mine]
-        sums = raw[kept_ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE, kept_ends).tolist()
         kept = starts[mine]
         payloads = (kept + RECORD_HEADER.size + nlen[mine]).tolist()
         append = out.append
@@ -647,6 +649,137 @@ def _gather_batch(
         return None
     goffs = (mine + goff).tolist()
     return list(range(soff, soff + k)), goffs, soff + k, goffs[-1] + 1
+
+
+_SUM_DTYPE = np.dtype("<u8")
+
+
+def _at_each_byte(data: Any, size: int, dtype: np.dtype[Any], positions: Any) -> Any:
+    """The ``dtype`` items of ``data`` (``size`` bytes) that start at each of ``positions`` (bytes, numpy),
+    copied at once: the records' headers or checksums there.
+
+    Through a view with an item at each byte (unaligned, overlapping) of raw bytes, whose items numpy
+    copies whole, then seen as ``dtype``.
+    """
+    raw = np.ndarray((size - dtype.itemsize + 1,), f"V{dtype.itemsize}", data, 0, (1,))
+    return raw[positions].view(dtype)
+
+
+_unpackb = msgpack.unpackb
+_tuple_new = tuple.__new__
+_ENVELOPE_ARRAY = 0x97  # msgpack's fixarray of 7 items: the first byte of every envelope the writer encodes
+
+
+class Checked:
+    """Plain messages of a segment read and checked but not decoded yet: a global read decodes them a
+    few at a time (:meth:`take`), so that few decoded envelopes are alive at once.
+
+    Made by :func:`check_records` from a private copy of the records' bytes (``data``): every record's
+    header was checked against the index and its checksum against its bytes before any envelope is
+    decoded, and what is decoded is those very bytes, whatever happens to the segment's file or
+    mapping meanwhile. ``goff`` is the global offset of the first record, ``n`` how many there are,
+    ``i`` how many :meth:`take` handed out; ``headers`` their record headers (a numpy record array of
+    :data:`HEADER_DTYPE`).
+    """
+
+    __slots__ = ("_ends", "_pays", "data", "goff", "headers", "i", "lo", "n", "path")
+
+    def __init__(self, data: bytes, pays: list[int], ends: list[int], headers: Any, goff: int, lo: int, path: str):
+        self.data = data
+        self._pays = pays  # where each envelope starts in data
+        self._ends = ends  # where each envelope ends (its record's checksum starts) in data
+        self.headers = headers
+        self.goff = goff
+        self.lo = lo  # the segment position of data's first byte
+        self.path = path
+        self.i = 0
+        self.n = len(ends)
+
+    def take(self, count: int) -> list[Envelope]:
+        """Decode and return the next ``count`` envelopes (fewer at the end).
+
+        An envelope that does not decode (bytes the writer could not have written, whole and with a
+        good checksum) ends the list before it; when it is the first, :class:`CorruptionError` names
+        the segment file, the record's byte and its global offset, as a read of it would.
+        """
+        i = self.i
+        j = min(self.n, i + count)
+        data = self.data
+        try:
+            got = [
+                _tuple_new(Envelope, _unpackb(data[a:e], raw=False, timestamp=3, strict_map_key=False))
+                for a, e in zip(self._pays[i:j], self._ends[i:j], strict=True)
+            ]
+        except (ValueError, TypeError, OverflowError):
+            got = self._take_slowly(i, j)
+        self.i = i + len(got)
+        return got
+
+    def _take_slowly(self, i: int, j: int) -> list[Envelope]:
+        got: list[Envelope] = []
+        for k in range(i, j):
+            try:
+                got.append(decode(self.data[self._pays[k] : self._ends[k]]))
+            except (ValueError, TypeError) as exc:
+                if got:
+                    break
+                position = self.lo + (0 if k == 0 else self._ends[k - 1] + CHECKSUM.size)
+                raise CorruptionError(
+                    self.path, position, f"global offset {self.goff + k}: envelope does not decode: {exc}"
+                ) from None
+        return got
+
+
+def check_records(buf: Any, size: int, positions: PositionIndex, goff: int, stop: int, path: str) -> Checked | None:
+    """The records of global offsets ``goff`` .. ``stop - 1`` (``stop - goff`` at least :data:`BATCH_MIN`),
+    copied from ``buf`` (a segment's mapping, ``size`` bytes mapped) and checked, if they are all plain,
+    intact messages: else None, and the caller reads them with :func:`read_indexed`, which says what
+    is wrong, and where.
+
+    The checks of :func:`_read_batch` (global offsets, kinds, lengths, records end to end, the last one
+    inside the mapping, each record's checksum), made on the copy; and every envelope's first byte
+    must be a 7-item array's (as the writer encodes it), so that each decodes to the 7 fields of an
+    envelope or fails.
+    """
+    arr, n = positions.positions.state
+    i = goff - positions.first
+    count = stop - goff
+    if i < 0 or stop - positions.first > n or count < BATCH_MIN:
+        return None
+    try:
+        lo = int(arr[i])
+        last = int(arr[i + count - 1])
+        if not 0 <= lo <= last or last + RECORD_OVERHEAD > size:
+            return None
+        hi = last + _len_unpack(buf, last)[0]
+        if not last + RECORD_OVERHEAD <= hi <= size:
+            return None
+        data = buf[lo:hi].tobytes()
+        starts = arr[i : i + count].astype(np.int64) - lo
+        span = len(data)
+        h = _at_each_byte(data, span, HEADER_DTYPE, starts)
+        nlen = h["nlen"].astype(np.int64)
+        ends = starts + h["length"].astype(np.int64) - CHECKSUM.size
+        pays = starts + RECORD_HEADER.size + nlen
+        if not (
+            int(ends[-1]) + CHECKSUM.size == span
+            and bool((ends[:-1] + CHECKSUM.size == starts[1:]).all())
+            and bool((pays < ends).all())
+            and bool((h["kind"] == KIND_MESSAGE).all())
+            and bool((h["goff"] == np.arange(goff, stop, dtype=np.uint64)).all())
+            and bool((np.frombuffer(data, np.uint8)[pays] == _ENVELOPE_ARRAY).all())
+        ):
+            return None
+        sums = _at_each_byte(data, span, _SUM_DTYPE, ends).tolist()
+        e_list = ends.tolist()
+        # (Slices of bytes: a copy of a few hundred bytes costs less than a memoryview.)
+        if [_xxh(data[p:e]) for p, e in zip(starts.tolist(), e_list, strict=True)] != sums:
+            return None
+    except (ValueError, TypeError, IndexError, BufferError, struct.error):
+        # A mapping closed or cut under the read, or an index entry past the records: the
+        # record-by-record loop reads them again and reports it.
+        return None
+    return Checked(data, pays.tolist(), e_list, h, goff, lo, path)
 
 
 # The common layout of an envelope's first five fields, as :func:`logstore.envelope.encode` writes them for
@@ -687,7 +820,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
         starts = positions[i].astype(np.int64)
         if int(starts.max()) + RECORD_HEADER.size > size:
             return None
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, len(buf), HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -728,7 +861,7 @@ def _select_batch(  # noqa: PLR0912, PLR0915
                 peeked = peek_type(buf, int(p[j]), int(ends[cand[j]]))
                 match[j] = peeked is None or peeked in types  # None: decoded below, its type compared there
             keep[cand[~match]] = False
-        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, len(buf), _SUM_DTYPE, ends).tolist()
         append = out.append
         offs: list[int] = []
         picked: list[int] = []
@@ -769,9 +902,9 @@ def _read_batch(
     """
     had = len(out)
     try:
-        raw = np.frombuffer(mm, np.uint8)
+        mapped = len(buf)
         starts = starts.astype(np.int64)
-        h = raw[starts[:, None] + _HEADER_BYTES].view(HEADER_DTYPE)[:, 0]
+        h = _at_each_byte(mm, mapped, HEADER_DTYPE, starts)
         length = h["length"].astype(np.int64)
         nlen = h["nlen"].astype(np.int64)
         ends = starts + length - CHECKSUM.size
@@ -789,7 +922,7 @@ def _read_batch(
             )
         if not ok:
             return None
-        sums = raw[ends[:, None] + _SUM_BYTES].view("<u8")[:, 0].tolist()
+        sums = _at_each_byte(mm, mapped, _SUM_DTYPE, ends).tolist()
         payloads = (starts + RECORD_HEADER.size + nlen).tolist()
         append = out.append
         for p, a, e, c in zip(starts.tolist(), payloads, ends.tolist(), sums, strict=True):
