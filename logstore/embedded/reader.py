@@ -10,7 +10,6 @@ published group and ``close()`` wakes to end a waiting reader.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -277,22 +276,11 @@ class _Reader(Reader):
         """Up to ``max_count`` of the messages available now, in order, in one call (empty when none).
 
         Slices of what was decoded ahead, with no call per message; the last one returned becomes the
-        current message. Never waits. The garbage collector, when on, is off for the call.
+        current message. Never waits.
         """
         check_max_count(max_count)
         if self._closed:
             raise self._closed_error()
-        if gc.isenabled():
-            # The collector waits for the end of the call (when it was on, and only then): the envelopes
-            # decoded here are new containers that all stay alive, so collecting during the call finds
-            # nothing to free and only moves them to older generations, which are then collected
-            # more often. (The switch is the process's: a thread that turns the collector off while
-            # another reads finds it on again when that read ends.)
-            gc.disable()
-            try:
-                return self._read(max_count)
-            finally:
-                gc.enable()
         return self._read(max_count)
 
     def _read(self, max_count: int) -> list[Envelope]:

@@ -1,6 +1,6 @@
 """Global reads check records ahead in one go and decode them a few at a time (logstore.embedded.walk.Checked):
 what they hand out, where, after a removal, at an envelope that does not decode, and the collector's switch
-around ``read()``."""
+left as the application set it."""
 
 from __future__ import annotations
 
