@@ -11,10 +11,12 @@ record. Each class runs on both backends (the ``...OnPostgres`` variants).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import unittest
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID, uuid4
@@ -29,6 +31,7 @@ from logstore.eventsourcing import (
     LogstoreApplicationRecorder,
     LogstoreProcessRecorder,
     LogstoreTrackingRecorder,
+    _message_ids,
 )
 from logstore.tx import Tx
 from tests.eventsourcing.base import StoreCase, add_postgres_variants
@@ -249,6 +252,45 @@ class TestTransactions(StoreCase):
         with self.store.transaction() as tx:  # another writer's message elsewhere in the store
             tx.append("elsewhere", 0, [Envelope.new("Other", 1)])
         self.assertEqual(recorder.insert_events([_event(uuid4(), 1)]), [1])
+
+
+class TestMessageIds(StoreCase):
+    def test_every_event_gets_a_distinct_version_4_uuid_as_its_message_id(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        a, b = uuid4(), uuid4()
+        recorder.insert_events([_event(a, 1)])
+        recorder.insert_events([_event(a, 2), _event(b, 1), _event(b, 2)])
+        recorder.insert_events([_event(b, 3)])
+        with self.store.global_stream() as log:
+            envs = [(log.stream_name(), env) for env in log]
+        events = [env for name, env in envs if name != "stored_notifications"]
+        self.assertEqual(len(events), 5)
+        ids = [env.message_id for env in events]
+        self.assertEqual(len(set(ids)), 5)
+        for mid in ids:
+            self.assertEqual(str(UUID(mid)), mid)
+            self.assertEqual(UUID(mid).version, 4)
+        # Each notification is its event's envelope, message id and all.
+        self.assertEqual(sorted(env.message_id for name, env in envs if name == "stored_notifications"), sorted(ids))
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs os.fork")
+    def test_a_forked_child_draws_message_ids_of_its_own(self) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next ids, to the parent
+            try:
+                os.write(write, json.dumps(_message_ids(3)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        mine = _message_ids(3)
+        self.assertEqual(len(child), 3)
+        self.assertEqual(set(child) & set(mine), set())
+        # A process's ids share their first 74 bits, counted up in the last 48: the child's start is its own.
+        self.assertNotEqual(child[0][:23], mine[0][:23])
 
 
 class TestSubscription(StoreCase):
