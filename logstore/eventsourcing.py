@@ -473,6 +473,10 @@ class LogstoreRecorder:
 
     def _remember(self, stream: str, head: int, version: int) -> None:
         """Note that the envelope at ``head - 1`` of ``stream`` has ``version``."""
+        versions = self._versions
+        if stream in versions:  # a new value for a key the dict holds: one step, no lock
+            versions[stream] = (head, version)
+            return
         with self._versions_lock:
             versions = self._versions
             if len(versions) >= VERSIONS_KEPT and stream not in versions:
@@ -546,11 +550,11 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
             # The appends as committed: one per group, in order, then the notifications (with the offsets
             # the writer gave them), then the tracking record.
             appends = tx.appends
-            n = len(groups)
-            for (stream, _nb, first, payloads), (_nameb, events, _envs) in zip(
-                appends[:n], groups.values(), strict=True
-            ):
+            n = 0
+            for _nameb, events, _envs in groups.values():
+                stream, _nb, first, payloads = appends[n]
                 self._remember(stream, first + len(payloads), events[-1].originator_version)
+                n += 1
             if not self.notifies or not stored_events:
                 return []
             first = appends[n][2] + 1
