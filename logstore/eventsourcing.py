@@ -205,6 +205,7 @@ if hasattr(os, "register_at_fork"):  # a child must not count on from its parent
 
 
 _new = object.__new__
+_envelope = tuple.__new__  # Envelope(*fields) without the NamedTuple's __new__ (a Python call per event)
 _set = object.__setattr__
 _from_bytes = int.from_bytes
 _UNKNOWN = SafeUUID.unknown
@@ -564,7 +565,7 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         """:meth:`_many` for a save of one event (the common case), with less to build."""
         stream, nameb, key = self._names_of(event.originator_id)
         mid = _message_ids(1)[0]
-        env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+        env = _envelope(Envelope, (mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state]))
         every = [env]
         return {stream: (nameb, [event], every)}, every
 
@@ -591,7 +592,9 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                     f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
                     f"{events[-1].originator_version} then {event.originator_version}"
                 )
-            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            env = _envelope(
+                Envelope, (mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            )
             events.append(event)
             envs.append(env)
             every.append(env)
@@ -628,28 +631,27 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
             # read): check and encode the envelopes, and stage them at that head. The commit checks the
             # head again (OffsetConflictError: tried again above) and the message ids.
             payloads = _encode_saved(envs, stream, head, limit)
-            tx.stage(stream, nameb, head, payloads, [env.message_id for env in envs])
+            mids = [env.message_id for env in envs]
+            tx.stage(stream, nameb, head, payloads, mids)
             encoded.append(payloads)
         if self.notifies and every:
             # The same envelopes again, in the order given: staged as append_messages encoded them above
             # (checked and within the size limit there), rather than encoded a second time. The stream's
             # name is checked in __init__, and the transaction by the appends above.
-            if len(encoded) == 1:
-                payloads = encoded[0]
-            else:
+            if len(encoded) > 1:
                 by_env = {
                     id(env): payload
                     for (_nameb, _events, envs), group in zip(groups.values(), encoded, strict=True)
                     for env, payload in zip(envs, group, strict=True)
                 }
                 payloads = [by_env[id(env)] for env in every]
-            tx.stage(
-                self.notification_stream,
-                self._notification_nameb,
-                ANY_OFFSET,
-                payloads,
-                [env.message_id for env in every],
-            )
+                mids = [env.message_id for env in every]
+            else:
+                payloads = encoded[0]
+                if limit is None:
+                    mids = [env.message_id for env in every]
+                # else: the one group's ids, staged above, are these in the same order (the same list)
+            tx.stage(self.notification_stream, self._notification_nameb, ANY_OFFSET, payloads, mids)
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 
