@@ -471,6 +471,10 @@ class LogstoreRecorder:
         # Each thread's notification scan: ``reader`` on the notification stream and ``next``, the offset
         # it stands at (-1: open another); see select_notifications.
         self._scan = threading.local()
+        # Originators as envelopes hold them (16 bytes, or text) -> as notifications give them (a UUID, or the
+        # text): made once per originator, not once per notification (cleared when it grows past
+        # VERSIONS_KEPT). A UUID is immutable: notifications may share one.
+        self._originators: dict[bytes | str, UUID | str] = {}
 
     def _remember(self, stream: str, head: int, version: int) -> None:
         """Note that the envelope at ``head - 1`` of ``stream`` has ``version``."""
@@ -735,7 +739,12 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         last = (1 << 63) if stop is None else stop  # offsets below ``stop`` are ids up to it
         left = limit
         after = first - 1  # the offset after the last envelope taken from the reader
-        originators: dict[bytes | str, UUID | str] = {}  # one UUID per originator of the page
+        originators = self._originators  # one UUID per originator, kept from page to page
+        if len(originators) > VERSIONS_KEPT:
+            originators.clear()
+        # Each Notification as _fast_notification makes it, here in the loop (a call less per notification).
+        fast = _make_notification is _fast_notification
+        new, give = _new, _set
         for env in reader:
             offset = offset_of()
             after = offset + 1
@@ -749,7 +758,22 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
             oid = originators.get(key)
             if oid is None:
                 oid = originators[key] = _originator(key)
-            append(_make_notification(oid, version, topic, state, offset + 1))
+            if fast:
+                n = new(Notification)
+                give(
+                    n,
+                    "__dict__",
+                    {
+                        "originator_id": oid,
+                        "originator_version": version,
+                        "topic": topic,
+                        "state": state,
+                        "id": offset + 1,
+                    },
+                )
+                append(n)
+            else:
+                append(_make_notification(oid, version, topic, state, offset + 1))
             left -= 1
             if not left:
                 break
