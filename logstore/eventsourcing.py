@@ -127,9 +127,9 @@ def _message_ids(n: int) -> list[str]:
     what was left of it. The 122 random bits of a version 4 UUID are drawn once per process
     (``random.getrandbits``; again in a forked child, see :func:`_seed_message_ids`): its ids share
     the first 74 and count up in the last 48 from that random start, one count per id. So no two ids
-    of one process are equal (until 2 ** 48 of them), and two processes' ids meet only if their
-    random starts share 74 bits: less likely than a collision among as many ``uuid4`` draws as there
-    are processes. Only the last group of 12 hex digits is formatted per id.
+    of one process are equal (until 2 ** 48 of them), and two processes' ids can meet only if their
+    random starts share those 74 bits (a chance of 2 ** -74 for two processes, and then only where
+    their counts overlap). Only the last group of 12 hex digits is formatted per id.
     """
     head, count = _id_head, _id_count
     if n == 1:
