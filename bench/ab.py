@@ -4,8 +4,7 @@ Measures what a change costs: the workload process (:mod:`bench.workloads`, of t
 logstore from ``BASE`` (a checkout of the code before the change, e.g. ``git worktree add`` or
 ``git archive REV | tar -x -C BASE``) or from this checkout, alternately, so that both see the same
 machine load. Prints each run and the medians with their ratio (this checkout / base), as JSON with
-``--json``. The default spec is W1: 200,000 envelopes of 300 B in transactions of 100, fsync. A spec of W4's
-``event_sourcing`` compares its write rate; one of the ES group's ``es_recorder`` each of its figures.
+``--json``. The default spec is W1: 200,000 envelopes of 300 B in transactions of 100, fsync.
 """
 
 from __future__ import annotations
@@ -25,9 +24,10 @@ W1 = {"workload": "append", "store": "logstore", "messages": 200_000, "batch": 1
 
 
 def rates(result: dict[str, Any]) -> dict[str, float]:
-    """The figures of one run by name, each a rate per second: the workload's messages over its ``seconds``
-    (W4's ``event_sourcing``: over ``write_seconds``, its writes); ``es_recorder``: its saves of one and of
-    ten events and its notification scan in each page size."""
+    """The figures of one run by name, each a rate per second, the first the headline: the workload's
+    messages over its ``seconds`` (a W4 spec, ``event_sourcing``: over ``write_seconds``, its writes); an
+    ES spec, ``es_recorder``: its saves of one and of ten events and its notification scan in each page
+    size, each compared on its own."""
     if "saves1" in result:
         got = {f"saves{k}/s": result[f"saves{k}"]["saves"] / result[f"saves{k}"]["seconds"] for k in (1, 10)}
         for page, scan in result["scan"].items():
