@@ -24,9 +24,23 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W1 = {"workload": "append", "store": "logstore", "messages": 200_000, "batch": 100, "size": 300}
 
 
-def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[float, float]:
-    """Messages per second of one run of ``spec`` with logstore imported from ``tree``, and the process's
-    CPU microseconds per message (the workload's ``cpu_seconds``; 0 where it has none)."""
+def rates(result: dict[str, Any]) -> dict[str, float]:
+    """The figures of one run by name, each a rate per second, the first the headline: the workload's
+    messages over its ``seconds`` (a W4 spec, ``event_sourcing``: over ``write_seconds``, its writes); an
+    ES spec, ``es_recorder``: its saves of one and of ten events and its notification scan in each page
+    size, each compared on its own."""
+    if "saves1" in result:
+        got = {f"saves{k}/s": result[f"saves{k}"]["saves"] / result[f"saves{k}"]["seconds"] for k in (1, 10)}
+        for page, scan in result["scan"].items():
+            got[f"scan/page={page}, notifications/s"] = scan["notifications"] / scan["seconds"]
+        return got
+    seconds = result["seconds"] if "seconds" in result else result["write_seconds"]
+    return {"msg/s": float(result["messages"]) / float(seconds)}
+
+
+def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[dict[str, float], float]:
+    """The figures of one run of ``spec`` with logstore imported from ``tree`` (:func:`rates`), and the
+    process's CPU microseconds per message (the workload's ``cpu_seconds``; 0 where it has none)."""
     path = tempfile.mkdtemp(dir=work)
     shutil.rmtree(path)
     env = {**os.environ, "PYTHONPATH": tree}
@@ -49,8 +63,8 @@ def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[float, float]:
     )
     shutil.rmtree(path, ignore_errors=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    n = float(result["messages"])
-    return n / float(result["seconds"]), float(result.get("cpu_seconds", 0.0)) / n * 1e6
+    cpu = float(result.get("cpu_seconds", 0.0))
+    return rates(result), cpu / float(result["messages"]) * 1e6 if cpu else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,34 +79,46 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(base_bench, ignore_errors=True)
     shutil.copytree(os.path.join(HERE, "bench"), base_bench)  # the same workload code on both sides
     work = tempfile.mkdtemp(prefix="logstore-ab-")
-    runs: dict[str, list[float]] = {"base": [], "this": []}
+    figures: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
     cpu: dict[str, list[float]] = {"base": [], "this": []}
     try:
         for k in range(args.runs):
             order = (("base", args.base), ("this", HERE)) if k % 2 == 0 else (("this", HERE), ("base", args.base))
             for label, tree in order:
-                rate, us = run_once(tree, spec, work)
-                runs[label].append(rate)
+                got, us = run_once(tree, spec, work)
+                for name, rate in got.items():
+                    figures[label].setdefault(name, []).append(rate)
                 cpu[label].append(us)
                 if not args.json:
-                    print(f"run {k + 1} {label}: {rate:,.0f} msg/s, {us:.2f} us of CPU per message", flush=True)
+                    shown = ", ".join(f"{rate:,.0f} {name}" for name, rate in got.items())
+                    print(f"run {k + 1} {label}: {shown}, {us:.2f} us of CPU per message", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    medians = {k: statistics.median(v) for k, v in runs.items()}
+    names = list(figures["this"])
+    head = names[0]  # the headline figure: "runs", "median" and "ratio" are its
+    medians = {k: statistics.median(v[head]) for k, v in figures.items()}
     cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
     report = {
         "spec": spec,
-        "runs": runs,
+        "runs": {k: v[head] for k, v in figures.items()},
         "median": medians,
         "ratio": medians["this"] / medians["base"],
+        "figures": {
+            name: {
+                "runs": {k: v[name] for k, v in figures.items()},
+                "ratio": statistics.median(figures["this"][name]) / statistics.median(figures["base"][name]),
+            }
+            for name in names
+        },
         "cpu_us_per_message": cpu,
         "cpu_median": cpu_medians,
     }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        base, this = medians["base"], medians["this"]
-        print(f"median base {base:,.0f}, this {this:,.0f} msg/s: this / base = {report['ratio']:.3f}")
+        for name in names:
+            base, this = (statistics.median(figures[k][name]) for k in ("base", "this"))
+            print(f"median base {base:,.0f}, this {this:,.0f} {name}: this / base = {this / base:.3f}")
         cb, ct = cpu_medians["base"], cpu_medians["this"]
         print(f"median CPU per message: base {cb:.2f} us, this {ct:.2f} us ({ct / cb:.3f}x)" if cb else "")
     return 0

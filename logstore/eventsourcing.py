@@ -35,6 +35,7 @@ logstore's ``OffsetConflictError``; the recorder then reads the stream again and
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import random
 import sys
@@ -46,6 +47,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from uuid import UUID, SafeUUID
 
+import msgpack
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -73,7 +75,7 @@ import logstore
 from logstore.checks import URL_SCHEMES, check_stream_name
 from logstore.embedded import layout
 from logstore.embedded.store import Store
-from logstore.envelope import Envelope
+from logstore.envelope import Envelope, encode_many
 from logstore.errors import (
     CorruptionError,
     LogStoreError,
@@ -119,28 +121,91 @@ NOTIFICATIONS = "notifications"
 
 
 def _message_ids(n: int) -> list[str]:
-    """``n`` new message ids: version 4 UUIDs as text, from one random number for them all.
+    """``n`` new message ids: version 4 UUIDs as text, counted up from a random start drawn once per process.
 
-    ``str(uuid.uuid4())`` per event took a tenth of a save's time. The 122 random bits of a
-    version 4 UUID are drawn once per call (``random.getrandbits``, reseeded in a forked child);
-    the ids share the first 74 and count up in the last 48 from that random start: distinct within
-    a call, and across calls as unlikely to collide as ``uuid4``'s. Only the last group of 12 hex
-    digits is formatted per id.
+    ``str(uuid.uuid4())`` per event took a tenth of a save's time, and a random draw per save most of
+    what was left of it. The 122 random bits of a version 4 UUID are drawn once per process
+    (``random.getrandbits``; again in a forked child, see :func:`_seed_message_ids`): its ids share
+    the first 74 and count up in the last 48 from that random start, one count per id. So no two ids
+    of one process are equal (until 2 ** 48 of them), and two processes' ids can meet only if their
+    random starts share those 74 bits (a chance of 2 ** -74 for two processes, and then only where
+    their counts overlap). Only the last group of 12 hex digits is formatted per id.
     """
-    r = _getrandbits(122)
-    # 32 + 16 random bits, the version (4) and 12, the variant (10) and 14, then 48.
-    head = f"{r >> 90:08x}-{(r >> 74) & 0xFFFF:04x}-4{(r >> 62) & 0xFFF:03x}-{0x8000 | ((r >> 48) & 0x3FFF):04x}-"
-    low = r & _MASK48
+    head, count = _id_head, _id_count
     if n == 1:
-        return [f"{head}{low:012x}"]
-    return [f"{head}{(low + i) & _MASK48:012x}" for i in range(n)]
+        return [f"{head}{next(count) & _MASK48:012x}"]
+    return [f"{head}{next(count) & _MASK48:012x}" for _ in range(n)]
+
+
+_packer = msgpack.Packer(use_bin_type=True, datetime=True, strict_types=True, autoreset=True)
+_pack_value = _packer.pack
+"""msgpack as :mod:`logstore.envelope` packs an envelope (the same options): one value at a time."""
+_ARRAY7 = b"\x97"  # msgpack's array of 7 items: an envelope
+_STR36 = b"\xd9\x24"  # msgpack's str of 36 bytes (str 8): a message id as _message_ids makes it
+_TIMESTAMP96 = b"\xc7\x0c\xff"  # msgpack's 96-bit Timestamp (instants before 1970 or after 2514)
+
+
+class _Unusual(Exception):
+    """An envelope that :func:`_encode_saved` leaves to ``encode_many``."""
+
+
+def _encode_saved(envs: list[Envelope], stream: str, offset: int, limit: int) -> list[bytes]:
+    """``encode_many(envs, stream, offset, limit)`` for the envelopes of one save (:meth:`_one`, :meth:`_many`).
+
+    Those share one instant (``created_at`` and ``send_at`` of all of them) and each has its message id
+    (36 characters) as its causation and correlation ids; msgpack being a concatenation, an envelope's
+    bytes are the array's head and its items packed apart, so the instant is packed once per save and
+    the topic once per run of equal ones. The same bytes as ``encode_many`` (which packs the same
+    values with the same options). Anything unusual (a topic that is not a ``str``, a message msgpack
+    refuses, a wide-range instant, an envelope over ``limit``) goes through ``encode_many``, which says
+    precisely what is wrong, or encodes it.
+    """
+    try:
+        stamp = _pack_value(envs[0].created_at)
+        if stamp.startswith(_TIMESTAMP96):
+            raise _Unusual
+        payloads: list[bytes] = []
+        topic: object = None
+        packed = b""
+        for env in envs:
+            if env.type is not topic:
+                topic = env.type
+                if type(topic) is not str:
+                    raise _Unusual
+                packed = _pack_value(topic)
+            mid = env.message_id.encode()
+            if len(mid) != 36:
+                raise _Unusual
+            m = _STR36 + mid
+            payload = b"".join((_ARRAY7, m, m, m, stamp, stamp, packed, _pack_value(env.message)))
+            if len(payload) > limit:
+                raise _Unusual
+            payloads.append(payload)
+    except (_Unusual, TypeError, ValueError, OverflowError):
+        return encode_many(envs, stream, offset, limit)
+    return payloads
+
+
+def _seed_message_ids() -> None:
+    """Draw this process's start of :func:`_message_ids` (at import, and in a forked child)."""
+    global _id_head, _id_count  # noqa: PLW0603 - the process's one id source
+    r = _getrandbits(122)
+    # 32 + 16 random bits, the version (4) and 12, the variant (10) and 14, then 48 counted up.
+    _id_head = f"{r >> 90:08x}-{(r >> 74) & 0xFFFF:04x}-4{(r >> 62) & 0xFFF:03x}-{0x8000 | ((r >> 48) & 0x3FFF):04x}-"
+    _id_count = itertools.count(r & _MASK48)  # next() is one atomic step: threads never share a count
 
 
 _getrandbits = random.getrandbits
 _MASK48 = (1 << 48) - 1
+_id_head = ""
+_id_count = itertools.count()
+_seed_message_ids()
+if hasattr(os, "register_at_fork"):  # a child must not count on from its parent's start (random reseeds first)
+    os.register_at_fork(after_in_child=_seed_message_ids)
 
 
 _new = object.__new__
+_envelope = tuple.__new__  # Envelope(*fields) without the NamedTuple's __new__ (a Python call per event)
 _set = object.__setattr__
 _from_bytes = int.from_bytes
 _UNKNOWN = SafeUUID.unknown
@@ -270,8 +335,9 @@ def _stage_tracking(store: AnyStore, tx: Tx, prefix: str, tracking: Tracking) ->
     store.append_messages(tx, stream, head, [Envelope.new("Tracking", tracking.notification_id)])
 
 
-_Groups = dict[str, tuple[list[StoredEvent], list[Envelope]]]
-"""A save's events by originator stream: the events and their envelopes, in version order."""
+_Groups = dict[str, tuple[bytes, list[StoredEvent], list[Envelope]]]
+"""A save's events by originator stream: the stream name's UTF-8 bytes (checked), the events and their
+envelopes, in version order."""
 
 
 def _is_store(store: object) -> bool:
@@ -395,12 +461,27 @@ class LogstoreRecorder:
         # process saved or loaded last needs no read. Written under _versions_lock; read without it.
         self._versions: dict[str, tuple[int, int]] = {}
         self._versions_lock = threading.Lock()
+        # originator id -> (its stream's name, the name's UTF-8 bytes as check_stream_name gives them, the
+        # originator as its envelopes hold it): made once per originator, not at each save. Written under
+        # _versions_lock (cleared when full); read without it.
+        self._names: dict[UUID | str, tuple[str, bytes, bytes | str]] = {}
+        # The embedded store's largest envelope: its saves stage their encoded envelopes in the transaction
+        # themselves (see _stage). None for the PostgreSQL backend, whose append_messages they go through.
+        self._max_payload: int | None = store.max_envelope_size if isinstance(store, Store) else None
         # Each thread's notification scan: ``reader`` on the notification stream and ``next``, the offset
         # it stands at (-1: open another); see select_notifications.
         self._scan = threading.local()
+        # Originators as envelopes hold them (16 bytes, or text) -> as notifications give them (a UUID, or the
+        # text): made once per originator, not once per notification (cleared when it grows past
+        # VERSIONS_KEPT). A UUID is immutable: notifications may share one.
+        self._originators: dict[bytes | str, UUID | str] = {}
 
     def _remember(self, stream: str, head: int, version: int) -> None:
         """Note that the envelope at ``head - 1`` of ``stream`` has ``version``."""
+        versions = self._versions
+        if stream in versions:  # a new value for a key the dict holds: one step, no lock
+            versions[stream] = (head, version)
+            return
         with self._versions_lock:
             versions = self._versions
             if len(versions) >= VERSIONS_KEPT and stream not in versions:
@@ -421,6 +502,20 @@ class LogstoreRecorder:
 
     def originator_stream(self, originator_id: UUID | str) -> str:
         return f"{self.prefix}_{self.purpose}-{originator_id}"
+
+    def _names_of(self, originator_id: UUID | str) -> tuple[str, bytes, bytes | str]:
+        """The originator's stream name, its UTF-8 bytes (``ValueError`` if it is no valid stream name) and
+        the originator as its envelopes hold it (16 bytes for a UUID, else text)."""
+        names = self._names.get(originator_id)
+        if names is None:
+            stream = self.originator_stream(originator_id)
+            key = originator_id.bytes if isinstance(originator_id, UUID) else str(originator_id)
+            names = (stream, check_stream_name(stream), key)
+            with self._versions_lock:
+                if len(self._names) >= VERSIONS_KEPT:
+                    self._names.clear()
+                self._names[originator_id] = names
+        return names
 
 
 class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
@@ -457,22 +552,26 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                 if tx.active:
                     committer.rollback()
                 raise
-            offsets = tx.stream_offsets
-            if offsets is not None:
-                for stream, (events, _envs) in groups.items():
-                    self._remember(stream, offsets[stream].stop, events[-1].originator_version)
-            if not self.notifies or not stored_events or offsets is None:
+            # The appends as committed: one per group, in order, then the notifications (with the offsets
+            # the writer gave them), then the tracking record.
+            appends = tx.appends
+            n = 0
+            for _nameb, events, _envs in groups.values():
+                stream, _nb, first, payloads = appends[n]
+                self._remember(stream, first + len(payloads), events[-1].originator_version)
+                n += 1
+            if not self.notifies or not stored_events:
                 return []
-            return [o + 1 for o in offsets[self.notification_stream]]
+            first = appends[n][2] + 1
+            return list(range(first, first + len(every)))
 
     def _one(self, event: StoredEvent, now: datetime) -> tuple[_Groups, list[Envelope]]:
         """:meth:`_many` for a save of one event (the common case), with less to build."""
-        oid = event.originator_id
-        key = oid.bytes if isinstance(oid, UUID) else str(oid)
+        stream, nameb, key = self._names_of(event.originator_id)
         mid = _message_ids(1)[0]
-        env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+        env = _envelope(Envelope, (mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state]))
         every = [env]
-        return {self.originator_stream(oid): ([event], every)}, every
+        return {stream: (nameb, [event], every)}, every
 
     def _many(self, stored_events: Sequence[StoredEvent], now: datetime) -> tuple[_Groups, list[Envelope]]:
         """The events' envelopes by originator stream, with the events, and all of them in the order given.
@@ -486,18 +585,20 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
             oid = event.originator_id
             entry = seen.get(oid)
             if entry is None:
-                stream = self.originator_stream(oid)
-                pair = groups.get(stream)  # another id object of the same originator (a UUID and its text)
-                if pair is None:
-                    pair = groups[stream] = ([], [])
-                entry = seen[oid] = (oid.bytes if isinstance(oid, UUID) else str(oid), *pair)
+                stream, nameb, key = self._names_of(oid)
+                group = groups.get(stream)  # another id object of the same originator (a UUID and its text)
+                if group is None:
+                    group = groups[stream] = (nameb, [], [])
+                entry = seen[oid] = (key, group[1], group[2])
             key, events, envs = entry
             if events and event.originator_version <= events[-1].originator_version:
                 raise IntegrityError(
                     f"{self.originator_stream(oid)}: versions in one insert must ascend, got "
                     f"{events[-1].originator_version} then {event.originator_version}"
                 )
-            env = Envelope(mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            env = _envelope(
+                Envelope, (mid, mid, mid, now, now, event.topic, [key, event.originator_version, event.state])
+            )
             events.append(event)
             envs.append(env)
             every.append(env)
@@ -513,8 +614,9 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
         """Append the events, their notifications and the tracking record to ``tx``, checking versions."""
         store = self.store
         staged = tx.appends
+        limit = self._max_payload
         encoded: list[list[bytes]] = []  # each group's envelopes as append_messages encoded them
-        for stream, (events, envs) in groups.items():
+        for stream, (nameb, events, envs) in groups.items():
             info = store.stream_info(stream)
             head = 0 if info is None else info.head
             if info is not None and not info.deleted and info.first < head:
@@ -524,28 +626,36 @@ class LogstoreAggregateRecorder(LogstoreRecorder, AggregateRecorder):
                         f"{stream}: version {events[0].originator_version} is not above the last recorded "
                         f"version {last}"
                     )
-            store.append_messages(tx, stream, head, envs)
-            encoded.append(staged[-1][3])
+            if limit is None:
+                store.append_messages(tx, stream, head, envs)
+                encoded.append(staged[-1][3])
+                continue
+            # The embedded store: what append_messages would do, without its checks of what is known here
+            # (a fresh transaction of this store, a checked name, one append per stream, the head just
+            # read): check and encode the envelopes, and stage them at that head. The commit checks the
+            # head again (OffsetConflictError: tried again above) and the message ids.
+            payloads = _encode_saved(envs, stream, head, limit)
+            mids = [env.message_id for env in envs]
+            tx.stage(stream, nameb, head, payloads, mids)
+            encoded.append(payloads)
         if self.notifies and every:
             # The same envelopes again, in the order given: staged as append_messages encoded them above
             # (checked and within the size limit there), rather than encoded a second time. The stream's
             # name is checked in __init__, and the transaction by the appends above.
-            if len(encoded) == 1:
-                payloads = encoded[0]
-            else:
+            if len(encoded) > 1:
                 by_env = {
                     id(env): payload
-                    for (_events, envs), group in zip(groups.values(), encoded, strict=True)
+                    for (_nameb, _events, envs), group in zip(groups.values(), encoded, strict=True)
                     for env, payload in zip(envs, group, strict=True)
                 }
                 payloads = [by_env[id(env)] for env in every]
-            tx.stage(
-                self.notification_stream,
-                self._notification_nameb,
-                ANY_OFFSET,
-                payloads,
-                [env.message_id for env in every],
-            )
+                mids = [env.message_id for env in every]
+            else:
+                payloads = encoded[0]
+                if limit is None:
+                    mids = [env.message_id for env in every]
+                # else: the one group's ids, staged above, are these in the same order (the same list)
+            tx.stage(self.notification_stream, self._notification_nameb, ANY_OFFSET, payloads, mids)
         if tracking is not None:
             _stage_tracking(store, tx, self.prefix, tracking)
 
@@ -629,7 +739,12 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
         last = (1 << 63) if stop is None else stop  # offsets below ``stop`` are ids up to it
         left = limit
         after = first - 1  # the offset after the last envelope taken from the reader
-        originators: dict[bytes | str, UUID | str] = {}  # one UUID per originator of the page
+        originators = self._originators  # one UUID per originator, kept from page to page
+        if len(originators) > VERSIONS_KEPT:
+            originators.clear()
+        # Each Notification as _fast_notification makes it, here in the loop (a call less per notification).
+        fast = _make_notification is _fast_notification
+        new, give = _new, _set
         for env in reader:
             offset = offset_of()
             after = offset + 1
@@ -643,7 +758,22 @@ class LogstoreApplicationRecorder(LogstoreAggregateRecorder, ApplicationRecorder
             oid = originators.get(key)
             if oid is None:
                 oid = originators[key] = _originator(key)
-            append(_make_notification(oid, version, topic, state, offset + 1))
+            if fast:
+                n = new(Notification)
+                give(
+                    n,
+                    "__dict__",
+                    {
+                        "originator_id": oid,
+                        "originator_version": version,
+                        "topic": topic,
+                        "state": state,
+                        "id": offset + 1,
+                    },
+                )
+                append(n)
+            else:
+                append(_make_notification(oid, version, topic, state, offset + 1))
             left -= 1
             if not left:
                 break

@@ -205,11 +205,13 @@ class StreamIndex(DerivedIndex):
 
     def run(self, sid: int, soff: int, goff: int) -> None:
         """Message ``soff`` of stream ``sid`` is at global offset ``goff``: a new run, unless it continues one."""
-        cat = self.catalog
+        cat = self.log.published.catalog
         diff = goff - soff
-        if cat.nruns.item(sid) == 0 or cat.run_diff.item(sid) != diff:
+        nruns = cat.nruns
+        n = nruns.item(sid)
+        if n == 0 or cat.run_diff.item(sid) != diff:
             self.runs.add(sid, soff, goff)
-            cat.nruns[sid] += 1
+            nruns[sid] = n + 1
             cat.run_diff[sid] = diff
 
     def set_heads(self, heads: dict[int, int]) -> None:

@@ -37,7 +37,8 @@ records and index entries in place, then the heads, then ``visible_end``
 ``removals``); a reader reads a limit first and only then what lies below
 it. ``_cond`` (a condition on its own lock) guards ``_sleepers``; ``wait``
 checks the caller's readiness under it, and :meth:`wake` notifies under it,
-so a wake-up between the check and the sleep is never lost. The set of async
+so a wake-up between the check and the sleep is never lost (``wake`` reads
+``_sleepers`` without the lock, and takes it only when some thread waits). The set of async
 waiters is changed and copied under the interpreter lock only (one
 operation each). ``closed`` and ``forked_error`` are plain stores read
 without a lock; the fork hook sets them in the child taking no lock at all.
@@ -185,9 +186,16 @@ class Published:
         self.wake()
 
     def wake(self) -> None:
-        """Release every thread in :meth:`wait` and resolve every async waiter's future."""
-        with self._cond:
-            self._cond.notify_all()
+        """Release every thread in :meth:`wait` and resolve every async waiter's future.
+
+        With no thread in :meth:`wait` (the writer's common case, once per commit group) the condition is
+        not taken: a thread counts itself in ``_sleepers`` under it before its first ``ready()``, so one
+        that the count here missed came later and its ``ready()`` sees what the caller changed before."""
+        if self._sleepers:
+            with self._cond:
+                self._cond.notify_all()
+        if not self._async:
+            return
         for loop, future in list(self._async):
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(_resolve, future)

@@ -821,11 +821,12 @@ class Store(StoreBase):
         """
         self._check_open()
         self._follow()
-        check_stream_name(stream)
         pub = self._pub
         cat = pub.catalog
-        sid = cat.ids.get(stream)
+        # A name of the catalog is a valid one: only a name it lacks is checked (and may raise).
+        sid = cat.ids.get(stream) if type(stream) is str else None
         if sid is None:
+            check_stream_name(stream)
             return None
         head = int(cat.head[sid])
         first = int(cat.first[sid])

@@ -148,7 +148,10 @@ class Writer:
         self._retention_due = False  # set at each roll; the store applies retention once at open
         # Retention writes its transaction through the framing of control records, and syncs it.
         self._retention = Retention(log_, self.published, self._write_records, self.sync)
-        self._cv = threading.Condition(threading.Lock())
+        # _cv's lock, taken as itself where no wait follows (a commit's queueing and hand-over): the
+        # condition's own ``with`` is two more Python calls per commit. Its notify works either way.
+        self._cv_lock = threading.Lock()
+        self._cv = threading.Condition(self._cv_lock)
         self._queue: list[_Pending] = []
         self._busy = False  # some thread holds the writer role
         # The item whose caller's thread holds the role, or was handed it (None: the writer thread, or nobody).
@@ -202,7 +205,7 @@ class Writer:
         """Queue ``pending``; lead the group if no thread holds the writer role, else wait for the leader."""
         leading = False
         try:
-            with self._cv:
+            with self._cv_lock:
                 if self.failed is not None:
                     raise self.failed
                 if self._stopping:
@@ -216,7 +219,7 @@ class Writer:
             if not leading:
                 pending.done.acquire()  # released when the item is done, or to hand this thread the role
                 if pending.lead:  # handed the role: take what is queued, this item first
-                    with self._cv:
+                    with self._cv_lock:
                         pending.lead = False
                         self._batch, self._queue = self._queue, []
                     leading = True
@@ -433,7 +436,7 @@ class Writer:
     def _pass_on(self) -> None:
         """Hand the writer role to the writer thread (to stop), to the oldest waiting item's thread
         (which then leads what is queued), or release it."""
-        with self._cv:
+        with self._cv_lock:
             if self._batch:  # taken but not written (an interrupt before the work began): queue it again, first
                 self._queue[:0] = self._batch
                 self._batch = []
@@ -880,7 +883,12 @@ class Writer:
                 h = local.get(name)
                 if h is None:
                     sid = ids.get(name)
-                    h = 0 if sid is None else heads.get(sid, int(cat.head[sid]))
+                    if sid is None:
+                        h = 0
+                    else:
+                        h = heads.get(sid)
+                        if h is None:
+                            h = cat.head.item(sid)
                 if first != h and first != ANY_OFFSET:  # noqa: PLR1714 - the common case tests one int
                     conflict = OffsetConflictError(name, h, first)
                     break
@@ -1012,7 +1020,11 @@ def _assign_any(appends: list[Append], ids: dict[str, int], heads: dict[int, int
             first = nxt.get(name, -1)
             if first < 0:
                 sid = ids.get(name)
-                first = 0 if sid is None else heads.get(sid, int(head[sid]))
+                if sid is None:
+                    first = 0
+                else:
+                    h = heads.get(sid)
+                    first = head.item(sid) if h is None else h
         out.append((name, nameb, first, payloads))
         nxt[name] = first + len(payloads)
     return out

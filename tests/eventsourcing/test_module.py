@@ -11,11 +11,14 @@ record. Each class runs on both backends (the ``...OnPostgres`` variants).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import unittest
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -24,11 +27,14 @@ from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError, Notification, StoredEvent, Tracking, WaitInterruptedError
 from eventsourcing.projection import EventSourcedProjection, EventSourcedProjectionRunner
 
-from logstore.envelope import Envelope
+from logstore.envelope import Envelope, encode_many
+from logstore.errors import MessageTooLargeError
 from logstore.eventsourcing import (
     LogstoreApplicationRecorder,
     LogstoreProcessRecorder,
     LogstoreTrackingRecorder,
+    _encode_saved,
+    _message_ids,
 )
 from logstore.tx import Tx
 from tests.eventsourcing.base import StoreCase, add_postgres_variants
@@ -249,6 +255,79 @@ class TestTransactions(StoreCase):
         with self.store.transaction() as tx:  # another writer's message elsewhere in the store
             tx.append("elsewhere", 0, [Envelope.new("Other", 1)])
         self.assertEqual(recorder.insert_events([_event(uuid4(), 1)]), [1])
+
+
+class TestMessageIds(StoreCase):
+    def test_every_event_gets_a_distinct_version_4_uuid_as_its_message_id(self) -> None:
+        recorder = LogstoreApplicationRecorder(self.store)
+        a, b = uuid4(), uuid4()
+        recorder.insert_events([_event(a, 1)])
+        recorder.insert_events([_event(a, 2), _event(b, 1), _event(b, 2)])
+        recorder.insert_events([_event(b, 3)])
+        with self.store.global_stream() as log:
+            envs = [(log.stream_name(), env) for env in log]
+        events = [env for name, env in envs if name != "stored_notifications"]
+        self.assertEqual(len(events), 5)
+        ids = [env.message_id for env in events]
+        self.assertEqual(len(set(ids)), 5)
+        for mid in ids:
+            self.assertEqual(str(UUID(mid)), mid)
+            self.assertEqual(UUID(mid).version, 4)
+        # Each notification is its event's envelope, message id and all.
+        self.assertEqual(sorted(env.message_id for name, env in envs if name == "stored_notifications"), sorted(ids))
+
+    @unittest.skipUnless(hasattr(os, "fork"), "needs os.fork")
+    def test_a_forked_child_draws_message_ids_of_its_own(self) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next ids, to the parent
+            try:
+                os.write(write, json.dumps(_message_ids(3)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        mine = _message_ids(3)
+        self.assertEqual(len(child), 3)
+        self.assertEqual(set(child) & set(mine), set())
+        # A process's ids share their first 74 bits, counted up in the last 48: the child's start is its own.
+        self.assertNotEqual(child[0][:23], mine[0][:23])
+
+
+class TestEncoding(unittest.TestCase):
+    """A save's envelopes, encoded by the recorder piece by piece, are the bytes ``encode_many`` makes."""
+
+    def _envs(self, topics: Sequence[object], when: datetime, message: object = None) -> list[Envelope]:
+        ids = _message_ids(len(topics))
+        key = uuid4().bytes
+        return [
+            Envelope(m, m, m, when, when, t, [key, v, b"state"] if message is None else message)  # type: ignore[arg-type]
+            for v, (m, t) in enumerate(zip(ids, topics, strict=True))
+        ]
+
+    def test_the_bytes_are_encode_many_s(self) -> None:
+        for when in (datetime.now(UTC), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(2600, 1, 1, tzinfo=UTC)):
+            envs = self._envs(["a", "a", "b", "a"], when)
+            self.assertEqual(_encode_saved(envs, "s-1", 7, 1 << 20), encode_many(envs, "s-1", 7, 1 << 20))
+        text = [Envelope(e[0], e[0], e[0], e[3], e[3], e[5], ["text id", 1, b""]) for e in self._envs(["t"], when)]
+        self.assertEqual(_encode_saved(text, "s-2", 0, 1 << 20), encode_many(text, "s-2", 0, 1 << 20))
+        odd = [Envelope("short id", "short id", "short id", when, when, "t", [b"k", 1, b""])]
+        self.assertEqual(_encode_saved(odd, "s-3", 0, 1 << 20), encode_many(odd, "s-3", 0, 1 << 20))
+
+    def test_what_encode_many_refuses_it_refuses_alike(self) -> None:
+        now = datetime.now(UTC)
+        for envs, error in (
+            (self._envs([5], now), TypeError),  # a topic that is not a str
+            (self._envs(["t"], now, message=[b"k", 1, (1, 2)]), TypeError),  # a tuple would read back as a list
+            (self._envs(["t"], now), MessageTooLargeError),  # over the limit below
+        ):
+            with self.assertRaises(error) as mine:
+                _encode_saved(envs, "s-1", 3, 40)
+            with self.assertRaises(error) as theirs:
+                encode_many(envs, "s-1", 3, 40)
+            self.assertEqual(str(mine.exception), str(theirs.exception))
 
 
 class TestSubscription(StoreCase):
