@@ -345,8 +345,8 @@ class MessageIds(DerivedIndex):
     def _run_filter(self) -> HashFilter:
         """The filter of the entries that the set does not cover, those below ``_set_from`` (writer role),
         brought up to date: it holds every entry below ``_filter_to``, and those since are added (a fold
-        moves ``_set_from``). Merges only regroup entries it holds. It is made afresh, twice the size of
-        the runs, when they would fill it."""
+        moves ``_set_from``). Merges only regroup entries it holds. It is made afresh, sized for the runs'
+        entries and one more fold of recent ones, when they would fill it."""
         filt = self._filter
         to = self._set_from
         if filt is not None and self._filter_to >= to:
@@ -355,7 +355,7 @@ class MessageIds(DerivedIndex):
         start = 0 if filt is None else self._filter_to
         parts = [_between(r, start, to) for r in runs if (r.high() or 0) >= start]
         if filt is None or filt.count + sum(map(len, parts)) > filt.capacity:
-            filt = self._filter = HashFilter(2 * sum(map(len, runs)))
+            filt = self._filter = HashFilter(sum(map(len, runs)) + RECENT_MAX)
             parts = [_between(r, 0, to) for r in runs]
         for part in parts:
             filt.add(part)
