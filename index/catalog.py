@@ -44,7 +44,7 @@ import numpy.typing as npt
 import xxhash
 
 from .errors import FormatError
-from .header import HEADER_SIZE, CatalogHeader
+from .header import HEADER_SIZE, CatalogHeader, check_generation_file
 from .names import (
     LazyIds,
     LazyNames,
@@ -336,7 +336,7 @@ class Catalog:
     @staticmethod
     def _check_body(buf: Any, header: CatalogHeader, store_id: bytes, generation: int) -> tuple[int, int, int, int]:
         """Check a catalog file's header fields, length, body checksum and counts; return S, R, K and N."""
-        _check_header(buf, header, store_id, generation)
+        check_generation_file(buf, header, store_id, generation, HEADER_SIZE + _COUNTS.size)
         s, r, k, n = _COUNTS.unpack_from(buf, HEADER_SIZE)
         need = n + 37 * s + 20 * r + 24 * k + 32
         if need > len(buf):
@@ -358,7 +358,7 @@ class Catalog:
         the caller loads into ``RunIndex.large``.
         """
         header = CatalogHeader.decode(memoryview(buf))
-        _check_header(buf, header, store_id, generation)
+        check_generation_file(buf, header, store_id, generation, HEADER_SIZE + _COUNTS.size)
         s, r, k, n = _COUNTS.unpack_from(buf, HEADER_SIZE)
         pos = HEADER_SIZE + _COUNTS.size
         need = n + 37 * s + 20 * r + 24 * k + 32
@@ -424,19 +424,3 @@ class Catalog:
 
 def _align8(x: int) -> int:
     return x + (-x % 8)
-
-
-def _check_header(buf: Any, header: CatalogHeader, store_id: bytes, generation: int) -> None:
-    """Check a catalog file's header against the store and the checkpoint, its length and its body checksum,
-    and that its body holds the counts."""
-    if header.store_id != store_id:
-        raise FormatError(16, "store id differs from the store's")
-    if header.generation != generation:
-        raise FormatError(32, f"generation is {header.generation}, the checkpoint names {generation}")
-    if len(buf) != HEADER_SIZE + header.body_length:
-        raise FormatError(40, f"body length is {header.body_length} but the file holds {len(buf) - HEADER_SIZE} bytes")
-    with memoryview(buf) as view, view[HEADER_SIZE:] as body:
-        if xxhash.xxh3_64_intdigest(body) != header.body_checksum:
-            raise FormatError(HEADER_SIZE, "body checksum mismatch")
-    if len(buf) < HEADER_SIZE + _COUNTS.size:
-        raise FormatError(HEADER_SIZE, "body is shorter than its counts")

@@ -34,7 +34,7 @@ class, which names the words:
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -138,6 +138,25 @@ def check_index_file(
     if digest != checksum:
         raise FormatError(HEADER_SIZE, f"checksum of the first {count} {entries} does not match the {recorder}")
     return end
+
+
+def check_generation_file(
+    buf: Any, header: CatalogHeader | NamesHeader, store_id: bytes, generation: int, counts_end: int
+) -> None:
+    """Check a file of one catalog generation (its ``header`` decoded already) against the store and the
+    checkpoint, its length, that its body reaches ``counts_end`` and its body checksum. Raises
+    :class:`FormatError` at the byte position of the first thing that is not so."""
+    if header.store_id != store_id:
+        raise FormatError(16, "store id differs from the store's")
+    if header.generation != generation:
+        raise FormatError(32, f"generation is {header.generation}, the checkpoint names {generation}")
+    if len(buf) != HEADER_SIZE + header.body_length:
+        raise FormatError(40, f"body length is {header.body_length} but the file holds {len(buf) - HEADER_SIZE} bytes")
+    with memoryview(buf) as view, view[HEADER_SIZE:] as body:
+        if xxhash.xxh3_64_intdigest(body) != header.body_checksum:
+            raise FormatError(HEADER_SIZE, "body checksum mismatch")
+    if len(buf) < counts_end:
+        raise FormatError(HEADER_SIZE, "body is shorter than its counts")
 
 
 class SegmentHeader(NamedTuple):

@@ -43,7 +43,7 @@ import numpy.typing as npt
 import xxhash
 
 from .errors import FormatError
-from .header import HEADER_SIZE, MAGIC_NAMES, NamesHeader
+from .header import HEADER_SIZE, MAGIC_NAMES, NamesHeader, check_generation_file
 
 _COUNTS = struct.Struct("<QQQQQQ")
 FIXED = HEADER_SIZE + _COUNTS.size  # where the per-stream arrays start (112)
@@ -172,18 +172,7 @@ def check_table(buf: Any, store_id: bytes, generation: int) -> TableLayout:
 
     Raises :class:`FormatError` at the byte position of the first thing that is not so.
     """
-    header = NamesHeader.decode(buf)
-    if header.store_id != store_id:
-        raise FormatError(16, "store id differs from the store's")
-    if header.generation != generation:
-        raise FormatError(32, f"generation is {header.generation}, the checkpoint names {generation}")
-    if len(buf) != HEADER_SIZE + header.body_length:
-        raise FormatError(40, f"body length is {header.body_length} but the file holds {len(buf) - HEADER_SIZE} bytes")
-    if len(buf) < FIXED:
-        raise FormatError(HEADER_SIZE, "body is shorter than its counts")
-    with memoryview(buf) as view, view[HEADER_SIZE:] as body:
-        if xxhash.xxh3_64_intdigest(body) != header.body_checksum:
-            raise FormatError(HEADER_SIZE, "body checksum mismatch")
+    check_generation_file(buf, NamesHeader.decode(buf), store_id, generation, FIXED)
     s, t, checksum, nstarts, reach, _zero = _COUNTS.unpack_from(buf, HEADER_SIZE)
     if t < MIN_SLOTS or t & (t - 1) or t < 2 * s:
         raise FormatError(72, f"{t} slots for {s} streams: not a power of two of at least {max(MIN_SLOTS, 2 * s)}")
