@@ -337,6 +337,37 @@ class _Reader(Reader):
             pub.wake()
 
 
+def read_run(published: Published, log: Log, sid: int, want: int, head: int) -> list[Envelope] | None:
+    """Offsets ``want`` .. ``head - 1`` of stream ``sid`` in one read, when they are one run of one segment,
+    all readable now: what a :class:`StreamReader` from ``want`` iterates, without the reader.
+
+    ``Store.read`` loads a stream this way (an aggregate's events, written by one transaction or in one
+    run): no reader object, no registration, one record loop. ``None`` when anything is out of the
+    ordinary (several runs, several segments, retention or the visible end within the range, a removal
+    or a close during the read, a skipped record, damage): the caller then reads through a
+    :class:`StreamReader`, which handles all of it and reports damage precisely.
+    """
+    epoch = published.removals  # as _advance_once: the removal count before the read, checked after it
+    try:
+        run_off, run_goff, nxt = log.runs.find(sid, want)
+        if 0 <= nxt < head:
+            return None
+        goff = run_goff + (want - run_off)
+        stop = goff + (head - want)
+        if goff < published.log_start or stop > published.visible_end:
+            return None
+        seg = log.segment_for(goff)
+        if stop > seg.first + seg.count:
+            return None
+        buf: list[Envelope] = []
+        end, offs, _headers = seg.read(goff, stop, buf, sid, want)
+    except (KeyError, IndexError, SegmentRetired, LogStoreError):
+        return None
+    if end != stop or offs is not None or len(buf) != stop - goff or published.removals != epoch:
+        return None
+    return buf
+
+
 class StreamReader(_Reader):
     """Reads one named stream in offset order (``store.open_stream``, ``store.stream``).
 

@@ -52,7 +52,7 @@ from logstore.embedded.log import Log
 from logstore.embedded.mounts import check_local
 from logstore.embedded.positions import MemberClaim, SubscriptionFile
 from logstore.embedded.published import Published
-from logstore.embedded.reader import GlobalReader, SelectReader, StreamReader, close_readers
+from logstore.embedded.reader import GlobalReader, SelectReader, StreamReader, close_readers, read_run
 from logstore.embedded.record import KIND_DELETE, KIND_TRUNCATE, RECORD_OVERHEAD
 from logstore.embedded.recovery import IndexesUnusable, Recovery, RecoveryReport
 from logstore.embedded.segment import read_segment_header
@@ -1094,6 +1094,23 @@ class Store(StoreBase):
         >>> [env.type for env in store.read("order-42")]  # doctest: +SKIP
         ['OrderPlaced']
         """
+        self._check_open()
+        self._follow()
+        check_stream_name(stream)
+        check_offset(offset)
+        pub = self._pub
+        cat = pub.catalog
+        sid = cat.ids.get(stream)
+        if sid is None:
+            return []
+        head: int = cat.head.item(sid)
+        want = max(offset, cat.first.item(sid))
+        if want >= head:
+            return []
+        # The common load: the stream's envelopes from ``want`` are one run of one segment (see read_run).
+        envs = read_run(pub, self._log, sid, want, head)
+        if envs is not None:
+            return envs
         reader, _found = self.open_stream(self, stream, offset)
         with reader:
             return list(reader)
