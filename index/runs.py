@@ -19,8 +19,10 @@ Like the position index, a run file is only appended; the catalog records how
 many entries are valid and their xxh3-64.
 
 Concurrency: the writer thread alone mutates. Readers take the ``snapshot``
-tuple once per lookup; runs added since the last merge sit in ``delta`` lists
-that only grow until the next merge replaces the whole snapshot.
+tuple once per lookup; runs added since the last merge sit in ``delta``: a
+stream's one run as a pair of 1-tuples, replaced by a pair of lists (assigned in
+one step) at its second, which then only grow until the next merge replaces the
+whole snapshot.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ LARGE_RUNS = 128
 U64 = np.dtype("<u8")
 U32 = np.dtype("<u4")
 
-_Delta = dict[int, tuple[list[int], list[int]]]
+_Delta = dict[int, tuple[tuple[int, ...], tuple[int, ...]] | tuple[list[int], list[int]]]
 
 _LINEAR_RUNS = 8
 """Streams with at most this many runs in the shared table are searched by a plain scan."""
@@ -144,10 +146,17 @@ class RunIndex:
         delta = self.snapshot[4]
         entry = delta.get(sid)
         if entry is None:
-            delta[sid] = ([soff], [goff])
+            # A stream's first run since the merge (most streams have one): tuples of ints, which the
+            # garbage collector stops tracking, so a million new streams cost its passes nothing.
+            delta[sid] = ((soff,), (goff,))
         else:
-            entry[1].append(goff)
-            entry[0].append(soff)
+            so, go = entry
+            if isinstance(so, tuple):  # its second: lists from here on (one step each, not a copy)
+                delta[sid] = ([*so, soff], [*go, goff])
+            else:
+                assert isinstance(go, list)
+                go.append(goff)
+                so.append(soff)
 
     def merge(self) -> list[int]:
         """Fold the runs added since the last merge into the shared table.

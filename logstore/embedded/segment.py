@@ -82,7 +82,10 @@ class Segment:
         self.view: memoryview = memoryview(self.mm) if self.mm is not None else memoryview(b"")
         self.end = HEADER_SIZE
         self.created = 0  # header field c: creation time in ns
-        self.named: set[int] = set()
+        # The stream ids some record of this segment named (the writer's, for the active segment): a dict of
+        # ints to True rather than a set, since the garbage collector never looks into such a dict, where
+        # each of its passes would walk a set of a million ids.
+        self.named: dict[int, bool] = {}
         self._positions: PositionIndex | None = PositionIndex(first)
         self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
         self._lazy_lock = threading.Lock()

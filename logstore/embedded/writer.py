@@ -711,7 +711,9 @@ class Writer:
     def _roll(self, first: int, reserve: int = 0) -> Segment:
         """Start the next segment at global offset ``first`` (``Log.roll``), then mark what every roll
         makes due: the checkpoint that records the sealed segment, and retention (writer role)."""
+        sealed = self.log.active
         seg = self.log.roll(first, reserve)
+        sealed.named = {}  # only the active segment's names are looked at
         self.log.checkpoint_due = True
         self._retention_due = self.retention_age is not None or self.retention_bytes is not None
         return seg
@@ -806,7 +808,7 @@ class Writer:
             flags = synced_flag | (FLAG_NAMED if nameb else 0) | (FLAG_TX_END if k == len(specs) - 1 else 0)
             synced_flag = 0
             if nameb:
-                seg.named.add(sid)
+                seg.named[sid] = True
             parts.append(frame(sid, soff, goff, flags, nameb, b"", kind))
             positions.append(pos)
             pos += size
@@ -966,7 +968,7 @@ class Writer:
                     flags = synced_flag
                     synced_flag = 0
                     if is_named:
-                        named.add(sid)
+                        named[sid] = True
                         flags |= FLAG_NAMED
                     if j == last_msg and k == last_append:
                         flags |= FLAG_TX_END
