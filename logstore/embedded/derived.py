@@ -789,27 +789,30 @@ class CategoryIndex(DerivedIndex):
         fixed = at + 8 * (ncat + 1) + 8 * count
         if len(body) < fixed:
             raise FormatError(HEADER_SIZE, f"body is {len(body)} bytes, its counts need at least {fixed}")
+        # The file's arrays are checked where they lie (no copy, no widening: the checks compare
+        # neighbours in place, and a million streams make 16 MB); only what is kept is copied.
         lengths = np.frombuffer(body, "<u4", ncat, 0).astype(np.int64)
-        sids = np.frombuffer(body, "<u4", nsid, 4 * ncat).astype(np.int64)
-        sid_cat = np.frombuffer(body, "<i4", nsid, 4 * ncat + 4 * nsid).astype(np.int32)
+        sids = np.frombuffer(body, "<u4", nsid, 4 * ncat)
+        sid_cat = np.frombuffer(body, "<i4", nsid, 4 * ncat + 4 * nsid)
         starts = np.frombuffer(body, "<u8", ncat + 1, at).astype(np.int64)
-        goffs = np.frombuffer(body, "<u8", count, at + 8 * (ncat + 1)).astype(np.uint64)
+        goffs_file = np.frombuffer(body, "<u8", count, at + 8 * (ncat + 1))
         if len(body) != fixed + int(lengths.sum()):
             raise FormatError(HEADER_SIZE, "body length does not match the name lengths")
         if starts[0] != 0 or starts[-1] != count or bool(np.any(np.diff(starts) < 0)):
             raise FormatError(HEADER_SIZE + at, "category starts are not ascending from 0 to the record count")
-        if len(sid_cat) and (int(sid_cat.min()) < 0 or int(sid_cat.max()) >= ncat):
+        if nsid and (int(sid_cat.min()) < 0 or int(sid_cat.max()) >= ncat):
             raise FormatError(HEADER_SIZE + 4 * ncat + 4 * nsid, "a stream id maps to no category")
-        if bool(np.any(np.diff(sids) <= 0)):
+        if bool(np.any(sids[1:] <= sids[:-1])):
             raise FormatError(HEADER_SIZE + 4 * ncat, "the stream ids are not ascending")
-        if count and int(goffs.max()) >= ckpt.next_goff:
-            raise FormatError(HEADER_SIZE, f"lists global offset {int(goffs.max())}, the log ends at {ckpt.next_goff}")
-        ascending = np.diff(goffs.astype(np.int64)) > 0
-        boundary = np.zeros(max(count - 1, 0), bool)
-        inner = starts[1:-1]
-        boundary[inner[(inner > 0) & (inner < count)] - 1] = True
-        if not bool(np.all(ascending | boundary)):
+        if count and int(goffs_file.max()) >= ckpt.next_goff:
+            raise FormatError(
+                HEADER_SIZE, f"lists global offset {int(goffs_file.max())}, the log ends at {ckpt.next_goff}"
+            )
+        # Within each category the offsets ascend; a fall is allowed only where the next category starts.
+        falls = np.flatnonzero(goffs_file[1:] <= goffs_file[:-1]) + 1
+        if len(falls) and not bool(np.all(np.isin(falls, starts[1:-1]))):
             raise FormatError(HEADER_SIZE, "a category's global offsets are not ascending")
+        goffs = goffs_file.astype(np.uint64)  # a copy the index owns
         names = []
         p = fixed
         for n in lengths.tolist():
@@ -819,10 +822,16 @@ class CategoryIndex(DerivedIndex):
             raise FormatError(HEADER_SIZE + fixed, "category names repeat or hold '-'")
         self.names = names
         self.ids = {n: c for c, n in enumerate(names)}
-        dense = sids < 2 * nsid + _DENSE_SLACK
-        self.sid_category = np.full(int(sids[dense].max()) + 17 if dense.any() else 16, -1, np.int32)
-        self.sid_category[sids[dense]] = sid_cat[dense]
-        self.sid_far = dict(zip(sids[~dense].tolist(), sid_cat[~dense].tolist(), strict=True))
+        if nsid and int(sids[-1]) == nsid - 1:  # ascending from 0 (checked above): every id 0 .. nsid - 1
+            self.sid_category = np.full(nsid + 16, -1, np.int32)
+            self.sid_category[:nsid] = sid_cat
+            self.sid_far = {}
+        else:
+            wide = sids.astype(np.int64)
+            dense = wide < 2 * nsid + _DENSE_SLACK
+            self.sid_category = np.full(int(wide[dense].max()) + 17 if dense.any() else 16, -1, np.int32)
+            self.sid_category[wide[dense]] = sid_cat[dense]
+            self.sid_far = dict(zip(wide[~dense].tolist(), sid_cat[~dense].tolist(), strict=True))
         self.snapshot = (starts, goffs, Growable(np.uint64), Growable(np.int32))
 
     def listing(self) -> dict[str, list[int]]:

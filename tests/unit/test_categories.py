@@ -314,3 +314,58 @@ def test_apply_appends_lists_what_apply_lists_for_the_same_records() -> None:
     # Not one range: appends that do not follow each other (as the method allows)
     by_appends.apply_appends([1, 0], ["b-1", "a-1"], [20, 30], [2, 1])
     assert by_appends.listing()["b"] == [3, 20, 21] and by_appends.listing()["a"][-1] == 30
+
+
+def _rebuilt(data: bytes, edit: Any) -> bytes:
+    """The category index file ``data`` with its body changed by ``edit(body: bytearray, counts)`` and its
+    checksums made right again: what only the load's checks of the body's content can refuse."""
+    head = CategoryIndex._HEADER.unpack_from(data)
+    ncat, nsid, count = head[5], head[6], head[7]
+    body = bytearray(data[64:])
+    edit(body, (ncat, nsid, count))
+    return CategoryIndex._header(head[4], ncat, nsid, count, bytes(body)) + bytes(body)
+
+
+def test_a_checksummed_file_whose_content_breaks_a_rule_is_refused() -> None:
+    """The load checks the body's content, not only its checksum: ids ascending, offsets ascending within a
+    category (and only there), each id mapped to a category. A file that breaks one is refused with the rule
+    it breaks; one where a category's offsets fall back at the next category's start loads."""
+    from logstore.embedded.record import KIND_MESSAGE, Record
+    from logstore.index.errors import FormatError
+
+    def rec(sid: int, goff: int, name: str | None) -> tuple[int, Record]:
+        return 0, Record(0, 0, 0, sid, 0, goff, name, 0, KIND_MESSAGE)
+
+    ix = CategoryIndex()
+    ix.apply([rec(0, 0, "a-1"), rec(1, 1, "b-1"), rec(2, 2, "a-2"), rec(0, 3, None), rec(1, 4, None)])
+    data = ix.encode(7)
+    ckpt = Checkpoint(7, 5, [], True)
+    loaded = CategoryIndex()
+    loaded.load(data, ckpt)  # a: 0, 2, 3; b: 1, 4 (b's first offset is below a's last: allowed)
+    assert loaded.listing() == {"a": [0, 2, 3], "b": [1, 4]} and loaded.sid_far == {}
+    assert loaded.sid_category[:3].tolist() == [ix.ids["a"], ix.ids["b"], ix.ids["a"]]
+
+    def offsets_at(counts: tuple[int, int, int]) -> int:
+        ncat, nsid, _count = counts
+        at = 4 * ncat + 8 * nsid
+        return at + -at % 8 + 8 * (ncat + 1)
+
+    def swap_in_category(body: bytearray, counts: tuple[int, int, int]) -> None:
+        at = offsets_at(counts)  # a's second and third offsets (2, 3) swapped
+        body[at + 8 : at + 24] = body[at + 16 : at + 24] + body[at + 8 : at + 16]
+
+    def ids_not_ascending(body: bytearray, counts: tuple[int, int, int]) -> None:
+        at = 4 * counts[0]  # the first two stream ids swapped
+        body[at : at + 8] = body[at + 4 : at + 8] + body[at : at + 4]
+
+    def no_category(body: bytearray, counts: tuple[int, int, int]) -> None:
+        at = 4 * counts[0] + 4 * counts[1]
+        body[at : at + 4] = (counts[0]).to_bytes(4, "little")
+
+    for edit, rule in (
+        (swap_in_category, "a category's global offsets are not ascending"),
+        (ids_not_ascending, "the stream ids are not ascending"),
+        (no_category, "a stream id maps to no category"),
+    ):
+        with pytest.raises(FormatError, match=rule):
+            CategoryIndex().load(_rebuilt(data, edit), ckpt)
