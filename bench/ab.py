@@ -28,13 +28,15 @@ def rates(result: dict[str, Any]) -> dict[str, float]:
     """The figures of one run by name, each a rate per second, the first the headline: the workload's
     messages over its ``seconds`` (a W4 spec, ``event_sourcing``: over ``write_seconds``, its writes); an
     ES spec, ``es_recorder``: its saves of one and of ten events and its notification scan in each page
-    size, each compared on its own."""
+    size, each compared on its own; a W9 spec, ``procs``: the commits of all its writer processes."""
     if "saves1" in result:
         got = {f"saves{k}/s": result[f"saves{k}"]["saves"] / result[f"saves{k}"]["seconds"] for k in (1, 10)}
         for page, scan in result["scan"].items():
             got[f"scan/page={page}, notifications/s"] = scan["notifications"] / scan["seconds"]
         return got
     seconds = result["seconds"] if "seconds" in result else result["write_seconds"]
+    if "messages" not in result:  # a W9 spec (``procs``): every writer process's commits
+        return {"commits/s": float(result["commits"]) / float(seconds)}
     return {"msg/s": float(result["messages"]) / float(seconds)}
 
 

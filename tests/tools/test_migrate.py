@@ -334,15 +334,24 @@ def _kill_rounds(src: str, dst: str, dst_schema: str | None, src_schema: str | N
         # is always left unfinished, and the kills fall early, late, and inside batches.
         low, high = total * 2 * k // (3 * rounds), total * 2 * (k + 1) // (3 * rounds)
         goal = rng.randrange(low, high) + 1
-        proc = subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and _dest_head(dst, dst_schema) < goal and time.monotonic() < deadline:
-            time.sleep(0.005)  # a bounded poll of another process's progress
-        time.sleep(rng.random() * 0.005)  # somewhere inside the next batch
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            killed += 1
+        environ = child_env()
+        if dst_schema is None:
+            # Into a directory the copy kills itself (LOGSTORE_KILL_AT), before a write to its segments or
+            # in the middle of one (torn), at most one write per record away from the goal: a poll from here
+            # reads the destination's head by opening it, which on a loaded machine can take longer than the
+            # whole copy, so a copy polled for could finish unseen.
+            writes = max(goal - _dest_head(dst, dst_schema), 0) + 1
+            environ["LOGSTORE_KILL_AT"] = f"pwrite{'.torn' if k % 2 else ''}:{writes}:segments/"
+        proc = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if dst_schema is not None:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and _dest_head(dst, dst_schema) < goal and time.monotonic() < deadline:
+                time.sleep(0.005)  # a bounded poll of another process's progress
+            time.sleep(rng.random() * 0.005)  # somewhere inside the next batch
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
+        killed += proc.returncode == -signal.SIGKILL
         # What the interrupted copy left is a prefix of the source, never more, never torn.
         head = _dest_head(dst, dst_schema)
         assert 0 <= head <= total
