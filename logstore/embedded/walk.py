@@ -521,8 +521,8 @@ def read_gather(
     small transactions beside other streams. Reads global offsets ``goff`` .. at most ``stop - 1``;
     ends after ``count`` of the stream's records, or after ``gap`` records of other streams in a row
     (a separate read of the next run is then cheaper). The stream's records must be its offsets
-    ``soff``, ``soff + 1``, ... in order, the first at ``goff``; its REMOVED and LOST records are
-    skipped, its messages' checksums checked, and the position entry of each of its runs' first
+    ``soff``, ``soff + 1``, ... in order, the first at ``goff``; each one's checksum is checked (its
+    REMOVED and LOST records, then skipped, too), and the position entry of each of its runs' first
     records compared with where the record is. Of the other records only the headers are read,
     which must match the index (global offsets, lengths).
 
@@ -561,9 +561,11 @@ def read_gather(
                 soff += 1
                 taken += 1
                 after = goff + 1
+                # Every record of the stream is checked, the REMOVED and LOST ones it skips too: a flipped
+                # kind byte would otherwise turn a message into a skipped marker unseen.
+                if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
+                    raise BadRecord(position, "record checksum mismatch")
                 if kind == KIND_MESSAGE:
-                    if _xxh(buf[position:end]) != _sum_unpack(buf, end)[0]:
-                        raise BadRecord(position, "record checksum mismatch")
                     append(decode(buf[position + 28 + nlen : end]))
                     soffs.append(rsoff)
                     goffs.append(goff)

@@ -128,6 +128,27 @@ def test_damage_in_the_stream_is_reported_where_it_is(tmp_path: Path, gathered: 
         assert 0 in gathered  # the gathered read met the damage and left it to the one-run read
 
 
+def test_a_message_whose_kind_byte_reads_removed_is_reported_not_skipped(tmp_path: Path, gathered: list[int]) -> None:
+    """Bit 2 of a MESSAGE record's kind byte makes it read as REMOVED (1 -> 5): the gathered read checks the
+    checksums of the records it skips too, so the flip is damage, reported, and no offset goes missing."""
+    path = tmp_path / "store"
+    with logstore.open(path) as store:
+        fill_interleaved(store, {"a": 60, "b": 60}, pad=40)
+    sid = _sid(path, "a")
+    seg = sorted((path / "segments").glob("*.log"))[0]
+    data = bytearray(seg.read_bytes())
+    (pos,) = [p for p, r in segment_records(bytes(data)) if r.sid == sid and r.soff == 21]
+    data[pos + 4] ^= 0x04  # the kind byte
+    seg.write_bytes(bytes(data))
+    with logstore.open(path) as store:
+        taken = []
+        with store.stream("a") as reader, pytest.raises(CorruptionError, match="checksum"):
+            while reader.try_next():
+                taken.append(reader.offset())
+        assert taken == list(range(21))  # everything before the damage, nothing skipped
+        assert store.read("a", 22)[0].message["i"] == 22  # past the damage the stream reads on
+
+
 def test_damage_in_another_streams_records_does_not_stop_the_read(tmp_path: Path, gathered: list[int]) -> None:
     path = tmp_path / "store"
     with logstore.open(path) as store:
