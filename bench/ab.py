@@ -26,7 +26,8 @@ W1 = {"workload": "append", "store": "logstore", "messages": 200_000, "batch": 1
 
 def rates(result: dict[str, Any]) -> dict[str, float]:
     """The figures of one run by name, each a rate per second, the first the headline: the workload's
-    messages over its ``seconds`` (a W4 spec, ``event_sourcing``: over ``write_seconds``, its writes); an
+    messages over its ``seconds`` (a W4 or W8 spec, ``event_sourcing`` or ``many_streams``: over
+    ``write_seconds``, its writes, then its loads per second, and W8's reopens per second); an
     ES spec, ``es_recorder``: its saves of one and of ten events and its notification scan in each page
     size, each compared on its own; a W9 spec, ``procs``: the commits of all its writer processes."""
     if "saves1" in result:
@@ -37,7 +38,12 @@ def rates(result: dict[str, Any]) -> dict[str, float]:
     seconds = result["seconds"] if "seconds" in result else result["write_seconds"]
     if "messages" not in result:  # a W9 spec (``procs``): every writer process's commits
         return {"commits/s": float(result["commits"]) / float(seconds)}
-    return {"msg/s": float(result["messages"]) / float(seconds)}
+    got = {"msg/s": float(result["messages"]) / float(seconds)}
+    if "load_seconds" in result:  # W4 and W8 load streams after writing them
+        got["loads/s"] = float(result["loads"]) / float(result["load_seconds"])
+    if "reopen_seconds" in result:  # W8 reopens the store: opens per second, so that higher is better
+        got["reopens/s"] = 1.0 / float(result["reopen_seconds"])
+    return got
 
 
 def run_once(tree: str, spec: dict[str, Any], work: str) -> tuple[dict[str, float], float]:

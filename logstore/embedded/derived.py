@@ -32,6 +32,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -524,8 +525,14 @@ class CategoryIndex(DerivedIndex):
     reader does; compaction's REMOVED records thus leave the index as it was. A RETAIN record makes it
     forget the offsets below the new log start, as a rebuild from what is left would not list them.
 
-    Threads: the writer role alone changes it; readers take :attr:`snapshot` (one reference) and the
-    recent arrays' states, which a merge replaces whole, never in place.
+    Threads: the writer role hands it each commit group's appends (:meth:`apply_appends`) as a list
+    of spans, queued, and whoever next needs the index up to date folds the queue in: a category
+    reader (:meth:`offsets`, :meth:`categories`), or the writer role before it applies records, merges
+    or saves. So a store that nobody reads by category pays one list append per group, and the fold
+    does many groups' spans in a few numpy calls. The fold and every change run under one lock;
+    readers then take :attr:`snapshot` (one reference) and the recent arrays' states, which a merge
+    replaces whole, never in place. The writer queues a group's spans before it publishes the group,
+    so a reader that saw a global end folds every span below it.
     File: ``categories.<generation>`` (docs/FORMAT.md draws it)::
 
         offset  size  type   field
@@ -554,6 +561,9 @@ class CategoryIndex(DerivedIndex):
         self.reset()
 
     def reset(self) -> None:
+        # The groups' appends not folded in yet: (stream ids, names, first global offsets, counts) per group.
+        self._queue: list[tuple[list[int], list[str], list[int], list[int]]] = []
+        self._lock = threading.Lock()  # the fold, and every change of the index
         self.names: list[str] = []  # category id -> name
         self.ids: dict[str, int] = {}  # name -> category id
         self.sid_category = np.full(16, -1, np.int32)
@@ -570,6 +580,8 @@ class CategoryIndex(DerivedIndex):
 
     def offsets(self, category: str, goff: int, end: int, limit: int) -> npt.NDArray[np.uint64]:
         """Up to ``limit`` global offsets of ``category``'s records in ``goff`` .. ``end - 1``, ascending."""
+        if self._queue:
+            self.fold()
         c = self.ids.get(category)
         if c is None or limit <= 0 or goff >= end:
             return np.zeros(0, np.uint64)
@@ -599,6 +611,7 @@ class CategoryIndex(DerivedIndex):
 
     def categories(self) -> dict[str, int]:
         """Every category with the number of records the index lists for it (its messages, removed ones included)."""
+        self.fold()
         starts, _goffs, recent_g, recent_c = self.snapshot
         counts = np.diff(starts)
         rc = recent_c.view()[: len(recent_g)]
@@ -613,6 +626,11 @@ class CategoryIndex(DerivedIndex):
     # -- DerivedIndex (writer role, recovery) ---------------------------------------------
 
     def apply(self, records: Applied) -> None:
+        with self._lock:
+            self._fold()  # the groups before these records go first: the recent offsets stay ascending
+            self._apply(records)
+
+    def _apply(self, records: Applied) -> None:
         # The common transaction: messages of streams already mapped, looked up at once with numpy.
         sids = [r.sid for _i, r in records if r.kind == KIND_MESSAGE]
         if len(sids) == len(records):
@@ -630,25 +648,59 @@ class CategoryIndex(DerivedIndex):
     takes_appends = True
 
     def apply_appends(self, sids: list[int], names: list[str], goffs: list[int], counts: list[int]) -> None:
-        # Per append, not per record: each append's category id is filled in for its count of records,
-        # then the offsets go in as one range (the group's appends follow each other in the log).
+        queue = self._queue
+        queue.append((sids, names, goffs, counts))  # folded in when someone needs the index
+        if len(queue) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Bring the index up to date with every group the writer queued (any thread)."""
+        if self._queue:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Fold the queued groups' appends in (under :attr:`_lock`): each append's category id for its count
+        of records, then the global offsets, one range per run of appends that follow each other."""
+        queue = self._queue
+        n = len(queue)  # the writer may queue more meanwhile: they wait for the next fold
+        if not n:
+            return
+        groups = queue[:n]
+        del queue[:n]
+        if n == 1:
+            sids, names, goffs, counts = groups[0]
+        else:
+            sids, names, goffs, counts = [], [], [], []
+            for g_sids, g_names, g_goffs, g_counts in groups:
+                sids += g_sids
+                names += g_names
+                goffs += g_goffs
+                counts += g_counts
         sid_category = self.sid_category
         dense = len(sid_category)
-        _starts, _goffs, recent_g, recent_c = self.snapshot
-        for sid, name, count in zip(sids, names, counts, strict=True):
+        cats = []
+        for sid, name in zip(sids, names, strict=True):
             c = sid_category.item(sid) if sid < dense else -1
             if c < 0:
                 c = self._map(sid, name)
                 sid_category = self.sid_category
                 dense = len(sid_category)
-            recent_c.fill(c, count)  # before the offsets, which readers read first
+            cats.append(c)
+        _starts, _goffs, recent_g, recent_c = self.snapshot
+        total = sum(counts)
         first = goffs[0]
-        total = goffs[-1] + counts[-1] - first
-        if total == sum(counts):
+        if len(cats) == 1:
+            recent_c.fill(cats[0], total)  # before the offsets, which readers read first
             recent_g.extend_range(first, total)
-        else:
-            for goff, count in zip(goffs, counts, strict=True):
-                recent_g.extend_range(goff, count)
+            return
+        recent_c.extend(np.repeat(np.asarray(cats, np.int32), counts))
+        if goffs[-1] + counts[-1] - first == total:  # the appends follow each other: one range
+            recent_g.extend_range(first, total)
+        else:  # each append's range: its first offset repeated, plus 0, 1, 2, ... within it
+            c_arr = np.asarray(counts, np.int64)
+            steps = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(c_arr) - c_arr, c_arr)
+            recent_g.extend(np.repeat(np.asarray(goffs, np.int64), c_arr) + steps)
 
     def _category_of(self, sid: int) -> int:
         """Stream ``sid``'s category id, -1 if no record named it yet."""
@@ -716,7 +768,8 @@ class CategoryIndex(DerivedIndex):
         recent_g.extend(goffs)
 
     def _merge(self) -> None:
-        """Move the recent part into the sealed part (writer role, at a checkpoint)."""
+        """Move the recent part into the sealed part (writer role, at a checkpoint; under :attr:`_lock`)."""
+        self._fold()
         starts, goffs, recent_g, recent_c = self.snapshot
         if not len(recent_g) and len(starts) == len(self.names) + 1:
             return
@@ -742,11 +795,15 @@ class CategoryIndex(DerivedIndex):
         self.snapshot = (new_starts, goffs[keep], Growable(np.uint64), Growable(np.int32))
 
     def encode(self, generation: int) -> bytes:
-        self._merge()
+        with self._lock:
+            self._merge()
+            return self._encode(generation)
+
+    def _encode(self, generation: int) -> bytes:
         starts, goffs, _rg, _rc = self.snapshot
         raw = [n.encode("utf-8") for n in self.names]
         lengths = np.fromiter((len(r) for r in raw), np.uint32, len(raw))
-        sids, cats = self.mapping()
+        sids, cats = self._mapping()
         head = lengths.tobytes() + sids.astype("<u4").tobytes() + cats.astype("<i4").tobytes()
         body = head + b"\0" * (-len(head) % 8) + starts.astype("<u8").tobytes() + goffs.astype("<u8").tobytes()
         body += b"".join(raw)
@@ -754,6 +811,10 @@ class CategoryIndex(DerivedIndex):
 
     def mapping(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         """Every stream id mapped (ascending) and its category id."""
+        self.fold()
+        return self._mapping()
+
+    def _mapping(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
         dense = np.flatnonzero(self.sid_category >= 0)
         far = sorted(self.sid_far.items())
         sids = np.concatenate([dense, np.fromiter((s for s, _c in far), np.int64, len(far))])
@@ -836,6 +897,7 @@ class CategoryIndex(DerivedIndex):
 
     def listing(self) -> dict[str, list[int]]:
         """Every category's global offsets (verify's comparison; not for large stores' hot paths)."""
+        self.fold()
         starts, goffs, recent_g, recent_c = self.snapshot
         rg = recent_g.view()
         rc = recent_c.view()[: len(rg)]
@@ -869,6 +931,8 @@ class CategoryIndex(DerivedIndex):
         return problems
 
 
+# The writer folds its queued groups in itself once this many wait (a store nobody reads by category).
+_FOLD_AT = 256
 # A stream id this far past the dense array's end is kept in a dict (no array up to it).
 _DENSE_SLACK = 1 << 16
 # A category reader's look at the recent part compares this many category ids at a time.

@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 import logstore
@@ -369,3 +371,68 @@ def test_a_checksummed_file_whose_content_breaks_a_rule_is_refused() -> None:
     ):
         with pytest.raises(FormatError, match=rule):
             CategoryIndex().load(_rebuilt(data, edit), ckpt)
+
+
+@hypothesis.given(
+    steps=st.lists(
+        st.one_of(
+            # a commit group: appends of (stream id, count), written one after the other from the log's end
+            st.tuples(
+                st.just("group"), st.lists(st.tuples(st.integers(0, 6), st.integers(1, 4)), min_size=1, max_size=5)
+            ),
+            st.tuples(
+                st.just("records"), st.lists(st.tuples(st.integers(0, 6), st.integers(1, 3)), min_size=1, max_size=3)
+            ),
+            st.tuples(st.just("read"), st.sampled_from(["a", "b", "c", "d"])),
+            st.tuples(st.just("merge"), st.none()),
+        ),
+        max_size=40,
+    )
+)
+@hypothesis.settings(deadline=None)
+def test_queued_groups_read_as_if_applied_at_once(steps: list[tuple[str, Any]]) -> None:
+    """The writer's groups wait in a queue until someone needs the index: whatever mix of groups, records
+    the writer applies itself (which go after the queued groups), category reads and checkpoint merges,
+    every read sees what an index given every record at once lists, and so does the end state."""
+    from logstore.embedded.record import KIND_MESSAGE, Record
+
+    names = ["a-1", "b-1", "a-2", "c-1", "d-x", "b-2", "c-2"]
+    ix, model = CategoryIndex(), CategoryIndex()
+    goff = 0
+    seen: set[int] = set()
+    for op, arg in steps:
+        if op in ("group", "records"):
+            recs = []
+            spans: list[list[Any]] = [[], [], [], []]
+            for sid, count in arg:
+                for k in range(count):
+                    name = names[sid] if (k == 0 and sid not in seen) else None
+                    recs.append((0, Record(0, 0, 0, sid, k, goff + k, name, 0, KIND_MESSAGE)))
+                seen.add(sid)
+                for col, value in zip(spans, (sid, names[sid], goff, count), strict=True):
+                    col.append(value)
+                goff += count
+            model.apply(recs)
+            if op == "group":
+                ix.apply_appends(*spans)
+            else:
+                ix.apply(recs)
+        elif op == "read":
+            c = arg
+            assert ix.offsets(c, 0, goff, goff + 1).tolist() == model.offsets(c, 0, goff, goff + 1).tolist()
+        else:
+            ix.encode(1)  # a checkpoint merges the recent part into the sealed one
+    assert ix.listing() == model.listing()
+    assert ix.categories() == model.categories()
+    assert [a.tolist() for a in ix.mapping()] == [a.tolist() for a in model.mapping()]
+
+
+def test_the_writer_folds_its_queue_itself_when_nobody_reads() -> None:
+    """A store nobody reads by category keeps at most a bounded queue: the writer folds it in itself."""
+    from logstore.embedded import derived
+
+    ix = CategoryIndex()
+    for g in range(derived._FOLD_AT * 3 + 5):
+        ix.apply_appends([g % 3], [f"s{g % 3}-x"], [g], [1])
+        assert len(ix._queue) < derived._FOLD_AT  # private: the queue
+    assert ix.listing() == {f"s{k}": list(range(k, derived._FOLD_AT * 3 + 5, 3)) for k in range(3)}
