@@ -9,7 +9,11 @@ Every index the engine keeps beside the log implements :class:`DerivedIndex`:
   ``encode()`` gives the bytes of its generation file ``<store>/<file>.<g>``,
   which the checkpoint writes through a temporary file and a rename (step 2);
 - ``load(data, ckpt)`` takes it back from those files at open, raising when
-  they are unusable (the log is then applied to every index from its start);
+  they are unusable (the log is then applied to every index from its start).
+  An index that sets ``lazy`` is not loaded at open: recovery opens its files
+  (:class:`Deferred`) and hands them to ``defer()``, and the index loads them
+  when it is first used; files found unusable then make it rebuild itself
+  from the log up to the checkpoint, alone;
 - ``differences(rebuilt)`` is what ``logstore verify`` asks: how the index
   loaded from the files differs from one rebuilt from the log.
 
@@ -28,13 +32,15 @@ The engine registers one itself, :class:`CategoryIndex`, which does.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import mmap
 import os
 import struct
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
@@ -87,6 +93,63 @@ Applied = Sequence[tuple[int, Record]]
 """One whole transaction: its records in log order, each with the index of the segment that holds it."""
 
 
+class Deferred:
+    """The files of a lazy index (:attr:`DerivedIndex.lazy`) as of one checkpoint: opened at the store's
+    open, read when the index is first used.
+
+    The open descriptors keep the files' bytes whatever happens to their names meanwhile: another
+    process's checkpoint writes the next generation and removes this one's, and the descriptors still
+    read it. A name that was not there at the open reads as ``FileNotFoundError``. :meth:`walk` gives the
+    log's records below the checkpoint's end, what the index is rebuilt from when the files turn out
+    unusable at their first read.
+    """
+
+    def __init__(
+        self, io: FileIO, directory: str, ckpt: Checkpoint, names: list[str], segments: Callable[[], list[Segment]]
+    ) -> None:
+        self.io = io
+        self.directory = directory
+        self.ckpt = ckpt
+        self._segments = segments
+        self.fds: dict[str, int] = {}
+        try:
+            for name in names:
+                self.fds[name] = io.open(os.path.join(directory, name), os.O_RDONLY)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, name: str) -> bytes:
+        """Every byte of file ``name`` as it was at the open."""
+        fd = self.fds.get(name)
+        if fd is None:
+            path = os.path.join(self.directory, name)
+            raise FileNotFoundError(errno.ENOENT, "not in the store directory when the store opened", path)
+        return self.io.read_fd(fd)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                self.io.close(fd)
+
+    def walk(self) -> Iterator[tuple[Segment, Record]]:
+        """Every record of the log below the checkpoint's end, in log order, with its segment. Damage there
+        raises :class:`~logstore.errors.CorruptionError` (``logstore repair`` mends the log)."""
+        from logstore.embedded.walk import Damage, walk  # noqa: PLC0415 - walk imports what imports this
+
+        end = self.ckpt.next_goff
+        for seg in list(self._segments()):
+            if seg.first >= end:
+                return
+            for item in walk(seg.view, HEADER_SIZE, seg.size, stop=seg.end, tail=False):
+                if isinstance(item, Damage):
+                    raise CorruptionError(seg.path, item.position, item.what)
+                if item.goff >= end:
+                    return
+                yield seg, item
+
+
 class DerivedIndex(ABC):
     """An index derived from the log; see the module docstring for the protocol."""
 
@@ -97,6 +160,11 @@ class DerivedIndex(ABC):
     written after the first (:meth:`encode_companion`) and removed with it."""
     maps_file: ClassVar[bool] = False
     """Whether :meth:`load` opens its generation files itself (recovery then passes ``None`` as ``data``)."""
+    lazy: ClassVar[bool] = False
+    """Whether an open leaves its load to its first use: recovery opens the files it names
+    (:meth:`deferred_files`) and hands them to :meth:`defer` instead of calling :meth:`load`."""
+    stale: bool = False
+    """Its files are unusable and it was rebuilt from the log since: the next checkpoint must write them."""
     label: ClassVar[str] = ""
     """What recovery reports and verify problems call it."""
     rebuilt: list[str]
@@ -151,6 +219,21 @@ class DerivedIndex(ABC):
     def differences(self, rebuilt: DerivedIndex) -> list[str]:
         """What ``verify`` reports: how this index, loaded from the files, differs from ``rebuilt``."""
         return []
+
+    def deferred_files(self, names: list[str], ckpt: Checkpoint) -> list[str]:
+        """The files (of those ``names`` in the store directory) a lazy index loads later as of ``ckpt``."""
+        assert self.file is not None
+        return [os.path.basename(layout.index_path("", self.file, ckpt.generation))]
+
+    def defer(self, files: Deferred) -> None:
+        """Load from ``files`` at the first use instead of now (only if :attr:`lazy`)."""
+        raise NotImplementedError
+
+    def release(self) -> None:  # noqa: B027 - a hook: only lazy indexes hold files to let go of
+        """The store closes: let go of the files of a load still deferred."""
+
+    def load_now(self) -> None:  # noqa: B027 - a hook: only lazy indexes defer a load
+        """Do a deferred load now (a follower's reload, before its log's segments move to another log)."""
 
 
 def map_file(io: FileIO, path: str) -> mmap.mmap:
@@ -556,14 +639,58 @@ class CategoryIndex(DerivedIndex):
     VERSION = 1
     _HEADER = struct.Struct("<8sHHIQQQQQ")
 
+    lazy = True
+
     def __init__(self) -> None:
         super().__init__()
-        self.reset()
+        # What is not folded in yet, in log order: a commit group's appends as (stream ids, names, first
+        # global offsets, counts), or a list of records (:meth:`apply` while the load is deferred).
+        self._queue: list[tuple[list[int], list[str], list[int], list[int]] | list[tuple[int, Record]]] = []
+        self._lock = threading.Lock()  # the load, the fold, and every change of the index
+        self._deferred: Deferred | None = None  # the files to load at the first use (recovery's defer)
+        self._reset_state()
 
     def reset(self) -> None:
-        # The groups' appends not folded in yet: (stream ids, names, first global offsets, counts) per group.
-        self._queue: list[tuple[list[int], list[str], list[int], list[int]]] = []
-        self._lock = threading.Lock()  # the fold, and every change of the index
+        self.release()
+        self._queue.clear()
+        self._reset_state()
+
+    def defer(self, files: Deferred) -> None:
+        self._deferred = files
+
+    def release(self) -> None:
+        files, self._deferred = self._deferred, None
+        if files is not None:
+            files.close()
+
+    def load_now(self) -> None:
+        self.fold()
+
+    def _load_deferred(self) -> None:
+        """The first use after an open: load the files recovery opened (under :attr:`_lock`). Files found
+        unusable now make it rebuild itself from the log up to their checkpoint, as the open would have."""
+        files = self._deferred
+        if files is None:
+            return
+        name = os.path.basename(layout.index_path("", self.file, files.ckpt.generation))
+        try:
+            self.load(files.read(name), files.ckpt)
+        except (OSError, FormatError, CorruptionError) as exc:
+            logger.warning("%s: %s unusable (%s); rebuilt from the log", files.directory, self.label, exc)
+            self._reset_state()
+            chunk: list[tuple[int, Record]] = []
+            for _seg, rec in files.walk():
+                chunk.append((0, rec))
+                if len(chunk) >= _REBUILD_CHUNK:
+                    self._apply(chunk)
+                    chunk = []
+            if chunk:
+                self._apply(chunk)
+            self.stale = True
+        self._deferred = None
+        files.close()
+
+    def _reset_state(self) -> None:
         self.names: list[str] = []  # category id -> name
         self.ids: dict[str, int] = {}  # name -> category id
         self.sid_category = np.full(16, -1, np.int32)
@@ -580,7 +707,7 @@ class CategoryIndex(DerivedIndex):
 
     def offsets(self, category: str, goff: int, end: int, limit: int) -> npt.NDArray[np.uint64]:
         """Up to ``limit`` global offsets of ``category``'s records in ``goff`` .. ``end - 1``, ascending."""
-        if self._queue:
+        if self._queue or self._deferred is not None:
             self.fold()
         c = self.ids.get(category)
         if c is None or limit <= 0 or goff >= end:
@@ -627,8 +754,13 @@ class CategoryIndex(DerivedIndex):
 
     def apply(self, records: Applied) -> None:
         with self._lock:
-            self._fold()  # the groups before these records go first: the recent offsets stay ascending
-            self._apply(records)
+            if self._deferred is None:
+                self._fold()  # the groups before these records go first: the recent offsets stay ascending
+                self._apply(records)
+                return
+            self._queue.append(list(records))  # a copy: the caller may reuse its list
+            if len(self._queue) >= _FOLD_AT:
+                self._fold()
 
     def _apply(self, records: Applied) -> None:
         # The common transaction: messages of streams already mapped, looked up at once with numpy.
@@ -654,20 +786,39 @@ class CategoryIndex(DerivedIndex):
             self.fold()
 
     def fold(self) -> None:
-        """Bring the index up to date with every group the writer queued (any thread)."""
-        if self._queue:
+        """Bring the index up to date with everything queued, loading it first if its load is deferred (any
+        thread)."""
+        if self._queue or self._deferred is not None:
             with self._lock:
                 self._fold()
 
     def _fold(self) -> None:
-        """Fold the queued groups' appends in (under :attr:`_lock`): each append's category id for its count
-        of records, then the global offsets, one range per run of appends that follow each other."""
+        """Load the index if its load is deferred, then fold in what is queued, in order (under
+        :attr:`_lock`)."""
+        if self._deferred is not None:
+            self._load_deferred()
         queue = self._queue
         n = len(queue)  # the writer may queue more meanwhile: they wait for the next fold
         if not n:
             return
-        groups = queue[:n]
+        items = queue[:n]
         del queue[:n]
+        groups: list[tuple[list[int], list[str], list[int], list[int]]] = []
+        for item in items:
+            if isinstance(item, list):  # records the writer or recovery applied while the load was deferred
+                if groups:
+                    self._fold_groups(groups)
+                    groups = []
+                self._apply(item)
+            else:
+                groups.append(item)
+        if groups:
+            self._fold_groups(groups)
+
+    def _fold_groups(self, groups: list[tuple[list[int], list[str], list[int], list[int]]]) -> None:
+        """Fold commit groups' appends in: each append's category id for its count of records, then the
+        global offsets, one range per run of appends that follow each other."""
+        n = len(groups)
         if n == 1:
             sids, names, goffs, counts = groups[0]
         else:
@@ -768,8 +919,8 @@ class CategoryIndex(DerivedIndex):
         recent_g.extend(goffs)
 
     def _merge(self) -> None:
-        """Move the recent part into the sealed part (writer role, at a checkpoint; under :attr:`_lock`)."""
-        self._fold()
+        """Move the recent part into the sealed part (writer role, at a checkpoint; under :attr:`_lock`, after
+        a fold: a RETAIN record being folded in merges too, and what is queued after it must wait)."""
         starts, goffs, recent_g, recent_c = self.snapshot
         if not len(recent_g) and len(starts) == len(self.names) + 1:
             return
@@ -796,7 +947,9 @@ class CategoryIndex(DerivedIndex):
 
     def encode(self, generation: int) -> bytes:
         with self._lock:
+            self._fold()
             self._merge()
+            self.stale = False
             return self._encode(generation)
 
     def _encode(self, generation: int) -> bytes:
@@ -931,8 +1084,11 @@ class CategoryIndex(DerivedIndex):
         return problems
 
 
-# The writer folds its queued groups in itself once this many wait (a store nobody reads by category).
+# The writer folds what is queued in itself once this many items wait (a store nobody reads by category),
+# loading the index first if its load is deferred.
 _FOLD_AT = 256
+# A rebuild from the log hands the records over this many at a time.
+_REBUILD_CHUNK = 1 << 14
 # A stream id this far past the dense array's end is kept in a dict (no array up to it).
 _DENSE_SLACK = 1 << 16
 # A category reader's look at the recent part compares this many category ids at a time.

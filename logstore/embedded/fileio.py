@@ -290,18 +290,22 @@ class FileIO:
     def read_file(self, path: str) -> bytes:
         fd = self.open(path, os.O_RDONLY)
         try:
-            size = self.size(fd)
-            chunks = []
-            position = 0
-            while position < size:
-                chunk = self.pread(fd, size - position, position)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                position += len(chunk)
-            return b"".join(chunks)
+            return self.read_fd(fd)
         finally:
             self.close(fd)
+
+    def read_fd(self, fd: int) -> bytes:
+        """Every byte of the open file ``fd``."""
+        size = self.size(fd)
+        chunks = []
+        position = 0
+        while position < size:
+            chunk = self.pread(fd, size - position, position)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            position += len(chunk)
+        return b"".join(chunks)
 
     def write_file_atomic(self, path: str, data: bytes) -> None:
         """Replace ``path`` with ``data``: temporary file, fsync, rename, fsync directory."""

@@ -448,6 +448,8 @@ class Follower:
         module docstring)."""
         lg = self.log
         fresh: Log = self._reload(goal)
+        for ix in fresh.indexes:
+            ix.load_now()  # a deferred load reads the fresh log's segments, which move to this log below
         old = lg.segments
         lg.segments = fresh.segments
         fresh.segments = []

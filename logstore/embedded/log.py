@@ -84,6 +84,7 @@ class Log:
         ]
         self.extra_indexes = self.indexes[OWN_INDEXES:]
         self.generation = 0
+        self.in_force: Checkpoint | None = None  # the checkpoint CHECKPOINT holds (as read or last written)
         self.next_goff = 0
         self.ckpt_last_first = 0  # first global offset of the last segment the last checkpoint names
         self.checkpointed_bytes = 0  # log bytes written since the last checkpoint
@@ -297,6 +298,7 @@ class Log:
         ckpt = Checkpoint(generation, self.next_goff, entries, clean, self.log_start)
         self.ckpt_last_first = entries[-1].first
         self._write_atomic(layout.checkpoint_path(self.directory), ckpt.encode(self.store_id))
+        self.in_force = ckpt
         old = self.generation
         self.generation = generation
         for ix in self.indexes:
@@ -320,6 +322,42 @@ class Log:
     def mark_unclean(self, ckpt: Checkpoint) -> None:
         """Rewrite the checkpoint without its CLEAN flag before anything new is appended."""
         self._write_atomic(layout.checkpoint_path(self.directory), ckpt._replace(clean=False).encode(self.store_id))
+
+    def unchanged_since_checkpoint(self) -> bool:
+        """Whether the checkpoint in force still describes the log and its index files exactly: nothing was
+        appended or dropped since, and every index's files are usable (a close then only marks it clean)."""
+        ck = self.in_force
+        return (
+            ck is not None
+            and ck.generation == self.generation
+            and ck.next_goff == self.next_goff
+            and ck.log_start == self.log_start
+            and [e.first for e in ck.segments] == [seg.first for seg in self.segments]
+            and self.checkpointed_bytes == 0
+            and not self.checkpoint_due
+            # what a load found missing or unusable (and read otherwise) is written by the next checkpoint
+            and not any(ix.stale or ix.notes or ix.rebuilt for ix in self.indexes)
+            and not any(seg.positions_rebuilt for seg in self.segments)
+            and self._files_in_place(ck)
+        )
+
+    def _files_in_place(self, ck: Checkpoint) -> bool:
+        """Whether the generation files of ``ck`` and every segment's position file are there (one removed
+        by hand while the store was open is written by a checkpoint)."""
+        names = set(self.io.listdir(self.directory))
+        for ix in self.indexes:
+            for prefix in (ix.file, ix.companion if ix.file is not None else None):
+                name = None if prefix is None else layout.index_path(self.directory, prefix, ck.generation)
+                if name is not None and os.path.basename(name) not in names:
+                    return False
+        return all(self.io.exists(seg.pos_path) for seg in self.segments)
+
+    def mark_clean(self) -> None:
+        """Rewrite the checkpoint in force with its CLEAN flag (a close after nothing was appended), instead of
+        writing every index again: an index whose load is still deferred is then never read."""
+        assert self.in_force is not None
+        self.in_force = self.in_force._replace(clean=True)
+        self._write_atomic(layout.checkpoint_path(self.directory), self.in_force.encode(self.store_id))
 
     def remove_stale_generations(self) -> None:
         """Remove the indexes' generation files of other generations (left by a crash during a checkpoint)."""
@@ -387,6 +425,8 @@ class Log:
         return created
 
     def close(self) -> None:
+        for ix in self.indexes:
+            ix.release()  # the files of a load still deferred
         segments, self.segments = self.segments, []
         for seg in segments:
             seg.close()

@@ -47,7 +47,8 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,7 +56,7 @@ import numpy as np
 from xxhash import xxh3_64_intdigest
 
 from logstore.embedded import layout
-from logstore.embedded.derived import Applied, DerivedIndex, IndexHost
+from logstore.embedded.derived import Applied, Deferred, DerivedIndex, IndexHost
 from logstore.embedded.record import KIND_LOST, KIND_MESSAGE, KIND_REMOVED, Record
 from logstore.embedded.walk import record_at
 from logstore.errors import CorruptionError, DuplicateMessageError, as_corruption
@@ -108,6 +109,10 @@ FLUSH_AT = 1 << 13
 
 # The recent entries a lookup scans past the sorted copy of the arrays before the copy is made again.
 SORTED_REST = 1 << 16
+
+# The entries of records applied before a deferred load beyond this many make the load happen then (a
+# follower of other processes' commits that never looks an id up keeps no more of them).
+EARLY_MAX = 1 << 16
 
 hash_bytes = xxh3_64_intdigest
 """The key of a message id's UTF-8 bytes (:func:`logstore.index.msgids.id_hash`); one name for every use here."""
@@ -204,6 +209,68 @@ class MessageIds(DerivedIndex):
         # them in the index, none twice in the transaction); new ones are in ``recent`` already
         self._flat: list[int] = []
         self._simple = False
+        # A load left to the first use (recovery's defer): the files, and the entries of the records applied
+        # meanwhile (hash, global offset), added once the files are loaded. The lock orders the load with
+        # those applies; once loaded, nothing takes it.
+        self._deferred: Deferred | None = None
+        self._early: list[tuple[int, int]] = []
+        self._load_lock = threading.Lock()
+
+    # -- the deferred load -------------------------------------------------------------
+
+    lazy = True
+
+    def deferred_files(self, names: list[str], ckpt: Checkpoint) -> list[str]:
+        # The generation file and every run file there: which of them it lists is read at the load, and
+        # another process's checkpoint may remove the older ones meanwhile.
+        gen = os.path.basename(layout.index_path("", FILE, ckpt.generation))
+        return [gen, *(n for n in names if is_run_name(n))]
+
+    def defer(self, files: Deferred) -> None:
+        self._deferred = files
+
+    def load_now(self) -> None:
+        self.ensure()
+
+    def release(self) -> None:
+        with self._load_lock:
+            files, self._deferred = self._deferred, None
+            self._early = []
+        if files is not None:
+            files.close()
+
+    def ensure(self) -> None:
+        """Load the files whose load the open deferred, if it did (any thread; the first use pays it). Files
+        found unusable now make it rebuild itself from the log up to their checkpoint, as the open would."""
+        if self._deferred is not None:
+            with self._load_lock:
+                self._load_deferred()
+
+    def _load_deferred(self) -> None:
+        """:meth:`ensure`'s load, under the load lock (another thread may have loaded meanwhile)."""
+        files = self._deferred
+        if files is not None:
+            gen = os.path.basename(layout.index_path("", FILE, files.ckpt.generation))
+            try:
+                self.load(files.read(gen), files.ckpt, lambda g: files.read(run_name(g)))
+            except (OSError, FormatError, CorruptionError) as exc:
+                logger.warning("%s: %s unusable (%s); rebuilt from the log", files.directory, self.label, exc)
+                self._rebuild(files)
+            early, self._early = self._early, []
+            for h, goff in early:
+                self.add(h, goff)
+            self._deferred = None
+            files.close()
+
+    def _rebuild(self, files: Deferred) -> None:
+        """Every entry of the log below the checkpoint of ``files``, from the records themselves."""
+        self._reset_entries()
+        for seg, rec in files.walk():
+            if rec.kind == KIND_MESSAGE:
+                self.apply_record(seg.view, rec)
+        self.start = files.ckpt.log_start
+        self._high = max(self._high, files.ckpt.next_goff)
+        self.stale = True
 
     # -- the table -------------------------------------------------------------------
 
@@ -319,6 +386,7 @@ class MessageIds(DerivedIndex):
 
     def candidates(self, h: int) -> list[int]:
         """Global offsets whose message id may hash to ``h`` (any thread)."""
+        self.ensure()
         out = self._recent_candidates(h) if h in self.recent else []
         key = np.uint64(h)
         for run in self.runs:
@@ -364,6 +432,7 @@ class MessageIds(DerivedIndex):
 
     def entries(self) -> Run:
         """Every entry at or past the log's start, as one sorted run (verify, tests)."""
+        self.ensure()
         return merge([*self.runs, self._recent_run()], self._log_start())
 
     def _log_start(self) -> int:
@@ -414,6 +483,7 @@ class MessageIds(DerivedIndex):
         role); ``covered[k]`` is set if ``hashes[k]`` has an entry that the set covers (one at or past
         ``_set_from``: a recent one, or one in a run a checkpoint made from recent entries, whichever run
         a later merge put it in)."""
+        self.ensure()
         out: list[list[int]] = [[] for _ in hashes]
         if not hashes:
             return out
@@ -473,6 +543,7 @@ class MessageIds(DerivedIndex):
     def check(self, tx: Tx, ids: dict[str, int], cat: Catalog) -> range | DuplicateMessageError | None:
         """Judge ``tx`` against the index (writer role, before its offsets are checked; see the module
         docstring): None to commit it, a range for a retry (nothing to write), or the error to raise."""
+        self.ensure()
         mids = tx.message_ids
         if len(mids) == 1:
             flat = list(map(hash_bytes, map(str.encode, mids[0])))
@@ -628,6 +699,8 @@ class MessageIds(DerivedIndex):
 
     def take(self, other: MessageIds) -> None:
         """Hold what ``other`` (the same log's index, loaded afresh by a follower) holds."""
+        other.ensure()  # before its log's segments become this log's
+        self.release()
         other._flush()
         self.recent, self.start = other.recent, other.start
         self._set_from, self._high = other._set_from, other._high
@@ -641,6 +714,10 @@ class MessageIds(DerivedIndex):
     # -- DerivedIndex ----------------------------------------------------------------
 
     def reset(self) -> None:
+        self.release()
+        self._reset_entries()
+
+    def _reset_entries(self) -> None:
         self._high = 0
         self._drop_filter()
         self._set_runs([])
@@ -652,6 +729,19 @@ class MessageIds(DerivedIndex):
         lg = self.log
         assert lg is not None
         segments = lg.segments
+        if self._deferred is not None:
+            with self._load_lock:
+                if self._deferred is not None:  # not loaded yet: keep the entries for after the load
+                    early = self._early
+                    for i, rec in records:
+                        mid = record_message_id(segments[i].view, rec)
+                        if mid is not None:
+                            early.append((hash_bytes(mid), rec.goff))
+                    if len(early) < EARLY_MAX:
+                        return
+            if self._deferred is not None:
+                self.ensure()  # too many kept: load now (what is kept is added after the files)
+                return
         for i, rec in records:
             if rec.kind == KIND_MESSAGE:
                 self.apply_record(segments[i].view, rec)
@@ -666,6 +756,7 @@ class MessageIds(DerivedIndex):
         """Checkpoint step 1: write the unsaved entries as one run file, merged with the runs before it
         while they are no more than twice its size (so a log of n messages has O(log n) runs), fsynced;
         remove run files that neither the checkpoint in force nor the coming one lists."""
+        self.ensure()
         lg = self.log
         assert lg is not None
         generation = lg.generation + 1
@@ -720,9 +811,13 @@ class MessageIds(DerivedIndex):
         return self.log.store_id
 
     def encode(self, generation: int) -> bytes:
+        self.ensure()
+        self.stale = False
         return encode_generation(self._store_id(), generation, self._log_start(), self.runs, self._recent_run())
 
-    def load(self, data: bytes | None, ckpt: Checkpoint) -> None:
+    def load(self, data: bytes | None, ckpt: Checkpoint, read_run: Callable[[int], bytes] | None = None) -> None:
+        """Take it back from the generation file ``data`` and the run files it lists (``read_run(g)``: the
+        bytes of generation ``g``'s run file; read by name when not given)."""
         lg = self.log
         assert lg is not None and data is not None
         path = layout.index_path(lg.directory, FILE, ckpt.generation)
@@ -732,7 +827,8 @@ class MessageIds(DerivedIndex):
         for generation, count, checksum in saved.runs:
             rpath = os.path.join(lg.directory, run_name(generation))
             with as_corruption(rpath):
-                runs.append(Run.decode(lg.io.read_file(rpath), lg.store_id, generation, count, checksum))
+                raw = lg.io.read_file(rpath) if read_run is None else read_run(generation)
+                runs.append(Run.decode(raw, lg.store_id, generation, count, checksum))
         for run in [*runs, saved.recent]:
             if len(run) and int(run.goffs.max()) >= ckpt.next_goff:
                 raise CorruptionError(path, 0, f"an entry lies at or past the end of the log ({ckpt.next_goff})")

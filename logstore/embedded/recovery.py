@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from logstore.embedded import layout
 from logstore.embedded.checkpoint import Checkpoint
+from logstore.embedded.derived import Deferred
 from logstore.embedded.lostfound import RECOVERY, LostFound
 from logstore.embedded.record import (
     FLAG_SYNCED,
@@ -196,6 +197,7 @@ class Recovery:
             lg.next_goff = ckpt.next_goff
             lg.published.log_start = ckpt.log_start
             lg.generation = ckpt.generation
+            lg.in_force = ckpt
             lg.ckpt_last_first = ckpt.segments[-1].first
         clean_end = ckpt is not None and ckpt.clean
         lg.scan_start = start
@@ -250,9 +252,18 @@ class Recovery:
         return leftovers
 
     def _load_indexes(self, ckpt: Checkpoint) -> None:
-        """Load every index from the files of ``ckpt``; raises if any is unusable (all are then rebuilt)."""
+        """Load every index from the files of ``ckpt``; raises if any is unusable (all are then rebuilt).
+
+        A lazy index (the message-id and category indexes) only has its files opened here: it reads them
+        at its first use (:class:`~logstore.embedded.derived.Deferred`), so an open reads no more than the
+        catalog and the positions whatever the number of messages. A file missing now is unusable now."""
         lg = self.log
+        names = lg.io.listdir(lg.directory)
         for ix in lg.indexes:
+            if ix.lazy:
+                files = ix.deferred_files(names, ckpt)
+                ix.defer(Deferred(lg.io, lg.directory, ckpt, files, lambda: lg.segments))
+                continue
             data = None
             if ix.file is not None and not ix.maps_file:
                 data = lg.io.read_file(layout.index_path(lg.directory, ix.file, ckpt.generation))

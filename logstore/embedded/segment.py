@@ -90,6 +90,7 @@ class Segment:
         self._lazy: tuple[int, int] | None = None  # (count, checksum) of a position file not yet loaded
         self._lazy_lock = threading.Lock()
         self.closed = False
+        self.positions_rebuilt = False  # its position file was unusable at the first use: a checkpoint rewrites it
         self.writable = True  # False when a read-only open mapped it (another process may be writing)
 
     @property
@@ -158,6 +159,7 @@ class Segment:
             # A reader that mapped this segment before a compaction swapped it meets the new file's
             # positions here: normal, hence INFO.
             logger.info("%s: position index unusable (%s); rebuilt from the segment", path, exc)
+            self.positions_rebuilt = True
             return self.rebuild_positions(count)
 
     def rebuild_positions(self, count: int) -> PositionIndex:

@@ -537,7 +537,10 @@ class Writer:
             self.sync()
             sharing = self.sharing
             clean = sharing is None or not sharing.others_writing()
-            self.log.checkpoint(clean=clean)
+            if sharing is None and self.log.unchanged_since_checkpoint():
+                self.log.mark_clean()  # nothing new: the files in force stay, unread if their load is deferred
+            else:
+                self.log.checkpoint(clean=clean)
             if sharing is not None:
                 sharing.mark_clean(clean)
         except BaseException as exc:  # noqa: BLE001

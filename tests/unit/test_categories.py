@@ -117,7 +117,12 @@ def test_the_index_is_loaded_at_a_clean_reopen_and_recovered_after_a_crash(store
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped", "truncated"])
-def test_a_missing_or_damaged_index_file_is_rebuilt(store_dir: Path, damage: str) -> None:
+def test_a_missing_or_damaged_index_file_is_rebuilt(
+    store_dir: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A missing file is found at the open, which rebuilds every index from the log. A damaged one is read
+    at the index's first use (the open only opens it): the index then rebuilds itself from the log, alone,
+    with a warning that names the damage, and the close writes its files afresh."""
     with logstore.open(store_dir, segment_size=SMALL_SEGMENT) as store:
         _fill(store, categories=10)
         want = _category(store, "c4")
@@ -134,9 +139,20 @@ def test_a_missing_or_damaged_index_file_is_rebuilt(store_dir: Path, damage: str
         problems = verify(str(store_dir)).problems
         assert any("category index file is unusable" in str(p) for p in problems), problems
     with logstore.open(store_dir) as store:
-        assert "all indexes" in store.recovery_report.rebuilt
+        if damage == "missing":
+            assert "all indexes" in store.recovery_report.rebuilt
+        else:
+            assert store.recovery_report.rebuilt == [] and not caplog.records
         assert _category(store, "c4") == want
-    assert_verified(store_dir)
+        if damage != "missing":
+            (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+            assert "category index unusable" in warning.getMessage()
+            assert "rebuilt from the log" in warning.getMessage()
+            assert _index(store).stale
+    assert_verified(store_dir)  # the close wrote the files afresh
+    with logstore.open(store_dir) as store:
+        assert _category(store, "c4") == want
+        assert not _index(store).stale
 
 
 def test_verify_finds_an_index_that_differs_from_the_log_and_repair_rebuilds_it(store_dir: Path) -> None:
