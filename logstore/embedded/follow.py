@@ -455,6 +455,7 @@ class Follower:
         fresh.segments = []
         for i, ix in enumerate(fresh.indexes):
             if i >= OWN_INDEXES:  # the registered indexes are taken whole; the engine's own are bound to their log
+                lg.indexes[i].release()  # the files of a load the old one still deferred
                 lg.indexes[i] = ix
         lg.extra_indexes = lg.indexes[OWN_INDEXES:]
         lg.msgids.take(fresh.msgids)
