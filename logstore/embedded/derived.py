@@ -615,7 +615,9 @@ class CategoryIndex(DerivedIndex):
     does many groups' spans in a few numpy calls. The fold and every change run under one lock;
     readers then take :attr:`snapshot` (one reference) and the recent arrays' states, which a merge
     replaces whole, never in place. The writer queues a group's spans before it publishes the group,
-    so a reader that saw a global end folds every span below it.
+    so a reader that saw a global end folds every span below it. After an open the index is not
+    loaded (:attr:`lazy`): the first fold loads it from the files recovery opened, and until then
+    :meth:`apply` queues the records it is given as well.
     File: ``categories.<generation>`` (docs/FORMAT.md draws it)::
 
         offset  size  type   field
