@@ -196,13 +196,14 @@ class HashFilter:
     words); past that it still answers correctly, with more false positives (:attr:`capacity`).
     """
 
-    __slots__ = ("count", "shift", "words")
+    __slots__ = ("count", "int_shift", "shift", "words")
 
     def __init__(self, capacity: int) -> None:
         nbits = max(64, capacity * FILTER_BITS)
         width = max(0, (nbits // 64 - 1).bit_length())  # log2 of the number of words
         self.words: U64Array = np.zeros(1 << width, dtype=np.uint64)
         self.shift = np.uint64(64 - width) if width else None
+        self.int_shift = 64 - width  # the same as a Python int (64 with one word: every key's word is 0)
         self.count = 0
 
     @property
@@ -224,6 +225,13 @@ class HashFilter:
         """For each of ``keys``: False if it was never added, True if it may have been."""
         masks = _MASKS[keys & _LOW16]
         return np.asarray((self.words[self._where(keys)] & masks) == masks)
+
+    def may_hold_one(self, key: int) -> bool:
+        """:meth:`may_hold` of one key, in Python ints: a few numpy calls cost more than the test itself when
+        a transaction has a few ids."""
+        mask: int = _MASKS.item(key & 0xFFFF)
+        word: int = self.words.item(key >> self.int_shift)
+        return word & mask == mask
 
 
 class Saved(NamedTuple):

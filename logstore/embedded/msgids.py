@@ -110,6 +110,9 @@ FLUSH_AT = 1 << 13
 # The recent entries a lookup scans past the sorted copy of the arrays before the copy is made again.
 SORTED_REST = 1 << 16
 
+# A transaction with at most this many ids tests them against the filter of the runs in Python ints.
+_FEW_KEYS = 8
+
 # The entries of records applied before a deferred load beyond this many make the load happen then (a
 # follower of other processes' commits that never looks an id up keeps no more of them).
 EARLY_MAX = 1 << 16
@@ -397,6 +400,15 @@ class MessageIds(DerivedIndex):
                 out.extend(int(g) for g in run.goffs[lo:hi])
         return out
 
+    def _maybe_in_runs(self, flat: list[int]) -> bool:
+        """:meth:`_any_in_runs` of the hashes ``flat``; a few of them are first tested against the filter one
+        by one in Python (a commit of one envelope spends 1 µs here instead of several in numpy calls)."""
+        if len(flat) > _FEW_KEYS:
+            return self._any_in_runs(np.array(flat, np.uint64))
+        filt = self._run_filter()
+        maybe = [h for h in flat if filt.may_hold_one(h)]
+        return bool(maybe) and self._any_in_runs(np.array(maybe, np.uint64))
+
     def _any_in_runs(self, keys: np.ndarray) -> bool:
         """Whether a run that the set does not cover holds any of the hashes ``keys`` (writer role): the
         filter of those runs tests every key at once, and only the keys it may hold are searched for."""
@@ -557,14 +569,14 @@ class MessageIds(DerivedIndex):
         before = len(recent)
         recent.update(flat)
         if len(recent) - before == len(flat):
-            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
+            if not (self._search_runs and self._maybe_in_runs(flat)):
                 self._simple = True
                 return None
             recent.difference_update(flat)  # all of them were new to the set
         elif len(recent) - before == len(set(flat)):
             # All of them new to the set, some hash twice in the transaction: one message in several streams
             # (allowed), twice in one stream (not), or two ids that share a hash.
-            if not (self._search_runs and self._any_in_runs(np.array(flat, np.uint64))):
+            if not (self._search_runs and self._maybe_in_runs(flat)):
                 # In no entry either (as above). Each (stream, id) once: new, and committed as any other.
                 placed = {(a[0], m) for a, one in zip(tx.appends, mids, strict=True) for m in one}
                 if len(placed) == len(flat):

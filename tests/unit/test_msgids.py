@@ -466,6 +466,15 @@ def test_the_filter_holds_every_key_added(held: list[int], others: list[int], ca
     assert got.shape == (len(others),)
 
 
+@given(held=st.lists(U64, max_size=300), others=st.lists(U64, max_size=100), capacity=st.integers(0, 400))
+def test_the_filter_tests_one_key_as_it_tests_many(held: list[int], others: list[int], capacity: int) -> None:
+    """``may_hold_one`` (Python ints, for transactions of a few ids) answers as ``may_hold`` (numpy)."""
+    filt = HashFilter(capacity)
+    filt.add(np.array(held, np.uint64))
+    keys = held + others
+    assert [filt.may_hold_one(k) for k in keys] == filt.may_hold(np.array(keys, np.uint64)).tolist()
+
+
 def test_the_filter_reports_few_keys_it_does_not_hold() -> None:
     """At its capacity, about one key in a thousand not added is reported as maybe held (the check then
     searches the runs for that key alone)."""
