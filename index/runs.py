@@ -197,18 +197,20 @@ class RunIndex:
         """The run of stream ``sid`` that holds offset ``soff``.
 
         Returns ``(run offset, run global offset, next run's offset or -1)``;
-        raises ``KeyError`` if the stream has no run at or below ``soff``.
+        raises ``KeyError`` if the stream has no run at or below ``soff`` (or if the shared table's
+        starts, which a checkpoint saves, lead outside the table: files that passed their checksums
+        but that no writer wrote, which the caller reports as damage).
         """
         big = self.large.get(sid)
         if big is None:
             try:
                 return self._find_small(sid, soff)
-            except KeyError:
+            except (KeyError, IndexError):
                 # A merge may have moved the stream to its own file between the two reads:
                 # it enters ``large`` before the shared table without it is published.
                 big = self.large.get(sid)
                 if big is None:
-                    raise
+                    raise KeyError((sid, soff)) from None
         s_arr, n = big.soffs.state
         g_arr = big.goffs.state[0]
         i = int(np.searchsorted(s_arr[:n], soff, side="right")) - 1

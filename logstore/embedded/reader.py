@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from logstore.embedded import layout
 from logstore.embedded.derived import CategoryIndex
 from logstore.embedded.published import REMOVALS_WORD
 from logstore.embedded.segment import SegmentRetired
 from logstore.embedded.walk import BATCH_MIN, Checked
 from logstore.envelope import Envelope, type_key
-from logstore.errors import LogStoreError, StreamClosedError
+from logstore.errors import CorruptionError, LogStoreError, StreamClosedError
 from logstore.readers import DEFAULT_READ, AsyncWaiter, Reader, check_max_count
 
 if TYPE_CHECKING:
@@ -368,6 +369,19 @@ def read_run(published: Published, log: Log, sid: int, want: int, head: int) -> 
     return buf
 
 
+def _no_run(log: Log, name: str, want: int, head: int) -> CorruptionError:
+    """The catalog says stream ``name`` holds offset ``want`` (below its head), and the run index has no run
+    that holds it: the index files disagree with each other (checksums cannot tell a forgery, or a bug in
+    the code that wrote them); ``logstore verify`` names what is wrong, ``logstore repair`` rebuilds them."""
+    path = layout.index_path(log.directory, layout.CATALOG_PREFIX.rstrip("."), log.generation)
+    return CorruptionError(
+        path,
+        0,
+        f"stream {name!r}: no run holds offset {want}, below its head {head}: the catalog and its run index disagree",
+        "run `logstore verify`, then `logstore repair`",
+    )
+
+
 class StreamReader(_Reader):
     """Reads one named stream in offset order (``store.open_stream``, ``store.stream``).
 
@@ -477,7 +491,7 @@ class StreamReader(_Reader):
                     # indexes were rebuilt from the log, which starts the stream at its first run.
                     runs = lg.runs.runs_of(sid)
                     if not runs or runs[0][0] <= want:
-                        raise
+                        raise _no_run(lg, self.name, want, head) from None
                     want = runs[0][0]
                     continue
                 limit = head if nxt < 0 else min(nxt, head)

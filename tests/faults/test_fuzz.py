@@ -493,6 +493,19 @@ def test_a_store_with_one_forged_file_opens_reads_and_verifies_without_crashing(
         T.check_store(directory, seeds, readonly)
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_forged_name_table_reads_as_damage_not_as_a_crash(seeds: T.Seeds, scratch: Path, readonly: bool) -> None:
+    """Found by the forged-file fuzzing above: one bit of the name table's shared-run starts changed, the
+    checksums made right again. A read of a stream whose runs the starts no longer lead to raised
+    ``KeyError`` or ``IndexError``; it is damage, reported as ``CorruptionError`` (or a forged answer)."""
+    (rel,) = [f for f in T.store_files(seeds.directory) if f.startswith("names.")]
+    directory = copy_seeds(seeds, scratch / "forged-names")
+    mutate_store_file(directory, seeds, rel, lambda data, fields: apply_ops(data, [("flip", 288, 1)], fields))
+    T.forge_store_checksums(directory, rel)
+    with contextlib.suppress(T.WrongAnswer):
+        T.check_store(directory, seeds, readonly)
+
+
 def test_a_store_untouched_reads_back_everything(seeds: T.Seeds, scratch: Path) -> None:
     """The control for the test above: the unmutated copy reads back whole and verifies clean."""
     directory = copy_seeds(seeds, scratch / "pristine")
