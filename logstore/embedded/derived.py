@@ -119,6 +119,21 @@ class Deferred:
             self.close()
             raise
 
+    def generation_file(self, prefix: str) -> str:
+        """The name of the generation file ``<prefix>.<g>`` of the checkpoint these files are of."""
+        return os.path.basename(layout.index_path(self.directory, prefix, self.ckpt.generation))
+
+    def load_or_rebuild(self, label: str, load: Callable[[], None], rebuild: Callable[[], None]) -> bool:
+        """``load()`` the index from these files; if they are unusable, say so (WARNING) and ``rebuild()`` it
+        from the log instead. Returns whether it rebuilt (the index is then stale: its files need writing)."""
+        try:
+            load()
+        except (OSError, FormatError, CorruptionError) as exc:
+            logger.warning("%s: %s unusable (%s); rebuilt from the log", self.directory, label, exc)
+            rebuild()
+            return True
+        return False
+
     def read(self, name: str) -> bytes:
         """Every byte of file ``name`` as it was at the open."""
         fd = self.fds.get(name)
@@ -674,11 +689,8 @@ class CategoryIndex(DerivedIndex):
         files = self._deferred
         if files is None:
             return
-        name = os.path.basename(layout.index_path("", self.file, files.ckpt.generation))
-        try:
-            self.load(files.read(name), files.ckpt)
-        except (OSError, FormatError, CorruptionError) as exc:
-            logger.warning("%s: %s unusable (%s); rebuilt from the log", files.directory, self.label, exc)
+
+        def rebuild() -> None:
             self._reset_state()
             chunk: list[tuple[int, Record]] = []
             for _seg, rec in files.walk():
@@ -688,6 +700,9 @@ class CategoryIndex(DerivedIndex):
                     chunk = []
             if chunk:
                 self._apply(chunk)
+
+        name = files.generation_file(self.file)
+        if files.load_or_rebuild(self.label, lambda: self.load(files.read(name), files.ckpt), rebuild):
             self.stale = True
         self._deferred = None
         files.close()

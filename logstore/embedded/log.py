@@ -301,12 +301,10 @@ class Log:
         self.in_force = ckpt
         old = self.generation
         self.generation = generation
-        for ix in self.indexes:
-            for prefix in (ix.file, ix.companion if ix.file is not None else None):
-                if prefix is not None:
-                    path = layout.index_path(self.directory, prefix, old)
-                    if io.exists(path):
-                        io.unlink(path)
+        for prefix in self._generation_prefixes():
+            path = layout.index_path(self.directory, prefix, old)
+            if io.exists(path):
+                io.unlink(path)
         self.checkpointed_bytes = 0
         self.checkpoint_due = False
         self.positions.checkpointed()
@@ -345,11 +343,9 @@ class Log:
         """Whether the generation files of ``ck`` and every segment's position file are there (one removed
         by hand while the store was open is written by a checkpoint)."""
         names = set(self.io.listdir(self.directory))
-        for ix in self.indexes:
-            for prefix in (ix.file, ix.companion if ix.file is not None else None):
-                name = None if prefix is None else layout.index_path(self.directory, prefix, ck.generation)
-                if name is not None and os.path.basename(name) not in names:
-                    return False
+        for prefix in self._generation_prefixes():
+            if os.path.basename(layout.index_path(self.directory, prefix, ck.generation)) not in names:
+                return False
         return all(self.io.exists(seg.pos_path) for seg in self.segments)
 
     def mark_clean(self) -> None:
@@ -361,14 +357,21 @@ class Log:
 
     def remove_stale_generations(self) -> None:
         """Remove the indexes' generation files of other generations (left by a crash during a checkpoint)."""
+        for prefix in self._generation_prefixes():
+            keep = os.path.basename(layout.index_path(self.directory, prefix, self.generation))
+            for name in self.io.listdir(self.directory):
+                if name.startswith(prefix + ".") and name != keep:
+                    self.io.unlink(os.path.join(self.directory, name))
+
+    def _generation_prefixes(self) -> list[str]:
+        """The prefix of every generation file the indexes write (``<prefix>.<generation>``), companions too."""
+        out = []
         for ix in self.indexes:
-            for prefix in (ix.file, ix.companion if ix.file is not None else None):
-                if prefix is None:
-                    continue
-                keep = os.path.basename(layout.index_path(self.directory, prefix, self.generation))
-                for name in self.io.listdir(self.directory):
-                    if name.startswith(prefix + ".") and name != keep:
-                        self.io.unlink(os.path.join(self.directory, name))
+            if ix.file is not None:
+                out.append(ix.file)
+                if ix.companion is not None:
+                    out.append(ix.companion)
+        return out
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         """``write_file_atomic``, with a full file system reported as :class:`OutOfSpaceError`."""

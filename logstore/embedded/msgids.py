@@ -253,12 +253,13 @@ class MessageIds(DerivedIndex):
         """:meth:`ensure`'s load, under the load lock (another thread may have loaded meanwhile)."""
         files = self._deferred
         if files is not None:
-            gen = os.path.basename(layout.index_path("", FILE, files.ckpt.generation))
-            try:
-                self.load(files.read(gen), files.ckpt, lambda g: files.read(run_name(g)))
-            except (OSError, FormatError, CorruptionError) as exc:
-                logger.warning("%s: %s unusable (%s); rebuilt from the log", files.directory, self.label, exc)
-                self._rebuild(files)
+            gen = files.generation_file(FILE)
+            if files.load_or_rebuild(
+                self.label,
+                lambda: self.load(files.read(gen), files.ckpt, lambda g: files.read(run_name(g))),
+                lambda: self._rebuild(files),
+            ):
+                self.stale = True
             early, self._early = self._early, []
             for h, goff in early:
                 self.add(h, goff)
@@ -273,7 +274,6 @@ class MessageIds(DerivedIndex):
                 self.apply_record(seg.view, rec)
         self.start = files.ckpt.log_start
         self._high = max(self._high, files.ckpt.next_goff)
-        self.stale = True
 
     # -- the table -------------------------------------------------------------------
 
